@@ -1,0 +1,58 @@
+"""attnc IR: the `attn` (tensor-level) and `tile` (tile-level) MLIR dialects on xDSL, and their interpreter."""
+from __future__ import annotations
+
+import io
+
+from xdsl.context import Context
+from xdsl.dialects.arith import Arith
+from xdsl.dialects.builtin import Builtin, ModuleOp
+from xdsl.dialects.func import Func
+from xdsl.dialects.scf import Scf
+from xdsl.parser import Parser
+from xdsl.printer import Printer
+from xdsl.utils.exceptions import ParseError, VerifyException
+
+from .tensor_dialect import Attn
+from .tile_dialect import Tile
+
+
+class IRError(Exception):
+    """Malformed or invalid IR; the message is one line that starts with its location."""
+
+
+def make_context() -> Context:
+    ctx = Context()
+    for dialect in (Builtin, Func, Arith, Scf, Attn, Tile):
+        ctx.load_dialect(dialect)
+    return ctx
+
+
+def print_ir(module: ModuleOp) -> str:
+    out = io.StringIO()
+    Printer(stream=out).print_op(module)
+    return out.getvalue() + "\n"
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def parse_ir(text: str, source_name: str = "<input>") -> ModuleOp:
+    """Parse and verify MLIR text; errors become one-line IRError messages with file:line:col."""
+    try:
+        module = Parser(make_context(), text, source_name).parse_module()
+    except ParseError as e:
+        loc = e.span.get_location()
+        raise IRError(f"{source_name}:{loc.line}:{loc.col}: {str(e.msg).splitlines()[0]}") from None
+    except Exception as e:  # unknown dialect/op and similar
+        raise IRError(f"{source_name}: {_first_line(e)}") from None
+    verify_ir(module, source_name)
+    return module
+
+
+def verify_ir(module: ModuleOp, source_name: str = "<ir>") -> None:
+    try:
+        module.verify()
+    except VerifyException as e:
+        raise IRError(f"{source_name}: {_first_line(e)}") from None

@@ -1,0 +1,256 @@
+"""Machinery shared by the tensor-level (`attn`) and tile-level (`tile`) dialects.
+
+Both dialects have value semantics on builtin ranked tensors. Op families that exist at both levels
+(elementwise, cast, compare, select, matmul, layout ops ...) are generated here once per dialect so that
+verification and interpretation are one mechanism for both.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from xdsl.dialects.builtin import (
+    ArrayAttr,
+    BoolAttr,
+    FloatAttr,
+    IntegerAttr,
+    StringAttr,
+    TensorType,
+    i64,
+)
+from xdsl.ir import Attribute, Operation, SSAValue
+from xdsl.irdl import (
+    IRDLOperation,
+    irdl_op_definition,
+    operand_def,
+    opt_operand_def,
+    prop_def,
+    result_def,
+    var_operand_def,
+)
+from xdsl.utils.exceptions import VerifyException
+
+from .types import FLOAT_DTYPES, describe, dtype_of, shape_of
+
+LOC_ATTR = "loc"
+
+
+def op_location(op: Operation) -> str:
+    loc = op.attributes.get(LOC_ATTR)
+    return loc.data if isinstance(loc, StringAttr) else "<unknown>"
+
+
+class AttncOp(IRDLOperation):
+    """Base of every attnc op: diagnostics carry the DSL source location."""
+
+    def fail(self, message: str):
+        raise VerifyException(f"{op_location(self)}: '{self.name}': {message}")
+
+    def expect(self, cond: bool, message: str):
+        if not cond:
+            self.fail(message)
+
+    # helpers for subclasses
+    def same_shape(self, *values: SSAValue, what: str = "operands"):
+        shapes = {shape_of(v.type) for v in values}
+        self.expect(len(shapes) == 1, f"{what} must have one shape, got "
+                    + ", ".join(describe(v.type) for v in values))
+
+    def same_dtype(self, *values: SSAValue, what: str = "operands"):
+        dts = {dtype_of(v.type) for v in values}
+        self.expect(len(dts) == 1, f"{what} must have one dtype, got "
+                    + ", ".join(describe(v.type) for v in values))
+
+
+def int_array(values: Sequence[int]) -> ArrayAttr:
+    return ArrayAttr([IntegerAttr(int(v), i64) for v in values])
+
+
+def ints_of(attr: ArrayAttr) -> tuple[int, ...]:
+    return tuple(a.value.data for a in attr.data)
+
+
+def float_attr(v: float) -> FloatAttr:
+    from xdsl.dialects.builtin import f64
+
+    return FloatAttr(float(v), f64)
+
+
+def str_attr(s: str) -> StringAttr:
+    return StringAttr(s)
+
+
+def bool_attr(b: bool) -> BoolAttr:
+    return BoolAttr.from_bool(bool(b))
+
+
+def _make(name: str, body: dict, base=AttncOp) -> type[IRDLOperation]:
+    cls_name = "".join(p.capitalize() for p in name.replace(".", "_").split("_")) + "Op"
+    cls = type(cls_name, (base,), {"name": name, **body})
+    cls.__module__ = __name__
+    return irdl_op_definition(cls)
+
+
+# --------------------------------------------------------------------------------------------------
+# Op families. Each family is a verifier shared by every member; the interpreter dispatches on the
+# member's mnemonic suffix.
+
+BINARY = ("add", "sub", "mul", "div", "max", "min", "rem", "floordiv", "and", "or")
+UNARY = ("neg", "exp", "sqrt", "rsqrt", "recip", "relu", "abs")
+CMP_PREDICATES = ("lt", "le", "gt", "ge", "eq", "ne")
+ROUNDING_MODES = ("rint", "round", "trunc")
+_FLOAT_ONLY_UNARY = ("exp", "sqrt", "rsqrt", "recip")
+
+
+def _binary_verify(self):
+    self.same_shape(self.lhs, self.rhs, self.result)
+    self.same_dtype(self.lhs, self.rhs, self.result)
+    kind = self.name.split(".")[1]
+    dt = dtype_of(self.lhs.type)
+    if kind in ("and", "or"):
+        self.expect(dt == "i1", f"operands must be i1, got {dt}")
+    if kind in ("rem", "floordiv"):
+        self.expect(dt in ("i32", "i8"), f"operands must be integers, got {dt}")
+
+
+def _unary_verify(self):
+    self.same_shape(self.input, self.result)
+    self.same_dtype(self.input, self.result)
+    kind = self.name.split(".")[1]
+    if kind in _FLOAT_ONLY_UNARY:
+        self.expect(dtype_of(self.input.type) in FLOAT_DTYPES,
+                    f"operand must be a float tensor, got {describe(self.input.type)}")
+
+
+def _cmp_verify(self):
+    self.same_shape(self.lhs, self.rhs, self.result)
+    self.same_dtype(self.lhs, self.rhs)
+    self.expect(dtype_of(self.result.type) == "i1", "result must be i1")
+    self.expect(self.predicate.data in CMP_PREDICATES, f"unknown predicate '{self.predicate.data}'")
+
+
+def _select_verify(self):
+    self.same_shape(self.cond, self.on_true, self.on_false, self.result)
+    self.same_dtype(self.on_true, self.on_false, self.result)
+    self.expect(dtype_of(self.cond.type) == "i1", "condition must be i1")
+
+
+def _cast_verify(self):
+    self.same_shape(self.input, self.result)
+    self.expect(self.rounding.data in ROUNDING_MODES,
+                f"rounding must be one of {', '.join(ROUNDING_MODES)}, got '{self.rounding.data}'")
+
+
+def _matmul_shapes(self, a, b, transpose_b: bool) -> tuple[int, ...]:
+    sa, sb = shape_of(a.type), shape_of(b.type)
+    self.expect(len(sa) >= 2 and len(sb) >= 2, f"operands must have rank >= 2, got {describe(a.type)}, {describe(b.type)}")
+    k_b, n = (sb[-1], sb[-2]) if transpose_b else (sb[-2], sb[-1])
+    self.expect(sa[-1] == k_b, f"contraction mismatch: {describe(a.type)} x {describe(b.type)}"
+                + (" (transpose_b)" if transpose_b else ""))
+    if len(sb) > 2:
+        self.expect(sa[:-2] == sb[:-2], f"batch dims differ: {describe(a.type)} x {describe(b.type)}")
+    self.same_dtype(a, b)
+    return (*sa[:-1], n)
+
+
+def _matmul_verify(self):
+    out = _matmul_shapes(self, self.lhs, self.rhs, self.transpose_b.value.data)
+    self.expect(shape_of(self.result.type) == out, f"result must be {list(out)}, got {describe(self.result.type)}")
+
+
+def _broadcast_verify(self):
+    si, so = shape_of(self.input.type), shape_of(self.result.type)
+    self.same_dtype(self.input, self.result)
+    self.expect(len(si) == len(so) and all(a in (1, b) for a, b in zip(si, so)),
+                f"cannot broadcast {describe(self.input.type)} to {describe(self.result.type)}")
+
+
+def _reshape_verify(self):
+    import math
+
+    self.same_dtype(self.input, self.result)
+    self.expect(math.prod(shape_of(self.input.type)) == math.prod(shape_of(self.result.type)),
+                f"cannot reshape {describe(self.input.type)} to {describe(self.result.type)}")
+
+
+def _transpose_verify(self):
+    perm = ints_of(self.perm)
+    si = shape_of(self.input.type)
+    self.expect(sorted(perm) == list(range(len(si))), f"perm {list(perm)} is not a permutation of rank {len(si)}")
+    self.expect(shape_of(self.result.type) == tuple(si[p] for p in perm), "result shape does not match perm")
+    self.same_dtype(self.input, self.result)
+
+
+def _concat_verify(self):
+    axis = self.axis.value.data
+    shapes = [shape_of(v.type) for v in self.inputs]
+    self.expect(len(shapes) >= 1, "needs at least one input")
+    self.same_dtype(*self.inputs, self.result)
+    rank = len(shapes[0])
+    self.expect(0 <= axis < rank, f"axis {axis} out of range for rank {rank}")
+    for s in shapes:
+        self.expect(len(s) == rank and all(a == b for i, (a, b) in enumerate(zip(s, shapes[0])) if i != axis),
+                    "inputs differ outside the concat axis: " + ", ".join(describe(v.type) for v in self.inputs))
+    out = list(shapes[0])
+    out[axis] = sum(s[axis] for s in shapes)
+    self.expect(shape_of(self.result.type) == tuple(out), f"result must be {out}")
+
+
+def _gather_rows_verify(self):
+    st, si, so = shape_of(self.table.type), shape_of(self.indices.type), shape_of(self.result.type)
+    self.expect(dtype_of(self.indices.type) == "i32", "indices must be i32")
+    self.same_dtype(self.table, self.result)
+    self.expect(so == (*si, *st[1:]), f"result must be {[*si, *st[1:]]}, got {describe(self.result.type)}")
+
+
+def _iota_verify(self):
+    so = shape_of(self.result.type)
+    self.expect(0 <= self.axis.value.data < len(so), "axis out of range")
+    self.expect(dtype_of(self.result.type) == "i32", "result must be i32")
+
+
+def _no_verify(self):
+    pass
+
+
+def define_shared_ops(prefix: str) -> list[type[IRDLOperation]]:
+    """Op families present in both dialects."""
+    ops = []
+    for kind in BINARY:
+        ops.append(_make(f"{prefix}.{kind}", dict(lhs=operand_def(TensorType), rhs=operand_def(TensorType),
+                                                  result=result_def(TensorType), verify_=_binary_verify)))
+    for kind in UNARY:
+        ops.append(_make(f"{prefix}.{kind}", dict(input=operand_def(TensorType), result=result_def(TensorType),
+                                                  verify_=_unary_verify)))
+    ops.append(_make(f"{prefix}.cmp", dict(lhs=operand_def(TensorType), rhs=operand_def(TensorType),
+                                           predicate=prop_def(StringAttr), result=result_def(TensorType),
+                                           verify_=_cmp_verify)))
+    ops.append(_make(f"{prefix}.select", dict(cond=operand_def(TensorType), on_true=operand_def(TensorType),
+                                              on_false=operand_def(TensorType), result=result_def(TensorType),
+                                              verify_=_select_verify)))
+    ops.append(_make(f"{prefix}.cast", dict(input=operand_def(TensorType), rounding=prop_def(StringAttr),
+                                            result=result_def(TensorType), verify_=_cast_verify)))
+    ops.append(_make(f"{prefix}.matmul", dict(lhs=operand_def(TensorType), rhs=operand_def(TensorType),
+                                              transpose_b=prop_def(BoolAttr), result=result_def(TensorType),
+                                              verify_=_matmul_verify)))
+    ops.append(_make(f"{prefix}.broadcast", dict(input=operand_def(TensorType), result=result_def(TensorType),
+                                                 verify_=_broadcast_verify)))
+    ops.append(_make(f"{prefix}.reshape", dict(input=operand_def(TensorType), result=result_def(TensorType),
+                                               verify_=_reshape_verify)))
+    ops.append(_make(f"{prefix}.transpose", dict(input=operand_def(TensorType), perm=prop_def(ArrayAttr),
+                                                 result=result_def(TensorType), verify_=_transpose_verify)))
+    ops.append(_make(f"{prefix}.concat", dict(inputs=var_operand_def(TensorType), axis=prop_def(IntegerAttr),
+                                              result=result_def(TensorType), verify_=_concat_verify)))
+    ops.append(_make(f"{prefix}.gather_rows", dict(table=operand_def(TensorType), indices=operand_def(TensorType),
+                                                   result=result_def(TensorType), verify_=_gather_rows_verify)))
+    ops.append(_make(f"{prefix}.iota", dict(axis=prop_def(IntegerAttr), result=result_def(TensorType),
+                                            verify_=_iota_verify)))
+    ops.append(_make(f"{prefix}.full", dict(value=prop_def(FloatAttr), result=result_def(TensorType),
+                                            verify_=_no_verify)))
+    return ops
+
+
+__all__ = [
+    "AttncOp", "define_shared_ops", "int_array", "ints_of", "float_attr", "str_attr", "bool_attr",
+    "op_location", "LOC_ATTR", "BINARY", "UNARY", "CMP_PREDICATES", "ROUNDING_MODES", "_make",
+    "operand_def", "opt_operand_def", "prop_def", "result_def", "var_operand_def",
+]

@@ -1,0 +1,378 @@
+"""The stage DSL: a decorated Python function over typed tensor parameters builds tensor-level (`attn`) IR.
+
+    @stage("my_stage", outputs=("y",))
+    def my_stage(cfg, x: In("tokens", "dim"), w: In("dim", "dim")):
+        return {"y": matmul(x, w, out="bf16")}
+
+Shape symbols are config keys (or derived sizes) resolved at build time; every op records the DSL source line
+that created it (attribute `loc`, "kernels_src/file.py:LINE") for diagnostics.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from xdsl.builder import Builder
+from xdsl.dialects import func
+from xdsl.dialects.builtin import ModuleOp, StringAttr, TensorType
+from xdsl.ir import Block, Region, SSAValue
+from xdsl.rewriter import InsertPoint
+
+from .common import LOC_ATTR, bool_attr, float_attr, int_array, str_attr
+from .tensor_dialect import ATTN
+from .types import DTYPES, dtype_of, shape_of, tensor_type
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_PKG_ROOT = os.path.dirname(_HERE)
+
+
+class DSLError(Exception):
+    """A stage uses the DSL wrongly (shape/dtype mismatch ...); message starts with file:line."""
+
+
+@dataclass(frozen=True)
+class In:
+    """A tensor parameter: shape symbols (config keys, derived sizes or ints) and a dtype."""
+
+    dims: tuple
+    dtype: str = "bf16"
+
+    def __init__(self, *dims, dtype: str = "bf16"):
+        object.__setattr__(self, "dims", tuple(dims))
+        object.__setattr__(self, "dtype", dtype)
+
+    def resolve(self, sizes: dict) -> tuple[int, ...]:
+        return tuple(d if isinstance(d, int) else int(sizes[d]) for d in self.dims)
+
+
+@dataclass
+class StageDef:
+    name: str
+    fn: Callable
+    params: dict[str, In]
+    outputs: tuple[str, ...]
+    doc: str = ""
+    needs: Callable[[dict], str | None] = field(default=lambda cfg: None)
+
+
+STAGES: dict[str, StageDef] = {}
+
+
+def stage(name: str, outputs: Sequence[str], needs: Callable[[dict], str | None] | None = None):
+    """Register a stage. `needs(cfg)` may return a reason why a config cannot build this stage."""
+
+    def deco(fn):
+        sig = inspect.signature(fn)
+        params = {p.name: p.annotation for p in list(sig.parameters.values())[1:]}
+        for pname, ann in params.items():
+            if not isinstance(ann, In):
+                raise TypeError(f"stage {name}: parameter {pname} needs an In(...) annotation")
+        STAGES[name] = StageDef(name, fn, params, tuple(outputs), (fn.__doc__ or "").strip().splitlines()[0]
+                                if fn.__doc__ else "", needs or (lambda cfg: None))
+        return fn
+
+    return deco
+
+
+# --------------------------------------------------------------------------------------------------
+# building
+
+
+class _Ctx:
+    builder: Builder | None = None
+
+
+def _caller_location() -> str:
+    frame = inspect.currentframe()
+    while frame is not None and os.path.abspath(frame.f_code.co_filename) == os.path.abspath(__file__):
+        frame = frame.f_back
+    if frame is None:
+        return "<unknown>"
+    path = os.path.abspath(frame.f_code.co_filename)
+    rel = os.path.relpath(path, _PKG_ROOT) if path.startswith(_PKG_ROOT) else os.path.basename(path)
+    return f"{rel}:{frame.f_lineno}"
+
+
+def _fail(msg: str):
+    raise DSLError(f"{_caller_location()}: {msg}")
+
+
+class Tensor:
+    """A DSL value: an SSA value of ranked tensor type, with operators that build `attn` ops."""
+
+    def __init__(self, value: SSAValue):
+        self.value = value
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return shape_of(self.value.type)
+
+    @property
+    def dtype(self) -> str:
+        return dtype_of(self.value.type)
+
+    def __repr__(self):
+        return f"Tensor({self.dtype}{list(self.shape)})"
+
+    def _bin(self, other, kind, swap=False):
+        a, b = broadcast_pair(self, other)
+        return _binary(kind, b, a) if swap else _binary(kind, a, b)
+
+    def __add__(self, o): return self._bin(o, "add")
+    def __radd__(self, o): return self._bin(o, "add", True)
+    def __sub__(self, o): return self._bin(o, "sub")
+    def __rsub__(self, o): return self._bin(o, "sub", True)
+    def __mul__(self, o): return self._bin(o, "mul")
+    def __rmul__(self, o): return self._bin(o, "mul", True)
+    def __truediv__(self, o): return self._bin(o, "div")
+    def __rtruediv__(self, o): return self._bin(o, "div", True)
+    def __mod__(self, o): return self._bin(o, "rem")
+    def __floordiv__(self, o): return self._bin(o, "floordiv")
+    def __and__(self, o): return self._bin(o, "and")
+    def __or__(self, o): return self._bin(o, "or")
+    def __neg__(self): return unary("neg", self)
+    def __lt__(self, o): return compare(self, o, "lt")
+    def __le__(self, o): return compare(self, o, "le")
+    def __gt__(self, o): return compare(self, o, "gt")
+    def __ge__(self, o): return compare(self, o, "ge")
+
+    def eq(self, o): return compare(self, o, "eq")
+
+    def cast(self, dtype: str, rounding: str = "rint") -> Tensor:
+        return cast(self, dtype, rounding)
+
+    def reshape(self, *shape) -> Tensor:
+        return reshape(self, shape)
+
+
+def _emit(op_name: str, operands: Sequence[Tensor | SSAValue], result_type, **props) -> Tensor:
+    b = _Ctx.builder
+    if b is None:
+        _fail("DSL ops can only be used while a stage is being built")
+    cls = ATTN[op_name]
+    vals = [o.value if isinstance(o, Tensor) else o for o in operands]
+    op = cls.build(operands=_group_operands(cls, vals), result_types=[result_type], properties=props)
+    op.attributes[LOC_ATTR] = StringAttr(_caller_location())
+    b.insert(op)
+    try:
+        op.verify()
+    except Exception as e:  # a DSL misuse: report it at the DSL line
+        msg = str(e).splitlines()[0]
+        raise DSLError(msg if msg.startswith(op.attributes[LOC_ATTR].data) else f"{op.attributes[LOC_ATTR].data}: {msg}") from None
+    return Tensor(op.results[0])
+
+
+def _group_operands(cls, vals):
+    # ops with one variadic operand (concat) take a list; optional operands (rmsnorm gamma) a list of 0/1
+    from xdsl.irdl import VarOperandDef
+
+    defs = cls.get_irdl_definition().operands
+    if len(defs) == 1 and isinstance(defs[0][1], VarOperandDef):
+        return [vals]
+    grouped, i = [], 0
+    for _, d in defs:
+        if isinstance(d, VarOperandDef):
+            grouped.append(vals[i:])
+            i = len(vals)
+        else:
+            grouped.append(vals[i])
+            i += 1
+    return grouped
+
+
+def _ty(shape, dtype) -> TensorType:
+    if dtype not in DTYPES:
+        _fail(f"unknown dtype '{dtype}'")
+    return tensor_type(shape, dtype)
+
+
+# -------------------------------------------------------------------------------------------------- ops
+
+
+def full(shape, value: float, dtype: str = "f32") -> Tensor:
+    return _emit("full", [], _ty(shape, dtype), value=float_attr(value))
+
+
+def iota(shape, axis: int) -> Tensor:
+    return _emit("iota", [], _ty(shape, "i32"), axis=_int(axis))
+
+
+def _int(v):
+    from xdsl.dialects.builtin import IntegerAttr, i64
+
+    return IntegerAttr(int(v), i64)
+
+
+def broadcast_to(x: Tensor, shape) -> Tensor:
+    shape = tuple(shape)
+    if x.shape == shape:
+        return x
+    if len(x.shape) < len(shape):
+        x = reshape(x, (1,) * (len(shape) - len(x.shape)) + x.shape)
+    return _emit("broadcast", [x], _ty(shape, x.dtype))
+
+
+def broadcast_pair(a, b) -> tuple[Tensor, Tensor]:
+    if not isinstance(a, Tensor):
+        a = full(b.shape, a, b.dtype)
+    if not isinstance(b, Tensor):
+        b = full(a.shape, b, a.dtype)
+    if a.dtype != b.dtype:
+        _fail(f"dtype mismatch: {a} and {b} (cast explicitly)")
+    ra, rb = len(a.shape), len(b.shape)
+    sa = (1,) * (rb - ra) + a.shape
+    sb = (1,) * (ra - rb) + b.shape
+    out = []
+    for x, y in zip(sa, sb):
+        if x != y and 1 not in (x, y):
+            _fail(f"shapes do not broadcast: {a} and {b}")
+        out.append(max(x, y))
+    return broadcast_to(a, out), broadcast_to(b, out)
+
+
+def _binary(kind, a: Tensor, b: Tensor) -> Tensor:
+    return _emit(kind, [a, b], _ty(a.shape, a.dtype))
+
+
+def maximum(a, b) -> Tensor:
+    return _binary("max", *broadcast_pair(a, b))
+
+
+def minimum(a, b) -> Tensor:
+    return _binary("min", *broadcast_pair(a, b))
+
+
+def unary(kind: str, x: Tensor) -> Tensor:
+    return _emit(kind, [x], _ty(x.shape, x.dtype))
+
+
+def exp(x): return unary("exp", x)
+def sqrt(x): return unary("sqrt", x)
+def rsqrt(x): return unary("rsqrt", x)
+def recip(x): return unary("recip", x)
+def relu(x): return unary("relu", x)
+
+
+def compare(a, b, predicate: str) -> Tensor:
+    a, b = broadcast_pair(a, b)
+    return _emit("cmp", [a, b], _ty(a.shape, "i1"), predicate=str_attr(predicate))
+
+
+def select(cond: Tensor, on_true, on_false) -> Tensor:
+    t, f = broadcast_pair(on_true, on_false)
+    cond, t = broadcast_pair(cond, t) if cond.shape != t.shape else (cond, t)
+    t, f = broadcast_to(t, cond.shape), broadcast_to(f, cond.shape)
+    return _emit("select", [cond, t, f], _ty(cond.shape, t.dtype))
+
+
+def cast(x: Tensor, dtype: str, rounding: str = "rint") -> Tensor:
+    if x.dtype == dtype:
+        return x
+    return _emit("cast", [x], _ty(x.shape, dtype), rounding=str_attr(rounding))
+
+
+def matmul(a: Tensor, b: Tensor, out: str = "f32", transpose_b: bool = False) -> Tensor:
+    sb = b.shape
+    n = sb[-2] if transpose_b else sb[-1]
+    return _emit("matmul", [a, b], _ty((*a.shape[:-1], n), out), transpose_b=bool_attr(transpose_b))
+
+
+def reduce(x: Tensor, kind: str, axis: int = -1) -> Tensor:
+    axis = axis % len(x.shape)
+    shape = tuple(1 if i == axis else d for i, d in enumerate(x.shape))
+    return _emit("reduce", [x], _ty(shape, x.dtype), kind=str_attr(kind), axis=_int(axis))
+
+
+def reshape(x: Tensor, shape) -> Tensor:
+    shape = tuple(int(s) for s in shape)
+    if shape == x.shape:
+        return x
+    return _emit("reshape", [x], _ty(shape, x.dtype))
+
+
+def transpose(x: Tensor, perm) -> Tensor:
+    return _emit("transpose", [x], _ty(tuple(x.shape[p] for p in perm), x.dtype), perm=int_array(perm))
+
+
+def concat(xs: Sequence[Tensor], axis: int) -> Tensor:
+    axis = axis % len(xs[0].shape)
+    shape = list(xs[0].shape)
+    shape[axis] = sum(x.shape[axis] for x in xs)
+    return _emit("concat", list(xs), _ty(shape, xs[0].dtype), axis=_int(axis))
+
+
+def slice_(x: Tensor, offsets, sizes) -> Tensor:
+    return _emit("slice", [x], _ty(sizes, x.dtype), offsets=int_array(offsets), sizes=int_array(sizes))
+
+
+def gather_rows(table: Tensor, indices: Tensor) -> Tensor:
+    return _emit("gather_rows", [table, indices], _ty((*indices.shape, *table.shape[1:]), table.dtype))
+
+
+def rmsnorm(x: Tensor, gamma: Tensor | None, eps: float, out: str) -> Tensor:
+    operands = [x] + ([gamma] if gamma is not None else [])
+    return _emit("rmsnorm", operands, _ty(x.shape, out), eps=float_attr(eps))
+
+
+def rope(x: Tensor, cos_table: Tensor, sin_table: Tensor, positions: Tensor, out: str,
+         inverse: bool = False) -> Tensor:
+    """Rotate interleaved pairs of the trailing lanes of every token of x at that token's own position."""
+    return _emit("rope", [x, cos_table, sin_table, positions], _ty(x.shape, out), inverse=bool_attr(inverse))
+
+
+def sparse_attention(q: Tensor, kv: Tensor, valid: Tensor, sink: Tensor, scale: float, out: str) -> Tensor:
+    return _emit("sparse_attention", [q, kv, valid, sink], _ty(q.shape, out), scale=float_attr(scale))
+
+
+def topk(scores: Tensor, valid: Tensor, k: int) -> Tensor:
+    return _emit("topk", [scores, valid], _ty((*scores.shape[:-1], k), "i32"), k=_int(k))
+
+
+def token_positions(start_pos: Tensor, seq: int) -> Tensor:
+    """[B, S] i32 absolute positions start_pos[b] + s — the only way the DSL derives a token's position."""
+    (batch,) = start_pos.shape
+    return broadcast_to(reshape(start_pos, (batch, 1)), (batch, seq)) + iota((batch, seq), 1)
+
+
+# -------------------------------------------------------------------------------------------------- build
+
+
+def build_stage(stage_def: StageDef, cfg: dict) -> ModuleOp:
+    """Resolve shapes from `cfg` and trace the stage function into a module with one func.func."""
+    arg_types = [_ty(p.resolve(cfg), p.dtype) for p in stage_def.params.values()]
+    block = Block(arg_types=arg_types)
+    builder = Builder(InsertPoint.at_end(block))
+    args = {name: Tensor(a) for name, a in zip(stage_def.params, block.args)}
+    with _building(builder):
+        outs = stage_def.fn(cfg, **args)
+        missing = [o for o in stage_def.outputs if o not in outs]
+        if missing:
+            raise DSLError(f"stage {stage_def.name} did not produce {missing}")
+        ret = func.ReturnOp(*[outs[o].value for o in stage_def.outputs])
+        builder.insert(ret)
+    fn = func.FuncOp(stage_def.name, (arg_types, [outs[o].value.type for o in stage_def.outputs]),
+                     Region(block))
+    fn.attributes["arg_names"] = _str_array(stage_def.params)
+    fn.attributes["result_names"] = _str_array(stage_def.outputs)
+    module = ModuleOp([fn])
+    module.verify()
+    return module
+
+
+def _str_array(names):
+    from xdsl.dialects.builtin import ArrayAttr
+
+    return ArrayAttr([StringAttr(n) for n in names])
+
+
+@contextlib.contextmanager
+def _building(builder: Builder):
+    prev = _Ctx.builder
+    _Ctx.builder = builder
+    try:
+        yield
+    finally:
+        _Ctx.builder = prev

@@ -1,0 +1,368 @@
+"""The golden: torch implementations of every op of `attn`, `tile`, and the func/arith/scf ops we use.
+
+Dtypes are exact: bf16 values are torch.bfloat16 (round-to-nearest-even on every op that produces them),
+casts honour their rounding mode, and float matmuls accumulate in f32 before rounding to the result dtype.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from xdsl.dialects import arith, func
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.interpreter import Interpreter, InterpreterFunctions, impl, impl_terminator, register_impls, ReturnedValues
+from xdsl.interpreters.arith import ArithFunctions
+from xdsl.interpreters.func import FuncFunctions
+from xdsl.interpreters.scf import ScfFunctions
+from xdsl.ir import BlockArgument, Operation, OpResult
+
+from . import tensor_dialect as tdl
+from . import tile_dialect as tl
+from .common import BINARY, UNARY, ints_of, op_location
+from .types import dtype_of, shape_of, torch_dtype
+
+
+class InterpretError(Exception):
+    """An op could not be executed (out-of-range index, bad input); message starts with the op location."""
+
+
+# --------------------------------------------------------------------------------------------------
+# numerics shared by several ops
+
+
+def cast_tensor(x: torch.Tensor, dtype: str, rounding: str = "rint") -> torch.Tensor:
+    """Convert with an explicit rounding mode: rint = nearest-even, round = nearest, ties away from zero,
+    trunc = toward zero."""
+    target = torch_dtype(dtype)
+    if x.dtype == target:
+        return x
+    if target == torch.bool:
+        return x != 0
+    if not target.is_floating_point:
+        xf = x.double()
+        if rounding == "rint":
+            r = torch.round(xf)
+        elif rounding == "round":
+            r = torch.sign(xf) * torch.floor(xf.abs() + 0.5)
+        else:
+            r = torch.trunc(xf)
+        info = torch.iinfo(target)
+        return r.clamp(info.min, info.max).to(target)
+    if not x.dtype.is_floating_point:
+        return x.double().to(target)  # exact for the integer ranges we use; RNE otherwise
+    nearest = x.to(target)  # torch rounds to nearest-even
+    if rounding == "rint" or torch.finfo(target).bits >= torch.finfo(x.dtype).bits:
+        return nearest
+    xd = x.double()
+    err = xd - nearest.double()
+    away = torch.where(err >= 0, torch.full_like(nearest, math.inf), torch.full_like(nearest, -math.inf))
+    other = torch.nextafter(nearest, away)
+    if rounding == "trunc":
+        # nearest overshot in magnitude: step one ulp back toward zero
+        over = nearest.double().abs() > xd.abs()
+        toward_zero = torch.nextafter(nearest, torch.zeros_like(nearest))
+        return torch.where(over, toward_zero, nearest)
+    tie = (other.double() - xd).abs() == err.abs()
+    pick_other = tie & (other.double().abs() > nearest.double().abs())
+    return torch.where(pick_other & (err != 0), other, nearest)
+
+
+def matmul_f32(a: torch.Tensor, b: torch.Tensor, transpose_b: bool) -> torch.Tensor:
+    """Products of bf16/f16/f32 operands accumulated in f32; integer operands accumulate exactly."""
+    if transpose_b:
+        b = b.transpose(-1, -2)
+    if a.dtype.is_floating_point:
+        return torch.matmul(a.float(), b.float())
+    return torch.matmul(a.long(), b.long())
+
+
+def _binary(kind: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if kind == "add":
+        return a + b
+    if kind == "sub":
+        return a - b
+    if kind == "mul":
+        return a * b
+    if kind == "div":
+        if not a.dtype.is_floating_point:
+            return torch.div(a, b, rounding_mode="trunc")
+        return a / b
+    if kind == "max":
+        return torch.maximum(a, b)
+    if kind == "min":
+        return torch.minimum(a, b)
+    if kind == "rem":
+        return torch.remainder(a, b)
+    if kind == "floordiv":
+        return torch.div(a, b, rounding_mode="floor")
+    if kind == "and":
+        return a & b
+    if kind == "or":
+        return a | b
+    raise AssertionError(kind)
+
+
+_UNARY_FN = {
+    "neg": torch.neg,
+    "exp": torch.exp,
+    "sqrt": torch.sqrt,
+    "rsqrt": torch.rsqrt,
+    "recip": torch.reciprocal,
+    "relu": torch.relu,
+    "abs": torch.abs,
+}
+_CMP_FN = {"lt": torch.lt, "le": torch.le, "gt": torch.gt, "ge": torch.ge, "eq": torch.eq, "ne": torch.ne}
+
+
+def _reduce(kind: str, x: torch.Tensor, axis: int) -> torch.Tensor:
+    if kind == "sum":
+        acc = x.float() if x.dtype.is_floating_point else x.long()
+        return acc.sum(axis, keepdim=True).to(x.dtype)
+    if kind == "max":
+        return x.amax(axis, keepdim=True)
+    return x.amin(axis, keepdim=True)
+
+
+def _pad_value(dtype: torch.dtype, pad: str):
+    if pad != "min":
+        return 0
+    return torch.finfo(dtype).min if dtype.is_floating_point else torch.iinfo(dtype).min
+
+
+def rope_rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool) -> torch.Tensor:
+    """Interleaved-pair rotation of the trailing 2*cos.shape[-1] lanes of x (f32 math)."""
+    half = cos.shape[-1]
+    n = x.shape[-1]
+    head, tail = x[..., : n - 2 * half], x[..., n - 2 * half:]
+    a, b = tail[..., 0::2], tail[..., 1::2]
+    if inverse:
+        ra, rb = a * cos + b * sin, b * cos - a * sin
+    else:
+        ra, rb = a * cos - b * sin, a * sin + b * cos
+    return torch.cat([head, torch.stack([ra, rb], -1).flatten(-2)], -1)
+
+
+def sparse_attention(q, kv, valid, sink, scale: float) -> torch.Tensor:
+    """Softmax over the valid keys with a per-head sink logit in the denominator only (f32)."""
+    kvf = torch.where(valid[..., None], kv.float(), 0.0)  # invalid rows may hold garbage
+    logits = torch.matmul(q.float(), kvf.transpose(-1, -2)) * scale  # [T,H,N]
+    logits = logits.masked_fill(~valid[:, None, :], -math.inf)
+    m = torch.maximum(logits.amax(-1, keepdim=True), sink.float()[None, :, None])
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    p = torch.exp(logits - m)
+    denom = p.sum(-1, keepdim=True) + torch.exp(sink.float()[None, :, None] - m)
+    out = torch.matmul(p, kvf)
+    return torch.where(denom > 0, out / torch.where(denom > 0, denom, 1.0), 0.0)
+
+
+def topk_indices(scores: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-k by score, ties broken by the lower index; -1 where fewer than k entries are valid."""
+    s = torch.where(valid, scores.float(), -math.inf)
+    order = torch.sort(s, dim=-1, descending=True, stable=True).indices
+    n = s.shape[-1]
+    if n < k:
+        order = torch.cat([order, order.new_zeros(*order.shape[:-1], k - n)], -1)
+    picked = order[..., :k]
+    ok = torch.gather(valid, -1, picked.clamp(max=n - 1)) & (torch.arange(k) < n)
+    return torch.where(ok, picked, -1).to(torch.int32)
+
+
+# --------------------------------------------------------------------------------------------------
+# op implementations: (interpreter, op, args) -> tuple of results
+
+
+def _out_dtype(op: Operation, i: int = 0) -> str:
+    return dtype_of(op.results[i].type)
+
+
+def _shared_impls(dl, prefix: str) -> dict:
+    table = {}
+    for kind in BINARY:
+        table[dl[kind]] = lambda it, op, a, kind=kind: (_binary(kind, a[0], a[1]),)
+    for kind in UNARY:
+        table[dl[kind]] = lambda it, op, a, kind=kind: (_UNARY_FN[kind](a[0]),)
+    table[dl["cmp"]] = lambda it, op, a: (_CMP_FN[op.predicate.data](a[0], a[1]),)
+    table[dl["select"]] = lambda it, op, a: (torch.where(a[0], a[1], a[2]),)
+    table[dl["cast"]] = lambda it, op, a: (cast_tensor(a[0], _out_dtype(op), op.rounding.data),)
+    table[dl["matmul"]] = lambda it, op, a: (
+        cast_tensor(matmul_f32(a[0], a[1], op.transpose_b.value.data), _out_dtype(op)),)
+    table[dl["broadcast"]] = lambda it, op, a: (a[0].expand(shape_of(op.result.type)).contiguous(),)
+    table[dl["reshape"]] = lambda it, op, a: (a[0].reshape(shape_of(op.result.type)),)
+    table[dl["transpose"]] = lambda it, op, a: (a[0].permute(ints_of(op.perm)).contiguous(),)
+    table[dl["concat"]] = lambda it, op, a: (torch.cat(list(a), op.axis.value.data),)
+    table[dl["gather_rows"]] = _gather_rows
+    table[dl["iota"]] = _iota
+    table[dl["full"]] = lambda it, op, a: (
+        torch.full(shape_of(op.result.type), op.value.value.data, dtype=torch_dtype(_out_dtype(op))),)
+    return table
+
+
+def _gather_rows(it, op, a):
+    table, idx = a
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= table.shape[0]):
+        raise InterpretError(f"row index out of range [0, {table.shape[0]}): min {int(idx.min())}, max {int(idx.max())}")
+    return (table[idx.long()],)
+
+
+def _iota(it, op, a):
+    shape = shape_of(op.result.type)
+    axis = op.axis.value.data
+    view = [1] * len(shape)
+    view[axis] = shape[axis]
+    return (torch.arange(shape[axis], dtype=torch.int32).reshape(view).expand(shape).contiguous(),)
+
+
+def _rmsnorm(it, op, a):
+    x = a[0].float()
+    r = torch.reciprocal(torch.sqrt((x * x).mean(-1, keepdim=True) + op.eps.value.data))
+    y = x * r
+    if len(a) > 1:
+        y = y * a[1].float()
+    return (cast_tensor(y, _out_dtype(op)),)
+
+
+def _rope(it, op, a):
+    x, cos_t, sin_t, pos = a
+    if pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= cos_t.shape[0]):
+        raise InterpretError(f"position out of range [0, {cos_t.shape[0]}): min {int(pos.min())}, max {int(pos.max())}")
+    extra = x.dim() - pos.dim() - 1  # dims between the token dims and the vector (e.g. heads)
+    cos = cos_t.float()[pos.long()].reshape(*pos.shape, *([1] * extra), cos_t.shape[1])
+    sin = sin_t.float()[pos.long()].reshape(*pos.shape, *([1] * extra), sin_t.shape[1])
+    return (cast_tensor(rope_rotate(x.float(), cos, sin, op.inverse.value.data), _out_dtype(op)),)
+
+
+def _tensor_impls() -> dict:
+    d = tdl.ATTN
+    table = _shared_impls(d, "attn")
+    table[d["reduce"]] = lambda it, op, a: (_reduce(op.kind.data, a[0], op.axis.value.data),)
+    table[d["slice"]] = lambda it, op, a: (
+        a[0][tuple(slice(o, o + s) for o, s in zip(ints_of(op.offsets), ints_of(op.sizes)))].contiguous(),)
+    table[d["rmsnorm"]] = _rmsnorm
+    table[d["rope"]] = _rope
+    table[d["sparse_attention"]] = lambda it, op, a: (
+        cast_tensor(sparse_attention(*a, op.scale.value.data), _out_dtype(op)),)
+    table[d["topk"]] = lambda it, op, a: (topk_indices(a[0], a[1], op.k.value.data),)
+    return table
+
+
+def _view(it, op, a):
+    src = a[0]
+    n = len(op.offsets)
+    offs, valid = a[1:1 + n], a[1 + n:]
+    shape = shape_of(op.result.type)
+    valid = valid or [min(s, d - o) for s, d, o in zip(shape, src.shape, offs)]
+    valid = [max(0, min(int(v), s)) for v, s in zip(valid, shape)]
+    for o, v, d in zip(offs, valid, src.shape):
+        if v and (o < 0 or o + v > d):
+            raise InterpretError(f"view [{o}, {o + v}) out of bounds of a dim of size {d}")
+    out = torch.full(shape, _pad_value(src.dtype, op.pad.data), dtype=src.dtype)
+    out[tuple(slice(0, v) for v in valid)] = src[tuple(slice(o, o + v) for o, v in zip(offs, valid))]
+    return (out,)
+
+
+def _owned(value) -> bool:
+    """A tensor the interpreter may update in place: produced by an op of this run and used only here."""
+    if len(value.uses) != 1:
+        return False
+    if isinstance(value, OpResult):
+        return isinstance(value.op, tl.AssembleOp | tl.TILE["full"] | tl.ParallelOp)
+    return isinstance(value, BlockArgument) and isinstance(value.owner.parent_op(), tl.ParallelOp)
+
+
+def _assemble(it, op, a):
+    tile, dest = a[0], a[1]
+    n = len(op.offsets)
+    offs, valid = a[2:2 + n], a[2 + n:]
+    valid = valid or list(tile.shape)
+    valid = [max(0, min(int(v), s, d - o)) for v, s, d, o in zip(valid, tile.shape, dest.shape, offs)]
+    out = dest if _owned(op.dest) else dest.clone()
+    out[tuple(slice(o, o + v) for o, v in zip(offs, valid))] = tile[tuple(slice(0, v) for v in valid)]
+    return (out,)
+
+
+def _parallel(it, op, a):
+    lower, upper, *carried = a
+    carried = [c.clone() for c in carried]  # iterations write disjoint rows of private copies
+    for row in range(lower, upper, op.rows.value.data):
+        carried = list(it.run_ssacfg_region(op.body, (row, *carried), "tile.parallel"))
+    return tuple(carried)
+
+
+def _tile_impls() -> dict:
+    d = tl.TILE
+    table = _shared_impls(d, "tile")
+    table[d["view"]] = _view
+    table[d["assemble"]] = _assemble
+    table[d["read"]] = lambda it, op, a: (int(a[0][tuple(a[1:])]),)
+    table[d["matmul_acc"]] = lambda it, op, a: (
+        cast_tensor(a[0].float() + matmul_f32(a[1], a[2], op.transpose_b.value.data).float(), _out_dtype(op))
+        if a[0].dtype.is_floating_point else a[0] + matmul_f32(a[1], a[2], op.transpose_b.value.data).to(a[0].dtype),)
+    for kind in tl.ROW_REDUCTIONS:
+        table[d[kind]] = lambda it, op, a, kind=kind: (_reduce(kind.split("_")[1], a[0], -1),)
+    for kind in tl.EXPAND_KINDS:
+        bk = kind
+        table[d[f"row_expand_{kind}"]] = lambda it, op, a, bk=bk: (_binary(bk, a[0], a[1]),)
+        table[d[f"col_expand_{kind}"]] = lambda it, op, a, bk=bk: (_binary(bk, a[0], a[1]),)
+    table[d["adds"]] = lambda it, op, a: ((a[0] + op.scalar.value.data).to(a[0].dtype),)
+    table[d["muls"]] = lambda it, op, a: ((a[0] * op.scalar.value.data).to(a[0].dtype),)
+    table[d["maxs"]] = lambda it, op, a: (a[0].clamp(min=op.scalar.value.data),)
+    table[d["parallel"]] = _parallel
+    return table
+
+
+def _index_impls() -> dict:
+    return {
+        arith.MinSIOp: lambda it, op, a: (min(a[0], a[1]),),
+        arith.MaxSIOp: lambda it, op, a: (max(a[0], a[1]),),
+        arith.CeilDivSIOp: lambda it, op, a: (-(-a[0] // a[1]),),
+    }
+
+
+def _located(fn):
+    def run(self, interpreter, op, args):
+        try:
+            return fn(interpreter, op, args)
+        except InterpretError as e:
+            if str(e).startswith(op_location(op)):
+                raise
+            raise InterpretError(f"{op_location(op)}: '{op.name}': {e}") from None
+        except (RuntimeError, IndexError, ValueError) as e:
+            raise InterpretError(f"{op_location(op)}: '{op.name}': {str(e).splitlines()[0]}") from None
+
+    return run
+
+
+def _functions_class():
+    body = {}
+    for i, (op_type, fn) in enumerate({**_tensor_impls(), **_tile_impls(), **_index_impls()}.items()):
+        body[f"run_{i}"] = impl(op_type)(_located(fn))
+
+    def run_yield(self, interpreter, op, args):
+        return ReturnedValues(args), ()
+
+    body["run_yield"] = impl_terminator(tl.YieldOp)(run_yield)
+    return register_impls(type("AttncFunctions", (InterpreterFunctions,), body))
+
+
+AttncFunctions = _functions_class()
+
+
+def make_interpreter(module: ModuleOp) -> Interpreter:
+    it = Interpreter(module)
+    for fns in (FuncFunctions(), ArithFunctions(), ScfFunctions(), AttncFunctions()):
+        it.register_implementations(fns)
+    return it
+
+
+def entry_function(module: ModuleOp) -> func.FuncOp:
+    funcs = [op for op in module.ops if isinstance(op, func.FuncOp)]
+    if len(funcs) != 1:
+        raise InterpretError(f"expected exactly one func.func in the module, found {len(funcs)}")
+    return funcs[0]
+
+
+def run_module(module: ModuleOp, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Call the module's single function with positional torch tensors (the caller's tensors are not modified)."""
+    fn = entry_function(module)
+    return tuple(make_interpreter(module).call_op(fn.sym_name.data, tuple(inputs)))

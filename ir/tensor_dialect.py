@@ -1,0 +1,99 @@
+"""`attn`: the tensor-level dialect (value semantics, whole tensors, composite ops)."""
+from __future__ import annotations
+
+from xdsl.dialects.builtin import ArrayAttr, BoolAttr, FloatAttr, IntegerAttr, StringAttr, TensorType
+from xdsl.ir import Dialect
+
+from .common import (
+    _make,
+    define_shared_ops,
+    ints_of,
+    operand_def,
+    opt_operand_def,
+    prop_def,
+    result_def,
+)
+from .types import FLOAT_DTYPES, describe, dtype_of, shape_of
+
+REDUCE_KINDS = ("sum", "max", "min")
+
+
+def _reduce_verify(self):
+    si, so = shape_of(self.input.type), shape_of(self.result.type)
+    axis = self.axis.value.data
+    self.expect(0 <= axis < len(si), f"axis {axis} out of range for {describe(self.input.type)}")
+    self.expect(self.kind.data in REDUCE_KINDS, f"unknown reduction '{self.kind.data}'")
+    expect = tuple(1 if i == axis else d for i, d in enumerate(si))
+    self.expect(so == expect, f"result must be {list(expect)} (keepdim), got {describe(self.result.type)}")
+    self.same_dtype(self.input, self.result)
+
+
+def _slice_verify(self):
+    si, so = shape_of(self.input.type), shape_of(self.result.type)
+    offs, sizes = ints_of(self.offsets), ints_of(self.sizes)
+    self.expect(len(offs) == len(si) == len(sizes), "offsets/sizes must match the rank")
+    self.expect(all(0 <= o and o + s <= d for o, s, d in zip(offs, sizes, si)),
+                f"slice {list(offs)}+{list(sizes)} out of bounds of {describe(self.input.type)}")
+    self.expect(so == sizes, "result shape must equal sizes")
+    self.same_dtype(self.input, self.result)
+
+
+def _rmsnorm_verify(self):
+    s = shape_of(self.input.type)
+    self.expect(dtype_of(self.input.type) in FLOAT_DTYPES, "input must be float")
+    self.expect(shape_of(self.result.type) == s, "result shape must equal input shape")
+    if self.gamma is not None:
+        self.expect(shape_of(self.gamma.type) == (s[-1],),
+                    f"gamma must be [{s[-1]}], got {describe(self.gamma.type)}")
+
+
+def _rope_verify(self):
+    sx, sp = shape_of(self.input.type), shape_of(self.positions.type)
+    sc, ss = shape_of(self.cos_table.type), shape_of(self.sin_table.type)
+    self.expect(dtype_of(self.positions.type) == "i32", "positions must be i32")
+    # one position per token: positions cover exactly the token (leading) dims of the input
+    self.expect(sx[:len(sp)] == sp and len(sx) > len(sp),
+                f"positions {describe(self.positions.type)} must cover the token dims of {describe(self.input.type)}")
+    self.expect(sc == ss and len(sc) == 2, "cos/sin tables must both be [max_pos, rope_dim/2]")
+    self.expect(2 * sc[1] <= sx[-1], f"rope_dim {2 * sc[1]} exceeds the vector length {sx[-1]}")
+    self.expect(shape_of(self.result.type) == sx, "result shape must equal input shape")
+
+
+def _sparse_attention_verify(self):
+    sq, skv, sv, ss = (shape_of(v.type) for v in (self.q, self.kv, self.valid, self.sink))
+    self.expect(len(sq) == 3 and len(skv) == 3, f"q must be [T,H,d] and kv [T,N,d]; got {describe(self.q.type)}, {describe(self.kv.type)}")
+    self.expect(sq[0] == skv[0] and sq[2] == skv[2], f"q {describe(self.q.type)} and kv {describe(self.kv.type)} disagree")
+    self.expect(sv == skv[:2] and dtype_of(self.valid.type) == "i1", f"valid must be i1{list(skv[:2])}")
+    self.expect(ss == (sq[1],) and dtype_of(self.sink.type) == "f32", f"sink must be f32[{sq[1]}]")
+    self.expect(shape_of(self.result.type) == sq, "result shape must equal q's")
+
+
+def _topk_verify(self):
+    ss, sv, so = shape_of(self.scores.type), shape_of(self.valid.type), shape_of(self.result.type)
+    self.expect(ss == sv, "scores and valid must have one shape")
+    self.expect(so == (*ss[:-1], self.k.value.data), f"result must be [..., {self.k.value.data}]")
+    self.expect(dtype_of(self.result.type) == "i32", "result must be i32")
+
+
+_SHARED = define_shared_ops("attn")
+ReduceOp = _make("attn.reduce", dict(input=operand_def(TensorType), kind=prop_def(StringAttr),
+                                     axis=prop_def(IntegerAttr), result=result_def(TensorType),
+                                     verify_=_reduce_verify))
+SliceOp = _make("attn.slice", dict(input=operand_def(TensorType), offsets=prop_def(ArrayAttr),
+                                   sizes=prop_def(ArrayAttr), result=result_def(TensorType), verify_=_slice_verify))
+RmsNormOp = _make("attn.rmsnorm", dict(input=operand_def(TensorType), gamma=opt_operand_def(TensorType),
+                                       eps=prop_def(FloatAttr), result=result_def(TensorType),
+                                       verify_=_rmsnorm_verify))
+RopeOp = _make("attn.rope", dict(input=operand_def(TensorType), cos_table=operand_def(TensorType),
+                                 sin_table=operand_def(TensorType), positions=operand_def(TensorType),
+                                 inverse=prop_def(BoolAttr), result=result_def(TensorType), verify_=_rope_verify))
+SparseAttentionOp = _make("attn.sparse_attention", dict(
+    q=operand_def(TensorType), kv=operand_def(TensorType), valid=operand_def(TensorType),
+    sink=operand_def(TensorType), scale=prop_def(FloatAttr), result=result_def(TensorType),
+    verify_=_sparse_attention_verify))
+TopkOp = _make("attn.topk", dict(scores=operand_def(TensorType), valid=operand_def(TensorType),
+                                 k=prop_def(IntegerAttr), result=result_def(TensorType), verify_=_topk_verify))
+
+ATTN_OPS = [*_SHARED, ReduceOp, SliceOp, RmsNormOp, RopeOp, SparseAttentionOp, TopkOp]
+Attn = Dialect("attn", ATTN_OPS, [])
+ATTN = {op.name.split(".", 1)[1]: op for op in ATTN_OPS}

@@ -1,0 +1,134 @@
+"""`tile`: the tile-level dialect — explicit loops, static tile shapes with runtime valid shapes, tile views
+of tensors, and the compute ops that pypto and PTO express on tiles."""
+from __future__ import annotations
+
+from xdsl.dialects.builtin import BoolAttr, FloatAttr, IndexType, IntegerAttr, StringAttr, TensorType
+from xdsl.ir import Dialect
+from xdsl.irdl import AttrSizedOperandSegments, region_def, traits_def, var_result_def
+from xdsl.traits import IsTerminator, RecursiveMemoryEffect
+
+from .common import (
+    _make,
+    define_shared_ops,
+    operand_def,
+    prop_def,
+    result_def,
+    var_operand_def,
+)
+from .types import describe, dtype_of, shape_of
+
+PAD_VALUES = ("zero", "min", "none")
+ROW_REDUCTIONS = ("row_sum", "row_max", "row_min")
+EXPAND_KINDS = ("add", "sub", "mul", "div", "max")
+SCALAR_KINDS = ("adds", "muls", "maxs")
+
+
+def _view_verify(self):
+    ss, so = shape_of(self.source.type), shape_of(self.result.type)
+    self.expect(len(self.offsets) == len(ss) == len(so),
+                f"{len(self.offsets)} offsets for a rank-{len(ss)} view of rank {len(so)}")
+    self.expect(len(self.valid) in (0, len(so)), "valid shape must be empty or full rank")
+    self.expect(self.pad.data in PAD_VALUES, f"pad must be one of {PAD_VALUES}")
+    self.same_dtype(self.source, self.result)
+    self.expect(all(t <= s for t, s in zip(so, ss)) or len(self.valid) > 0,
+                f"tile {describe(self.result.type)} larger than {describe(self.source.type)} needs a valid shape")
+
+
+def _assemble_verify(self):
+    st, sd = shape_of(self.tile.type), shape_of(self.dest.type)
+    self.expect(len(self.offsets) == len(sd) == len(st), "offsets must match the rank")
+    self.expect(len(self.valid) in (0, len(st)), "valid shape must be empty or full rank")
+    self.same_dtype(self.tile, self.dest, self.result)
+    self.expect(shape_of(self.result.type) == sd, "result must have the destination's type")
+
+
+def _read_verify(self):
+    self.expect(dtype_of(self.source.type) == "i32", "scalar reads come from i32 tensors")
+    self.expect(len(self.indices) == len(shape_of(self.source.type)), "one index per dim")
+
+
+def _row_reduce_verify(self):
+    si, so = shape_of(self.input.type), shape_of(self.result.type)
+    self.expect(so == (*si[:-1], 1), f"result must be {[*si[:-1], 1]}, got {describe(self.result.type)}")
+    self.same_dtype(self.input, self.result)
+
+
+def _row_expand_verify(self):
+    sx, sv = shape_of(self.lhs.type), shape_of(self.rhs.type)
+    self.expect(sv == (*sx[:-1], 1), f"row vector must be {[*sx[:-1], 1]}, got {describe(self.rhs.type)}")
+    self.same_dtype(self.lhs, self.rhs, self.result)
+    self.same_shape(self.lhs, self.result)
+
+
+def _col_expand_verify(self):
+    sx, sv = shape_of(self.lhs.type), shape_of(self.rhs.type)
+    self.expect(len(sv) == len(sx) and sv[-1] == sx[-1] and all(d == 1 for d in sv[:-1]),
+                f"column vector must be [1.., {sx[-1]}], got {describe(self.rhs.type)}")
+    self.same_dtype(self.lhs, self.rhs, self.result)
+    self.same_shape(self.lhs, self.result)
+
+
+def _scalar_verify(self):
+    self.same_shape(self.input, self.result)
+    self.same_dtype(self.input, self.result)
+
+
+def _matmul_acc_verify(self):
+    from .common import _matmul_shapes
+
+    out = _matmul_shapes(self, self.lhs, self.rhs, self.transpose_b.value.data)
+    self.expect(shape_of(self.acc.type) == out and dtype_of(self.acc.type) in ("f32", "i32"),
+                f"accumulator must be f32/i32{list(out)}, got {describe(self.acc.type)}")
+    self.same_shape(self.acc, self.result)
+
+
+def _parallel_verify(self):
+    block = self.body.block
+    self.expect(len(block.args) == 1 + len(self.inits), "body takes the row offset and one arg per init")
+    self.expect(isinstance(block.args[0].type, IndexType), "first body argument must be index")
+    for a, v, r in zip(block.args[1:], self.inits, self.outs):
+        self.expect(a.type == v.type == r.type, "carried tensors must keep their types")
+    self.expect(self.rows.value.data > 0, "rows must be positive")
+
+
+def _yield_verify(self):
+    pass
+
+
+_SHARED = define_shared_ops("tile")
+
+ViewOp = _make("tile.view", dict(
+    source=operand_def(TensorType), offsets=var_operand_def(IndexType), valid=var_operand_def(IndexType),
+    pad=prop_def(StringAttr), result=result_def(TensorType),
+    irdl_options=(AttrSizedOperandSegments(as_property=True),), verify_=_view_verify))
+AssembleOp = _make("tile.assemble", dict(
+    tile=operand_def(TensorType), dest=operand_def(TensorType), offsets=var_operand_def(IndexType),
+    valid=var_operand_def(IndexType), result=result_def(TensorType),
+    irdl_options=(AttrSizedOperandSegments(as_property=True),), verify_=_assemble_verify))
+ReadOp = _make("tile.read", dict(source=operand_def(TensorType), indices=var_operand_def(IndexType),
+                                 result=result_def(IndexType), verify_=_read_verify))
+MatmulAccOp = _make("tile.matmul_acc", dict(
+    acc=operand_def(TensorType), lhs=operand_def(TensorType), rhs=operand_def(TensorType),
+    transpose_b=prop_def(BoolAttr), result=result_def(TensorType), verify_=_matmul_acc_verify))
+_ROW = [_make(f"tile.{k}", dict(input=operand_def(TensorType), result=result_def(TensorType),
+                                verify_=_row_reduce_verify)) for k in ROW_REDUCTIONS]
+_ROW_EXPAND = [_make(f"tile.row_expand_{k}", dict(lhs=operand_def(TensorType), rhs=operand_def(TensorType),
+                                                  result=result_def(TensorType), verify_=_row_expand_verify))
+               for k in EXPAND_KINDS]
+_COL_EXPAND = [_make(f"tile.col_expand_{k}", dict(lhs=operand_def(TensorType), rhs=operand_def(TensorType),
+                                                  result=result_def(TensorType), verify_=_col_expand_verify))
+               for k in EXPAND_KINDS]
+_SCALAR = [_make(f"tile.{k}", dict(input=operand_def(TensorType), scalar=prop_def(FloatAttr),
+                                   result=result_def(TensorType), verify_=_scalar_verify)) for k in SCALAR_KINDS]
+
+YieldOp = _make("tile.yield", dict(values=var_operand_def(TensorType), verify_=_yield_verify,
+                                   traits=traits_def(IsTerminator())))
+ParallelOp = _make("tile.parallel", dict(
+    lower=operand_def(IndexType), upper=operand_def(IndexType), inits=var_operand_def(TensorType),
+    rows=prop_def(IntegerAttr), body=region_def("single_block"), outs=var_result_def(TensorType),
+    traits=traits_def(RecursiveMemoryEffect()), verify_=_parallel_verify))
+
+TILE_OPS = [*_SHARED, ViewOp, AssembleOp, ReadOp, MatmulAccOp, *_ROW, *_ROW_EXPAND, *_COL_EXPAND, *_SCALAR,
+            YieldOp, ParallelOp]
+Tile = Dialect("tile", TILE_OPS, [])
+TILE = {op.name.split(".", 1)[1]: op for op in TILE_OPS}

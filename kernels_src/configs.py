@@ -1,0 +1,79 @@
+"""Model + decode-shape configurations: `flash` and `pro` (DeepSeek-V4) and `tiny` (tests)."""
+from __future__ import annotations
+
+import math
+
+CONFIG_KEYS = ("batch", "seq", "dim", "n_heads", "head_dim", "rope_dim", "q_lora_rank", "o_lora_rank",
+               "o_groups", "window", "compress_ratio", "n_cmp", "cmp_topk", "max_pos", "norm_eps")
+
+_FLASH = dict(batch=64, seq=2, dim=4096, n_heads=64, head_dim=512, rope_dim=64, q_lora_rank=1024,
+              o_lora_rank=1024, o_groups=8, window=128, compress_ratio=4, n_cmp=2048, cmp_topk=512,
+              max_pos=8192, norm_eps=1e-6)
+CONFIGS: dict[str, dict] = {
+    "flash": _FLASH,
+    "pro": {**_FLASH, "dim": 7168, "n_heads": 128, "q_lora_rank": 1536, "o_groups": 16, "cmp_topk": 1024},
+    "tiny": dict(batch=2, seq=2, dim=64, n_heads=4, head_dim=128, rope_dim=64, q_lora_rank=32, o_lora_rank=32,
+                 o_groups=2, window=8, compress_ratio=4, n_cmp=8, cmp_topk=4, max_pos=64, norm_eps=1e-6),
+}
+
+
+class ConfigError(Exception):
+    pass
+
+
+def _coerce(key: str, text: str, current):
+    try:
+        return float(text) if isinstance(current, float) else int(text)
+    except ValueError:
+        raise ConfigError(f"--set {key}={text}: expected {'a number' if isinstance(current, float) else 'an integer'}") from None
+
+
+def resolve_config(name: str, overrides: list[str] | dict | None = None) -> dict:
+    """The named config with KEY=VALUE overrides applied, validated, plus derived sizes."""
+    if name not in CONFIGS:
+        raise ConfigError(f"unknown config '{name}' (known: {', '.join(CONFIGS)})")
+    cfg = dict(CONFIGS[name])
+    items = overrides.items() if isinstance(overrides, dict) else [
+        tuple(o.split("=", 1)) if "=" in o else (o, None) for o in (overrides or [])]
+    for key, value in items:
+        if key not in cfg:
+            raise ConfigError(f"--set {key}: unknown config key (known: {', '.join(CONFIG_KEYS)})")
+        if value is None:
+            raise ConfigError(f"--set {key}: expected KEY=VALUE")
+        cfg[key] = _coerce(key, value, cfg[key]) if isinstance(value, str) else type(cfg[key])(value)
+    _validate(cfg)
+    cfg.update(derived_sizes(cfg))
+    cfg["name"] = name
+    return cfg
+
+
+def _validate(cfg: dict):
+    def need(cond, msg):
+        if not cond:
+            raise ConfigError(msg)
+
+    for k in CONFIG_KEYS:
+        if k != "norm_eps" and k != "compress_ratio":
+            need(cfg[k] > 0, f"{k} must be positive, got {cfg[k]}")
+    need(cfg["compress_ratio"] in (0, 4, 128), f"compress_ratio must be 0, 4 or 128, got {cfg['compress_ratio']}")
+    need(cfg["rope_dim"] % 2 == 0 and cfg["rope_dim"] <= cfg["head_dim"], "rope_dim must be even and <= head_dim")
+    need(cfg["n_heads"] % cfg["o_groups"] == 0, "n_heads must be a multiple of o_groups")
+    need(cfg["seq"] <= cfg["window"], "seq must not exceed window")
+    need(cfg["norm_eps"] > 0, "norm_eps must be positive")
+
+
+def derived_sizes(cfg: dict) -> dict:
+    return dict(
+        tokens=cfg["batch"] * cfg["seq"],
+        rope_half=cfg["rope_dim"] // 2,
+        q_dim=cfg["n_heads"] * cfg["head_dim"],
+        heads_per_group=cfg["n_heads"] // cfg["o_groups"],
+        group_in=cfg["n_heads"] // cfg["o_groups"] * cfg["head_dim"],
+        o_cat=cfg["o_groups"] * cfg["o_lora_rank"],
+        softmax_scale=1.0 / math.sqrt(cfg["head_dim"]),
+    )
+
+
+def public_view(cfg: dict) -> dict:
+    """The config as shown by `attnc show-config`: the keys, then derived sizes."""
+    return {k: cfg[k] for k in (*CONFIG_KEYS, *derived_sizes(cfg))}

@@ -1,0 +1,73 @@
+"""Seeded inputs for a stage: every parameter gets a value whose *meaning* is valid (positions inside the
+RoPE table, compressed ids that exist, weights scaled like a trained layer), so that missing inputs of
+`attnc run` and the tests exercise real code paths."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from attnc.ir.dsl import StageDef
+from attnc.ir.types import torch_dtype
+
+
+def rope_tables(cfg: dict, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """[max_pos, rope_dim/2] f32 cos/sin tables of plain RoPE (column i = angle of pair i)."""
+    half = cfg["rope_dim"] // 2
+    freqs = theta ** (-torch.arange(half, dtype=torch.float64) * 2 / cfg["rope_dim"])
+    ang = torch.arange(cfg["max_pos"], dtype=torch.float64)[:, None] * freqs[None, :]
+    return torch.cos(ang).float(), torch.sin(ang).float()
+
+
+def default_start_pos(cfg: dict, gen: torch.Generator) -> torch.Tensor:
+    hi = cfg["max_pos"] - cfg["seq"]
+    return torch.randint(0, hi + 1, (cfg["batch"],), generator=gen, dtype=torch.int32)
+
+
+def compressed_ids(cfg: dict, start_pos: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Distinct ids per token: up to cmp_topk of the entries visible to it, then -1 padding."""
+    B, S, KC, NC, m = cfg["batch"], cfg["seq"], cfg["cmp_topk"], cfg["n_cmp"], cfg["compress_ratio"]
+    out = torch.full((B, S, KC), -1, dtype=torch.int32)
+    for b in range(B):
+        for s in range(S):
+            t = int(start_pos[b]) + s
+            n_vis = min(NC, (t + 1) // m) if m else 0
+            ids = torch.randperm(n_vis, generator=gen)[:KC] if n_vis else torch.empty(0, dtype=torch.long)
+            out[b, s, : len(ids)] = ids.to(torch.int32)
+    return out
+
+
+def make_inputs(stage_def: StageDef, cfg: dict, seed: int = 0, given: dict | None = None) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    given = dict(given or {})
+    out: dict[str, torch.Tensor] = {}
+    shapes = {n: p.resolve(cfg) for n, p in stage_def.params.items()}
+    if "start_pos" in shapes:
+        out["start_pos"] = given.pop("start_pos", None)
+        if out["start_pos"] is None:
+            out["start_pos"] = default_start_pos(cfg, gen)
+    cos, sin = rope_tables(cfg)
+    for name, p in stage_def.params.items():
+        if name in out:
+            continue
+        if name in given:
+            out[name] = given[name]
+            continue
+        shape = shapes[name]
+        if name == "rope_cos":
+            t = cos
+        elif name == "rope_sin":
+            t = sin
+        elif name == "cmp_idx":
+            t = compressed_ids(cfg, out["start_pos"], gen)
+        elif name == "attn_sink":
+            t = torch.randn(shape, generator=gen)
+        elif name.endswith("norm_w"):
+            t = 1.0 + 0.1 * torch.randn(shape, generator=gen)
+        elif name.startswith("w"):
+            fan_in = shape[-2]
+            t = torch.randn(shape, generator=gen) / math.sqrt(fan_in)
+        else:
+            t = torch.randn(shape, generator=gen)
+        out[name] = t.to(torch_dtype(p.dtype))
+    return {n: out[n] for n in stage_def.params}

@@ -1,0 +1,25 @@
+"""Stage qkv_proj_rope: attention norm, q/kv projections with their norms, RoPE at each token's position."""
+from attnc.ir.dsl import In, matmul, reshape, rmsnorm, rope, stage, token_positions
+
+
+@stage("qkv_proj_rope", outputs=("q", "kv", "qr"))
+def qkv_proj_rope(cfg,
+                  x: In("batch", "seq", "dim"),
+                  attn_norm_w: In("dim", dtype="f32"),
+                  wq_a: In("dim", "q_lora_rank"),
+                  q_norm_w: In("q_lora_rank", dtype="f32"),
+                  wq_b: In("q_lora_rank", "q_dim"),
+                  wkv: In("dim", "head_dim"),
+                  kv_norm_w: In("head_dim", dtype="f32"),
+                  start_pos: In("batch", dtype="i32"),
+                  rope_cos: In("max_pos", "rope_half", dtype="f32"),
+                  rope_sin: In("max_pos", "rope_half", dtype="f32")):
+    """x -> q [B,S,H,hd], kv [B,S,hd], qr [B,S,q_lora] (bf16)."""
+    B, S, T, H, hd, eps = cfg["batch"], cfg["seq"], cfg["tokens"], cfg["n_heads"], cfg["head_dim"], cfg["norm_eps"]
+    pos = reshape(token_positions(start_pos, S), (T,))
+    xn = rmsnorm(reshape(x, (T, cfg["dim"])), attn_norm_w, eps, out="bf16")
+    qr = rmsnorm(matmul(xn, wq_a), q_norm_w, eps, out="bf16")
+    q = reshape(matmul(qr, wq_b), (T, H, hd))
+    q = rope(rmsnorm(q, None, eps, out="f32"), rope_cos, rope_sin, pos, out="bf16")
+    kv = rope(rmsnorm(matmul(xn, wkv), kv_norm_w, eps, out="f32"), rope_cos, rope_sin, pos, out="bf16")
+    return {"q": reshape(q, (B, S, H, hd)), "kv": reshape(kv, (B, S, hd)), "qr": reshape(qr, (B, S, cfg["q_lora_rank"]))}
