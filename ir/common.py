@@ -84,6 +84,10 @@ def bool_attr(b: bool) -> BoolAttr:
 
 
 def _make(name: str, body: dict, base=AttncOp) -> type[IRDLOperation]:
+    from xdsl.irdl import traits_def
+    from xdsl.traits import Pure
+
+    body.setdefault("traits", traits_def(Pure()))  # value semantics: CSE/DCE may fold and drop them
     cls_name = "".join(p.capitalize() for p in name.replace(".", "_").split("_")) + "Op"
     cls = type(cls_name, (base,), {"name": name, **body})
     cls.__module__ = __name__

@@ -357,6 +357,8 @@ def build_stage(stage_def: StageDef, cfg: dict) -> ModuleOp:
                      Region(block))
     fn.attributes["arg_names"] = _str_array(stage_def.params)
     fn.attributes["result_names"] = _str_array(stage_def.outputs)
+    # token dims [batch, seq]: a reshape [batch, seq, ...] -> [batch*seq, ...] marks per-token rows
+    fn.attributes["token_dims"] = int_array([cfg["batch"], cfg["seq"]])
     module = ModuleOp([fn])
     module.verify()
     return module

@@ -1,0 +1,107 @@
+"""attnc passes: one module each, registered by name, composed with MLIR pipeline strings, e.g.
+`fuse-rmsnorm,rope-selector-matmul,tile-softmax{kv-tile=32},parallelize-tokens{rows=16},tile-matmul{k=512},lower-to-tiles,canonicalize,cse`.
+
+Every attnc pass declares `tolerance`: the largest normalised error (max |after - before| / max |before|, per
+output) that `--verify-each` accepts between the module interpreted before and after it; 0 = exact rewrite.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+from xdsl.passes import ModulePass, PassPipeline
+from xdsl.utils.arg_spec import parse_pipeline
+
+DEFAULT_PIPELINE = ("fuse-rmsnorm,rope-selector-matmul,tile-softmax{kv-tile=32},parallelize-tokens{rows=16},"
+                    "tile-matmul{k=512},lower-to-tiles,canonicalize,cse")
+DEFAULT_PIPELINES = {"interp": DEFAULT_PIPELINE, "pypto": DEFAULT_PIPELINE}
+
+# module name for every attnc pass (imported lazily so that `attnc list` stays fast)
+_PASS_MODULES = {
+    "fuse-rmsnorm": "fuse_rmsnorm",
+    "rope-selector-matmul": "rope_selector_matmul",
+    "tile-softmax": "tile_softmax",
+    "parallelize-tokens": "parallelize_tokens",
+    "tile-matmul": "tile_matmul",
+    "lower-to-tiles": "lower_to_tiles",
+}
+# xDSL's generic passes that attnc pipelines may use
+_XDSL_PASSES = {
+    "canonicalize": ("xdsl.transforms.canonicalize", "CanonicalizePass"),
+    "cse": ("xdsl.transforms.common_subexpression_elimination", "CommonSubexpressionElimination"),
+    "dce": ("xdsl.transforms.dead_code_elimination", "DeadCodeElimination"),
+}
+
+
+class PassError(Exception):
+    """A pass cannot apply (e.g. a dependence check refused it); one line naming the pass and the op location."""
+
+
+@dataclass(frozen=True)
+class AttncPass(ModulePass):
+    tolerance: ClassVar[float] = 0.0
+    summary: ClassVar[str] = ""
+
+
+_REGISTRY: dict[str, type[ModulePass]] = {}
+
+
+def register(cls: type[AttncPass]) -> type[AttncPass]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def pass_class(name: str) -> type[ModulePass]:
+    if name in _XDSL_PASSES:
+        mod, attr = _XDSL_PASSES[name]
+        return getattr(importlib.import_module(mod), attr)
+    if name not in _REGISTRY:
+        importlib.import_module(f"{__name__}.{_PASS_MODULES[name]}")
+    return _REGISTRY[name]
+
+
+def pass_names() -> list[str]:
+    return [*_PASS_MODULES, *_XDSL_PASSES]
+
+
+def pass_tolerance(p: ModulePass) -> float:
+    return getattr(p, "tolerance", 0.0)
+
+
+def pass_summary(name: str) -> str:
+    if name in _XDSL_PASSES:
+        return {"canonicalize": "xDSL canonicalization patterns", "cse": "xDSL common subexpression elimination",
+                "dce": "xDSL dead code elimination"}[name]
+    return pass_class(name).summary
+
+
+def build_pipeline(spec: str, callback=None) -> PassPipeline:
+    """Parse a pipeline string; unknown passes, bad options and malformed text raise PipelineError."""
+    from xdsl.utils.exceptions import ArgSpecParseError
+
+    try:
+        specs = list(parse_pipeline(spec))
+    except (ArgSpecParseError, Exception) as e:  # xDSL's parse error derives from BaseException
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        where = next((ln for ln in lines if ln.startswith("pass-pipeline:")), "")
+        col = where.rsplit(":", 1)[-1] if where else "?"
+        raise PipelineError(f"pipeline:{col}: {lines[-1] if lines else 'malformed'} in '{spec}'") from None
+    passes = []
+    for s in specs:
+        if s.name not in pass_names():
+            raise PipelineError(f"pipeline: unknown pass '{s.name}' (known: {', '.join(pass_names())})")
+        try:
+            passes.append(pass_class(s.name).from_pass_spec(s))
+        except Exception as e:
+            raise PipelineError(f"pipeline: pass '{s.name}': {str(e).splitlines()[0]}") from None
+    return PassPipeline(tuple(passes), callback)
+
+
+class PipelineError(Exception):
+    pass
+
+
+def pass_spec_text(p: ModulePass) -> str:
+    return str(p.pipeline_pass_spec())

@@ -1,0 +1,107 @@
+"""Running a pipeline, with translation validation (`--verify-each`): the module is interpreted on seeded
+inputs before the first pass and after every pass; each output is compared with the previous level and a
+difference beyond the pass's declared tolerance fails the compilation."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.passes import ModulePass
+
+from attnc.ir import IRError, make_context, verify_ir
+from attnc.ir.interpreter import run_module
+
+from . import PassError, build_pipeline, pass_tolerance
+
+
+def normalised_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """max |got - want| / max |want| (exact for integer tensors: 0 or 1 for any difference); NaN counts as inf."""
+    if got.shape != want.shape:
+        return float("inf")
+    if not want.dtype.is_floating_point:
+        return 0.0 if torch.equal(got.long(), want.long()) else 1.0
+    g, w = got.double(), want.double()
+    if torch.isnan(g).any() != torch.isnan(w).any():
+        return float("inf")
+    diff = (g - w).abs().nan_to_num(0.0).max().item() if g.numel() else 0.0
+    scale = w.abs().nan_to_num(0.0).max().item() if w.numel() else 0.0
+    return diff / scale if scale > 0 else diff
+
+
+@dataclass
+class VerifyRecord:
+    pass_name: str
+    output: str
+    error: float
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.error <= self.tolerance
+
+    def line(self) -> str:
+        status = "PASS" if self.ok else "FAILED"
+        return f"verify {self.pass_name:<22} {self.output:<8} max_err={self.error:.3e} tol={self.tolerance:.0e} {status}"
+
+
+@dataclass
+class CompileReport:
+    passes: list[str] = field(default_factory=list)
+    pass_seconds: dict[str, float] = field(default_factory=dict)
+    records: list[VerifyRecord] = field(default_factory=list)
+    compile_seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[VerifyRecord]:
+        return [r for r in self.records if not r.ok]
+
+
+class VerificationFailed(Exception):
+    pass
+
+
+def _label(p: ModulePass) -> str:
+    return str(p.pipeline_pass_spec())
+
+
+def run_pipeline(module: ModuleOp, pipeline: str, *, verify_inputs: Sequence[torch.Tensor] | None = None,
+                 output_names: Sequence[str] = (), after_pass: Callable[[str, ModuleOp], None] | None = None,
+                 stop_on_failure: bool = True) -> CompileReport:
+    """Apply `pipeline` to `module` in place. With `verify_inputs`, interpret before/after every pass."""
+    report = CompileReport()
+    pipe = build_pipeline(pipeline)
+    ctx = make_context()
+    previous = run_module(module, verify_inputs) if verify_inputs is not None else None
+    start = time.perf_counter()
+    verify_time = 0.0
+    for p in pipe.passes:
+        label = _label(p)
+        t0 = time.perf_counter()
+        try:
+            p.apply(ctx, module)
+        except (PassError, IRError) as e:
+            raise PassError(f"pass {label}: {e}") from None
+        verify_ir(module, f"after {label}")
+        report.pass_seconds[label] = time.perf_counter() - t0
+        report.passes.append(label)
+        if after_pass is not None:
+            after_pass(label, module)
+        if previous is not None:
+            t1 = time.perf_counter()
+            current = run_module(module, verify_inputs)
+            names = list(output_names) or [f"out{i}" for i in range(len(current))]
+            for name, got, want in zip(names, current, previous):
+                rec = VerifyRecord(label, name, normalised_error(got, want), pass_tolerance(p))
+                report.records.append(rec)
+            previous = current
+            verify_time += time.perf_counter() - t1
+            if stop_on_failure and report.failed:
+                bad = report.failed[0]
+                raise VerificationFailed(
+                    f"--verify-each: pass {bad.pass_name} changed output '{bad.output}' by {bad.error:.3e} "
+                    f"(tolerance {bad.tolerance:.0e})")
+    report.compile_seconds = time.perf_counter() - start - verify_time
+    return report
