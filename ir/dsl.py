@@ -83,6 +83,7 @@ def stage(name: str, outputs: Sequence[str], needs: Callable[[dict], str | None]
 
 class _Ctx:
     builder: Builder | None = None
+    tokens: int | None = None
 
 
 def _caller_location() -> str:
@@ -103,8 +104,10 @@ def _fail(msg: str):
 class Tensor:
     """A DSL value: an SSA value of ranked tensor type, with operators that build `attn` ops."""
 
-    def __init__(self, value: SSAValue):
+    def __init__(self, value: SSAValue, token_positions_of: int | None = None):
         self.value = value
+        # set only on tensors made by token_positions(): the number of tokens they give positions for
+        self.token_positions_of = token_positions_of
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -290,7 +293,9 @@ def reshape(x: Tensor, shape) -> Tensor:
     shape = tuple(int(s) for s in shape)
     if shape == x.shape:
         return x
-    return _emit("reshape", [x], _ty(shape, x.dtype))
+    out = _emit("reshape", [x], _ty(shape, x.dtype))
+    out.token_positions_of = x.token_positions_of  # a flatten of positions still gives positions
+    return out
 
 
 def transpose(x: Tensor, perm) -> Tensor:
@@ -319,7 +324,21 @@ def rmsnorm(x: Tensor, gamma: Tensor | None, eps: float, out: str) -> Tensor:
 
 def rope(x: Tensor, cos_table: Tensor, sin_table: Tensor, positions: Tensor, out: str,
          inverse: bool = False) -> Tensor:
-    """Rotate interleaved pairs of the trailing lanes of every token of x at that token's own position."""
+    """Rotate interleaved pairs of the trailing lanes of every token of x at that token's own position.
+
+    `positions` must come from token_positions() and cover exactly the token dims of x, so a token can
+    never be rotated with another token's position (pypto-lib#462)."""
+    import math
+
+    n_tok = math.prod(x.shape[: len(positions.shape)])
+    if positions.token_positions_of is None:
+        _fail("rope positions must come from token_positions(start_pos, seq)")
+    if positions.token_positions_of != _Ctx.tokens:
+        _fail(f"rope positions give {positions.token_positions_of} token positions but the stage has "
+              f"{_Ctx.tokens} tokens (batch*seq): every token must be rotated at its own position")
+    if n_tok != positions.token_positions_of:
+        _fail(f"rope positions give {positions.token_positions_of} token positions but {x} has {n_tok} tokens "
+              f"in its leading dims {list(x.shape[: len(positions.shape)])}: positions must cover the token dims")
     return _emit("rope", [x, cos_table, sin_table, positions], _ty(x.shape, out), inverse=bool_attr(inverse))
 
 
@@ -334,7 +353,9 @@ def topk(scores: Tensor, valid: Tensor, k: int) -> Tensor:
 def token_positions(start_pos: Tensor, seq: int) -> Tensor:
     """[B, S] i32 absolute positions start_pos[b] + s — the only way the DSL derives a token's position."""
     (batch,) = start_pos.shape
-    return broadcast_to(reshape(start_pos, (batch, 1)), (batch, seq)) + iota((batch, seq), 1)
+    pos = broadcast_to(reshape(start_pos, (batch, 1)), (batch, seq)) + iota((batch, seq), 1)
+    pos.token_positions_of = batch * seq
+    return pos
 
 
 # -------------------------------------------------------------------------------------------------- build
@@ -346,6 +367,7 @@ def build_stage(stage_def: StageDef, cfg: dict) -> ModuleOp:
     block = Block(arg_types=arg_types)
     builder = Builder(InsertPoint.at_end(block))
     args = {name: Tensor(a) for name, a in zip(stage_def.params, block.args)}
+    _Ctx.tokens = cfg["batch"] * cfg["seq"]
     with _building(builder):
         outs = stage_def.fn(cfg, **args)
         missing = [o for o in stage_def.outputs if o not in outs]
