@@ -1,0 +1,30 @@
+# Two entry points that do all set-up on a fresh machine:
+#   make run   - compile both stages for `flash` with the default pipeline and check them (table)
+#   make test  - the test suite (what CI runs)
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+
+.PHONY: run test bench setup clean
+
+$(STAMP): pyproject.toml
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	# torch first, pinned, so that nothing can pull a CUDA build
+	$(VPY) -m pip install -q torch==2.13.0
+	$(VPY) -m pip install -q -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(VPY) benchmarks/main_job.py --config flash
+
+test: $(STAMP)
+	$(VPY) -m pytest -q
+
+bench: $(STAMP)
+	$(VPY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
