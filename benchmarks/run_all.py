@@ -1,0 +1,111 @@
+"""Benchmarks (`make bench`): ratios measured side by side in one run; results go into the README.
+
+1. compile time of every stage through the default pipeline at the config's decode shape (goal < 1 s);
+2. interpreter time at the flash decode shape (B=64, S=2, window 128 + 512 listed compressed keys):
+   tile level vs tensor level (goal <= 3x);
+3. simulated AICore time (pypto 0.2.0 cost model) of the emitted sparse_attn_core at B=64, S=2, 8K context,
+   m=4, 512 listed entries, next to the hand-written hicann/pypto kernels measured under the same pypto.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+from attnc.ir.interpreter import run_module
+from attnc.kernels_src import STAGES, build_stage, resolve_config
+from attnc.kernels_src.inputs import make_inputs
+from attnc.passes import DEFAULT_PIPELINE
+from attnc.passes.verify import run_pipeline
+
+HAND_WRITTEN_US = {"SWA (win 128)": 120.6, "SCFA (CSA, 512 picks)": 212.9, "CFA (ratio 128)": 258.2}
+
+
+def _best(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def bench_compile(config: str, repeat: int) -> dict:
+    out = {}
+    for name, st in STAGES.items():
+        cfg = resolve_config(config)
+
+        def once():
+            run_pipeline(build_stage(st, cfg), DEFAULT_PIPELINE)
+
+        out[name] = _best(once, repeat)
+    return out
+
+
+def bench_interpreter(config: str, stage: str, repeat: int) -> dict:
+    st = STAGES[stage]
+    cfg = resolve_config(config)
+    inputs = list(make_inputs(st, cfg, 0).values())
+    tensor_mod = build_stage(st, cfg)
+    tile_mod = build_stage(st, cfg)
+    run_pipeline(tile_mod, DEFAULT_PIPELINE)
+    t_tensor = _best(lambda: run_module(tensor_mod, inputs), repeat)
+    t_tile = _best(lambda: run_module(tile_mod, inputs), repeat)
+    return {"tensor_s": t_tensor, "tile_s": t_tile, "ratio": t_tile / t_tensor}
+
+
+def bench_aicore(config: str, stage: str, timeout_s: int) -> dict:
+    from attnc.codegen.pypto_target import run_pypto_sim
+
+    st = STAGES[stage]
+    cfg = resolve_config(config)
+    module = build_stage(st, cfg)
+    run_pipeline(module, DEFAULT_PIPELINE)
+    res = run_pypto_sim(module, make_inputs(st, cfg, 0), verify="none", timeout_s=timeout_s)
+    return {"aicore_us": res.aicore_us, "wall_s": res.wall_s}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="flash")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--skip-sim", action="store_true")
+    ap.add_argument("--json", metavar="FILE")
+    args = ap.parse_args(argv)
+    results: dict = {"config": args.config}
+
+    results["compile_s"] = bench_compile(args.config, args.repeat)
+    print("compile time through the default pipeline (goal < 1 s):")
+    for k, v in results["compile_s"].items():
+        print(f"  {k:<20} {v:.3f} s")
+
+    print("interpreter time at the decode shape, tile level vs tensor level (goal <= 3x):")
+    results["interp"] = {}
+    for stage in ("sparse_attn_core", "sparse_attn", "qkv_proj_rope"):
+        r = bench_interpreter(args.config, stage, max(1, args.repeat - 1))
+        results["interp"][stage] = r
+        print(f"  {stage:<20} tensor {r['tensor_s']:.3f} s  tile {r['tile_s']:.3f} s  ratio {r['ratio']:.2f}x")
+
+    if not args.skip_sim:
+        print("simulated AICore time (pypto 0.2.0 cost model, no verify):")
+        results["aicore"] = {}
+        for stage in ("sparse_attn_core",):
+            try:
+                r = bench_aicore(args.config, stage, timeout_s=1800)
+                results["aicore"][stage] = r
+                print(f"  {stage:<20} {r['aicore_us']:.1f} us (wall {r['wall_s']:.1f} s)")
+                for name, us in HAND_WRITTEN_US.items():
+                    print(f"    vs hand-written {name:<24} {us:7.1f} us  ratio {r['aicore_us'] / us:.2f}")
+            except Exception as e:
+                results["aicore"][stage] = {"error": str(e).splitlines()[0]}
+                print(f"  {stage:<20} not measured: {str(e).splitlines()[0]}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
