@@ -84,9 +84,12 @@ def stage(name: str, outputs: Sequence[str], needs: Callable[[dict], str | None]
 class _Ctx:
     builder: Builder | None = None
     tokens: int | None = None
+    loc: str | None = None  # set while a pass rewrites an op: new ops inherit its DSL location
 
 
 def _caller_location() -> str:
+    if _Ctx.loc is not None:
+        return _Ctx.loc
     frame = inspect.currentframe()
     while frame is not None and os.path.abspath(frame.f_code.co_filename) == os.path.abspath(__file__):
         frame = frame.f_back
@@ -151,15 +154,34 @@ class Tensor:
         return reshape(self, shape)
 
 
-def _emit(op_name: str, operands: Sequence[Tensor | SSAValue], result_type, **props) -> Tensor:
+def emit_op(cls, operands: Sequence, result_types: Sequence, properties: dict | None = None,
+            regions: Sequence[Region] = ()):
+    """Insert one op of any dialect at the current insertion point, stamped with the current location."""
     b = _Ctx.builder
     if b is None:
-        _fail("DSL ops can only be used while a stage is being built")
-    cls = ATTN[op_name]
-    vals = [o.value if isinstance(o, Tensor) else o for o in operands]
-    op = cls.build(operands=_group_operands(cls, vals), result_types=[result_type], properties=props)
+        _fail("DSL ops can only be used while a stage is being built or an op rewritten")
+    op = cls.build(operands=operands, result_types=list(result_types), properties=properties or {},
+                   regions=list(regions))
     op.attributes[LOC_ATTR] = StringAttr(_caller_location())
     b.insert(op)
+    return op
+
+
+@contextlib.contextmanager
+def emitting(insert_point: InsertPoint, loc: str | None):
+    """Let passes build ops with the DSL vocabulary at `insert_point`, carrying the rewritten op's location."""
+    prev = (_Ctx.builder, _Ctx.loc)
+    _Ctx.builder, _Ctx.loc = Builder(insert_point), loc
+    try:
+        yield
+    finally:
+        _Ctx.builder, _Ctx.loc = prev
+
+
+def _emit(op_name: str, operands: Sequence[Tensor | SSAValue], result_type, **props) -> Tensor:
+    cls = ATTN[op_name]
+    vals = [o.value if isinstance(o, Tensor) else o for o in operands]
+    op = emit_op(cls, _group_operands(cls, vals), [result_type], props)
     try:
         op.verify()
     except Exception as e:  # a DSL misuse: report it at the DSL line

@@ -1,0 +1,98 @@
+"""Helpers shared by the passes: build replacement IR with the DSL vocabulary at an op's position (new ops
+inherit its DSL location), index arithmetic, and the tile-level ops."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+from xdsl.dialects import arith
+from xdsl.dialects.builtin import IndexType, IntegerAttr, StringAttr, TensorType
+from xdsl.ir import Operation, SSAValue
+from xdsl.rewriter import InsertPoint
+
+from attnc.ir.common import LOC_ATTR, float_attr, op_location
+from attnc.ir.dsl import Tensor, emit_op, emitting
+from attnc.ir.tile_dialect import TILE
+from attnc.ir.types import dtype_of, shape_of, tensor_type
+
+INDEX = IndexType()
+
+
+@contextlib.contextmanager
+def before(op: Operation):
+    with emitting(InsertPoint.before(op), op_location(op) if LOC_ATTR in op.attributes else None):
+        yield
+
+
+@contextlib.contextmanager
+def at_end(block, loc: str | None):
+    with emitting(InsertPoint.at_end(block), loc):
+        yield
+
+
+def T(v: SSAValue | Tensor) -> Tensor:
+    return v if isinstance(v, Tensor) else Tensor(v)
+
+
+def val(v) -> SSAValue:
+    return v.value if isinstance(v, Tensor) else v
+
+
+# ---------------------------------------------------------------------------------------------- index math
+
+
+def const(v: int) -> SSAValue:
+    return emit_op(arith.ConstantOp, [], [INDEX], {"value": IntegerAttr(int(v), INDEX)}).results[0]
+
+
+def _index_op(cls, a, b) -> SSAValue:
+    a = const(a) if isinstance(a, int) else a
+    b = const(b) if isinstance(b, int) else b
+    return emit_op(cls, [a, b], [INDEX]).results[0]
+
+
+def addi(a, b): return _index_op(arith.AddiOp, a, b)
+def subi(a, b): return _index_op(arith.SubiOp, a, b)
+def muli(a, b): return _index_op(arith.MuliOp, a, b)
+def minsi(a, b): return _index_op(arith.MinSIOp, a, b)
+
+
+def as_index(v) -> SSAValue:
+    return const(v) if isinstance(v, int) else v
+
+
+def constant_value(v: SSAValue) -> int | None:
+    op = v.owner if isinstance(v.owner, Operation) else None
+    if isinstance(op, arith.ConstantOp) and isinstance(op.value, IntegerAttr):
+        return op.value.value.data
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- tile ops
+
+
+def view(source, offsets: Sequence, shape: Sequence[int], valid: Sequence = (), pad: str = "zero") -> Tensor:
+    src = val(source)
+    ty = tensor_type(shape, dtype_of(src.type))
+    op = emit_op(TILE["view"], [src, [as_index(o) for o in offsets], [as_index(v) for v in valid]], [ty],
+                 {"pad": StringAttr(pad)})
+    return Tensor(op.results[0])
+
+
+def assemble(tile, dest, offsets: Sequence, valid: Sequence = ()) -> Tensor:
+    d = val(dest)
+    op = emit_op(TILE["assemble"], [val(tile), d, [as_index(o) for o in offsets], [as_index(v) for v in valid]],
+                 [d.type])
+    return Tensor(op.results[0])
+
+
+def tile_full(shape, value: float, dtype: str) -> Tensor:
+    return Tensor(emit_op(TILE["full"], [], [tensor_type(shape, dtype)], {"value": float_attr(value)}).results[0])
+
+
+def tile_op(kind: str, operands: Sequence, result_type: TensorType, **props) -> Tensor:
+    return Tensor(emit_op(TILE[kind], [val(o) for o in operands], [result_type], props).results[0])
+
+
+def shape(v) -> tuple[int, ...]:
+    return shape_of(val(v).type)

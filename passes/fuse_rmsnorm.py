@@ -1,0 +1,42 @@
+"""fuse-rmsnorm: RMSNorm becomes one row pass — sum of squares, recip(sqrt(mean + eps)), scale, γ — whose
+scaled rows feed the consumer directly (no normalised tensor of its own, no intermediate rounding).
+
+recip(sqrt(.)) rather than rsqrt: on Ascend they differ and pypto-lib#361 aligned on recip(sqrt)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xdsl.pattern_rewriter import PatternRewriter, PatternRewriteWalker, RewritePattern, op_type_rewrite_pattern
+
+from attnc.ir import dsl
+from attnc.ir.tensor_dialect import RmsNormOp
+from attnc.ir.types import dtype_of
+
+from . import AttncPass, register
+from ._build import T, before
+
+
+class _DecomposeRmsNorm(RewritePattern):
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: RmsNormOp, rewriter: PatternRewriter):
+        with before(op):
+            x = dsl.cast(T(op.input), "f32")
+            n = x.shape[-1]
+            sum_sq = dsl.reduce(x * x, "sum", -1)
+            inv_rms = dsl.recip(dsl.sqrt(sum_sq / float(n) + op.eps.value.data))
+            y = x * inv_rms
+            if op.gamma is not None:
+                y = y * dsl.cast(T(op.gamma), "f32")
+            y = dsl.cast(y, dtype_of(op.result.type))
+        rewriter.replace_op(op, [], [y.value])
+
+
+@register
+@dataclass(frozen=True)
+class FuseRmsNorm(AttncPass):
+    name = "fuse-rmsnorm"
+    summary = "RMSNorm -> one row pass: sum of squares, recip(sqrt(mean+eps)), scale, gamma, fused into its consumer"
+    tolerance = 0.0
+
+    def apply(self, ctx, op):
+        PatternRewriteWalker(_DecomposeRmsNorm(), apply_recursively=False).rewrite_module(op)
