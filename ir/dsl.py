@@ -286,11 +286,23 @@ def compare(a, b, predicate: str) -> Tensor:
     return _emit("cmp", [a, b], _ty(a.shape, "i1"), predicate=str_attr(predicate))
 
 
+def _broadcast_shape(*shapes) -> tuple[int, ...]:
+    rank = max(len(s) for s in shapes)
+    padded = [(1,) * (rank - len(s)) + tuple(s) for s in shapes]
+    out = []
+    for dims in zip(*padded):
+        big = {d for d in dims if d != 1}
+        if len(big) > 1:
+            _fail(f"shapes do not broadcast: {[list(s) for s in shapes]}")
+        out.append(big.pop() if big else 1)
+    return tuple(out)
+
+
 def select(cond: Tensor, on_true, on_false) -> Tensor:
     t, f = broadcast_pair(on_true, on_false)
-    cond, t = broadcast_pair(cond, t) if cond.shape != t.shape else (cond, t)
-    t, f = broadcast_to(t, cond.shape), broadcast_to(f, cond.shape)
-    return _emit("select", [cond, t, f], _ty(cond.shape, t.dtype))
+    target = _broadcast_shape(cond.shape, t.shape)
+    cond, t, f = broadcast_to(cond, target), broadcast_to(t, target), broadcast_to(f, target)
+    return _emit("select", [cond, t, f], _ty(target, t.dtype))
 
 
 def cast(x: Tensor, dtype: str, rounding: str = "rint") -> Tensor:

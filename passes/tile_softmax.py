@@ -1,0 +1,99 @@
+"""tile-softmax: attention softmax over all keys -> online softmax over KV tiles.
+
+Per tile: scores in f32, running max/sum/accumulator merged in f32, exp weights rounded to bf16 before P·V and
+summed as rounded (pypto-lib §8/§10). A padded or invisible key has weight exactly 0 and its row is zeroed
+(garbage·0 could be NaN), so a tile without a visible key never seeds the merge (pypto-lib#448). The sink
+enters the denominator only, after the loop. When the keys are gathered rows of a table, the gather moves into
+the loop, so the [T, N, d] key tensor is never materialised.
+
+The bf16 rounding of P is a change of numerics, hence a non-zero tolerance."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from xdsl.dialects import scf
+from xdsl.ir import Block, Region
+from xdsl.pattern_rewriter import PatternRewriter, PatternRewriteWalker, RewritePattern, op_type_rewrite_pattern
+
+from attnc.ir import dsl
+from attnc.ir.tensor_dialect import ATTN, SparseAttentionOp
+from attnc.ir.types import dtype_of, tensor_type
+
+from . import AttncPass, PassError, register
+from ._build import INDEX, T, at_end, before, const, minsi, muli, subi, view
+
+F32_MIN = float(torch.finfo(torch.float32).min)  # "minus infinity" that keeps exp(x - m) finite
+
+
+class _OnlineSoftmax(RewritePattern):
+    def __init__(self, kv_tile: int):
+        self.kv_tile = kv_tile
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: SparseAttentionOp, rewriter: PatternRewriter):
+        q, kv, valid, sink = T(op.q), T(op.kv), T(op.valid), T(op.sink)
+        tokens, heads, d = q.shape
+        n_keys = kv.shape[1]
+        kt = min(self.kv_tile, n_keys)
+        n_tiles = -(-n_keys // kt)
+        scale = op.scale.value.data
+        gather = op.kv.owner if isinstance(op.kv.owner, ATTN["gather_rows"]) else None
+        loc = op.attributes.get("loc")
+        loc = loc.data if loc is not None else None
+
+        with before(op):
+            m0 = dsl.full((tokens, heads, 1), F32_MIN, "f32")
+            l0 = dsl.full((tokens, heads, 1), 0.0, "f32")
+            acc0 = dsl.full((tokens, heads, d), 0.0, "f32")
+            lb, ub, step = const(0), const(n_tiles), const(1)
+        body = Block(arg_types=[INDEX, m0.value.type, l0.value.type, acc0.value.type])
+        j, m, l, acc = body.args
+        with at_end(body, loc):
+            off = muli(j, kt)
+            count = minsi(subi(n_keys, off), kt)  # keys in this tile (ragged last tile)
+            valid_t = view(valid, (0, off), (tokens, kt), (tokens, count), pad="zero")
+            if gather is not None:
+                rows = view(T(gather.indices), (0, off), (tokens, kt), (tokens, count), pad="zero")
+                kv_t = dsl.gather_rows(T(gather.table), rows)
+            else:
+                kv_t = view(kv, (0, off, 0), (tokens, kt, d), (tokens, count, d), pad="zero")
+            kv_t = dsl.select(dsl.reshape(valid_t, (tokens, kt, 1)), kv_t, 0.0)
+            key_ok = dsl.broadcast_to(dsl.reshape(valid_t, (tokens, 1, kt)), (tokens, heads, kt))
+            s = dsl.matmul(q, kv_t, out="f32", transpose_b=True) * scale
+            s = dsl.select(key_ok, s, F32_MIN)
+            m_new = dsl.maximum(T(m), dsl.reduce(s, "max", -1))
+            p = dsl.select(key_ok, dsl.exp(s - m_new), 0.0)
+            p_lo = dsl.cast(p, kv_t.dtype)  # exp weights rounded before P·V
+            alpha = dsl.exp(T(m) - m_new)
+            l_new = T(l) * alpha + dsl.reduce(dsl.cast(p_lo, "f32"), "sum", -1)
+            acc_new = T(acc) * alpha + dsl.matmul(p_lo, kv_t, out="f32")
+            dsl.emit_op(scf.YieldOp, [[m_new.value, l_new.value, acc_new.value]], [])
+        with before(op):
+            loop = dsl.emit_op(scf.ForOp, [lb, ub, step, [m0.value, l0.value, acc0.value]],
+                               [[m0.value.type, l0.value.type, acc0.value.type]], regions=[Region(body)])
+            m_fin, l_fin, acc_fin = (T(r) for r in loop.results)
+            sink_b = dsl.broadcast_to(dsl.reshape(sink, (1, heads, 1)), (tokens, heads, 1))
+            top = dsl.maximum(m_fin, sink_b)
+            keep = dsl.exp(m_fin - top)
+            denom = l_fin * keep + dsl.exp(sink_b - top)
+            has_mass = denom > 0.0  # no visible key and no sink: output 0, never 0/0
+            out = dsl.select(has_mass, (acc_fin * keep) / dsl.select(has_mass, denom, 1.0), 0.0)
+            out = dsl.cast(out, dtype_of(op.result.type))
+        rewriter.replace_op(op, [], [out.value])
+        if gather is not None and not gather.results[0].uses:
+            rewriter.erase_op(gather)
+
+
+@register
+@dataclass(frozen=True)
+class TileSoftmax(AttncPass):
+    name = "tile-softmax"
+    summary = "attention softmax -> online softmax over KV tiles (f32 merge, bf16 P, sink in the denominator)"
+    tolerance = 2e-2
+    kv_tile: int = 32
+
+    def apply(self, ctx, op):
+        if self.kv_tile <= 0:
+            raise PassError(f"kv-tile must be positive, got {self.kv_tile}")
+        PatternRewriteWalker(_OnlineSoftmax(self.kv_tile), apply_recursively=False).rewrite_module(op)
