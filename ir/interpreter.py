@@ -263,7 +263,7 @@ def _view(it, op, a):
 
 def _owned(value) -> bool:
     """A tensor the interpreter may update in place: produced by an op of this run and used only here."""
-    if len(value.uses) != 1:
+    if not value.has_one_use():
         return False
     if isinstance(value, OpResult):
         return isinstance(value.op, tl.AssembleOp | tl.TILE["full"] | tl.ParallelOp)
@@ -327,7 +327,7 @@ def _located(fn):
             if str(e).startswith(op_location(op)):
                 raise
             raise InterpretError(f"{op_location(op)}: '{op.name}': {e}") from None
-        except (RuntimeError, IndexError, ValueError) as e:
+        except Exception as e:  # torch errors (bad shapes, indices) become one located line
             raise InterpretError(f"{op_location(op)}: '{op.name}': {str(e).splitlines()[0]}") from None
 
     return run

@@ -1,0 +1,338 @@
+"""parallelize-tokens: per-token work becomes a `tile.parallel` loop over the T = batch*seq token rows in chunks.
+
+Token values are the flattened per-token tensors ([batch, seq, ...] -> [T, ...] reshapes) and everything a
+token-local op computes from them. A networkx def-use graph gives the token region (the descendants of the
+flattens, up to the un-flattens and the return) and proves the loop legal: every op of the region must treat
+axis 0 as an independent batch axis, so chunks of rows never depend on each other. Anything else — a reduction
+over tokens, a transpose moving them, a matmul contracting over them, a gather whose table is per token — is
+refused with the op's location.
+
+The region is cloned into the loop body with T replaced by `rows`; region inputs become row views (a ragged
+last chunk has a runtime valid row count, padded with zeros), region outputs are assembled into carried
+[T, ...] tensors. Exact rewrite."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+from xdsl.dialects import func, scf
+from xdsl.dialects.builtin import IntegerAttr, TensorType, i64
+from xdsl.ir import Block, Operation, Region, SSAValue
+from xdsl.rewriter import InsertPoint
+
+from attnc.ir.common import ints_of, op_location
+from attnc.ir.dsl import emit_op
+from attnc.ir.tensor_dialect import ATTN
+from attnc.ir.tile_dialect import TILE, ParallelOp, YieldOp
+from attnc.ir.types import shape_of
+
+from . import AttncPass, PassError, register
+from ._build import INDEX, at_end, before, const, constant_value, minsi, subi, tile_full, view
+
+_ELEMENTWISE = {"add", "sub", "mul", "div", "max", "min", "rem", "floordiv", "and", "or", "neg", "exp", "sqrt",
+                "rsqrt", "recip", "relu", "abs", "cmp", "select", "cast"}
+
+
+def _kind(op: Operation) -> str:
+    return op.name.split(".", 1)[1] if op.name.startswith("attn.") else op.name
+
+
+def _lead(v: SSAValue) -> int | None:
+    return shape_of(v.type)[0] if isinstance(v.type, TensorType) and shape_of(v.type) else None
+
+
+@dataclass
+class _Region:
+    tokens: int
+    batch_seq: tuple[int, int]
+    token_values: set
+    ops: list
+
+
+class _Analysis:
+    def __init__(self, fn: func.FuncOp):
+        b, s = ints_of(fn.attributes["token_dims"])
+        self.bs, self.T = (b, s), b * s
+        self.block = fn.body.block
+
+    def top_level(self, op: Operation) -> Operation:
+        while op.parent_block() is not self.block:
+            op = op.parent_op()
+        return op
+
+    # -- classification helpers
+    def is_flatten(self, op) -> bool:
+        if _kind(op) != "reshape":
+            return False
+        si, so = shape_of(op.input.type), shape_of(op.result.type)
+        return len(si) >= 2 and si[:2] == self.bs and so[:1] == (self.T,) and len(so) == len(si) - 1
+
+    def is_unflatten(self, op) -> bool:
+        if _kind(op) != "reshape":
+            return False
+        si, so = shape_of(op.input.type), shape_of(op.result.type)
+        return si[:1] == (self.T,) and so[:2] == self.bs and len(so) == len(si) + 1
+
+    def is_generator(self, op) -> bool:
+        """Token-independent data replicated over the T rows (splats, iotas along other axes, broadcasts of
+        [1, ...]): cloned into the loop with `rows` rows."""
+        if not op.results or _lead(op.results[0]) != self.T:
+            return False
+        kind = _kind(op)
+        if kind == "full":
+            return True
+        if kind == "iota":
+            return op.axis.value.data != 0
+        if kind == "broadcast":
+            return _lead(op.input) == 1
+        return False
+
+    def check_local(self, op: Operation, tok: set) -> None:
+        """Raise unless `op` treats axis 0 of its token operands as an independent batch axis."""
+        kind = _kind(op)
+
+        def is_tok(v):
+            return v in tok
+
+        def refuse(why: str):
+            raise PassError(f"{op_location(op)}: '{op.name}' {why}: its loop iterations would depend on each "
+                            f"other, so the token loop is refused")
+
+        tensors = [v for v in op.operands if isinstance(v.type, TensorType)]
+        if kind in _ELEMENTWISE:
+            for v in tensors:
+                if _lead(v) == self.T and not is_tok(v):
+                    refuse("mixes token rows with a [T, ...] value that is not per token")
+            return
+        if kind == "broadcast":
+            if _lead(op.input) != _lead(op.result):
+                refuse("broadcasts along the token axis")
+            return
+        if kind == "reduce":
+            if op.axis.value.data == 0:
+                refuse("reduces over the token axis")
+            return
+        if kind == "matmul":
+            if not is_tok(op.lhs):
+                refuse("contracts over the token axis (token rows as the right operand)")
+            if is_tok(op.rhs) and len(shape_of(op.rhs.type)) == 2:
+                refuse("contracts over the token axis (token rows as the right operand)")
+            return
+        if kind in ("rmsnorm",):
+            if op.gamma is not None and is_tok(op.gamma):
+                refuse("takes a per-token gamma")
+            return
+        if kind == "rope":
+            if not (is_tok(op.input) and is_tok(op.positions)):
+                refuse("rotates tokens with positions that are not per token")
+            return
+        if kind == "sparse_attention":
+            if not all(is_tok(v) for v in (op.q, op.kv, op.valid)) or is_tok(op.sink):
+                refuse("mixes per-token and shared operands")
+            return
+        if kind == "topk":
+            return
+        if kind == "gather_rows":
+            if is_tok(op.table):
+                refuse("gathers rows of a per-token table (other tokens' rows)")
+            return
+        if kind == "slice":
+            if ints_of(op.offsets)[0] != 0 or ints_of(op.sizes)[0] != self.T:
+                refuse("slices the token axis")
+            return
+        if kind == "concat":
+            if op.axis.value.data == 0:
+                refuse("concatenates along the token axis")
+            return
+        if kind == "transpose":
+            if ints_of(op.perm)[0] != 0:
+                refuse("moves the token axis")
+            return
+        if kind == "reshape":
+            if _lead(op.input) != self.T or _lead(op.result) != self.T:
+                refuse("reshapes across the token axis")
+            return
+        if op.name == "tile.view":
+            full_rows = _lead(op.result) == self.T and constant_value(op.offsets[0]) == 0
+            if not is_tok(op.source) or not full_rows:
+                refuse("views a part of the token axis")
+            return
+        if isinstance(op, scf.ForOp):
+            inner = set(tok)
+            inner.update(a for a, init in zip(op.body.block.args[1:], op.iter_args) if is_tok(init))
+            for nested in op.body.block.ops:
+                if isinstance(nested, scf.YieldOp):
+                    continue
+                if self.is_generator(nested):
+                    inner.update(nested.results)
+                elif any(v in inner for v in nested.operands):
+                    self.check_local(nested, inner)
+                    inner.update(r for r in nested.results if _lead(r) == self.T)
+            inner_out = [v for v in op.body.block.last_op.operands]
+            if not all(v in inner for v in inner_out if _lead(v) == self.T):
+                refuse("carries a [T, ...] value that is not per token")
+            return
+        refuse("is not known to be token-local")
+
+    def region(self) -> tuple[list[Operation], list[SSAValue], list[SSAValue]] | None:
+        """(region ops in program order, region inputs (flatten results), region outputs)."""
+        ops = list(self.block.ops)
+        graph = nx.DiGraph()
+        for op in ops:
+            graph.add_node(op)
+            for nested in op.walk():  # uses inside loop bodies count for the op that holds them
+                for v in nested.operands:
+                    if isinstance(v.owner, Operation) and v.owner.parent_block() is self.block:
+                        graph.add_edge(v.owner, op)
+        seeds = [op for op in ops if self.is_flatten(op)]
+        if not seeds:
+            return None
+        exits = {op for op in ops if self.is_unflatten(op) or isinstance(op, func.ReturnOp)}
+        stop = graph.subgraph([n for n in graph if n not in exits])
+        reach = set()
+        for s in seeds:
+            reach |= nx.descendants(stop, s)
+        region = [op for op in ops if op in reach and op not in seeds]
+        # replicated data the region consumes joins it
+        generators = {op for op in ops if self.is_generator(op) and any(u in reach for u in graph.successors(op))}
+        region_set = set(region) | generators
+        tok = {op.results[0] for op in seeds} | {r for g in generators for r in g.results}
+        for op in ops:
+            if op in region_set and op not in generators:
+                self.check_local(op, tok)
+                tok.update(r for r in op.results if _lead(r) == self.T)
+        region = [op for op in ops if op in region_set]
+        if not any(op not in generators for op in region):
+            return None
+        # legality: outside the region, region values feed only the un-flattens and the return
+        outputs = []
+        for op in region:
+            for r in op.results:
+                for use in r.uses:
+                    user = self.top_level(use.operation)
+                    if user in region_set:
+                        continue
+                    if user not in exits:
+                        raise PassError(f"{op_location(user)}: '{user.name}' consumes per-token rows outside the "
+                                        f"token loop; the token loop is refused")
+                    if r not in outputs:
+                        outputs.append(r)
+        inputs = [op.results[0] for op in seeds
+                  if any(self.top_level(u.operation) in region_set for u in op.results[0].uses)]
+        return region, inputs, outputs
+
+
+def _retype(v: SSAValue, T: int, rows: int) -> None:
+    if isinstance(v.type, TensorType) and shape_of(v.type) and shape_of(v.type)[0] == T:
+        v._type = TensorType(v.type.get_element_type(), [rows, *shape_of(v.type)[1:]])
+
+
+def _shrink(op: Operation, T: int, rows: int) -> None:
+    """Replace the token extent T by `rows` in a cloned op: result and block argument types, slice sizes,
+    and valid row counts of views."""
+    for nested in op.walk():
+        for r in nested.results:
+            _retype(r, T, rows)
+        for region in nested.regions:
+            for blk in region.blocks:
+                for a in blk.args:
+                    _retype(a, T, rows)
+        if nested.name == "attn.slice":
+            sizes = list(ints_of(nested.sizes))
+            if sizes and sizes[0] == T:
+                from attnc.ir.common import int_array
+
+                sizes[0] = rows
+                nested.sizes = int_array(sizes)
+        if nested.name in ("tile.view", "tile.assemble") and len(nested.valid) and constant_value(nested.valid[0]) == T:
+            index = (2 if nested.name == "tile.assemble" else 1) + len(nested.offsets)
+            with before(nested):
+                rows_value = const(rows)
+            operands = list(nested.operands)
+            operands[index] = rows_value
+            nested.operands = operands
+
+
+def _parallelize(fn: func.FuncOp, rows: int) -> None:
+    an = _Analysis(fn)
+    found = an.region()
+    if found is None:
+        return
+    region, inputs, outputs = found
+    T = an.T
+    last = region[-1]
+    anchor = last.next_op
+    loc = op_location(last)
+    body = Block(arg_types=[INDEX, *[o.type for o in outputs]])
+    row0 = body.args[0]
+    mapping: dict[SSAValue, SSAValue] = {}
+    with at_end(body, loc):
+        valid_rows = minsi(subi(T, row0), rows)
+        for v in inputs:
+            rest = shape_of(v.type)[1:]
+            mapping[v] = view(v, (row0, *[0] * len(rest)), (rows, *rest), (valid_rows, *rest)).value
+    for op in region:
+        new = op.clone(value_mapper=mapping)
+        body.add_op(new)
+        for old_r, new_r in zip(op.results, new.results):
+            mapping[old_r] = new_r
+        _shrink(new, T, rows)
+    with at_end(body, loc):
+        carried = []
+        for out, acc in zip(outputs, body.args[1:]):
+            rest = shape_of(out.type)[1:]
+            carried.append(_assemble(mapping[out], acc, row0, valid_rows, rest))
+        emit_op(YieldOp, [carried], [])
+    with before(anchor):
+        inits = [tile_full(shape_of(o.type), 0.0, _dtype(o)).value for o in outputs]
+        par = emit_op(ParallelOp, [const(0), const(T), inits], [[o.type for o in outputs]],
+                      {"rows": IntegerAttr(rows, i64)}, regions=[Region(body)])
+    region_set = set(region)
+    for old, new in zip(outputs, par.results):
+        old.replace_uses_with_if(new, lambda use: use.operation not in region_set)
+    # un-flattens that came before the loop now read its results: move them after it
+    for use_op in [u.operation for r in par.results for u in r.uses]:
+        if use_op.parent_block() is an.block and not _after(use_op, par):
+            use_op.detach()
+            an.block.insert_op_before(use_op, anchor)
+    for op in reversed(region):
+        if all(not r.uses for r in op.results):
+            op.detach()
+            op.erase()
+
+
+def _after(a: Operation, b: Operation) -> bool:
+    op = b.next_op
+    while op is not None:
+        if op is a:
+            return True
+        op = op.next_op
+    return False
+
+
+def _assemble(tile, dest, row0, valid_rows, rest):
+    from ._build import assemble
+
+    return assemble(tile, dest, (row0, *[0] * len(rest)), (valid_rows, *rest)).value
+
+
+def _dtype(v):
+    from attnc.ir.types import dtype_of
+
+    return dtype_of(v.type)
+
+
+@register
+@dataclass(frozen=True)
+class ParallelizeTokens(AttncPass):
+    name = "parallelize-tokens"
+    summary = "per-token work -> tile.parallel over token rows in chunks (networkx dependence check)"
+    tolerance = 0.0
+    rows: int = 16
+
+    def apply(self, ctx, op):
+        if self.rows <= 0:
+            raise PassError(f"rows must be positive, got {self.rows}")
+        for fn in [f for f in op.ops if isinstance(f, func.FuncOp)]:
+            if "token_dims" in fn.attributes:
+                _parallelize(fn, self.rows)
