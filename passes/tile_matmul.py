@@ -1,0 +1,80 @@
+"""tile-matmul{k=512}: a matmul whose contraction K exceeds k becomes a K-chunked accumulation — the first
+chunk with tile.matmul, the rest with tile.matmul_acc in an scf.for — accumulating in f32 and rounding once
+at the end. K that is not a multiple of k is left whole (a ragged K tile would need a padded cube tile).
+
+Chunking changes the f32 summation order, so a bf16 result may move by one rounding step: non-zero tolerance."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xdsl.dialects import scf
+from xdsl.dialects.builtin import BoolAttr
+from xdsl.ir import Block, Region
+from xdsl.pattern_rewriter import PatternRewriter, PatternRewriteWalker, RewritePattern
+
+from attnc.ir.common import str_attr
+from attnc.ir.dsl import Tensor, emit_op
+from attnc.ir.tensor_dialect import ATTN
+from attnc.ir.tile_dialect import TILE
+from attnc.ir.types import dtype_of, shape_of, tensor_type
+
+from . import AttncPass, PassError, register
+from ._build import INDEX, at_end, before, const, muli, tile_op, view
+
+
+
+class _ChunkK(RewritePattern):
+    def __init__(self, k: int):
+        self.k = k
+
+    def match_and_rewrite(self, op, rewriter: PatternRewriter):
+        if not isinstance(op, (ATTN["matmul"], TILE["matmul"])):
+            return
+        trans = op.transpose_b.value.data
+        sa, sb = shape_of(op.lhs.type), shape_of(op.rhs.type)
+        K, k = sa[-1], self.k
+        if K <= k or K % k:
+            return
+        n = sb[-2] if trans else sb[-1]
+        acc_type = tensor_type((*sa[:-1], n), "f32")
+        flag = BoolAttr.from_bool(trans)
+        loc = op.attributes["loc"].data if "loc" in op.attributes else None
+
+        def chunk(at) -> tuple[Tensor, Tensor]:
+            a = view(op.lhs, (*[0] * (len(sa) - 1), at), (*sa[:-1], k))
+            if trans:
+                b = view(op.rhs, (*[0] * (len(sb) - 1), at), (*sb[:-1], k))
+            else:
+                b = view(op.rhs, (*[0] * (len(sb) - 2), at, 0), (*sb[:-2], k, sb[-1]))
+            return a, b
+
+        with before(op):
+            a0, b0 = chunk(0)
+            first = tile_op("matmul", [a0, b0], acc_type, transpose_b=flag)
+            lb, ub, step = const(1), const(K // k), const(1)
+        body = Block(arg_types=[INDEX, acc_type])
+        c, acc = body.args
+        with at_end(body, loc):
+            a, b = chunk(muli(c, k))
+            nxt = tile_op("matmul_acc", [acc, a, b], acc_type, transpose_b=flag)
+            emit_op(scf.YieldOp, [[nxt.value]], [])
+        with before(op):
+            loop = emit_op(scf.ForOp, [lb, ub, step, [first.value]], [[acc_type]], regions=[Region(body)])
+            out = loop.results[0]
+            if dtype_of(op.result.type) != "f32":
+                out = tile_op("cast", [out], op.result.type, rounding=str_attr("rint")).value
+        rewriter.replace_op(op, [], [out])
+
+
+@register
+@dataclass(frozen=True)
+class TileMatmul(AttncPass):
+    name = "tile-matmul"
+    summary = "matmul with contraction K > k -> K-chunked tile.matmul + tile.matmul_acc loop (f32 accumulator)"
+    tolerance = 1e-2
+    k: int = 512
+
+    def apply(self, ctx, op):
+        if self.k <= 0:
+            raise PassError(f"k must be positive, got {self.k}")
+        PatternRewriteWalker(_ChunkK(self.k), apply_recursively=False).rewrite_module(op)
