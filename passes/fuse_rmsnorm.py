@@ -28,7 +28,7 @@ class _DecomposeRmsNorm(RewritePattern):
             if op.gamma is not None:
                 y = y * dsl.cast(T(op.gamma), "f32")
             y = dsl.cast(y, dtype_of(op.result.type))
-        rewriter.replace_op(op, [], [y.value])
+        rewriter.replace(op, [], [y.value])
 
 
 @register

@@ -60,7 +60,7 @@ class _Lower(RewritePattern):
             raise PassError(f"{op_location(op)}: attn.{kind} must be decomposed first by {_DECOMPOSED_BY[kind]}")
         with before(op):
             new = self._lower(op, kind)
-        rewriter.replace_op(op, [], [new])
+        rewriter.replace(op, [], [new])
 
     def _lower(self, op, kind):
         rtype = op.result.type

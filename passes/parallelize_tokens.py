@@ -184,10 +184,17 @@ class _Analysis:
                 for v in nested.operands:
                     if isinstance(v.owner, Operation) and v.owner.parent_block() is self.block:
                         graph.add_edge(v.owner, op)
-        seeds = [op for op in ops if self.is_flatten(op)]
+        # with seq == 1 a flatten/un-flatten is ambiguous by shape: seeds are the outermost flattens,
+        # exits the un-flattens that feed the return only
+        flattens = [op for op in ops if self.is_flatten(op)]
+        downstream = set()
+        for op in flattens:
+            downstream |= nx.descendants(graph, op)
+        seeds = [op for op in flattens if op not in downstream]
         if not seeds:
             return None
-        exits = {op for op in ops if self.is_unflatten(op) or isinstance(op, func.ReturnOp)}
+        exits = {op for op in ops if isinstance(op, func.ReturnOp) or (
+            self.is_unflatten(op) and all(isinstance(u.operation, func.ReturnOp) for u in op.result.uses))}
         stop = graph.subgraph([n for n in graph if n not in exits])
         reach = set()
         for s in seeds:

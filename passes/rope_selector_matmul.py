@@ -55,7 +55,7 @@ class _RopeAsSelectorMatmul(RewritePattern):
             if n > lanes:
                 head = dsl.cast(dsl.slice_(x, (*zeros, 0), (*lead, n - lanes)), out_dtype)
                 rot = dsl.concat([head, rot], axis=-1)
-        rewriter.replace_op(op, [], [rot.value])
+        rewriter.replace(op, [], [rot.value])
 
 
 @register

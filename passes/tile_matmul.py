@@ -63,7 +63,7 @@ class _ChunkK(RewritePattern):
             out = loop.results[0]
             if dtype_of(op.result.type) != "f32":
                 out = tile_op("cast", [out], op.result.type, rounding=str_attr("rint")).value
-        rewriter.replace_op(op, [], [out])
+        rewriter.replace(op, [], [out])
 
 
 @register

@@ -80,9 +80,9 @@ class _OnlineSoftmax(RewritePattern):
             has_mass = denom > 0.0  # no visible key and no sink: output 0, never 0/0
             out = dsl.select(has_mass, (acc_fin * keep) / dsl.select(has_mass, denom, 1.0), 0.0)
             out = dsl.cast(out, dtype_of(op.result.type))
-        rewriter.replace_op(op, [], [out.value])
+        rewriter.replace(op, [], [out.value])
         if gather is not None and not gather.results[0].uses:
-            rewriter.erase_op(gather)
+            rewriter.erase(gather)
 
 
 @register
