@@ -267,6 +267,8 @@ def _parallelize(fn: func.FuncOp, rows: int) -> None:
         return
     region, inputs, outputs = found
     T = an.T
+    rows = min(rows, T)
+    ragged = T % rows != 0  # only then do chunks need a runtime valid row count
     last = region[-1]
     anchor = last.next_op
     loc = op_location(last)
@@ -274,10 +276,11 @@ def _parallelize(fn: func.FuncOp, rows: int) -> None:
     row0 = body.args[0]
     mapping: dict[SSAValue, SSAValue] = {}
     with at_end(body, loc):
-        valid_rows = minsi(subi(T, row0), rows)
+        valid_rows = minsi(subi(T, row0), rows) if ragged else None
         for v in inputs:
             rest = shape_of(v.type)[1:]
-            mapping[v] = view(v, (row0, *[0] * len(rest)), (rows, *rest), (valid_rows, *rest)).value
+            valid = (valid_rows, *rest) if ragged else ()
+            mapping[v] = view(v, (row0, *[0] * len(rest)), (rows, *rest), valid).value
     for op in region:
         new = op.clone(value_mapper=mapping)
         body.add_op(new)
@@ -320,7 +323,8 @@ def _after(a: Operation, b: Operation) -> bool:
 def _assemble(tile, dest, row0, valid_rows, rest):
     from ._build import assemble
 
-    return assemble(tile, dest, (row0, *[0] * len(rest)), (valid_rows, *rest)).value
+    valid = (valid_rows, *rest) if valid_rows is not None else ()
+    return assemble(tile, dest, (row0, *[0] * len(rest)), valid).value
 
 
 def _dtype(v):

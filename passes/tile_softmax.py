@@ -51,13 +51,14 @@ class _OnlineSoftmax(RewritePattern):
         j, m, l, acc = body.args
         with at_end(body, loc):
             off = muli(j, kt)
-            count = minsi(subi(n_keys, off), kt)  # keys in this tile (ragged last tile)
-            valid_t = view(valid, (0, off), (tokens, kt), (tokens, count), pad="zero")
+            ragged = n_keys % kt != 0
+            count = minsi(subi(n_keys, off), kt) if ragged else None  # keys in the ragged last tile
+            valid_t = view(valid, (0, off), (tokens, kt), (tokens, count) if ragged else (), pad="zero")
             if gather is not None:
-                rows = view(T(gather.indices), (0, off), (tokens, kt), (tokens, count), pad="zero")
+                rows = view(T(gather.indices), (0, off), (tokens, kt), (tokens, count) if ragged else (), pad="zero")
                 kv_t = dsl.gather_rows(T(gather.table), rows)
             else:
-                kv_t = view(kv, (0, off, 0), (tokens, kt, d), (tokens, count, d), pad="zero")
+                kv_t = view(kv, (0, off, 0), (tokens, kt, d), (tokens, count, d) if ragged else (), pad="zero")
             kv_t = dsl.select(dsl.reshape(valid_t, (tokens, kt, 1)), kv_t, 0.0)
             key_ok = dsl.broadcast_to(dsl.reshape(valid_t, (tokens, 1, kt)), (tokens, heads, kt))
             s = dsl.matmul(q, kv_t, out="f32", transpose_b=True) * scale

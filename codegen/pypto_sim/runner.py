@@ -176,7 +176,10 @@ def main(argv: list[str]) -> int:
             {"aicore_us": us, "verify": records, "errors": errors, "wall_s": wall}))
         return 0
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if os.environ.get("ATTNC_PYPTO_KEEP"):  # debugging: keep pypto's logs and run files
+            print(f"pypto files kept in {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,291 @@
+"""Emit a readable `@pypto.frontend.jit` program (CANN PyPTO 0.2.0) from tile-level IR.
+
+SSA values become Python variables; `tile.parallel` and `scf.for` become `pypto.loop`s whose carried tensors
+are updated in place (`x[:] = new`, `pypto.assemble`); index arithmetic becomes Python expressions on ints and
+pypto symbolic scalars. Every statement is preceded by the tile shape it needs (vector ops:
+`set_vec_tile_shapes` of the op's rank; matmuls: `set_cube_tile_shapes`) and followed by the DSL line it came
+from. The module skeleton is a jinja2 template; the output is deterministic."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import jinja2
+from xdsl.dialects import arith, func, scf
+from xdsl.dialects.builtin import ModuleOp, TensorType
+from xdsl.ir import Operation, SSAValue
+
+from attnc.ir.common import LOC_ATTR, ints_of, op_location
+from attnc.ir.interpreter import entry_function
+from attnc.ir.types import dtype_of, shape_of
+
+PYPTO_DTYPE = {"bf16": "pypto.DT_BF16", "f16": "pypto.DT_FP16", "f32": "pypto.DT_FP32", "i32": "pypto.DT_INT32",
+               "i8": "pypto.DT_INT8", "i1": "pypto.DT_BOOL"}
+CAST_MODE = {"rint": "pypto.CastMode.CAST_RINT", "round": "pypto.CastMode.CAST_ROUND",
+             "trunc": "pypto.CastMode.CAST_TRUNC"}
+BINARY = {"add": "pypto.add", "sub": "pypto.sub", "mul": "pypto.mul", "div": "pypto.div", "max": "pypto.maximum",
+          "min": "pypto.minimum", "rem": "pypto.remainder", "and": "pypto.logical_and"}
+UNARY = {"neg": "pypto.neg", "exp": "pypto.exp", "sqrt": "pypto.sqrt", "rsqrt": "pypto.rsqrt",
+         "recip": "pypto.reciprocal", "relu": "pypto.relu", "abs": "pypto.abs"}
+CMP = {"lt": "pypto.lt", "le": "pypto.le", "gt": "pypto.gt", "ge": "pypto.ge", "eq": "pypto.eq", "ne": "pypto.ne"}
+ROW_REDUCE = {"row_sum": "pypto.sum", "row_max": "pypto.amax", "row_min": "pypto.amin"}
+SCALAR = {"adds": "pypto.add", "muls": "pypto.mul", "maxs": "pypto.maximum"}
+VEC_TILE_ELEMS = 8192  # elements of one vector tile: leaves UB room for the op's inputs and double buffering
+
+_TEMPLATE = jinja2.Environment(loader=jinja2.PackageLoader("attnc.codegen", "templates"),
+                               keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+
+
+class EmitError(Exception):
+    """The IR contains something pypto 0.2.0 cannot express; the message starts with the op location."""
+
+
+_BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i8": 1, "i1": 1}
+
+
+def vec_tile(shape, dtype: str = "f32") -> list[int]:
+    """A tile of the op's rank: the trailing dim padded to the 32-byte block, leading dims shrunk to the budget."""
+    tile = [max(1, int(d)) for d in shape] or [1]
+    align = 32 // _BYTES[dtype]
+    tile[-1] = -(-tile[-1] // align) * align
+    i = 0
+    while math.prod(tile) > VEC_TILE_ELEMS and i < len(tile):
+        while tile[i] > 1 and math.prod(tile) > VEC_TILE_ELEMS:
+            tile[i] = (tile[i] + 1) // 2
+        i += 1
+    return tile
+
+
+def cube_tile(m: int, k: int, n: int) -> str:
+    mt = min(16, max(16, m))
+    kt = min(256, k)
+    nt = min(128, n)
+    return f"pypto.set_cube_tile_shapes([{mt}, {mt}], [{kt}, {min(512, k)}], [{nt}, {nt}])"
+
+
+@dataclass
+class _Emitter:
+    names: dict = field(default_factory=dict)  # SSAValue -> python expression (var name or int literal)
+    consts: dict = field(default_factory=dict)  # SSAValue -> int for index constants
+    lines: list = field(default_factory=list)
+    counter: int = 0
+    depth: int = 1
+    loop_count: int = 0
+
+    def fresh(self, prefix="t") -> str:
+        self.counter += 1
+        return f"{prefix}{self.counter}"
+
+    def emit(self, text: str):
+        self.lines.append("    " * self.depth + text)
+
+    def ref(self, v: SSAValue) -> str:
+        if v in self.consts:
+            return str(self.consts[v])
+        if v not in self.names:
+            raise EmitError(f"value {v} used before definition")
+        return self.names[v]
+
+    def set_tile(self, v: SSAValue):
+        self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, vec_tile(shape_of(v.type), dtype_of(v.type))))})")
+
+    def bind(self, v: SSAValue, expr: str, loc: str | None = None, tile_of: SSAValue | None = None):
+        name = self.fresh()
+        self.names[v] = name
+        suffix = f"  # {loc}" if loc else ""
+        if isinstance(v.type, TensorType):
+            self.set_tile(tile_of if tile_of is not None else v)
+        self.emit(f"{name} = {expr}{suffix}")
+
+    # ------------------------------------------------------------------------------------------ ops
+    def op(self, op: Operation):
+        loc = op_location(op) if LOC_ATTR in op.attributes else None
+        name = op.name
+        if isinstance(op, arith.ConstantOp):
+            self.consts[op.result] = op.value.value.data
+            return
+        if name.startswith("arith."):
+            return self._index(op)
+        if isinstance(op, scf.ForOp):
+            return self._loop(op, loc, [op.lb, op.ub, op.step], op.iter_args, op.body.block, op.results, "k")
+        if name == "tile.parallel":
+            return self._loop(op, loc, [op.lower, op.upper, None], op.inits, op.body.block, op.outs, "r",
+                              step=op.rows.value.data)
+        if isinstance(op, func.ReturnOp):
+            return
+        if not name.startswith("tile."):
+            raise EmitError(f"{loc}: {name} has no pypto lowering (run lower-to-tiles first)")
+        kind = name.split(".", 1)[1]
+        a = [self.ref(v) for v in op.operands]
+        res = op.results[0] if op.results else None
+        dt = PYPTO_DTYPE.get(dtype_of(res.type)) if res is not None and isinstance(res.type, TensorType) else None
+        shape = list(shape_of(res.type)) if dt else None
+        if kind in BINARY:
+            return self.bind(res, f"{BINARY[kind]}({a[0]}, {a[1]})", loc)
+        if kind == "or":
+            return self.bind(res, f"pypto.logical_not(pypto.logical_and(pypto.logical_not({a[0]}), "
+                                  f"pypto.logical_not({a[1]})))", loc)
+        if kind == "floordiv":  # exact: (a - a mod b) is a multiple of b
+            return self.bind(res, f"pypto.div(pypto.sub({a[0]}, pypto.remainder({a[0]}, {a[1]})), {a[1]})", loc)
+        if kind in UNARY:
+            return self.bind(res, f"{UNARY[kind]}({a[0]})", loc)
+        if kind == "cmp":
+            return self.bind(res, f"{CMP[op.predicate.data]}({a[0]}, {a[1]})", loc)
+        if kind == "select":
+            return self.bind(res, f"pypto.where({a[0]}, {a[1]}, {a[2]})", loc)
+        if kind == "cast":
+            return self.bind(res, f"pypto.cast({a[0]}, {dt}, mode={CAST_MODE[op.rounding.data]})", loc)
+        if kind in ("matmul", "matmul_acc"):
+            lhs, rhs = (op.lhs, op.rhs)
+            sa, sb = shape_of(lhs.type), shape_of(rhs.type)
+            trans = bool(op.transpose_b.value.data)
+            self.emit(cube_tile(sa[-2], sa[-1], sb[-2] if trans else sb[-1]))
+            out_dt = "pypto.DT_FP32" if kind == "matmul_acc" else dt
+            lhs_ref = self.ref(lhs)
+            if len(sa) > 2 and len(sb) == 2:  # pypto wants equal ranks: fold the batch dims into rows
+                flat = self.fresh("a")
+                self.set_tile(lhs)
+                self.emit(f"{flat} = pypto.reshape({lhs_ref}, [{math.prod(sa[:-1])}, {sa[-1]}])")
+                n = sb[-2] if trans else sb[-1]
+                mm2 = self.fresh("mm")
+                self.emit(f"{mm2} = pypto.matmul({flat}, {self.ref(rhs)}, {out_dt}, b_trans={trans})")
+                self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, vec_tile([math.prod(sa[:-1]), n], 'f32')))})")
+                self.emit(f"{mm2} = pypto.reshape({mm2}, {[*sa[:-1], n]})")
+                mm = mm2
+            else:
+                mm = f"pypto.matmul({lhs_ref}, {self.ref(rhs)}, {out_dt}, b_trans={trans})"
+            if kind == "matmul_acc":
+                tmp = self.fresh("mm")
+                self.emit(f"{tmp} = {mm}")
+                return self.bind(res, f"pypto.add({a[0]}, {tmp})", loc)
+            return self.bind(res, mm, loc)
+        if kind in ROW_REDUCE:  # the reduction is tiled over its input
+            return self.bind(res, f"{ROW_REDUCE[kind]}({a[0]}, -1, True)", loc, tile_of=op.input)
+        if kind.startswith(("row_expand_", "col_expand_")):
+            return self.bind(res, f"{BINARY[kind.split('_', 2)[2]]}({a[0]}, {a[1]})", loc)
+        if kind in SCALAR:
+            return self.bind(res, f"{SCALAR[kind]}({a[0]}, {op.scalar.value.data!r})", loc)
+        if kind == "broadcast":
+            return self.bind(res, f"pypto.expand_clone({a[0]}, {shape})", loc)
+        if kind == "reshape":  # pypto tiles a reshape by its input
+            return self.bind(res, f"pypto.reshape({a[0]}, {shape})", loc, tile_of=op.input)
+        if kind == "transpose":
+            perm = ints_of(op.perm)
+            moved = [i for i, p in enumerate(perm) if p != i]
+            if len(moved) != 2:
+                raise EmitError(f"{loc}: tile.transpose {list(perm)} is not a single swap")
+            return self.bind(res, f"pypto.transpose({a[0]}, {moved[0]}, {moved[1]})", loc)
+        if kind == "concat":
+            return self.bind(res, f"pypto.concat([{', '.join(a)}], {op.axis.value.data})", loc)
+        if kind == "gather_rows":
+            return self.bind(res, f"pypto.index_select({a[0]}, 0, {a[1]})", loc)
+        if kind == "iota":
+            axis = op.axis.value.data
+            view_shape = [d if i == axis else 1 for i, d in enumerate(shape)]
+            ramp = self.fresh("i")  # each statement runs under a tile of its own rank
+            self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, vec_tile([shape[axis]], 'i32')))})")
+            self.emit(f"{ramp} = pypto.cast(pypto.arange({shape[axis]}), pypto.DT_INT32)")
+            self.emit(f"{ramp} = pypto.reshape({ramp}, {view_shape})")
+            return self.bind(res, f"pypto.expand_clone({ramp}, {shape})", loc)
+        if kind == "full":
+            value = op.value.value.data
+            value = int(value) if dtype_of(res.type) in ("i32", "i8") else value
+            return self.bind(res, f"pypto.full({shape}, {value!r}, {dt})", loc)
+        if kind == "view":
+            n = len(op.offsets)
+            offs, valid = a[1:1 + n], a[1 + n:]
+            extra = f", valid_shape=[{', '.join(valid)}]" if valid else ""
+            return self.bind(res, f"pypto.view({a[0]}, {shape}, [{', '.join(offs)}]{extra})", loc)
+        if kind == "assemble":
+            n = len(op.offsets)
+            offs = a[2:2 + n]
+            self.set_tile(op.tile)
+            self.emit(f"pypto.assemble({a[0]}, [{', '.join(offs)}], {a[1]})  # {loc}")
+            self.names[res] = a[1]  # in place: the destination is dead after this op
+            return
+        if kind == "read":
+            return self._scalar(res, f"{a[0]}[{', '.join(a[1:])}]")
+        raise EmitError(f"{loc}: tile.{kind} has no pypto 0.2.0 lowering")
+
+    def _scalar(self, res, expr):
+        name = self.fresh("s")
+        self.names[res] = name
+        self.emit(f"{name} = {expr}")
+
+    def _index(self, op):
+        ops = {arith.AddiOp: "+", arith.SubiOp: "-", arith.MuliOp: "*"}
+        x, y = op.operands
+        if x in self.consts and y in self.consts:
+            a, b = self.consts[x], self.consts[y]
+            folded = {arith.AddiOp: a + b, arith.SubiOp: a - b, arith.MuliOp: a * b, arith.MinSIOp: min(a, b),
+                      arith.MaxSIOp: max(a, b), arith.CeilDivSIOp: -(-a // b)}.get(type(op))
+            if folded is None:
+                raise EmitError(f"{op_location(op)}: {op.name} has no pypto lowering")
+            self.consts[op.result] = folded
+            return
+        a, b = self.ref(x), self.ref(y)
+        if type(op) in ops:
+            return self._scalar(op.result, f"({a} {ops[type(op)]} {b})")
+        if isinstance(op, arith.MinSIOp):
+            return self._scalar(op.result, f"pypto.min({a}, {b})")
+        if isinstance(op, arith.MaxSIOp):
+            return self._scalar(op.result, f"pypto.max({a}, {b})")
+        raise EmitError(f"{op_location(op)}: {op.name} has no pypto lowering")
+
+    def _loop(self, op, loc, bounds, inits, block, results, prefix, step=None):
+        lo, hi = self.ref(bounds[0]), self.ref(bounds[1])
+        step = step if step is not None else self.ref(bounds[2])
+        carried = []
+        for v in inits:
+            name = self.ref(v)
+            if not v.has_one_use():  # the loop updates it in place: give it its own copy
+                copy = self.fresh("c")
+                self.set_tile(v)
+                self.emit(f"{copy} = pypto.clone({name})")
+                name = copy
+            carried.append(name)
+        self.loop_count += 1
+        idx = f"{prefix}{self.loop_count}"
+        self.emit(f"for {idx} in pypto.loop({lo}, {hi}, {step}, name=\"L{self.loop_count}\", "
+                  f"idx_name=\"{idx}\"):  # {loc}")
+        self.depth += 1
+        self.names[block.args[0]] = idx
+        for arg, name in zip(block.args[1:], carried):
+            self.names[arg] = name
+        for inner in block.ops:
+            if inner is block.last_op and inner.name in ("scf.yield", "tile.yield"):
+                for name, v in zip(carried, inner.operands):
+                    if self.ref(v) != name:
+                        self.set_tile(v)
+                        self.emit(f"{name}[:] = {self.ref(v)}")
+                continue
+            self.op(inner)
+        self.depth -= 1
+        for r, name in zip(results, carried):
+            self.names[r] = name
+
+
+def emit_pypto(module: ModuleOp) -> str:
+    fn = entry_function(module)
+    arg_names = [a.data for a in fn.attributes["arg_names"].data]
+    out_names = [a.data for a in fn.attributes["result_names"].data]
+    clash = set(arg_names) & set(out_names)
+    if clash:
+        raise EmitError(f"parameter and output names clash: {sorted(clash)}")
+    em = _Emitter()
+    block = fn.body.block
+    for arg, name in zip(block.args, arg_names):
+        em.names[arg] = name
+    ret = block.last_op
+    for op in block.ops:
+        em.op(op)
+    params, dtypes, shapes = [], {}, {}
+    for name, t in [*zip(arg_names, fn.function_type.inputs.data), *zip(out_names, fn.function_type.outputs.data)]:
+        params.append(f"{name}: pypto.Tensor({list(shape_of(t))}, {PYPTO_DTYPE[dtype_of(t)]})")
+        dtypes[name], shapes[name] = dtype_of(t), list(shape_of(t))
+    for name, v in zip(out_names, ret.operands):
+        em.set_tile(v)
+        em.emit(f"{name}[:] = {em.ref(v)}")
+    return _TEMPLATE.get_template("pypto_kernel.py.j2").render(
+        stage=fn.sym_name.data, arg_names=arg_names + out_names, output_names=out_names, dtypes=dtypes,
+        shapes=shapes, params=params, body=em.lines)

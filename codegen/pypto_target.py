@@ -1,0 +1,44 @@
+"""Run a tile-level module as a pypto program: emit, run in a child process (SIM on CPU, or on an NPU when
+torch_npu is present), and bring the outputs back as torch tensors of the stage's dtypes."""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+import torch
+
+from attnc.codegen.io import to_numpy
+from attnc.codegen.pypto_emit import emit_pypto
+from attnc.codegen.pypto_sim import run_in_subprocess
+from attnc.ir.interpreter import entry_function
+from attnc.ir.types import dtype_of, torch_dtype
+
+
+@dataclass
+class PyptoRun:
+    outputs: dict
+    aicore_us: float | None
+    verify: list
+    failed_records: list
+    wall_s: float
+    program: str
+
+
+def run_pypto_sim(module, inputs: dict, *, verify: str = "default", timeout_s: float = 900,
+                  npu: bool = False) -> PyptoRun:
+    program = emit_pypto(module)
+    fn = entry_function(module)
+    out_names = [a.data for a in fn.attributes["result_names"].data]
+    out_types = dict(zip(out_names, fn.function_type.outputs.data))
+    with tempfile.TemporaryDirectory(prefix="attnc-prog-") as tmp:
+        path = os.path.join(tmp, f"{fn.sym_name.data}.py")
+        with open(path, "w") as f:
+            f.write(program)
+        if npu:
+            os.environ["ATTNC_PYPTO_NPU"] = "1"
+        res = run_in_subprocess(path, {k: to_numpy(v) for k, v in inputs.items()}, verify=verify,
+                                timeout_s=timeout_s)
+    outs = {n: torch.from_numpy(res.outputs[n]).to(torch_dtype(dtype_of(out_types[n]))) for n in out_names
+            if n in res.outputs}
+    return PyptoRun(outs, res.aicore_us, res.verify, res.failed_records, res.wall_s, program)
