@@ -24,7 +24,7 @@ PYPTO_DTYPE = {"bf16": "pypto.DT_BF16", "f16": "pypto.DT_FP16", "f32": "pypto.DT
 CAST_MODE = {"rint": "pypto.CastMode.CAST_RINT", "round": "pypto.CastMode.CAST_ROUND",
              "trunc": "pypto.CastMode.CAST_TRUNC"}
 BINARY = {"add": "pypto.add", "sub": "pypto.sub", "mul": "pypto.mul", "div": "pypto.div", "max": "pypto.maximum",
-          "min": "pypto.minimum", "rem": "pypto.remainder", "and": "pypto.logical_and"}
+          "min": "pypto.minimum", "and": "pypto.logical_and"}
 UNARY = {"neg": "pypto.neg", "exp": "pypto.exp", "sqrt": "pypto.sqrt", "rsqrt": "pypto.rsqrt",
          "recip": "pypto.reciprocal", "relu": "pypto.relu", "abs": "pypto.abs"}
 CMP = {"lt": "pypto.lt", "le": "pypto.le", "gt": "pypto.gt", "ge": "pypto.ge", "eq": "pypto.eq", "ne": "pypto.ne"}
@@ -57,10 +57,12 @@ def vec_tile(shape, dtype: str = "f32") -> list[int]:
 
 
 def cube_tile(m: int, k: int, n: int) -> str:
-    mt = min(16, max(16, m))
-    kt = min(256, k)
-    nt = min(128, n)
-    return f"pypto.set_cube_tile_shapes([{mt}, {mt}], [{kt}, {min(512, k)}], [{nt}, {nt}])"
+    """Cube tiles in multiples of 16 (the fractal size), capped at sizes that fit L0A/L0B/L0C."""
+    def up16(x: int, cap: int) -> int:
+        return min(cap, max(16, -(-x // 16) * 16))
+
+    kt, nt = up16(k, 256), up16(n, 128)
+    return f"pypto.set_cube_tile_shapes([16, 16], [{kt}, {up16(k, 512)}], [{nt}, {nt}])"
 
 
 @dataclass
@@ -125,8 +127,17 @@ class _Emitter:
         if kind == "or":
             return self.bind(res, f"pypto.logical_not(pypto.logical_and(pypto.logical_not({a[0]}), "
                                   f"pypto.logical_not({a[1]})))", loc)
-        if kind == "floordiv":  # exact: (a - a mod b) is a multiple of b
-            return self.bind(res, f"pypto.div(pypto.sub({a[0]}, pypto.remainder({a[0]}, {a[1]})), {a[1]})", loc)
+        if kind in ("floordiv", "rem"):
+            # pypto 0.2.0 has no int32 division and its cost model no REM: floor division in f32 is exact
+            # for the index ranges we use (|a| < 2^22)
+            f32 = "pypto.DT_FP32"
+            af, bf, q = self.fresh("f"), self.fresh("f"), self.fresh("f")
+            self.set_tile(res)
+            self.emit(f"{af} = pypto.cast({a[0]}, {f32})")
+            self.emit(f"{bf} = pypto.cast({a[1]}, {f32})")
+            self.emit(f"{q} = pypto.floor(pypto.div({af}, {bf}))")
+            expr = q if kind == "floordiv" else f"pypto.sub({af}, pypto.mul({bf}, {q}))"
+            return self.bind(res, f"pypto.cast({expr}, pypto.DT_INT32, mode=pypto.CastMode.CAST_RINT)", loc)
         if kind in UNARY:
             return self.bind(res, f"{UNARY[kind]}({a[0]})", loc)
         if kind == "cmp":
@@ -166,7 +177,7 @@ class _Emitter:
         if kind in SCALAR:
             return self.bind(res, f"{SCALAR[kind]}({a[0]}, {op.scalar.value.data!r})", loc)
         if kind == "broadcast":
-            return self.bind(res, f"pypto.expand_clone({a[0]}, {shape})", loc)
+            return self.bind(res, self._expand(a[0], list(shape_of(op.input.type)), shape, dtype_of(res.type)), loc)
         if kind == "reshape":  # pypto tiles a reshape by its input
             return self.bind(res, f"pypto.reshape({a[0]}, {shape})", loc, tile_of=op.input)
         if kind == "transpose":
@@ -176,6 +187,17 @@ class _Emitter:
                 raise EmitError(f"{loc}: tile.transpose {list(perm)} is not a single swap")
             return self.bind(res, f"pypto.transpose({a[0]}, {moved[0]}, {moved[1]})", loc)
         if kind == "concat":
+            if dtype_of(res.type) == "i1":  # pypto 0.2.0 cannot concat bool tensors: go through f32
+                ints = []
+                for v, ref in zip(op.inputs, a):
+                    tmp = self.fresh("b")
+                    self.set_tile(v)
+                    self.emit(f"{tmp} = pypto.where({ref}, 1.0, 0.0)")
+                    ints.append(tmp)
+                joined = self.fresh("b")
+                self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, vec_tile(shape, 'i32')))})")
+                self.emit(f"{joined} = pypto.concat([{', '.join(ints)}], {op.axis.value.data})")
+                return self.bind(res, f"pypto.eq({joined}, 1.0)", loc)
             return self.bind(res, f"pypto.concat([{', '.join(a)}], {op.axis.value.data})", loc)
         if kind == "gather_rows":
             return self.bind(res, f"pypto.index_select({a[0]}, 0, {a[1]})", loc)
@@ -186,16 +208,26 @@ class _Emitter:
             self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, vec_tile([shape[axis]], 'i32')))})")
             self.emit(f"{ramp} = pypto.cast(pypto.arange({shape[axis]}), pypto.DT_INT32)")
             self.emit(f"{ramp} = pypto.reshape({ramp}, {view_shape})")
-            return self.bind(res, f"pypto.expand_clone({ramp}, {shape})", loc)
+            return self.bind(res, self._expand(ramp, view_shape, shape, "i32"), loc)
         if kind == "full":
             value = op.value.value.data
             value = int(value) if dtype_of(res.type) in ("i32", "i8") else value
             return self.bind(res, f"pypto.full({shape}, {value!r}, {dt})", loc)
         if kind == "view":
             n = len(op.offsets)
+            whole = (not len(op.valid) and all(v in self.consts and self.consts[v] == 0 for v in op.offsets)
+                     and shape_of(op.source.type) == tuple(shape))
+            if whole:  # a view of all of a tensor is the tensor
+                self.names[res] = a[0]
+                return
             offs, valid = a[1:1 + n], a[1 + n:]
             extra = f", valid_shape=[{', '.join(valid)}]" if valid else ""
-            return self.bind(res, f"pypto.view({a[0]}, {shape}, [{', '.join(offs)}]{extra})", loc)
+            self.bind(res, f"pypto.view({a[0]}, {shape}, [{', '.join(offs)}]{extra})", loc)
+            if len(shape) >= 3:
+                # pypto 0.2.0 mis-sizes the raw tensor of a rank-3 view read straight by a batched matmul
+                # ("Shape size mismatch" at codegen); a clone gives the tile its own buffer
+                self.emit(f"{self.names[res]} = pypto.clone({self.names[res]})")
+            return
         if kind == "assemble":
             n = len(op.offsets)
             offs = a[2:2 + n]
@@ -206,6 +238,18 @@ class _Emitter:
         if kind == "read":
             return self._scalar(res, f"{a[0]}[{', '.join(a[1:])}]")
         raise EmitError(f"{loc}: tile.{kind} has no pypto 0.2.0 lowering")
+
+    def _expand(self, src: str, src_shape: list, shape: list, dtype: str) -> str:
+        """pypto 0.2.0 expands one axis per expand_clone: chain them; returns the last expression."""
+        axes = [i for i, (a, b) in enumerate(zip(src_shape, shape)) if a != b]
+        cur, cur_shape = src, list(src_shape)
+        for i in axes[:-1]:
+            cur_shape[i] = shape[i]
+            step = self.fresh("e")
+            self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, vec_tile(cur_shape, dtype)))})")
+            self.emit(f"{step} = pypto.expand_clone({cur}, {cur_shape})")
+            cur = step
+        return f"pypto.expand_clone({cur}, {shape})" if axes else f"pypto.clone({cur})"
 
     def _scalar(self, res, expr):
         name = self.fresh("s")

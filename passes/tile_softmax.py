@@ -42,15 +42,8 @@ class _OnlineSoftmax(RewritePattern):
         loc = op.attributes.get("loc")
         loc = loc.data if loc is not None else None
 
-        with before(op):
-            m0 = dsl.full((tokens, heads, 1), F32_MIN, "f32")
-            l0 = dsl.full((tokens, heads, 1), 0.0, "f32")
-            acc0 = dsl.full((tokens, heads, d), 0.0, "f32")
-            lb, ub, step = const(0), const(n_tiles), const(1)
-        body = Block(arg_types=[INDEX, m0.value.type, l0.value.type, acc0.value.type])
-        j, m, l, acc = body.args
-        with at_end(body, loc):
-            off = muli(j, kt)
+        def scores(off):
+            """(key-valid mask [T,H,kt], masked scores, zeroed kv tile) of the tile starting at key `off`."""
             ragged = n_keys % kt != 0
             count = minsi(subi(n_keys, off), kt) if ragged else None  # keys in the ragged last tile
             valid_t = view(valid, (0, off), (tokens, kt), (tokens, count) if ragged else (), pad="zero")
@@ -62,18 +55,35 @@ class _OnlineSoftmax(RewritePattern):
             kv_t = dsl.select(dsl.reshape(valid_t, (tokens, kt, 1)), kv_t, 0.0)
             key_ok = dsl.broadcast_to(dsl.reshape(valid_t, (tokens, 1, kt)), (tokens, heads, kt))
             s = dsl.matmul(q, kv_t, out="f32", transpose_b=True) * scale
-            s = dsl.select(key_ok, s, F32_MIN)
-            m_new = dsl.maximum(T(m), dsl.reduce(s, "max", -1))
-            p = dsl.select(key_ok, dsl.exp(s - m_new), 0.0)
+            return key_ok, dsl.select(key_ok, s, F32_MIN), kv_t
+
+        def weights(key_ok, s, m, kv_t):
+            p = dsl.select(key_ok, dsl.exp(s - m), 0.0)
             p_lo = dsl.cast(p, kv_t.dtype)  # exp weights rounded before P·V
-            alpha = dsl.exp(T(m) - m_new)
-            l_new = T(l) * alpha + dsl.reduce(dsl.cast(p_lo, "f32"), "sum", -1)
-            acc_new = T(acc) * alpha + dsl.matmul(p_lo, kv_t, out="f32")
-            dsl.emit_op(scf.YieldOp, [[m_new.value, l_new.value, acc_new.value]], [])
+            return dsl.reduce(dsl.cast(p_lo, "f32"), "sum", -1), dsl.matmul(p_lo, kv_t, out="f32")
+
+        # the first tile seeds the running state (peeled: no -inf/zero initial tiles to merge)
         with before(op):
-            loop = dsl.emit_op(scf.ForOp, [lb, ub, step, [m0.value, l0.value, acc0.value]],
-                               [[m0.value.type, l0.value.type, acc0.value.type]], regions=[Region(body)])
-            m_fin, l_fin, acc_fin = (T(r) for r in loop.results)
+            key_ok, s, kv_t = scores(const(0))
+            m_first = dsl.reduce(s, "max", -1)
+            l_first, acc_first = weights(key_ok, s, m_first, kv_t)
+            state = [m_first, l_first, acc_first]
+        if n_tiles > 1:
+            body = Block(arg_types=[INDEX, *[x.value.type for x in state]])
+            j, m, l, acc = body.args
+            with at_end(body, loc):
+                key_ok, s, kv_t = scores(muli(j, kt))
+                m_new = dsl.maximum(T(m), dsl.reduce(s, "max", -1))
+                l_tile, pv = weights(key_ok, s, m_new, kv_t)
+                alpha = dsl.exp(T(m) - m_new)
+                dsl.emit_op(scf.YieldOp, [[m_new.value, (T(l) * alpha + l_tile).value,
+                                           (T(acc) * alpha + pv).value]], [])
+            with before(op):
+                loop = dsl.emit_op(scf.ForOp, [const(1), const(n_tiles), const(1), [x.value for x in state]],
+                                   [[x.value.type for x in state]], regions=[Region(body)])
+                state = [T(r) for r in loop.results]
+        with before(op):
+            m_fin, l_fin, acc_fin = state
             sink_b = dsl.broadcast_to(dsl.reshape(sink, (1, heads, 1)), (tokens, heads, 1))
             top = dsl.maximum(m_fin, sink_b)
             keep = dsl.exp(m_fin - top)
