@@ -37,10 +37,21 @@ class _OnlineSoftmax(RewritePattern):
         n_keys = kv.shape[1]
         kt = min(self.kv_tile, n_keys)
         n_tiles = -(-n_keys // kt)
+        pad = n_tiles * kt - n_keys
         scale = op.scale.value.data
         gather = op.kv.owner if isinstance(op.kv.owner, ATTN["gather_rows"]) else None
         loc = op.attributes.get("loc")
         loc = loc.data if loc is not None else None
+
+        if pad and gather is not None:
+            # pad the key list to whole tiles with invalid keys (row 0, weight exactly 0): every tile is full,
+            # so no tile needs a runtime valid shape
+            with before(op):
+                valid = dsl.concat([valid, dsl.full((tokens, pad), 0.0, "i1")], axis=1)
+                gather_idx = dsl.concat([T(gather.indices), dsl.full((tokens, pad), 0.0, "i32")], axis=1)
+            n_keys += pad
+        else:
+            gather_idx = T(gather.indices) if gather is not None else None
 
         def scores(off):
             """(key-valid mask [T,H,kt], masked scores, zeroed kv tile) of the tile starting at key `off`."""
@@ -48,7 +59,7 @@ class _OnlineSoftmax(RewritePattern):
             count = minsi(subi(n_keys, off), kt) if ragged else None  # keys in the ragged last tile
             valid_t = view(valid, (0, off), (tokens, kt), (tokens, count) if ragged else (), pad="zero")
             if gather is not None:
-                rows = view(T(gather.indices), (0, off), (tokens, kt), (tokens, count) if ragged else (), pad="zero")
+                rows = view(gather_idx, (0, off), (tokens, kt), (tokens, count) if ragged else (), pad="zero")
                 kv_t = dsl.gather_rows(T(gather.table), rows)
             else:
                 kv_t = view(kv, (0, off, 0), (tokens, kt, d), (tokens, count, d) if ragged else (), pad="zero")
