@@ -35,10 +35,8 @@ def run_pypto_sim(module, inputs: dict, *, verify: str = "default", timeout_s: f
         path = os.path.join(tmp, f"{fn.sym_name.data}.py")
         with open(path, "w") as f:
             f.write(program)
-        if npu:
-            os.environ["ATTNC_PYPTO_NPU"] = "1"
         res = run_in_subprocess(path, {k: to_numpy(v) for k, v in inputs.items()}, verify=verify,
-                                timeout_s=timeout_s)
+                                timeout_s=timeout_s, npu=npu)
     outs = {n: torch.from_numpy(res.outputs[n]).to(torch_dtype(dtype_of(out_types[n]))) for n in out_names
             if n in res.outputs}
     return PyptoRun(outs, res.aicore_us, res.verify, res.failed_records, res.wall_s, program)

@@ -30,21 +30,22 @@ class SimResult:
         return [r for r in self.verify if r[2] not in ("PASS", "NO_COMPARE")]
 
 
-def _child_env() -> dict:
-    env = dict(os.environ)
+def _child_env(extra: dict | None = None) -> dict:
+    env = dict(os.environ, **(extra or {}))
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), root) if p)
     return env
 
 
 def run_in_subprocess(kernel_py: str | Path, inputs: dict[str, np.ndarray], *, verify: str = "default",
-                      timeout_s: float = 900, python: str = sys.executable) -> SimResult:
+                      timeout_s: float = 900, python: str = sys.executable, npu: bool = False) -> SimResult:
     with tempfile.TemporaryDirectory(prefix="attnc-sim-") as tmp:
         in_npz, out_npz = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
         np.savez(in_npz, **inputs)
         cmd = [python, "-m", "attnc.codegen.pypto_sim.runner", str(kernel_py), in_npz, out_npz, verify]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=_child_env())
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
+                                  env=_child_env({"ATTNC_PYPTO_NPU": "1"} if npu else None))
         except subprocess.TimeoutExpired:
             raise PyptoSimError(f"pypto SIM run of {kernel_py} timed out after {timeout_s:.0f} s") from None
         if proc.returncode != 0 or not os.path.exists(out_npz):
