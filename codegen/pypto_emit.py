@@ -211,6 +211,8 @@ class _Emitter:
             return self.bind(res, self._expand(ramp, view_shape, shape, "i32"), loc)
         if kind == "full":
             value = op.value.value.data
+            if dtype_of(res.type) == "i1":  # pypto 0.2.0 codegen cannot splat bool: compare an f32 splat
+                return self.bind(res, f"pypto.eq(pypto.full({shape}, {float(value != 0)!r}, pypto.DT_FP32), 1.0)", loc)
             value = int(value) if dtype_of(res.type) in ("i32", "i8") else value
             return self.bind(res, f"pypto.full({shape}, {value!r}, {dt})", loc)
         if kind == "view":
