@@ -256,6 +256,8 @@ def _view(it, op, a):
     for o, v, d in zip(offs, valid, src.shape):
         if v and (o < 0 or o + v > d):
             raise InterpretError(f"view [{o}, {o + v}) out of bounds of a dim of size {d}")
+    if tuple(valid) == tuple(shape):  # no padding: a slice (values are immutable, aliasing is safe)
+        return (src[tuple(slice(o, o + v) for o, v in zip(offs, valid))],)
     out = torch.full(shape, _pad_value(src.dtype, op.pad.data), dtype=src.dtype)
     out[tuple(slice(0, v) for v in valid)] = src[tuple(slice(o, o + v) for o, v in zip(offs, valid))]
     return (out,)
