@@ -45,6 +45,29 @@ class AttncPass(ModulePass):
     summary: ClassVar[str] = ""
 
 
+@dataclass(frozen=True)
+class PatternPass(AttncPass):
+    """A pass that is one rewrite pattern applied once over the module; integer options must be positive."""
+
+    def pattern(self):
+        raise NotImplementedError
+
+    def finish(self, module) -> None:
+        """Hook run after the rewrite."""
+
+    def apply(self, ctx, op):
+        from dataclasses import fields
+
+        from xdsl.pattern_rewriter import PatternRewriteWalker
+
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int) and value <= 0:
+                raise PassError(f"{self.name}: option {f.name.replace('_', '-')} must be positive, got {value}")
+        PatternRewriteWalker(self.pattern(), apply_recursively=False).rewrite_module(op)
+        self.finish(op)
+
+
 _REGISTRY: dict[str, type[ModulePass]] = {}
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xdsl.pattern_rewriter import PatternRewriter, PatternRewriteWalker, RewritePattern, op_type_rewrite_pattern
+from xdsl.pattern_rewriter import PatternRewriter, RewritePattern, op_type_rewrite_pattern
 
 from attnc.ir import dsl
 from attnc.ir.tensor_dialect import RmsNormOp
 from attnc.ir.types import dtype_of
 
-from . import AttncPass, register
+from . import PatternPass, register
 from ._build import T, before
 
 
@@ -33,10 +33,10 @@ class _DecomposeRmsNorm(RewritePattern):
 
 @register
 @dataclass(frozen=True)
-class FuseRmsNorm(AttncPass):
+class FuseRmsNorm(PatternPass):
     name = "fuse-rmsnorm"
     summary = "RMSNorm -> one row pass: sum of squares, recip(sqrt(mean+eps)), scale, gamma, fused into its consumer"
     tolerance = 0.0
 
-    def apply(self, ctx, op):
-        PatternRewriteWalker(_DecomposeRmsNorm(), apply_recursively=False).rewrite_module(op)
+    def pattern(self):
+        return _DecomposeRmsNorm()

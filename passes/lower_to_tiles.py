@@ -11,14 +11,14 @@ from dataclasses import dataclass
 
 import torch
 from xdsl.ir import Operation
-from xdsl.pattern_rewriter import PatternRewriter, PatternRewriteWalker, RewritePattern
+from xdsl.pattern_rewriter import PatternRewriter, RewritePattern
 
 from attnc.ir.common import float_attr, ints_of, op_location
 from attnc.ir.dsl import emit_op
 from attnc.ir.tile_dialect import EXPAND_KINDS, TILE
 from attnc.ir.types import dtype_of, shape_of, torch_dtype
 
-from . import AttncPass, PassError, register
+from . import PatternPass, PassError, register
 from ._build import before, tile_op, view
 
 _DECOMPOSED_BY = {"rmsnorm": "fuse-rmsnorm", "rope": "rope-selector-matmul", "sparse_attention": "tile-softmax",
@@ -113,13 +113,15 @@ def _drop_dead(module) -> None:
 
 @register
 @dataclass(frozen=True)
-class LowerToTiles(AttncPass):
+class LowerToTiles(PatternPass):
     name = "lower-to-tiles"
     summary = "remaining attn ops -> tile ops (row reductions, row/col expands, scalar ops, views)"
     tolerance = 0.0
 
-    def apply(self, ctx, op):
-        PatternRewriteWalker(_Lower(), apply_recursively=False).rewrite_module(op)
+    def pattern(self):
+        return _Lower()
+
+    def finish(self, op):
         _drop_dead(op)
         left = sorted({o.name for o in op.walk() if o.name.startswith("attn.")})
         if left:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xdsl.pattern_rewriter import PatternRewriter, PatternRewriteWalker, RewritePattern, op_type_rewrite_pattern
+from xdsl.pattern_rewriter import PatternRewriter, RewritePattern, op_type_rewrite_pattern
 
 from attnc.ir import dsl
 from attnc.ir.tensor_dialect import RopeOp
 from attnc.ir.types import dtype_of
 
-from . import AttncPass, register
+from . import PatternPass, register
 from ._build import T, before
 
 
@@ -60,10 +60,10 @@ class _RopeAsSelectorMatmul(RewritePattern):
 
 @register
 @dataclass(frozen=True)
-class RopeSelectorMatmul(AttncPass):
+class RopeSelectorMatmul(PatternPass):
     name = "rope-selector-matmul"
     summary = "interleaved RoPE -> 0/1 selector matmuls (de-interleave), f32 rotate, bf16 halves, re-interleave"
     tolerance = 0.0
 
-    def apply(self, ctx, op):
-        PatternRewriteWalker(_RopeAsSelectorMatmul(), apply_recursively=False).rewrite_module(op)
+    def pattern(self):
+        return _RopeAsSelectorMatmul()

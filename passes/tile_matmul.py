@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from xdsl.dialects import scf
 from xdsl.dialects.builtin import BoolAttr
 from xdsl.ir import Block, Region
-from xdsl.pattern_rewriter import PatternRewriter, PatternRewriteWalker, RewritePattern
+from xdsl.pattern_rewriter import PatternRewriter, RewritePattern
 
 from attnc.ir.common import str_attr
 from attnc.ir.dsl import Tensor, emit_op
@@ -18,7 +18,7 @@ from attnc.ir.tensor_dialect import ATTN
 from attnc.ir.tile_dialect import TILE
 from attnc.ir.types import dtype_of, shape_of, tensor_type
 
-from . import AttncPass, PassError, register
+from . import PatternPass, register
 from ._build import INDEX, at_end, before, const, muli, tile_op, view
 
 
@@ -68,13 +68,11 @@ class _ChunkK(RewritePattern):
 
 @register
 @dataclass(frozen=True)
-class TileMatmul(AttncPass):
+class TileMatmul(PatternPass):
     name = "tile-matmul"
     summary = "matmul with contraction K > k -> K-chunked tile.matmul + tile.matmul_acc loop (f32 accumulator)"
     tolerance = 1e-2
     k: int = 512
 
-    def apply(self, ctx, op):
-        if self.k <= 0:
-            raise PassError(f"k must be positive, got {self.k}")
-        PatternRewriteWalker(_ChunkK(self.k), apply_recursively=False).rewrite_module(op)
+    def pattern(self):
+        return _ChunkK(self.k)

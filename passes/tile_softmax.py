@@ -14,13 +14,13 @@ from dataclasses import dataclass
 import torch
 from xdsl.dialects import scf
 from xdsl.ir import Block, Region
-from xdsl.pattern_rewriter import PatternRewriter, PatternRewriteWalker, RewritePattern, op_type_rewrite_pattern
+from xdsl.pattern_rewriter import PatternRewriter, RewritePattern, op_type_rewrite_pattern
 
 from attnc.ir import dsl
 from attnc.ir.tensor_dialect import ATTN, SparseAttentionOp
 from attnc.ir.types import dtype_of, tensor_type
 
-from . import AttncPass, PassError, register
+from . import PatternPass, register
 from ._build import INDEX, T, at_end, before, const, minsi, muli, subi, view
 
 F32_MIN = float(torch.finfo(torch.float32).min)  # "minus infinity" that keeps exp(x - m) finite
@@ -109,13 +109,11 @@ class _OnlineSoftmax(RewritePattern):
 
 @register
 @dataclass(frozen=True)
-class TileSoftmax(AttncPass):
+class TileSoftmax(PatternPass):
     name = "tile-softmax"
     summary = "attention softmax -> online softmax over KV tiles (f32 merge, bf16 P, sink in the denominator)"
     tolerance = 2e-2
     kv_tile: int = 32
 
-    def apply(self, ctx, op):
-        if self.kv_tile <= 0:
-            raise PassError(f"kv-tile must be positive, got {self.kv_tile}")
-        PatternRewriteWalker(_OnlineSoftmax(self.kv_tile), apply_recursively=False).rewrite_module(op)
+    def pattern(self):
+        return _OnlineSoftmax(self.kv_tile)

@@ -1,9 +1,15 @@
-"""Run generated pypto 0.2.0 programs in SIM mode on the CPU, one child process per call (pypto is never
-imported into the calling process: a failed pypto compile leaves its process unusable)."""
+"""Run generated pypto 0.2.0 programs (SIM mode on the CPU, or an NPU when torch_npu is present), one child
+process per call. pypto is never imported into the calling process: a failed pypto compile leaves its process
+unusable, and the child needs environment set before pypto loads. See runner.py for the kernel-module protocol
+and COOKBOOK.md for the pypto 0.2.0 constructs checked with this harness."""
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -12,62 +18,111 @@ from pathlib import Path
 
 import numpy as np
 
+from .runner import VERIFY_MODES, run_dir_for_pid
 
-class PyptoSimError(Exception):
-    """The SIM run failed (compile error, crash, timeout); one line with the tail of the child's output."""
+__all__ = ["PyptoSimError", "SimResult", "run_in_subprocess", "pypto_available", "npu_available", "RUNNER"]
+
+RUNNER = Path(__file__).resolve().with_name("runner.py")
+_OK = ("PASS", "NO_COMPARE")
+
+
+class PyptoSimError(RuntimeError):
+    """The child run failed (compile error, crash, timeout). The message is one line and ends with the tail of
+    the child's stderr."""
 
 
 @dataclass
 class SimResult:
-    outputs: dict
-    aicore_us: float | None
-    verify: list = field(default_factory=list)
-    errors: list = field(default_factory=list)
-    wall_s: float = 0.0
+    outputs: dict  # name -> np.ndarray (bf16/fp16 as float32); empty for verify="none"
+    aicore_us: float | None  # simulated AICore end-to-end time (None on NPU)
+    verify: list = field(default_factory=list)  # [[pass_name, index, result], ...] from the pass verifier
+    errors: list = field(default_factory=list)  # non-benign [ERROR] lines of pypto's log
+    wall_s: float = 0.0  # the kernel call in the child (parse + passes + verify interpreter + cost model)
+    process_s: float = 0.0  # the whole child process (imports, calculator load, call)
+    failed_records: list = field(init=False)  # verify records that are not PASS / NO_COMPARE
 
-    @property
-    def failed_records(self) -> list:
-        return [r for r in self.verify if r[2] not in ("PASS", "NO_COMPARE")]
-
-
-def _child_env(extra: dict | None = None) -> dict:
-    env = dict(os.environ, **(extra or {}))
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), root) if p)
-    return env
+    def __post_init__(self):
+        self.failed_records = [r for r in self.verify if r[2] not in _OK]
 
 
-def run_in_subprocess(kernel_py: str | Path, inputs: dict[str, np.ndarray], *, verify: str = "default",
-                      timeout_s: float = 900, python: str = sys.executable, npu: bool = False) -> SimResult:
-    with tempfile.TemporaryDirectory(prefix="attnc-sim-") as tmp:
+def _tail(text: str, n: int = 3) -> str:
+    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    fail = [ln for ln in lines if ln.startswith("ATTNC_PYPTO_FAIL:")]
+    picked = (lines[-n - 1:-1] if fail else lines[-n:]) + fail[-1:]
+    return " | ".join(ln[:300] for ln in picked) or "no output"
+
+
+def run_in_subprocess(kernel_py: str | Path, inputs: dict[str, np.ndarray], *, timeout_s: float = 600,
+                      verify: str | list = "default", python: str = sys.executable, npu: bool = False,
+                      env: dict | None = None) -> SimResult:
+    """Run `kernel_py` (module protocol: see runner.py) once on `inputs` in a fresh child process.
+
+    verify: "default" (pypto's default pass filter), "tensor-graph" (tensor graph only, cheapest mode that still
+    produces outputs), "all", "none" (time only: SIM writes no outputs, so `outputs` is empty), or a list of pass
+    names. npu=True runs in NPU mode (needs torch_npu). Raises PyptoSimError on timeout, crash or compile error.
+    """
+    kernel_py = Path(kernel_py).resolve()
+    if isinstance(verify, (list, tuple)):
+        verify = json.dumps(list(verify))
+    elif verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {sorted(VERIFY_MODES)} or a list of pass names, not {verify!r}")
+    child_env = dict(os.environ, **(env or {}))
+    child_env.pop("ATTNC_PYPTO_NPU", None)
+    if npu:
+        child_env["ATTNC_PYPTO_NPU"] = "1"
+    with tempfile.TemporaryDirectory(prefix="attnc-sim-io-") as tmp:
         in_npz, out_npz = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
-        np.savez(in_npz, **inputs)
-        cmd = [python, "-m", "attnc.codegen.pypto_sim.runner", str(kernel_py), in_npz, out_npz, verify]
+        np.savez(in_npz, **{k: np.ascontiguousarray(v) for k, v in inputs.items()})
+        cmd = [python, str(RUNNER), str(kernel_py), in_npz, out_npz, verify]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env,
+                                cwd=tmp, start_new_session=True)  # own group: g++/cost-model children die with it
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
-                                  env=_child_env({"ATTNC_PYPTO_NPU": "1"} if npu else None))
+            out, err = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            raise PyptoSimError(f"pypto SIM run of {kernel_py} timed out after {timeout_s:.0f} s") from None
+            with_pg_kill(proc)
+            out, err = proc.communicate()
+            shutil.rmtree(run_dir_for_pid(proc.pid), ignore_errors=True)
+            raise PyptoSimError(f"pypto run of {kernel_py.name} timed out after {timeout_s:g} s: "
+                                f"{_tail(err or out)}") from None
+        meta_path = Path(out_npz + ".json")
         if proc.returncode != 0 or not os.path.exists(out_npz):
-            tail = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()][-1:] or ["no output"]
-            raise PyptoSimError(f"pypto SIM run of {kernel_py} failed (exit {proc.returncode}): {tail[0][:300]}")
-        meta = json.loads(Path(out_npz + ".json").read_text())
+            shutil.rmtree(run_dir_for_pid(proc.pid), ignore_errors=True)  # if the child died before its cleanup
+            how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
+            raise PyptoSimError(f"pypto run of {kernel_py.name} failed ({how}): {_tail(err or out)}")
+        meta = json.loads(meta_path.read_text())
         with np.load(out_npz) as data:
             outputs = {k: data[k] for k in data.files}
-    return SimResult(outputs, meta["aicore_us"], meta["verify"], meta["errors"], meta["wall_s"])
+    return SimResult(outputs=outputs, aicore_us=meta["aicore_us"], verify=meta["verify"], errors=meta["errors"],
+                     wall_s=meta["wall_s"] or 0.0, process_s=meta["process_s"] or 0.0)
 
 
-def _importable(module: str) -> bool:
-    code = f"import {module}"
+def with_pg_kill(proc: subprocess.Popen) -> None:
+    """Kill the child's process group (the child and whatever it spawned), only that group."""
     try:
-        return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120).returncode == 0
-    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@functools.lru_cache(maxsize=None)
+def _importable_in_child(module: str, python: str) -> bool:
+    if python == sys.executable and importlib.util.find_spec(module) is None:
         return False
+    with tempfile.TemporaryDirectory(prefix="attnc-probe-") as tmp:  # keep pypto's import-time logs out of ~
+        env = dict(os.environ, ASCEND_PROCESS_LOG_PATH=os.path.join(tmp, "plog"),
+                   PYPTO_HOME=os.path.join(tmp, "home"), TILE_FWK_OUTPUT_DIR=os.path.join(tmp, "output"))
+        try:
+            r = subprocess.run([python, "-c", f"import {module}"], capture_output=True, timeout=180, env=env, cwd=tmp)
+        except (subprocess.TimeoutExpired, OSError):
+            return False
+    return r.returncode == 0
 
 
-def pypto_available() -> bool:
-    return _importable("pypto")
+def pypto_available(python: str = sys.executable) -> bool:
+    """pypto imports without error in a child process (cached per interpreter)."""
+    return _importable_in_child("pypto", python)
 
 
-def npu_available() -> bool:
-    return _importable("torch_npu")
+def npu_available(python: str = sys.executable) -> bool:
+    """torch_npu imports without error in a child process (cached per interpreter)."""
+    return _importable_in_child("torch_npu", python)
