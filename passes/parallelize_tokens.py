@@ -153,7 +153,8 @@ class _Analysis:
                 refuse("reshapes across the token axis")
             return
         if op.name == "tile.view":
-            full_rows = _lead(op.result) == self.T and constant_value(op.offsets[0]) == 0
+            full_rows = _lead(op.result) == self.T and constant_value(op.offsets[0]) == 0 and (
+                not len(op.valid) or constant_value(op.valid[0]) == self.T)
             if not is_tok(op.source) or not full_rows:
                 refuse("views a part of the token axis")
             return
@@ -168,6 +169,10 @@ class _Analysis:
                 elif any(v in inner for v in nested.operands):
                     self.check_local(nested, inner)
                     inner.update(r for r in nested.results if _lead(r) == self.T)
+                elif any(_lead(r) == self.T for r in nested.results):
+                    # its rows would be re-sized to the chunk although they do not belong to tokens
+                    raise PassError(f"{op_location(nested)}: '{nested.name}' makes [T, ...] rows inside a token "
+                                    f"loop that are not per token, so the token loop is refused")
             inner_out = [v for v in op.body.block.last_op.operands]
             if not all(v in inner for v in inner_out if _lead(v) == self.T):
                 refuse("carries a [T, ...] value that is not per token")

@@ -25,6 +25,7 @@ CONFIGS = {
     "tiny-m128": {"max_pos": 512, "compress_ratio": 128, "n_cmp": 4, "cmp_topk": 4},
     "tiny-swa": {"compress_ratio": 0},
     "flash-b2": {"batch": 2},
+    "flash-s1": {"batch": 2, "seq": 1},
 }
 
 
@@ -170,6 +171,26 @@ def test_few_visible_keys_flash_heads():
     """<= 32 visible keys (one partial KV tile) at flash head sizes; positions straddling 127/128."""
     check("sparse_attn_core", "flash-b2", attn_inputs("sparse_attn_core", "flash-b2", [3, 127]))
     check("sparse_attn", "flash-b2", attn_inputs("sparse_attn", "flash-b2", [0, 126]))
+    check("sparse_attn", "flash-s1", attn_inputs("sparse_attn", "flash-s1", [127, 128]))
+
+
+@pytest.mark.parametrize("stage", ["qkv_proj_rope", "sparse_attn_core", "sparse_attn"])
+def test_every_pass_level_matches_reference(stage):
+    """Not only the end of the pipeline: the IR after every pass is interpreted against the reference."""
+    cfg = config("tiny")
+    st = STAGES[stage]
+    inputs = attn_inputs(stage, "tiny", [7, 2], seed=3)
+    ref = reference(stage, inputs, cfg)
+    levels = []
+
+    def after(label, module):
+        outs = dict(zip(st.outputs, run_module(module, list(inputs.values()))))
+        levels.append((label, max(normalised_error(outs[n].float(), ref[n].float()) for n in st.outputs)))
+
+    run_pipeline(build_stage(st, cfg), DEFAULT_PIPELINE, after_pass=after)
+    assert len(levels) == 8
+    for label, err in levels:
+        assert err <= TOLERANCE, f"after {label}: {err:.3e}"
 
 
 def test_reference_comparison_can_fail():
