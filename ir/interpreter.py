@@ -68,13 +68,38 @@ def cast_tensor(x: torch.Tensor, dtype: str, rounding: str = "rint") -> torch.Te
     return torch.where(pick_other & (err != 0), other, nearest)
 
 
-def matmul_f32(a: torch.Tensor, b: torch.Tensor, transpose_b: bool) -> torch.Tensor:
+class _WeightCache:
+    """f32 copies of (slices of) the function's input tensors, which are never written: a weight chunk used
+    by every token chunk is converted once per run instead of once per use."""
+
+    def __init__(self, inputs: Sequence[torch.Tensor]):
+        self.storages = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, torch.Tensor)}
+        self.f32: dict = {}
+
+    def as_f32(self, t: torch.Tensor) -> torch.Tensor:
+        if t.dtype == torch.float32 or t.untyped_storage().data_ptr() not in self.storages:
+            return t.float()
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if key not in self.f32:
+            self.f32[key] = t.float()
+        return self.f32[key]
+
+
+_NO_CACHE = _WeightCache(())
+
+
+def matmul_f32(a: torch.Tensor, b: torch.Tensor, transpose_b: bool, cache: _WeightCache = _NO_CACHE) -> torch.Tensor:
     """Products of bf16/f16/f32 operands accumulated in f32; integer operands accumulate exactly."""
+    if a.dtype.is_floating_point:
+        bf = cache.as_f32(b)
+        return torch.matmul(a.float(), bf.transpose(-1, -2) if transpose_b else bf)
     if transpose_b:
         b = b.transpose(-1, -2)
-    if a.dtype.is_floating_point:
-        return torch.matmul(a.float(), b.float())
     return torch.matmul(a.long(), b.long())
+
+
+def _cache(it) -> _WeightCache:
+    return getattr(it, "attnc_weights", _NO_CACHE)
 
 
 def _binary(kind: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -186,7 +211,7 @@ def _shared_impls(dl, prefix: str) -> dict:
     table[dl["select"]] = lambda it, op, a: (torch.where(a[0], a[1], a[2]),)
     table[dl["cast"]] = lambda it, op, a: (cast_tensor(a[0], _out_dtype(op), op.rounding.data),)
     table[dl["matmul"]] = lambda it, op, a: (
-        cast_tensor(matmul_f32(a[0], a[1], op.transpose_b.value.data), _out_dtype(op)),)
+        cast_tensor(matmul_f32(a[0], a[1], op.transpose_b.value.data, _cache(it)), _out_dtype(op)),)
     table[dl["broadcast"]] = lambda it, op, a: (a[0].expand(shape_of(op.result.type)).contiguous(),)
     table[dl["reshape"]] = lambda it, op, a: (a[0].reshape(shape_of(op.result.type)),)
     table[dl["transpose"]] = lambda it, op, a: (a[0].permute(ints_of(op.perm)).contiguous(),)
@@ -298,7 +323,7 @@ def _tile_impls() -> dict:
     table[d["assemble"]] = _assemble
     table[d["read"]] = lambda it, op, a: (int(a[0][tuple(a[1:])]),)
     table[d["matmul_acc"]] = lambda it, op, a: (
-        cast_tensor(a[0].float() + matmul_f32(a[1], a[2], op.transpose_b.value.data).float(), _out_dtype(op))
+        cast_tensor(a[0].float() + matmul_f32(a[1], a[2], op.transpose_b.value.data, _cache(it)), _out_dtype(op))
         if a[0].dtype.is_floating_point else a[0] + matmul_f32(a[1], a[2], op.transpose_b.value.data).to(a[0].dtype),)
     for kind in tl.ROW_REDUCTIONS:
         table[d[kind]] = lambda it, op, a, kind=kind: (_reduce(kind.split("_")[1], a[0], -1),)
@@ -367,4 +392,6 @@ def entry_function(module: ModuleOp) -> func.FuncOp:
 def run_module(module: ModuleOp, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """Call the module's single function with positional torch tensors (the caller's tensors are not modified)."""
     fn = entry_function(module)
-    return tuple(make_interpreter(module).call_op(fn.sym_name.data, tuple(inputs)))
+    it = make_interpreter(module)
+    it.attnc_weights = _WeightCache(inputs)
+    return tuple(it.call_op(fn.sym_name.data, tuple(inputs)))
