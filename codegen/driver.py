@@ -233,7 +233,7 @@ def cmd_run(args) -> int:
             print(f"pypto verify FAILED: {rec}", file=sys.stderr)
     if args.out and not args.time_only:
         save_npz(args.out, outs)
-    for name, t in outs.items():
+    for name, t in ({} if args.time_only else outs).items():  # --time-only computes no values
         tf = t.float()
         print(f"{name:<8} {str(t.dtype).replace('torch.', ''):<9} {list(t.shape)} "
               f"mean_abs={tf.abs().mean().item():.6g} finite={bool(torch.isfinite(tf).all())}")

@@ -52,6 +52,22 @@ def _tail(text: str, n: int = 3) -> str:
     return " | ".join(ln[:300] for ln in picked) or "no output"
 
 
+def _crash_notes(pid: int) -> str:
+    """After a child died without cleaning up (signal, kill): the tail of its console log and pypto errors."""
+    from .runner import parse_plog
+
+    root = run_dir_for_pid(pid)
+    notes = []
+    try:
+        console = root / "console.log"
+        if console.exists():
+            notes += [ln for ln in console.read_text(errors="replace").splitlines() if ln.strip()][-2:]
+        notes += parse_plog(root)[1][-2:]
+    except Exception:  # noqa: BLE001 - diagnostics only
+        pass
+    return " | ".join(n.strip()[:300] for n in notes)
+
+
 def run_in_subprocess(kernel_py: str | Path, inputs: dict[str, np.ndarray], *, timeout_s: float = 600,
                       verify: str | list = "default", python: str = sys.executable, npu: bool = False,
                       env: dict | None = None) -> SimResult:
@@ -81,11 +97,14 @@ def run_in_subprocess(kernel_py: str | Path, inputs: dict[str, np.ndarray], *, t
         except subprocess.TimeoutExpired:
             with_pg_kill(proc)
             out, err = proc.communicate()
+            err = (err or out or "") + "\n" + _crash_notes(proc.pid)
             shutil.rmtree(run_dir_for_pid(proc.pid), ignore_errors=True)
             raise PyptoSimError(f"pypto run of {kernel_py.name} timed out after {timeout_s:g} s: "
-                                f"{_tail(err or out)}") from None
+                                f"{_tail(err)}") from None
         meta_path = Path(out_npz + ".json")
         if proc.returncode != 0 or not os.path.exists(out_npz):
+            if proc.returncode < 0:
+                err = (err or out or "") + "\n" + _crash_notes(proc.pid)
             shutil.rmtree(run_dir_for_pid(proc.pid), ignore_errors=True)  # if the child died before its cleanup
             how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
             raise PyptoSimError(f"pypto run of {kernel_py.name} failed ({how}): {_tail(err or out)}")
