@@ -11,10 +11,40 @@ from attnc.ir.dsl import StageDef
 from attnc.ir.types import torch_dtype
 
 
-def rope_tables(cfg: dict, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """[max_pos, rope_dim/2] f32 cos/sin tables of plain RoPE (column i = angle of pair i)."""
-    half = cfg["rope_dim"] // 2
-    freqs = theta ** (-torch.arange(half, dtype=torch.float64) * 2 / cfg["rope_dim"])
+def rope_profile(compress_ratio: int) -> dict:
+    """The layer's RoPE profile (spec §1/§2): window-only layers use theta 10000 without YaRN; CSA and HCA layers
+    use theta 160000 with YaRN (factor 16, original length 65536, beta_fast 32, beta_slow 1, no mscale) for every
+    rotation of the layer."""
+    if compress_ratio == 0:
+        return dict(theta=10000.0, yarn=None)
+    return dict(theta=160000.0, yarn=dict(factor=16.0, original_len=65536, beta_fast=32.0, beta_slow=1.0))
+
+
+def yarn_correction_range(rope_dim: int, theta: float, original_len: int, beta_fast: float, beta_slow: float):
+    """(low, high) pair indices of the YaRN ramp: cd(r) = rd * ln(L0 / (2 pi r)) / (2 ln theta)."""
+    def cd(rotations):
+        return rope_dim * math.log(original_len / (2 * math.pi * rotations)) / (2 * math.log(theta))
+
+    low = max(math.floor(cd(beta_fast)), 0)
+    high = min(math.ceil(cd(beta_slow)), rope_dim // 2 - 1)
+    return low, high
+
+
+def rope_frequencies(rope_dim: int, theta: float, yarn: dict | None) -> torch.Tensor:
+    """float64 angular frequency of each interleaved pair i = 0 .. rope_dim/2 - 1."""
+    half = rope_dim // 2
+    freqs = theta ** (-torch.arange(half, dtype=torch.float64) * 2 / rope_dim)
+    if yarn is None:
+        return freqs
+    low, high = yarn_correction_range(rope_dim, theta, yarn["original_len"], yarn["beta_fast"], yarn["beta_slow"])
+    ramp = ((torch.arange(half, dtype=torch.float64) - low) / max(high - low, 1e-3)).clamp(0, 1)
+    return freqs * (1 - ramp) + freqs / yarn["factor"] * ramp
+
+
+def rope_tables(cfg: dict, profile: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """[max_pos, rope_dim/2] f32 cos/sin tables (column i = angle of pair i) for the config's layer profile."""
+    profile = profile or rope_profile(cfg["compress_ratio"])
+    freqs = rope_frequencies(cfg["rope_dim"], profile["theta"], profile["yarn"])
     ang = torch.arange(cfg["max_pos"], dtype=torch.float64)[:, None] * freqs[None, :]
     return torch.cos(ang).float(), torch.sin(ang).float()
 
