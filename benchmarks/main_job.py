@@ -18,7 +18,7 @@ sys.path.insert(0, ROOT)  # tests.reference (the independent FP32 reference) liv
 from attnc.ir.interpreter import run_module  # noqa: E402
 from attnc.kernels_src import STAGES, build_stage, resolve_config  # noqa: E402
 from attnc.kernels_src.inputs import make_inputs  # noqa: E402
-from attnc.passes import DEFAULT_PIPELINE  # noqa: E402
+from attnc.passes import DEFAULT_PIPELINE, PYPTO_PIPELINE  # noqa: E402
 from attnc.passes.verify import normalised_error, run_pipeline  # noqa: E402
 
 STAGE_ORDER = ("qkv_proj_rope", "sparse_attn_core", "sparse_attn")
@@ -67,7 +67,7 @@ def check_stage(stage: str, config: str, small: dict, sim_config: str, seed: int
             scfg = resolve_config(sim_config)
             sim_inputs = make_inputs(st, scfg, seed)
             sim_module = build_stage(st, scfg)
-            run_pipeline(sim_module, DEFAULT_PIPELINE)
+            run_pipeline(sim_module, PYPTO_PIPELINE)
             # the program is the compiled IR: compare it with the interpreter of that same IR
             want = dict(zip(st.outputs, run_module(sim_module, list(sim_inputs.values()))))
             res = run_pypto_sim(sim_module, sim_inputs)

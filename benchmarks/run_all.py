@@ -17,7 +17,7 @@ import time
 from attnc.ir.interpreter import run_module
 from attnc.kernels_src import STAGES, build_stage, resolve_config
 from attnc.kernels_src.inputs import make_inputs
-from attnc.passes import DEFAULT_PIPELINE
+from attnc.passes import DEFAULT_PIPELINE, PYPTO_PIPELINE
 from attnc.passes.verify import run_pipeline
 
 HAND_WRITTEN_US = {"SWA (win 128)": 120.6, "SCFA (CSA, 512 picks)": 212.9, "CFA (ratio 128)": 258.2}
@@ -62,7 +62,7 @@ def bench_aicore(config: str, stage: str, timeout_s: int) -> dict:
     st = STAGES[stage]
     cfg = resolve_config(config)
     module = build_stage(st, cfg)
-    run_pipeline(module, DEFAULT_PIPELINE)
+    run_pipeline(module, PYPTO_PIPELINE)
     res = run_pypto_sim(module, make_inputs(st, cfg, 0), verify="none", timeout_s=timeout_s)
     return {"aicore_us": res.aicore_us, "wall_s": res.wall_s}
 

@@ -146,7 +146,8 @@ def cmd_show_config(args) -> int:
 def _pipeline_for(args) -> str:
     from attnc.passes import DEFAULT_PIPELINES
 
-    return args.pipeline if args.pipeline is not None else DEFAULT_PIPELINES["pypto" if getattr(args, "emit", "") == "pypto" else "interp"]
+    pypto = getattr(args, "emit", "") == "pypto" or getattr(args, "target", "interp") != "interp"
+    return args.pipeline if args.pipeline is not None else DEFAULT_PIPELINES["pypto" if pypto else "interp"]
 
 
 def compile_source(src: Source, pipeline: str, *, verify_each: bool, seed: int = 0, after_pass=None):

@@ -16,7 +16,10 @@ from xdsl.utils.arg_spec import parse_pipeline
 
 DEFAULT_PIPELINE = ("fuse-rmsnorm,rope-selector-matmul,tile-softmax{kv-tile=32},parallelize-tokens{rows=16},"
                     "tile-matmul{k=512},lower-to-tiles,canonicalize,cse")
-DEFAULT_PIPELINES = {"interp": DEFAULT_PIPELINE, "pypto": DEFAULT_PIPELINE}
+# pypto: wider KV tiles (as pypto-lib#486) and 32-row token chunks halve the simulated time at the flash shape
+PYPTO_PIPELINE = ("fuse-rmsnorm,rope-selector-matmul,tile-softmax{kv-tile=128},parallelize-tokens{rows=32},"
+                  "tile-matmul{k=512},lower-to-tiles,canonicalize,cse")
+DEFAULT_PIPELINES = {"interp": DEFAULT_PIPELINE, "pypto": PYPTO_PIPELINE}
 
 # module name for every attnc pass (imported lazily so that `attnc list` stays fast)
 _PASS_MODULES = {
