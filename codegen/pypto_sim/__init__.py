@@ -48,7 +48,10 @@ class SimResult:
 def _tail(text: str, n: int = 3) -> str:
     lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
     fail = [ln for ln in lines if ln.startswith("ATTNC_PYPTO_FAIL:")]
-    picked = (lines[-n - 1:-1] if fail else lines[-n:]) + fail[-1:]
+    if fail:  # the runner's own summary: pypto's last log errors, then the exception
+        picked = [ln for ln in lines if ln.startswith("pypto:")][-2:] + fail[-1:]
+    else:
+        picked = lines[-n:]
     return " | ".join(ln[:300] for ln in picked) or "no output"
 
 
@@ -106,7 +109,12 @@ def run_in_subprocess(kernel_py: str | Path, inputs: dict[str, np.ndarray], *, t
             if proc.returncode < 0:
                 err = (err or out or "") + "\n" + _crash_notes(proc.pid)
             shutil.rmtree(run_dir_for_pid(proc.pid), ignore_errors=True)  # if the child died before its cleanup
-            how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
+            how = f"exit {proc.returncode}"
+            if proc.returncode < 0:
+                try:
+                    how = f"killed by {signal.Signals(-proc.returncode).name}"
+                except ValueError:
+                    how = f"killed by signal {-proc.returncode}"
             raise PyptoSimError(f"pypto run of {kernel_py.name} failed ({how}): {_tail(err or out)}")
         meta = json.loads(meta_path.read_text())
         with np.load(out_npz) as data:

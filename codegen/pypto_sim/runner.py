@@ -244,6 +244,21 @@ def _to_numpy(t):
     return t.numpy()
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _meaningful(line: str) -> bool:
+    line = line.strip()
+    return bool(line) and "(+0x" not in line and "[0x" not in line and line != "Errcode: FFFFFF!"
+
+
+def _summary(text: str) -> str:
+    """The informative line of a pypto exception (its first line is often just 'Errcode: FFFFFF!')."""
+    lines = [_ANSI.sub("", ln).strip() for ln in text.splitlines() if _meaningful(ln)]
+    coded = [ln for ln in lines if "ErrCode" in ln or "Error" in ln or "error" in ln]
+    return (coded or lines or [text.strip()])[0]
+
+
 def main(argv: list[str]) -> int:
     if len(argv) not in (4, 5):
         print(__doc__, file=sys.stderr)
@@ -301,8 +316,7 @@ def main(argv: list[str]) -> int:
         np.savez(out_npz, **outs)
     except BaseException as exc:  # noqa: BLE001 - report everything, incl. KeyboardInterrupt
         rc = 1
-        first = (str(exc).strip().splitlines() or [""])[0]
-        meta["exception"] = f"{type(exc).__name__}: {first}"[:500]
+        meta["exception"] = f"{type(exc).__name__}: {_summary(str(exc))}"[:500]
         traceback.print_exc(file=sys.stderr)
     finally:
         try:
@@ -310,9 +324,11 @@ def main(argv: list[str]) -> int:
         except Exception as exc:  # noqa: BLE001
             meta["errors"].append(f"plog parse failed: {exc}")
         if rc:
-            tail = console.read_text(errors="replace").strip().splitlines()[-5:] if console.exists() else []
-            for line in tail + meta["errors"][-3:]:
-                print(f"pypto: {line[:300]}", file=sys.stderr)
+            notes = meta["errors"][-2:]
+            if not notes and console.exists():
+                notes = [ln for ln in console.read_text(errors="replace").splitlines() if _meaningful(ln)][-2:]
+            for line in notes:
+                print(f"pypto: {_ANSI.sub('', line).strip()[:300]}", file=sys.stderr)
             print(f"ATTNC_PYPTO_FAIL: {meta['exception']}", file=sys.stderr)
         meta["process_s"] = time.perf_counter() - T_START
         Path(out_npz + ".json").write_text(json.dumps(meta))
