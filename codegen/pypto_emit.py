@@ -73,6 +73,8 @@ class _Emitter:
     counter: int = 0
     depth: int = 1
     loop_count: int = 0
+    out_inits: dict = field(default_factory=dict)  # tile.full result -> output param carried in its place
+    computed: set = field(default_factory=set)  # values whose python name holds a freshly computed tensor
 
     def fresh(self, prefix="t") -> str:
         self.counter += 1
@@ -97,6 +99,8 @@ class _Emitter:
         suffix = f"  # {loc}" if loc else ""
         if isinstance(v.type, TensorType):
             self.set_tile(tile_of if tile_of is not None else v)
+            if not expr.startswith("pypto.view("):
+                self.computed.add(v)
         self.emit(f"{name} = {expr}{suffix}")
 
     # ------------------------------------------------------------------------------------------ ops
@@ -116,7 +120,8 @@ class _Emitter:
         if isinstance(op, func.ReturnOp):
             return
         if not name.startswith("tile."):
-            raise EmitError(f"{loc}: {name} has no pypto lowering (run lower-to-tiles first)")
+            raise EmitError(f"{loc}: {name} has no pypto 0.2.0 lowering: only func/arith/scf/tile ops are emitted "
+                            "(run lower-to-tiles first)")
         kind = name.split(".", 1)[1]
         a = [self.ref(v) for v in op.operands]
         res = op.results[0] if op.results else None
@@ -167,7 +172,7 @@ class _Emitter:
                 mm = f"pypto.matmul({lhs_ref}, {self.ref(rhs)}, {out_dt}, b_trans={trans})"
             if kind == "matmul_acc":
                 tmp = self.fresh("mm")
-                self.emit(f"{tmp} = {mm}")
+                self.emit(f"{tmp} = {mm}  # {loc}")
                 return self.bind(res, f"pypto.add({a[0]}, {tmp})", loc)
             return self.bind(res, mm, loc)
         if kind in ROW_REDUCE:  # the reduction is tiled over its input
@@ -184,7 +189,8 @@ class _Emitter:
             perm = ints_of(op.perm)
             moved = [i for i, p in enumerate(perm) if p != i]
             if len(moved) != 2:
-                raise EmitError(f"{loc}: tile.transpose {list(perm)} is not a single swap")
+                raise EmitError(f"{loc}: tile.transpose has no pypto 0.2.0 lowering: perm {list(perm)} is not a "
+                                "single swap (pypto.transpose swaps two dims)")
             return self.bind(res, f"pypto.transpose({a[0]}, {moved[0]}, {moved[1]})", loc)
         if kind == "concat":
             if dtype_of(res.type) == "i1":  # pypto 0.2.0 cannot concat bool tensors: go through f32
@@ -210,6 +216,9 @@ class _Emitter:
             self.emit(f"{ramp} = pypto.reshape({ramp}, {view_shape})")
             return self.bind(res, self._expand(ramp, view_shape, shape, "i32"), loc)
         if kind == "full":
+            if res in self.out_inits:  # the parallel writes every element of this output: carry the param
+                self.names[res] = self.out_inits[res]
+                return
             value = op.value.value.data
             if dtype_of(res.type) == "i1":  # pypto 0.2.0 codegen cannot splat bool: compare an f32 splat
                 return self.bind(res, f"pypto.eq(pypto.full({shape}, {float(value != 0)!r}, pypto.DT_FP32), 1.0)", loc)
@@ -232,14 +241,20 @@ class _Emitter:
             return
         if kind == "assemble":
             n = len(op.offsets)
-            offs = a[2:2 + n]
+            offs, valid = a[2:2 + n], a[2 + n:]
             self.set_tile(op.tile)
-            self.emit(f"pypto.assemble({a[0]}, [{', '.join(offs)}], {a[1]})  # {loc}")
+            tile = a[0]
+            if valid:  # write only the valid part: pypto does not carry valid shapes through every op
+                tile = self.fresh("v")
+                zeros = ", ".join("0" for _ in range(n))
+                self.emit(f"{tile} = pypto.view({a[0]}, {list(shape_of(op.tile.type))}, [{zeros}], "
+                          f"valid_shape=[{', '.join(valid)}])")
+            self.emit(f"pypto.assemble({tile}, [{', '.join(offs)}], {a[1]})  # {loc}")
             self.names[res] = a[1]  # in place: the destination is dead after this op
             return
         if kind == "read":
             return self._scalar(res, f"{a[0]}[{', '.join(a[1:])}]")
-        raise EmitError(f"{loc}: tile.{kind} has no pypto 0.2.0 lowering")
+        raise EmitError(f"{loc}: tile.{kind} has no pypto 0.2.0 lowering: the emitter has no rule for it")
 
     def _expand(self, src: str, src_shape: list, shape: list, dtype: str) -> str:
         """pypto 0.2.0 expands one axis per expand_clone: chain them; returns the last expression."""
@@ -266,7 +281,7 @@ class _Emitter:
             folded = {arith.AddiOp: a + b, arith.SubiOp: a - b, arith.MuliOp: a * b, arith.MinSIOp: min(a, b),
                       arith.MaxSIOp: max(a, b), arith.CeilDivSIOp: -(-a // b)}.get(type(op))
             if folded is None:
-                raise EmitError(f"{op_location(op)}: {op.name} has no pypto lowering")
+                raise EmitError(f"{op_location(op)}: {op.name} has no pypto 0.2.0 lowering: no constant folding rule")
             self.consts[op.result] = folded
             return
         a, b = self.ref(x), self.ref(y)
@@ -276,7 +291,10 @@ class _Emitter:
             return self._scalar(op.result, f"pypto.min({a}, {b})")
         if isinstance(op, arith.MaxSIOp):
             return self._scalar(op.result, f"pypto.max({a}, {b})")
-        raise EmitError(f"{op_location(op)}: {op.name} has no pypto lowering")
+        if isinstance(op, arith.CeilDivSIOp):
+            return self._scalar(op.result, f"pypto.ceildiv({a}, {b})")
+        raise EmitError(f"{op_location(op)}: {op.name} has no pypto 0.2.0 lowering: only addi/subi/muli/minsi/maxsi/"
+                        "ceildivsi are emitted on symbolic scalars")
 
     def _loop(self, op, loc, bounds, inits, block, results, prefix, step=None):
         lo, hi = self.ref(bounds[0]), self.ref(bounds[1])
@@ -311,6 +329,52 @@ class _Emitter:
             self.names[r] = name
 
 
+def _const(v: SSAValue):
+    op = v.owner
+    if isinstance(op, arith.ConstantOp):
+        return op.value.value.data
+    return None
+
+
+def _parallel_covers(par: Operation, j: int) -> bool:
+    """Does every iteration of `par` assemble a full-width row chunk into carried tensor j, so that together they
+    write every element (then its tile.full init is dead and the output param can be carried instead)?"""
+    block = par.body.block
+    row, dest = block.args[0], block.args[1 + j]
+    asm = block.last_op.operands[j].owner
+    if not (isinstance(asm, Operation) and asm.name == "tile.assemble" and asm.dest is dest and dest.has_one_use()):
+        return False
+    rows, dshape, tshape = par.rows.value.data, shape_of(dest.type), shape_of(asm.tile.type)
+    if _const(par.lower) != 0 or _const(par.upper) != dshape[0] or tshape[0] != rows or tshape[1:] != dshape[1:]:
+        return False
+    if asm.offsets[0] is not row or any(_const(o) != 0 for o in asm.offsets[1:]):
+        return False
+    if not len(asm.valid):
+        return dshape[0] % rows == 0
+    if any(_const(v) != d for v, d in zip(asm.valid[1:], dshape[1:])):
+        return False
+    n = asm.valid[0].owner  # the ragged row count min(upper - row, rows)
+    if not isinstance(n, arith.MinSIOp):
+        return False
+    a, b = n.operands
+    sub = a.owner if _const(b) == rows else b.owner if _const(a) == rows else None
+    return isinstance(sub, arith.SubiOp) and _const(sub.lhs) == dshape[0] and sub.rhs is row
+
+
+def _output_inits(ret: Operation, out_names: list) -> dict:
+    """tile.full inits of tile.parallel loops whose result is returned as-is and fully written: the output
+    param is carried instead of a scratch tensor (no copy; pypto 0.2.0 also drops `out[:] = carried`)."""
+    found = {}
+    for name, v in zip(out_names, ret.operands):
+        par = v.owner
+        if not (isinstance(par, Operation) and par.name == "tile.parallel") or not v.has_one_use():
+            continue
+        init = par.inits[v.index]
+        if init.owner.name == "tile.full" and init.has_one_use() and _parallel_covers(par, v.index):
+            found[init] = name
+    return found
+
+
 def emit_pypto(module: ModuleOp) -> str:
     fn = entry_function(module)
     arg_names = [a.data for a in fn.attributes["arg_names"].data]
@@ -323,6 +387,7 @@ def emit_pypto(module: ModuleOp) -> str:
     for arg, name in zip(block.args, arg_names):
         em.names[arg] = name
     ret = block.last_op
+    em.out_inits = _output_inits(ret, out_names)
     for op in block.ops:
         em.op(op)
     params, dtypes, shapes = [], {}, {}
@@ -330,8 +395,13 @@ def emit_pypto(module: ModuleOp) -> str:
         params.append(f"{name}: pypto.Tensor({list(shape_of(t))}, {PYPTO_DTYPE[dtype_of(t)]})")
         dtypes[name], shapes[name] = dtype_of(t), list(shape_of(t))
     for name, v in zip(out_names, ret.operands):
+        ref = em.ref(v)
+        if ref == name:  # written in place by its loop
+            continue
         em.set_tile(v)
-        em.emit(f"{name}[:] = {em.ref(v)}")
+        # pypto 0.2.0 leaves the output untouched for `out[:] = t` when t is a loop-carried tensor, an
+        # assembled tensor or an argument: copy those
+        em.emit(f"{name}[:] = {ref if v in em.computed else f'pypto.clone({ref})'}")
     return _TEMPLATE.get_template("pypto_kernel.py.j2").render(
         stage=fn.sym_name.data, arg_names=arg_names + out_names, output_names=out_names, dtypes=dtypes,
         shapes=shapes, params=params, body=em.lines)
