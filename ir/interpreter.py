@@ -1,7 +1,8 @@
 """The golden: torch implementations of every op of `attn`, `tile`, and the func/arith/scf ops we use.
 
 Dtypes are exact: bf16 values are torch.bfloat16 (round-to-nearest-even on every op that produces them),
-casts honour their rounding mode, and float matmuls accumulate in f32 before rounding to the result dtype.
+casts honour their rounding mode, and float matmuls sum exact products in f64, rounded once to f32 and then to
+the result dtype (an f32 BLAS sum depends on the row count, which would make row-chunked code differ).
 """
 from __future__ import annotations
 
@@ -69,30 +70,33 @@ def cast_tensor(x: torch.Tensor, dtype: str, rounding: str = "rint") -> torch.Te
 
 
 class _WeightCache:
-    """f32 copies of (slices of) the function's input tensors, which are never written: a weight chunk used
+    """f64 copies of (slices of) the function's input tensors, which are never written: a weight chunk used
     by every token chunk is converted once per run instead of once per use."""
 
     def __init__(self, inputs: Sequence[torch.Tensor]):
         self.storages = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, torch.Tensor)}
-        self.f32: dict = {}
+        self.f64: dict = {}
 
-    def as_f32(self, t: torch.Tensor) -> torch.Tensor:
-        if t.dtype == torch.float32 or t.untyped_storage().data_ptr() not in self.storages:
-            return t.float()
+    def as_f64(self, t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in self.storages:
+            return t.double()
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
-        if key not in self.f32:
-            self.f32[key] = t.float()
-        return self.f32[key]
+        if key not in self.f64:
+            self.f64[key] = t.double()
+        return self.f64[key]
 
 
 _NO_CACHE = _WeightCache(())
 
 
 def matmul_f32(a: torch.Tensor, b: torch.Tensor, transpose_b: bool, cache: _WeightCache = _NO_CACHE) -> torch.Tensor:
-    """Products of bf16/f16/f32 operands accumulated in f32; integer operands accumulate exactly."""
+    """Products of bf16/f16/f32 operands summed exactly enough (f64) and rounded once to f32; integers exactly."""
     if a.dtype.is_floating_point:
-        bf = cache.as_f32(b)
-        return torch.matmul(a.float(), bf.transpose(-1, -2) if transpose_b else bf)
+        # exact products summed in f64, rounded once to f32: unlike an f32 BLAS sum, whose order depends on
+        # the row count (MKL), a row's result does not depend on how many rows are computed with it, so
+        # splitting the token rows into chunks (parallelize-tokens) is bit-exact
+        bf = cache.as_f64(b)
+        return torch.matmul(a.double(), bf.transpose(-1, -2) if transpose_b else bf).float()
     if transpose_b:
         b = b.transpose(-1, -2)
     return torch.matmul(a.long(), b.long())

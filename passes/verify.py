@@ -64,7 +64,12 @@ class VerificationFailed(Exception):
 
 
 def _label(p: ModulePass) -> str:
-    return str(p.pipeline_pass_spec())
+    """The pass as written in a pipeline string (options spelled kv-tile, not kv_tile)."""
+    spec = str(p.pipeline_pass_spec())
+    if "{" not in spec:
+        return spec
+    name, opts = spec.split("{", 1)
+    return name + "{" + opts.replace("_", "-")
 
 
 def run_pipeline(module: ModuleOp, pipeline: str, *, verify_inputs: Sequence[torch.Tensor] | None = None,
