@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 
-from xdsl.dialects import arith
+from xdsl.dialects import arith, scf
 from xdsl.dialects.builtin import IndexType, IntegerAttr, StringAttr, TensorType
-from xdsl.ir import Operation, SSAValue
+from xdsl.ir import Block, Operation, Region, SSAValue
 from xdsl.rewriter import InsertPoint
 
 from attnc.ir.common import LOC_ATTR, float_attr, op_location
@@ -66,6 +66,22 @@ def constant_value(v: SSAValue) -> int | None:
     if isinstance(op, arith.ConstantOp) and isinstance(op.value, IntegerAttr):
         return op.value.value.data
     return None
+
+
+def peeled_loop(anchor: Operation, count: int, inits: Sequence, step_fn, loc: str | None) -> list[Tensor]:
+    """Iterations 1..count-1 of a loop whose iteration 0 the caller computed (`inits`): an scf.for before
+    `anchor` carrying the values; `step_fn(index, *carried)` builds one iteration and returns the new values."""
+    inits = [T(v) for v in inits]
+    if count <= 1:
+        return inits
+    body = Block(arg_types=[INDEX, *[v.value.type for v in inits]])
+    with at_end(body, loc):
+        new = step_fn(body.args[0], *[T(a) for a in body.args[1:]])
+        emit_op(scf.YieldOp, [[val(v) for v in new]], [])
+    with before(anchor):
+        loop = emit_op(scf.ForOp, [const(1), const(count), const(1), [v.value for v in inits]],
+                       [[v.value.type for v in inits]], regions=[Region(body)])
+    return [T(r) for r in loop.results]
 
 
 # ---------------------------------------------------------------------------------------------- tile ops

@@ -7,19 +7,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xdsl.dialects import scf
 from xdsl.dialects.builtin import BoolAttr
-from xdsl.ir import Block, Region
 from xdsl.pattern_rewriter import PatternRewriter, RewritePattern
 
 from attnc.ir.common import str_attr
-from attnc.ir.dsl import Tensor, emit_op
+from attnc.ir.dsl import Tensor
 from attnc.ir.tensor_dialect import ATTN
 from attnc.ir.tile_dialect import TILE
 from attnc.ir.types import dtype_of, shape_of, tensor_type
 
 from . import PatternPass, register
-from ._build import INDEX, at_end, before, const, muli, tile_op, view
+from ._build import before, muli, peeled_loop, tile_op, view
 
 
 
@@ -51,16 +49,14 @@ class _ChunkK(RewritePattern):
         with before(op):
             a0, b0 = chunk(0)
             first = tile_op("matmul", [a0, b0], acc_type, transpose_b=flag)
-            lb, ub, step = const(1), const(K // k), const(1)
-        body = Block(arg_types=[INDEX, acc_type])
-        c, acc = body.args
-        with at_end(body, loc):
+
+        def step(c, acc):
             a, b = chunk(muli(c, k))
-            nxt = tile_op("matmul_acc", [acc, a, b], acc_type, transpose_b=flag)
-            emit_op(scf.YieldOp, [[nxt.value]], [])
+            return [tile_op("matmul_acc", [acc, a, b], acc_type, transpose_b=flag)]
+
+        (out,) = peeled_loop(op, K // k, [first], step, loc)
+        out = out.value
         with before(op):
-            loop = emit_op(scf.ForOp, [lb, ub, step, [first.value]], [[acc_type]], regions=[Region(body)])
-            out = loop.results[0]
             if dtype_of(op.result.type) != "f32":
                 out = tile_op("cast", [out], op.result.type, rounding=str_attr("rint")).value
         rewriter.replace(op, [], [out])

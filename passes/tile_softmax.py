@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from xdsl.dialects import scf
-from xdsl.ir import Block, Region
 from xdsl.pattern_rewriter import PatternRewriter, RewritePattern, op_type_rewrite_pattern
 
 from attnc.ir import dsl
@@ -21,7 +19,7 @@ from attnc.ir.tensor_dialect import ATTN, SparseAttentionOp
 from attnc.ir.types import dtype_of, tensor_type
 
 from . import PatternPass, register
-from ._build import INDEX, T, at_end, before, const, minsi, muli, subi, view
+from ._build import T, before, const, minsi, muli, peeled_loop, subi, view
 
 F32_MIN = float(torch.finfo(torch.float32).min)  # "minus infinity" that keeps exp(x - m) finite
 
@@ -79,20 +77,15 @@ class _OnlineSoftmax(RewritePattern):
             m_first = dsl.reduce(s, "max", -1)
             l_first, acc_first = weights(key_ok, s, m_first, kv_t)
             state = [m_first, l_first, acc_first]
-        if n_tiles > 1:
-            body = Block(arg_types=[INDEX, *[x.value.type for x in state]])
-            j, m, l, acc = body.args
-            with at_end(body, loc):
-                key_ok, s, kv_t = scores(muli(j, kt))
-                m_new = dsl.maximum(T(m), dsl.reduce(s, "max", -1))
-                l_tile, pv = weights(key_ok, s, m_new, kv_t)
-                alpha = dsl.exp(T(m) - m_new)
-                dsl.emit_op(scf.YieldOp, [[m_new.value, (T(l) * alpha + l_tile).value,
-                                           (T(acc) * alpha + pv).value]], [])
-            with before(op):
-                loop = dsl.emit_op(scf.ForOp, [const(1), const(n_tiles), const(1), [x.value for x in state]],
-                                   [[x.value.type for x in state]], regions=[Region(body)])
-                state = [T(r) for r in loop.results]
+
+        def step(j, m, l, acc):
+            key_ok, s, kv_t = scores(muli(j, kt))
+            m_new = dsl.maximum(m, dsl.reduce(s, "max", -1))
+            l_tile, pv = weights(key_ok, s, m_new, kv_t)
+            alpha = dsl.exp(m - m_new)
+            return [m_new, l * alpha + l_tile, acc * alpha + pv]
+
+        state = peeled_loop(op, n_tiles, state, step, loc)
         with before(op):
             m_fin, l_fin, acc_fin = state
             sink_b = dsl.broadcast_to(dsl.reshape(sink, (1, heads, 1)), (tokens, heads, 1))
