@@ -20,14 +20,14 @@ from xdsl.dialects.builtin import IntegerAttr, TensorType, i64
 from xdsl.ir import Block, Operation, Region, SSAValue
 from xdsl.rewriter import InsertPoint
 
-from attnc.ir.common import ints_of, op_location
+from attnc.ir.common import int_array, ints_of, op_location
 from attnc.ir.dsl import emit_op
 from attnc.ir.tensor_dialect import ATTN
 from attnc.ir.tile_dialect import TILE, ParallelOp, YieldOp
-from attnc.ir.types import shape_of
+from attnc.ir.types import dtype_of, shape_of
 
 from . import AttncPass, PassError, register
-from ._build import INDEX, at_end, before, const, constant_value, minsi, subi, tile_full, view
+from ._build import INDEX, assemble, at_end, before, const, constant_value, minsi, subi, tile_full, view
 
 _ELEMENTWISE = {"add", "sub", "mul", "div", "max", "min", "rem", "floordiv", "and", "or", "neg", "exp", "sqrt",
                 "rsqrt", "recip", "relu", "abs", "cmp", "select", "cast"}
@@ -252,8 +252,6 @@ def _shrink(op: Operation, T: int, rows: int) -> None:
         if nested.name == "attn.slice":
             sizes = list(ints_of(nested.sizes))
             if sizes and sizes[0] == T:
-                from attnc.ir.common import int_array
-
                 sizes[0] = rows
                 nested.sizes = int_array(sizes)
         if nested.name in ("tile.view", "tile.assemble") and len(nested.valid) and constant_value(nested.valid[0]) == T:
@@ -326,15 +324,11 @@ def _after(a: Operation, b: Operation) -> bool:
 
 
 def _assemble(tile, dest, row0, valid_rows, rest):
-    from ._build import assemble
-
     valid = (valid_rows, *rest) if valid_rows is not None else ()
     return assemble(tile, dest, (row0, *[0] * len(rest)), valid).value
 
 
 def _dtype(v):
-    from attnc.ir.types import dtype_of
-
     return dtype_of(v.type)
 
 
