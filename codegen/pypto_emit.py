@@ -30,7 +30,7 @@ UNARY = {"neg": "pypto.neg", "exp": "pypto.exp", "sqrt": "pypto.sqrt", "rsqrt": 
 CMP = {"lt": "pypto.lt", "le": "pypto.le", "gt": "pypto.gt", "ge": "pypto.ge", "eq": "pypto.eq", "ne": "pypto.ne"}
 ROW_REDUCE = {"row_sum": "pypto.sum", "row_max": "pypto.amax", "row_min": "pypto.amin"}
 SCALAR = {"adds": "pypto.add", "muls": "pypto.mul", "maxs": "pypto.maximum"}
-VEC_TILE_ELEMS = 16384  # elements of one vector tile: leaves UB room for the op's inputs and double buffering
+VEC_TILE_ELEMS = 8192  # elements of one vector tile: leaves UB room for the op's inputs and double buffering (16384 overflows UB at the flash B=64 shape)
 
 _TEMPLATE = jinja2.Environment(loader=jinja2.PackageLoader("attnc.codegen", "templates"),
                                keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
