@@ -1,10 +1,12 @@
 """lower-to-tiles: every remaining `attn` op becomes its `tile` counterpart.
 
-Shared families map one to one; reductions along the last axis become row_sum/row_max/row_min; a binary op
-whose operand is a row vector [.., M, 1] or a column vector [1.., 1, N] broadcast to the tile becomes
-row_expand_* / col_expand_* (the broadcast is never materialised); a binary op with a splat operand becomes
-adds/muls/maxs when that is bit-exact; static slices become tile views. Composite ops must have been
-decomposed by their passes first. Exact rewrite."""
+Shared families map one to one; reductions along the last axis become row_sum/row_max/row_min (max/min along
+another axis: transpose it last, reduce rows, transpose back; a sum along another axis is refused, its f32 order
+would change); a binary op whose operand is a row vector [.., M, 1] or a column vector [1.., 1, N] broadcast to
+the tile becomes row_expand_* / col_expand_* (the broadcast is never materialised); a binary op with a float
+splat operand becomes adds/muls/maxs (x - c: adds of -c) when that is bit-exact (x / c stays a tile.div); static
+slices become tile views at constant offsets. Composite ops must have been decomposed by their passes first.
+Exact rewrite."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,18 +15,20 @@ import torch
 from xdsl.ir import Operation
 from xdsl.pattern_rewriter import PatternRewriter, RewritePattern
 
-from attnc.ir.common import float_attr, ints_of, op_location
+from attnc.ir.common import float_attr, int_array, ints_of, op_location
 from attnc.ir.dsl import emit_op
 from attnc.ir.tile_dialect import EXPAND_KINDS, TILE
-from attnc.ir.types import dtype_of, shape_of, torch_dtype
+from attnc.ir.types import dtype_of, shape_of, tensor_type, torch_dtype
 
 from . import PatternPass, PassError, register
 from ._build import before, tile_op, view
 
 _DECOMPOSED_BY = {"rmsnorm": "fuse-rmsnorm", "rope": "rope-selector-matmul", "sparse_attention": "tile-softmax",
-                  "topk": "(no pass yet: topk has no tile lowering)"}
+                  "topk": None}
 _COMMUTATIVE = {"add", "mul", "max", "min"}
-_SCALAR_OF = {"add": "adds", "mul": "muls", "max": "maxs"}
+# x op splat(c) -> tile.<scalar op>(x, c'): add/mul/max directly, and x - c as x + (-c) (negation is exact and
+# IEEE x - c == x + (-c) bit for bit). x / c stays tile.div of a tile.full: x * (1/c) is not bit-exact.
+_SCALAR_OF = {"add": ("adds", 1.0), "mul": ("muls", 1.0), "max": ("maxs", 1.0), "sub": ("adds", -1.0)}
 
 
 def _broadcast_source(v):
@@ -57,7 +61,9 @@ class _Lower(RewritePattern):
             return
         kind = op.name.split(".", 1)[1]
         if kind in _DECOMPOSED_BY:
-            raise PassError(f"{op_location(op)}: attn.{kind} must be decomposed first by {_DECOMPOSED_BY[kind]}")
+            by = _DECOMPOSED_BY[kind]
+            raise PassError(f"{op_location(op)}: attn.{kind} must be decomposed first by {by}" if by else
+                            f"{op_location(op)}: attn.{kind} must be decomposed first, but no attnc pass lowers it yet")
         with before(op):
             new = self._lower(op, kind)
         rewriter.replace(op, [], [new])
@@ -65,11 +71,7 @@ class _Lower(RewritePattern):
     def _lower(self, op, kind):
         rtype = op.result.type
         if kind == "reduce":
-            axis = op.axis.value.data
-            if axis != len(shape_of(op.input.type)) - 1:
-                raise PassError(f"{op_location(op)}: attn.reduce along axis {axis}: tiles reduce rows only "
-                                f"(transpose the axis last in the stage)")
-            return tile_op(f"row_{op.kind.data}", [op.input], rtype).value
+            return self._reduce(op)
         if kind == "slice":
             return view(op.input, ints_of(op.offsets), ints_of(op.sizes), pad="none").value
         if kind in EXPAND_KINDS:
@@ -78,6 +80,26 @@ class _Lower(RewritePattern):
                 return fused
         operands = [list(op.inputs)] if kind == "concat" else list(op.operands)
         return emit_op(TILE[kind], operands, [rtype], dict(op.properties)).results[0]
+
+    def _reduce(self, op):
+        axis, red = op.axis.value.data, op.kind.data
+        si = shape_of(op.input.type)
+        last = len(si) - 1
+        if axis == last:
+            return tile_op(f"row_{red}", [op.input], op.result.type).value
+        if red == "sum":
+            # a sum over another axis would become a row sum of the transposed tile: a different f32 summation
+            # order, so not an exact rewrite of this level
+            raise PassError(f"{op_location(op)}: attn.reduce sum along axis {axis} of {len(si)}: tiles sum rows "
+                            f"only and a transposed sum is not bit-exact (reduce along the last axis in the stage)")
+        # max/min are order-independent: move the axis last, reduce rows, move it back
+        perm = list(range(len(si)))
+        perm[axis], perm[last] = last, axis
+        swapped = tuple(si[p] for p in perm)
+        dt = dtype_of(op.input.type)
+        xt = tile_op("transpose", [op.input], tensor_type(swapped, dt), perm=int_array(perm))
+        r = tile_op(f"row_{red}", [xt], tensor_type((*swapped[:-1], 1), dt))
+        return tile_op("transpose", [r], op.result.type, perm=int_array(perm)).value
 
     def _fuse_operand(self, op, kind):
         x_shape = shape_of(op.result.type)
@@ -91,12 +113,13 @@ class _Lower(RewritePattern):
                     return tile_op(f"{form}_{kind}", [other, src], op.result.type).value
             scalar = _splat_value(this)
             if scalar is not None and kind in _SCALAR_OF:
-                # the splat holds the scalar rounded to the tile dtype: use exactly that value
+                # the splat holds the scalar rounded to the tile dtype: use exactly that value (integer tiles keep
+                # their splat: the scalar ops compute in float)
                 dt = torch_dtype(dtype_of(this.type))
-                exact = float(torch.tensor(scalar, dtype=torch.float64).to(dt).double()) if dt.is_floating_point \
-                    else float(int(scalar))
                 if dt.is_floating_point:
-                    return tile_op(_SCALAR_OF[kind], [other], op.result.type, scalar=float_attr(exact)).value
+                    exact = float(torch.tensor(scalar, dtype=torch.float64).to(dt).double())
+                    name, sign = _SCALAR_OF[kind]
+                    return tile_op(name, [other], op.result.type, scalar=float_attr(sign * exact)).value
         return None
 
 

@@ -23,7 +23,7 @@ def selector(lanes: int, parity: int, dtype: str) -> dsl.Tensor:
     half = lanes // 2
     rows = dsl.iota((lanes, half), 0)
     cols = dsl.iota((lanes, half), 1)
-    hit = rows.eq(cols * 2 + parity)
+    hit = rows.eq(cols * 2 + parity if parity else cols * 2)
     return dsl.cast(dsl.select(hit, dsl.full((lanes, half), 1.0, "f32"), 0.0), dtype)
 
 

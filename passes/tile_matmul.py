@@ -14,11 +14,10 @@ from attnc.ir.common import str_attr
 from attnc.ir.dsl import Tensor
 from attnc.ir.tensor_dialect import ATTN
 from attnc.ir.tile_dialect import TILE
-from attnc.ir.types import dtype_of, shape_of, tensor_type
+from attnc.ir.types import FLOAT_DTYPES, dtype_of, shape_of, tensor_type
 
 from . import PatternPass, register
 from ._build import before, muli, peeled_loop, tile_op, view
-
 
 
 class _ChunkK(RewritePattern):
@@ -31,7 +30,7 @@ class _ChunkK(RewritePattern):
         trans = op.transpose_b.value.data
         sa, sb = shape_of(op.lhs.type), shape_of(op.rhs.type)
         K, k = sa[-1], self.k
-        if K <= k or K % k:
+        if K <= k or K % k or dtype_of(op.lhs.type) not in FLOAT_DTYPES:  # integer matmuls: no f32 accumulator
             return
         n = sb[-2] if trans else sb[-1]
         acc_type = tensor_type((*sa[:-1], n), "f32")
