@@ -56,22 +56,34 @@ class StageDef:
     outputs: tuple[str, ...]
     doc: str = ""
     needs: Callable[[dict], str | None] = field(default=lambda cfg: None)
+    # the stage's own view of a config (e.g. a layer kind fixes its compression ratio); must be idempotent
+    configure: Callable[[dict], dict] = field(default=lambda cfg: cfg)
+
+
+def stage_config(stage_def: StageDef, cfg: dict) -> dict:
+    return stage_def.configure(cfg)
 
 
 STAGES: dict[str, StageDef] = {}
 
 
-def stage(name: str, outputs: Sequence[str], needs: Callable[[dict], str | None] | None = None):
-    """Register a stage. `needs(cfg)` may return a reason why a config cannot build this stage."""
+def stage(name: str, outputs: Sequence[str], needs: Callable[[dict], str | None] | None = None,
+          configure: Callable[[dict], dict] | None = None, params: dict[str, In] | None = None):
+    """Register a stage. `needs(cfg)` may return a reason why a config cannot build this stage; `configure(cfg)`
+    gives the stage's view of a config. Parameters come from the function's `In(...)` annotations, or from
+    `params` for a function that takes them as keyword arguments."""
 
     def deco(fn):
-        sig = inspect.signature(fn)
-        params = {p.name: p.annotation for p in list(sig.parameters.values())[1:]}
-        for pname, ann in params.items():
+        if params is None:
+            sig = inspect.signature(fn)
+            found = {p.name: p.annotation for p in list(sig.parameters.values())[1:]}
+        else:
+            found = dict(params)
+        for pname, ann in found.items():
             if not isinstance(ann, In):
                 raise TypeError(f"stage {name}: parameter {pname} needs an In(...) annotation")
-        STAGES[name] = StageDef(name, fn, params, tuple(outputs), (fn.__doc__ or "").strip().splitlines()[0]
-                                if fn.__doc__ else "", needs or (lambda cfg: None))
+        STAGES[name] = StageDef(name, fn, found, tuple(outputs), (fn.__doc__ or "").strip().splitlines()[0]
+                                if fn.__doc__ else "", needs or (lambda cfg: None), configure or (lambda cfg: cfg))
         return fn
 
     return deco
@@ -392,11 +404,22 @@ def token_positions(start_pos: Tensor, seq: int) -> Tensor:
     return pos
 
 
+def block_start_positions(positions: Tensor, block: int) -> Tensor:
+    """floor(t / block) * block of every token position t: the first position of the block holding the token
+    (the RoPE position of a compressed entry). Still one position per token, derived from its own."""
+    if positions.token_positions_of is None:
+        _fail("block_start_positions needs positions from token_positions(start_pos, seq)")
+    out = (positions // block) * block
+    out.token_positions_of = positions.token_positions_of
+    return out
+
+
 # -------------------------------------------------------------------------------------------------- build
 
 
 def build_stage(stage_def: StageDef, cfg: dict) -> ModuleOp:
     """Resolve shapes from `cfg` and trace the stage function into a module with one func.func."""
+    cfg = stage_config(stage_def, cfg)
     arg_types = [_ty(p.resolve(cfg), p.dtype) for p in stage_def.params.values()]
     block = Block(arg_types=arg_types)
     builder = Builder(InsertPoint.at_end(block))

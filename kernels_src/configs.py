@@ -4,16 +4,18 @@ from __future__ import annotations
 import math
 
 CONFIG_KEYS = ("batch", "seq", "dim", "n_heads", "head_dim", "rope_dim", "q_lora_rank", "o_lora_rank",
-               "o_groups", "window", "compress_ratio", "n_cmp", "cmp_topk", "max_pos", "norm_eps")
+               "o_groups", "window", "compress_ratio", "n_cmp", "cmp_topk", "index_heads", "index_dim", "max_pos",
+               "norm_eps")
 
 _FLASH = dict(batch=64, seq=2, dim=4096, n_heads=64, head_dim=512, rope_dim=64, q_lora_rank=1024,
               o_lora_rank=1024, o_groups=8, window=128, compress_ratio=4, n_cmp=2048, cmp_topk=512,
-              max_pos=8192, norm_eps=1e-6)
+              index_heads=64, index_dim=128, max_pos=8192, norm_eps=1e-6)
 CONFIGS: dict[str, dict] = {
     "flash": _FLASH,
     "pro": {**_FLASH, "dim": 7168, "n_heads": 128, "q_lora_rank": 1536, "o_groups": 16, "cmp_topk": 1024},
     "tiny": dict(batch=2, seq=2, dim=64, n_heads=4, head_dim=128, rope_dim=64, q_lora_rank=32, o_lora_rank=32,
-                 o_groups=2, window=8, compress_ratio=4, n_cmp=8, cmp_topk=4, max_pos=64, norm_eps=1e-6),
+                 o_groups=2, window=8, compress_ratio=4, n_cmp=8, cmp_topk=4, index_heads=2, index_dim=128,
+                 max_pos=256, norm_eps=1e-6),
 }
 
 
@@ -60,6 +62,8 @@ def _validate(cfg: dict):
     need(cfg["n_heads"] % cfg["o_groups"] == 0, "n_heads must be a multiple of o_groups")
     need(cfg["seq"] <= cfg["window"], "seq must not exceed window")
     need(cfg["norm_eps"] > 0, "norm_eps must be positive")
+    need(cfg["index_dim"] >= cfg["rope_dim"] and cfg["index_dim"] & (cfg["index_dim"] - 1) == 0,
+         "index_dim must be a power of two (Hadamard) and >= rope_dim")
 
 
 def derived_sizes(cfg: dict) -> dict:
@@ -71,7 +75,28 @@ def derived_sizes(cfg: dict) -> dict:
         group_in=cfg["n_heads"] // cfg["o_groups"] * cfg["head_dim"],
         o_cat=cfg["o_groups"] * cfg["o_lora_rank"],
         softmax_scale=1.0 / math.sqrt(cfg["head_dim"]),
+        # compressor state rows a|z per token: two halves (A, B) with overlap (m = 4), one without
+        cmp_width=(2 if cfg["compress_ratio"] == 4 else 1) * cfg["head_dim"],
+        cmp_rows=(2 if cfg["compress_ratio"] == 4 else 1) * cfg["compress_ratio"],
+        index_width=2 * cfg["index_dim"],
+        index_qdim=cfg["index_heads"] * cfg["index_dim"],
     )
+
+
+def with_compress_ratio(cfg: dict, ratio: int) -> dict:
+    """`cfg` for a layer of compression ratio `ratio` (0 = window only): the compressed cache holds every entry
+    up to max_pos (n_cmp = max_pos // ratio), and an HCA layer attends all of them (no top-k cap)."""
+    out = dict(cfg, compress_ratio=ratio)
+    if ratio:
+        out["n_cmp"] = cfg["max_pos"] // ratio
+        _validate_cache(out)
+    out.update(derived_sizes(out))
+    return out
+
+
+def _validate_cache(cfg: dict):
+    if cfg["n_cmp"] < 1:
+        raise ConfigError(f"max_pos {cfg['max_pos']} holds no complete block of ratio {cfg['compress_ratio']}")
 
 
 def public_view(cfg: dict) -> dict:

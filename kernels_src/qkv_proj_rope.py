@@ -15,11 +15,19 @@ def qkv_proj_rope(cfg,
                   rope_cos: In("max_pos", "rope_half", dtype="f32"),
                   rope_sin: In("max_pos", "rope_half", dtype="f32")):
     """x -> q [B,S,H,hd], kv [B,S,hd], qr [B,S,q_lora] (bf16)."""
-    B, S, T, H, hd, eps = cfg["batch"], cfg["seq"], cfg["tokens"], cfg["n_heads"], cfg["head_dim"], cfg["norm_eps"]
+    B, S, H, hd = cfg["batch"], cfg["seq"], cfg["n_heads"], cfg["head_dim"]
+    q, kv, qr, _ = project(cfg, x, attn_norm_w, wq_a, q_norm_w, wq_b, wkv, kv_norm_w, start_pos, rope_cos, rope_sin)
+    return {"q": reshape(q, (B, S, H, hd)), "kv": reshape(kv, (B, S, hd)), "qr": reshape(qr, (B, S, cfg["q_lora_rank"]))}
+
+
+def project(cfg, x, attn_norm_w, wq_a, q_norm_w, wq_b, wkv, kv_norm_w, start_pos, rope_cos, rope_sin):
+    """Token rows [T, ...]: q (normed per head, rotated), kv (normed, rotated), qr, and xn = attn_norm(x), the
+    input of q, kv, the compressors and the indexer weights (pypto-lib#440)."""
+    S, T, H, hd, eps = cfg["seq"], cfg["tokens"], cfg["n_heads"], cfg["head_dim"], cfg["norm_eps"]
     pos = reshape(token_positions(start_pos, S), (T,))
     xn = rmsnorm(reshape(x, (T, cfg["dim"])), attn_norm_w, eps, out="bf16")
     qr = rmsnorm(matmul(xn, wq_a), q_norm_w, eps, out="bf16")
     q = reshape(matmul(qr, wq_b), (T, H, hd))
     q = rope(rmsnorm(q, None, eps, out="f32"), rope_cos, rope_sin, pos, out="bf16")
     kv = rope(rmsnorm(matmul(xn, wkv), kv_norm_w, eps, out="f32"), rope_cos, rope_sin, pos, out="bf16")
-    return {"q": reshape(q, (B, S, H, hd)), "kv": reshape(kv, (B, S, hd)), "qr": reshape(qr, (B, S, cfg["q_lora_rank"]))}
+    return q, kv, qr, xn

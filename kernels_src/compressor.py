@@ -1,0 +1,125 @@
+"""Stages compressor and index_compressor: softmax-gated pooling of m token rows into one compressed entry.
+
+Per token p: a_p = xn_p @ W_kv and z_p = xn_p @ W_gate + APE[p mod m] (f32). Entry w pools, channel by
+channel, the slots of block w (m = 128: its m rows; m = 4, overlapping: block w-1's A-half [:d] and block w's
+B-half [d:], entry 0 only its own 4) with a softmax over the slot scores; then RMSNorm and RoPE at the block's
+first position w*m; the indexer's variant stores the key Hadamard-rotated.
+
+State: kv_state / score_state [B, R, c*d] f32 is a position ring (R = 2m with overlap, else m; slot p mod R holds
+a_p / z_p). Every token of a step computes its candidate entry from the rows of positions t-R+1 .. t (ring for
+earlier steps, the step's own rows for this one); the token that completes block w ((t+1) mod m == 0) stores it
+at cache slot w, so a block may complete in the middle of a step and later tokens of the step see it.
+"""
+import math
+
+from attnc.ir.dsl import (
+    In, block_start_positions, cast, concat, exp, gather_rows, iota, matmul, reduce, reshape, rmsnorm, rope, select,
+    slice_, stage, token_positions, transpose,
+)
+
+from .configs import with_compress_ratio
+from .rings import ring_store, ring_window, store_completed
+
+_ABSENT = -1.0e30  # score of a slot before position 0: exp() makes its weight exactly 0
+
+
+def hadamard_signs(n: int):
+    """[n, n] bf16 Sylvester Hadamard signs (-1)^popcount(i & j) (exact in bf16; scaled by n^-1/2 after the
+    matmul, which keeps the rotation orthonormal without a rounded 2^-3.5 weight)."""
+    i, j = iota((n, n), 0), iota((n, n), 1)
+    parity = (i % 2) * (j % 2)  # popcount(i & j) = sum over bits of bit(i) * bit(j)
+    for bit in range(1, int(math.log2(n))):
+        parity = parity + ((i // (1 << bit)) % 2) * ((j // (1 << bit)) % 2)
+    return cast(cast(1 - (parity % 2) * 2, "f32"), "bf16")
+
+
+def compress(cfg, xn, w_kv, w_gate, ape, norm_w, kv_state, score_state, cache, start_pos, rope_cos, rope_sin,
+             ratio: int, dim: int, rotate: bool):
+    """One step of a compressor: (kv_state', score_state', cache'). xn [T, model dim] bf16 (attn_norm output)."""
+    B, S, T, eps = cfg["batch"], cfg["seq"], cfg["tokens"], cfg["norm_eps"]
+    overlap = ratio == 4
+    ring, width = kv_state.shape[1], kv_state.shape[2]
+    pos = token_positions(start_pos, S)
+    a = matmul(xn, w_kv)
+    z = matmul(xn, w_gate) + gather_rows(ape, reshape(pos % ratio, (T,)))
+    step = reshape(concat([a, z], axis=1), (B, S, 2 * width))
+    state = concat([kv_state, score_state], axis=2)
+    rows, valid = ring_window(cfg, state, step, start_pos, ring)  # [T, R, a|z]: positions t-R+1 .. t, oldest first
+
+    def part(first_row, col):  # [T, d, slots]: channels first, so the pooling reduces the last axis
+        n = ratio if overlap else ring
+        return transpose(slice_(rows, (0, first_row, col), (T, n, dim)), (0, 2, 1))
+
+    if overlap:  # block w-1's A-half [:d] in the first m rows, block w's B-half [d:] in the last m rows
+        values = concat([part(0, 0), part(ratio, dim)], axis=2)
+        scores = concat([part(0, width), part(ratio, width + dim)], axis=2)
+    else:
+        values, scores = part(0, 0), part(0, width)
+    scores = select(reshape(valid, (T, 1, ring)), scores, _ABSENT)  # slots before position 0 are absent
+    weights = exp(scores - reduce(scores, "max", -1))
+    pooled = reduce(weights * values, "sum", -1) / reduce(weights, "sum", -1)
+    normed = rmsnorm(reshape(pooled, (T, dim)), norm_w, eps, out="f32")
+    first = reshape(block_start_positions(pos, ratio), (T,))
+    entry = rope(normed, rope_cos, rope_sin, first, out="bf16")
+    if rotate:
+        entry = cast(matmul(entry, hadamard_signs(dim)) * (1.0 / math.sqrt(dim)), "bf16")
+    new_state = ring_store(cfg, state, step, start_pos)
+    new_cache = store_completed(cfg, cache, reshape(entry, (B, S, dim)), start_pos, ratio)
+    return (slice_(new_state, (0, 0, 0), (B, ring, width)), slice_(new_state, (0, 0, width), (B, ring, width)),
+            new_cache)
+
+
+def _compressor_params(prefix: str, state: str, dim_key: str, width_key: str, rows, ratio, cache: str) -> dict:
+    return {
+        "xn": In("batch", "seq", "dim"),
+        f"w{prefix}_kv": In("dim", width_key), f"w{prefix}_gate": In("dim", width_key),
+        f"{prefix}_ape": In(ratio, width_key, dtype="f32"), f"{prefix}_norm_w": In(dim_key, dtype="f32"),
+        f"{state}kv_state": In("batch", rows, width_key, dtype="f32"),
+        f"{state}score_state": In("batch", rows, width_key, dtype="f32"),
+        cache: In("batch", "n_cmp", dim_key),
+        "start_pos": In("batch", dtype="i32"),
+        "rope_cos": In("max_pos", "rope_half", dtype="f32"),
+        "rope_sin": In("max_pos", "rope_half", dtype="f32"),
+    }
+
+
+MAIN_PARAMS = _compressor_params("c", "", "head_dim", "cmp_width", "cmp_rows", "compress_ratio", "kv_cmp")
+INDEX_PARAMS = _compressor_params("ic", "i", "index_dim", "index_width", 8, 4, "idx_cmp")
+
+
+def main_compressor(cfg, a: dict, xn):
+    """The layer's compressor (d = head_dim, m = the layer's ratio) on named arguments `a`."""
+    return compress(cfg, xn, a["wc_kv"], a["wc_gate"], a["c_ape"], a["c_norm_w"], a["kv_state"], a["score_state"],
+                    a["kv_cmp"], a["start_pos"], a["rope_cos"], a["rope_sin"], cfg["compress_ratio"],
+                    cfg["head_dim"], rotate=False)
+
+
+def index_compressor(cfg, a: dict, xn):
+    """The indexer's compressor (d = index_dim, m = 4 with overlap, Hadamard-rotated keys)."""
+    return compress(cfg, xn, a["wic_kv"], a["wic_gate"], a["ic_ape"], a["ic_norm_w"], a["ikv_state"],
+                    a["iscore_state"], a["idx_cmp"], a["start_pos"], a["rope_cos"], a["rope_sin"], 4,
+                    cfg["index_dim"], rotate=True)
+
+
+def _needs_ratio(cfg):
+    return None if cfg["compress_ratio"] in (4, 128) else "compress_ratio must be 4 or 128 (--set compress_ratio=4)"
+
+
+def _tokens(cfg, xn):
+    return reshape(xn, (cfg["tokens"], cfg["dim"]))
+
+
+@stage("compressor", outputs=("kv_state", "score_state", "kv_cmp"), needs=_needs_ratio, params=MAIN_PARAMS,
+       configure=lambda cfg: with_compress_ratio(cfg, cfg["compress_ratio"]))
+def _compressor_stage(cfg, **a):
+    """Main compressor step (m = 4 overlapping or 128): state ring update and completed entries to kv_cmp."""
+    kv_state, score_state, kv_cmp = main_compressor(cfg, a, _tokens(cfg, a["xn"]))
+    return {"kv_state": kv_state, "score_state": score_state, "kv_cmp": kv_cmp}
+
+
+@stage("index_compressor", outputs=("ikv_state", "iscore_state", "idx_cmp"), params=INDEX_PARAMS,
+       configure=lambda cfg: with_compress_ratio(cfg, 4))
+def _index_compressor_stage(cfg, **a):
+    """Indexer compressor step (d = index_dim, m = 4, Hadamard-rotated keys to idx_cmp)."""
+    kv_state, score_state, idx_cmp = index_compressor(cfg, a, _tokens(cfg, a["xn"]))
+    return {"ikv_state": kv_state, "iscore_state": score_state, "idx_cmp": idx_cmp}

@@ -1,0 +1,57 @@
+"""Stage indexer: the lightning indexer of a CSA layer — scores every compressed entry visible to a token and
+picks the top index_topk of them.
+
+q^I_{t,h} = RoPE_t((qr_t @ W_iq)_h) at the token's OWN position (no norm; pypto-lib#462 is unrepresentable: rope
+takes per-token positions only), rotated by the same Hadamard as the stored keys so that the dot products equal
+the unrotated ones. Head weights w_{t,h} = (xn_t @ W_w)_h / sqrt(index_dim * index_heads), raw (may be
+negative). Score I[t,w] = sum_h w_{t,h} * ReLU(q^I_{t,h} . K^I_w) (ReLU per head, before weighting), over the
+entries w < min(n_cmp, floor((t+1)/4)) visible to the token itself. Top-k: descending score, ties broken by the
+lower entry id (deterministic), -1 where fewer than k entries are visible; invisible entries are never picked.
+"""
+import math
+
+from attnc.ir.dsl import (
+    In, cast, iota, matmul, minimum, reduce, relu, reshape, rope, select, stage, token_positions, topk,
+)
+
+from .compressor import hadamard_signs
+from .configs import with_compress_ratio
+from .rings import gather_pool
+
+NOT_VISIBLE = -math.inf  # index_score of an entry the token may not pick
+
+INDEXER_PARAMS = {
+    "xn": In("batch", "seq", "dim"),
+    "qr": In("batch", "seq", "q_lora_rank"),
+    "wi_q": In("q_lora_rank", "index_qdim"),
+    "wi_w": In("dim", "index_heads"),
+    "idx_cmp": In("batch", "n_cmp", "index_dim"),
+    "start_pos": In("batch", dtype="i32"),
+    "rope_cos": In("max_pos", "rope_half", dtype="f32"),
+    "rope_sin": In("max_pos", "rope_half", dtype="f32"),
+}
+
+
+def index_select(cfg, xn, qr, wi_q, wi_w, idx_cmp, start_pos, rope_cos, rope_sin):
+    """Token rows xn [T, dim], qr [T, q_lora] -> (scores [T, NC] f32, picks [T, K] i32)."""
+    B, S, T = cfg["batch"], cfg["seq"], cfg["tokens"]
+    IH, ID, NC, K = cfg["index_heads"], cfg["index_dim"], cfg["n_cmp"], cfg["cmp_topk"]
+    pos = token_positions(start_pos, S)
+    q = rope(reshape(matmul(qr, wi_q), (T, IH, ID)), rope_cos, rope_sin, reshape(pos, (T,)), out="bf16")
+    q = cast(matmul(q, hadamard_signs(ID)) * (1.0 / math.sqrt(ID)), "bf16")
+    keys = gather_pool([idx_cmp], iota((B, S, NC), 2), (T, NC))                    # [T, NC, ID]
+    dots = relu(matmul(keys, q, transpose_b=True))                                   # [T, NC, IH]
+    weights = matmul(xn, wi_w) * (1.0 / math.sqrt(ID * IH))                          # [T, IH]
+    score = reshape(reduce(dots * reshape(weights, (T, 1, IH)), "sum", -1), (T, NC))
+    visible = iota((T, NC), 1) < minimum((reshape(pos, (T, 1)) + 1) // 4, NC)
+    return select(visible, score, NOT_VISIBLE), topk(score, visible, K)
+
+
+@stage("indexer", outputs=("index_score", "cmp_idx"), params=INDEXER_PARAMS,
+       configure=lambda cfg: with_compress_ratio(cfg, 4))
+def _indexer_stage(cfg, **a):
+    """Lightning indexer: per-token scores of the visible compressed entries and their top-k ids."""
+    B, S, T = cfg["batch"], cfg["seq"], cfg["tokens"]
+    score, picks = index_select(cfg, reshape(a["xn"], (T, cfg["dim"])), reshape(a["qr"], (T, cfg["q_lora_rank"])),
+                                a["wi_q"], a["wi_w"], a["idx_cmp"], a["start_pos"], a["rope_cos"], a["rope_sin"])
+    return {"index_score": reshape(score, (B, S, cfg["n_cmp"])), "cmp_idx": reshape(picks, (B, S, cfg["cmp_topk"]))}
