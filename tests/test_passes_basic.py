@@ -168,11 +168,12 @@ def _ancestors(op):
 
 @pytest.mark.parametrize("stage,bound", [("qkv_proj_rope", 2e-3), ("sparse_attn", 8e-3)])
 def test_tile_matmul_error_at_flash_sizes(stage, bound):
-    """Measured at flash, batch 2: qkv_proj_rope q 4.3e-4 (kv 1.8e-8, qr 0), sparse_attn out 3.0e-3 — f32
-    reassociation of the K sum, visible where it flips a bf16 rounding; declared tolerance 1e-2."""
+    """Measured at flash, batch 2: qkv_proj_rope q 4.3e-4 (kv 1.8e-8, qr 0), sparse_attn out 0 to 3.0e-3
+    (depends on the inputs) — f32 reassociation of the K sum, visible only where it flips a bf16 rounding;
+    declared tolerance 1e-2."""
     m, report, _ = compile_stage(stage, "tile-matmul{k=512}", resolve_config("flash", {"batch": 2}))
     errs = errors(report, "tile-matmul")
-    assert 0.0 < max(errs) <= bound
+    assert max(errs) <= bound
     assert names(m)["tile.matmul_acc"] > 0
 
 

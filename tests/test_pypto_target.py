@@ -40,7 +40,8 @@ def test_emitted_program_is_deterministic_and_readable():
     ("qkv_proj_rope", ()),
     ("sparse_attn_core", ()),
     ("sparse_attn", ()),
-    ("sparse_attn_core", (("cmp_topk", 54), ("n_cmp", 64), ("max_pos", 256))),  # several KV tiles
+    ("sparse_attn_core", (("cmp_topk", 54), ("n_cmp", 64), ("max_pos", 256))),  # several KV tiles, ragged last
+    ("sparse_attn_core", (("cmp_topk", 56), ("n_cmp", 64), ("max_pos", 256))),  # several whole KV tiles
 ])
 def test_pypto_sim_matches_interpreter(stage, overrides):
     from attnc.codegen.pypto_target import run_pypto_sim
