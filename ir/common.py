@@ -199,6 +199,13 @@ def _concat_verify(self):
     self.expect(shape_of(self.result.type) == tuple(out), f"result must be {out}")
 
 
+def _topk_verify(self):
+    ss, sv, so = shape_of(self.scores.type), shape_of(self.valid.type), shape_of(self.result.type)
+    self.expect(ss == sv, "scores and valid must have one shape")
+    self.expect(so == (*ss[:-1], self.k.value.data), f"result must be [..., {self.k.value.data}]")
+    self.expect(dtype_of(self.result.type) == "i32", "result must be i32")
+
+
 def _gather_rows_verify(self):
     st, si, so = shape_of(self.table.type), shape_of(self.indices.type), shape_of(self.result.type)
     self.expect(dtype_of(self.indices.type) == "i32", "indices must be i32")
@@ -246,6 +253,10 @@ def define_shared_ops(prefix: str) -> list[type[IRDLOperation]]:
                                               result=result_def(TensorType), verify_=_concat_verify)))
     ops.append(_make(f"{prefix}.gather_rows", dict(table=operand_def(TensorType), indices=operand_def(TensorType),
                                                    result=result_def(TensorType), verify_=_gather_rows_verify)))
+    # top-k ids of the valid entries of each row, descending score, ties to the lower id, -1 padding
+    ops.append(_make(f"{prefix}.topk", dict(scores=operand_def(TensorType), valid=operand_def(TensorType),
+                                            k=prop_def(IntegerAttr), result=result_def(TensorType),
+                                            verify_=_topk_verify)))
     ops.append(_make(f"{prefix}.iota", dict(axis=prop_def(IntegerAttr), result=result_def(TensorType),
                                             verify_=_iota_verify)))
     ops.append(_make(f"{prefix}.full", dict(value=prop_def(FloatAttr), result=result_def(TensorType),

@@ -221,6 +221,7 @@ def _shared_impls(dl, prefix: str) -> dict:
     table[dl["transpose"]] = lambda it, op, a: (a[0].permute(ints_of(op.perm)).contiguous(),)
     table[dl["concat"]] = lambda it, op, a: (torch.cat(list(a), op.axis.value.data),)
     table[dl["gather_rows"]] = _gather_rows
+    table[dl["topk"]] = lambda it, op, a: (topk_indices(a[0], a[1], op.k.value.data),)
     table[dl["iota"]] = _iota
     table[dl["full"]] = lambda it, op, a: (
         torch.full(shape_of(op.result.type), op.value.value.data, dtype=torch_dtype(_out_dtype(op))),)
@@ -271,7 +272,6 @@ def _tensor_impls() -> dict:
     table[d["rope"]] = _rope
     table[d["sparse_attention"]] = lambda it, op, a: (
         cast_tensor(sparse_attention(*a, op.scale.value.data), _out_dtype(op)),)
-    table[d["topk"]] = lambda it, op, a: (topk_indices(a[0], a[1], op.k.value.data),)
     return table
 
 

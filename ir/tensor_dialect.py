@@ -68,13 +68,6 @@ def _sparse_attention_verify(self):
     self.expect(shape_of(self.result.type) == sq, "result shape must equal q's")
 
 
-def _topk_verify(self):
-    ss, sv, so = shape_of(self.scores.type), shape_of(self.valid.type), shape_of(self.result.type)
-    self.expect(ss == sv, "scores and valid must have one shape")
-    self.expect(so == (*ss[:-1], self.k.value.data), f"result must be [..., {self.k.value.data}]")
-    self.expect(dtype_of(self.result.type) == "i32", "result must be i32")
-
-
 _SHARED = define_shared_ops("attn")
 ReduceOp = _make("attn.reduce", dict(input=operand_def(TensorType), kind=prop_def(StringAttr),
                                      axis=prop_def(IntegerAttr), result=result_def(TensorType),
@@ -91,9 +84,6 @@ SparseAttentionOp = _make("attn.sparse_attention", dict(
     q=operand_def(TensorType), kv=operand_def(TensorType), valid=operand_def(TensorType),
     sink=operand_def(TensorType), scale=prop_def(FloatAttr), result=result_def(TensorType),
     verify_=_sparse_attention_verify))
-TopkOp = _make("attn.topk", dict(scores=operand_def(TensorType), valid=operand_def(TensorType),
-                                 k=prop_def(IntegerAttr), result=result_def(TensorType), verify_=_topk_verify))
-
-ATTN_OPS = [*_SHARED, ReduceOp, SliceOp, RmsNormOp, RopeOp, SparseAttentionOp, TopkOp]
+ATTN_OPS = [*_SHARED, ReduceOp, SliceOp, RmsNormOp, RopeOp, SparseAttentionOp]
 Attn = Dialect("attn", ATTN_OPS, [])
 ATTN = {op.name.split(".", 1)[1]: op for op in ATTN_OPS}

@@ -36,14 +36,14 @@ def index_select(cfg, xn, qr, wi_q, wi_w, idx_cmp, start_pos, rope_cos, rope_sin
     """Token rows xn [T, dim], qr [T, q_lora] -> (scores [T, NC] f32, picks [T, K] i32)."""
     B, S, T = cfg["batch"], cfg["seq"], cfg["tokens"]
     IH, ID, NC, K = cfg["index_heads"], cfg["index_dim"], cfg["n_cmp"], cfg["cmp_topk"]
-    pos = token_positions(start_pos, S)
-    q = rope(reshape(matmul(qr, wi_q), (T, IH, ID)), rope_cos, rope_sin, reshape(pos, (T,)), out="bf16")
+    pos = reshape(token_positions(start_pos, S), (T,))
+    q = rope(reshape(matmul(qr, wi_q), (T, IH, ID)), rope_cos, rope_sin, pos, out="bf16")
     q = cast(matmul(q, hadamard_signs(ID)) * (1.0 / math.sqrt(ID)), "bf16")
     keys = gather_pool([idx_cmp], iota((B, S, NC), 2), (T, NC))                    # [T, NC, ID]
     dots = relu(matmul(keys, q, transpose_b=True))                                   # [T, NC, IH]
     weights = matmul(xn, wi_w) * (1.0 / math.sqrt(ID * IH))                          # [T, IH]
     score = reshape(reduce(dots * reshape(weights, (T, 1, IH)), "sum", -1), (T, NC))
-    visible = iota((T, NC), 1) < minimum((reshape(pos, (T, 1)) + 1) // 4, NC)
+    visible = iota((T, NC), 1) < minimum((reshape(pos, (T, 1)) + 1) // 4, NC)  # per token (pypto-lib#715)
     return select(visible, score, NOT_VISIBLE), topk(score, visible, K)
 
 

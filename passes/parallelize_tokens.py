@@ -65,13 +65,23 @@ class _Analysis:
         if _kind(op) != "reshape":
             return False
         si, so = shape_of(op.input.type), shape_of(op.result.type)
-        return len(si) >= 2 and si[:2] == self.bs and so[:1] == (self.T,) and len(so) == len(si) - 1
+        return len(si) >= 2 and si[:2] == self.bs and so == (self.T, *si[2:])
 
     def is_unflatten(self, op) -> bool:
         if _kind(op) != "reshape":
             return False
         si, so = shape_of(op.input.type), shape_of(op.result.type)
-        return si[:1] == (self.T,) and so[:2] == self.bs and len(so) == len(si) + 1
+        return si[:1] == (self.T,) and so == (*self.bs, *si[1:])
+
+    def is_exit(self, op) -> bool:
+        """An un-flatten that hands token rows to non-token work. With seq == 1 a [T, ...] -> [B, 1, ...] reshape
+        may just add a unit axis for broadcasting, so it only leaves when its users re-arrange or return rows."""
+        if not self.is_unflatten(op) or self.is_flatten(op):
+            return False
+        if self.bs[1] != 1:
+            return True
+        return any(isinstance(u.operation, func.ReturnOp) or _kind(u.operation) in ("concat", "reshape", "gather_rows")
+                   for u in op.result.uses)
 
     def is_generator(self, op) -> bool:
         """Token-independent data replicated over the T rows (splats, iotas along other axes, broadcasts of
@@ -179,59 +189,119 @@ class _Analysis:
             return
         refuse("is not known to be token-local")
 
-    def region(self) -> tuple[list[Operation], list[SSAValue], list[SSAValue]] | None:
-        """(region ops in program order, region inputs (flatten results), region outputs)."""
+    def external_operands(self, op: Operation) -> list[SSAValue]:
+        """Values of the function body that `op` or an op nested in it uses."""
+        return [v for nested in op.walk() for v in nested.operands if not _defined_inside(v, op)]
+
+    def levels(self) -> list[list[Operation]]:
+        """Token regions in dependence order, after putting the body in an order that makes each contiguous.
+
+        A forward walk classifies ops: a flatten of non-token data seeds token rows; an op using token rows is
+        token work (and must be token-local); an un-flatten of token rows or the return leaves the rows. The
+        level of an op counts the token loops that must finish before it can run: work after an un-flatten that
+        feeds token work again (a ring written, then gathered) belongs to the next loop. Each level's token work
+        becomes one loop, placed after the non-token ops of its level."""
         ops = list(self.block.ops)
-        graph = nx.DiGraph()
+        tok: set = set()
+        replicated: set = set()
+        level: dict = {}
+        token_ops: set = set()
         for op in ops:
-            graph.add_node(op)
-            for nested in op.walk():  # uses inside loop bodies count for the op that holds them
-                for v in nested.operands:
-                    if isinstance(v.owner, Operation) and v.owner.parent_block() is self.block:
-                        graph.add_edge(v.owner, op)
-        # with seq == 1 a flatten/un-flatten is ambiguous by shape: seeds are the outermost flattens,
-        # exits the un-flattens that feed the return only
-        flattens = [op for op in ops if self.is_flatten(op)]
-        downstream = set()
-        for op in flattens:
-            downstream |= nx.descendants(graph, op)
-        seeds = [op for op in flattens if op not in downstream]
-        if not seeds:
-            return None
-        exits = {op for op in ops if isinstance(op, func.ReturnOp) or (
-            self.is_unflatten(op) and all(isinstance(u.operation, func.ReturnOp) for u in op.result.uses))}
-        stop = graph.subgraph([n for n in graph if n not in exits])
-        reach = set()
-        for s in seeds:
-            reach |= nx.descendants(stop, s)
-        region = [op for op in ops if op in reach and op not in seeds]
-        # replicated data the region consumes joins it
-        generators = {op for op in ops if self.is_generator(op) and any(u in reach for u in graph.successors(op))}
-        region_set = set(region) | generators
-        tok = {op.results[0] for op in seeds} | {r for g in generators for r in g.results}
-        for op in ops:
-            if op in region_set and op not in generators:
-                self.check_local(op, tok)
+            used = self.external_operands(op)
+            tok_in = [v for v in used if v in tok]
+
+            def from_defs(token_step: int) -> int:
+                lv = 0
+                for v in used:
+                    d = v.owner
+                    if isinstance(d, Operation) and d in level:
+                        lv = max(lv, level[d] + (token_step if d in token_ops else 0))
+                return lv
+
+            if isinstance(op, func.ReturnOp):
+                level[op] = from_defs(1)
+            elif self.is_flatten(op) and not tok_in:
+                token_ops.add(op)
+                level[op] = from_defs(0)
+                tok.add(op.results[0])
+            elif tok_in and self.is_exit(op):
+                level[op] = from_defs(1)
+            elif tok_in:
+                self.check_local(op, tok | replicated)
+                token_ops.add(op)
+                level[op] = from_defs(0)
                 tok.update(r for r in op.results if _lead(r) == self.T)
-        region = [op for op in ops if op in region_set]
-        if not any(op not in generators for op in region):
-            return None
-        # legality: outside the region, region values feed only the un-flattens and the return
-        outputs = []
+            elif self.is_generator(op):
+                replicated.update(op.results)
+                level[op] = 0
+            else:
+                level[op] = from_defs(1)
+        if not any(op for op in token_ops if not self.is_flatten(op)):
+            return []
+        top = max(level.values())
+        order = []
+        for lv in range(top + 1):
+            order += [op for op in ops if level[op] == lv and op not in token_ops and not isinstance(op, func.ReturnOp)]
+            order += [op for op in ops if level[op] == lv and op in token_ops]
+        order += [op for op in ops if isinstance(op, func.ReturnOp)]
+        if order != ops:
+            for op in ops:
+                op.detach()
+            for op in order:
+                self.block.add_op(op)
+        groups = []
+        for lv in range(top + 1):
+            group = [op for op in order if level[op] == lv and op in token_ops]
+            # a loop needs work beyond flattening its inputs
+            if any(not self.is_flatten(op) for op in group):
+                groups.append(group)
+        self.replicated, self.tok = replicated, tok
+        return groups
+
+    def region(self, group: list[Operation]) -> tuple[list[Operation], list[SSAValue], list[SSAValue]]:
+        """(region ops in program order, region inputs, region outputs) of one level's token work: the flattens
+        stay outside (their results are the row views of the loop), replicated data is cloned into the loop."""
+        work = [op for op in group if op.parent_block() is self.block and not (
+            self.is_flatten(op) and not any(v.owner in group for v in self.external_operands(op)
+                                            if isinstance(v.owner, Operation)))]
+        work_set = set(work)
+        generators = []
+        for op in self.block.ops:
+            if any(r in self.replicated for r in op.results) and any(
+                    self.top_level(u.operation) in work_set for r in op.results for u in r.uses):
+                generators.append(op)
+        region_set = work_set | set(generators)
+        region = [op for op in self.block.ops if op in region_set]
+        inputs, outputs = [], []
         for op in region:
+            for v in self.external_operands(op):
+                d = v.owner
+                if isinstance(d, Operation) and (self.top_level(d) in region_set):
+                    continue
+                if v in self.tok and v not in inputs:  # token rows: viewed per chunk; anything else is shared
+                    inputs.append(v)
             for r in op.results:
-                for use in r.uses:
-                    user = self.top_level(use.operation)
-                    if user in region_set:
-                        continue
-                    if user not in exits:
-                        raise PassError(f"{op_location(user)}: '{user.name}' consumes per-token rows outside the "
-                                        f"token loop; the token loop is refused")
-                    if r not in outputs:
-                        outputs.append(r)
-        inputs = [op.results[0] for op in seeds
-                  if any(self.top_level(u.operation) in region_set for u in op.results[0].uses)]
+                if any(self.top_level(u.operation) not in region_set for u in r.uses) and r not in outputs:
+                    outputs.append(r)
         return region, inputs, outputs
+
+
+def _defined_inside(v: SSAValue, op: Operation) -> bool:
+    """Whether `v` is a result of an op nested in `op` or an argument of a block nested in `op`."""
+    owner = v.owner
+    if isinstance(owner, Block):
+        holder = owner.parent_op()
+        return holder is not None and (holder is op or _inside(holder, op))
+    return owner is not op and _inside(owner, op)
+
+
+def _inside(inner: Operation, outer: Operation) -> bool:
+    p = inner.parent_op()
+    while p is not None:
+        if p is outer:
+            return True
+        p = p.parent_op()
+    return False
 
 
 def _retype(v: SSAValue, T: int, rows: int) -> None:
@@ -265,10 +335,11 @@ def _shrink(op: Operation, T: int, rows: int) -> None:
 
 def _parallelize(fn: func.FuncOp, rows: int) -> None:
     an = _Analysis(fn)
-    found = an.region()
-    if found is None:
-        return
-    region, inputs, outputs = found
+    for group in an.levels():
+        _parallelize_region(an, *an.region(group), rows)
+
+
+def _parallelize_region(an: _Analysis, region, inputs, outputs, rows: int) -> None:
     T = an.T
     rows = min(rows, T)
     ragged = T % rows != 0  # only then do chunks need a runtime valid row count
@@ -300,6 +371,7 @@ def _parallelize(fn: func.FuncOp, rows: int) -> None:
         inits = [tile_full(shape_of(o.type), 0.0, _dtype(o)).value for o in outputs]
         par = emit_op(ParallelOp, [const(0), const(T), inits], [[o.type for o in outputs]],
                       {"rows": IntegerAttr(rows, i64)}, regions=[Region(body)])
+    an.tok.update(par.results)
     region_set = set(region)
     for old, new in zip(outputs, par.results):
         old.replace_uses_with_if(new, lambda use: use.operation not in region_set)
