@@ -1,15 +1,16 @@
-"""parallelize-tokens: per-token work becomes a `tile.parallel` loop over the T = batch*seq token rows in chunks.
+"""parallelize-tokens: per-token work becomes `tile.parallel` loops over the T = batch*seq token rows in chunks.
 
 Token values are the flattened per-token tensors ([batch, seq, ...] -> [T, ...] reshapes) and everything a
-token-local op computes from them. A networkx def-use graph gives the token region (the descendants of the
-flattens, up to the un-flattens and the return) and proves the loop legal: every op of the region must treat
-axis 0 as an independent batch axis, so chunks of rows never depend on each other. Anything else — a reduction
-over tokens, a transpose moving them, a matmul contracting over them, a gather whose table is per token — is
-refused with the op's location.
+token-local op computes from them. A networkx def-use graph orders the walk that proves the loops legal: every
+token op must treat axis 0 as an independent batch axis, so chunks of rows never depend on each other. Anything
+else — a reduction over tokens, a transpose moving them, a matmul contracting over them, a gather whose table is
+per token — is refused with the op's location.
 
-The region is cloned into the loop body with T replaced by `rows`; region inputs become row views (a ragged
-last chunk has a runtime valid row count, padded with zeros), region outputs are assembled into carried
-[T, ...] tensors. Exact rewrite."""
+Rows may leave token work through an un-flatten, feed batch-major work (a ring or cache written, then gathered
+per token), and come back through a flatten: each such hand-over starts a new dependence level, and each level's
+token work becomes one loop, placed after the batch-major work it needs (the body is reordered; all ops are pure).
+A loop's inputs are token rows (row views; a ragged last chunk has a runtime valid row count, padded with zeros),
+its outputs the token rows used after it, assembled into carried [T, ...] tensors. Exact rewrite."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -202,11 +203,18 @@ class _Analysis:
         feeds token work again (a ring written, then gathered) belongs to the next loop. Each level's token work
         becomes one loop, placed after the non-token ops of its level."""
         ops = list(self.block.ops)
+        index = {op: i for i, op in enumerate(ops)}
+        graph = nx.DiGraph()  # def-use between top-level ops (uses inside loop bodies count for the loop)
+        graph.add_nodes_from(ops)
+        for op in ops:
+            for v in self.external_operands(op):
+                if isinstance(v.owner, Operation) and v.owner in index:
+                    graph.add_edge(v.owner, op)
         tok: set = set()
         replicated: set = set()
         level: dict = {}
         token_ops: set = set()
-        for op in ops:
+        for op in nx.lexicographical_topological_sort(graph, key=index.__getitem__):
             used = self.external_operands(op)
             tok_in = [v for v in used if v in tok]
 
