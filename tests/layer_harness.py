@@ -14,6 +14,7 @@ from attnc.ir.dsl import stage_config
 from attnc.ir.interpreter import run_module
 from attnc.kernels_src import STAGES, build_stage, resolve_config
 from attnc.kernels_src.inputs import make_inputs, rope_tables
+from attnc.passes.verify import run_pipeline
 
 # kernel parameter name -> reference weight name, where they differ
 REF_NAMES = {"wic_kv": "ic_kv", "wic_gate": "ic_gate"}
@@ -27,13 +28,18 @@ def layer_config(kind: str, batch: int, seq: int, **overrides) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def layer_module(kind: str, batch: int, seq: int, overrides: tuple = ()):
-    return build_stage(STAGES[f"decode_{kind}"], layer_config(kind, batch, seq, **dict(overrides)))
+def layer_module(kind: str, batch: int, seq: int, overrides: tuple = (), pipeline: str | None = None):
+    """The layer's tensor IR, or its IR after `pipeline` (e.g. the default pipeline down to tiles)."""
+    module = build_stage(STAGES[f"decode_{kind}"], layer_config(kind, batch, seq, **dict(overrides)))
+    if pipeline:
+        run_pipeline(module, pipeline)
+    return module
 
 
 class LayerDriver:
-    def __init__(self, kind: str, batch: int = 2, length: int = 160, seed: int = 0, overrides: tuple = ()):
-        self.kind, self.batch, self.overrides = kind, batch, overrides
+    def __init__(self, kind: str, batch: int = 2, length: int = 160, seed: int = 0, overrides: tuple = (),
+                 pipeline: str | None = None):
+        self.kind, self.batch, self.overrides, self.pipeline = kind, batch, overrides, pipeline
         self.stage = STAGES[f"decode_{kind}"]
         self.cfg = layer_config(kind, batch, 1, **dict(overrides))
         params = make_inputs(self.stage, self.cfg, seed)
@@ -55,7 +61,7 @@ class LayerDriver:
         sp = torch.tensor(start_pos, dtype=torch.int32)
         x = torch.stack([self.x_hist[b, int(p): int(p) + seq] for b, p in enumerate(start_pos)])
         args = dict(self.weights, **state, x=x, start_pos=sp, rope_cos=self.cos, rope_sin=self.sin)
-        module = layer_module(self.kind, self.batch, seq, self.overrides)
+        module = layer_module(self.kind, self.batch, seq, self.overrides, self.pipeline)
         outs = run_module(module, [args[n] for n in self.stage.params])
         return dict(zip(self.stage.outputs, outs))
 

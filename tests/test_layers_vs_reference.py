@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from attnc.kernels_src.inputs import rope_tables
+from attnc.passes import DEFAULT_PIPELINE
 from tests.layer_harness import LayerDriver
 from tests.reference.dsv4_layer_reference import layer_reference, rope_tables_from_spec, topk_sets_match
 
@@ -34,14 +35,32 @@ def drivers():
     return {kind: LayerDriver(kind, length=170) for kind in RATIO}
 
 
+@pytest.fixture(scope="module")
+def compiled_drivers():
+    """The same layers after the default pipeline (tiles, token loops, online softmax); the history is built by
+    the compiled kernel too."""
+    return {kind: LayerDriver(kind, length=170, pipeline=DEFAULT_PIPELINE) for kind in RATIO}
+
+
 def _kernel_selection(outs, start, seq):
     return {(b, s): [int(i) for i in outs["cmp_idx"][b, s] if int(i) >= 0]
             for b in range(len(start)) for s in range(seq)}
 
 
+COMPILED_CASES = [("csa", (11, 22), 2), ("hca", (126, 127), 2), ("swa", (6, 13), 3)]
+
+
 @pytest.mark.parametrize("kind,start,seq", CASES, ids=[f"{k}-{a}-{b}-s{s}" for k, (a, b), s in CASES])
 def test_layer_step_matches_reference(drivers, kind, start, seq):
-    d = drivers[kind]
+    check_against_reference(drivers[kind], kind, start, seq)
+
+
+@pytest.mark.parametrize("kind,start,seq", COMPILED_CASES, ids=[f"{k}-{a}-{b}-s{s}" for k, (a, b), s in COMPILED_CASES])
+def test_compiled_layer_step_matches_reference(compiled_drivers, kind, start, seq):
+    check_against_reference(compiled_drivers[kind], kind, start, seq)
+
+
+def check_against_reference(d: LayerDriver, kind, start, seq):
     state = d.history(list(start))
     outs = d.step(list(start), seq, state)
     selection = _kernel_selection(outs, start, seq) if kind == "csa" else None
