@@ -44,9 +44,11 @@ _BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i8": 1, "i1": 1}
 
 
 def vec_tile(shape, dtype: str = "f32") -> list[int]:
-    """A tile of the op's rank: the trailing dim padded to the 32-byte block, leading dims shrunk to the budget."""
+    """A tile of the op's rank: the trailing dim padded to the 32-byte block, leading dims shrunk to the budget.
+    The trailing dim is a multiple of 16 elements even for 4-byte types: pypto 0.2.0 copies tensors that a loop
+    captures with the tile in effect at the loop, whatever their dtype, and a bf16 tensor needs 16 lanes."""
     tile = [max(1, int(d)) for d in shape] or [1]
-    align = 32 // _BYTES[dtype]
+    align = max(32 // _BYTES[dtype], 16)
     tile[-1] = -(-tile[-1] // align) * align
     i = 0
     while math.prod(tile) > VEC_TILE_ELEMS and i < len(tile):
@@ -74,7 +76,6 @@ class _Emitter:
     depth: int = 1
     loop_count: int = 0
     out_inits: dict = field(default_factory=dict)  # tile.full result -> output param carried in its place
-    computed: set = field(default_factory=set)  # values whose python name holds a freshly computed tensor
 
     def fresh(self, prefix="t") -> str:
         self.counter += 1
@@ -99,9 +100,21 @@ class _Emitter:
         suffix = f"  # {loc}" if loc else ""
         if isinstance(v.type, TensorType):
             self.set_tile(tile_of if tile_of is not None else v)
-            if not expr.startswith("pypto.view("):
-                self.computed.add(v)
         self.emit(f"{name} = {expr}{suffix}")
+
+    def _topk(self, op, a, shape, loc):
+        """Invalid entries get the lowest f32 score, pypto.topk sorts (FP32, last axis), and a pick whose score
+        is that sentinel becomes -1 (through f32: pypto 0.2.0 selects between int32 tensors poorly)."""
+        k = op.k.value.data
+        scores = self.fresh("s")
+        self.set_tile(op.scores)
+        self.emit(f"{scores} = pypto.where({a[1]}, {a[0]}, {F32_LOWEST!r})  # {loc}")
+        vals, ids = self.fresh("v"), self.fresh("i")
+        self.emit(f"{vals}, {ids} = pypto.topk({scores}, {k}, -1, True)")
+        picked = self.fresh("i")
+        self.set_tile(op.result)
+        self.emit(f"{picked} = pypto.where(pypto.gt({vals}, {F32_LOWEST!r}), pypto.cast({ids}, pypto.DT_FP32), -1.0)")
+        return self.bind(op.result, f"pypto.cast({picked}, pypto.DT_INT32, mode=pypto.CastMode.CAST_RINT)", loc)
 
     # ------------------------------------------------------------------------------------------ ops
     def op(self, op: Operation):
@@ -207,6 +220,8 @@ class _Emitter:
             return self.bind(res, f"pypto.concat([{', '.join(a)}], {op.axis.value.data})", loc)
         if kind == "gather_rows":
             return self.bind(res, f"pypto.index_select({a[0]}, 0, {a[1]})", loc)
+        if kind == "topk":
+            return self._topk(op, a, shape, loc)
         if kind == "iota":
             axis = op.axis.value.data
             view_shape = [d if i == axis else 1 for i, d in enumerate(shape)]
@@ -222,8 +237,8 @@ class _Emitter:
             value = op.value.value.data
             if dtype_of(res.type) == "i1":  # pypto 0.2.0 codegen cannot splat bool: compare an f32 splat
                 return self.bind(res, f"pypto.eq(pypto.full({shape}, {float(value != 0)!r}, pypto.DT_FP32), 1.0)", loc)
-            value = int(value) if dtype_of(res.type) in ("i32", "i8") else value
-            return self.bind(res, f"pypto.full({shape}, {value!r}, {dt})", loc)
+            value = repr(int(value)) if dtype_of(res.type) in ("i32", "i8") else py_float(value)
+            return self.bind(res, f"pypto.full({shape}, {value}, {dt})", loc)
         if kind == "view":
             n = len(op.offsets)
             whole = (not len(op.valid) and all(v in self.consts and self.consts[v] == 0 for v in op.offsets)
@@ -375,13 +390,32 @@ def _output_inits(ret: Operation, out_names: list) -> dict:
     return found
 
 
+F32_LOWEST = -3.4028234663852886e38  # score of an entry top-k may not pick
+
+
+def program_output_names(arg_names: list[str], out_names: list[str]) -> list[str]:
+    """Kernel parameter names of the outputs: an in/out array (a cache or state named like its input) gets an
+    `_out` parameter of its own."""
+    taken = set(arg_names)
+    names = []
+    for name in out_names:
+        new = name
+        while new in taken:
+            new += "_out"
+        taken.add(new)
+        names.append(new)
+    return names
+
+
+def py_float(value: float) -> str:
+    """A Python literal for a float, including the non-finite ones."""
+    return repr(value) if math.isfinite(value) else f"float('{value}')"
+
+
 def emit_pypto(module: ModuleOp) -> str:
     fn = entry_function(module)
     arg_names = [a.data for a in fn.attributes["arg_names"].data]
-    out_names = [a.data for a in fn.attributes["result_names"].data]
-    clash = set(arg_names) & set(out_names)
-    if clash:
-        raise EmitError(f"parameter and output names clash: {sorted(clash)}")
+    out_names = program_output_names(arg_names, [a.data for a in fn.attributes["result_names"].data])
     em = _Emitter()
     block = fn.body.block
     for arg, name in zip(block.args, arg_names):
@@ -399,9 +433,9 @@ def emit_pypto(module: ModuleOp) -> str:
         if ref == name:  # written in place by its loop
             continue
         em.set_tile(v)
-        # pypto 0.2.0 leaves the output untouched for `out[:] = t` when t is a loop-carried tensor, an
-        # assembled tensor or an argument: copy those
-        em.emit(f"{name}[:] = {ref if v in em.computed else f'pypto.clone({ref})'}")
+        # pypto 0.2.0 may leave the output untouched for `out[:] = t` (seen for loop-carried and assembled
+        # tensors, arguments and index_select results): always store a clone
+        em.emit(f"{name}[:] = pypto.clone({ref})")
     return _TEMPLATE.get_template("pypto_kernel.py.j2").render(
         stage=fn.sym_name.data, arg_names=arg_names + out_names, output_names=out_names, dtypes=dtypes,
         shapes=shapes, params=params, body=em.lines)

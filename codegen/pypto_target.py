@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from attnc.codegen.io import to_numpy
-from attnc.codegen.pypto_emit import emit_pypto
+from attnc.codegen.pypto_emit import emit_pypto, program_output_names
 from attnc.codegen.pypto_sim import run_in_subprocess
 from attnc.ir.interpreter import entry_function
 from attnc.ir.types import dtype_of, torch_dtype
@@ -31,12 +31,13 @@ def run_pypto_sim(module, inputs: dict, *, verify: str = "default", timeout_s: f
     fn = entry_function(module)
     out_names = [a.data for a in fn.attributes["result_names"].data]
     out_types = dict(zip(out_names, fn.function_type.outputs.data))
+    param_of = dict(zip(out_names, program_output_names([a.data for a in fn.attributes["arg_names"].data], out_names)))
     with tempfile.TemporaryDirectory(prefix="attnc-prog-") as tmp:
         path = os.path.join(tmp, f"{fn.sym_name.data}.py")
         with open(path, "w") as f:
             f.write(program)
         res = run_in_subprocess(path, {k: to_numpy(v) for k, v in inputs.items()}, verify=verify,
                                 timeout_s=timeout_s, npu=npu)
-    outs = {n: torch.from_numpy(res.outputs[n]).to(torch_dtype(dtype_of(out_types[n]))) for n in out_names
-            if n in res.outputs}
+    outs = {n: torch.from_numpy(res.outputs[param_of[n]]).to(torch_dtype(dtype_of(out_types[n]))) for n in out_names
+            if param_of[n] in res.outputs}
     return PyptoRun(outs, res.aicore_us, res.verify, res.failed_records, res.wall_s, program)

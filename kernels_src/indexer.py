@@ -18,7 +18,7 @@ from .compressor import hadamard_signs
 from .configs import with_compress_ratio
 from .rings import gather_pool
 
-NOT_VISIBLE = -math.inf  # index_score of an entry the token may not pick
+NOT_VISIBLE = -3.4028234663852886e38  # index_score of an entry the token may not pick (lowest f32)
 
 INDEXER_PARAMS = {
     "xn": In("batch", "seq", "dim"),

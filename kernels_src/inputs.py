@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from attnc.ir.dsl import StageDef
+from attnc.ir.dsl import StageDef, stage_config
 from attnc.ir.types import torch_dtype
 
 
@@ -68,6 +68,7 @@ def compressed_ids(cfg: dict, start_pos: torch.Tensor, gen: torch.Generator) -> 
 
 
 def make_inputs(stage_def: StageDef, cfg: dict, seed: int = 0, given: dict | None = None) -> dict[str, torch.Tensor]:
+    cfg = stage_config(stage_def, cfg)
     gen = torch.Generator().manual_seed(seed)
     given = dict(given or {})
     out: dict[str, torch.Tensor] = {}
