@@ -18,7 +18,9 @@ from . import PassError, build_pipeline, pass_tolerance
 
 
 def normalised_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    """max |got - want| / max |want| (exact for integer tensors: 0 or 1 for any difference); NaN counts as inf."""
+    """max |got - want| / max |want| over the real values (exact for integer tensors: 0 or 1 for any difference);
+    NaN counts as inf. Sentinels (|x| >= 1e38, e.g. -inf or the lowest f32 for "not visible") must match exactly
+    and stay out of the scale."""
     if got.shape != want.shape:
         return float("inf")
     if not want.dtype.is_floating_point:
@@ -26,6 +28,10 @@ def normalised_error(got: torch.Tensor, want: torch.Tensor) -> float:
     g, w = got.double(), want.double()
     if torch.isnan(g).any() != torch.isnan(w).any():
         return float("inf")
+    sentinel = w.abs() >= 1e38
+    if not torch.equal(g[sentinel], w[sentinel]):
+        return float("inf")
+    g, w = g[~sentinel], w[~sentinel]
     diff = (g - w).abs().nan_to_num(0.0).max().item() if g.numel() else 0.0
     scale = w.abs().nan_to_num(0.0).max().item() if w.numel() else 0.0
     return diff / scale if scale > 0 else diff

@@ -21,16 +21,17 @@ REF_NAMES = {"wic_kv": "ic_kv", "wic_gate": "ic_gate"}
 STEP_INPUTS = ("x", "start_pos", "rope_cos", "rope_sin")
 
 
-def layer_config(kind: str, batch: int, seq: int, **overrides) -> dict:
-    base = dict(max_pos=256, batch=batch, seq=seq)
-    base.update(overrides)
-    return stage_config(STAGES[f"decode_{kind}"], resolve_config("tiny", base))
+def layer_config(kind: str, batch: int, seq: int, config: str = "tiny", **overrides) -> dict:
+    base = dict(max_pos=256) if config == "tiny" else {}  # room for HCA blocks of 128
+    base.update(batch=batch, seq=seq, **overrides)
+    return stage_config(STAGES[f"decode_{kind}"], resolve_config(config, base))
 
 
 @functools.lru_cache(maxsize=None)
-def layer_module(kind: str, batch: int, seq: int, overrides: tuple = (), pipeline: str | None = None):
+def layer_module(kind: str, batch: int, seq: int, overrides: tuple = (), pipeline: str | None = None,
+                 config: str = "tiny"):
     """The layer's tensor IR, or its IR after `pipeline` (e.g. the default pipeline down to tiles)."""
-    module = build_stage(STAGES[f"decode_{kind}"], layer_config(kind, batch, seq, **dict(overrides)))
+    module = build_stage(STAGES[f"decode_{kind}"], layer_config(kind, batch, seq, config, **dict(overrides)))
     if pipeline:
         run_pipeline(module, pipeline)
     return module
@@ -38,10 +39,10 @@ def layer_module(kind: str, batch: int, seq: int, overrides: tuple = (), pipelin
 
 class LayerDriver:
     def __init__(self, kind: str, batch: int = 2, length: int = 160, seed: int = 0, overrides: tuple = (),
-                 pipeline: str | None = None):
-        self.kind, self.batch, self.overrides, self.pipeline = kind, batch, overrides, pipeline
+                 pipeline: str | None = None, config: str = "tiny"):
+        self.kind, self.batch, self.overrides, self.pipeline, self.config = kind, batch, overrides, pipeline, config
         self.stage = STAGES[f"decode_{kind}"]
-        self.cfg = layer_config(kind, batch, 1, **dict(overrides))
+        self.cfg = layer_config(kind, batch, 1, config, **dict(overrides))
         params = make_inputs(self.stage, self.cfg, seed)
         self.state_names = [n for n in self.stage.outputs if n in self.stage.params]
         self.weights = {n: v for n, v in params.items() if n not in STEP_INPUTS and n not in self.state_names}
@@ -61,7 +62,7 @@ class LayerDriver:
         sp = torch.tensor(start_pos, dtype=torch.int32)
         x = torch.stack([self.x_hist[b, int(p): int(p) + seq] for b, p in enumerate(start_pos)])
         args = dict(self.weights, **state, x=x, start_pos=sp, rope_cos=self.cos, rope_sin=self.sin)
-        module = layer_module(self.kind, self.batch, seq, self.overrides, self.pipeline)
+        module = layer_module(self.kind, self.batch, seq, self.overrides, self.pipeline, self.config)
         outs = run_module(module, [args[n] for n in self.stage.params])
         return dict(zip(self.stage.outputs, outs))
 
