@@ -96,7 +96,8 @@ def with_compress_ratio(cfg: dict, ratio: int) -> dict:
 
 def _validate_cache(cfg: dict):
     if cfg["n_cmp"] < 1:
-        raise ConfigError(f"max_pos {cfg['max_pos']} holds no complete block of ratio {cfg['compress_ratio']}")
+        raise ConfigError(f"max_pos {cfg['max_pos']} holds no complete block of ratio {cfg['compress_ratio']} "
+                          f"(--set max_pos={2 * cfg['compress_ratio']} or more)")
 
 
 def public_view(cfg: dict) -> dict:
