@@ -33,7 +33,7 @@ import math
 
 import torch
 
-from tests.reference.dsv4_reference import rms_norm, rope, sink_attention
+from tests.reference.dsv4_reference import _as_f32, rms_norm, rope, sink_attention
 
 __all__ = [
     "rope_tables_from_spec",
@@ -202,14 +202,6 @@ def topk_sets_match(scores, chosen, k: int, eps: float) -> tuple[bool, str]:
 # ------------------------------------------------------------------------------------------ the layer
 
 
-def _convert_weights(weights: dict) -> dict:
-    out = {}
-    for name, value in weights.items():
-        value = torch.as_tensor(value)
-        out[name] = value.to(torch.float32) if value.is_floating_point() else value.to(torch.int64)
-    return out
-
-
 def _check_selection(ids, n_visible: int, b: int, s: int, t: int) -> list[int]:
     ids = [int(w) for w in torch.as_tensor(list(ids), dtype=torch.int64).reshape(-1).tolist()]
     ids = [w for w in ids if w != -1]
@@ -245,7 +237,7 @@ def layer_reference(kind: str, cfg: dict, weights: dict, x_hist: torch.Tensor, s
     if kind not in COMPRESS_RATIO:
         raise ValueError(f"unknown layer kind {kind!r}; expected one of {sorted(COMPRESS_RATIO)}")
     m = COMPRESS_RATIO[kind]
-    W = _convert_weights(weights)
+    W = _as_f32(weights)
     x_hist = torch.as_tensor(x_hist).to(torch.float32)
     start = torch.as_tensor(start_pos).to(torch.int64).reshape(-1)
     seq = int(seq)
