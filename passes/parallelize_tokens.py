@@ -19,12 +19,10 @@ import networkx as nx
 from xdsl.dialects import func, scf
 from xdsl.dialects.builtin import IntegerAttr, TensorType, i64
 from xdsl.ir import Block, Operation, Region, SSAValue
-from xdsl.rewriter import InsertPoint
 
 from attnc.ir.common import int_array, ints_of, op_location
 from attnc.ir.dsl import emit_op
-from attnc.ir.tensor_dialect import ATTN
-from attnc.ir.tile_dialect import TILE, ParallelOp, YieldOp
+from attnc.ir.tile_dialect import ParallelOp, YieldOp
 from attnc.ir.types import dtype_of, shape_of
 
 from . import AttncPass, PassError, register
@@ -383,24 +381,10 @@ def _parallelize_region(an: _Analysis, region, inputs, outputs, rows: int) -> No
     region_set = set(region)
     for old, new in zip(outputs, par.results):
         old.replace_uses_with_if(new, lambda use: use.operation not in region_set)
-    # un-flattens that came before the loop now read its results: move them after it
-    for use_op in [u.operation for r in par.results for u in r.uses]:
-        if use_op.parent_block() is an.block and not _after(use_op, par):
-            use_op.detach()
-            an.block.insert_op_before(use_op, anchor)
     for op in reversed(region):
         if all(not r.uses for r in op.results):
             op.detach()
             op.erase()
-
-
-def _after(a: Operation, b: Operation) -> bool:
-    op = b.next_op
-    while op is not None:
-        if op is a:
-            return True
-        op = op.next_op
-    return False
 
 
 def _assemble(tile, dest, row0, valid_rows, rest):

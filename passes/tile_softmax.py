@@ -16,7 +16,7 @@ from xdsl.pattern_rewriter import PatternRewriter, RewritePattern, op_type_rewri
 
 from attnc.ir import dsl
 from attnc.ir.tensor_dialect import ATTN, SparseAttentionOp
-from attnc.ir.types import dtype_of, tensor_type
+from attnc.ir.types import dtype_of
 
 from . import PatternPass, register
 from ._build import T, before, const, minsi, muli, peeled_loop, subi, view
