@@ -29,8 +29,10 @@ def _error_types() -> tuple[type[BaseException], ...]:
     from attnc.passes import PassError, PipelineError
     from attnc.passes.verify import VerificationFailed
 
+    from attnc.codegen.pypto_options import OptionError
+
     types = [CliError, InputError, IRError, DSLError, InterpretError, ConfigError, PassError, PipelineError,
-             VerificationFailed]
+             VerificationFailed, OptionError]
     try:
         from attnc.codegen.pypto_emit import EmitError
 
@@ -158,6 +160,12 @@ def compile_source(src: Source, pipeline: str, *, verify_each: bool, seed: int =
                         after_pass=after_pass)
 
 
+def pypto_options(args):
+    from attnc.codegen.pypto_options import PyptoOptions
+
+    return PyptoOptions().with_settings(args.pypto_option)
+
+
 def cmd_compile(args) -> int:
     from attnc.codegen.io import atomic_write_text
     from attnc.ir import print_ir
@@ -182,7 +190,7 @@ def cmd_compile(args) -> int:
     if args.emit == "pypto":
         from attnc.codegen.pypto_emit import emit_pypto
 
-        text, suffix = emit_pypto(src.module), ".pypto.py"
+        text, suffix = emit_pypto(src.module, pypto_options(args)), ".pypto.py"
     else:
         text, suffix = print_ir(src.module), ".mlir"
     # everything is computed before anything is written
@@ -228,7 +236,7 @@ def cmd_run(args) -> int:
         if args.target == "pypto-npu" and not npu_available():
             raise CliError("--target pypto-npu needs torch_npu and an Ascend NPU; none found on this machine")
         res = run_pypto_sim(src.module, inputs, verify="none" if args.time_only else "default",
-                            npu=args.target == "pypto-npu")
+                            npu=args.target == "pypto-npu", options=pypto_options(args))
         outs, aicore, wall = res.outputs, res.aicore_us, res.wall_s
         for rec in res.failed_records:
             print(f"pypto verify FAILED: {rec}", file=sys.stderr)
@@ -270,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
         q.add_argument("--pipeline", default=None, help="pass pipeline string (default: the target's)")
         q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--pypto-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="pypto target option (scheduling/merging knobs, vector tile budget), e.g. "
+                            "'vec_nbuffer_setting={-1: 4}'; see codegen/pypto_options.py")
 
     c = sub.add_parser("compile", help="compile a stage or an .mlir file")
     common(c)

@@ -10,6 +10,7 @@ import torch
 
 from attnc.codegen.io import to_numpy
 from attnc.codegen.pypto_emit import emit_pypto, program_output_names
+from attnc.codegen.pypto_options import PyptoOptions
 from attnc.codegen.pypto_sim import run_in_subprocess
 from attnc.ir.interpreter import entry_function
 from attnc.ir.types import dtype_of, torch_dtype
@@ -26,8 +27,8 @@ class PyptoRun:
 
 
 def run_pypto_sim(module, inputs: dict, *, verify: str = "default", timeout_s: float = 900,
-                  npu: bool = False) -> PyptoRun:
-    program = emit_pypto(module)
+                  npu: bool = False, options: PyptoOptions | None = None) -> PyptoRun:
+    program = emit_pypto(module, options)
     fn = entry_function(module)
     out_names = [a.data for a in fn.attributes["result_names"].data]
     out_types = dict(zip(out_names, fn.function_type.outputs.data))
