@@ -196,6 +196,7 @@ class _KernelEmitter:
         self.loaded: list[dict[SSAValue, UBRef]] = [{}]
         self.n = 0
         self.tracker = _SyncTracker()
+        self.tile_loc: dict[str, str] = {}
         self.ws_count = 0
 
     # -- naming and text
@@ -224,7 +225,12 @@ class _KernelEmitter:
         return out
 
     def sync_for(self, pipe: str, reads: list[str], writes: list[str]):
-        lines = self.tracker.access(pipe, reads, writes)
+        # ptoas plans the addresses (and reuses memory between tiles whose lives do not overlap), so any two
+        # tiles of one on-chip space may share bytes: order every access to a space, not only to a tile
+        def spaces(names):
+            return names + sorted({f"space:{self.tile_loc[n]}" for n in names if n in self.tile_loc})
+
+        lines = self.tracker.access(pipe, spaces(reads), spaces(writes))
         if self.sync:
             for ln in lines:
                 self.emit(ln)
@@ -244,6 +250,7 @@ class _KernelEmitter:
     def alloc(self, loc: str, dtype: str, shape: tuple[int, int]) -> UBRef:
         name = self.fresh({"ub": "ub", "mat": "l1_", "left": "l0a_", "right": "l0b_", "acc": "l0c_"}[loc])
         self.allocs.append(f"{name} = pto.alloc_tile : {self.tile_type(loc, dtype, shape)}")
+        self.tile_loc[name] = loc
         ref = UBRef(name, shape, dtype)
         ref.loc = loc  # type: ignore[attr-defined]
         return ref
@@ -478,6 +485,8 @@ class _KernelEmitter:
             self.check_dtype(op, src)
             self.env[op.result] = self.gm_view(op, self.outside_arg(src), shape_of(src.type), offs, tile)
             return
+        if isinstance(ref, UBRef) and not (all(o == "%c0" for o in offs) and shape_of(src.type) == tile):
+            ref = self.gm(op, src)  # a sub-tile of an on-chip value: through a GM workspace (no textract run)
         if isinstance(ref, GMRef):
             if any(o != "%c0" for o in offs[:-2]):
                 raise _refuse(op, "offsets a unit axis of a tile")
@@ -498,10 +507,36 @@ class _KernelEmitter:
         if isinstance(src, UBRef):
             src = self.gm(op, op.input)
         new = self.flat(op, op.result)
+        if new == src.shape:
+            self.env[op.result] = src
+            return
+        if new[1] == 1 and (src.shape[0] == 1 or src.shape[1] == src.cols):
+            # a contiguous region as a column: linear offset row_off * cols + col_off of the array as [n, 1]
+            lin = self.add_index(self.mul_index(src.row_off, src.cols), src.col_off)
+            self.env[op.result] = GMRef(src.arg, src.rows * src.cols, 1, lin, "%c0", new)
+            return
         if src.col_off != "%c0" or src.shape[1] != src.cols or src.cols % new[1]:
             raise _refuse(op, "reshapes a region that is not whole rows of its GM array")
         k = src.cols // new[1]
         self.env[op.result] = GMRef(src.arg, src.rows * k, new[1], self.mul_index(src.row_off, k), "%c0", new)
+
+    def op_concat(self, op):
+        """Through GM: each part is stored at its offset in a workspace that is then the result."""
+        rank = len(shape_of(op.result.type))
+        axis = op.axis.value.data
+        if axis < rank - 2 or rank > 3:
+            raise _refuse(op, f"concatenates along axis {axis} of a rank-{rank} tile")
+        out = self.flat(op, op.result)
+        ws = self.workspace(dtype_of(op.result.type), out)
+        at = 0
+        for part in op.inputs:
+            shape = self.flat(op, part)
+            along_cols = axis == rank - 1
+            ref = GMRef(ws.arg, ws.rows, ws.cols, ws.row_off if along_cols else self.add_index(ws.row_off, self.const(at)),
+                        self.const(at) if along_cols else "%c0", shape)
+            self.store(self.ub(op, part), ref)
+            at += shape[1] if along_cols else shape[0]
+        self.env[op.result] = ws
 
     def op_full(self, op):
         v = op.value.value.data
@@ -624,7 +659,7 @@ class _KernelEmitter:
                 for v, buf in zip(inner.operands, carries):
                     src = self.ub(inner, v)
                     if src.tile != buf.tile:
-                        self.vec_into("tmuls", [src], buf, [(self.const(1.0, "f32"), "f32")])
+                        self.carry_update(src, buf)
             else:
                 self.op(inner)
         self.loaded.pop()
@@ -634,6 +669,10 @@ class _KernelEmitter:
         self.emit("}")
         for r, buf in zip(op.results, carries):
             self.env[r] = buf
+
+    def carry_update(self, src: UBRef, buf: UBRef):
+        """The loop-carried buffer takes this iteration's value (x*1 is an exact copy)."""
+        self.vec_into("tmuls", [src], buf, [(self.const(1.0, "f32"), "f32")])
 
     def finish(self) -> KernelPlan:
         params = ", ".join(f"{a.name}: !pto.ptr<{a.dtype}>" for a in self.args)
@@ -655,10 +694,13 @@ def token_loops(module) -> list[Operation]:
     return [op for op in fn.body.block.ops if op.name == "tile.parallel"]
 
 
-def emit_pto(module, stage: str, *, sync: bool = True) -> list[KernelPlan]:
+KernelEmitter = _KernelEmitter
+
+
+def emit_pto(module, stage: str, *, emitter: type = _KernelEmitter) -> list[KernelPlan]:
     """One KernelPlan per token loop of the (pto-pipeline) tile module; raises PtoEmitError on the first op
     that ptoas 0.1.1 cannot take."""
     loops = token_loops(module)
     if not loops:
         raise PtoEmitError(f"{stage}: --emit pto: no token loop (tile.parallel) to emit; run the pto pipeline")
-    return [_KernelEmitter(loop, f"{stage}_k{i}", sync).run() for i, loop in enumerate(loops)]
+    return [emitter(loop, f"{stage}_k{i}").run() for i, loop in enumerate(loops)]
