@@ -46,6 +46,17 @@ def normalise_cpp(cpp: str) -> str:
     return re.sub(r"\b(GT(?:Shape|Stride)?_)(\d+)\b", sub, cpp)
 
 
+def instruction_stream(cpp: str) -> list[str]:
+    """The tile-API calls and sync instructions in order, with their pipe/event arguments but without variable
+    names. ptoas 0.1.1's memory plan (TASSIGN offsets, and so its constants and variable numbering) differs
+    between runs on the same input; the instructions do not."""
+    out = []
+    for m in re.finditer(r"^\s*(T[A-Z_]+|set_flag|wait_flag|pipe_barrier)\(([^;]*)\);", cpp, re.M):
+        args = ", ".join(a.strip() for a in m.group(2).split(",") if a.strip().startswith(("PIPE_", "EVENT_")))
+        out.append(f"{m.group(1)}({args})")
+    return [x for x in out if not x.startswith("TASSIGN")]
+
+
 def host_values(module, inputs: list, loop_index: int, plan: KernelPlan) -> tuple[list, list]:
     """(outside values the loop uses, loop results) from one interpreter run."""
     from xdsl.dialects import func

@@ -272,9 +272,12 @@ class _KernelEmitter:
             if dt == "bf16":
                 raise _refuse(op, f"is bf16: {PTOAS} rejects bf16 ('Failed to convert element type: bf16'); "
                                   f"compile with --pto-dtype f16")
+            if dt == "i1":
+                raise _refuse(op, f"has i1 tiles: {PTOAS} rejects them (failed to legalize "
+                                  f"'memref.reinterpret_cast'); pto-legalize turns only float compares into masks")
             if dt not in PTO_DTYPES:
-                raise _refuse(op, f"has {dt} tiles: attnc's PTO kernels carry f16/f32 only "
-                                  f"(i1 tiles: failed to legalize 'memref.reinterpret_cast')")
+                raise _refuse(op, f"has {dt} tiles: {PTOAS} has no integer tdiv, drops tcvt's FLOOR mode and gives "
+                                  f"i8 tiles int32_t* pointers; attnc keeps integer math on the host side")
 
     # -- index values
     def index(self, op: Operation, v: SSAValue) -> str:
