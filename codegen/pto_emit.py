@@ -513,10 +513,13 @@ class _KernelEmitter:
         if new == src.shape:
             self.env[op.result] = src
             return
-        if new[1] == 1 and (src.shape[0] == 1 or src.shape[1] == src.cols):
-            # a contiguous region as a column: linear offset row_off * cols + col_off of the array as [n, 1]
+        if (new[0] == 1 or new[1] == 1) and (src.shape[0] == 1 or src.shape[1] == src.cols):
+            # a contiguous region as a row or a column: linear offset row_off * cols + col_off of the array
+            # viewed as [1, n] or [n, 1]
             lin = self.add_index(self.mul_index(src.row_off, src.cols), src.col_off)
-            self.env[op.result] = GMRef(src.arg, src.rows * src.cols, 1, lin, "%c0", new)
+            total = src.rows * src.cols
+            self.env[op.result] = (GMRef(src.arg, total, 1, lin, "%c0", new) if new[1] == 1
+                                   else GMRef(src.arg, 1, total, "%c0", lin, new))
             return
         if src.col_off != "%c0" or src.shape[1] != src.cols or src.cols % new[1]:
             raise _refuse(op, "reshapes a region that is not whole rows of its GM array")
@@ -611,16 +614,17 @@ class _KernelEmitter:
             self.sync_for("MTE1", [src.tile], [dst.tile])
             self.emit(f"pto.tmov ins({self.buf(src)}) outs({self.buf(dst)})")
         out_shape = self.flat(op, op.result)
-        if dtype_of(op.result.type) != "f32":
-            raise _refuse(op, "rounds its matmul result to a narrow type: the cube accumulates in f32 "
-                              "(write the f32 result and cast)")
         acc = self.alloc("acc", "f32", out_shape)
         self.sync_for("M", [a0.tile, b0.tile], [acc.tile])
         self.emit(f"pto.tmatmul ins({a0.tile}, {b0.tile} : !pto.tile_buf{self.tile_type('left', a0.dtype, a0.shape)}, "
                   f"!pto.tile_buf{self.tile_type('right', b0.dtype, b0.shape)}) outs({self.buf(acc)})")
         ws = self.workspace("f32", out_shape)  # 0.1.1 cannot move acc -> ub: the result goes through GM
         self.store(acc, ws)
-        self.env[op.result] = ws
+        if dtype_of(op.result.type) == "f32":
+            self.env[op.result] = ws
+            return
+        # a narrow result: the f32 sum rounded once more on the vector unit (as the interpreter does)
+        self.vec(op, "tcvt", [self.load(ws)], op.result)
 
     def op_assemble(self, op):
         dest = self.env.get(op.dest)
