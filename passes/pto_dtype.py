@@ -20,7 +20,7 @@ from attnc.ir.interpreter import entry_function
 from attnc.ir.types import dtype_of, shape_of, tensor_type
 
 from . import AttncPass, PassError, register
-from ._build import before, tile_op
+from ._build import tile_op
 
 F16_MAX = 65504.0
 _SOURCE = "bf16"
@@ -37,8 +37,9 @@ def _retyped(t):
 class PtoDtype(AttncPass):
     name = "pto-dtype"
     summary = "bf16 -> f16 inside the function (ptoas 0.1.1 has no bf16); casts at the bf16 interface"
-    # normalised error vs the bf16 pipeline: bf16 output rounding (2^-9) dominates; measured ≤ 4.1e-3
-    tolerance = 1e-2
+    # normalised error vs the bf16 pipeline (bf16 roundings, 2^-9 each, dominate): measured ≤ 8.8e-3 over the
+    # stages at tiny, seeds 0-2 (README); a top-k pick (integer output) can change, which no tolerance covers
+    tolerance = 2e-2
     dtype: str = "f16"
 
     def apply(self, ctx, op):
@@ -77,7 +78,9 @@ class PtoDtype(AttncPass):
         ret = entry.last_op
         assert isinstance(ret, func.ReturnOp)
         want = fn.function_type.outputs.data
-        with before(ret):
-            for i, (v, w) in enumerate(zip(ret.operands, want)):
-                if v.type != w:
+        for i, (v, w) in enumerate(zip(ret.operands, want)):
+            if v.type != w:
+                # the cast carries the location of the value it converts
+                where = op_location(v.owner) if hasattr(v.owner, "attributes") else loc
+                with emitting(InsertPoint.before(ret), where):
                     ret.operands[i] = tile_op("cast", [v], w, rounding=str_attr("rint")).value

@@ -54,7 +54,7 @@ def test_ptoas_passes_verify_each_declared_tolerances():
     by_pass = {r.pass_name: r for r in report.records}
     assert by_pass["pto-legalize"].error == 0.0
     dt = by_pass["pto-dtype"]
-    assert 0 < dt.error <= dt.tolerance == 1e-2  # f16 really changes the rounding points, within the contract
+    assert 0 < dt.error <= dt.tolerance == 2e-2  # f16 really changes the rounding points, within the contract
 
 
 def test_ptoas_legalize_leaves_no_i1_gather_or_select_in_token_loops(key_loop):
