@@ -22,8 +22,8 @@ from .pto_emit import KernelPlan, token_loops
 from .ptoas_setup import run_ptoas
 
 MODEL_INCLUDE = os.path.join(os.path.dirname(__file__), "pto_model", "include")
-_NP = {"f16": np.float16, "f32": np.float32}
-_CXX = {"f16": "half", "f32": "float"}
+_NP = {"f16": np.float16, "f32": np.float32, "i32": np.int32}
+_CXX = {"f16": "half", "f32": "float", "i32": "int32_t"}
 
 
 class PtoCheckError(Exception):
@@ -164,7 +164,8 @@ def check_kernel(module, inputs: list, loop_index: int, plan: KernelPlan, workdi
                 t = plan_init(module, inputs, plan, a, outside)
             else:
                 continue
-            np.ascontiguousarray(t.detach().to(torch.float32).numpy().astype(_NP[a.dtype])).tofile(
+            arr = t.detach().numpy() if a.dtype == "i32" else t.detach().to(torch.float32).numpy()
+            np.ascontiguousarray(arr.astype(_NP[a.dtype])).tofile(
                 os.path.join(d, a.name[1:] + ".bin"))
         r = subprocess.run([exe, d], capture_output=True, text=True, check=False, timeout=120)
         if r.returncode != 0:
@@ -183,8 +184,8 @@ def check_kernel(module, inputs: list, loop_index: int, plan: KernelPlan, workdi
             if a.role == "out":
                 got = np.fromfile(os.path.join(d, a.name[1:] + ".out.bin"), dtype=_NP[a.dtype])
                 want = golden[a.value_index]
-                got_t = torch.from_numpy(got.astype(np.float32)).reshape(want.shape)
-                errs.append(normalised_error(got_t, want.float()))
+                got_t = torch.from_numpy(got.astype(np.float64)).reshape(want.shape)
+                errs.append(normalised_error(got_t.to(want.dtype), want))
         chk.max_error = max(errs) if errs else float("inf")
         return chk
     finally:

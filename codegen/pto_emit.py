@@ -30,6 +30,8 @@ from attnc.ir.types import dtype_of, shape_of
 
 PTOAS = "ptoas 0.1.1"
 PTO_DTYPES = ("f16", "f32")
+MOVE_ONLY_DTYPES = ("i32",)  # loaded, stored and re-viewed (no arithmetic: no i32 tdiv, FLOOR dropped)
+_MOVES = ("view", "reshape", "assemble", "yield", "broadcast")
 _CXX = {"f16": "half", "f32": "float"}
 
 # attnc tile op -> why ptoas 0.1.1 cannot take it (facts: shared notes ptoas-0.1.1-op-probes.md)
@@ -42,13 +44,11 @@ DEFECTS = {
     "select": "tsel needs a TCMP bit mask (miscompiled) and i8 masks get int32_t* pointers",
     "and": "i1 tiles are rejected (failed to legalize 'memref.reinterpret_cast')",
     "or": "i1 tiles are rejected (failed to legalize 'memref.reinterpret_cast')",
-    "transpose": "ttrans is miscompiled (the C++ never writes the destination)",
     "maxs": "tmaxs aborts ptoas (Assertion ... dyn_cast<FloatAttr>)",
     "iota": "tci: pto-isa needs Rows == 1 and the token-major iota needs a GM round trip",
     "topk": "tsort32 indices must be uint32; ptoas emits int32_t (and aborts unless idx is pre-written)",
     "floordiv": "tcvt drops the FLOOR rounding mode (always CAST_RINT)",
     "rem": "trem semantics (trunc vs floor) unverified and no integer tdiv",
-    "concat": "no in-UB concatenation op in 0.1.1",
     "matmul_acc": "loop-carried accumulators need scf.for iter_args ('emitc.assign' type mismatch); attnc's "
                   "emitter does not carry acc tiles through GM yet",
     "row_min": "trowmin aborts unless its tmp was written first (DenseMap assertion)",
@@ -266,9 +266,11 @@ class _KernelEmitter:
                               f"(parallelize-tokens{{rows=1}}) and rank <= 3")
         return (1, s[1]) if len(s) == 2 else (s[1], s[2])
 
-    def check_dtype(self, op: Operation, v: SSAValue):
+    def check_dtype(self, op: Operation, v: SSAValue, moves: bool = False):
         if isinstance(v.type, TensorType):
             dt = dtype_of(v.type)
+            if moves and dt in MOVE_ONLY_DTYPES:
+                return
             if dt == "bf16":
                 raise _refuse(op, f"is bf16: {PTOAS} rejects bf16 ('Failed to convert element type: bf16'); "
                                   f"compile with --pto-dtype f16")
@@ -381,7 +383,7 @@ class _KernelEmitter:
         for scope in reversed(self.loaded):
             if v in scope:
                 return scope[v]
-        self.check_dtype(op, v)
+        self.check_dtype(op, v, moves=op.name.split(".")[-1] in _MOVES)
         u = self.load(ref)
         self.loaded[-1][v] = u
         return u
@@ -461,7 +463,7 @@ class _KernelEmitter:
                               "and scf.for/if without results")
         for v in (*op.operands, *op.results):
             if kind not in ("view", "assemble", "yield"):
-                self.check_dtype(op, v)
+                self.check_dtype(op, v, moves=kind in _MOVES)
         handler = getattr(self, f"op_{kind}", None)
         if handler is None:
             if kind in _UNARY:
@@ -485,7 +487,7 @@ class _KernelEmitter:
         ref = self.env.get(src)
         tile = shape_of(op.result.type)
         if ref is None and not _inside(self.loop, src):
-            self.check_dtype(op, src)
+            self.check_dtype(op, src, moves=True)
             self.env[op.result] = self.gm_view(op, self.outside_arg(src), shape_of(src.type), offs, tile)
             return
         if isinstance(ref, UBRef) and not (all(o == "%c0" for o in offs) and shape_of(src.type) == tile):
@@ -543,6 +545,18 @@ class _KernelEmitter:
             self.store(self.ub(op, part), ref)
             at += shape[1] if along_cols else shape[0]
         self.env[op.result] = ws
+
+    def op_transpose(self, op):
+        """ttrans is miscompiled in 0.1.1 (the C++ never writes the destination): through GM, read back with a
+        transposed (strides [1, n]) view."""
+        from attnc.ir.common import ints_of
+
+        perm = ints_of(op.perm)
+        if len(perm) != 3 or tuple(perm) != (0, 2, 1):
+            raise _refuse(op, f"cannot be emitted: {PTOAS}: ttrans is miscompiled and only the last two axes of "
+                              f"one token's tile go through a transposed GM view (perm {list(perm)})")
+        ref = self.gm(op, op.input)
+        self.env[op.result] = self.load(ref, "ub", transposed=True)
 
     def op_full(self, op):
         v = op.value.value.data
@@ -711,3 +725,22 @@ def emit_pto(module, stage: str, *, emitter: type = _KernelEmitter) -> list[Kern
     if not loops:
         raise PtoEmitError(f"{stage}: --emit pto: no token loop (tile.parallel) to emit; run the pto pipeline")
     return [emitter(loop, f"{stage}_k{i}").run() for i, loop in enumerate(loops)]
+
+
+def pto_blockers(module) -> list[tuple[str, str, str]]:
+    """Every op in the token loops that the emitter refuses by kind or dtype, as (location, op, reason) —
+    a static scan, so that a stage's whole list of blockers can be stated (the emitter stops at the first)."""
+    out = []
+    for loop in token_loops(module):
+        for op in loop.body.walk():
+            if op is loop or not op.name.startswith("tile."):
+                continue
+            kind = op.name.split(".", 1)[1]
+            dts = {dtype_of(v.type) for v in (*op.operands, *op.results) if isinstance(v.type, TensorType)}
+            if kind in DEFECTS:
+                out.append((op_location(op), op.name, DEFECTS[kind]))
+            elif "bf16" in dts:
+                out.append((op_location(op), op.name, "bf16 ('Failed to convert element type: bf16')"))
+            elif dts & {"i1", "i8", "i32"} - ({"i32"} if kind in _MOVES else set()) and kind not in ("assemble", "yield"):
+                out.append((op_location(op), op.name, f"{'/'.join(sorted(dts & {'i1', 'i8', 'i32'}))} tiles"))
+    return out

@@ -118,7 +118,7 @@ def _is_zero_full(v: SSAValue) -> bool:
     return _is(v.owner, "full") and v.owner.value.value.data == 0.0
 
 
-def _masks_to_values(par: Operation) -> None:
+def _masks_to_values(par: Operation) -> dict:
     masks: dict[SSAValue, SSAValue] = {}
     hoisted: dict[SSAValue, SSAValue] = {}
 
@@ -163,6 +163,39 @@ def _masks_to_values(par: Operation) -> None:
                     out = _binary("add", out, _binary("mul", y, _not(m)))
                 op.result.replace_all_uses_with(out)
                 op.parent_block().erase_op(op)
+    return masks
+
+
+def _carry_masks_as_values(par: Operation, masks: dict) -> None:
+    """An i1 tensor carried out of the loop (rows handed to a later loop) is carried as f32 0/1 and cast back
+    to i1 after the loop (x != 0: exact for 0/1)."""
+    from xdsl.rewriter import Rewriter
+
+    block = par.body.block
+    yld = block.last_op
+    for k, init in enumerate(list(par.inits)):
+        if dtype_of(init.type) != "i1":
+            continue
+        asm = yld.operands[k].owner
+        if not _is(asm, "assemble") or asm.dest is not block.args[1 + k]:
+            continue
+        f32 = tensor_type(shape_of(init.type), "f32")
+        with before(par):
+            par.operands[2 + k] = _f32(init)
+        arg = Rewriter.replace_value_with_new_type(block.args[1 + k], f32)
+        with before(asm):
+            tile = masks.get(asm.tile) or _f32(asm.tile)
+            new = val(tile_op("assemble", [tile, arg, list(asm.offsets), list(asm.valid)], f32))
+        yld.operands[k] = new
+        asm.parent_block().erase_op(asm)
+        res = par.results[k]
+        uses = list(res.uses)
+        res = Rewriter.replace_value_with_new_type(res, f32)
+        nxt = par.next_op
+        with before(nxt):
+            back = val(tile_op("cast", [res], init.type, rounding=str_attr("rint")))
+        for u in uses:
+            u.operation.operands[u.index] = back
 
 
 @register
@@ -175,4 +208,4 @@ class PtoLegalize(AttncPass):
     def apply(self, ctx, op):
         for par in [o for o in op.walk() if _is(o, "parallel")]:
             _hoist_gathers(par)
-            _masks_to_values(par)
+            _carry_masks_as_values(par, _masks_to_values(par))
