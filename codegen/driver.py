@@ -172,6 +172,8 @@ def cmd_compile(args) -> int:
     from attnc.codegen.io import atomic_write_text
     from attnc.ir import print_ir
 
+    if args.pto_dtype and args.emit != "pto":
+        raise CliError("--pto-dtype needs --emit pto")
     src = load_source(args.source, args.config, args.set)
     pipeline = _pipeline_for(args)
     dumps: list[tuple[str, str]] = []

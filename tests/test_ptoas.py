@@ -18,11 +18,13 @@ from attnc.passes import pto_pipeline
 
 
 def _ptoas_reason() -> str | None:
+    import shutil
+
     try:
         check_available()
     except PtoasUnavailable as e:
         return str(e)
-    return None
+    return None if shutil.which("g++") else "g++ not found (the ptoas C++ is built against attnc's CPU model)"
 
 
 _REASON = _ptoas_reason()
@@ -115,6 +117,24 @@ def test_ptoas_compiles_deterministically(key_loop, tmp_path):
     assert instruction_stream(a.cpp) == instruction_stream(b.cpp)
     stream = instruction_stream(a.cpp)
     assert "TMATMUL()" in stream and "set_flag(PIPE_MTE2, PIPE_V, EVENT_ID0)" in stream and "for (" in a.cpp
+
+
+@needs_ptoas
+@pytest.mark.parametrize("stage", ["sparse_attn", "compressor", "decode_swa"])
+def test_ptoas_every_kernel_of_supported_stages_compiles(stage, tmp_path):
+    src, _ = _compiled(stage)
+    plans = emit_pto(src.module, src.name)
+    assert len(plans) >= 1
+    for plan in plans:
+        (tmp_path / f"{plan.name}.pto").write_text(plan.text)
+        res = run_ptoas(str(tmp_path / f"{plan.name}.pto"), str(tmp_path / f"{plan.name}.cpp"))
+        assert res.returncode == 0, (plan.name, res.errors[:3])
+        assert "TLOAD" in res.cpp and "TSTORE" in res.cpp
+
+
+def test_ptoas_dtype_option_needs_emit_pto(capsys):
+    assert main(["compile", "sparse_attn_core", "--pto-dtype", "f16"]) == 2
+    assert capsys.readouterr().err.strip() == "attnc: error: --pto-dtype needs --emit pto"
 
 
 @needs_ptoas
