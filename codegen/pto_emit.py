@@ -721,6 +721,10 @@ KernelEmitter = _KernelEmitter
 def emit_pto(module, stage: str, *, emitter: type = _KernelEmitter) -> list[KernelPlan]:
     """One KernelPlan per token loop of the (pto-pipeline) tile module; raises PtoEmitError on the first op
     that ptoas 0.1.1 cannot take."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", stage):  # it names the kernels and their files
+        raise PtoEmitError(f"--emit pto: function name {stage[:40]!r} is not an identifier of at most 64 characters")
     loops = token_loops(module)
     if not loops:
         raise PtoEmitError(f"{stage}: --emit pto: no token loop (tile.parallel) to emit; run the pto pipeline")

@@ -242,3 +242,15 @@ def test_ptoas_mutation_self_test_wrong_emitters_fail(key_loop):
 @pytest.mark.slow
 def test_ptoas_mutation_self_test_all_wrong_emitters_fail(key_loop):
     assert not _mutation_survivors(key_loop, MUTANTS)
+
+
+def test_ptoas_kernel_names_from_input_files_must_be_identifiers(capsys, tmp_path):
+    src, _ = _compiled("sparse_attn_core")
+    from attnc.ir import print_ir
+
+    text = print_ir(src.module).replace("@sparse_attn_core", '@"../evil name"')
+    (tmp_path / "m.mlir").write_text(text)
+    out = tmp_path / "out"
+    assert main(["compile", str(tmp_path / "m.mlir"), "--pipeline", "cse", "--emit", "pto", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not an identifier" in err[0] and not out.exists()
