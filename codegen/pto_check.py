@@ -161,7 +161,7 @@ def check_kernel(module, inputs: list, loop_index: int, plan: KernelPlan, workdi
             if a.role == "in":
                 t = outside[a.value_index]
             elif a.role == "out":
-                t = plan_init(module, inputs, plan, a, outside)
+                t = plan_init(plan, a)
             else:
                 continue
             arr = t.detach().numpy() if a.dtype == "i32" else t.detach().to(torch.float32).numpy()
@@ -193,10 +193,10 @@ def check_kernel(module, inputs: list, loop_index: int, plan: KernelPlan, workdi
             tmp.cleanup()
 
 
-def plan_init(module, inputs, plan: KernelPlan, arg, outside) -> torch.Tensor:
-    """The value the loop output starts from (every token row is overwritten by the kernel)."""
-    from attnc.ir.types import shape_of, torch_dtype, dtype_of
+def plan_init(plan: KernelPlan, arg) -> torch.Tensor:
+    """What a loop output holds before the kernels run: a poison value, so that a row no kernel instance
+    writes shows as an error (the golden's loop writes every row)."""
+    from attnc.ir.types import dtype_of, shape_of, torch_dtype
 
     init = plan.carried[arg.value_index]
-    # loop outputs start from a splat (tile.full) in every attnc pipeline; a poison value shows unwritten rows
-    return torch.full(shape_of(init.type), -9999.0, dtype=torch_dtype(dtype_of(init.type)))
+    return torch.full(shape_of(init.type), -9999, dtype=torch_dtype(dtype_of(init.type)))

@@ -17,12 +17,11 @@ buffers). An op that cannot be emitted is refused with its DSL location and the 
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass, field
 
 from xdsl.dialects import arith, scf
 from xdsl.dialects.builtin import IndexType, IntegerAttr, TensorType
-from xdsl.ir import BlockArgument, Operation, SSAValue
+from xdsl.ir import Operation, SSAValue
 
 from attnc.ir.common import op_location
 from attnc.ir.interpreter import entry_function
@@ -32,7 +31,6 @@ PTOAS = "ptoas 0.1.1"
 PTO_DTYPES = ("f16", "f32")
 MOVE_ONLY_DTYPES = ("i32",)  # loaded, stored and re-viewed (no arithmetic: no i32 tdiv, FLOOR dropped)
 _MOVES = ("view", "reshape", "assemble", "yield", "broadcast")
-_CXX = {"f16": "half", "f32": "float"}
 
 # attnc tile op -> why ptoas 0.1.1 cannot take it (facts: shared notes ptoas-0.1.1-op-probes.md)
 DEFECTS = {
@@ -172,8 +170,17 @@ def _inside(loop: Operation, v: SSAValue) -> bool:
 
 
 def _f32_literal(v: float) -> str:
-    f = struct.unpack("<f", struct.pack("<f", v))[0] if math.isfinite(v) else v
-    return repr(f) if math.isfinite(f) and ("e" in repr(f) or "." in repr(f)) else f"{f:.1f}"
+    """An f32 constant as MLIR text: the f32 value (round to nearest), infinities as their bit patterns."""
+    import numpy as np
+
+    with np.errstate(over="ignore"):
+        f = float(np.float32(v))
+    if math.isinf(f):
+        return "0x7F800000" if f > 0 else "0xFF800000"
+    if math.isnan(f):
+        return "0x7FC00000"
+    text = repr(f)
+    return text if ("e" in text or "." in text) else f"{f:.1f}"
 
 
 # ------------------------------------------------------------------------------------------------ emitter
