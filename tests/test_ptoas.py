@@ -4,15 +4,13 @@ with deliberately wrong emitters that the check must catch."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from attnc.codegen.driver import compile_source, load_source, main, source_inputs
 from attnc.codegen.pto_check import check_kernel, fix_cpp_literals, host_values, instruction_stream, normalise_cpp
-from attnc.codegen.pto_emit import KernelEmitter, PtoEmitError, emit_pto
+from attnc.codegen.pto_emit import KernelEmitter, emit_pto, pto_blockers
 from attnc.codegen.ptoas_setup import PtoasUnavailable, check_available, run_ptoas
 from attnc.passes import pto_pipeline
 
@@ -83,6 +81,11 @@ def test_ptoas_unsupported_stage_refused_with_op_location_and_defect(capsys, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "kernels_src/indexer.py:" in err[0] and "ptoas 0.1.1" in err[0]
     assert not list(tmp_path.iterdir())
+    # the static scan names every blocker, e.g. the top-k (tsort32 index type) and the integer floor division
+    src, _ = _compiled("indexer")
+    blockers = {(op, why.split(" (")[0]) for _, op, why in pto_blockers(src.module)}
+    assert ("tile.topk", "tsort32 indices must be uint32; ptoas emits int32_t") in blockers
+    assert ("tile.floordiv", "tcvt drops the FLOOR rounding mode") in blockers
 
 
 def test_ptoas_emit_is_deterministic(tmp_path):
