@@ -79,8 +79,11 @@ def setup(verbose: bool = True) -> str:
     if still:
         raise PtoasUnavailable(f"ptoas still misses {len(still)} libraries after set-up, e.g. {still[0]}")
     if verbose:
-        print(f"ptoas runtime: {rt} ({links} new links, {len(stubs)} stub libraries); "
-              f"version: {ptoas_version()}", file=sys.stderr)
+        entries = os.listdir(rt)
+        n_links = sum(os.path.islink(os.path.join(rt, e)) for e in entries)
+        n_stubs = sum(e.endswith((".so", ".1")) and not os.path.islink(os.path.join(rt, e)) for e in entries)
+        print(f"ptoas runtime: {rt} ({n_links} links, {n_stubs} stub libraries; {links + len(stubs)} made now); "
+              f"{ptoas_version()}", file=sys.stderr)
     return rt
 
 
