@@ -40,6 +40,12 @@ def _error_types() -> tuple[type[BaseException], ...]:
     except ImportError:
         pass
     try:
+        from attnc.codegen.pto_emit import PtoEmitError
+
+        types.append(PtoEmitError)
+    except ImportError:
+        pass
+    try:
         from attnc.codegen.pypto_sim import PyptoSimError
 
         types.append(PyptoSimError)
@@ -149,6 +155,10 @@ def _pipeline_for(args) -> str:
     from attnc.passes import DEFAULT_PIPELINES
 
     pypto = getattr(args, "emit", "") == "pypto" or getattr(args, "target", "interp") != "interp"
+    if getattr(args, "emit", "") == "pto":
+        from attnc.passes import pto_pipeline
+
+        return pto_pipeline(args.pipeline, getattr(args, "pto_dtype", None))
     return args.pipeline if args.pipeline is not None else DEFAULT_PIPELINES["pypto" if pypto else "interp"]
 
 
@@ -170,6 +180,8 @@ def cmd_compile(args) -> int:
     from attnc.codegen.io import atomic_write_text
     from attnc.ir import print_ir
 
+    if args.pto_dtype and args.emit != "pto":
+        raise CliError("--pto-dtype needs --emit pto")
     src = load_source(args.source, args.config, args.set)
     pipeline = _pipeline_for(args)
     dumps: list[tuple[str, str]] = []
@@ -191,13 +203,23 @@ def cmd_compile(args) -> int:
         from attnc.codegen.pypto_emit import emit_pypto
 
         text, suffix = emit_pypto(src.module, pypto_options(args)), ".pypto.py"
+    elif args.emit == "pto":
+        from attnc.codegen.pto_emit import emit_pto
+
+        kernels = emit_pto(src.module, src.name)
+        text, suffix = "".join(k.text for k in kernels), None
     else:
         text, suffix = print_ir(src.module), ".mlir"
     # everything is computed before anything is written
     if args.dump_dir:
         for fname, body in dumps:
             atomic_write_text(os.path.join(args.dump_dir, fname), body)
-    if args.output:
+    if args.output and suffix is None:  # --emit pto: one .pto file per token loop
+        for k in kernels:
+            path = os.path.join(args.output, k.name + ".pto")
+            atomic_write_text(path, k.text)
+            print(f"wrote {path}", file=sys.stderr)
+    elif args.output:
         path = os.path.join(args.output, src.name + suffix)
         atomic_write_text(path, text)
         print(f"wrote {path}", file=sys.stderr)
@@ -284,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="compile a stage or an .mlir file")
     common(c)
-    c.add_argument("--emit", choices=("mlir", "pypto"), default="mlir")
+    c.add_argument("--emit", choices=("mlir", "pypto", "pto"), default="mlir")
+    c.add_argument("--pto-dtype", choices=("f16",), default=None,
+                   help="--emit pto: compute bf16 values in f16 (ptoas 0.1.1 has no bf16)")
     c.add_argument("-o", "--output", metavar="DIR")
     c.add_argument("--print-ir-after-all", action="store_true")
     c.add_argument("--print-ir-after", action="append", default=[], metavar="PASS")
