@@ -273,7 +273,7 @@ class _Emitter:
             offs, valid = a[1:1 + n], a[1 + n:]
             extra = f", valid_shape=[{', '.join(valid)}]" if valid else ""
             self.bind(res, f"pypto.view({a[0]}, {shape}, [{', '.join(offs)}]{extra})", loc)
-            if valid and op.pad.data == "zero" and any(u.operation.name == "tile.concat" for u in res.uses):
+            if valid and op.pad.data == "zero" and any(u.operation.name in _PACKING_USERS for u in res.uses):
                 # pypto concatenates the valid parts only (packed): give the tile its zero padding first
                 self.emit(f"{self.names[res]} = pypto.reshape({self.names[res]}, {shape}, valid_shape={shape})")
             if len(shape) >= 3 and not all(u.operation.name == "tile.reshape" for u in res.uses):
@@ -446,7 +446,8 @@ def _output_inits(ret: Operation, out_names: list) -> dict:
     return found
 
 
-F32_LOWEST = -3.4028234663852886e38  # score of an entry top-k may not pick
+F32_LOWEST = -3.4028234663852886e38
+_PACKING_USERS = ("tile.concat",)  # score of an entry top-k may not pick
 
 
 def program_output_names(arg_names: list[str], out_names: list[str]) -> list[str]:

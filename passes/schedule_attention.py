@@ -38,6 +38,7 @@ from ._build import (
 from .tile_softmax import F32_MIN
 
 SCHEDULES = ("auto", "batch", "token")
+NORMALIZE = ("after", "before")
 UNROLL_TOKENS = 4  # a decode step's tokens of one batch row are unrolled up to this many
 
 
@@ -70,14 +71,22 @@ def key_positions_and_visibility(op: CacheAttentionOp):
     return visible, ids
 
 
-def group_attention(q, keys, visible, sink, scale: float, out_dtype: str):
+def group_attention(q, keys, visible, sink, scale: float, out_dtype: str, normalize: str = "after"):
     """Softmax attention of query rows q [G, d] over keys [N, d] (rows nobody may see hold finite values) with
     visibility [G, N] (i1) and sink logits [G, 1] (f32): [G, d] in `out_dtype`. Every query row sees at least its
     own token (the window always holds position t), so the running max is a real score or the sink: invisible
-    keys get exp(F32_MIN - m) = 0 and the denominator is at least 1 — no guards needed."""
+    keys get exp(F32_MIN - m) = 0 and the denominator is at least 1 — no guards needed.
+
+    normalize="after": exp weights rounded to the key dtype, P·V in f32 divided by the sum of the rounded weights
+    and the sink term; "before" (the hand-written kernels' numerics): the f32 weights divided by their f32 sum and
+    the sink term, rounded, and P·V rounded straight to the output dtype."""
     s = dsl.select(visible, dsl.matmul(q, keys, out="f32", transpose_b=True) * scale, F32_MIN)
     m = dsl.maximum(dsl.reduce(s, "max", -1), sink)
-    p_lo = dsl.cast(dsl.exp(s - m), keys.dtype)  # exp weights rounded before P·V
+    p = dsl.exp(s - m)
+    if normalize == "before":
+        denom = dsl.reduce(p, "sum", -1) + dsl.exp(sink - m)
+        return dsl.matmul(dsl.cast(p / denom, keys.dtype), keys, out=out_dtype)
+    p_lo = dsl.cast(p, keys.dtype)  # exp weights rounded before P·V
     denom = dsl.reduce(dsl.cast(p_lo, "f32"), "sum", -1) + dsl.exp(sink - m)
     return dsl.cast(dsl.matmul(p_lo, keys, out="f32") / denom, out_dtype)
 
@@ -97,8 +106,8 @@ def _rows(matrix, first, count: int, written=None):
 
 
 class _Schedule(RewritePattern):
-    def __init__(self, schedule: str):
-        self.schedule = schedule
+    def __init__(self, schedule: str, normalize: str):
+        self.schedule, self.normalize = schedule, normalize
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: CacheAttentionOp, rewriter: PatternRewriter):
@@ -145,7 +154,7 @@ class _Schedule(RewritePattern):
                 vis = dsl.reshape(dsl.broadcast_to(dsl.reshape(_row(visible, (b,), (S, n_keys)), (S, 1, n_keys)),
                                                    (S, H, n_keys)), (rows, n_keys))
                 o = group_attention(_rows(q_rows, muli(b, rows), rows), dsl.concat(window(), axis=0), vis, sink,
-                                    scale, out_dtype)
+                                    scale, out_dtype, self.normalize)
                 result = assemble(dsl.reshape(o, (1, S, H, d)), acc, (b, 0, 0, 0))
             else:
                 def token(s, out):
@@ -154,7 +163,8 @@ class _Schedule(RewritePattern):
                         keys.append(self._picks(op, b, s, sp, cache_rows, visible, ids))
                     vis_row = _row(visible, (b, s), (1, n_keys))
                     o = group_attention(_rows(q_rows, muli(addi(muli(b, S), s), H), H), dsl.concat(keys, axis=0),
-                                        dsl.broadcast_to(vis_row, (H, n_keys)), sink, scale, out_dtype)
+                                        dsl.broadcast_to(vis_row, (H, n_keys)), sink, scale, out_dtype,
+                                        self.normalize)
                     return assemble(dsl.reshape(o, (1, 1, H, d)), out, (b, s, 0, 0))
 
                 result = self._per_token(S, acc, token, loc)
@@ -203,8 +213,11 @@ class ScheduleAttention(PatternPass):
     summary = "cache_attention -> loop over query groups (batch rows or tokens) reading ring/step/cache in place"
     tolerance = 2e-2
     schedule: str = "auto"
+    normalize: str = "after"
 
     def pattern(self):
         if self.schedule not in SCHEDULES:
             raise PassError(f"schedule-attention: schedule must be one of {', '.join(SCHEDULES)}, got '{self.schedule}'")
-        return _Schedule(self.schedule)
+        if self.normalize not in NORMALIZE:
+            raise PassError(f"schedule-attention: normalize must be one of {', '.join(NORMALIZE)}, got '{self.normalize}'")
+        return _Schedule(self.schedule, self.normalize)
