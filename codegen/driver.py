@@ -271,6 +271,8 @@ def cmd_run(args) -> int:
     print(f"wall_s: {wall:.3f}")
     if aicore is not None:
         print(f"aicore_us: {aicore:.3f}")
+        if getattr(res, "tasks", None):
+            print(f"tasks: {res.tasks['total']} ({res.tasks.get('cube', '?')} cube, {res.tasks.get('vector', '?')} vector)")
     return 0
 
 

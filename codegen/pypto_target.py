@@ -24,6 +24,7 @@ class PyptoRun:
     failed_records: list
     wall_s: float
     program: str
+    tasks: dict | None = None
 
 
 def run_pypto_sim(module, inputs: dict, *, verify: str = "default", timeout_s: float = 900,
@@ -41,4 +42,4 @@ def run_pypto_sim(module, inputs: dict, *, verify: str = "default", timeout_s: f
                                 timeout_s=timeout_s, npu=npu)
     outs = {n: torch.from_numpy(res.outputs[param_of[n]]).to(torch_dtype(dtype_of(out_types[n]))) for n in out_names
             if param_of[n] in res.outputs}
-    return PyptoRun(outs, res.aicore_us, res.verify, res.failed_records, res.wall_s, program)
+    return PyptoRun(outs, res.aicore_us, res.verify, res.failed_records, res.wall_s, program, res.tasks)

@@ -39,6 +39,7 @@ class SimResult:
     errors: list = field(default_factory=list)  # non-benign [ERROR] lines of pypto's log
     wall_s: float = 0.0  # the kernel call in the child (parse + passes + verify interpreter + cost model)
     process_s: float = 0.0  # the whole child process (imports, calculator load, call)
+    tasks: dict | None = None  # tasks submitted by the cost model's scheduler: {"total", "cube", "vector"}
     failed_records: list = field(init=False)  # verify records that are not PASS / NO_COMPARE
 
     def __post_init__(self):
@@ -120,7 +121,7 @@ def run_in_subprocess(kernel_py: str | Path, inputs: dict[str, np.ndarray], *, t
         with np.load(out_npz) as data:
             outputs = {k: data[k] for k in data.files}
     return SimResult(outputs=outputs, aicore_us=meta["aicore_us"], verify=meta["verify"], errors=meta["errors"],
-                     wall_s=meta["wall_s"] or 0.0, process_s=meta["process_s"] or 0.0)
+                     wall_s=meta["wall_s"] or 0.0, process_s=meta["process_s"] or 0.0, tasks=meta.get("tasks"))
 
 
 def with_pg_kill(proc: subprocess.Popen) -> None:

@@ -176,6 +176,20 @@ def aicore_time_us(output_dir: Path) -> float | None:
     return (max(ends) - min(starts)) / 1800.0 if starts else None
 
 
+def submitted_tasks(output_dir: Path) -> dict | None:
+    """Tasks the cost model's AICPU scheduler submitted (the first-order cost of a scheduler-bound kernel):
+    {"total", "cube", "vector"} from _simulate.stat.report.txt."""
+    f = output_dir / "CostModelSimulationOutput" / "_simulate.stat.report.txt"
+    if not f.exists():
+        return None
+    found = {}
+    for line in f.read_text(errors="replace").splitlines():
+        for key, label in (("total", "Total Submit Tasks"), ("cube", "|--Cube Tasks"), ("vector", "|--Vector Tasks")):
+            if line.strip().startswith(label) and key not in found:
+                found[key] = int(line.split(":")[1].split()[0])
+    return found or None
+
+
 def parse_plog(root: Path) -> tuple[list, list]:
     """(verify records [[pass, index, result]], error lines) from every plog file under root/plog."""
     records, errors = [], []
@@ -310,6 +324,7 @@ def main(argv: list[str]) -> int:
 
         runs = sorted(glob.glob(str(root / "output" / "output_*")), key=os.path.getmtime)
         meta["aicore_us"] = aicore_time_us(Path(runs[-1])) if runs else None
+        meta["tasks"] = submitted_tasks(Path(runs[-1])) if runs else None
         outs = {}
         if npu or vopts["enable_pass_verify"]:  # without the verifier SIM computes no values
             outs = {n: _to_numpy(a) for n, a in zip(mod.ARG_NAMES, args) if n in mod.OUTPUT_NAMES}
