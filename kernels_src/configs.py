@@ -15,7 +15,7 @@ CONFIGS: dict[str, dict] = {
     "pro": {**_FLASH, "dim": 7168, "n_heads": 128, "q_lora_rank": 1536, "o_groups": 16, "cmp_topk": 1024},
     "tiny": dict(batch=2, seq=2, dim=64, n_heads=4, head_dim=128, rope_dim=64, q_lora_rank=32, o_lora_rank=32,
                  o_groups=2, window=8, compress_ratio=4, n_cmp=8, cmp_topk=4, index_heads=8, index_dim=128,
-                 max_pos=64, norm_eps=1e-6),
+                 max_pos=256, norm_eps=1e-6),  # 256: room for one HCA block of 128 (every stage builds)
 }
 
 
