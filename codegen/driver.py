@@ -603,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the IR a failing pass (or failed verification) left behind")
     c.add_argument("--dump-dir", metavar="DIR", default=None,
                    help="write 00-input.mlir and NN-<pass>.mlir after each pass; on a failure the dumps up to it "
-                        "and NN-<pass>.failed.mlir")
+                        "and NN-<pass>.failed.mlir (default: no dumps)")
     c.add_argument("--verify-each", action="store_true",
                    help="interpret before and after every pass on seeded inputs; fail beyond the pass's tolerance")
 
