@@ -443,14 +443,53 @@ def _execute(src: Source, inputs: dict, args, timing, label: str):
             t0 = time.perf_counter()
             outs = dict(zip(src.output_names, run_module(src.module, list(inputs.values()))))
             return outs, None, time.perf_counter() - t0
+    from attnc.codegen.progress import Progress
     from attnc.codegen.pypto_target import run_pypto_sim
 
-    with timing.phase(f"pypto {args.target.split('-')[1].upper()} run{label}"):
-        res = run_pypto_sim(src.module, inputs, verify="none" if args.time_only else "default",
-                            npu=args.target == "pypto-npu")
+    import tempfile
+
+    kind = args.target.split("-")[1].upper()
+    marks = [(f"pypto {kind}{label}: emit, start the child", time.perf_counter())]
+    with tempfile.TemporaryDirectory(prefix="attnc-trace-") as trace_tmp:
+        with Progress(None, f"{src.name}: pypto {kind}{label}: emit, start the child") as bar:
+            bar.tick_every(0.5)
+
+            def on_phase(text: str) -> None:
+                marks.append((f"pypto {kind}{label}: {text}", time.perf_counter()))
+                bar.describe(f"{src.name}: pypto {kind}{label}: {text}")
+
+            try:
+                res = run_pypto_sim(src.module, inputs, verify="none" if args.time_only else "default",
+                                    npu=args.target == "pypto-npu", on_phase=on_phase,
+                                    trace_dir=trace_tmp if args.trace_dir else None)
+            finally:
+                marks.append(("", time.perf_counter()))
+                for (name, t0), (_, t1) in zip(marks, marks[1:]):
+                    timing.add(name, t1 - t0)
+        if args.trace_dir:
+            with timing.phase(f"keep the trace, draw swim lanes{label}"):
+                _keep_trace(src, trace_tmp, args.trace_dir, label)
     for rec in res.failed_records:
         print(f"pypto verify FAILED: {rec}", file=sys.stderr)
     return res.outputs, res.aicore_us, res.wall_s
+
+
+def _keep_trace(src: Source, trace_tmp: str, trace_dir: str, label: str) -> None:
+    """pypto's Perfetto trace and a swim-lane picture of the run, named after the stage (and step)."""
+    from attnc.codegen import pictures
+    from attnc.codegen.io import atomic_write_bytes
+
+    stem = os.path.join(trace_dir, src.name + label.replace(" step ", "-step").replace("/", "of"))
+    trace, swim = os.path.join(trace_tmp, "perfetto.json"), os.path.join(trace_tmp, "swim.json")
+    if not os.path.exists(trace):
+        print("attnc: note: pypto wrote no cost-model trace for this run", file=sys.stderr)
+        return
+    with open(trace, "rb") as f:
+        atomic_write_bytes(stem + ".perfetto.json", f.read())
+    print(f"pypto trace: {stem}.perfetto.json (open in https://ui.perfetto.dev)", file=sys.stderr)
+    if os.path.exists(swim):
+        pictures.swim_lanes(swim, stem + ".swim.png", f"pypto SIM swim lanes: {src.name}{label}")
+        print(f"swim lanes: {stem}.swim.png", file=sys.stderr)
 
 
 def cmd_run(args) -> int:
@@ -459,8 +498,8 @@ def cmd_run(args) -> int:
     from attnc.codegen.io import save_npz
 
     timing = args.timing_report
-    if args.target == "interp" and args.time_only:
-        raise CliError("--time-only needs a pypto target")
+    if args.target == "interp" and (args.time_only or args.trace_dir):
+        raise CliError(("--time-only" if args.time_only else "--trace-dir") + " needs a pypto target")
     if args.target == "pypto-npu":
         from attnc.codegen.pypto_sim import npu_available
 
@@ -517,6 +556,48 @@ def cmd_inputs(args) -> int:
     save_npz(args.output, inputs)
     print(f"wrote {args.output}: {len(inputs)} arrays of {src.name} ({len(seeded)} seeded with seed {args.seed})",
           file=sys.stderr)
+    return 0
+
+
+def _visibility_kind(src: Source) -> str:
+    if src.name.startswith("decode_"):
+        return src.name.split("_", 1)[1]
+    if "cmp_idx" in src.arg_names and "kv_ring" in src.arg_names:
+        return "csa"  # sparse attention over listed entries
+    raise CliError(f"plot visibility: {src.name} attends nothing (a layer kind or a sparse_attn stage)")
+
+
+def cmd_plot(args) -> int:
+    """Pictures: the tile schedule, the timing of every phase, or which keys each token sees."""
+    from attnc.codegen import pictures
+    from attnc.ir.dsl import stage_config
+
+    src = load_source(args.source, args.config, args.set)
+    title = f"{src.name} ({args.config}{''.join(' ' + o for o in args.set)})"
+    if args.kind == "schedule":
+        compile_source(src, _pipeline_for(args), verify_each=False)
+        pictures.tile_schedule(src.module, args.output, "tile schedule of " + title)
+    elif args.kind == "timing":
+        timing = args.timing_report
+        compile_source(src, _pipeline_for(args), verify_each=True, seed=args.seed, timing=timing)
+        pictures.phase_timing(timing.phases, args.output, "compile --verify-each: " + title)
+    else:
+        from attnc.ir.interpreter import run_module
+
+        kind = _visibility_kind(src)
+        args.inputs, args.no_seed = getattr(args, "inputs", None), False
+        inputs, _ = run_inputs(src, args)
+        picks = None
+        if kind == "csa":
+            picks = inputs.get("cmp_idx")
+            if "cmp_idx" in src.output_names:  # the layer's indexer picks them: run it
+                outs = dict(zip(src.output_names, run_module(src.module, list(inputs.values()))))
+                picks = outs["cmp_idx"]
+            picks = picks.tolist()
+        cfg = stage_config(src.stage, src.cfg) if src.stage is not None else src.cfg
+        pictures.visibility(cfg, inputs["start_pos"].tolist(), kind, args.output, "keys each token sees: " + title,
+                            picks)
+    print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
 
@@ -625,6 +706,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "start_pos advances by seq, x is seeded per step (seed+k); --out gets the last step")
     r.add_argument("--out", metavar="OUT.npz", default=None, help="write the outputs by name (default: not written)")
     r.add_argument("--time-only", action="store_true", help="pypto targets: simulated time only, no values")
+    r.add_argument("--trace-dir", metavar="DIR", default=None,
+                   help="pypto targets: keep the cost model's Perfetto trace (DIR/<stage>.perfetto.json) and draw "
+                        "its swim lanes (DIR/<stage>.swim.png) (default: not kept)")
 
     i = add("inputs", "write a stage's inputs (seeded, or completed from --inputs) to an .npz", cmd_inputs)
     common(i, pipeline=False)
@@ -632,6 +716,16 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--inputs", metavar="IN.npz", default=None, help="arrays to keep; the rest are seeded (default: all seeded)")
     i.add_argument("--start-pos", type=int, default=None, metavar="P",
                    help="every row's start position; default: seeded")
+    pl = add("plot", "pictures (PNG, or SVG by suffix): tile schedule, phase timing, token visibility", cmd_plot)
+    pl.add_argument("kind", choices=("schedule", "timing", "visibility"),
+                    help="schedule: the compiled loop nest; timing: every phase of compile --verify-each; "
+                         "visibility: window keys and compressed entries of each token")
+    common(pl)
+    pl.add_argument("-o", "--output", metavar="FILE.png", required=True, help="the picture to write")
+    pl.add_argument("--inputs", metavar="IN.npz", default=None,
+                    help="visibility: inputs (start_pos, cmp_idx); default: seeded")
+    pl.add_argument("--start-pos", type=int, default=None, metavar="P",
+                    help="visibility: every row's start position (default: seeded)")
     return p
 
 
@@ -649,7 +743,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "fn", None) is None:
             raise CliError("attnc: a command is required (attnc --help)")
         args.timing_report = timing
-        if args.fn in (cmd_compile, cmd_run, cmd_inputs):
+        if args.fn in (cmd_compile, cmd_run, cmd_inputs, cmd_plot):
             with timing.phase("imports (torch, xdsl, attnc)"):
                 import attnc.kernels_src  # noqa: F401
                 import attnc.passes.verify  # noqa: F401

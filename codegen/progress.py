@@ -93,10 +93,10 @@ class Timing:
 
     def report(self) -> list[str]:
         total = self.total()
-        lines = [f"timing {'phase':<44} {'wall ms':>10} {'share':>6}"]
-        for name, secs in self.phases:
-            lines.append(f"timing {name:<44} {secs * 1e3:10.2f} {100 * secs / total if total else 0:5.1f}%")
         other = total - sum(s for _, s in self.phases)
-        lines.append(f"timing {'(other)':<44} {other * 1e3:10.2f} {100 * other / total if total else 0:5.1f}%")
-        lines.append(f"timing {'total':<44} {total * 1e3:10.2f} {100.0:5.1f}%")
+        rows = [*self.phases, ("(other)", other), ("total", total)]
+        width = max(44, *(len(n) for n, _ in rows))
+        lines = [f"timing {'phase':<{width}} {'wall ms':>10} {'share':>6}"]
+        for name, secs in rows:
+            lines.append(f"timing {name:<{width}} {secs * 1e3:10.2f} {100 * secs / total if total else 0:5.1f}%")
         return lines

@@ -26,7 +26,9 @@ class PyptoRun:
 
 
 def run_pypto_sim(module, inputs: dict, *, verify: str = "default", timeout_s: float = 900,
-                  npu: bool = False) -> PyptoRun:
+                  npu: bool = False, on_phase=None, trace_dir: str | None = None) -> PyptoRun:
+    """Emit, run in a child process, bring the outputs back. `trace_dir`: a folder that receives the cost
+    model's Perfetto trace (`perfetto.json`) and swim lanes (`swim.json`) of the run."""
     program = emit_pypto(module)
     fn = entry_function(module)
     out_names = [a.data for a in fn.attributes["result_names"].data]
@@ -37,7 +39,8 @@ def run_pypto_sim(module, inputs: dict, *, verify: str = "default", timeout_s: f
         with open(path, "w") as f:
             f.write(program)
         res = run_in_subprocess(path, {k: to_numpy(v) for k, v in inputs.items()}, verify=verify,
-                                timeout_s=timeout_s, npu=npu)
+                                timeout_s=timeout_s, npu=npu, on_phase=on_phase,
+                                env={"ATTNC_PYPTO_TRACE_DIR": os.path.abspath(trace_dir)} if trace_dir else None)
     outs = {n: torch.from_numpy(res.outputs[param_of[n]]).to(torch_dtype(dtype_of(out_types[n]))) for n in out_names
             if param_of[n] in res.outputs}
     return PyptoRun(outs, res.aicore_us, res.verify, res.failed_records, res.wall_s, program)
