@@ -223,10 +223,12 @@ def decode(stage: Stage, arrays: dict, steps: int, seed: int = 0) -> list[dict]:
     return results
 
 
-def print_ir(stage: Stage) -> str:
-    from attnc.ir import print_ir as _print
+def print_ir(stage: Stage, *, debuginfo: bool = False, generic: bool = False) -> str:
+    """The stage's IR as `attnc compile` prints it: SSA names from the DSL, DSL locations only with `debuginfo`,
+    every op generic with `generic`. `parse` reads either form back."""
+    from attnc.ir.printing import render_ir
 
-    return _print(stage.module)
+    return render_ir(stage.module, debuginfo=debuginfo, generic=generic)
 
 
 def _provenance(stage: Stage, emit: str):

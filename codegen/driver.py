@@ -266,7 +266,10 @@ def _ir_dump(title: str, text: str) -> None:
 def cmd_compile(args) -> int:
     from attnc.codegen.io import atomic_write_text
     from attnc.codegen.provenance import Provenance
-    from attnc.ir import print_ir
+    from attnc.ir.printing import render_ir
+
+    def print_ir(module) -> str:  # names from the DSL; locations and generic form on request
+        return render_ir(module, debuginfo=args.print_debuginfo, generic=args.print_op_generic)
 
     timing = args.timing_report
     _check_print_ir_names(args.print_ir_after + args.print_ir_before)
@@ -332,7 +335,10 @@ def cmd_compile(args) -> int:
     suffix = ".pypto.py" if args.emit == "pypto" else ".mlir"
     path = output_target(args.output, src.name + suffix)
     prov = Provenance(args.source, args.config, _config_overrides(src, args.set), pipeline, args.emit,
-                      Provenance.hash_text(source_text) if source_text is not None else None)
+                      Provenance.hash_text(source_text) if source_text is not None else None,
+                      tuple(f for f, on in (("--print-debuginfo", args.print_debuginfo),
+                                            ("--print-op-generic", args.print_op_generic))
+                            if on and args.emit == "mlir"))
     shown = os.path.basename(path) if path else None
     with timing.phase("emit " + ("pypto" if args.emit == "pypto" else "mlir text")):
         if args.emit == "pypto":
@@ -685,6 +691,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dump-dir", metavar="DIR", default=None,
                    help="write 00-input.mlir and NN-<pass>.mlir after each pass; on a failure the dumps up to it "
                         "and NN-<pass>.failed.mlir (default: no dumps)")
+    c.add_argument("--print-debuginfo", action="store_true",
+                   help="print each op's DSL location as an MLIR location, loc(\"kernels_src/x.py\":12:1)")
+    c.add_argument("--print-op-generic", action="store_true",
+                   help="print every op in MLIR's generic form (func, scf and arith included)")
     c.add_argument("--verify-each", action="store_true",
                    help="interpret before and after every pass on seeded inputs; fail beyond the pass's tolerance")
 

@@ -46,6 +46,7 @@ class Provenance:
     pipeline: str = ""
     emit: str = "mlir"
     source_sha256: str | None = None  # for file sources: the file's content hash
+    flags: tuple[str, ...] = ()  # output-changing flags without values, e.g. --print-debuginfo
 
     @staticmethod
     def hash_text(text: str) -> str:
@@ -59,6 +60,7 @@ class Provenance:
             words += ["--pipeline", quoted(self.pipeline)]
         if self.emit != "mlir":
             words += ["--emit", quoted(self.emit)]
+        words += [quoted(f) for f in self.flags]
         if output:
             words += ["-o", quoted(output)]
         return " ".join(words)
