@@ -181,7 +181,7 @@ def test_steps_carry_state_like_one_longer_step(capsys, tmp_path):
 
 def test_steps_refusals(capsys):
     one_error(*run(capsys, "run", "sparse_attn", "--steps", "2")[::2], "carries no state")
-    one_error(*run(capsys, "run", "decode_swa", "--steps", "200")[::2], r"outside the RoPE table \(max_pos 256")
+    one_error(*run(capsys, "run", "decode_swa", "--steps", "200")[::2], r"outside the RoPE table \(max_pos 64")
 
 
 def test_every_stage_runs_with_tiny_as_is(capsys):
