@@ -40,7 +40,11 @@ def test_default_form_is_named_and_quiet():
     numeric = len(re.findall(r"%\d+ = ", text))
     named = len(re.findall(r"%[A-Za-z_]\w* = ", text))
     assert named > numeric
+    # attn ops in their custom form (properties with the attributes), generic only on request
+    assert re.search(r'= attn\.cmp %\w+, %\w+ \{predicate = "ge"\} : \(tensor<', text)
+    assert re.search(r"= attn\.iota \{axis = \d+ : i64\} : tensor<", text) and '"attn.' not in text
     generic = attnc.print_ir(stage, generic=True)
+    assert '"attn.cmp"(' in generic
     assert '"func.func"() <{' in generic and "func.func @" not in generic
     dbg = attnc.print_ir(stage, debuginfo=True)
     assert re.search(r'loc\("kernels_src/sparse_attn\.py":\d+:1\)', dbg)
