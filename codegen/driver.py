@@ -29,8 +29,10 @@ def _error_types() -> tuple[type[BaseException], ...]:
     from attnc.passes import PassError, PipelineError
     from attnc.passes.verify import VerificationFailed
 
+    from attnc.codegen.pypto_options import OptionError
+
     types = [CliError, InputError, IRError, DSLError, InterpretError, ConfigError, PassError, PipelineError,
-             VerificationFailed]
+             VerificationFailed, OptionError]
     try:
         from attnc.codegen.pypto_emit import EmitError
 
@@ -263,6 +265,12 @@ def _ir_dump(title: str, text: str) -> None:
     sys.stderr.write(text)
 
 
+def pypto_options(args):
+    from attnc.codegen.pypto_options import PyptoOptions
+
+    return PyptoOptions().with_settings(args.pypto_option)
+
+
 def cmd_compile(args) -> int:
     from attnc.codegen.io import atomic_write_text
     from attnc.codegen.provenance import Provenance
@@ -338,13 +346,14 @@ def cmd_compile(args) -> int:
                       Provenance.hash_text(source_text) if source_text is not None else None,
                       tuple(f for f, on in (("--print-debuginfo", args.print_debuginfo),
                                             ("--print-op-generic", args.print_op_generic))
-                            if on and args.emit == "mlir"))
+                            if on and args.emit == "mlir")
+                      + tuple(w for o in args.pypto_option for w in ("--pypto-option", o) if args.emit == "pypto"))
     shown = os.path.basename(path) if path else None
     with timing.phase("emit " + ("pypto" if args.emit == "pypto" else "mlir text")):
         if args.emit == "pypto":
             from attnc.codegen.pypto_emit import emit_pypto
 
-            text = prov.header("#", shown) + emit_pypto(src.module)
+            text = prov.header("#", shown) + emit_pypto(src.module, pypto_options(args))
         else:
             text = prov.header("//", shown) + print_ir(src.module)
     # everything is computed before anything is written
@@ -467,7 +476,7 @@ def _execute(src: Source, inputs: dict, args, timing, label: str):
             try:
                 res = run_pypto_sim(src.module, inputs, verify="none" if args.time_only else "default",
                                     npu=args.target == "pypto-npu", on_phase=on_phase,
-                                    trace_dir=trace_tmp if args.trace_dir else None)
+                                    trace_dir=trace_tmp if args.trace_dir else None, options=pypto_options(args))
             finally:
                 marks.append(("", time.perf_counter()))
                 for (name, t0), (_, t1) in zip(marks, marks[1:]):
@@ -683,6 +692,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="pass pipeline, `a,b{opt=1}` or `builtin.module(a,b)`; default: the target's "
                                  "(`attnc list` shows both)")
         q.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
+        q.add_argument("--pypto-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="pypto target option (scheduling/merging knobs, vector tile budget), e.g. "
+                            "'vec_nbuffer_setting={-1: 4}'; see codegen/pypto_options.py (repeatable)")
         q.add_argument("--timing", action="store_true",
                        help="print the wall time of every phase (build/parse, each pass, each verify, emit, write)")
 

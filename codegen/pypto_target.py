@@ -10,6 +10,7 @@ import torch
 
 from attnc.codegen.io import to_numpy
 from attnc.codegen.pypto_emit import emit_pypto, program_output_names
+from attnc.codegen.pypto_options import PyptoOptions
 from attnc.codegen.pypto_sim import run_in_subprocess
 from attnc.ir.interpreter import entry_function
 from attnc.ir.types import dtype_of, torch_dtype
@@ -40,10 +41,11 @@ class PyptoRun:
 
 
 def run_pypto_sim(module, inputs: dict, *, verify: str = "default", timeout_s: float = 900,
-                  npu: bool = False, on_phase=None, trace_dir: str | None = None) -> PyptoRun:
+                  npu: bool = False, options: PyptoOptions | None = None, on_phase=None,
+                  trace_dir: str | None = None) -> PyptoRun:
     """Emit, run in a child process, bring the outputs back. `trace_dir`: a folder that receives the cost
     model's Perfetto trace (`perfetto.json`) and swim lanes (`swim.json`) of the run."""
-    program = emit_pypto(module)
+    program = emit_pypto(module, options)
     fn = entry_function(module)
     out_names = [a.data for a in fn.attributes["result_names"].data]
     out_types = dict(zip(out_names, fn.function_type.outputs.data))

@@ -14,19 +14,21 @@ from typing import ClassVar
 from xdsl.passes import ModulePass, PassPipeline
 from xdsl.utils.arg_spec import parse_pipeline
 
-DEFAULT_PIPELINE = ("fuse-rmsnorm,rope-selector-matmul,tile-softmax{kv-tile=32},parallelize-tokens{rows=16},"
+DEFAULT_PIPELINE = ("fuse-rmsnorm,rope-selector-matmul,gather-keys,tile-softmax{kv-tile=32},parallelize-tokens{rows=16},"
                     "tile-matmul{k=512},lower-to-tiles,canonicalize,cse")
 # pypto: wider KV tiles (as pypto-lib#486) and 32-row token chunks halve the simulated time at the flash shape
 PYPTO_PIPELINE = ("fuse-rmsnorm,rope-selector-matmul,tile-softmax{kv-tile=128},parallelize-tokens{rows=32},"
-                  "tile-matmul{k=512},lower-to-tiles,canonicalize,cse")
+                  "schedule-attention,tile-matmul{k=512},lower-to-tiles,canonicalize,cse")
 DEFAULT_PIPELINES = {"interp": DEFAULT_PIPELINE, "pypto": PYPTO_PIPELINE}
 
 # module name for every attnc pass (imported lazily so that `attnc list` stays fast)
 _PASS_MODULES = {
     "fuse-rmsnorm": "fuse_rmsnorm",
     "rope-selector-matmul": "rope_selector_matmul",
+    "gather-keys": "gather_keys",
     "tile-softmax": "tile_softmax",
     "parallelize-tokens": "parallelize_tokens",
+    "schedule-attention": "schedule_attention",
     "tile-matmul": "tile_matmul",
     "lower-to-tiles": "lower_to_tiles",
 }
