@@ -63,7 +63,7 @@ def phase_timing(phases: list[tuple[str, float]], path: str, title: str) -> None
     ax.set_yticks(range(len(phases)), names, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("wall seconds")
-    ax.set_title(title + f" (total {sum(secs):.2f} s; blue: passes, orange: verification)")
+    ax.set_title(title + f"\n(total {sum(secs):.2f} s; blue: passes, orange: verification)", fontsize=10)
     _save(plt, fig, path)
 
 
