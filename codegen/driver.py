@@ -40,6 +40,12 @@ def _error_types() -> tuple[type[BaseException], ...]:
     except ImportError:
         pass
     try:
+        from attnc.codegen.pto_emit import PtoEmitError
+
+        types.append(PtoEmitError)
+    except ImportError:
+        pass
+    try:
         from attnc.codegen.pypto_sim import PyptoSimError
 
         types.append(PyptoSimError)
@@ -194,6 +200,10 @@ def _pipeline_for(args) -> str:
     from attnc.passes import DEFAULT_PIPELINES
 
     pypto = getattr(args, "emit", "") == "pypto" or getattr(args, "target", "interp") != "interp"
+    if getattr(args, "emit", "") == "pto":
+        from attnc.passes import pto_pipeline
+
+        return pto_pipeline(args.pipeline, getattr(args, "pto_dtype", None))
     return args.pipeline if args.pipeline is not None else DEFAULT_PIPELINES["pypto" if pypto else "interp"]
 
 
@@ -276,6 +286,8 @@ def cmd_compile(args) -> int:
     from attnc.codegen.provenance import Provenance
     from attnc.ir.printing import render_ir
 
+    if args.pto_dtype and args.emit != "pto":
+        raise CliError("--pto-dtype needs --emit pto")
     def print_ir(module) -> str:  # names from the DSL; locations and generic form on request
         return render_ir(module, debuginfo=args.print_debuginfo, generic=args.print_op_generic)
 
@@ -340,7 +352,7 @@ def cmd_compile(args) -> int:
                 atomic_write_text(os.path.join(args.dump_dir, f"{len(dumps):02d}-{failed.split('{')[0]}.failed.mlir"),
                                   print_ir(src.module))
         raise e
-    suffix = ".pypto.py" if args.emit == "pypto" else ".mlir"
+    suffix = {"pypto": ".pypto.py", "pto": ".pto"}.get(args.emit, ".mlir")
     path = output_target(args.output, src.name + suffix)
     prov = Provenance(args.source, args.config, _config_overrides(src, args.set), pipeline, args.emit,
                       Provenance.hash_text(source_text) if source_text is not None else None,
@@ -349,11 +361,16 @@ def cmd_compile(args) -> int:
                             if on and args.emit == "mlir")
                       + tuple(w for o in args.pypto_option for w in ("--pypto-option", o) if args.emit == "pypto"))
     shown = os.path.basename(path) if path else None
-    with timing.phase("emit " + ("pypto" if args.emit == "pypto" else "mlir text")):
+    with timing.phase(f"emit {args.emit}"):
         if args.emit == "pypto":
             from attnc.codegen.pypto_emit import emit_pypto
 
             text = prov.header("#", shown) + emit_pypto(src.module, pypto_options(args))
+        elif args.emit == "pto":
+            from attnc.codegen.pto_emit import emit_pto
+
+            kernels = emit_pto(src.module, src.name)
+            text = "".join(k.text for k in kernels)
         else:
             text = prov.header("//", shown) + print_ir(src.module)
     # everything is computed before anything is written
@@ -361,7 +378,12 @@ def cmd_compile(args) -> int:
         if args.dump_dir:
             for fname, body in dumps:
                 atomic_write_text(os.path.join(args.dump_dir, fname), body)
-        if path:
+        if args.emit == "pto" and args.output not in (None, "-"):  # one .pto file per token loop: -o is a folder
+            for k in kernels:
+                kpath = os.path.join(args.output, k.name + ".pto")
+                atomic_write_text(kpath, k.text)
+                print(f"wrote {kpath}", file=sys.stderr)
+        elif path:
             atomic_write_text(path, text)
             print(f"wrote {path}", file=sys.stderr)
         else:
@@ -700,7 +722,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = add("compile", "compile a stage, an .mlir file or stdin", cmd_compile)
     common(c)
-    c.add_argument("--emit", choices=("mlir", "pypto"), default="mlir", help="output kind")
+    c.add_argument("--emit", choices=("mlir", "pypto", "pto"), default="mlir",
+                   help="output kind (pto: one .pto file per token loop, for ptoas; -o names a folder)")
+    c.add_argument("--pto-dtype", choices=("f16",), default=None,
+                   help="--emit pto: compute bf16 values in f16 (ptoas 0.1.1 has no bf16) (default: bf16 kept)")
     c.add_argument("-o", "--output", metavar="FILE|DIR/", default=None,
                    help="output file (- = stdout); DIR/ (trailing slash) or an existing folder writes "
                         "DIR/<stage>.mlir or DIR/<stage>.pypto.py; default: stdout")

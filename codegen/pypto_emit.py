@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 import jinja2
+import numpy as np
 from xdsl.dialects import arith, func, scf
 from xdsl.dialects.builtin import ModuleOp, TensorType
 from xdsl.ir import Operation, SSAValue
@@ -379,15 +380,28 @@ def _const(v: SSAValue):
 
 
 def _parallel_covers(par: Operation, j: int) -> bool:
-    """Does every iteration of `par` assemble a full-width row chunk into carried tensor j, so that together they
-    write every element (then its tile.full init is dead and the output param can be carried instead)?"""
+    """Does every iteration of `par` assemble a full row chunk into carried tensor j — one full-width tile, or a
+    chain of tiles at constant offsets that partition the chunk — so that together they write every element
+    (then its tile.full init is dead and the output param can be carried instead)?"""
     block = par.body.block
     row, dest = block.args[0], block.args[1 + j]
-    asm = block.last_op.operands[j].owner
-    if not (isinstance(asm, Operation) and asm.name == "tile.assemble" and asm.dest is dest and dest.has_one_use()):
+    chain, v = [], block.last_op.operands[j]
+    while v is not dest:
+        asm = v.owner
+        if not (isinstance(asm, Operation) and asm.name == "tile.assemble" and asm.dest.has_one_use()):
+            return False
+        chain.append(asm)
+        v = asm.dest
+    if not chain or not dest.has_one_use():
         return False
-    rows, dshape, tshape = par.rows.value.data, shape_of(dest.type), shape_of(asm.tile.type)
-    if _const(par.lower) != 0 or _const(par.upper) != dshape[0] or tshape[0] != rows or tshape[1:] != dshape[1:]:
+    rows, dshape = par.rows.value.data, shape_of(dest.type)
+    if _const(par.lower) != 0 or _const(par.upper) != dshape[0]:
+        return False
+    if len(chain) > 1:
+        return _tiles_partition(chain, row, rows, dshape)
+    asm = chain[0]
+    tshape = shape_of(asm.tile.type)
+    if tshape[0] != rows or tshape[1:] != dshape[1:]:
         return False
     if asm.offsets[0] is not row or any(_const(o) != 0 for o in asm.offsets[1:]):
         return False
@@ -401,6 +415,21 @@ def _parallel_covers(par: Operation, j: int) -> bool:
     a, b = n.operands
     sub = a.owner if _const(b) == rows else b.owner if _const(a) == rows else None
     return isinstance(sub, arith.SubiOp) and _const(sub.lhs) == dshape[0] and sub.rhs is row
+
+
+def _tiles_partition(chain, row, rows: int, dshape) -> bool:
+    """Whole tiles [rows, ...] at the chunk row and constant offsets that cover dest[1:] exactly once."""
+    if dshape[0] % rows:
+        return False
+    cover = np.zeros(dshape[1:], dtype=np.int32)
+    for asm in chain:
+        tshape, offs = shape_of(asm.tile.type), [_const(o) for o in asm.offsets[1:]]
+        if len(asm.valid) or asm.offsets[0] is not row or tshape[0] != rows or None in offs:
+            return False
+        if any(o < 0 or o + t > d for o, t, d in zip(offs, tshape[1:], dshape[1:])):
+            return False
+        cover[tuple(slice(o, o + t) for o, t in zip(offs, tshape[1:]))] += 1
+    return bool((cover == 1).all())
 
 
 def _output_inits(ret: Operation, out_names: list) -> dict:

@@ -408,14 +408,16 @@ def sparse_attention(q: Tensor, kv: Tensor, valid: Tensor, sink: Tensor, scale: 
 
 
 def cache_attention(q: Tensor, sink: Tensor, start_pos: Tensor, ring: Tensor, step: Tensor, scale: float, out: str,
-                    cache: Tensor | None = None, index: Tensor | None = None, ratio: int = 0) -> Tensor:
+                    cache: Tensor | None = None, index: Tensor | None = None, ratio: int = 0,
+                    listed_prefix: bool = False) -> Tensor:
     """Attention of the tokens of a decode step q [B,S,H,d] over the window (ring [B,W,d] + this step's rows
     step [B,S,d]) and, with a cache [B,N,d] of compressed entries of `ratio` positions each, its visible entries
     (all, or those listed per token by index [B,S,K], -1 padding); sink in the denominator. Batch-major in and
-    out, so schedules can read the tables in place."""
+    out, so schedules can read the tables in place. `listed_prefix`: the index lists each token's visible entries
+    first, min(K, visible) of them (a contract the caller guarantees, e.g. top-k picks)."""
     compressed = [c for c in (cache, index) if c is not None]
     return _emit("cache_attention", [q, sink, start_pos, ring, step, *compressed], _ty(q.shape, out),
-                 scale=float_attr(scale), ratio=_int(ratio))
+                 scale=float_attr(scale), ratio=_int(ratio), listed_prefix=bool_attr(listed_prefix))
 
 
 def topk(scores: Tensor, valid: Tensor, k: int) -> Tensor:

@@ -86,6 +86,7 @@ def _cache_attention_verify(self):
     if self.compressed:
         sc = shape_of(self.compressed[0].type)
         self.expect(len(sc) == 3 and sc[0] == B and sc[2] == d, f"cache must be [{B},N,{d}], got {describe(self.compressed[0].type)}")
+    self.expect(len(self.compressed) == 2 or not self.listed_prefix.value.data, "listed_prefix needs an index")
     if len(self.compressed) == 2:
         si = shape_of(self.compressed[1].type)
         self.expect(len(si) == 3 and si[:2] == (B, S) and dtype_of(self.compressed[1].type) == "i32",
@@ -112,12 +113,14 @@ SparseAttentionOp = _make("attn.sparse_attention", dict(
 # Attention of every token over the rows a decode step can see, stated by where they live (not gathered): the
 # window t-W+1..t (earlier positions in the ring at slot p mod W, this step's rows in `step`), then compressed
 # entries w < min(N, floor((t+1)/ratio)) — every entry of the cache, or those listed per token by `index`
-# (-1 = padding). Batch-major operands, so a schedule can read the tables in place.
+# (-1 = padding). Batch-major operands, so a schedule can read the tables in place. `listed_prefix` states the
+# index's contract: a token's visible ids come first and number min(K, entries visible to it) (the indexer's
+# top-k picks are so by construction); schedules may then treat the rest of the list as unwritten rows.
 CacheAttentionOp = _make("attn.cache_attention", dict(
     q=operand_def(TensorType), sink=operand_def(TensorType), start_pos=operand_def(TensorType),
     ring=operand_def(TensorType), step=operand_def(TensorType), compressed=var_operand_def(TensorType),
-    scale=prop_def(FloatAttr), ratio=prop_def(IntegerAttr), result=result_def(TensorType),
-    verify_=_cache_attention_verify))
+    scale=prop_def(FloatAttr), ratio=prop_def(IntegerAttr), listed_prefix=prop_def(BoolAttr),
+    result=result_def(TensorType), verify_=_cache_attention_verify))
 ATTN_OPS = [*_SHARED, ReduceOp, SliceOp, RmsNormOp, RopeOp, SparseAttentionOp, CacheAttentionOp]
 Attn = Dialect("attn", ATTN_OPS, [])
 ATTN = {op.name.split(".", 1)[1]: op for op in ATTN_OPS}

@@ -16,21 +16,20 @@ _CORE_PARAMS = dict(
 
 
 def attention_core(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, start_pos, attn_sink):
-    """Per-head attention output [T,H,hd] bf16 of every token t = start_pos[b]+s over the window t-W+1 .. t (the
+    """Per-head attention output [B,S,H,hd] bf16 of every token t = start_pos[b]+s over the window t-W+1 .. t (the
     ring for earlier positions, the step's own rows otherwise, never a later token) and, in a layer with
     compressed entries (m > 0), the entries w < min(NCMP, floor((t+1)/m)): those listed in `cmp_idx` (-1 padding),
     or every entry when `cmp_idx` is None (HCA). Visibility comes from each token's own position."""
-    B, S, T, H, hd, m = cfg["batch"], cfg["seq"], cfg["tokens"], cfg["n_heads"], cfg["head_dim"], cfg["compress_ratio"]
-    extra = dict(cache=kv_cmp, index=cmp_idx, ratio=m) if m > 0 else {}
-    o = cache_attention(reshape(q, (B, S, H, hd)), attn_sink, start_pos, kv_ring, kv_step, cfg["softmax_scale"],
-                        out="bf16", **extra)
-    return reshape(o, (T, H, hd))
+    B, S, H, hd, m = cfg["batch"], cfg["seq"], cfg["n_heads"], cfg["head_dim"], cfg["compress_ratio"]
+    # listed ids (the indexer's top-k picks; the cmp_idx contract of the attention stages) are a visible prefix
+    extra = dict(cache=kv_cmp, index=cmp_idx, ratio=m, listed_prefix=cmp_idx is not None) if m > 0 else {}
+    return cache_attention(reshape(q, (B, S, H, hd)), attn_sink, start_pos, kv_ring, kv_step, cfg["softmax_scale"],
+                           out="bf16", **extra)
 
 
 def _core_stage(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, start_pos, attn_sink):
     """Attention core only: per-head output before de-rotation, [B,S,H,hd] bf16."""
-    o = attention_core(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, start_pos, attn_sink)
-    return {"core": reshape(o, (cfg["batch"], cfg["seq"], cfg["n_heads"], cfg["head_dim"]))}
+    return {"core": attention_core(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, start_pos, attn_sink)}
 
 
 _core_stage.__annotations__ = dict(_CORE_PARAMS)
@@ -39,8 +38,7 @@ stage("sparse_attn_core", outputs=("core",))(_core_stage)
 
 def _hca_core_stage(cfg, q, kv_ring, kv_step, kv_cmp, start_pos, attn_sink):
     """Attention core of an HCA layer: window + every complete ratio-128 entry (no index list), [B,S,H,hd] bf16."""
-    o = attention_core(cfg, q, kv_ring, kv_step, kv_cmp, None, start_pos, attn_sink)
-    return {"core": reshape(o, (cfg["batch"], cfg["seq"], cfg["n_heads"], cfg["head_dim"]))}
+    return {"core": attention_core(cfg, q, kv_ring, kv_step, kv_cmp, None, start_pos, attn_sink)}
 
 
 _hca_core_stage.__annotations__ = {k: v for k, v in _CORE_PARAMS.items() if k != "cmp_idx"}
@@ -54,8 +52,9 @@ def _full_stage(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, start_pos, attn_sink,
 
 
 def output_projection(cfg, o, start_pos, rope_cos, rope_sin, wo_a, wo_b):
-    """Per-head attention output [T,H,hd] -> de-rotated at t -> grouped wo_a -> wo_b: [B,S,D] bf16."""
+    """Per-head attention output [B,S,H,hd] -> de-rotated at t -> grouped wo_a -> wo_b: [B,S,D] bf16."""
     B, S, T, G = cfg["batch"], cfg["seq"], cfg["tokens"], cfg["o_groups"]
+    o = reshape(o, (T, cfg["n_heads"], cfg["head_dim"]))
     K, OL = cfg["group_in"], cfg["o_lora_rank"]
     pos = reshape(token_positions(start_pos, S), (T,))
     o = reshape(rope(o, rope_cos, rope_sin, pos, out="bf16", inverse=True), (T, G * K))

@@ -19,7 +19,22 @@ DEFAULT_PIPELINE = ("fuse-rmsnorm,rope-selector-matmul,gather-keys,tile-softmax{
 # pypto: wider KV tiles (as pypto-lib#486) and 32-row token chunks halve the simulated time at the flash shape
 PYPTO_PIPELINE = ("fuse-rmsnorm,rope-selector-matmul,tile-softmax{kv-tile=128},parallelize-tokens{rows=32},"
                   "schedule-attention,tile-matmul{k=512},lower-to-tiles,canonicalize,cse")
-DEFAULT_PIPELINES = {"interp": DEFAULT_PIPELINE, "pypto": PYPTO_PIPELINE}
+# PTO (ptoas 0.1.1): one token per kernel (rows=1, the token axis is dropped), 16-key tiles; then f16 and the
+# legalization of what 0.1.1 cannot express (host-side gathers, 0/1 masks instead of i1)
+PTO_PIPELINE = ("fuse-rmsnorm,rope-selector-matmul,gather-keys,tile-softmax{kv-tile=16},parallelize-tokens{rows=1},"
+                "tile-matmul{k=512},lower-to-tiles,canonicalize,cse,pto-legalize,canonicalize,cse")
+
+
+def pto_pipeline(pipeline: str | None, dtype: str | None) -> str:
+    """The `--emit pto` pipeline (or the user's), with `pto-dtype{dtype=...}` before pto-legalize when asked."""
+    spec = pipeline if pipeline is not None else PTO_PIPELINE
+    if dtype is None or "pto-dtype" in spec:
+        return spec
+    step = f"pto-dtype{{dtype={dtype}}}"
+    return spec.replace("pto-legalize", f"{step},pto-legalize", 1) if "pto-legalize" in spec else f"{spec},{step}"
+
+
+DEFAULT_PIPELINES = {"interp": DEFAULT_PIPELINE, "pypto": PYPTO_PIPELINE, "pto": PTO_PIPELINE}
 
 # module name for every attnc pass (imported lazily so that `attnc list` stays fast)
 _PASS_MODULES = {
@@ -31,6 +46,8 @@ _PASS_MODULES = {
     "schedule-attention": "schedule_attention",
     "tile-matmul": "tile_matmul",
     "lower-to-tiles": "lower_to_tiles",
+    "pto-dtype": "pto_dtype",
+    "pto-legalize": "pto_legalize",
 }
 # xDSL's generic passes that attnc pipelines may use
 _XDSL_PASSES = {

@@ -38,6 +38,7 @@ from ._build import (
 from .tile_softmax import F32_MIN
 
 SCHEDULES = ("auto", "batch", "token")
+UNROLL_TOKENS = 4  # a decode step's tokens of one batch row are unrolled up to this many
 
 
 def key_positions_and_visibility(op: CacheAttentionOp):
@@ -59,7 +60,10 @@ def key_positions_and_visibility(op: CacheAttentionOp):
         if len(op.compressed) > 1:
             listed = T(op.compressed[1])
             ok = (listed >= 0) & (listed < complete)
-            ids = dsl.select(ok, listed, 0)
+            if op.listed_prefix.value.data:  # only the list's first min(K, complete) positions can be visible
+                ok = ok & (dsl.iota(listed.shape, 2) < complete)
+            # global row ids into the [B * N, d] cache matrix; an id nobody may see reads its batch row's row 0
+            ids = dsl.batch_rows(dsl.select(ok, listed, 0), n)
         else:
             ok = dsl.iota((B, 1, n), 2) < complete
         visible = dsl.concat([visible, ok], axis=2)
@@ -126,22 +130,34 @@ class _Schedule(RewritePattern):
         b, acc = body.args
         with at_end(body, loc):
             sp = read(op.start_pos, (b,))
-            # ring slots >= start_pos were never written while start_pos < W
-            shared = [_rows(ring_rows, muli(b, W), W, minsi(sp, W)), _rows(step_rows, muli(b, S), S)]
-            cache = None
-            if cache_rows is not None:
-                done = minsi(floordiv_nonneg(addi(sp, S), op.ratio.value.data), n)  # entries written so far
-                cache = _rows(cache_rows, muli(b, n), n, done if ids is None else None)
+
+            def window():
+                """The group's window (and every-entry cache) rows: views of batch row b, made where they are
+                used (pypto 0.2.0 cannot hand a ragged view into a nested loop)."""
+                # ring slots >= start_pos were never written while start_pos < W
+                parts = [_rows(ring_rows, muli(b, W), W, minsi(sp, W)), _rows(step_rows, muli(b, S), S)]
+                if cache_rows is not None and ids is None:  # every entry: the written ones are a prefix
+                    done = minsi(floordiv_nonneg(addi(sp, S), op.ratio.value.data), n)
+                    parts.append(_rows(cache_rows, muli(b, n), n, done))
+                return parts
+
             if schedule == "batch":
-                keys = dsl.concat(shared + ([cache] if cache is not None else []), axis=0)
                 vis = dsl.reshape(dsl.broadcast_to(dsl.reshape(_row(visible, (b,), (S, n_keys)), (S, 1, n_keys)),
                                                    (S, H, n_keys)), (rows, n_keys))
-                o = group_attention(_rows(q_rows, muli(b, rows), rows), keys, vis, sink, scale, out_dtype)
+                o = group_attention(_rows(q_rows, muli(b, rows), rows), dsl.concat(window(), axis=0), vis, sink,
+                                    scale, out_dtype)
                 result = assemble(dsl.reshape(o, (1, S, H, d)), acc, (b, 0, 0, 0))
             else:
-                window = shared + ([cache] if cache is not None and ids is None else [])
-                result = self._tokens(op, b, acc, window, cache if ids is not None else None, q_rows, visible,
-                                      ids, sink, scale, out_dtype, loc)
+                def token(s, out):
+                    keys = window()
+                    if ids is not None:
+                        keys.append(self._picks(op, b, s, sp, cache_rows, visible, ids))
+                    vis_row = _row(visible, (b, s), (1, n_keys))
+                    o = group_attention(_rows(q_rows, muli(addi(muli(b, S), s), H), H), dsl.concat(keys, axis=0),
+                                        dsl.broadcast_to(vis_row, (H, n_keys)), sink, scale, out_dtype)
+                    return assemble(dsl.reshape(o, (1, 1, H, d)), out, (b, s, 0, 0))
+
+                result = self._per_token(S, acc, token, loc)
             emit_op(YieldOp, [[val(result)]], [])
         with before(op):
             loop = emit_op(ParallelOp, [const(0), const(B), [init.value]], [[init.value.type]],
@@ -150,30 +166,34 @@ class _Schedule(RewritePattern):
         rewriter.replace(op, [], [loop.results[0]])
 
     @staticmethod
-    def _tokens(op, b, acc, window, listed_from, q_rows, visible, ids, sink, scale, out_dtype, loc):
-        """One iteration per token of batch row b (an scf.for over s carrying the output); `listed_from`: the
-        cache rows the token's listed ids are gathered from (None without a list)."""
-        B, S, H, d = shape_of(op.q.type)
+    def _picks(op, b, s, sp, cache_rows, visible, ids):
+        """The token's listed cache rows [K, d], gathered from the whole cache matrix by global row id."""
+        K, d = ids.shape[2], shape(cache_rows)[1]
         n_keys = visible.shape[2]
+        picked = dsl.gather_rows(cache_rows, _row(ids, (b, s), (K,)))
+        if op.listed_prefix.value.data:
+            # the visible picks are the first min(K, complete) ones: the rest reads as 0 (a row gathered for an
+            # id nobody may see may never have been written)
+            n = shape_of(op.compressed[0].type)[1]
+            complete = minsi(floordiv_nonneg(addi(addi(sp, s), 1), op.ratio.value.data), min(K, n))
+            return view(picked, (0, 0), (K, d), (complete, d), pad="zero")
+        ok = dsl.reshape(_row(visible, (b, s), (1, n_keys)), (n_keys, 1))  # zero every pick the token may not see
+        return dsl.select(dsl.broadcast_to(dsl.slice_(ok, (n_keys - K, 0), (K, 1)), (K, d)), picked, 0.0)
+
+    @staticmethod
+    def _per_token(S: int, acc, token, loc):
+        """token(s, out) for s = 0..S-1 chained on the carried output: unrolled for decode steps (the output's
+        row chunk is then written by a chain of assembles the emitter can see through), an scf.for beyond."""
+        if S <= UNROLL_TOKENS:
+            out = acc
+            for s in range(S):
+                out = token(const(s), out)
+            return out
         body = Block(arg_types=[INDEX, acc.type])
-        s, out = body.args
         with at_end(body, loc):
-            vis_row = _row(visible, (b, s), (1, n_keys))
-            keys = list(window)
-            if listed_from is not None:
-                K = ids.shape[2]
-                picked = dsl.gather_rows(listed_from, _row(ids, (b, s), (K,)))
-                # an id that is not visible was gathered as row 0, which may never have been written
-                ok = dsl.reshape(_row(visible, (b, s), (1, n_keys)), (n_keys, 1))
-                ok = dsl.broadcast_to(dsl.slice_(ok, (n_keys - K, 0), (K, 1)), (K, d))
-                keys.append(dsl.select(ok, picked, 0.0))
-            token = addi(muli(b, S), s)
-            o = group_attention(_rows(q_rows, muli(token, H), H), dsl.concat(keys, axis=0),
-                                dsl.broadcast_to(vis_row, (H, n_keys)), sink, scale, out_dtype)
-            new = assemble(dsl.reshape(o, (1, 1, H, d)), out, (b, s, 0, 0))
-            emit_op(scf.YieldOp, [[val(new)]], [])
-        loop = emit_op(scf.ForOp, [const(0), const(S), const(1), [acc]], [[acc.type]], regions=[Region(body)])
-        return loop.results[0]
+            emit_op(scf.YieldOp, [[val(token(body.args[0], body.args[1]))]], [])
+        return emit_op(scf.ForOp, [const(0), const(S), const(1), [acc]], [[acc.type]],
+                       regions=[Region(body)]).results[0]
 
 
 @register

@@ -113,7 +113,7 @@ def test_timing_report_is_complete(capsys):
     phases = [ln.split()[1:-2] for ln in err.splitlines() if ln.startswith("timing ")]
     names = [" ".join(p) for p in phases]
     for want in ("imports (torch, xdsl, attnc)", "build stage (DSL -> attn IR)", "verify: reference run of the input",
-                 "pass tile-softmax", "verify after tile-softmax", "emit mlir text", "write", "total"):
+                 "pass tile-softmax", "verify after tile-softmax", "emit mlir", "write", "total"):
         assert any(n.startswith(want) for n in names), (want, names)
     total = float(err.split("timing total")[1].split()[0])
     parts = sum(float(ln.split()[-2]) for ln in err.splitlines()
