@@ -122,10 +122,21 @@ def pass_summary(name: str) -> str:
     return pass_class(name).summary
 
 
+def strip_module_anchor(spec: str) -> str:
+    """`builtin.module(a,b{x=1})` (mlir-opt's --pass-pipeline form) -> `a,b{x=1}`; other text is returned as is."""
+    text = spec.strip()
+    for anchor in ("builtin.module(", "module("):
+        if text.startswith(anchor) and text.endswith(")"):
+            return text[len(anchor):-1].strip()
+    return spec
+
+
 def build_pipeline(spec: str, callback=None) -> PassPipeline:
-    """Parse a pipeline string; unknown passes, bad options and malformed text raise PipelineError."""
+    """Parse a pipeline string (plain or wrapped in `builtin.module(...)`); unknown passes, bad options and
+    malformed text raise PipelineError."""
     from xdsl.utils.exceptions import ArgSpecParseError
 
+    spec = strip_module_anchor(spec)
     try:
         specs = list(parse_pipeline(spec))
     except (ArgSpecParseError, Exception) as e:  # xDSL's parse error derives from BaseException
