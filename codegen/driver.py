@@ -31,8 +31,10 @@ def _error_types() -> tuple[type[BaseException], ...]:
 
     from attnc.codegen.pypto_options import OptionError
 
+    from attnc.codegen.tune import TuneError
+
     types = [CliError, InputError, IRError, DSLError, InterpretError, ConfigError, PassError, PipelineError,
-             VerificationFailed, OptionError]
+             VerificationFailed, OptionError, TuneError]
     try:
         from attnc.codegen.pypto_emit import EmitError
 
@@ -176,6 +178,12 @@ def pypto_options(args):
     return PyptoOptions().with_settings(args.pypto_option)
 
 
+def apply_tuning(args, stage_name: str) -> None:
+    from attnc.codegen.tune import apply_tuning as apply
+
+    apply(args, stage_name)
+
+
 def cmd_compile(args) -> int:
     from attnc.codegen.io import atomic_write_text
     from attnc.ir import print_ir
@@ -183,6 +191,7 @@ def cmd_compile(args) -> int:
     if args.pto_dtype and args.emit != "pto":
         raise CliError("--pto-dtype needs --emit pto")
     src = load_source(args.source, args.config, args.set)
+    apply_tuning(args, src.name)
     pipeline = _pipeline_for(args)
     dumps: list[tuple[str, str]] = []
     if args.dump_dir:
@@ -241,6 +250,7 @@ def cmd_run(args) -> int:
     from attnc.ir.interpreter import run_module
 
     src = load_source(args.source, args.config, args.set)
+    apply_tuning(args, src.name)
     if args.level == "tile" or args.target != "interp":
         compile_source(src, _pipeline_for(args), verify_each=False)
     inputs = source_inputs(src, args.seed, args.inputs)
@@ -303,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--pypto-option", action="append", default=[], metavar="KEY=VALUE",
                        help="pypto target option (scheduling/merging knobs, vector tile budget), e.g. "
                             "'vec_nbuffer_setting={-1: 4}'; see codegen/pypto_options.py")
+        q.add_argument("--tuning", metavar="FILE", default=None,
+                       help="apply a tuning file from `attnc tune` (its pipeline and pypto options)")
 
     c = sub.add_parser("compile", help="compile a stage or an .mlir file")
     common(c)
@@ -325,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", metavar="OUT.npz")
     r.add_argument("--time-only", action="store_true")
     r.set_defaults(fn=cmd_run)
+
+    from attnc.codegen.tune import add_parser as add_tune_parser
+
+    add_tune_parser(sub)
     return p
 
 
