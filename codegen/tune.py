@@ -12,11 +12,13 @@ How a tune runs:
    failed compile disqualifies the candidate; the search goes on. `--budget N` caps the number of distinct programs timed
    (a cached timing counts but costs no SIM run, so repeating a tune costs nothing and a larger budget resumes it).
 3. Sampler: exhaustive when the space has at most `budget` points, else optuna's TPE (seeded: same tune, same
-   order).
+   order), which first gets the default's one-dimension neighbours for up to half the budget (small budgets).
 4. The best candidates are re-checked in SIM with pypto's pass verify at a small batch of the same config
-   (`--recheck-batch`, default 2) against attnc's interpreter on the same compiled IR: integers and bf16 bit for
-   bit, f32 within 1e-3; a candidate may not fail more pypto verify records than the default does there. The
-   first that passes is written; if none passes, nothing is written.
+   (`--recheck-batch`, default 2) against attnc's interpreter on the same compiled IR: integers bit for bit,
+   floats within `RECHECK_TOLERANCE` of the largest value (bf16: one rounding step — pypto sums f32 products in
+   its own order, so even the default is not bit-exact at the flash shape; at `tiny` it is); a candidate may not
+   fail more pypto verify records than the default does there. The tuning file records the error and how many
+   values differ. The first that passes is written; if none passes, nothing is written.
 
 Cache: one JSON file per timing under `~/.cache/attnc/tune` (or `$ATTNC_TUNE_CACHE`), named by the sha256 of the
 emitted program (the IR and the options as pypto sees them), the SIM harness, the pypto version, the verify mode
@@ -48,7 +50,12 @@ TUNING_FORMAT = 1
 UB_BYTES = 192 * 1024
 SIM_VERIFY = "none"
 RECHECK_VERIFY = "default"
-F32_RECHECK_TOLERANCE = 1e-3  # as tests/test_pypto_target.py: pypto sums f32 matmuls in its own order
+
+
+# re-check limits on the normalised error per output dtype. bf16: one rounding step of the largest value (pypto
+# sums f32 products in its own order before rounding: the default SWA core at flash B=2 differs from the
+# interpreter in 7 of 131072 bf16 values by one step, 3.3e-4); f32 as tests/test_pypto_target.py; integers exact
+RECHECK_TOLERANCE = {"bfloat16": 2.0 ** -8, "float16": 2.0 ** -11, "float32": 1e-3}
 
 # pass options the tuner varies (only for passes present in the pipeline): (pass, option) -> values
 PASS_SPACE = {
@@ -407,7 +414,7 @@ def _sampler(dims, budget, seed):
     """Yields parameter dicts; `tell(params, value|None)` feeds results back (optuna) — exhaustive when small."""
     if space_size(dims) <= budget:
         return _Exhaustive(dims)
-    return _Optuna(dims, seed)
+    return _Optuna(dims, seed, budget)
 
 
 class _Exhaustive:
@@ -422,14 +429,25 @@ class _Exhaustive:
 
 
 class _Optuna:
-    def __init__(self, dims, seed):
+    """TPE, seeded. The default is trial 1; then, for budgets too small for TPE's random start-up to find
+    anything near a hand-picked default, up to half the budget goes to the default's neighbours (one dimension
+    changed), in a seeded random order; TPE proposes the rest."""
+
+    def __init__(self, dims, seed, budget):
+        import random
+
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.optuna = optuna
         self.dims = dims
-        self.study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
-        self.study.enqueue_trial(default_params(dims))
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, budget // 4)))
+        self.study = optuna.create_study(direction="minimize", sampler=sampler)
+        default = default_params(dims)
+        self.study.enqueue_trial(default)
+        neighbours = [{**default, d.name: v} for d in dims for v in d.values[1:]]
+        random.Random(seed).shuffle(neighbours)
+        for params in neighbours[:max(0, budget // 2 - 1)]:
+            self.study.enqueue_trial(params)
 
     def ask(self):
         t = self.study.ask()
@@ -613,6 +631,7 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
         "default_aicore_us": default_trial.aicore_us,
         "pypto_version": pypto_version(),
         "recheck": {"batch": req.recheck_batch, "max_error": check["max_error"],
+                    "differing": check.get("differing"),
                     "failed_records": check["failed_records"],
                     "default_failed_records": base_check["failed_records"]},
         "evaluated": evaluated,
@@ -646,7 +665,7 @@ def recheck(req: TuneRequest, base_pipeline: str, dims, params: dict, cache: Cac
     except Exception as e:  # noqa: BLE001
         return {"ok": False, "note": f"compile at batch {req.recheck_batch}: {e}", "max_error": None,
                 "failed_records": None}
-    key = cache_key(program + "\n#recheck", RECHECK_VERIFY, req.seed)
+    key = cache_key(f"{program}\n# recheck within {sorted(RECHECK_TOLERANCE.items())}", RECHECK_VERIFY, req.seed)
     if (hit := cache.get(key)) is not None:
         return hit
     inputs = source_inputs(src, req.seed)
@@ -655,26 +674,24 @@ def recheck(req: TuneRequest, base_pipeline: str, dims, params: dict, cache: Cac
         res = run_pypto_sim(src.module, inputs, verify=RECHECK_VERIFY, timeout_s=req.timeout_s, options=options)
     except PyptoSimError as e:
         return {"ok": False, "note": str(e)[:300], "max_error": None, "failed_records": None}
-    worst, bad = 0.0, []
+    worst, bad, differing = 0.0, [], 0
     for name, w in want.items():
         got = res.outputs.get(name)
         if got is None:
             bad.append(f"{name} missing")
             continue
-        if w.dtype.is_floating_point and w.dtype.itemsize == 4:
-            err = normalised_error(got, w)
-            if not err <= F32_RECHECK_TOLERANCE:
-                bad.append(f"{name} error {err:.3g}")
-        else:
-            err = 0.0 if bool((got.to(w.dtype) == w).all()) else float("inf")
-            if err:
-                bad.append(f"{name} not bit-exact")
+        differing += int((got.to(w.dtype) != w).sum())
+        err = normalised_error(got, w)
+        limit = RECHECK_TOLERANCE.get(str(w.dtype).replace("torch.", ""), 0.0)
+        if not err <= limit:
+            bad.append(f"{name} error {err:.3g} > {limit:g}")
         worst = max(worst, err)
-    out = {"ok": not bad, "note": "; ".join(bad), "max_error": worst, "failed_records": len(res.failed_records)}
+    out = {"ok": not bad, "note": "; ".join(bad), "max_error": worst, "differing": differing,
+           "failed_records": len(res.failed_records)}
     cache.put(key, out)
     what = "default" if params == default_params(dims) else _short(params, dims)
     log(f"tune: re-check {'passed' if out['ok'] else 'FAILED'} ({what}): max error "
-        f"{worst:.3g}, {out['failed_records']} pypto verify records failed")
+        f"{worst:.3g} ({differing} values differ), {out['failed_records']} pypto verify records failed")
     return out
 
 
