@@ -764,7 +764,7 @@ def load_tuning(path: str) -> dict:
         raise TuneError(f"{path}: 'pypto_options' must be an object of option names")
     try:
         build_pipeline(data["pipeline"])
-        PyptoOptions().with_settings({k: _value(v) for k, v in opts.items()})
+        PyptoOptions().with_settings(opts)  # strings are parsed as literals there, with its errors
     except (PipelineError, OptionError) as e:
         raise TuneError(f"{path}: {str(e).splitlines()[0]}") from None
     return data
@@ -782,7 +782,8 @@ def apply_tuning(args, stage_name: str) -> None:
         raise TuneError("--tuning applies to the pypto target, not --emit pto")
     if args.pipeline is None:
         args.pipeline = data["pipeline"]
-    args.pypto_option = [f"{k}={_value(v)!r}" for k, v in data["pypto_options"].items()] + list(args.pypto_option)
+    settings = [f"{k}={v if isinstance(v, str) else repr(v)}" for k, v in data["pypto_options"].items()]
+    args.pypto_option = settings + list(args.pypto_option)
 
 
 # -------------------------------------------------------------------------------------------------- CLI

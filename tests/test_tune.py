@@ -184,6 +184,8 @@ def test_tuning_file_applies_to_compile(tmp_path, capsys):
     ({"pipeline": "no-such-pass"}, "unknown pass 'no-such-pass'"),
     ({"pypto_options": {"vec_tile_elems": "__import__('os')"}}, "vec_tile_elems"),
     ({"pypto_options": {"bogus": 1}}, "unknown pypto option 'bogus'"),
+    ({"pypto_options": {"vec_nbuffer_setting": "{-1: "}}, "is not a Python literal"),
+    ({"pypto_options": {"vec_nbuffer_setting": [1]}}, "expected a dict of int -> int"),
     ({"extra": 1}, "unknown key 'extra'"),
 ])
 def test_bad_tuning_file_is_one_line_exit_2(tmp_path, capsys, change, message):
