@@ -467,7 +467,9 @@ def _us(value) -> str:
 
 
 def _short(params: dict, dims: list[Dim]) -> str:
-    return " ".join(f"{d.name.split('.')[-1]}={params[d.name]}" for d in dims if len(d.values) > 1)
+    """The candidate as its differences from the default."""
+    changed = [f"{d.name.split('.')[-1]}={params[d.name]}" for d in dims if params[d.name] != d.default]
+    return " ".join(changed) or "default"
 
 
 def tune(req: TuneRequest, log=None) -> TuneResult:
@@ -638,7 +640,8 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
         "sim_trials": sim_count,
         "wall_s": round(time.perf_counter() - t_start, 1),
         "trials": [{"number": t.number, "params": t.params, "status": t.status, "aicore_us": t.aicore_us,
-                    "sim_index": t.sim_index} for t in trials],
+                    "sim_index": t.sim_index, **({"note": t.note[:300]} if t.aicore_us is None else {})}
+                   for t in trials],
     }
     log(f"tune: best {chosen.aicore_us:.2f} us (default {_us(default_trial.aicore_us)} us), {evaluated} candidates "
         f"evaluated, {sim_count} SIM runs, "
@@ -689,8 +692,7 @@ def recheck(req: TuneRequest, base_pipeline: str, dims, params: dict, cache: Cac
     out = {"ok": not bad, "note": "; ".join(bad), "max_error": worst, "differing": differing,
            "failed_records": len(res.failed_records)}
     cache.put(key, out)
-    what = "default" if params == default_params(dims) else _short(params, dims)
-    log(f"tune: re-check {'passed' if out['ok'] else 'FAILED'} ({what}): max error "
+    log(f"tune: re-check {'passed' if out['ok'] else 'FAILED'} ({_short(params, dims)}): max error "
         f"{worst:.3g} ({differing} values differ), {out['failed_records']} pypto verify records failed")
     return out
 
