@@ -701,31 +701,41 @@ def recheck(req: TuneRequest, base_pipeline: str, dims, params: dict, cache: Cac
 
 
 def plot_trials(trials: list[Trial], title: str, path: str) -> bool:
-    """µs per SIM timing and the best so far; False when matplotlib is not installed."""
+    """µs per candidate (timed now, or from the cache), the best so far and the default; crashes and timeouts as
+    crosses. False when matplotlib is not installed."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return False
-    timed = sorted((t for t in trials if t.sim_index is not None), key=lambda t: t.sim_index)
-    xs = [t.sim_index for t in timed if t.aicore_us is not None]
-    ys = [t.aicore_us for t in timed if t.aicore_us is not None]
+    ok = [t for t in trials if t.aicore_us is not None and t.status != "duplicate"]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.scatter(xs, ys, s=18, label="trial")
-    running, best = [], math.inf
-    for y in ys:
-        best = min(best, y)
+    for status, marker in (("timed", "o"), ("cached", "s")):
+        pts = [t for t in ok if t.status == status]
+        if pts:
+            ax.scatter([t.number for t in pts], [t.aicore_us for t in pts], s=20, marker=marker,
+                       label="timed in SIM" if status == "timed" else "from the cache")
+    xs, running, best = [], [], math.inf
+    for t in ok:
+        best = min(best, t.aicore_us)
+        xs.append(t.number)
         running.append(best)
-    ax.step(xs, running, where="post", color="C1", label="best so far")
-    failed = [t.sim_index for t in timed if t.aicore_us is None]
-    if failed and ys:
-        ax.scatter(failed, [max(ys)] * len(failed), marker="x", color="C3", label="crash / timeout")
-    ax.set_xlabel("SIM timing")
+    if xs:
+        ax.step(xs, running, where="post", color="C2", label="best so far")
+    if trials and trials[0].aicore_us is not None:  # the default is the first candidate
+        ax.axhline(trials[0].aicore_us, color="grey", linestyle="--", linewidth=0.8, label="default")
+    failed = [t.number for t in trials if t.status in ("sim-error", "timeout")]
+    if failed and ok:
+        ax.scatter(failed, [max(t.aicore_us for t in ok)] * len(failed), marker="x", color="C3",
+                   label="crash / timeout")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("candidate")
     ax.set_ylabel("AICore µs (pypto 0.2.0 cost model)")
     ax.set_title(title)
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
