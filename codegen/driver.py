@@ -31,8 +31,10 @@ def _error_types() -> tuple[type[BaseException], ...]:
 
     from attnc.codegen.pypto_options import OptionError
 
+    from attnc.codegen.tune import TuneError
+
     types = [CliError, InputError, IRError, DSLError, InterpretError, ConfigError, PassError, PipelineError,
-             VerificationFailed, OptionError]
+             VerificationFailed, OptionError, TuneError]
     try:
         from attnc.codegen.pypto_emit import EmitError
 
@@ -281,6 +283,12 @@ def pypto_options(args):
     return PyptoOptions().with_settings(args.pypto_option)
 
 
+def apply_tuning(args, stage_name: str) -> None:
+    from attnc.codegen.tune import apply_tuning as apply
+
+    apply(args, stage_name)
+
+
 def cmd_compile(args) -> int:
     from attnc.codegen.io import atomic_write_text
     from attnc.codegen.provenance import Provenance
@@ -307,6 +315,7 @@ def cmd_compile(args) -> int:
                          resolve_config(args.config, args.set))
         else:
             src = load_source(args.source, args.config, args.set)
+    apply_tuning(args, src.name)
     pipeline = _pipeline_for(args)
     dumps: list[tuple[str, str]] = []
     if args.dump_dir:
@@ -560,6 +569,7 @@ def cmd_run(args) -> int:
         raise CliError(f"--steps must be at least 1, got {args.steps}")
     with timing.phase("parse" if is_ir_source(args.source) else "build stage (DSL -> attn IR)"):
         src = load_source(args.source, args.config, args.set)
+    apply_tuning(args, src.name)
     if args.steps > 1:
         if not state_names(src) or not {"x", "start_pos"} <= set(src.arg_names):
             raise CliError(f"--steps: {src.name} carries no state from step to step (a stage with x, start_pos "
@@ -719,6 +729,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "'vec_nbuffer_setting={-1: 4}'; see codegen/pypto_options.py (repeatable)")
         q.add_argument("--timing", action="store_true",
                        help="print the wall time of every phase (build/parse, each pass, each verify, emit, write)")
+        q.add_argument("--tuning", metavar="FILE", default=None,
+                       help="apply a tuning file from `attnc tune` (its pipeline and pypto options)")
 
     c = add("compile", "compile a stage, an .mlir file or stdin", cmd_compile)
     common(c)
@@ -787,6 +799,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="visibility: inputs (start_pos, cmp_idx); default: seeded")
     pl.add_argument("--start-pos", type=int, default=None, metavar="P",
                     help="visibility: every row's start position (default: seeded)")
+
+    from attnc.codegen.tune import add_parser as add_tune_parser
+
+    add_tune_parser(sub)
     return p
 
 

@@ -37,7 +37,7 @@ def readme_examples() -> list[tuple[str, str, str | None]]:
 
 
 def _is_slow(kind: str, text: str) -> bool:
-    return kind == "cli" and "--target pypto-sim" in text
+    return kind == "cli" and ("--target pypto-sim" in text or text.lstrip().startswith("attnc tune"))
 
 
 def run_cli_line(line: str, monkeypatch) -> int:
