@@ -96,6 +96,7 @@ def stage(name: str, outputs: Sequence[str], needs: Callable[[dict], str | None]
 class _Ctx:
     builder: Builder | None = None
     tokens: int | None = None
+    token_dims: tuple[int, int] | None = None  # (batch, seq) of the stage being built
     loc: str | None = None  # set while a pass rewrites an op: new ops inherit its DSL location
 
 
@@ -344,6 +345,25 @@ def reshape(x: Tensor, shape) -> Tensor:
     return out
 
 
+def to_tokens(x: Tensor) -> Tensor:
+    """[batch, seq, ...] per-token data -> its token rows [T, ...] (T = batch*seq, token b*seq+s): the IR's
+    statement that axis 0 of the result is the token axis (attn.to_tokens; a reshape in value)."""
+    dims = _Ctx.token_dims
+    if dims is None or tuple(x.shape[:2]) != dims:
+        _fail(f"to_tokens needs [batch, seq, ...] = {list(dims or ())} leading dims, got {x}")
+    out = _emit("to_tokens", [x], _ty((dims[0] * dims[1], *x.shape[2:]), x.dtype))
+    out.token_positions_of = x.token_positions_of  # token rows of positions still give positions
+    return out
+
+
+def from_tokens(x: Tensor) -> Tensor:
+    """Token rows [T, ...] -> [batch, seq, ...] (attn.from_tokens): rows handed to batch-major work or returned."""
+    dims = _Ctx.token_dims
+    if dims is None or x.shape[:1] != (dims[0] * dims[1],):
+        _fail(f"from_tokens needs token rows [{dims[0] * dims[1] if dims else 'T'}, ...], got {x}")
+    return _emit("from_tokens", [x], _ty((*dims, *x.shape[1:]), x.dtype))
+
+
 def transpose(x: Tensor, perm) -> Tensor:
     return _emit("transpose", [x], _ty(tuple(x.shape[p] for p in perm), x.dtype), perm=int_array(perm))
 
@@ -425,6 +445,7 @@ def build_stage(stage_def: StageDef, cfg: dict) -> ModuleOp:
     builder = Builder(InsertPoint.at_end(block))
     args = {name: Tensor(a) for name, a in zip(stage_def.params, block.args)}
     _Ctx.tokens = cfg["batch"] * cfg["seq"]
+    _Ctx.token_dims = (cfg["batch"], cfg["seq"])
     with _building(builder):
         outs = stage_def.fn(cfg, **args)
         missing = [o for o in stage_def.outputs if o not in outs]
@@ -436,7 +457,7 @@ def build_stage(stage_def: StageDef, cfg: dict) -> ModuleOp:
                      Region(block))
     fn.attributes["arg_names"] = _str_array(stage_def.params)
     fn.attributes["result_names"] = _str_array(stage_def.outputs)
-    # token dims [batch, seq]: a reshape [batch, seq, ...] -> [batch*seq, ...] marks per-token rows
+    # token dims [batch, seq]: the extent of the token rows made by attn.to_tokens
     fn.attributes["token_dims"] = int_array([cfg["batch"], cfg["seq"]])
     module = ModuleOp([fn])
     module.verify()

@@ -9,7 +9,7 @@ ever sees a row its predecessors overwrote (pypto-lib#492).
 All tables are gathered from one pool [B * (n_1 + n_2 + ...), ...] made of per-batch-row blocks, so a row id is
 `local + b * width` and each batch row only ever reads its own rows.
 """
-from attnc.ir.dsl import concat, gather_rows, iota, maximum, reshape, select, token_positions
+from attnc.ir.dsl import concat, gather_rows, iota, maximum, reshape, select, to_tokens, token_positions
 
 
 def batch_rows(local, width: int):
@@ -19,12 +19,14 @@ def batch_rows(local, width: int):
 
 def gather_pool(tables, local, index_shape):
     """Rows `local` [B, ...] (ids into the per-batch-row concatenation of `tables` [B, n_i, ...]) gathered as
-    [*index_shape, ...]."""
+    [*index_shape, ...]: index_shape is local's own shape (batch-major rows) or (T, ...) for ids [B, S, ...]
+    given per token, gathered as token rows (to_tokens)."""
     B = tables[0].shape[0]
     width = sum(t.shape[1] for t in tables)
     pool = concat(tables, axis=1) if len(tables) > 1 else tables[0]
     pool = reshape(pool, (B * width, *tables[0].shape[2:]))
-    return gather_rows(pool, reshape(batch_rows(local, width), index_shape))
+    ids = batch_rows(local, width)
+    return gather_rows(pool, ids if tuple(index_shape) == ids.shape else to_tokens(ids))
 
 
 def window_positions(cfg, start_pos, ring: int, span: int):
@@ -43,7 +45,7 @@ def ring_window(cfg, old, step, start_pos, span: int):
     """Rows of positions t-span+1 .. t for every token: [T, span, ...] and validity [T, span]."""
     T = cfg["tokens"]
     local, valid = window_positions(cfg, start_pos, old.shape[1], span)
-    return gather_pool([old, step], local, (T, span)), reshape(valid, (T, span))
+    return gather_pool([old, step], local, (T, span)), to_tokens(valid)
 
 
 def ring_store(cfg, old, step, start_pos):

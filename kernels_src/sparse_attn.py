@@ -1,7 +1,8 @@
 """Stages sparse_attn and sparse_attn_core: per-token window + compressed sparse attention with sinks,
 de-rotation and the grouped output projection."""
 from attnc.ir.dsl import (
-    In, concat, matmul, minimum, reshape, rope, select, slice_, sparse_attention, stage, token_positions,
+    In, concat, from_tokens, matmul, minimum, reshape, rope, select, slice_, sparse_attention, stage, to_tokens,
+    token_positions,
 )
 
 from .rings import gather_pool, window_positions
@@ -34,19 +35,19 @@ def visible_keys(cfg, kv_ring, kv_step, kv_cmp, cmp_idx, start_pos):
         valid = concat([valid, cmp_ok], axis=2)
         tables.append(kv_cmp)
     N = local.shape[2]
-    return gather_pool(tables, local, (T, N)), reshape(valid, (T, N))
+    return gather_pool(tables, local, (T, N)), to_tokens(valid)
 
 
 def attention_core(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, start_pos, attn_sink):
     T, H, hd = cfg["tokens"], cfg["n_heads"], cfg["head_dim"]
     kv, valid = visible_keys(cfg, kv_ring, kv_step, kv_cmp, cmp_idx, start_pos)
-    return sparse_attention(reshape(q, (T, H, hd)), kv, valid, attn_sink, cfg["softmax_scale"], out="bf16")
+    return sparse_attention(to_tokens(q), kv, valid, attn_sink, cfg["softmax_scale"], out="bf16")
 
 
 def _core_stage(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, start_pos, attn_sink):
     """Attention core only: per-head output before de-rotation, [B,S,H,hd] bf16."""
     o = attention_core(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, start_pos, attn_sink)
-    return {"core": reshape(o, (cfg["batch"], cfg["seq"], cfg["n_heads"], cfg["head_dim"]))}
+    return {"core": from_tokens(o)}
 
 
 _core_stage.__annotations__ = dict(_CORE_PARAMS)
@@ -63,12 +64,12 @@ def output_projection(cfg, o, start_pos, rope_cos, rope_sin, wo_a, wo_b):
     """Per-head attention output [T,H,hd] -> de-rotated at t -> grouped wo_a -> wo_b: [B,S,D] bf16."""
     B, S, T, G = cfg["batch"], cfg["seq"], cfg["tokens"], cfg["o_groups"]
     K, OL = cfg["group_in"], cfg["o_lora_rank"]
-    pos = reshape(token_positions(start_pos, S), (T,))
+    pos = to_tokens(token_positions(start_pos, S))
     o = reshape(rope(o, rope_cos, rope_sin, pos, out="bf16", inverse=True), (T, G * K))
     # group g = heads g*H/G .. (g+1)*H/G-1 (contiguous), each through its own wo_a[g]
     z = concat([matmul(slice_(o, (0, g * K), (T, K)), reshape(slice_(wo_a, (g, 0, 0), (1, K, OL)), (K, OL)),
                        out="bf16") for g in range(G)], axis=1)
-    return reshape(matmul(z, wo_b, out="bf16"), (B, S, cfg["dim"]))
+    return from_tokens(matmul(z, wo_b, out="bf16"))
 
 
 _full_stage.__annotations__ = dict(
