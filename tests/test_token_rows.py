@@ -7,7 +7,6 @@ The default run covers batch*seq = 1 (the shape that used to be refused) and the
 rest of the 9-point grid runs with `-m slow`."""
 from __future__ import annotations
 
-import copy
 import functools
 
 import pytest
@@ -20,7 +19,7 @@ from attnc.kernels_src import STAGES, resolve_config
 from attnc.kernels_src.inputs import make_inputs
 from attnc.passes import DEFAULT_PIPELINE, PassError
 from attnc.passes.verify import normalised_error, run_pipeline
-from tests.layer_harness import LayerDriver, layer_module
+from tests.layer_harness import CompiledStepDriver, layer_module
 from tests.test_layers_vs_reference import check_against_reference
 from tests.test_stages_vs_reference import TOLERANCE, reference
 
@@ -194,23 +193,13 @@ def test_stages_match_reference_at_every_batch_and_step(stage, batch, seq):
     _check_stage_vs_reference(stage, cfg, _stage_inputs(stage, cfg, STARTS[:batch]))
 
 
-class _CompiledStep(LayerDriver):
-    """Steps run the default-pipeline layer; the history before them is decoded by the tensor-level layer (the
-    reference recomputes everything from token rows, so any correct history will do)."""
-
-    def history(self, start_pos, chunk=None):
-        twin = copy.copy(self)
-        twin.pipeline = None
-        return LayerDriver.history(twin, start_pos, chunk)
-
-
 LAYER_STARTS = {"swa": (6, 13, 0), "hca": (126, 127, 5), "csa": (11, 2, 22)}
 
 
 @pytest.mark.parametrize("batch,seq", grid())
 @pytest.mark.parametrize("kind", ["swa", "hca", "csa"])
 def test_layer_kinds_match_reference_at_every_batch_and_step(kind, batch, seq):
-    d = _CompiledStep(kind, batch=batch, length=140, pipeline=DEFAULT_PIPELINE)
+    d = CompiledStepDriver(kind, batch=batch, length=140, pipeline=DEFAULT_PIPELINE)
     check_against_reference(d, kind, LAYER_STARTS[kind][:batch], seq)
 
 
@@ -233,6 +222,6 @@ def test_attention_with_a_cache_of_exactly_seq_entries_matches_reference(stage):
 
 
 def test_csa_layer_with_a_cache_of_exactly_seq_entries_matches_reference():
-    d = _CompiledStep("csa", batch=2, length=12, pipeline=DEFAULT_PIPELINE, overrides=(("max_pos", 8),))
+    d = CompiledStepDriver("csa", batch=2, length=12, pipeline=DEFAULT_PIPELINE, overrides=(("max_pos", 8),))
     assert d.cfg["n_cmp"] == 2
     check_against_reference(d, "csa", (5, 2), 2)
