@@ -225,3 +225,20 @@ def test_csa_layer_with_a_cache_of_exactly_seq_entries_matches_reference():
     d = CompiledStepDriver("csa", batch=2, length=12, pipeline=DEFAULT_PIPELINE, overrides=(("max_pos", 8),))
     assert d.cfg["n_cmp"] == 2
     check_against_reference(d, "csa", (5, 2), 2)
+
+
+# ------------------------------------------------------------------------------------------ pypto SIM
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage, overrides", [
+    ("decode_swa", (("batch", 1), ("seq", 1))),   # one request, one token
+    ("decode_csa", (("batch", 1), ("seq", 1))),
+    ("decode_csa", (("seq", 16),)),                # a prefill chunk longer than the window and the rings
+], ids=["swa-b1s1", "csa-b1s1", "csa-s16"])
+def test_pypto_sim_matches_interpreter_at_serving_shapes(stage, overrides):
+    from tests import test_pypto_target as target
+
+    if not target.pypto_available():
+        pytest.skip("pypto 0.2.0 is not importable here")
+    target.test_pypto_sim_matches_interpreter(stage, (*overrides, ("max_pos", 256)), ())
