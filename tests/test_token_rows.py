@@ -234,11 +234,33 @@ def test_csa_layer_with_a_cache_of_exactly_seq_entries_matches_reference():
 @pytest.mark.parametrize("stage, overrides", [
     ("decode_swa", (("batch", 1), ("seq", 1))),   # one request, one token
     ("decode_csa", (("batch", 1), ("seq", 1))),
-    ("decode_csa", (("seq", 16),)),                # a prefill chunk longer than the window and the rings
-], ids=["swa-b1s1", "csa-b1s1", "csa-s16"])
-def test_pypto_sim_matches_interpreter_at_serving_shapes(stage, overrides):
+], ids=["swa-b1s1", "csa-b1s1"])
+def test_pypto_sim_matches_interpreter_at_one_token(stage, overrides):
     from tests import test_pypto_target as target
 
     if not target.pypto_available():
         pytest.skip("pypto 0.2.0 is not importable here")
     target.test_pypto_sim_matches_interpreter(stage, (*overrides, ("max_pos", 256)), ())
+
+
+@pytest.mark.slow
+def test_pypto_sim_prefill_chunk_longer_than_window():
+    """A 16-token CSA chunk (S > W, S > the compressor rings, blocks completing mid-chunk) in SIM: caches and picks
+    bit for bit, f32 states within 1e-3; `out` within a bf16 ulp (pypto sums the f32 products of a matmul in its
+    own order, and with 32 tokens one output lands on the other side of a bf16 rounding: measured 1.2e-3)."""
+    from tests import test_pypto_target as target
+
+    if not target.pypto_available():
+        pytest.skip("pypto 0.2.0 is not importable here")
+    from attnc.codegen.pypto_target import run_pypto_sim
+
+    cfg, module = target.compiled("decode_csa", (("seq", 16), ("max_pos", 256)))
+    st = STAGES["decode_csa"]
+    inputs = make_inputs(st, stage_config(st, cfg), 5)
+    want = dict(zip(st.outputs, run_module(module, list(inputs.values()))))
+    res = run_pypto_sim(module, inputs, verify="tensor-graph", timeout_s=900)
+    for name, w in want.items():
+        got = res.outputs[name]
+        err = normalised_error(got.float(), w.float())
+        limit = 4e-3 if name == "out" else 1e-3 if w.dtype == torch.float32 else 0.0
+        assert err <= limit, f"{name}: {err:.3e}"
