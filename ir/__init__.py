@@ -47,6 +47,9 @@ def parse_ir(text: str, source_name: str = "<input>") -> ModuleOp:
         raise IRError(f"{source_name}:{loc.line}:{loc.col}: {str(e.msg).splitlines()[0]}") from None
     except Exception as e:  # unknown dialect/op and similar
         raise IRError(f"{source_name}: {_first_line(e)}") from None
+    from .printing import restore_loc_attributes
+
+    restore_loc_attributes(module)  # text printed with --print-debuginfo: DSL locations back into `loc`
     verify_ir(module, source_name)
     return module
 

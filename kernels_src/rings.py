@@ -11,24 +11,7 @@ after the step keeps the newest R positions.
 All tables are gathered from one pool [B * (n_1 + n_2 + ...), ...] made of per-batch-row blocks, so a row id is
 `local + b * width` and each batch row only ever reads its own rows.
 """
-from attnc.ir.dsl import concat, gather_rows, iota, maximum, reshape, select, to_tokens, token_positions
-
-
-def batch_rows(local, width: int):
-    """Pool row ids of per-batch-row local ids `local` [B, ...] in a pool of `width` rows per batch row."""
-    return local + iota((local.shape[0],) + (1,) * (len(local.shape) - 1), 0) * width
-
-
-def gather_pool(tables, local, index_shape):
-    """Rows `local` [B, ...] (ids into the per-batch-row concatenation of `tables` [B, n_i, ...]) gathered as
-    [*index_shape, ...]: index_shape is local's own shape (batch-major rows) or (T, ...) for ids [B, S, ...]
-    given per token, gathered as token rows (to_tokens)."""
-    B = tables[0].shape[0]
-    width = sum(t.shape[1] for t in tables)
-    pool = concat(tables, axis=1) if len(tables) > 1 else tables[0]
-    pool = reshape(pool, (B * width, *tables[0].shape[2:]))
-    ids = batch_rows(local, width)
-    return gather_rows(pool, ids if tuple(index_shape) == ids.shape else to_tokens(ids))
+from attnc.ir.dsl import gather_pool, iota, maximum, reshape, select, to_tokens, token_positions
 
 
 def window_positions(cfg, start_pos, ring: int, span: int):

@@ -23,7 +23,8 @@ from attnc.ir.types import dtype_of, shape_of, tensor_type, torch_dtype
 from . import PatternPass, PassError, register
 from ._build import before, tile_op, view
 
-_DECOMPOSED_BY = {"rmsnorm": "fuse-rmsnorm", "rope": "rope-selector-matmul", "sparse_attention": "tile-softmax"}
+_DECOMPOSED_BY = {"rmsnorm": "fuse-rmsnorm", "rope": "rope-selector-matmul", "sparse_attention": "tile-softmax",
+                 "cache_attention": "gather-keys or schedule-attention"}
 _COMMUTATIVE = {"add", "mul", "max", "min"}
 # token-row markers (read by parallelize-tokens) are reshapes in value
 _TILE_KIND = {"to_tokens": "reshape", "from_tokens": "reshape"}
