@@ -9,6 +9,8 @@
    ratio-128 entries; CSA: sparse_attn_core, + 512 indexer picks), with attnc's numerics and with P normalised
    before P·V, next to the hand-written hicann/pypto kernels under the same pypto (goal: at or below each); then
    the whole layer steps decode_swa/hca/csa.
+4. chunked prefill (`--sections prefill`): each layer kind on a chunk of S = 128 and 512 tokens per row, B = 4,
+   flash heads — compile time, interpreter time (tensor and tile level) and simulated AICore time.
 """
 from __future__ import annotations
 
@@ -79,11 +81,44 @@ def bench_aicore(config: str, stage: str, timeout_s: int, overrides: dict | None
     return {"aicore_us": res.aicore_us, "wall_s": res.wall_s, "tasks": (res.tasks or {}).get("total")}
 
 
+PREFILL_KINDS = ("decode_swa", "decode_hca", "decode_csa")
+
+
+def bench_prefill(config: str, stage: str, batch: int, seq: int, timeout_s: int, sim: bool = True) -> dict:
+    """One layer step on a prefill chunk of `seq` tokens per row (S > window): compile (default pipeline),
+    interpret at both levels once, then the pypto pipeline in SIM (time only)."""
+    st = STAGES[stage]
+    cfg = resolve_config(config, {"batch": batch, "seq": seq})
+    inputs = make_inputs(st, cfg, 0)
+    t0 = time.perf_counter()
+    tile_mod = build_stage(st, cfg)
+    run_pipeline(tile_mod, DEFAULT_PIPELINE)
+    out = {"compile_s": time.perf_counter() - t0}
+    tensor_mod = build_stage(st, cfg)
+    out["tensor_s"] = _best(lambda: run_module(tensor_mod, list(inputs.values())), 1)
+    out["tile_s"] = _best(lambda: run_module(tile_mod, list(inputs.values())), 1)
+    if sim:
+        from attnc.codegen.pypto_target import run_pypto_sim
+
+        module = build_stage(st, cfg)
+        run_pipeline(module, PYPTO_PIPELINE)
+        try:
+            res = run_pypto_sim(module, inputs, verify="none", timeout_s=timeout_s)
+            out.update(aicore_us=res.aicore_us, sim_wall_s=res.wall_s)
+        except Exception as e:  # keep the compile and interpreter numbers
+            out["sim_error"] = str(e).splitlines()[0][-300:]
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="flash")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--sections", default="compile,interp,sim", help="comma list of compile, interp, sim")
+    ap.add_argument("--sections", default="compile,interp,sim",
+                    help="comma list of compile, interp, sim, prefill")
+    ap.add_argument("--prefill-seq", default="128,512", help="prefill chunk lengths (tokens per row)")
+    ap.add_argument("--prefill-batch", type=int, default=4)
+    ap.add_argument("--no-sim", action="store_true", help="prefill: skip the pypto SIM runs")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args(argv)
     sections = set(args.sections.split(","))
@@ -130,6 +165,24 @@ def main(argv=None) -> int:
                 r = {"error": str(e).splitlines()[0]}
                 print(f"  {kind:<12} not measured: {r['error']}", flush=True)
             results["layers"][kind] = r
+
+    if "prefill" in sections:
+        B = args.prefill_batch
+        print(f"chunked prefill, B = {B}, {args.config} heads: compile (default pipeline), interpreter "
+              f"(tensor / tile level), simulated AICore (pypto pipeline, time only):")
+        results["prefill"] = {}
+        for seq in [int(x) for x in args.prefill_seq.split(",")]:
+            for kind in PREFILL_KINDS:
+                try:
+                    r = bench_prefill(args.config, kind, B, seq, timeout_s=3600, sim=not args.no_sim)
+                    us = (f"{r['aicore_us']:.1f} us (wall {r['sim_wall_s']:.0f} s)" if "aicore_us" in r else
+                          f"not measured: {r['sim_error']}" if "sim_error" in r else "-")
+                    print(f"  S={seq:<4} {kind:<12} compile {r['compile_s']:.2f} s  interp {r['tensor_s']:.1f} / "
+                          f"{r['tile_s']:.1f} s  AICore {us}", flush=True)
+                except Exception as e:
+                    r = {"error": str(e).splitlines()[0]}
+                    print(f"  S={seq:<4} {kind:<12} not measured: {r['error']}", flush=True)
+                results["prefill"][f"{kind}/S={seq}"] = r
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -96,6 +96,7 @@ def stage(name: str, outputs: Sequence[str], needs: Callable[[dict], str | None]
 class _Ctx:
     builder: Builder | None = None
     tokens: int | None = None
+    token_dims: tuple[int, int] | None = None  # (batch, seq) of the stage being built
     loc: str | None = None  # set while a pass rewrites an op: new ops inherit its DSL location
 
 
@@ -344,6 +345,36 @@ def reshape(x: Tensor, shape) -> Tensor:
     return out
 
 
+@contextlib.contextmanager
+def token_dims(dims: tuple[int, int]):
+    """Let a pass build token-row ops for a step of (batch, seq) tokens (a stage build sets them itself)."""
+    prev = _Ctx.token_dims
+    _Ctx.token_dims = tuple(dims)
+    try:
+        yield
+    finally:
+        _Ctx.token_dims = prev
+
+
+def to_tokens(x: Tensor) -> Tensor:
+    """[batch, seq, ...] per-token data -> its token rows [T, ...] (T = batch*seq, token b*seq+s): the IR's
+    statement that axis 0 of the result is the token axis (attn.to_tokens; a reshape in value)."""
+    dims = _Ctx.token_dims
+    if dims is None or tuple(x.shape[:2]) != dims:
+        _fail(f"to_tokens needs [batch, seq, ...] = {list(dims or ())} leading dims, got {x}")
+    out = _emit("to_tokens", [x], _ty((dims[0] * dims[1], *x.shape[2:]), x.dtype))
+    out.token_positions_of = x.token_positions_of  # token rows of positions still give positions
+    return out
+
+
+def from_tokens(x: Tensor) -> Tensor:
+    """Token rows [T, ...] -> [batch, seq, ...] (attn.from_tokens): rows handed to batch-major work or returned."""
+    dims = _Ctx.token_dims
+    if dims is None or x.shape[:1] != (dims[0] * dims[1],):
+        _fail(f"from_tokens needs token rows [{dims[0] * dims[1] if dims else 'T'}, ...], got {x}")
+    return _emit("from_tokens", [x], _ty((*dims, *x.shape[1:]), x.dtype))
+
+
 def transpose(x: Tensor, perm) -> Tensor:
     return _emit("transpose", [x], _ty(tuple(x.shape[p] for p in perm), x.dtype), perm=int_array(perm))
 
@@ -370,12 +401,14 @@ def batch_rows(local: Tensor, width: int) -> Tensor:
 
 def gather_pool(tables: Sequence[Tensor], local: Tensor, index_shape) -> Tensor:
     """Rows `local` [B, ...] (ids into the per-batch-row concatenation of `tables` [B, n_i, ...]) gathered as
-    [*index_shape, ...]: each batch row only ever reads its own rows."""
+    [*index_shape, ...]: each batch row only ever reads its own rows. index_shape is local's own shape
+    (batch-major rows) or (T, ...) for ids [B, S, ...] given per token, gathered as token rows (to_tokens)."""
     B = tables[0].shape[0]
     width = sum(t.shape[1] for t in tables)
     pool = concat(list(tables), axis=1) if len(tables) > 1 else tables[0]
     pool = reshape(pool, (B * width, *tables[0].shape[2:]))
-    return gather_rows(pool, reshape(batch_rows(local, width), index_shape))
+    ids = batch_rows(local, width)
+    return gather_rows(pool, ids if tuple(index_shape) == ids.shape else to_tokens(ids))
 
 
 def rmsnorm(x: Tensor, gamma: Tensor | None, eps: float, out: str) -> Tensor:
@@ -453,6 +486,7 @@ def build_stage(stage_def: StageDef, cfg: dict) -> ModuleOp:
     builder = Builder(InsertPoint.at_end(block))
     args = {name: Tensor(a) for name, a in zip(stage_def.params, block.args)}
     _Ctx.tokens = cfg["batch"] * cfg["seq"]
+    _Ctx.token_dims = (cfg["batch"], cfg["seq"])
     with _building(builder):
         outs = stage_def.fn(cfg, **args)
         missing = [o for o in stage_def.outputs if o not in outs]
@@ -464,7 +498,7 @@ def build_stage(stage_def: StageDef, cfg: dict) -> ModuleOp:
                      Region(block))
     fn.attributes["arg_names"] = _str_array(stage_def.params)
     fn.attributes["result_names"] = _str_array(stage_def.outputs)
-    # token dims [batch, seq]: a reshape [batch, seq, ...] -> [batch*seq, ...] marks per-token rows
+    # token dims [batch, seq]: the extent of the token rows made by attn.to_tokens
     fn.attributes["token_dims"] = int_array([cfg["batch"], cfg["seq"]])
     module = ModuleOp([fn])
     module.verify()

@@ -311,6 +311,8 @@ def _tensor_impls() -> dict:
     table[d["slice"]] = lambda it, op, a: (
         a[0][tuple(slice(o, o + s) for o, s in zip(ints_of(op.offsets), ints_of(op.sizes)))].contiguous(),)
     table[d["rmsnorm"]] = _rmsnorm
+    for kind in ("to_tokens", "from_tokens"):  # reshapes in value
+        table[d[kind]] = lambda it, op, a: (a[0].reshape(shape_of(op.result.type)),)
     table[d["rope"]] = _rope
     table[d["sparse_attention"]] = lambda it, op, a: (
         cast_tensor(sparse_attention(*a, op.scale.value.data), _out_dtype(op)),)

@@ -69,6 +69,22 @@ def _sparse_attention_verify(self):
     self.expect(shape_of(self.result.type) == sq, "result shape must equal q's")
 
 
+def _to_tokens_verify(self):
+    si, so = shape_of(self.input.type), shape_of(self.result.type)
+    self.expect(len(si) >= 2, f"input must be [batch, seq, ...], got {describe(self.input.type)}")
+    self.expect(so == (si[0] * si[1], *si[2:]),
+                f"result must be the token rows {[si[0] * si[1], *si[2:]]}, got {describe(self.result.type)}")
+    self.same_dtype(self.input, self.result)
+
+
+def _from_tokens_verify(self):
+    si, so = shape_of(self.input.type), shape_of(self.result.type)
+    self.expect(len(so) >= 2, f"result must be [batch, seq, ...], got {describe(self.result.type)}")
+    self.expect(si == (so[0] * so[1], *so[2:]),
+                f"input must be the token rows {[so[0] * so[1], *so[2:]]}, got {describe(self.input.type)}")
+    self.same_dtype(self.input, self.result)
+
+
 def _cache_attention_verify(self):
     sq = shape_of(self.q.type)
     self.expect(len(sq) == 4, f"q must be [B,S,H,d], got {describe(self.q.type)}")
@@ -110,6 +126,13 @@ SparseAttentionOp = _make("attn.sparse_attention", dict(
     q=operand_def(TensorType), kv=operand_def(TensorType), valid=operand_def(TensorType),
     sink=operand_def(TensorType), scale=prop_def(FloatAttr), result=result_def(TensorType),
     verify_=_sparse_attention_verify))
+# Token rows as a fact of the IR: to_tokens flattens [batch, seq, ...] per-token data into the T = batch*seq token
+# rows [T, ...], from_tokens hands token rows back as [batch, seq, ...]. Both are reshapes in value; they tell
+# parallelize-tokens which values are token rows (lower-to-tiles turns them into tile.reshape).
+ToTokensOp = _make("attn.to_tokens", dict(input=operand_def(TensorType), result=result_def(TensorType),
+                                          verify_=_to_tokens_verify))
+FromTokensOp = _make("attn.from_tokens", dict(input=operand_def(TensorType), result=result_def(TensorType),
+                                              verify_=_from_tokens_verify))
 # Attention of every token over the rows a decode step can see, stated by where they live (not gathered): the
 # window t-W+1..t (earlier positions in the ring at slot p mod W, this step's rows in `step`), then compressed
 # entries w < min(N, floor((t+1)/ratio)) — every entry of the cache, or those listed per token by `index`
@@ -121,6 +144,7 @@ CacheAttentionOp = _make("attn.cache_attention", dict(
     ring=operand_def(TensorType), step=operand_def(TensorType), compressed=var_operand_def(TensorType),
     scale=prop_def(FloatAttr), ratio=prop_def(IntegerAttr), listed_prefix=prop_def(BoolAttr),
     result=result_def(TensorType), verify_=_cache_attention_verify))
-ATTN_OPS = [*_SHARED, ReduceOp, SliceOp, RmsNormOp, RopeOp, SparseAttentionOp, CacheAttentionOp]
+ATTN_OPS = [*_SHARED, ReduceOp, SliceOp, RmsNormOp, RopeOp, SparseAttentionOp, ToTokensOp, FromTokensOp,
+            CacheAttentionOp]
 Attn = Dialect("attn", ATTN_OPS, [])
 ATTN = {op.name.split(".", 1)[1]: op for op in ATTN_OPS}

@@ -13,8 +13,8 @@ at cache slot w, so a block may complete in the middle of a step and later token
 import math
 
 from attnc.ir.dsl import (
-    In, block_start_positions, cast, concat, exp, gather_rows, iota, matmul, reduce, reshape, rmsnorm, rope, select,
-    slice_, stage, token_positions, transpose,
+    In, block_start_positions, cast, concat, exp, from_tokens, gather_rows, iota, matmul, reduce, reshape, rmsnorm, rope,
+    select, slice_, stage, to_tokens, token_positions, transpose,
 )
 
 from .configs import with_compress_ratio
@@ -41,8 +41,8 @@ def compress(cfg, xn, w_kv, w_gate, ape, norm_w, kv_state, score_state, cache, s
     ring, width = kv_state.shape[1], kv_state.shape[2]
     pos = token_positions(start_pos, S)
     a = matmul(xn, w_kv)
-    z = matmul(xn, w_gate) + gather_rows(ape, reshape(pos % ratio, (T,)))
-    step = reshape(concat([a, z], axis=1), (B, S, 2 * width))
+    z = matmul(xn, w_gate) + gather_rows(ape, to_tokens(pos % ratio))
+    step = from_tokens(concat([a, z], axis=1))
     state = concat([kv_state, score_state], axis=2)
     rows, valid = ring_window(cfg, state, step, start_pos, ring)  # [T, R, a|z]: positions t-R+1 .. t, oldest first
 
@@ -59,12 +59,12 @@ def compress(cfg, xn, w_kv, w_gate, ape, norm_w, kv_state, score_state, cache, s
     weights = exp(scores - reduce(scores, "max", -1))
     pooled = reduce(weights * values, "sum", -1) / reduce(weights, "sum", -1)
     normed = rmsnorm(reshape(pooled, (T, dim)), norm_w, eps, out="f32")
-    first = reshape(block_start_positions(pos, ratio), (T,))
+    first = to_tokens(block_start_positions(pos, ratio))
     entry = rope(normed, rope_cos, rope_sin, first, out="bf16")
     if rotate:
         entry = cast(matmul(entry, hadamard_signs(dim)) * (1.0 / math.sqrt(dim)), "bf16")
     new_state = ring_store(cfg, state, step, start_pos)
-    new_cache = store_completed(cfg, cache, reshape(entry, (B, S, dim)), start_pos, ratio)
+    new_cache = store_completed(cfg, cache, from_tokens(entry), start_pos, ratio)
     return (slice_(new_state, (0, 0, 0), (B, ring, width)), slice_(new_state, (0, 0, width), (B, ring, width)),
             new_cache)
 
@@ -106,7 +106,7 @@ def _needs_ratio(cfg):
 
 
 def _tokens(cfg, xn):
-    return reshape(xn, (cfg["tokens"], cfg["dim"]))
+    return to_tokens(xn)
 
 
 @stage("compressor", outputs=("kv_state", "score_state", "kv_cmp"), needs=_needs_ratio, params=MAIN_PARAMS,

@@ -60,7 +60,6 @@ def _validate(cfg: dict):
     need(cfg["compress_ratio"] in (0, 4, 128), f"compress_ratio must be 0, 4 or 128, got {cfg['compress_ratio']}")
     need(cfg["rope_dim"] % 2 == 0 and cfg["rope_dim"] <= cfg["head_dim"], "rope_dim must be even and <= head_dim")
     need(cfg["n_heads"] % cfg["o_groups"] == 0, "n_heads must be a multiple of o_groups")
-    need(cfg["seq"] <= cfg["window"], "seq must not exceed window")
     need(cfg["norm_eps"] > 0, "norm_eps must be positive")
     need(cfg["index_dim"] >= cfg["rope_dim"] and cfg["index_dim"] & (cfg["index_dim"] - 1) == 0,
          "index_dim must be a power of two (Hadamard) and >= rope_dim")

@@ -11,7 +11,8 @@ lower entry id (deterministic), -1 where fewer than k entries are visible; invis
 import math
 
 from attnc.ir.dsl import (
-    In, cast, iota, matmul, minimum, reduce, relu, reshape, rope, select, stage, token_positions, topk,
+    In, cast, from_tokens, iota, matmul, minimum, reduce, relu, reshape, rope, select, stage, to_tokens, token_positions,
+    topk,
 )
 
 from .compressor import hadamard_signs
@@ -36,7 +37,7 @@ def index_select(cfg, xn, qr, wi_q, wi_w, idx_cmp, start_pos, rope_cos, rope_sin
     """Token rows xn [T, dim], qr [T, q_lora] -> (scores [T, NC] f32, picks [T, K] i32)."""
     B, S, T = cfg["batch"], cfg["seq"], cfg["tokens"]
     IH, ID, NC, K = cfg["index_heads"], cfg["index_dim"], cfg["n_cmp"], cfg["cmp_topk"]
-    pos = reshape(token_positions(start_pos, S), (T,))
+    pos = to_tokens(token_positions(start_pos, S))
     q = rope(reshape(matmul(qr, wi_q), (T, IH, ID)), rope_cos, rope_sin, pos, out="bf16")
     q = cast(matmul(q, hadamard_signs(ID)) * (1.0 / math.sqrt(ID)), "bf16")
     keys = gather_pool([idx_cmp], iota((B, S, NC), 2), (T, NC))                    # [T, NC, ID]
@@ -52,6 +53,6 @@ def index_select(cfg, xn, qr, wi_q, wi_w, idx_cmp, start_pos, rope_cos, rope_sin
 def _indexer_stage(cfg, **a):
     """Lightning indexer: per-token scores of the visible compressed entries and their top-k ids."""
     B, S, T = cfg["batch"], cfg["seq"], cfg["tokens"]
-    score, picks = index_select(cfg, reshape(a["xn"], (T, cfg["dim"])), reshape(a["qr"], (T, cfg["q_lora_rank"])),
+    score, picks = index_select(cfg, to_tokens(a["xn"]), to_tokens(a["qr"]),
                                 a["wi_q"], a["wi_w"], a["idx_cmp"], a["start_pos"], a["rope_cos"], a["rope_sin"])
-    return {"index_score": reshape(score, (B, S, cfg["n_cmp"])), "cmp_idx": reshape(picks, (B, S, cfg["cmp_topk"]))}
+    return {"index_score": from_tokens(score), "cmp_idx": from_tokens(picks)}

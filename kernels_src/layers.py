@@ -9,7 +9,7 @@ Visible compressed entries: SWA none; HCA every complete entry (no top-k cap); C
 Every rotation of a layer uses the layer's RoPE profile, chosen by its compression ratio (rope tables of
 `attnc run` are built for it).
 """
-from attnc.ir.dsl import In, reshape, stage
+from attnc.ir.dsl import In, from_tokens, stage
 
 from .compressor import INDEX_PARAMS, MAIN_PARAMS, index_compressor, main_compressor
 from .configs import with_compress_ratio
@@ -70,7 +70,7 @@ def decode_layer(cfg, kind: str, a: dict) -> dict:
     B, S = cfg["batch"], cfg["seq"]
     q, kv, qr, xn = project(cfg, a["x"], a["attn_norm_w"], a["wq_a"], a["q_norm_w"], a["wq_b"], a["wkv"],
                             a["kv_norm_w"], a["start_pos"], a["rope_cos"], a["rope_sin"])
-    kv_step = reshape(kv, (B, S, cfg["head_dim"]))
+    kv_step = from_tokens(kv)
     outs, kv_cmp, cmp_idx = {}, None, None
     if kind != "swa":
         outs["kv_state"], outs["score_state"], kv_cmp = main_compressor(cfg, a, xn)
@@ -79,8 +79,8 @@ def decode_layer(cfg, kind: str, a: dict) -> dict:
         outs["ikv_state"], outs["iscore_state"], outs["idx_cmp"] = index_compressor(cfg, a, xn)
         _, picks = index_select(cfg, xn, qr, a["wi_q"], a["wi_w"], outs["idx_cmp"], a["start_pos"], a["rope_cos"],
                                 a["rope_sin"])
-        cmp_idx = outs["cmp_idx"] = reshape(picks, (B, S, cfg["cmp_topk"]))
-    o = attention_core(cfg, q, a["kv_ring"], kv_step, kv_cmp, cmp_idx, a["start_pos"], a["attn_sink"])
+        cmp_idx = outs["cmp_idx"] = from_tokens(picks)
+    o = attention_core(cfg, from_tokens(q), a["kv_ring"], kv_step, kv_cmp, cmp_idx, a["start_pos"], a["attn_sink"])
     outs["out"] = output_projection(cfg, o, a["start_pos"], a["rope_cos"], a["rope_sin"], a["wo_a"], a["wo_b"])
     outs["kv_ring"] = ring_store(cfg, a["kv_ring"], kv_step, a["start_pos"])
     return outs

@@ -1,5 +1,5 @@
 """Stage qkv_proj_rope: attention norm, q/kv projections with their norms, RoPE at each token's position."""
-from attnc.ir.dsl import In, matmul, reshape, rmsnorm, rope, stage, token_positions
+from attnc.ir.dsl import In, from_tokens, matmul, reshape, rmsnorm, rope, stage, to_tokens, token_positions
 
 
 @stage("qkv_proj_rope", outputs=("q", "kv", "qr"))
@@ -17,15 +17,15 @@ def qkv_proj_rope(cfg,
     """x -> q [B,S,H,hd], kv [B,S,hd], qr [B,S,q_lora] (bf16)."""
     B, S, H, hd = cfg["batch"], cfg["seq"], cfg["n_heads"], cfg["head_dim"]
     q, kv, qr, _ = project(cfg, x, attn_norm_w, wq_a, q_norm_w, wq_b, wkv, kv_norm_w, start_pos, rope_cos, rope_sin)
-    return {"q": reshape(q, (B, S, H, hd)), "kv": reshape(kv, (B, S, hd)), "qr": reshape(qr, (B, S, cfg["q_lora_rank"]))}
+    return {"q": from_tokens(q), "kv": from_tokens(kv), "qr": from_tokens(qr)}
 
 
 def project(cfg, x, attn_norm_w, wq_a, q_norm_w, wq_b, wkv, kv_norm_w, start_pos, rope_cos, rope_sin):
     """Token rows [T, ...]: q (normed per head, rotated), kv (normed, rotated), qr, and xn = attn_norm(x), the
     input of q, kv, the compressors and the indexer weights (pypto-lib#440)."""
     S, T, H, hd, eps = cfg["seq"], cfg["tokens"], cfg["n_heads"], cfg["head_dim"], cfg["norm_eps"]
-    pos = reshape(token_positions(start_pos, S), (T,))
-    xn = rmsnorm(reshape(x, (T, cfg["dim"])), attn_norm_w, eps, out="bf16")
+    pos = to_tokens(token_positions(start_pos, S))
+    xn = rmsnorm(to_tokens(x), attn_norm_w, eps, out="bf16")
     qr = rmsnorm(matmul(xn, wq_a), q_norm_w, eps, out="bf16")
     q = reshape(matmul(qr, wq_b), (T, H, hd))
     q = rope(rmsnorm(q, None, eps, out="f32"), rope_cos, rope_sin, pos, out="bf16")

@@ -4,12 +4,14 @@ A ring of R rows per batch row holds position p at slot p mod R. A step brings S
 start_pos[b] + s). Reads are per token and per position: token t reads position p from the step row p - start_pos
 when p >= start_pos (p <= t always, so never a later token of the same step), else from the ring. Writes happen
 after the reads, as a new value of the ring (old ring + step rows overlaid at their slots), so no token of a step
-ever sees a row its predecessors overwrote (pypto-lib#492).
+ever sees a row its predecessors overwrote (pypto-lib#492). S may exceed R (a prefill chunk): positions before
+the step are read from the ring only when they are within R of the token, the rest from the step, and the ring
+after the step keeps the newest R positions.
 
 All tables are gathered from one pool [B * (n_1 + n_2 + ...), ...] made of per-batch-row blocks, so a row id is
 `local + b * width` and each batch row only ever reads its own rows.
 """
-from attnc.ir.dsl import gather_pool, iota, maximum, reshape, select, token_positions
+from attnc.ir.dsl import gather_pool, iota, maximum, reshape, select, to_tokens, token_positions
 
 
 def window_positions(cfg, start_pos, ring: int, span: int):
@@ -28,7 +30,7 @@ def ring_window(cfg, old, step, start_pos, span: int):
     """Rows of positions t-span+1 .. t for every token: [T, span, ...] and validity [T, span]."""
     T = cfg["tokens"]
     local, valid = window_positions(cfg, start_pos, old.shape[1], span)
-    return gather_pool([old, step], local, (T, span)), reshape(valid, (T, span))
+    return gather_pool([old, step], local, (T, span)), to_tokens(valid)
 
 
 def ring_store(cfg, old, step, start_pos):

@@ -1,6 +1,8 @@
 """Stages sparse_attn and sparse_attn_core: per-token window + compressed sparse attention with sinks,
 de-rotation and the grouped output projection."""
-from attnc.ir.dsl import In, cache_attention, concat, matmul, reshape, rope, slice_, stage, token_positions
+from attnc.ir.dsl import (
+    In, cache_attention, concat, from_tokens, matmul, reshape, rope, slice_, stage, to_tokens, token_positions,
+)
 
 from .configs import with_compress_ratio
 
@@ -20,10 +22,10 @@ def attention_core(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, start_pos, attn_si
     ring for earlier positions, the step's own rows otherwise, never a later token) and, in a layer with
     compressed entries (m > 0), the entries w < min(NCMP, floor((t+1)/m)): those listed in `cmp_idx` (-1 padding),
     or every entry when `cmp_idx` is None (HCA). Visibility comes from each token's own position."""
-    B, S, H, hd, m = cfg["batch"], cfg["seq"], cfg["n_heads"], cfg["head_dim"], cfg["compress_ratio"]
+    m = cfg["compress_ratio"]
     # listed ids (the indexer's top-k picks; the cmp_idx contract of the attention stages) are a visible prefix
     extra = dict(cache=kv_cmp, index=cmp_idx, ratio=m, listed_prefix=cmp_idx is not None) if m > 0 else {}
-    return cache_attention(reshape(q, (B, S, H, hd)), attn_sink, start_pos, kv_ring, kv_step, cfg["softmax_scale"],
+    return cache_attention(q, attn_sink, start_pos, kv_ring, kv_step, cfg["softmax_scale"],
                            out="bf16", **extra)
 
 
@@ -54,14 +56,14 @@ def _full_stage(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, start_pos, attn_sink,
 def output_projection(cfg, o, start_pos, rope_cos, rope_sin, wo_a, wo_b):
     """Per-head attention output [B,S,H,hd] -> de-rotated at t -> grouped wo_a -> wo_b: [B,S,D] bf16."""
     B, S, T, G = cfg["batch"], cfg["seq"], cfg["tokens"], cfg["o_groups"]
-    o = reshape(o, (T, cfg["n_heads"], cfg["head_dim"]))
+    o = to_tokens(o)
     K, OL = cfg["group_in"], cfg["o_lora_rank"]
-    pos = reshape(token_positions(start_pos, S), (T,))
+    pos = to_tokens(token_positions(start_pos, S))
     o = reshape(rope(o, rope_cos, rope_sin, pos, out="bf16", inverse=True), (T, G * K))
     # group g = heads g*H/G .. (g+1)*H/G-1 (contiguous), each through its own wo_a[g]
     z = concat([matmul(slice_(o, (0, g * K), (T, K)), reshape(slice_(wo_a, (g, 0, 0), (1, K, OL)), (K, OL)),
                        out="bf16") for g in range(G)], axis=1)
-    return reshape(matmul(z, wo_b, out="bf16"), (B, S, cfg["dim"]))
+    return from_tokens(matmul(z, wo_b, out="bf16"))
 
 
 _full_stage.__annotations__ = dict(

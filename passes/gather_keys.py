@@ -47,16 +47,16 @@ class _GatherKeys(RewritePattern):
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: CacheAttentionOp, rewriter: PatternRewriter):
         B, S, H, d = shape_of(op.q.type)
-        with before(op):
+        with before(op), dsl.token_dims((B, S)):
             tables, local, valid = window_and_compressed_ids(op)
             n = local.shape[2]
             kv = dsl.gather_pool(tables, local, (B * S, n))
-            o = dsl.sparse_attention(dsl.reshape(T(op.q), (B * S, H, d)), kv, dsl.reshape(valid, (B * S, n)),
-                                     T(op.sink), op.scale.value.data, out=dtype_of(op.result.type))
-            batch_major = dsl.reshape(o, (B, S, H, d))
+            o = dsl.sparse_attention(dsl.to_tokens(T(op.q)), kv, dsl.to_tokens(valid), T(op.sink),
+                                     op.scale.value.data, out=dtype_of(op.result.type))
+            batch_major = dsl.from_tokens(o)
         for use in list(op.result.uses):  # a flatten back to token rows reads the rows directly
             user = use.operation
-            if isinstance(user, ATTN["reshape"]) and user.result.type == o.value.type:
+            if isinstance(user, (ATTN["to_tokens"], ATTN["reshape"])) and user.result.type == o.value.type:
                 user.result.replace_all_uses_with(o.value)
                 rewriter.erase(user)
         rewriter.replace(op, [], [batch_major.value])

@@ -5,7 +5,7 @@ another axis: transpose it last, reduce rows, transpose back; a sum along anothe
 would change); a binary op whose operand is a row vector [.., M, 1] or a column vector [1.., 1, N] broadcast to
 the tile becomes row_expand_* / col_expand_* (the broadcast is never materialised); a binary op with a float
 splat operand becomes adds/muls/maxs (x - c: adds of -c) when that is bit-exact (x / c stays a tile.div); static
-slices become tile views at constant offsets. Composite ops must have been decomposed by their passes first.
+slices become tile views at constant offsets; attn.to_tokens / attn.from_tokens become tile.reshape. Composite ops must have been decomposed by their passes first.
 Exact rewrite."""
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ from ._build import before, tile_op, view
 _DECOMPOSED_BY = {"rmsnorm": "fuse-rmsnorm", "rope": "rope-selector-matmul", "sparse_attention": "tile-softmax",
                  "cache_attention": "gather-keys or schedule-attention"}
 _COMMUTATIVE = {"add", "mul", "max", "min"}
+# token-row markers (read by parallelize-tokens) are reshapes in value
+_TILE_KIND = {"to_tokens": "reshape", "from_tokens": "reshape"}
 # x op splat(c) -> tile.<scalar op>(x, c'): add/mul/max directly, and x - c as x + (-c) (negation is exact and
 # IEEE x - c == x + (-c) bit for bit). x / c stays tile.div of a tile.full: x * (1/c) is not bit-exact.
 _SCALAR_OF = {"add": ("adds", 1.0), "mul": ("muls", 1.0), "max": ("maxs", 1.0), "sub": ("adds", -1.0)}
@@ -79,7 +81,7 @@ class _Lower(RewritePattern):
             if fused is not None:
                 return fused
         operands = [list(op.inputs)] if kind == "concat" else list(op.operands)
-        return emit_op(TILE[kind], operands, [rtype], dict(op.properties)).results[0]
+        return emit_op(TILE[_TILE_KIND.get(kind, kind)], operands, [rtype], dict(op.properties)).results[0]
 
     def _reduce(self, op):
         axis, red = op.axis.value.data, op.kind.data

@@ -1,14 +1,18 @@
 """parallelize-tokens: per-token work becomes `tile.parallel` loops over the T = batch*seq token rows in chunks.
 
-Token values are the flattened per-token tensors ([batch, seq, ...] -> [T, ...] reshapes) and everything a
-token-local op computes from them. A networkx def-use graph orders the walk that proves the loops legal: every
-token op must treat axis 0 as an independent batch axis, so chunks of rows never depend on each other. Anything
-else — a reduction over tokens, a transpose moving them, a matmul contracting over them, a gather whose table is
-per token — is refused with the op's location.
+Token rows are a fact of the IR, never a guess from shapes: they are the results of `attn.to_tokens` (the DSL's
+[batch, seq, ...] -> [T, ...] flatten of per-token data) and every result of a token-local op computed from them.
+A networkx def-use graph orders the walk that proves the loops legal: every token op must treat axis 0 as an
+independent batch axis, so chunks of rows never depend on each other. Anything else — a reduction over tokens, a
+transpose moving them, a matmul contracting over them, a gather whose table is per token — is refused with the
+op's location. Other operands of token work are shared (used whole by every chunk) or replicated (splats, iotas
+and broadcasts that are the same on every row, re-made per chunk).
 
-Rows may leave token work through an un-flatten, feed batch-major work (a ring or cache written, then gathered
-per token), and come back through a flatten: each such hand-over starts a new dependence level, and each level's
-token work becomes one loop, placed after the batch-major work it needs (the body is reordered; all ops are pure).
+Rows leave token work through `attn.from_tokens` ([T, ...] -> [batch, seq, ...]): an op none of whose operands
+are token rows — e.g. one taking un-flattened [batch, seq, ...] values — is batch-major work. Rows may feed
+batch-major work (a ring or cache written, then gathered per token) and come back through a to_tokens: each such
+hand-over starts a new dependence level, and each level's token work becomes one loop, placed after the
+batch-major work it needs (the body is reordered; all ops are pure).
 A loop's inputs are token rows (row views; a ragged last chunk has a runtime valid row count, padded with zeros),
 its outputs the token rows used after it, assembled into carried [T, ...] tensors. Exact rewrite."""
 from __future__ import annotations
@@ -53,34 +57,26 @@ class _Analysis:
         b, s = ints_of(fn.attributes["token_dims"])
         self.bs, self.T = (b, s), b * s
         self.block = fn.body.block
+        self.nested_tok: set = set()  # token rows defined inside loops nested in token work
 
     def top_level(self, op: Operation) -> Operation:
         while op.parent_block() is not self.block:
             op = op.parent_op()
         return op
 
-    # -- classification helpers
+    # -- classification helpers: the IR states where token rows begin and end
     def is_flatten(self, op) -> bool:
-        if _kind(op) != "reshape":
+        if op.name != "attn.to_tokens":
             return False
-        si, so = shape_of(op.input.type), shape_of(op.result.type)
-        return len(si) >= 2 and si[:2] == self.bs and so == (self.T, *si[2:])
+        if shape_of(op.input.type)[:2] != self.bs:
+            raise PassError(f"{op_location(op)}: 'attn.to_tokens' flattens {list(shape_of(op.input.type)[:2])} "
+                            f"rows but the function's token dims are {list(self.bs)}")
+        return True
 
-    def is_unflatten(self, op) -> bool:
-        if _kind(op) != "reshape":
-            return False
-        si, so = shape_of(op.input.type), shape_of(op.result.type)
-        return si[:1] == (self.T,) and so == (*self.bs, *si[1:])
-
-    def is_exit(self, op) -> bool:
-        """An un-flatten that hands token rows to non-token work. With seq == 1 a [T, ...] -> [B, 1, ...] reshape
-        may just add a unit axis for broadcasting, so it only leaves when its users re-arrange or return rows."""
-        if not self.is_unflatten(op) or self.is_flatten(op):
-            return False
-        if self.bs[1] != 1:
-            return True
-        return any(isinstance(u.operation, func.ReturnOp) or _kind(u.operation) in ("concat", "reshape", "gather_rows", "cache_attention")
-                   for u in op.result.uses)
+    @staticmethod
+    def is_exit(op) -> bool:
+        """attn.from_tokens hands token rows to batch-major work (or to the return)."""
+        return op.name == "attn.from_tokens"
 
     def is_generator(self, op) -> bool:
         """Token-independent data replicated over the T rows (splats, iotas along other axes, broadcasts of
@@ -109,9 +105,11 @@ class _Analysis:
 
         tensors = [v for v in op.operands if isinstance(v.type, TensorType)]
         if kind in _ELEMENTWISE:
+            # a shared operand is used whole by every chunk: with operands of one shape, only the single row
+            # of T == 1 matches a chunk
             for v in tensors:
-                if _lead(v) == self.T and not is_tok(v):
-                    refuse("mixes token rows with a [T, ...] value that is not per token")
+                if not is_tok(v) and self.T != 1:
+                    refuse("mixes token rows with a [T, ...] value that is not token rows")
             return
         if kind == "broadcast":
             if _lead(op.input) != _lead(op.result):
@@ -161,6 +159,8 @@ class _Analysis:
             if _lead(op.input) != self.T or _lead(op.result) != self.T:
                 refuse("reshapes across the token axis")
             return
+        if kind == "to_tokens":
+            refuse("flattens token rows again")
         if op.name == "tile.view":
             full_rows = _lead(op.result) == self.T and constant_value(op.offsets[0]) == 0 and (
                 not len(op.valid) or constant_value(op.valid[0]) == self.T)
@@ -170,6 +170,8 @@ class _Analysis:
         if isinstance(op, scf.ForOp):
             inner = set(tok)
             inner.update(a for a, init in zip(op.body.block.args[1:], op.iter_args) if is_tok(init))
+            if not all(is_tok(init) for init in op.iter_args):
+                refuse("carries a value that is not token rows")
             for nested in op.body.block.ops:
                 if isinstance(nested, scf.YieldOp):
                     continue
@@ -177,14 +179,10 @@ class _Analysis:
                     inner.update(nested.results)
                 elif any(v in inner for v in nested.operands):
                     self.check_local(nested, inner)
-                    inner.update(r for r in nested.results if _lead(r) == self.T)
-                elif any(_lead(r) == self.T for r in nested.results):
-                    # its rows would be re-sized to the chunk although they do not belong to tokens
-                    raise PassError(f"{op_location(nested)}: '{nested.name}' makes [T, ...] rows inside a token "
-                                    f"loop that are not per token, so the token loop is refused")
-            inner_out = [v for v in op.body.block.last_op.operands]
-            if not all(v in inner for v in inner_out if _lead(v) == self.T):
-                refuse("carries a [T, ...] value that is not per token")
+                    inner.update(_tensor_results(nested))
+            if not all(v in inner for v in op.body.block.last_op.operands):
+                refuse("carries a value that is not token rows")
+            self.nested_tok.update(inner - tok)
             return
         refuse("is not known to be token-local")
 
@@ -236,7 +234,7 @@ class _Analysis:
                 self.check_local(op, tok | replicated)
                 token_ops.add(op)
                 level[op] = from_defs(0)
-                tok.update(r for r in op.results if _lead(r) == self.T)
+                tok.update(_tensor_results(op))
             elif self.is_generator(op):
                 replicated.update(op.results)
                 level[op] = 0
@@ -292,6 +290,11 @@ class _Analysis:
         return region, inputs, outputs
 
 
+def _tensor_results(op: Operation) -> list[SSAValue]:
+    """Results of a token-local op: all token rows (it keeps axis 0 as the token axis)."""
+    return [r for r in op.results if isinstance(r.type, TensorType)]
+
+
 def _defined_inside(v: SSAValue, op: Operation) -> bool:
     """Whether `v` is a result of an op nested in `op` or an argument of a block nested in `op`."""
     owner = v.owner
@@ -310,27 +313,29 @@ def _inside(inner: Operation, outer: Operation) -> bool:
     return False
 
 
-def _retype(v: SSAValue, T: int, rows: int) -> None:
-    if isinstance(v.type, TensorType) and shape_of(v.type) and shape_of(v.type)[0] == T:
-        v._type = TensorType(v.type.get_element_type(), [rows, *shape_of(v.type)[1:]])
+def _retype(v: SSAValue, rows: int) -> None:
+    v._type = TensorType(v.type.get_element_type(), [rows, *shape_of(v.type)[1:]])
 
 
-def _shrink(op: Operation, T: int, rows: int) -> None:
-    """Replace the token extent T by `rows` in a cloned op: result and block argument types, slice sizes,
-    and valid row counts of views."""
+def _shrink(op: Operation, rows_of: set, T: int, rows: int) -> None:
+    """Replace the token extent T by `rows` in a cloned op: the types of the values it defines that are token
+    rows or replicated (`rows_of`, cloned values), the sizes of slices and valid row counts of views of them."""
     for nested in op.walk():
         for r in nested.results:
-            _retype(r, T, rows)
+            if r in rows_of:
+                _retype(r, rows)
         for region in nested.regions:
             for blk in region.blocks:
                 for a in blk.args:
-                    _retype(a, T, rows)
-        if nested.name == "attn.slice":
+                    if a in rows_of:
+                        _retype(a, rows)
+        if nested.name == "attn.slice" and nested.input in rows_of:
             sizes = list(ints_of(nested.sizes))
-            if sizes and sizes[0] == T:
-                sizes[0] = rows
-                nested.sizes = int_array(sizes)
-        if nested.name in ("tile.view", "tile.assemble") and len(nested.valid) and constant_value(nested.valid[0]) == T:
+            sizes[0] = rows
+            nested.sizes = int_array(sizes)
+        viewed = {"tile.view": "source", "tile.assemble": "dest"}.get(nested.name)
+        if viewed and getattr(nested, viewed) in rows_of and len(nested.valid) and \
+                constant_value(nested.valid[0]) == T:
             index = (2 if nested.name == "tile.assemble" else 1) + len(nested.offsets)
             with before(nested):
                 rows_value = const(rows)
@@ -361,12 +366,13 @@ def _parallelize_region(an: _Analysis, region, inputs, outputs, rows: int) -> No
             rest = shape_of(v.type)[1:]
             valid = (valid_rows, *rest) if ragged else ()
             mapping[v] = view(v, (row0, *[0] * len(rest)), (rows, *rest), valid).value
+    clones = []
     for op in region:
-        new = op.clone(value_mapper=mapping)
-        body.add_op(new)
-        for old_r, new_r in zip(op.results, new.results):
-            mapping[old_r] = new_r
-        _shrink(new, T, rows)
+        clones.append(op.clone(value_mapper=mapping))  # maps nested values too
+        body.add_op(clones[-1])
+    rows_of = {mapping[v] for v in an.tok | an.replicated | an.nested_tok if v in mapping}
+    for new in clones:
+        _shrink(new, rows_of, T, rows)
     with at_end(body, loc):
         carried = []
         for out, acc in zip(outputs, body.args[1:]):

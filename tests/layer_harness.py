@@ -6,6 +6,7 @@ one fixed per-row sequence x_hist, so the reference can recompute everything fro
 """
 from __future__ import annotations
 
+import copy
 import functools
 
 import torch
@@ -85,3 +86,14 @@ class LayerDriver:
 
     def reference_weights(self) -> dict:
         return {REF_NAMES.get(n, n): v for n, v in self.weights.items()}
+
+
+class CompiledStepDriver(LayerDriver):
+    """Steps run the layer after `pipeline`; the history before them is decoded by the tensor-level layer (the
+    layer reference recomputes everything from token rows, so any correct history will do, and the tensor level
+    is faster to interpret)."""
+
+    def history(self, start_pos, chunk: int | None = None) -> dict:
+        twin = copy.copy(self)
+        twin.pipeline = None
+        return LayerDriver.history(twin, start_pos, chunk)

@@ -81,3 +81,44 @@ def test_ring_is_written_after_attention(drivers):
     assert not torch.equal(poisoned["out"][1, 0], out["out"][1, 0])
     assert torch.equal(poisoned["out"][0], out["out"][0])
     assert torch.equal(out["kv_ring"][1, (start[1] + 1) % W], out["kv_ring"][1, (start[1] + 1) % W])
+
+
+# ------------------------------------------------------------------------------------------ chunked prefill: S > W
+
+# (kind, start_pos per row, S): the chunk is longer than the window (8) and than the compressor rings (8 for
+# m = 4), so tokens read window rows and ring slots that are older rows of the same chunk, CSA blocks complete
+# several times mid-chunk, and an HCA block (m = 128) completes mid-chunk (positions 127 and 255 inside)
+PREFILL_CASES = [
+    pytest.param("swa", (3, 21), 16, id="swa-s16"),
+    pytest.param("csa", (3, 10), 16, id="csa-s16"),
+    pytest.param("hca", (120, 5), 16, id="hca-s16", marks=pytest.mark.slow),
+    pytest.param("swa", (0, 37), 64, id="swa-s64", marks=pytest.mark.slow),
+    pytest.param("csa", (2, 29), 64, id="csa-s64", marks=pytest.mark.slow),
+    pytest.param("hca", (100, 200), 64, id="hca-s64", marks=pytest.mark.slow),
+]
+
+
+@pytest.fixture(scope="module")
+def prefill_drivers():
+    return {kind: LayerDriver(kind, length=280, overrides=(("max_pos", 512),)) for kind in ("swa", "hca", "csa")}
+
+
+@pytest.mark.parametrize("kind,start,seq", PREFILL_CASES)
+def test_prefill_chunk_longer_than_window_equals_single_steps(prefill_drivers, kind, start, seq):
+    """A chunk of S > W tokens gives the outputs, caches, states and picks of S single-token steps, bit for bit."""
+    d = prefill_drivers[kind]
+    assert seq > d.cfg["window"]
+    test_step_of_s_tokens_equals_s_single_steps({kind: d}, kind, start, seq)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,start", [("csa", (3, 10)), ("hca", (120, 5)), ("swa", (3, 21))])
+def test_compiled_prefill_chunk_matches_reference(kind, start):
+    """The default-pipeline layer on a 16-token chunk (S > W) against the whole-layer FP32 reference: output, ring,
+    every compressed and indexer cache entry."""
+    from attnc.passes import DEFAULT_PIPELINE
+    from tests.layer_harness import CompiledStepDriver
+    from tests.test_layers_vs_reference import check_against_reference
+
+    d = CompiledStepDriver(kind, length=160, overrides=(("max_pos", 512),), pipeline=DEFAULT_PIPELINE)
+    check_against_reference(d, kind, start, 16)

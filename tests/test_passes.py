@@ -120,11 +120,11 @@ def test_parallelize_tokens_refuses_dependent_iterations():
     """A reduction over the token axis makes iterations depend on each other: the loop is refused."""
     text = '''builtin.module {
   func.func @f(%x: tensor<2x2x8xf32>) -> tensor<2x2x8xf32> attributes {token_dims = [2 : i64, 2 : i64]} {
-    %0 = "attn.reshape"(%x) : (tensor<2x2x8xf32>) -> tensor<4x8xf32>
+    %0 = "attn.to_tokens"(%x) : (tensor<2x2x8xf32>) -> tensor<4x8xf32>
     %1 = "attn.reduce"(%0) <{kind = "sum", axis = 0 : i64}> {loc = "stage.py:9"} : (tensor<4x8xf32>) -> tensor<1x8xf32>
     %2 = "attn.broadcast"(%1) : (tensor<1x8xf32>) -> tensor<4x8xf32>
     %3 = "attn.sub"(%0, %2) : (tensor<4x8xf32>, tensor<4x8xf32>) -> tensor<4x8xf32>
-    %4 = "attn.reshape"(%3) : (tensor<4x8xf32>) -> tensor<2x2x8xf32>
+    %4 = "attn.from_tokens"(%3) : (tensor<4x8xf32>) -> tensor<2x2x8xf32>
     func.return %4 : tensor<2x2x8xf32>
   }
 }'''

@@ -288,11 +288,11 @@ def _token_attention_text(batch, seq, heads, keys, d):
     s, o, o3 = f"tensor<{heads}xf32>", f"tensor<{T}x{heads}x{d}xf32>", f"tensor<{batch}x{seq}x{heads}x{d}xf32>"
     return f'''builtin.module {{
   func.func @att(%q3: {q3}, %kv3: {kv3}, %v3: {v3}, %s: {s}) -> {o3} attributes {{token_dims = [{batch} : i64, {seq} : i64]}} {{
-    %q = "attn.reshape"(%q3) {{loc = "hand.py:1"}} : ({q3}) -> {q}
-    %kv = "attn.reshape"(%kv3) {{loc = "hand.py:2"}} : ({kv3}) -> {kv}
-    %v = "attn.reshape"(%v3) {{loc = "hand.py:3"}} : ({v3}) -> {v}
+    %q = "attn.to_tokens"(%q3) {{loc = "hand.py:1"}} : ({q3}) -> {q}
+    %kv = "attn.to_tokens"(%kv3) {{loc = "hand.py:2"}} : ({kv3}) -> {kv}
+    %v = "attn.to_tokens"(%v3) {{loc = "hand.py:3"}} : ({v3}) -> {v}
     %0 = "attn.sparse_attention"(%q, %kv, %v, %s) <{{scale = 0.25 : f64}}> {{loc = "hand.py:4"}} : ({q}, {kv}, {v}, {s}) -> {o}
-    %1 = "attn.reshape"(%0) {{loc = "hand.py:5"}} : ({o}) -> {o3}
+    %1 = "attn.from_tokens"(%0) {{loc = "hand.py:5"}} : ({o}) -> {o3}
     func.return %1 : {o3}
   }}
 }}
@@ -322,10 +322,10 @@ def test_parallelize_tokens_after_tile_softmax_with_ragged_key_views(rows):
 def _refusal_text(op_line: str, mid: str, extra_args: str = "", extra_types: str = "") -> str:
     return f'''builtin.module {{
   func.func @f(%x: tensor<2x2x8xf32>{extra_args}) -> tensor<2x2x8xf32> attributes {{token_dims = [2 : i64, 2 : i64]}} {{
-    %0 = "attn.reshape"(%x) : (tensor<2x2x8xf32>) -> tensor<4x8xf32>
+    %0 = "attn.to_tokens"(%x) : (tensor<2x2x8xf32>) -> tensor<4x8xf32>
     %1 = {op_line}
     {mid}
-    %4 = "attn.reshape"(%3) : (tensor<4x8xf32>) -> tensor<2x2x8xf32>
+    %4 = "attn.from_tokens"(%3) : (tensor<4x8xf32>) -> tensor<2x2x8xf32>
     func.return %4 : tensor<2x2x8xf32>
   }}
 }}'''
@@ -371,9 +371,9 @@ def test_parallelize_tokens_refuses_dependent_iterations(case):
 def test_parallelize_tokens_refuses_token_rows_used_outside_the_loop():
     text = '''builtin.module {
   func.func @f(%x: tensor<2x2x8xf32>) -> (tensor<2x2x8xf32>, tensor<1x8xf32>) attributes {token_dims = [2 : i64, 2 : i64]} {
-    %0 = "attn.reshape"(%x) : (tensor<2x2x8xf32>) -> tensor<4x8xf32>
+    %0 = "attn.to_tokens"(%x) : (tensor<2x2x8xf32>) -> tensor<4x8xf32>
     %1 = "attn.exp"(%0) : (tensor<4x8xf32>) -> tensor<4x8xf32>
-    %2 = "attn.reshape"(%1) : (tensor<4x8xf32>) -> tensor<2x2x8xf32>
+    %2 = "attn.from_tokens"(%1) : (tensor<4x8xf32>) -> tensor<2x2x8xf32>
     %3 = "attn.slice"(%1) <{offsets = [0 : i64, 0 : i64], sizes = [1 : i64, 8 : i64]}> {loc = "stage.py:21"} : (tensor<4x8xf32>) -> tensor<1x8xf32>
     func.return %2, %3 : tensor<2x2x8xf32>, tensor<1x8xf32>
   }
