@@ -21,15 +21,18 @@ class CliError(Exception):
 
 
 def _error_types() -> tuple[type[BaseException], ...]:
-    from attnc.codegen.io import InputError
+    from attnc.codegen.escape import UnsafeName
+    from attnc.codegen.io import InputError, OutputError
+    from attnc.codegen.memory import MemoryLimitError
     from attnc.ir import IRError
     from attnc.ir.dsl import DSLError
     from attnc.ir.interpreter import InterpretError
     from attnc.kernels_src.configs import ConfigError
+    from attnc.kernels_src.inputs import IndexInputError
     from attnc.passes import PassError, PipelineError
     from attnc.passes.verify import VerificationFailed
 
-    types = [CliError, InputError, IRError, DSLError, InterpretError, ConfigError, PassError, PipelineError,
+    types = [CliError, InputError, OutputError, MemoryLimitError, UnsafeName, IRError, DSLError, InterpretError, ConfigError, IndexInputError, PassError, PipelineError,
              VerificationFailed]
     try:
         from attnc.codegen.pypto_emit import EmitError
@@ -68,11 +71,7 @@ def load_source(spec: str, config: str, overrides: list[str]) -> Source:
 
     cfg = resolve_config(config, overrides)
     if spec.endswith(".mlir"):
-        try:
-            with open(spec) as f:
-                text = f.read()
-        except OSError as e:
-            raise CliError(f"{spec}: cannot read ({e.strerror})") from None
+        text = read_ir_text(spec)
         module = parse_ir(text, spec)
         fn = entry_function(module)
         names = _names(fn, "arg_names", len(fn.args), "arg")
@@ -87,6 +86,25 @@ def load_source(spec: str, config: str, overrides: list[str]) -> Source:
     return Source(spec, build_stage(st, cfg), list(st.params), list(st.outputs), st, cfg)
 
 
+MAX_IR_BYTES = 64 << 20
+
+
+def read_ir_text(path: str) -> str:
+    """The text of an .mlir file: at most MAX_IR_BYTES, UTF-8."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_IR_BYTES + 1)
+    except OSError as e:
+        raise CliError(f"{path}: cannot read ({e.strerror})") from None
+    if len(data) > MAX_IR_BYTES:
+        raise CliError(f"{path}: larger than {MAX_IR_BYTES >> 20} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise CliError(f"{path}:{line}: not UTF-8 text (byte {e.start})") from None
+
+
 def _names(fn, attr, n, prefix):
     a = fn.attributes.get(attr)
     names = [x.data for x in a.data] if a is not None else []
@@ -97,7 +115,7 @@ def source_inputs(src: Source, seed: int, npz_path: str | None = None) -> dict:
     """Inputs by name: arrays from the file where given, seeded values for the rest."""
     import torch
 
-    from attnc.codegen.io import InputError, load_npz, seeded_tensor_for_type, to_tensor
+    from attnc.codegen.io import load_npz, seeded_tensor_for_type, to_tensor
     from attnc.ir.interpreter import entry_function
     from attnc.ir.types import dtype_of, shape_of
     from attnc.kernels_src.inputs import make_inputs
@@ -106,14 +124,13 @@ def source_inputs(src: Source, seed: int, npz_path: str | None = None) -> dict:
     types = dict(zip(src.arg_names, fn.function_type.inputs.data))
     given = {}
     if npz_path:
-        arrays = load_npz(npz_path)
-        unknown = sorted(set(arrays) - set(types))
-        if unknown:
-            raise InputError(f"{npz_path}: array '{unknown[0]}' is not a parameter of {src.name} "
-                             f"(parameters: {', '.join(src.arg_names)})")
+        arrays = load_npz(npz_path, {n: shape_of(t) for n, t in types.items()}, src.name)
         for name, arr in arrays.items():
             given[name] = to_tensor(npz_path, name, arr, shape_of(types[name]), dtype_of(types[name]))
     if src.stage is not None:
+        from attnc.kernels_src.inputs import check_index_inputs
+
+        check_index_inputs(src.stage, src.cfg, given, npz_path or "")
         return make_inputs(src.stage, src.cfg, seed, given)
     gen = torch.Generator().manual_seed(seed)
     return {n: given[n] if n in given else seeded_tensor_for_type(t, gen) for n, t in types.items()}
@@ -159,10 +176,20 @@ def compile_source(src: Source, pipeline: str, *, verify_each: bool, seed: int =
 
 
 def cmd_compile(args) -> int:
-    from attnc.codegen.io import atomic_write_text
     from attnc.ir import print_ir
 
+    from attnc.codegen.escape import file_stem
+    from attnc.codegen.io import Outputs, check_output_path
+
+    if args.output:
+        check_output_path(args.output, folder=True)
+    if args.dump_dir:
+        check_output_path(args.dump_dir, folder=True)
     src = load_source(args.source, args.config, args.set)
+    if args.verify_each:
+        from attnc.codegen.memory import check_memory
+
+        check_memory(src.module, f"--verify-each on {src.name}")
     pipeline = _pipeline_for(args)
     dumps: list[tuple[str, str]] = []
     if args.dump_dir:
@@ -185,13 +212,16 @@ def cmd_compile(args) -> int:
         text, suffix = emit_pypto(src.module), ".pypto.py"
     else:
         text, suffix = print_ir(src.module), ".mlir"
-    # everything is computed before anything is written
+    # everything is computed before anything is written, and written all or nothing
+    outputs = Outputs()
     if args.dump_dir:
         for fname, body in dumps:
-            atomic_write_text(os.path.join(args.dump_dir, fname), body)
+            outputs.add(os.path.join(args.dump_dir, fname), body)
     if args.output:
-        path = os.path.join(args.output, src.name + suffix)
-        atomic_write_text(path, text)
+        path = os.path.join(args.output, file_stem(src.name) + suffix)
+        outputs.add(path, text)
+    outputs.commit()
+    if args.output:
         print(f"wrote {path}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -207,12 +237,18 @@ def cmd_compile(args) -> int:
 def cmd_run(args) -> int:
     import torch
 
-    from attnc.codegen.io import save_npz
+    from attnc.codegen.io import check_output_path, save_npz
+    from attnc.codegen.memory import check_memory
     from attnc.ir.interpreter import run_module
 
+    if args.out:
+        check_output_path(args.out)
     src = load_source(args.source, args.config, args.set)
+    check_memory(src.module, f"run {src.name}")  # the seeded inputs alone may not fit
     if args.level == "tile" or args.target != "interp":
         compile_source(src, _pipeline_for(args), verify_each=False)
+        # SIM: the inputs also travel as numpy arrays and an .npz to the child
+        check_memory(src.module, f"run {src.name}", copies_of_inputs=1 if args.target == "interp" else 3)
     inputs = source_inputs(src, args.seed, args.inputs)
     aicore = None
     if args.target == "interp":
@@ -247,6 +283,23 @@ def cmd_run(args) -> int:
 # -------------------------------------------------------------------------------------------------- parser
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: expected an integer") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"seed {value if len(text) < 40 else text[:40] + '...'} out of range "
+                                         "(0 <= SEED < 2**63)")
+    return value
+
+
+def _one_line(message: str) -> str:
+    """The first line of a message with control characters escaped (a message may quote the input)."""
+    first = message.splitlines()[0] if message.splitlines() else message
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in first)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, like every other input error
         raise CliError(f"{self.prog}: {message}")
@@ -269,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--config", default="tiny")
         q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
         q.add_argument("--pipeline", default=None, help="pass pipeline string (default: the target's)")
-        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--seed", type=_seed, default=0, help="random seed, 0 <= SEED < 2**63")
 
     c = sub.add_parser("compile", help="compile a stage or an .mlir file")
     common(c)
@@ -300,14 +353,14 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help
         return int(e.code or 0)
     except _error_types() as e:
-        print(f"attnc: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        print(f"attnc: error: {_one_line(str(e)) if str(e).strip() else type(e).__name__}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # a bug in attnc: still one line; ATTNC_TRACEBACK=1 shows the traceback
         if os.environ.get("ATTNC_TRACEBACK"):
             raise
-        print(f"attnc: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+        print(f"attnc: internal error: {type(e).__name__}: {_one_line(str(e)) if str(e).strip() else ''}",
               file=sys.stderr)
         return EXIT_INTERNAL
 
