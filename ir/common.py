@@ -66,6 +66,8 @@ def int_array(values: Sequence[int]) -> ArrayAttr:
 
 
 def ints_of(attr: ArrayAttr) -> tuple[int, ...]:
+    if not all(isinstance(a, IntegerAttr) for a in attr.data):  # IR from a file may hold anything
+        raise VerifyException(f"expected an array of integers, got {attr}")
     return tuple(a.value.data for a in attr.data)
 
 
