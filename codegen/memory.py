@@ -74,12 +74,12 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.3g} GB"
 
 
-def check_memory(module: ModuleOp, what: str, copies_of_inputs: int = 1) -> int:
-    """Refuse before allocating when the estimate exceeds what the machine has (ATTNC_MEMORY_LIMIT_BYTES
-    overrides the machine's figure, for tests)."""
+def check_memory(module: ModuleOp, what: str, copies_of_inputs: int = 1, limit: int | None = None) -> int:
+    """Refuse before allocating when the estimate exceeds what the machine has (`limit` or
+    ATTNC_MEMORY_LIMIT_BYTES override the machine's figure: tests, the fuzzer)."""
     need = interpreter_bytes(module, copies_of_inputs)
     env = os.environ.get("ATTNC_MEMORY_LIMIT_BYTES")
-    have = int(env) if env and env.isdigit() else available_bytes()
+    have = limit if limit is not None else int(env) if env and env.isdigit() else available_bytes()
     if need > have:
         raise MemoryLimitError(f"{what} needs at least {_gb(need)} of memory (estimated from the IR's tensor types "
                                f"before allocating), the machine has {_gb(have)} available")

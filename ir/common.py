@@ -225,6 +225,19 @@ def _no_verify(self):
     pass
 
 
+_INT_RANGE = {"i32": (-2**31, 2**31 - 1), "i8": (-128, 127), "i1": (0, 1)}
+
+
+def _full_verify(self):
+    import math
+
+    dt, value = dtype_of(self.result.type), self.value.value.data
+    if dt in _INT_RANGE:
+        lo, hi = _INT_RANGE[dt]
+        self.expect(math.isfinite(value) and lo <= value <= hi and value == int(value),
+                    f"value {value} is not a {dt} value")
+
+
 def define_shared_ops(prefix: str) -> list[type[IRDLOperation]]:
     """Op families present in both dialects."""
     ops = []
@@ -262,7 +275,7 @@ def define_shared_ops(prefix: str) -> list[type[IRDLOperation]]:
     ops.append(_make(f"{prefix}.iota", dict(axis=prop_def(IntegerAttr), result=result_def(TensorType),
                                             verify_=_iota_verify)))
     ops.append(_make(f"{prefix}.full", dict(value=prop_def(FloatAttr), result=result_def(TensorType),
-                                            verify_=_no_verify)))
+                                            verify_=_full_verify)))
     return ops
 
 

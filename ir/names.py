@@ -11,7 +11,7 @@ import math
 import re
 
 from xdsl.dialects import func
-from xdsl.dialects.builtin import ArrayAttr, ModuleOp, StringAttr, TensorType
+from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, ModuleOp, StringAttr, TensorType
 from xdsl.ir import Attribute, Operation
 
 from .types import DTYPES
@@ -130,6 +130,11 @@ def check_module(module: ModuleOp, where: str) -> None:
             raise _error(where, f"{kind} entry '{dup[0]}' appears twice")
     fn.attributes["arg_names"] = ArrayAttr([StringAttr(n) for n in args])
     fn.attributes["result_names"] = ArrayAttr([StringAttr(n) for n in outs])
+    dims = fn.attributes.get("token_dims")  # [batch, seq], read by parallelize-tokens
+    if dims is not None and not (isinstance(dims, ArrayAttr) and len(dims.data) == 2
+                                 and all(isinstance(d, IntegerAttr) and 1 <= d.value.data <= MAX_DIM
+                                         for d in dims.data)):
+        raise _error(where, f"token_dims must be [batch, seq], two positive integers, got {shown(str(dims))}")
     for t in (*fn.function_type.inputs.data, *fn.function_type.outputs.data):
         problem = _type_problem(t)
         if problem:
