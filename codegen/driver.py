@@ -32,8 +32,8 @@ def _error_types() -> tuple[type[BaseException], ...]:
     from attnc.passes import PassError, PipelineError
     from attnc.passes.verify import VerificationFailed
 
-    types = [CliError, InputError, OutputError, MemoryLimitError, UnsafeName, IRError, DSLError, InterpretError, ConfigError, IndexInputError, PassError, PipelineError,
-             VerificationFailed]
+    types = [CliError, InputError, OutputError, MemoryLimitError, UnsafeName, IndexInputError, IRError, DSLError,
+             InterpretError, ConfigError, PassError, PipelineError, VerificationFailed]
     try:
         from attnc.codegen.pypto_emit import EmitError
 

@@ -241,6 +241,15 @@ def _alarm(signum, frame):
 
 
 def front_end(text: str, hang_seconds: float = HANG_SECONDS) -> Outcome:
+    """`_front_end` with hangs counted: a mutant that takes longer than `hang_seconds` is a failure whether or not
+    the alarm (a safety net at 10x, against real infinite loops) had to interrupt it."""
+    out = _front_end(text, 10 * hang_seconds)
+    if not out.crash and out.seconds > hang_seconds:
+        out.crash = f"hang: {out.seconds:.1f} s > {hang_seconds:g} s at {out.stage}"
+    return out
+
+
+def _front_end(text: str, hang_seconds: float) -> Outcome:
     """Run one IR text through every stage `attnc compile/run` would: parse (with checks and verification),
     the memory estimate, the tensor-level interpreter, the pypto pipeline, the emitter and the tile-level
     interpreter. An input error in the interpreter does not stop the compile path (`attnc compile` never
