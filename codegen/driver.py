@@ -118,7 +118,7 @@ def source_inputs(src: Source, seed: int, npz_path: str | None = None) -> dict:
     from attnc.codegen.io import load_npz, seeded_tensor_for_type, to_tensor
     from attnc.ir.interpreter import entry_function
     from attnc.ir.types import dtype_of, shape_of
-    from attnc.kernels_src.inputs import make_inputs
+    from attnc.kernels_src.inputs import IndexInputError, make_inputs
 
     fn = entry_function(src.module)
     types = dict(zip(src.arg_names, fn.function_type.inputs.data))
@@ -128,10 +128,10 @@ def source_inputs(src: Source, seed: int, npz_path: str | None = None) -> dict:
         for name, arr in arrays.items():
             given[name] = to_tensor(npz_path, name, arr, shape_of(types[name]), dtype_of(types[name]))
     if src.stage is not None:
-        from attnc.kernels_src.inputs import check_index_inputs
-
-        check_index_inputs(src.stage, src.cfg, given, npz_path or "")
-        return make_inputs(src.stage, src.cfg, seed, given)
+        try:
+            return make_inputs(src.stage, src.cfg, seed, given)  # checks the index inputs (one rule)
+        except IndexInputError as e:
+            raise IndexInputError(f"{npz_path}: {e}") from None
     gen = torch.Generator().manual_seed(seed)
     return {n: given[n] if n in given else seeded_tensor_for_type(t, gen) for n, t in types.items()}
 

@@ -142,9 +142,21 @@ def check_module(module: ModuleOp, where: str) -> None:
     _check_ops(module, where)
 
 
+# ops of other loaded dialects that attnc's interpreter, passes and emitter handle; anything else (func.call,
+# scf.while, scf.execute_region, arith.divsi, func declarations ...) is refused where the IR is read
+_OTHER_OPS = frozenset({"builtin.module", "func.func", "func.return", "scf.for", "scf.yield", "arith.constant",
+                        "arith.addi", "arith.subi", "arith.muli", "arith.minsi", "arith.maxsi", "arith.ceildivsi"})
+
+
 def _check_ops(module: ModuleOp, where: str) -> None:
     from .common import op_location
 
+    for op in module.walk():
+        if op.name not in _OTHER_OPS and not op.name.startswith(("attn.", "tile.")):
+            raise _error(where, f"{op_location(op)}: '{op.name}' is not an op of attnc's IR (attn.*, tile.*, "
+                                f"{', '.join(sorted(_OTHER_OPS))})")
+        if isinstance(op, func.FuncOp) and not op.body.blocks:
+            raise _error(where, f"@{op.sym_name.data} is a declaration without a body")
     _check_scoped(module, set(), where)
     for op in module.walk():
         for v in (*op.results, *op.operands):

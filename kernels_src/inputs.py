@@ -71,6 +71,7 @@ def make_inputs(stage_def: StageDef, cfg: dict, seed: int = 0, given: dict | Non
     cfg = stage_config(stage_def, cfg)
     gen = torch.Generator().manual_seed(seed)
     given = dict(given or {})
+    check_index_inputs(stage_def, cfg, given)  # the index-input rule below, for every caller
     out: dict[str, torch.Tensor] = {}
     shapes = {n: p.resolve(cfg) for n, p in stage_def.params.items()}
     if "start_pos" in shapes:

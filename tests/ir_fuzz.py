@@ -75,7 +75,8 @@ class Mutation:
 
 def mutations(texts: tuple[str, ...]):
     """A strategy: (corpus index, a list of 1..4 mutations)."""
-    op_names = sorted({m for t in texts for m in re.findall(r'"((?:attn|tile|arith|scf|func)\.[a-z_]+)"', t)})
+    op_names = sorted({m for t in texts for m in re.findall(r'"((?:attn|tile|arith|scf|func)\.[a-z_]+)"', t)}
+                      | {"func.call", "scf.execute_region", "scf.while", "arith.divsi", "arith.addf", "tile.nope"})
     # the global_* kinds replace every occurrence of a token, so types stay consistent and mutants get past
     # the verifier into the interpreter, the passes and the emitter; they are drawn more often
     kinds = st.sampled_from(["number", "type", "string", "swap_ssa", "op_name", "delete_token", "dup_token",

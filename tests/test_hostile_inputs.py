@@ -335,6 +335,15 @@ CASES = [
                                                       "tensor<16x16xf32>, %9: tensor<2xf32>) -> tensor<16x16xf32> attr")
                                              .replace('arg_names = ["x"]', 'arg_names = ["x", "x"]'))],
      r"arg_names entry 'x' appears twice"),
+    ("declaration", lambda t: ["run", _ir(t, "builtin.module {\n  func.func private @k(tensor<2xf32>) -> tensor<2xf32>\n}\n")],
+     r"@k is a declaration without a body"),
+    ("recursion", lambda t: ["run", _ir(t, KERNEL.replace('"tile.exp"(%0) {loc = "a.py:1"}', 'func.call @k(%0)'))],
+     r"'func.call' is not an op of attnc's IR"),
+    ("foreign-op", lambda t: ["run", _ir(t, KERNEL.replace('%1 = "tile.exp"(%0) {loc = "a.py:1"} : (tensor<16x16xf32>) -> '
+                                                           'tensor<16x16xf32>', '%1 = "scf.execute_region"() ({\n'
+                                                           '      scf.yield %0 : tensor<16x16xf32>\n    }) : () -> '
+                                                           'tensor<16x16xf32>'))],
+     r"'scf.execute_region' is not an op of attnc's IR"),
     ("folder-named-mlir", lambda t: ["compile", str(t / "d.mlir") if (t / "d.mlir").mkdir() is None else ""],
      r"d\.mlir: cannot read \(Is a directory\)"),
     ("missing-file", lambda t: ["compile", str(t / "nope.mlir")], r"nope\.mlir: cannot read"),
@@ -412,3 +421,22 @@ def test_bad_input_matrix(capsys, tmp_path, monkeypatch, case):
     assert snapshot(tmp_path) == before, "a failing command wrote or changed a file"
     assert seconds < 30, seconds
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0 < 512 << 10  # KiB: under 512 MiB more
+
+
+def test_index_input_rule_applies_to_every_caller_of_make_inputs():
+    """One rule for host-checkable index inputs: make_inputs (used by the CLI, tests, benchmarks) refuses an
+    out-of-range value with the array, the element and the range, and accepts the whole range, -1 included."""
+    import torch
+
+    from attnc.kernels_src import STAGES, resolve_config
+    from attnc.kernels_src.inputs import INDEX_INPUTS, IndexInputError, make_inputs
+
+    st, cfg = STAGES["sparse_attn_core"], resolve_config("tiny")
+    assert set(INDEX_INPUTS) >= {"start_pos", "cmp_idx"}
+    ok = make_inputs(st, cfg, 0, {"cmp_idx": torch.tensor([-1, 0, 7, 3], dtype=torch.int32).expand(2, 2, 4),
+                                  "start_pos": torch.tensor([0, 62], dtype=torch.int32)})
+    assert int(ok["cmp_idx"].max()) == 7
+    for given, pattern in (({"cmp_idx": torch.full((2, 2, 4), 8, dtype=torch.int32)}, r"'cmp_idx'\[0, 0, 0\]: value 8"),
+                           ({"start_pos": torch.tensor([5, 63], dtype=torch.int32)}, r"'start_pos'\[1\]: value 63")):
+        with pytest.raises(IndexInputError, match=pattern):
+            make_inputs(st, cfg, 0, given)
