@@ -39,13 +39,15 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the statistics here")
     ap.add_argument("--errors", action="store_true", help="also count the input errors by message")
+    ap.add_argument("--save", metavar="DIR", help="write each crashing/hanging mutant to DIR/crash-N.mlir")
+    ap.add_argument("--progress", type=int, default=500, metavar="N", help="a progress line every N mutants")
     args = ap.parse_args()
-    stats = Stats(keep_errors=args.errors)
+    stats = Stats(keep_errors=args.errors, save_dir=args.save, progress_every=args.progress)
     t0 = time.perf_counter()
     run(args.mutants, args.seed, stats)
     wall = time.perf_counter() - t0
-    print(f"mutants: {stats.mutants}  wall: {wall:.0f} s  mean: {stats.total_seconds / max(1, stats.mutants):.3f} s"
-          f"  slowest: {stats.max_seconds:.2f} s")
+    print(f"mutants: {stats.mutants}  wall: {wall:.0f} s  mean: {stats.total_seconds / max(1, stats.mutants):.3f} CPU s"
+          f"  slowest: {stats.max_seconds:.2f} CPU s")
     for stage, count in sorted(stats.stages.items(), key=lambda kv: -kv[1]):
         print(f"  {count:6d}  {stage}")
     for msg, count in stats.errors.most_common(25):
