@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned, so that nothing can pull a CUDA build
 	$(VPY) -m pip install -q torch==2.13.0
 	$(VPY) -m pip install -q -e .
+	# ptoas 0.1.1's binary needs plain-named links to its bundled libraries and empty stubs (gcc) to start
+	$(VPY) -m attnc.codegen.ptoas_setup
 	touch $(STAMP)
 
 setup: $(STAMP)

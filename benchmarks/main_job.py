@@ -57,8 +57,11 @@ def worst(errors: dict) -> str:
     return f"{max(errors.values()):.2e}" if errors else "n/a"
 
 
-def check_stage(stage: str, config: str, small: dict, sim_config: str, seed: int, with_sim: bool) -> dict:
+def check_stage(stage: str, config: str, small: dict, sim_config: str, seed: int, with_sim: bool,
+                status=lambda text: None) -> dict:
+    """One table row; `status(text)` is told what is running (the progress line on a terminal)."""
     st = STAGES[stage]
+    status(f"{stage}: compile at {config}")
     row = {"stage": stage}
     # compile time at the full decode shape
     module = build_stage(st, resolve_config(config))
@@ -68,6 +71,7 @@ def check_stage(stage: str, config: str, small: dict, sim_config: str, seed: int
     row["passes"] = len(report.passes)
 
     # numerics at the config's head sizes with a small batch
+    status(f"{stage}: numerics (--verify-each, FP32 reference)")
     cfg = resolve_config(config, small)
     inputs = make_inputs(st, cfg, seed)
     tensor_out = dict(zip(st.outputs, run_module(build_stage(st, cfg), list(inputs.values()))))
@@ -95,7 +99,7 @@ def check_stage(stage: str, config: str, small: dict, sim_config: str, seed: int
             run_pipeline(sim_module, PYPTO_PIPELINE)
             # the program is the compiled IR: compare it with the interpreter of that same IR
             want = dict(zip(st.outputs, run_module(sim_module, list(sim_inputs.values()))))
-            res = run_pypto_sim(sim_module, sim_inputs)
+            res = run_pypto_sim(sim_module, sim_inputs, on_phase=lambda text: status(f"{stage}: pypto SIM: {text}"))
             row["sim_err"] = worst({k: normalised_error(res.outputs[k], want[k]) for k in st.outputs})
             row["aicore_us"] = f"{res.aicore_us:.2f}" if res.aicore_us is not None else "n/a"
             row["sim_verify"] = f"{len(res.verify) - len(res.failed_records)}/{len(res.verify)} pass"
@@ -112,8 +116,15 @@ def main(argv=None) -> int:
     ap.add_argument("--no-sim", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    rows = [check_stage(s, args.config, {"batch": args.batch}, args.sim_config, args.seed, not args.no_sim)
-            for s in STAGE_ORDER]
+    from attnc.codegen.progress import Progress
+
+    rows = []
+    with Progress(len(STAGE_ORDER), "make run") as bar:  # on a terminal only
+        bar.tick_every(1.0)
+        for s in STAGE_ORDER:
+            rows.append(check_stage(s, args.config, {"batch": args.batch}, args.sim_config, args.seed,
+                                    not args.no_sim, status=lambda text: bar.describe(f"make run: {text}")))
+            bar.advance()
     cols = [("stage", "stage"), ("passes", "passes"), ("compile_s", "compile s"), ("err_interp", "tile vs interp"),
             ("err_ref", "vs FP32 ref"), ("verify_failed", "verify FAILED"), ("sim_err", "pypto SIM vs interp"),
             ("sim_verify", "SIM pass-verify"), ("aicore_us", "AICore us")]

@@ -4,9 +4,11 @@
    stage, < 3 s per whole layer kind);
 2. interpreter time at the flash decode shape (B=64, S=2, window 128 + 512 listed compressed keys):
    tile level vs tensor level (goal <= 3x);
-3. simulated AICore time (pypto 0.2.0 cost model) of each layer kind's attention core (sparse_attn_core at
-   B=64, S=2, 8K context: SWA 128 window keys, HCA + 64 ratio-128 entries, CSA + 512 indexer picks) next to
-   the hand-written hicann/pypto kernels measured under the same pypto (goal: at or below each).
+3. simulated AICore time (pypto 0.2.0 cost model) and scheduler task count of each layer kind's attention core
+   at B=64, S=2, 8K context (SWA: sparse_attn_core, 128 window keys; HCA: hca_attn_core, + every one of the 64
+   ratio-128 entries; CSA: sparse_attn_core, + 512 indexer picks), with attnc's numerics and with P normalised
+   before P·V, next to the hand-written hicann/pypto kernels under the same pypto (goal: at or below each); then
+   the whole layer steps decode_swa/hca/csa.
 """
 from __future__ import annotations
 
@@ -22,12 +24,14 @@ from attnc.kernels_src.inputs import make_inputs
 from attnc.passes import DEFAULT_PIPELINE, PYPTO_PIPELINE
 from attnc.passes.verify import run_pipeline
 
-# layer kind -> (hand-written kernel, its simulated AICore us under pypto 0.2.0, sparse_attn_core config overrides)
+# layer kind -> (hand-written kernel, its simulated AICore us under pypto 0.2.0, attention-core stage, overrides)
 ATTENTION_CORES = {
-    "decode_swa": ("SWA (window 128)", 120.6, {"compress_ratio": 0}),
-    "decode_hca": ("CFA (ratio 128)", 258.2, {"compress_ratio": 128, "n_cmp": 64, "cmp_topk": 64}),
-    "decode_csa": ("SCFA (CSA, 512 picks)", 212.9, {"compress_ratio": 4}),
+    "decode_swa": ("SWA (window 128)", 120.6, "sparse_attn_core", {"compress_ratio": 0}),
+    "decode_hca": ("CFA (ratio 128)", 258.2, "hca_attn_core", {}),
+    "decode_csa": ("SCFA (CSA, 512 picks)", 212.9, "sparse_attn_core", {"compress_ratio": 4}),
 }
+# the hand-written kernels' numerics (P normalised before P·V), a schedule-attention option
+NORMALIZE_BEFORE = PYPTO_PIPELINE.replace("schedule-attention", "schedule-attention{normalize=before}")
 
 
 def _best(fn, repeat: int) -> float:
@@ -63,15 +67,16 @@ def bench_interpreter(config: str, stage: str, repeat: int) -> dict:
     return {"tensor_s": t_tensor, "tile_s": t_tile, "ratio": t_tile / t_tensor}
 
 
-def bench_aicore(config: str, stage: str, timeout_s: int, overrides: dict | None = None) -> dict:
+def bench_aicore(config: str, stage: str, timeout_s: int, overrides: dict | None = None,
+                 pipeline: str = PYPTO_PIPELINE) -> dict:
     from attnc.codegen.pypto_target import run_pypto_sim
 
     st = STAGES[stage]
     cfg = resolve_config(config, overrides)
     module = build_stage(st, cfg)
-    run_pipeline(module, PYPTO_PIPELINE)
+    run_pipeline(module, pipeline)
     res = run_pypto_sim(module, make_inputs(st, cfg, 0), verify="none", timeout_s=timeout_s)
-    return {"aicore_us": res.aicore_us, "wall_s": res.wall_s}
+    return {"aicore_us": res.aicore_us, "wall_s": res.wall_s, "tasks": (res.tasks or {}).get("total")}
 
 
 def main(argv=None) -> int:
@@ -99,18 +104,32 @@ def main(argv=None) -> int:
             print(f"  {stage:<20} tensor {r['tensor_s']:.3f} s  tile {r['tile_s']:.3f} s  ratio {r['ratio']:.2f}x")
 
     if "sim" in sections:
-        print("simulated AICore time of each layer kind's attention core (pypto 0.2.0 cost model, no verify):")
+        print("simulated AICore time of each layer kind's attention core at B=64, S=2, 8K (pypto 0.2.0 cost model):")
+        print(f"  {'layer kind':<12} {'stage':<16} {'attnc us':>9} {'tasks':>6} {'P-norm-first us':>15}  "
+              f"{'hand-written':<22} {'us':>6}  ratio", flush=True)
         results["aicore"] = {}
-        for kind, (kernel, us, overrides) in ATTENTION_CORES.items():
+        for kind, (kernel, us, stage, overrides) in ATTENTION_CORES.items():
             try:
-                r = bench_aicore(args.config, "sparse_attn_core", timeout_s=3600, overrides=overrides)
+                r = bench_aicore(args.config, stage, timeout_s=3600, overrides=overrides)
+                r["normalize_before_us"] = bench_aicore(args.config, stage, 3600, overrides, NORMALIZE_BEFORE)["aicore_us"]
                 r.update(hand_written=kernel, hand_written_us=us, ratio=r["aicore_us"] / us)
-                print(f"  {kind:<12} {r['aicore_us']:9.1f} us  vs {kernel:<22} {us:7.1f} us  ratio {r['ratio']:.2f}"
-                      f"  (wall {r['wall_s']:.0f} s)", flush=True)
+                print(f"  {kind:<12} {stage:<16} {r['aicore_us']:9.1f} {r['tasks'] or 0:6d} "
+                      f"{r['normalize_before_us']:15.1f}  {kernel:<22} {us:6.1f}  {r['ratio']:.2f}", flush=True)
             except Exception as e:
                 r = {"error": str(e).splitlines()[0]}
                 print(f"  {kind:<12} not measured: {r['error']}", flush=True)
             results["aicore"][kind] = r
+        print("simulated AICore time of a whole layer step at B=64, S=2, 8K (no hand-written anchor):")
+        results["layers"] = {}
+        for kind in ATTENTION_CORES:
+            try:
+                r = bench_aicore(args.config, kind, timeout_s=3600)
+                print(f"  {kind:<12} {r['aicore_us']:9.1f} us  {r['tasks'] or 0:6d} tasks  (wall {r['wall_s']:.0f} s)",
+                      flush=True)
+            except Exception as e:
+                r = {"error": str(e).splitlines()[0]}
+                print(f"  {kind:<12} not measured: {r['error']}", flush=True)
+            results["layers"][kind] = r
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -32,12 +32,21 @@ def _error_types() -> tuple[type[BaseException], ...]:
     from attnc.passes import PassError, PipelineError
     from attnc.passes.verify import VerificationFailed
 
+    from attnc.codegen.pypto_options import OptionError
+    from attnc.codegen.tune import TuneError
+
     types = [CliError, InputError, OutputError, MemoryLimitError, UnsafeName, IndexInputError, IRError, DSLError,
-             InterpretError, ConfigError, PassError, PipelineError, VerificationFailed]
+             InterpretError, ConfigError, PassError, PipelineError, VerificationFailed, OptionError, TuneError]
     try:
         from attnc.codegen.pypto_emit import EmitError
 
         types.append(EmitError)
+    except ImportError:
+        pass
+    try:
+        from attnc.codegen.pto_emit import PtoEmitError
+
+        types.append(PtoEmitError)
     except ImportError:
         pass
     try:
@@ -64,19 +73,72 @@ class Source:
     cfg: dict
 
 
+MAX_IR_BYTES = 64 << 20
+
+
+def read_source_text(spec: str) -> str:
+    """The text of an .mlir source (`-` reads stdin, as mlir-opt does): at most MAX_IR_BYTES, UTF-8."""
+    try:
+        if spec == "-":
+            data = sys.stdin.buffer.read(MAX_IR_BYTES + 1)
+        else:
+            with open(spec, "rb") as f:
+                data = f.read(MAX_IR_BYTES + 1)
+    except OSError as e:
+        raise CliError(f"{spec}: cannot read ({e.strerror})") from None
+    if len(data) > MAX_IR_BYTES:
+        raise CliError(f"{spec}: larger than {MAX_IR_BYTES >> 20} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise CliError(f"{spec}:{line}: not UTF-8 text (byte {e.start})") from None
+
+
+def is_ir_source(spec: str) -> bool:
+    return spec == "-" or spec.endswith(".mlir")
+
+
+def load_user_stages(path: str) -> list[str]:
+    """Execute a user's stage file (`attnc compile my_stage.py:NAME`); returns the stage names it registered.
+    The file is trusted code, like a plugin: it is run as Python."""
+    import importlib.util
+
+    from attnc.kernels_src import STAGES
+
+    if not os.path.isfile(path):
+        raise CliError(f"{path}: no such file")
+    before = dict(STAGES)
+    modname = "attnc_user_stage_" + str(abs(hash(os.path.abspath(path))))
+    try:
+        spec = importlib.util.spec_from_file_location(modname, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[modname] = module
+        spec.loader.exec_module(module)
+    except Exception as e:  # the user's own error, in their file: one line naming it
+        raise CliError(f"{path}: cannot load ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    return [n for n, st in STAGES.items() if before.get(n) is not st]
+
+
 def load_source(spec: str, config: str, overrides: list[str]) -> Source:
     from attnc.ir import parse_ir
     from attnc.ir.interpreter import entry_function
     from attnc.kernels_src import STAGES, build_stage, resolve_config
 
     cfg = resolve_config(config, overrides)
-    if spec.endswith(".mlir"):
-        text = read_ir_text(spec)
-        module = parse_ir(text, spec)
+    if is_ir_source(spec):
+        module = parse_ir(read_source_text(spec), "<stdin>" if spec == "-" else spec)
         fn = entry_function(module)
         names = _names(fn, "arg_names", len(fn.args), "arg")
         outs = _names(fn, "result_names", len(fn.function_type.outputs.data), "out")
         return Source(fn.sym_name.data, module, names, outs, None, cfg)
+    if ".py:" in spec:
+        path, _, name = spec.rpartition(":")
+        registered = load_user_stages(path)
+        if name not in registered:
+            raise CliError(f"{path}: defines no stage '{name}' (stages it registers: "
+                           f"{', '.join(registered) or 'none'}; use @stage(\"{name}\", ...))")
+        spec = name
     if spec not in STAGES:
         raise CliError(f"unknown stage '{spec}' (known: {', '.join(STAGES)}; or give a FILE.mlir)")
     st = STAGES[spec]
@@ -86,52 +148,35 @@ def load_source(spec: str, config: str, overrides: list[str]) -> Source:
     return Source(spec, build_stage(st, cfg), list(st.params), list(st.outputs), st, cfg)
 
 
-MAX_IR_BYTES = 64 << 20
-
-
-def read_ir_text(path: str) -> str:
-    """The text of an .mlir file: at most MAX_IR_BYTES, UTF-8."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_IR_BYTES + 1)
-    except OSError as e:
-        raise CliError(f"{path}: cannot read ({e.strerror})") from None
-    if len(data) > MAX_IR_BYTES:
-        raise CliError(f"{path}: larger than {MAX_IR_BYTES >> 20} MiB")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise CliError(f"{path}:{line}: not UTF-8 text (byte {e.start})") from None
-
-
 def _names(fn, attr, n, prefix):
     a = fn.attributes.get(attr)
     names = [x.data for x in a.data] if a is not None else []
     return names if len(names) == n else [f"{prefix}{i}" for i in range(n)]
 
 
-def source_inputs(src: Source, seed: int, npz_path: str | None = None) -> dict:
-    """Inputs by name: arrays from the file where given, seeded values for the rest."""
+def source_inputs(src: Source, seed: int, npz_path: str | None = None, extra: dict | None = None) -> dict:
+    """Inputs by name: `extra` arrays, then arrays from the file, where given; seeded values for the rest."""
     import torch
 
-    from attnc.codegen.io import load_npz, seeded_tensor_for_type, to_tensor
+    from attnc.codegen.io import InputError, load_npz, seeded_tensor_for_type, to_tensor
     from attnc.ir.interpreter import entry_function
     from attnc.ir.types import dtype_of, shape_of
-    from attnc.kernels_src.inputs import IndexInputError, make_inputs
+    from attnc.kernels_src.inputs import make_inputs
 
     fn = entry_function(src.module)
     types = dict(zip(src.arg_names, fn.function_type.inputs.data))
     given = {}
     if npz_path:
-        arrays = load_npz(npz_path, {n: shape_of(t) for n, t in types.items()}, src.name)
+        arrays = load_npz(npz_path)
+        unknown = sorted(set(arrays) - set(types))
+        if unknown:
+            raise InputError(f"{npz_path}: array '{unknown[0]}' is not a parameter of {src.name} "
+                             f"(parameters: {', '.join(src.arg_names)})")
         for name, arr in arrays.items():
             given[name] = to_tensor(npz_path, name, arr, shape_of(types[name]), dtype_of(types[name]))
+    given.update(extra or {})
     if src.stage is not None:
-        try:
-            return make_inputs(src.stage, src.cfg, seed, given)  # checks the index inputs (one rule)
-        except IndexInputError as e:
-            raise IndexInputError(f"{npz_path}: {e}") from None
+        return make_inputs(src.stage, src.cfg, seed, given)
     gen = torch.Generator().manual_seed(seed)
     return {n: given[n] if n in given else seeded_tensor_for_type(t, gen) for n, t in types.items()}
 
@@ -150,6 +195,10 @@ def cmd_list(args) -> int:
               f"window={cfg['window']} compress_ratio={cfg['compress_ratio']}")
     for name in pass_names():
         print(f"pass    {name:<22} {pass_summary(name)}")
+    from attnc.passes import DEFAULT_PIPELINES
+
+    for target, pipe in DEFAULT_PIPELINES.items():
+        print(f"pipeline {target:<21} {pipe}")
     return 0
 
 
@@ -164,28 +213,123 @@ def _pipeline_for(args) -> str:
     from attnc.passes import DEFAULT_PIPELINES
 
     pypto = getattr(args, "emit", "") == "pypto" or getattr(args, "target", "interp") != "interp"
+    if getattr(args, "emit", "") == "pto":
+        from attnc.passes import pto_pipeline
+
+        return pto_pipeline(args.pipeline, getattr(args, "pto_dtype", None))
     return args.pipeline if args.pipeline is not None else DEFAULT_PIPELINES["pypto" if pypto else "interp"]
 
 
-def compile_source(src: Source, pipeline: str, *, verify_each: bool, seed: int = 0, after_pass=None):
+def compile_source(src: Source, pipeline: str, *, verify_each: bool, seed: int = 0, after_pass=None,
+                   before_pass=None, timing=None, progress_label: str | None = None):
+    """Run `pipeline` on the source in place; a progress line per pass (and per verify) on a terminal, and the
+    reference interpretation, each pass and each verify as phases of `timing`."""
+    from attnc.codegen.progress import Progress
+    from attnc.passes import build_pipeline
     from attnc.passes.verify import run_pipeline
 
-    inputs = list(source_inputs(src, seed).values()) if verify_each else None
-    return run_pipeline(src.module, pipeline, verify_inputs=inputs, output_names=src.output_names,
-                        after_pass=after_pass)
+    n_passes = len(build_pipeline(pipeline).passes)
+    with Progress(n_passes, progress_label or f"compile {src.name}") as bar:
+        def before(label, module):
+            bar.describe(f"{src.name}: pass {label}")
+            if before_pass is not None:
+                before_pass(label, module)
+
+        def after(label, module):
+            if after_pass is not None:
+                after_pass(label, module)
+            bar.advance()
+            if verify_each:
+                bar.describe(f"{src.name}: verify {label}")
+
+        if verify_each:
+            bar.describe(f"{src.name}: seeded inputs, reference run")
+            inputs = list(source_inputs(src, seed).values())
+        else:
+            inputs = None
+        report = run_pipeline(src.module, pipeline, verify_inputs=inputs, output_names=src.output_names,
+                              after_pass=after, before_pass=before)
+    if timing is not None:
+        if verify_each:
+            timing.add("verify: reference run of the input", report.reference_seconds)
+        for label, secs in report.pass_seconds.items():
+            timing.add(f"pass {label}", secs)
+            if label in report.verify_seconds:
+                timing.add(f"  verify after {label.split('{')[0]}", report.verify_seconds[label])
+    return report
+
+
+def _config_overrides(src: Source, overrides: list[str]) -> dict:
+    """The --set keys with their resolved values (never the raw text)."""
+    keys = [o.split("=", 1)[0] for o in overrides]
+    return {k: src.cfg[k] for k in dict.fromkeys(keys) if k in src.cfg}
+
+
+def output_target(output: str | None, default_name: str) -> str | None:
+    """mlir-opt's -o: None or `-` = stdout; `DIR/` (a trailing slash) or an existing folder = DIR/default_name;
+    anything else is the file itself."""
+    if output is None or output == "-":
+        return None
+    if output.endswith(("/", os.sep)) or os.path.isdir(output):
+        return os.path.join(output, default_name)
+    return output
+
+
+def _check_print_ir_names(names: list[str]) -> None:
+    from attnc.passes import pass_names
+
+    for name in names:
+        if name.split("{")[0] not in pass_names():
+            raise CliError(f"--print-ir-before/--print-ir-after: unknown pass '{name}' (known: {', '.join(pass_names())})")
+
+
+def _ir_dump(title: str, text: str) -> None:
+    print(f"// -----// IR Dump {title} //----- //", file=sys.stderr)
+    sys.stderr.write(text)
+
+
+def pypto_options(args):
+    from attnc.codegen.pypto_options import PyptoOptions
+
+    return PyptoOptions().with_settings(args.pypto_option)
+
+
+def apply_tuning(args, stage_name: str) -> None:
+    from attnc.codegen.tune import apply_tuning as apply
+
+    apply(args, stage_name)
 
 
 def cmd_compile(args) -> int:
-    from attnc.ir import print_ir
-
     from attnc.codegen.escape import file_stem
-    from attnc.codegen.io import Outputs, check_output_path
+    from attnc.codegen.io import Outputs, atomic_write_text, check_output_path
+    from attnc.codegen.provenance import Provenance
+    from attnc.ir.printing import render_ir
 
-    if args.output:
-        check_output_path(args.output, folder=True)
+    if args.pto_dtype and args.emit != "pto":
+        raise CliError("--pto-dtype needs --emit pto")
+    def print_ir(module) -> str:  # names from the DSL; locations and generic form on request
+        return render_ir(module, debuginfo=args.print_debuginfo, generic=args.print_op_generic)
+
+    timing = args.timing_report
+    _check_print_ir_names(args.print_ir_after + args.print_ir_before)
     if args.dump_dir:
         check_output_path(args.dump_dir, folder=True)
-    src = load_source(args.source, args.config, args.set)
+    with timing.phase("parse" if is_ir_source(args.source) else "build stage (DSL -> attn IR)"):
+        source_text = read_source_text(args.source) if is_ir_source(args.source) else None
+        if source_text is not None and args.source == "-":
+            from attnc.ir import parse_ir  # stdin can be read once: parse the text we already hold
+            from attnc.ir.interpreter import entry_function
+            from attnc.kernels_src import resolve_config
+
+            module = parse_ir(source_text, "<stdin>")
+            fn = entry_function(module)
+            src = Source(fn.sym_name.data, module, _names(fn, "arg_names", len(fn.args), "arg"),
+                         _names(fn, "result_names", len(fn.function_type.outputs.data), "out"), None,
+                         resolve_config(args.config, args.set))
+        else:
+            src = load_source(args.source, args.config, args.set)
+    apply_tuning(args, src.name)
     if args.verify_each:
         from attnc.codegen.memory import check_memory
 
@@ -194,44 +338,240 @@ def cmd_compile(args) -> int:
     dumps: list[tuple[str, str]] = []
     if args.dump_dir:
         dumps.append(("00-input.mlir", print_ir(src.module)))
+    state = {"last": print_ir(src.module) if args.print_ir_after_change else None, "running": None}
+
+    def wants(names, label):
+        return label.split("{")[0] in [n.split("{")[0] for n in names]
+
+    def before_pass(label: str, module) -> None:
+        state["running"] = label
+        if args.print_ir_before_all or wants(args.print_ir_before, label):
+            _ir_dump(f"Before {label}", print_ir(module))
 
     def after_pass(label: str, module) -> None:
+        state["running"] = None
         text = None
-        if args.print_ir_after_all or (args.print_ir_after and label.split("{")[0] in args.print_ir_after):
+        if args.print_ir_after_all or wants(args.print_ir_after, label):
             text = print_ir(module)
-            print(f"// -----// IR after {label} //----- //", file=sys.stderr)
-            sys.stderr.write(text)
+            _ir_dump(f"After {label}", text)
+        elif args.print_ir_after_change:
+            text = print_ir(module)
+            if text != state["last"]:
+                _ir_dump(f"After {label}", text)
+        if args.print_ir_after_change:
+            state["last"] = text or print_ir(module)
         if args.dump_dir:
             fname = f"{len(dumps):02d}-{label.split('{')[0]}.mlir"
             dumps.append((fname, text or print_ir(module)))
 
-    report = compile_source(src, pipeline, verify_each=args.verify_each, seed=args.seed, after_pass=after_pass)
-    if args.emit == "pypto":
-        from attnc.codegen.pypto_emit import emit_pypto
+    try:
+        report = compile_source(src, pipeline, verify_each=args.verify_each, seed=args.seed, after_pass=after_pass,
+                                before_pass=before_pass, timing=timing)
+    except _error_types() as e:
+        # the pass that failed: the one running (a refusal) or the last one done (a --verify-each mismatch)
+        failed = state["running"] or (dumps[-1][0][3:-5] if len(dumps) > 1 else "input")
+        if args.print_ir_after_failure:
+            _ir_dump(f"After {failed} Failed", print_ir(src.module))
+        if args.dump_dir:
+            for fname, body in dumps:
+                atomic_write_text(os.path.join(args.dump_dir, fname), body)
+            if state["running"]:  # the IR the failing pass left; a verify failure's IR is already the last dump
+                atomic_write_text(os.path.join(args.dump_dir, f"{len(dumps):02d}-{failed.split('{')[0]}.failed.mlir"),
+                                  print_ir(src.module))
+        raise e
+    suffix = {"pypto": ".pypto.py", "pto": ".pto"}.get(args.emit, ".mlir")
+    path = output_target(args.output, file_stem(src.name) + suffix)
+    prov = Provenance(args.source, args.config, _config_overrides(src, args.set), pipeline, args.emit,
+                      Provenance.hash_text(source_text) if source_text is not None else None,
+                      tuple(f for f, on in (("--print-debuginfo", args.print_debuginfo),
+                                            ("--print-op-generic", args.print_op_generic))
+                            if on and args.emit == "mlir")
+                      + tuple(w for o in args.pypto_option for w in ("--pypto-option", o) if args.emit == "pypto"))
+    shown = os.path.basename(path) if path else None
+    with timing.phase(f"emit {args.emit}"):
+        if args.emit == "pypto":
+            from attnc.codegen.pypto_emit import emit_pypto
 
-        text, suffix = emit_pypto(src.module), ".pypto.py"
-    else:
-        text, suffix = print_ir(src.module), ".mlir"
+            text = prov.header("#", shown) + emit_pypto(src.module, pypto_options(args))
+        elif args.emit == "pto":
+            from attnc.codegen.pto_emit import emit_pto
+
+            kernels = emit_pto(src.module, src.name)
+            text = "".join(k.text for k in kernels)
+        else:
+            text = prov.header("//", shown) + print_ir(src.module)
     # everything is computed before anything is written, and written all or nothing
-    outputs = Outputs()
-    if args.dump_dir:
-        for fname, body in dumps:
-            outputs.add(os.path.join(args.dump_dir, fname), body)
-    if args.output:
-        path = os.path.join(args.output, file_stem(src.name) + suffix)
-        outputs.add(path, text)
-    outputs.commit()
-    if args.output:
-        print(f"wrote {path}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    with timing.phase("write"):
+        outputs = Outputs()
+        if args.dump_dir:
+            for fname, body in dumps:
+                outputs.add(os.path.join(args.dump_dir, fname), body)
+        written = []
+        if args.emit == "pto" and args.output not in (None, "-"):  # one .pto file per token loop: -o is a folder
+            for k in kernels:
+                written.append(os.path.join(args.output, file_stem(k.name) + ".pto"))
+                outputs.add(written[-1], k.text)
+        elif path:
+            written.append(path)
+            outputs.add(path, text)
+        outputs.commit()
+        for w in written:
+            print(f"wrote {w}", file=sys.stderr)
+        if not written:
+            sys.stdout.write(text)
+            sys.stdout.flush()
     for rec in report.records:
         print(rec.line(), file=sys.stderr)
     if args.timing:
-        for label, secs in report.pass_seconds.items():
-            print(f"timing {label:<40} {secs * 1e3:8.2f} ms", file=sys.stderr)
-        print(f"timing {'total':<40} {report.compile_seconds * 1e3:8.2f} ms", file=sys.stderr)
+        for line in timing.report():
+            print(line, file=sys.stderr)
     return 0
+
+
+# -------------------------------------------------------------------------------------------------- run
+
+
+def state_names(src: Source) -> list[str]:
+    """In/out arrays: parameters that are also outputs under the same name (caches, rings, states)."""
+    return [n for n in src.output_names if n in src.arg_names]
+
+
+def _npz_names(path: str | None) -> set[str]:
+    import numpy as np
+
+    if not path:
+        return set()
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return set(data.files)
+    except Exception:  # an unreadable file: source_inputs reports it with the file contract's message
+        return set()
+
+
+def run_inputs(src: Source, args, *, steps: int = 1) -> tuple[dict, list[str]]:
+    """The inputs of `attnc run`/`attnc inputs` and the names of those that were seeded. `--start-pos P` sets
+    every row's start position (seeded compressed ids then follow it); a multi-step run starts at 0 unless told."""
+    import torch
+
+    from attnc.ir.interpreter import entry_function
+    from attnc.ir.types import dtype_of, shape_of, torch_dtype
+
+    extra = {}
+    in_file = _npz_names(args.inputs) if args.inputs else set()
+    start = args.start_pos
+    if start is None and steps > 1 and "start_pos" not in in_file:
+        start = 0  # decoding from position 0 needs no prefill and no initial values
+    if start is not None:
+        if "start_pos" not in src.arg_names:
+            raise CliError(f"--start-pos: {src.name} has no start_pos parameter")
+        types = dict(zip(src.arg_names, entry_function(src.module).function_type.inputs.data))
+        t = types["start_pos"]
+        extra["start_pos"] = torch.full(shape_of(t), start, dtype=torch_dtype(dtype_of(t)))
+    inputs = source_inputs(src, args.seed, args.inputs, extra)
+    if "start_pos" in inputs and "rope_cos" in inputs and "x" in inputs:
+        last = int(inputs["start_pos"].max()) + steps * inputs["x"].shape[1]
+        if int(inputs["start_pos"].min()) < 0 or last > inputs["rope_cos"].shape[0]:
+            raise CliError(f"start_pos: positions {int(inputs['start_pos'].min())}..{last - 1} are outside the "
+                           f"RoPE table (max_pos {inputs['rope_cos'].shape[0]}; --set max_pos=... to grow it)")
+    seeded = [n for n in src.arg_names if n not in in_file and n not in extra]
+    return inputs, seeded
+
+
+def note_seeded(src: Source, seeded: list[str], seed: int, no_seed: bool) -> None:
+    if not seeded:
+        return
+    if no_seed:
+        raise CliError(f"--no-seed: {src.name} needs {len(seeded)} more input array(s): {', '.join(seeded)}")
+    print(f"attnc: note: seeded {len(seeded)} of {len(src.arg_names)} inputs of {src.name} (seed {seed}): "
+          f"{', '.join(seeded)}", file=sys.stderr)
+
+
+def _next_step_inputs(src: Source, inputs: dict, outs: dict, step: int, seed: int) -> dict:
+    """Step `step`'s inputs: the in/out arrays of the previous step's outputs, start_pos advanced by the step's
+    token count, fresh seeded tokens x (seed + step); weights and tables unchanged."""
+    import torch
+
+    from attnc.codegen.io import seeded_tensor_for_type
+    from attnc.ir.interpreter import entry_function
+
+    nxt = dict(inputs)
+    nxt.update({n: outs[n] for n in state_names(src)})
+    nxt["start_pos"] = inputs["start_pos"] + inputs["x"].shape[1]
+    x_type = entry_function(src.module).function_type.inputs.data[src.arg_names.index("x")]
+    nxt["x"] = seeded_tensor_for_type(x_type, torch.Generator().manual_seed(seed + step))
+    return nxt
+
+
+def _execute(src: Source, inputs: dict, args, timing, label: str):
+    """One run on the chosen target: (outputs by name, aicore_us or None, wall seconds)."""
+    from attnc.ir.interpreter import run_module
+
+    if args.target == "interp":
+        with timing.phase(f"interpret ({args.level} level){label}"):
+            t0 = time.perf_counter()
+            outs = dict(zip(src.output_names, run_module(src.module, list(inputs.values()))))
+            return outs, None, time.perf_counter() - t0
+    from attnc.codegen.progress import Progress
+    from attnc.codegen.pypto_target import run_pypto_sim
+
+    import tempfile
+
+    kind = args.target.split("-")[1].upper()
+    marks = [(f"pypto {kind}{label}: emit, start the child", time.perf_counter())]
+    with tempfile.TemporaryDirectory(prefix="attnc-trace-") as trace_tmp:
+        with Progress(None, f"{src.name}: pypto {kind}{label}: emit, start the child") as bar:
+            bar.tick_every(0.5)
+
+            def on_phase(text: str) -> None:
+                marks.append((f"pypto {kind}{label}: {text}", time.perf_counter()))
+                bar.describe(f"{src.name}: pypto {kind}{label}: {text}")
+
+            try:
+                res = run_pypto_sim(src.module, inputs, verify="none" if args.time_only else "default",
+                                    npu=args.target == "pypto-npu", on_phase=on_phase,
+                                    trace_dir=trace_tmp if args.trace_dir else None, options=pypto_options(args))
+            finally:
+                marks.append(("", time.perf_counter()))
+                for (name, t0), (_, t1) in zip(marks, marks[1:]):
+                    timing.add(name, t1 - t0)
+        if args.trace_dir:
+            with timing.phase(f"keep the trace, draw swim lanes{label}"):
+                _keep_trace(src, trace_tmp, args.trace_dir, label)
+    _check_sim_verify(res)
+    return res.outputs, res.aicore_us, res.wall_s
+
+
+def _check_sim_verify(res) -> None:
+    """A FAILED pypto per-pass verify record is an error unless it is a documented pypto limitation (a note)."""
+    from attnc.codegen.pypto_target import known_limitation
+
+    unexplained = [r for r in res.failed_records if known_limitation(r) is None]
+    if unexplained:
+        first = unexplained[0]
+        raise CliError(f"pypto per-pass verify: {len(unexplained)} of {len(res.verify)} records FAILED "
+                       f"(first: pass {first[0]}, data view {first[1]}: {first[2]})")
+    if res.failed_records:
+        why = sorted({known_limitation(r) for r in res.failed_records})
+        print(f"attnc: note: {len(res.failed_records)} of {len(res.verify)} pypto per-pass verify records FAILED "
+              f"from documented pypto limitations (README: Known limitations): {'; '.join(why)}", file=sys.stderr)
+
+
+def _keep_trace(src: Source, trace_tmp: str, trace_dir: str, label: str) -> None:
+    """pypto's Perfetto trace and a swim-lane picture of the run, named after the stage (and step)."""
+    from attnc.codegen import pictures
+    from attnc.codegen.io import atomic_write_bytes
+
+    stem = os.path.join(trace_dir, src.name + label.replace(" step ", "-step").replace("/", "of"))
+    trace, swim = os.path.join(trace_tmp, "perfetto.json"), os.path.join(trace_tmp, "swim.json")
+    if not os.path.exists(trace):
+        print("attnc: note: pypto wrote no cost-model trace for this run", file=sys.stderr)
+        return
+    with open(trace, "rb") as f:
+        atomic_write_bytes(stem + ".perfetto.json", f.read())
+    print(f"pypto trace: {stem}.perfetto.json (open in https://ui.perfetto.dev)", file=sys.stderr)
+    if os.path.exists(swim):
+        pictures.swim_lanes(swim, stem + ".swim.png", f"pypto SIM swim lanes: {src.name}{label}")
+        print(f"swim lanes: {stem}.swim.png", file=sys.stderr)
 
 
 def cmd_run(args) -> int:
@@ -239,44 +579,114 @@ def cmd_run(args) -> int:
 
     from attnc.codegen.io import check_output_path, save_npz
     from attnc.codegen.memory import check_memory
-    from attnc.ir.interpreter import run_module
 
+    timing = args.timing_report
     if args.out:
         check_output_path(args.out)
-    src = load_source(args.source, args.config, args.set)
+    if args.target == "interp" and (args.time_only or args.trace_dir):
+        raise CliError(("--time-only" if args.time_only else "--trace-dir") + " needs a pypto target")
+    if args.target == "pypto-npu":
+        from attnc.codegen.pypto_sim import npu_available
+
+        if not npu_available():
+            raise CliError("--target pypto-npu needs torch_npu and an Ascend NPU; none found on this machine")
+    if args.steps < 1:
+        raise CliError(f"--steps must be at least 1, got {args.steps}")
+    with timing.phase("parse" if is_ir_source(args.source) else "build stage (DSL -> attn IR)"):
+        src = load_source(args.source, args.config, args.set)
+    apply_tuning(args, src.name)
     check_memory(src.module, f"run {src.name}")  # the seeded inputs alone may not fit
+    if args.steps > 1:
+        if not state_names(src) or not {"x", "start_pos"} <= set(src.arg_names):
+            raise CliError(f"--steps: {src.name} carries no state from step to step (a stage with x, start_pos "
+                           f"and in/out arrays such as decode_swa/decode_hca/decode_csa or compressor)")
+        if args.time_only:
+            raise CliError("--steps needs each step's values: not with --time-only")
     if args.level == "tile" or args.target != "interp":
-        compile_source(src, _pipeline_for(args), verify_each=False)
+        compile_source(src, _pipeline_for(args), verify_each=False, timing=timing)
         # SIM: the inputs also travel as numpy arrays and an .npz to the child
         check_memory(src.module, f"run {src.name}", copies_of_inputs=1 if args.target == "interp" else 3)
-    inputs = source_inputs(src, args.seed, args.inputs)
+    with timing.phase("inputs"):
+        inputs, seeded = run_inputs(src, args, steps=args.steps)
+    note_seeded(src, seeded, args.seed, args.no_seed)
     aicore = None
-    if args.target == "interp":
-        if args.time_only:
-            raise CliError("--time-only needs a pypto target")
-        t0 = time.perf_counter()
-        outs = dict(zip(src.output_names, run_module(src.module, list(inputs.values()))))
-        wall = time.perf_counter() - t0
-    else:
-        from attnc.codegen.pypto_sim import npu_available
-        from attnc.codegen.pypto_target import run_pypto_sim
-
-        if args.target == "pypto-npu" and not npu_available():
-            raise CliError("--target pypto-npu needs torch_npu and an Ascend NPU; none found on this machine")
-        res = run_pypto_sim(src.module, inputs, verify="none" if args.time_only else "default",
-                            npu=args.target == "pypto-npu")
-        outs, aicore, wall = res.outputs, res.aicore_us, res.wall_s
-        for rec in res.failed_records:
-            print(f"pypto verify FAILED: {rec}", file=sys.stderr)
+    total_wall = 0.0
+    for step in range(args.steps):
+        if step:
+            inputs = _next_step_inputs(src, inputs, outs, step, args.seed)
+        label = f" step {step + 1}/{args.steps}" if args.steps > 1 else ""
+        outs, aicore, wall = _execute(src, inputs, args, timing, label)
+        total_wall += wall
+        if args.steps > 1:
+            print(f"step {step + 1}/{args.steps}: start_pos={inputs['start_pos'].tolist()} wall_s={wall:.3f}"
+                  + (f" aicore_us={aicore:.3f}" if aicore is not None else ""), file=sys.stderr)
     if args.out and not args.time_only:
-        save_npz(args.out, outs)
+        with timing.phase("write outputs"):
+            save_npz(args.out, outs)
     for name, t in ({} if args.time_only else outs).items():  # --time-only computes no values
         tf = t.float()
         print(f"{name:<8} {str(t.dtype).replace('torch.', ''):<9} {list(t.shape)} "
               f"mean_abs={tf.abs().mean().item():.6g} finite={bool(torch.isfinite(tf).all())}")
-    print(f"wall_s: {wall:.3f}")
+    print(f"wall_s: {total_wall:.3f}")
     if aicore is not None:
         print(f"aicore_us: {aicore:.3f}")
+    if args.timing:
+        for line in timing.report():
+            print(line, file=sys.stderr)
+    return 0
+
+
+def cmd_inputs(args) -> int:
+    """Write a stage's inputs (the file's arrays where given, seeded values for the rest) to one .npz."""
+    from attnc.codegen.io import save_npz
+
+    src = load_source(args.source, args.config, args.set)
+    inputs, seeded = run_inputs(src, args)
+    save_npz(args.output, inputs)
+    print(f"wrote {args.output}: {len(inputs)} arrays of {src.name} ({len(seeded)} seeded with seed {args.seed})",
+          file=sys.stderr)
+    return 0
+
+
+def _visibility_kind(src: Source) -> str:
+    if src.name.startswith("decode_"):
+        return src.name.split("_", 1)[1]
+    if "cmp_idx" in src.arg_names and "kv_ring" in src.arg_names:
+        return "csa"  # sparse attention over listed entries
+    raise CliError(f"plot visibility: {src.name} attends nothing (a layer kind or a sparse_attn stage)")
+
+
+def cmd_plot(args) -> int:
+    """Pictures: the tile schedule, the timing of every phase, or which keys each token sees."""
+    from attnc.codegen import pictures
+    from attnc.ir.dsl import stage_config
+
+    src = load_source(args.source, args.config, args.set)
+    title = f"{src.name} ({args.config}{''.join(' ' + o for o in args.set)})"
+    if args.kind == "schedule":
+        compile_source(src, _pipeline_for(args), verify_each=False)
+        pictures.tile_schedule(src.module, args.output, "tile schedule of " + title)
+    elif args.kind == "timing":
+        timing = args.timing_report
+        compile_source(src, _pipeline_for(args), verify_each=True, seed=args.seed, timing=timing)
+        pictures.phase_timing(timing.phases, args.output, "compile --verify-each: " + title)
+    else:
+        from attnc.ir.interpreter import run_module
+
+        kind = _visibility_kind(src)
+        args.inputs, args.no_seed = getattr(args, "inputs", None), False
+        inputs, _ = run_inputs(src, args)
+        picks = None
+        if kind == "csa":
+            picks = inputs.get("cmp_idx")
+            if "cmp_idx" in src.output_names:  # the layer's indexer picks them: run it
+                outs = dict(zip(src.output_names, run_module(src.module, list(inputs.values()))))
+                picks = outs["cmp_idx"]
+            picks = picks.tolist()
+        cfg = stage_config(src.stage, src.cfg) if src.stage is not None else src.cfg
+        pictures.visibility(cfg, inputs["start_pos"].tolist(), kind, args.output, "keys each token sees: " + title,
+                            picks)
+    print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
 
@@ -294,10 +704,6 @@ def _seed(text: str) -> int:
     return value
 
 
-def _one_line(message: str) -> str:
-    """The first line of a message with control characters escaped (a message may quote the input)."""
-    first = message.splitlines()[0] if message.splitlines() else message
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in first)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -305,62 +711,172 @@ class _Parser(argparse.ArgumentParser):
         raise CliError(f"{self.prog}: {message}")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every valued option's help ends with its default (flags are off unless given; an option without a default
+    says in its help what happens without it); descriptions keep their line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or not action.option_strings or default is None or default is False
+                or default == [] or default == argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
+
+
+_EPILOG = """examples:
+  attnc list
+  attnc compile sparse_attn --config tiny --verify-each --timing -o out/
+  attnc inputs decode_hca --config tiny --start-pos 0 -o in.npz
+  attnc run decode_hca --config tiny --inputs in.npz --steps 4 --out state.npz
+  attnc compile - --pipeline 'builtin.module(cse)' < out/sparse_attn.mlir
+
+environment: ATTNC_PROGRESS=0|1 (progress line; default: when stderr is a terminal),
+ATTNC_TRACEBACK=1 (show the traceback of an internal error)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="attnc", description="DeepSeek-V4 attention stage compiler (DSL -> attn -> tile -> pypto)")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser)
-    sub.required = True
+    from attnc.codegen.provenance import version_line
 
-    sub.add_parser("list", help="stages, configs and passes, one line each").set_defaults(fn=cmd_list)
+    p = _Parser(prog="attnc", formatter_class=_HelpFormatter, epilog=_EPILOG,
+                description="DeepSeek-V4 attention stage compiler (DSL -> attn -> tile -> pypto)")
+    p.add_argument("--version", action="version", version=version_line(), help="print versions and exit")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
 
-    sc = sub.add_parser("show-config", help="a config as JSON")
-    sc.add_argument("name")
-    sc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    sc.set_defaults(fn=cmd_show_config)
+    def add(name, help_text, fn):
+        q = sub.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
+        q.set_defaults(fn=fn)
+        return q
 
-    def common(q):
-        q.add_argument("source", metavar="STAGE|FILE.mlir")
-        q.add_argument("--config", default="tiny")
-        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-        q.add_argument("--pipeline", default=None, help="pass pipeline string (default: the target's)")
-        q.add_argument("--seed", type=_seed, default=0, help="random seed, 0 <= SEED < 2**63")
+    add("list", "stages, configs and passes, one line each", cmd_list)
 
-    c = sub.add_parser("compile", help="compile a stage or an .mlir file")
+    sc = add("show-config", "a config as JSON (with its derived sizes)", cmd_show_config)
+    sc.add_argument("name", help="config name (see `attnc list`)")
+    sc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+
+    def common(q, pipeline=True):
+        q.add_argument("source", metavar="SOURCE",
+                       help="a stage name, FILE.mlir, - (MLIR text on stdin) or FILE.py:STAGE (your own stage file)")
+        q.add_argument("--config", default="tiny", help="config name (see `attnc list`)")
+        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key (repeatable)")
+        if pipeline:
+            q.add_argument("--pipeline", "--pass-pipeline", dest="pipeline", default=None, metavar="PIPELINE",
+                           help="pass pipeline, `a,b{opt=1}` or `builtin.module(a,b)`; default: the target's "
+                                 "(`attnc list` shows both)")
+        q.add_argument("--seed", type=_seed, default=0, help="seed of the generated inputs, 0 <= SEED < 2**63")
+        q.add_argument("--pypto-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="pypto target option (scheduling/merging knobs, vector tile budget), e.g. "
+                            "'vec_nbuffer_setting={-1: 4}'; see codegen/pypto_options.py (repeatable)")
+        q.add_argument("--timing", action="store_true",
+                       help="print the wall time of every phase (build/parse, each pass, each verify, emit, write)")
+        q.add_argument("--tuning", metavar="FILE", default=None,
+                       help="apply a tuning file from `attnc tune` (its pipeline and pypto options)")
+
+    c = add("compile", "compile a stage, an .mlir file or stdin", cmd_compile)
     common(c)
-    c.add_argument("--emit", choices=("mlir", "pypto"), default="mlir")
-    c.add_argument("-o", "--output", metavar="DIR")
-    c.add_argument("--print-ir-after-all", action="store_true")
-    c.add_argument("--print-ir-after", action="append", default=[], metavar="PASS")
-    c.add_argument("--dump-dir", metavar="DIR")
-    c.add_argument("--timing", action="store_true")
-    c.add_argument("--verify-each", action="store_true")
-    c.set_defaults(fn=cmd_compile)
+    c.add_argument("--emit", choices=("mlir", "pypto", "pto"), default="mlir",
+                   help="output kind (pto: one .pto file per token loop, for ptoas; -o names a folder)")
+    c.add_argument("--pto-dtype", choices=("f16",), default=None,
+                   help="--emit pto: compute bf16 values in f16 (ptoas 0.1.1 has no bf16) (default: bf16 kept)")
+    c.add_argument("-o", "--output", metavar="FILE|DIR/", default=None,
+                   help="output file (- = stdout); DIR/ (trailing slash) or an existing folder writes "
+                        "DIR/<stage>.mlir or DIR/<stage>.pypto.py; default: stdout")
+    c.add_argument("--print-ir-before", action="append", default=[], metavar="PASS",
+                   help="print the IR before every run of PASS to stderr (repeatable)")
+    c.add_argument("--print-ir-after", action="append", default=[], metavar="PASS",
+                   help="print the IR after every run of PASS to stderr (repeatable)")
+    c.add_argument("--print-ir-before-all", action="store_true", help="print the IR before every pass")
+    c.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass")
+    c.add_argument("--print-ir-after-change", action="store_true",
+                   help="print the IR after a pass only when the pass changed it")
+    c.add_argument("--print-ir-after-failure", action="store_true",
+                   help="print the IR a failing pass (or failed verification) left behind")
+    c.add_argument("--dump-dir", metavar="DIR", default=None,
+                   help="write 00-input.mlir and NN-<pass>.mlir after each pass; on a failure the dumps up to it "
+                        "and NN-<pass>.failed.mlir (default: no dumps)")
+    c.add_argument("--print-debuginfo", action="store_true",
+                   help="print each op's DSL location as an MLIR location, loc(\"kernels_src/x.py\":12:1)")
+    c.add_argument("--print-op-generic", action="store_true",
+                   help="print every op in MLIR's generic form (func, scf and arith included)")
+    c.add_argument("--verify-each", action="store_true",
+                   help="interpret before and after every pass on seeded inputs; fail beyond the pass's tolerance")
 
-    r = sub.add_parser("run", help="run a stage on inputs and write its outputs")
+    r = add("run", "run a stage on inputs and write its outputs", cmd_run)
     common(r)
-    r.add_argument("--target", choices=("interp", "pypto-sim", "pypto-npu"), default="interp")
-    r.add_argument("--level", choices=("tensor", "tile"), default="tensor")
-    r.add_argument("--inputs", metavar="IN.npz")
-    r.add_argument("--out", metavar="OUT.npz")
-    r.add_argument("--time-only", action="store_true")
-    r.set_defaults(fn=cmd_run)
+    r.add_argument("--target", choices=("interp", "pypto-sim", "pypto-npu"), default="interp",
+                   help="interp: the torch interpreter; pypto-sim: the emitted pypto program in SIM on the CPU")
+    r.add_argument("--level", choices=("tensor", "tile"), default="tensor",
+                   help="interpret the stage as built (tensor) or after the pipeline (tile)")
+    r.add_argument("--inputs", metavar="IN.npz", default=None,
+                   help="input arrays by parameter name (`attnc inputs` writes one); default: none, every array "
+                        "seeded (one note line names the seeded arrays)")
+    r.add_argument("--no-seed", action="store_true",
+                   help="a missing input array is an error instead of a seeded value")
+    r.add_argument("--start-pos", type=int, default=None, metavar="P",
+                   help="every row's start position (overrides the file); default: seeded, or 0 with --steps")
+    r.add_argument("--steps", type=int, default=1, metavar="N",
+                   help="decode N steps: each step's in/out arrays (caches, rings, states) feed the next, "
+                        "start_pos advances by seq, x is seeded per step (seed+k); --out gets the last step")
+    r.add_argument("--out", metavar="OUT.npz", default=None, help="write the outputs by name (default: not written)")
+    r.add_argument("--time-only", action="store_true", help="pypto targets: simulated time only, no values")
+    r.add_argument("--trace-dir", metavar="DIR", default=None,
+                   help="pypto targets: keep the cost model's Perfetto trace (DIR/<stage>.perfetto.json) and draw "
+                        "its swim lanes (DIR/<stage>.swim.png) (default: not kept)")
+
+    i = add("inputs", "write a stage's inputs (seeded, or completed from --inputs) to an .npz", cmd_inputs)
+    common(i, pipeline=False)
+    i.add_argument("-o", "--output", metavar="IN.npz", required=True, help="the .npz to write")
+    i.add_argument("--inputs", metavar="IN.npz", default=None, help="arrays to keep; the rest are seeded (default: all seeded)")
+    i.add_argument("--start-pos", type=int, default=None, metavar="P",
+                   help="every row's start position; default: seeded")
+    pl = add("plot", "pictures (PNG, or SVG by suffix): tile schedule, phase timing, token visibility", cmd_plot)
+    pl.add_argument("kind", choices=("schedule", "timing", "visibility"),
+                    help="schedule: the compiled loop nest; timing: every phase of compile --verify-each; "
+                         "visibility: window keys and compressed entries of each token")
+    common(pl)
+    pl.add_argument("-o", "--output", metavar="FILE.png", required=True, help="the picture to write")
+    pl.add_argument("--inputs", metavar="IN.npz", default=None,
+                    help="visibility: inputs (start_pos, cmp_idx); default: seeded")
+    pl.add_argument("--start-pos", type=int, default=None, metavar="P",
+                    help="visibility: every row's start position (default: seeded)")
+
+    from attnc.codegen.tune import add_parser as add_tune_parser
+
+    add_tune_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from attnc.codegen.progress import Timing
+
+    timing = Timing()
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        if not argv:  # `attnc` alone: usage and the commands
+            parser.print_help()
+            return 0
+        args = parser.parse_args(argv)
+        if getattr(args, "fn", None) is None:
+            raise CliError("attnc: a command is required (attnc --help)")
+        args.timing_report = timing
+        if args.fn in (cmd_compile, cmd_run, cmd_inputs, cmd_plot):
+            with timing.phase("imports (torch, xdsl, attnc)"):
+                import attnc.kernels_src  # noqa: F401
+                import attnc.passes.verify  # noqa: F401
         return args.fn(args)
-    except SystemExit as e:  # --help
+    except SystemExit as e:  # --help, --version
         return int(e.code or 0)
     except _error_types() as e:
-        print(f"attnc: error: {_one_line(str(e)) if str(e).strip() else type(e).__name__}", file=sys.stderr)
+        print(f"attnc: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # a bug in attnc: still one line; ATTNC_TRACEBACK=1 shows the traceback
         if os.environ.get("ATTNC_TRACEBACK"):
             raise
-        print(f"attnc: internal error: {type(e).__name__}: {_one_line(str(e)) if str(e).strip() else ''}",
+        print(f"attnc: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
               file=sys.stderr)
         return EXIT_INTERNAL
 

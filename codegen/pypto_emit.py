@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 import jinja2
+import numpy as np
 from xdsl.dialects import arith, func, scf
 from xdsl.dialects.builtin import ModuleOp, TensorType
 from xdsl.ir import Operation, SSAValue
@@ -19,6 +20,8 @@ from attnc.codegen.escape import code_text, identifier
 from attnc.ir.common import LOC_ATTR, ints_of, op_location
 from attnc.ir.interpreter import entry_function
 from attnc.ir.types import dtype_of, shape_of
+
+from .pypto_options import PyptoOptions
 
 PYPTO_DTYPE = {"bf16": "pypto.DT_BF16", "f16": "pypto.DT_FP16", "f32": "pypto.DT_FP32", "i32": "pypto.DT_INT32",
                "i8": "pypto.DT_INT8", "i1": "pypto.DT_BOOL"}
@@ -44,28 +47,42 @@ class EmitError(Exception):
 _BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i8": 1, "i1": 1}
 
 
-def vec_tile(shape, dtype: str = "f32") -> list[int]:
-    """A tile of the op's rank: the trailing dim padded to the 32-byte block, leading dims shrunk to the budget.
+def vec_tile(shape, dtype: str = "f32", budget: int = VEC_TILE_ELEMS) -> list[int]:
+    """A tile of the op's rank: the trailing dim padded to the 32-byte block, then the inner leading dims as large
+    as the budget allows (fewer, larger tiles: every tile is a task of the scheduler-bound cost model).
     The trailing dim is a multiple of 16 elements even for 4-byte types: pypto 0.2.0 copies tensors that a loop
     captures with the tile in effect at the loop, whatever their dtype, and a bf16 tensor needs 16 lanes."""
     tile = [max(1, int(d)) for d in shape] or [1]
     align = max(32 // _BYTES[dtype], 16)
     tile[-1] = -(-tile[-1] // align) * align
-    i = 0
-    while math.prod(tile) > VEC_TILE_ELEMS and i < len(tile):
-        while tile[i] > 1 and math.prod(tile) > VEC_TILE_ELEMS:
-            tile[i] = (tile[i] + 1) // 2
-        i += 1
+    while tile[-1] > budget and tile[-1] > align:
+        tile[-1] = -(-(tile[-1] // 2) // align) * align
+    for i in range(len(tile) - 2, -1, -1):
+        room = max(1, budget // math.prod(tile[i + 1:]))
+        if tile[i] > room:  # a power of two: other splits crash pypto 0.2.0's simulator (ItemPool double free)
+            tile[i] = 1 << (room.bit_length() - 1)
     return tile
 
 
-def cube_tile(m: int, k: int, n: int) -> str:
-    """Cube tiles in multiples of 16 (the fractal size), capped at sizes that fit L0A/L0B/L0C."""
-    def up16(x: int, cap: int) -> int:
-        return min(cap, max(16, -(-x // 16) * 16))
+L0AB_BYTES, L0C_BYTES = 64 * 1024, 128 * 1024
 
-    kt, nt = up16(k, 256), up16(n, 128)
-    return f"pypto.set_cube_tile_shapes([16, 16], [{kt}, {up16(k, 512)}], [{nt}, {nt}])"
+
+def cube_tile(m: int, k: int, n: int) -> str:
+    """Cube tiles in multiples of 16 (the fractal size): M up to 128 rows, K up to 256 per L0 step (L1 holds up to
+    512 of K, a multiple of the L0 step), N as wide as L0B (bf16 K x N) and L0C (f32 M x N) allow — few large
+    cube tasks, since every task costs the scheduler more than its compute at decode sizes."""
+    def up16(x: int) -> int:
+        return max(16, -(-x // 16) * 16)
+
+    m0 = min(128, up16(m))
+    k0 = min(256, up16(k))
+    while m0 * k0 * 2 > L0AB_BYTES:
+        k0 -= 16
+    n0 = min(256, up16(n))
+    while n0 > 16 and (k0 * n0 * 2 > L0AB_BYTES or m0 * n0 * 4 > L0C_BYTES):
+        n0 -= 16
+    k1 = k0 * max(1, min(up16(k), 512) // k0)
+    return f"pypto.set_cube_tile_shapes([{m0}, {m0}], [{k0}, {k1}], [{n0}, {n0}])"
 
 
 @dataclass
@@ -77,6 +94,11 @@ class _Emitter:
     depth: int = 1
     loop_count: int = 0
     out_inits: dict = field(default_factory=dict)  # tile.full result -> output param carried in its place
+    vec_budget: int = VEC_TILE_ELEMS
+    params: set = field(default_factory=set)  # the kernel's input parameters (SSA block arguments)
+
+    def vec_tile_of(self, shape, dtype: str) -> str:
+        return ", ".join(map(str, vec_tile(shape, dtype, self.vec_budget)))
 
     def fresh(self, prefix="t") -> str:
         self.counter += 1
@@ -93,7 +115,7 @@ class _Emitter:
         return self.names[v]
 
     def set_tile(self, v: SSAValue):
-        self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, vec_tile(shape_of(v.type), dtype_of(v.type))))})")
+        self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of(shape_of(v.type), dtype_of(v.type))})")
 
     def bind(self, v: SSAValue, expr: str, loc: str | None = None, tile_of: SSAValue | None = None):
         name = self.fresh()
@@ -179,7 +201,7 @@ class _Emitter:
                 n = sb[-2] if trans else sb[-1]
                 mm2 = self.fresh("mm")
                 self.emit(f"{mm2} = pypto.matmul({flat}, {self.ref(rhs)}, {out_dt}, b_trans={trans})")
-                self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, vec_tile([math.prod(sa[:-1]), n], 'f32')))})")
+                self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of([math.prod(sa[:-1]), n], 'f32')})")
                 self.emit(f"{mm2} = pypto.reshape({mm2}, {[*sa[:-1], n]})")
                 mm = mm2
             else:
@@ -198,7 +220,9 @@ class _Emitter:
         if kind == "broadcast":
             return self.bind(res, self._expand(a[0], list(shape_of(op.input.type)), shape, dtype_of(res.type)), loc)
         if kind == "reshape":  # pypto tiles a reshape by its input
-            return self.bind(res, f"pypto.reshape({a[0]}, {shape})", loc, tile_of=op.input)
+            # a kernel input is never written: reshape it in place (a view, no copy)
+            inplace = ", inplace=True" if op.input in self.params else ""
+            return self.bind(res, f"pypto.reshape({a[0]}, {shape}{inplace})", loc, tile_of=op.input)
         if kind == "transpose":
             perm = ints_of(op.perm)
             moved = [i for i, p in enumerate(perm) if p != i]
@@ -215,7 +239,7 @@ class _Emitter:
                     self.emit(f"{tmp} = pypto.where({ref}, 1.0, 0.0)")
                     ints.append(tmp)
                 joined = self.fresh("b")
-                self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, vec_tile(shape, 'i32')))})")
+                self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of(shape, 'i32')})")
                 self.emit(f"{joined} = pypto.concat([{', '.join(ints)}], {op.axis.value.data})")
                 return self.bind(res, f"pypto.eq({joined}, 1.0)", loc)
             return self.bind(res, f"pypto.concat([{', '.join(a)}], {op.axis.value.data})", loc)
@@ -227,7 +251,7 @@ class _Emitter:
             axis = op.axis.value.data
             view_shape = [d if i == axis else 1 for i, d in enumerate(shape)]
             ramp = self.fresh("i")  # each statement runs under a tile of its own rank
-            self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, vec_tile([shape[axis]], 'i32')))})")
+            self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of([shape[axis]], 'i32')})")
             self.emit(f"{ramp} = pypto.cast(pypto.arange({shape[axis]}), pypto.DT_INT32)")
             self.emit(f"{ramp} = pypto.reshape({ramp}, {view_shape})")
             return self.bind(res, self._expand(ramp, view_shape, shape, "i32"), loc)
@@ -250,9 +274,13 @@ class _Emitter:
             offs, valid = a[1:1 + n], a[1 + n:]
             extra = f", valid_shape=[{', '.join(valid)}]" if valid else ""
             self.bind(res, f"pypto.view({a[0]}, {shape}, [{', '.join(offs)}]{extra})", loc)
-            if len(shape) >= 3:
+            if valid and op.pad.data == "zero" and any(u.operation.name in _PACKING_USERS for u in res.uses):
+                # pypto concatenates the valid parts only (packed): give the tile its zero padding first
+                self.emit(f"{self.names[res]} = pypto.reshape({self.names[res]}, {shape}, valid_shape={shape})")
+            if len(shape) >= 3 and not all(u.operation.name == "tile.reshape" for u in res.uses):
                 # pypto 0.2.0 mis-sizes the raw tensor of a rank-3 view read straight by a batched matmul
-                # ("Shape size mismatch" at codegen); a clone gives the tile its own buffer
+                # ("Shape size mismatch" at codegen) and fails to simulate some other readers of it; a clone gives
+                # the tile its own buffer (a reshape makes one anyway)
                 self.emit(f"{self.names[res]} = pypto.clone({self.names[res]})")
             return
         if kind == "assemble":
@@ -279,7 +307,7 @@ class _Emitter:
         for i in axes[:-1]:
             cur_shape[i] = shape[i]
             step = self.fresh("e")
-            self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, vec_tile(cur_shape, dtype)))})")
+            self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of(cur_shape, dtype)})")
             self.emit(f"{step} = pypto.expand_clone({cur}, {cur_shape})")
             cur = step
         return f"pypto.expand_clone({cur}, {shape})" if axes else f"pypto.clone({cur})"
@@ -353,15 +381,28 @@ def _const(v: SSAValue):
 
 
 def _parallel_covers(par: Operation, j: int) -> bool:
-    """Does every iteration of `par` assemble a full-width row chunk into carried tensor j, so that together they
-    write every element (then its tile.full init is dead and the output param can be carried instead)?"""
+    """Does every iteration of `par` assemble a full row chunk into carried tensor j — one full-width tile, or a
+    chain of tiles at constant offsets that partition the chunk — so that together they write every element
+    (then its tile.full init is dead and the output param can be carried instead)?"""
     block = par.body.block
     row, dest = block.args[0], block.args[1 + j]
-    asm = block.last_op.operands[j].owner
-    if not (isinstance(asm, Operation) and asm.name == "tile.assemble" and asm.dest is dest and dest.has_one_use()):
+    chain, v = [], block.last_op.operands[j]
+    while v is not dest:
+        asm = v.owner
+        if not (isinstance(asm, Operation) and asm.name == "tile.assemble" and asm.dest.has_one_use()):
+            return False
+        chain.append(asm)
+        v = asm.dest
+    if not chain or not dest.has_one_use():
         return False
-    rows, dshape, tshape = par.rows.value.data, shape_of(dest.type), shape_of(asm.tile.type)
-    if _const(par.lower) != 0 or _const(par.upper) != dshape[0] or tshape[0] != rows or tshape[1:] != dshape[1:]:
+    rows, dshape = par.rows.value.data, shape_of(dest.type)
+    if _const(par.lower) != 0 or _const(par.upper) != dshape[0]:
+        return False
+    if len(chain) > 1:
+        return _tiles_partition(chain, row, rows, dshape)
+    asm = chain[0]
+    tshape = shape_of(asm.tile.type)
+    if tshape[0] != rows or tshape[1:] != dshape[1:]:
         return False
     if asm.offsets[0] is not row or any(_const(o) != 0 for o in asm.offsets[1:]):
         return False
@@ -375,6 +416,21 @@ def _parallel_covers(par: Operation, j: int) -> bool:
     a, b = n.operands
     sub = a.owner if _const(b) == rows else b.owner if _const(a) == rows else None
     return isinstance(sub, arith.SubiOp) and _const(sub.lhs) == dshape[0] and sub.rhs is row
+
+
+def _tiles_partition(chain, row, rows: int, dshape) -> bool:
+    """Whole tiles [rows, ...] at the chunk row and constant offsets that cover dest[1:] exactly once."""
+    if dshape[0] % rows:
+        return False
+    cover = np.zeros(dshape[1:], dtype=np.int32)
+    for asm in chain:
+        tshape, offs = shape_of(asm.tile.type), [_const(o) for o in asm.offsets[1:]]
+        if len(asm.valid) or asm.offsets[0] is not row or tshape[0] != rows or None in offs:
+            return False
+        if any(o < 0 or o + t > d for o, t, d in zip(offs, tshape[1:], dshape[1:])):
+            return False
+        cover[tuple(slice(o, o + t) for o, t in zip(offs, tshape[1:]))] += 1
+    return bool((cover == 1).all())
 
 
 def _output_inits(ret: Operation, out_names: list) -> dict:
@@ -391,7 +447,8 @@ def _output_inits(ret: Operation, out_names: list) -> dict:
     return found
 
 
-F32_LOWEST = -3.4028234663852886e38  # score of an entry top-k may not pick
+F32_LOWEST = -3.4028234663852886e38
+_PACKING_USERS = ("tile.concat",)  # score of an entry top-k may not pick
 
 
 def program_output_names(arg_names: list[str], out_names: list[str]) -> list[str]:
@@ -413,15 +470,17 @@ def py_float(value: float) -> str:
     return repr(value) if math.isfinite(value) else f"float('{value}')"
 
 
-def emit_pypto(module: ModuleOp) -> str:
+def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
+    options = options or PyptoOptions()
     fn = entry_function(module)
     arg_names = [identifier(a.data, "arg_names entry") for a in fn.attributes["arg_names"].data]
     out_names = program_output_names(arg_names, [identifier(a.data, "result_names entry")
                                                  for a in fn.attributes["result_names"].data])
-    em = _Emitter()
+    em = _Emitter(vec_budget=options.vec_tile_elems)
     block = fn.body.block
     for arg, name in zip(block.args, arg_names):
         em.names[arg] = name
+        em.params.add(arg)
     ret = block.last_op
     em.out_inits = _output_inits(ret, out_names)
     for op in block.ops:
@@ -440,4 +499,5 @@ def emit_pypto(module: ModuleOp) -> str:
         em.emit(f"{name}[:] = pypto.clone({ref})")
     return _TEMPLATE.get_template("pypto_kernel.py.j2").render(
         stage=code_text(fn.sym_name.data), arg_names=arg_names + out_names, output_names=out_names, dtypes=dtypes,
-        shapes=shapes, params=params, body=em.lines)
+        shapes=shapes, params=params, body=em.lines, combine_axis=options.combine_axis,
+        pass_options=repr(options.pass_options()), runtime_options=repr(options.runtime_options()))

@@ -11,9 +11,24 @@ import torch
 from attnc.codegen.escape import file_stem
 from attnc.codegen.io import to_numpy
 from attnc.codegen.pypto_emit import emit_pypto, program_output_names
+from attnc.codegen.pypto_options import PyptoOptions
 from attnc.codegen.pypto_sim import run_in_subprocess
 from attnc.ir.interpreter import entry_function
 from attnc.ir.types import dtype_of, torch_dtype
+
+
+# per-pass verify records pypto 0.2.0 fails on programs whose outputs are right, by the pass names that report
+# them (README "Known limitations"; tests/test_pypto_target.py allows them case by case)
+KNOWN_VERIFY_LIMITATIONS = {
+    "a key list padded to whole KV tiles inside the token loop": ("InferParamIndex", "CodegenPreproc"),
+    "an index_select whose rows span several vector tiles": ("ExpandFunction", "SplitK", "L1CopyInReuseMerge"),
+}
+
+
+def known_limitation(record) -> str | None:
+    """The documented pypto limitation a FAILED verify record (pass, index, result) comes from, or None."""
+    return next((why for why, passes in KNOWN_VERIFY_LIMITATIONS.items() if any(p in record[0] for p in passes)),
+                None)
 
 
 @dataclass
@@ -24,11 +39,15 @@ class PyptoRun:
     failed_records: list
     wall_s: float
     program: str
+    tasks: dict | None = None
 
 
 def run_pypto_sim(module, inputs: dict, *, verify: str = "default", timeout_s: float = 900,
-                  npu: bool = False) -> PyptoRun:
-    program = emit_pypto(module)
+                  npu: bool = False, options: PyptoOptions | None = None, on_phase=None,
+                  trace_dir: str | None = None) -> PyptoRun:
+    """Emit, run in a child process, bring the outputs back. `trace_dir`: a folder that receives the cost
+    model's Perfetto trace (`perfetto.json`) and swim lanes (`swim.json`) of the run."""
+    program = emit_pypto(module, options)
     fn = entry_function(module)
     out_names = [a.data for a in fn.attributes["result_names"].data]
     out_types = dict(zip(out_names, fn.function_type.outputs.data))
@@ -38,7 +57,8 @@ def run_pypto_sim(module, inputs: dict, *, verify: str = "default", timeout_s: f
         with open(path, "w") as f:
             f.write(program)
         res = run_in_subprocess(path, {k: to_numpy(v) for k, v in inputs.items()}, verify=verify,
-                                timeout_s=timeout_s, npu=npu)
+                                timeout_s=timeout_s, npu=npu, on_phase=on_phase,
+                                env={"ATTNC_PYPTO_TRACE_DIR": os.path.abspath(trace_dir)} if trace_dir else None)
     outs = {n: torch.from_numpy(res.outputs[param_of[n]]).to(torch_dtype(dtype_of(out_types[n]))) for n in out_names
             if param_of[n] in res.outputs}
-    return PyptoRun(outs, res.aicore_us, res.verify, res.failed_records, res.wall_s, program)
+    return PyptoRun(outs, res.aicore_us, res.verify, res.failed_records, res.wall_s, program, res.tasks)

@@ -57,6 +57,9 @@ def parse_ir(text: str, source_name: str = "<input>") -> ModuleOp:
         raise IRError(f"{source_name}: nested too deeply") from None
     except Exception as e:  # unknown dialect/op and similar
         raise IRError(f"{source_name}: {_first_line(e)}") from None
+    from .printing import restore_loc_attributes
+
+    restore_loc_attributes(module)  # text printed with --print-debuginfo: DSL locations back into `loc`
     try:
         check_module(module, source_name)
     except RecursionError:

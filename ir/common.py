@@ -91,9 +91,34 @@ def _make(name: str, body: dict, base=AttncOp) -> type[IRDLOperation]:
 
     body.setdefault("traits", traits_def(Pure()))  # value semantics: CSE/DCE may fold and drop them
     cls_name = "".join(p.capitalize() for p in name.replace(".", "_").split("_")) + "Op"
+    if "assembly_format" not in body and not any(k for k, v in body.items() if _is_region_def(v)):
+        # readable custom form, `attn.cmp %a, %b {predicate = "ge"} : (tensor<..>, tensor<..>) -> tensor<..>`
+        # (properties printed with the attributes), for every op without regions; an op whose operands this
+        # form cannot delimit keeps the generic form
+        from xdsl.irdl import ParsePropInAttrDict
+
+        for fmt in _CUSTOM_FORMATS:
+            try:
+                options = (*body.get("irdl_options", ()), ParsePropInAttrDict())
+                cls = type(cls_name, (base,), {"name": name, **body, "assembly_format": fmt,
+                                               "irdl_options": options})
+                cls.__module__ = __name__
+                return irdl_op_definition(cls)
+            except Exception:  # noqa: BLE001, S112 - xDSL refuses a format that does not fit the op's operands
+                continue
     cls = type(cls_name, (base,), {"name": name, **body})
     cls.__module__ = __name__
     return irdl_op_definition(cls)
+
+
+_CUSTOM_FORMATS = ("operands attr-dict `:` functional-type(operands, results)",  # ops with operands
+                   "attr-dict `:` type(results)")  # ops without (iota, full)
+
+
+def _is_region_def(value) -> bool:
+    from xdsl.irdl import RegionDef
+
+    return isinstance(value, RegionDef)
 
 
 # --------------------------------------------------------------------------------------------------

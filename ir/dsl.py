@@ -363,6 +363,21 @@ def gather_rows(table: Tensor, indices: Tensor) -> Tensor:
     return _emit("gather_rows", [table, indices], _ty((*indices.shape, *table.shape[1:]), table.dtype))
 
 
+def batch_rows(local: Tensor, width: int) -> Tensor:
+    """Pool row ids of per-batch-row local ids `local` [B, ...] in a pool of `width` rows per batch row."""
+    return local + iota((local.shape[0],) + (1,) * (len(local.shape) - 1), 0) * width
+
+
+def gather_pool(tables: Sequence[Tensor], local: Tensor, index_shape) -> Tensor:
+    """Rows `local` [B, ...] (ids into the per-batch-row concatenation of `tables` [B, n_i, ...]) gathered as
+    [*index_shape, ...]: each batch row only ever reads its own rows."""
+    B = tables[0].shape[0]
+    width = sum(t.shape[1] for t in tables)
+    pool = concat(list(tables), axis=1) if len(tables) > 1 else tables[0]
+    pool = reshape(pool, (B * width, *tables[0].shape[2:]))
+    return gather_rows(pool, reshape(batch_rows(local, width), index_shape))
+
+
 def rmsnorm(x: Tensor, gamma: Tensor | None, eps: float, out: str) -> Tensor:
     operands = [x] + ([gamma] if gamma is not None else [])
     return _emit("rmsnorm", operands, _ty(x.shape, out), eps=float_attr(eps))
@@ -390,6 +405,19 @@ def rope(x: Tensor, cos_table: Tensor, sin_table: Tensor, positions: Tensor, out
 
 def sparse_attention(q: Tensor, kv: Tensor, valid: Tensor, sink: Tensor, scale: float, out: str) -> Tensor:
     return _emit("sparse_attention", [q, kv, valid, sink], _ty(q.shape, out), scale=float_attr(scale))
+
+
+def cache_attention(q: Tensor, sink: Tensor, start_pos: Tensor, ring: Tensor, step: Tensor, scale: float, out: str,
+                    cache: Tensor | None = None, index: Tensor | None = None, ratio: int = 0,
+                    listed_prefix: bool = False) -> Tensor:
+    """Attention of the tokens of a decode step q [B,S,H,d] over the window (ring [B,W,d] + this step's rows
+    step [B,S,d]) and, with a cache [B,N,d] of compressed entries of `ratio` positions each, its visible entries
+    (all, or those listed per token by index [B,S,K], -1 padding); sink in the denominator. Batch-major in and
+    out, so schedules can read the tables in place. `listed_prefix`: the index lists each token's visible entries
+    first, min(K, visible) of them (a contract the caller guarantees, e.g. top-k picks)."""
+    compressed = [c for c in (cache, index) if c is not None]
+    return _emit("cache_attention", [q, sink, start_pos, ring, step, *compressed], _ty(q.shape, out),
+                 scale=float_attr(scale), ratio=_int(ratio), listed_prefix=bool_attr(listed_prefix))
 
 
 def topk(scores: Tensor, valid: Tensor, k: int) -> Tensor:

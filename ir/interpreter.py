@@ -185,6 +185,48 @@ def sparse_attention(q, kv, valid, sink, scale: float) -> torch.Tensor:
     return torch.where(denom > 0, out / torch.where(denom > 0, denom, 1.0), 0.0)
 
 
+def cache_attention_keys(start_pos, ring, step, compressed, ratio: int, prefix: bool = False):
+    """Keys of every token t = start_pos[b] + s of a decode step and their visibility: [T, W + K, d], [T, W + K].
+
+    The window positions t-W+1 .. t (oldest first): position p >= start_pos is this step's row p - start_pos,
+    an earlier one ring slot p mod W; p < 0 is invisible. Then the compressed entries (every entry of the cache,
+    or the ids listed per token): entry w is visible iff 0 <= w < min(N, floor((t+1)/ratio)); with `prefix`, a
+    listed id also needs its list position below min(N, floor((t+1)/ratio))."""
+    B, S, d = step.shape
+    W = ring.shape[1]
+    sp = start_pos.long().reshape(B, 1, 1)
+    t = sp + torch.arange(S).reshape(1, S, 1)
+    p = t - (W - 1) + torch.arange(W).reshape(1, 1, W)  # [B,S,W]
+    from_step = p >= sp
+    b_ix = torch.arange(B).reshape(B, 1, 1).expand(B, S, W)
+    rows = torch.where(from_step[..., None], step[b_ix, (p - sp).clamp(0, S - 1)],
+                       ring[b_ix, p.remainder(W)])
+    keys, valid = [rows], [p >= 0]
+    if compressed:
+        cache = compressed[0]
+        n = cache.shape[1]
+        ids = (compressed[1].long() if len(compressed) > 1
+               else torch.arange(n).reshape(1, 1, n).expand(B, S, n))
+        complete = torch.clamp((t + 1) // ratio, max=n)
+        ok = (ids >= 0) & (ids < complete)
+        if prefix:  # the list's contract: only its first min(K, complete) ids can be visible ones
+            ok &= torch.arange(ids.shape[2]).reshape(1, 1, -1) < complete
+        b_ix = torch.arange(B).reshape(B, 1, 1).expand_as(ids)
+        keys.append(cache[b_ix, torch.where(ok, ids, 0)])
+        valid.append(ok)
+    kv = torch.cat(keys, 2)
+    return kv.reshape(B * S, kv.shape[2], d), torch.cat(valid, 2).reshape(B * S, -1)
+
+
+def _cache_attention(it, op, a):
+    q, sink, start_pos, ring, step, *compressed = a
+    B, S, H, d = q.shape
+    kv, valid = cache_attention_keys(start_pos, ring, step, compressed, op.ratio.value.data,
+                                     op.listed_prefix.value.data)
+    out = sparse_attention(q.reshape(B * S, H, d), kv, valid, sink, op.scale.value.data)
+    return (cast_tensor(out, _out_dtype(op)).reshape(B, S, H, d),)
+
+
 def topk_indices(scores: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
     """Top-k by score, ties broken by the lower index; -1 where fewer than k entries are valid."""
     s = torch.where(valid, scores.float(), -math.inf)
@@ -272,6 +314,7 @@ def _tensor_impls() -> dict:
     table[d["rope"]] = _rope
     table[d["sparse_attention"]] = lambda it, op, a: (
         cast_tensor(sparse_attention(*a, op.scale.value.data), _out_dtype(op)),)
+    table[d["cache_attention"]] = _cache_attention
     return table
 
 

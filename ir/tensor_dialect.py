@@ -12,6 +12,7 @@ from .common import (
     opt_operand_def,
     prop_def,
     result_def,
+    var_operand_def,
 )
 from .types import FLOAT_DTYPES, describe, dtype_of, shape_of
 
@@ -68,6 +69,31 @@ def _sparse_attention_verify(self):
     self.expect(shape_of(self.result.type) == sq, "result shape must equal q's")
 
 
+def _cache_attention_verify(self):
+    sq = shape_of(self.q.type)
+    self.expect(len(sq) == 4, f"q must be [B,S,H,d], got {describe(self.q.type)}")
+    B, S, H, d = sq
+    sr, ss = shape_of(self.ring.type), shape_of(self.step.type)
+    self.expect(len(sr) == 3 and sr[0] == B and sr[2] == d, f"ring must be [{B},W,{d}], got {describe(self.ring.type)}")
+    self.expect(ss == (B, S, d), f"step must be [{B},{S},{d}], got {describe(self.step.type)}")
+    self.expect(shape_of(self.sink.type) == (H,) and dtype_of(self.sink.type) == "f32", f"sink must be f32[{H}]")
+    self.expect(shape_of(self.start_pos.type) == (B,) and dtype_of(self.start_pos.type) == "i32",
+                f"start_pos must be i32[{B}]")
+    self.same_dtype(self.q, self.ring, self.step, *self.compressed[:1])
+    ratio = self.ratio.value.data
+    self.expect(len(self.compressed) <= 2, "compressed operands are (cache) or (cache, index)")
+    self.expect((ratio > 0) == (len(self.compressed) > 0), "a compression ratio needs a compressed cache and vice versa")
+    if self.compressed:
+        sc = shape_of(self.compressed[0].type)
+        self.expect(len(sc) == 3 and sc[0] == B and sc[2] == d, f"cache must be [{B},N,{d}], got {describe(self.compressed[0].type)}")
+    self.expect(len(self.compressed) == 2 or not self.listed_prefix.value.data, "listed_prefix needs an index")
+    if len(self.compressed) == 2:
+        si = shape_of(self.compressed[1].type)
+        self.expect(len(si) == 3 and si[:2] == (B, S) and dtype_of(self.compressed[1].type) == "i32",
+                    f"index must be i32[{B},{S},K], got {describe(self.compressed[1].type)}")
+    self.expect(shape_of(self.result.type) == sq, "result shape must equal q's")
+
+
 _SHARED = define_shared_ops("attn")
 ReduceOp = _make("attn.reduce", dict(input=operand_def(TensorType), kind=prop_def(StringAttr),
                                      axis=prop_def(IntegerAttr), result=result_def(TensorType),
@@ -84,6 +110,17 @@ SparseAttentionOp = _make("attn.sparse_attention", dict(
     q=operand_def(TensorType), kv=operand_def(TensorType), valid=operand_def(TensorType),
     sink=operand_def(TensorType), scale=prop_def(FloatAttr), result=result_def(TensorType),
     verify_=_sparse_attention_verify))
-ATTN_OPS = [*_SHARED, ReduceOp, SliceOp, RmsNormOp, RopeOp, SparseAttentionOp]
+# Attention of every token over the rows a decode step can see, stated by where they live (not gathered): the
+# window t-W+1..t (earlier positions in the ring at slot p mod W, this step's rows in `step`), then compressed
+# entries w < min(N, floor((t+1)/ratio)) — every entry of the cache, or those listed per token by `index`
+# (-1 = padding). Batch-major operands, so a schedule can read the tables in place. `listed_prefix` states the
+# index's contract: a token's visible ids come first and number min(K, entries visible to it) (the indexer's
+# top-k picks are so by construction); schedules may then treat the rest of the list as unwritten rows.
+CacheAttentionOp = _make("attn.cache_attention", dict(
+    q=operand_def(TensorType), sink=operand_def(TensorType), start_pos=operand_def(TensorType),
+    ring=operand_def(TensorType), step=operand_def(TensorType), compressed=var_operand_def(TensorType),
+    scale=prop_def(FloatAttr), ratio=prop_def(IntegerAttr), listed_prefix=prop_def(BoolAttr),
+    result=result_def(TensorType), verify_=_cache_attention_verify))
+ATTN_OPS = [*_SHARED, ReduceOp, SliceOp, RmsNormOp, RopeOp, SparseAttentionOp, CacheAttentionOp]
 Attn = Dialect("attn", ATTN_OPS, [])
 ATTN = {op.name.split(".", 1)[1]: op for op in ATTN_OPS}

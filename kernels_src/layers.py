@@ -9,7 +9,7 @@ Visible compressed entries: SWA none; HCA every complete entry (no top-k cap); C
 Every rotation of a layer uses the layer's RoPE profile, chosen by its compression ratio (rope tables of
 `attnc run` are built for it).
 """
-from attnc.ir.dsl import In, iota, reshape, stage
+from attnc.ir.dsl import In, reshape, stage
 
 from .compressor import INDEX_PARAMS, MAIN_PARAMS, index_compressor, main_compressor
 from .configs import with_compress_ratio
@@ -67,7 +67,7 @@ def _layer_outputs(kind: str) -> tuple[str, ...]:
 
 
 def decode_layer(cfg, kind: str, a: dict) -> dict:
-    B, S, T, NC = cfg["batch"], cfg["seq"], cfg["tokens"], cfg["n_cmp"]
+    B, S = cfg["batch"], cfg["seq"]
     q, kv, qr, xn = project(cfg, a["x"], a["attn_norm_w"], a["wq_a"], a["q_norm_w"], a["wq_b"], a["wkv"],
                             a["kv_norm_w"], a["start_pos"], a["rope_cos"], a["rope_sin"])
     kv_step = reshape(kv, (B, S, cfg["head_dim"]))
@@ -75,7 +75,6 @@ def decode_layer(cfg, kind: str, a: dict) -> dict:
     if kind != "swa":
         outs["kv_state"], outs["score_state"], kv_cmp = main_compressor(cfg, a, xn)
         outs["kv_cmp"] = kv_cmp
-        cmp_idx = iota((B, S, NC), 2)  # HCA: every entry; visibility w < floor((t+1)/128) is per token
     if kind == "csa":
         outs["ikv_state"], outs["iscore_state"], outs["idx_cmp"] = index_compressor(cfg, a, xn)
         _, picks = index_select(cfg, xn, qr, a["wi_q"], a["wi_w"], outs["idx_cmp"], a["start_pos"], a["rope_cos"],

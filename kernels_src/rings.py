@@ -9,22 +9,7 @@ ever sees a row its predecessors overwrote (pypto-lib#492).
 All tables are gathered from one pool [B * (n_1 + n_2 + ...), ...] made of per-batch-row blocks, so a row id is
 `local + b * width` and each batch row only ever reads its own rows.
 """
-from attnc.ir.dsl import concat, gather_rows, iota, maximum, reshape, select, token_positions
-
-
-def batch_rows(local, width: int):
-    """Pool row ids of per-batch-row local ids `local` [B, ...] in a pool of `width` rows per batch row."""
-    return local + iota((local.shape[0],) + (1,) * (len(local.shape) - 1), 0) * width
-
-
-def gather_pool(tables, local, index_shape):
-    """Rows `local` [B, ...] (ids into the per-batch-row concatenation of `tables` [B, n_i, ...]) gathered as
-    [*index_shape, ...]."""
-    B = tables[0].shape[0]
-    width = sum(t.shape[1] for t in tables)
-    pool = concat(tables, axis=1) if len(tables) > 1 else tables[0]
-    pool = reshape(pool, (B * width, *tables[0].shape[2:]))
-    return gather_rows(pool, reshape(batch_rows(local, width), index_shape))
+from attnc.ir.dsl import gather_pool, iota, maximum, reshape, select, token_positions
 
 
 def window_positions(cfg, start_pos, ring: int, span: int):

@@ -1,10 +1,8 @@
 """Stages sparse_attn and sparse_attn_core: per-token window + compressed sparse attention with sinks,
 de-rotation and the grouped output projection."""
-from attnc.ir.dsl import (
-    In, concat, matmul, minimum, reshape, rope, select, slice_, sparse_attention, stage, token_positions,
-)
+from attnc.ir.dsl import In, cache_attention, concat, matmul, reshape, rope, slice_, stage, token_positions
 
-from .rings import gather_pool, window_positions
+from .configs import with_compress_ratio
 
 _CORE_PARAMS = dict(
     q=In("batch", "seq", "n_heads", "head_dim"),
@@ -17,40 +15,34 @@ _CORE_PARAMS = dict(
 )
 
 
-def visible_keys(cfg, kv_ring, kv_step, kv_cmp, cmp_idx, start_pos):
-    """Gather, for every token t = start_pos[b] + s, its candidate keys [T, N, hd] and their validity [T, N].
-
-    Candidates: the W window positions t-W+1 .. t (self included; the ring for p < start_pos, the step's own
-    rows otherwise, never a later token), then, in a layer with compressed entries (m > 0), the KC listed
-    entries, valid iff 0 <= w < min(NCMP, floor((t+1)/m)). Visibility comes from each token's own position.
-    """
-    B, S, T, W, m = cfg["batch"], cfg["seq"], cfg["tokens"], cfg["window"], cfg["compress_ratio"]
-    local, valid = window_positions(cfg, start_pos, W, W)
-    tables = [kv_ring, kv_step]
-    if m > 0:
-        t3 = reshape(token_positions(start_pos, S), (B, S, 1))
-        cmp_ok = (cmp_idx >= 0) & (cmp_idx < minimum((t3 + 1) // m, cfg["n_cmp"]))
-        local = concat([local, select(cmp_ok, cmp_idx, 0) + (W + S)], axis=2)
-        valid = concat([valid, cmp_ok], axis=2)
-        tables.append(kv_cmp)
-    N = local.shape[2]
-    return gather_pool(tables, local, (T, N)), reshape(valid, (T, N))
-
-
 def attention_core(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, start_pos, attn_sink):
-    T, H, hd = cfg["tokens"], cfg["n_heads"], cfg["head_dim"]
-    kv, valid = visible_keys(cfg, kv_ring, kv_step, kv_cmp, cmp_idx, start_pos)
-    return sparse_attention(reshape(q, (T, H, hd)), kv, valid, attn_sink, cfg["softmax_scale"], out="bf16")
+    """Per-head attention output [B,S,H,hd] bf16 of every token t = start_pos[b]+s over the window t-W+1 .. t (the
+    ring for earlier positions, the step's own rows otherwise, never a later token) and, in a layer with
+    compressed entries (m > 0), the entries w < min(NCMP, floor((t+1)/m)): those listed in `cmp_idx` (-1 padding),
+    or every entry when `cmp_idx` is None (HCA). Visibility comes from each token's own position."""
+    B, S, H, hd, m = cfg["batch"], cfg["seq"], cfg["n_heads"], cfg["head_dim"], cfg["compress_ratio"]
+    # listed ids (the indexer's top-k picks; the cmp_idx contract of the attention stages) are a visible prefix
+    extra = dict(cache=kv_cmp, index=cmp_idx, ratio=m, listed_prefix=cmp_idx is not None) if m > 0 else {}
+    return cache_attention(reshape(q, (B, S, H, hd)), attn_sink, start_pos, kv_ring, kv_step, cfg["softmax_scale"],
+                           out="bf16", **extra)
 
 
 def _core_stage(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, start_pos, attn_sink):
     """Attention core only: per-head output before de-rotation, [B,S,H,hd] bf16."""
-    o = attention_core(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, start_pos, attn_sink)
-    return {"core": reshape(o, (cfg["batch"], cfg["seq"], cfg["n_heads"], cfg["head_dim"]))}
+    return {"core": attention_core(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, start_pos, attn_sink)}
 
 
 _core_stage.__annotations__ = dict(_CORE_PARAMS)
 stage("sparse_attn_core", outputs=("core",))(_core_stage)
+
+
+def _hca_core_stage(cfg, q, kv_ring, kv_step, kv_cmp, start_pos, attn_sink):
+    """Attention core of an HCA layer: window + every complete ratio-128 entry (no index list), [B,S,H,hd] bf16."""
+    return {"core": attention_core(cfg, q, kv_ring, kv_step, kv_cmp, None, start_pos, attn_sink)}
+
+
+_hca_core_stage.__annotations__ = {k: v for k, v in _CORE_PARAMS.items() if k != "cmp_idx"}
+stage("hca_attn_core", outputs=("core",), configure=lambda cfg: with_compress_ratio(cfg, 128))(_hca_core_stage)
 
 
 def _full_stage(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, start_pos, attn_sink, rope_cos, rope_sin, wo_a, wo_b):
@@ -60,8 +52,9 @@ def _full_stage(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, start_pos, attn_sink,
 
 
 def output_projection(cfg, o, start_pos, rope_cos, rope_sin, wo_a, wo_b):
-    """Per-head attention output [T,H,hd] -> de-rotated at t -> grouped wo_a -> wo_b: [B,S,D] bf16."""
+    """Per-head attention output [B,S,H,hd] -> de-rotated at t -> grouped wo_a -> wo_b: [B,S,D] bf16."""
     B, S, T, G = cfg["batch"], cfg["seq"], cfg["tokens"], cfg["o_groups"]
+    o = reshape(o, (T, cfg["n_heads"], cfg["head_dim"]))
     K, OL = cfg["group_in"], cfg["o_lora_rank"]
     pos = reshape(token_positions(start_pos, S), (T,))
     o = reshape(rope(o, rope_cos, rope_sin, pos, out="bf16", inverse=True), (T, G * K))

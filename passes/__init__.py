@@ -14,21 +14,40 @@ from typing import ClassVar
 from xdsl.passes import ModulePass, PassPipeline
 from xdsl.utils.arg_spec import parse_pipeline
 
-DEFAULT_PIPELINE = ("fuse-rmsnorm,rope-selector-matmul,tile-softmax{kv-tile=32},parallelize-tokens{rows=16},"
+DEFAULT_PIPELINE = ("fuse-rmsnorm,rope-selector-matmul,gather-keys,tile-softmax{kv-tile=32},parallelize-tokens{rows=16},"
                     "tile-matmul{k=512},lower-to-tiles,canonicalize,cse")
 # pypto: wider KV tiles (as pypto-lib#486) and 32-row token chunks halve the simulated time at the flash shape
 PYPTO_PIPELINE = ("fuse-rmsnorm,rope-selector-matmul,tile-softmax{kv-tile=128},parallelize-tokens{rows=32},"
-                  "tile-matmul{k=512},lower-to-tiles,canonicalize,cse")
-DEFAULT_PIPELINES = {"interp": DEFAULT_PIPELINE, "pypto": PYPTO_PIPELINE}
+                  "schedule-attention,tile-matmul{k=512},lower-to-tiles,canonicalize,cse")
+# PTO (ptoas 0.1.1): one token per kernel (rows=1, the token axis is dropped), 16-key tiles; then f16 and the
+# legalization of what 0.1.1 cannot express (host-side gathers, 0/1 masks instead of i1)
+PTO_PIPELINE = ("fuse-rmsnorm,rope-selector-matmul,gather-keys,tile-softmax{kv-tile=16},parallelize-tokens{rows=1},"
+                "tile-matmul{k=512},lower-to-tiles,canonicalize,cse,pto-legalize,canonicalize,cse")
+
+
+def pto_pipeline(pipeline: str | None, dtype: str | None) -> str:
+    """The `--emit pto` pipeline (or the user's), with `pto-dtype{dtype=...}` before pto-legalize when asked."""
+    spec = pipeline if pipeline is not None else PTO_PIPELINE
+    if dtype is None or "pto-dtype" in spec:
+        return spec
+    step = f"pto-dtype{{dtype={dtype}}}"
+    return spec.replace("pto-legalize", f"{step},pto-legalize", 1) if "pto-legalize" in spec else f"{spec},{step}"
+
+
+DEFAULT_PIPELINES = {"interp": DEFAULT_PIPELINE, "pypto": PYPTO_PIPELINE, "pto": PTO_PIPELINE}
 
 # module name for every attnc pass (imported lazily so that `attnc list` stays fast)
 _PASS_MODULES = {
     "fuse-rmsnorm": "fuse_rmsnorm",
     "rope-selector-matmul": "rope_selector_matmul",
+    "gather-keys": "gather_keys",
     "tile-softmax": "tile_softmax",
     "parallelize-tokens": "parallelize_tokens",
+    "schedule-attention": "schedule_attention",
     "tile-matmul": "tile_matmul",
     "lower-to-tiles": "lower_to_tiles",
+    "pto-dtype": "pto_dtype",
+    "pto-legalize": "pto_legalize",
 }
 # xDSL's generic passes that attnc pipelines may use
 _XDSL_PASSES = {
@@ -103,10 +122,21 @@ def pass_summary(name: str) -> str:
     return pass_class(name).summary
 
 
+def strip_module_anchor(spec: str) -> str:
+    """`builtin.module(a,b{x=1})` (mlir-opt's --pass-pipeline form) -> `a,b{x=1}`; other text is returned as is."""
+    text = spec.strip()
+    for anchor in ("builtin.module(", "module("):
+        if text.startswith(anchor) and text.endswith(")"):
+            return text[len(anchor):-1].strip()
+    return spec
+
+
 def build_pipeline(spec: str, callback=None) -> PassPipeline:
-    """Parse a pipeline string; unknown passes, bad options and malformed text raise PipelineError."""
+    """Parse a pipeline string (plain or wrapped in `builtin.module(...)`); unknown passes, bad options and
+    malformed text raise PipelineError."""
     from xdsl.utils.exceptions import ArgSpecParseError
 
+    spec = strip_module_anchor(spec)
     try:
         specs = list(parse_pipeline(spec))
     except (ArgSpecParseError, Exception) as e:  # xDSL's parse error derives from BaseException

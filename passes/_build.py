@@ -55,6 +55,18 @@ def addi(a, b): return _index_op(arith.AddiOp, a, b)
 def subi(a, b): return _index_op(arith.SubiOp, a, b)
 def muli(a, b): return _index_op(arith.MuliOp, a, b)
 def minsi(a, b): return _index_op(arith.MinSIOp, a, b)
+def maxsi(a, b): return _index_op(arith.MaxSIOp, a, b)
+def ceildivsi(a, b): return _index_op(arith.CeilDivSIOp, a, b)
+
+
+def floordiv_nonneg(a, b: int):
+    """floor(a / b) for a >= 0 (the emitted index arithmetic has ceildiv only): ceil((a + 1) / b) - 1."""
+    return subi(ceildivsi(addi(a, 1), b), 1)
+
+
+def read(source, indices: Sequence) -> SSAValue:
+    """Scalar read of an i32 tensor element as an index value."""
+    return emit_op(TILE["read"], [val(source), [as_index(i) for i in indices]], [INDEX]).results[0]
 
 
 def as_index(v) -> SSAValue:

@@ -23,7 +23,8 @@ from attnc.ir.types import dtype_of, shape_of, tensor_type, torch_dtype
 from . import PatternPass, PassError, register
 from ._build import before, tile_op, view
 
-_DECOMPOSED_BY = {"rmsnorm": "fuse-rmsnorm", "rope": "rope-selector-matmul", "sparse_attention": "tile-softmax"}
+_DECOMPOSED_BY = {"rmsnorm": "fuse-rmsnorm", "rope": "rope-selector-matmul", "sparse_attention": "tile-softmax",
+                 "cache_attention": "gather-keys or schedule-attention"}
 _COMMUTATIVE = {"add", "mul", "max", "min"}
 # x op splat(c) -> tile.<scalar op>(x, c'): add/mul/max directly, and x - c as x + (-c) (negation is exact and
 # IEEE x - c == x + (-c) bit for bit). x / c stays tile.div of a tile.full: x * (1/c) is not bit-exact.

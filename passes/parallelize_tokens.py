@@ -79,7 +79,7 @@ class _Analysis:
             return False
         if self.bs[1] != 1:
             return True
-        return any(isinstance(u.operation, func.ReturnOp) or _kind(u.operation) in ("concat", "reshape", "gather_rows")
+        return any(isinstance(u.operation, func.ReturnOp) or _kind(u.operation) in ("concat", "reshape", "gather_rows", "cache_attention")
                    for u in op.result.uses)
 
     def is_generator(self, op) -> bool:

@@ -60,6 +60,9 @@ class CompileReport:
     pass_seconds: dict[str, float] = field(default_factory=dict)
     records: list[VerifyRecord] = field(default_factory=list)
     compile_seconds: float = 0.0
+    # --verify-each: interpreting the input module once, then the module after each pass (by pass label)
+    reference_seconds: float = 0.0
+    verify_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[VerifyRecord]:
@@ -81,16 +84,22 @@ def _label(p: ModulePass) -> str:
 
 def run_pipeline(module: ModuleOp, pipeline: str, *, verify_inputs: Sequence[torch.Tensor] | None = None,
                  output_names: Sequence[str] = (), after_pass: Callable[[str, ModuleOp], None] | None = None,
-                 stop_on_failure: bool = True) -> CompileReport:
-    """Apply `pipeline` to `module` in place. With `verify_inputs`, interpret before/after every pass."""
+                 stop_on_failure: bool = True,
+                 before_pass: Callable[[str, ModuleOp], None] | None = None) -> CompileReport:
+    """Apply `pipeline` to `module` in place. With `verify_inputs`, interpret before/after every pass.
+    `before_pass`/`after_pass` are called with the pass label (as in a pipeline string) and the module."""
     report = CompileReport()
     pipe = build_pipeline(pipeline)
     ctx = make_context()
+    t_ref = time.perf_counter()
     previous = run_module(module, verify_inputs) if verify_inputs is not None else None
+    report.reference_seconds = time.perf_counter() - t_ref
     start = time.perf_counter()
     verify_time = 0.0
     for p in pipe.passes:
         label = _label(p)
+        if before_pass is not None:
+            before_pass(label, module)
         t0 = time.perf_counter()
         try:
             p.apply(ctx, module)
@@ -109,7 +118,8 @@ def run_pipeline(module: ModuleOp, pipeline: str, *, verify_inputs: Sequence[tor
                 rec = VerifyRecord(label, name, normalised_error(got, want), pass_tolerance(p))
                 report.records.append(rec)
             previous = current
-            verify_time += time.perf_counter() - t1
+            report.verify_seconds[label] = time.perf_counter() - t1
+            verify_time += report.verify_seconds[label]
             if stop_on_failure and report.failed:
                 bad = report.failed[0]
                 raise VerificationFailed(

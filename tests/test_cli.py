@@ -76,12 +76,22 @@ def test_compile_writes_ir_that_parses_back(capsys, tmp_path):
     text = (tmp_path / "sparse_attn.mlir").read_text()
     from attnc.ir import parse_ir, print_ir
 
-    assert print_ir(parse_ir(text)) == text
+    header = "".join(ln for ln in text.splitlines(keepends=True) if ln.startswith("//"))
+    assert "reproduce: attnc compile sparse_attn --config tiny --pipeline canonicalize,cse" in header
+    assert header + print_ir(parse_ir(text)) == text
     assert sorted(p.name for p in (tmp_path / "dump").iterdir()) == ["00-input.mlir", "01-canonicalize.mlir", "02-cse.mlir"]
     assert "verify cse" in err and "FAILED" not in err
     # a compiled .mlir file is itself a valid source
-    code, out, err = run(capsys, "compile", str(tmp_path / "sparse_attn.mlir"), "--pipeline", "cse")
-    assert code == 0 and out == text
+    body = lambda t: "".join(ln for ln in t.splitlines(keepends=True) if not ln.startswith("//"))  # noqa: E731
+    code, out, err = run(capsys, "compile", str(tmp_path / "sparse_attn.mlir"), "--pipeline", "canonicalize")
+    assert code == 0 and body(out) == body(text)
+    # with the DSL locations printed, the file keeps them: cse then merges nothing across DSL lines, as in memory
+    run(capsys, "compile", "sparse_attn", "--pipeline", "canonicalize,cse", "--print-debuginfo",
+        "-o", str(tmp_path / "dbg.mlir"))
+    dbg = (tmp_path / "dbg.mlir").read_text()
+    assert 'loc("kernels_src/sparse_attn.py":' in dbg
+    code, out, err = run(capsys, "compile", str(tmp_path / "dbg.mlir"), "--pipeline", "cse", "--print-debuginfo")
+    assert code == 0 and body(out) == body(dbg)
 
 
 def _npz(path, **arrays):

@@ -18,7 +18,7 @@ from attnc.passes import PassError
 from attnc.passes.verify import run_pipeline
 
 TINY = resolve_config("tiny")
-DECOMPOSE = "fuse-rmsnorm,rope-selector-matmul,tile-softmax{kv-tile=4}"
+DECOMPOSE = "fuse-rmsnorm,rope-selector-matmul,gather-keys,tile-softmax{kv-tile=4}"
 
 
 def compile_stage(stage, pipeline, cfg=TINY, seed=0):
@@ -208,7 +208,7 @@ def test_lower_to_tiles_walks_parallel_and_for_regions(stage):
     assert errors(report, "lower-to-tiles") == [0.0] * len(STAGES[stage].outputs)
 
 
-@pytest.mark.parametrize("stage,composite,by", [("sparse_attn", "sparse_attention", "tile-softmax"),
+@pytest.mark.parametrize("stage,composite,by", [("sparse_attn", "cache_attention", "gather-keys or schedule-attention"),
                                                  ("qkv_proj_rope", "rmsnorm", "fuse-rmsnorm")])
 def test_lower_to_tiles_refuses_composites(stage, composite, by):
     with pytest.raises(PassError, match=rf"kernels_src/\w+\.py:\d+: attn\.{composite} must be decomposed first by {by}"):

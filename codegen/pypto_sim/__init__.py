@@ -39,6 +39,7 @@ class SimResult:
     errors: list = field(default_factory=list)  # non-benign [ERROR] lines of pypto's log
     wall_s: float = 0.0  # the kernel call in the child (parse + passes + verify interpreter + cost model)
     process_s: float = 0.0  # the whole child process (imports, calculator load, call)
+    tasks: dict | None = None  # tasks submitted by the cost model's scheduler: {"total", "cube", "vector"}
     failed_records: list = field(init=False)  # verify records that are not PASS / NO_COMPARE
 
     def __post_init__(self):
@@ -73,12 +74,13 @@ def _crash_notes(pid: int) -> str:
 
 def run_in_subprocess(kernel_py: str | Path, inputs: dict[str, np.ndarray], *, timeout_s: float = 600,
                       verify: str | list = "default", python: str = sys.executable, npu: bool = False,
-                      env: dict | None = None) -> SimResult:
+                      env: dict | None = None, on_phase=None) -> SimResult:
     """Run `kernel_py` (module protocol: see runner.py) once on `inputs` in a fresh child process.
 
     verify: "default" (pypto's default pass filter), "tensor-graph" (tensor graph only, cheapest mode that still
     produces outputs), "all", "none" (time only: SIM writes no outputs, so `outputs` is empty), or a list of pass
     names. npu=True runs in NPU mode (needs torch_npu). Raises PyptoSimError on timeout, crash or compile error.
+    `on_phase(text)` is called from a watcher thread when the child starts a phase (import, compile, simulate ...).
     """
     kernel_py = Path(kernel_py).resolve()
     if isinstance(verify, (list, tuple)):
@@ -93,8 +95,10 @@ def run_in_subprocess(kernel_py: str | Path, inputs: dict[str, np.ndarray], *, t
         in_npz, out_npz = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
         np.savez(in_npz, **{k: np.ascontiguousarray(v) for k, v in inputs.items()})
         cmd = [python, str(RUNNER), str(kernel_py), in_npz, out_npz, verify]
+        child_env["ATTNC_PYPTO_PHASE_FILE"] = os.path.join(tmp, "phase")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env,
                                 cwd=tmp, start_new_session=True)  # own group: g++/cost-model children die with it
+        watcher = _watch_phases(child_env["ATTNC_PYPTO_PHASE_FILE"], on_phase) if on_phase else None
         try:
             out, err = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -104,6 +108,9 @@ def run_in_subprocess(kernel_py: str | Path, inputs: dict[str, np.ndarray], *, t
             shutil.rmtree(run_dir_for_pid(proc.pid), ignore_errors=True)
             raise PyptoSimError(f"pypto run of {kernel_py.name} timed out after {timeout_s:g} s: "
                                 f"{_tail(err)}") from None
+        finally:
+            if watcher is not None:
+                watcher()
         meta_path = Path(out_npz + ".json")
         if proc.returncode != 0 or not os.path.exists(out_npz):
             if proc.returncode < 0:
@@ -120,7 +127,34 @@ def run_in_subprocess(kernel_py: str | Path, inputs: dict[str, np.ndarray], *, t
         with np.load(out_npz) as data:
             outputs = {k: data[k] for k in data.files}
     return SimResult(outputs=outputs, aicore_us=meta["aicore_us"], verify=meta["verify"], errors=meta["errors"],
-                     wall_s=meta["wall_s"] or 0.0, process_s=meta["process_s"] or 0.0)
+                     wall_s=meta["wall_s"] or 0.0, process_s=meta["process_s"] or 0.0, tasks=meta.get("tasks"))
+
+
+def _watch_phases(path: str, on_phase):
+    """Poll the child's phase file from a thread, calling on_phase on each change; returns a stop function."""
+    import threading
+
+    stop = threading.Event()
+
+    def run():
+        last = None
+        while not stop.wait(0.2):
+            try:
+                text = Path(path).read_text()
+            except OSError:
+                continue
+            if text and text != last:
+                last = text
+                on_phase(text)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def finish():
+        stop.set()
+        thread.join()
+
+    return finish
 
 
 def with_pg_kill(proc: subprocess.Popen) -> None:

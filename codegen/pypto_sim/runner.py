@@ -62,6 +62,14 @@ _RE_THROW = re.compile(r"VerifyPass failed for function (\S+), pass (\S+) \(pass
 _NOISE = ("cmd error: python3", "F7A001", "FB4001")
 
 
+def _phase(text: str) -> None:
+    """Tell the parent what the child is doing (it shows it as progress): one line in ATTNC_PYPTO_PHASE_FILE."""
+    path = os.environ.get("ATTNC_PYPTO_PHASE_FILE")
+    if path:
+        with contextlib.suppress(OSError):
+            Path(path).write_text(text)
+
+
 def run_dir_for_pid(pid: int) -> Path:
     """The private run directory of the child with this pid (the parent uses it to clean up after a kill)."""
     base = os.environ.get("ATTNC_PYPTO_TMP")
@@ -124,6 +132,7 @@ def _load_calculator(console: Path) -> None:
         if lib.exists() and not stamp.exists():
             stamp.write_text(torch.__version__)  # a cache from before stamps existed
         if not lib.exists() or stamp.read_text().strip() != torch.__version__:
+            _phase("building pypto's torch calculator (once per machine, about a minute)")
             for sub in ("build", "install"):
                 shutil.rmtree(CALC_CACHE / sub, ignore_errors=True)
             torch_ctx = mgr._TorchContext()
@@ -174,6 +183,20 @@ def aicore_time_us(output_dir: Path) -> float | None:
                 starts.append(s)
                 ends.append(e)
     return (max(ends) - min(starts)) / 1800.0 if starts else None
+
+
+def submitted_tasks(output_dir: Path) -> dict | None:
+    """Tasks the cost model's AICPU scheduler submitted (the first-order cost of a scheduler-bound kernel):
+    {"total", "cube", "vector"} from _simulate.stat.report.txt."""
+    f = output_dir / "CostModelSimulationOutput" / "_simulate.stat.report.txt"
+    if not f.exists():
+        return None
+    found = {}
+    for line in f.read_text(errors="replace").splitlines():
+        for key, label in (("total", "Total Submit Tasks"), ("cube", "|--Cube Tasks"), ("vector", "|--Vector Tasks")):
+            if line.strip().startswith(label) and key not in found:
+                found[key] = int(line.split(":")[1].split()[0])
+    return found or None
 
 
 def parse_plog(root: Path) -> tuple[list, list]:
@@ -269,6 +292,7 @@ def main(argv: list[str]) -> int:
     if vopts is None:
         vopts = {"enable_pass_verify": True, "pass_verify_pass_filter": list(json.loads(verify))}
     npu = os.environ.get("ATTNC_PYPTO_NPU") == "1"
+    _phase("starting (numpy, torch)")
     meta = {"aicore_us": None, "verify": [], "errors": [], "wall_s": None, "process_s": None, "exception": None}
     root = run_dir_for_pid(os.getpid())
     shutil.rmtree(root, ignore_errors=True)
@@ -281,6 +305,7 @@ def main(argv: list[str]) -> int:
         import numpy as np
         import torch
 
+        _phase("importing pypto")
         with _console_to(console):
             import pypto
         device = None
@@ -289,8 +314,10 @@ def main(argv: list[str]) -> int:
 
             device = "npu"
         else:
+            _phase("loading pypto's torch calculator")
             _load_calculator(console)
             _fix_verify_inputs(console)
+        _phase("loading the kernel")
 
         spec = importlib.util.spec_from_file_location("attnc_pypto_kernel", kernel_py)
         mod = importlib.util.module_from_spec(spec)
@@ -303,13 +330,23 @@ def main(argv: list[str]) -> int:
         args = _build_args(mod, arrays, device)
 
         pypto.set_verify_golden_data(goldens=None)
+        _phase("compiling and simulating" + (" (with per-pass verify)" if vopts["enable_pass_verify"] else ""))
         t0 = time.perf_counter()
         with _console_to(console):
             kernel(*args)
         meta["wall_s"] = time.perf_counter() - t0
+        _phase("writing outputs, cleaning up")
 
         runs = sorted(glob.glob(str(root / "output" / "output_*")), key=os.path.getmtime)
         meta["aicore_us"] = aicore_time_us(Path(runs[-1])) if runs else None
+        meta["tasks"] = submitted_tasks(Path(runs[-1])) if runs else None
+        keep = os.environ.get("ATTNC_PYPTO_TRACE_DIR")
+        if keep and runs:  # the cost model's Perfetto trace and swim lanes, before the run dir is removed
+            sim_out = Path(runs[-1]) / "CostModelSimulationOutput"
+            for src_name, dst_name in (("_simulate.pefetto.trace.json", "perfetto.json"),
+                                       ("_simulate.swim.json", "swim.json")):
+                if (sim_out / src_name).exists():
+                    shutil.copyfile(sim_out / src_name, Path(keep) / dst_name)
         outs = {}
         if npu or vopts["enable_pass_verify"]:  # without the verifier SIM computes no values
             outs = {n: _to_numpy(a) for n, a in zip(mod.ARG_NAMES, args) if n in mod.OUTPUT_NAMES}

@@ -1,0 +1,223 @@
+"""schedule-attention: cache_attention -> a loop over query groups that reads the ring, the step rows and the
+compressed cache in place and runs one softmax over the group's key block.
+
+A query group is the set of query rows that share one key block:
+- `batch` (window and every-entry layers, SWA/HCA): one group per batch row — all S·H query rows against
+  [kv_ring[b] | kv_step[b] | kv_cmp[b]], each table read as a view of row b (no whole-table copy, no gather);
+- `token` (listed entries, CSA): one group per token — its H query rows against [kv_ring[b] | kv_step[b] |
+  the rows of kv_cmp[b] it lists], the listed rows gathered from row b's cache only.
+`auto` picks `token` when the op lists entries per token, else `batch`.
+
+Visibility (which key each token may see) is computed once before the loop as a [B, S, keys] mask from the
+tokens' positions, with the same definition as the op: window positions t-W+1..t (ring slot j holds the newest
+position p < start_pos with p = j mod W; p < 0 was never written), compressed entries w < min(N, floor((t+1)/m)).
+Key rows no token of the group sees are zeroed before the matmuls, so never-written rows (they may hold NaN)
+never reach a result. One softmax per group over all its keys in f32, exp weights rounded to the key dtype
+before P·V (as tile-softmax), the sink in the max and the denominator; rows with nothing visible give 0.
+The bf16 weights and the different summation order make it an approximate rewrite: tolerance as tile-softmax."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xdsl.dialects import scf
+from xdsl.dialects.builtin import IntegerAttr, StringAttr, i64
+from xdsl.ir import Block, Region
+from xdsl.pattern_rewriter import PatternRewriter, RewritePattern, op_type_rewrite_pattern
+
+from attnc.ir import dsl
+from attnc.ir.common import op_location
+from attnc.ir.dsl import emit_op
+from attnc.ir.tensor_dialect import CacheAttentionOp
+from attnc.ir.tile_dialect import ParallelOp, YieldOp
+from attnc.ir.types import dtype_of, shape_of
+
+from . import PassError, PatternPass, register
+from ._build import (
+    INDEX, T, addi, assemble, at_end, before, const, floordiv_nonneg, minsi, muli, read, shape, tile_full, val, view,
+)
+from .tile_softmax import F32_MIN
+
+SCHEDULES = ("auto", "batch", "token")
+NORMALIZE = ("after", "before")
+UNROLL_TOKENS = 4  # a decode step's tokens of one batch row are unrolled up to this many
+
+
+def key_positions_and_visibility(op: CacheAttentionOp):
+    """Before the loop: ([B,S,keys] i1 visibility, [B,S,K] listed ids made safe to gather (0 where not visible) or
+    None). Keys are [ring slots 0..W-1 | step rows 0..S-1 | cache entries (all, or the listed ones)]."""
+    B, S, _, _ = shape_of(op.q.type)
+    W = shape_of(op.ring.type)[1]
+    sp = dsl.reshape(T(op.start_pos), (B, 1, 1))
+    t = dsl.reshape(dsl.token_positions(T(op.start_pos), S), (B, S, 1))
+    # position held by ring slot j: the newest p < start_pos with p = j (mod W); negative = never written
+    slot = dsl.iota((B, 1, W), 2)
+    ring_pos = sp - 1 - (sp - 1 - slot) % W
+    key_pos = dsl.concat([ring_pos, sp + dsl.iota((B, 1, S), 2)], axis=2)  # [B,1,W+S]
+    visible = (key_pos >= t - (W - 1)) & (key_pos <= t) & (key_pos >= 0)
+    ids = None
+    if op.compressed:
+        ratio, n = op.ratio.value.data, shape_of(op.compressed[0].type)[1]
+        complete = dsl.minimum((t + 1) // ratio, n)  # entries w < complete are visible to token t
+        if len(op.compressed) > 1:
+            listed = T(op.compressed[1])
+            ok = (listed >= 0) & (listed < complete)
+            if op.listed_prefix.value.data:  # only the list's first min(K, complete) positions can be visible
+                ok = ok & (dsl.iota(listed.shape, 2) < complete)
+            # global row ids into the [B * N, d] cache matrix; an id nobody may see reads its batch row's row 0
+            ids = dsl.batch_rows(dsl.select(ok, listed, 0), n)
+        else:
+            ok = dsl.iota((B, 1, n), 2) < complete
+        visible = dsl.concat([visible, ok], axis=2)
+    return visible, ids
+
+
+def group_attention(q, keys, visible, sink, scale: float, out_dtype: str, normalize: str = "after"):
+    """Softmax attention of query rows q [G, d] over keys [N, d] (rows nobody may see hold finite values) with
+    visibility [G, N] (i1) and sink logits [G, 1] (f32): [G, d] in `out_dtype`. Every query row sees at least its
+    own token (the window always holds position t), so the running max is a real score or the sink: invisible
+    keys get exp(F32_MIN - m) = 0 and the denominator is at least 1 — no guards needed.
+
+    normalize="after": exp weights rounded to the key dtype, P·V in f32 divided by the sum of the rounded weights
+    and the sink term; "before" (the hand-written kernels' numerics): the f32 weights divided by their f32 sum and
+    the sink term, rounded, and P·V rounded straight to the output dtype."""
+    s = dsl.select(visible, dsl.matmul(q, keys, out="f32", transpose_b=True) * scale, F32_MIN)
+    m = dsl.maximum(dsl.reduce(s, "max", -1), sink)
+    p = dsl.exp(s - m)
+    if normalize == "before":
+        denom = dsl.reduce(p, "sum", -1) + dsl.exp(sink - m)
+        return dsl.matmul(dsl.cast(p / denom, keys.dtype), keys, out=out_dtype)
+    p_lo = dsl.cast(p, keys.dtype)  # exp weights rounded before P·V
+    denom = dsl.reduce(dsl.cast(p_lo, "f32"), "sum", -1) + dsl.exp(sink - m)
+    return dsl.cast(dsl.matmul(p_lo, keys, out="f32") / denom, out_dtype)
+
+
+def _row(table, index: tuple, shape: tuple):
+    """A view of one leading-index slice of a batch-major table, reshaped to `shape` (no copy of the table)."""
+    src = shape_of(val(table).type)
+    lead = len(index)
+    tile = view(table, (*index, *[0] * (len(src) - lead)), (*[1] * lead, *src[lead:]))
+    return dsl.reshape(tile, shape)
+
+
+def _rows(matrix, first, count: int, written=None):
+    """Rows first .. first+count-1 of a row-major [R, d] matrix as a view; rows from `written` on read as 0."""
+    d = shape(matrix)[1]
+    return view(matrix, (first, 0), (count, d), (written, d) if written is not None else (), pad="zero")
+
+
+class _Schedule(RewritePattern):
+    def __init__(self, schedule: str, normalize: str):
+        self.schedule, self.normalize = schedule, normalize
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: CacheAttentionOp, rewriter: PatternRewriter):
+        B, S, H, d = shape_of(op.q.type)
+        W = shape_of(op.ring.type)[1]
+        listed = len(op.compressed) > 1
+        schedule = self.schedule if self.schedule != "auto" else ("token" if listed else "batch")
+        if schedule == "batch" and listed:
+            raise PassError(f"{op_location(op)}: schedule-attention{{schedule=batch}}: the tokens of a batch row list "
+                            "different compressed entries, so they share no key block (use schedule=token)")
+        out_dtype = dtype_of(op.result.type)
+        scale = op.scale.value.data
+        loc = op_location(op)
+        with before(op):
+            visible, ids = key_positions_and_visibility(op)
+            n_keys = visible.shape[2]
+            rows = S * H if schedule == "batch" else H
+            sink = dsl.reshape(dsl.broadcast_to(dsl.reshape(T(op.sink), (1, H, 1)), (rows // H, H, 1)), (rows, 1))
+            init = tile_full((B, S, H, d), 0.0, out_dtype)
+            # the tables as row-major matrices: a batch row's rows are one contiguous view
+            q_rows = dsl.reshape(T(op.q), (B * S * H, d))
+            ring_rows = dsl.reshape(T(op.ring), (B * W, d))
+            step_rows = dsl.reshape(T(op.step), (B * S, d))
+            cache_rows = None
+            if op.compressed:
+                n = shape_of(op.compressed[0].type)[1]
+                cache_rows = dsl.reshape(T(op.compressed[0]), (B * n, d))
+        body = Block(arg_types=[INDEX, init.value.type])
+        b, acc = body.args
+        with at_end(body, loc):
+            sp = read(op.start_pos, (b,))
+
+            def window():
+                """The group's window (and every-entry cache) rows: views of batch row b, made where they are
+                used (pypto 0.2.0 cannot hand a ragged view into a nested loop)."""
+                # ring slots >= start_pos were never written while start_pos < W
+                parts = [_rows(ring_rows, muli(b, W), W, minsi(sp, W)), _rows(step_rows, muli(b, S), S)]
+                if cache_rows is not None and ids is None:  # every entry: the written ones are a prefix
+                    done = minsi(floordiv_nonneg(addi(sp, S), op.ratio.value.data), n)
+                    parts.append(_rows(cache_rows, muli(b, n), n, done))
+                return parts
+
+            if schedule == "batch":
+                vis = dsl.reshape(dsl.broadcast_to(dsl.reshape(_row(visible, (b,), (S, n_keys)), (S, 1, n_keys)),
+                                                   (S, H, n_keys)), (rows, n_keys))
+                o = group_attention(_rows(q_rows, muli(b, rows), rows), dsl.concat(window(), axis=0), vis, sink,
+                                    scale, out_dtype, self.normalize)
+                result = assemble(dsl.reshape(o, (1, S, H, d)), acc, (b, 0, 0, 0))
+            else:
+                def token(s, out):
+                    keys = window()
+                    if ids is not None:
+                        keys.append(self._picks(op, b, s, sp, cache_rows, visible, ids))
+                    vis_row = _row(visible, (b, s), (1, n_keys))
+                    o = group_attention(_rows(q_rows, muli(addi(muli(b, S), s), H), H), dsl.concat(keys, axis=0),
+                                        dsl.broadcast_to(vis_row, (H, n_keys)), sink, scale, out_dtype,
+                                        self.normalize)
+                    return assemble(dsl.reshape(o, (1, 1, H, d)), out, (b, s, 0, 0))
+
+                result = self._per_token(S, acc, token, loc)
+            emit_op(YieldOp, [[val(result)]], [])
+        with before(op):
+            loop = emit_op(ParallelOp, [const(0), const(B), [init.value]], [[init.value.type]],
+                           {"rows": IntegerAttr(1, i64)}, regions=[Region(body)])
+        loop.attributes["schedule"] = StringAttr(schedule)
+        rewriter.replace(op, [], [loop.results[0]])
+
+    @staticmethod
+    def _picks(op, b, s, sp, cache_rows, visible, ids):
+        """The token's listed cache rows [K, d], gathered from the whole cache matrix by global row id."""
+        K, d = ids.shape[2], shape(cache_rows)[1]
+        n_keys = visible.shape[2]
+        picked = dsl.gather_rows(cache_rows, _row(ids, (b, s), (K,)))
+        if op.listed_prefix.value.data:
+            # the visible picks are the first min(K, complete) ones: the rest reads as 0 (a row gathered for an
+            # id nobody may see may never have been written)
+            n = shape_of(op.compressed[0].type)[1]
+            complete = minsi(floordiv_nonneg(addi(addi(sp, s), 1), op.ratio.value.data), min(K, n))
+            return view(picked, (0, 0), (K, d), (complete, d), pad="zero")
+        ok = dsl.reshape(_row(visible, (b, s), (1, n_keys)), (n_keys, 1))  # zero every pick the token may not see
+        return dsl.select(dsl.broadcast_to(dsl.slice_(ok, (n_keys - K, 0), (K, 1)), (K, d)), picked, 0.0)
+
+    @staticmethod
+    def _per_token(S: int, acc, token, loc):
+        """token(s, out) for s = 0..S-1 chained on the carried output: unrolled for decode steps (the output's
+        row chunk is then written by a chain of assembles the emitter can see through), an scf.for beyond."""
+        if S <= UNROLL_TOKENS:
+            out = acc
+            for s in range(S):
+                out = token(const(s), out)
+            return out
+        body = Block(arg_types=[INDEX, acc.type])
+        with at_end(body, loc):
+            emit_op(scf.YieldOp, [[val(token(body.args[0], body.args[1]))]], [])
+        return emit_op(scf.ForOp, [const(0), const(S), const(1), [acc]], [[acc.type]],
+                       regions=[Region(body)]).results[0]
+
+
+@register
+@dataclass(frozen=True)
+class ScheduleAttention(PatternPass):
+    name = "schedule-attention"
+    summary = "cache_attention -> loop over query groups (batch rows or tokens) reading ring/step/cache in place"
+    tolerance = 2e-2
+    schedule: str = "auto"
+    normalize: str = "after"
+
+    def pattern(self):
+        if self.schedule not in SCHEDULES:
+            raise PassError(f"schedule-attention: schedule must be one of {', '.join(SCHEDULES)}, got '{self.schedule}'")
+        if self.normalize not in NORMALIZE:
+            raise PassError(f"schedule-attention: normalize must be one of {', '.join(NORMALIZE)}, got '{self.normalize}'")
+        return _Schedule(self.schedule, self.normalize)
