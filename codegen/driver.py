@@ -80,7 +80,8 @@ def read_source_text(spec: str) -> str:
     """The text of an .mlir source (`-` reads stdin, as mlir-opt does): at most MAX_IR_BYTES, UTF-8."""
     try:
         if spec == "-":
-            data = sys.stdin.buffer.read(MAX_IR_BYTES + 1)
+            stdin = getattr(sys.stdin, "buffer", None)  # a text stream without bytes (tests): read text
+            data = stdin.read(MAX_IR_BYTES + 1) if stdin else sys.stdin.read(MAX_IR_BYTES + 1).encode("utf-8")
         else:
             with open(spec, "rb") as f:
                 data = f.read(MAX_IR_BYTES + 1)
@@ -155,28 +156,28 @@ def _names(fn, attr, n, prefix):
 
 
 def source_inputs(src: Source, seed: int, npz_path: str | None = None, extra: dict | None = None) -> dict:
-    """Inputs by name: `extra` arrays, then arrays from the file, where given; seeded values for the rest."""
+    """Inputs by name: `extra` arrays, then arrays from the file (names and declared sizes checked before any data
+    is read), where given; seeded values for the rest."""
     import torch
 
-    from attnc.codegen.io import InputError, load_npz, seeded_tensor_for_type, to_tensor
+    from attnc.codegen.io import load_npz, seeded_tensor_for_type, to_tensor
     from attnc.ir.interpreter import entry_function
     from attnc.ir.types import dtype_of, shape_of
-    from attnc.kernels_src.inputs import make_inputs
+    from attnc.kernels_src.inputs import IndexInputError, make_inputs
 
     fn = entry_function(src.module)
     types = dict(zip(src.arg_names, fn.function_type.inputs.data))
     given = {}
     if npz_path:
-        arrays = load_npz(npz_path)
-        unknown = sorted(set(arrays) - set(types))
-        if unknown:
-            raise InputError(f"{npz_path}: array '{unknown[0]}' is not a parameter of {src.name} "
-                             f"(parameters: {', '.join(src.arg_names)})")
+        arrays = load_npz(npz_path, {n: shape_of(t) for n, t in types.items()}, src.name)
         for name, arr in arrays.items():
             given[name] = to_tensor(npz_path, name, arr, shape_of(types[name]), dtype_of(types[name]))
     given.update(extra or {})
     if src.stage is not None:
-        return make_inputs(src.stage, src.cfg, seed, given)
+        try:
+            return make_inputs(src.stage, src.cfg, seed, given)  # checks the index inputs (one rule)
+        except IndexInputError as e:
+            raise IndexInputError(f"{npz_path or 'inputs'}: {e}") from None
     gen = torch.Generator().manual_seed(seed)
     return {n: given[n] if n in given else seeded_tensor_for_type(t, gen) for n, t in types.items()}
 
@@ -771,7 +772,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--timing", action="store_true",
                        help="print the wall time of every phase (build/parse, each pass, each verify, emit, write)")
         q.add_argument("--tuning", metavar="FILE", default=None,
-                       help="apply a tuning file from `attnc tune` (its pipeline and pypto options)")
+                       help="apply a tuning file from `attnc tune` (its pipeline and pypto options; default: none)")
 
     c = add("compile", "compile a stage, an .mlir file or stdin", cmd_compile)
     common(c)
@@ -843,7 +844,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from attnc.codegen.tune import add_parser as add_tune_parser
 
-    add_tune_parser(sub)
+    add_tune_parser(sub, _HelpFormatter)
     return p
 
 

