@@ -814,7 +814,7 @@ def add_parser(sub, formatter_class=None) -> None:
                    help="at most this many candidates timed (a cached timing counts but costs no SIM run)")
     t.add_argument("--space", action="append", default=[], metavar="NAME=V1|V2",
                    help="narrow one dimension, e.g. 'combine_axis=False' or 'tile-softmax.kv-tile=64|128' (default: none)")
-    t.add_argument("--jobs", type=int, default=1, help="local worker processes (0: in this process)")
+    t.add_argument("--jobs", type=int, default=1, help="worker processes (0: none)")
     t.add_argument("--ray", metavar="ADDRESS", default=None,
                    help="run candidates on a Ray cluster ('auto', an address, or 'local' to start one; default: local pool)")
     t.add_argument("--timeout", type=float, default=900.0, help="seconds per SIM run")
