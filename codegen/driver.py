@@ -21,20 +21,22 @@ class CliError(Exception):
 
 
 def _error_types() -> tuple[type[BaseException], ...]:
-    from attnc.codegen.io import InputError
+    from attnc.codegen.escape import UnsafeName
+    from attnc.codegen.io import InputError, OutputError
+    from attnc.codegen.memory import MemoryLimitError
     from attnc.ir import IRError
     from attnc.ir.dsl import DSLError
     from attnc.ir.interpreter import InterpretError
     from attnc.kernels_src.configs import ConfigError
+    from attnc.kernels_src.inputs import IndexInputError
     from attnc.passes import PassError, PipelineError
     from attnc.passes.verify import VerificationFailed
 
     from attnc.codegen.pypto_options import OptionError
-
     from attnc.codegen.tune import TuneError
 
-    types = [CliError, InputError, IRError, DSLError, InterpretError, ConfigError, PassError, PipelineError,
-             VerificationFailed, OptionError, TuneError]
+    types = [CliError, InputError, OutputError, MemoryLimitError, UnsafeName, IndexInputError, IRError, DSLError,
+             InterpretError, ConfigError, PassError, PipelineError, VerificationFailed, OptionError, TuneError]
     try:
         from attnc.codegen.pypto_emit import EmitError
 
@@ -71,17 +73,27 @@ class Source:
     cfg: dict
 
 
+MAX_IR_BYTES = 64 << 20
+
+
 def read_source_text(spec: str) -> str:
-    """The text of an .mlir source; `-` reads stdin (as mlir-opt does)."""
-    if spec == "-":
-        return sys.stdin.read()
+    """The text of an .mlir source (`-` reads stdin, as mlir-opt does): at most MAX_IR_BYTES, UTF-8."""
     try:
-        with open(spec) as f:
-            return f.read()
+        if spec == "-":
+            stdin = getattr(sys.stdin, "buffer", None)  # a text stream without bytes (tests): read text
+            data = stdin.read(MAX_IR_BYTES + 1) if stdin else sys.stdin.read(MAX_IR_BYTES + 1).encode("utf-8")
+        else:
+            with open(spec, "rb") as f:
+                data = f.read(MAX_IR_BYTES + 1)
     except OSError as e:
         raise CliError(f"{spec}: cannot read ({e.strerror})") from None
-    except UnicodeDecodeError:
-        raise CliError(f"{spec}: not a UTF-8 text file") from None
+    if len(data) > MAX_IR_BYTES:
+        raise CliError(f"{spec}: larger than {MAX_IR_BYTES >> 20} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise CliError(f"{spec}:{line}: not UTF-8 text (byte {e.start})") from None
 
 
 def is_ir_source(spec: str) -> bool:
@@ -144,28 +156,28 @@ def _names(fn, attr, n, prefix):
 
 
 def source_inputs(src: Source, seed: int, npz_path: str | None = None, extra: dict | None = None) -> dict:
-    """Inputs by name: `extra` arrays, then arrays from the file, where given; seeded values for the rest."""
+    """Inputs by name: `extra` arrays, then arrays from the file (names and declared sizes checked before any data
+    is read), where given; seeded values for the rest."""
     import torch
 
-    from attnc.codegen.io import InputError, load_npz, seeded_tensor_for_type, to_tensor
+    from attnc.codegen.io import load_npz, seeded_tensor_for_type, to_tensor
     from attnc.ir.interpreter import entry_function
     from attnc.ir.types import dtype_of, shape_of
-    from attnc.kernels_src.inputs import make_inputs
+    from attnc.kernels_src.inputs import IndexInputError, make_inputs
 
     fn = entry_function(src.module)
     types = dict(zip(src.arg_names, fn.function_type.inputs.data))
     given = {}
     if npz_path:
-        arrays = load_npz(npz_path)
-        unknown = sorted(set(arrays) - set(types))
-        if unknown:
-            raise InputError(f"{npz_path}: array '{unknown[0]}' is not a parameter of {src.name} "
-                             f"(parameters: {', '.join(src.arg_names)})")
+        arrays = load_npz(npz_path, {n: shape_of(t) for n, t in types.items()}, src.name)
         for name, arr in arrays.items():
             given[name] = to_tensor(npz_path, name, arr, shape_of(types[name]), dtype_of(types[name]))
     given.update(extra or {})
     if src.stage is not None:
-        return make_inputs(src.stage, src.cfg, seed, given)
+        try:
+            return make_inputs(src.stage, src.cfg, seed, given)  # checks the index inputs (one rule)
+        except IndexInputError as e:
+            raise IndexInputError(f"{npz_path or 'inputs'}: {e}") from None
     gen = torch.Generator().manual_seed(seed)
     return {n: given[n] if n in given else seeded_tensor_for_type(t, gen) for n, t in types.items()}
 
@@ -290,7 +302,8 @@ def apply_tuning(args, stage_name: str) -> None:
 
 
 def cmd_compile(args) -> int:
-    from attnc.codegen.io import atomic_write_text
+    from attnc.codegen.escape import file_stem
+    from attnc.codegen.io import Outputs, atomic_write_text, check_output_path
     from attnc.codegen.provenance import Provenance
     from attnc.ir.printing import render_ir
 
@@ -301,6 +314,8 @@ def cmd_compile(args) -> int:
 
     timing = args.timing_report
     _check_print_ir_names(args.print_ir_after + args.print_ir_before)
+    if args.dump_dir:
+        check_output_path(args.dump_dir, folder=True)
     with timing.phase("parse" if is_ir_source(args.source) else "build stage (DSL -> attn IR)"):
         source_text = read_source_text(args.source) if is_ir_source(args.source) else None
         if source_text is not None and args.source == "-":
@@ -316,6 +331,10 @@ def cmd_compile(args) -> int:
         else:
             src = load_source(args.source, args.config, args.set)
     apply_tuning(args, src.name)
+    if args.verify_each:
+        from attnc.codegen.memory import check_memory
+
+        check_memory(src.module, f"--verify-each on {src.name}")
     pipeline = _pipeline_for(args)
     dumps: list[tuple[str, str]] = []
     if args.dump_dir:
@@ -362,7 +381,7 @@ def cmd_compile(args) -> int:
                                   print_ir(src.module))
         raise e
     suffix = {"pypto": ".pypto.py", "pto": ".pto"}.get(args.emit, ".mlir")
-    path = output_target(args.output, src.name + suffix)
+    path = output_target(args.output, file_stem(src.name) + suffix)
     prov = Provenance(args.source, args.config, _config_overrides(src, args.set), pipeline, args.emit,
                       Provenance.hash_text(source_text) if source_text is not None else None,
                       tuple(f for f, on in (("--print-debuginfo", args.print_debuginfo),
@@ -382,20 +401,24 @@ def cmd_compile(args) -> int:
             text = "".join(k.text for k in kernels)
         else:
             text = prov.header("//", shown) + print_ir(src.module)
-    # everything is computed before anything is written
+    # everything is computed before anything is written, and written all or nothing
     with timing.phase("write"):
+        outputs = Outputs()
         if args.dump_dir:
             for fname, body in dumps:
-                atomic_write_text(os.path.join(args.dump_dir, fname), body)
+                outputs.add(os.path.join(args.dump_dir, fname), body)
+        written = []
         if args.emit == "pto" and args.output not in (None, "-"):  # one .pto file per token loop: -o is a folder
             for k in kernels:
-                kpath = os.path.join(args.output, k.name + ".pto")
-                atomic_write_text(kpath, k.text)
-                print(f"wrote {kpath}", file=sys.stderr)
+                written.append(os.path.join(args.output, file_stem(k.name) + ".pto"))
+                outputs.add(written[-1], k.text)
         elif path:
-            atomic_write_text(path, text)
-            print(f"wrote {path}", file=sys.stderr)
-        else:
+            written.append(path)
+            outputs.add(path, text)
+        outputs.commit()
+        for w in written:
+            print(f"wrote {w}", file=sys.stderr)
+        if not written:
             sys.stdout.write(text)
             sys.stdout.flush()
     for rec in report.records:
@@ -555,9 +578,12 @@ def _keep_trace(src: Source, trace_tmp: str, trace_dir: str, label: str) -> None
 def cmd_run(args) -> int:
     import torch
 
-    from attnc.codegen.io import save_npz
+    from attnc.codegen.io import check_output_path, save_npz
+    from attnc.codegen.memory import check_memory
 
     timing = args.timing_report
+    if args.out:
+        check_output_path(args.out)
     if args.target == "interp" and (args.time_only or args.trace_dir):
         raise CliError(("--time-only" if args.time_only else "--trace-dir") + " needs a pypto target")
     if args.target == "pypto-npu":
@@ -570,6 +596,7 @@ def cmd_run(args) -> int:
     with timing.phase("parse" if is_ir_source(args.source) else "build stage (DSL -> attn IR)"):
         src = load_source(args.source, args.config, args.set)
     apply_tuning(args, src.name)
+    check_memory(src.module, f"run {src.name}")  # the seeded inputs alone may not fit
     if args.steps > 1:
         if not state_names(src) or not {"x", "start_pos"} <= set(src.arg_names):
             raise CliError(f"--steps: {src.name} carries no state from step to step (a stage with x, start_pos "
@@ -578,6 +605,8 @@ def cmd_run(args) -> int:
             raise CliError("--steps needs each step's values: not with --time-only")
     if args.level == "tile" or args.target != "interp":
         compile_source(src, _pipeline_for(args), verify_each=False, timing=timing)
+        # SIM: the inputs also travel as numpy arrays and an .npz to the child
+        check_memory(src.module, f"run {src.name}", copies_of_inputs=1 if args.target == "interp" else 3)
     with timing.phase("inputs"):
         inputs, seeded = run_inputs(src, args, steps=args.steps)
     note_seeded(src, seeded, args.seed, args.no_seed)
@@ -665,6 +694,19 @@ def cmd_plot(args) -> int:
 # -------------------------------------------------------------------------------------------------- parser
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: expected an integer") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"seed {value if len(text) < 40 else text[:40] + '...'} out of range "
+                                         "(0 <= SEED < 2**63)")
+    return value
+
+
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, like every other input error
         raise CliError(f"{self.prog}: {message}")
@@ -723,14 +765,14 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--pipeline", "--pass-pipeline", dest="pipeline", default=None, metavar="PIPELINE",
                            help="pass pipeline, `a,b{opt=1}` or `builtin.module(a,b)`; default: the target's "
                                  "(`attnc list` shows both)")
-        q.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
+        q.add_argument("--seed", type=_seed, default=0, help="seed of the generated inputs, 0 <= SEED < 2**63")
         q.add_argument("--pypto-option", action="append", default=[], metavar="KEY=VALUE",
                        help="pypto target option (scheduling/merging knobs, vector tile budget), e.g. "
                             "'vec_nbuffer_setting={-1: 4}'; see codegen/pypto_options.py (repeatable)")
         q.add_argument("--timing", action="store_true",
                        help="print the wall time of every phase (build/parse, each pass, each verify, emit, write)")
         q.add_argument("--tuning", metavar="FILE", default=None,
-                       help="apply a tuning file from `attnc tune` (its pipeline and pypto options)")
+                       help="apply a tuning file from `attnc tune` (its pipeline and pypto options; default: none)")
 
     c = add("compile", "compile a stage, an .mlir file or stdin", cmd_compile)
     common(c)
@@ -802,7 +844,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from attnc.codegen.tune import add_parser as add_tune_parser
 
-    add_tune_parser(sub)
+    add_tune_parser(sub, _HelpFormatter)
     return p
 
 

@@ -16,6 +16,7 @@ from xdsl.dialects import arith, func, scf
 from xdsl.dialects.builtin import ModuleOp, TensorType
 from xdsl.ir import Operation, SSAValue
 
+from attnc.codegen.escape import code_text, identifier
 from attnc.ir.common import LOC_ATTR, ints_of, op_location
 from attnc.ir.interpreter import entry_function
 from attnc.ir.types import dtype_of, shape_of
@@ -140,7 +141,7 @@ class _Emitter:
 
     # ------------------------------------------------------------------------------------------ ops
     def op(self, op: Operation):
-        loc = op_location(op) if LOC_ATTR in op.attributes else None
+        loc = code_text(op_location(op)) if LOC_ATTR in op.attributes else None  # the file's text: escaped
         name = op.name
         if isinstance(op, arith.ConstantOp):
             self.consts[op.result] = op.value.value.data
@@ -215,7 +216,7 @@ class _Emitter:
         if kind.startswith(("row_expand_", "col_expand_")):
             return self.bind(res, f"{BINARY[kind.split('_', 2)[2]]}({a[0]}, {a[1]})", loc)
         if kind in SCALAR:
-            return self.bind(res, f"{SCALAR[kind]}({a[0]}, {op.scalar.value.data!r})", loc)
+            return self.bind(res, f"{SCALAR[kind]}({a[0]}, {py_float(op.scalar.value.data)})", loc)
         if kind == "broadcast":
             return self.bind(res, self._expand(a[0], list(shape_of(op.input.type)), shape, dtype_of(res.type)), loc)
         if kind == "reshape":  # pypto tiles a reshape by its input
@@ -472,8 +473,9 @@ def py_float(value: float) -> str:
 def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
     options = options or PyptoOptions()
     fn = entry_function(module)
-    arg_names = [a.data for a in fn.attributes["arg_names"].data]
-    out_names = program_output_names(arg_names, [a.data for a in fn.attributes["result_names"].data])
+    arg_names = [identifier(a.data, "arg_names entry") for a in fn.attributes["arg_names"].data]
+    out_names = program_output_names(arg_names, [identifier(a.data, "result_names entry")
+                                                 for a in fn.attributes["result_names"].data])
     em = _Emitter(vec_budget=options.vec_tile_elems)
     block = fn.body.block
     for arg, name in zip(block.args, arg_names):
@@ -496,6 +498,6 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
         # tensors, arguments and index_select results): always store a clone
         em.emit(f"{name}[:] = pypto.clone({ref})")
     return _TEMPLATE.get_template("pypto_kernel.py.j2").render(
-        stage=fn.sym_name.data, arg_names=arg_names + out_names, output_names=out_names, dtypes=dtypes,
+        stage=code_text(fn.sym_name.data), arg_names=arg_names + out_names, output_names=out_names, dtypes=dtypes,
         shapes=shapes, params=params, body=em.lines, combine_axis=options.combine_axis,
         pass_options=repr(options.pass_options()), runtime_options=repr(options.runtime_options()))

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from attnc.codegen.escape import file_stem
 from attnc.codegen.io import to_numpy
 from attnc.codegen.pypto_emit import emit_pypto, program_output_names
 from attnc.codegen.pypto_options import PyptoOptions
@@ -52,7 +53,7 @@ def run_pypto_sim(module, inputs: dict, *, verify: str = "default", timeout_s: f
     out_types = dict(zip(out_names, fn.function_type.outputs.data))
     param_of = dict(zip(out_names, program_output_names([a.data for a in fn.attributes["arg_names"].data], out_names)))
     with tempfile.TemporaryDirectory(prefix="attnc-prog-") as tmp:
-        path = os.path.join(tmp, f"{fn.sym_name.data}.py")
+        path = os.path.join(tmp, f"{file_stem(fn.sym_name.data)}.py")
         with open(path, "w") as f:
             f.write(program)
         res = run_in_subprocess(path, {k: to_numpy(v) for k, v in inputs.items()}, verify=verify,

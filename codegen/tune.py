@@ -801,25 +801,29 @@ def apply_tuning(args, stage_name: str) -> None:
 # -------------------------------------------------------------------------------------------------- CLI
 
 
-def add_parser(sub) -> None:
-    t = sub.add_parser("tune", help="search pass options, tiles and pypto options by simulated AICore time")
-    t.add_argument("source", metavar="STAGE|FILE.mlir")
-    t.add_argument("--config", default="tiny")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+def add_parser(sub, formatter_class=None) -> None:
+    text = "search pass options, tiles and pypto options by simulated AICore time"
+    t = sub.add_parser("tune", help=text, description=text,
+                       **({"formatter_class": formatter_class} if formatter_class else {}))
+    t.add_argument("source", metavar="STAGE|FILE.mlir", help="a stage name or an .mlir file")
+    t.add_argument("--config", default="tiny", help="model/shape config")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable; default: none)")
     t.add_argument("--pipeline", default=None, help="base pipeline (default: the pypto pipeline)")
     t.add_argument("--budget", type=int, default=8,
                    help="at most this many candidates timed (a cached timing counts but costs no SIM run)")
     t.add_argument("--space", action="append", default=[], metavar="NAME=V1|V2",
-                   help="narrow one dimension, e.g. 'combine_axis=False' or 'tile-softmax.kv-tile=64|128'")
-    t.add_argument("--jobs", type=int, default=1, help="local worker processes (0: in this process)")
+                   help="narrow one dimension, e.g. 'combine_axis=False' or 'tile-softmax.kv-tile=64|128' (default: none)")
+    t.add_argument("--jobs", type=int, default=1, help="worker processes (0: none)")
     t.add_argument("--ray", metavar="ADDRESS", default=None,
-                   help="run candidates on a Ray cluster ('auto', an address, or 'local' to start one)")
+                   help="run candidates on a Ray cluster ('auto', an address, or 'local' to start one; default: local pool)")
     t.add_argument("--timeout", type=float, default=900.0, help="seconds per SIM run")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--recheck-batch", type=int, default=2)
-    t.add_argument("--no-cache", action="store_true")
+    t.add_argument("--seed", type=int, default=0, help="seed of the inputs and of the search")
+    t.add_argument("--recheck-batch", type=int, default=2,
+                   help="batch of the bit-exactness re-check of the best candidate")
+    t.add_argument("--no-cache", action="store_true", help="time every candidate again (default: use the cache)")
     t.add_argument("--plot", metavar="FILE.png", default=None, help="default: the tuning file with .png")
-    t.add_argument("-o", "--output", metavar="FILE", required=True)
+    t.add_argument("-o", "--output", metavar="FILE", required=True, help="the tuning file to write (required)")
     t.set_defaults(fn=cmd_tune)
 
 

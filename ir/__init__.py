@@ -39,17 +39,31 @@ def _first_line(e: Exception) -> str:
 
 
 def parse_ir(text: str, source_name: str = "<input>") -> ModuleOp:
-    """Parse and verify MLIR text; errors become one-line IRError messages with file:line:col."""
+    """Parse and verify MLIR text; errors become one-line IRError messages with file:line:col. Names, types and
+    def-before-use are checked too (ir/names.py), so nothing later sees an unchecked string from the file."""
+    from .names import bad_string_literal, check_module, line_col
+
+    bad = bad_string_literal(text)
+    if bad is not None:  # before xDSL's lexer, which backtracks exponentially on it
+        line, col = line_col(text, bad)
+        raise IRError(f"{source_name}:{line}:{col}: unterminated string literal or invalid escape "
+                      "(valid: \\n \\t \\\\ \\\" \\XX)")
     try:
         module = Parser(make_context(), text, source_name).parse_module()
     except ParseError as e:
         loc = e.span.get_location()
         raise IRError(f"{source_name}:{loc.line}:{loc.col}: {str(e.msg).splitlines()[0]}") from None
+    except RecursionError:
+        raise IRError(f"{source_name}: nested too deeply") from None
     except Exception as e:  # unknown dialect/op and similar
         raise IRError(f"{source_name}: {_first_line(e)}") from None
     from .printing import restore_loc_attributes
 
     restore_loc_attributes(module)  # text printed with --print-debuginfo: DSL locations back into `loc`
+    try:
+        check_module(module, source_name)
+    except RecursionError:
+        raise IRError(f"{source_name}: nested too deeply") from None
     verify_ir(module, source_name)
     return module
 
@@ -59,3 +73,5 @@ def verify_ir(module: ModuleOp, source_name: str = "<ir>") -> None:
         module.verify()
     except VerifyException as e:
         raise IRError(f"{source_name}: {_first_line(e)}") from None
+    except Exception as e:  # a verifier tripping over a malformed attribute is still invalid IR
+        raise IRError(f"{source_name}: invalid IR ({type(e).__name__}: {_first_line(e)})") from None

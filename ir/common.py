@@ -66,6 +66,8 @@ def int_array(values: Sequence[int]) -> ArrayAttr:
 
 
 def ints_of(attr: ArrayAttr) -> tuple[int, ...]:
+    if not all(isinstance(a, IntegerAttr) for a in attr.data):  # IR from a file may hold anything
+        raise VerifyException(f"expected an array of integers, got {attr}")
     return tuple(a.value.data for a in attr.data)
 
 
@@ -248,6 +250,19 @@ def _no_verify(self):
     pass
 
 
+_INT_RANGE = {"i32": (-2**31, 2**31 - 1), "i8": (-128, 127), "i1": (0, 1)}
+
+
+def _full_verify(self):
+    import math
+
+    dt, value = dtype_of(self.result.type), self.value.value.data
+    if dt in _INT_RANGE:
+        lo, hi = _INT_RANGE[dt]
+        self.expect(math.isfinite(value) and lo <= value <= hi and value == int(value),
+                    f"value {value} is not a {dt} value")
+
+
 def define_shared_ops(prefix: str) -> list[type[IRDLOperation]]:
     """Op families present in both dialects."""
     ops = []
@@ -285,7 +300,7 @@ def define_shared_ops(prefix: str) -> list[type[IRDLOperation]]:
     ops.append(_make(f"{prefix}.iota", dict(axis=prop_def(IntegerAttr), result=result_def(TensorType),
                                             verify_=_iota_verify)))
     ops.append(_make(f"{prefix}.full", dict(value=prop_def(FloatAttr), result=result_def(TensorType),
-                                            verify_=_no_verify)))
+                                            verify_=_full_verify)))
     return ops
 
 

@@ -18,6 +18,7 @@ from .common import (
 from .types import describe, dtype_of, shape_of
 
 PAD_VALUES = ("zero", "min", "none")
+PARALLEL_SCHEDULES = ("batch", "token")
 ROW_REDUCTIONS = ("row_sum", "row_max", "row_min")
 EXPAND_KINDS = ("add", "sub", "mul", "div", "max")
 SCALAR_KINDS = ("adds", "muls", "maxs")
@@ -89,6 +90,9 @@ def _parallel_verify(self):
     for a, v, r in zip(block.args[1:], self.inits, self.outs):
         self.expect(a.type == v.type == r.type, "carried tensors must keep their types")
     self.expect(self.rows.value.data > 0, "rows must be positive")
+    schedule = self.attributes.get("schedule")  # set by schedule-attention: the query groups one iteration takes
+    self.expect(schedule is None or (isinstance(schedule, StringAttr) and schedule.data in PARALLEL_SCHEDULES),
+                f"schedule must be one of {PARALLEL_SCHEDULES}")
 
 
 def _yield_verify(self):

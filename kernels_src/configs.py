@@ -19,6 +19,9 @@ CONFIGS: dict[str, dict] = {
 }
 
 
+MAX_SIZE = 2**31 - 1  # largest config size (int32 index math on the device)
+
+
 class ConfigError(Exception):
     pass
 
@@ -27,7 +30,7 @@ def _coerce(key: str, text: str, current):
     try:
         return float(text) if isinstance(current, float) else int(text)
     except ValueError:
-        raise ConfigError(f"--set {key}={text}: expected {'a number' if isinstance(current, float) else 'an integer'}") from None
+        raise ConfigError(f"--set {key}={text[:40]}: expected {'a number' if isinstance(current, float) else 'an integer'}") from None
 
 
 def resolve_config(name: str, overrides: list[str] | dict | None = None) -> dict:
@@ -57,6 +60,9 @@ def _validate(cfg: dict):
     for k in CONFIG_KEYS:
         if k != "norm_eps" and k != "compress_ratio":
             need(cfg[k] > 0, f"{k} must be positive, got {cfg[k]}")
+        if k != "norm_eps":  # a tensor dim; what a command may allocate is checked against the machine later
+            need(cfg[k] <= MAX_SIZE, f"{k} must be at most {MAX_SIZE}, got {str(cfg[k])[:24]}")
+    need(math.isfinite(cfg["norm_eps"]), f"norm_eps must be finite, got {cfg['norm_eps']}")
     need(cfg["compress_ratio"] in (0, 4, 128), f"compress_ratio must be 0, 4 or 128, got {cfg['compress_ratio']}")
     need(cfg["rope_dim"] % 2 == 0 and cfg["rope_dim"] <= cfg["head_dim"], "rope_dim must be even and <= head_dim")
     need(cfg["n_heads"] % cfg["o_groups"] == 0, "n_heads must be a multiple of o_groups")

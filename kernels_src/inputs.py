@@ -71,6 +71,7 @@ def make_inputs(stage_def: StageDef, cfg: dict, seed: int = 0, given: dict | Non
     cfg = stage_config(stage_def, cfg)
     gen = torch.Generator().manual_seed(seed)
     given = dict(given or {})
+    check_index_inputs(stage_def, cfg, given)  # the index-input rule below, for every caller
     out: dict[str, torch.Tensor] = {}
     shapes = {n: p.resolve(cfg) for n, p in stage_def.params.items()}
     if "start_pos" in shapes:
@@ -102,3 +103,32 @@ def make_inputs(stage_def: StageDef, cfg: dict, seed: int = 0, given: dict | Non
             t = torch.randn(shape, generator=gen)
         out[name] = t.to(torch_dtype(p.dtype))
     return {n: out[n] for n in stage_def.params}
+
+
+# Host-checkable index inputs: arrays whose values index something of known size (the RoPE table, a cache).
+# One rule for all of them: every value is checked on the host before anything runs, and a value outside the
+# range is refused with the array, the element and the range; -1 is the only padding value, and only where the
+# range says so. The kernels never clamp or silently skip. A new index array (e.g. a serving block table:
+# [0, n_blocks) with -1 padding) gets its line here.
+INDEX_INPUTS = {
+    "start_pos": lambda cfg: (0, cfg["max_pos"] - cfg["seq"], "every token position start_pos + s < max_pos"),
+    "cmp_idx": lambda cfg: (-1, cfg["n_cmp"] - 1, "a compressed entry id < n_cmp, or -1 for padding"),
+}
+
+
+class IndexInputError(ValueError):
+    """An index input outside its range; the message names the array, the element and the range."""
+
+
+def check_index_inputs(stage_def: StageDef, cfg: dict, arrays: dict, where: str = "") -> None:
+    cfg = stage_config(stage_def, cfg)
+    for name, rule in INDEX_INPUTS.items():
+        if name not in arrays or name not in stage_def.params:
+            continue
+        lo, hi, meaning = rule(cfg)
+        t = arrays[name]
+        bad = ((t < lo) | (t > hi)).nonzero()
+        if len(bad):
+            at = [int(i) for i in bad[0]]
+            raise IndexInputError(f"{where + ': ' if where else ''}array '{name}'{at}: value {int(t[tuple(at)])} "
+                                  f"outside [{lo}, {hi}] ({meaning})")

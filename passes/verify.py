@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
+from xdsl.utils.exceptions import VerifyException
 
 from attnc.ir import IRError, make_context, verify_ir
 from attnc.ir.interpreter import run_module
@@ -102,7 +103,7 @@ def run_pipeline(module: ModuleOp, pipeline: str, *, verify_inputs: Sequence[tor
         t0 = time.perf_counter()
         try:
             p.apply(ctx, module)
-        except (PassError, IRError) as e:
+        except (PassError, IRError, VerifyException) as e:  # VerifyException: a pass reading a malformed attribute
             raise PassError(f"pass {label}: {e}") from None
         verify_ir(module, f"after {label}")
         report.pass_seconds[label] = time.perf_counter() - t0

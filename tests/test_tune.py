@@ -166,11 +166,11 @@ def _tuning_file(tmp_path, **changes):
 def test_tuning_file_applies_to_compile(tmp_path, capsys):
     path = _tuning_file(tmp_path)
     out = tmp_path / "out"
-    assert main(["compile", "sparse_attn_core", "--tuning", path, "--emit", "pypto", "-o", str(out)]) == 0
+    assert main(["compile", "sparse_attn_core", "--tuning", path, "--emit", "pypto", "-o", f"{out}/"]) == 0
     text = (out / "sparse_attn_core.pypto.py").read_text()
     assert "'vec_nbuffer_setting': {-1: 2}" in text
     # --pypto-option still overrides one key of the file
-    assert main(["compile", "sparse_attn_core", "--tuning", path, "--emit", "pypto", "-o", str(out),
+    assert main(["compile", "sparse_attn_core", "--tuning", path, "--emit", "pypto", "-o", f"{out}/",
                  "--pypto-option", "vec_nbuffer_setting={-1: 4}"]) == 0
     assert "'vec_nbuffer_setting': {-1: 4}" in (out / "sparse_attn_core.pypto.py").read_text()
     # the file's pipeline is the one compiled

@@ -1,0 +1,86 @@
+"""What a command will allocate, estimated from the IR's types before anything is allocated, against what the
+machine has. The estimate is a lower bound (inputs, outputs and the largest op's operands and results, float
+matmul operands counted in f64 as the interpreter computes them), so a refusal is never a false alarm."""
+from __future__ import annotations
+
+import math
+import os
+
+from xdsl.dialects.builtin import ModuleOp, TensorType
+
+from attnc.ir.types import dtype_of, shape_of
+
+_BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i8": 1, "i1": 1}
+
+
+class MemoryLimitError(Exception):
+    """A command would need more memory than the machine has; the message names the estimate."""
+
+
+def tensor_bytes(t) -> int:
+    return math.prod(shape_of(t)) * _BYTES[dtype_of(t)] if isinstance(t, TensorType) else 0
+
+
+def _f64_bytes(t) -> int:
+    return math.prod(shape_of(t)) * 8 if isinstance(t, TensorType) else 0
+
+
+def interpreter_bytes(module: ModuleOp, copies_of_inputs: int = 1) -> int:
+    """Lower bound of the peak memory of interpreting `module` once (`copies_of_inputs`: how many copies of
+    the inputs exist at once, e.g. seeded tensors plus the arrays handed to a child process)."""
+    from attnc.ir.interpreter import entry_function
+
+    fn = entry_function(module)
+    io_bytes = (copies_of_inputs * sum(tensor_bytes(t) for t in fn.function_type.inputs.data)
+                + sum(tensor_bytes(t) for t in fn.function_type.outputs.data))
+    largest_op = 0
+    for op in module.walk():
+        if "matmul" in op.name:
+            need = sum(_f64_bytes(v.type) for v in op.operands) + sum(_f64_bytes(r.type) for r in op.results)
+        else:
+            need = sum(tensor_bytes(v.type) for v in op.operands) + sum(tensor_bytes(r.type) for r in op.results)
+        largest_op = max(largest_op, need)
+    return io_bytes + largest_op
+
+
+def available_bytes() -> int:
+    """MemAvailable of the machine, capped by the cgroup's limit when there is one."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            avail = 1 << 62
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit != "max":
+            avail = min(avail, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return max(0, avail)
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.3g} GB"
+
+
+def check_memory(module: ModuleOp, what: str, copies_of_inputs: int = 1, limit: int | None = None) -> int:
+    """Refuse before allocating when the estimate exceeds what the machine has (`limit` or
+    ATTNC_MEMORY_LIMIT_BYTES override the machine's figure: tests, the fuzzer)."""
+    need = interpreter_bytes(module, copies_of_inputs)
+    env = os.environ.get("ATTNC_MEMORY_LIMIT_BYTES")
+    have = limit if limit is not None else int(env) if env and env.isdigit() else available_bytes()
+    if need > have:
+        raise MemoryLimitError(f"{what} needs at least {_gb(need)} of memory (estimated from the IR's tensor types "
+                               f"before allocating), the machine has {_gb(have)} available")
+    return need
