@@ -90,9 +90,25 @@ def _parallel_verify(self):
     for a, v, r in zip(block.args[1:], self.inits, self.outs):
         self.expect(a.type == v.type == r.type, "carried tensors must keep their types")
     self.expect(self.rows.value.data > 0, "rows must be positive")
+    # iterations write rows of the carried tensors: constant bounds must lie within them (no runaway loops)
+    lower, upper = (_constant_index(v) for v in (self.lower, self.upper))
+    if lower is not None:
+        self.expect(lower >= 0, f"lower bound {lower} is negative")
+    if upper is not None and self.inits:
+        rows = min(shape_of(v.type)[0] if shape_of(v.type) else 1 for v in self.inits)
+        self.expect(upper <= rows, f"upper bound {upper} exceeds the {rows} rows of the carried tensors")
     schedule = self.attributes.get("schedule")  # set by schedule-attention: the query groups one iteration takes
     self.expect(schedule is None or (isinstance(schedule, StringAttr) and schedule.data in PARALLEL_SCHEDULES),
                 f"schedule must be one of {PARALLEL_SCHEDULES}")
+
+
+def _constant_index(v):
+    from xdsl.dialects.arith import ConstantOp
+
+    owner = v.owner
+    if isinstance(owner, ConstantOp) and isinstance(owner.value, IntegerAttr):
+        return owner.value.value.data
+    return None
 
 
 def _yield_verify(self):

@@ -440,3 +440,13 @@ def test_index_input_rule_applies_to_every_caller_of_make_inputs():
                            ({"start_pos": torch.tensor([5, 63], dtype=torch.int32)}, r"'start_pos'\[1\]: value 63")):
         with pytest.raises(IndexInputError, match=pattern):
             make_inputs(st, cfg, 0, given)
+
+
+def test_fuzz_finding_runaway_parallel_bound_is_refused(capsys):
+    """A fuzz finding: a tile.parallel whose constant upper bound (2^31 - 1) exceeds its carried rows used to run
+    ~5e8 interpreter iterations; the verifier refuses it where the IR is read."""
+    path = os.path.join(os.path.dirname(__file__), "fuzz_findings", "parallel_2e31_rows_hang.mlir")
+    t0 = time.perf_counter()
+    code, _, err = cli(capsys, "run", path, "--level", "tile")
+    one_error_line(code, err, r"upper bound 2147483647 exceeds the \d+ rows of the carried tensors")
+    assert time.perf_counter() - t0 < 30
