@@ -25,6 +25,20 @@ def _f64_bytes(t) -> int:
     return math.prod(shape_of(t)) * 8 if isinstance(t, TensorType) else 0
 
 
+def _attention_bytes(op) -> int:
+    """The interpreter's working set of an attention composite: every token's keys [T, N, d] in f32 (the keys
+    gathered for cache_attention, made f32 for the matmuls) and the f32 logits [T, H, N], plus operands/results."""
+    operands = sum(tensor_bytes(v.type) for v in op.operands) + tensor_bytes(op.results[0].type)
+    q = shape_of(op.q.type)
+    tokens, heads, d = math.prod(q[:-2]), q[-2], q[-1]
+    if op.name == "attn.cache_attention":
+        keys = shape_of(op.ring.type)[1] + sum(shape_of(c.type)[-1] if i else 0 for i, c in enumerate(op.compressed))
+        keys += shape_of(op.compressed[0].type)[1] if len(op.compressed) == 1 else 0
+    else:
+        keys = shape_of(op.kv.type)[1]
+    return operands + 4 * tokens * keys * (2 * d + heads)
+
+
 def interpreter_bytes(module: ModuleOp, copies_of_inputs: int = 1) -> int:
     """Lower bound of the peak memory of interpreting `module` once (`copies_of_inputs`: how many copies of
     the inputs exist at once, e.g. seeded tensors plus the arrays handed to a child process)."""
@@ -37,6 +51,8 @@ def interpreter_bytes(module: ModuleOp, copies_of_inputs: int = 1) -> int:
     for op in module.walk():
         if "matmul" in op.name:
             need = sum(_f64_bytes(v.type) for v in op.operands) + sum(_f64_bytes(r.type) for r in op.results)
+        elif op.name in ("attn.cache_attention", "attn.sparse_attention"):
+            need = _attention_bytes(op)
         else:
             need = sum(tensor_bytes(v.type) for v in op.operands) + sum(tensor_bytes(r.type) for r in op.results)
         largest_op = max(largest_op, need)
