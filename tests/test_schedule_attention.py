@@ -71,6 +71,21 @@ def test_unknown_schedule_option_is_refused():
         _compile(*CASES["swa-core"], schedule="diagonal")
 
 
+def _early_inputs(st, cfg, start_pos):
+    """Seeded inputs at early positions (little written yet); listed ids under the visible-prefix contract: the
+    first min(K, complete) ids are the visible entries 0, 1, ..., then -1."""
+    inputs = make_inputs(st, cfg, 6)
+    inputs["start_pos"] = torch.tensor(start_pos, dtype=torch.int32)
+    if "cmp_idx" in inputs and cfg["compress_ratio"]:
+        idx = torch.full_like(inputs["cmp_idx"], -1)
+        for b, sp in enumerate(start_pos):
+            for s in range(cfg["seq"]):
+                n = min(cfg["cmp_topk"], (sp + s + 1) // cfg["compress_ratio"])
+                idx[b, s, :n] = torch.arange(n)
+        inputs["cmp_idx"] = idx
+    return inputs
+
+
 def _poisoned(inputs, cfg, value):
     """Never-written rows set to `value`: ring slots >= start_pos (start_pos < W) and compressed entries no token
     of the step can have completed, listed ids beyond the visible prefix pointing at them."""
@@ -94,15 +109,7 @@ def test_never_written_rows_may_hold_nan(case):
     stage, over = CASES[case]
     cfg = resolve_config("tiny", over)
     st = STAGES[stage]
-    inputs = make_inputs(st, cfg, 6)
-    inputs["start_pos"] = torch.tensor([1, 5], dtype=torch.int32)
-    if "cmp_idx" in inputs and cfg["compress_ratio"]:  # first min(K, complete) ids: the visible ones, then -1
-        idx = torch.full_like(inputs["cmp_idx"], -1)
-        for b, sp in enumerate(inputs["start_pos"].tolist()):
-            for s in range(cfg["seq"]):
-                n = min(cfg["cmp_topk"], (sp + s + 1) // cfg["compress_ratio"])
-                idx[b, s, :n] = torch.arange(n)
-        inputs["cmp_idx"] = idx
+    inputs = _early_inputs(st, cfg, [1, 5])
     tensor_mod = build_stage(st, cfg)
     tile_mod = build_stage(st, cfg)
     run_pipeline(tile_mod, PYPTO_PIPELINE)
@@ -150,16 +157,7 @@ def test_sim_never_written_rows_hold_nan(case):
     stage, over = CASES[case]
     cfg = resolve_config("tiny", over)
     st = STAGES[stage]
-    inputs = make_inputs(st, cfg, 6)
-    inputs["start_pos"] = torch.tensor([1, 20], dtype=torch.int32)
-    if cfg["compress_ratio"]:
-        idx = torch.full_like(inputs["cmp_idx"], -1)
-        for b, sp in enumerate(inputs["start_pos"].tolist()):
-            for s in range(cfg["seq"]):
-                n = min(cfg["cmp_topk"], (sp + s + 1) // cfg["compress_ratio"])
-                idx[b, s, :n] = torch.arange(n)
-        inputs["cmp_idx"] = idx
-    inputs = _poisoned(inputs, cfg, float("nan"))
+    inputs = _poisoned(_early_inputs(st, cfg, [1, 20]), cfg, float("nan"))
     module = build_stage(st, cfg)
     run_pipeline(module, PYPTO_PIPELINE)
     want = run_module(module, list(inputs.values()))[0]
