@@ -26,6 +26,7 @@ from xdsl.ir import Operation, SSAValue
 from attnc.ir.common import op_location
 from attnc.ir.interpreter import entry_function
 from attnc.ir.types import dtype_of, shape_of
+from attnc.passes._build import defined_inside
 
 PTOAS = "ptoas 0.1.1"
 PTO_DTYPES = ("f16", "f32")
@@ -159,14 +160,6 @@ class _SyncTracker:
         return lines
 
 
-def _inside(loop: Operation, v: SSAValue) -> bool:
-    owner = v.owner
-    op = owner if isinstance(owner, Operation) else owner.parent_op()
-    while op is not None:
-        if op is loop:
-            return True
-        op = op.parent_op()
-    return False
 
 
 def _f32_literal(v: float) -> str:
@@ -380,7 +373,7 @@ class _KernelEmitter:
     def ub(self, op: Operation, v: SSAValue) -> UBRef:
         ref = self.env.get(v)
         if ref is None:
-            if _inside(self.loop, v):
+            if defined_inside(self.loop, v):
                 raise _refuse(op, "uses a value the PTO emitter has not placed")
             s = shape_of(v.type)
             ref = self.gm_view(op, self.outside_arg(v), s, ["%c0"] * len(s), s)
@@ -493,7 +486,7 @@ class _KernelEmitter:
         offs = [self.index(op, o) for o in op.offsets]
         ref = self.env.get(src)
         tile = shape_of(op.result.type)
-        if ref is None and not _inside(self.loop, src):
+        if ref is None and not defined_inside(self.loop, src):
             self.check_dtype(op, src, moves=True)
             self.env[op.result] = self.gm_view(op, self.outside_arg(src), shape_of(src.type), offs, tile)
             return

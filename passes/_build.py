@@ -96,6 +96,17 @@ def peeled_loop(anchor: Operation, count: int, inits: Sequence, step_fn, loc: st
     return [T(r) for r in loop.results]
 
 
+def defined_inside(region_op: Operation, v: SSAValue) -> bool:
+    """Whether `v` is defined by an op nested in `region_op` (or is a block argument of one of its blocks)."""
+    owner = v.owner
+    op = owner if isinstance(owner, Operation) else owner.parent_op()
+    while op is not None:
+        if op is region_op:
+            return True
+        op = op.parent_op()
+    return False
+
+
 # ---------------------------------------------------------------------------------------------- tile ops
 
 

@@ -25,20 +25,12 @@ from attnc.ir.tile_dialect import TILE
 from attnc.ir.types import dtype_of, shape_of, tensor_type
 
 from . import AttncPass, register
-from ._build import addi, before, tile_full, tile_op, val, view
+from ._build import addi, before, defined_inside, tile_full, tile_op, val, view
 
 _TWO_126 = 2.0 ** 126
 _TWO_24 = 2.0 ** 24
 
 
-def _inside(par: Operation, v: SSAValue) -> bool:
-    owner = v.owner
-    op = owner if isinstance(owner, Operation) else owner.parent_op()
-    while op is not None:
-        if op is par:
-            return True
-        op = op.parent_op()
-    return False
 
 
 def _is(op, kind: str) -> bool:
@@ -47,13 +39,13 @@ def _is(op, kind: str) -> bool:
 
 def _hoist_gathers(par: Operation) -> None:
     for g in [op for op in par.body.walk() if _is(op, "gather_rows")]:
-        if _inside(par, g.table):
+        if defined_inside(par, g.table):
             continue
         chain, v = [], g.indices
-        while _is(v.owner, "view") and _inside(par, v) and not v.owner.valid:
+        while _is(v.owner, "view") and defined_inside(par, v) and not v.owner.valid:
             chain.append(v.owner)
             v = v.owner.source
-        if not chain or _inside(par, v):
+        if not chain or defined_inside(par, v):
             continue
         rank = len(shape_of(v.type))
         extra = len(shape_of(g.table.type)) - 1
@@ -125,7 +117,7 @@ def _masks_to_values(par: Operation) -> dict:
     def mask_of(v: SSAValue) -> SSAValue | None:
         if v in masks:
             return masks[v]
-        if not _inside(par, v):
+        if not defined_inside(par, v):
             if v not in hoisted:
                 with before(par):
                     hoisted[v] = _f32(v)
