@@ -34,8 +34,8 @@ UNARY = {"neg": "pypto.neg", "exp": "pypto.exp", "sqrt": "pypto.sqrt", "rsqrt": 
 CMP = {"lt": "pypto.lt", "le": "pypto.le", "gt": "pypto.gt", "ge": "pypto.ge", "eq": "pypto.eq", "ne": "pypto.ne"}
 ROW_REDUCE = {"row_sum": "pypto.sum", "row_max": "pypto.amax", "row_min": "pypto.amin"}
 SCALAR = {"adds": "pypto.add", "muls": "pypto.mul", "maxs": "pypto.maximum"}
-VEC_TILE_ELEMS = 8192  # elements of one vector tile: leaves UB room for the op's inputs and double buffering (16384 overflows UB at the flash B=64 shape)
 
+GATHER_TILE_ELEMS = 8192  # index_select tiles with a multi-dim index at most this large (see gather_rows)
 _TEMPLATE = jinja2.Environment(loader=jinja2.PackageLoader("attnc.codegen", "templates"),
                                keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
 
@@ -47,7 +47,7 @@ class EmitError(Exception):
 _BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i8": 1, "i1": 1}
 
 
-def vec_tile(shape, dtype: str = "f32", budget: int = VEC_TILE_ELEMS) -> list[int]:
+def vec_tile(shape, dtype: str = "f32", budget: int = PyptoOptions.vec_tile_elems) -> list[int]:
     """A tile of the op's rank: the trailing dim padded to the 32-byte block, then the inner leading dims as large
     as the budget allows (fewer, larger tiles: every tile is a task of the scheduler-bound cost model).
     The trailing dim is a multiple of 16 elements even for 4-byte types: pypto 0.2.0 copies tensors that a loop
@@ -101,11 +101,11 @@ class _Emitter:
     depth: int = 1
     loop_count: int = 0
     out_inits: dict = field(default_factory=dict)  # tile.full result -> output param carried in its place
-    vec_budget: int = VEC_TILE_ELEMS
+    vec_budget: int = PyptoOptions.vec_tile_elems
     params: set = field(default_factory=set)  # the kernel's input parameters (SSA block arguments)
 
-    def vec_tile_of(self, shape, dtype: str) -> str:
-        return ", ".join(map(str, vec_tile(shape, dtype, self.vec_budget)))
+    def vec_tile_of(self, shape, dtype: str, budget: int | None = None) -> str:
+        return ", ".join(map(str, vec_tile(shape, dtype, budget or self.vec_budget)))
 
     def fresh(self, prefix="t") -> str:
         self.counter += 1
@@ -121,15 +121,16 @@ class _Emitter:
             raise EmitError(f"value {v} used before definition")
         return self.names[v]
 
-    def set_tile(self, v: SSAValue):
-        self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of(shape_of(v.type), dtype_of(v.type))})")
+    def set_tile(self, v: SSAValue, budget: int | None = None):
+        self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of(shape_of(v.type), dtype_of(v.type), budget)})")
 
-    def bind(self, v: SSAValue, expr: str, loc: str | None = None, tile_of: SSAValue | None = None):
+    def bind(self, v: SSAValue, expr: str, loc: str | None = None, tile_of: SSAValue | None = None,
+             budget: int | None = None):
         name = self.fresh()
         self.names[v] = name
         suffix = f"  # {loc}" if loc else ""
         if isinstance(v.type, TensorType):
-            self.set_tile(tile_of if tile_of is not None else v)
+            self.set_tile(tile_of if tile_of is not None else v, budget)
         self.emit(f"{name} = {expr}{suffix}")
 
     def _topk(self, op, a, shape, loc):
@@ -251,7 +252,10 @@ class _Emitter:
                 return self.bind(res, f"pypto.eq({joined}, 1.0)", loc)
             return self.bind(res, f"pypto.concat([{', '.join(a)}], {op.axis.value.data})", loc)
         if kind == "gather_rows":
-            return self.bind(res, f"pypto.index_select({a[0]}, 0, {a[1]})", loc)
+            # with a multi-dim index, larger index_select tiles fail pypto 0.2.0's verifier (FB200F: the m=128
+            # compressor's [1, 64, 256] tile of a [2, 128, 256] gather at tiny); row lists gather in full tiles
+            return self.bind(res, f"pypto.index_select({a[0]}, 0, {a[1]})", loc,
+                             budget=min(self.vec_budget, GATHER_TILE_ELEMS) if len(shape) > 2 else None)
         if kind == "topk":
             return self._topk(op, a, shape, loc)
         if kind == "iota":
@@ -364,6 +368,9 @@ class _Emitter:
         self.emit(f"for {idx} in pypto.loop({lo}, {hi}, {step}, name=\"L{self.loop_count}\", "
                   f"idx_name=\"{idx}\"):  # {loc}")
         self.depth += 1
+        outer_budget = self.vec_budget
+        if "vec_tile_elems" in op.attributes:  # the pass that scheduled the loop chose its vector tiles
+            self.vec_budget = op.attributes["vec_tile_elems"].value.data
         self.names[block.args[0]] = idx
         for arg, name in zip(block.args[1:], carried):
             self.names[arg] = name
@@ -375,6 +382,7 @@ class _Emitter:
                         self.emit(f"{name}[:] = {self.ref(v)}")
                 continue
             self.op(inner)
+        self.vec_budget = outer_budget
         self.depth -= 1
         for r, name in zip(results, carried):
             self.names[r] = name
