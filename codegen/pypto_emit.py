@@ -247,6 +247,8 @@ class _Emitter:
             return self.bind(res, f"pypto.index_select({a[0]}, 0, {a[1]})", loc)
         if kind == "topk":
             return self._topk(op, a, shape, loc)
+        if kind == "scatter_rows":
+            return self._scatter_rows(op, a, loc)
         if kind == "iota":
             axis = op.axis.value.data
             view_shape = [d if i == axis else 1 for i, d in enumerate(shape)]
@@ -299,6 +301,41 @@ class _Emitter:
         if kind == "read":
             return self._scalar(res, f"{a[0]}[{', '.join(a[1:])}]")
         raise EmitError(f"{loc}: tile.{kind} has no pypto 0.2.0 lowering: the emitter has no rule for it")
+
+    def _scatter_rows(self, op, a, loc):
+        """One row write per id: a loop over the rows m, the id computed as a scalar (pypto reads scalars only from
+        kernel parameters, so the ids' integer expression is evaluated per element from its IR, see
+        _ScalarIds), a runtime branch skipping ids < 0, and an assemble at the data-dependent row. `in_place`
+        (set by update-in-place) writes the table's own buffer; otherwise a copy of it."""
+        dest = a[0]
+        if not _in_place(op):
+            dest = self.fresh("c")
+            self.set_tile(op.table)
+            self.emit(f"{dest} = pypto.clone({a[0]})  # {loc}")
+        rows_shape, table_shape = list(shape_of(op.rows.type)), list(shape_of(op.table.type))
+        lead = table_shape[:len(table_shape) - len(rows_shape) + 1]  # the table dims a row id runs over
+        zeros = ["0"] * (len(rows_shape) - 1)
+        self.loop_count += 1
+        m = f"w{self.loop_count}"
+        self.emit(f"for {m} in pypto.loop(0, {rows_shape[0]}, 1, name=\"L{self.loop_count}\", idx_name=\"{m}\"):  # {loc}")
+        self.depth += 1
+        rid = _ScalarIds(self).element(op.ids, [m])
+        self.emit(f"if {rid} >= 0:")
+        self.depth += 1
+        offsets, stride = [], 1
+        for d in reversed(lead):  # the flat row id as offsets into the table's leading dims
+            offsets.insert(0, f"({rid} // {stride}) % {d}" if stride > 1 else f"{rid} % {d}")
+            stride *= d
+        offsets[0] = f"{rid} // {stride // lead[0]}" if len(lead) > 1 else rid
+        row, tile = self.fresh("v"), [1] * len(lead) + rows_shape[1:]
+        self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of([1, *rows_shape[1:]], dtype_of(op.rows.type))})")
+        self.emit(f"{row} = pypto.clone(pypto.view({a[1]}, {[1, *rows_shape[1:]]}, [{', '.join([m, *zeros])}]))")
+        if len(lead) > 1:
+            self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of(tile, dtype_of(op.rows.type))})")
+            self.emit(f"{row} = pypto.reshape({row}, {tile})")
+        self.emit(f"pypto.assemble({row}, [{', '.join(offsets + zeros)}], {dest})")
+        self.depth -= 2
+        self.names[op.result] = dest
 
     def _expand(self, src: str, src_shape: list, shape: list, dtype: str) -> str:
         """pypto 0.2.0 expands one axis per expand_clone: chain them; returns the last expression."""
@@ -371,6 +408,97 @@ class _Emitter:
         self.depth -= 1
         for r, name in zip(results, carried):
             self.names[r] = name
+
+
+class _ScalarIds:
+    """One element of an integer tensor as a pypto scalar expression, from the ops that compute it (iota, full,
+    reshape, broadcast, integer arithmetic, compare, select, row/col expands) and scalar reads of kernel
+    parameters: pypto 0.2.0 reads a scalar only from a kernel parameter (GetTensorData), not from a computed
+    tensor. A compare is a 0/1 scalar, so select(c, x, y) is c*x + (1-c)*y."""
+
+    ARITH = {"add": "+", "sub": "-", "mul": "*", "rem": "%", "floordiv": "//"}
+    CMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
+
+    def __init__(self, em: _Emitter):
+        self.em = em
+        self.bound: dict = {}
+
+    def element(self, v: SSAValue, idx: list[str]) -> str:
+        """A name or literal for element `idx` of v (each op's element bound once to a scalar variable)."""
+        key = (v, tuple(idx))
+        if key not in self.bound:
+            expr = self._expr(v, idx)
+            if not (expr.isidentifier() or expr.lstrip("-").isdigit()):
+                name = self.em.fresh("s")
+                self.em.emit(f"{name} = {expr}")
+                expr = name
+            self.bound[key] = expr
+        return self.bound[key]
+
+    def _expr(self, v: SSAValue, idx: list[str]) -> str:
+        shape = list(shape_of(v.type))
+        if v in self.em.params:
+            return f"{self.em.ref(v)}[{', '.join(idx)}]"
+        op = v.owner
+        name = op.name.split(".", 1)[1] if op.name.startswith("tile.") else op.name
+        if name == "iota":
+            return idx[op.axis.value.data]
+        if name == "full":
+            return repr(int(op.value.value.data))
+        if name == "reshape":
+            return self.element(op.input, _reindex(idx, shape, list(shape_of(op.input.type))))
+        if name == "broadcast":
+            return self.element(op.input, [i if d != 1 else "0" for i, d in zip(idx, shape_of(op.input.type))])
+        if name.startswith(("row_expand_", "col_expand_")):
+            kind = name.split("_", 2)[2]
+            rhs = [i if d != 1 else "0" for i, d in zip(idx, shape_of(op.rhs.type))]
+            return self._binary(kind, self.element(op.lhs, idx), self.element(op.rhs, rhs), op)
+        if name in self.ARITH or name in ("and", "or", "max", "min"):
+            return self._binary(name, self.element(op.lhs, idx), self.element(op.rhs, idx), op)
+        if name == "cmp":
+            return f"({self.element(op.lhs, idx)} {self.CMP[op.predicate.data]} {self.element(op.rhs, idx)})"
+        if name == "select":
+            c = self.element(op.cond, idx)
+            return f"({c} * {self.element(op.on_true, idx)} + (1 - {c}) * {self.element(op.on_false, idx)})"
+        raise EmitError(f"{code_text(op_location(op))}: {op.name} computes a scatter_rows id: pypto 0.2.0 reads ids "
+                        "as scalars, which the emitter derives only from iota/full/reshape/broadcast/integer "
+                        "arithmetic/cmp/select and kernel parameters")
+
+    def _binary(self, kind: str, a: str, b: str, op) -> str:
+        if kind in self.ARITH:
+            return f"({a} {self.ARITH[kind]} {b})"
+        if kind == "and":
+            return f"({a} * {b})"
+        if kind == "or":
+            return f"({a} + {b} - {a} * {b})"
+        if kind in ("max", "min"):
+            return f"pypto.{kind}({a}, {b})"
+        raise EmitError(f"{code_text(op_location(op))}: {op.name} has no scalar form for a scatter_rows id")
+
+
+def _reindex(idx: list[str], shape: list[int], to: list[int]) -> list[str]:
+    """The index into a tensor of shape `to` of element `idx` of its reshape to `shape` (row-major)."""
+    terms, stride = [], 1
+    for i, d in zip(reversed(idx), reversed(shape)):
+        if d != 1:
+            terms.append(i if stride == 1 else f"{i} * {stride}")
+        stride *= d
+    flat = " + ".join(reversed(terms)) or "0"
+    out, stride = [], 1
+    for d in reversed(to):
+        if d == 1:
+            out.insert(0, "0")
+        else:
+            part = flat if stride == 1 else f"(({flat}) // {stride})"
+            out.insert(0, f"({part}) % {d}" if stride * d < math.prod(to) else part)
+        stride *= d
+    return out
+
+
+def _in_place(op: Operation) -> bool:
+    """Does the IR state that this op's result is its first operand updated in place?"""
+    flag = op.attributes.get("in_place")
+    return flag is not None and bool(getattr(flag, "value", None) and flag.value.data)
 
 
 def _const(v: SSAValue):

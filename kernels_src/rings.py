@@ -8,10 +8,12 @@ ever sees a row its predecessors overwrote (pypto-lib#492). S may exceed R (a pr
 the step are read from the ring only when they are within R of the token, the rest from the step, and the ring
 after the step keeps the newest R positions.
 
-All tables are gathered from one pool [B * (n_1 + n_2 + ...), ...] made of per-batch-row blocks, so a row id is
-`local + b * width` and each batch row only ever reads its own rows.
+Reads gather from one pool [B * (n_1 + n_2 + ...), ...] made of per-batch-row blocks, so a row id is
+`local + b * width` and each batch row only ever reads its own rows. Writes are `scatter_rows` of the step's rows
+(only those that land: the newest R positions of a ring, the completing tokens of a cache) at row ids
+`b * R + slot` of the table; every other row keeps its value, so a step's update costs its S rows, not the table.
 """
-from attnc.ir.dsl import gather_pool, iota, maximum, reshape, select, to_tokens, token_positions
+from attnc.ir.dsl import gather_pool, iota, maximum, reshape, scatter_rows, select, to_tokens, token_positions
 
 
 def window_positions(cfg, start_pos, ring: int, span: int):
@@ -34,22 +36,20 @@ def ring_window(cfg, old, step, start_pos, span: int):
 
 
 def ring_store(cfg, old, step, start_pos):
-    """The ring after the step: slot j holds the newest position p <= start_pos + S - 1 with p mod R == j."""
+    """The ring after the step: token s of row b (position p = start_pos[b] + s) is stored at slot p mod R when it
+    is among the row's newest R positions (s >= S - R), so slot j holds the newest position p with p mod R == j."""
     B, S, R = cfg["batch"], cfg["seq"], old.shape[1]
-    last = reshape(start_pos, (B, 1)) + (S - 1)
-    slot = iota((B, R), 1)
-    p = last - (last - slot + R) % R
-    sp = reshape(start_pos, (B, 1))
-    local = select(p >= sp, p - sp + R, slot)
-    return gather_pool([old, step], local, (B, R))
+    s = iota((B, S), 1)
+    p = reshape(start_pos, (B, 1)) + s
+    ids = select(s >= S - R, iota((B, S), 0) * R + p % R, -1)
+    return scatter_rows(old, step, ids)
 
 
 def store_completed(cfg, cache, entries, start_pos, ratio: int):
-    """The compressed cache after the step: slot w takes the entry of the step token that completed block w
-    (position (w+1)*ratio - 1), every other slot keeps its value. `entries` [B, S, ...] holds one candidate per
-    token; only completing tokens' candidates are ever stored."""
+    """The compressed cache after the step: the token at position p = (w+1)*ratio - 1 completes block w and stores
+    its candidate entry (`entries` [B, S, ...], one per token) at slot w < N; every other slot keeps its value."""
     B, S, N = cfg["batch"], cfg["seq"], cache.shape[1]
-    sp = reshape(start_pos, (B, 1))
-    s_done = (iota((B, N), 1) + 1) * ratio - 1 - sp  # the step index that completes slot w, if any
-    local = select((s_done >= 0) & (s_done < S), s_done + N, iota((B, N), 1))
-    return gather_pool([cache, entries], local, (B, N))
+    p = reshape(start_pos, (B, 1)) + iota((B, S), 1)
+    w = (p + 1) // ratio - 1
+    completes = ((p + 1) % ratio).eq(0) & (w < N)
+    return scatter_rows(cache, entries, select(completes, iota((B, S), 0) * N + w, -1))
