@@ -498,7 +498,7 @@ def _reindex(idx: list[str], shape: list[int], to: list[int]) -> list[str]:
 def _in_place(op: Operation) -> bool:
     """Does the IR state that this op's result is its first operand updated in place?"""
     flag = op.attributes.get("in_place")
-    return flag is not None and bool(getattr(flag, "value", None) and flag.value.data)
+    return flag is not None and flag.value.data != 0
 
 
 def _const(v: SSAValue):
@@ -579,12 +579,29 @@ F32_LOWEST = -3.4028234663852886e38
 _PACKING_USERS = ("tile.concat",)  # score of an entry top-k may not pick
 
 
-def program_output_names(arg_names: list[str], out_names: list[str]) -> list[str]:
-    """Kernel parameter names of the outputs: an in/out array (a cache or state named like its input) gets an
-    `_out` parameter of its own."""
+def in_place_outputs(fn: Operation) -> set[str]:
+    """Results the IR states are their parameter updated in place: a chain of `in_place` scatters from the
+    argument of the same name (update-in-place); the kernel has one in/out parameter for each."""
+    block = fn.body.block
+    args = dict(zip((a.data for a in fn.attributes["arg_names"].data), block.args))
+    found = set()
+    for name, v in zip((a.data for a in fn.attributes["result_names"].data), block.last_op.operands):
+        while name in args and v is not args[name] and isinstance(v.owner, Operation) and _in_place(v.owner):
+            v = v.owner.table
+        if name in args and v is args[name]:
+            found.add(name)
+    return found
+
+
+def program_output_names(arg_names: list[str], out_names: list[str], in_place: set[str] = frozenset()) -> list[str]:
+    """Kernel parameter names of the outputs: an array updated in place is its input parameter; any other in/out
+    array (a cache or state named like its input) gets an `_out` parameter of its own."""
     taken = set(arg_names)
     names = []
     for name in out_names:
+        if name in in_place:
+            names.append(name)
+            continue
         new = name
         while new in taken:
             new += "_out"
@@ -603,7 +620,7 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
     fn = entry_function(module)
     arg_names = [identifier(a.data, "arg_names entry") for a in fn.attributes["arg_names"].data]
     out_names = program_output_names(arg_names, [identifier(a.data, "result_names entry")
-                                                 for a in fn.attributes["result_names"].data])
+                                                 for a in fn.attributes["result_names"].data], in_place_outputs(fn))
     em = _Emitter(vec_budget=options.vec_tile_elems)
     block = fn.body.block
     for arg, name in zip(block.args, arg_names):
@@ -615,6 +632,8 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
         em.op(op)
     params, dtypes, shapes = [], {}, {}
     for name, t in [*zip(arg_names, fn.function_type.inputs.data), *zip(out_names, fn.function_type.outputs.data)]:
+        if name in dtypes:  # an in/out parameter updated in place is declared once
+            continue
         params.append(f"{name}: pypto.Tensor({list(shape_of(t))}, {PYPTO_DTYPE[dtype_of(t)]})")
         dtypes[name], shapes[name] = dtype_of(t), list(shape_of(t))
     for name, v in zip(out_names, ret.operands):
@@ -626,6 +645,6 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
         # tensors, arguments and index_select results): always store a clone
         em.emit(f"{name}[:] = pypto.clone({ref})")
     return _TEMPLATE.get_template("pypto_kernel.py.j2").render(
-        stage=code_text(fn.sym_name.data), arg_names=arg_names + out_names, output_names=out_names, dtypes=dtypes,
+        stage=code_text(fn.sym_name.data), arg_names=list(dtypes), output_names=out_names, dtypes=dtypes,
         shapes=shapes, params=params, body=em.lines, combine_axis=options.combine_axis,
         pass_options=repr(options.pass_options()), runtime_options=repr(options.runtime_options()))

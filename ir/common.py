@@ -15,6 +15,7 @@ from xdsl.dialects.builtin import (
     IntegerAttr,
     StringAttr,
     TensorType,
+    i1,
     i64,
 )
 from xdsl.ir import Attribute, Operation, SSAValue
@@ -249,7 +250,7 @@ def _scatter_rows_verify(self):
     self.same_dtype(self.table, self.rows, self.result)
     self.expect(shape_of(self.result.type) == st, "result must have the table's type")
     flag = self.attributes.get("in_place")
-    self.expect(flag is None or isinstance(flag, BoolAttr), "in_place must be a bool")
+    self.expect(flag is None or (isinstance(flag, IntegerAttr) and flag.type == i1), "in_place must be a bool")
 
 
 def _iota_verify(self):
