@@ -4,9 +4,9 @@ A stage returns an in/out array under the name of the parameter it updates (`kv_
 contract). When that result is a chain of `tile.scatter_rows` whose first table is the parameter itself, each
 scatter of the chain gets `in_place = true`: its result is the table's own buffer with the step's rows written, so
 the emitter writes the parameter (one in/out kernel parameter, only the rows the ids name) instead of a copy of the
-whole table. The pass also orders the writes after every read of the table they update — a read of the old table
-(e.g. the window attention reading `kv_ring`) moves nothing; the scatter moves after the last such read, so no
-read of a step sees a row the step wrote (pypto-lib#492). A chain it cannot order (a read of the new table before
+whole table. The pass also orders the writes after every read of the table they update: the scatter moves after
+the last op computed from the old table (e.g. the window attention reading `kv_ring` through a reshape, which
+aliases the parameter in the emitted program), so no read of a step sees a row the step wrote (pypto-lib#492). A chain it cannot order (a read of the new table before
 a read of the old one) or a parameter returned twice stays a copy. Value semantics are unchanged: exact."""
 from __future__ import annotations
 
@@ -61,16 +61,31 @@ class UpdateInPlace(AttncPass):
 
     @staticmethod
     def _order_after_reads(scatter: Operation, block: Block) -> bool:
-        """Move `scatter` after every other reader of its table; False if a reader of its result would then
-        precede it."""
+        """Move `scatter` after every op that reads its table, directly or through values computed from it (a
+        reshape or view of a parameter aliases its buffer in the emitted program); False if such an op also
+        depends on the scatter's result, or a user of the result would precede the write."""
         order = {op: i for i, op in enumerate(block.ops)}
-        readers = [_top_level(u.operation, block) for u in scatter.table.uses if u.operation is not scatter]
+        readers, after = _dependents(scatter.table, block, skip=scatter), _dependents(scatter.result, block)
+        if readers & after:
+            return False
         last = max(readers, key=order.__getitem__, default=None)
         if last is None or order[last] < order[scatter]:
             return True
-        users = [_top_level(u.operation, block) for u in scatter.result.uses]
-        if any(order[u] <= order[last] for u in users):
+        if any(order[u] <= order[last] for u in after):
             return False
         scatter.detach()
         block.insert_op_after(scatter, last)
         return True
+
+
+def _dependents(value: SSAValue, block: Block, skip: Operation | None = None) -> set[Operation]:
+    """Top-level ops of `block` that use `value` or a value computed from it (not through `skip`)."""
+    found, todo = set(), [value]
+    while todo:
+        for use in todo.pop().uses:
+            top = _top_level(use.operation, block)
+            if top is skip or top in found or top is block.last_op:
+                continue
+            found.add(top)
+            todo.extend(top.results)
+    return found
