@@ -96,6 +96,7 @@ class _Emitter:
     out_inits: dict = field(default_factory=dict)  # tile.full result -> output param carried in its place
     vec_budget: int = VEC_TILE_ELEMS
     params: set = field(default_factory=set)  # the kernel's input parameters (SSA block arguments)
+    scalar_only: set = field(default_factory=set)  # ops whose results only feed scatter_rows ids
 
     def vec_tile_of(self, shape, dtype: str) -> str:
         return ", ".join(map(str, vec_tile(shape, dtype, self.vec_budget)))
@@ -141,6 +142,8 @@ class _Emitter:
 
     # ------------------------------------------------------------------------------------------ ops
     def op(self, op: Operation):
+        if op in self.scalar_only:  # computes scatter ids only, which are evaluated as scalars where used
+            return
         loc = code_text(op_location(op)) if LOC_ATTR in op.attributes else None  # the file's text: escaped
         name = op.name
         if isinstance(op, arith.ConstantOp):
@@ -159,6 +162,8 @@ class _Emitter:
             raise EmitError(f"{loc}: {name} has no pypto 0.2.0 lowering: only func/arith/scf/tile ops are emitted "
                             "(run lower-to-tiles first)")
         kind = name.split(".", 1)[1]
+        if kind == "scatter_rows":  # its ids are evaluated as scalars, not read as a tensor
+            return self._scatter_rows(op, [self.ref(op.table), self.ref(op.rows)], loc)
         a = [self.ref(v) for v in op.operands]
         res = op.results[0] if op.results else None
         dt = PYPTO_DTYPE.get(dtype_of(res.type)) if res is not None and isinstance(res.type, TensorType) else None
@@ -247,8 +252,6 @@ class _Emitter:
             return self.bind(res, f"pypto.index_select({a[0]}, 0, {a[1]})", loc)
         if kind == "topk":
             return self._topk(op, a, shape, loc)
-        if kind == "scatter_rows":
-            return self._scatter_rows(op, a, loc)
         if kind == "iota":
             axis = op.axis.value.data
             view_shape = [d if i == axis else 1 for i, d in enumerate(shape)]
@@ -457,12 +460,15 @@ class _ScalarIds:
             return self._binary(name, self.element(op.lhs, idx), self.element(op.rhs, idx), op)
         if name == "cmp":
             return f"({self.element(op.lhs, idx)} {self.CMP[op.predicate.data]} {self.element(op.rhs, idx)})"
+        if name == "gather_rows":  # a row of the table at the index's element (a block table lookup)
+            k = len(shape_of(op.indices.type))
+            return self.element(op.table, [self.element(op.indices, idx[:k]), *idx[k:]])
         if name == "select":
             c = self.element(op.cond, idx)
             return f"({c} * {self.element(op.on_true, idx)} + (1 - {c}) * {self.element(op.on_false, idx)})"
         raise EmitError(f"{code_text(op_location(op))}: {op.name} computes a scatter_rows id: pypto 0.2.0 reads ids "
                         "as scalars, which the emitter derives only from iota/full/reshape/broadcast/integer "
-                        "arithmetic/cmp/select and kernel parameters")
+                        "arithmetic/cmp/select/gather_rows and kernel parameters")
 
     def _binary(self, kind: str, a: str, b: str, op) -> str:
         if kind in self.ARITH:
@@ -493,6 +499,24 @@ def _reindex(idx: list[str], shape: list[int], to: list[int]) -> list[str]:
             out.insert(0, f"({part}) % {d}" if stride * d < math.prod(to) else part)
         stride *= d
     return out
+
+
+def _scatter_id_ops(block) -> set:
+    """Top-level tile ops whose every result is used only as scatter_rows ids or by such ops: the emitter evaluates
+    the ids as scalars (_ScalarIds), so these tensors are never needed."""
+    found: set = set()
+    changed = True
+    while changed:
+        changed = False
+        for op in reversed(list(block.ops)):
+            if op in found or not op.results or not op.name.startswith("tile.") or op.regions:
+                continue
+            uses = [u for r in op.results for u in r.uses]
+            if uses and all((u.operation.name == "tile.scatter_rows" and u.index == 2) or u.operation in found
+                            for u in uses):
+                found.add(op)
+                changed = True
+    return found
 
 
 def _in_place(op: Operation) -> bool:
@@ -628,6 +652,7 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
         em.params.add(arg)
     ret = block.last_op
     em.out_inits = _output_inits(ret, out_names)
+    em.scalar_only = _scatter_id_ops(block)
     for op in block.ops:
         em.op(op)
     params, dtypes, shapes = [], {}, {}

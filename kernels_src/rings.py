@@ -13,7 +13,7 @@ Reads gather from one pool [B * (n_1 + n_2 + ...), ...] made of per-batch-row bl
 (only those that land: the newest R positions of a ring, the completing tokens of a cache) at row ids
 `b * R + slot` of the table; every other row keeps its value, so a step's update costs its S rows, not the table.
 """
-from attnc.ir.dsl import gather_pool, iota, maximum, reshape, scatter_rows, select, to_tokens, token_positions
+from attnc.ir.dsl import gather_pool, iota, maximum, minimum, reshape, scatter_rows, select, to_tokens, token_positions
 
 
 def window_positions(cfg, start_pos, ring: int, span: int):
@@ -35,21 +35,30 @@ def ring_window(cfg, old, step, start_pos, span: int):
     return gather_pool([old, step], local, (T, span)), to_tokens(valid)
 
 
-def ring_store(cfg, old, step, start_pos):
+def dense_rows(length: int):
+    """Row ids of slots [B, ...] of a dense per-row table [B, length, ...]: b * length + slot."""
+    return lambda slot: iota(slot.shape, 0) * length + slot
+
+
+def ring_store(cfg, old, step, start_pos, rows_of=None):
     """The ring after the step: token s of row b (position p = start_pos[b] + s) is stored at slot p mod R when it
-    is among the row's newest R positions (s >= S - R), so slot j holds the newest position p with p mod R == j."""
-    B, S, R = cfg["batch"], cfg["seq"], old.shape[1]
+    is among the row's newest R positions (s >= S - R), so slot j holds the newest position p with p mod R == j.
+    `rows_of(slot [B, S])` gives the table row ids of the slots (default: the dense [B, R, ...] layout; a paged
+    cache maps them through its block table, see paged.py)."""
+    B, S, R = cfg["batch"], cfg["seq"], cfg["window"] if rows_of else old.shape[1]
     s = iota((B, S), 1)
     p = reshape(start_pos, (B, 1)) + s
-    ids = select(s >= S - R, iota((B, S), 0) * R + p % R, -1)
+    ids = select(s >= S - R, (rows_of or dense_rows(R))(p % R), -1)
     return scatter_rows(old, step, ids)
 
 
-def store_completed(cfg, cache, entries, start_pos, ratio: int):
+def store_completed(cfg, cache, entries, start_pos, ratio: int, rows_of=None):
     """The compressed cache after the step: the token at position p = (w+1)*ratio - 1 completes block w and stores
-    its candidate entry (`entries` [B, S, ...], one per token) at slot w < N; every other slot keeps its value."""
-    B, S, N = cfg["batch"], cfg["seq"], cache.shape[1]
+    its candidate entry (`entries` [B, S, ...], one per token) at slot w < N; every other slot keeps its value.
+    `rows_of` as in ring_store."""
+    B, S, N = cfg["batch"], cfg["seq"], cfg["n_cmp"] if rows_of else cache.shape[1]
     p = reshape(start_pos, (B, 1)) + iota((B, S), 1)
     w = (p + 1) // ratio - 1
     completes = ((p + 1) % ratio).eq(0) & (w < N)
-    return scatter_rows(cache, entries, select(completes, iota((B, S), 0) * N + w, -1))
+    slot = maximum(minimum(w, N - 1), 0)  # a slot id for every token (only completing ones are stored)
+    return scatter_rows(cache, entries, select(completes, (rows_of or dense_rows(N))(slot), -1))
