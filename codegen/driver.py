@@ -657,6 +657,29 @@ def _visibility_kind(src: Source) -> str:
     raise CliError(f"plot visibility: {src.name} attends nothing (a layer kind or a sparse_attn stage)")
 
 
+def _plot_errors(src: Source, args, title: str) -> None:
+    """Every level's error vs the level before (and the pass's tolerance), the tensor level and the FP32 reference."""
+    from attnc.codegen import pictures
+    from attnc.codegen.fp32_reference import fp32_reference
+    from attnc.codegen.pass_errors import measure_pass_errors
+    from attnc.ir.dsl import stage_config
+
+    args.inputs, args.no_seed = getattr(args, "inputs", None), False
+    inputs, _ = run_inputs(src, args)
+    cfg = stage_config(src.stage, src.cfg) if src.stage is not None else src.cfg
+    reference, why = (fp32_reference(src.name, cfg, state_names(src), inputs.get("start_pos"))
+                      if src.stage is not None else (None, "an .mlir source has no FP32 reference"))
+    if reference is None:
+        print(f"attnc: note: no FP32 reference in the picture: {why}", file=sys.stderr)
+    from attnc.codegen.progress import Progress
+
+    with Progress(None, f"{src.name}: every pass, interpreted after each") as bar:
+        bar.tick_every(0.5)
+        data = measure_pass_errors(src.module, _pipeline_for(args), inputs, list(src.output_names), reference)
+    pictures.pass_errors(data, args.output, "error after each pass: " + title,
+                         "" if reference is not None else "no FP32 reference: " + why.split(":")[0])
+
+
 def cmd_plot(args) -> int:
     """Pictures: the tile schedule, the timing of every phase, or which keys each token sees."""
     from attnc.codegen import pictures
@@ -667,6 +690,8 @@ def cmd_plot(args) -> int:
     if args.kind == "schedule":
         compile_source(src, _pipeline_for(args), verify_each=False)
         pictures.tile_schedule(src.module, args.output, "tile schedule of " + title)
+    elif args.kind == "errors":
+        _plot_errors(src, args, title)
     elif args.kind == "timing":
         timing = args.timing_report
         compile_source(src, _pipeline_for(args), verify_each=True, seed=args.seed, timing=timing)
@@ -832,15 +857,17 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--start-pos", type=int, default=None, metavar="P",
                    help="every row's start position; default: seeded")
     pl = add("plot", "pictures (PNG, or SVG by suffix): tile schedule, phase timing, token visibility", cmd_plot)
-    pl.add_argument("kind", choices=("schedule", "timing", "visibility"),
+    pl.add_argument("kind", choices=("schedule", "timing", "visibility", "errors"),
                     help="schedule: the compiled loop nest; timing: every phase of compile --verify-each; "
-                         "visibility: window keys and compressed entries of each token")
+                         "visibility: window keys and compressed entries of each token; errors: each output's "
+                         "error after every pass vs the level before (with the pass's tolerance), the tensor "
+                         "level and the FP32 reference")
     common(pl)
     pl.add_argument("-o", "--output", metavar="FILE.png", required=True, help="the picture to write")
     pl.add_argument("--inputs", metavar="IN.npz", default=None,
-                    help="visibility: inputs (start_pos, cmp_idx); default: seeded")
+                    help="visibility, errors: inputs (start_pos, cmp_idx, ...); default: seeded")
     pl.add_argument("--start-pos", type=int, default=None, metavar="P",
-                    help="visibility: every row's start position (default: seeded)")
+                    help="visibility, errors: every row's start position (default: seeded)")
 
     from attnc.codegen.tune import add_parser as add_tune_parser
 
