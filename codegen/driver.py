@@ -387,8 +387,11 @@ def cmd_compile(args) -> int:
                       tuple(f for f, on in (("--print-debuginfo", args.print_debuginfo),
                                             ("--print-op-generic", args.print_op_generic))
                             if on and args.emit == "mlir")
-                      + tuple(w for o in args.pypto_option for w in ("--pypto-option", o) if args.emit == "pypto"))
+                      + tuple(w for o in args.pypto_option for w in ("--pypto-option", o) if args.emit == "pypto")
+                      + (("--pto-dtype", args.pto_dtype) if args.emit == "pto" and args.pto_dtype else ()))
     shown = os.path.basename(path) if path else None
+    if args.emit == "pto" and args.output not in (None, "-"):  # -o names a folder of kernels
+        shown = os.path.basename(os.path.normpath(args.output)) + "/"
     with timing.phase(f"emit {args.emit}"):
         if args.emit == "pypto":
             from attnc.codegen.pypto_emit import emit_pypto
@@ -398,6 +401,10 @@ def cmd_compile(args) -> int:
             from attnc.codegen.pto_emit import emit_pto
 
             kernels = emit_pto(src.module, src.name)
+            for i, k in enumerate(kernels):  # each file says how it was made and which token loop it is
+                k.text = prov.header("//", shown, (
+                    f"kernel: {k.name}, token loop {i + 1} of {len(kernels)} ({k.blocks} kernel instances, "
+                    f"one per token row); compile it: ptoas {k.name}.pto -o {k.name}.cpp",)) + k.text
             text = "".join(k.text for k in kernels)
         else:
             text = prov.header("//", shown) + print_ir(src.module)
