@@ -65,6 +65,7 @@ def vec_tile(shape, dtype: str = "f32", budget: int = PyptoOptions.vec_tile_elem
 
 
 L0AB_BYTES, L0C_BYTES = 64 * 1024, 128 * 1024
+UB_BYTES = 192 * 1024  # the vector unit's buffer: an op's tiles (inputs and output) live there together
 
 
 def cube_tile(m: int, k: int, n: int) -> str:
@@ -133,6 +134,26 @@ class _Emitter:
         if isinstance(v.type, TensorType):
             self.set_tile(tile_of if tile_of is not None else v, budget)
         self.emit(f"{name} = {expr}{suffix}")
+
+    def _materialize_unpadded(self, op, res):
+        """A reshape that folds away a trailing dim narrower than the 32-byte block (a keepdim reduction's
+        [T, d, 1] -> [T, d]) is read by its readers through the input's layout: pypto 0.2.0 copies their tile in
+        with that dim padded to the block (8 f32), so a [16, 512] f32 reader tile needs 16x512x8x4 = 256 KiB and
+        OoOSchedule fails ("exceeds MEM_UB size"). When the padded reader tile would not fit UB, the result is
+        cloned under a tile shrunk by the padding factor: readers then read a dense tensor."""
+        in_shape, out_shape = shape_of(op.input.type), shape_of(res.type)
+        dtype = dtype_of(res.type)
+        block = max(1, 32 // _BYTES[dtype])
+        narrow = in_shape[-1] if in_shape else 1
+        if not out_shape or in_shape[-1:] == out_shape[-1:] or narrow % block == 0:
+            return
+        factor = -(-narrow // block) * block // narrow
+        reader = math.prod(vec_tile(out_shape, dtype, self.vec_budget))
+        if reader * factor * _BYTES[dtype] <= UB_BYTES:
+            return
+        tile = vec_tile(out_shape, dtype, max(1, self.vec_budget // factor))
+        self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, tile))})")
+        self.emit(f"{self.names[res]} = pypto.clone({self.names[res]})  # dense: its readers' tiles fit UB")
 
     def _topk(self, op, a, shape, loc):
         """Invalid entries get the lowest f32 score, pypto.topk sorts (FP32, last axis), and a pick whose score
@@ -235,7 +256,8 @@ class _Emitter:
         if kind == "reshape":  # pypto tiles a reshape by its input
             # a kernel input is never written: reshape it in place (a view, no copy)
             inplace = ", inplace=True" if op.input in self.params else ""
-            return self.bind(res, f"pypto.reshape({a[0]}, {shape}{inplace})", loc, tile_of=op.input)
+            self.bind(res, f"pypto.reshape({a[0]}, {shape}{inplace})", loc, tile_of=op.input)
+            return self._materialize_unpadded(op, res)
         if kind == "transpose":
             perm = ints_of(op.perm)
             moved = [i for i, p in enumerate(perm) if p != i]
