@@ -316,8 +316,8 @@ class _Emitter:
             offs, valid = a[1:1 + n], a[1 + n:]
             extra = f", valid_shape=[{', '.join(valid)}]" if valid else ""
             self.bind(res, f"pypto.view({a[0]}, {shape}, [{', '.join(offs)}]{extra})", loc)
-            if valid and op.pad.data == "zero" and any(u.operation.name in _PACKING_USERS for u in res.uses):
-                # pypto concatenates the valid parts only (packed): give the tile its zero padding first
+            if valid and op.pad.data == "zero" and any(u.operation.name in _ZERO_FILL_READERS for u in res.uses):
+                # give the tile its zero padding first (see _ZERO_FILL_READERS)
                 self.emit(f"{self.names[res]} = pypto.reshape({self.names[res]}, {shape}, valid_shape={shape})")
             if len(shape) >= 3 and not all(u.operation.name == "tile.reshape" for u in res.uses):
                 # pypto 0.2.0 mis-sizes the raw tensor of a rank-3 view read straight by a batched matmul
@@ -640,8 +640,10 @@ def _output_inits(ret: Operation, out_names: list) -> dict:
     return found
 
 
-F32_LOWEST = -3.4028234663852886e38
-_PACKING_USERS = ("tile.concat",)  # score of an entry top-k may not pick
+F32_LOWEST = -3.4028234663852886e38  # score of an entry top-k may not pick
+# readers that do not see a zero-padded view's padding as zeros: pypto concatenates the valid parts only (packed).
+# (A matmul reading such a view fails pypto's verify, FB200F, even after this reshape; the passes never make one.)
+_ZERO_FILL_READERS = ("tile.concat",)
 
 
 def in_place_outputs(fn: Operation) -> set[str]:
