@@ -34,8 +34,8 @@ UNARY = {"neg": "pypto.neg", "exp": "pypto.exp", "sqrt": "pypto.sqrt", "rsqrt": 
 CMP = {"lt": "pypto.lt", "le": "pypto.le", "gt": "pypto.gt", "ge": "pypto.ge", "eq": "pypto.eq", "ne": "pypto.ne"}
 ROW_REDUCE = {"row_sum": "pypto.sum", "row_max": "pypto.amax", "row_min": "pypto.amin"}
 SCALAR = {"adds": "pypto.add", "muls": "pypto.mul", "maxs": "pypto.maximum"}
-VEC_TILE_ELEMS = 8192  # elements of one vector tile: leaves UB room for the op's inputs and double buffering (16384 overflows UB at the flash B=64 shape)
 
+GATHER_TILE_ELEMS = 8192  # index_select tiles with a multi-dim index at most this large (see gather_rows)
 _TEMPLATE = jinja2.Environment(loader=jinja2.PackageLoader("attnc.codegen", "templates"),
                                keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
 
@@ -47,7 +47,7 @@ class EmitError(Exception):
 _BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i8": 1, "i1": 1}
 
 
-def vec_tile(shape, dtype: str = "f32", budget: int = VEC_TILE_ELEMS) -> list[int]:
+def vec_tile(shape, dtype: str = "f32", budget: int = PyptoOptions.vec_tile_elems) -> list[int]:
     """A tile of the op's rank: the trailing dim padded to the 32-byte block, then the inner leading dims as large
     as the budget allows (fewer, larger tiles: every tile is a task of the scheduler-bound cost model).
     The trailing dim is a multiple of 16 elements even for 4-byte types: pypto 0.2.0 copies tensors that a loop
@@ -65,23 +65,31 @@ def vec_tile(shape, dtype: str = "f32", budget: int = VEC_TILE_ELEMS) -> list[in
 
 
 L0AB_BYTES, L0C_BYTES = 64 * 1024, 128 * 1024
+UB_BYTES = 192 * 1024  # the vector unit's buffer: an op's tiles (inputs and output) live there together
 
 
 def cube_tile(m: int, k: int, n: int) -> str:
-    """Cube tiles in multiples of 16 (the fractal size): M up to 128 rows, K up to 256 per L0 step (L1 holds up to
-    512 of K, a multiple of the L0 step), N as wide as L0B (bf16 K x N) and L0C (f32 M x N) allow — few large
-    cube tasks, since every task costs the scheduler more than its compute at decode sizes."""
+    """Cube tiles in multiples of 16 (the fractal size): M up to 128 rows; K per L0 step a power of two up to 256
+    (L1 holds up to 512 of K, a multiple of the L0 step); N as wide as L0B (bf16 K x N) and L0C (f32 M x N) allow.
+    Fewest N tiles first, then fewest K steps: every N tile is a cube task, and a task costs the scheduler more
+    than its compute at decode sizes (SWA core: Q·Kᵀ over 130 keys as one 144-wide tile, 142.5 vs 147.7 µs)."""
     def up16(x: int) -> int:
         return max(16, -(-x // 16) * 16)
 
     m0 = min(128, up16(m))
-    k0 = min(256, up16(k))
-    while m0 * k0 * 2 > L0AB_BYTES:
-        k0 -= 16
-    n0 = min(256, up16(n))
-    while n0 > 16 and (k0 * n0 * 2 > L0AB_BYTES or m0 * n0 * 4 > L0C_BYTES):
-        n0 -= 16
-    k1 = k0 * max(1, min(up16(k), 512) // k0)
+    best = None
+    for k0 in (256, 128, 64, 32, 16):
+        k0 = min(k0, up16(k))
+        if m0 * k0 * 2 > L0AB_BYTES:
+            continue
+        n0 = min(256, up16(n))
+        while n0 > 16 and (k0 * n0 * 2 > L0AB_BYTES or m0 * n0 * 4 > L0C_BYTES):
+            n0 -= 16
+        cost = (-(-n // n0), -(-k // k0))
+        if best is None or cost < best[0]:
+            best = (cost, k0, n0)
+    _, k0, n0 = best
+    k1 = min(512 // k0, -(-min(up16(k), 512) // k0)) * k0
     return f"pypto.set_cube_tile_shapes([{m0}, {m0}], [{k0}, {k1}], [{n0}, {n0}])"
 
 
@@ -94,12 +102,12 @@ class _Emitter:
     depth: int = 1
     loop_count: int = 0
     out_inits: dict = field(default_factory=dict)  # tile.full result -> output param carried in its place
-    vec_budget: int = VEC_TILE_ELEMS
+    vec_budget: int = PyptoOptions.vec_tile_elems
     params: set = field(default_factory=set)  # the kernel's input parameters (SSA block arguments)
     scalar_only: set = field(default_factory=set)  # ops whose results only feed scatter_rows ids
 
-    def vec_tile_of(self, shape, dtype: str) -> str:
-        return ", ".join(map(str, vec_tile(shape, dtype, self.vec_budget)))
+    def vec_tile_of(self, shape, dtype: str, budget: int | None = None) -> str:
+        return ", ".join(map(str, vec_tile(shape, dtype, budget or self.vec_budget)))
 
     def fresh(self, prefix="t") -> str:
         self.counter += 1
@@ -115,16 +123,37 @@ class _Emitter:
             raise EmitError(f"value {v} used before definition")
         return self.names[v]
 
-    def set_tile(self, v: SSAValue):
-        self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of(shape_of(v.type), dtype_of(v.type))})")
+    def set_tile(self, v: SSAValue, budget: int | None = None):
+        self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of(shape_of(v.type), dtype_of(v.type), budget)})")
 
-    def bind(self, v: SSAValue, expr: str, loc: str | None = None, tile_of: SSAValue | None = None):
+    def bind(self, v: SSAValue, expr: str, loc: str | None = None, tile_of: SSAValue | None = None,
+             budget: int | None = None):
         name = self.fresh()
         self.names[v] = name
         suffix = f"  # {loc}" if loc else ""
         if isinstance(v.type, TensorType):
-            self.set_tile(tile_of if tile_of is not None else v)
+            self.set_tile(tile_of if tile_of is not None else v, budget)
         self.emit(f"{name} = {expr}{suffix}")
+
+    def _materialize_unpadded(self, op, res):
+        """A reshape that folds away a trailing dim narrower than the 32-byte block (a keepdim reduction's
+        [T, d, 1] -> [T, d]) is read by its readers through the input's layout: pypto 0.2.0 copies their tile in
+        with that dim padded to the block (8 f32), so a [16, 512] f32 reader tile needs 16x512x8x4 = 256 KiB and
+        OoOSchedule fails ("exceeds MEM_UB size"). When the padded reader tile would not fit UB, the result is
+        cloned under a tile shrunk by the padding factor: readers then read a dense tensor."""
+        in_shape, out_shape = shape_of(op.input.type), shape_of(res.type)
+        dtype = dtype_of(res.type)
+        block = max(1, 32 // _BYTES[dtype])
+        narrow = in_shape[-1] if in_shape else 1
+        if not out_shape or in_shape[-1:] == out_shape[-1:] or narrow % block == 0:
+            return
+        factor = -(-narrow // block) * block // narrow
+        reader = math.prod(vec_tile(out_shape, dtype, self.vec_budget))
+        if reader * factor * _BYTES[dtype] <= UB_BYTES:
+            return
+        tile = vec_tile(out_shape, dtype, max(1, self.vec_budget // factor))
+        self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, tile))})")
+        self.emit(f"{self.names[res]} = pypto.clone({self.names[res]})  # dense: its readers' tiles fit UB")
 
     def _topk(self, op, a, shape, loc):
         """Invalid entries get the lowest f32 score, pypto.topk sorts (FP32, last axis), and a pick whose score
@@ -227,7 +256,8 @@ class _Emitter:
         if kind == "reshape":  # pypto tiles a reshape by its input
             # a kernel input is never written: reshape it in place (a view, no copy)
             inplace = ", inplace=True" if op.input in self.params else ""
-            return self.bind(res, f"pypto.reshape({a[0]}, {shape}{inplace})", loc, tile_of=op.input)
+            self.bind(res, f"pypto.reshape({a[0]}, {shape}{inplace})", loc, tile_of=op.input)
+            return self._materialize_unpadded(op, res)
         if kind == "transpose":
             perm = ints_of(op.perm)
             moved = [i for i, p in enumerate(perm) if p != i]
@@ -249,7 +279,10 @@ class _Emitter:
                 return self.bind(res, f"pypto.eq({joined}, 1.0)", loc)
             return self.bind(res, f"pypto.concat([{', '.join(a)}], {op.axis.value.data})", loc)
         if kind == "gather_rows":
-            return self.bind(res, f"pypto.index_select({a[0]}, 0, {a[1]})", loc)
+            # with a multi-dim index, larger index_select tiles fail pypto 0.2.0's verifier (FB200F: the m=128
+            # compressor's [1, 64, 256] tile of a [2, 128, 256] gather at tiny); row lists gather in full tiles
+            return self.bind(res, f"pypto.index_select({a[0]}, 0, {a[1]})", loc,
+                             budget=min(self.vec_budget, GATHER_TILE_ELEMS) if len(shape) > 2 else None)
         if kind == "topk":
             return self._topk(op, a, shape, loc)
         if kind == "iota":
@@ -397,6 +430,9 @@ class _Emitter:
         self.emit(f"for {idx} in pypto.loop({lo}, {hi}, {step}, name=\"L{self.loop_count}\", "
                   f"idx_name=\"{idx}\"):  # {loc}")
         self.depth += 1
+        outer_budget = self.vec_budget
+        if "vec_tile_elems" in op.attributes:  # the pass that scheduled the loop chose its vector tiles
+            self.vec_budget = op.attributes["vec_tile_elems"].value.data
         self.names[block.args[0]] = idx
         for arg, name in zip(block.args[1:], carried):
             self.names[arg] = name
@@ -408,6 +444,7 @@ class _Emitter:
                         self.emit(f"{name}[:] = {self.ref(v)}")
                 continue
             self.op(inner)
+        self.vec_budget = outer_budget
         self.depth -= 1
         for r, name in zip(results, carried):
             self.names[r] = name
