@@ -51,12 +51,16 @@ def test_space_narrowing_and_its_errors():
         T.build_space(PYPTO_PIPELINE, ["combine_axis"])
 
 
-def test_static_filter_rejects_tiles_that_overflow_ub():
-    src = load_source("sparse_attn_core", "flash", [])  # CSA at the flash shape
+def test_static_filter_rejects_tiles_that_overflow_ub_and_skips_loops():
+    """decode_hca at flash: the default fits (it simulates, 5003 us); 16384-element tiles do not (a select of
+    4 x [64, 2, 128] f32 = 208 KiB). A loop is no vector op: the filter used to add up the 16 tensors a token loop
+    carries as if one op held them in UB, and filtered every candidate of a whole-layer tune."""
+    src = load_source("decode_hca", "flash", [])
     run_pipeline(src.module, PYPTO_PIPELINE)
     assert T.static_check(src.module, PyptoOptions()) is None  # the default fits
+    assert "tile.parallel" not in T.largest_vector_tile(src.module, 8192)[1]
     need, where = T.largest_vector_tile(src.module, 16384)
-    assert need > T.UB_BYTES and "tile [" in where
+    assert need > T.UB_BYTES and "tile.select" in where and "tile [" in where
     why = T.static_check(src.module, PyptoOptions(vec_tile_elems=16384))
     assert why is not None and "> UB 192 KiB" in why and "kernels_src/" in why
 
