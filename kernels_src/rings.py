@@ -8,10 +8,12 @@ ever sees a row its predecessors overwrote (pypto-lib#492). S may exceed R (a pr
 the step are read from the ring only when they are within R of the token, the rest from the step, and the ring
 after the step keeps the newest R positions.
 
-All tables are gathered from one pool [B * (n_1 + n_2 + ...), ...] made of per-batch-row blocks, so a row id is
-`local + b * width` and each batch row only ever reads its own rows.
+Reads gather from one pool [B * (n_1 + n_2 + ...), ...] made of per-batch-row blocks, so a row id is
+`local + b * width` and each batch row only ever reads its own rows. Writes are `scatter_rows` of the step's rows
+(only those that land: the newest R positions of a ring, the completing tokens of a cache) at row ids
+`b * R + slot` of the table; every other row keeps its value, so a step's update costs its S rows, not the table.
 """
-from attnc.ir.dsl import gather_pool, iota, maximum, reshape, select, to_tokens, token_positions
+from attnc.ir.dsl import gather_pool, iota, maximum, minimum, reshape, scatter_rows, select, to_tokens, token_positions
 
 
 def window_positions(cfg, start_pos, ring: int, span: int):
@@ -33,23 +35,30 @@ def ring_window(cfg, old, step, start_pos, span: int):
     return gather_pool([old, step], local, (T, span)), to_tokens(valid)
 
 
-def ring_store(cfg, old, step, start_pos):
-    """The ring after the step: slot j holds the newest position p <= start_pos + S - 1 with p mod R == j."""
-    B, S, R = cfg["batch"], cfg["seq"], old.shape[1]
-    last = reshape(start_pos, (B, 1)) + (S - 1)
-    slot = iota((B, R), 1)
-    p = last - (last - slot + R) % R
-    sp = reshape(start_pos, (B, 1))
-    local = select(p >= sp, p - sp + R, slot)
-    return gather_pool([old, step], local, (B, R))
+def dense_rows(length: int):
+    """Row ids of slots [B, ...] of a dense per-row table [B, length, ...]: b * length + slot."""
+    return lambda slot: iota(slot.shape, 0) * length + slot
 
 
-def store_completed(cfg, cache, entries, start_pos, ratio: int):
-    """The compressed cache after the step: slot w takes the entry of the step token that completed block w
-    (position (w+1)*ratio - 1), every other slot keeps its value. `entries` [B, S, ...] holds one candidate per
-    token; only completing tokens' candidates are ever stored."""
-    B, S, N = cfg["batch"], cfg["seq"], cache.shape[1]
-    sp = reshape(start_pos, (B, 1))
-    s_done = (iota((B, N), 1) + 1) * ratio - 1 - sp  # the step index that completes slot w, if any
-    local = select((s_done >= 0) & (s_done < S), s_done + N, iota((B, N), 1))
-    return gather_pool([cache, entries], local, (B, N))
+def ring_store(cfg, old, step, start_pos, rows_of=None):
+    """The ring after the step: token s of row b (position p = start_pos[b] + s) is stored at slot p mod R when it
+    is among the row's newest R positions (s >= S - R), so slot j holds the newest position p with p mod R == j.
+    `rows_of(slot [B, S])` gives the table row ids of the slots (default: the dense [B, R, ...] layout; a paged
+    cache maps them through its block table, see paged.py)."""
+    B, S, R = cfg["batch"], cfg["seq"], cfg["window"] if rows_of else old.shape[1]
+    s = iota((B, S), 1)
+    p = reshape(start_pos, (B, 1)) + s
+    ids = select(s >= S - R, (rows_of or dense_rows(R))(p % R), -1)
+    return scatter_rows(old, step, ids)
+
+
+def store_completed(cfg, cache, entries, start_pos, ratio: int, rows_of=None):
+    """The compressed cache after the step: the token at position p = (w+1)*ratio - 1 completes block w and stores
+    its candidate entry (`entries` [B, S, ...], one per token) at slot w < N; every other slot keeps its value.
+    `rows_of` as in ring_store."""
+    B, S, N = cfg["batch"], cfg["seq"], cfg["n_cmp"] if rows_of else cache.shape[1]
+    p = reshape(start_pos, (B, 1)) + iota((B, S), 1)
+    w = (p + 1) // ratio - 1
+    completes = ((p + 1) % ratio).eq(0) & (w < N)
+    slot = maximum(minimum(w, N - 1), 0)  # a slot id for every token (only completing ones are stored)
+    return scatter_rows(cache, entries, select(completes, (rows_of or dense_rows(N))(slot), -1))

@@ -30,7 +30,8 @@ def test_space_has_the_pipelines_pass_options_and_defaults_first():
     # the default candidate reproduces the pipeline and PyptoOptions()
     params = T.default_params(dims)
     pipe = T.candidate_pipeline(PYPTO_PIPELINE, dims, params)
-    assert pipe.replace("schedule-attention{schedule=auto}", "schedule-attention") == PYPTO_PIPELINE
+    assert "schedule-attention{schedule=auto vec-tile=16384}" in pipe  # the pass's own defaults, spelled out
+    assert pipe.replace("schedule-attention{schedule=auto vec-tile=16384}", "schedule-attention") == PYPTO_PIPELINE
     assert T.candidate_options(dims, params) == PyptoOptions()
 
 
@@ -51,18 +52,29 @@ def test_space_narrowing_and_its_errors():
         T.build_space(PYPTO_PIPELINE, ["combine_axis"])
 
 
-def test_static_filter_rejects_tiles_that_overflow_ub_and_skips_loops():
-    """decode_hca at flash: the default fits (it simulates, 5003 us); 16384-element tiles do not (a select of
-    4 x [64, 2, 128] f32 = 208 KiB). A loop is no vector op: the filter used to add up the 16 tensors a token loop
-    carries as if one op held them in UB, and filtered every candidate of a whole-layer tune."""
-    src = load_source("decode_hca", "flash", [])
+def test_static_filter_rejects_tiles_that_overflow_ub():
+    src = load_source("sparse_attn_core", "flash", [])  # CSA at the flash shape
     run_pipeline(src.module, PYPTO_PIPELINE)
     assert T.static_check(src.module, PyptoOptions()) is None  # the default fits
-    assert "tile.parallel" not in T.largest_vector_tile(src.module, 8192)[1]
-    need, where = T.largest_vector_tile(src.module, 16384)
-    assert need > T.UB_BYTES and "tile.select" in where and "tile [" in where
-    why = T.static_check(src.module, PyptoOptions(vec_tile_elems=16384))
+    # the attention loop's tiles are the pass's choice: 32768 elements overflow UB there
+    big = load_source("sparse_attn_core", "flash", [])
+    run_pipeline(big.module, PYPTO_PIPELINE.replace("schedule-attention", "schedule-attention{vec-tile=32768}"))
+    need, where = T.largest_vector_tile(big.module, PyptoOptions().vec_tile_elems)
+    assert need > T.UB_BYTES and "tile [" in where
+    why = T.static_check(big.module, PyptoOptions())
     assert why is not None and "> UB 192 KiB" in why and "kernels_src/" in why
+
+
+def test_static_filter_skips_loops():
+    """A loop is no vector op: the filter used to add up the tensors a token loop carries (16 in decode_hca at
+    flash) as if one op held them in UB, and filtered every candidate of a whole-layer tune although the default
+    simulates. Whatever is worst now is an op that computes, and the default fits."""
+    src = load_source("decode_hca", "flash", [])
+    run_pipeline(src.module, PYPTO_PIPELINE)
+    assert T.static_check(src.module, PyptoOptions()) is None
+    for budget in (8192, 16384):
+        where = T.largest_vector_tile(src.module, budget)[1]
+        assert where.startswith("tile.") and not where.startswith(("tile.parallel", "scf.for")), where
 
 
 def test_cache_key_is_content_addressed(tmp_path):
@@ -101,6 +113,7 @@ def _fake_recheck(bad=()):
 def _request(tmp_path, **kw):
     base = dict(source="sparse_attn_core", config="tiny", jobs=0, cache_dir=str(tmp_path / "cache"),
                 space=["tile-softmax.kv-tile=128", "parallelize-tokens.rows=32", "schedule-attention.schedule=auto",
+                       "schedule-attention.vec-tile=16384",
                        "vec_tile_elems=8192", "cube_nbuffer_setting={1: 2}", "cube_l1_reuse_setting={0: 4}",
                        "stitch_function_max_num=128", "combine_axis=False",
                        "vec_nbuffer_setting={-1: 4}|{-1: 2}", "device_sched_mode=0|1"])
