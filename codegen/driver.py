@@ -146,7 +146,9 @@ def load_source(spec: str, config: str, overrides: list[str]) -> Source:
     reason = st.needs(cfg)
     if reason:
         raise CliError(f"stage {spec} cannot be built for config {config}: {reason}")
-    return Source(spec, build_stage(st, cfg), list(st.params), list(st.outputs), st, cfg)
+    from attnc.ir.dsl import stage_params
+
+    return Source(spec, build_stage(st, cfg), list(stage_params(st, cfg)), list(st.outputs), st, cfg)
 
 
 def _names(fn, attr, n, prefix):
