@@ -588,8 +588,8 @@ def build_stage(stage_def: StageDef, cfg: dict) -> ModuleOp:
     builder = Builder(InsertPoint.at_end(block))
     args = {name: Tensor(a) for name, a in zip(params, block.args)}
     packed = cfg.get("layout") == "packed"
-    _Ctx.tokens = cfg["tokens"]
-    _Ctx.token_dims = (1, cfg["tokens"]) if packed else (cfg["batch"], cfg["seq"])
+    _Ctx.tokens = cfg["tokens"] if packed else cfg["batch"] * cfg["seq"]
+    _Ctx.token_dims = (1, _Ctx.tokens) if packed else (cfg["batch"], cfg["seq"])
     with _building(builder, packed):
         if packed and "position_ids" in args:
             args["start_pos"] = PackedRows(args.pop("position_ids"), args.pop("cu_seqlens"), cfg["batch"])
