@@ -78,6 +78,14 @@ def _row_major(table):
     return reshape(table, (table.shape[0] * table.shape[1], *table.shape[2:]))
 
 
+def stacked_pool(tables):
+    """Row-major tables [n_i, ...] stacked into one [sum n_i, ...] pool (as one [1, sum n_i, ...] block, the form
+    the dense pools have, which pypto 0.2.0 gathers from without splitting it into ragged tiles)."""
+    blocks = [reshape(t, (1, *t.shape)) for t in tables]
+    stacked = concat(blocks, axis=1)
+    return reshape(stacked, stacked.shape[1:])
+
+
 def packed_window_ids(rows: PackedRows, ring: int, span: int, step_base: int):
     """For every token t (values [T, span], not yet token rows): ids of positions t-span+1 .. t (oldest first) in a
     pool [rings of every row (B*ring rows) | ... | the step's token rows from `step_base`], and their validity."""
@@ -93,7 +101,7 @@ def packed_window_ids(rows: PackedRows, ring: int, span: int, step_base: int):
 def packed_ring_window(old, step, rows: PackedRows, span: int):
     """ring_window of the packed layout: old [B, R, ...], step [T, ...] -> [T, span, ...] rows and [T, span]."""
     ids, valid = packed_window_ids(rows, old.shape[1], span, old.shape[0] * old.shape[1])
-    return gather_rows(concat([_row_major(old), step], axis=0), to_tokens(ids)), to_tokens(valid)
+    return gather_rows(stacked_pool([_row_major(old), step]), to_tokens(ids)), to_tokens(valid)
 
 
 def _row_facts(rows: PackedRows):
@@ -112,7 +120,7 @@ def packed_ring_store(old, step, rows: PackedRows):
     slot = iota((B, R), 1)
     p = last - (last - slot + R) % R
     ids = select((n > 0) & (p >= first_pos), first_token + (p - first_pos) + B * R, batch_rows(slot, R))
-    return gather_rows(concat([_row_major(old), step], axis=0), ids)
+    return gather_rows(stacked_pool([_row_major(old), step]), ids)
 
 
 def packed_store_completed(cache, entries, rows: PackedRows, ratio: int):
@@ -124,7 +132,7 @@ def packed_store_completed(cache, entries, rows: PackedRows, ratio: int):
     s_done = (w + 1) * ratio - 1 - first_pos  # the index within the row of the token completing slot w
     done = (n > 0) & (s_done >= 0) & (s_done < n)
     ids = select(done, first_token + s_done + B * N, batch_rows(w, N))
-    return gather_rows(concat([_row_major(cache), entries], axis=0), ids)
+    return gather_rows(stacked_pool([_row_major(cache), entries]), ids)
 
 
 def row_entries(cfg, table, start_pos):

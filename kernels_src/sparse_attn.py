@@ -6,7 +6,7 @@ from attnc.ir.dsl import (
 )
 
 from .configs import with_compress_ratio
-from .rings import packed_window_ids
+from .rings import packed_window_ids, stacked_pool
 
 _CORE_PARAMS = dict(
     q=In("batch", "seq", "n_heads", "head_dim"),
@@ -54,7 +54,7 @@ def packed_attention_core(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, rows: Packe
         ids = concat([ids, select(ok, listed, 0) + row_base], axis=1)
         valid = concat([valid, ok], axis=1)
         tables.append(reshape(kv_cmp, (B * N, hd)))
-    keys = gather_rows(concat(tables, axis=0), to_tokens(ids))
+    keys = gather_rows(stacked_pool(tables), to_tokens(ids))
     o = sparse_attention(to_tokens(q), keys, to_tokens(valid), attn_sink, cfg["softmax_scale"], out="bf16")
     return from_tokens(o)
 
