@@ -91,12 +91,14 @@ def make_inputs(stage_def: StageDef, cfg: dict, seed: int = 0, given: dict | Non
     cfg = stage_config(stage_def, cfg)
     gen = torch.Generator().manual_seed(seed)
     given = dict(given or {})
+    if cfg.get("layout") == "packed" and "start_pos" in given:  # packed: start_pos [B] remakes position_ids
+        given.pop("position_ids", None)
     check_index_inputs(stage_def, cfg, given)  # the index-input rule below, for every caller
     out: dict[str, torch.Tensor] = {}
     params = stage_params(stage_def, cfg)
     shapes = {n: p.resolve(cfg) for n, p in params.items()}
     positions = None
-    if "position_ids" in shapes:  # packed: a given start_pos [B] is each row's first position
+    if "position_ids" in shapes:  # packed: a given start_pos [B] (each row's first position) makes position_ids
         starts, given_pos = given.pop("start_pos", None), given.pop("position_ids", None)
         cu_seqlens = given.pop("cu_seqlens", None)
         check_packed_rows(cfg, {"cu_seqlens": cu_seqlens} if cu_seqlens is not None else {})
