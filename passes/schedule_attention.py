@@ -8,8 +8,8 @@ A query group is the set of query rows that share one key block:
   the rows of kv_cmp[b] it lists], the listed rows gathered from row b's cache only.
 `auto` picks `token` when the op lists entries per token, else `batch`.
 
-Visibility (which key each token may see) is computed once before the loop as a [B, S, keys] mask from the
-tokens' positions, with the same definition as the op: window positions t-W+1..t (ring slot j holds the newest
+Visibility (which key each token may see) is computed inside the loop, per batch row, as an [S, keys] mask from
+the row's start position (no iteration waits for a whole-batch producer), with the same definition as the op: window positions t-W+1..t (ring slot j holds the newest
 position p < start_pos with p = j mod W; p < 0 was never written), compressed entries w < min(N, floor((t+1)/m)).
 Key rows no token of the group sees are zeroed before the matmuls, so never-written rows (they may hold NaN)
 never reach a result. One softmax per group over all its keys in f32, exp weights rounded to the key dtype
@@ -42,31 +42,34 @@ NORMALIZE = ("after", "before")
 UNROLL_TOKENS = 4  # a decode step's tokens of one batch row are unrolled up to this many
 
 
-def key_positions_and_visibility(op: CacheAttentionOp):
-    """Before the loop: ([B,S,keys] i1 visibility, [B,S,K] listed ids made safe to gather (0 where not visible) or
-    None). Keys are [ring slots 0..W-1 | step rows 0..S-1 | cache entries (all, or the listed ones)]."""
-    B, S, _, _ = shape_of(op.q.type)
+def key_positions_and_visibility(op: CacheAttentionOp, start_pos: dsl.Tensor, listed: dsl.Tensor | None,
+                                 row_base: dsl.Tensor | None):
+    """Visibility of a group of G batch rows from their start positions [G]: ([G,S,keys] i1 visibility, [G,S,K]
+    listed ids made safe to gather (0 where not visible) as global rows `row_base` [G,1,1] + id, or None). Keys are
+    [ring slots 0..W-1 | step rows 0..S-1 | cache entries (all, or the listed ones [G,S,K])]. Made inside the
+    loop from the group's own start position, so no iteration waits for a whole-batch producer."""
+    G = start_pos.shape[0]
+    S = shape_of(op.q.type)[1]
     W = shape_of(op.ring.type)[1]
-    sp = dsl.reshape(T(op.start_pos), (B, 1, 1))
-    t = dsl.reshape(dsl.token_positions(T(op.start_pos), S), (B, S, 1))
+    sp = dsl.reshape(start_pos, (G, 1, 1))
+    t = sp + dsl.iota((G, S, 1), 1)
     # position held by ring slot j: the newest p < start_pos with p = j (mod W); negative = never written
-    slot = dsl.iota((B, 1, W), 2)
+    slot = dsl.iota((G, 1, W), 2)
     ring_pos = sp - 1 - (sp - 1 - slot) % W
-    key_pos = dsl.concat([ring_pos, sp + dsl.iota((B, 1, S), 2)], axis=2)  # [B,1,W+S]
+    key_pos = dsl.concat([ring_pos, sp + dsl.iota((G, 1, S), 2)], axis=2)  # [G,1,W+S]
     visible = (key_pos >= t - (W - 1)) & (key_pos <= t) & (key_pos >= 0)
     ids = None
     if op.compressed:
         ratio, n = op.ratio.value.data, shape_of(op.compressed[0].type)[1]
         complete = dsl.minimum((t + 1) // ratio, n)  # entries w < complete are visible to token t
-        if len(op.compressed) > 1:
-            listed = T(op.compressed[1])
+        if listed is not None:
             ok = (listed >= 0) & (listed < complete)
             if op.listed_prefix.value.data:  # only the list's first min(K, complete) positions can be visible
                 ok = ok & (dsl.iota(listed.shape, 2) < complete)
             # global row ids into the [B * N, d] cache matrix; an id nobody may see reads its batch row's row 0
-            ids = dsl.batch_rows(dsl.select(ok, listed, 0), n)
+            ids = dsl.select(ok, listed, 0) + row_base
         else:
-            ok = dsl.iota((B, 1, n), 2) < complete
+            ok = dsl.iota((G, 1, n), 2) < complete
         visible = dsl.concat([visible, ok], axis=2)
     return visible, ids
 
@@ -122,8 +125,8 @@ class _Schedule(RewritePattern):
         scale = op.scale.value.data
         loc = op_location(op)
         with before(op):
-            visible, ids = key_positions_and_visibility(op)
-            n_keys = visible.shape[2]
+            n_keys = W + S + (0 if not op.compressed else
+                              shape_of(op.compressed[1 if listed else 0].type)[2 if listed else 1])
             rows = S * H if schedule == "batch" else H
             sink = dsl.reshape(dsl.broadcast_to(dsl.reshape(T(op.sink), (1, H, 1)), (rows // H, H, 1)), (rows, 1))
             init = tile_full((B, S, H, d), 0.0, out_dtype)
@@ -135,10 +138,16 @@ class _Schedule(RewritePattern):
             if op.compressed:
                 n = shape_of(op.compressed[0].type)[1]
                 cache_rows = dsl.reshape(T(op.compressed[0]), (B * n, d))
+            # first global row of each batch row's cache in the cache matrix (for the listed ids)
+            row_bases = dsl.iota((B, 1, 1), 0) * n if listed else None
         body = Block(arg_types=[INDEX, init.value.type])
         b, acc = body.args
         with at_end(body, loc):
             sp = read(op.start_pos, (b,))
+            visible, ids = key_positions_and_visibility(
+                op, view(op.start_pos, (b,), (1,)),
+                _row(T(op.compressed[1]), (b,), (1, S, shape_of(op.compressed[1].type)[2])) if listed else None,
+                _row(row_bases, (b,), (1, 1, 1)) if listed else None)
 
             def window():
                 """The group's window (and every-entry cache) rows: views of batch row b, made where they are
@@ -151,8 +160,8 @@ class _Schedule(RewritePattern):
                 return parts
 
             if schedule == "batch":
-                vis = dsl.reshape(dsl.broadcast_to(dsl.reshape(_row(visible, (b,), (S, n_keys)), (S, 1, n_keys)),
-                                                   (S, H, n_keys)), (rows, n_keys))
+                vis = dsl.reshape(dsl.broadcast_to(dsl.reshape(visible, (S, 1, n_keys)), (S, H, n_keys)),
+                                  (rows, n_keys))
                 o = group_attention(_rows(q_rows, muli(b, rows), rows), dsl.concat(window(), axis=0), vis, sink,
                                     scale, out_dtype, self.normalize)
                 result = assemble(dsl.reshape(o, (1, S, H, d)), acc, (b, 0, 0, 0))
@@ -160,8 +169,8 @@ class _Schedule(RewritePattern):
                 def token(s, out):
                     keys = window()
                     if ids is not None:
-                        keys.append(self._picks(op, b, s, sp, cache_rows, visible, ids))
-                    vis_row = _row(visible, (b, s), (1, n_keys))
+                        keys.append(self._picks(op, s, sp, cache_rows, visible, ids))
+                    vis_row = _row(visible, (0, s), (1, n_keys))
                     o = group_attention(_rows(q_rows, muli(addi(muli(b, S), s), H), H), dsl.concat(keys, axis=0),
                                         dsl.broadcast_to(vis_row, (H, n_keys)), sink, scale, out_dtype,
                                         self.normalize)
@@ -176,18 +185,18 @@ class _Schedule(RewritePattern):
         rewriter.replace(op, [], [loop.results[0]])
 
     @staticmethod
-    def _picks(op, b, s, sp, cache_rows, visible, ids):
+    def _picks(op, s, sp, cache_rows, visible, ids):
         """The token's listed cache rows [K, d], gathered from the whole cache matrix by global row id."""
         K, d = ids.shape[2], shape(cache_rows)[1]
         n_keys = visible.shape[2]
-        picked = dsl.gather_rows(cache_rows, _row(ids, (b, s), (K,)))
+        picked = dsl.gather_rows(cache_rows, _row(ids, (0, s), (K,)))
         if op.listed_prefix.value.data:
             # the visible picks are the first min(K, complete) ones: the rest reads as 0 (a row gathered for an
             # id nobody may see may never have been written)
             n = shape_of(op.compressed[0].type)[1]
             complete = minsi(floordiv_nonneg(addi(addi(sp, s), 1), op.ratio.value.data), min(K, n))
             return view(picked, (0, 0), (K, d), (complete, d), pad="zero")
-        ok = dsl.reshape(_row(visible, (b, s), (1, n_keys)), (n_keys, 1))  # zero every pick the token may not see
+        ok = dsl.reshape(_row(visible, (0, s), (1, n_keys)), (n_keys, 1))  # zero every pick the token may not see
         return dsl.select(dsl.broadcast_to(dsl.slice_(ok, (n_keys - K, 0), (K, 1)), (K, d)), picked, 0.0)
 
     @staticmethod
