@@ -165,3 +165,70 @@ def test_packed_config_contract():
     assert params["kv_ring"].resolve(cfg) == (4, cfg["window"], cfg["head_dim"])
     with pytest.raises(Exception, match="tokens is the token count of the packed layout"):
         resolve_config("tiny", ["tokens=3"])
+
+
+# ------------------------------------------------------------------------------------------ the CLI
+
+
+PACKED_CLI = ["--config", "tiny", "--set", "layout=packed", "--set", "batch=4", "--set", "tokens=6"]
+
+
+def cli(capsys, *argv):
+    from attnc.codegen.driver import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error(code, err, pattern):
+    lines = [line for line in err.splitlines() if line.startswith("attnc: error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert __import__("re").search(pattern, lines[0]), lines[0]
+
+
+@pytest.mark.parametrize("extra,pattern", [
+    (["--seqlens", "1,3,0"], r"--seqlens: 3 token counts for batch=4 rows"),
+    (["--seqlens", "1,3,0,1"], r"'cu_seqlens'\[4\]: value 5, expected the token count 6"),
+    (["--start-pos", "62"], r"'position_ids'\[2\]: value 64 outside \[0, 63\]"),
+    (["--start-pos", "1,2"], r"--start-pos: 2 positions for batch=4 rows"),
+    (["--seqlens", "1,x"], r"invalid list '1,x'"),
+])
+def test_cli_refuses_bad_packed_rows_with_one_line(capsys, tmp_path, extra, pattern):
+    code, _, err = cli(capsys, "run", "decode_swa", *PACKED_CLI, *extra, "--out", str(tmp_path / "o.npz"))
+    one_error(code, err, pattern)
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_cli_refuses_a_bad_cu_seqlens_file(capsys, tmp_path):
+    import numpy as np
+
+    np.savez(tmp_path / "in.npz", cu_seqlens=np.array([0, 4, 1, 4, 6], dtype=np.int32))
+    code, _, err = cli(capsys, "run", "decode_swa", *PACKED_CLI, "--inputs", str(tmp_path / "in.npz"))
+    one_error(code, err, r"in\.npz: .*'cu_seqlens'\[2\]: value 1 < cu_seqlens\[1\] = 4")
+    code, _, err = cli(capsys, "run", "decode_swa", "--config", "tiny", "--seqlens", "1,1")
+    one_error(code, err, r"--seqlens: decode_swa is not built in the packed layout")
+
+
+def test_cli_packed_steps_equal_steps_chained_through_state(capsys, tmp_path):
+    """`--steps 2` (each row's positions advance by its token count) equals a step, then a step given the first
+    one's in/out arrays with --state and the advanced --start-pos: what a serving loop passes on."""
+    import numpy as np
+
+    d = str(tmp_path)
+    base = ["decode_csa", *PACKED_CLI]
+    assert cli(capsys, "inputs", *base, "--seqlens", "3,2,1,0", "--start-pos", "0,4,9,2", "-o", f"{d}/s1.npz")[0] == 0
+    assert cli(capsys, "run", *base, "--inputs", f"{d}/s1.npz", "--steps", "2", "--out", f"{d}/two.npz")[0] == 0
+    assert cli(capsys, "run", *base, "--inputs", f"{d}/s1.npz", "--out", f"{d}/o1.npz")[0] == 0
+    with np.load(f"{d}/s1.npz") as s1:
+        step2 = dict(s1)
+    step2["x"] = np.asarray(__import__("attnc").codegen.io.seeded_tensor_for_type(
+        build_stage(STAGES["decode_csa"], packed_cfg([3, 2, 1, 0])).body.block.first_op.args[0].type,
+        torch.Generator().manual_seed(1)).float())
+    np.savez(f"{d}/s2.npz", **step2)
+    assert cli(capsys, "run", *base, "--inputs", f"{d}/s2.npz", "--state", f"{d}/o1.npz", "--start-pos", "3,6,10,2",
+               "--out", f"{d}/o2.npz")[0] == 0
+    with np.load(f"{d}/two.npz") as a, np.load(f"{d}/o2.npz") as b:
+        assert set(a.files) == set(b.files)
+        for n in a.files:
+            assert np.array_equal(a[n], b[n]), n
