@@ -532,6 +532,12 @@ class PackedRows:
         return self._once("first_token", lambda: reshape(
             gather_rows(reshape(self.cu_seqlens, (self.rows + 1, 1)), self.token_row()), (self.tokens,)))
 
+    def token_row_length(self) -> Tensor:
+        """[T] i32: the token count (in this step) of each token's row."""
+        return self._once("row_length", lambda: reshape(
+            gather_rows(reshape(self.cu_seqlens, (self.rows + 1, 1)), self.token_row() + 1), (self.tokens,))
+            - self.row_first_token())
+
     def row_first_position(self) -> Tensor:
         """[T] i32: the position of the first token (of this step) of each token's row."""
         return self._once("first_position", lambda: self.positions - (self.token_index() - self.row_first_token()))

@@ -232,3 +232,16 @@ def test_cli_packed_steps_equal_steps_chained_through_state(capsys, tmp_path):
         assert set(a.files) == set(b.files)
         for n in a.files:
             assert np.array_equal(a[n], b[n]), n
+
+
+def test_packed_ir_is_deterministic_and_token_parallel():
+    from attnc.ir import print_ir
+
+    cfg = packed_cfg(MIXED)
+    texts = []
+    for _ in range(2):
+        module = build_stage(STAGES["decode_csa"], cfg)
+        run_pipeline(module, DEFAULT_PIPELINE)
+        texts.append(print_ir(module))
+    assert texts[0] == texts[1]
+    assert "tile.parallel" in texts[0] and "attn.cache_attention" not in texts[0]
