@@ -1,6 +1,8 @@
-"""Tune each layer kind's attention core (pypto 0.2.0 SIM cost model) and print default vs tuned AICore µs.
+"""Tune each layer kind's attention core or whole layer step (pypto 0.2.0 SIM cost model) and print default vs
+tuned AICore µs.
 
     .venv/bin/python benchmarks/tune_cores.py --config flash --budget 6 --out tune-out/
+    .venv/bin/python benchmarks/tune_cores.py --layers --only SWA --budget 6 --out tune-out/   # whole layers
 
 Writes one tuning file and one plot per core into --out and a markdown table on stdout (the README's figures).
 Timings are cached under ~/.cache/attnc/tune, so a repeated run costs only the re-checks' cache look-ups."""
@@ -18,6 +20,11 @@ CORES = [  # layer kind, stage, overrides, hand-written kernel's µs under the s
     ("HCA", "hca_attn_core", [], 258.2),
     ("CSA", "sparse_attn_core", [], 212.9),
 ]
+LAYERS = [  # whole layer steps: no hand-written anchor
+    ("SWA", "decode_swa", [], None),
+    ("HCA", "decode_hca", [], None),
+    ("CSA", "decode_csa", [], None),
+]
 
 
 def main() -> int:
@@ -29,10 +36,11 @@ def main() -> int:
     ap.add_argument("--only", action="append", default=[], help="layer kinds to tune (default: all)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
     ap.add_argument("--out", default="tune-out")
+    ap.add_argument("--layers", action="store_true", help="tune whole layer steps instead of attention cores")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     rows = []
-    for kind, stage, overrides, hand in CORES:
+    for kind, stage, overrides, hand in LAYERS if args.layers else CORES:
         if args.only and kind not in args.only:
             continue
         t0 = time.perf_counter()
@@ -40,7 +48,7 @@ def main() -> int:
                           jobs=args.jobs, timeout_s=args.timeout)
         result = tune(req)
         t = result.tuning
-        path = os.path.join(args.out, f"{kind.lower()}_{args.config}.json")
+        path = os.path.join(args.out, f"{kind.lower()}{'_layer' if args.layers else ''}_{args.config}.json")
         write_tuning(path, t)
         plot_trials(result.trials, f"{kind} {stage} --config {args.config}", path[:-5] + ".png")
         rows.append((kind, stage, t["default_aicore_us"], t["aicore_us"], hand, t["evaluated"], t["sim_trials"],
@@ -51,7 +59,7 @@ def main() -> int:
           f"tune wall s | re-check error |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for kind, stage, default, tuned, hand, evaluated, runs, wall, err in rows:
-        print(f"| {kind} | {stage} | {default:.1f} | {tuned:.1f} | {(1 - tuned / default) * 100:.1f} % | {hand} | "
+        print(f"| {kind} | {stage} | {default:.1f} | {tuned:.1f} | {(1 - tuned / default) * 100:.1f} % | {hand or '—'} | "
               f"{evaluated} | {runs} | {wall:.0f} | {err:.2g} |")
     return 0
 

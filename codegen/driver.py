@@ -390,8 +390,11 @@ def cmd_compile(args) -> int:
                       tuple(f for f, on in (("--print-debuginfo", args.print_debuginfo),
                                             ("--print-op-generic", args.print_op_generic))
                             if on and args.emit == "mlir")
-                      + tuple(w for o in args.pypto_option for w in ("--pypto-option", o) if args.emit == "pypto"))
+                      + tuple(w for o in args.pypto_option for w in ("--pypto-option", o) if args.emit == "pypto")
+                      + (("--pto-dtype", args.pto_dtype) if args.emit == "pto" and args.pto_dtype else ()))
     shown = os.path.basename(path) if path else None
+    if args.emit == "pto" and args.output not in (None, "-"):  # -o names a folder of kernels
+        shown = os.path.basename(os.path.normpath(args.output)) + "/"
     with timing.phase(f"emit {args.emit}"):
         if args.emit == "pypto":
             from attnc.codegen.pypto_emit import emit_pypto
@@ -401,6 +404,10 @@ def cmd_compile(args) -> int:
             from attnc.codegen.pto_emit import emit_pto
 
             kernels = emit_pto(src.module, src.name)
+            for i, k in enumerate(kernels):  # each file says how it was made and which token loop it is
+                k.text = prov.header("//", shown, (
+                    f"kernel: {k.name}, token loop {i + 1} of {len(kernels)} ({k.blocks} kernel instances, "
+                    f"one per token row); compile it: ptoas {k.name}.pto -o {k.name}.cpp",)) + k.text
             text = "".join(k.text for k in kernels)
         else:
             text = prov.header("//", shown) + print_ir(src.module)
@@ -452,10 +459,11 @@ def _npz_names(path: str | None) -> set[str]:
         return set()
 
 
-def run_inputs(src: Source, args, *, steps: int = 1) -> tuple[dict, list[str]]:
+def run_inputs(src: Source, args, *, steps: int = 1, tokens: int | None = None) -> tuple[dict, list[str]]:
     """The inputs of `attnc run`/`attnc inputs` and the names of those that were seeded. `--start-pos P` sets
     every row's start position (seeded compressed ids then follow it); a multi-step run starts at 0 unless told.
-    Packed layout: `--seqlens` gives the rows' token counts, `--start-pos` each row's first position."""
+    Packed layout: `--seqlens` gives the rows' token counts, `--start-pos` each row's first position.
+    `tokens`: the tokens per row of the whole run (default: steps x seq), which must stay inside the RoPE table."""
     import torch
 
     extra = {}
@@ -490,7 +498,7 @@ def run_inputs(src: Source, args, *, steps: int = 1) -> tuple[dict, list[str]]:
             raise CliError(f"position_ids: {steps} step(s) reach position {last}, outside the RoPE table "
                            f"(max_pos {inputs['rope_cos'].shape[0]}; --set max_pos=... to grow it)")
     if "start_pos" in inputs and "rope_cos" in inputs and "x" in inputs:
-        last = int(inputs["start_pos"].max()) + steps * inputs["x"].shape[1]
+        last = int(inputs["start_pos"].max()) + (tokens if tokens is not None else steps * inputs["x"].shape[1])
         if int(inputs["start_pos"].min()) < 0 or last > inputs["rope_cos"].shape[0]:
             raise CliError(f"start_pos: positions {int(inputs['start_pos'].min())}..{last - 1} are outside the "
                            f"RoPE table (max_pos {inputs['rope_cos'].shape[0]}; --set max_pos=... to grow it)")
@@ -542,8 +550,9 @@ def _token_row_lengths(cu_seqlens):
 
 
 def _next_step_inputs(src: Source, inputs: dict, outs: dict, step: int, seed: int) -> dict:
-    """Step `step`'s inputs: the in/out arrays of the previous step's outputs, start_pos advanced by the step's
-    token count, fresh seeded tokens x (seed + step); weights and tables unchanged."""
+    """Step `step`'s inputs for `src` (built for this step's seq): the in/out arrays of the previous step's
+    outputs, start_pos advanced by the previous step's token count, fresh seeded tokens x of this step's shape
+    (seed + step); weights and tables unchanged."""
     import torch
 
     from attnc.codegen.io import seeded_tensor_for_type
@@ -558,6 +567,87 @@ def _next_step_inputs(src: Source, inputs: dict, outs: dict, step: int, seed: in
     x_type = entry_function(src.module).function_type.inputs.data[src.arg_names.index("x")]
     nxt["x"] = seeded_tensor_for_type(x_type, torch.Generator().manual_seed(seed + step))
     return nxt
+
+
+MAX_STEPS_FILE_BYTES = 1 << 20
+
+
+def read_step_counts(path: str) -> list[int]:
+    """`--steps-file`: every step's token count per batch row — a JSON list of positive integers, or one positive
+    integer a line (blank lines and `#` comments skipped). A bad file is one error naming the file (and line)."""
+    import json
+
+    try:
+        if os.path.getsize(path) > MAX_STEPS_FILE_BYTES:
+            raise CliError(f"{path}: --steps-file is larger than {MAX_STEPS_FILE_BYTES >> 20} MiB")
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except OSError as e:
+        raise CliError(f"{path}: cannot read the steps file: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise CliError(f"{path}: the steps file is not UTF-8 text") from None
+
+    def count(value, where: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CliError(f"{where}: {printable_value(value)} is not a token count (a positive integer)")
+        return value
+
+    if text.lstrip().startswith(("[", "{")):
+        try:
+            values = json.loads(text)
+        except ValueError as e:
+            raise CliError(f"{path}: not a JSON list of token counts: {e}") from None
+        if not isinstance(values, list):
+            raise CliError(f"{path}: not a JSON list of token counts")
+        counts = [count(v, f"{path}: entry {i}") for i, v in enumerate(values)]
+    else:
+        counts = []
+        for no, line in enumerate(text.splitlines(), 1):
+            word = line.split("#", 1)[0].strip()
+            if word:
+                try:
+                    value = int(word, 10)
+                except ValueError:
+                    value = word
+                counts.append(count(value, f"{path}:{no}"))
+    if not counts:
+        raise CliError(f"{path}: no steps (one token count a line, or a JSON list)")
+    return counts
+
+
+def printable_value(value) -> str:
+    from attnc.codegen.provenance import printable
+
+    return repr(printable(value))[:40] if isinstance(value, str) else printable(repr(value))[:40]
+
+
+def step_sources(src: Source, args, counts: list[int]) -> list[Source]:
+    """The stage built for each step's token count (`seq`), one build per distinct count; only `x` may change."""
+    from attnc.ir.interpreter import entry_function
+
+    from attnc.ir.dsl import stage_config
+
+    if src.stage is None:
+        raise CliError(f"--steps-file: {args.source} is IR with a fixed seq; give a stage name or FILE.py:STAGE")
+    if any(o.split("=", 1)[0].strip() == "seq" for o in args.set):
+        raise CliError("--steps-file sets seq per step: drop --set seq=...")
+    max_pos = stage_config(src.stage, src.cfg)["max_pos"]
+    if sum(counts) > max_pos:  # before building a stage per count (the exact check, with start_pos, follows)
+        raise CliError(f"--steps-file: {sum(counts)} tokens per row do not fit the RoPE table (max_pos {max_pos}; "
+                       f"--set max_pos=... to grow it)")
+    by_seq: dict[int, Source] = {}
+    for n in counts:
+        if n not in by_seq:
+            by_seq[n] = load_source(args.source, args.config, [*args.set, f"seq={n}"])
+    types = {n: dict(zip(s.arg_names, entry_function(s.module).function_type.inputs.data))
+             for n, s in by_seq.items()}
+    first = types[counts[0]]
+    for n, t in types.items():
+        changed = [a for a in first if a != "x" and t[a] != first[a]]
+        if changed:
+            raise CliError(f"--steps-file: {src.name}'s parameter {changed[0]} changes with seq ({counts[0]} vs {n}): "
+                           f"only the tokens x may")
+    return [by_seq[n] for n in counts]
 
 
 def _execute(src: Source, inputs: dict, args, timing, label: str):
@@ -648,37 +738,49 @@ def cmd_run(args) -> int:
 
         if not npu_available():
             raise CliError("--target pypto-npu needs torch_npu and an Ascend NPU; none found on this machine")
-    if args.steps < 1:
+    if args.steps_file and args.steps is not None:
+        raise CliError("--steps and --steps-file: give one of them")
+    counts = read_step_counts(args.steps_file) if args.steps_file else None
+    steps = len(counts) if counts else (1 if args.steps is None else args.steps)
+    if steps < 1:
         raise CliError(f"--steps must be at least 1, got {args.steps}")
+    how = "--steps-file" if counts else "--steps"
     with timing.phase("parse" if is_ir_source(args.source) else "build stage (DSL -> attn IR)"):
         src = load_source(args.source, args.config, args.set)
+    if counts and "position_ids" in src.arg_names:
+        raise CliError("--steps-file sets seq per step, which a packed step does not have: use --seqlens and --steps")
     apply_tuning(args, src.name)
-    check_memory(src.module, f"run {src.name}")  # the seeded inputs alone may not fit
-    if args.steps > 1:
+    if counts or steps > 1:
         if not state_names(src) or "x" not in src.arg_names or not {"start_pos", "position_ids"} & set(src.arg_names):
-            raise CliError(f"--steps: {src.name} carries no state from step to step (a stage with x, start_pos "
+            raise CliError(f"{how}: {src.name} carries no state from step to step (a stage with x, start_pos "
                            f"and in/out arrays such as decode_swa/decode_hca/decode_csa or compressor)")
         if args.time_only:
-            raise CliError("--steps needs each step's values: not with --time-only")
+            raise CliError(f"{how} needs each step's values: not with --time-only")
+    with timing.phase("build a stage per step size"):
+        sources = step_sources(src, args, counts) if counts else [src] * steps
+    distinct = list({id(s): s for s in sources}.values())  # one compile per distinct seq
+    for each in distinct:
+        check_memory(each.module, f"run {each.name}")  # the seeded inputs alone may not fit
     if args.level == "tile" or args.target != "interp":
-        compile_source(src, _pipeline_for(args), verify_each=False, timing=timing)
-        # SIM: the inputs also travel as numpy arrays and an .npz to the child
-        check_memory(src.module, f"run {src.name}", copies_of_inputs=1 if args.target == "interp" else 3)
+        for each in distinct:
+            compile_source(each, _pipeline_for(args), verify_each=False, timing=timing)
+            # SIM: the inputs also travel as numpy arrays and an .npz to the child
+            check_memory(each.module, f"run {each.name}", copies_of_inputs=1 if args.target == "interp" else 3)
     with timing.phase("inputs"):
-        inputs, seeded = run_inputs(src, args, steps=args.steps)
+        inputs, seeded = run_inputs(sources[0], args, steps=steps, tokens=sum(counts) if counts else None)
     note_seeded(src, seeded, args.seed, args.no_seed)
     aicore = None
     total_wall = 0.0
-    for step in range(args.steps):
+    for step in range(steps):
         if step:
-            inputs = _next_step_inputs(src, inputs, outs, step, args.seed)
-        label = f" step {step + 1}/{args.steps}" if args.steps > 1 else ""
-        outs, aicore, wall = _execute(src, inputs, args, timing, label)
+            inputs = _next_step_inputs(sources[step], inputs, outs, step, args.seed)
+        label = f" step {step + 1}/{steps}" if steps > 1 else ""
+        outs, aicore, wall = _execute(sources[step], inputs, args, timing, label)
         total_wall += wall
-        if args.steps > 1:
-            where = (f"start_pos={inputs['start_pos'].tolist()}" if "start_pos" in inputs
+        if steps > 1:
+            where = (f"start_pos={inputs['start_pos'].tolist()} seq={inputs['x'].shape[1]}" if "start_pos" in inputs
                      else f"position_ids={inputs['position_ids'].tolist()}")
-            print(f"step {step + 1}/{args.steps}: {where} wall_s={wall:.3f}"
+            print(f"step {step + 1}/{steps}: {where} wall_s={wall:.3f}"
                   + (f" aicore_us={aicore:.3f}" if aicore is not None else ""), file=sys.stderr)
     if args.out and not args.time_only:
         with timing.phase("write outputs"):
@@ -718,6 +820,29 @@ def _visibility_kind(src: Source) -> str:
     raise CliError(f"plot visibility: {src.name} attends nothing (a layer kind or a sparse_attn stage)")
 
 
+def _plot_errors(src: Source, args, title: str) -> None:
+    """Every level's error vs the level before (and the pass's tolerance), the tensor level and the FP32 reference."""
+    from attnc.codegen import pictures
+    from attnc.codegen.fp32_reference import fp32_reference
+    from attnc.codegen.pass_errors import measure_pass_errors
+    from attnc.ir.dsl import stage_config
+
+    args.inputs, args.no_seed = getattr(args, "inputs", None), False
+    inputs, _ = run_inputs(src, args)
+    cfg = stage_config(src.stage, src.cfg) if src.stage is not None else src.cfg
+    reference, why = (fp32_reference(src.name, cfg, state_names(src), inputs.get("start_pos"))
+                      if src.stage is not None else (None, "an .mlir source has no FP32 reference"))
+    if reference is None:
+        print(f"attnc: note: no FP32 reference in the picture: {why}", file=sys.stderr)
+    from attnc.codegen.progress import Progress
+
+    with Progress(None, f"{src.name}: every pass, interpreted after each") as bar:
+        bar.tick_every(0.5)
+        data = measure_pass_errors(src.module, _pipeline_for(args), inputs, list(src.output_names), reference)
+    pictures.pass_errors(data, args.output, "error after each pass: " + title,
+                         "" if reference is not None else "no FP32 reference: " + why.split(":")[0])
+
+
 def cmd_plot(args) -> int:
     """Pictures: the tile schedule, the timing of every phase, or which keys each token sees."""
     from attnc.codegen import pictures
@@ -728,6 +853,8 @@ def cmd_plot(args) -> int:
     if args.kind == "schedule":
         compile_source(src, _pipeline_for(args), verify_each=False)
         pictures.tile_schedule(src.module, args.output, "tile schedule of " + title)
+    elif args.kind == "errors":
+        _plot_errors(src, args, title)
     elif args.kind == "timing":
         timing = args.timing_report
         compile_source(src, _pipeline_for(args), verify_each=True, seed=args.seed, timing=timing)
@@ -894,8 +1021,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--state", metavar="OUT.npz", default=None,
                    help="the in/out arrays (caches, rings, states) of a previous step's --out file, over --inputs "
                         "(default: none)")
-    r.add_argument("--steps", type=int, default=1, metavar="N",
-                   help="decode N steps: each step's in/out arrays (caches, rings, states) feed the next, "
+    r.add_argument("--steps-file", metavar="FILE", default=None,
+                   help="decode one step per entry of FILE, each with its own token count per row (seq): one "
+                        "positive integer a line (# comments) or a JSON list, e.g. [16, 1, 1, 4]; state carried as "
+                        "with --steps (default: none)")
+    r.add_argument("--steps", type=int, default=None, metavar="N",
+                   help="decode N steps (default 1): each step's in/out arrays (caches, rings, states) feed the next, "
                         "start_pos advances by seq (packed: each row's positions by its token count), x is seeded "
                         "per step (seed+k); --out gets the last step")
     r.add_argument("--out", metavar="OUT.npz", default=None, help="write the outputs by name (default: not written)")
@@ -917,15 +1048,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the in/out arrays (caches, rings, states) of a previous step's --out file, over --inputs "
                         "(default: none)")
     pl = add("plot", "pictures (PNG, or SVG by suffix): tile schedule, phase timing, token visibility", cmd_plot)
-    pl.add_argument("kind", choices=("schedule", "timing", "visibility"),
+    pl.add_argument("kind", choices=("schedule", "timing", "visibility", "errors"),
                     help="schedule: the compiled loop nest; timing: every phase of compile --verify-each; "
-                         "visibility: window keys and compressed entries of each token")
+                         "visibility: window keys and compressed entries of each token; errors: each output's "
+                         "error after every pass vs the level before (with the pass's tolerance), the tensor "
+                         "level and the FP32 reference")
     common(pl)
     pl.add_argument("-o", "--output", metavar="FILE.png", required=True, help="the picture to write")
     pl.add_argument("--inputs", metavar="IN.npz", default=None,
-                    help="visibility: inputs (start_pos, cmp_idx); default: seeded")
+                    help="visibility, errors: inputs (start_pos, cmp_idx, ...); default: seeded")
     pl.add_argument("--start-pos", type=_positions, default=None, metavar="P[,P...]",
-                    help="visibility: every row's start position (default: seeded)")
+                    help="visibility, errors: every row's start position (default: seeded)")
 
     from attnc.codegen.tune import add_parser as add_tune_parser
 

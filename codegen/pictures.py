@@ -6,7 +6,9 @@
 - `visibility`: per token of a step, the window positions and compressed entries it attends (the state contract
   and the spec's visibility rules, computed from the config and start positions, picks from the run);
 - `tile_schedule`: the loop nest of a compiled (tile-level) stage — each loop a bar whose length is its trip count,
-  annotated with the ops in its body by kind.
+  annotated with the ops in its body by kind;
+- `pass_errors`: per pipeline level, each output's normalised and max abs error against the level before (with the
+  pass's declared tolerance), against the tensor-level golden and against the FP32 reference.
 Files are written atomically (rendered to memory first)."""
 from __future__ import annotations
 
@@ -181,6 +183,72 @@ def tile_schedule(module, path: str, title: str) -> None:
     if not nest:
         ax.text(0.5, 0.5, "no loops: compile to tile level first", ha="center", transform=ax.transAxes)
     _save(plt, fig, path)
+
+
+ERROR_FLOOR = 1e-12  # an exact level (error 0) is drawn here, on the log axis
+
+
+def pass_error_series(data) -> dict[tuple[str, str, str], list[float]]:
+    """What `pass_errors` draws: {(panel "rel"|"abs", against "prev"|"golden"|"reference"|"tolerance", output):
+    one value per level (NaN where there is none: no level before the input, no reference for the output)."""
+    nan = float("nan")
+    series = {}
+    for panel in ("rel", "abs"):
+        for against in ("prev", "golden", "reference"):
+            for out in data.outputs:
+                values = [getattr(level, f"{panel}_{against}").get(out, nan) for level in data.levels]
+                if any(v == v for v in values):
+                    series[(panel, against, out)] = values
+    series[("rel", "tolerance", "")] = [nan if lv.tolerance is None else lv.tolerance for lv in data.levels]
+    return series
+
+
+def pass_errors(data, path: str, title: str, note: str = "") -> dict:
+    """Two panels over the levels (input, then each pass): normalised error (with the declared tolerances) and
+    max abs error; per output (colour) against the level before (solid), the tensor level (dotted) and the FP32
+    reference (dashed). Returns the series drawn (`pass_error_series`)."""
+    import math
+
+    series = pass_error_series(data)
+    labels = [level.label.split("{")[0] for level in data.levels]
+    plt, fig = _figure(11, 7)
+    colours = plt.get_cmap("tab10")
+    styles = {"prev": ("-", "o", "vs level before"), "golden": (":", "s", "vs tensor level"),
+              "reference": ("--", "^", "vs FP32 reference")}
+    xs = list(range(len(labels)))
+    for row, (panel, ylabel) in enumerate([("rel", "normalised error\nmax|a−b| / max|b|"),
+                                           ("abs", "max abs error")]):
+        ax = fig.add_subplot(2, 1, row + 1)
+        for (p, against, out), values in series.items():
+            if p != panel or against == "tolerance":
+                continue
+            style, marker, what = styles[against]
+            colour = colours(data.outputs.index(out) % 10)
+            shown = [ERROR_FLOOR if v == 0 else min(v, 1e6) for v in values]
+            ax.plot(xs, [v if not math.isnan(v) else float("nan") for v in shown], linestyle=style, marker=marker,
+                    color=colour, markersize=4, label=f"{out} {what}")
+        if panel == "rel":
+            tol = series[("rel", "tolerance", "")]
+            ax.scatter(xs, [ERROR_FLOOR if t == 0 else t for t in tol], marker="_", s=400, color="black",
+                       zorder=5, label="declared tolerance")
+        ax.set_yscale("log")
+        ax.axhline(ERROR_FLOOR, color="grey", linewidth=0.5)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_xticks(xs, labels if row else [""] * len(xs), rotation=30, ha="right", fontsize=7)
+        ax.grid(True, which="major", axis="y", alpha=0.3)
+        if row == 0:  # colour = output, line style = what it is compared with
+            from matplotlib.lines import Line2D
+
+            handles = [Line2D([], [], color=colours(i % 10), linewidth=3, label=out)
+                       for i, out in enumerate(data.outputs)]
+            handles += [Line2D([], [], color="black", linestyle=style, marker=marker, markersize=4, label=what)
+                        for style, marker, what in styles.values()]
+            handles.append(Line2D([], [], color="black", marker="_", markersize=12, linestyle="none",
+                                  label="declared tolerance"))
+            ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle(title + f"\n(0 = exact is drawn at {ERROR_FLOOR:.0e}){'; ' + note if note else ''}", fontsize=9)
+    _save(plt, fig, path)
+    return series
 
 
 def png_size(path: str) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""How an artifact was made: a comment header for emitted `.mlir` and `.pypto.py` files naming attnc's
+"""How an artifact was made: a comment header for emitted `.mlir`, `.pypto.py` and `.pto` files naming attnc's
 version, the source, the config with its overrides, the pipeline and a command that reproduces the file.
 
 Every value is made printable (control characters escaped) and shell-quoted, so a file name or option cannot
@@ -80,5 +80,5 @@ class Provenance:
                        + f" -o in.npz && python -m attnc.codegen.pypto_sim.runner {name} in.npz out.npz")
         return out
 
-    def header(self, comment: str, output: str | None = None) -> str:
-        return "".join(f"{comment} {line}\n" for line in self.lines(output))
+    def header(self, comment: str, output: str | None = None, extra: tuple[str, ...] = ()) -> str:
+        return "".join(f"{comment} {printable(line)}\n" for line in (*self.lines(output), *extra))

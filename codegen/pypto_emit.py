@@ -34,8 +34,8 @@ UNARY = {"neg": "pypto.neg", "exp": "pypto.exp", "sqrt": "pypto.sqrt", "rsqrt": 
 CMP = {"lt": "pypto.lt", "le": "pypto.le", "gt": "pypto.gt", "ge": "pypto.ge", "eq": "pypto.eq", "ne": "pypto.ne"}
 ROW_REDUCE = {"row_sum": "pypto.sum", "row_max": "pypto.amax", "row_min": "pypto.amin"}
 SCALAR = {"adds": "pypto.add", "muls": "pypto.mul", "maxs": "pypto.maximum"}
-VEC_TILE_ELEMS = 8192  # elements of one vector tile: leaves UB room for the op's inputs and double buffering (16384 overflows UB at the flash B=64 shape)
 
+GATHER_TILE_ELEMS = 8192  # index_select tiles with a multi-dim index at most this large (see gather_rows)
 _TEMPLATE = jinja2.Environment(loader=jinja2.PackageLoader("attnc.codegen", "templates"),
                                keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
 
@@ -47,7 +47,7 @@ class EmitError(Exception):
 _BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i8": 1, "i1": 1}
 
 
-def vec_tile(shape, dtype: str = "f32", budget: int = VEC_TILE_ELEMS) -> list[int]:
+def vec_tile(shape, dtype: str = "f32", budget: int = PyptoOptions.vec_tile_elems) -> list[int]:
     """A tile of the op's rank: the trailing dim padded to the 32-byte block, then the inner leading dims as large
     as the budget allows (fewer, larger tiles: every tile is a task of the scheduler-bound cost model).
     The trailing dim is a multiple of 16 elements even for 4-byte types: pypto 0.2.0 copies tensors that a loop
@@ -65,6 +65,7 @@ def vec_tile(shape, dtype: str = "f32", budget: int = VEC_TILE_ELEMS) -> list[in
 
 
 L0AB_BYTES, L0C_BYTES = 64 * 1024, 128 * 1024
+UB_BYTES = 192 * 1024  # the vector unit's buffer: an op's tiles (inputs and output) live there together
 
 
 def cube_tile(m: int, k: int, n: int) -> str:
@@ -101,11 +102,12 @@ class _Emitter:
     depth: int = 1
     loop_count: int = 0
     out_inits: dict = field(default_factory=dict)  # tile.full result -> output param carried in its place
-    vec_budget: int = VEC_TILE_ELEMS
+    vec_budget: int = PyptoOptions.vec_tile_elems
     params: set = field(default_factory=set)  # the kernel's input parameters (SSA block arguments)
+    scalar_only: set = field(default_factory=set)  # ops whose results only feed scatter_rows ids
 
-    def vec_tile_of(self, shape, dtype: str) -> str:
-        return ", ".join(map(str, vec_tile(shape, dtype, self.vec_budget)))
+    def vec_tile_of(self, shape, dtype: str, budget: int | None = None) -> str:
+        return ", ".join(map(str, vec_tile(shape, dtype, budget or self.vec_budget)))
 
     def fresh(self, prefix="t") -> str:
         self.counter += 1
@@ -121,16 +123,37 @@ class _Emitter:
             raise EmitError(f"value {v} used before definition")
         return self.names[v]
 
-    def set_tile(self, v: SSAValue):
-        self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of(shape_of(v.type), dtype_of(v.type))})")
+    def set_tile(self, v: SSAValue, budget: int | None = None):
+        self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of(shape_of(v.type), dtype_of(v.type), budget)})")
 
-    def bind(self, v: SSAValue, expr: str, loc: str | None = None, tile_of: SSAValue | None = None):
+    def bind(self, v: SSAValue, expr: str, loc: str | None = None, tile_of: SSAValue | None = None,
+             budget: int | None = None):
         name = self.fresh()
         self.names[v] = name
         suffix = f"  # {loc}" if loc else ""
         if isinstance(v.type, TensorType):
-            self.set_tile(tile_of if tile_of is not None else v)
+            self.set_tile(tile_of if tile_of is not None else v, budget)
         self.emit(f"{name} = {expr}{suffix}")
+
+    def _materialize_unpadded(self, op, res):
+        """A reshape that folds away a trailing dim narrower than the 32-byte block (a keepdim reduction's
+        [T, d, 1] -> [T, d]) is read by its readers through the input's layout: pypto 0.2.0 copies their tile in
+        with that dim padded to the block (8 f32), so a [16, 512] f32 reader tile needs 16x512x8x4 = 256 KiB and
+        OoOSchedule fails ("exceeds MEM_UB size"). When the padded reader tile would not fit UB, the result is
+        cloned under a tile shrunk by the padding factor: readers then read a dense tensor."""
+        in_shape, out_shape = shape_of(op.input.type), shape_of(res.type)
+        dtype = dtype_of(res.type)
+        block = max(1, 32 // _BYTES[dtype])
+        narrow = in_shape[-1] if in_shape else 1
+        if not out_shape or in_shape[-1:] == out_shape[-1:] or narrow % block == 0:
+            return
+        factor = -(-narrow // block) * block // narrow
+        reader = math.prod(vec_tile(out_shape, dtype, self.vec_budget))
+        if reader * factor * _BYTES[dtype] <= UB_BYTES:
+            return
+        tile = vec_tile(out_shape, dtype, max(1, self.vec_budget // factor))
+        self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, tile))})")
+        self.emit(f"{self.names[res]} = pypto.clone({self.names[res]})  # dense: its readers' tiles fit UB")
 
     def _topk(self, op, a, shape, loc):
         """Invalid entries get the lowest f32 score, pypto.topk sorts (FP32, last axis), and a pick whose score
@@ -148,6 +171,8 @@ class _Emitter:
 
     # ------------------------------------------------------------------------------------------ ops
     def op(self, op: Operation):
+        if op in self.scalar_only:  # computes scatter ids only, which are evaluated as scalars where used
+            return
         loc = code_text(op_location(op)) if LOC_ATTR in op.attributes else None  # the file's text: escaped
         name = op.name
         if isinstance(op, arith.ConstantOp):
@@ -166,6 +191,8 @@ class _Emitter:
             raise EmitError(f"{loc}: {name} has no pypto 0.2.0 lowering: only func/arith/scf/tile ops are emitted "
                             "(run lower-to-tiles first)")
         kind = name.split(".", 1)[1]
+        if kind == "scatter_rows":  # its ids are evaluated as scalars, not read as a tensor
+            return self._scatter_rows(op, [self.ref(op.table), self.ref(op.rows)], loc)
         a = [self.ref(v) for v in op.operands]
         res = op.results[0] if op.results else None
         dt = PYPTO_DTYPE.get(dtype_of(res.type)) if res is not None and isinstance(res.type, TensorType) else None
@@ -229,7 +256,8 @@ class _Emitter:
         if kind == "reshape":  # pypto tiles a reshape by its input
             # a kernel input is never written: reshape it in place (a view, no copy)
             inplace = ", inplace=True" if op.input in self.params else ""
-            return self.bind(res, f"pypto.reshape({a[0]}, {shape}{inplace})", loc, tile_of=op.input)
+            self.bind(res, f"pypto.reshape({a[0]}, {shape}{inplace})", loc, tile_of=op.input)
+            return self._materialize_unpadded(op, res)
         if kind == "transpose":
             perm = ints_of(op.perm)
             moved = [i for i, p in enumerate(perm) if p != i]
@@ -251,7 +279,10 @@ class _Emitter:
                 return self.bind(res, f"pypto.eq({joined}, 1.0)", loc)
             return self.bind(res, f"pypto.concat([{', '.join(a)}], {op.axis.value.data})", loc)
         if kind == "gather_rows":
-            return self.bind(res, f"pypto.index_select({a[0]}, 0, {a[1]})", loc)
+            # with a multi-dim index, larger index_select tiles fail pypto 0.2.0's verifier (FB200F: the m=128
+            # compressor's [1, 64, 256] tile of a [2, 128, 256] gather at tiny); row lists gather in full tiles
+            return self.bind(res, f"pypto.index_select({a[0]}, 0, {a[1]})", loc,
+                             budget=min(self.vec_budget, GATHER_TILE_ELEMS) if len(shape) > 2 else None)
         if kind == "topk":
             return self._topk(op, a, shape, loc)
         if kind == "iota":
@@ -306,6 +337,41 @@ class _Emitter:
         if kind == "read":
             return self._scalar(res, f"{a[0]}[{', '.join(a[1:])}]")
         raise EmitError(f"{loc}: tile.{kind} has no pypto 0.2.0 lowering: the emitter has no rule for it")
+
+    def _scatter_rows(self, op, a, loc):
+        """One row write per id: a loop over the rows m, the id computed as a scalar (pypto reads scalars only from
+        kernel parameters, so the ids' integer expression is evaluated per element from its IR, see
+        _ScalarIds), a runtime branch skipping ids < 0, and an assemble at the data-dependent row. `in_place`
+        (set by update-in-place) writes the table's own buffer; otherwise a copy of it."""
+        dest = a[0]
+        if not _in_place(op):
+            dest = self.fresh("c")
+            self.set_tile(op.table)
+            self.emit(f"{dest} = pypto.clone({a[0]})  # {loc}")
+        rows_shape, table_shape = list(shape_of(op.rows.type)), list(shape_of(op.table.type))
+        lead = table_shape[:len(table_shape) - len(rows_shape) + 1]  # the table dims a row id runs over
+        zeros = ["0"] * (len(rows_shape) - 1)
+        self.loop_count += 1
+        m = f"w{self.loop_count}"
+        self.emit(f"for {m} in pypto.loop(0, {rows_shape[0]}, 1, name=\"L{self.loop_count}\", idx_name=\"{m}\"):  # {loc}")
+        self.depth += 1
+        rid = _ScalarIds(self).element(op.ids, [m])
+        self.emit(f"if {rid} >= 0:")
+        self.depth += 1
+        offsets, stride = [], 1
+        for d in reversed(lead):  # the flat row id as offsets into the table's leading dims
+            offsets.insert(0, f"({rid} // {stride}) % {d}" if stride > 1 else f"{rid} % {d}")
+            stride *= d
+        offsets[0] = f"{rid} // {stride // lead[0]}" if len(lead) > 1 else rid
+        row, tile = self.fresh("v"), [1] * len(lead) + rows_shape[1:]
+        self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of([1, *rows_shape[1:]], dtype_of(op.rows.type))})")
+        self.emit(f"{row} = pypto.clone(pypto.view({a[1]}, {[1, *rows_shape[1:]]}, [{', '.join([m, *zeros])}]))")
+        if len(lead) > 1:
+            self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of(tile, dtype_of(op.rows.type))})")
+            self.emit(f"{row} = pypto.reshape({row}, {tile})")
+        self.emit(f"pypto.assemble({row}, [{', '.join(offsets + zeros)}], {dest})")
+        self.depth -= 2
+        self.names[op.result] = dest
 
     def _expand(self, src: str, src_shape: list, shape: list, dtype: str) -> str:
         """pypto 0.2.0 expands one axis per expand_clone: chain them; returns the last expression."""
@@ -364,6 +430,9 @@ class _Emitter:
         self.emit(f"for {idx} in pypto.loop({lo}, {hi}, {step}, name=\"L{self.loop_count}\", "
                   f"idx_name=\"{idx}\"):  # {loc}")
         self.depth += 1
+        outer_budget = self.vec_budget
+        if "vec_tile_elems" in op.attributes:  # the pass that scheduled the loop chose its vector tiles
+            self.vec_budget = op.attributes["vec_tile_elems"].value.data
         self.names[block.args[0]] = idx
         for arg, name in zip(block.args[1:], carried):
             self.names[arg] = name
@@ -375,9 +444,122 @@ class _Emitter:
                         self.emit(f"{name}[:] = {self.ref(v)}")
                 continue
             self.op(inner)
+        self.vec_budget = outer_budget
         self.depth -= 1
         for r, name in zip(results, carried):
             self.names[r] = name
+
+
+class _ScalarIds:
+    """One element of an integer tensor as a pypto scalar expression, from the ops that compute it (iota, full,
+    reshape, broadcast, integer arithmetic, compare, select, row/col expands) and scalar reads of kernel
+    parameters: pypto 0.2.0 reads a scalar only from a kernel parameter (GetTensorData), not from a computed
+    tensor. A compare is a 0/1 scalar, so select(c, x, y) is c*x + (1-c)*y."""
+
+    ARITH = {"add": "+", "sub": "-", "mul": "*", "rem": "%", "floordiv": "//"}
+    CMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
+
+    def __init__(self, em: _Emitter):
+        self.em = em
+        self.bound: dict = {}
+
+    def element(self, v: SSAValue, idx: list[str]) -> str:
+        """A name or literal for element `idx` of v (each op's element bound once to a scalar variable)."""
+        key = (v, tuple(idx))
+        if key not in self.bound:
+            expr = self._expr(v, idx)
+            if not (expr.isidentifier() or expr.lstrip("-").isdigit()):
+                name = self.em.fresh("s")
+                self.em.emit(f"{name} = {expr}")
+                expr = name
+            self.bound[key] = expr
+        return self.bound[key]
+
+    def _expr(self, v: SSAValue, idx: list[str]) -> str:
+        shape = list(shape_of(v.type))
+        if v in self.em.params:
+            return f"{self.em.ref(v)}[{', '.join(idx)}]"
+        op = v.owner
+        name = op.name.split(".", 1)[1] if op.name.startswith("tile.") else op.name
+        if name == "iota":
+            return idx[op.axis.value.data]
+        if name == "full":
+            return repr(int(op.value.value.data))
+        if name == "reshape":
+            return self.element(op.input, _reindex(idx, shape, list(shape_of(op.input.type))))
+        if name == "broadcast":
+            return self.element(op.input, [i if d != 1 else "0" for i, d in zip(idx, shape_of(op.input.type))])
+        if name.startswith(("row_expand_", "col_expand_")):
+            kind = name.split("_", 2)[2]
+            rhs = [i if d != 1 else "0" for i, d in zip(idx, shape_of(op.rhs.type))]
+            return self._binary(kind, self.element(op.lhs, idx), self.element(op.rhs, rhs), op)
+        if name in self.ARITH or name in ("and", "or", "max", "min"):
+            return self._binary(name, self.element(op.lhs, idx), self.element(op.rhs, idx), op)
+        if name == "cmp":
+            return f"({self.element(op.lhs, idx)} {self.CMP[op.predicate.data]} {self.element(op.rhs, idx)})"
+        if name == "gather_rows":  # a row of the table at the index's element (a block table lookup)
+            k = len(shape_of(op.indices.type))
+            return self.element(op.table, [self.element(op.indices, idx[:k]), *idx[k:]])
+        if name == "select":
+            c = self.element(op.cond, idx)
+            return f"({c} * {self.element(op.on_true, idx)} + (1 - {c}) * {self.element(op.on_false, idx)})"
+        raise EmitError(f"{code_text(op_location(op))}: {op.name} computes a scatter_rows id: pypto 0.2.0 reads ids "
+                        "as scalars, which the emitter derives only from iota/full/reshape/broadcast/integer "
+                        "arithmetic/cmp/select/gather_rows and kernel parameters")
+
+    def _binary(self, kind: str, a: str, b: str, op) -> str:
+        if kind in self.ARITH:
+            return f"({a} {self.ARITH[kind]} {b})"
+        if kind == "and":
+            return f"({a} * {b})"
+        if kind == "or":
+            return f"({a} + {b} - {a} * {b})"
+        if kind in ("max", "min"):
+            return f"pypto.{kind}({a}, {b})"
+        raise EmitError(f"{code_text(op_location(op))}: {op.name} has no scalar form for a scatter_rows id")
+
+
+def _reindex(idx: list[str], shape: list[int], to: list[int]) -> list[str]:
+    """The index into a tensor of shape `to` of element `idx` of its reshape to `shape` (row-major)."""
+    terms, stride = [], 1
+    for i, d in zip(reversed(idx), reversed(shape)):
+        if d != 1:
+            terms.append(i if stride == 1 else f"{i} * {stride}")
+        stride *= d
+    flat = " + ".join(reversed(terms)) or "0"
+    out, stride = [], 1
+    for d in reversed(to):
+        if d == 1:
+            out.insert(0, "0")
+        else:
+            part = flat if stride == 1 else f"(({flat}) // {stride})"
+            out.insert(0, f"({part}) % {d}" if stride * d < math.prod(to) else part)
+        stride *= d
+    return out
+
+
+def _scatter_id_ops(block) -> set:
+    """Top-level tile ops whose every result is used only as scatter_rows ids or by such ops: the emitter evaluates
+    the ids as scalars (_ScalarIds), so these tensors are never needed."""
+    found: set = set()
+    changed = True
+    while changed:
+        changed = False
+        for op in reversed(list(block.ops)):
+            if op in found or not op.results or not op.name.startswith("tile.") or op.regions:
+                continue
+            uses = [u for r in op.results for u in r.uses]
+            if uses and all((u.operation.name == "tile.scatter_rows" and u.index == 2) or u.operation in found
+                            for u in uses):
+                found.add(op)
+                changed = True
+    return found
+
+
+def _in_place(op: Operation) -> bool:
+    """Does the IR state that this op's result is its first operand updated in place?"""
+    flag = op.attributes.get("in_place")
+    return flag is not None and flag.value.data != 0
 
 
 def _const(v: SSAValue):
@@ -458,12 +640,29 @@ F32_LOWEST = -3.4028234663852886e38
 _PACKING_USERS = ("tile.concat",)  # score of an entry top-k may not pick
 
 
-def program_output_names(arg_names: list[str], out_names: list[str]) -> list[str]:
-    """Kernel parameter names of the outputs: an in/out array (a cache or state named like its input) gets an
-    `_out` parameter of its own."""
+def in_place_outputs(fn: Operation) -> set[str]:
+    """Results the IR states are their parameter updated in place: a chain of `in_place` scatters from the
+    argument of the same name (update-in-place); the kernel has one in/out parameter for each."""
+    block = fn.body.block
+    args = dict(zip((a.data for a in fn.attributes["arg_names"].data), block.args))
+    found = set()
+    for name, v in zip((a.data for a in fn.attributes["result_names"].data), block.last_op.operands):
+        while name in args and v is not args[name] and isinstance(v.owner, Operation) and _in_place(v.owner):
+            v = v.owner.table
+        if name in args and v is args[name]:
+            found.add(name)
+    return found
+
+
+def program_output_names(arg_names: list[str], out_names: list[str], in_place: set[str] = frozenset()) -> list[str]:
+    """Kernel parameter names of the outputs: an array updated in place is its input parameter; any other in/out
+    array (a cache or state named like its input) gets an `_out` parameter of its own."""
     taken = set(arg_names)
     names = []
     for name in out_names:
+        if name in in_place:
+            names.append(name)
+            continue
         new = name
         while new in taken:
             new += "_out"
@@ -482,7 +681,7 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
     fn = entry_function(module)
     arg_names = [identifier(a.data, "arg_names entry") for a in fn.attributes["arg_names"].data]
     out_names = program_output_names(arg_names, [identifier(a.data, "result_names entry")
-                                                 for a in fn.attributes["result_names"].data])
+                                                 for a in fn.attributes["result_names"].data], in_place_outputs(fn))
     em = _Emitter(vec_budget=options.vec_tile_elems)
     block = fn.body.block
     for arg, name in zip(block.args, arg_names):
@@ -490,10 +689,13 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
         em.params.add(arg)
     ret = block.last_op
     em.out_inits = _output_inits(ret, out_names)
+    em.scalar_only = _scatter_id_ops(block)
     for op in block.ops:
         em.op(op)
     params, dtypes, shapes = [], {}, {}
     for name, t in [*zip(arg_names, fn.function_type.inputs.data), *zip(out_names, fn.function_type.outputs.data)]:
+        if name in dtypes:  # an in/out parameter updated in place is declared once
+            continue
         params.append(f"{name}: pypto.Tensor({list(shape_of(t))}, {PYPTO_DTYPE[dtype_of(t)]})")
         dtypes[name], shapes[name] = dtype_of(t), list(shape_of(t))
     for name, v in zip(out_names, ret.operands):
@@ -505,6 +707,6 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
         # tensors, arguments and index_select results): always store a clone
         em.emit(f"{name}[:] = pypto.clone({ref})")
     return _TEMPLATE.get_template("pypto_kernel.py.j2").render(
-        stage=code_text(fn.sym_name.data), arg_names=arg_names + out_names, output_names=out_names, dtypes=dtypes,
+        stage=code_text(fn.sym_name.data), arg_names=list(dtypes), output_names=out_names, dtypes=dtypes,
         shapes=shapes, params=params, body=em.lines, combine_axis=options.combine_axis,
         pass_options=repr(options.pass_options()), runtime_options=repr(options.runtime_options()))

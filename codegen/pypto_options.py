@@ -34,7 +34,9 @@ class PyptoOptions:
     cube_l1_reuse_setting: dict = field(default_factory=lambda: {0: 4})
     cube_nbuffer_setting: dict = field(default_factory=lambda: {-1: 2})  # attnc tune: best on every core
     vec_nbuffer_setting: dict = field(default_factory=lambda: {-1: 4})
-    # emitter: elements of one vector tile (UB 192 KiB holds an op's inputs and outputs, double buffered)
+    # emitter: elements of one vector tile (UB 192 KiB holds an op's inputs and outputs, double buffered) outside
+    # loops whose pass chose its own (schedule-attention's vec_tile); 16384 trips pypto 0.2.0 runtime crashes
+    # (F74007) on padded key lists, 32768 overflows UB (its OoOSchedule pass fails)
     vec_tile_elems: int = 8192
 
     def with_settings(self, settings: list[str] | dict) -> PyptoOptions:

@@ -10,7 +10,7 @@ import torch
 
 from attnc.codegen.escape import file_stem
 from attnc.codegen.io import to_numpy
-from attnc.codegen.pypto_emit import emit_pypto, program_output_names
+from attnc.codegen.pypto_emit import emit_pypto, in_place_outputs, program_output_names
 from attnc.codegen.pypto_options import PyptoOptions
 from attnc.codegen.pypto_sim import run_in_subprocess
 from attnc.ir.interpreter import entry_function
@@ -51,7 +51,8 @@ def run_pypto_sim(module, inputs: dict, *, verify: str = "default", timeout_s: f
     fn = entry_function(module)
     out_names = [a.data for a in fn.attributes["result_names"].data]
     out_types = dict(zip(out_names, fn.function_type.outputs.data))
-    param_of = dict(zip(out_names, program_output_names([a.data for a in fn.attributes["arg_names"].data], out_names)))
+    param_of = dict(zip(out_names, program_output_names([a.data for a in fn.attributes["arg_names"].data], out_names,
+                                                        in_place_outputs(fn))))
     with tempfile.TemporaryDirectory(prefix="attnc-prog-") as tmp:
         path = os.path.join(tmp, f"{file_stem(fn.sym_name.data)}.py")
         with open(path, "w") as f:

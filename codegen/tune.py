@@ -62,6 +62,7 @@ PASS_SPACE = {
     ("tile-softmax", "kv-tile"): (64, 128, 256),
     ("parallelize-tokens", "rows"): (16, 32, 64),
     ("schedule-attention", "schedule"): ("auto", "batch", "token"),
+    ("schedule-attention", "vec-tile"): (8192, 16384),
 }
 # PyptoOptions fields the tuner varies; dict-valued settings as Python literals (optuna wants plain values).
 # The sets come from the hand-written kernels' choices (shared notes §3) and their neighbours.
@@ -198,7 +199,7 @@ def _value(v):
 
 def static_check(module, options) -> str | None:
     """None if every vector op's tile fits, else the reason. Per op, the emitter's vector tile (for the budget
-    `options.vec_tile_elems`) times the element bytes of the result and every tensor operand must fit UB (192
+    `options.vec_tile_elems`, or the one a pass set on the op's loop) times the element bytes of the result and every tensor operand must fit UB (192
     KiB): pypto 0.2.0 keeps an op's inputs and output in UB together (16384-element tiles overflowed it at the
     flash shape before the attention schedule). Cube tiles are chosen by the emitter within L0A/L0B/L0C with
     kL1 % kL0 == 0 (`cube_tile`), so the tuner does not vary them."""
@@ -209,7 +210,8 @@ def static_check(module, options) -> str | None:
 
 
 def largest_vector_tile(module, budget: int) -> tuple[int, str]:
-    """(bytes, description) of the op whose vector tile with its operands needs the most UB."""
+    """(bytes, description) of the op whose vector tile with its operands needs the most UB. `budget` applies
+    outside loops whose pass chose their own (`vec_tile_elems` on a tile.parallel), as in the emitter."""
     from xdsl.dialects.builtin import TensorType
 
     from attnc.codegen.pypto_emit import _BYTES, vec_tile
@@ -223,11 +225,15 @@ def largest_vector_tile(module, budget: int) -> tuple[int, str]:
         results = [r for r in op.results if isinstance(r.type, TensorType)]
         if not results:
             continue
-        tile = vec_tile(shape_of(results[0].type), dtype_of(results[0].type), budget)
+        loop = op.parent_op()
+        while loop is not None and "vec_tile_elems" not in loop.attributes:
+            loop = loop.parent_op()
+        op_budget = loop.attributes["vec_tile_elems"].value.data if loop is not None else budget
+        tile = vec_tile(shape_of(results[0].type), dtype_of(results[0].type), op_budget)
         tensors = results + [o for o in op.operands if isinstance(o.type, TensorType)]
         need = 0
         for t in tensors:  # an operand's tile is the op's tile clipped to its shape ([R, 1] row operands)
-            own = vec_tile(shape_of(t.type), dtype_of(t.type), budget)
+            own = vec_tile(shape_of(t.type), dtype_of(t.type), op_budget)
             elems = math.prod(map(min, tile, own)) if len(own) == len(tile) else math.prod(own)
             need += elems * _BYTES.get(dtype_of(t.type), 4)
         if need > worst:

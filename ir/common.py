@@ -15,6 +15,7 @@ from xdsl.dialects.builtin import (
     IntegerAttr,
     StringAttr,
     TensorType,
+    i1,
     i64,
 )
 from xdsl.ir import Attribute, Operation, SSAValue
@@ -240,6 +241,18 @@ def _gather_rows_verify(self):
     self.expect(so == (*si, *st[1:]), f"result must be {[*si, *st[1:]]}, got {describe(self.result.type)}")
 
 
+def _scatter_rows_verify(self):
+    st, sr, si = shape_of(self.table.type), shape_of(self.rows.type), shape_of(self.ids.type)
+    row = sr[1:]
+    self.expect(len(sr) >= 1 and len(st) > len(row) and st[len(st) - len(row):] == row,
+                f"rows {describe(self.rows.type)} must be [M, ...] rows ending the table {describe(self.table.type)}")
+    self.expect(dtype_of(self.ids.type) == "i32" and si == sr[:1], f"ids must be i32[{sr[0]}], got {describe(self.ids.type)}")
+    self.same_dtype(self.table, self.rows, self.result)
+    self.expect(shape_of(self.result.type) == st, "result must have the table's type")
+    flag = self.attributes.get("in_place")
+    self.expect(flag is None or (isinstance(flag, IntegerAttr) and flag.type == i1), "in_place must be a bool")
+
+
 def _iota_verify(self):
     so = shape_of(self.result.type)
     self.expect(0 <= self.axis.value.data < len(so), "axis out of range")
@@ -293,6 +306,12 @@ def define_shared_ops(prefix: str) -> list[type[IRDLOperation]]:
                                               result=result_def(TensorType), verify_=_concat_verify)))
     ops.append(_make(f"{prefix}.gather_rows", dict(table=operand_def(TensorType), indices=operand_def(TensorType),
                                                    result=result_def(TensorType), verify_=_gather_rows_verify)))
+    # the table [*P, *E] with rows[m] ([M, *E]) stored at row ids[m] of its [prod(P), *E] flattening (ids < 0 store
+    # nothing; two equal ids >= 0 are an error). Value semantics; at the tile level the attribute in_place = true
+    # (set by update-in-place) states that the result is the table's own buffer, updated (the table is dead after)
+    ops.append(_make(f"{prefix}.scatter_rows", dict(table=operand_def(TensorType), rows=operand_def(TensorType),
+                                                    ids=operand_def(TensorType), result=result_def(TensorType),
+                                                    verify_=_scatter_rows_verify)))
     # top-k ids of the valid entries of each row, descending score, ties to the lower id, -1 padding
     ops.append(_make(f"{prefix}.topk", dict(scores=operand_def(TensorType), valid=operand_def(TensorType),
                                             k=prop_def(IntegerAttr), result=result_def(TensorType),

@@ -404,6 +404,23 @@ def gather_rows(table: Tensor, indices: Tensor) -> Tensor:
     return _emit("gather_rows", [table, indices], _ty((*indices.shape, *table.shape[1:]), table.dtype))
 
 
+def scatter_rows(table: Tensor, rows: Tensor, ids: Tensor) -> Tensor:
+    """The table with rows[i] stored at row ids[i] of its flattened leading dims, value semantics (attn.scatter_rows).
+
+    ids [*L] i32 index the rows of `rows` [*L, *E]; the table is [*P, *E], row id r = row r of its [prod(P), *E]
+    flattening (b * R + slot of a [B, R, d] ring). An id < 0 stores nothing (a select makes -1 for a row that must
+    not be written); ids >= 0 must be distinct (the caller guarantees it; the interpreter checks it)."""
+    import math
+
+    k = len(ids.shape)
+    if ids.dtype != "i32" or tuple(rows.shape[:k]) != tuple(ids.shape):
+        _fail(f"scatter_rows: ids {ids} must be i32 and index the leading dims of rows {rows}")
+    row_shape = tuple(rows.shape[k:])
+    m = math.prod(ids.shape)
+    return _emit("scatter_rows", [table, reshape(rows, (m, *row_shape)), reshape(ids, (m,))],
+                 _ty(table.shape, table.dtype))
+
+
 def batch_rows(local: Tensor, width: int) -> Tensor:
     """Pool row ids of per-batch-row local ids `local` [B, ...] in a pool of `width` rows per batch row."""
     return local + iota((local.shape[0],) + (1,) * (len(local.shape) - 1), 0) * width

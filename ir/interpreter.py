@@ -263,6 +263,7 @@ def _shared_impls(dl, prefix: str) -> dict:
     table[dl["transpose"]] = lambda it, op, a: (a[0].permute(ints_of(op.perm)).contiguous(),)
     table[dl["concat"]] = lambda it, op, a: (torch.cat(list(a), op.axis.value.data),)
     table[dl["gather_rows"]] = _gather_rows
+    table[dl["scatter_rows"]] = _scatter_rows
     table[dl["topk"]] = lambda it, op, a: (topk_indices(a[0], a[1], op.k.value.data),)
     table[dl["iota"]] = _iota
     table[dl["full"]] = lambda it, op, a: (
@@ -275,6 +276,28 @@ def _gather_rows(it, op, a):
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= table.shape[0]):
         raise InterpretError(f"row index out of range [0, {table.shape[0]}): min {int(idx.min())}, max {int(idx.max())}")
     return (table[idx.long()],)
+
+
+def scatter_rows(table: torch.Tensor, rows: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """A new table: row ids[m] holds rows[m] where ids[m] >= 0, every other row keeps its value. An id beyond the
+    table or two equal ids >= 0 are an error (the writer guarantees distinct ids, so the order of writes never
+    matters)."""
+    keep = ids >= 0
+    picked = ids[keep].long()
+    flat = table.reshape(-1, *rows.shape[1:]) if rows.dim() > 1 else table.reshape(-1)
+    if picked.numel():
+        if int(picked.max()) >= flat.shape[0]:
+            raise InterpretError(f"row id {int(picked.max())} out of range [0, {flat.shape[0]})")
+        if torch.unique(picked).numel() != picked.numel():
+            uniq, counts = torch.unique(picked, return_counts=True)
+            raise InterpretError(f"row id {int(uniq[counts > 1][0])} written twice (ids must be distinct)")
+    out = flat.clone()
+    out[picked] = rows[keep]
+    return out.reshape(table.shape)
+
+
+def _scatter_rows(it, op, a):
+    return (scatter_rows(*a),)
 
 
 def _iota(it, op, a):

@@ -100,6 +100,9 @@ def _parallel_verify(self):
     schedule = self.attributes.get("schedule")  # set by schedule-attention: the query groups one iteration takes
     self.expect(schedule is None or (isinstance(schedule, StringAttr) and schedule.data in PARALLEL_SCHEDULES),
                 f"schedule must be one of {PARALLEL_SCHEDULES}")
+    budget = self.attributes.get("vec_tile_elems")  # set by schedule-attention: vector tile size inside the loop
+    self.expect(budget is None or (isinstance(budget, IntegerAttr) and 16 <= budget.value.data <= 1 << 20),
+                "vec_tile_elems must be an integer in [16, 2^20]")
 
 
 def _constant_index(v):

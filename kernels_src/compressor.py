@@ -34,8 +34,9 @@ def hadamard_signs(n: int):
 
 
 def compress(cfg, xn, w_kv, w_gate, ape, norm_w, kv_state, score_state, cache, start_pos, rope_cos, rope_sin,
-             ratio: int, dim: int, rotate: bool):
-    """One step of a compressor: (kv_state', score_state', cache'). xn [T, model dim] bf16 (attn_norm output)."""
+             ratio: int, dim: int, rotate: bool, rows_of=None):
+    """One step of a compressor: (kv_state', score_state', cache'). xn [T, model dim] bf16 (attn_norm output).
+    `rows_of`: the cache's row ids of slots (a paged cache's block table, paged.py); default dense [B, N, d]."""
     B, S, T, eps = cfg["batch"], cfg["seq"], cfg["tokens"], cfg["norm_eps"]
     overlap = ratio == 4
     ring, width = kv_state.shape[1], kv_state.shape[2]
@@ -63,9 +64,8 @@ def compress(cfg, xn, w_kv, w_gate, ape, norm_w, kv_state, score_state, cache, s
     entry = rope(normed, rope_cos, rope_sin, first, out="bf16")
     if rotate:
         entry = cast(matmul(entry, hadamard_signs(dim)) * (1.0 / math.sqrt(dim)), "bf16")
-    new_state = ring_store(cfg, state, step, start_pos)
-    new_cache = store_completed(cfg, cache, from_tokens(entry), start_pos, ratio)
-    return (slice_(new_state, (0, 0, 0), (B, ring, width)), slice_(new_state, (0, 0, width), (B, ring, width)),
+    new_cache = store_completed(cfg, cache, from_tokens(entry), start_pos, ratio, rows_of)
+    return (ring_store(cfg, kv_state, from_tokens(a), start_pos), ring_store(cfg, score_state, from_tokens(z), start_pos),
             new_cache)
 
 
@@ -87,18 +87,18 @@ MAIN_PARAMS = _compressor_params("c", "", "head_dim", "cmp_width", "cmp_rows", "
 INDEX_PARAMS = _compressor_params("ic", "i", "index_dim", "index_width", 8, 4, "idx_cmp")
 
 
-def main_compressor(cfg, a: dict, xn):
+def main_compressor(cfg, a: dict, xn, rows_of=None):
     """The layer's compressor (d = head_dim, m = the layer's ratio) on named arguments `a`."""
     return compress(cfg, xn, a["wc_kv"], a["wc_gate"], a["c_ape"], a["c_norm_w"], a["kv_state"], a["score_state"],
                     a["kv_cmp"], a["start_pos"], a["rope_cos"], a["rope_sin"], cfg["compress_ratio"],
-                    cfg["head_dim"], rotate=False)
+                    cfg["head_dim"], rotate=False, rows_of=rows_of)
 
 
-def index_compressor(cfg, a: dict, xn):
+def index_compressor(cfg, a: dict, xn, rows_of=None):
     """The indexer's compressor (d = index_dim, m = 4 with overlap, Hadamard-rotated keys)."""
     return compress(cfg, xn, a["wic_kv"], a["wic_gate"], a["ic_ape"], a["ic_norm_w"], a["ikv_state"],
                     a["iscore_state"], a["idx_cmp"], a["start_pos"], a["rope_cos"], a["rope_sin"], 4,
-                    cfg["index_dim"], rotate=True)
+                    cfg["index_dim"], rotate=True, rows_of=rows_of)
 
 
 def _needs_ratio(cfg):

@@ -5,18 +5,18 @@ import math
 
 CONFIG_KEYS = ("batch", "seq", "dim", "n_heads", "head_dim", "rope_dim", "q_lora_rank", "o_lora_rank",
                "o_groups", "window", "compress_ratio", "n_cmp", "cmp_topk", "index_heads", "index_dim", "max_pos",
-               "norm_eps", "layout", "tokens")
+               "norm_eps", "block_size", "layout", "tokens")
 LAYOUTS = ("dense", "packed")
 
 _FLASH = dict(batch=64, seq=2, dim=4096, n_heads=64, head_dim=512, rope_dim=64, q_lora_rank=1024,
               o_lora_rank=1024, o_groups=8, window=128, compress_ratio=4, n_cmp=2048, cmp_topk=512,
-              index_heads=64, index_dim=128, max_pos=8192, norm_eps=1e-6, layout="dense", tokens=0)
+              index_heads=64, index_dim=128, max_pos=8192, norm_eps=1e-6, block_size=64, layout="dense", tokens=0)
 CONFIGS: dict[str, dict] = {
     "flash": _FLASH,
     "pro": {**_FLASH, "dim": 7168, "n_heads": 128, "q_lora_rank": 1536, "o_groups": 16, "cmp_topk": 1024},
     "tiny": dict(batch=2, seq=2, dim=64, n_heads=4, head_dim=128, rope_dim=64, q_lora_rank=32, o_lora_rank=32,
                  o_groups=2, window=8, compress_ratio=4, n_cmp=8, cmp_topk=4, index_heads=8, index_dim=128,
-                 max_pos=64, norm_eps=1e-6, layout="dense", tokens=0),
+                 max_pos=64, norm_eps=1e-6, block_size=4, layout="dense", tokens=0),
 }
 
 
@@ -100,6 +100,12 @@ def derived_sizes(cfg: dict) -> dict:
         cmp_rows=(2 if cfg["compress_ratio"] == 4 else 1) * cfg["compress_ratio"],
         index_width=2 * cfg["index_dim"],
         index_qdim=cfg["index_heads"] * cfg["index_dim"],
+        # paged layer forms (decode_*_paged): logical blocks per row and pool blocks of the window ring and of the
+        # compressed caches (a pool holds exactly every row's blocks)
+        ring_blocks=-(-cfg["window"] // cfg["block_size"]),
+        cmp_blocks=-(-cfg["n_cmp"] // cfg["block_size"]),
+        ring_pool=cfg["batch"] * -(-cfg["window"] // cfg["block_size"]),
+        cmp_pool=cfg["batch"] * -(-cfg["n_cmp"] // cfg["block_size"]),
     )
 
 

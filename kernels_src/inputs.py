@@ -123,6 +123,8 @@ def make_inputs(stage_def: StageDef, cfg: dict, seed: int = 0, given: dict | Non
             t = sin
         elif name == "cmp_idx":
             t = compressed_ids(cfg, out.get("start_pos"), gen, positions)
+        elif name.endswith("_block_table"):  # a shuffled table: every pool block mapped once
+            t = torch.randperm(math.prod(shape), generator=gen).reshape(shape)
         elif name == "attn_sink":
             t = torch.randn(shape, generator=gen)
         elif name.endswith("norm_w"):
@@ -144,9 +146,13 @@ def make_inputs(stage_def: StageDef, cfg: dict, seed: int = 0, given: dict | Non
 INDEX_INPUTS = {
     "start_pos": lambda cfg: (0, cfg["max_pos"] - cfg["seq"], "every token position start_pos + s < max_pos"),
     "cmp_idx": lambda cfg: (-1, cfg["n_cmp"] - 1, "a compressed entry id < n_cmp, or -1 for padding"),
+    "ring_block_table": lambda cfg: (0, cfg["ring_pool"] - 1, "a block of the kv_ring pool"),
+    "cmp_block_table": lambda cfg: (0, cfg["cmp_pool"] - 1, "a block of the kv_cmp/idx_cmp pools"),
     "position_ids": lambda cfg: (0, cfg["max_pos"] - 1, "a position inside the RoPE table, < max_pos"),
     "cu_seqlens": lambda cfg: (0, cfg["tokens"], "a token index of the packed step, <= tokens"),
 }
+# index inputs whose values must also be distinct: a physical block mapped twice would be written by two rows
+DISTINCT_INPUTS = {"ring_block_table": "kv_ring", "cmp_block_table": "kv_cmp/idx_cmp"}
 
 
 class IndexInputError(ValueError):
@@ -166,6 +172,14 @@ def check_index_inputs(stage_def: StageDef, cfg: dict, arrays: dict, where: str 
             at = [int(i) for i in bad[0]]
             raise IndexInputError(f"{where + ': ' if where else ''}array '{name}'{at}: value {int(t[tuple(at)])} "
                                   f"outside [{lo}, {hi}] ({meaning})")
+        if name in DISTINCT_INPUTS:
+            flat = t.reshape(-1)
+            values, counts = torch.unique(flat, return_counts=True)
+            if (counts > 1).any():
+                block = int(values[counts > 1][0])
+                at = [[int(i) for i in ix] for ix in (t == block).nonzero()[:2]]
+                raise IndexInputError(f"{where + ': ' if where else ''}array '{name}'{at[0]} and {at[1]}: block "
+                                      f"{block} mapped twice (two rows would write one block of {DISTINCT_INPUTS[name]})")
     if "position_ids" in params:
         check_packed_rows(cfg, arrays, where)
 

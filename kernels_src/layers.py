@@ -15,6 +15,7 @@ from .compressor import INDEX_PARAMS, MAIN_PARAMS, index_compressor, main_compre
 from .configs import with_compress_ratio
 from .indexer import INDEXER_PARAMS, index_select
 from .qkv_proj_rope import project
+from .paged import paged_rows, read_paged
 from .rings import ring_store
 from .sparse_attn import attention_core, output_projection
 
@@ -57,6 +58,24 @@ def _layer_params(kind: str) -> dict:
     return params
 
 
+# the paged form: window ring and compressed caches as block pools [num_blocks, block_size, d] with block tables
+_PAGED = {
+    "kv_ring": In("ring_pool", "block_size", "head_dim"),
+    "kv_cmp": In("cmp_pool", "block_size", "head_dim"),
+    "idx_cmp": In("cmp_pool", "block_size", "index_dim"),
+}
+_BLOCK_TABLES = {"ring_block_table": In("batch", "ring_blocks", dtype="i32"),
+                 "cmp_block_table": In("batch", "cmp_blocks", dtype="i32")}
+
+
+def _paged_params(kind: str) -> dict:
+    params = {k: _PAGED.get(k, v) for k, v in _layer_params(kind).items()}
+    params["ring_block_table"] = _BLOCK_TABLES["ring_block_table"]
+    if kind != "swa":
+        params["cmp_block_table"] = _BLOCK_TABLES["cmp_block_table"]
+    return params
+
+
 def _layer_outputs(kind: str) -> tuple[str, ...]:
     outs = ("out", "kv_ring")
     if kind != "swa":
@@ -66,36 +85,47 @@ def _layer_outputs(kind: str) -> tuple[str, ...]:
     return outs
 
 
-def decode_layer(cfg, kind: str, a: dict) -> dict:
-    B, S = cfg["batch"], cfg["seq"]
+def decode_layer(cfg, kind: str, a: dict, paged: bool = False) -> dict:
+    """One layer step. `paged`: kv_ring, kv_cmp and idx_cmp are block pools read and written through
+    ring_block_table / cmp_block_table (paged.py); the computation is the dense one on the same logical rows."""
     q, kv, qr, xn = project(cfg, a["x"], a["attn_norm_w"], a["wq_a"], a["q_norm_w"], a["wq_b"], a["wkv"],
                             a["kv_norm_w"], a["start_pos"], a["rope_cos"], a["rope_sin"])
     kv_step = from_tokens(kv)
+    ring_rows = paged_rows(cfg, a["ring_block_table"]) if paged else None
+    cmp_rows = paged_rows(cfg, a["cmp_block_table"]) if paged and kind != "swa" else None
+
+    def logical(table, block_table: str, length: int):  # what a read sees: the dense table, or the pool's rows
+        return read_paged(cfg, table, a[block_table], length) if paged else table
+
     outs, kv_cmp, cmp_idx = {}, None, None
     if kind != "swa":
-        outs["kv_state"], outs["score_state"], kv_cmp = main_compressor(cfg, a, xn)
-        outs["kv_cmp"] = kv_cmp
+        outs["kv_state"], outs["score_state"], outs["kv_cmp"] = main_compressor(cfg, a, xn, cmp_rows)
+        kv_cmp = logical(outs["kv_cmp"], "cmp_block_table", cfg["n_cmp"])
     if kind == "csa":
-        outs["ikv_state"], outs["iscore_state"], outs["idx_cmp"] = index_compressor(cfg, a, xn)
-        _, picks = index_select(cfg, xn, qr, a["wi_q"], a["wi_w"], outs["idx_cmp"], a["start_pos"], a["rope_cos"],
-                                a["rope_sin"])
+        outs["ikv_state"], outs["iscore_state"], outs["idx_cmp"] = index_compressor(cfg, a, xn, cmp_rows)
+        _, picks = index_select(cfg, xn, qr, a["wi_q"], a["wi_w"], logical(outs["idx_cmp"], "cmp_block_table", cfg["n_cmp"]),
+                                a["start_pos"], a["rope_cos"], a["rope_sin"])
         cmp_idx = outs["cmp_idx"] = from_tokens(picks)
-    o = attention_core(cfg, from_tokens(q), a["kv_ring"], kv_step, kv_cmp, cmp_idx, a["start_pos"], a["attn_sink"])
+    o = attention_core(cfg, from_tokens(q), logical(a["kv_ring"], "ring_block_table", cfg["window"]), kv_step, kv_cmp, cmp_idx,
+                       a["start_pos"], a["attn_sink"])
     outs["out"] = output_projection(cfg, o, a["start_pos"], a["rope_cos"], a["rope_sin"], a["wo_a"], a["wo_b"])
-    outs["kv_ring"] = ring_store(cfg, a["kv_ring"], kv_step, a["start_pos"])
+    outs["kv_ring"] = ring_store(cfg, a["kv_ring"], kv_step, a["start_pos"], ring_rows)
     return outs
 
 
-def _register(kind: str, ratio: int):
+def _register(kind: str, ratio: int, paged: bool):
     def body(cfg, **a):
-        return decode_layer(cfg, kind, a)
+        return decode_layer(cfg, kind, a, paged)
 
-    body.__doc__ = {"swa": "Decode step of a sliding-window layer (theta 10000, no YaRN).",
-                    "hca": "Decode step of an HCA layer (m = 128, every complete entry visible).",
-                    "csa": "Decode step of a CSA layer (m = 4 overlapping, indexer top-k)."}[kind]
-    stage(f"decode_{kind}", outputs=_layer_outputs(kind), params=_layer_params(kind),
+    body.__doc__ = {"swa": "Decode step of a sliding-window layer (theta 10000, no YaRN)",
+                    "hca": "Decode step of an HCA layer (m = 128, every complete entry visible)",
+                    "csa": "Decode step of a CSA layer (m = 4 overlapping, indexer top-k)"}[kind] + \
+        (", paged caches (block pools + block tables, block_size)." if paged else ".")
+    stage(f"decode_{kind}{'_paged' if paged else ''}", outputs=_layer_outputs(kind),
+          params=_paged_params(kind) if paged else _layer_params(kind),
           configure=lambda cfg: with_compress_ratio(cfg, ratio))(body)
 
 
-for _kind, _ratio in LAYER_KINDS.items():
-    _register(_kind, _ratio)
+for _paged in (False, True):
+    for _kind, _ratio in LAYER_KINDS.items():
+        _register(_kind, _ratio, _paged)

@@ -8,17 +8,20 @@ ever sees a row its predecessors overwrote (pypto-lib#492). S may exceed R (a pr
 the step are read from the ring only when they are within R of the token, the rest from the step, and the ring
 after the step keeps the newest R positions.
 
-All tables are gathered from one pool [B * (n_1 + n_2 + ...), ...] made of per-batch-row blocks, so a row id is
-`local + b * width` and each batch row only ever reads its own rows.
+Reads gather from one pool [B * (n_1 + n_2 + ...), ...] made of per-batch-row blocks, so a row id is
+`local + b * width` and each batch row only ever reads its own rows. Writes are `scatter_rows` of the step's rows
+(only those that land: the newest R positions of a ring, the completing tokens of a cache) at row ids
+`b * R + slot` of the table; every other row keeps its value, so a step's update costs its S rows, not the table.
 
 Packed layout (`start_pos` is a PackedRows: position_ids [T], cu_seqlens [B+1]): the same definitions per token,
-with each token's row and position from the metadata instead of (b, start_pos[b] + s). The pool is
-[every row's ring rows (B*R) | the step's T token rows]; position p of token t's row is the step token
-t - (pos[t] - p) when p is not before the row's first position of the step (rows are contiguous, in position
-order), else the ring row row[t]*R + p mod R. A row with 0 tokens keeps its ring and cache unchanged.
+with each token's row and position from the metadata instead of (b, start_pos[b] + s). Reads gather from one pool
+[every row's ring rows (B*R) | the step's T token rows]: position p of token t's row is the step token
+t - (pos[t] - p) when p is not before the row's first position in the step (rows are contiguous, in position
+order), else ring row row[t]*R + p mod R. Writes scatter a token's row to its row's slot when it is among its
+row's newest R positions (caches: when it completes a block). A row with 0 tokens keeps its rows unchanged.
 """
 from attnc.ir.dsl import (
-    PackedRows, batch_rows, concat, gather_pool, gather_rows, iota, maximum, reshape, select, to_tokens,
+    PackedRows, concat, gather_pool, gather_rows, iota, maximum, minimum, reshape, scatter_rows, select, to_tokens,
     token_positions,
 )
 
@@ -44,30 +47,38 @@ def ring_window(cfg, old, step, start_pos, span: int):
     return gather_pool([old, step], local, (T, span)), to_tokens(valid)
 
 
-def ring_store(cfg, old, step, start_pos):
-    """The ring after the step: slot j holds the newest position p <= start_pos + S - 1 with p mod R == j."""
-    if isinstance(start_pos, PackedRows):
-        return packed_ring_store(old, step, start_pos)
-    B, S, R = cfg["batch"], cfg["seq"], old.shape[1]
-    last = reshape(start_pos, (B, 1)) + (S - 1)
-    slot = iota((B, R), 1)
-    p = last - (last - slot + R) % R
-    sp = reshape(start_pos, (B, 1))
-    local = select(p >= sp, p - sp + R, slot)
-    return gather_pool([old, step], local, (B, R))
+def dense_rows(length: int):
+    """Row ids of slots [B, ...] of a dense per-row table [B, length, ...]: b * length + slot (`row`: each slot's
+    batch row when it is not the leading index, e.g. the packed layout's per-token rows)."""
+    return lambda slot, row=None: (iota(slot.shape, 0) if row is None else row) * length + slot
 
 
-def store_completed(cfg, cache, entries, start_pos, ratio: int):
-    """The compressed cache after the step: slot w takes the entry of the step token that completed block w
-    (position (w+1)*ratio - 1), every other slot keeps its value. `entries` [B, S, ...] holds one candidate per
-    token; only completing tokens' candidates are ever stored."""
+def ring_store(cfg, old, step, start_pos, rows_of=None):
+    """The ring after the step: token s of row b (position p = start_pos[b] + s) is stored at slot p mod R when it
+    is among the row's newest R positions (s >= S - R), so slot j holds the newest position p with p mod R == j.
+    `rows_of(slot [B, S])` gives the table row ids of the slots (default: the dense [B, R, ...] layout; a paged
+    cache maps them through its block table, see paged.py)."""
+    B, S, R = cfg["batch"], cfg["seq"], cfg["window"] if rows_of else old.shape[1]
     if isinstance(start_pos, PackedRows):
-        return packed_store_completed(cache, entries, start_pos, ratio)
-    B, S, N = cfg["batch"], cfg["seq"], cache.shape[1]
-    sp = reshape(start_pos, (B, 1))
-    s_done = (iota((B, N), 1) + 1) * ratio - 1 - sp  # the step index that completes slot w, if any
-    local = select((s_done >= 0) & (s_done < S), s_done + N, iota((B, N), 1))
-    return gather_pool([cache, entries], local, (B, N))
+        return packed_ring_store(old, step, start_pos, R, rows_of)
+    s = iota((B, S), 1)
+    p = reshape(start_pos, (B, 1)) + s
+    ids = select(s >= S - R, (rows_of or dense_rows(R))(p % R), -1)
+    return scatter_rows(old, step, ids)
+
+
+def store_completed(cfg, cache, entries, start_pos, ratio: int, rows_of=None):
+    """The compressed cache after the step: the token at position p = (w+1)*ratio - 1 completes block w and stores
+    its candidate entry (`entries` [B, S, ...], one per token) at slot w < N; every other slot keeps its value.
+    `rows_of` as in ring_store."""
+    B, S, N = cfg["batch"], cfg["seq"], cfg["n_cmp"] if rows_of else cache.shape[1]
+    if isinstance(start_pos, PackedRows):
+        return packed_store_completed(cache, entries, start_pos, ratio, N, rows_of)
+    p = reshape(start_pos, (B, 1)) + iota((B, S), 1)
+    w = (p + 1) // ratio - 1
+    completes = ((p + 1) % ratio).eq(0) & (w < N)
+    slot = maximum(minimum(w, N - 1), 0)  # a slot id for every token (only completing ones are stored)
+    return scatter_rows(cache, entries, select(completes, (rows_of or dense_rows(N))(slot), -1))
 
 
 # -------------------------------------------------------------------------------------------------- packed layout
@@ -104,35 +115,23 @@ def packed_ring_window(old, step, rows: PackedRows, span: int):
     return gather_rows(stacked_pool([_row_major(old), step]), to_tokens(ids)), to_tokens(valid)
 
 
-def _row_facts(rows: PackedRows):
-    """[B, 1] token count, first token index and first position of every row in this step."""
-    B = rows.rows
-    return (reshape(rows.row_lengths(), (B, 1)), reshape(rows.row_starts(), (B, 1)),
-            reshape(rows.row_start_positions(), (B, 1)))
+def packed_ring_store(old, step, rows: PackedRows, ring: int, rows_of=None):
+    """ring_store of the packed layout (step [T, ...]): token t is stored at its row's slot pos[t] mod R when it is
+    among its row's newest R positions of the step."""
+    in_row = rows.token_index() - rows.row_first_token()
+    slot = rows.positions % ring
+    ids = select(in_row >= rows.token_row_length() - ring, (rows_of or dense_rows(ring))(slot, rows.token_row()), -1)
+    return scatter_rows(old, step, ids)
 
 
-def packed_ring_store(old, step, rows: PackedRows):
-    """ring_store of the packed layout: slot j of row b takes the newest position p of the row with p mod R == j
-    when that position is one of this step's tokens of row b (among its newest R), else keeps its row."""
-    B, R = old.shape[0], old.shape[1]
-    n, first_token, first_pos = _row_facts(rows)
-    last = first_pos + n - 1
-    slot = iota((B, R), 1)
-    p = last - (last - slot + R) % R
-    ids = select((n > 0) & (p >= first_pos), first_token + (p - first_pos) + B * R, batch_rows(slot, R))
-    return gather_rows(stacked_pool([_row_major(old), step]), ids)
-
-
-def packed_store_completed(cache, entries, rows: PackedRows, ratio: int):
-    """store_completed of the packed layout: slot w of row b takes the entry of row b's step token at position
-    (w+1)*ratio - 1, if the step has it; entries [T, ...]."""
-    B, N = cache.shape[0], cache.shape[1]
-    n, first_token, first_pos = _row_facts(rows)
-    w = iota((B, N), 1)
-    s_done = (w + 1) * ratio - 1 - first_pos  # the index within the row of the token completing slot w
-    done = (n > 0) & (s_done >= 0) & (s_done < n)
-    ids = select(done, first_token + s_done + B * N, batch_rows(w, N))
-    return gather_rows(stacked_pool([_row_major(cache), entries]), ids)
+def packed_store_completed(cache, entries, rows: PackedRows, ratio: int, n: int, rows_of=None):
+    """store_completed of the packed layout (entries [T, ...]): the token at position (w+1)*ratio - 1 stores its
+    entry at slot w < n of its row."""
+    p = rows.positions
+    w = (p + 1) // ratio - 1
+    completes = ((p + 1) % ratio).eq(0) & (w < n)
+    slot = maximum(minimum(w, n - 1), 0)
+    return scatter_rows(cache, entries, select(completes, (rows_of or dense_rows(n))(slot, rows.token_row()), -1))
 
 
 def row_entries(cfg, table, start_pos):

@@ -15,10 +15,10 @@ from xdsl.passes import ModulePass, PassPipeline
 from xdsl.utils.arg_spec import parse_pipeline
 
 DEFAULT_PIPELINE = ("fuse-rmsnorm,rope-selector-matmul,gather-keys,tile-softmax{kv-tile=32},parallelize-tokens{rows=16},"
-                    "tile-matmul{k=512},lower-to-tiles,canonicalize,cse")
+                    "tile-matmul{k=512},lower-to-tiles,canonicalize,cse,update-in-place")
 # pypto: wider KV tiles (as pypto-lib#486) and 32-row token chunks halve the simulated time at the flash shape
 PYPTO_PIPELINE = ("fuse-rmsnorm,rope-selector-matmul,tile-softmax{kv-tile=128},parallelize-tokens{rows=32},"
-                  "schedule-attention,tile-matmul{k=512},lower-to-tiles,canonicalize,cse")
+                  "schedule-attention,tile-matmul{k=512},lower-to-tiles,canonicalize,cse,update-in-place")
 # PTO (ptoas 0.1.1): one token per kernel (rows=1, the token axis is dropped), 16-key tiles; then f16 and the
 # legalization of what 0.1.1 cannot express (host-side gathers, 0/1 masks instead of i1)
 PTO_PIPELINE = ("fuse-rmsnorm,rope-selector-matmul,gather-keys,tile-softmax{kv-tile=16},parallelize-tokens{rows=1},"
@@ -48,6 +48,7 @@ _PASS_MODULES = {
     "lower-to-tiles": "lower_to_tiles",
     "pto-dtype": "pto_dtype",
     "pto-legalize": "pto_legalize",
+    "update-in-place": "update_in_place",
 }
 # xDSL's generic passes that attnc pipelines may use
 _XDSL_PASSES = {

@@ -30,7 +30,8 @@ from attnc.ir.tile_dialect import ParallelOp, YieldOp
 from attnc.ir.types import dtype_of, shape_of
 
 from . import AttncPass, PassError, register
-from ._build import INDEX, assemble, at_end, before, const, constant_value, minsi, subi, tile_full, view
+from ._build import (INDEX, assemble, at_end, before, const, constant_value, defined_inside, minsi, subi, tile_full,
+                     view)
 
 _ELEMENTWISE = {"add", "sub", "mul", "div", "max", "min", "rem", "floordiv", "and", "or", "neg", "exp", "sqrt",
                 "rsqrt", "recip", "relu", "abs", "cmp", "select", "cast"}
@@ -188,7 +189,7 @@ class _Analysis:
 
     def external_operands(self, op: Operation) -> list[SSAValue]:
         """Values of the function body that `op` or an op nested in it uses."""
-        return [v for nested in op.walk() for v in nested.operands if not _defined_inside(v, op)]
+        return [v for nested in op.walk() for v in nested.operands if not defined_inside(op, v)]
 
     def levels(self) -> list[list[Operation]]:
         """Token regions in dependence order, after putting the body in an order that makes each contiguous.
@@ -293,24 +294,6 @@ class _Analysis:
 def _tensor_results(op: Operation) -> list[SSAValue]:
     """Results of a token-local op: all token rows (it keeps axis 0 as the token axis)."""
     return [r for r in op.results if isinstance(r.type, TensorType)]
-
-
-def _defined_inside(v: SSAValue, op: Operation) -> bool:
-    """Whether `v` is a result of an op nested in `op` or an argument of a block nested in `op`."""
-    owner = v.owner
-    if isinstance(owner, Block):
-        holder = owner.parent_op()
-        return holder is not None and (holder is op or _inside(holder, op))
-    return owner is not op and _inside(owner, op)
-
-
-def _inside(inner: Operation, outer: Operation) -> bool:
-    p = inner.parent_op()
-    while p is not None:
-        if p is outer:
-            return True
-        p = p.parent_op()
-    return False
 
 
 def _retype(v: SSAValue, rows: int) -> None:

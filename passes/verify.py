@@ -85,15 +85,20 @@ def _label(p: ModulePass) -> str:
 def run_pipeline(module: ModuleOp, pipeline: str, *, verify_inputs: Sequence[torch.Tensor] | None = None,
                  output_names: Sequence[str] = (), after_pass: Callable[[str, ModuleOp], None] | None = None,
                  stop_on_failure: bool = True,
-                 before_pass: Callable[[str, ModuleOp], None] | None = None) -> CompileReport:
+                 before_pass: Callable[[str, ModuleOp], None] | None = None,
+                 on_level: Callable[[str, list[torch.Tensor]], None] | None = None) -> CompileReport:
     """Apply `pipeline` to `module` in place. With `verify_inputs`, interpret before/after every pass.
-    `before_pass`/`after_pass` are called with the pass label (as in a pipeline string) and the module."""
+    `before_pass`/`after_pass` are called with the pass label (as in a pipeline string) and the module;
+    `on_level` (with `verify_inputs`) with "input" and the input module's outputs, then with each pass's label
+    and the outputs after it (the values the verification compared, for pictures of the errors)."""
     report = CompileReport()
     pipe = build_pipeline(pipeline)
     ctx = make_context()
     t_ref = time.perf_counter()
     previous = run_module(module, verify_inputs) if verify_inputs is not None else None
     report.reference_seconds = time.perf_counter() - t_ref
+    if on_level is not None and previous is not None:
+        on_level("input", previous)
     start = time.perf_counter()
     verify_time = 0.0
     for p in pipe.passes:
@@ -117,6 +122,8 @@ def run_pipeline(module: ModuleOp, pipeline: str, *, verify_inputs: Sequence[tor
             for name, got, want in zip(names, current, previous):
                 rec = VerifyRecord(label, name, normalised_error(got, want), pass_tolerance(p))
                 report.records.append(rec)
+            if on_level is not None:
+                on_level(label, current)
             previous = current
             report.verify_seconds[label] = time.perf_counter() - t1
             verify_time += report.verify_seconds[label]

@@ -184,6 +184,66 @@ def test_steps_refusals(capsys):
     one_error(*run(capsys, "run", "decode_swa", "--steps", "200")[::2], r"outside the RoPE table \(max_pos 64")
 
 
+def test_steps_file_steps_of_different_sizes_equal_one_long_step(capsys, tmp_path):
+    """--steps-file with token counts [1, 2] (a line file, comments allowed) ends in the caches and states of one
+    3-token step on the same tokens, bit for bit; each step is built for its own seq and starts where the last
+    ended."""
+    one = tmp_path / "one.npz"
+    assert run(capsys, "inputs", "decode_hca", "--set", "seq=1", "--start-pos", "126", "-o", str(one))[0] == 0
+    steps = tmp_path / "steps.txt"
+    steps.write_text("1  # the first token\n\n2\n")
+    code, _, err = run(capsys, "run", "decode_hca", "--inputs", str(one), "--steps-file", str(steps), "--seed", "5",
+                       "--out", str(tmp_path / "after.npz"))
+    assert code == 0, err
+    assert "step 1/2: start_pos=[126, 126] seq=1" in err and "step 2/2: start_pos=[127, 127] seq=2" in err
+    with np.load(one) as data:
+        arrays = {k: data[k] for k in data.files}
+    x1 = torch.randn((2, 2, 64), generator=torch.Generator().manual_seed(6)).to(torch.bfloat16).float().numpy()
+    arrays["x"] = np.concatenate([arrays["x"], x1], axis=1)  # step k's tokens are seeded with seed + k
+    three = tmp_path / "three.npz"
+    np.savez(three, **arrays)
+    assert run(capsys, "run", "decode_hca", "--set", "seq=3", "--inputs", str(three), "--out",
+               str(tmp_path / "long.npz"))[0] == 0
+    with np.load(tmp_path / "after.npz") as a, np.load(tmp_path / "long.npz") as b:
+        for name in ("kv_ring", "kv_state", "score_state", "kv_cmp"):
+            assert np.array_equal(a[name], b[name]), name
+        assert np.array_equal(a["out"], b["out"][:, 1:])
+        assert a["kv_cmp"].any()  # position 127 completed block 0 inside the second step
+    steps.write_text("[1, 1]")  # the JSON form
+    code, _, err = run(capsys, "run", "decode_swa", "--steps-file", str(steps))
+    assert code == 0 and "step 2/2: start_pos=[1, 1] seq=1" in err
+
+
+@pytest.mark.parametrize("content, pattern", [
+    ("2\nabc\n", r"steps.txt:2: 'abc' is not a token count"),
+    ("[2, 0]", r"steps.txt: entry 1: 0 is not a token count"),
+    ("[2, true]", r"entry 1: True is not a token count"),
+    ("[1.5]", r"entry 0: 1.5 is not"),
+    ('{"steps": [1]}', r"not a JSON list of token counts"),
+    ("[1, 2", r"not a JSON list of token counts: "),
+    ("# nothing\n\n", r"steps.txt: no steps"),
+    ("40\n40\n", r"80 tokens per row do not fit the RoPE table \(max_pos 64"),
+    (b"\xff\xfe", r"not UTF-8"),
+])
+def test_steps_file_refusals(capsys, tmp_path, content, pattern):
+    steps = tmp_path / "steps.txt"
+    (steps.write_bytes if isinstance(content, bytes) else steps.write_text)(content)
+    one_error(*run(capsys, "run", "decode_swa", "--steps-file", str(steps), "--out", str(tmp_path / "o.npz"))[::2],
+              pattern)
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_steps_file_other_refusals(capsys, tmp_path):
+    steps = tmp_path / "steps.txt"
+    steps.write_text("1\n")
+    one_error(*run(capsys, "run", "decode_swa", "--steps-file", str(tmp_path / "missing.txt"))[::2],
+              "missing.txt: cannot read the steps file")
+    one_error(*run(capsys, "run", "decode_swa", "--steps-file", str(steps), "--steps", "2")[::2], "give one of them")
+    one_error(*run(capsys, "run", "decode_swa", "--steps-file", str(steps), "--set", "seq=2")[::2],
+              "drop --set seq")
+    one_error(*run(capsys, "run", "sparse_attn", "--steps-file", str(steps))[::2], "carries no state")
+
+
 def test_every_stage_runs_with_tiny_as_is(capsys):
     for name in attnc.stages():
         code, _, err = run(capsys, "run", name, "--config", "tiny")

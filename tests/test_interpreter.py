@@ -94,3 +94,31 @@ def test_gather_out_of_range_is_a_located_error():
 }'''
     with pytest.raises(InterpretError, match=r"^k\.py:3: 'attn\.gather_rows': row index out of range"):
         run_module(parse_ir(text), [torch.zeros(4, 2), torch.tensor([0, 4, 1], dtype=torch.int32)])
+
+
+_SCATTER = '''builtin.module {
+  func.func @f(%t: tensor<2x3x2xf32>, %r: tensor<3x2xf32>, %i: tensor<3xi32>) -> tensor<2x3x2xf32> {
+    %0 = "attn.scatter_rows"(%t, %r, %i) {loc = "k.py:5"} : (tensor<2x3x2xf32>, tensor<3x2xf32>, tensor<3xi32>) -> tensor<2x3x2xf32>
+    func.return %0 : tensor<2x3x2xf32>
+  }
+}'''
+
+
+def test_scatter_rows_stores_rows_at_flat_ids_and_skips_negative_ones():
+    """Row id r is row r of the table's [2*3, 2] flattening; -1 stores nothing; the input is not modified."""
+    table = torch.arange(12, dtype=torch.float32).reshape(2, 3, 2)
+    rows = -torch.arange(1, 7, dtype=torch.float32).reshape(3, 2)
+    (out,) = run_module(parse_ir(_SCATTER), [table, rows, torch.tensor([4, -1, 0], dtype=torch.int32)])
+    want = table.clone()
+    want[1, 1], want[0, 0] = rows[0], rows[2]
+    assert torch.equal(out, want)
+    assert torch.equal(table, torch.arange(12, dtype=torch.float32).reshape(2, 3, 2))
+
+
+@pytest.mark.parametrize("ids, message", [([0, 6, 1], r"row id 6 out of range \[0, 6\)"),
+                                          ([2, -1, 2], r"row id 2 written twice")])
+def test_scatter_rows_refuses_out_of_range_and_duplicate_ids(ids, message):
+    from attnc.ir.interpreter import InterpretError
+
+    with pytest.raises(InterpretError, match=r"^k\.py:5: 'attn\.scatter_rows': " + message):
+        run_module(parse_ir(_SCATTER), [torch.zeros(2, 3, 2), torch.ones(3, 2), torch.tensor(ids, dtype=torch.int32)])

@@ -245,3 +245,31 @@ def test_packed_ir_is_deterministic_and_token_parallel():
         texts.append(print_ir(module))
     assert texts[0] == texts[1]
     assert "tile.parallel" in texts[0] and "attn.cache_attention" not in texts[0]
+
+
+@pytest.mark.parametrize("kind", ["swa", "csa"])
+def test_packed_paged_layer_equals_packed_dense_layer(kind):
+    """layout=packed composes with the paged layer kinds: decode_*_paged with shuffled block tables, rows of
+    1, 3, 0, 2 tokens, equals the packed dense-cache layer on the same logical rows, outputs and caches."""
+    from tests.test_paged import POOLS, from_pool, to_pool
+
+    cfg = packed_cfg(MIXED)
+    dense, paged = STAGES[f"decode_{kind}"], STAGES[f"decode_{kind}_paged"]
+    pcfg = paged.configure(cfg)
+    d_in = make_inputs(dense, cfg, 21, {"cu_seqlens": cu_of(MIXED)})
+    p_in = {**{k: v for k, v in d_in.items() if k not in POOLS},
+            **{k: v for k, v in make_inputs(paged, cfg, 22, {"cu_seqlens": cu_of(MIXED)}).items()
+               if k.endswith("_block_table")}}
+    size = pcfg["block_size"]
+    for name, (table, _) in POOLS.items():
+        if name in stage_params(paged, cfg):
+            p_in[name] = to_pool(d_in[name], p_in[table], size, pcfg["ring_pool" if table == "ring_block_table"
+                                                                     else "cmp_pool"])
+    d_out = run(f"decode_{kind}", cfg, d_in)
+    p_out = dict(zip(paged.outputs, run_module(build_stage(paged, cfg), [p_in[n] for n in stage_params(paged, cfg)])))
+    for name, want in d_out.items():
+        got = p_out[name]
+        if name in POOLS:
+            table, length = POOLS[name]
+            got = from_pool(got, p_in[table], size, pcfg[length])
+        assert torch.equal(got, want), name

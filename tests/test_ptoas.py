@@ -92,9 +92,9 @@ def test_ptoas_emit_is_deterministic(tmp_path):
     outs = []
     for d in ("a", "b"):
         rc = main(["compile", "sparse_attn_core", "--config", "tiny", *[a for kv in KEY_LOOP for a in ("--set", kv)], "--emit", "pto",
-                   "--pto-dtype", "f16", "-o", str(tmp_path / d)])
+                   "--pto-dtype", "f16", "-o", str(tmp_path / d / "out")])  # the header names the folder
         assert rc == 0
-        outs.append({p: (tmp_path / d / p).read_bytes() for p in os.listdir(tmp_path / d)})
+        outs.append({p: (tmp_path / d / "out" / p).read_bytes() for p in os.listdir(tmp_path / d / "out")})
     assert outs[0] == outs[1] and list(outs[0]) == ["sparse_attn_core_k0.pto"]
     assert b"set_flag" in outs[0]["sparse_attn_core_k0.pto"] and b"scf.for" in outs[0]["sparse_attn_core_k0.pto"]
 
@@ -257,3 +257,32 @@ def test_ptoas_kernel_names_from_input_files_must_be_identifiers(capsys, tmp_pat
     assert main(["compile", str(tmp_path / "m.mlir"), "--pipeline", "cse", "--emit", "pto", "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not an" in err[0] and "identifier" in err[0] and not out.exists()
+
+
+def test_pto_files_carry_a_provenance_header_that_reproduces_them(tmp_path, capsys, monkeypatch):
+    """Each .pto says how it was made (version, stage, config with overrides, pipeline, its token loop) and its
+    reproduce command writes the same files byte for byte; ptoas takes them (below)."""
+    import shlex
+
+    first = tmp_path / "a"
+    assert main(["compile", "decode_swa", "--set", "window=16", "--emit", "pto", "--pto-dtype", "f16",
+                 "-o", f"{first}/"]) == 0, capsys.readouterr().err
+    files = sorted(first.glob("*.pto"))
+    assert [f.name for f in files] == ["decode_swa_k0.pto", "decode_swa_k1.pto"]
+    for i, f in enumerate(files):
+        head = [ln for ln in f.read_text().splitlines() if ln.startswith("//")]
+        assert head[0].startswith("// made by attnc ") and head[1] == "// source: decode_swa"
+        assert head[2] == "// config: tiny; overrides: window=16"
+        assert "pto-dtype{dtype=f16},pto-legalize" in head[3]
+        assert head[5].startswith(f"// kernel: decode_swa_k{i}, token loop {i + 1} of 2")
+        assert not f.read_text().splitlines()[6].startswith("//")  # the header ends, the module starts
+    command = shlex.split(head[4].removeprefix("// reproduce: "))
+    assert command[:2] == ["attnc", "compile"] and command[-2:] == ["-o", "a/"]
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the command as written, in another folder
+    assert main(command[1:]) == 0
+    assert [f.read_bytes() for f in files] == [(tmp_path / "elsewhere" / "a" / f.name).read_bytes() for f in files]
+    if _REASON is None:
+        for f in files:
+            res = run_ptoas(str(f), str(tmp_path / (f.stem + ".cpp")))
+            assert res.returncode == 0, (f.name, res.errors[:3])

@@ -297,3 +297,63 @@ def test_default_pipeline_with_several_row_chunks_matches_the_interpreter(stage)
     for out, w in want.items():
         assert res.outputs[out].dtype == w.dtype
         assert normalised_error(res.outputs[out].float(), w.float()) <= 1e-6, out
+
+
+# A keepdim reduction's [T, d, 1] reshaped to [T, d] (the compressor's pooled entry, compressor.py:60-61): pypto
+# 0.2.0 copies the reshape's readers in through the input's layout with the unit dim padded to 32 bytes (8 f32), so
+# the reader's [16, 512] tile needs 16 x 512 x 8 x 4 = 256 KiB of UB (192 KiB) and OoOSchedule fails ("Alloc tensor
+# size [262144] exceeds MEM_UB size [196608]"): decode_hca and decode_csa at flash (d = 512) failed so.
+POOLED = """\
+builtin.module {
+  func.func @pooled(%x: tensor<ROWSx512x128xf32>) -> tensor<ROWSx512xf32> attributes {arg_names = ["x"], result_names = ["y"]} {
+    %s = "tile.row_sum"(%x) {loc = "p.py:1"} : (tensor<ROWSx512x128xf32>) -> tensor<ROWSx512x1xf32>
+    %r = "tile.reshape"(%s) {loc = "p.py:2"} : (tensor<ROWSx512x1xf32>) -> tensor<ROWSx512xf32>
+    %m = "tile.mul"(%r, %r) {loc = "p.py:3"} : (tensor<ROWSx512xf32>, tensor<ROWSx512xf32>) -> tensor<ROWSx512xf32>
+    func.return %m : tensor<ROWSx512xf32>
+  }
+}
+"""
+
+
+def _pooled(rows: int):
+    return parse_ir(POOLED.replace("ROWS", str(rows)), "pooled.mlir")
+
+
+def test_reshape_of_a_padded_unit_dim_is_made_dense_when_its_readers_would_overflow_ub():
+    body = [ln.strip() for ln in kernel_body(emit_pypto(_pooled(32)))]
+    at = body.index("t2 = pypto.reshape(t1, [32, 512])  # p.py:2")
+    # the clone's tile shrunk by the padding factor 8: its copy-in is 2 x 512 x 8 x 4 = 32 KiB
+    assert body[at + 1:at + 3] == ["pypto.set_vec_tile_shapes(2, 512)",
+                                   "t2 = pypto.clone(t2)  # dense: its readers' tiles fit UB"]
+    assert "pypto.set_vec_tile_shapes(16, 512)" in body[at + 3:]  # the reader's own tile is unchanged
+    small = "\n".join(kernel_body(emit_pypto(_pooled(2))))  # a [2, 512] reader tile padded: 32 KiB, fits
+    assert "pypto.reshape(t1, [2, 512])" in small and "dense" not in small
+
+
+@needs_pypto
+def test_pooled_reshape_made_dense_simulates_bit_exact():
+    from attnc.codegen.pypto_target import run_pypto_sim
+
+    mod = _pooled(32)
+    inputs = make_inputs(mod)
+    (want,) = run_module(mod, list(inputs.values()))
+    res = run_pypto_sim(mod, inputs, timeout_s=300)
+    assert res.verify and not res.failed_records and torch.equal(res.outputs["y"], want)
+
+
+@needs_pypto
+@pytest.mark.slow
+def test_pooled_reshape_without_the_rule_fails_in_ooo_schedule(monkeypatch, tmp_path):
+    """The reproducer of the pypto 0.2.0 limit: the same program without the clone fails in OoOSchedule (checked so
+    that a pypto which lifts the limit is noticed)."""
+    from attnc.codegen import pypto_emit
+    from attnc.codegen.pypto_sim import PyptoSimError, run_in_subprocess
+
+    mod = _pooled(32)
+    inputs = make_inputs(mod)
+    monkeypatch.setattr(pypto_emit._Emitter, "_materialize_unpadded", lambda self, op, res: None)
+    program = emit_pypto(mod)
+    assert "dense" not in program
+    (tmp_path / "pooled.py").write_text(program)
+    with pytest.raises(PyptoSimError, match="OoOSchedule"):
+        run_in_subprocess(tmp_path / "pooled.py", {"x": inputs["x"].numpy()}, verify="none", timeout_s=300)

@@ -1,6 +1,6 @@
 """Every example in README.md runs as written, in README order, in an empty folder: the `attnc ...` lines of the
 ```bash blocks (through the CLI's `main`, in-process for speed), the ```python blocks (executed), and
-```python file=NAME blocks (written to NAME first, e.g. a user's stage file). Lines that run pypto SIM are
+```LANG file=NAME blocks (written to NAME first, e.g. a user's stage file or a steps file). Lines that run pypto SIM are
 long: the default run skips them, `-m slow` runs everything."""
 import io
 import re
@@ -27,7 +27,7 @@ def readme_examples() -> list[tuple[str, str, str | None]]:
         if line.startswith("```") and block is not None:
             if lang == "bash":
                 out += [("cli", ln.strip(), None) for ln in block if ln.strip().startswith("attnc")]
-            elif lang == "python":
+            elif lang == "python" or fname:  # ```LANG file=NAME: a file the following examples use
                 out.append(("file" if fname else "python", "\n".join(block) + "\n", fname))
             block = None
             continue
@@ -86,6 +86,7 @@ def test_readme_examples_run_in_order(tmp_path, monkeypatch, capsys):
     # the file workflow produced what the README says
     assert (tmp_path / "out" / "sparse_attn.mlir").exists() and (tmp_path / "out" / "sparse_attn.pypto.py").exists()
     assert (tmp_path / "after4.npz").exists() and (tmp_path / "cse.mlir").exists()
+    assert (tmp_path / "chunked.npz").exists() and (tmp_path / "errors.png").exists()
 
 
 @pytest.mark.slow

@@ -30,7 +30,8 @@ def test_space_has_the_pipelines_pass_options_and_defaults_first():
     # the default candidate reproduces the pipeline and PyptoOptions()
     params = T.default_params(dims)
     pipe = T.candidate_pipeline(PYPTO_PIPELINE, dims, params)
-    assert pipe.replace("schedule-attention{schedule=auto}", "schedule-attention") == PYPTO_PIPELINE
+    assert "schedule-attention{schedule=auto vec-tile=16384}" in pipe  # the pass's own defaults, spelled out
+    assert pipe.replace("schedule-attention{schedule=auto vec-tile=16384}", "schedule-attention") == PYPTO_PIPELINE
     assert T.candidate_options(dims, params) == PyptoOptions()
 
 
@@ -55,9 +56,12 @@ def test_static_filter_rejects_tiles_that_overflow_ub():
     src = load_source("sparse_attn_core", "flash", [])  # CSA at the flash shape
     run_pipeline(src.module, PYPTO_PIPELINE)
     assert T.static_check(src.module, PyptoOptions()) is None  # the default fits
-    need, where = T.largest_vector_tile(src.module, 16384)
+    # the attention loop's tiles are the pass's choice: 32768 elements overflow UB there
+    big = load_source("sparse_attn_core", "flash", [])
+    run_pipeline(big.module, PYPTO_PIPELINE.replace("schedule-attention", "schedule-attention{vec-tile=32768}"))
+    need, where = T.largest_vector_tile(big.module, PyptoOptions().vec_tile_elems)
     assert need > T.UB_BYTES and "tile [" in where
-    why = T.static_check(src.module, PyptoOptions(vec_tile_elems=16384))
+    why = T.static_check(big.module, PyptoOptions())
     assert why is not None and "> UB 192 KiB" in why and "kernels_src/" in why
 
 
@@ -97,6 +101,7 @@ def _fake_recheck(bad=()):
 def _request(tmp_path, **kw):
     base = dict(source="sparse_attn_core", config="tiny", jobs=0, cache_dir=str(tmp_path / "cache"),
                 space=["tile-softmax.kv-tile=128", "parallelize-tokens.rows=32", "schedule-attention.schedule=auto",
+                       "schedule-attention.vec-tile=16384",
                        "vec_tile_elems=8192", "cube_nbuffer_setting={1: 2}", "cube_l1_reuse_setting={0: 4}",
                        "stitch_function_max_num=128", "combine_axis=False",
                        "vec_nbuffer_setting={-1: 4}|{-1: 2}", "device_sched_mode=0|1"])
