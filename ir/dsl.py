@@ -536,12 +536,20 @@ class PackedRows:
         return self._once("index", lambda: iota((self.tokens,), 0))
 
     def token_row(self) -> Tensor:
-        """[T] i32: the row of each token, the number of rows that end at or before it."""
+        """[T] i32: the row of each token, the last r with cu_seqlens[r] <= t (rows of 0 tokens end where they
+        start, so they are skipped), found by a binary search over the B+1 prefix sums: log2(B) gathers, compares
+        and selects per token — integer element-wise work only, so scatter ids built on it stay scalars in pypto."""
         def make():
             T, B = self.tokens, self.rows
-            ends = reshape(slice_(self.cu_seqlens, (1,), (B,)), (1, B))
-            ended = select(ends <= iota((T, B), 0), full((T, B), 1.0), 0.0)  # exact counts in f32
-            return reshape(cast(reduce(ended, "sum", -1), "i32"), (T,))
+            t = self.token_index()
+            table = reshape(self.cu_seqlens, (B + 1, 1))
+            row = full((T,), 0.0, "i32")
+            step = 1 << max(B - 1, 0).bit_length()
+            while step:
+                cand = minimum(row + step, B)
+                row = select(reshape(gather_rows(table, cand), (T,)) <= t, cand, row)
+                step //= 2
+            return row
         return self._once("row", make)
 
     def row_first_token(self) -> Tensor:
