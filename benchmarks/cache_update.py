@@ -1,6 +1,6 @@
 """Cost of a step's cache/state update in pypto SIM (issue 7 item 2): the `compressor` stage (state rings and the
-compressed cache kv_cmp written by the step) at the flash head sizes (S=2, m=4, d=512; B=4: at B=64 pypto 0.2.0's
-OoOSchedule pass fails on the compressor, in place or not) for several cache sizes,
+compressed cache kv_cmp written by the step) at the flash head sizes (S=2, m=4, d=512; B=4; at B=64 the compressor
+failed in pypto 0.2.0's OoOSchedule pass before the emitter's pooled-reshape rule) for several cache sizes,
 with the writes in place (update-in-place: one in/out parameter, the step's rows only) and as copies (the same
 pipeline without update-in-place: every written table copied whole, as before). Time only (no verify).
 

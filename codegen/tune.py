@@ -222,6 +222,8 @@ def largest_vector_tile(module, budget: int) -> tuple[int, str]:
     for op in module.walk():
         if op.name in ("tile.matmul", "tile.matmul_acc", "attn.matmul"):
             continue  # cube tiles
+        if op.regions:  # a loop (tile.parallel, scf.for) is no vector op: it copies what it captures one by one
+            continue
         results = [r for r in op.results if isinstance(r.type, TensorType)]
         if not results:
             continue

@@ -53,12 +53,12 @@ def dense_rows(length: int):
     return lambda slot, row=None: (iota(slot.shape, 0) if row is None else row) * length + slot
 
 
-def ring_store(cfg, old, step, start_pos, rows_of=None):
+def ring_store(cfg, old, step, start_pos, rows_of=None, length: int | None = None):
     """The ring after the step: token s of row b (position p = start_pos[b] + s) is stored at slot p mod R when it
     is among the row's newest R positions (s >= S - R), so slot j holds the newest position p with p mod R == j.
     `rows_of(slot [B, S])` gives the table row ids of the slots (default: the dense [B, R, ...] layout; a paged
-    cache maps them through its block table, see paged.py)."""
-    B, S, R = cfg["batch"], cfg["seq"], cfg["window"] if rows_of else old.shape[1]
+    cache maps them through its block table, see paged.py, and gives the ring's `length` R)."""
+    B, S, R = cfg["batch"], cfg["seq"], length or old.shape[1]
     if isinstance(start_pos, PackedRows):
         return packed_ring_store(old, step, start_pos, R, rows_of)
     s = iota((B, S), 1)
@@ -67,11 +67,11 @@ def ring_store(cfg, old, step, start_pos, rows_of=None):
     return scatter_rows(old, step, ids)
 
 
-def store_completed(cfg, cache, entries, start_pos, ratio: int, rows_of=None):
+def store_completed(cfg, cache, entries, start_pos, ratio: int, rows_of=None, length: int | None = None):
     """The compressed cache after the step: the token at position p = (w+1)*ratio - 1 completes block w and stores
     its candidate entry (`entries` [B, S, ...], one per token) at slot w < N; every other slot keeps its value.
-    `rows_of` as in ring_store."""
-    B, S, N = cfg["batch"], cfg["seq"], cfg["n_cmp"] if rows_of else cache.shape[1]
+    `rows_of` and `length` (N) as in ring_store."""
+    B, S, N = cfg["batch"], cfg["seq"], length or cache.shape[1]
     if isinstance(start_pos, PackedRows):
         return packed_store_completed(cache, entries, start_pos, ratio, N, rows_of)
     p = reshape(start_pos, (B, 1)) + iota((B, S), 1)

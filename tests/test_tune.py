@@ -65,6 +65,18 @@ def test_static_filter_rejects_tiles_that_overflow_ub():
     assert why is not None and "> UB 192 KiB" in why and "kernels_src/" in why
 
 
+def test_static_filter_skips_loops():
+    """A loop is no vector op: the filter used to add up the tensors a token loop carries (16 in decode_hca at
+    flash) as if one op held them in UB, and filtered every candidate of a whole-layer tune although the default
+    simulates. Whatever is worst now is an op that computes, and the default fits."""
+    src = load_source("decode_hca", "flash", [])
+    run_pipeline(src.module, PYPTO_PIPELINE)
+    assert T.static_check(src.module, PyptoOptions()) is None
+    for budget in (8192, 16384):
+        where = T.largest_vector_tile(src.module, budget)[1]
+        assert where.startswith("tile.") and not where.startswith(("tile.parallel", "scf.for")), where
+
+
 def test_cache_key_is_content_addressed(tmp_path):
     k = T.cache_key("program text", "none", 0)
     assert k == T.cache_key("program text", "none", 0)
