@@ -176,12 +176,13 @@ def inputs(stage: Stage, seed: int = 0, given: dict | None = None, start_pos: in
     import torch
 
     from attnc.codegen.driver import source_inputs
-    from attnc.ir.types import dtype_of, shape_of, torch_dtype
+    from attnc.ir.types import shape_of
 
     extra = _tensors(stage, dict(given or {}), "inputs")
-    if start_pos is not None:
-        t = _arg_types(stage)["start_pos"]
-        extra["start_pos"] = torch.full(shape_of(t), start_pos, dtype=torch_dtype(dtype_of(t)))
+    if start_pos is not None:  # packed layout: every row's first position (position_ids follow from it)
+        types = _arg_types(stage)
+        shape = shape_of(types["start_pos"]) if "start_pos" in types else (stage.cfg["batch"],)
+        extra["start_pos"] = torch.full(shape, start_pos, dtype=torch.int32)
     return _numpy(source_inputs(stage._source(), seed, None, extra))
 
 
@@ -203,20 +204,25 @@ def interpret(stage: Stage, arrays: dict) -> dict:
 
 
 def decode(stage: Stage, arrays: dict, steps: int, seed: int = 0) -> list[dict]:
-    """`steps` decode steps from `arrays`: each step's in/out arrays feed the next, start_pos advances by seq,
+    """`steps` decode steps from `arrays`: each step's in/out arrays feed the next, start_pos advances by seq
+    (packed: each row's positions by its token count),
     later steps' tokens x are seeded (seed + k), as `attnc run --steps`. Returns every step's outputs."""
     import torch
 
     from attnc.codegen.io import seeded_tensor_for_type
 
-    if not stage.state_names or "start_pos" not in stage.arg_names or "x" not in stage.arg_names:
+    if not stage.state_names or not {"start_pos", "position_ids"} & set(stage.arg_names) or "x" not in stage.arg_names:
         raise ValueError(f"decode: {stage.name} carries no state from step to step")
     current, results = dict(arrays), []
     for k in range(steps):
         if k:
             prev = results[-1]
             current = dict(current, **{n: prev[n] for n in stage.state_names})
-            current["start_pos"] = current["start_pos"] + current["x"].shape[1]
+            if "position_ids" in current:  # packed: every row keeps its token count, its positions follow on
+                lengths = current["cu_seqlens"][1:] - current["cu_seqlens"][:-1]
+                current["position_ids"] = current["position_ids"] + lengths.repeat(lengths)
+            else:
+                current["start_pos"] = current["start_pos"] + current["x"].shape[1]
             x = seeded_tensor_for_type(_arg_types(stage)["x"], torch.Generator().manual_seed(seed + k))
             current["x"] = _numpy({"x": x})["x"]
         results.append(interpret(stage, current))

@@ -6,6 +6,7 @@ no output file is left half-written."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -146,7 +147,9 @@ def load_source(spec: str, config: str, overrides: list[str]) -> Source:
     reason = st.needs(cfg)
     if reason:
         raise CliError(f"stage {spec} cannot be built for config {config}: {reason}")
-    return Source(spec, build_stage(st, cfg), list(st.params), list(st.outputs), st, cfg)
+    from attnc.ir.dsl import stage_params
+
+    return Source(spec, build_stage(st, cfg), list(stage_params(st, cfg)), list(st.outputs), st, cfg)
 
 
 def _names(fn, attr, n, prefix):
@@ -459,30 +462,48 @@ def _npz_names(path: str | None) -> set[str]:
 def run_inputs(src: Source, args, *, steps: int = 1, tokens: int | None = None) -> tuple[dict, list[str]]:
     """The inputs of `attnc run`/`attnc inputs` and the names of those that were seeded. `--start-pos P` sets
     every row's start position (seeded compressed ids then follow it); a multi-step run starts at 0 unless told.
+    Packed layout: `--seqlens` gives the rows' token counts, `--start-pos` each row's first position.
     `tokens`: the tokens per row of the whole run (default: steps x seq), which must stay inside the RoPE table."""
     import torch
 
-    from attnc.ir.interpreter import entry_function
-    from attnc.ir.types import dtype_of, shape_of, torch_dtype
-
     extra = {}
     in_file = _npz_names(args.inputs) if args.inputs else set()
+    packed = "position_ids" in src.arg_names and "cu_seqlens" in src.arg_names
     start = args.start_pos
-    if start is None and steps > 1 and "start_pos" not in in_file:
-        start = 0  # decoding from position 0 needs no prefill and no initial values
+    if start is None and steps > 1 and not in_file & {"start_pos", "position_ids"}:
+        start = [0]  # decoding from position 0 needs no prefill and no initial values
+    seqlens = getattr(args, "seqlens", None)
+    if seqlens is not None:
+        if not packed:
+            raise CliError(f"--seqlens: {src.name} is not built in the packed layout (--set layout=packed)")
+        rows = src.cfg["batch"]
+        if len(seqlens) != rows:
+            raise CliError(f"--seqlens: {len(seqlens)} token counts for batch={rows} rows")
+        extra["cu_seqlens"] = torch.tensor([0, *itertools.accumulate(seqlens)], dtype=torch.int32)
     if start is not None:
-        if "start_pos" not in src.arg_names:
+        if "start_pos" not in src.arg_names and not packed:
             raise CliError(f"--start-pos: {src.name} has no start_pos parameter")
-        types = dict(zip(src.arg_names, entry_function(src.module).function_type.inputs.data))
-        t = types["start_pos"]
-        extra["start_pos"] = torch.full(shape_of(t), start, dtype=torch_dtype(dtype_of(t)))
+        rows = src.cfg["batch"]
+        if len(start) not in (1, rows):
+            raise CliError(f"--start-pos: {len(start)} positions for batch={rows} rows (give one, or one per row)")
+        # packed: each row's first position (its tokens follow at consecutive positions)
+        extra["start_pos"] = torch.tensor(start * rows if len(start) == 1 else start, dtype=torch.int32)
+    state_file = getattr(args, "state", None)
+    if state_file:
+        extra.update(_state_arrays(src, state_file))
     inputs = source_inputs(src, args.seed, args.inputs, extra)
+    if packed and "rope_cos" in inputs:
+        last = int((inputs["position_ids"] + (steps - 1) * _token_row_lengths(inputs["cu_seqlens"])).max())
+        if last >= inputs["rope_cos"].shape[0]:
+            raise CliError(f"position_ids: {steps} step(s) reach position {last}, outside the RoPE table "
+                           f"(max_pos {inputs['rope_cos'].shape[0]}; --set max_pos=... to grow it)")
     if "start_pos" in inputs and "rope_cos" in inputs and "x" in inputs:
         last = int(inputs["start_pos"].max()) + (tokens if tokens is not None else steps * inputs["x"].shape[1])
         if int(inputs["start_pos"].min()) < 0 or last > inputs["rope_cos"].shape[0]:
             raise CliError(f"start_pos: positions {int(inputs['start_pos'].min())}..{last - 1} are outside the "
                            f"RoPE table (max_pos {inputs['rope_cos'].shape[0]}; --set max_pos=... to grow it)")
-    seeded = [n for n in src.arg_names if n not in in_file and n not in extra]
+    told = in_file | set(extra) | ({"position_ids"} if packed and "start_pos" in extra else set())
+    seeded = [n for n in src.arg_names if n not in told]
     return inputs, seeded
 
 
@@ -493,6 +514,39 @@ def note_seeded(src: Source, seeded: list[str], seed: int, no_seed: bool) -> Non
         raise CliError(f"--no-seed: {src.name} needs {len(seeded)} more input array(s): {', '.join(seeded)}")
     print(f"attnc: note: seeded {len(seeded)} of {len(src.arg_names)} inputs of {src.name} (seed {seed}): "
           f"{', '.join(seeded)}", file=sys.stderr)
+
+
+def _state_arrays(src: Source, path: str) -> dict:
+    """The in/out arrays (caches, rings, states) of a previous step's `--out` file: what a serving loop hands from
+    one step to the next. The file's other outputs (out, cmp_idx, ...) are not inputs and are left out."""
+    from attnc.codegen.io import load_npz, to_tensor
+    from attnc.ir.interpreter import entry_function
+    from attnc.ir.types import dtype_of, shape_of
+
+    names = state_names(src)
+    if not names:
+        raise CliError(f"--state: {src.name} has no in/out arrays (caches, rings, states) to carry")
+    types = dict(zip(src.arg_names, entry_function(src.module).function_type.inputs.data))
+    found = _npz_names(path)
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise CliError(f"--state {path}: no array {', '.join(missing)} (a previous step's --out of {src.name})")
+    arrays = load_npz(path, None, src.name)
+    state = {}
+    for n in names:
+        if tuple(arrays[n].shape) != shape_of(types[n]):
+            raise CliError(f"--state {path}: array '{n}' has shape {list(arrays[n].shape)}, the parameter "
+                           f"{list(shape_of(types[n]))}")
+        state[n] = to_tensor(path, n, arrays[n], shape_of(types[n]), dtype_of(types[n]))
+    return state
+
+
+def _token_row_lengths(cu_seqlens):
+    """[T] i32: the token count of each token's row (packed layout)."""
+    import torch
+
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    return torch.repeat_interleave(lengths, lengths).to(torch.int32)
 
 
 def _next_step_inputs(src: Source, inputs: dict, outs: dict, step: int, seed: int) -> dict:
@@ -506,7 +560,10 @@ def _next_step_inputs(src: Source, inputs: dict, outs: dict, step: int, seed: in
 
     nxt = dict(inputs)
     nxt.update({n: outs[n] for n in state_names(src)})
-    nxt["start_pos"] = inputs["start_pos"] + inputs["x"].shape[1]
+    if "position_ids" in inputs:  # packed: every row keeps its token count, its positions follow on
+        nxt["position_ids"] = inputs["position_ids"] + _token_row_lengths(inputs["cu_seqlens"])
+    else:
+        nxt["start_pos"] = inputs["start_pos"] + inputs["x"].shape[1]
     x_type = entry_function(src.module).function_type.inputs.data[src.arg_names.index("x")]
     nxt["x"] = seeded_tensor_for_type(x_type, torch.Generator().manual_seed(seed + step))
     return nxt
@@ -690,9 +747,11 @@ def cmd_run(args) -> int:
     how = "--steps-file" if counts else "--steps"
     with timing.phase("parse" if is_ir_source(args.source) else "build stage (DSL -> attn IR)"):
         src = load_source(args.source, args.config, args.set)
+    if counts and "position_ids" in src.arg_names:
+        raise CliError("--steps-file sets seq per step, which a packed step does not have: use --seqlens and --steps")
     apply_tuning(args, src.name)
     if counts or steps > 1:
-        if not state_names(src) or not {"x", "start_pos"} <= set(src.arg_names):
+        if not state_names(src) or "x" not in src.arg_names or not {"start_pos", "position_ids"} & set(src.arg_names):
             raise CliError(f"{how}: {src.name} carries no state from step to step (a stage with x, start_pos "
                            f"and in/out arrays such as decode_swa/decode_hca/decode_csa or compressor)")
         if args.time_only:
@@ -719,8 +778,10 @@ def cmd_run(args) -> int:
         outs, aicore, wall = _execute(sources[step], inputs, args, timing, label)
         total_wall += wall
         if steps > 1:
-            print(f"step {step + 1}/{steps}: start_pos={inputs['start_pos'].tolist()} seq={inputs['x'].shape[1]} "
-                  f"wall_s={wall:.3f}" + (f" aicore_us={aicore:.3f}" if aicore is not None else ""), file=sys.stderr)
+            where = (f"start_pos={inputs['start_pos'].tolist()} seq={inputs['x'].shape[1]}" if "start_pos" in inputs
+                     else f"position_ids={inputs['position_ids'].tolist()}")
+            print(f"step {step + 1}/{steps}: {where} wall_s={wall:.3f}"
+                  + (f" aicore_us={aicore:.3f}" if aicore is not None else ""), file=sys.stderr)
     if args.out and not args.time_only:
         with timing.phase("write outputs"):
             save_npz(args.out, outs)
@@ -750,6 +811,8 @@ def cmd_inputs(args) -> int:
 
 
 def _visibility_kind(src: Source) -> str:
+    if "start_pos" not in src.arg_names and "position_ids" in src.arg_names:
+        raise CliError("plot visibility: draws the dense layout only (batch rows x seq tokens); drop layout=packed")
     if src.name.startswith("decode_"):
         return src.name.split("_", 1)[1]
     if "cmp_idx" in src.arg_names and "kv_ring" in src.arg_names:
@@ -817,6 +880,17 @@ def cmd_plot(args) -> int:
 
 
 # -------------------------------------------------------------------------------------------------- parser
+
+
+def _positions(text: str) -> list[int]:
+    """P or P,P,...: non-negative integers (positions or token counts), at most 2**31 - 1 each."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid list {text[:40]!r}: expected integers separated by commas") from None
+    if any(not 0 <= v < 2**31 for v in values):
+        raise argparse.ArgumentTypeError(f"invalid list {text[:40]!r}: values must be in [0, 2**31 - 1]")
+    return values
 
 
 def _seed(text: str) -> int:
@@ -939,15 +1013,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "seeded (one note line names the seeded arrays)")
     r.add_argument("--no-seed", action="store_true",
                    help="a missing input array is an error instead of a seeded value")
-    r.add_argument("--start-pos", type=int, default=None, metavar="P",
-                   help="every row's start position (overrides the file); default: seeded, or 0 with --steps")
+    r.add_argument("--start-pos", type=_positions, default=None, metavar="P[,P...]",
+                   help="every row's start position, or one per row (overrides the file; packed: each row's first "
+                        "position); default: seeded, or 0 with --steps")
+    r.add_argument("--seqlens", type=_positions, default=None, metavar="N,N,...",
+                   help="packed layout: each row's token count (cu_seqlens are their prefix sums); default: seeded")
+    r.add_argument("--state", metavar="OUT.npz", default=None,
+                   help="the in/out arrays (caches, rings, states) of a previous step's --out file, over --inputs "
+                        "(default: none)")
     r.add_argument("--steps-file", metavar="FILE", default=None,
                    help="decode one step per entry of FILE, each with its own token count per row (seq): one "
                         "positive integer a line (# comments) or a JSON list, e.g. [16, 1, 1, 4]; state carried as "
                         "with --steps (default: none)")
     r.add_argument("--steps", type=int, default=None, metavar="N",
                    help="decode N steps (default 1): each step's in/out arrays (caches, rings, states) feed the next, "
-                        "start_pos advances by seq, x is seeded per step (seed+k); --out gets the last step")
+                        "start_pos advances by seq (packed: each row's positions by its token count), x is seeded "
+                        "per step (seed+k); --out gets the last step")
     r.add_argument("--out", metavar="OUT.npz", default=None, help="write the outputs by name (default: not written)")
     r.add_argument("--time-only", action="store_true", help="pypto targets: simulated time only, no values")
     r.add_argument("--trace-dir", metavar="DIR", default=None,
@@ -958,8 +1039,14 @@ def build_parser() -> argparse.ArgumentParser:
     common(i, pipeline=False)
     i.add_argument("-o", "--output", metavar="IN.npz", required=True, help="the .npz to write")
     i.add_argument("--inputs", metavar="IN.npz", default=None, help="arrays to keep; the rest are seeded (default: all seeded)")
-    i.add_argument("--start-pos", type=int, default=None, metavar="P",
-                   help="every row's start position; default: seeded")
+    i.add_argument("--start-pos", type=_positions, default=None, metavar="P[,P...]",
+                   help="every row's start position, or one per row (packed: each row's first position); "
+                        "default: seeded")
+    i.add_argument("--seqlens", type=_positions, default=None, metavar="N,N,...",
+                   help="packed layout: each row's token count (cu_seqlens are their prefix sums); default: seeded")
+    i.add_argument("--state", metavar="OUT.npz", default=None,
+                   help="the in/out arrays (caches, rings, states) of a previous step's --out file, over --inputs "
+                        "(default: none)")
     pl = add("plot", "pictures (PNG, or SVG by suffix): tile schedule, phase timing, token visibility", cmd_plot)
     pl.add_argument("kind", choices=("schedule", "timing", "visibility", "errors"),
                     help="schedule: the compiled loop nest; timing: every phase of compile --verify-each; "
@@ -970,7 +1057,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("-o", "--output", metavar="FILE.png", required=True, help="the picture to write")
     pl.add_argument("--inputs", metavar="IN.npz", default=None,
                     help="visibility, errors: inputs (start_pos, cmp_idx, ...); default: seeded")
-    pl.add_argument("--start-pos", type=int, default=None, metavar="P",
+    pl.add_argument("--start-pos", type=_positions, default=None, metavar="P[,P...]",
                     help="visibility, errors: every row's start position (default: seeded)")
 
     from attnc.codegen.tune import add_parser as add_tune_parser

@@ -52,6 +52,8 @@ DEFECTS = {
                   "emitter does not carry acc tiles through GM yet",
     "row_min": "trowmin aborts unless its tmp was written first (DenseMap assertion)",
     "neg": "not emitted by attnc (use muls -1)",
+    "scatter_rows": "no store at a runtime row index (the gather's defect, see gather_rows); cache and state "
+                    "writes stay on the host side",
 }
 
 

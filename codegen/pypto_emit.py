@@ -36,6 +36,7 @@ ROW_REDUCE = {"row_sum": "pypto.sum", "row_max": "pypto.amax", "row_min": "pypto
 SCALAR = {"adds": "pypto.add", "muls": "pypto.mul", "maxs": "pypto.maximum"}
 
 GATHER_TILE_ELEMS = 8192  # index_select tiles with a multi-dim index at most this large (see gather_rows)
+GATHER_UB_BYTES = 128 * 1024  # a row-list index_select's output tile (UB keeps room for its index tile)
 _TEMPLATE = jinja2.Environment(loader=jinja2.PackageLoader("attnc.codegen", "templates"),
                                keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
 
@@ -279,10 +280,13 @@ class _Emitter:
                 return self.bind(res, f"pypto.eq({joined}, 1.0)", loc)
             return self.bind(res, f"pypto.concat([{', '.join(a)}], {op.axis.value.data})", loc)
         if kind == "gather_rows":
-            # with a multi-dim index, larger index_select tiles fail pypto 0.2.0's verifier (FB200F: the m=128
-            # compressor's [1, 64, 256] tile of a [2, 128, 256] gather at tiny); row lists gather in full tiles
-            return self.bind(res, f"pypto.index_select({a[0]}, 0, {a[1]})", loc,
-                             budget=min(self.vec_budget, GATHER_TILE_ELEMS) if len(shape) > 2 else None)
+            # a row list gathers in tiles as large as UB holds (a gather task costs the scheduler more than its
+            # copy: CSA core 349.8 -> 308.5 us with 128 of 512 picked rows per tile, 256 rows overflow UB); with
+            # a multi-dim index, tiles above GATHER_TILE_ELEMS fail pypto 0.2.0's verifier (FB200F: the m=128
+            # compressor's [1, 64, 256] tile of a [2, 128, 256] gather at tiny)
+            budget = (min(self.vec_budget, GATHER_TILE_ELEMS) if len(shape) > 2 else
+                      max(self.vec_budget, GATHER_UB_BYTES // _BYTES[dtype_of(res.type)]))
+            return self.bind(res, f"pypto.index_select({a[0]}, 0, {a[1]})", loc, budget=budget)
         if kind == "topk":
             return self._topk(op, a, shape, loc)
         if kind == "iota":
@@ -312,8 +316,8 @@ class _Emitter:
             offs, valid = a[1:1 + n], a[1 + n:]
             extra = f", valid_shape=[{', '.join(valid)}]" if valid else ""
             self.bind(res, f"pypto.view({a[0]}, {shape}, [{', '.join(offs)}]{extra})", loc)
-            if valid and op.pad.data == "zero" and any(u.operation.name in _PACKING_USERS for u in res.uses):
-                # pypto concatenates the valid parts only (packed): give the tile its zero padding first
+            if valid and op.pad.data == "zero" and any(u.operation.name in _ZERO_FILL_READERS for u in res.uses):
+                # give the tile its zero padding first (see _ZERO_FILL_READERS)
                 self.emit(f"{self.names[res]} = pypto.reshape({self.names[res]}, {shape}, valid_shape={shape})")
             if len(shape) >= 3 and not all(u.operation.name == "tile.reshape" for u in res.uses):
                 # pypto 0.2.0 mis-sizes the raw tensor of a rank-3 view read straight by a batched matmul
@@ -636,8 +640,10 @@ def _output_inits(ret: Operation, out_names: list) -> dict:
     return found
 
 
-F32_LOWEST = -3.4028234663852886e38
-_PACKING_USERS = ("tile.concat",)  # score of an entry top-k may not pick
+F32_LOWEST = -3.4028234663852886e38  # score of an entry top-k may not pick
+# readers that do not see a zero-padded view's padding as zeros: pypto concatenates the valid parts only (packed).
+# (A matmul reading such a view fails pypto's verify, FB200F, even after this reshape; the passes never make one.)
+_ZERO_FILL_READERS = ("tile.concat",)
 
 
 def in_place_outputs(fn: Operation) -> set[str]:

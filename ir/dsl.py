@@ -96,7 +96,8 @@ def stage(name: str, outputs: Sequence[str], needs: Callable[[dict], str | None]
 class _Ctx:
     builder: Builder | None = None
     tokens: int | None = None
-    token_dims: tuple[int, int] | None = None  # (batch, seq) of the stage being built
+    token_dims: tuple[int, int] | None = None  # (batch, seq) of the stage being built; (1, T) when packed
+    packed: bool = False  # the packed token-major layout: per-token data is [T, ...] outside token work too
     loc: str | None = None  # set while a pass rewrites an op: new ops inherit its DSL location
 
 
@@ -348,18 +349,25 @@ def reshape(x: Tensor, shape) -> Tensor:
 @contextlib.contextmanager
 def token_dims(dims: tuple[int, int]):
     """Let a pass build token-row ops for a step of (batch, seq) tokens (a stage build sets them itself)."""
-    prev = _Ctx.token_dims
-    _Ctx.token_dims = tuple(dims)
+    prev = _Ctx.token_dims, _Ctx.packed
+    _Ctx.token_dims, _Ctx.packed = tuple(dims), False
     try:
         yield
     finally:
-        _Ctx.token_dims = prev
+        _Ctx.token_dims, _Ctx.packed = prev
 
 
 def to_tokens(x: Tensor) -> Tensor:
     """[batch, seq, ...] per-token data -> its token rows [T, ...] (T = batch*seq, token b*seq+s): the IR's
-    statement that axis 0 of the result is the token axis (attn.to_tokens; a reshape in value)."""
+    statement that axis 0 of the result is the token axis (attn.to_tokens; a reshape in value). Packed layout:
+    per-token data is [T, ...], flattened as [1, T, ...] (token dims (1, T))."""
     dims = _Ctx.token_dims
+    if _Ctx.packed and dims is not None:  # per-token data is [T, ...]: one sequence of T token rows
+        if x.shape[:1] != (dims[1],):
+            _fail(f"to_tokens needs per-token data [T = {dims[1]}, ...] in the packed layout, got {x}")
+        tagged = x.token_positions_of
+        x = reshape(x, (1, *x.shape))
+        x.token_positions_of = tagged
     if dims is None or tuple(x.shape[:2]) != dims:
         _fail(f"to_tokens needs [batch, seq, ...] = {list(dims or ())} leading dims, got {x}")
     out = _emit("to_tokens", [x], _ty((dims[0] * dims[1], *x.shape[2:]), x.dtype))
@@ -368,11 +376,13 @@ def to_tokens(x: Tensor) -> Tensor:
 
 
 def from_tokens(x: Tensor) -> Tensor:
-    """Token rows [T, ...] -> [batch, seq, ...] (attn.from_tokens): rows handed to batch-major work or returned."""
+    """Token rows [T, ...] -> [batch, seq, ...] (attn.from_tokens): rows handed to batch-major work or returned.
+    In the packed layout the result is [1, T, ...] reshaped back to [T, ...] (per-token data outside token work)."""
     dims = _Ctx.token_dims
     if dims is None or x.shape[:1] != (dims[0] * dims[1],):
         _fail(f"from_tokens needs token rows [{dims[0] * dims[1] if dims else 'T'}, ...], got {x}")
-    return _emit("from_tokens", [x], _ty((*dims, *x.shape[1:]), x.dtype))
+    out = _emit("from_tokens", [x], _ty((*dims, *x.shape[1:]), x.dtype))
+    return reshape(out, x.shape) if _Ctx.packed else out  # packed: per-token data stays [T, ...]
 
 
 def transpose(x: Tensor, perm) -> Tensor:
@@ -475,7 +485,10 @@ def topk(scores: Tensor, valid: Tensor, k: int) -> Tensor:
 
 
 def token_positions(start_pos: Tensor, seq: int) -> Tensor:
-    """[B, S] i32 absolute positions start_pos[b] + s — the only way the DSL derives a token's position."""
+    """[B, S] i32 absolute positions start_pos[b] + s — the only way the DSL derives a token's position.
+    Packed layout (`start_pos` is the stage's PackedRows): the [T] positions of position_ids."""
+    if isinstance(start_pos, PackedRows):
+        return start_pos.positions
     (batch,) = start_pos.shape
     pos = broadcast_to(reshape(start_pos, (batch, 1)), (batch, seq)) + iota((batch, seq), 1)
     pos.token_positions_of = batch * seq
@@ -492,19 +505,125 @@ def block_start_positions(positions: Tensor, block: int) -> Tensor:
     return out
 
 
+class PackedRows:
+    """The packed token-major layout's step metadata, handed to a stage in place of `start_pos`:
+    position_ids [T] i32 (each token's absolute position) and cu_seqlens [B+1] i32 (prefix sums of the rows'
+    token counts: row b owns tokens cu_seqlens[b] .. cu_seqlens[b+1]-1, contiguous and in position order; a row
+    may have 0 tokens). Its helpers give per-token and per-row facts as values ([T] or [B], not token rows:
+    callers flatten per-token values with to_tokens, as they do dense [B, S] ones); each is built once."""
+
+    def __init__(self, position_ids: Tensor, cu_seqlens: Tensor, rows: int):
+        self.position_ids, self.cu_seqlens, self.rows = position_ids, cu_seqlens, rows
+        self.tokens = position_ids.shape[0]
+        self._made: dict = {}
+
+    def _once(self, key, make):
+        if key not in self._made:
+            self._made[key] = make()
+        return self._made[key]
+
+    @property
+    def positions(self) -> Tensor:
+        """[T] positions, usable wherever token_positions() is (rope, block_start_positions)."""
+        def make():
+            pos = reshape(self.position_ids, (self.tokens,))
+            pos.token_positions_of = self.tokens
+            return pos
+        return self._once("positions", make)
+
+    def token_index(self) -> Tensor:
+        """[T] i32: 0 .. T-1."""
+        return self._once("index", lambda: iota((self.tokens,), 0))
+
+    def token_row(self) -> Tensor:
+        """[T] i32: the row of each token, the last r with cu_seqlens[r] <= t (rows of 0 tokens end where they
+        start, so they are skipped), found by a binary search over the B+1 prefix sums: log2(B) gathers, compares
+        and selects per token — integer element-wise work only, so scatter ids built on it stay scalars in pypto."""
+        def make():
+            T, B = self.tokens, self.rows
+            t = self.token_index()
+            table = reshape(self.cu_seqlens, (B + 1, 1))
+            row = full((T,), 0.0, "i32")
+            step = 1 << max(B - 1, 0).bit_length()
+            while step:
+                cand = minimum(row + step, B)
+                row = select(reshape(gather_rows(table, cand), (T,)) <= t, cand, row)
+                step //= 2
+            return row
+        return self._once("row", make)
+
+    def row_first_token(self) -> Tensor:
+        """[T] i32: the index of the first token of each token's row."""
+        return self._once("first_token", lambda: reshape(
+            gather_rows(reshape(self.cu_seqlens, (self.rows + 1, 1)), self.token_row()), (self.tokens,)))
+
+    def token_row_length(self) -> Tensor:
+        """[T] i32: the token count (in this step) of each token's row."""
+        return self._once("row_length", lambda: reshape(
+            gather_rows(reshape(self.cu_seqlens, (self.rows + 1, 1)), self.token_row() + 1), (self.tokens,))
+            - self.row_first_token())
+
+    def row_first_position(self) -> Tensor:
+        """[T] i32: the position of the first token (of this step) of each token's row."""
+        return self._once("first_position", lambda: self.positions - (self.token_index() - self.row_first_token()))
+
+    def row_starts(self) -> Tensor:
+        """[B] i32: cu_seqlens[b], the first token of row b (T for an empty last row)."""
+        return self._once("starts", lambda: slice_(self.cu_seqlens, (0,), (self.rows,)))
+
+    def row_lengths(self) -> Tensor:
+        """[B] i32: the token count of each row in this step (0 allowed)."""
+        return self._once("lengths", lambda: slice_(self.cu_seqlens, (1,), (self.rows,)) - self.row_starts())
+
+    def row_start_positions(self) -> Tensor:
+        """[B] i32: the position of row b's first token in this step (meaningless for a row of 0 tokens)."""
+        def make():
+            first = minimum(self.row_starts(), self.tokens - 1)
+            return reshape(gather_rows(reshape(self.position_ids, (self.tokens, 1)), first), (self.rows,))
+        return self._once("start_positions", make)
+
+
+def is_packed() -> bool:
+    """Whether the stage being built uses the packed token-major layout."""
+    return _Ctx.packed
+
+
+def stage_params(stage_def: StageDef, cfg: dict) -> dict[str, In]:
+    """The stage's parameters in the config's layout. Dense: as declared. Packed (`layout=packed`): per-token
+    parameters [batch, seq, ...] become [tokens, ...], and start_pos [batch] becomes position_ids [tokens] and
+    cu_seqlens [batch + 1] (i32)."""
+    cfg = stage_config(stage_def, cfg)
+    if cfg.get("layout") != "packed":
+        return dict(stage_def.params)
+    out: dict[str, In] = {}
+    for name, p in stage_def.params.items():
+        if name == "start_pos":
+            out["position_ids"] = In("tokens", dtype="i32")
+            out["cu_seqlens"] = In("cu_len", dtype="i32")
+        elif p.dims[:2] == ("batch", "seq"):
+            out[name] = In("tokens", *p.dims[2:], dtype=p.dtype)
+        else:
+            out[name] = p
+    return out
+
+
 # -------------------------------------------------------------------------------------------------- build
 
 
 def build_stage(stage_def: StageDef, cfg: dict) -> ModuleOp:
     """Resolve shapes from `cfg` and trace the stage function into a module with one func.func."""
     cfg = stage_config(stage_def, cfg)
-    arg_types = [_ty(p.resolve(cfg), p.dtype) for p in stage_def.params.values()]
+    params = stage_params(stage_def, cfg)
+    arg_types = [_ty(p.resolve(cfg), p.dtype) for p in params.values()]
     block = Block(arg_types=arg_types)
     builder = Builder(InsertPoint.at_end(block))
-    args = {name: Tensor(a) for name, a in zip(stage_def.params, block.args)}
-    _Ctx.tokens = cfg["batch"] * cfg["seq"]
-    _Ctx.token_dims = (cfg["batch"], cfg["seq"])
-    with _building(builder):
+    args = {name: Tensor(a) for name, a in zip(params, block.args)}
+    packed = cfg.get("layout") == "packed"
+    _Ctx.tokens = cfg["tokens"] if packed else cfg["batch"] * cfg["seq"]
+    _Ctx.token_dims = (1, _Ctx.tokens) if packed else (cfg["batch"], cfg["seq"])
+    with _building(builder, packed):
+        if packed and "position_ids" in args:
+            args["start_pos"] = PackedRows(args.pop("position_ids"), args.pop("cu_seqlens"), cfg["batch"])
         outs = stage_def.fn(cfg, **args)
         missing = [o for o in stage_def.outputs if o not in outs]
         if missing:
@@ -513,10 +632,10 @@ def build_stage(stage_def: StageDef, cfg: dict) -> ModuleOp:
         builder.insert(ret)
     fn = func.FuncOp(stage_def.name, (arg_types, [outs[o].value.type for o in stage_def.outputs]),
                      Region(block))
-    fn.attributes["arg_names"] = _str_array(stage_def.params)
+    fn.attributes["arg_names"] = _str_array(params)
     fn.attributes["result_names"] = _str_array(stage_def.outputs)
-    # token dims [batch, seq]: the extent of the token rows made by attn.to_tokens
-    fn.attributes["token_dims"] = int_array([cfg["batch"], cfg["seq"]])
+    # token dims [batch, seq] ([1, T] packed): the extent of the token rows made by attn.to_tokens
+    fn.attributes["token_dims"] = int_array(list(_Ctx.token_dims))
     module = ModuleOp([fn])
     module.verify()
     return module
@@ -529,10 +648,10 @@ def _str_array(names):
 
 
 @contextlib.contextmanager
-def _building(builder: Builder):
-    prev = _Ctx.builder
-    _Ctx.builder = builder
+def _building(builder: Builder, packed: bool = False):
+    prev = _Ctx.builder, _Ctx.packed
+    _Ctx.builder, _Ctx.packed = builder, packed
     try:
         yield
     finally:
-        _Ctx.builder = prev
+        _Ctx.builder, _Ctx.packed = prev

@@ -64,7 +64,7 @@ def compress(cfg, xn, w_kv, w_gate, ape, norm_w, kv_state, score_state, cache, s
     entry = rope(normed, rope_cos, rope_sin, first, out="bf16")
     if rotate:
         entry = cast(matmul(entry, hadamard_signs(dim)) * (1.0 / math.sqrt(dim)), "bf16")
-    new_cache = store_completed(cfg, cache, from_tokens(entry), start_pos, ratio, rows_of)
+    new_cache = store_completed(cfg, cache, from_tokens(entry), start_pos, ratio, rows_of, cfg["n_cmp"])
     return (ring_store(cfg, kv_state, from_tokens(a), start_pos), ring_store(cfg, score_state, from_tokens(z), start_pos),
             new_cache)
 

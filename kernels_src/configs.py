@@ -5,17 +5,18 @@ import math
 
 CONFIG_KEYS = ("batch", "seq", "dim", "n_heads", "head_dim", "rope_dim", "q_lora_rank", "o_lora_rank",
                "o_groups", "window", "compress_ratio", "n_cmp", "cmp_topk", "index_heads", "index_dim", "max_pos",
-               "norm_eps", "block_size")
+               "norm_eps", "block_size", "layout", "tokens")
+LAYOUTS = ("dense", "packed")
 
 _FLASH = dict(batch=64, seq=2, dim=4096, n_heads=64, head_dim=512, rope_dim=64, q_lora_rank=1024,
               o_lora_rank=1024, o_groups=8, window=128, compress_ratio=4, n_cmp=2048, cmp_topk=512,
-              index_heads=64, index_dim=128, max_pos=8192, norm_eps=1e-6, block_size=64)
+              index_heads=64, index_dim=128, max_pos=8192, norm_eps=1e-6, block_size=64, layout="dense", tokens=0)
 CONFIGS: dict[str, dict] = {
     "flash": _FLASH,
     "pro": {**_FLASH, "dim": 7168, "n_heads": 128, "q_lora_rank": 1536, "o_groups": 16, "cmp_topk": 1024},
     "tiny": dict(batch=2, seq=2, dim=64, n_heads=4, head_dim=128, rope_dim=64, q_lora_rank=32, o_lora_rank=32,
                  o_groups=2, window=8, compress_ratio=4, n_cmp=8, cmp_topk=4, index_heads=8, index_dim=128,
-                 max_pos=64, norm_eps=1e-6, block_size=4),
+                 max_pos=64, norm_eps=1e-6, block_size=4, layout="dense", tokens=0),
 }
 
 
@@ -27,6 +28,10 @@ class ConfigError(Exception):
 
 
 def _coerce(key: str, text: str, current):
+    if isinstance(current, str):
+        if text not in LAYOUTS:
+            raise ConfigError(f"--set {key}={text[:40]}: expected one of {', '.join(LAYOUTS)}")
+        return text
     try:
         return float(text) if isinstance(current, float) else int(text)
     except ValueError:
@@ -45,7 +50,8 @@ def resolve_config(name: str, overrides: list[str] | dict | None = None) -> dict
             raise ConfigError(f"--set {key}: unknown config key (known: {', '.join(CONFIG_KEYS)})")
         if value is None:
             raise ConfigError(f"--set {key}: expected KEY=VALUE")
-        cfg[key] = _coerce(key, value, cfg[key]) if isinstance(value, str) else type(cfg[key])(value)
+        cfg[key] = _coerce(key, value, cfg[key]) if isinstance(value, str) else (
+            _coerce(key, value, cfg[key]) if isinstance(cfg[key], str) else type(cfg[key])(value))
     _validate(cfg)
     cfg.update(derived_sizes(cfg))
     cfg["name"] = name
@@ -58,7 +64,9 @@ def _validate(cfg: dict):
             raise ConfigError(msg)
 
     for k in CONFIG_KEYS:
-        if k != "norm_eps" and k != "compress_ratio":
+        if k == "layout":
+            continue
+        if k not in ("norm_eps", "compress_ratio", "tokens"):
             need(cfg[k] > 0, f"{k} must be positive, got {cfg[k]}")
         if k != "norm_eps":  # a tensor dim; what a command may allocate is checked against the machine later
             need(cfg[k] <= MAX_SIZE, f"{k} must be at most {MAX_SIZE}, got {str(cfg[k])[:24]}")
@@ -69,11 +77,18 @@ def _validate(cfg: dict):
     need(cfg["norm_eps"] > 0, "norm_eps must be positive")
     need(cfg["index_dim"] >= cfg["rope_dim"] and cfg["index_dim"] & (cfg["index_dim"] - 1) == 0,
          "index_dim must be a power of two (Hadamard) and >= rope_dim")
+    need(cfg["layout"] in LAYOUTS, f"layout must be one of {', '.join(LAYOUTS)}, got {cfg['layout']!r}")
+    need(cfg["tokens"] >= 0, f"tokens must be >= 0 (0 = batch*seq), got {cfg['tokens']}")
+    need(cfg["tokens"] in (0, cfg["batch"] * cfg["seq"]) or cfg["layout"] == "packed",
+         "tokens is the token count of the packed layout (--set layout=packed); a dense step has batch*seq")
 
 
 def derived_sizes(cfg: dict) -> dict:
+    packed = cfg.get("layout") == "packed"
     return dict(
-        tokens=cfg["batch"] * cfg["seq"],
+        # the step's token rows: batch*seq (dense), or the packed layout's `tokens` (0 = batch*seq)
+        tokens=cfg["tokens"] if packed and cfg.get("tokens") else cfg["batch"] * cfg["seq"],
+        cu_len=cfg["batch"] + 1,  # cu_seqlens of the packed layout: one prefix sum per row, and 0
         rope_half=cfg["rope_dim"] // 2,
         q_dim=cfg["n_heads"] * cfg["head_dim"],
         heads_per_group=cfg["n_heads"] // cfg["o_groups"],

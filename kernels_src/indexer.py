@@ -17,7 +17,7 @@ from attnc.ir.dsl import (
 
 from .compressor import hadamard_signs
 from .configs import with_compress_ratio
-from .rings import gather_pool
+from .rings import row_entries
 
 NOT_VISIBLE = -3.4028234663852886e38  # index_score of an entry the token may not pick (lowest f32)
 
@@ -40,7 +40,7 @@ def index_select(cfg, xn, qr, wi_q, wi_w, idx_cmp, start_pos, rope_cos, rope_sin
     pos = to_tokens(token_positions(start_pos, S))
     q = rope(reshape(matmul(qr, wi_q), (T, IH, ID)), rope_cos, rope_sin, pos, out="bf16")
     q = cast(matmul(q, hadamard_signs(ID)) * (1.0 / math.sqrt(ID)), "bf16")
-    keys = gather_pool([idx_cmp], iota((B, S, NC), 2), (T, NC))                    # [T, NC, ID]
+    keys = row_entries(cfg, idx_cmp, start_pos)                                      # [T, NC, ID]
     dots = relu(matmul(keys, q, transpose_b=True))                                   # [T, NC, IH]
     weights = matmul(xn, wi_w) * (1.0 / math.sqrt(ID * IH))                          # [T, IH]
     score = reshape(reduce(dots * reshape(weights, (T, 1, IH)), "sum", -1), (T, NC))

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from attnc.ir.dsl import StageDef, stage_config
+from attnc.ir.dsl import StageDef, stage_config, stage_params
 from attnc.ir.types import torch_dtype
 
 
@@ -54,32 +54,63 @@ def default_start_pos(cfg: dict, gen: torch.Generator) -> torch.Tensor:
     return torch.randint(0, hi + 1, (cfg["batch"],), generator=gen, dtype=torch.int32)
 
 
-def compressed_ids(cfg: dict, start_pos: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Distinct ids per token: up to cmp_topk of the entries visible to it, then -1 padding."""
+def compressed_ids(cfg: dict, start_pos: torch.Tensor, gen: torch.Generator,
+                   positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Distinct ids per token: up to cmp_topk of the entries visible to it, then -1 padding. Tokens at
+    start_pos[b] + s ([B, S, K]), or at `positions` [T] ([T, K], the packed layout)."""
     B, S, KC, NC, m = cfg["batch"], cfg["seq"], cfg["cmp_topk"], cfg["n_cmp"], cfg["compress_ratio"]
-    out = torch.full((B, S, KC), -1, dtype=torch.int32)
-    for b in range(B):
-        for s in range(S):
-            t = int(start_pos[b]) + s
-            n_vis = min(NC, (t + 1) // m) if m else 0
-            ids = torch.randperm(n_vis, generator=gen)[:KC] if n_vis else torch.empty(0, dtype=torch.long)
-            out[b, s, : len(ids)] = ids.to(torch.int32)
-    return out
+    if positions is None:
+        positions = (start_pos.reshape(B, 1) + torch.arange(S)).reshape(-1)
+    out = torch.full((len(positions), KC), -1, dtype=torch.int32)
+    for i, t in enumerate(positions.tolist()):
+        n_vis = min(NC, (t + 1) // m) if m else 0
+        ids = torch.randperm(n_vis, generator=gen)[:KC] if n_vis else torch.empty(0, dtype=torch.long)
+        out[i, : len(ids)] = ids.to(torch.int32)
+    return out if cfg.get("layout") == "packed" else out.reshape(B, S, KC)
+
+
+def seeded_packed_rows(cfg: dict, gen: torch.Generator, cu_seqlens: torch.Tensor | None = None,
+                       starts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(position_ids [T], cu_seqlens [B+1]) of the packed layout: the given row split (else a random split of the
+    T tokens over the B rows, empty rows allowed), each row's tokens at consecutive positions from its start
+    (given per row, else random with the row inside the RoPE table)."""
+    B, T = cfg["batch"], cfg["tokens"]
+    if cu_seqlens is None:
+        cuts = torch.sort(torch.randint(0, T + 1, (B - 1,), generator=gen)).values
+        cu_seqlens = torch.cat([torch.zeros(1, dtype=torch.long), cuts, torch.full((1,), T)]).to(torch.int32)
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    if starts is None:
+        room = (cfg["max_pos"] - lengths).clamp(min=0)
+        starts = (torch.rand(B, generator=gen) * (room + 1).double()).long().clamp(max=room)
+    positions = torch.cat([int(s) + torch.arange(int(n)) for s, n in zip(starts.tolist(), lengths.tolist())] +
+                          [torch.empty(0, dtype=torch.long)])
+    return positions.to(torch.int32), cu_seqlens.to(torch.int32)
 
 
 def make_inputs(stage_def: StageDef, cfg: dict, seed: int = 0, given: dict | None = None) -> dict[str, torch.Tensor]:
     cfg = stage_config(stage_def, cfg)
     gen = torch.Generator().manual_seed(seed)
     given = dict(given or {})
+    if cfg.get("layout") == "packed" and "start_pos" in given:  # packed: start_pos [B] remakes position_ids
+        given.pop("position_ids", None)
     check_index_inputs(stage_def, cfg, given)  # the index-input rule below, for every caller
     out: dict[str, torch.Tensor] = {}
-    shapes = {n: p.resolve(cfg) for n, p in stage_def.params.items()}
+    params = stage_params(stage_def, cfg)
+    shapes = {n: p.resolve(cfg) for n, p in params.items()}
+    positions = None
+    if "position_ids" in shapes:  # packed: a given start_pos [B] (each row's first position) makes position_ids
+        starts, given_pos = given.pop("start_pos", None), given.pop("position_ids", None)
+        cu_seqlens = given.pop("cu_seqlens", None)
+        check_packed_rows(cfg, {"cu_seqlens": cu_seqlens} if cu_seqlens is not None else {})
+        seeded_pos, out["cu_seqlens"] = seeded_packed_rows(cfg, gen, cu_seqlens, starts)
+        out["position_ids"] = positions = seeded_pos if given_pos is None else given_pos
+        check_index_inputs(stage_def, cfg, out)
     if "start_pos" in shapes:
         out["start_pos"] = given.pop("start_pos", None)
         if out["start_pos"] is None:
             out["start_pos"] = default_start_pos(cfg, gen)
     cos, sin = rope_tables(cfg)
-    for name, p in stage_def.params.items():
+    for name, p in params.items():
         if name in out:
             continue
         if name in given:
@@ -91,7 +122,7 @@ def make_inputs(stage_def: StageDef, cfg: dict, seed: int = 0, given: dict | Non
         elif name == "rope_sin":
             t = sin
         elif name == "cmp_idx":
-            t = compressed_ids(cfg, out["start_pos"], gen)
+            t = compressed_ids(cfg, out.get("start_pos"), gen, positions)
         elif name.endswith("_block_table"):  # a shuffled table: every pool block mapped once
             t = torch.randperm(math.prod(shape), generator=gen).reshape(shape)
         elif name == "attn_sink":
@@ -104,7 +135,7 @@ def make_inputs(stage_def: StageDef, cfg: dict, seed: int = 0, given: dict | Non
         else:
             t = torch.randn(shape, generator=gen)
         out[name] = t.to(torch_dtype(p.dtype))
-    return {n: out[n] for n in stage_def.params}
+    return {n: out[n] for n in params}
 
 
 # Host-checkable index inputs: arrays whose values index something of known size (the RoPE table, a cache).
@@ -117,6 +148,8 @@ INDEX_INPUTS = {
     "cmp_idx": lambda cfg: (-1, cfg["n_cmp"] - 1, "a compressed entry id < n_cmp, or -1 for padding"),
     "ring_block_table": lambda cfg: (0, cfg["ring_pool"] - 1, "a block of the kv_ring pool"),
     "cmp_block_table": lambda cfg: (0, cfg["cmp_pool"] - 1, "a block of the kv_cmp/idx_cmp pools"),
+    "position_ids": lambda cfg: (0, cfg["max_pos"] - 1, "a position inside the RoPE table, < max_pos"),
+    "cu_seqlens": lambda cfg: (0, cfg["tokens"], "a token index of the packed step, <= tokens"),
 }
 # index inputs whose values must also be distinct: a physical block mapped twice would be written by two rows
 DISTINCT_INPUTS = {"ring_block_table": "kv_ring", "cmp_block_table": "kv_cmp/idx_cmp"}
@@ -128,8 +161,9 @@ class IndexInputError(ValueError):
 
 def check_index_inputs(stage_def: StageDef, cfg: dict, arrays: dict, where: str = "") -> None:
     cfg = stage_config(stage_def, cfg)
+    params = stage_params(stage_def, cfg)
     for name, rule in INDEX_INPUTS.items():
-        if name not in arrays or name not in stage_def.params:
+        if name not in arrays or name not in params:
             continue
         lo, hi, meaning = rule(cfg)
         t = arrays[name]
@@ -146,3 +180,34 @@ def check_index_inputs(stage_def: StageDef, cfg: dict, arrays: dict, where: str 
                 at = [[int(i) for i in ix] for ix in (t == block).nonzero()[:2]]
                 raise IndexInputError(f"{where + ': ' if where else ''}array '{name}'{at[0]} and {at[1]}: block "
                                       f"{block} mapped twice (two rows would write one block of {DISTINCT_INPUTS[name]})")
+    if "position_ids" in params:
+        check_packed_rows(cfg, arrays, where)
+
+
+def check_packed_rows(cfg: dict, arrays: dict, where: str = "") -> None:
+    """The packed layout's row contract, on the host: cu_seqlens starts at 0, never decreases and ends at T;
+    each row's tokens have consecutive positions (rows are contiguous and in position order)."""
+    at = where + ": " if where else ""
+    cu, pos = arrays.get("cu_seqlens"), arrays.get("position_ids")
+    if cu is None:
+        return
+    cu = [int(v) for v in cu.tolist()]
+    T = cfg["tokens"]
+    if cu[0] != 0:
+        raise IndexInputError(f"{at}array 'cu_seqlens'[0]: value {cu[0]}, expected 0 (prefix sums of the rows' "
+                              "token counts start at 0)")
+    for b in range(1, len(cu)):
+        if cu[b] < cu[b - 1]:
+            raise IndexInputError(f"{at}array 'cu_seqlens'[{b}]: value {cu[b]} < cu_seqlens[{b - 1}] = {cu[b - 1]} "
+                                  "(prefix sums of token counts never decrease)")
+    if cu[-1] != T:
+        raise IndexInputError(f"{at}array 'cu_seqlens'[{len(cu) - 1}]: value {cu[-1]}, expected the token count "
+                              f"{T} (every token belongs to a row)")
+    if pos is None:
+        return
+    p = pos.tolist()
+    for b in range(len(cu) - 1):
+        for t in range(cu[b] + 1, cu[b + 1]):
+            if p[t] != p[t - 1] + 1:
+                raise IndexInputError(f"{at}array 'position_ids'[{t}]: value {p[t]}, expected {p[t - 1] + 1} (row {b}"
+                                      f"'s tokens {cu[b]}..{cu[b + 1] - 1} have consecutive positions)")

@@ -109,7 +109,7 @@ def decode_layer(cfg, kind: str, a: dict, paged: bool = False) -> dict:
     o = attention_core(cfg, from_tokens(q), logical(a["kv_ring"], "ring_block_table", cfg["window"]), kv_step, kv_cmp, cmp_idx,
                        a["start_pos"], a["attn_sink"])
     outs["out"] = output_projection(cfg, o, a["start_pos"], a["rope_cos"], a["rope_sin"], a["wo_a"], a["wo_b"])
-    outs["kv_ring"] = ring_store(cfg, a["kv_ring"], kv_step, a["start_pos"], ring_rows)
+    outs["kv_ring"] = ring_store(cfg, a["kv_ring"], kv_step, a["start_pos"], ring_rows, cfg["window"])
     return outs
 
 

@@ -18,8 +18,8 @@ def paged_rows(cfg, block_table):
     size = cfg["block_size"]
     flat = reshape(block_table, (B * blocks,))
 
-    def rows_of(slot):
-        physical = gather_rows(flat, iota(slot.shape, 0) * blocks + slot // size)
+    def rows_of(slot, row=None):  # row: each slot's batch row when it is not the leading index (packed layout)
+        physical = gather_rows(flat, (iota(slot.shape, 0) if row is None else row) * blocks + slot // size)
         return physical * size + slot % size
 
     return rows_of

@@ -12,8 +12,18 @@ Reads gather from one pool [B * (n_1 + n_2 + ...), ...] made of per-batch-row bl
 `local + b * width` and each batch row only ever reads its own rows. Writes are `scatter_rows` of the step's rows
 (only those that land: the newest R positions of a ring, the completing tokens of a cache) at row ids
 `b * R + slot` of the table; every other row keeps its value, so a step's update costs its S rows, not the table.
+
+Packed layout (`start_pos` is a PackedRows: position_ids [T], cu_seqlens [B+1]): the same definitions per token,
+with each token's row and position from the metadata instead of (b, start_pos[b] + s). Reads gather from one pool
+[every row's ring rows (B*R) | the step's T token rows]: position p of token t's row is the step token
+t - (pos[t] - p) when p is not before the row's first position in the step (rows are contiguous, in position
+order), else ring row row[t]*R + p mod R. Writes scatter a token's row to its row's slot when it is among its
+row's newest R positions (caches: when it completes a block). A row with 0 tokens keeps its rows unchanged.
 """
-from attnc.ir.dsl import gather_pool, iota, maximum, minimum, reshape, scatter_rows, select, to_tokens, token_positions
+from attnc.ir.dsl import (
+    PackedRows, concat, gather_pool, gather_rows, iota, maximum, minimum, reshape, scatter_rows, select, to_tokens,
+    token_positions,
+)
 
 
 def window_positions(cfg, start_pos, ring: int, span: int):
@@ -31,34 +41,103 @@ def window_positions(cfg, start_pos, ring: int, span: int):
 def ring_window(cfg, old, step, start_pos, span: int):
     """Rows of positions t-span+1 .. t for every token: [T, span, ...] and validity [T, span]."""
     T = cfg["tokens"]
+    if isinstance(start_pos, PackedRows):
+        return packed_ring_window(old, step, start_pos, span)
     local, valid = window_positions(cfg, start_pos, old.shape[1], span)
     return gather_pool([old, step], local, (T, span)), to_tokens(valid)
 
 
 def dense_rows(length: int):
-    """Row ids of slots [B, ...] of a dense per-row table [B, length, ...]: b * length + slot."""
-    return lambda slot: iota(slot.shape, 0) * length + slot
+    """Row ids of slots [B, ...] of a dense per-row table [B, length, ...]: b * length + slot (`row`: each slot's
+    batch row when it is not the leading index, e.g. the packed layout's per-token rows)."""
+    return lambda slot, row=None: (iota(slot.shape, 0) if row is None else row) * length + slot
 
 
-def ring_store(cfg, old, step, start_pos, rows_of=None):
+def ring_store(cfg, old, step, start_pos, rows_of=None, length: int | None = None):
     """The ring after the step: token s of row b (position p = start_pos[b] + s) is stored at slot p mod R when it
     is among the row's newest R positions (s >= S - R), so slot j holds the newest position p with p mod R == j.
     `rows_of(slot [B, S])` gives the table row ids of the slots (default: the dense [B, R, ...] layout; a paged
-    cache maps them through its block table, see paged.py)."""
-    B, S, R = cfg["batch"], cfg["seq"], cfg["window"] if rows_of else old.shape[1]
+    cache maps them through its block table, see paged.py, and gives the ring's `length` R)."""
+    B, S, R = cfg["batch"], cfg["seq"], length or old.shape[1]
+    if isinstance(start_pos, PackedRows):
+        return packed_ring_store(old, step, start_pos, R, rows_of)
     s = iota((B, S), 1)
     p = reshape(start_pos, (B, 1)) + s
     ids = select(s >= S - R, (rows_of or dense_rows(R))(p % R), -1)
     return scatter_rows(old, step, ids)
 
 
-def store_completed(cfg, cache, entries, start_pos, ratio: int, rows_of=None):
+def store_completed(cfg, cache, entries, start_pos, ratio: int, rows_of=None, length: int | None = None):
     """The compressed cache after the step: the token at position p = (w+1)*ratio - 1 completes block w and stores
     its candidate entry (`entries` [B, S, ...], one per token) at slot w < N; every other slot keeps its value.
-    `rows_of` as in ring_store."""
-    B, S, N = cfg["batch"], cfg["seq"], cfg["n_cmp"] if rows_of else cache.shape[1]
+    `rows_of` and `length` (N) as in ring_store."""
+    B, S, N = cfg["batch"], cfg["seq"], length or cache.shape[1]
+    if isinstance(start_pos, PackedRows):
+        return packed_store_completed(cache, entries, start_pos, ratio, N, rows_of)
     p = reshape(start_pos, (B, 1)) + iota((B, S), 1)
     w = (p + 1) // ratio - 1
     completes = ((p + 1) % ratio).eq(0) & (w < N)
     slot = maximum(minimum(w, N - 1), 0)  # a slot id for every token (only completing ones are stored)
     return scatter_rows(cache, entries, select(completes, (rows_of or dense_rows(N))(slot), -1))
+
+
+# -------------------------------------------------------------------------------------------------- packed layout
+
+
+def _row_major(table):
+    """[B, n, ...] -> [B*n, ...]: row b's slot j is row b*n + j."""
+    return reshape(table, (table.shape[0] * table.shape[1], *table.shape[2:]))
+
+
+def stacked_pool(tables):
+    """Row-major tables [n_i, ...] stacked into one [sum n_i, ...] pool (as one [1, sum n_i, ...] block, the form
+    the dense pools have, which pypto 0.2.0 gathers from without splitting it into ragged tiles)."""
+    blocks = [reshape(t, (1, *t.shape)) for t in tables]
+    stacked = concat(blocks, axis=1)
+    return reshape(stacked, stacked.shape[1:])
+
+
+def packed_window_ids(rows: PackedRows, ring: int, span: int, step_base: int):
+    """For every token t (values [T, span], not yet token rows): ids of positions t-span+1 .. t (oldest first) in a
+    pool [rings of every row (B*ring rows) | ... | the step's token rows from `step_base`], and their validity."""
+    assert ring >= span - 1, (ring, span)
+    T = rows.tokens
+    t = reshape(rows.positions, (T, 1))
+    p = t - (span - 1) + iota((T, span), 1)
+    in_step = reshape(rows.token_index(), (T, 1)) + (p - t) + step_base  # the step token holding position p
+    in_ring = reshape(rows.token_row(), (T, 1)) * ring + maximum(p, 0) % ring
+    return select(p >= reshape(rows.row_first_position(), (T, 1)), in_step, in_ring), p >= 0
+
+
+def packed_ring_window(old, step, rows: PackedRows, span: int):
+    """ring_window of the packed layout: old [B, R, ...], step [T, ...] -> [T, span, ...] rows and [T, span]."""
+    ids, valid = packed_window_ids(rows, old.shape[1], span, old.shape[0] * old.shape[1])
+    return gather_rows(stacked_pool([_row_major(old), step]), to_tokens(ids)), to_tokens(valid)
+
+
+def packed_ring_store(old, step, rows: PackedRows, ring: int, rows_of=None):
+    """ring_store of the packed layout (step [T, ...]): token t is stored at its row's slot pos[t] mod R when it is
+    among its row's newest R positions of the step."""
+    in_row = rows.token_index() - rows.row_first_token()
+    slot = rows.positions % ring
+    ids = select(in_row >= rows.token_row_length() - ring, (rows_of or dense_rows(ring))(slot, rows.token_row()), -1)
+    return scatter_rows(old, step, ids)
+
+
+def packed_store_completed(cache, entries, rows: PackedRows, ratio: int, n: int, rows_of=None):
+    """store_completed of the packed layout (entries [T, ...]): the token at position (w+1)*ratio - 1 stores its
+    entry at slot w < n of its row."""
+    p = rows.positions
+    w = (p + 1) // ratio - 1
+    completes = ((p + 1) % ratio).eq(0) & (w < n)
+    slot = maximum(minimum(w, n - 1), 0)
+    return scatter_rows(cache, entries, select(completes, (rows_of or dense_rows(n))(slot, rows.token_row()), -1))
+
+
+def row_entries(cfg, table, start_pos):
+    """Every row of each token's batch row of `table` [B, N, ...], gathered as token rows [T, N, ...]."""
+    B, S, T, N = cfg["batch"], cfg["seq"], cfg["tokens"], table.shape[1]
+    if isinstance(start_pos, PackedRows):
+        ids = reshape(start_pos.token_row(), (T, 1)) * N + iota((T, N), 1)
+        return gather_rows(_row_major(table), to_tokens(ids))
+    return gather_pool([table], iota((B, S, N), 2), (T, N))

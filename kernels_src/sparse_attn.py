@@ -1,10 +1,12 @@
 """Stages sparse_attn and sparse_attn_core: per-token window + compressed sparse attention with sinks,
 de-rotation and the grouped output projection."""
 from attnc.ir.dsl import (
-    In, cache_attention, concat, from_tokens, matmul, reshape, rope, slice_, stage, to_tokens, token_positions,
+    In, PackedRows, cache_attention, concat, from_tokens, gather_rows, iota, matmul, minimum, reshape, rope, select,
+    slice_, sparse_attention, stage, to_tokens, token_positions,
 )
 
 from .configs import with_compress_ratio
+from .rings import packed_window_ids, stacked_pool
 
 _CORE_PARAMS = dict(
     q=In("batch", "seq", "n_heads", "head_dim"),
@@ -23,10 +25,38 @@ def attention_core(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, start_pos, attn_si
     compressed entries (m > 0), the entries w < min(NCMP, floor((t+1)/m)): those listed in `cmp_idx` (-1 padding),
     or every entry when `cmp_idx` is None (HCA). Visibility comes from each token's own position."""
     m = cfg["compress_ratio"]
+    if isinstance(start_pos, PackedRows):
+        return packed_attention_core(cfg, q, kv_ring, kv_step, kv_cmp if m > 0 else None, cmp_idx, start_pos,
+                                     attn_sink)
     # listed ids (the indexer's top-k picks; the cmp_idx contract of the attention stages) are a visible prefix
     extra = dict(cache=kv_cmp, index=cmp_idx, ratio=m, listed_prefix=cmp_idx is not None) if m > 0 else {}
     return cache_attention(q, attn_sink, start_pos, kv_ring, kv_step, cfg["softmax_scale"],
                            out="bf16", **extra)
+
+
+def packed_attention_core(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, rows: PackedRows, attn_sink):
+    """attention_core of the packed layout (q [T,H,hd], kv_step [T,hd], cmp_idx [T,K]): the same keys in the same
+    order as cache_attention's definition (window oldest first, then the compressed entries), gathered per token
+    from [every row's ring | the step's rows | every row's cache] with each token's row and position, and
+    attended by sparse_attention — the generic per-token path (schedule-attention reads batch-major tables)."""
+    T, B, W, hd = rows.tokens, kv_ring.shape[0], kv_ring.shape[1], kv_ring.shape[2]
+    ids, valid = packed_window_ids(rows, W, W, B * W)
+    tables = [reshape(kv_ring, (B * W, hd)), kv_step]
+    if kv_cmp is not None:
+        m, N = cfg["compress_ratio"], kv_cmp.shape[1]
+        t = reshape(rows.positions, (T, 1))
+        listed = cmp_idx if cmp_idx is not None else iota((T, N), 1)
+        complete = minimum((t + 1) // m, N)  # entries w < complete are visible to token t
+        ok = (listed >= 0) & (listed < complete)
+        if cmp_idx is not None:  # the visible-prefix contract of listed ids
+            ok = ok & (iota(listed.shape, 1) < complete)
+        row_base = reshape(rows.token_row(), (T, 1)) * N + (B * W + T)
+        ids = concat([ids, select(ok, listed, 0) + row_base], axis=1)
+        valid = concat([valid, ok], axis=1)
+        tables.append(reshape(kv_cmp, (B * N, hd)))
+    keys = gather_rows(stacked_pool(tables), to_tokens(ids))
+    o = sparse_attention(to_tokens(q), keys, to_tokens(valid), attn_sink, cfg["softmax_scale"], out="bf16")
+    return from_tokens(o)
 
 
 def _core_stage(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, start_pos, attn_sink):

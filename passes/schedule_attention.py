@@ -13,7 +13,7 @@ the row's start position (no iteration waits for a whole-batch producer), with t
 position p < start_pos with p = j mod W; p < 0 was never written), compressed entries w < min(N, floor((t+1)/m)).
 Key rows no token of the group sees are zeroed before the matmuls, so never-written rows (they may hold NaN)
 never reach a result. One softmax per group over all its keys in f32, exp weights rounded to the key dtype
-before P·V (as tile-softmax), the sink as one more key column (a zero key row, its logit from a constant fill), so
+before P·V (as tile-softmax), the sink as the first key column (a zero key row, its logit from a constant fill), so
 it enters the max and the denominator without separate steps.
 The bf16 weights and the different summation order make it an approximate rewrite: tolerance as tile-softmax."""
 from __future__ import annotations
@@ -76,13 +76,13 @@ def key_positions_and_visibility(op: CacheAttentionOp, start_pos: dsl.Tensor, li
 
 
 def group_attention(q, keys, visible, logit_fill, scale: float, out_dtype: str, normalize: str = "after"):
-    """Softmax attention of query rows q [G, d] over keys [N, d] whose last row is zero and stands for the sink
+    """Softmax attention of query rows q [G, d] over keys [N, d] whose first row is zero and stands for the sink
     (rows nobody may see hold finite values), with visibility [G, N] (i1, the sink column false) and logit_fill
-    [G, N] (f32: the sink logit in the last column, F32_MIN elsewhere): [G, d] in `out_dtype`. With the sink as a
-    key column, the running max, the exp and the denominator need no separate [G, 1] steps (each would be a task
-    of the scheduler-bound target). Every query row sees at least its own token (the window always holds
-    position t), so the max is a real score or the sink: invisible keys get exp(F32_MIN - m) = 0 and the
-    denominator is at least the sink term — no guards needed.
+    [G, N] (f32: the sink logit in column 0, F32_MIN elsewhere): [G, d] in `out_dtype`. With the sink as a key
+    column, the running max, the exp and the denominator need no separate [G, 1] steps (each would be a task of
+    the scheduler-bound target). Every query row sees at least its own token (the window always holds position
+    t), so the max is a real score or the sink: invisible keys get exp(F32_MIN - m) = 0 and the denominator is at
+    least the sink term — no guards needed.
 
     normalize="after": exp weights rounded to the key dtype, P·V in f32 divided by the sum of the rounded weights
     (the sink term included, rounded like the others); "before" (the hand-written kernels' numerics): the f32
@@ -97,9 +97,8 @@ def group_attention(q, keys, visible, logit_fill, scale: float, out_dtype: str, 
 
 
 def with_sink_column(visible):
-    """[G, N] visibility -> [G, N + 1] with the sink column (never a visible key)."""
-    G = visible.shape[0]
-    return dsl.concat([visible, dsl.iota((G, 1), 1) < 0], axis=1)
+    """[G, N] visibility -> [G, 1 + N]: the sink's column (never a visible key) first."""
+    return dsl.concat([dsl.iota((visible.shape[0], 1), 1) < 0, visible], axis=1)
 
 
 def _row(table, index: tuple, shape: tuple):
@@ -153,9 +152,9 @@ class _Schedule(RewritePattern):
         b, acc = body.args
         with at_end(body, loc):
             sp = read(op.start_pos, (b,))
-            # the logits of keys nobody sees, and of the sink column (made per group: a constant shared by every
-            # iteration would be one producer with an edge to every tile of every group)
-            logit_fill = dsl.concat([dsl.full((rows, n_keys), F32_MIN), sink], axis=1)
+            # the logits of the sink's column (first) and of keys nobody sees (made per group: a constant shared by
+            # every iteration would be one producer with an edge to every tile of every group)
+            logit_fill = dsl.concat([sink, dsl.full((rows, n_keys), F32_MIN)], axis=1)
             visible, ids = key_positions_and_visibility(
                 op, view(op.start_pos, (b,), (1,)),
                 _row(T(op.compressed[1]), (b,), (1, S, shape_of(op.compressed[1].type)[2])) if listed else None,
@@ -175,17 +174,16 @@ class _Schedule(RewritePattern):
                 vis = dsl.reshape(dsl.broadcast_to(dsl.reshape(with_sink_column(dsl.reshape(visible, (S, n_keys))),
                                                                (S, 1, n_keys + 1)), (S, H, n_keys + 1)),
                                   (rows, n_keys + 1))
-                o = group_attention(_rows(q_rows, muli(b, rows), rows), dsl.concat([*window(), sink_row], axis=0),
+                o = group_attention(_rows(q_rows, muli(b, rows), rows), dsl.concat([sink_row, *window()], axis=0),
                                     vis, logit_fill, scale, out_dtype, self.normalize)
                 result = assemble(dsl.reshape(o, (1, S, H, d)), acc, (b, 0, 0, 0))
             else:
                 def token(s, out):
-                    keys = window()
+                    keys = [sink_row, *window()]
                     if ids is not None:
                         keys.append(self._picks(op, s, sp, cache_rows, visible, ids))
                     vis_row = with_sink_column(_row(visible, (0, s), (1, n_keys)))
-                    o = group_attention(_rows(q_rows, muli(addi(muli(b, S), s), H), H),
-                                        dsl.concat([*keys, sink_row], axis=0),
+                    o = group_attention(_rows(q_rows, muli(addi(muli(b, S), s), H), H), dsl.concat(keys, axis=0),
                                         dsl.broadcast_to(vis_row, (H, n_keys + 1)), logit_fill, scale, out_dtype,
                                         self.normalize)
                     return assemble(dsl.reshape(o, (1, 1, H, d)), out, (b, s, 0, 0))

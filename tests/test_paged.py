@@ -88,7 +88,8 @@ def test_block_tables_out_of_range_or_shared_are_refused_on_the_host():
 
 
 @pytest.mark.skipif(not pypto_available(), reason="pypto 0.2.0 is not importable here")
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [pytest.param("swa", marks=pytest.mark.slow), pytest.param("hca", marks=pytest.mark.slow),
+                                  "csa"])  # CSA has all three paged caches; the others under -m slow
 def test_paged_program_runs_in_sim_bit_exact(kind):
     from attnc.codegen.pypto_target import run_pypto_sim
 

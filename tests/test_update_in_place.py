@@ -77,10 +77,10 @@ _CONFLICT = '''builtin.module {
 
 def test_a_write_that_cannot_follow_every_read_of_the_old_table_stays_a_copy():
     """%a reads the old and the new table: no order makes the write in place legal."""
-    module = parse_ir(_CONFLICT.replace("@f(", "@f(").replace("func.func @f", "func.func @f"))
-    fn = entry_function(module)
     from xdsl.dialects.builtin import ArrayAttr, StringAttr
 
+    module = parse_ir(_CONFLICT)
+    fn = entry_function(module)
     fn.attributes["arg_names"] = ArrayAttr([StringAttr(n) for n in ("t", "r", "i")])
     fn.attributes["result_names"] = ArrayAttr([StringAttr(n) for n in ("t", "a")])
     args = [torch.arange(8.0).reshape(4, 2), -torch.ones(1, 2), torch.tensor([2], dtype=torch.int32)]
