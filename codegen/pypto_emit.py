@@ -65,6 +65,25 @@ def vec_tile(shape, dtype: str = "f32", budget: int = PyptoOptions.vec_tile_elem
     return tile
 
 
+def loop_vec_budget(loop: Operation, outer: int) -> int:
+    """The vector tile budget inside `loop`: the one the pass that scheduled it chose (`vec_tile_elems`), else
+    the budget in force around it."""
+    attr = loop.attributes.get("vec_tile_elems")
+    return attr.value.data if attr is not None else outer
+
+
+def vec_budget_at(op: Operation, default: int) -> int:
+    """The vector tile budget the emitter uses for `op`: its loops' choices, innermost first, else `default`."""
+    loops = []
+    parent = op.parent_op()
+    while parent is not None:
+        loops.append(parent)
+        parent = parent.parent_op()
+    for loop in reversed(loops):
+        default = loop_vec_budget(loop, default)
+    return default
+
+
 L0AB_BYTES, L0C_BYTES = 64 * 1024, 128 * 1024
 UB_BYTES = 192 * 1024  # the vector unit's buffer: an op's tiles (inputs and output) live there together
 
@@ -435,8 +454,7 @@ class _Emitter:
                   f"idx_name=\"{idx}\"):  # {loc}")
         self.depth += 1
         outer_budget = self.vec_budget
-        if "vec_tile_elems" in op.attributes:  # the pass that scheduled the loop chose its vector tiles
-            self.vec_budget = op.attributes["vec_tile_elems"].value.data
+        self.vec_budget = loop_vec_budget(op, outer_budget)
         self.names[block.args[0]] = idx
         for arg, name in zip(block.args[1:], carried):
             self.names[arg] = name

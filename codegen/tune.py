@@ -214,7 +214,7 @@ def largest_vector_tile(module, budget: int) -> tuple[int, str]:
     outside loops whose pass chose their own (`vec_tile_elems` on a tile.parallel), as in the emitter."""
     from xdsl.dialects.builtin import TensorType
 
-    from attnc.codegen.pypto_emit import _BYTES, vec_tile
+    from attnc.codegen.pypto_emit import _BYTES, vec_budget_at, vec_tile
     from attnc.ir.common import op_location
     from attnc.ir.types import dtype_of, shape_of
 
@@ -227,10 +227,7 @@ def largest_vector_tile(module, budget: int) -> tuple[int, str]:
         results = [r for r in op.results if isinstance(r.type, TensorType)]
         if not results:
             continue
-        loop = op.parent_op()
-        while loop is not None and "vec_tile_elems" not in loop.attributes:
-            loop = loop.parent_op()
-        op_budget = loop.attributes["vec_tile_elems"].value.data if loop is not None else budget
+        op_budget = vec_budget_at(op, budget)
         tile = vec_tile(shape_of(results[0].type), dtype_of(results[0].type), op_budget)
         tensors = results + [o for o in op.operands if isinstance(o.type, TensorType)]
         need = 0
