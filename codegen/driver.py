@@ -954,6 +954,18 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("name", help="config name (see `attnc list`)")
     sc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
 
+    def step_inputs(q, overrides: str, default: str):
+        """The arrays that place a step: start positions, packed row lengths, a previous step's state."""
+        q.add_argument("--start-pos", type=_positions, default=None, metavar="P[,P...]",
+                       help=f"every row's start position, or one per row ({overrides}packed: each row's first "
+                            f"position); default: seeded{default}")
+        q.add_argument("--seqlens", type=_positions, default=None, metavar="N,N,...",
+                       help="packed layout: each row's token count (cu_seqlens are their prefix sums); default: "
+                            "seeded")
+        q.add_argument("--state", metavar="OUT.npz", default=None,
+                       help="the in/out arrays (caches, rings, states) of a previous step's --out file, over "
+                            "--inputs (default: none)")
+
     def common(q, pipeline=True):
         q.add_argument("source", metavar="SOURCE",
                        help="a stage name, FILE.mlir, - (MLIR text on stdin) or FILE.py:STAGE (your own stage file)")
@@ -1013,14 +1025,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "seeded (one note line names the seeded arrays)")
     r.add_argument("--no-seed", action="store_true",
                    help="a missing input array is an error instead of a seeded value")
-    r.add_argument("--start-pos", type=_positions, default=None, metavar="P[,P...]",
-                   help="every row's start position, or one per row (overrides the file; packed: each row's first "
-                        "position); default: seeded, or 0 with --steps")
-    r.add_argument("--seqlens", type=_positions, default=None, metavar="N,N,...",
-                   help="packed layout: each row's token count (cu_seqlens are their prefix sums); default: seeded")
-    r.add_argument("--state", metavar="OUT.npz", default=None,
-                   help="the in/out arrays (caches, rings, states) of a previous step's --out file, over --inputs "
-                        "(default: none)")
+    step_inputs(r, "overrides the file; ", ", or 0 with --steps")
     r.add_argument("--steps-file", metavar="FILE", default=None,
                    help="decode one step per entry of FILE, each with its own token count per row (seq): one "
                         "positive integer a line (# comments) or a JSON list, e.g. [16, 1, 1, 4]; state carried as "
@@ -1039,14 +1044,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(i, pipeline=False)
     i.add_argument("-o", "--output", metavar="IN.npz", required=True, help="the .npz to write")
     i.add_argument("--inputs", metavar="IN.npz", default=None, help="arrays to keep; the rest are seeded (default: all seeded)")
-    i.add_argument("--start-pos", type=_positions, default=None, metavar="P[,P...]",
-                   help="every row's start position, or one per row (packed: each row's first position); "
-                        "default: seeded")
-    i.add_argument("--seqlens", type=_positions, default=None, metavar="N,N,...",
-                   help="packed layout: each row's token count (cu_seqlens are their prefix sums); default: seeded")
-    i.add_argument("--state", metavar="OUT.npz", default=None,
-                   help="the in/out arrays (caches, rings, states) of a previous step's --out file, over --inputs "
-                        "(default: none)")
+    step_inputs(i, "", "")
     pl = add("plot", "pictures (PNG, or SVG by suffix): tile schedule, phase timing, token visibility", cmd_plot)
     pl.add_argument("kind", choices=("schedule", "timing", "visibility", "errors"),
                     help="schedule: the compiled loop nest; timing: every phase of compile --verify-each; "
