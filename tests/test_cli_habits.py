@@ -156,6 +156,26 @@ def test_inputs_command_and_seeded_note(capsys, tmp_path):
     assert values(out_seeded) == values(out_full)
 
 
+def _assert_one_long_step(capsys, tmp_path, one, second_step_tokens: int):
+    """after.npz (a 1-token step from `one` at position 126, then a step of `second_step_tokens` seeded with
+    seed 5 + 1) equals one decode_hca step over all those tokens on the same inputs, bit for bit: caches, states
+    and the last step's output rows."""
+    with np.load(one) as data:
+        arrays = {k: data[k] for k in data.files}
+    x1 = torch.randn((2, second_step_tokens, 64),
+                     generator=torch.Generator().manual_seed(6)).to(torch.bfloat16).float().numpy()
+    arrays["x"] = np.concatenate([arrays["x"], x1], axis=1)  # the documented seeding of step k: seed + k
+    long_in = tmp_path / "long_in.npz"
+    np.savez(long_in, **arrays)
+    assert run(capsys, "run", "decode_hca", "--set", f"seq={1 + second_step_tokens}", "--inputs", str(long_in),
+               "--out", str(tmp_path / "long.npz"))[0] == 0
+    with np.load(tmp_path / "after.npz") as a, np.load(tmp_path / "long.npz") as b:
+        for name in ("kv_ring", "kv_state", "score_state", "kv_cmp"):
+            assert np.array_equal(a[name], b[name]), name
+        assert np.array_equal(a["out"], b["out"][:, 1:])
+        assert a["kv_cmp"].any()  # position 127 completed block 0 in the second step: the carried state mattered
+
+
 def test_steps_carry_state_like_one_longer_step(capsys, tmp_path):
     """Two single-token steps (--steps 2, seq=1) end in the same caches and states as one 2-token step on the
     same tokens, bit for bit (the state contract), and the last output is the 2-token step's second row."""
@@ -164,19 +184,7 @@ def test_steps_carry_state_like_one_longer_step(capsys, tmp_path):
     code, _, err = run(capsys, "run", "decode_hca", "--set", "seq=1", "--inputs", str(one), "--steps", "2",
                        "--seed", "5", "--out", str(tmp_path / "after.npz"))
     assert code == 0 and "step 2/2: start_pos=[127, 127]" in err
-    with np.load(one) as data:
-        arrays = {k: data[k] for k in data.files}
-    x1 = torch.randn((2, 1, 64), generator=torch.Generator().manual_seed(6)).to(torch.bfloat16).float().numpy()
-    arrays["x"] = np.concatenate([arrays["x"], x1], axis=1)  # the documented seeding of step k: seed + k
-    two = tmp_path / "two.npz"
-    np.savez(two, **arrays)
-    assert run(capsys, "run", "decode_hca", "--set", "seq=2", "--inputs", str(two), "--out",
-               str(tmp_path / "long.npz"))[0] == 0
-    with np.load(tmp_path / "after.npz") as a, np.load(tmp_path / "long.npz") as b:
-        for name in ("kv_ring", "kv_state", "score_state", "kv_cmp"):
-            assert np.array_equal(a[name], b[name]), name
-        assert np.array_equal(a["out"][:, 0], b["out"][:, 1])
-        assert a["kv_cmp"].any()  # position 127 completed block 0: the carried state mattered
+    _assert_one_long_step(capsys, tmp_path, one, second_step_tokens=1)
 
 
 def test_steps_refusals(capsys):
@@ -196,19 +204,7 @@ def test_steps_file_steps_of_different_sizes_equal_one_long_step(capsys, tmp_pat
                        "--out", str(tmp_path / "after.npz"))
     assert code == 0, err
     assert "step 1/2: start_pos=[126, 126] seq=1" in err and "step 2/2: start_pos=[127, 127] seq=2" in err
-    with np.load(one) as data:
-        arrays = {k: data[k] for k in data.files}
-    x1 = torch.randn((2, 2, 64), generator=torch.Generator().manual_seed(6)).to(torch.bfloat16).float().numpy()
-    arrays["x"] = np.concatenate([arrays["x"], x1], axis=1)  # step k's tokens are seeded with seed + k
-    three = tmp_path / "three.npz"
-    np.savez(three, **arrays)
-    assert run(capsys, "run", "decode_hca", "--set", "seq=3", "--inputs", str(three), "--out",
-               str(tmp_path / "long.npz"))[0] == 0
-    with np.load(tmp_path / "after.npz") as a, np.load(tmp_path / "long.npz") as b:
-        for name in ("kv_ring", "kv_state", "score_state", "kv_cmp"):
-            assert np.array_equal(a[name], b[name]), name
-        assert np.array_equal(a["out"], b["out"][:, 1:])
-        assert a["kv_cmp"].any()  # position 127 completed block 0 inside the second step
+    _assert_one_long_step(capsys, tmp_path, one, second_step_tokens=2)
     steps.write_text("[1, 1]")  # the JSON form
     code, _, err = run(capsys, "run", "decode_swa", "--steps-file", str(steps))
     assert code == 0 and "step 2/2: start_pos=[1, 1] seq=1" in err
