@@ -18,11 +18,11 @@ import pytest
 import torch
 
 from attnc.codegen.pypto_emit import EmitError, emit_pypto
-from attnc.codegen.pypto_sim import pypto_available
 from attnc.ir import parse_ir, print_ir
 from attnc.ir.interpreter import entry_function, run_module
 from attnc.ir.types import dtype_of, shape_of, torch_dtype
 from attnc.passes.verify import normalised_error
+from tests.markers import needs_pypto
 
 PARALLEL = """\
 builtin.module {
@@ -117,7 +117,6 @@ builtin.module {
 """
 
 MODULES = {"parallel": PARALLEL, "ops": OPS, "online": ONLINE}
-needs_pypto = pytest.mark.skipif(not pypto_available(), reason="pypto 0.2.0 is not importable in a child process")
 
 
 def module(name: str):

@@ -8,14 +8,13 @@ import functools
 import pytest
 import torch
 
-from attnc.codegen.pypto_sim import pypto_available
 from attnc.ir.interpreter import run_module
 from attnc.kernels_src import STAGES, build_stage, resolve_config
 from attnc.kernels_src.inputs import make_inputs
 from attnc.passes import PYPTO_PIPELINE
 from attnc.passes.verify import normalised_error, run_pipeline
+from tests.markers import needs_pypto
 
-needs_pypto = pytest.mark.skipif(not pypto_available(), reason="pypto 0.2.0 is not importable here")
 PACKED = (("batch", 4), ("layout", "packed"), ("tokens", 6), ("max_pos", 256))
 CU_SEQLENS = torch.tensor([0, 1, 4, 4, 6], dtype=torch.int32)
 # an index_select whose gathered rows span several vector tiles (HCA state rows), see test_pypto_target.py

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from attnc.codegen.pypto_emit import emit_pypto
-from attnc.codegen.pypto_sim import npu_available, pypto_available
+from attnc.codegen.pypto_sim import npu_available
 from attnc.ir.interpreter import run_module
 from attnc.kernels_src import STAGES, build_stage, resolve_config
 from attnc.kernels_src.inputs import make_inputs
 from attnc.passes import DEFAULT_PIPELINE
 from attnc.passes.verify import normalised_error, run_pipeline
+from tests.markers import needs_pypto
 
-needs_pypto = pytest.mark.skipif(not pypto_available(), reason="pypto 0.2.0 is not importable here")
 
 
 @functools.lru_cache(maxsize=None)

@@ -11,11 +11,10 @@ import pytest
 from attnc.codegen import tune as T
 from attnc.codegen.driver import load_source, main
 from attnc.codegen.pypto_options import PyptoOptions
-from attnc.codegen.pypto_sim import pypto_available
 from attnc.passes import PYPTO_PIPELINE
 from attnc.passes.verify import run_pipeline
+from tests.markers import needs_pypto
 
-needs_pypto = pytest.mark.skipif(not pypto_available(), reason="pypto 0.2.0 is not importable here")
 
 
 def test_space_has_the_pipelines_pass_options_and_defaults_first():
