@@ -9,7 +9,7 @@ Visible compressed entries: SWA none; HCA every complete entry (no top-k cap); C
 Every rotation of a layer uses the layer's RoPE profile, chosen by its compression ratio (rope tables of
 `attnc run` are built for it).
 """
-from attnc.ir.dsl import In, from_tokens, stage
+from attnc.ir.dsl import In, PackedRows, from_tokens, stage
 
 from .compressor import INDEX_PARAMS, MAIN_PARAMS, index_compressor, main_compressor
 from .configs import with_compress_ratio
@@ -100,14 +100,19 @@ def decode_layer(cfg, kind: str, a: dict, paged: bool = False) -> dict:
     outs, kv_cmp, cmp_idx = {}, None, None
     if kind != "swa":
         outs["kv_state"], outs["score_state"], outs["kv_cmp"] = main_compressor(cfg, a, xn, cmp_rows)
-        kv_cmp = logical(outs["kv_cmp"], "cmp_block_table", cfg["n_cmp"])
+        kv_cmp = outs["kv_cmp"] if paged and not isinstance(a["start_pos"], PackedRows) else \
+            logical(outs["kv_cmp"], "cmp_block_table", cfg["n_cmp"])
     if kind == "csa":
         outs["ikv_state"], outs["iscore_state"], outs["idx_cmp"] = index_compressor(cfg, a, xn, cmp_rows)
         _, picks = index_select(cfg, xn, qr, a["wi_q"], a["wi_w"], logical(outs["idx_cmp"], "cmp_block_table", cfg["n_cmp"]),
                                 a["start_pos"], a["rope_cos"], a["rope_sin"])
         cmp_idx = outs["cmp_idx"] = from_tokens(picks)
-    o = attention_core(cfg, from_tokens(q), logical(a["kv_ring"], "ring_block_table", cfg["window"]), kv_step, kv_cmp, cmp_idx,
-                       a["start_pos"], a["attn_sink"])
+    if paged and not isinstance(a["start_pos"], PackedRows):  # the pools and tables, read in place
+        o = attention_core(cfg, from_tokens(q), a["kv_ring"], kv_step, outs.get("kv_cmp"), cmp_idx, a["start_pos"],
+                           a["attn_sink"], ring_table=a["ring_block_table"], cmp_table=a.get("cmp_block_table"))
+    else:  # dense, or the packed layout's per-token gather (from the logical tables)
+        o = attention_core(cfg, from_tokens(q), logical(a["kv_ring"], "ring_block_table", cfg["window"]), kv_step,
+                           kv_cmp, cmp_idx, a["start_pos"], a["attn_sink"])
     outs["out"] = output_projection(cfg, o, a["start_pos"], a["rope_cos"], a["rope_sin"], a["wo_a"], a["wo_b"])
     outs["kv_ring"] = ring_store(cfg, a["kv_ring"], kv_step, a["start_pos"], ring_rows, cfg["window"])
     return outs

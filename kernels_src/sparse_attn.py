@@ -19,17 +19,22 @@ _CORE_PARAMS = dict(
 )
 
 
-def attention_core(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, start_pos, attn_sink):
+def attention_core(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, start_pos, attn_sink, ring_table=None, cmp_table=None):
     """Per-head attention output [B,S,H,hd] bf16 of every token t = start_pos[b]+s over the window t-W+1 .. t (the
     ring for earlier positions, the step's own rows otherwise, never a later token) and, in a layer with
     compressed entries (m > 0), the entries w < min(NCMP, floor((t+1)/m)): those listed in `cmp_idx` (-1 padding),
-    or every entry when `cmp_idx` is None (HCA). Visibility comes from each token's own position."""
+    or every entry when `cmp_idx` is None (HCA). Visibility comes from each token's own position.
+    `ring_table` / `cmp_table`: kv_ring / kv_cmp are block pools read through these block tables (paged.py)."""
     m = cfg["compress_ratio"]
     if isinstance(start_pos, PackedRows):
         return packed_attention_core(cfg, q, kv_ring, kv_step, kv_cmp if m > 0 else None, cmp_idx, start_pos,
                                      attn_sink)
     # listed ids (the indexer's top-k picks; the cmp_idx contract of the attention stages) are a visible prefix
     extra = dict(cache=kv_cmp, index=cmp_idx, ratio=m, listed_prefix=cmp_idx is not None) if m > 0 else {}
+    if ring_table is not None:
+        extra.update(ring_table=ring_table, window=cfg["window"])
+    if cmp_table is not None and m > 0:
+        extra.update(cache_table=cmp_table, entries=cfg["n_cmp"])
     return cache_attention(q, attn_sink, start_pos, kv_ring, kv_step, cfg["softmax_scale"],
                            out="bf16", **extra)
 
