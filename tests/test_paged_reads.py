@@ -124,7 +124,7 @@ def test_block_table_out_of_range_is_an_interpreter_error():
 def test_scheduled_paged_layer_reads_pool_blocks_in_place(kind):
     """decode_*_paged through the pypto pipeline (--verify-each clean): the attention reads each ring/cache block
     through a scalar read of its block table (W / block_size of them per batch row), the listed picks are gathered
-    by physical row (K rows per token), and only the indexer still gathers a whole logical table (idx_cmp)."""
+    by physical row (K rows per token), and no op gathers a row's whole logical table."""
     cfg = resolve_config("tiny", {"max_pos": 256})
     stage = STAGES[f"decode_{kind}_paged"]
     scfg = stage.configure(cfg)
@@ -142,6 +142,6 @@ def test_scheduled_paged_layer_reads_pool_blocks_in_place(kind):
         assert reads.count(args["cmp_block_table"]) == -(-scfg["n_cmp"] // scfg["block_size"])
     tables = {(scfg["batch"], n, d) for n in (scfg["window"], scfg["n_cmp"]) for d in (scfg["head_dim"], scfg["index_dim"])}
     whole = [op for op in module.walk() if op.name == "tile.gather_rows" and op.results[0].type.get_shape() in tables]
-    assert len(whole) == (1 if kind == "csa" else 0)  # the indexer's read of idx_cmp
+    assert not whole  # the indexer gathers each token's idx_cmp rows straight from the pool, as the dense layer
     picks = [op for op in loop.walk() if op.name == "tile.gather_rows" and op.table.type.get_shape()[-1] == scfg["head_dim"]]
     assert all(op.results[0].type.get_shape()[0] == scfg["cmp_topk"] for op in picks) and len(picks) == (scfg["seq"] if kind == "csa" else 0)
