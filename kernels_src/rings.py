@@ -145,7 +145,9 @@ def row_entries(cfg, table, start_pos, rows_of=None, length: int | None = None):
         if isinstance(start_pos, PackedRows):
             row = broadcast_to(reshape(start_pos.token_row(), (T, 1)), (T, N))
             return gather_rows(_row_major(table), to_tokens(rows_of(iota((T, N), 1), row)))
-        return gather_rows(_row_major(table), to_tokens(rows_of(iota((B, S, N), 2))))
+        # each batch row's ids once ([B, N]: pypto 0.2.0 gathers with at most 2-D indices), then per token
+        ids = broadcast_to(reshape(rows_of(iota((B, N), 1)), (B, 1, N)), (B, S, N))
+        return gather_rows(_row_major(table), to_tokens(ids))
     if isinstance(start_pos, PackedRows):
         ids = reshape(start_pos.token_row(), (T, 1)) * N + iota((T, N), 1)
         return gather_rows(_row_major(table), to_tokens(ids))
