@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from xdsl.dialects.builtin import ArrayAttr, BoolAttr, FloatAttr, IntegerAttr, StringAttr, TensorType
 from xdsl.ir import Dialect
-from xdsl.irdl import AttrSizedOperandSegments, opt_prop_def
+from xdsl.irdl import AttrSizedOperandSegments, ParsePropInAttrDict, opt_prop_def
 
 from .common import (
     _make,
@@ -182,7 +182,13 @@ CacheAttentionOp = _make("attn.cache_attention", dict(
     scale=prop_def(FloatAttr), ratio=prop_def(IntegerAttr), listed_prefix=prop_def(BoolAttr),
     ring_slots=opt_prop_def(IntegerAttr), cache_entries=opt_prop_def(IntegerAttr),
     result=result_def(TensorType), verify_=_cache_attention_verify,
-    irdl_options=(AttrSizedOperandSegments(as_property=True),)))
+    # the custom form names the optional groups, so a reader sees which operand is which
+    assembly_format="$q `,` $sink `,` $start_pos `,` $ring `,` $step "
+                    "(`cache` `(` $compressed^ `:` type($compressed) `)`)? "
+                    "(`ring_table` `(` $ring_table^ `:` type($ring_table) `)`)? "
+                    "(`cache_table` `(` $cache_table^ `:` type($cache_table) `)`)? attr-dict `:` "
+                    "type($q) `,` type($sink) `,` type($start_pos) `,` type($ring) `,` type($step) `->` type($result)",
+    irdl_options=(AttrSizedOperandSegments(as_property=True), ParsePropInAttrDict())))
 ATTN_OPS = [*_SHARED, ReduceOp, SliceOp, RmsNormOp, RopeOp, SparseAttentionOp, ToTokensOp, FromTokensOp,
             CacheAttentionOp]
 Attn = Dialect("attn", ATTN_OPS, [])

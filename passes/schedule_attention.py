@@ -7,6 +7,9 @@ A query group is the set of query rows that share one key block:
 - `token` (listed entries, CSA): one group per token — its H query rows against [kv_ring[b] | kv_step[b] |
   the rows of kv_cmp[b] it lists], the listed rows gathered from row b's cache only.
 `auto` picks `token` when the op lists entries per token, else `batch`.
+Paged tables (the op's block tables) are read the same way, one more indirection (_BatchTable): a row's slots are one
+view per pool block, its block id a scalar read of the block table (a kernel parameter), and the listed rows are
+gathered by physical row (block id looked up in row b of the table); no op copies a table.
 
 Visibility (which key each token may see) is computed inside the loop, per batch row, as an [S, keys] mask from
 the row's start position (no iteration waits for a whole-batch producer), with the same definition as the op: window positions t-W+1..t (ring slot j holds the newest
