@@ -47,10 +47,10 @@ NORMALIZE = ("after", "before")
 UNROLL_TOKENS = 4  # a decode step's tokens of one batch row are unrolled up to this many
 
 
-def key_positions_and_visibility(op: CacheAttentionOp, start_pos: dsl.Tensor, listed: dsl.Tensor | None,
-                                 row_base: dsl.Tensor | None):
+def key_positions_and_visibility(op: CacheAttentionOp, start_pos: dsl.Tensor, listed: dsl.Tensor | None):
     """Visibility of a group of G batch rows from their start positions [G]: ([G,S,keys] i1 visibility, [G,S,K]
-    listed ids made safe to gather (0 where not visible) as global rows `row_base` [G,1,1] + id, or None). Keys are
+    listed ids made safe to gather (0 where not visible: slots of the row's cache, _BatchTable.row_ids maps them to
+    matrix rows), or None). Keys are
     [ring slots 0..W-1 | step rows 0..S-1 | cache entries (all, or the listed ones [G,S,K])]. Made inside the
     loop from the group's own start position, so no iteration waits for a whole-batch producer."""
     G = start_pos.shape[0]
@@ -71,10 +71,8 @@ def key_positions_and_visibility(op: CacheAttentionOp, start_pos: dsl.Tensor, li
             ok = (listed >= 0) & (listed < complete)
             if op.listed_prefix.value.data:  # only the list's first min(K, complete) positions can be visible
                 ok = ok & (dsl.iota(listed.shape, 2) < complete)
-            # global row ids into the [B * N, d] cache matrix; an id nobody may see reads its batch row's row 0
-            # (row_base None: the ids stay the row's slots, for a paged cache to map through its block table)
+            # an id nobody may see reads its batch row's slot 0
             ids = dsl.select(ok, listed, 0)
-            ids = ids + row_base if row_base is not None else ids
         else:
             ok = dsl.iota((G, 1, n), 2) < complete
         visible = dsl.concat([visible, ok], axis=2)
@@ -130,13 +128,17 @@ class _BatchTable:
     length: int
     block_table: object = None  # SSA value of the [B, blocks] i32 table, or None (dense)
     block_size: int = 0
+    row_bases: dsl.Tensor | None = None  # dense, for row_ids: [B, 1, 1] first matrix row of each batch row
 
     @staticmethod
-    def of(table, block_table, length: int) -> "_BatchTable":
-        """From a cache_attention operand: [B, length, d] dense, or a pool [blocks, block_size, d] + its table."""
+    def of(table, block_table, length: int, row_ids: bool = False) -> "_BatchTable":
+        """From a cache_attention operand: [B, length, d] dense, or a pool [blocks, block_size, d] + its table.
+        `row_ids`: row_ids will be asked (a dense table then makes its row bases here, before the loop)."""
         lead, size, d = shape_of(table.type)
         matrix = dsl.reshape(T(table), (lead * size, d))
-        return _BatchTable(matrix, length, block_table, size if block_table is not None else 0)
+        if block_table is not None:
+            return _BatchTable(matrix, length, block_table, size)
+        return _BatchTable(matrix, length, row_bases=dsl.iota((lead, 1, 1), 0) * length if row_ids else None)
 
     def rows(self, b, count: int, written=None) -> list:
         """Slots 0 .. count-1 of batch row b as views (one for a dense table, one per block for a paged one);
@@ -152,11 +154,11 @@ class _BatchTable:
         return parts
 
     def row_ids(self, b, slots):
-        """Matrix rows of slots [1, S, K] (i32, each in [0, length)) of batch row b: a paged table's block ids
-        gathered from row b of its block table (a view of the parameter); dense tables need no mapping here (their
-        ids carry the row base already, key_positions_and_visibility)."""
+        """Matrix rows of slots [1, S, K] (i32, each in [0, length)) of batch row b: dense b * length + slot (the
+        row base a view of row_bases), paged the block id gathered from row b of the block table (a view of the
+        parameter) * block_size + slot % block_size."""
         if self.block_table is None:
-            return slots
+            return slots + _row(self.row_bases, (b,), (1, 1, 1))
         _, S, K = slots.shape
         blocks = shape_of(self.block_table.type)[1]
         flat = dsl.reshape(slots, (S, K))
@@ -194,10 +196,8 @@ class _Schedule(RewritePattern):
             cache, cache_rows = None, None
             if op.compressed:
                 n = cache_entries(op)
-                cache = _BatchTable.of(op.compressed[0], op.cache_table, n)
+                cache = _BatchTable.of(op.compressed[0], op.cache_table, n, row_ids=listed)
                 cache_rows = cache.matrix
-            # first global row of each batch row's cache in the cache matrix (for the listed ids of a dense cache)
-            row_bases = dsl.iota((B, 1, 1), 0) * n if listed and op.cache_table is None else None
         body = Block(arg_types=[INDEX, init.value.type])
         b, acc = body.args
         with at_end(body, loc):
@@ -207,9 +207,8 @@ class _Schedule(RewritePattern):
             logit_fill = dsl.concat([sink, dsl.full((rows, n_keys), F32_MIN)], axis=1)
             visible, ids = key_positions_and_visibility(
                 op, view(op.start_pos, (b,), (1,)),
-                _row(T(op.compressed[1]), (b,), (1, S, shape_of(op.compressed[1].type)[2])) if listed else None,
-                _row(row_bases, (b,), (1, 1, 1)) if row_bases is not None else None)
-            if ids is not None:
+                _row(T(op.compressed[1]), (b,), (1, S, shape_of(op.compressed[1].type)[2])) if listed else None)
+            if ids is not None:  # the listed slots of row b -> rows of the cache matrix
                 ids = cache.row_ids(b, ids)
 
             def window():
