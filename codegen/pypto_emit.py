@@ -213,6 +213,8 @@ class _Emitter:
         kind = name.split(".", 1)[1]
         if kind == "scatter_rows":  # its ids are evaluated as scalars, not read as a tensor
             return self._scatter_rows(op, [self.ref(op.table), self.ref(op.rows)], loc)
+        if kind == "view" and isinstance(op.source.owner, Operation) and _gathers_prefix(op.source.owner):
+            return self._gather_prefix(op.source.owner, op.result, self.ref(op.valid[0]), loc)
         a = [self.ref(v) for v in op.operands]
         res = op.results[0] if op.results else None
         dt = PYPTO_DTYPE.get(dtype_of(res.type)) if res is not None and isinstance(res.type, TensorType) else None
@@ -297,8 +299,12 @@ class _Emitter:
                 self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of(shape, 'i32')})")
                 self.emit(f"{joined} = pypto.concat([{', '.join(ints)}], {op.axis.value.data})")
                 return self.bind(res, f"pypto.eq({joined}, 1.0)", loc)
+            if _packs(op):
+                return self._packed_concat(op, res, loc)
             return self.bind(res, f"pypto.concat([{', '.join(a)}], {op.axis.value.data})", loc)
         if kind == "gather_rows":
+            if _gathers_prefix(op):  # emitted where its zero-padded view is, with the valid ids only
+                return
             # a row list gathers in tiles as large as UB holds (a gather task costs the scheduler more than its
             # copy: CSA core 349.8 -> 308.5 us with 128 of 512 picked rows per tile, 256 rows overflow UB); with
             # a multi-dim index, tiles above GATHER_TILE_ELEMS fail pypto 0.2.0's verifier (FB200F: the m=128
@@ -335,7 +341,8 @@ class _Emitter:
             offs, valid = a[1:1 + n], a[1 + n:]
             extra = f", valid_shape=[{', '.join(valid)}]" if valid else ""
             self.bind(res, f"pypto.view({a[0]}, {shape}, [{', '.join(offs)}]{extra})", loc)
-            if valid and op.pad.data == "zero" and any(u.operation.name in _ZERO_FILL_READERS for u in res.uses):
+            if valid and op.pad.data == "zero" and any(u.operation.name in _ZERO_FILL_READERS and
+                                                       not _packs(u.operation) for u in res.uses):
                 # give the tile its zero padding first (see _ZERO_FILL_READERS)
                 self.emit(f"{self.names[res]} = pypto.reshape({self.names[res]}, {shape}, valid_shape={shape})")
             if len(shape) >= 3 and not all(u.operation.name == "tile.reshape" for u in res.uses):
@@ -363,6 +370,43 @@ class _Emitter:
                                 "scalars only from kernel parameters")
             return self._scalar(res, f"{a[0]}[{', '.join(a[1:])}]")
         raise EmitError(f"{loc}: tile.{kind} has no pypto 0.2.0 lowering: the emitter has no rule for it")
+
+    def _packed_concat(self, op, res, loc):
+        """A row concat with zero-padded pieces (see _packs): each piece is assembled into one scratch tensor
+        at its row offset, a zero-padded piece as its valid rows plus, only when it has padding, a zero block
+        below them. A gather feeding a piece writes straight into the scratch (no copy task per piece, which a
+        pypto.concat costs: CSA core 308.5 -> 263.7 us)."""
+        shape, dt = list(shape_of(res.type)), PYPTO_DTYPE[dtype_of(res.type)]
+        scratch = self.fresh("k")
+        self.names[res] = scratch
+        self.set_tile(res)
+        self.emit(f"{scratch} = pypto.tensor({shape}, {dt}, \"{scratch}\")  # {loc}")
+        row = 0
+        for piece in op.inputs:
+            rows, rest = shape_of(piece.type)[0], list(shape_of(piece.type)[1:])
+            self.set_tile(piece)
+            self.emit(f"pypto.assemble({self.ref(piece)}, [{row}, {', '.join('0' for _ in rest)}], {scratch})")
+            if _zero_padded_rows(piece):
+                valid = self.ref(piece.owner.valid[0])
+                self.emit(f"if {valid} < {rows}:  # the piece's padding rows read as zeros")
+                self.depth += 1
+                pad = self.fresh("z")
+                self.set_tile(piece)
+                self.emit(f"{pad} = pypto.full({[rows, *rest]}, 0.0, {dt}, valid_shape=[{rows} - {valid}, "
+                          f"{', '.join(map(str, rest))}])")
+                self.emit(f"pypto.assemble({pad}, [{row} + {valid}, {', '.join('0' for _ in rest)}], {scratch})")
+                self.depth -= 1
+            row += rows
+
+    def _gather_prefix(self, gather, res, valid: str, loc):
+        """The zero-padded view of a gather's first `valid` rows: gather only those ids (the rest of the index
+        list may name rows nobody may read)."""
+        ids = self.fresh("i")
+        n = shape_of(gather.indices.type)[0]
+        self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of([n], 'i32')})")
+        self.emit(f"{ids} = pypto.view({self.ref(gather.indices)}, [{n}], [0], valid_shape=[{valid}])")
+        budget = max(self.vec_budget, GATHER_UB_BYTES // _BYTES[dtype_of(res.type)])
+        return self.bind(res, f"pypto.index_select({self.ref(gather.table)}, 0, {ids})", loc, budget=budget)
 
     def _scatter_rows(self, op, a, loc):
         """One row write per id: a loop over the rows m, the id computed as a scalar (pypto reads scalars only from
@@ -665,6 +709,36 @@ F32_LOWEST = -3.4028234663852886e38  # score of an entry top-k may not pick
 # readers that do not see a zero-padded view's padding as zeros: pypto concatenates the valid parts only (packed).
 # (A matmul reading such a view fails pypto's verify, FB200F, even after this reshape; the passes never make one.)
 _ZERO_FILL_READERS = ("tile.concat",)
+
+
+def _zero_padded_rows(v: SSAValue) -> bool:
+    """v is a zero-padded view whose padding is trailing rows only (its valid shape differs in dim 0 only)."""
+    view = v.owner
+    if not (isinstance(view, Operation) and view.name == "tile.view" and len(view.valid) and
+            view.pad.data == "zero"):
+        return False
+    return all(_const(w) == d for w, d in zip(list(view.valid)[1:], shape_of(v.type)[1:]))
+
+
+def _packs(concat: Operation) -> bool:
+    """A row concat (axis 0, rank 2) with a zero-padded piece: emitted as assembles into a scratch tensor."""
+    return (concat.axis.value.data == 0 and len(shape_of(concat.result.type)) == 2
+            and dtype_of(concat.result.type) != "i1" and any(_zero_padded_rows(v) for v in concat.inputs))
+
+
+def _gathers_prefix(gather: Operation) -> bool:
+    """A row-list gather read only through one zero-padded view of its leading rows that a packed concat
+    consumes: it gathers just the valid ids, where the view is (pypto 0.2.0's per-pass verifier cannot execute a
+    gather whose index has a runtime valid shape: FB200F at InferParamIndex / CodegenPreproc, outputs exact)."""
+    if gather.name != "tile.gather_rows" or len(shape_of(gather.indices.type)) != 1 or \
+            not gather.result.has_one_use():
+        return False
+    view = next(iter(gather.result.uses)).operation
+    return (view.name == "tile.view" and _zero_padded_rows(view.result)
+            and all(_const(o) == 0 for o in view.offsets)
+            and shape_of(view.result.type) == shape_of(gather.result.type)
+            and view.result.uses and all(u.operation.name == "tile.concat" and _packs(u.operation)
+                                         for u in view.result.uses))
 
 
 def in_place_outputs(fn: Operation) -> set[str]:

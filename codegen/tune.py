@@ -68,8 +68,8 @@ PASS_SPACE = {
 # The sets come from the hand-written kernels' choices (shared notes §3) and their neighbours.
 PYPTO_SPACE = {
     "vec_tile_elems": (4096, 8192, 16384),
-    "vec_nbuffer_setting": ("{}", "{-1: 2}", "{-1: 4}"),
-    "cube_nbuffer_setting": ("{}", "{1: 2}", "{-1: 2}"),
+    "vec_nbuffer_setting": ("{}", "{-1: 2}", "{-1: 4}", "{-1: 8}", "{-1: 16}"),  # 8/16: CSA core 250.2 -> 240.9
+    "cube_nbuffer_setting": ("{}", "{1: 2}", "{-1: 2}", "{-1: 4}", "{-1: 8}"),
     "cube_l1_reuse_setting": ("{}", "{0: 4}", "{-1: 3}", "{-1: 2, 0: 8}"),
     "stitch_function_max_num": (32, 128),
     "device_sched_mode": (0, 1),

@@ -50,9 +50,10 @@ UNROLL_TOKENS = 4  # a decode step's tokens of one batch row are unrolled up to 
 def key_positions_and_visibility(op: CacheAttentionOp, start_pos: dsl.Tensor, listed: dsl.Tensor | None):
     """Visibility of a group of G batch rows from their start positions [G]: ([G,S,keys] i1 visibility, [G,S,K]
     listed ids made safe to gather (0 where not visible: slots of the row's cache, _BatchTable.row_ids maps them to
-    matrix rows), or None). Keys are
-    [ring slots 0..W-1 | step rows 0..S-1 | cache entries (all, or the listed ones [G,S,K])]. Made inside the
-    loop from the group's own start position, so no iteration waits for a whole-batch producer."""
+    matrix rows), or None). Keys are [the sink | ring slots 0..W-1 | step rows 0..S-1 | cache entries (all, or the
+    listed ones [G,S,K])]; the sink's column is never visible (its key position is -1: its logit comes from the
+    fill, see group_attention). Made inside the loop from the group's own start position, so no iteration waits
+    for a whole-batch producer."""
     G = start_pos.shape[0]
     S = shape_of(op.q.type)[1]
     W = cache_window(op)
@@ -61,7 +62,7 @@ def key_positions_and_visibility(op: CacheAttentionOp, start_pos: dsl.Tensor, li
     # position held by ring slot j: the newest p < start_pos with p = j (mod W); negative = never written
     slot = dsl.iota((G, 1, W), 2)
     ring_pos = sp - 1 - (sp - 1 - slot) % W
-    key_pos = dsl.concat([ring_pos, sp + dsl.iota((G, 1, S), 2)], axis=2)  # [G,1,W+S]
+    key_pos = dsl.concat([dsl.full((G, 1, 1), -1, "i32"), ring_pos, sp + dsl.iota((G, 1, S), 2)], axis=2)
     visible = (key_pos >= t - (W - 1)) & (key_pos <= t) & (key_pos >= 0)
     ids = None
     if op.compressed:
@@ -98,11 +99,6 @@ def group_attention(q, keys, visible, logit_fill, scale: float, out_dtype: str, 
     p_lo = dsl.cast(p, keys.dtype)  # exp weights rounded before P·V
     denom = dsl.reduce(dsl.cast(p_lo, "f32"), "sum", -1)
     return dsl.cast(dsl.matmul(p_lo, keys, out="f32") / denom, out_dtype)
-
-
-def with_sink_column(visible):
-    """[G, N] visibility -> [G, 1 + N]: the sink's column (never a visible key) first."""
-    return dsl.concat([dsl.iota((visible.shape[0], 1), 1) < 0, visible], axis=1)
 
 
 def _row(table, index: tuple, shape: tuple):
@@ -222,8 +218,7 @@ class _Schedule(RewritePattern):
                 return parts
 
             if schedule == "batch":
-                vis = dsl.reshape(dsl.broadcast_to(dsl.reshape(with_sink_column(dsl.reshape(visible, (S, n_keys))),
-                                                               (S, 1, n_keys + 1)), (S, H, n_keys + 1)),
+                vis = dsl.reshape(dsl.broadcast_to(dsl.reshape(visible, (S, 1, n_keys + 1)), (S, H, n_keys + 1)),
                                   (rows, n_keys + 1))
                 o = group_attention(_rows(q_rows, muli(b, rows), rows), dsl.concat([sink_row, *window()], axis=0),
                                     vis, logit_fill, scale, out_dtype, self.normalize)
@@ -233,7 +228,7 @@ class _Schedule(RewritePattern):
                     keys = [sink_row, *window()]
                     if ids is not None:
                         keys.append(self._picks(op, s, sp, cache_rows, visible, ids))
-                    vis_row = with_sink_column(_row(visible, (0, s), (1, n_keys)))
+                    vis_row = _row(visible, (0, s), (1, n_keys + 1))
                     o = group_attention(_rows(q_rows, muli(addi(muli(b, S), s), H), H), dsl.concat(keys, axis=0),
                                         dsl.broadcast_to(vis_row, (H, n_keys + 1)), logit_fill, scale, out_dtype,
                                         self.normalize)
@@ -252,7 +247,7 @@ class _Schedule(RewritePattern):
     def _picks(op, s, sp, cache_rows, visible, ids):
         """The token's listed cache rows [K, d], gathered from the whole cache matrix by global row id."""
         K, d = ids.shape[2], shape(cache_rows)[1]
-        n_keys = visible.shape[2]
+        n_keys = visible.shape[2]  # the sink's column included
         picked = dsl.gather_rows(cache_rows, _row(ids, (0, s), (K,)))
         if op.listed_prefix.value.data:
             # the visible picks are the first min(K, complete) ones: the rest reads as 0 (a row gathered for an
