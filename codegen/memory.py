@@ -8,6 +8,7 @@ import os
 
 from xdsl.dialects.builtin import ModuleOp, TensorType
 
+from attnc.ir.tensor_dialect import cache_entries, cache_window
 from attnc.ir.types import dtype_of, shape_of
 
 _BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i8": 1, "i1": 1}
@@ -32,8 +33,8 @@ def _attention_bytes(op) -> int:
     q = shape_of(op.q.type)
     tokens, heads, d = math.prod(q[:-2]), q[-2], q[-1]
     if op.name == "attn.cache_attention":
-        keys = shape_of(op.ring.type)[1] + sum(shape_of(c.type)[-1] if i else 0 for i, c in enumerate(op.compressed))
-        keys += shape_of(op.compressed[0].type)[1] if len(op.compressed) == 1 else 0
+        keys = cache_window(op) + sum(shape_of(c.type)[-1] if i else 0 for i, c in enumerate(op.compressed))
+        keys += cache_entries(op) if len(op.compressed) == 1 else 0
     else:
         keys = shape_of(op.kv.type)[1]
     return operands + 4 * tokens * keys * (2 * d + heads)

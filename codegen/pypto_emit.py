@@ -365,6 +365,9 @@ class _Emitter:
             self.names[res] = a[1]  # in place: the destination is dead after this op
             return
         if kind == "read":
+            if op.source not in self.params:  # pypto 0.2.0 fails at run time (GetTensorData, F3FFFF)
+                raise EmitError(f"{loc}: tile.read of a computed tensor has no pypto 0.2.0 lowering: pypto reads "
+                                "scalars only from kernel parameters")
             return self._scalar(res, f"{a[0]}[{', '.join(a[1:])}]")
         raise EmitError(f"{loc}: tile.{kind} has no pypto 0.2.0 lowering: the emitter has no rule for it")
 

@@ -192,10 +192,17 @@ def emitting(insert_point: InsertPoint, loc: str | None):
         _Ctx.builder, _Ctx.loc = prev
 
 
-def _emit(op_name: str, operands: Sequence[Tensor | SSAValue], result_type, **props) -> Tensor:
+def _emit(op_name: str, operands: Sequence[Tensor | SSAValue], result_type, grouped: bool = False, **props) -> Tensor:
+    """One attn op; `grouped`: operands already grouped per operand definition (a list for each variadic one)."""
     cls = ATTN[op_name]
-    vals = [o.value if isinstance(o, Tensor) else o for o in operands]
-    op = emit_op(cls, _group_operands(cls, vals), [result_type], props)
+
+    def value(o):
+        return o.value if isinstance(o, Tensor) else o
+
+    vals = ([[value(x) for x in o] if isinstance(o, (list, tuple)) else value(o) for o in operands] if grouped
+            else _group_operands(cls, [value(o) for o in operands]))
+    props = {k: v for k, v in props.items() if v is not None}  # an absent optional property
+    op = emit_op(cls, vals, [result_type], props)
     try:
         op.verify()
     except Exception as e:  # a DSL misuse: report it at the DSL line
@@ -469,15 +476,40 @@ def sparse_attention(q: Tensor, kv: Tensor, valid: Tensor, sink: Tensor, scale: 
 
 def cache_attention(q: Tensor, sink: Tensor, start_pos: Tensor, ring: Tensor, step: Tensor, scale: float, out: str,
                     cache: Tensor | None = None, index: Tensor | None = None, ratio: int = 0,
-                    listed_prefix: bool = False) -> Tensor:
+                    listed_prefix: bool = False, ring_table: Tensor | None = None, window: int | None = None,
+                    cache_table: Tensor | None = None, entries: int | None = None) -> Tensor:
     """Attention of the tokens of a decode step q [B,S,H,d] over the window (ring [B,W,d] + this step's rows
     step [B,S,d]) and, with a cache [B,N,d] of compressed entries of `ratio` positions each, its visible entries
     (all, or those listed per token by index [B,S,K], -1 padding); sink in the denominator. Batch-major in and
     out, so schedules can read the tables in place. `listed_prefix`: the index lists each token's visible entries
-    first, min(K, visible) of them (a contract the caller guarantees, e.g. top-k picks)."""
+    first, min(K, visible) of them (a contract the caller guarantees, e.g. top-k picks).
+
+    Paged: with `ring_table` [B, ceil(window / block_size)] i32 the ring is a pool [blocks, block_size, d] of
+    `window` slots per row (likewise `cache_table` and `entries` for the cache), read through the table in place."""
     compressed = [c for c in (cache, index) if c is not None]
-    return _emit("cache_attention", [q, sink, start_pos, ring, step, *compressed], _ty(q.shape, out),
-                 scale=float_attr(scale), ratio=_int(ratio), listed_prefix=bool_attr(listed_prefix))
+    return _emit("cache_attention", [q, sink, start_pos, ring, step, compressed,
+                                     [ring_table] if ring_table is not None else [],
+                                     [cache_table] if cache_table is not None else []],
+                 _ty(q.shape, out), grouped=True, scale=float_attr(scale), ratio=_int(ratio),
+                 listed_prefix=bool_attr(listed_prefix), ring_slots=None if ring_table is None else _int(window),
+                 cache_entries=None if cache_table is None else _int(entries))
+
+
+def paged_rows_of(block_table: Tensor, block_size: int, slot: Tensor, row: Tensor | None = None) -> Tensor:
+    """Flattened pool row ids of slots `slot` [B, ...] (i32) of a paged table: block_table[b, slot // block_size] *
+    block_size + slot % block_size, b the leading index of `slot` (or `row`, each slot's batch row)."""
+    B, blocks = block_table.shape
+    flat = reshape(block_table, (B * blocks,))
+    physical = gather_rows(flat, (iota(slot.shape, 0) if row is None else row) * blocks + slot // block_size)
+    return physical * block_size + slot % block_size
+
+
+def paged_table(pool: Tensor, block_table: Tensor, length: int) -> Tensor:
+    """The logical table [B, length, d] of a paged pool [blocks, block_size, d], gathered through the block table
+    (a copy of every row's table: for generic paths; schedule-attention reads the pool in place)."""
+    blocks, size, d = pool.shape
+    ids = paged_rows_of(block_table, size, iota((block_table.shape[0], length), 1))
+    return gather_rows(reshape(pool, (blocks * size, d)), ids)
 
 
 def topk(scores: Tensor, valid: Tensor, k: int) -> Tensor:

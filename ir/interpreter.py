@@ -218,8 +218,27 @@ def cache_attention_keys(start_pos, ring, step, compressed, ratio: int, prefix: 
     return kv.reshape(B * S, kv.shape[2], d), torch.cat(valid, 2).reshape(B * S, -1)
 
 
+def paged_logical_table(pool, block_table, length: int):
+    """The logical table [B, length, d] of a paged pool [blocks, size, d]: slot j of row b is pool row
+    block_table[b, j // size] * size + j % size of the flattened pool."""
+    blocks, size, d = pool.shape
+    j = torch.arange(length)
+    block = block_table.long()[:, j // size]  # [B, length]
+    if block.numel() and (int(block.min()) < 0 or int(block.max()) >= blocks):
+        raise InterpretError(f"block table entry out of range [0, {blocks}): min {int(block.min())}, "
+                             f"max {int(block.max())}")
+    return pool.reshape(blocks * size, d)[block * size + j % size]
+
+
 def _cache_attention(it, op, a):
-    q, sink, start_pos, ring, step, *compressed = a
+    n_comp = len(op.compressed)
+    q, sink, start_pos, ring, step = a[:5]
+    compressed = list(a[5:5 + n_comp])
+    tables = iter(a[5 + n_comp:])
+    if op.ring_table is not None:  # paged: the dense op on the logical tables
+        ring = paged_logical_table(ring, next(tables), op.ring_slots.value.data)
+    if op.cache_table is not None:
+        compressed[0] = paged_logical_table(compressed[0], next(tables), op.cache_entries.value.data)
     B, S, H, d = q.shape
     kv, valid = cache_attention_keys(start_pos, ring, step, compressed, op.ratio.value.data,
                                      op.listed_prefix.value.data)

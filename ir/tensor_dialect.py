@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from xdsl.dialects.builtin import ArrayAttr, BoolAttr, FloatAttr, IntegerAttr, StringAttr, TensorType
 from xdsl.ir import Dialect
+from xdsl.irdl import AttrSizedOperandSegments, ParsePropInAttrDict, opt_prop_def
 
 from .common import (
     _make,
@@ -85,12 +86,42 @@ def _from_tokens_verify(self):
     self.same_dtype(self.input, self.result)
 
 
+def cache_window(op) -> int:
+    """W of a cache_attention: the ring's slots per batch row (the paged ring states it, `ring_slots`)."""
+    return op.ring_slots.value.data if op.ring_table is not None else shape_of(op.ring.type)[1]
+
+
+def cache_entries(op) -> int:
+    """N of a cache_attention with a compressed cache: its entries per batch row (paged: `cache_entries`)."""
+    return op.cache_entries.value.data if op.cache_table is not None else shape_of(op.compressed[0].type)[1]
+
+
+def _paged_verify(self, name: str, pool, table, length_attr, length_name: str):
+    """A paged table: pool [blocks, block_size, d] read through table [B, ceil(length / block_size)] i32."""
+    B, d = shape_of(self.q.type)[0], shape_of(self.q.type)[3]
+    if table is None:
+        self.expect(length_attr is None, f"{length_name} states a paged {name}'s length: it needs a block table")
+        return
+    self.expect(length_attr is not None and length_attr.value.data > 0,
+                f"a paged {name} needs its positive length per batch row ({length_name})")
+    sp, st = shape_of(pool.type), shape_of(table.type)
+    self.expect(len(sp) == 3 and sp[2] == d, f"paged {name} must be a pool [blocks,block_size,{d}], got {describe(pool.type)}")
+    blocks = -(-length_attr.value.data // sp[1])
+    self.expect(st == (B, blocks) and dtype_of(table.type) == "i32",
+                f"{name} block table must be i32[{B},{blocks}], got {describe(table.type)}")
+
+
 def _cache_attention_verify(self):
     sq = shape_of(self.q.type)
     self.expect(len(sq) == 4, f"q must be [B,S,H,d], got {describe(self.q.type)}")
     B, S, H, d = sq
     sr, ss = shape_of(self.ring.type), shape_of(self.step.type)
-    self.expect(len(sr) == 3 and sr[0] == B and sr[2] == d, f"ring must be [{B},W,{d}], got {describe(self.ring.type)}")
+    _paged_verify(self, "ring", self.ring, self.ring_table, self.ring_slots, "ring_slots")
+    self.expect(self.cache_table is None or len(self.compressed) > 0, "a cache block table needs a compressed cache")
+    if self.compressed:
+        _paged_verify(self, "cache", self.compressed[0], self.cache_table, self.cache_entries, "cache_entries")
+    self.expect(len(sr) == 3 and (sr[0] == B or self.ring_table is not None) and sr[2] == d,
+                f"ring must be [{B},W,{d}], got {describe(self.ring.type)}")
     self.expect(ss == (B, S, d), f"step must be [{B},{S},{d}], got {describe(self.step.type)}")
     self.expect(shape_of(self.sink.type) == (H,) and dtype_of(self.sink.type) == "f32", f"sink must be f32[{H}]")
     self.expect(shape_of(self.start_pos.type) == (B,) and dtype_of(self.start_pos.type) == "i32",
@@ -101,7 +132,7 @@ def _cache_attention_verify(self):
     self.expect((ratio > 0) == (len(self.compressed) > 0), "a compression ratio needs a compressed cache and vice versa")
     if self.compressed:
         sc = shape_of(self.compressed[0].type)
-        self.expect(len(sc) == 3 and sc[0] == B and sc[2] == d, f"cache must be [{B},N,{d}], got {describe(self.compressed[0].type)}")
+        self.expect(len(sc) == 3 and (sc[0] == B or self.cache_table is not None) and sc[2] == d, f"cache must be [{B},N,{d}], got {describe(self.compressed[0].type)}")
     self.expect(len(self.compressed) == 2 or not self.listed_prefix.value.data, "listed_prefix needs an index")
     if len(self.compressed) == 2:
         si = shape_of(self.compressed[1].type)
@@ -139,11 +170,25 @@ FromTokensOp = _make("attn.from_tokens", dict(input=operand_def(TensorType), res
 # (-1 = padding). Batch-major operands, so a schedule can read the tables in place. `listed_prefix` states the
 # index's contract: a token's visible ids come first and number min(K, entries visible to it) (the indexer's
 # top-k picks are so by construction); schedules may then treat the rest of the list as unwritten rows.
+# Paged tables (optional): the ring and/or the compressed cache given as a pool [blocks, block_size, d] with a block
+# table [B, ceil(length / block_size)] i32 (`ring_table` / `cache_table`) and the length per batch row
+# (`ring_slots` = W / `cache_entries` = N): slot j of row b is pool row table[b, j // block_size] * block_size +
+# j % block_size — the dense op on that logical table, one more indirection. The table must map every (row, block)
+# into the pool (checked on the host, kernels_src/inputs.py); pool rows no table maps are never read.
 CacheAttentionOp = _make("attn.cache_attention", dict(
     q=operand_def(TensorType), sink=operand_def(TensorType), start_pos=operand_def(TensorType),
     ring=operand_def(TensorType), step=operand_def(TensorType), compressed=var_operand_def(TensorType),
+    ring_table=opt_operand_def(TensorType), cache_table=opt_operand_def(TensorType),
     scale=prop_def(FloatAttr), ratio=prop_def(IntegerAttr), listed_prefix=prop_def(BoolAttr),
-    result=result_def(TensorType), verify_=_cache_attention_verify))
+    ring_slots=opt_prop_def(IntegerAttr), cache_entries=opt_prop_def(IntegerAttr),
+    result=result_def(TensorType), verify_=_cache_attention_verify,
+    # the custom form names the optional groups, so a reader sees which operand is which
+    assembly_format="$q `,` $sink `,` $start_pos `,` $ring `,` $step "
+                    "(`cache` `(` $compressed^ `:` type($compressed) `)`)? "
+                    "(`ring_table` `(` $ring_table^ `:` type($ring_table) `)`)? "
+                    "(`cache_table` `(` $cache_table^ `:` type($cache_table) `)`)? attr-dict `:` "
+                    "type($q) `,` type($sink) `,` type($start_pos) `,` type($ring) `,` type($step) `->` type($result)",
+    irdl_options=(AttrSizedOperandSegments(as_property=True), ParsePropInAttrDict())))
 ATTN_OPS = [*_SHARED, ReduceOp, SliceOp, RmsNormOp, RopeOp, SparseAttentionOp, ToTokensOp, FromTokensOp,
             CacheAttentionOp]
 Attn = Dialect("attn", ATTN_OPS, [])

@@ -33,14 +33,15 @@ INDEXER_PARAMS = {
 }
 
 
-def index_select(cfg, xn, qr, wi_q, wi_w, idx_cmp, start_pos, rope_cos, rope_sin):
-    """Token rows xn [T, dim], qr [T, q_lora] -> (scores [T, NC] f32, picks [T, K] i32)."""
+def index_select(cfg, xn, qr, wi_q, wi_w, idx_cmp, start_pos, rope_cos, rope_sin, rows_of=None):
+    """Token rows xn [T, dim], qr [T, q_lora] -> (scores [T, NC] f32, picks [T, K] i32). `rows_of`: idx_cmp is a
+    paged pool read through it (paged.py)."""
     B, S, T = cfg["batch"], cfg["seq"], cfg["tokens"]
     IH, ID, NC, K = cfg["index_heads"], cfg["index_dim"], cfg["n_cmp"], cfg["cmp_topk"]
     pos = to_tokens(token_positions(start_pos, S))
     q = rope(reshape(matmul(qr, wi_q), (T, IH, ID)), rope_cos, rope_sin, pos, out="bf16")
     q = cast(matmul(q, hadamard_signs(ID)) * (1.0 / math.sqrt(ID)), "bf16")
-    keys = row_entries(cfg, idx_cmp, start_pos)                                      # [T, NC, ID]
+    keys = row_entries(cfg, idx_cmp, start_pos, rows_of, NC)                         # [T, NC, ID]
     dots = relu(matmul(keys, q, transpose_b=True))                                   # [T, NC, IH]
     weights = matmul(xn, wi_w) * (1.0 / math.sqrt(ID * IH))                          # [T, IH]
     score = reshape(reduce(dots * reshape(weights, (T, 1, IH)), "sum", -1), (T, NC))

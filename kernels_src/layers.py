@@ -15,7 +15,7 @@ from .compressor import INDEX_PARAMS, MAIN_PARAMS, index_compressor, main_compre
 from .configs import with_compress_ratio
 from .indexer import INDEXER_PARAMS, index_select
 from .qkv_proj_rope import project
-from .paged import paged_rows, read_paged
+from .paged import paged_rows
 from .rings import ring_store
 from .sparse_attn import attention_core, output_projection
 
@@ -86,7 +86,7 @@ def _layer_outputs(kind: str) -> tuple[str, ...]:
 
 
 def decode_layer(cfg, kind: str, a: dict, paged: bool = False) -> dict:
-    """One layer step. `paged`: kv_ring, kv_cmp and idx_cmp are block pools read and written through
+    """One layer step. `paged`: kv_ring, kv_cmp and idx_cmp are block pools read (in place) and written through
     ring_block_table / cmp_block_table (paged.py); the computation is the dense one on the same logical rows."""
     q, kv, qr, xn = project(cfg, a["x"], a["attn_norm_w"], a["wq_a"], a["q_norm_w"], a["wq_b"], a["wkv"],
                             a["kv_norm_w"], a["start_pos"], a["rope_cos"], a["rope_sin"])
@@ -94,20 +94,18 @@ def decode_layer(cfg, kind: str, a: dict, paged: bool = False) -> dict:
     ring_rows = paged_rows(cfg, a["ring_block_table"]) if paged else None
     cmp_rows = paged_rows(cfg, a["cmp_block_table"]) if paged and kind != "swa" else None
 
-    def logical(table, block_table: str, length: int):  # what a read sees: the dense table, or the pool's rows
-        return read_paged(cfg, table, a[block_table], length) if paged else table
-
-    outs, kv_cmp, cmp_idx = {}, None, None
+    outs, cmp_idx = {}, None
     if kind != "swa":
         outs["kv_state"], outs["score_state"], outs["kv_cmp"] = main_compressor(cfg, a, xn, cmp_rows)
-        kv_cmp = logical(outs["kv_cmp"], "cmp_block_table", cfg["n_cmp"])
     if kind == "csa":
         outs["ikv_state"], outs["iscore_state"], outs["idx_cmp"] = index_compressor(cfg, a, xn, cmp_rows)
-        _, picks = index_select(cfg, xn, qr, a["wi_q"], a["wi_w"], logical(outs["idx_cmp"], "cmp_block_table", cfg["n_cmp"]),
-                                a["start_pos"], a["rope_cos"], a["rope_sin"])
+        _, picks = index_select(cfg, xn, qr, a["wi_q"], a["wi_w"], outs["idx_cmp"], a["start_pos"], a["rope_cos"],
+                                a["rope_sin"], cmp_rows)
         cmp_idx = outs["cmp_idx"] = from_tokens(picks)
-    o = attention_core(cfg, from_tokens(q), logical(a["kv_ring"], "ring_block_table", cfg["window"]), kv_step, kv_cmp, cmp_idx,
-                       a["start_pos"], a["attn_sink"])
+    # paged: the pools and their block tables, read in place (no copy of a logical table)
+    o = attention_core(cfg, from_tokens(q), a["kv_ring"], kv_step, outs.get("kv_cmp"), cmp_idx, a["start_pos"],
+                       a["attn_sink"], ring_table=a.get("ring_block_table") if paged else None,
+                       cmp_table=a.get("cmp_block_table") if paged else None)
     outs["out"] = output_projection(cfg, o, a["start_pos"], a["rope_cos"], a["rope_sin"], a["wo_a"], a["wo_b"])
     outs["kv_ring"] = ring_store(cfg, a["kv_ring"], kv_step, a["start_pos"], ring_rows, cfg["window"])
     return outs

@@ -3,31 +3,21 @@
 b's logical block j to a physical block. Slot `slot` of row b is pool row
 `block_table[b, slot // block_size] * block_size + slot % block_size` of the flattened pool — the same global row
 ids the dense layout has (`b * length + slot`), one more indirection. Writes are `scatter_rows` at those ids
-(rings.ring_store / store_completed with `rows_of`), reads gather the row's logical table through them.
+(rings.ring_store / store_completed with `rows_of`). Reads never copy a logical table: the attention hands the
+pools and tables to cache_attention (read in place by schedule-attention: one view per block), the indexer and the
+packed layout's per-token gathers map their row ids through `rows_of` and gather straight from the pool.
 
 The block table is the caller's: every (row, logical block) must map to a block of the pool, and no physical
 block may be mapped twice (two rows writing one block would race). Both are checked on the host
 (kernels_src/inputs.py INDEX_INPUTS / DISTINCT_INPUTS); the kernel itself trusts the table.
 """
-from attnc.ir.dsl import gather_rows, iota, reshape
+from attnc.ir.dsl import paged_rows_of
 
 
 def paged_rows(cfg, block_table):
     """rows_of for rings.ring_store/store_completed: slots [B, ...] of each row -> pool row ids."""
-    B, blocks = block_table.shape
-    size = cfg["block_size"]
-    flat = reshape(block_table, (B * blocks,))
-
     def rows_of(slot, row=None):  # row: each slot's batch row when it is not the leading index (packed layout)
-        physical = gather_rows(flat, (iota(slot.shape, 0) if row is None else row) * blocks + slot // size)
-        return physical * size + slot % size
+        return paged_rows_of(block_table, cfg["block_size"], slot, row)
 
     return rows_of
 
-
-def read_paged(cfg, pool, block_table, length: int):
-    """The logical table [B, length, d] of a paged cache, its rows gathered from the pool through the block
-    table (what the dense layout holds as [B, length, d])."""
-    blocks, size, d = pool.shape
-    ids = paged_rows(cfg, block_table)(iota((cfg["batch"], length), 1))
-    return gather_rows(reshape(pool, (blocks * size, d)), ids)

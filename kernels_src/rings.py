@@ -21,8 +21,8 @@ order), else ring row row[t]*R + p mod R. Writes scatter a token's row to its ro
 row's newest R positions (caches: when it completes a block). A row with 0 tokens keeps its rows unchanged.
 """
 from attnc.ir.dsl import (
-    PackedRows, concat, gather_pool, gather_rows, iota, maximum, minimum, reshape, scatter_rows, select, to_tokens,
-    token_positions,
+    PackedRows, broadcast_to, concat, gather_pool, gather_rows, iota, maximum, minimum, reshape, scatter_rows, select,
+    to_tokens, token_positions,
 )
 
 
@@ -97,15 +97,17 @@ def stacked_pool(tables):
     return reshape(stacked, stacked.shape[1:])
 
 
-def packed_window_ids(rows: PackedRows, ring: int, span: int, step_base: int):
+def packed_window_ids(rows: PackedRows, ring: int, span: int, step_base: int, rows_of=None):
     """For every token t (values [T, span], not yet token rows): ids of positions t-span+1 .. t (oldest first) in a
-    pool [rings of every row (B*ring rows) | ... | the step's token rows from `step_base`], and their validity."""
+    pool [rings of every row (B*ring rows) | ... | the step's token rows from `step_base`], and their validity.
+    `rows_of`: the rings are a paged pool, ring slots mapped to its rows by it (paged.py)."""
     assert ring >= span - 1, (ring, span)
     T = rows.tokens
     t = reshape(rows.positions, (T, 1))
     p = t - (span - 1) + iota((T, span), 1)
     in_step = reshape(rows.token_index(), (T, 1)) + (p - t) + step_base  # the step token holding position p
-    in_ring = reshape(rows.token_row(), (T, 1)) * ring + maximum(p, 0) % ring
+    row = reshape(rows.token_row(), (T, 1))
+    in_ring = row * ring + maximum(p, 0) % ring if rows_of is None else rows_of(maximum(p, 0) % ring, row)
     return select(p >= reshape(rows.row_first_position(), (T, 1)), in_step, in_ring), p >= 0
 
 
@@ -134,9 +136,18 @@ def packed_store_completed(cache, entries, rows: PackedRows, ratio: int, n: int,
     return scatter_rows(cache, entries, select(completes, (rows_of or dense_rows(n))(slot, rows.token_row()), -1))
 
 
-def row_entries(cfg, table, start_pos):
-    """Every row of each token's batch row of `table` [B, N, ...], gathered as token rows [T, N, ...]."""
-    B, S, T, N = cfg["batch"], cfg["seq"], cfg["tokens"], table.shape[1]
+def row_entries(cfg, table, start_pos, rows_of=None, length: int | None = None):
+    """Every row of each token's batch row of `table` [B, N, ...], gathered as token rows [T, N, ...]. `rows_of`:
+    the table is a paged pool of `length` slots per row, slots mapped to pool rows by it (paged.py), gathered the
+    same way straight from the pool."""
+    B, S, T, N = cfg["batch"], cfg["seq"], cfg["tokens"], table.shape[1] if rows_of is None else length
+    if rows_of is not None:
+        if isinstance(start_pos, PackedRows):
+            row = broadcast_to(reshape(start_pos.token_row(), (T, 1)), (T, N))
+            return gather_rows(_row_major(table), to_tokens(rows_of(iota((T, N), 1), row)))
+        # each batch row's ids once ([B, N]: pypto 0.2.0 gathers with at most 2-D indices), then per token
+        ids = broadcast_to(reshape(rows_of(iota((B, N), 1)), (B, 1, N)), (B, S, N))
+        return gather_rows(_row_major(table), to_tokens(ids))
     if isinstance(start_pos, PackedRows):
         ids = reshape(start_pos.token_row(), (T, 1)) * N + iota((T, N), 1)
         return gather_rows(_row_major(table), to_tokens(ids))

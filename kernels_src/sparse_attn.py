@@ -6,6 +6,7 @@ from attnc.ir.dsl import (
 )
 
 from .configs import with_compress_ratio
+from .paged import paged_rows
 from .rings import packed_window_ids, stacked_pool
 
 _CORE_PARAMS = dict(
@@ -19,41 +20,52 @@ _CORE_PARAMS = dict(
 )
 
 
-def attention_core(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, start_pos, attn_sink):
+def attention_core(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, start_pos, attn_sink, ring_table=None, cmp_table=None):
     """Per-head attention output [B,S,H,hd] bf16 of every token t = start_pos[b]+s over the window t-W+1 .. t (the
     ring for earlier positions, the step's own rows otherwise, never a later token) and, in a layer with
     compressed entries (m > 0), the entries w < min(NCMP, floor((t+1)/m)): those listed in `cmp_idx` (-1 padding),
-    or every entry when `cmp_idx` is None (HCA). Visibility comes from each token's own position."""
+    or every entry when `cmp_idx` is None (HCA). Visibility comes from each token's own position.
+    `ring_table` / `cmp_table`: kv_ring / kv_cmp are block pools read through these block tables (paged.py)."""
     m = cfg["compress_ratio"]
     if isinstance(start_pos, PackedRows):
         return packed_attention_core(cfg, q, kv_ring, kv_step, kv_cmp if m > 0 else None, cmp_idx, start_pos,
-                                     attn_sink)
+                                     attn_sink, None if ring_table is None else paged_rows(cfg, ring_table),
+                                     None if cmp_table is None else paged_rows(cfg, cmp_table))
     # listed ids (the indexer's top-k picks; the cmp_idx contract of the attention stages) are a visible prefix
     extra = dict(cache=kv_cmp, index=cmp_idx, ratio=m, listed_prefix=cmp_idx is not None) if m > 0 else {}
+    if ring_table is not None:
+        extra.update(ring_table=ring_table, window=cfg["window"])
+    if cmp_table is not None and m > 0:
+        extra.update(cache_table=cmp_table, entries=cfg["n_cmp"])
     return cache_attention(q, attn_sink, start_pos, kv_ring, kv_step, cfg["softmax_scale"],
                            out="bf16", **extra)
 
 
-def packed_attention_core(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, rows: PackedRows, attn_sink):
+def packed_attention_core(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, rows: PackedRows, attn_sink,
+                          ring_rows_of=None, cmp_rows_of=None):
     """attention_core of the packed layout (q [T,H,hd], kv_step [T,hd], cmp_idx [T,K]): the same keys in the same
     order as cache_attention's definition (window oldest first, then the compressed entries), gathered per token
     from [every row's ring | the step's rows | every row's cache] with each token's row and position, and
-    attended by sparse_attention — the generic per-token path (schedule-attention reads batch-major tables)."""
-    T, B, W, hd = rows.tokens, kv_ring.shape[0], kv_ring.shape[1], kv_ring.shape[2]
-    ids, valid = packed_window_ids(rows, W, W, B * W)
-    tables = [reshape(kv_ring, (B * W, hd)), kv_step]
+    attended by sparse_attention — the generic per-token path (schedule-attention reads batch-major tables).
+    `ring_rows_of` / `cmp_rows_of`: kv_ring / kv_cmp are paged pools, slots mapped to pool rows by these (paged.py)."""
+    T, W, hd = rows.tokens, cfg["window"], kv_ring.shape[2]
+    ring_rows = kv_ring.shape[0] * kv_ring.shape[1]  # B * W dense, every pool row paged
+    ids, valid = packed_window_ids(rows, W, W, ring_rows, ring_rows_of)
+    tables = [reshape(kv_ring, (ring_rows, hd)), kv_step]
     if kv_cmp is not None:
-        m, N = cfg["compress_ratio"], kv_cmp.shape[1]
+        m, N = cfg["compress_ratio"], cfg["n_cmp"]
         t = reshape(rows.positions, (T, 1))
         listed = cmp_idx if cmp_idx is not None else iota((T, N), 1)
         complete = minimum((t + 1) // m, N)  # entries w < complete are visible to token t
         ok = (listed >= 0) & (listed < complete)
         if cmp_idx is not None:  # the visible-prefix contract of listed ids
             ok = ok & (iota(listed.shape, 1) < complete)
-        row_base = reshape(rows.token_row(), (T, 1)) * N + (B * W + T)
-        ids = concat([ids, select(ok, listed, 0) + row_base], axis=1)
+        row = reshape(rows.token_row(), (T, 1))
+        cache_ids = (select(ok, listed, 0) + (row * N + (ring_rows + T)) if cmp_rows_of is None else
+                     cmp_rows_of(select(ok, listed, 0), row) + (ring_rows + T))
+        ids = concat([ids, cache_ids], axis=1)
         valid = concat([valid, ok], axis=1)
-        tables.append(reshape(kv_cmp, (B * N, hd)))
+        tables.append(reshape(kv_cmp, (kv_cmp.shape[0] * kv_cmp.shape[1], hd)))
     keys = gather_rows(stacked_pool(tables), to_tokens(ids))
     o = sparse_attention(to_tokens(q), keys, to_tokens(valid), attn_sink, cfg["softmax_scale"], out="bf16")
     return from_tokens(o)

@@ -11,26 +11,37 @@ from dataclasses import dataclass
 from xdsl.pattern_rewriter import PatternRewriter, RewritePattern, op_type_rewrite_pattern
 
 from attnc.ir import dsl
-from attnc.ir.tensor_dialect import ATTN, CacheAttentionOp
+from attnc.ir.tensor_dialect import ATTN, CacheAttentionOp, cache_entries, cache_window
 from attnc.ir.types import dtype_of, shape_of
 
 from . import PatternPass, register
 from ._build import T, before
 
 
+def logical_tables(op: CacheAttentionOp):
+    """The ring [B,W,d] and the cache [B,N,d] (or None) as the dense op reads them: a paged one gathered from its
+    pool through the block table (this generic schedule copies every token's keys anyway)."""
+    ring, cache = T(op.ring), T(op.compressed[0]) if op.compressed else None
+    if op.ring_table is not None:
+        ring = dsl.paged_table(ring, T(op.ring_table), cache_window(op))
+    if op.cache_table is not None:
+        cache = dsl.paged_table(cache, T(op.cache_table), cache_entries(op))
+    return ring, cache
+
+
 def window_and_compressed_ids(op: CacheAttentionOp):
     """Local ids [B,S,W+K] into the per-batch-row pool [ring | step | cache] and their visibility."""
     B, S, _, _ = shape_of(op.q.type)
-    W = shape_of(op.ring.type)[1]
+    W = cache_window(op)
+    ring, cache = logical_tables(op)
     start_pos = T(op.start_pos)
     t = dsl.reshape(dsl.token_positions(start_pos, S), (B, S, 1))
     sp = dsl.reshape(start_pos, (B, 1, 1))
     p = t - (W - 1) + dsl.iota((B, S, W), 2)  # window positions, oldest first
     local = dsl.select(p >= sp, p - sp + W, dsl.maximum(p, 0) % W)
     valid = p >= 0
-    tables = [T(op.ring), T(op.step)]
+    tables = [ring, T(op.step)]
     if op.compressed:
-        cache = T(op.compressed[0])
         n = cache.shape[1]
         ids = T(op.compressed[1]) if len(op.compressed) > 1 else dsl.iota((B, S, n), 2)
         complete = dsl.minimum((t + 1) // op.ratio.value.data, n)

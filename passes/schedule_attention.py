@@ -7,6 +7,9 @@ A query group is the set of query rows that share one key block:
 - `token` (listed entries, CSA): one group per token — its H query rows against [kv_ring[b] | kv_step[b] |
   the rows of kv_cmp[b] it lists], the listed rows gathered from row b's cache only.
 `auto` picks `token` when the op lists entries per token, else `batch`.
+Paged tables (the op's block tables) are read the same way, one more indirection (_BatchTable): a row's slots are one
+view per pool block, its block id a scalar read of the block table (a kernel parameter), and the listed rows are
+gathered by physical row (block id looked up in row b of the table); no op copies a table.
 
 Visibility (which key each token may see) is computed inside the loop, per batch row, as an [S, keys] mask from
 the row's start position (no iteration waits for a whole-batch producer), with the same definition as the op: window positions t-W+1..t (ring slot j holds the newest
@@ -28,13 +31,14 @@ from xdsl.pattern_rewriter import PatternRewriter, RewritePattern, op_type_rewri
 from attnc.ir import dsl
 from attnc.ir.common import op_location
 from attnc.ir.dsl import emit_op
-from attnc.ir.tensor_dialect import CacheAttentionOp
+from attnc.ir.tensor_dialect import CacheAttentionOp, cache_entries, cache_window
 from attnc.ir.tile_dialect import ParallelOp, YieldOp
 from attnc.ir.types import dtype_of, shape_of
 
 from . import PassError, PatternPass, register
 from ._build import (
-    INDEX, T, addi, assemble, at_end, before, const, floordiv_nonneg, minsi, muli, read, shape, tile_full, val, view,
+    INDEX, T, addi, assemble, at_end, before, const, floordiv_nonneg, maxsi, minsi, muli, read, shape, subi, tile_full,
+    val, view,
 )
 from .tile_softmax import F32_MIN
 
@@ -43,16 +47,16 @@ NORMALIZE = ("after", "before")
 UNROLL_TOKENS = 4  # a decode step's tokens of one batch row are unrolled up to this many
 
 
-def key_positions_and_visibility(op: CacheAttentionOp, start_pos: dsl.Tensor, listed: dsl.Tensor | None,
-                                 row_base: dsl.Tensor | None):
+def key_positions_and_visibility(op: CacheAttentionOp, start_pos: dsl.Tensor, listed: dsl.Tensor | None):
     """Visibility of a group of G batch rows from their start positions [G]: ([G,S,keys] i1 visibility, [G,S,K]
-    listed ids made safe to gather (0 where not visible) as global rows `row_base` [G,1,1] + id, or None). Keys are
-    [the sink | ring slots 0..W-1 | step rows 0..S-1 | cache entries (all, or the listed ones [G,S,K])]; the
-    sink's column is never visible (its key position is -1: its logit comes from the fill, see group_attention).
-    Made inside the loop from the group's own start position, so no iteration waits for a whole-batch producer."""
+    listed ids made safe to gather (0 where not visible: slots of the row's cache, _BatchTable.row_ids maps them to
+    matrix rows), or None). Keys are [the sink | ring slots 0..W-1 | step rows 0..S-1 | cache entries (all, or the
+    listed ones [G,S,K])]; the sink's column is never visible (its key position is -1: its logit comes from the
+    fill, see group_attention). Made inside the loop from the group's own start position, so no iteration waits
+    for a whole-batch producer."""
     G = start_pos.shape[0]
     S = shape_of(op.q.type)[1]
-    W = shape_of(op.ring.type)[1]
+    W = cache_window(op)
     sp = dsl.reshape(start_pos, (G, 1, 1))
     t = sp + dsl.iota((G, S, 1), 1)
     # position held by ring slot j: the newest p < start_pos with p = j (mod W); negative = never written
@@ -62,14 +66,14 @@ def key_positions_and_visibility(op: CacheAttentionOp, start_pos: dsl.Tensor, li
     visible = (key_pos >= t - (W - 1)) & (key_pos <= t) & (key_pos >= 0)
     ids = None
     if op.compressed:
-        ratio, n = op.ratio.value.data, shape_of(op.compressed[0].type)[1]
+        ratio, n = op.ratio.value.data, cache_entries(op)
         complete = dsl.minimum((t + 1) // ratio, n)  # entries w < complete are visible to token t
         if listed is not None:
             ok = (listed >= 0) & (listed < complete)
             if op.listed_prefix.value.data:  # only the list's first min(K, complete) positions can be visible
                 ok = ok & (dsl.iota(listed.shape, 2) < complete)
-            # global row ids into the [B * N, d] cache matrix; an id nobody may see reads its batch row's row 0
-            ids = dsl.select(ok, listed, 0) + row_base
+            # an id nobody may see reads its batch row's slot 0
+            ids = dsl.select(ok, listed, 0)
         else:
             ok = dsl.iota((G, 1, n), 2) < complete
         visible = dsl.concat([visible, ok], axis=2)
@@ -111,6 +115,53 @@ def _rows(matrix, first, count: int, written=None):
     return view(matrix, (first, 0), (count, d), (written, d) if written is not None else (), pad="zero")
 
 
+@dataclass(frozen=True)
+class _BatchTable:
+    """A batch-major table as the loop reads it, in place: a row-major matrix [R, d] holding `length` slots per
+    batch row — dense (row b's slot j at row b * length + j) or a paged pool (at row block_table[b, j // block_size]
+    * block_size + j % block_size, the block table a kernel parameter [B, blocks] read as scalars)."""
+    matrix: dsl.Tensor
+    length: int
+    block_table: object = None  # SSA value of the [B, blocks] i32 table, or None (dense)
+    block_size: int = 0
+    row_bases: dsl.Tensor | None = None  # dense, for row_ids: [B, 1, 1] first matrix row of each batch row
+
+    @staticmethod
+    def of(table, block_table, length: int, row_ids: bool = False) -> "_BatchTable":
+        """From a cache_attention operand: [B, length, d] dense, or a pool [blocks, block_size, d] + its table.
+        `row_ids`: row_ids will be asked (a dense table then makes its row bases here, before the loop)."""
+        lead, size, d = shape_of(table.type)
+        matrix = dsl.reshape(T(table), (lead * size, d))
+        if block_table is not None:
+            return _BatchTable(matrix, length, block_table, size)
+        return _BatchTable(matrix, length, row_bases=dsl.iota((lead, 1, 1), 0) * length if row_ids else None)
+
+    def rows(self, b, count: int, written=None) -> list:
+        """Slots 0 .. count-1 of batch row b as views (one for a dense table, one per block for a paged one);
+        slots from `written` (an index value) on read as 0."""
+        if self.block_table is None:
+            return [_rows(self.matrix, muli(b, self.length), count, written)]
+        parts, size = [], self.block_size
+        for j in range(-(-count // size)):
+            n = min(size, count - j * size)
+            block = read(self.block_table, (b, j))
+            valid = None if written is None else minsi(maxsi(subi(written, j * size), 0) if j else written, n)
+            parts.append(_rows(self.matrix, muli(block, size), n, valid))
+        return parts
+
+    def row_ids(self, b, slots):
+        """Matrix rows of slots [1, S, K] (i32, each in [0, length)) of batch row b: dense b * length + slot (the
+        row base a view of row_bases), paged the block id gathered from row b of the block table (a view of the
+        parameter) * block_size + slot % block_size."""
+        if self.block_table is None:
+            return slots + _row(self.row_bases, (b,), (1, 1, 1))
+        _, S, K = slots.shape
+        blocks = shape_of(self.block_table.type)[1]
+        flat = dsl.reshape(slots, (S, K))
+        physical = dsl.gather_rows(_row(T(self.block_table), (b,), (blocks,)), flat // self.block_size)
+        return dsl.reshape(physical * self.block_size + flat % self.block_size, (1, S, K))
+
+
 class _Schedule(RewritePattern):
     def __init__(self, schedule: str, normalize: str, vec_tile: int):
         self.schedule, self.normalize, self.vec_tile = schedule, normalize, vec_tile
@@ -118,7 +169,7 @@ class _Schedule(RewritePattern):
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: CacheAttentionOp, rewriter: PatternRewriter):
         B, S, H, d = shape_of(op.q.type)
-        W = shape_of(op.ring.type)[1]
+        W = cache_window(op)
         listed = len(op.compressed) > 1
         schedule = self.schedule if self.schedule != "auto" else ("token" if listed else "batch")
         if schedule == "batch" and listed:
@@ -129,21 +180,20 @@ class _Schedule(RewritePattern):
         loc = op_location(op)
         with before(op):
             n_keys = W + S + (0 if not op.compressed else
-                              shape_of(op.compressed[1 if listed else 0].type)[2 if listed else 1])
+                              shape_of(op.compressed[1].type)[2] if listed else cache_entries(op))
             rows = S * H if schedule == "batch" else H
             sink = dsl.reshape(dsl.broadcast_to(dsl.reshape(T(op.sink), (1, H, 1)), (rows // H, H, 1)), (rows, 1))
             sink_row = tile_full((1, d), 0.0, dtype_of(op.ring.type))  # the sink's key row: P·V adds nothing
             init = tile_full((B, S, H, d), 0.0, out_dtype)
             # the tables as row-major matrices: a batch row's rows are one contiguous view
             q_rows = dsl.reshape(T(op.q), (B * S * H, d))
-            ring_rows = dsl.reshape(T(op.ring), (B * W, d))
+            ring = _BatchTable.of(op.ring, op.ring_table, W)
             step_rows = dsl.reshape(T(op.step), (B * S, d))
-            cache_rows = None
+            cache, cache_rows = None, None
             if op.compressed:
-                n = shape_of(op.compressed[0].type)[1]
-                cache_rows = dsl.reshape(T(op.compressed[0]), (B * n, d))
-            # first global row of each batch row's cache in the cache matrix (for the listed ids)
-            row_bases = dsl.iota((B, 1, 1), 0) * n if listed else None
+                n = cache_entries(op)
+                cache = _BatchTable.of(op.compressed[0], op.cache_table, n, row_ids=listed)
+                cache_rows = cache.matrix
         body = Block(arg_types=[INDEX, init.value.type])
         b, acc = body.args
         with at_end(body, loc):
@@ -153,17 +203,18 @@ class _Schedule(RewritePattern):
             logit_fill = dsl.concat([sink, dsl.full((rows, n_keys), F32_MIN)], axis=1)
             visible, ids = key_positions_and_visibility(
                 op, view(op.start_pos, (b,), (1,)),
-                _row(T(op.compressed[1]), (b,), (1, S, shape_of(op.compressed[1].type)[2])) if listed else None,
-                _row(row_bases, (b,), (1, 1, 1)) if listed else None)
+                _row(T(op.compressed[1]), (b,), (1, S, shape_of(op.compressed[1].type)[2])) if listed else None)
+            if ids is not None:  # the listed slots of row b -> rows of the cache matrix
+                ids = cache.row_ids(b, ids)
 
             def window():
                 """The group's window (and every-entry cache) rows: views of batch row b, made where they are
                 used (pypto 0.2.0 cannot hand a ragged view into a nested loop)."""
                 # ring slots >= start_pos were never written while start_pos < W
-                parts = [_rows(ring_rows, muli(b, W), W, minsi(sp, W)), _rows(step_rows, muli(b, S), S)]
-                if cache_rows is not None and ids is None:  # every entry: the written ones are a prefix
+                parts = [*ring.rows(b, W, minsi(sp, W)), _rows(step_rows, muli(b, S), S)]
+                if cache is not None and ids is None:  # every entry: the written ones are a prefix
                     done = minsi(floordiv_nonneg(addi(sp, S), op.ratio.value.data), n)
-                    parts.append(_rows(cache_rows, muli(b, n), n, done))
+                    parts.extend(cache.rows(b, n, done))
                 return parts
 
             if schedule == "batch":
@@ -201,7 +252,7 @@ class _Schedule(RewritePattern):
         if op.listed_prefix.value.data:
             # the visible picks are the first min(K, complete) ones: the rest reads as 0 (a row gathered for an
             # id nobody may see may never have been written)
-            n = shape_of(op.compressed[0].type)[1]
+            n = cache_entries(op)
             complete = minsi(floordiv_nonneg(addi(addi(sp, s), 1), op.ratio.value.data), min(K, n))
             return view(picked, (0, 0), (K, d), (complete, d), pad="zero")
         ok = dsl.reshape(_row(visible, (0, s), (1, n_keys)), (n_keys, 1))  # zero every pick the token may not see

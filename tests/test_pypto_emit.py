@@ -244,6 +244,20 @@ builtin.module {
 """
     with pytest.raises(EmitError, match=r"^k\.py:3: attn\.reduce has no pypto 0\.2\.0 lowering: "):
         emit_pypto(parse_ir(tensor_level))
+    computed_scalar = """\
+builtin.module {
+  func.func @f(%x: tensor<4xi32>) -> tensor<4xi32> attributes {arg_names = ["x"], result_names = ["y"]} {
+    %t = "tile.add"(%x, %x) {loc = "k.py:5"} : (tensor<4xi32>, tensor<4xi32>) -> tensor<4xi32>
+    %c = arith.constant 1 : index
+    %s = "tile.read"(%t, %c) {loc = "k.py:6"} : (tensor<4xi32>, index) -> index
+    %v = "tile.view"(%x, %s) <{pad = "zero", operandSegmentSizes = array<i32: 1, 1, 0>}> {loc = "k.py:7"} : (tensor<4xi32>, index) -> tensor<4xi32>
+    func.return %v : tensor<4xi32>
+  }
+}
+"""
+    # a block table's ids are read as scalars of the kernel parameter; a computed tensor's scalars fail in pypto
+    with pytest.raises(EmitError, match=r"^k\.py:6: tile\.read of a computed tensor has no pypto 0\.2\.0 lowering"):
+        emit_pypto(parse_ir(computed_scalar))
 
 
 @functools.lru_cache(maxsize=None)
