@@ -122,6 +122,7 @@ class _Emitter:
     depth: int = 1
     loop_count: int = 0
     out_inits: dict = field(default_factory=dict)  # tile.full result -> output param carried in its place
+    scratch_inits: set = field(default_factory=set)  # dead tile.full inits of covering loops: a bare declaration
     vec_budget: int = PyptoOptions.vec_tile_elems
     params: set = field(default_factory=set)  # the kernel's input parameters (SSA block arguments)
     scalar_only: set = field(default_factory=set)  # ops whose results only feed scatter_rows ids
@@ -320,6 +321,8 @@ class _Emitter:
             if res in self.out_inits:  # the parallel writes every element of this output: carry the param
                 self.names[res] = self.out_inits[res]
                 return
+            if res in self.scratch_inits:  # the parallel writes every element: its value is dead
+                return self._declare(res)
             value = op.value.value.data
             if dtype_of(res.type) == "i1":  # pypto 0.2.0 codegen cannot splat bool: compare an f32 splat
                 return self.bind(res, f"pypto.eq(pypto.full({shape}, {float(value != 0)!r}, pypto.DT_FP32), 1.0)", loc)
@@ -368,9 +371,7 @@ class _Emitter:
         (set by update-in-place) writes the table's own buffer; otherwise a copy of it."""
         dest = a[0]
         if not _in_place(op):
-            dest = self.fresh("c")
-            self.set_tile(op.table)
-            self.emit(f"{dest} = pypto.clone({a[0]})  # {loc}")
+            dest = self._declared_copy(op.table, loc)
         rows_shape, table_shape = list(shape_of(op.rows.type)), list(shape_of(op.table.type))
         lead = table_shape[:len(table_shape) - len(rows_shape) + 1]  # the table dims a row id runs over
         zeros = ["0"] * (len(rows_shape) - 1)
@@ -408,6 +409,26 @@ class _Emitter:
             cur = step
         return f"pypto.expand_clone({cur}, {shape})" if axes else f"pypto.clone({cur})"
 
+    def _declare(self, v: SSAValue | None, like: SSAValue | None = None) -> str:
+        """A declared tensor (`pypto.tensor`) of v's type (or `like`'s), no value written, bound to v if given:
+        see _written_in_parts."""
+        name = self.fresh("d")
+        if v is not None:
+            self.names[v] = name
+        v = like if like is not None else v
+        self.set_tile(v)
+        self.emit(f"{name} = pypto.tensor({list(shape_of(v.type))}, {PYPTO_DTYPE[dtype_of(v.type)]}, \"{name}\")")
+        return name
+
+    def _declared_copy(self, v: SSAValue, loc: str | None) -> str:
+        """A declared tensor holding a copy of v, for a loop to write in parts (see _written_in_parts)."""
+        name = self.fresh("c")
+        self.set_tile(v)
+        self.emit(f"{name} = pypto.tensor({list(shape_of(v.type))}, {PYPTO_DTYPE[dtype_of(v.type)]}, \"{name}\")"
+                  + (f"  # {loc}" if loc else ""))
+        self.emit(f"pypto.assemble({self.ref(v)}, [{', '.join('0' for _ in shape_of(v.type))}], {name})")
+        return name
+
     def _scalar(self, res, expr):
         name = self.fresh("s")
         self.names[res] = name
@@ -440,13 +461,13 @@ class _Emitter:
         lo, hi = self.ref(bounds[0]), self.ref(bounds[1])
         step = step if step is not None else self.ref(bounds[2])
         carried = []
-        for v in inits:
+        for j, v in enumerate(inits):
             name = self.ref(v)
-            if not v.has_one_use():  # the loop updates it in place: give it its own copy
-                copy = self.fresh("c")
-                self.set_tile(v)
-                self.emit(f"{copy} = pypto.clone({name})")
-                name = copy
+            declared = v in self.params or v in self.out_inits or v in self.scratch_inits
+            if not v.has_one_use() or (not declared and _written_in_parts(op, j)):
+                dead = v.owner.name == "tile.full" and op.name == "tile.parallel" and _parallel_covers(op, j)
+                # the loop updates its own copy in place (no copy of a splat it overwrites everywhere)
+                name = self._declare(None, v) if dead else self._declared_copy(v, loc)
             carried.append(name)
         self.loop_count += 1
         idx = f"{prefix}{self.loop_count}"
@@ -629,6 +650,31 @@ def _parallel_covers(par: Operation, j: int) -> bool:
     return isinstance(sub, arith.SubiOp) and _const(sub.lhs) == dshape[0] and sub.rhs is row
 
 
+def _written_in_parts(loop: Operation, j: int) -> bool:
+    """Does the loop write its carried tensor j in parts (pypto.assemble)? pypto 0.2.0's runtime then needs the
+    tensor to be a declared one (`pypto.tensor`) or a kernel parameter: a loop assembling into the result of an op
+    (pypto.full, exp, clone, ...) is never given its buffer ("Missing RUNTIME_SlotMarkNeedAlloc for assemble slot",
+    F74007, then F7A008 item pool index out of range and a double free; at larger sizes the simulator hangs).
+    A tile.parallel always assembles; an scf.for when its carried block argument is an assemble's destination."""
+    if loop.name == "tile.parallel":
+        return True
+    arg = loop.body.block.args[1 + j]
+    return any(u.operation.name == "tile.assemble" and u.index == 1 for u in arg.uses)
+
+
+def _scratch_inits(block, out_inits: dict) -> set:
+    """tile.full inits (one use) of tile.parallel loops that write every element of them: declared, not filled."""
+    found = set()
+    for par in block.walk():
+        if par.name != "tile.parallel":
+            continue
+        for j, init in enumerate(par.inits):
+            if (isinstance(init.owner, Operation) and init.owner.name == "tile.full" and init.has_one_use()
+                    and init not in out_inits and _parallel_covers(par, j)):
+                found.add(init)
+    return found
+
+
 def _tiles_partition(chain, row, rows: int, dshape) -> bool:
     """Whole tiles [rows, ...] at the chunk row and constant offsets that cover dest[1:] exactly once."""
     if dshape[0] % rows:
@@ -713,6 +759,7 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
         em.params.add(arg)
     ret = block.last_op
     em.out_inits = _output_inits(ret, out_names)
+    em.scratch_inits = _scratch_inits(block, em.out_inits)
     em.scalar_only = _scatter_id_ops(block)
     for op in block.ops:
         em.op(op)

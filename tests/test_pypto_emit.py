@@ -356,3 +356,68 @@ def test_pooled_reshape_without_the_rule_fails_in_ooo_schedule(monkeypatch, tmp_
     (tmp_path / "pooled.py").write_text(program)
     with pytest.raises(PyptoSimError, match="OoOSchedule"):
         run_in_subprocess(tmp_path / "pooled.py", {"x": inputs["x"].numpy()}, verify="none", timeout_s=300)
+
+
+# A loop that assembles into a tensor which is neither a kernel parameter nor a `pypto.tensor` declaration (the
+# result of pypto.full, exp, clone, ...) is never given its buffer by pypto 0.2.0's runtime: "Missing
+# RUNTIME_SlotMarkNeedAlloc for assemble slot N" (F74007), then F7A008 (item pool index out of range) and a double
+# free in time-only SIM; a whole flash layer then hangs. PARALLEL with its result read by another op (`SCRATCH`),
+# and with a loop that leaves rows 16..19 of the zero init unwritten (`PARTIAL`).
+SCRATCH = PARALLEL.replace(
+    "    func.return %r : tensor<20x64xf32>",
+    '    %y = "tile.muls"(%r) <{scalar = 2.0 : f64}> {loc = "t.py:9"} : (tensor<20x64xf32>) -> tensor<20x64xf32>\n'
+    "    func.return %y : tensor<20x64xf32>")
+PARTIAL = SCRATCH.replace('"tile.parallel"(%c0, %c20, %init)', '"tile.parallel"(%c0, %c16, %init)').replace(
+    "    %c20 = arith.constant 20 : index\n", "    %c20 = arith.constant 20 : index\n    %c16 = arith.constant 16 : index\n")
+
+
+def test_a_loop_assembles_into_a_declared_tensor_filled_only_when_it_does_not_write_every_element():
+    assert SCRATCH != PARALLEL and PARTIAL != SCRATCH
+    body = [ln.strip() for ln in kernel_body(emit_pypto(parse_ir(SCRATCH, "scratch.mlir")))]
+    decl = [ln for ln in body if "pypto.tensor(" in ln]
+    assert decl == ['d1 = pypto.tensor([20, 64], pypto.DT_FP32, "d1")'], body
+    assert not any("pypto.full(" in ln for ln in body)  # every row is assembled: the zero init is dead
+    assert any(ln.startswith("pypto.assemble(") and ln.split("#")[0].rstrip().endswith(", d1)") for ln in body)
+    body = [ln.strip() for ln in kernel_body(emit_pypto(parse_ir(PARTIAL, "partial.mlir")))]
+    decl = [i for i, ln in enumerate(body) if "pypto.tensor(" in ln]
+    assert len(decl) == 1 and re.match(r"(c\d+) = pypto\.tensor\(\[20, 64\], pypto\.DT_FP32, \"\1\"\)", body[decl[0]])
+    name = body[decl[0]].split(" =")[0]
+    assert re.fullmatch(rf"pypto\.assemble\(t\d+, \[0, 0\], {name}\)", body[decl[0] + 1])  # the zero fill
+    assert any("pypto.full([20, 64], 0.0" in ln for ln in body[:decl[0]])
+
+
+@needs_pypto
+@pytest.mark.parametrize("text", [SCRATCH, PARTIAL], ids=["covers", "partial"])
+def test_loop_into_a_declared_tensor_simulates_without_runtime_errors_and_matches_the_interpreter(text, tmp_path):
+    from attnc.codegen.pypto_sim import run_in_subprocess
+    from attnc.codegen.pypto_target import run_pypto_sim
+
+    mod = parse_ir(text, "scratch.mlir")
+    inputs = make_inputs(mod)
+    (want,) = run_module(mod, list(inputs.values()))
+    res = run_pypto_sim(mod, inputs, timeout_s=300)
+    assert res.verify and not res.failed_records and normalised_error(res.outputs["y"], want) <= 1e-6
+    assert torch.equal(res.outputs["y"][16:], want[16:])  # PARTIAL: the unwritten rows keep the zero fill
+    (tmp_path / "k.py").write_text(emit_pypto(mod))  # time only: the runtime errors show without the verifier
+    timed = run_in_subprocess(tmp_path / "k.py", {k: v.numpy() for k, v in inputs.items()}, verify="none",
+                              timeout_s=300)
+    assert timed.aicore_us and not timed.errors, timed.errors[:3]
+
+
+@needs_pypto
+@pytest.mark.slow
+def test_loop_into_an_op_result_trips_the_pypto_runtime(monkeypatch, tmp_path):
+    """The reproducer of the pypto 0.2.0 limit: SCRATCH with the loop assembling into pypto.full's result logs
+    F74007 (checked so that a pypto which lifts the limit is noticed)."""
+    from attnc.codegen import pypto_emit
+    from attnc.codegen.pypto_sim import run_in_subprocess
+
+    mod = parse_ir(SCRATCH, "scratch.mlir")
+    monkeypatch.setattr(pypto_emit, "_scratch_inits", lambda block, out_inits: set())
+    monkeypatch.setattr(pypto_emit, "_written_in_parts", lambda loop, j: False)
+    program = emit_pypto(mod)
+    assert "pypto.tensor(" not in program and "pypto.full([20, 64]" in program
+    (tmp_path / "k.py").write_text(program)
+    timed = run_in_subprocess(tmp_path / "k.py", {k: v.numpy() for k, v in make_inputs(mod).items()},
+                              verify="none", timeout_s=300)
+    assert any("F74007" in e and "SlotMarkNeedAlloc" in e for e in timed.errors), timed.errors[:3]
