@@ -275,8 +275,11 @@ class _Emitter:
         if kind == "broadcast":
             return self.bind(res, self._expand(a[0], list(shape_of(op.input.type)), shape, dtype_of(res.type)), loc)
         if kind == "reshape":  # pypto tiles a reshape by its input
-            # a kernel input is never written: reshape it in place (a view, no copy)
-            inplace = ", inplace=True" if op.input in self.params else ""
+            # a kernel parameter's buffer (an input, or a table updated in place) is reshaped in place: a view, no
+            # copy -- a copy is one task per tile, and a data-dependent gather from it then waits on every one of
+            # them (pypto 0.2.0 links each gather task to each copy task: 2048 x 2048 links for the indexer's
+            # idx_cmp at B=64, more than the runtime's stitch pool holds, F74001 "Slab alloc null, type=9")
+            inplace = ", inplace=True" if a[0] in {self.names[p] for p in self.params} else ""
             self.bind(res, f"pypto.reshape({a[0]}, {shape}{inplace})", loc, tile_of=op.input)
             return self._materialize_unpadded(op, res)
         if kind == "transpose":
