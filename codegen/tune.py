@@ -50,6 +50,9 @@ TUNING_FORMAT = 1
 UB_BYTES = 192 * 1024
 SIM_VERIFY = "none"
 RECHECK_VERIFY = "default"
+# the re-check's verify modes: with pypto's per-pass verify records (default), or the tensor graph only -- the
+# outputs the re-check compares bit for bit come from the tensor graph's interpretation either way
+RECHECK_VERIFY_MODES = ("default", "tensor-graph")
 
 
 # re-check limits on the normalised error per output dtype. bf16: one rounding step of the largest value (pypto
@@ -404,6 +407,7 @@ class TuneRequest:
     timeout_s: float = 900.0
     seed: int = 0
     recheck_batch: int = 2
+    recheck_verify: str = RECHECK_VERIFY
     recheck_candidates: int = 3
     cache_dir: str | None = None
     use_cache: bool = True
@@ -637,7 +641,7 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
         "aicore_us": chosen.aicore_us,
         "default_aicore_us": default_trial.aicore_us,
         "pypto_version": pypto_version(),
-        "recheck": {"batch": req.recheck_batch, "max_error": check["max_error"],
+        "recheck": {"batch": req.recheck_batch, "verify": req.recheck_verify, "max_error": check["max_error"],
                     "differing": check.get("differing"),
                     "failed_records": check["failed_records"],
                     "default_failed_records": base_check["failed_records"]},
@@ -673,13 +677,13 @@ def recheck(req: TuneRequest, base_pipeline: str, dims, params: dict, cache: Cac
     except Exception as e:  # noqa: BLE001
         return {"ok": False, "note": f"compile at batch {req.recheck_batch}: {e}", "max_error": None,
                 "failed_records": None}
-    key = cache_key(f"{program}\n# recheck within {sorted(RECHECK_TOLERANCE.items())}", RECHECK_VERIFY, req.seed)
+    key = cache_key(f"{program}\n# recheck within {sorted(RECHECK_TOLERANCE.items())}", req.recheck_verify, req.seed)
     if (hit := cache.get(key)) is not None:
         return hit
     inputs = source_inputs(src, req.seed)
     want = dict(zip(src.output_names, run_module(src.module, list(inputs.values()))))
     try:
-        res = run_pypto_sim(src.module, inputs, verify=RECHECK_VERIFY, timeout_s=req.timeout_s, options=options)
+        res = run_pypto_sim(src.module, inputs, verify=req.recheck_verify, timeout_s=req.timeout_s, options=options)
     except PyptoSimError as e:
         return {"ok": False, "note": str(e)[:300], "max_error": None, "failed_records": None}
     worst, bad, differing = 0.0, [], 0
@@ -826,6 +830,10 @@ def add_parser(sub, formatter_class=None) -> None:
     t.add_argument("--seed", type=int, default=0, help="seed of the inputs and of the search")
     t.add_argument("--recheck-batch", type=int, default=2,
                    help="batch of the bit-exactness re-check of the best candidate")
+    t.add_argument("--recheck-verify", choices=RECHECK_VERIFY_MODES, default=RECHECK_VERIFY,
+                   help="pypto verify of the re-check: 'default' (pypto's per-pass records too) or 'tensor-graph' "
+                        "(the outputs only, about a third of the memory: a whole flash layer at B=2 needs "
+                        "RECHECK_MEMORY)")
     t.add_argument("--no-cache", action="store_true", help="time every candidate again (default: use the cache)")
     t.add_argument("--plot", metavar="FILE.png", default=None, help="default: the tuning file with .png")
     t.add_argument("-o", "--output", metavar="FILE", required=True, help="the tuning file to write (required)")
@@ -838,6 +846,7 @@ def cmd_tune(args) -> int:
     req = TuneRequest(source=args.source, config=args.config, overrides=list(args.set), pipeline=args.pipeline,
                       budget=args.budget, space=list(args.space), jobs=args.jobs, ray=args.ray,
                       timeout_s=args.timeout, seed=args.seed, recheck_batch=args.recheck_batch,
+                      recheck_verify=args.recheck_verify,
                       use_cache=not args.no_cache)
     result = tune(req)
     write_tuning(args.output, result.tuning)
