@@ -122,7 +122,8 @@ class _Emitter:
     depth: int = 1
     loop_count: int = 0
     out_inits: dict = field(default_factory=dict)  # tile.full result -> output param carried in its place
-    scratch_inits: set = field(default_factory=set)  # dead tile.full inits of covering loops: a bare declaration
+    scratch_inits: set = field(default_factory=set)  # dead tile.full inits of covering loops: a bare scratch
+    scratch: list = field(default_factory=list)  # (name, shape, dtype) of the scratch parameters (_declare)
     vec_budget: int = PyptoOptions.vec_tile_elems
     params: set = field(default_factory=set)  # the kernel's input parameters (SSA block arguments)
     scalar_only: set = field(default_factory=set)  # ops whose results only feed scatter_rows ids
@@ -413,23 +414,21 @@ class _Emitter:
         return f"pypto.expand_clone({cur}, {shape})" if axes else f"pypto.clone({cur})"
 
     def _declare(self, v: SSAValue | None, like: SSAValue | None = None) -> str:
-        """A declared tensor (`pypto.tensor`) of v's type (or `like`'s), no value written, bound to v if given:
-        see _written_in_parts."""
-        name = self.fresh("d")
+        """A scratch parameter of v's type (or `like`'s), no value written, bound to v if given: see
+        _written_in_parts. (Its name is a temporary's, which no kernel parameter may take.)"""
+        name = self.fresh("ws")
         if v is not None:
             self.names[v] = name
         v = like if like is not None else v
-        self.set_tile(v)
-        self.emit(f"{name} = pypto.tensor({list(shape_of(v.type))}, {PYPTO_DTYPE[dtype_of(v.type)]}, \"{name}\")")
+        self.scratch.append((name, list(shape_of(v.type)), dtype_of(v.type)))
         return name
 
     def _declared_copy(self, v: SSAValue, loc: str | None) -> str:
-        """A declared tensor holding a copy of v, for a loop to write in parts (see _written_in_parts)."""
-        name = self.fresh("c")
+        """A scratch parameter holding a copy of v, for a loop to write in parts (see _written_in_parts)."""
+        name = self._declare(None, v)
         self.set_tile(v)
-        self.emit(f"{name} = pypto.tensor({list(shape_of(v.type))}, {PYPTO_DTYPE[dtype_of(v.type)]}, \"{name}\")"
+        self.emit(f"pypto.assemble({self.ref(v)}, [{', '.join('0' for _ in shape_of(v.type))}], {name})"
                   + (f"  # {loc}" if loc else ""))
-        self.emit(f"pypto.assemble({self.ref(v)}, [{', '.join('0' for _ in shape_of(v.type))}], {name})")
         return name
 
     def _scalar(self, res, expr):
@@ -655,10 +654,13 @@ def _parallel_covers(par: Operation, j: int) -> bool:
 
 def _written_in_parts(loop: Operation, j: int) -> bool:
     """Does the loop write its carried tensor j in parts (pypto.assemble)? pypto 0.2.0's runtime then needs the
-    tensor to be a declared one (`pypto.tensor`) or a kernel parameter: a loop assembling into the result of an op
-    (pypto.full, exp, clone, ...) is never given its buffer ("Missing RUNTIME_SlotMarkNeedAlloc for assemble slot",
-    F74007, then F7A008 item pool index out of range and a double free; at larger sizes the simulator hangs).
-    A tile.parallel always assembles; an scf.for when its carried block argument is an assemble's destination."""
+    tensor to be a kernel parameter: a loop assembling into the result of an op (pypto.full, exp, clone, ...) is
+    never given its buffer ("Missing RUNTIME_SlotMarkNeedAlloc for assemble slot", F74007, then F7A008 item pool
+    index out of range and a double free; at larger sizes the simulator hangs), and a `pypto.tensor` declaration,
+    fine in time-only runs, crashes the verify runs of some programs (F76005 "Invalid slot index", SIGSEGV:
+    qkv_proj_rope, sparse_attn_core, indexer at tiny). So such a tensor is a scratch parameter of the kernel
+    (SCRATCH_NAMES; the harness passes zeros). A tile.parallel always assembles; an scf.for when its carried
+    block argument is an assemble's destination."""
     if loop.name == "tile.parallel":
         return True
     arg = loop.body.block.args[1 + j]
@@ -780,7 +782,11 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
         # pypto 0.2.0 may leave the output untouched for `out[:] = t` (seen for loop-carried and assembled
         # tensors, arguments and index_select results): always store a clone
         em.emit(f"{name}[:] = pypto.clone({ref})")
+    for name, shape, dtype in em.scratch:  # after the outputs: scratch parameters (see _written_in_parts)
+        params.append(f"{name}: pypto.Tensor({shape}, {PYPTO_DTYPE[dtype]})")
+        dtypes[name], shapes[name] = dtype, shape
     return _TEMPLATE.get_template("pypto_kernel.py.j2").render(
         stage=code_text(fn.sym_name.data), arg_names=list(dtypes), output_names=out_names, dtypes=dtypes,
-        shapes=shapes, params=params, body=em.lines, combine_axis=options.combine_axis,
+        shapes=shapes, scratch_names=[n for n, _, _ in em.scratch], params=params, body=em.lines,
+        combine_axis=options.combine_axis,
         pass_options=repr(options.pass_options()), runtime_options=repr(options.runtime_options()))
