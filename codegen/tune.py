@@ -18,7 +18,10 @@ How a tune runs:
    floats within `RECHECK_TOLERANCE` of the largest value (bf16: one rounding step — pypto sums f32 products in
    its own order, so even the default is not bit-exact at the flash shape; at `tiny` it is); a candidate may not
    fail more pypto verify records than the default does there. The tuning file records the error and how many
-   values differ. The first that passes is written; if none passes, nothing is written.
+   values differ. The first that passes is written; if none passes, nothing is written. `--recheck-verify
+   tensor-graph` drops pypto's per-pass records (the outputs compared are the tensor graph's either way): a whole
+   flash layer's re-check at B=2 with the records outgrew this shared 23 GB machine (decode_swa: > 8.4 GB and
+   > 13 min when stopped).
 
 Cache: one JSON file per timing under `~/.cache/attnc/tune` (or `$ATTNC_TUNE_CACHE`), named by the sha256 of the
 emitted program (the IR and the options as pypto sees them), the SIM harness, the pypto version, the verify mode
