@@ -467,7 +467,8 @@ class _Emitter:
             name = self.ref(v)
             declared = v in self.params or v in self.out_inits or v in self.scratch_inits
             if not v.has_one_use() or (not declared and _written_in_parts(op, j)):
-                dead = v.owner.name == "tile.full" and op.name == "tile.parallel" and _parallel_covers(op, j)
+                dead = (isinstance(v.owner, Operation) and v.owner.name == "tile.full" and op.name == "tile.parallel"
+                        and _parallel_covers(op, j))
                 # the loop updates its own copy in place (no copy of a splat it overwrites everywhere)
                 name = self._declare(None, v) if dead else self._declared_copy(v, loc)
             carried.append(name)
