@@ -115,7 +115,8 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default="flash")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--sections", default="compile,interp,sim",
-                    help="comma list of compile, interp, sim, prefill")
+                    help="comma list of compile, interp, sim (attention cores, then layers), layers (whole "
+                         "layer steps only), prefill")
     ap.add_argument("--prefill-seq", default="128,512", help="prefill chunk lengths (tokens per row)")
     ap.add_argument("--prefill-batch", type=int, default=4)
     ap.add_argument("--no-sim", action="store_true", help="prefill: skip the pypto SIM runs")
@@ -139,6 +140,7 @@ def main(argv=None) -> int:
             print(f"  {stage:<20} tensor {r['tensor_s']:.3f} s  tile {r['tile_s']:.3f} s  ratio {r['ratio']:.2f}x")
 
     if "sim" in sections:
+        sections.add("layers")
         print("simulated AICore time of each layer kind's attention core at B=64, S=2, 8K (pypto 0.2.0 cost model):")
         print(f"  {'layer kind':<12} {'stage':<16} {'attnc us':>9} {'tasks':>6} {'P-norm-first us':>15}  "
               f"{'hand-written':<22} {'us':>6}  ratio", flush=True)
@@ -154,6 +156,7 @@ def main(argv=None) -> int:
                 r = {"error": str(e).splitlines()[0]}
                 print(f"  {kind:<12} not measured: {r['error']}", flush=True)
             results["aicore"][kind] = r
+    if "layers" in sections:
         print("simulated AICore time of a whole layer step at B=64, S=2, 8K (no hand-written anchor):")
         results["layers"] = {}
         for kind in ATTENTION_CORES:

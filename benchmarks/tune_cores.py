@@ -37,6 +37,8 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
     ap.add_argument("--out", default="tune-out")
     ap.add_argument("--layers", action="store_true", help="tune whole layer steps instead of attention cores")
+    ap.add_argument("--recheck-verify", default="default", choices=("default", "tensor-graph"),
+                    help="pypto verify of the re-check (see attnc tune --help)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     rows = []
@@ -45,7 +47,7 @@ def main() -> int:
             continue
         t0 = time.perf_counter()
         req = TuneRequest(source=stage, config=args.config, overrides=[*overrides, *args.set], budget=args.budget,
-                          jobs=args.jobs, timeout_s=args.timeout)
+                          jobs=args.jobs, timeout_s=args.timeout, recheck_verify=args.recheck_verify)
         result = tune(req)
         t = result.tuning
         path = os.path.join(args.out, f"{kind.lower()}{'_layer' if args.layers else ''}_{args.config}.json")

@@ -122,6 +122,8 @@ class _Emitter:
     depth: int = 1
     loop_count: int = 0
     out_inits: dict = field(default_factory=dict)  # tile.full result -> output param carried in its place
+    scratch_inits: set = field(default_factory=set)  # dead tile.full inits of covering loops: a bare scratch
+    scratch: list = field(default_factory=list)  # (name, shape, dtype) of the scratch parameters (_declare)
     vec_budget: int = PyptoOptions.vec_tile_elems
     params: set = field(default_factory=set)  # the kernel's input parameters (SSA block arguments)
     scalar_only: set = field(default_factory=set)  # ops whose results only feed scatter_rows ids
@@ -276,8 +278,11 @@ class _Emitter:
         if kind == "broadcast":
             return self.bind(res, self._expand(a[0], list(shape_of(op.input.type)), shape, dtype_of(res.type)), loc)
         if kind == "reshape":  # pypto tiles a reshape by its input
-            # a kernel input is never written: reshape it in place (a view, no copy)
-            inplace = ", inplace=True" if op.input in self.params else ""
+            # a kernel parameter's buffer (an input, or a table updated in place) is reshaped in place: a view, no
+            # copy -- a copy is one task per tile, and a data-dependent gather from it then waits on every one of
+            # them (pypto 0.2.0 links each gather task to each copy task: 2048 x 2048 links for the indexer's
+            # idx_cmp at B=64, more than the runtime's stitch pool holds, F74001 "Slab alloc null, type=9")
+            inplace = ", inplace=True" if a[0] in {self.names[p] for p in self.params} else ""
             self.bind(res, f"pypto.reshape({a[0]}, {shape}{inplace})", loc, tile_of=op.input)
             return self._materialize_unpadded(op, res)
         if kind == "transpose":
@@ -326,6 +331,8 @@ class _Emitter:
             if res in self.out_inits:  # the parallel writes every element of this output: carry the param
                 self.names[res] = self.out_inits[res]
                 return
+            if res in self.scratch_inits:  # the parallel writes every element: its value is dead
+                return self._declare(res)
             value = op.value.value.data
             if dtype_of(res.type) == "i1":  # pypto 0.2.0 codegen cannot splat bool: compare an f32 splat
                 return self.bind(res, f"pypto.eq(pypto.full({shape}, {float(value != 0)!r}, pypto.DT_FP32), 1.0)", loc)
@@ -415,9 +422,7 @@ class _Emitter:
         (set by update-in-place) writes the table's own buffer; otherwise a copy of it."""
         dest = a[0]
         if not _in_place(op):
-            dest = self.fresh("c")
-            self.set_tile(op.table)
-            self.emit(f"{dest} = pypto.clone({a[0]})  # {loc}")
+            dest = self._declared_copy(op.table, loc)
         rows_shape, table_shape = list(shape_of(op.rows.type)), list(shape_of(op.table.type))
         lead = table_shape[:len(table_shape) - len(rows_shape) + 1]  # the table dims a row id runs over
         zeros = ["0"] * (len(rows_shape) - 1)
@@ -455,6 +460,24 @@ class _Emitter:
             cur = step
         return f"pypto.expand_clone({cur}, {shape})" if axes else f"pypto.clone({cur})"
 
+    def _declare(self, v: SSAValue | None, like: SSAValue | None = None) -> str:
+        """A scratch parameter of v's type (or `like`'s), no value written, bound to v if given: see
+        _written_in_parts. (Its name is a temporary's, which no kernel parameter may take.)"""
+        name = self.fresh("ws")
+        if v is not None:
+            self.names[v] = name
+        v = like if like is not None else v
+        self.scratch.append((name, list(shape_of(v.type)), dtype_of(v.type)))
+        return name
+
+    def _declared_copy(self, v: SSAValue, loc: str | None) -> str:
+        """A scratch parameter holding a copy of v, for a loop to write in parts (see _written_in_parts)."""
+        name = self._declare(None, v)
+        self.set_tile(v)
+        self.emit(f"pypto.assemble({self.ref(v)}, [{', '.join('0' for _ in shape_of(v.type))}], {name})"
+                  + (f"  # {loc}" if loc else ""))
+        return name
+
     def _scalar(self, res, expr):
         name = self.fresh("s")
         self.names[res] = name
@@ -487,13 +510,14 @@ class _Emitter:
         lo, hi = self.ref(bounds[0]), self.ref(bounds[1])
         step = step if step is not None else self.ref(bounds[2])
         carried = []
-        for v in inits:
+        for j, v in enumerate(inits):
             name = self.ref(v)
-            if not v.has_one_use():  # the loop updates it in place: give it its own copy
-                copy = self.fresh("c")
-                self.set_tile(v)
-                self.emit(f"{copy} = pypto.clone({name})")
-                name = copy
+            declared = v in self.params or v in self.out_inits or v in self.scratch_inits
+            if not v.has_one_use() or (not declared and _written_in_parts(op, j)):
+                dead = (isinstance(v.owner, Operation) and v.owner.name == "tile.full" and op.name == "tile.parallel"
+                        and _parallel_covers(op, j))
+                # the loop updates its own copy in place (no copy of a splat it overwrites everywhere)
+                name = self._declare(None, v) if dead else self._declared_copy(v, loc)
             carried.append(name)
         self.loop_count += 1
         idx = f"{prefix}{self.loop_count}"
@@ -676,6 +700,34 @@ def _parallel_covers(par: Operation, j: int) -> bool:
     return isinstance(sub, arith.SubiOp) and _const(sub.lhs) == dshape[0] and sub.rhs is row
 
 
+def _written_in_parts(loop: Operation, j: int) -> bool:
+    """Does the loop write its carried tensor j in parts (pypto.assemble)? pypto 0.2.0's runtime then needs the
+    tensor to be a kernel parameter: a loop assembling into the result of an op (pypto.full, exp, clone, ...) is
+    never given its buffer ("Missing RUNTIME_SlotMarkNeedAlloc for assemble slot", F74007, then F7A008 item pool
+    index out of range and a double free; at larger sizes the simulator hangs), and a `pypto.tensor` declaration,
+    fine in time-only runs, crashes the verify runs of some programs (F76005 "Invalid slot index", SIGSEGV:
+    qkv_proj_rope, sparse_attn_core, indexer at tiny). So such a tensor is a scratch parameter of the kernel
+    (SCRATCH_NAMES; the harness passes zeros). A tile.parallel always assembles; an scf.for when its carried
+    block argument is an assemble's destination."""
+    if loop.name == "tile.parallel":
+        return True
+    arg = loop.body.block.args[1 + j]
+    return any(u.operation.name == "tile.assemble" and u.index == 1 for u in arg.uses)
+
+
+def _scratch_inits(block, out_inits: dict) -> set:
+    """tile.full inits (one use) of tile.parallel loops that write every element of them: declared, not filled."""
+    found = set()
+    for par in block.walk():
+        if par.name != "tile.parallel":
+            continue
+        for j, init in enumerate(par.inits):
+            if (isinstance(init.owner, Operation) and init.owner.name == "tile.full" and init.has_one_use()
+                    and init not in out_inits and _parallel_covers(par, j)):
+                found.add(init)
+    return found
+
+
 def _tiles_partition(chain, row, rows: int, dshape) -> bool:
     """Whole tiles [rows, ...] at the chunk row and constant offsets that cover dest[1:] exactly once."""
     if dshape[0] % rows:
@@ -790,6 +842,7 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
         em.params.add(arg)
     ret = block.last_op
     em.out_inits = _output_inits(ret, out_names)
+    em.scratch_inits = _scratch_inits(block, em.out_inits)
     em.scalar_only = _scatter_id_ops(block)
     for op in block.ops:
         em.op(op)
@@ -807,7 +860,11 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
         # pypto 0.2.0 may leave the output untouched for `out[:] = t` (seen for loop-carried and assembled
         # tensors, arguments and index_select results): always store a clone
         em.emit(f"{name}[:] = pypto.clone({ref})")
+    for name, shape, dtype in em.scratch:  # after the outputs: scratch parameters (see _written_in_parts)
+        params.append(f"{name}: pypto.Tensor({shape}, {PYPTO_DTYPE[dtype]})")
+        dtypes[name], shapes[name] = dtype, shape
     return _TEMPLATE.get_template("pypto_kernel.py.j2").render(
         stage=code_text(fn.sym_name.data), arg_names=list(dtypes), output_names=out_names, dtypes=dtypes,
-        shapes=shapes, params=params, body=em.lines, combine_axis=options.combine_axis,
+        shapes=shapes, scratch_names=[n for n, _, _ in em.scratch], params=params, body=em.lines,
+        combine_axis=options.combine_axis,
         pass_options=repr(options.pass_options()), runtime_options=repr(options.runtime_options()))

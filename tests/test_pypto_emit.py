@@ -370,3 +370,69 @@ def test_pooled_reshape_without_the_rule_fails_in_ooo_schedule(monkeypatch, tmp_
     (tmp_path / "pooled.py").write_text(program)
     with pytest.raises(PyptoSimError, match="OoOSchedule"):
         run_in_subprocess(tmp_path / "pooled.py", {"x": inputs["x"].numpy()}, verify="none", timeout_s=300)
+
+
+# A loop that assembles into a tensor which is neither a kernel parameter nor a `pypto.tensor` declaration (the
+# result of pypto.full, exp, clone, ...) is never given its buffer by pypto 0.2.0's runtime: "Missing
+# RUNTIME_SlotMarkNeedAlloc for assemble slot N" (F74007), then F7A008 (item pool index out of range) and a double
+# free in time-only SIM; a whole flash layer then hangs (a `pypto.tensor` declaration instead crashes verify runs of
+# some programs, F76005): the emitter makes it a scratch parameter. PARALLEL with its result read by another op
+# (`SCRATCH`), and with a loop that leaves rows 16..19 of the zero init unwritten (`PARTIAL`).
+SCRATCH = PARALLEL.replace(
+    "    func.return %r : tensor<20x64xf32>",
+    '    %y = "tile.muls"(%r) <{scalar = 2.0 : f64}> {loc = "t.py:9"} : (tensor<20x64xf32>) -> tensor<20x64xf32>\n'
+    "    func.return %y : tensor<20x64xf32>")
+PARTIAL = SCRATCH.replace('"tile.parallel"(%c0, %c20, %init)', '"tile.parallel"(%c0, %c16, %init)').replace(
+    "    %c20 = arith.constant 20 : index\n", "    %c20 = arith.constant 20 : index\n    %c16 = arith.constant 16 : index\n")
+
+
+def test_a_loop_assembles_into_a_scratch_parameter_filled_only_when_it_does_not_write_every_element():
+    assert SCRATCH != PARALLEL and PARTIAL != SCRATCH
+    text = emit_pypto(parse_ir(SCRATCH, "scratch.mlir"))
+    body = [ln.strip() for ln in kernel_body(text)]
+    assert 'SCRATCH_NAMES = ["ws1"]' in text and "    ws1: pypto.Tensor([20, 64], pypto.DT_FP32),\n" in text
+    assert not any("pypto.full(" in ln or "pypto.tensor(" in ln for ln in body)  # the zero init is dead
+    assert any(ln.startswith("pypto.assemble(") and ln.split("#")[0].rstrip().endswith(", ws1)") for ln in body)
+    text = emit_pypto(parse_ir(PARTIAL, "partial.mlir"))
+    body = [ln.strip() for ln in kernel_body(text)]
+    (name,) = re.findall(r'SCRATCH_NAMES = \["(ws\d+)"\]', text)
+    fill = [i for i, ln in enumerate(body) if re.match(rf"pypto\.assemble\(t\d+, \[0, 0\], {name}\)", ln)]
+    assert len(fill) == 1  # the zero fill, after the full it copies
+    assert any("pypto.full([20, 64], 0.0" in ln for ln in body[:fill[0]])
+
+
+@needs_pypto
+@pytest.mark.parametrize("text", [SCRATCH, PARTIAL], ids=["covers", "partial"])
+def test_loop_into_a_scratch_parameter_simulates_without_runtime_errors_and_matches_the_interpreter(text, tmp_path):
+    from attnc.codegen.pypto_sim import run_in_subprocess
+    from attnc.codegen.pypto_target import run_pypto_sim
+
+    mod = parse_ir(text, "scratch.mlir")
+    inputs = make_inputs(mod)
+    (want,) = run_module(mod, list(inputs.values()))
+    res = run_pypto_sim(mod, inputs, timeout_s=300)
+    assert res.verify and not res.failed_records and normalised_error(res.outputs["y"], want) <= 1e-6
+    assert torch.equal(res.outputs["y"][16:], want[16:])  # PARTIAL: the unwritten rows keep the zero fill
+    (tmp_path / "k.py").write_text(emit_pypto(mod))  # time only: the runtime errors show without the verifier
+    timed = run_in_subprocess(tmp_path / "k.py", {k: v.numpy() for k, v in inputs.items()}, verify="none",
+                              timeout_s=300)
+    assert timed.aicore_us and not timed.errors, timed.errors[:3]
+
+
+@needs_pypto
+@pytest.mark.slow
+def test_loop_into_an_op_result_trips_the_pypto_runtime(monkeypatch, tmp_path):
+    """The reproducer of the pypto 0.2.0 limit: SCRATCH with the loop assembling into pypto.full's result logs
+    F74007, which the harness reports as a failed run (checked so that a pypto which lifts the limit is noticed)."""
+    from attnc.codegen import pypto_emit
+    from attnc.codegen.pypto_sim import PyptoSimError, run_in_subprocess
+
+    mod = parse_ir(SCRATCH, "scratch.mlir")
+    monkeypatch.setattr(pypto_emit, "_scratch_inits", lambda block, out_inits: set())
+    monkeypatch.setattr(pypto_emit, "_written_in_parts", lambda loop, j: False)
+    program = emit_pypto(mod)
+    assert "pypto.tensor(" not in program and "pypto.full([20, 64]" in program
+    (tmp_path / "k.py").write_text(program)
+    with pytest.raises(PyptoSimError, match="runtime errors.*F74007.*SlotMarkNeedAlloc"):
+        run_in_subprocess(tmp_path / "k.py", {k: v.numpy() for k, v in make_inputs(mod).items()}, verify="none",
+                          timeout_s=300)

@@ -236,6 +236,17 @@ def test_plot_of_trials(tmp_path):
 
 
 @needs_pypto
+def test_recheck_on_the_tensor_graph_only_still_compares_outputs_bit_for_bit(tmp_path, monkeypatch):
+    """--recheck-verify tensor-graph (the whole-layer re-check that fits memory): pypto's per-pass records are not
+    made, the outputs are still compared with the interpreter (a missing output would fail the re-check)."""
+    monkeypatch.setenv("ATTNC_TUNE_CACHE", str(tmp_path / "cache"))
+    req = T.TuneRequest(source="sparse_attn_core", config="tiny", budget=1, recheck_verify="tensor-graph")
+    data = T.tune(req).tuning
+    assert data["recheck"]["verify"] == "tensor-graph" and data["recheck"]["max_error"] == 0.0
+    assert data["recheck"]["failed_records"] == 0
+
+
+@needs_pypto
 def test_tune_in_sim_at_tiny(tmp_path, capsys):
     """A real tune: two candidates timed in SIM in a worker process, the best re-checked against the
     interpreter, the file written and applied; the repeat is served by the cache."""
@@ -251,6 +262,7 @@ def test_tune_in_sim_at_tiny(tmp_path, capsys):
         assert data["sim_trials"] == 2 and data["evaluated"] == 2
         assert data["aicore_us"] <= data["default_aicore_us"] and data["aicore_us"] > 0
         assert data["recheck"]["max_error"] == 0.0  # bf16 outputs bit for bit
+        assert data["recheck"]["verify"] == "default"
         assert "re-check passed" in err and (tmp_path / "tiny.png").exists()
         assert main(argv) == 0
         assert json.loads(out.read_text())["sim_trials"] == 0

@@ -24,6 +24,10 @@ __all__ = ["PyptoSimError", "SimResult", "run_in_subprocess", "pypto_available",
 
 RUNNER = Path(__file__).resolve().with_name("runner.py")
 _OK = ("PASS", "NO_COMPARE")
+# pypto 0.2.0's runtime (workspace, slots, item pools) logs its failed assertions and goes on with a broken state
+# (F74007 missing slot allocation, F7A008 item pool index out of range, F74001 stitch pool exhausted, ...): the
+# simulated time and any outputs of such a run are not trustworthy
+RUNTIME_ERROR_TAG = "[MACHINE]:ErrCode"
 
 
 class PyptoSimError(RuntimeError):
@@ -124,6 +128,10 @@ def run_in_subprocess(kernel_py: str | Path, inputs: dict[str, np.ndarray], *, t
                     how = f"killed by signal {-proc.returncode}"
             raise PyptoSimError(f"pypto run of {kernel_py.name} failed ({how}): {_tail(err or out)}")
         meta = json.loads(meta_path.read_text())
+        runtime = [e for e in meta["errors"] if RUNTIME_ERROR_TAG in e]
+        if runtime:
+            raise PyptoSimError(f"pypto run of {kernel_py.name} hit runtime errors, its results are not trustworthy: "
+                                f"{_tail(chr(10).join(runtime[:2]), 2)}")
         with np.load(out_npz) as data:
             outputs = {k: data[k] for k in data.files}
     return SimResult(outputs=outputs, aicore_us=meta["aicore_us"], verify=meta["verify"], errors=meta["errors"],

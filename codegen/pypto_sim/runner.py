@@ -8,7 +8,8 @@ only the tensor graph is interpreted -- outputs still written), ``all`` (every p
 interpreter, so pypto writes NO output values; the result .npz is then empty), or a JSON list of pass names.
 
 The kernel module defines ``kernel`` (a ``@pypto.frontend.jit`` function whose parameters are all tensors),
-``ARG_NAMES`` (parameter order), ``OUTPUT_NAMES``, ``ARG_DTYPES`` (name -> 'bf16' | 'f32' | 'i32' | ...), and
+``ARG_NAMES`` (parameter order), ``OUTPUT_NAMES``, optionally ``SCRATCH_NAMES`` (working buffers the harness
+allocates as zeros and does not return), ``ARG_DTYPES`` (name -> 'bf16' | 'f32' | 'i32' | ...), and
 optionally ``ARG_SHAPES`` (name -> shape; needed for outputs whose annotation has dynamic dims). Input arrays come
 from IN.npz by name (bf16 travels as float32 holding bf16 values). An output that also appears in IN.npz is an
 in/out tensor and starts from that array; other outputs start as zeros.
@@ -222,7 +223,7 @@ def _torch_dtypes():
 
     return {"bf16": torch.bfloat16, "f32": torch.float32, "fp32": torch.float32, "f16": torch.float16,
             "fp16": torch.float16, "i32": torch.int32, "int32": torch.int32, "i8": torch.int8, "int8": torch.int8,
-            "i64": torch.int64, "bool": torch.bool}
+            "i64": torch.int64, "bool": torch.bool, "i1": torch.bool}
 
 
 def _annotated_shape(kernel, name: str):
@@ -241,13 +242,14 @@ def _build_args(mod, arrays: dict, device: str | None):
 
     dts = _torch_dtypes()
     outputs = set(mod.OUTPUT_NAMES)
+    scratch = set(getattr(mod, "SCRATCH_NAMES", ()))  # the kernel's working buffers: zeros, not returned
     shapes = getattr(mod, "ARG_SHAPES", {}) or {}
     args = []
     for name in mod.ARG_NAMES:
         dt = dts[mod.ARG_DTYPES[name]]
         if name in arrays:
             t = torch.from_numpy(arrays[name]).to(dt).contiguous()
-        elif name in outputs:
+        elif name in outputs or name in scratch:
             shape = shapes.get(name) or _annotated_shape(mod.kernel, name)
             if shape is None:
                 raise ValueError(f"output {name!r}: no ARG_SHAPES entry and no static annotation")
