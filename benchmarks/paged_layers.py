@@ -12,7 +12,7 @@ import json
 import sys
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from run_all import bench_aicore  # noqa: E402
+from run_all import time_layer_step  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -28,14 +28,7 @@ def main(argv=None) -> int:
     print(f"whole layer step, {args.config} {' '.join(args.set)} (pypto 0.2.0 cost model, time only):")
     for kind in args.kinds:
         for stage in (f"decode_{kind}", f"decode_{kind}_paged"):
-            try:
-                r = bench_aicore(args.config, stage, args.timeout, overrides)
-                print(f"  {stage:<18} {r['aicore_us']:9.1f} us  {r['tasks'] or 0:6d} tasks  (wall {r['wall_s']:.0f} s)",
-                      flush=True)
-            except Exception as e:  # noqa: BLE001 - a pypto failure is a result here
-                r = {"error": str(e).splitlines()[0][-300:]}
-                print(f"  {stage:<18} not measured: {r['error']}", flush=True)
-            results[stage] = r
+            results[stage] = time_layer_step(args.config, stage, args.timeout, overrides, width=18)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

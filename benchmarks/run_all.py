@@ -84,6 +84,18 @@ def bench_aicore(config: str, stage: str, timeout_s: int, overrides: dict | None
 PREFILL_KINDS = ("decode_swa", "decode_hca", "decode_csa")
 
 
+def time_layer_step(config: str, stage: str, timeout_s: int, overrides: dict | None = None, width: int = 12) -> dict:
+    """bench_aicore of one whole layer step, printed as one line; a pypto failure is a result (its first line)."""
+    try:
+        r = bench_aicore(config, stage, timeout_s, overrides)
+        print(f"  {stage:<{width}} {r['aicore_us']:9.1f} us  {r['tasks'] or 0:6d} tasks  (wall {r['wall_s']:.0f} s)",
+              flush=True)
+    except Exception as e:  # noqa: BLE001 - keep measuring the others
+        r = {"error": str(e).splitlines()[0][-300:]}
+        print(f"  {stage:<{width}} not measured: {r['error']}", flush=True)
+    return r
+
+
 def bench_prefill(config: str, stage: str, batch: int, seq: int, timeout_s: int, sim: bool = True) -> dict:
     """One layer step on a prefill chunk of `seq` tokens per row (S > window): compile (default pipeline),
     interpret at both levels once, then the pypto pipeline in SIM (time only)."""
@@ -160,14 +172,7 @@ def main(argv=None) -> int:
         print("simulated AICore time of a whole layer step at B=64, S=2, 8K (no hand-written anchor):")
         results["layers"] = {}
         for kind in ATTENTION_CORES:
-            try:
-                r = bench_aicore(args.config, kind, timeout_s=3600)
-                print(f"  {kind:<12} {r['aicore_us']:9.1f} us  {r['tasks'] or 0:6d} tasks  (wall {r['wall_s']:.0f} s)",
-                      flush=True)
-            except Exception as e:
-                r = {"error": str(e).splitlines()[0]}
-                print(f"  {kind:<12} not measured: {r['error']}", flush=True)
-            results["layers"][kind] = r
+            results["layers"][kind] = time_layer_step(args.config, kind, 3600)
 
     if "prefill" in sections:
         B = args.prefill_batch
