@@ -314,9 +314,7 @@ class _Emitter:
             # copy: CSA core 349.8 -> 308.5 us with 128 of 512 picked rows per tile, 256 rows overflow UB); with
             # a multi-dim index, tiles above GATHER_TILE_ELEMS fail pypto 0.2.0's verifier (FB200F: the m=128
             # compressor's [1, 64, 256] tile of a [2, 128, 256] gather at tiny)
-            budget = (min(self.vec_budget, GATHER_TILE_ELEMS) if len(shape) > 2 else
-                      max(self.vec_budget, GATHER_UB_BYTES // _BYTES[dtype_of(res.type)]))
-            return self.bind(res, f"pypto.index_select({a[0]}, 0, {a[1]})", loc, budget=budget)
+            return self.bind(res, f"pypto.index_select({a[0]}, 0, {a[1]})", loc, budget=self._gather_budget(res))
         if kind == "topk":
             return self._topk(op, a, shape, loc)
         if kind == "iota":
@@ -412,8 +410,15 @@ class _Emitter:
         n = shape_of(gather.indices.type)[0]
         self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of([n], 'i32')})")
         self.emit(f"{ids} = pypto.view({self.ref(gather.indices)}, [{n}], [0], valid_shape=[{valid}])")
-        budget = max(self.vec_budget, GATHER_UB_BYTES // _BYTES[dtype_of(res.type)])
-        return self.bind(res, f"pypto.index_select({self.ref(gather.table)}, 0, {ids})", loc, budget=budget)
+        return self.bind(res, f"pypto.index_select({self.ref(gather.table)}, 0, {ids})", loc,
+                         budget=self._gather_budget(res))
+
+    def _gather_budget(self, res) -> int:
+        """The vector tile of a gather's result (see gather_rows): a row list in tiles as large as UB holds, a
+        multi-dim index in tiles of at most GATHER_TILE_ELEMS."""
+        if len(shape_of(res.type)) > 2:
+            return min(self.vec_budget, GATHER_TILE_ELEMS)
+        return max(self.vec_budget, GATHER_UB_BYTES // _BYTES[dtype_of(res.type)])
 
     def _scatter_rows(self, op, a, loc):
         """One row write per id: a loop over the rows m, the id computed as a scalar (pypto reads scalars only from
