@@ -25,12 +25,13 @@ CASES = {  # stage, config overrides
 }
 
 
-def _compile(stage, over, schedule="auto", normalize="after", inputs=None):
+def _compile(stage, over, schedule="auto", normalize="after", inputs=None, sink="auto"):
     cfg = resolve_config("tiny", over)
     st = STAGES[stage]
     module = build_stage(st, cfg)
     inputs = inputs if inputs is not None else make_inputs(st, cfg, 4)
-    report = run_pipeline(module, f"{BEFORE},schedule-attention{{schedule={schedule} normalize={normalize}}},{AFTER}",
+    options = f"schedule={schedule} normalize={normalize} sink={sink}"
+    report = run_pipeline(module, f"{BEFORE},schedule-attention{{{options}}},{AFTER}",
                           verify_inputs=list(inputs.values()), output_names=st.outputs)
     return module, report, inputs, cfg
 
@@ -69,6 +70,27 @@ def test_batch_schedule_refuses_per_token_lists():
 def test_unknown_schedule_option_is_refused():
     with pytest.raises(PassError, match="schedule must be one of auto, batch, token"):
         _compile(*CASES["swa-core"], schedule="diagonal")
+    with pytest.raises(PassError, match="sink must be one of auto, key, term"):
+        _compile(*CASES["swa-core"], sink="row")
+
+
+@pytest.mark.parametrize("case", ["swa-core", "csa-core"])
+def test_sink_as_key_row_or_softmax_term(case):
+    """Both forms of the sink are checked rewrites; they differ only in summation order. `key` puts a zero row
+    into the key block (the rows' count shows it), `term` adds a [G, 1] maximum to the softmax."""
+    stage, over = CASES[case]
+    outs, rows = {}, {}
+    for sink in ("key", "term"):
+        module, report, inputs, _ = _compile(stage, over, sink=sink)
+        assert not report.failed
+        outs[sink] = run_module(module, list(inputs.values()))[0].float()
+        rows[sink] = {tuple(op.result.type.get_shape()) for op in module.walk() if op.name == "tile.concat"
+                      and op.axis.value.data == 0 and op.result.type.get_shape()[-1] == 128}
+        row_max = [op for op in module.walk() if op.name == "tile.max" and op.result.type.get_shape()[-1] == 1]
+        assert bool(row_max) == (sink == "term")  # the sink logit joins the row max
+    assert {(n + 1, d) for n, d in rows["term"]} == rows["key"]  # one more key row, the sink's
+    scale = outs["key"].abs().max()
+    assert (outs["key"] - outs["term"]).abs().max() <= ScheduleAttention.tolerance * scale
 
 
 def _early_inputs(st, cfg, start_pos):
@@ -174,6 +196,9 @@ def test_token_key_block_is_assembled_with_only_the_listed_prefix_gathered():
         assert re.search(rf"{index} = pypto\.view\(\w+, \[512\], \[0\], valid_shape=\[\w+\]\)", program)
     assert len(re.findall(r"^ +if \w+ < (?:128|512):", program, re.M)) == 4
     assert not any("pypto.concat(" in ln and "], 0)" in ln for ln in program.splitlines())
+    # invisible keys' logit: a number in pypto.where, not a [64, 642] tensor filled for every token
+    assert len(re.findall(r"pypto\.where\(\w+, \w+, -3\.4028234663852886e\+38\)", program)) == 2
+    assert "pypto.full([64, 642]" not in program
 
 
 @pytest.mark.parametrize("case", ["swa-core", "csa-core"])
