@@ -658,10 +658,12 @@ def _scatter_id_ops(block) -> set:
 
 
 def _select_splat(full: Operation) -> bool:
-    """A splat read only as a value operand of selects: emitted as a number in pypto.where (a filled tensor is
-    one vector task per tile and use: the CSA core's per-token logit fill cost 256 tasks, 232.2 -> 210.8 us).
-    Floats only: pypto 0.2.0's verifier cannot execute an int32 WHERE_TS (FB200F)."""
-    return (dtype_of(full.result.type) in ("f32", "bf16", "f16") and bool(full.result.uses)
+    """A splat inside a loop read only as a value operand of selects: emitted as a number in pypto.where (the
+    filled tensor is vector tasks in every iteration: the CSA core's per-token logit fill cost 256 tasks, 232.2 ->
+    210.8 us). Outside loops a fill is made once; folding those too moved decode_hca 4050.9 -> 4184.5 us (same
+    task count, another dispatch order). Floats only: pypto 0.2.0's verifier cannot execute an int32 WHERE_TS."""
+    return (full.parent_op() is not None and full.parent_op().name in ("tile.parallel", "scf.for")
+            and dtype_of(full.result.type) in ("f32", "bf16", "f16") and bool(full.result.uses)
             and all(u.operation.name == "tile.select" and u.index in (1, 2) for u in full.result.uses))
 
 
