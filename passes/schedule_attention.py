@@ -16,8 +16,11 @@ the row's start position (no iteration waits for a whole-batch producer), with t
 position p < start_pos with p = j mod W; p < 0 was never written), compressed entries w < min(N, floor((t+1)/m)).
 Key rows no token of the group sees are zeroed before the matmuls, so never-written rows (they may hold NaN)
 never reach a result. One softmax per group over all its keys in f32, exp weights rounded to the key dtype
-before P·V (as tile-softmax), the sink as the first key column (a zero key row, its logit from a constant fill), so
-it enters the max and the denominator without separate steps.
+before P·V (as tile-softmax). The sink enters the max and the denominator (`sink` option): `key` — as the first
+key column (a zero key row, its logit from a constant fill), no separate [G, 1] steps; `term` — as one more logit
+per query row next to the row reductions, no key row (a copy into every group's key block). `auto`: `key` for a
+batch group (SWA core 88.1 vs 120.4 us: pypto merges its softmax tiles into one task), `term` per token (CSA
+core 241.3 -> 232.2 us: 128 fewer key-row copies).
 The bf16 weights and the different summation order make it an approximate rewrite: tolerance as tile-softmax."""
 from __future__ import annotations
 
@@ -44,16 +47,18 @@ from .tile_softmax import F32_MIN
 
 SCHEDULES = ("auto", "batch", "token")
 NORMALIZE = ("after", "before")
+SINKS = ("auto", "key", "term")
 UNROLL_TOKENS = 4  # a decode step's tokens of one batch row are unrolled up to this many
 
 
-def key_positions_and_visibility(op: CacheAttentionOp, start_pos: dsl.Tensor, listed: dsl.Tensor | None):
+def key_positions_and_visibility(op: CacheAttentionOp, start_pos: dsl.Tensor, listed: dsl.Tensor | None,
+                                 sink_key: bool = True):
     """Visibility of a group of G batch rows from their start positions [G]: ([G,S,keys] i1 visibility, [G,S,K]
     listed ids made safe to gather (0 where not visible: slots of the row's cache, _BatchTable.row_ids maps them to
-    matrix rows), or None). Keys are [the sink | ring slots 0..W-1 | step rows 0..S-1 | cache entries (all, or the
-    listed ones [G,S,K])]; the sink's column is never visible (its key position is -1: its logit comes from the
-    fill, see group_attention). Made inside the loop from the group's own start position, so no iteration waits
-    for a whole-batch producer."""
+    matrix rows), or None). Keys are [the sink (`sink_key`) | ring slots 0..W-1 | step rows 0..S-1 | cache entries
+    (all, or the listed ones [G,S,K])]; the sink's column is never visible (its key position is -1: its logit
+    comes from the fill, see group_attention). Made inside the loop from the group's own start position, so no
+    iteration waits for a whole-batch producer."""
     G = start_pos.shape[0]
     S = shape_of(op.q.type)[1]
     W = cache_window(op)
@@ -62,7 +67,8 @@ def key_positions_and_visibility(op: CacheAttentionOp, start_pos: dsl.Tensor, li
     # position held by ring slot j: the newest p < start_pos with p = j (mod W); negative = never written
     slot = dsl.iota((G, 1, W), 2)
     ring_pos = sp - 1 - (sp - 1 - slot) % W
-    key_pos = dsl.concat([dsl.full((G, 1, 1), -1, "i32"), ring_pos, sp + dsl.iota((G, 1, S), 2)], axis=2)
+    sink = [dsl.full((G, 1, 1), -1, "i32")] if sink_key else []
+    key_pos = dsl.concat([*sink, ring_pos, sp + dsl.iota((G, 1, S), 2)], axis=2)
     visible = (key_pos >= t - (W - 1)) & (key_pos <= t) & (key_pos >= 0)
     ids = None
     if op.compressed:
@@ -80,24 +86,32 @@ def key_positions_and_visibility(op: CacheAttentionOp, start_pos: dsl.Tensor, li
     return visible, ids
 
 
-def group_attention(q, keys, visible, logit_fill, scale: float, out_dtype: str, normalize: str = "after"):
-    """Softmax attention of query rows q [G, d] over keys [N, d] whose first row is zero and stands for the sink
-    (rows nobody may see hold finite values), with visibility [G, N] (i1, the sink column false) and logit_fill
-    [G, N] (f32: the sink logit in column 0, F32_MIN elsewhere): [G, d] in `out_dtype`. With the sink as a key
-    column, the running max, the exp and the denominator need no separate [G, 1] steps (each would be a task of
-    the scheduler-bound target). Every query row sees at least its own token (the window always holds position
+def group_attention(q, keys, visible, fill, sink, scale: float, out_dtype: str, normalize: str = "after"):
+    """Softmax attention of query rows q [G, d] over keys [N, d] (rows nobody may see hold finite values) with
+    visibility [G, N] (i1): [G, d] in `out_dtype`. Invisible keys take their logit from `fill` ([G, N] f32 or a
+    number). The sink is either a key (sink=None: the keys' first row is zero, its column invisible and its logit
+    in the fill's first column) or `sink` [G, 1] (f32), a logit with a zero value row that enters the max and the
+    denominator as its own column. Every query row sees at least its own token (the window always holds position
     t), so the max is a real score or the sink: invisible keys get exp(F32_MIN - m) = 0 and the denominator is at
     least the sink term — no guards needed.
 
     normalize="after": exp weights rounded to the key dtype, P·V in f32 divided by the sum of the rounded weights
     (the sink term included, rounded like the others); "before" (the hand-written kernels' numerics): the f32
     weights divided by their f32 sum, rounded, and P·V rounded straight to the output dtype."""
-    s = dsl.select(visible, dsl.matmul(q, keys, out="f32", transpose_b=True) * scale, logit_fill)
-    p = dsl.exp(s - dsl.reduce(s, "max", -1))
+    s = dsl.select(visible, dsl.matmul(q, keys, out="f32", transpose_b=True) * scale, fill)
+    m = dsl.reduce(s, "max", -1)
+    if sink is not None:
+        m = dsl.maximum(m, sink)
+    p = dsl.exp(s - m)
+    p_sink = dsl.exp(sink - m) if sink is not None else None
     if normalize == "before":
-        return dsl.matmul(dsl.cast(p / dsl.reduce(p, "sum", -1), keys.dtype), keys, out=out_dtype)
+        total = dsl.reduce(p, "sum", -1)
+        return dsl.matmul(dsl.cast(p / (total if p_sink is None else total + p_sink), keys.dtype), keys,
+                          out=out_dtype)
     p_lo = dsl.cast(p, keys.dtype)  # exp weights rounded before P·V
     denom = dsl.reduce(dsl.cast(p_lo, "f32"), "sum", -1)
+    if p_sink is not None:
+        denom = denom + dsl.cast(dsl.cast(p_sink, keys.dtype), "f32")
     return dsl.cast(dsl.matmul(p_lo, keys, out="f32") / denom, out_dtype)
 
 
@@ -163,8 +177,8 @@ class _BatchTable:
 
 
 class _Schedule(RewritePattern):
-    def __init__(self, schedule: str, normalize: str, vec_tile: int):
-        self.schedule, self.normalize, self.vec_tile = schedule, normalize, vec_tile
+    def __init__(self, schedule: str, normalize: str, vec_tile: int, sink: str):
+        self.schedule, self.normalize, self.vec_tile, self.sink = schedule, normalize, vec_tile, sink
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: CacheAttentionOp, rewriter: PatternRewriter):
@@ -175,6 +189,7 @@ class _Schedule(RewritePattern):
         if schedule == "batch" and listed:
             raise PassError(f"{op_location(op)}: schedule-attention{{schedule=batch}}: the tokens of a batch row list "
                             "different compressed entries, so they share no key block (use schedule=token)")
+        sink_key = (self.sink if self.sink != "auto" else "key" if schedule == "batch" else "term") == "key"
         out_dtype = dtype_of(op.result.type)
         scale = op.scale.value.data
         loc = op_location(op)
@@ -183,7 +198,8 @@ class _Schedule(RewritePattern):
                               shape_of(op.compressed[1].type)[2] if listed else cache_entries(op))
             rows = S * H if schedule == "batch" else H
             sink = dsl.reshape(dsl.broadcast_to(dsl.reshape(T(op.sink), (1, H, 1)), (rows // H, H, 1)), (rows, 1))
-            sink_row = tile_full((1, d), 0.0, dtype_of(op.ring.type))  # the sink's key row: P·V adds nothing
+            sink_rows = [tile_full((1, d), 0.0, dtype_of(op.ring.type))] if sink_key else []  # P·V adds nothing
+            n_cols = n_keys + len(sink_rows)
             init = tile_full((B, S, H, d), 0.0, out_dtype)
             # the tables as row-major matrices: a batch row's rows are one contiguous view
             q_rows = dsl.reshape(T(op.q), (B * S * H, d))
@@ -200,10 +216,12 @@ class _Schedule(RewritePattern):
             sp = read(op.start_pos, (b,))
             # the logits of the sink's column (first) and of keys nobody sees (made per group: a constant shared by
             # every iteration would be one producer with an edge to every tile of every group)
-            logit_fill = dsl.concat([sink, dsl.full((rows, n_keys), F32_MIN)], axis=1)
+            fill = dsl.concat([sink, dsl.full((rows, n_keys), F32_MIN)], axis=1) if sink_key else F32_MIN
+            sink_term = None if sink_key else sink
             visible, ids = key_positions_and_visibility(
                 op, view(op.start_pos, (b,), (1,)),
-                _row(T(op.compressed[1]), (b,), (1, S, shape_of(op.compressed[1].type)[2])) if listed else None)
+                _row(T(op.compressed[1]), (b,), (1, S, shape_of(op.compressed[1].type)[2])) if listed else None,
+                sink_key)
             if ids is not None:  # the listed slots of row b -> rows of the cache matrix
                 ids = cache.row_ids(b, ids)
 
@@ -218,19 +236,19 @@ class _Schedule(RewritePattern):
                 return parts
 
             if schedule == "batch":
-                vis = dsl.reshape(dsl.broadcast_to(dsl.reshape(visible, (S, 1, n_keys + 1)), (S, H, n_keys + 1)),
-                                  (rows, n_keys + 1))
-                o = group_attention(_rows(q_rows, muli(b, rows), rows), dsl.concat([sink_row, *window()], axis=0),
-                                    vis, logit_fill, scale, out_dtype, self.normalize)
+                vis = dsl.reshape(dsl.broadcast_to(dsl.reshape(visible, (S, 1, n_cols)), (S, H, n_cols)),
+                                  (rows, n_cols))
+                o = group_attention(_rows(q_rows, muli(b, rows), rows), dsl.concat([*sink_rows, *window()], axis=0),
+                                    vis, fill, sink_term, scale, out_dtype, self.normalize)
                 result = assemble(dsl.reshape(o, (1, S, H, d)), acc, (b, 0, 0, 0))
             else:
                 def token(s, out):
-                    keys = [sink_row, *window()]
+                    keys = [*sink_rows, *window()]
                     if ids is not None:
                         keys.append(self._picks(op, s, sp, cache_rows, visible, ids))
-                    vis_row = _row(visible, (0, s), (1, n_keys + 1))
+                    vis_row = _row(visible, (0, s), (1, n_cols))
                     o = group_attention(_rows(q_rows, muli(addi(muli(b, S), s), H), H), dsl.concat(keys, axis=0),
-                                        dsl.broadcast_to(vis_row, (H, n_keys + 1)), logit_fill, scale, out_dtype,
+                                        dsl.broadcast_to(vis_row, (H, n_cols)), fill, sink_term, scale, out_dtype,
                                         self.normalize)
                     return assemble(dsl.reshape(o, (1, 1, H, d)), out, (b, s, 0, 0))
 
@@ -247,14 +265,17 @@ class _Schedule(RewritePattern):
     def _picks(op, s, sp, cache_rows, visible, ids):
         """The token's listed cache rows [K, d], gathered from the whole cache matrix by global row id."""
         K, d = ids.shape[2], shape(cache_rows)[1]
-        n_keys = visible.shape[2]  # the sink's column included
+        n_keys = visible.shape[2]  # the sink's column included when it is a key
         picked = dsl.gather_rows(cache_rows, _row(ids, (0, s), (K,)))
         if op.listed_prefix.value.data:
             # the visible picks are the first min(K, complete) ones: the rest reads as 0 (a row gathered for an
             # id nobody may see may never have been written)
-            n = cache_entries(op)
-            complete = minsi(floordiv_nonneg(addi(addi(sp, s), 1), op.ratio.value.data), min(K, n))
-            return view(picked, (0, 0), (K, d), (complete, d), pad="zero")
+            # an id nobody may see reads slot 0 (ids), written once the token sees any entry: its row then has
+            # weight 0 in P·V like any invisible key; before that every pick reads as 0 (slot 0 may hold NaN). So
+            # the block is zeroed in a step's first tokens only, not for every token with fewer than K picks
+            # (CSA core 250.2 -> 241.3 us: 120 zero-fill tasks)
+            complete = floordiv_nonneg(addi(addi(sp, s), 1), op.ratio.value.data)
+            return view(picked, (0, 0), (K, d), (muli(minsi(complete, 1), K), d), pad="zero")
         ok = dsl.reshape(_row(visible, (0, s), (1, n_keys)), (n_keys, 1))  # zero every pick the token may not see
         return dsl.select(dsl.broadcast_to(dsl.slice_(ok, (n_keys - K, 0), (K, 1)), (K, d)), picked, 0.0)
 
@@ -286,6 +307,7 @@ class ScheduleAttention(PatternPass):
     # 130.6 -> 94.5 us, CSA 429.9 -> 349.8); the target's smaller default stays outside, where 16384 trips pypto
     # 0.2.0 runtime crashes (F74007) on padded key lists
     vec_tile: int = 16384
+    sink: str = "auto"
 
     def pattern(self):
         if self.schedule not in SCHEDULES:
@@ -294,4 +316,6 @@ class ScheduleAttention(PatternPass):
             raise PassError(f"schedule-attention: normalize must be one of {', '.join(NORMALIZE)}, got '{self.normalize}'")
         if not 16 <= self.vec_tile <= 1 << 20:
             raise PassError(f"schedule-attention: vec_tile must be in [16, 2^20], got {self.vec_tile}")
-        return _Schedule(self.schedule, self.normalize, self.vec_tile)
+        if self.sink not in SINKS:
+            raise PassError(f"schedule-attention: sink must be one of {', '.join(SINKS)}, got '{self.sink}'")
+        return _Schedule(self.schedule, self.normalize, self.vec_tile, self.sink)
