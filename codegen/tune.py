@@ -15,9 +15,14 @@ How a tune runs:
    order), which first gets the default's one-dimension neighbours for up to half the budget (small budgets).
 4. The best candidates are re-checked in SIM with pypto's pass verify at a small batch of the same config
    (`--recheck-batch`, default 2) against attnc's interpreter on the same compiled IR: integers bit for bit,
-   floats within `RECHECK_TOLERANCE` of the largest value (bf16: one rounding step — pypto sums f32 products in
+   floats within `recheck_limit` of the largest value (bf16: one rounding step — pypto sums f32 products in
    its own order, so even the default is not bit-exact at the flash shape; at `tiny` it is); a candidate may not
-   fail more pypto verify records than the default does there. The tuning file records the error and how many
+   fail more pypto verify records than the default does there. Top-k picks (an output that carries a `topk` op's
+   result) are compared tie-aware (`compare_with_interpreter`): row by row they must be a top-k of the
+   interpreter's own scores up to near-ties (same valid count and padding, visible distinct ids; set and order
+   may differ only between entries within `attnc.ir.topk.TIE_EPS` of the row's score scale of the k-th score /
+   of each other), and every output is then compared with the interpreter re-run on the device's picks (a
+   top-k resolver substitutes them), so a legitimately different member does not fail `out`. The tuning file records the error and how many
    values differ. The first that passes is written; if none passes, nothing is written. `--recheck-verify
    tensor-graph` drops pypto's per-pass records (the outputs compared are the tensor graph's either way): a whole
    flash layer's re-check at B=2 with the records outgrew this shared 23 GB machine (decode_swa: > 8.4 GB and
@@ -29,7 +34,9 @@ and the input seed. Timeouts are not cached (they depend on the machine's load).
 
 Tuning file (JSON, `"attnc_tuning": 1`): `stage`, `config`, `set` (the tune's overrides), `pipeline` (the pass
 pipeline string to compile with), `pypto_options` (every `PyptoOptions` field), `aicore_us` and
-`default_aicore_us` (at the tuned shape), `recheck` (batch, max normalised error, failed verify records), `trials`
+`default_aicore_us` (at the tuned shape), `recheck` (batch, max normalised error, failed verify records; with
+top-k outputs `topk_ties`: picks compared, how many differ from the interpreter's and were accepted as near-ties,
+how many of them are other members at the cut, the largest accepted gap / scale, the band eps), `trials`
 (every candidate: parameters, status, µs), `evaluated` (programs with a timing), `sim_trials` (SIM runs this tune
 started), `wall_s`, `pypto_version`. `--tuning FILE` uses
 `pipeline` (unless `--pipeline` is given) and `pypto_options` (`--pypto-option` still overrides single keys); the
@@ -60,8 +67,27 @@ RECHECK_VERIFY_MODES = ("default", "tensor-graph")
 
 # re-check limits on the normalised error per output dtype. bf16: one rounding step of the largest value (pypto
 # sums f32 products in its own order before rounding: the default SWA core at flash B=2 differs from the
-# interpreter in 7 of 131072 bf16 values by one step, 3.3e-4); f32 as tests/test_pypto_target.py; integers exact
+# interpreter in 7 of 131072 bf16 values by one step, 3.3e-4); f32 as tests/test_pypto_target.py; integers exact.
+# For bf16/f16 these are floors: the limit is one step (ulp) of the output's largest |value| over that value,
+# which lies in (2^-8, 2^-7] for bf16 -- 2^-8 alone is less than one step unless the largest value sits at the
+# top of its binade (decode_csa's `out` at flash B=2: one step of 2^-9 at |out| max 0.35 is 5.6e-3)
 RECHECK_TOLERANCE = {"bfloat16": 2.0 ** -8, "float16": 2.0 ** -11, "float32": 1e-3}
+
+
+def recheck_limit(want) -> float:
+    """The re-check's limit on normalised_error(got, want): RECHECK_TOLERANCE, raised for bf16/f16 to one
+    rounding step of the largest |value| (sentinels |x| >= 1e38 excluded, as in normalised_error)."""
+    import torch
+
+    limit = RECHECK_TOLERANCE.get(str(want.dtype).replace("torch.", ""), 0.0)
+    if want.dtype in (torch.bfloat16, torch.float16) and want.numel():
+        w = want.double().abs()
+        w = w[(w < 1e38) & torch.isfinite(w)]
+        top = float(w.max()) if w.numel() else 0.0
+        if top > 0:
+            step = torch.finfo(want.dtype).eps * 2.0 ** math.floor(math.log2(top))
+            limit = max(limit, step / top)
+    return limit
 
 # pass options the tuner varies (only for passes present in the pipeline): (pass, option) -> values
 PASS_SPACE = {
@@ -646,6 +672,9 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
         "pypto_version": pypto_version(),
         "recheck": {"batch": req.recheck_batch, "verify": req.recheck_verify, "max_error": check["max_error"],
                     "differing": check.get("differing"),
+                    **({"topk_ties": {k: check["topk"][k] for k in ("outputs", "eps", "picks", "differing",
+                                                                    "swapped", "max_gap")}}
+                       if check.get("topk") else {}),
                     "failed_records": check["failed_records"],
                     "default_failed_records": base_check["failed_records"]},
         "evaluated": evaluated,
@@ -668,8 +697,8 @@ def recheck(req: TuneRequest, base_pipeline: str, dims, params: dict, cache: Cac
     from attnc.codegen.pypto_emit import emit_pypto
     from attnc.codegen.pypto_sim import PyptoSimError
     from attnc.codegen.pypto_target import run_pypto_sim
-    from attnc.ir.interpreter import run_module
-    from attnc.passes.verify import normalised_error, run_pipeline
+    from attnc.ir.topk import TIE_EPS
+    from attnc.passes.verify import run_pipeline
 
     overrides = [*req.overrides, f"batch={req.recheck_batch}"]
     src = load_source(req.source, req.config, overrides)
@@ -680,33 +709,108 @@ def recheck(req: TuneRequest, base_pipeline: str, dims, params: dict, cache: Cac
     except Exception as e:  # noqa: BLE001
         return {"ok": False, "note": f"compile at batch {req.recheck_batch}: {e}", "max_error": None,
                 "failed_records": None}
-    key = cache_key(f"{program}\n# recheck within {sorted(RECHECK_TOLERANCE.items())}", req.recheck_verify, req.seed)
+    key = cache_key(f"{program}\n# recheck within {sorted(RECHECK_TOLERANCE.items())} or one step of the largest "
+                    f"value, top-k ties within "
+                    f"{TIE_EPS!r}", req.recheck_verify, req.seed)
     if (hit := cache.get(key)) is not None:
         return hit
     inputs = source_inputs(src, req.seed)
-    want = dict(zip(src.output_names, run_module(src.module, list(inputs.values()))))
     try:
         res = run_pypto_sim(src.module, inputs, verify=req.recheck_verify, timeout_s=req.timeout_s, options=options)
     except PyptoSimError as e:
         return {"ok": False, "note": str(e)[:300], "max_error": None, "failed_records": None}
-    worst, bad, differing = 0.0, [], 0
+    out = compare_with_interpreter(src.module, inputs, res.outputs, src.output_names)
+    out["failed_records"] = len(res.failed_records)
+    cache.put(key, out)
+    ties = out.get("topk")
+    log(f"tune: re-check {'passed' if out['ok'] else 'FAILED'} ({_short(params, dims)}): max error "
+        f"{_err(out['max_error'])} ({out['differing']} values differ), {out['failed_records']} pypto verify records "
+        f"failed" + (f"; top-k: {ties['differing']} of {ties['picks']} picks accepted as near-ties "
+                     f"({ties['swapped']} other members)" if ties and ties["ok"] else "")
+        + (f": {out['note']}" if not out["ok"] else ""))
+    return out
+
+
+def _err(value) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def _picks_outputs(recorder, want: dict) -> dict:
+    """{output name: topk op} for the outputs that carry a top-k op's picks unchanged (their values, as
+    [rows, k], are exactly what the op returned for rows 0..T-1)."""
+    import torch
+
+    found = {}
+    for op in recorder.calls:
+        try:
+            returned = recorder.table(op)[3]
+        except KeyError:  # a row in between was never computed: not a whole-token-axis selection
+            continue
+        for name, value in want.items():
+            if value.dtype == torch.int32 and value.numel() == returned.numel() and \
+                    torch.equal(value.reshape(returned.shape), returned):
+                found[name] = op
+    return found
+
+
+def compare_with_interpreter(module, inputs: dict, got: dict, output_names, eps: float | None = None) -> dict:
+    """The re-check's comparison of a device run's outputs `got` with attnc's interpreter on the same IR.
+
+    Top-k picks first: an output that carries a `topk` op's picks is accepted when, row by row, it is a top-k of
+    the interpreter's own scores up to near-ties (`attnc.ir.topk.compare_topk`: same valid count and padding,
+    visible distinct ids, set and order differences only within `eps` x the row's score scale of the k-th score
+    / of each other). The interpreter then runs again with the device's picks substituted for its own, and every
+    output (picks included) is compared with that run: integers bit for bit, floats within `recheck_limit`.
+    Without a top-k output this is the plain comparison with one interpreter run."""
+    import torch
+
+    from attnc.ir.interpreter import run_module
+    from attnc.ir.topk import TIE_EPS, TopkComparison, TopkRecorder, compare_topk
+    from attnc.passes.verify import normalised_error
+
+    eps = TIE_EPS if eps is None else eps
+    args = list(inputs.values())
+    recorder = TopkRecorder()
+    want = dict(zip(output_names, run_module(module, args, topk=recorder)))
+    bad, ties = [], None
+    picks_outputs = _picks_outputs(recorder, want)
+    if picks_outputs:
+        verdict, substitute = TopkComparison(), {}
+        for name, op in picks_outputs.items():
+            scores, valid, own, _ = recorder.table(op)
+            device = got.get(name)
+            if device is None:
+                continue  # reported as missing below
+            if device.numel() != own.numel():
+                verdict = verdict.merge(TopkComparison(False, f"{name}: {device.numel()} values, expected "
+                                                              f"{own.numel()}"))
+                continue
+            device = device.to(torch.int32).reshape(own.shape)
+            check = compare_topk(scores, valid, own, device, eps=eps)
+            if not check.ok:
+                check.reason = f"{name} {check.reason}"
+            verdict = verdict.merge(check)
+            substitute[op] = dict(enumerate(device))
+        ties = {"outputs": sorted(picks_outputs), "ok": verdict.ok, "eps": eps, "rows": verdict.rows,
+                "picks": verdict.picks, "differing": verdict.differing, "swapped": verdict.swapped,
+                "max_gap": verdict.max_gap}
+        if not verdict.ok:
+            bad.append(f"top-k picks not a top-k of the interpreter's scores up to near-ties: {verdict.reason}")
+        elif substitute:  # downstream outputs follow the device's (accepted) picks
+            want = dict(zip(output_names, run_module(module, args, topk=TopkRecorder(substitute=substitute))))
+    worst, differing = 0.0, 0
     for name, w in want.items():
-        got = res.outputs.get(name)
-        if got is None:
+        g = got.get(name)
+        if g is None:
             bad.append(f"{name} missing")
             continue
-        differing += int((got.to(w.dtype) != w).sum())
-        err = normalised_error(got, w)
-        limit = RECHECK_TOLERANCE.get(str(w.dtype).replace("torch.", ""), 0.0)
+        differing += int((g.to(w.dtype) != w).sum())
+        err = normalised_error(g, w)
+        limit = recheck_limit(w)
         if not err <= limit:
             bad.append(f"{name} error {err:.3g} > {limit:g}")
         worst = max(worst, err)
-    out = {"ok": not bad, "note": "; ".join(bad), "max_error": worst, "differing": differing,
-           "failed_records": len(res.failed_records)}
-    cache.put(key, out)
-    log(f"tune: re-check {'passed' if out['ok'] else 'FAILED'} ({_short(params, dims)}): max error "
-        f"{worst:.3g} ({differing} values differ), {out['failed_records']} pypto verify records failed")
-    return out
+    return {"ok": not bad, "note": "; ".join(bad), "max_error": worst, "differing": differing, "topk": ties}
 
 
 # -------------------------------------------------------------------------------------------------- plot, file

@@ -21,6 +21,7 @@ from xdsl.ir import BlockArgument, Operation, OpResult
 from . import tensor_dialect as tdl
 from . import tile_dialect as tl
 from .common import BINARY, UNARY, ints_of, op_location
+from .topk import TopkCall, topk_indices
 from .types import dtype_of, shape_of, torch_dtype
 
 
@@ -246,18 +247,6 @@ def _cache_attention(it, op, a):
     return (cast_tensor(out, _out_dtype(op)).reshape(B, S, H, d),)
 
 
-def topk_indices(scores: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
-    """Top-k by score, ties broken by the lower index; -1 where fewer than k entries are valid."""
-    s = torch.where(valid, scores.float(), -math.inf)
-    order = torch.sort(s, dim=-1, descending=True, stable=True).indices
-    n = s.shape[-1]
-    if n < k:
-        order = torch.cat([order, order.new_zeros(*order.shape[:-1], k - n)], -1)
-    picked = order[..., :k]
-    ok = torch.gather(valid, -1, picked.clamp(max=n - 1)) & (torch.arange(k) < n)
-    return torch.where(ok, picked, -1).to(torch.int32)
-
-
 # --------------------------------------------------------------------------------------------------
 # op implementations: (interpreter, op, args) -> tuple of results
 
@@ -283,7 +272,7 @@ def _shared_impls(dl, prefix: str) -> dict:
     table[dl["concat"]] = lambda it, op, a: (torch.cat(list(a), op.axis.value.data),)
     table[dl["gather_rows"]] = _gather_rows
     table[dl["scatter_rows"]] = _scatter_rows
-    table[dl["topk"]] = lambda it, op, a: (topk_indices(a[0], a[1], op.k.value.data),)
+    table[dl["topk"]] = _topk
     table[dl["iota"]] = _iota
     table[dl["full"]] = lambda it, op, a: (
         torch.full(shape_of(op.result.type), op.value.value.data, dtype=torch_dtype(_out_dtype(op))),)
@@ -317,6 +306,28 @@ def scatter_rows(table: torch.Tensor, rows: torch.Tensor, ids: torch.Tensor) -> 
 
 def _scatter_rows(it, op, a):
     return (scatter_rows(*a),)
+
+
+def _topk(it, op, a):
+    scores, valid = a
+    k = op.k.value.data
+    resolve = getattr(it, "attnc_topk", None)
+    if resolve is None:
+        return (topk_indices(scores, valid, k),)
+    lead = tuple(scores.shape[:-1])
+    rows = torch.arange(math.prod(lead), dtype=torch.int64).reshape(lead)
+    live = torch.ones(lead, dtype=torch.bool)
+    loops = getattr(it, "attnc_token_loops", ())
+    if loops and lead:  # inside a token loop the leading axis holds token rows [iv, iv + R)
+        iv, upper = loops[-1]
+        rows = rows + iv * (rows.numel() // lead[0])  # the flattened index the rows have in the whole tensor
+        live = (torch.arange(lead[0]) + iv < upper).reshape(lead[0], *([1] * (len(lead) - 1))).expand(lead)
+    picks = resolve(TopkCall(scores, valid, k, rows, live, op))
+    want_shape = (*lead, k)
+    if not isinstance(picks, torch.Tensor) or tuple(picks.shape) != want_shape or picks.dtype != torch.int32:
+        raise InterpretError(f"top-k resolver returned {getattr(picks, 'shape', type(picks).__name__)}, "
+                             f"expected int32 {list(want_shape)}")
+    return (picks,)
 
 
 def _iota(it, op, a):
@@ -402,8 +413,15 @@ def _assemble(it, op, a):
 def _parallel(it, op, a):
     lower, upper, *carried = a
     carried = [c.clone() for c in carried]  # iterations write disjoint rows of private copies
+    loops = getattr(it, "attnc_token_loops", None)
     for row in range(lower, upper, op.rows.value.data):
-        carried = list(it.run_ssacfg_region(op.body, (row, *carried), "tile.parallel"))
+        if loops is not None:  # a top-k resolver is told which token rows an iteration's tiles hold
+            loops.append((row, upper))
+        try:
+            carried = list(it.run_ssacfg_region(op.body, (row, *carried), "tile.parallel"))
+        finally:
+            if loops is not None:
+                loops.pop()
     return tuple(carried)
 
 
@@ -480,9 +498,16 @@ def entry_function(module: ModuleOp) -> func.FuncOp:
     return funcs[0]
 
 
-def run_module(module: ModuleOp, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """Call the module's single function with positional torch tensors (the caller's tensors are not modified)."""
+def run_module(module: ModuleOp, inputs: Sequence[torch.Tensor], topk=None) -> tuple[torch.Tensor, ...]:
+    """Call the module's single function with positional torch tensors (the caller's tensors are not modified).
+
+    `topk`: an optional resolver, called for every execution of a `topk` op with a `TopkCall` (scores, valid, k,
+    the global token rows of the leading positions, which rows are live, the op); it returns the int32 picks
+    [..., k] the op yields (`call.default()` is the interpreter's own). Without it the op is `topk_indices`."""
     fn = entry_function(module)
     it = make_interpreter(module)
     it.attnc_weights = _WeightCache(inputs)
+    if topk is not None:
+        it.attnc_topk = topk
+        it.attnc_token_loops = []
     return tuple(it.call_op(fn.sym_name.data, tuple(inputs)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from attnc.ir.topk import compare_topk_row
 from attnc.kernels_src.inputs import rope_tables
 from attnc.passes import DEFAULT_PIPELINE
 from tests.layer_harness import LayerDriver
@@ -103,6 +104,9 @@ def test_csa_selection_is_the_reference_top_k_up_to_ties(drivers, start, seq):
             eps = 2e-2 * float(finite.abs().max()) if finite.numel() else 0.0
             ok, why = topk_sets_match(scores, picks, K, eps)
             assert ok, (b, s, why)
+            # attnc's own comparison (the tune re-check's) agrees: the same band, relative to the row's scale
+            mine = compare_topk_row(scores, torch.isfinite(scores), None, picks, k=K, eps=2e-2, ordered=False)
+            assert mine.ok, (b, s, mine.reason)
 
 
 @pytest.mark.parametrize("kind", list(RATIO))

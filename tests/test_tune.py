@@ -287,3 +287,21 @@ def test_tune_on_a_local_ray_instance(tmp_path, monkeypatch):
         ray.shutdown()
     assert res.tuning["sim_trials"] == 1 and res.tuning["aicore_us"] > 0
     assert res.trials[0].status == "timed"
+
+
+def test_recheck_limit_is_one_rounding_step_of_the_largest_value():
+    """bf16 outputs may differ by one rounding step of their largest |value| (pypto's f32 order): at a largest
+    value of 0.3496 that step (2^-9) is 5.6e-3 of it, above the 2^-8 floor; two steps fail."""
+    import torch
+
+    from attnc.passes.verify import normalised_error
+
+    want = torch.tensor([0.349609375, -0.1, 0.01, -3.0e38], dtype=torch.bfloat16)  # -3e38: a sentinel, no scale
+    one, two = want.clone(), want.clone()
+    one[0] += 2.0 ** -9
+    two[0] += 2.0 ** -8
+    assert 2.0 ** -8 < normalised_error(one, want) <= T.recheck_limit(want)
+    assert normalised_error(two, want) > T.recheck_limit(want)
+    top = torch.tensor([0.49609375], dtype=torch.bfloat16)  # the top of its binade: one step is ~ the floor
+    assert 2.0 ** -8 < T.recheck_limit(top) < 2.0 ** -8 * 1.01
+    assert T.recheck_limit(torch.ones(3)) == 1e-3 and T.recheck_limit(torch.ones(3, dtype=torch.int32)) == 0.0
