@@ -119,15 +119,21 @@ def test_hook_returning_the_interpreters_picks_changes_nothing(csa_tiny):
     assert torch.equal(own, topk_indices(scores, valid, own.shape[1]))
 
 
-def test_hook_substituting_other_picks_changes_the_outputs(csa_tiny):
-    src, inputs, plain = csa_tiny
+def _run_on_alternative_picks(src, inputs):
+    """Run once recording the top-k, then again with another valid selection substituted: (own picks, the
+    alternative, its score gap at the cut, the outputs of the substituted run)."""
     rec = TopkRecorder()
     _run(src, inputs, rec)
     (op,) = rec.calls
     scores, valid, own, _ = rec.table(op)
-    alt, _ = _alternative(scores, valid, own)
+    alt, gap = _alternative(scores, valid, own)
+    return own, alt, gap, _run(src, inputs, TopkRecorder(substitute={op: dict(enumerate(alt))}))
+
+
+def test_hook_substituting_other_picks_changes_the_outputs(csa_tiny):
+    src, inputs, plain = csa_tiny
+    own, alt, _, swapped = _run_on_alternative_picks(src, inputs)
     assert not torch.equal(alt, own)
-    swapped = _run(src, inputs, TopkRecorder(substitute={op: dict(enumerate(alt))}))
     assert torch.equal(swapped["cmp_idx"].reshape(alt.shape), alt)
     assert not torch.equal(swapped["out"], plain["out"])
     assert torch.equal(swapped["kv_cmp"], plain["kv_cmp"])  # upstream of the selection: unchanged
@@ -163,12 +169,7 @@ def test_recheck_accepts_near_tie_picks_with_the_outputs_that_follow_them(csa_ti
     """A device that picked another member at the cut: accepted when the swap lies within the band, and the
     other outputs are compared with the interpreter re-run on those picks (not its own)."""
     src, inputs, plain = csa_tiny
-    rec = TopkRecorder()
-    _run(src, inputs, rec)
-    (op,) = rec.calls
-    scores, valid, own, _ = rec.table(op)
-    alt, gap = _alternative(scores, valid, own)
-    device = _run(src, inputs, TopkRecorder(substitute={op: dict(enumerate(alt))}))
+    own, alt, gap, device = _run_on_alternative_picks(src, inputs)
     wide = compare_with_interpreter(src.module, inputs, device, src.output_names, eps=gap * 1.01)
     assert wide["ok"], wide["note"]
     assert wide["max_error"] == 0.0 and wide["topk"]["swapped"] == int((alt != own).sum()) > 0
