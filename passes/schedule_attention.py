@@ -214,8 +214,9 @@ class _Schedule(RewritePattern):
         b, acc = body.args
         with at_end(body, loc):
             sp = read(op.start_pos, (b,))
-            # the logits of the sink's column (first) and of keys nobody sees (made per group: a constant shared by
-            # every iteration would be one producer with an edge to every tile of every group)
+            # the logits of keys nobody sees, and of the sink's column when it is a key (that fill is made per
+            # group: a tensor shared by every iteration would be one producer with an edge to every tile of every
+            # group); with the sink as a term it is a number
             fill = dsl.concat([sink, dsl.full((rows, n_keys), F32_MIN)], axis=1) if sink_key else F32_MIN
             sink_term = None if sink_key else sink
             visible, ids = key_positions_and_visibility(
@@ -268,8 +269,6 @@ class _Schedule(RewritePattern):
         n_keys = visible.shape[2]  # the sink's column included when it is a key
         picked = dsl.gather_rows(cache_rows, _row(ids, (0, s), (K,)))
         if op.listed_prefix.value.data:
-            # the visible picks are the first min(K, complete) ones: the rest reads as 0 (a row gathered for an
-            # id nobody may see may never have been written)
             # an id nobody may see reads slot 0 (ids), written once the token sees any entry: its row then has
             # weight 0 in P·V like any invisible key; before that every pick reads as 0 (slot 0 may hold NaN). So
             # the block is zeroed in a step's first tokens only, not for every token with fewer than K picks
@@ -310,12 +309,10 @@ class ScheduleAttention(PatternPass):
     sink: str = "auto"
 
     def pattern(self):
-        if self.schedule not in SCHEDULES:
-            raise PassError(f"schedule-attention: schedule must be one of {', '.join(SCHEDULES)}, got '{self.schedule}'")
-        if self.normalize not in NORMALIZE:
-            raise PassError(f"schedule-attention: normalize must be one of {', '.join(NORMALIZE)}, got '{self.normalize}'")
+        for option, choices in (("schedule", SCHEDULES), ("normalize", NORMALIZE), ("sink", SINKS)):
+            if getattr(self, option) not in choices:
+                raise PassError(f"schedule-attention: {option} must be one of {', '.join(choices)}, "
+                                f"got '{getattr(self, option)}'")
         if not 16 <= self.vec_tile <= 1 << 20:
             raise PassError(f"schedule-attention: vec_tile must be in [16, 2^20], got {self.vec_tile}")
-        if self.sink not in SINKS:
-            raise PassError(f"schedule-attention: sink must be one of {', '.join(SINKS)}, got '{self.sink}'")
         return _Schedule(self.schedule, self.normalize, self.vec_tile, self.sink)
