@@ -74,10 +74,8 @@ def key_positions_and_visibility(op: CacheAttentionOp, start_pos: dsl.Tensor, li
     if op.compressed:
         ratio, n = op.ratio.value.data, cache_entries(op)
         complete = dsl.minimum((t + 1) // ratio, n)  # entries w < complete are visible to token t
-        if listed is not None:
+        if listed is not None:  # ids in any order, -1 anywhere: each is judged by its own value
             ok = (listed >= 0) & (listed < complete)
-            if op.listed_prefix.value.data:  # only the list's first min(K, complete) positions can be visible
-                ok = ok & (dsl.iota(listed.shape, 2) < complete)
             # an id nobody may see reads its batch row's slot 0
             ids = dsl.select(ok, listed, 0)
         else:
@@ -246,7 +244,7 @@ class _Schedule(RewritePattern):
                 def token(s, out):
                     keys = [*sink_rows, *window()]
                     if ids is not None:
-                        keys.append(self._picks(op, s, sp, cache_rows, visible, ids))
+                        keys.append(self._picks(op, s, sp, cache_rows, ids))
                     vis_row = _row(visible, (0, s), (1, n_cols))
                     o = group_attention(_rows(q_rows, muli(addi(muli(b, S), s), H), H), dsl.concat(keys, axis=0),
                                         dsl.broadcast_to(vis_row, (H, n_cols)), fill, sink_term, scale, out_dtype,
@@ -263,20 +261,16 @@ class _Schedule(RewritePattern):
         rewriter.replace(op, [], [loop.results[0]])
 
     @staticmethod
-    def _picks(op, s, sp, cache_rows, visible, ids):
-        """The token's listed cache rows [K, d], gathered from the whole cache matrix by global row id."""
+    def _picks(op, s, sp, cache_rows, ids):
+        """The token's listed cache rows [K, d], gathered from the whole cache matrix by global row id. An id nobody
+        may see reads slot 0 (ids), written once the token sees any entry: its row then has weight 0 in P·V like
+        any invisible key, wherever the list holds it (no order of the list is assumed); before that every pick
+        reads as 0 (slot 0 may hold NaN). So the block is zeroed in a step's first tokens only, not for every
+        token with fewer than K picks (CSA core 250.2 -> 241.3 us: 120 zero-fill tasks)."""
         K, d = ids.shape[2], shape(cache_rows)[1]
-        n_keys = visible.shape[2]  # the sink's column included when it is a key
         picked = dsl.gather_rows(cache_rows, _row(ids, (0, s), (K,)))
-        if op.listed_prefix.value.data:
-            # an id nobody may see reads slot 0 (ids), written once the token sees any entry: its row then has
-            # weight 0 in P·V like any invisible key; before that every pick reads as 0 (slot 0 may hold NaN). So
-            # the block is zeroed in a step's first tokens only, not for every token with fewer than K picks
-            # (CSA core 250.2 -> 241.3 us: 120 zero-fill tasks)
-            complete = floordiv_nonneg(addi(addi(sp, s), 1), op.ratio.value.data)
-            return view(picked, (0, 0), (K, d), (muli(minsi(complete, 1), K), d), pad="zero")
-        ok = dsl.reshape(_row(visible, (0, s), (1, n_keys)), (n_keys, 1))  # zero every pick the token may not see
-        return dsl.select(dsl.broadcast_to(dsl.slice_(ok, (n_keys - K, 0), (K, 1)), (K, d)), picked, 0.0)
+        complete = floordiv_nonneg(addi(addi(sp, s), 1), op.ratio.value.data)
+        return view(picked, (0, 0), (K, d), (muli(minsi(complete, 1), K), d), pad="zero")
 
     @staticmethod
     def _per_token(S: int, acc, token, loc):
