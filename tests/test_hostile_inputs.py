@@ -389,6 +389,9 @@ CASES = [
      r"array 'cmp_idx'\[0, 0, 0\]: value -2 outside \[-1, 7\]"),
     ("cmp_idx-past-n_cmp", lambda t: [*SPA, "--inputs", _arrays(t / "in.npz", cmp_idx=np.full((2, 2, 4), 8, np.int32))],
      r"array 'cmp_idx'\[0, 0, 0\]: value 8 outside \[-1, 7\]"),
+    ("cmp_idx-listed-twice", lambda t: [*SPA, "--inputs", _arrays(t / "in.npz", cmp_idx=np.tile(
+        np.array([3, -1, -1, 3], np.int32), (2, 2, 1)))],
+     r"array 'cmp_idx'\[0, 0, 3\]: id 3 listed twice in row \[0, 0\] \(also at position 0"),
     ("start_pos-negative", lambda t: [*SPA, "--inputs", _arrays(t / "in.npz", start_pos=np.array([0, -1], np.int32))],
      r"array 'start_pos'\[1\]: value -1 outside \[0, 62\]"),
     ("start_pos-past-max", lambda t: [*SPA, "--inputs", _arrays(t / "in.npz", start_pos=np.array([63, 0], np.int32))],
