@@ -6,6 +6,7 @@ from xdsl.ir import Dialect
 from xdsl.irdl import AttrSizedOperandSegments, ParsePropInAttrDict, opt_prop_def
 
 from .common import (
+    LOC_ATTR,
     _make,
     define_shared_ops,
     ints_of,
@@ -112,6 +113,11 @@ def _paged_verify(self, name: str, pool, table, length_attr, length_name: str):
 
 
 def _cache_attention_verify(self):
+    # no fact about the index's order exists (ids in any order): a claim such as an older attnc's listed_prefix
+    # would be read by nothing, so it is refused rather than carried along
+    extra = sorted(a for a in self.attributes if a != LOC_ATTR)
+    self.expect(not extra, f"unknown attribute '{extra[0] if extra else ''}': the op states scale, ratio and the "
+                           "paged lengths; listed ids are taken in any order (nothing about their order is stated)")
     sq = shape_of(self.q.type)
     self.expect(len(sq) == 4, f"q must be [B,S,H,d], got {describe(self.q.type)}")
     B, S, H, d = sq

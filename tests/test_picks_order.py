@@ -143,6 +143,23 @@ def test_a_token_listing_an_id_twice_is_refused_on_the_host():
     make_inputs(STAGES["sparse_attn_core"], cfg, 0, {"cmp_idx": idx})
 
 
+def test_an_ir_claiming_an_order_of_the_list_is_refused(tmp_path, capsys):
+    """A hand-built IR that states a fact about the index's order (an older attnc's `listed_prefix`) on a caller's
+    list is refused by the op's verifier with one located line (exit 2), not carried along unread."""
+    from attnc.codegen.driver import main
+    from attnc.ir.printing import render_ir
+
+    module = build_stage(STAGES["sparse_attn_core"], resolve_config("tiny"))
+    path = tmp_path / "claim.mlir"
+    path.write_text(render_ir(module, debuginfo=True).replace("ratio = 4 : i64}", "ratio = 4 : i64, listed_prefix = true}"))
+    assert "listed_prefix = true" in path.read_text()
+    assert main(["compile", str(path), "-o", str(tmp_path / "out.mlir")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(r"claim\.mlir: .*'attn\.cache_attention': unknown attribute 'listed_prefix': "
+                                       r".*listed ids are taken in any order", err[0]), err
+    assert not (tmp_path / "out.mlir").exists()
+
+
 @pytest.mark.parametrize("stage", ["sparse_attn_core", "decode_csa"])
 def test_picks_take_the_fast_path_whatever_their_producer(stage):
     """A caller's list (sparse_attn_core) and the indexer's top-k (decode_csa) are gathered the same way: per
