@@ -94,8 +94,8 @@ def test_sink_as_key_row_or_softmax_term(case):
 
 
 def _early_inputs(st, cfg, start_pos):
-    """Seeded inputs at early positions (little written yet); listed ids under the visible-prefix contract: the
-    first min(K, complete) ids are the visible entries 0, 1, ..., then -1."""
+    """Seeded inputs at early positions (little written yet); listed ids as the indexer orders them: the first
+    min(K, complete) ids are the visible entries 0, 1, ..., then -1 (any other order: tests/test_picks_order.py)."""
     inputs = make_inputs(st, cfg, 6)
     inputs["start_pos"] = torch.tensor(start_pos, dtype=torch.int32)
     if "cmp_idx" in inputs and cfg["compress_ratio"]:
@@ -170,11 +170,12 @@ def test_token_schedule_carries_the_output_parameter():
     assert "pypto.index_select(" in program  # the listed rows, gathered from the cache matrix by global id
 
 
-def test_token_key_block_is_assembled_with_only_the_listed_prefix_gathered():
+def test_token_key_block_is_assembled_with_the_picks_gathered_in_place():
     """Each token's key block [window | step rows | picks] is one scratch tensor written piece by piece (no
-    pypto.concat copy per piece); the gather takes the listed prefix of the ids (a valid-shape index view) and
-    writes straight into the block; the padding rows are zeroed only when a piece has them (a runtime branch). The
-    sink has no key row (it is a softmax term)."""
+    pypto.concat copy per piece); the gather reads the ids through a valid-shape index view and writes straight
+    into the block; the padding rows are zeroed only when a piece has them (a runtime branch). The
+    sink has no key row (it is a softmax term). The index view's valid rows are K, or none while the token sees no
+    entry: an id it may not see reads its row's entry 0 with weight 0, whatever the list's order."""
     import re
 
     from attnc.codegen.pypto_emit import emit_pypto
