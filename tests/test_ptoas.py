@@ -286,3 +286,31 @@ def test_pto_files_carry_a_provenance_header_that_reproduces_them(tmp_path, caps
         for f in files:
             res = run_ptoas(str(f), str(tmp_path / (f.stem + ".cpp")))
             assert res.returncode == 0, (f.name, res.errors[:3])
+
+
+@needs_ptoas
+def test_pto_header_compile_command_works_as_printed(tmp_path):
+    """The header's `compile it:` command, run by a shell in the kernel's folder with only the venv's bin on PATH
+    (the plain `ptoas X.pto` of before exited 127: the binary needs the loader path attnc sets)."""
+    import shlex
+    import subprocess
+    import sys
+
+    assert main(["compile", "sparse_attn_core", "--emit", "pto", "--pto-dtype", "f16", "-o", f"{tmp_path}/"]) == 0
+    pto = tmp_path / "sparse_attn_core_k0.pto"
+    line = next(ln for ln in pto.read_text().splitlines() if "compile it: " in ln)
+    command = line.split("compile it: ", 1)[1]
+    assert shlex.split(command)[:2] == ["attnc", "ptoas"]
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + "/usr/bin:/bin"
+    res = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr[-500:]
+    assert "TMATMUL" in (tmp_path / "sparse_attn_core_k0.cpp").read_text()
+    # ptoas's own failure is its exit code, passed through; a missing file is attnc's one-line error
+    (tmp_path / "bad.pto").write_text("module { func.func @k() { pto.nonsense } }\n")
+    bad = subprocess.run("attnc ptoas bad.pto -o bad.cpp", shell=True, cwd=tmp_path, env=env, capture_output=True,
+                         text=True, check=False)
+    assert bad.returncode == 1
+    gone = subprocess.run("attnc ptoas missing.pto", shell=True, cwd=tmp_path, env=env, capture_output=True,
+                          text=True, check=False)
+    assert gone.returncode == 2 and gone.stderr.strip().splitlines() == ["attnc: error: missing.pto: no such file"]
