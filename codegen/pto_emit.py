@@ -106,6 +106,7 @@ class KernelPlan:
     blocks: int                  # kernel instances (tokens)
     loop: Operation              # the tile.parallel op
     workspace_elems: dict[str, int] = field(default_factory=dict)
+    memory: object = None        # codegen.pto_plan.MemoryPlan of its tiles
 
 
 PIPES = ("MTE2", "MTE1", "M", "FIX", "V", "MTE3")
@@ -200,6 +201,12 @@ class _KernelEmitter:
         self.tracker = _SyncTracker()
         self.tile_loc: dict[str, str] = {}
         self.ws_count = 0
+        # for the memory plan (codegen/pto_plan.py): every tile access (step, read?) and every loop's steps
+        self.accesses: dict[str, list[tuple[int, bool]]] = {}
+        self.loop_spans: list[tuple[int, int]] = []
+        self.step = 0
+        self.tile_info: dict[str, tuple[str, str, tuple[int, int], str]] = {}  # name -> loc, dtype, shape, DSL loc
+        self.current: Operation | None = None
 
     # -- naming and text
     def fresh(self, prefix: str) -> str:
@@ -232,6 +239,11 @@ class _KernelEmitter:
         def spaces(names):
             return names + sorted({f"space:{self.tile_loc[n]}" for n in names if n in self.tile_loc})
 
+        self.step += 1
+        for names, is_read in ((reads, True), (writes, False)):
+            for n in names:
+                if n in self.tile_loc:
+                    self.accesses.setdefault(n, []).append((self.step, is_read))
         lines = self.tracker.access(pipe, spaces(reads), spaces(writes))
         if self.sync:
             for ln in lines:
@@ -253,6 +265,7 @@ class _KernelEmitter:
         name = self.fresh({"ub": "ub", "mat": "l1_", "left": "l0a_", "right": "l0b_", "acc": "l0c_"}[loc])
         self.allocs.append(f"{name} = pto.alloc_tile : {self.tile_type(loc, dtype, shape)}")
         self.tile_loc[name] = loc
+        self.tile_info[name] = (loc, dtype, shape, op_location(self.current) if self.current is not None else "?")
         ref = UBRef(name, shape, dtype)
         ref.loc = loc  # type: ignore[attr-defined]
         return ref
@@ -349,15 +362,24 @@ class _KernelEmitter:
         return f"{sv} : !pto.tile_view<{c}x{r}x{t}>"
 
     def load(self, ref: GMRef, loc: str = "ub", transposed: bool = False) -> UBRef:
+        # one load per GM region and space in a scope (two views of one region, or one operand of two matmuls)
+        key = ("load", ref.arg.name, ref.rows, ref.cols, ref.row_off, ref.col_off, ref.shape, loc, transposed)
+        for scope in reversed(self.loaded):
+            if key in scope:
+                return scope[key]
         shape = (ref.shape[1], ref.shape[0]) if transposed else ref.shape
         dst = self.alloc(loc, ref.arg.dtype, shape)
         self.const(1)
         view = self.subview(ref, transposed)
         self.sync_for("MTE2", [ref.arg.name], [dst.tile])
         self.emit(f"pto.tload ins({view}) outs({self.buf(dst)})")
+        self.loaded[-1][key] = dst
         return dst
 
     def store(self, src: UBRef, ref: GMRef):
+        for scope in self.loaded:  # loads of this array are stale
+            for k in [k for k in scope if isinstance(k, tuple) and k[1] == ref.arg.name]:
+                del scope[k]
         self.const(1)
         view = self.subview(ref)
         pipe = "FIX" if getattr(src, "loc", "ub") == "acc" else "MTE3"
@@ -372,7 +394,8 @@ class _KernelEmitter:
         return GMRef(arg, arg.rows, c, self.mul_index(self.row, r), "%c0", shape)
 
     # -- operands
-    def ub(self, op: Operation, v: SSAValue) -> UBRef:
+    def placed(self, op: Operation, v: SSAValue):
+        """Where v is (a UB tile or a GM region); a value from outside the loop is its whole GM array."""
         ref = self.env.get(v)
         if ref is None:
             if defined_inside(self.loop, v):
@@ -380,6 +403,10 @@ class _KernelEmitter:
             s = shape_of(v.type)
             ref = self.gm_view(op, self.outside_arg(v), s, ["%c0"] * len(s), s)
             self.env[v] = ref
+        return ref
+
+    def ub(self, op: Operation, v: SSAValue) -> UBRef:
+        ref = self.placed(op, v)
         if isinstance(ref, UBRef):
             return ref
         for scope in reversed(self.loaded):
@@ -391,10 +418,7 @@ class _KernelEmitter:
         return u
 
     def gm(self, op: Operation, v: SSAValue) -> GMRef:
-        ref = self.env.get(v)
-        if ref is None:
-            self.ub(op, v)
-            ref = self.env[v]
+        ref = self.placed(op, v)
         if isinstance(ref, GMRef):
             return ref
         ws = self.workspace(ref.dtype, ref.shape)
@@ -443,6 +467,7 @@ class _KernelEmitter:
             self.op(op)
 
     def op(self, op: Operation):
+        self.current = op
         name = op.name
         kind = name.split(".", 1)[1] if name.startswith("tile.") else None
         if isinstance(op, arith.ConstantOp):
@@ -507,10 +532,7 @@ class _KernelEmitter:
                           f"(not run under {PTOAS}); only views of GM arrays are emitted")
 
     def op_reshape(self, op):
-        src = self.env.get(op.input)
-        if src is None:
-            self.gm(op, op.input)
-            src = self.env[op.input]
+        src = self.placed(op, op.input)
         if isinstance(src, UBRef):
             src = self.gm(op, op.input)
         new = self.flat(op, op.result)
@@ -569,7 +591,7 @@ class _KernelEmitter:
     def op_broadcast(self, op):
         s_in, s_out = self.flat(op, op.input), self.flat(op, op.result)
         if s_in == s_out:
-            self.env[op.result] = self.env.get(op.input) or self.gm(op, op.input)
+            self.env[op.result] = self.placed(op, op.input)
             return
         src = self.ub(op, op.input)
         if s_in == (s_out[0], 1):
@@ -677,6 +699,7 @@ class _KernelEmitter:
         self.emit(f"scf.for {iv} = {lb} to {ub} step {st} {{")
         self.indent += 1
         self.loaded.append({})
+        first_step = self.step + 1
         for inner in op.body.block.ops:
             if isinstance(inner, scf.YieldOp):
                 for v, buf in zip(inner.operands, carries):
@@ -686,6 +709,7 @@ class _KernelEmitter:
             else:
                 self.op(inner)
         self.loaded.pop()
+        self.loop_spans.append((first_step, self.step))
         self.emit("pto.barrier <PIPE_ALL>")
         self.tracker.full_barrier()
         self.indent -= 1
@@ -703,8 +727,11 @@ class _KernelEmitter:
         body = ["  " + ln for ln in self.const_lines()] + ["  " + ln for ln in self.allocs] + self.lines
         text = "\n".join(["module {", *["  " + ln for ln in head], *["  " + ln for ln in body], "    return",
                           "  }", "}"]) + "\n"
+        from .pto_plan import plan_memory
+
         return KernelPlan(self.name, text, list(self.args), list(self.outside), list(self.carried), self.blocks,
-                          self.loop, {a.name: a.rows * a.cols for a in self.args if a.role == "ws"})
+                          self.loop, {a.name: a.rows * a.cols for a in self.args if a.role == "ws"},
+                          plan_memory(self.accesses, self.loop_spans, self.tile_info))
 
 
 _UNARY = {"exp": "texp", "sqrt": "tsqrt", "rsqrt": "trsqrt", "recip": "trecip", "relu": "trelu", "abs": "tabs"}
@@ -730,7 +757,13 @@ def emit_pto(module, stage: str, *, emitter: type = _KernelEmitter) -> list[Kern
     loops = token_loops(module)
     if not loops:
         raise PtoEmitError(f"{stage}: --emit pto: no token loop (tile.parallel) to emit; run the pto pipeline")
-    return [emitter(loop, f"{stage}_k{i}").run() for i, loop in enumerate(loops)]
+    plans = [emitter(loop, f"{stage}_k{i}").run() for i, loop in enumerate(loops)]
+    for plan in plans:  # nothing overflowing is written or handed to ptoas
+        why = plan.memory.overflow_message()
+        if why is not None:
+            raise PtoEmitError(f"{op_location(plan.loop)}: --emit pto: {plan.name}: {why}; no split of its token "
+                               f"loop fits (pto-plan-memory)")
+    return plans
 
 
 def pto_blockers(module) -> list[tuple[str, str, str]]:

@@ -314,3 +314,59 @@ def test_pto_header_compile_command_works_as_printed(tmp_path):
     gone = subprocess.run("attnc ptoas missing.pto", shell=True, cwd=tmp_path, env=env, capture_output=True,
                           text=True, check=False)
     assert gone.returncode == 2 and gone.stderr.strip().splitlines() == ["attnc: error: missing.pto: no such file"]
+
+
+def _tile_uses(text: str) -> tuple[set, set]:
+    """(tiles some op reads, tiles some op writes) of an emitted .pto, from its text."""
+    import re
+
+    reads, writes = set(), set()
+    for ln in text.splitlines():
+        m = re.search(r"\bins\((.*?)\)\s*outs\((.*)\)", ln)
+        if m:
+            reads |= set(re.findall(r"%(?:ub|l1_|l0a_|l0b_|l0c_)\d+", m.group(1)))
+            writes |= set(re.findall(r"%(?:ub|l1_|l0a_|l0b_|l0c_)\d+", m.group(2)))
+    return reads, writes
+
+
+@pytest.fixture(scope="module")
+def tiny_kernels():
+    from attnc.codegen.pto_emit import PtoEmitError
+    from attnc.kernels_src import STAGES
+
+    out = {}
+    for stage in STAGES:
+        src, _ = _compiled(stage, ["max_pos=256"] if stage.startswith("decode_hca") else [])
+        try:
+            out[stage] = emit_pto(src.module, src.name)
+        except PtoEmitError:
+            continue
+    return out
+
+
+def test_ptoas_no_dead_loads_in_any_emitted_kernel(tiny_kernels):
+    """Every tile a kernel writes (a load, a result) is read by some op of the emitted text; and the emitter's
+    own account (the memory plan) agrees. Before: 1-16 unread tiles per kernel (loads of matmul operands that
+    went to L1 from GM anyway)."""
+    assert len(tiny_kernels) >= 8
+    for plans in tiny_kernels.values():
+        for plan in plans:
+            reads, writes = _tile_uses(plan.text)
+            assert writes and not writes - reads, (plan.name, sorted(writes - reads)[:5])
+            assert not plan.memory.dead_loads(), plan.name
+
+
+def test_ptoas_memory_plan_fits_and_overflow_is_one_line():
+    from attnc.codegen.pto_plan import plan_memory
+
+    # two UB tiles of 128 KiB that are live at once cannot both have an address; in sequence they share one
+    info = {"%ub1": ("ub", "f32", (64, 512), "k.py:1"), "%ub2": ("ub", "f32", (64, 512), "k.py:2")}
+    seq = plan_memory({"%ub1": [(1, False), (2, True)], "%ub2": [(3, False), (4, True)]}, [], info)
+    assert seq.peak["ub"] == 131072 and seq.overflow_message() is None
+    both = plan_memory({"%ub1": [(1, False), (3, True)], "%ub2": [(2, False), (4, True)]}, [], info)
+    msg = both.overflow_message()
+    assert both.peak["ub"] == 262144 and msg.startswith("tile %ub2 (f32 [64, 512], 131072 bytes, made at k.py:2)")
+    assert "does not fit the UB: 2 tiles live with it need 262144 bytes of 196608" in msg
+    # a tile used inside a loop and after it lives through the whole loop (the next iteration reads it again)
+    loop = plan_memory({"%ub1": [(1, False), (2, True), (9, True)], "%ub2": [(4, False), (5, True)]}, [(2, 6)], info)
+    assert loop.overflow_message() is not None
