@@ -263,7 +263,7 @@ class _KernelEmitter:
 
     def alloc(self, loc: str, dtype: str, shape: tuple[int, int]) -> UBRef:
         name = self.fresh({"ub": "ub", "mat": "l1_", "left": "l0a_", "right": "l0b_", "acc": "l0c_"}[loc])
-        self.allocs.append(f"{name} = pto.alloc_tile : {self.tile_type(loc, dtype, shape)}")
+        self.emit(f"{name} = pto.alloc_tile : {self.tile_type(loc, dtype, shape)}")  # where its life begins
         self.tile_loc[name] = loc
         self.tile_info[name] = (loc, dtype, shape, op_location(self.current) if self.current is not None else "?")
         ref = UBRef(name, shape, dtype)
@@ -687,6 +687,10 @@ class _KernelEmitter:
         for init, arg in zip(op.iter_args, op.body.block.args[1:]):
             if not isinstance(init.type, TensorType):
                 raise _refuse(op, "carries a non-tensor value")
+            if isinstance(self.env.get(init), tuple):  # a loop output (rows assembled in GM): no copy
+                self.env[arg] = self.env[init]
+                carries.append(self.env[init])
+                continue
             src = self.ub(op, init)
             buf = self.alloc("ub", src.dtype, src.shape)
             self.vec_into("tmuls", [src], buf, [(self.const(1.0, "f32"), "f32")])  # copy (x*1 is exact)
@@ -703,6 +707,10 @@ class _KernelEmitter:
         for inner in op.body.block.ops:
             if isinstance(inner, scf.YieldOp):
                 for v, buf in zip(inner.operands, carries):
+                    if isinstance(buf, tuple):
+                        if self.env.get(v) != buf:
+                            raise _refuse(inner, "yields a tensor other than the assembled loop output")
+                        continue
                     src = self.ub(inner, v)
                     if src.tile != buf.tile:
                         self.carry_update(src, buf)
