@@ -48,8 +48,6 @@ DEFECTS = {
     "topk": "tsort32 indices must be uint32; ptoas emits int32_t (and aborts unless idx is pre-written)",
     "floordiv": "tcvt drops the FLOOR rounding mode (always CAST_RINT)",
     "rem": "trem semantics (trunc vs floor) unverified and no integer tdiv",
-    "matmul_acc": "loop-carried accumulators need scf.for iter_args ('emitc.assign' type mismatch); attnc's "
-                  "emitter does not carry acc tiles through GM yet",
     "row_min": "trowmin aborts unless its tmp was written first (DenseMap assertion)",
     "neg": "not emitted by attnc (use muls -1)",
     "scatter_rows": "no store at a runtime row index (the gather's defect, see gather_rows); cache and state "
@@ -183,6 +181,7 @@ def _f32_literal(v: float) -> str:
 
 
 class _KernelEmitter:
+    b_tile_bytes = 32768  # a matmul's right-operand tile in L0B (64 KiB on A2/A3)
     def __init__(self, loop: Operation, name: str, sync: bool = True):
         self.loop, self.name, self.sync = loop, name, sync
         self.body = loop.body.block
@@ -641,28 +640,92 @@ class _KernelEmitter:
         pto, style = _BINARY[k]
         return self.vec(op, pto, [self.ub(op, op.lhs), full], op.result, style=style)
 
+    def begin_loop(self, lb: str, ub: str) -> tuple[str, int]:
+        """`scf.for` with a PIPE_ALL barrier before it and at the end of its body (iterations reuse buffers)."""
+        iv = self.fresh("j")
+        self.emit("pto.barrier <PIPE_ALL>")
+        self.tracker.full_barrier()
+        self.emit(f"scf.for {iv} = {lb} to {ub} step %c1 {{")
+        self.const(1)
+        self.indent += 1
+        self.loaded.append({})
+        return iv, self.step + 1
+
+    def end_loop(self, first_step: int):
+        self.loaded.pop()
+        self.loop_spans.append((first_step, self.step))
+        self.emit("pto.barrier <PIPE_ALL>")
+        self.tracker.full_barrier()
+        self.indent -= 1
+        self.emit("}")
+
+    def matmul_gm(self, op, a: GMRef, b: GMRef, trans: bool) -> GMRef:
+        """a @ b (b given as [N, K] when trans) into an f32 GM workspace, in tiles that fit L0A/L0B/L0C:
+        N in tiles of `nt` columns (an scf.for), K in chunks of `kt` (the first by tmatmul, the rest accumulated
+        in L0C by tmatmul.acc in an scf.for). 0.1.1 has no acc -> ub move, so the result goes through GM."""
+        m, k = a.shape
+        n = b.shape[0] if trans else b.shape[1]
+        cap = self.b_tile_bytes // 2  # f16 elements of one right-operand tile (half of L0B: room for the next)
+        nt = n if n * min(k, 512) <= cap else min(n, 256, max(16, cap // 512))
+        kt = k if k * nt <= cap else max(16, cap // nt)
+        if n % nt or k % kt or m * max(kt, nt) * 4 > 65536:
+            raise _refuse(op, f"is a [{m},{k}]x[{k},{n}] matmul that attnc does not tile for L0A/L0B/L0C "
+                              f"(tiles of {kt} x {nt} do not divide it)")
+        out = self.workspace("f32", (m, n))
+
+        def chunk(ref: GMRef, r: str, c: str, shape) -> GMRef:
+            return GMRef(ref.arg, ref.rows, ref.cols, self.add_index(ref.row_off, r), self.add_index(ref.col_off, c),
+                         shape)
+
+        def step(kv: str, nv: str, acc: UBRef | None) -> UBRef:
+            ka = self.mul_index(kv, kt) if kv != "%c0" else "%c0"
+            na = self.mul_index(nv, nt) if nv != "%c0" else "%c0"
+            a1 = self.load(chunk(a, "%c0", ka, (m, kt)), "mat")
+            b1 = (self.load(chunk(b, na, ka, (nt, kt)), "mat", transposed=True) if trans
+                  else self.load(chunk(b, ka, na, (kt, nt)), "mat"))
+            a0 = self.alloc("left", a1.dtype, a1.shape)
+            b0 = self.alloc("right", b1.dtype, b1.shape)
+            for src, dst in ((a1, a0), (b1, b0)):
+                self.sync_for("MTE1", [src.tile], [dst.tile])
+                self.emit(f"pto.tmov ins({self.buf(src)}) outs({self.buf(dst)})")
+            lt = f"!pto.tile_buf{self.tile_type('left', a0.dtype, a0.shape)}"
+            rt = f"!pto.tile_buf{self.tile_type('right', b0.dtype, b0.shape)}"
+            if acc is None:
+                acc = self.alloc("acc", "f32", (m, nt))
+                self.sync_for("M", [a0.tile, b0.tile], [acc.tile])
+                self.emit(f"pto.tmatmul ins({a0.tile}, {b0.tile} : {lt}, {rt}) outs({self.buf(acc)})")
+            else:
+                self.sync_for("M", [acc.tile, a0.tile, b0.tile], [acc.tile])
+                at = f"!pto.tile_buf{self.tile_type('acc', 'f32', acc.shape)}"
+                self.emit(f"pto.tmatmul.acc ins({acc.tile}, {a0.tile}, {b0.tile} : {at}, {lt}, {rt}) "
+                          f"outs({self.buf(acc)})")
+            return acc
+
+        nv, n_first = self.begin_loop("%c0", self.const(n // nt)) if n > nt else ("%c0", None)
+        acc = step("%c0", nv, None)
+        if k > kt:
+            kv, k_first = self.begin_loop("%c1", self.const(k // kt))
+            step(kv, nv, acc)
+            self.end_loop(k_first)
+        self.store(acc, chunk(out, "%c0", self.mul_index(nv, nt) if nv != "%c0" else "%c0", (m, nt)))
+        if n_first is not None:
+            self.end_loop(n_first)
+        return out
+
     def op_matmul(self, op):
-        trans = op.transpose_b.value.data
-        a, b = self.gm(op, op.lhs), self.gm(op, op.rhs)
-        a1 = self.load(a, "mat")
-        b1 = self.load(b, "mat", transposed=trans)
-        a0 = self.alloc("left", a1.dtype, a1.shape)
-        b0 = self.alloc("right", b1.dtype, b1.shape)
-        for src, dst in ((a1, a0), (b1, b0)):
-            self.sync_for("MTE1", [src.tile], [dst.tile])
-            self.emit(f"pto.tmov ins({self.buf(src)}) outs({self.buf(dst)})")
-        out_shape = self.flat(op, op.result)
-        acc = self.alloc("acc", "f32", out_shape)
-        self.sync_for("M", [a0.tile, b0.tile], [acc.tile])
-        self.emit(f"pto.tmatmul ins({a0.tile}, {b0.tile} : !pto.tile_buf{self.tile_type('left', a0.dtype, a0.shape)}, "
-                  f"!pto.tile_buf{self.tile_type('right', b0.dtype, b0.shape)}) outs({self.buf(acc)})")
-        ws = self.workspace("f32", out_shape)  # 0.1.1 cannot move acc -> ub: the result goes through GM
-        self.store(acc, ws)
+        ws = self.matmul_gm(op, self.gm(op, op.lhs), self.gm(op, op.rhs), op.transpose_b.value.data)
         if dtype_of(op.result.type) == "f32":
             self.env[op.result] = ws
             return
         # a narrow result: the f32 sum rounded once more on the vector unit (as the interpreter does)
         self.vec(op, "tcvt", [self.load(ws)], op.result)
+
+    def op_matmul_acc(self, op):
+        """acc + a @ b: the product in L0C (through GM), added on the vector unit in f32."""
+        if dtype_of(op.result.type) != "f32" or dtype_of(op.acc.type) != "f32":
+            raise _refuse(op, "accumulates in a dtype other than f32")
+        ws = self.matmul_gm(op, self.gm(op, op.lhs), self.gm(op, op.rhs), op.transpose_b.value.data)
+        self.vec(op, "tadd", [self.ub(op, op.acc), self.load(ws)], op.result)
 
     def op_assemble(self, op):
         dest = self.env.get(op.dest)
@@ -696,14 +759,10 @@ class _KernelEmitter:
             self.vec_into("tmuls", [src], buf, [(self.const(1.0, "f32"), "f32")])  # copy (x*1 is exact)
             self.env[arg] = buf
             carries.append(buf)
-        iv = self.fresh("j")
+        if st != "%c1":
+            raise _refuse(op, "steps by more than 1")
+        iv, first_step = self.begin_loop(lb, ub)
         self.env[op.body.block.args[0]] = iv
-        self.emit("pto.barrier <PIPE_ALL>")
-        self.tracker.full_barrier()
-        self.emit(f"scf.for {iv} = {lb} to {ub} step {st} {{")
-        self.indent += 1
-        self.loaded.append({})
-        first_step = self.step + 1
         for inner in op.body.block.ops:
             if isinstance(inner, scf.YieldOp):
                 for v, buf in zip(inner.operands, carries):
@@ -716,12 +775,7 @@ class _KernelEmitter:
                         self.carry_update(src, buf)
             else:
                 self.op(inner)
-        self.loaded.pop()
-        self.loop_spans.append((first_step, self.step))
-        self.emit("pto.barrier <PIPE_ALL>")
-        self.tracker.full_barrier()
-        self.indent -= 1
-        self.emit("}")
+        self.end_loop(first_step)
         for r, buf in zip(op.results, carries):
             self.env[r] = buf
 

@@ -370,3 +370,22 @@ def test_ptoas_memory_plan_fits_and_overflow_is_one_line():
     # a tile used inside a loop and after it lives through the whole loop (the next iteration reads it again)
     loop = plan_memory({"%ub1": [(1, False), (2, True), (9, True)], "%ub2": [(4, False), (5, True)]}, [(2, 6)], info)
     assert loop.overflow_message() is not None
+
+
+@needs_ptoas
+def test_ptoas_matmul_acc_and_tiled_matmuls_match_interpreter():
+    """tile.matmul_acc (K split by tile-matmul) and matmuls tiled for L0B (N tiles in an scf.for, K chunks
+    accumulated in L0C by tmatmul.acc): forced at tiny by a 32-key K split and a 512-byte right-operand tile."""
+
+    class SmallL0B(KernelEmitter):
+        b_tile_bytes = 512
+
+    src = load_source("qkv_proj_rope", "tiny", [])
+    compile_source(src, pto_pipeline(None, "f16").replace("tile-matmul{k=512}", "tile-matmul{k=32}"),
+                   verify_each=False)
+    assert any(o.name == "tile.matmul_acc" for o in src.module.walk())
+    inputs = list(source_inputs(src, 0).values())
+    (plan,) = emit_pto(src.module, src.name, emitter=SmallL0B)
+    assert plan.text.count("pto.tmatmul.acc") >= 6 and plan.text.count("scf.for") >= 12
+    chk = check_kernel(src.module, inputs, 0, plan)
+    assert chk.ok and chk.hazards == 0 and chk.max_error <= 1e-5, chk.line()
