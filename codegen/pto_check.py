@@ -57,8 +57,9 @@ def instruction_stream(cpp: str) -> list[str]:
     return [x for x in out if not x.startswith("TASSIGN")]
 
 
-def host_values(module, inputs: list, loop_index: int, plan: KernelPlan) -> tuple[list, list]:
-    """(outside values the loop uses, loop results) from one interpreter run."""
+def host_values(module, inputs: list, loop_index: int, plan: KernelPlan, rows: int | None = None) -> tuple[list, list]:
+    """(outside values the loop uses, loop results) from one interpreter run; with `rows`, the loop runs only its
+    first `rows` token rows (the others keep their initial value): the golden of a flash kernel's first instances."""
     from xdsl.dialects import func
     from xdsl.dialects.builtin import FunctionType
 
@@ -66,6 +67,13 @@ def host_values(module, inputs: list, loop_index: int, plan: KernelPlan) -> tupl
     clone = module.clone(value_mapper=mapper)
     fn = entry_function(clone)
     loop = token_loops(clone)[loop_index]
+    if rows is not None:
+        from attnc.passes._build import before, const
+
+        with before(loop):
+            operands = list(loop.operands)
+            operands[1] = const(rows)
+            loop.operands = operands
     wanted = [mapper[v] for v in plan.outside] + list(loop.results)
     ret = fn.body.block.last_op
     assert isinstance(ret, func.ReturnOp)
@@ -159,7 +167,10 @@ def check_kernel(module, inputs: list, loop_index: int, plan: KernelPlan, workdi
         if b.returncode != 0:
             chk.build_error = next((ln for ln in b.stderr.splitlines() if "error" in ln), b.stderr[:200])
             return chk
-        outside, golden = host if host is not None else host_values(module, inputs, loop_index, plan)
+        if blocks is not None and blocks != list(range(len(blocks))):
+            raise PtoCheckError("blocks must be the first n token rows")
+        outside, golden = host if host is not None else host_values(module, inputs, loop_index, plan,
+                                                                    None if blocks is None else len(blocks))
         for a in plan.args:
             if a.role == "in":
                 t = outside[a.value_index]

@@ -512,6 +512,10 @@ class _KernelEmitter:
         offs = [self.index(op, o) for o in op.offsets]
         ref = self.env.get(src)
         tile = shape_of(op.result.type)
+        if isinstance(ref, tuple):  # rows this kernel wrote to its output, read back (after a row-chunk loop)
+            _, arg, dims = ref
+            self.env[op.result] = self.gm_view(op, arg, dims, offs, tile)
+            return
         if ref is None and not defined_inside(self.loop, src):
             self.check_dtype(op, src, moves=True)
             self.env[op.result] = self.gm_view(op, self.outside_arg(src), shape_of(src.type), offs, tile)
@@ -668,7 +672,8 @@ class _KernelEmitter:
         cap = self.b_tile_bytes // 2  # f16 elements of one right-operand tile (half of L0B: room for the next)
         nt = n if n * min(k, 512) <= cap else min(n, 256, max(16, cap // 512))
         kt = k if k * nt <= cap else max(16, cap // nt)
-        if n % nt or k % kt or m * max(kt, nt) * 4 > 65536:
+        kt = min(kt, max(16, 32768 // m))  # left tile [m, kt] f16 within L0A; the memory plan checks all three
+        if n % nt or k % kt:
             raise _refuse(op, f"is a [{m},{k}]x[{k},{n}] matmul that attnc does not tile for L0A/L0B/L0C "
                               f"(tiles of {kt} x {nt} do not divide it)")
         out = self.workspace("f32", (m, n))

@@ -25,7 +25,7 @@ from xdsl.ir import Block, Operation, Region, SSAValue
 from attnc.ir.types import shape_of
 
 from . import AttncPass, PassError, register
-from ._build import INDEX, addi, at_end, before, const, defined_inside, muli, view
+from ._build import INDEX, addi, at_end, before, const, constant_value, defined_inside, muli, view
 
 _ROW_LOCAL = {"add", "sub", "mul", "div", "max", "min", "rem", "floordiv", "and", "or", "neg", "exp", "sqrt",
               "rsqrt", "recip", "relu", "abs", "cmp", "select", "cast", "adds", "muls", "maxs", "full",
@@ -70,19 +70,10 @@ def _chunked_operands(op: Operation) -> list[SSAValue]:
     raise _NoSplit(f"{op.name} is not row-local")
 
 
-def _analyse(par: Operation) -> tuple[int, set[SSAValue]]:
-    """(R, the values inside the loop that are chunked); raises _NoSplit."""
-    body = par.body.block
-    asms = [v.owner for v in body.last_op.operands]
-    if not asms or any(_kind(a) != "assemble" or a.valid for a in asms):
-        raise _NoSplit("outputs are not plain assembles")
-    ranks = {len(shape_of(a.tile.type)) for a in asms}
-    rows = {_rows(a.tile) for a in asms}
-    if ranks != {3} or len(rows) != 1:
-        raise _NoSplit("outputs are not [1, rows, cols] tiles of one row count")
-    (R,) = rows
+def _demand(par: Operation, root: SSAValue) -> set[SSAValue]:
+    """The values that are chunked when `root` is (backwards, by the ops' definitions); raises _NoSplit."""
     chunked: set[SSAValue] = set()
-    work = [a.tile for a in asms]
+    work = [root]
     while work:
         v = work.pop()
         if v in chunked:
@@ -107,26 +98,84 @@ def _analyse(par: Operation) -> tuple[int, set[SSAValue]]:
                 raise _NoSplit("a view of a value made in the loop")
             continue
         work += _chunked_operands(owner)
-    # every use of a chunked value must take it chunked
+    return chunked
+
+
+def _top(par: Operation, op: Operation) -> Operation:
+    """The op of the loop body that holds `op`."""
+    while op.parent_op() is not par:
+        op = op.parent_op()
+    return op
+
+
+def _cone(par: Operation, roots: list[SSAValue], stop: set) -> set[Operation]:
+    """The ops of the loop body that the roots depend on (not through values in `stop`)."""
+    ops: set[Operation] = set()
+    work = [r for r in roots if r not in stop]
+    while work:
+        v = work.pop()
+        if not defined_inside(par, v) or v.owner is par.body.block:
+            continue
+        owner = v.owner if isinstance(v.owner, Operation) else v.owner.parent_op()
+        top = _top(par, owner)
+        if top in ops:
+            continue
+        ops.add(top)
+        for nested in top.walk():
+            work += [o for o in nested.operands if o not in stop]
+    return ops
+
+
+@dataclass
+class _Split:
+    rows: int                   # R, the output rows
+    chunked: set                # values inside the loop computed per chunk
+    outs: list[int]             # the outputs computed in chunks
+    rest: list[int]             # outputs computed after the chunk loop, reading the chunked outputs from GM
+    first: set                  # body ops of the chunk loop
+    second: set                 # body ops after it
+
+
+def _analyse(par: Operation) -> _Split:
+    """Which outputs are computed in row chunks and which after them; raises _NoSplit."""
+    body = par.body.block
+    asms = [v.owner for v in body.last_op.operands]
+    if not asms or any(_kind(a) != "assemble" or a.valid for a in asms):
+        raise _NoSplit("outputs are not plain assembles")
+    outs, rest, chunked = [], [], set()
+    for k, a in enumerate(asms):
+        try:
+            if len(shape_of(a.tile.type)) != 3:
+                raise _NoSplit("not a [1, rows, cols] tile")
+            chunked |= _demand(par, a.tile)
+            outs.append(k)
+        except _NoSplit:
+            rest.append(k)
+    if not outs or len({_rows(asms[k].tile) for k in outs}) != 1:
+        raise _NoSplit("no output of one row count is row-local")
+    R = _rows(asms[outs[0]].tile)
+    first = _cone(par, [asms[k].result for k in outs], set())
+    tiles = {asms[k].tile for k in outs}
+    second = _cone(par, [asms[k].result for k in rest] + [o for k in outs for o in asms[k].offsets], tiles)
+    # every use of a chunked value in the chunk loop must take it chunked
     for v in chunked:
         for use in v.uses:
             user = use.operation
+            if not _inside(par, user) or _top(par, user) not in first:
+                continue  # before or after the loop, or after the chunk loop (recomputed whole there)
             if isinstance(user, scf.YieldOp):
-                loop = user.parent_op()
-                if loop.results[use.index] not in chunked:
+                if user.parent_op().results[use.index] not in chunked:
                     raise _NoSplit("a chunked value leaves an inner loop whole")
             elif isinstance(user, scf.ForOp):
                 if user.body.block.args[1 + use.index - 3] not in chunked:
                     raise _NoSplit("a chunked value enters an inner loop whole")
             elif _kind(user) == "assemble" and user in asms and use.index == 0:
                 continue
-            elif not _inside(par, user):
-                continue  # a value from before the loop, used before or after it
             elif user.results[0] not in chunked or v not in _chunked_operands(user):
                 raise _NoSplit(f"{user.name} takes a chunked value whole")
     if any(_rows(v) != R for v in chunked if isinstance(v.type, TensorType) and len(shape_of(v.type)) == 3):
         raise _NoSplit("chunked values of another row count")
-    return R, chunked
+    return _Split(R, chunked, outs, rest, first, second)
 
 
 def _inside(par: Operation, op: Operation) -> bool:
@@ -144,53 +193,77 @@ def _retype(v: SSAValue, rows: int) -> None:
 
 
 def split_rows(par: Operation, g: int) -> None:
-    """Put the body of `par` in an scf.for over chunks of g output rows (R % g == 0)."""
-    R, chunked = _analyse(par)
-    body = par.body.block
-    yld = body.last_op
-    ops = [op for op in body.ops if op is not yld]
-    outs = list(body.args[1:])
-    loop_body = Block(arg_types=[INDEX, *[o.type for o in outs]])
-    step = loop_body.args[0]
-    mapping: dict[SSAValue, SSAValue] = dict(zip(outs, loop_body.args[1:]))
+    """Put the work of the row-local outputs of `par` in an scf.for over chunks of g rows (R % g == 0); the
+    other outputs are computed after it, reading the chunked outputs' rows back from the loop's output."""
     from attnc.ir.common import op_location
 
+    sp = _analyse(par)
+    chunked = sp.chunked
+    body = par.body.block
+    yld = body.last_op
+    asms = [v.owner for v in yld.operands]
+    ops = [op for op in body.ops if op is not yld]
+    outs = [body.args[1 + k] for k in sp.outs]
+    loop_body = Block(arg_types=[INDEX, *[o.type for o in outs]])
+    mapping: dict[SSAValue, SSAValue] = dict(zip(outs, loop_body.args[1:]))
     loc = op_location(ops[0]) if ops else None
     with at_end(loop_body, loc):
-        row0 = muli(step, g)
+        row0 = muli(loop_body.args[0], g)
         for v in sorted((v for v in chunked if not defined_inside(par, v)), key=lambda v: str(shape_of(v.type))):
-            s = list(shape_of(v.type))
-            offs = [0] * len(s)
+            shp = list(shape_of(v.type))
+            offs = [0] * len(shp)
             offs[-2] = row0
-            s[-2] = g
-            mapping[v] = view(v, offs, s).value
+            shp[-2] = g
+            mapping[v] = view(v, offs, shp).value
+    firsts = [op for op in ops if op in sp.first]
     clones = []
-    for op in ops:
+    for op in firsts:
         clones.append(op.clone(value_mapper=mapping))
         loop_body.add_op(clones[-1])
     for v in chunked:
-        if defined_inside(par, v):
+        if defined_inside(par, v) and v in mapping:
             _retype(mapping[v], g)
-    for old, new in zip(ops, clones):
+    for old, new in zip(firsts, clones):
         for o_nested, n_nested in zip(old.walk(), new.walk()):
             k = _kind(n_nested)
-            if k == "view" and n_nested.results[0] is not None and o_nested.results[0] in chunked:
-                shift = 1 + len(n_nested.offsets) - 2
+            if k == "view" and o_nested.results[0] in chunked:
+                at = 1 + len(n_nested.offsets) - 2
             elif k == "assemble" and o_nested.tile in chunked:
-                shift = 2 + len(n_nested.offsets) - 2
+                at = 2 + len(n_nested.offsets) - 2
             else:
                 continue
             with before(n_nested):
-                new_off = addi(n_nested.operands[shift], row0)
+                shifted = addi(n_nested.operands[at], row0)
             operands = list(n_nested.operands)
-            operands[shift] = new_off
+            operands[at] = shifted
             n_nested.operands = operands
-    loop_body.add_op(scf.YieldOp(*[mapping[v] for v in yld.operands]))
+    loop_body.add_op(scf.YieldOp(*[mapping[yld.operands[k]] for k in sp.outs]))
     with before(yld):
-        lb, ub, st = const(0), const(R // g), const(1)
+        lb, ub, st = const(0), const(sp.rows // g), const(1)
     for_op = scf.ForOp(lb, ub, st, list(outs), Region(loop_body))
     body.insert_op_before(for_op, yld)
-    yld.operands = list(for_op.results)
+    results = dict(zip(sp.outs, for_op.results))
+    if sp.rest:  # the chunked outputs' tiles, read back whole from the loop's output rows
+        mapping2: dict[SSAValue, SSAValue] = {}
+        for k in sp.outs:
+            offs = []
+            for o in asms[k].offsets:
+                c = constant_value(o)
+                if o is body.args[0]:
+                    offs.append(o)
+                elif c is not None:
+                    offs.append(c)
+                else:
+                    raise PassError(f"{op_location(asms[k])}: pto-plan-memory: an output row offset that is "
+                                    f"neither the token row nor a constant")
+            with before(yld):
+                mapping2[asms[k].tile] = view(results[k], offs, shape_of(asms[k].tile.type)).value
+        for op in ops:
+            if op in sp.second:
+                body.insert_op_before(op.clone(value_mapper=mapping2), yld)
+        for k in sp.rest:
+            results[k] = mapping2[yld.operands[k]]
+    yld.operands = [results[k] for k in range(len(asms))]
     for op in reversed(ops):
         op.detach()
         op.erase(safe_erase=False)
@@ -220,7 +293,7 @@ class PtoPlanMemory(AttncPass):
             raise PassError(f"rows must be >= 0, got {self.rows}")
         for i, par in enumerate([o for o in op.walk() if o.name == "tile.parallel"]):
             try:
-                R, _ = _analyse(par)
+                R = _analyse(par).rows
             except _NoSplit:
                 continue
             if self.rows:
