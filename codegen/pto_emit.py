@@ -828,8 +828,8 @@ def emit_pto(module, stage: str, *, emitter: type = _KernelEmitter) -> list[Kern
     for plan in plans:  # nothing overflowing is written or handed to ptoas
         why = plan.memory.overflow_message()
         if why is not None:
-            raise PtoEmitError(f"{op_location(plan.loop)}: --emit pto: {plan.name}: {why}; no split of its token "
-                               f"loop fits (pto-plan-memory)")
+            raise PtoEmitError(f"{plan.memory.overflow()[1].where}: --emit pto: {plan.name}: {why}; no row chunk "
+                               f"of its token loop fits (pto-plan-memory)")
     return plans
 
 

@@ -16,6 +16,7 @@ the loop unsplit, and the emitter reports what does not fit. Exact rewrite (tole
 computed by the same ops on the same values."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from xdsl.dialects import scf
@@ -142,18 +143,24 @@ def _analyse(par: Operation) -> _Split:
     asms = [v.owner for v in body.last_op.operands]
     if not asms or any(_kind(a) != "assemble" or a.valid for a in asms):
         raise _NoSplit("outputs are not plain assembles")
-    outs, rest, chunked = [], [], set()
+    demands = {}
     for k, a in enumerate(asms):
         try:
-            if len(shape_of(a.tile.type)) != 3:
-                raise _NoSplit("not a [1, rows, cols] tile")
-            chunked |= _demand(par, a.tile)
-            outs.append(k)
+            if len(shape_of(a.tile.type)) == 3 and _rows(a.tile) > 1:
+                demands[k] = _demand(par, a.tile)
         except _NoSplit:
-            rest.append(k)
-    if not outs or len({_rows(asms[k].tile) for k in outs}) != 1:
-        raise _NoSplit("no output of one row count is row-local")
-    R = _rows(asms[outs[0]].tile)
+            pass
+    if not demands:
+        raise _NoSplit("no output is row-local")
+    # the row count of the largest row-local outputs; the others are computed after the chunk loop
+    size = {}
+    for k in demands:
+        r = _rows(asms[k].tile)
+        size[r] = size.get(r, 0) + math.prod(shape_of(asms[k].tile.type))
+    R = max(sorted(size), key=lambda r: size[r])
+    outs = [k for k in demands if _rows(asms[k].tile) == R]
+    rest = [k for k in range(len(asms)) if k not in outs]
+    chunked = set().union(*(demands[k] for k in outs))
     first = _cone(par, [asms[k].result for k in outs], set())
     tiles = {asms[k].tile for k in outs}
     second = _cone(par, [asms[k].result for k in rest] + [o for k in outs for o in asms[k].offsets], tiles)
