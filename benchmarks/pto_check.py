@@ -46,7 +46,7 @@ def run_config(config: str, seed: int, only: list[str]) -> tuple[list[tuple], in
             plans = emit_pto(src.module, src.name)
         except PtoEmitError as e:
             print(f"{config} {label}: refused: {e}", flush=True)
-            rows.append((label, len(token_loops(src.module)), "-", "-", "-", f"{share:.0%}", "refused: " +
+            rows.append((label, 0, "-", "-", "-", f"0 (would be {share:.0%})", "refused: " +
                          str(e).split(": --emit pto: ", 1)[-1][:90]))
             continue
         inputs = list(source_inputs(src, seed).values())

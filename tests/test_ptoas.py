@@ -427,7 +427,8 @@ def test_ptoas_overflowing_kernel_refused_before_ptoas_in_one_line(capsys, tmp_p
 
 
 @needs_ptoas
-@pytest.mark.parametrize("stage", ["sparse_attn_core", "hca_attn_core", "sparse_attn"])
+@pytest.mark.parametrize("stage", ["sparse_attn_core", pytest.param("hca_attn_core", marks=pytest.mark.slow),
+                                   "sparse_attn"])
 def test_ptoas_attention_at_flash_planned_and_compiled(stage, tmp_path):
     """At flash the attention's [64 heads, 512] f32 tiles overflowed the UB 6.4x (ptoas 'ub overflow, requires
     10071040 bits'); pto-plan-memory chunks the heads (16 at a time) and ptoas compiles the kernel."""
