@@ -216,7 +216,12 @@ def split_rows(par: Operation, g: int) -> None:
     loc = op_location(ops[0]) if ops else None
     with at_end(loop_body, loc):
         row0 = muli(loop_body.args[0], g)
-        for v in sorted((v for v in chunked if not defined_inside(par, v)), key=lambda v: str(shape_of(v.type))):
+        outside = []  # in order of first use (deterministic output)
+        for op in ops:
+            for nested in op.walk():
+                outside += [o for o in nested.operands if o in chunked and not defined_inside(par, o)
+                            and o not in outside]
+        for v in outside:
             shp = list(shape_of(v.type))
             offs = [0] * len(shp)
             offs[-2] = row0
