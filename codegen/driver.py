@@ -9,6 +9,7 @@ import argparse
 import itertools
 import json
 import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -407,7 +408,8 @@ def cmd_compile(args) -> int:
             for i, k in enumerate(kernels):  # each file says how it was made and which token loop it is
                 k.text = prov.header("//", shown, (
                     f"kernel: {k.name}, token loop {i + 1} of {len(kernels)} ({k.blocks} kernel instances, "
-                    f"one per token row); compile it: ptoas {k.name}.pto -o {k.name}.cpp",)) + k.text
+                    f"one per token row); compile it: attnc ptoas {file_stem(k.name)}.pto -o "
+                    f"{file_stem(k.name)}.cpp",)) + k.text
             text = "".join(k.text for k in kernels)
         else:
             text = prov.header("//", shown) + print_ir(src.module)
@@ -935,6 +937,19 @@ environment: ATTNC_PROGRESS=0|1 (progress line; default: when stderr is a termin
 ATTNC_TRACEBACK=1 (show the traceback of an internal error)."""
 
 
+def cmd_ptoas(args) -> int:
+    """ptoas's own exit code and output; its debug dumps (stderr) pass through."""
+    from attnc.codegen.ptoas_setup import PtoasUnavailable, ptoas_command
+
+    if not os.path.isfile(args.pto):
+        raise CliError(f"{args.pto}: no such file")
+    try:
+        argv, env = ptoas_command([args.pto, *args.ptoas_args])
+    except PtoasUnavailable as e:
+        raise CliError(f"ptoas: {e}") from None
+    return subprocess.run(argv, env=env, check=False).returncode
+
+
 def build_parser() -> argparse.ArgumentParser:
     from attnc.codegen.provenance import version_line
 
@@ -1057,6 +1072,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="visibility, errors: inputs (start_pos, cmp_idx, ...); default: seeded")
     pl.add_argument("--start-pos", type=_positions, default=None, metavar="P[,P...]",
                     help="visibility, errors: every row's start position (default: seeded)")
+
+    pt = add("ptoas", "run ptoas 0.1.1 (the wheel's binary, with the loader path it needs) on a .pto file",
+             cmd_ptoas)
+    pt.add_argument("pto", metavar="FILE.pto", help="a kernel written by `attnc compile --emit pto`")
+    pt.add_argument("ptoas_args", nargs=argparse.REMAINDER, metavar="ARGS",
+                    help="passed to ptoas as written, e.g. -o FILE.cpp (default: the C++ on stdout)")
 
     from attnc.codegen.tune import add_parser as add_tune_parser
 

@@ -108,6 +108,12 @@ class PtoasResult:
     errors: list[str]
 
 
+def ptoas_command(args: list[str]) -> tuple[list[str], dict]:
+    """(argv, environment) that run the wheel's ptoas on `args`; raises PtoasUnavailable when it cannot start."""
+    check_available()
+    return [ptoas_binary(), *args], _env()
+
+
 def run_ptoas(pto_path: str, cpp_path: str, timeout: float = 60.0) -> PtoasResult:
     """Compile one `.pto` file to C++. ptoas prints its debug dumps and errors to stderr; the error lines
     (`error:` / `[Error]` / assertion) are kept."""

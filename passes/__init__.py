@@ -20,9 +20,11 @@ DEFAULT_PIPELINE = ("fuse-rmsnorm,rope-selector-matmul,gather-keys,tile-softmax{
 PYPTO_PIPELINE = ("fuse-rmsnorm,rope-selector-matmul,tile-softmax{kv-tile=128},parallelize-tokens{rows=32},"
                   "schedule-attention,tile-matmul{k=512},lower-to-tiles,canonicalize,cse,update-in-place")
 # PTO (ptoas 0.1.1): one token per kernel (rows=1, the token axis is dropped), 16-key tiles; then f16 and the
-# legalization of what 0.1.1 cannot express (host-side gathers, 0/1 masks instead of i1)
+# legalization of what 0.1.1 cannot express (host-side gathers, 0/1 masks instead of i1), then row chunks of the
+# loop bodies whose tiles would overflow UB/L1/L0
 PTO_PIPELINE = ("fuse-rmsnorm,rope-selector-matmul,gather-keys,tile-softmax{kv-tile=16},parallelize-tokens{rows=1},"
-                "tile-matmul{k=512},lower-to-tiles,canonicalize,cse,pto-legalize,canonicalize,cse")
+                "tile-matmul{k=512},lower-to-tiles,canonicalize,cse,pto-legalize,canonicalize,cse,pto-plan-memory,"
+                "canonicalize,cse")
 
 
 def pto_pipeline(pipeline: str | None, dtype: str | None) -> str:
@@ -48,6 +50,7 @@ _PASS_MODULES = {
     "lower-to-tiles": "lower_to_tiles",
     "pto-dtype": "pto_dtype",
     "pto-legalize": "pto_legalize",
+    "pto-plan-memory": "pto_plan_memory",
     "update-in-place": "update_in_place",
 }
 # xDSL's generic passes that attnc pipelines may use
