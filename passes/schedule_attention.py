@@ -322,6 +322,6 @@ class ScheduleAttention(PatternPass):
                                 f"got '{getattr(self, option)}'")
         if not 16 <= self.vec_tile <= 1 << 20:
             raise PassError(f"schedule-attention: vec_tile must be in [16, 2^20], got {self.vec_tile}")
-        if not 0 <= self.unroll <= MAX_UNROLL_TOKENS:
-            raise PassError(f"schedule-attention: unroll must be in [0, {MAX_UNROLL_TOKENS}], got {self.unroll}")
+        if not 1 <= self.unroll <= MAX_UNROLL_TOKENS:
+            raise PassError(f"schedule-attention: unroll must be in [1, {MAX_UNROLL_TOKENS}], got {self.unroll}")
         return _Schedule(self.schedule, self.normalize, self.vec_tile, self.sink, self.unroll)

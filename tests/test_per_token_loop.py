@@ -15,7 +15,7 @@ from attnc.codegen.pypto_emit import emit_pypto
 from attnc.ir.interpreter import run_module
 from attnc.kernels_src import STAGES, build_stage, resolve_config
 from attnc.kernels_src.inputs import make_inputs
-from attnc.passes import PYPTO_PIPELINE
+from attnc.passes import PYPTO_PIPELINE, PassError
 from attnc.passes.schedule_attention import MAX_UNROLL_TOKENS, UNROLL_TOKENS
 from attnc.passes.verify import run_pipeline
 from tests.markers import needs_pypto
@@ -55,6 +55,16 @@ def test_token_loop_writes_the_output_in_place():
     assert re.search(r"pypto\.assemble\(\w+, \[r\d+, k\d+, 0, 0\], core\)", program)
     assert "[:] =" not in program and "SCRATCH_NAMES = []" in program
     assert "pypto.full([2, 16, 4, 128]" not in program
+
+
+def test_unroll_option_and_its_bound():
+    """unroll=1 loops a 2-token step (one pair of branches); above MAX_UNROLL_TOKENS it is refused."""
+    module = build_stage(STAGES["sparse_attn_core"], resolve_config("tiny"))
+    run_pipeline(module, PYPTO_PIPELINE.replace("schedule-attention,", "schedule-attention{unroll=1},"))
+    assert len(BRANCH.findall(emit_pypto(module))) == 2
+    module = build_stage(STAGES["sparse_attn_core"], resolve_config("tiny"))
+    with pytest.raises(PassError, match=rf"unroll must be in \[1, {MAX_UNROLL_TOKENS}\], got 3"):
+        run_pipeline(module, PYPTO_PIPELINE.replace("schedule-attention,", "schedule-attention{unroll=3},"))
 
 
 @pytest.mark.parametrize("config", ["tiny", "flash"])
