@@ -14,7 +14,7 @@ import jinja2
 import numpy as np
 from xdsl.dialects import arith, func, scf
 from xdsl.dialects.builtin import ModuleOp, TensorType
-from xdsl.ir import Operation, SSAValue
+from xdsl.ir import BlockArgument, Operation, SSAValue
 
 from attnc.codegen.escape import code_text, identifier
 from attnc.ir.common import LOC_ATTR, ints_of, op_location
@@ -520,7 +520,8 @@ class _Emitter:
         carried = []
         for j, v in enumerate(inits):
             name = self.ref(v)
-            declared = v in self.params or v in self.out_inits or v in self.scratch_inits
+            declared = (v in self.params or v in self.out_inits or v in self.scratch_inits
+                        or _parallel_carried(v))
             if not v.has_one_use() or (not declared and _written_in_parts(op, j)):
                 dead = (isinstance(v.owner, Operation) and v.owner.name == "tile.full" and op.name == "tile.parallel"
                         and _parallel_covers(op, j))
@@ -680,27 +681,51 @@ def _const(v: SSAValue):
     return None
 
 
+def _parallel_carried(v: SSAValue) -> bool:
+    """v is a tensor a tile.parallel carries (a block argument of its body): the loop already holds it in a
+    kernel parameter or a declared scratch tensor, so a nested loop given it (its only use) updates it in place,
+    as the interpreter does (no copy: a copy back after a nested pypto.loop is stale in pypto 0.2.0)."""
+    return (isinstance(v, BlockArgument) and v.index > 0 and isinstance(v.owner.parent_op(), Operation)
+            and v.owner.parent_op().name == "tile.parallel")
+
+
+def _assembles_into(v: SSAValue, dest: SSAValue) -> list | None:
+    """The ops writing v from dest, oldest first: tile.assembles and scf.fors (each carrying the tensor through
+    a chain of its own), each the only user of what it writes into; None if v is made otherwise."""
+    chain = []
+    while v is not dest:
+        op = v.owner
+        if isinstance(op, scf.ForOp):
+            body = op.body.block
+            if not (op.iter_args[v.index].has_one_use() and body.args[1 + v.index].has_one_use()
+                    and _assembles_into(body.last_op.operands[v.index], body.args[1 + v.index]) is not None):
+                return None
+            chain.append((op, v.index))
+            v = op.iter_args[v.index]
+        elif isinstance(op, Operation) and op.name == "tile.assemble" and op.dest.has_one_use():
+            chain.append((op, None))
+            v = op.dest
+        else:
+            return None
+    return chain[::-1]
+
+
 def _parallel_covers(par: Operation, j: int) -> bool:
-    """Does every iteration of `par` assemble a full row chunk into carried tensor j — one full-width tile, or a
-    chain of tiles at constant offsets that partition the chunk — so that together they write every element
-    (then its tile.full init is dead and the output param can be carried instead)?"""
+    """Does every iteration of `par` assemble a full row chunk into carried tensor j — one full-width tile, or
+    tiles at the chunk row and offsets that are constants or indices of nested scf.fors (constant bounds), which
+    partition the chunk — so that together they write every element (then its tile.full init is dead and the
+    output param can be carried instead)?"""
     block = par.body.block
     row, dest = block.args[0], block.args[1 + j]
-    chain, v = [], block.last_op.operands[j]
-    while v is not dest:
-        asm = v.owner
-        if not (isinstance(asm, Operation) and asm.name == "tile.assemble" and asm.dest.has_one_use()):
-            return False
-        chain.append(asm)
-        v = asm.dest
+    chain = _assembles_into(block.last_op.operands[j], dest)
     if not chain or not dest.has_one_use():
         return False
     rows, dshape = par.rows.value.data, shape_of(dest.type)
     if _const(par.lower) != 0 or _const(par.upper) != dshape[0]:
         return False
-    if len(chain) > 1:
+    if len(chain) > 1 or chain[0][1] is not None:
         return _tiles_partition(chain, row, rows, dshape)
-    asm = chain[0]
+    asm = chain[0][0]
     tshape = shape_of(asm.tile.type)
     if tshape[0] != rows or tshape[1:] != dshape[1:]:
         return False
@@ -747,18 +772,32 @@ def _scratch_inits(block, out_inits: dict) -> set:
 
 
 def _tiles_partition(chain, row, rows: int, dshape) -> bool:
-    """Whole tiles [rows, ...] at the chunk row and constant offsets that cover dest[1:] exactly once."""
+    """Whole tiles [rows, ...] at the chunk row and offsets (constants, or indices of the scf.fors of the chain,
+    whose bounds are constants: every iteration counted) that cover dest[1:] exactly once."""
     if dshape[0] % rows:
         return False
     cover = np.zeros(dshape[1:], dtype=np.int32)
-    for asm in chain:
-        tshape, offs = shape_of(asm.tile.type), [_const(o) for o in asm.offsets[1:]]
-        if len(asm.valid) or asm.offsets[0] is not row or tshape[0] != rows or None in offs:
-            return False
-        if any(o < 0 or o + t > d for o, t, d in zip(offs, tshape[1:], dshape[1:])):
-            return False
-        cover[tuple(slice(o, o + t) for o, t in zip(offs, tshape[1:]))] += 1
-    return bool((cover == 1).all())
+
+    def place(chain, env: dict) -> bool:
+        for op, k in chain:
+            if k is not None:  # an scf.for: its body's chain once per iteration
+                lb, ub, step = (_const(b) for b in (op.lb, op.ub, op.step))
+                body = op.body.block
+                inner = _assembles_into(body.last_op.operands[k], body.args[1 + k])
+                if None in (lb, ub, step) or step <= 0 or not all(
+                        place(inner, {**env, body.args[0]: i}) for i in range(lb, ub, step)):
+                    return False
+                continue
+            tshape = shape_of(op.tile.type)
+            offs = [env.get(o, _const(o)) for o in op.offsets[1:]]
+            if len(op.valid) or op.offsets[0] is not row or tshape[0] != rows or None in offs:
+                return False
+            if any(o < 0 or o + t > d for o, t, d in zip(offs, tshape[1:], dshape[1:])):
+                return False
+            cover[tuple(slice(o, o + t) for o, t in zip(offs, tshape[1:]))] += 1
+        return True
+
+    return place(chain, {}) and bool((cover == 1).all())
 
 
 def _output_inits(ret: Operation, out_names: list) -> dict:

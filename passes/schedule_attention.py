@@ -48,7 +48,12 @@ from .tile_softmax import F32_MIN
 SCHEDULES = ("auto", "batch", "token")
 NORMALIZE = ("after", "before")
 SINKS = ("auto", "key", "term")
-UNROLL_TOKENS = 4  # a decode step's tokens of one batch row are unrolled up to this many
+# a step's tokens of one batch row are unrolled up to this many, a pypto.loop beyond: each unrolled token repeats
+# the zero-fill branches of its key block (`if valid < rows`), and pypto 0.2.0 compiles a loop body once per path
+# through its branches (2^branches), so its compile time grows exponentially with unrolled tokens (tiny CSA core,
+# 1/2/3/4 tokens: 1.7/5.7/46/469 s), while the loop form costs the same for any S
+UNROLL_TOKENS = 2
+MAX_UNROLL_TOKENS = 2  # the bound on the option: 2 tokens = 4 branches, 16 paths
 
 
 def key_positions_and_visibility(op: CacheAttentionOp, start_pos: dsl.Tensor, listed: dsl.Tensor | None,
@@ -175,8 +180,9 @@ class _BatchTable:
 
 
 class _Schedule(RewritePattern):
-    def __init__(self, schedule: str, normalize: str, vec_tile: int, sink: str):
+    def __init__(self, schedule: str, normalize: str, vec_tile: int, sink: str, unroll: int):
         self.schedule, self.normalize, self.vec_tile, self.sink = schedule, normalize, vec_tile, sink
+        self.unroll = unroll
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: CacheAttentionOp, rewriter: PatternRewriter):
@@ -251,7 +257,7 @@ class _Schedule(RewritePattern):
                                         self.normalize)
                     return assemble(dsl.reshape(o, (1, 1, H, d)), out, (b, s, 0, 0))
 
-                result = self._per_token(S, acc, token, loc)
+                result = self._per_token(S, self.unroll, acc, token, loc)
             emit_op(YieldOp, [[val(result)]], [])
         with before(op):
             loop = emit_op(ParallelOp, [const(0), const(B), [init.value]], [[init.value.type]],
@@ -273,10 +279,10 @@ class _Schedule(RewritePattern):
         return view(picked, (0, 0), (K, d), (muli(minsi(complete, 1), K), d), pad="zero")
 
     @staticmethod
-    def _per_token(S: int, acc, token, loc):
-        """token(s, out) for s = 0..S-1 chained on the carried output: unrolled for decode steps (the output's
-        row chunk is then written by a chain of assembles the emitter can see through), an scf.for beyond."""
-        if S <= UNROLL_TOKENS:
+    def _per_token(S: int, unroll: int, acc, token, loc):
+        """token(s, out) for s = 0..S-1 chained on the carried output: unrolled for S <= `unroll`, else one
+        scf.for (its body's size, hence pypto's compile time, does not grow with S)."""
+        if S <= unroll:
             out = acc
             for s in range(S):
                 out = token(const(s), out)
@@ -301,6 +307,7 @@ class ScheduleAttention(PatternPass):
     # 0.2.0 runtime crashes (F74007) on padded key lists
     vec_tile: int = 16384
     sink: str = "auto"
+    unroll: int = UNROLL_TOKENS
 
     def pattern(self):
         for option, choices in (("schedule", SCHEDULES), ("normalize", NORMALIZE), ("sink", SINKS)):
@@ -309,4 +316,6 @@ class ScheduleAttention(PatternPass):
                                 f"got '{getattr(self, option)}'")
         if not 16 <= self.vec_tile <= 1 << 20:
             raise PassError(f"schedule-attention: vec_tile must be in [16, 2^20], got {self.vec_tile}")
-        return _Schedule(self.schedule, self.normalize, self.vec_tile, self.sink)
+        if not 1 <= self.unroll <= MAX_UNROLL_TOKENS:
+            raise PassError(f"schedule-attention: unroll must be in [1, {MAX_UNROLL_TOKENS}], got {self.unroll}")
+        return _Schedule(self.schedule, self.normalize, self.vec_tile, self.sink, self.unroll)
