@@ -1,5 +1,6 @@
 # Two entry points that do all set-up on a fresh machine:
-#   make run   - compile both stages for `flash` with the default pipeline and check them (table)
+#   make run   - compile every stage and layer kind for `flash` with the default pipeline and check them (table);
+#                `make run RUN_ARGS='--markdown docs/main-job.md'` also regenerates the docs' table
 #   make test  - the test suite (what CI runs)
 PY      ?= python3
 VENV    := .venv
@@ -20,7 +21,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(VPY) benchmarks/main_job.py --config flash
+	$(VPY) benchmarks/main_job.py --config flash $(RUN_ARGS)
 
 test: $(STAMP)
 	$(VPY) -m pytest -q
