@@ -6,6 +6,7 @@ PY      ?= python3
 VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
+TSTAMP  := $(VENV)/.installed-test
 
 .PHONY: run test bench setup clean
 
@@ -18,12 +19,17 @@ $(STAMP): pyproject.toml
 	$(VPY) -m attnc.codegen.ptoas_setup
 	touch $(STAMP)
 
+# the test extra (pytest, hypothesis, lit, filecheck) for `make test`
+$(TSTAMP): $(STAMP)
+	$(VPY) -m pip install -q -e '.[test]'
+	touch $(TSTAMP)
+
 setup: $(STAMP)
 
 run: $(STAMP)
 	$(VPY) benchmarks/main_job.py --config flash $(RUN_ARGS)
 
-test: $(STAMP)
+test: $(TSTAMP)
 	$(VPY) -m pytest -q
 
 bench: $(STAMP)
