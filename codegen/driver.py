@@ -9,55 +9,20 @@ import argparse
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 
+from attnc.errors import AttncError, did_you_mean
+
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 
 
-class CliError(Exception):
-    pass
-
-
-def _error_types() -> tuple[type[BaseException], ...]:
-    from attnc.codegen.escape import UnsafeName
-    from attnc.codegen.io import InputError, OutputError
-    from attnc.codegen.memory import MemoryLimitError
-    from attnc.ir import IRError
-    from attnc.ir.dsl import DSLError
-    from attnc.ir.interpreter import InterpretError
-    from attnc.kernels_src.configs import ConfigError
-    from attnc.kernels_src.inputs import IndexInputError
-    from attnc.passes import PassError, PipelineError
-    from attnc.passes.verify import VerificationFailed
-
-    from attnc.codegen.pypto_options import OptionError
-    from attnc.codegen.tune import TuneError
-
-    types = [CliError, InputError, OutputError, MemoryLimitError, UnsafeName, IndexInputError, IRError, DSLError,
-             InterpretError, ConfigError, PassError, PipelineError, VerificationFailed, OptionError, TuneError]
-    try:
-        from attnc.codegen.pypto_emit import EmitError
-
-        types.append(EmitError)
-    except ImportError:
-        pass
-    try:
-        from attnc.codegen.pto_emit import PtoEmitError
-
-        types.append(PtoEmitError)
-    except ImportError:
-        pass
-    try:
-        from attnc.codegen.pypto_sim import PyptoSimError
-
-        types.append(PyptoSimError)
-    except ImportError:
-        pass
-    return tuple(types)
+class CliError(AttncError):
+    """A bad command line (flags, file arguments): the one error kind that speaks in flags."""
 
 
 # -------------------------------------------------------------------------------------------------- sources
@@ -143,7 +108,8 @@ def load_source(spec: str, config: str, overrides: list[str]) -> Source:
                            f"{', '.join(registered) or 'none'}; use @stage(\"{name}\", ...))")
         spec = name
     if spec not in STAGES:
-        raise CliError(f"unknown stage '{spec}' (known: {', '.join(STAGES)}; or give a FILE.mlir)")
+        raise CliError(f"unknown stage '{spec}'{did_you_mean(spec, STAGES)} (known: {', '.join(STAGES)}; or give a "
+                       "FILE.mlir)")
     st = STAGES[spec]
     reason = st.needs(cfg)
     if reason:
@@ -189,21 +155,42 @@ def source_inputs(src: Source, seed: int, npz_path: str | None = None, extra: di
 # -------------------------------------------------------------------------------------------------- commands
 
 
+def pass_options(name: str) -> list[tuple[str, str, object]]:
+    """(option as spelled in a pipeline, type or its values, default) of a pass."""
+    import dataclasses
+
+    from attnc.passes import pass_class
+
+    cls = pass_class(name)
+    choices = getattr(cls, "option_choices", {})
+    return [(f.name.replace("_", "-"), "|".join(choices[f.name]) if f.name in choices else
+             f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type)), f.default)
+            for f in dataclasses.fields(cls)]
+
+
 def cmd_list(args) -> int:
     from attnc.kernels_src import CONFIGS, STAGES
-    from attnc.passes import pass_names, pass_summary
+    from attnc.passes import DEFAULT_PIPELINES, pass_class, pass_names, pass_summary, pass_tolerance
 
-    for name, st in STAGES.items():
-        print(f"stage   {name:<22} {st.doc}")
-    for name, cfg in CONFIGS.items():
-        print(f"config  {name:<22} batch={cfg['batch']} seq={cfg['seq']} dim={cfg['dim']} heads={cfg['n_heads']} "
-              f"window={cfg['window']} compress_ratio={cfg['compress_ratio']}")
-    for name in pass_names():
-        print(f"pass    {name:<22} {pass_summary(name)}")
-    from attnc.passes import DEFAULT_PIPELINES
-
-    for target, pipe in DEFAULT_PIPELINES.items():
-        print(f"pipeline {target:<21} {pipe}")
+    what = args.what or "all"
+    if what in ("all", "stages"):
+        for name, st in STAGES.items():
+            print(f"stage   {name:<22} {st.doc}")
+    if what in ("all", "configs"):
+        for name, cfg in CONFIGS.items():
+            print(f"config  {name:<22} batch={cfg['batch']} seq={cfg['seq']} dim={cfg['dim']} heads={cfg['n_heads']} "
+                  f"window={cfg['window']} compress_ratio={cfg['compress_ratio']}")
+    if what == "all":
+        for name in pass_names():
+            print(f"pass    {name:<22} {pass_summary(name)}")
+    if what == "passes":  # each pass with its options (pipeline spelling, type, default) and its tolerance
+        for name in pass_names():
+            print(f"{name}  (tolerance {pass_tolerance(pass_class(name)):g}): {pass_summary(name)}")
+            for opt, typ, default in pass_options(name):
+                print(f"    {opt}: {typ} = {default}")
+    if what in ("all", "pipelines"):
+        for target, pipe in DEFAULT_PIPELINES.items():
+            print(f"pipeline {target:<21} {pipe}")
     return 0
 
 
@@ -285,12 +272,14 @@ def _check_print_ir_names(names: list[str]) -> None:
 
     for name in names:
         if name.split("{")[0] not in pass_names():
-            raise CliError(f"--print-ir-before/--print-ir-after: unknown pass '{name}' (known: {', '.join(pass_names())})")
+            raise CliError(f"--print-ir-before/--print-ir-after: unknown pass '{name}'{did_you_mean(name, pass_names())} "
+                           f"(known: {', '.join(pass_names())})")
 
 
 def _ir_dump(title: str, text: str) -> None:
-    print(f"// -----// IR Dump {title} //----- //", file=sys.stderr)
-    sys.stderr.write(text)
+    from attnc.codegen.progress import stderr_write
+
+    stderr_write(f"// -----// IR Dump {title} //----- //\n{text}")
 
 
 def pypto_options(args):
@@ -372,7 +361,7 @@ def cmd_compile(args) -> int:
     try:
         report = compile_source(src, pipeline, verify_each=args.verify_each, seed=args.seed, after_pass=after_pass,
                                 before_pass=before_pass, timing=timing)
-    except _error_types() as e:
+    except AttncError as e:
         # the pass that failed: the one running (a refusal) or the last one done (a --verify-each mismatch)
         failed = state["running"] or (dumps[-1][0][3:-5] if len(dumps) > 1 else "input")
         if args.print_ir_after_failure:
@@ -514,8 +503,10 @@ def note_seeded(src: Source, seeded: list[str], seed: int, no_seed: bool) -> Non
         return
     if no_seed:
         raise CliError(f"--no-seed: {src.name} needs {len(seeded)} more input array(s): {', '.join(seeded)}")
-    print(f"attnc: note: seeded {len(seeded)} of {len(src.arg_names)} inputs of {src.name} (seed {seed}): "
-          f"{', '.join(seeded)}", file=sys.stderr)
+    from attnc.codegen.progress import stderr_write
+
+    stderr_write(f"attnc: note: seeded {len(seeded)} of {len(src.arg_names)} inputs of {src.name} (seed {seed}): "
+                 f"{', '.join(seeded)}\n")
 
 
 def _state_arrays(src: Source, path: str) -> dict:
@@ -908,8 +899,50 @@ def _seed(text: str) -> int:
 
 
 
+def _in_file(text: str) -> str:
+    """A file argument read by attnc: `-` (stdin) is only a source (MLIR text), never an .npz or a JSON file."""
+    if text == "-":
+        raise argparse.ArgumentTypeError("'-' (stdin) is accepted only as the SOURCE; name a file")
+    return text
+
+
+def _out_path(text: str, dash: bool = False, folder: bool = False) -> str:
+    """An output path: `-` is stdout only where the output is text (`dash`); its folder must exist unless the
+    path ends in `/` (a folder attnc creates) or names one (`folder`: the argument is itself a folder)."""
+    if text == "-":
+        if dash:
+            return text
+        raise argparse.ArgumentTypeError("'-' (stdout) is only for text output (compile -o); name a file")
+    if text.endswith("/") or folder:
+        return text
+    parent = os.path.dirname(text)
+    if parent and not os.path.isdir(parent):
+        ancestor = parent
+        while ancestor and not os.path.exists(ancestor):
+            ancestor = os.path.dirname(ancestor)
+        if ancestor and not os.path.isdir(ancestor):  # a file in the way: the output check names it
+            return text
+        raise argparse.ArgumentTypeError(f"{text}: folder {parent}/ does not exist (end a path with / to have "
+                                         "attnc create a folder)")
+    return text
+
+
+def _out_text(text: str) -> str:
+    return _out_path(text, dash=True)
+
+
+def _out_dir(text: str) -> str:
+    return _out_path(text, folder=True)
+
+
+_INVALID_CHOICE = re.compile(r"invalid choice: '(.*?)' \(choose from (.*)\)")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, like every other input error
+        m = _INVALID_CHOICE.search(message)
+        if m:  # a mistyped command or choice: name the closest one
+            message += did_you_mean(m.group(1), re.findall(r"'([^']*)'", m.group(2)))
         raise CliError(f"{self.prog}: {message}")
 
 
@@ -963,7 +996,10 @@ def build_parser() -> argparse.ArgumentParser:
         q.set_defaults(fn=fn)
         return q
 
-    add("list", "stages, configs and passes, one line each", cmd_list)
+    ls = add("list", "stages, configs, passes and pipelines, one line each", cmd_list)
+    ls.add_argument("what", nargs="?", choices=("stages", "configs", "passes", "pipelines"), default=None,
+                    help="only these; `passes` also shows each pass's options (type = default) and tolerance "
+                         "(default: everything, one line each)")
 
     sc = add("show-config", "a config as JSON (with its derived sizes)", cmd_show_config)
     sc.add_argument("name", help="config name (see `attnc list`)")
@@ -977,7 +1013,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--seqlens", type=_positions, default=None, metavar="N,N,...",
                        help="packed layout: each row's token count (cu_seqlens are their prefix sums); default: "
                             "seeded")
-        q.add_argument("--state", metavar="OUT.npz", default=None,
+        q.add_argument("--state", metavar="OUT.npz", default=None, type=_in_file,
                        help="the in/out arrays (caches, rings, states) of a previous step's --out file, over "
                             "--inputs (default: none)")
 
@@ -988,7 +1024,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key (repeatable)")
         if pipeline:
-            q.add_argument("--pipeline", "--pass-pipeline", dest="pipeline", default=None, metavar="PIPELINE",
+            q.add_argument("-p", "--pipeline", "--pass-pipeline", dest="pipeline", default=None, metavar="PIPELINE",
                            help="pass pipeline, `a,b{opt=1}` or `builtin.module(a,b)`; default: the target's "
                                  "(`attnc list` shows both)")
         q.add_argument("--seed", type=_seed, default=0, help="seed of the generated inputs, 0 <= SEED < 2**63")
@@ -997,7 +1033,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "'vec_nbuffer_setting={-1: 4}'; see codegen/pypto_options.py (repeatable)")
         q.add_argument("--timing", action="store_true",
                        help="print the wall time of every phase (build/parse, each pass, each verify, emit, write)")
-        q.add_argument("--tuning", metavar="FILE", default=None,
+        q.add_argument("--tuning", metavar="FILE", default=None, type=_in_file,
                        help="apply a tuning file from `attnc tune` (its pipeline and pypto options; default: none)")
 
     c = add("compile", "compile a stage, an .mlir file or stdin", cmd_compile)
@@ -1006,7 +1042,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output kind (pto: one .pto file per token loop, for ptoas; -o names a folder)")
     c.add_argument("--pto-dtype", choices=("f16",), default=None,
                    help="--emit pto: compute bf16 values in f16 (ptoas 0.1.1 has no bf16) (default: bf16 kept)")
-    c.add_argument("-o", "--output", metavar="FILE|DIR/", default=None,
+    c.add_argument("-o", "--output", metavar="FILE|DIR/", default=None, type=_out_text,
                    help="output file (- = stdout); DIR/ (trailing slash) or an existing folder writes "
                         "DIR/<stage>.mlir or DIR/<stage>.pypto.py; default: stdout")
     c.add_argument("--print-ir-before", action="append", default=[], metavar="PASS",
@@ -1019,7 +1055,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the IR after a pass only when the pass changed it")
     c.add_argument("--print-ir-after-failure", action="store_true",
                    help="print the IR a failing pass (or failed verification) left behind")
-    c.add_argument("--dump-dir", metavar="DIR", default=None,
+    c.add_argument("--dump-dir", metavar="DIR", default=None, type=_out_dir,
                    help="write 00-input.mlir and NN-<pass>.mlir after each pass; on a failure the dumps up to it "
                         "and NN-<pass>.failed.mlir (default: no dumps)")
     c.add_argument("--print-debuginfo", action="store_true",
@@ -1035,13 +1071,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="interp: the torch interpreter; pypto-sim: the emitted pypto program in SIM on the CPU")
     r.add_argument("--level", choices=("tensor", "tile"), default="tensor",
                    help="interpret the stage as built (tensor) or after the pipeline (tile)")
-    r.add_argument("--inputs", metavar="IN.npz", default=None,
+    r.add_argument("--inputs", metavar="IN.npz", default=None, type=_in_file,
                    help="input arrays by parameter name (`attnc inputs` writes one); default: none, every array "
                         "seeded (one note line names the seeded arrays)")
     r.add_argument("--no-seed", action="store_true",
                    help="a missing input array is an error instead of a seeded value")
     step_inputs(r, "overrides the file; ", ", or 0 with --steps")
-    r.add_argument("--steps-file", metavar="FILE", default=None,
+    r.add_argument("--steps-file", metavar="FILE", default=None, type=_in_file,
                    help="decode one step per entry of FILE, each with its own token count per row (seq): one "
                         "positive integer a line (# comments) or a JSON list, e.g. [16, 1, 1, 4]; state carried as "
                         "with --steps (default: none)")
@@ -1049,16 +1085,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode N steps (default 1): each step's in/out arrays (caches, rings, states) feed the next, "
                         "start_pos advances by seq (packed: each row's positions by its token count), x is seeded "
                         "per step (seed+k); --out gets the last step")
-    r.add_argument("--out", metavar="OUT.npz", default=None, help="write the outputs by name (default: not written)")
+    r.add_argument("--out", metavar="OUT.npz", default=None, type=_out_path, help="write the outputs by name (default: not written)")
     r.add_argument("--time-only", action="store_true", help="pypto targets: simulated time only, no values")
-    r.add_argument("--trace-dir", metavar="DIR", default=None,
+    r.add_argument("--trace-dir", metavar="DIR", default=None, type=_out_dir,
                    help="pypto targets: keep the cost model's Perfetto trace (DIR/<stage>.perfetto.json) and draw "
                         "its swim lanes (DIR/<stage>.swim.png) (default: not kept)")
 
     i = add("inputs", "write a stage's inputs (seeded, or completed from --inputs) to an .npz", cmd_inputs)
     common(i, pipeline=False)
-    i.add_argument("-o", "--output", metavar="IN.npz", required=True, help="the .npz to write")
-    i.add_argument("--inputs", metavar="IN.npz", default=None, help="arrays to keep; the rest are seeded (default: all seeded)")
+    i.add_argument("-o", "--output", metavar="IN.npz", required=True, type=_out_path, help="the .npz to write")
+    i.add_argument("--inputs", metavar="IN.npz", default=None, type=_in_file, help="arrays to keep; the rest are seeded (default: all seeded)")
     step_inputs(i, "", "")
     pl = add("plot", "pictures (PNG, or SVG by suffix): tile schedule, phase timing, token visibility", cmd_plot)
     pl.add_argument("kind", choices=("schedule", "timing", "visibility", "errors"),
@@ -1067,8 +1103,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "error after every pass vs the level before (with the pass's tolerance), the tensor "
                          "level and the FP32 reference")
     common(pl)
-    pl.add_argument("-o", "--output", metavar="FILE.png", required=True, help="the picture to write")
-    pl.add_argument("--inputs", metavar="IN.npz", default=None,
+    pl.add_argument("-o", "--output", metavar="FILE.png", required=True, type=_out_path,
+                    help="the picture to write")
+    pl.add_argument("--inputs", metavar="IN.npz", default=None, type=_in_file,
                     help="visibility, errors: inputs (start_pos, cmp_idx, ...); default: seeded")
     pl.add_argument("--start-pos", type=_positions, default=None, metavar="P[,P...]",
                     help="visibility, errors: every row's start position (default: seeded)")
@@ -1085,6 +1122,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _subparser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser | None:
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return actions[0].choices.get(command) if actions and command else None
+
+
 def main(argv: list[str] | None = None) -> int:
     from attnc.codegen.progress import Timing
 
@@ -1095,7 +1137,13 @@ def main(argv: list[str] | None = None) -> int:
         if not argv:  # `attnc` alone: usage and the commands
             parser.print_help()
             return 0
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # name the closest option of the command
+            sub = _subparser(parser, getattr(args, "command", None))
+            options = [o for a in sub._actions for o in a.option_strings] if sub else []
+            flag = next((w for w in extra if w.startswith("-")), extra[0])
+            raise CliError(f"{sub.prog if sub else 'attnc'}: unrecognized arguments: {' '.join(extra)}"
+                           f"{did_you_mean(flag.split('=')[0], options) if flag.startswith('-') else ''}")
         if getattr(args, "fn", None) is None:
             raise CliError("attnc: a command is required (attnc --help)")
         args.timing_report = timing
@@ -1106,7 +1154,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except SystemExit as e:  # --help, --version
         return int(e.code or 0)
-    except _error_types() as e:
+    except AttncError as e:  # every user-facing error; nothing is imported to report it
         print(f"attnc: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -12,14 +12,15 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from attnc.errors import AttncError
 from attnc.ir.types import dtype_of, shape_of, torch_dtype
 
 
-class InputError(Exception):
+class InputError(AttncError):
     """A missing, unknown or mis-shaped array in an input file; one line naming the file and the array."""
 
 
-class OutputError(Exception):
+class OutputError(AttncError):
     """An output path that cannot be written; one line naming the path. Nothing of the command is left behind."""
 
 

@@ -8,13 +8,14 @@ import os
 
 from xdsl.dialects.builtin import ModuleOp, TensorType
 
+from attnc.errors import AttncError
 from attnc.ir.tensor_dialect import cache_entries, cache_window
 from attnc.ir.types import dtype_of, shape_of
 
 _BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i8": 1, "i1": 1}
 
 
-class MemoryLimitError(Exception):
+class MemoryLimitError(AttncError):
     """A command would need more memory than the machine has; the message names the estimate."""
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from attnc.errors import AttncError
 from attnc.ir.interpreter import entry_function, run_module
 
 from .pto_emit import KernelPlan, token_loops
@@ -26,7 +27,7 @@ _NP = {"f16": np.float16, "f32": np.float32, "i32": np.int32}
 _CXX = {"f16": "half", "f32": "float", "i32": "int32_t"}
 
 
-class PtoCheckError(Exception):
+class PtoCheckError(AttncError):
     pass
 
 

@@ -23,6 +23,7 @@ from xdsl.dialects import arith, scf
 from xdsl.dialects.builtin import IndexType, IntegerAttr, TensorType
 from xdsl.ir import Operation, SSAValue
 
+from attnc.errors import AttncError
 from attnc.ir.common import op_location
 from attnc.ir.interpreter import entry_function
 from attnc.ir.types import dtype_of, shape_of
@@ -55,7 +56,7 @@ DEFECTS = {
 }
 
 
-class PtoEmitError(Exception):
+class PtoEmitError(AttncError):
     """One line: '<DSL location>: --emit pto: ...'."""
 
 

@@ -18,10 +18,12 @@ import sys
 import sysconfig
 from dataclasses import dataclass
 
+from attnc.errors import AttncError
+
 _HASHED = re.compile(r"^(lib.+?)-[0-9a-f]{8}(\.so(?:\.[0-9.]+)?)$")
 
 
-class PtoasUnavailable(Exception):
+class PtoasUnavailable(AttncError):
     """ptoas cannot start here; the message says why (tests skip with it)."""
 
 

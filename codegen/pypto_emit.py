@@ -17,6 +17,7 @@ from xdsl.dialects.builtin import ModuleOp, TensorType
 from xdsl.ir import BlockArgument, Operation, SSAValue
 
 from attnc.codegen.escape import code_text, identifier
+from attnc.errors import AttncError
 from attnc.ir.common import LOC_ATTR, ints_of, op_location
 from attnc.ir.interpreter import entry_function
 from attnc.ir.types import dtype_of, shape_of
@@ -41,7 +42,7 @@ _TEMPLATE = jinja2.Environment(loader=jinja2.PackageLoader("attnc.codegen", "tem
                                keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
 
 
-class EmitError(Exception):
+class EmitError(AttncError):
     """The IR contains something pypto 0.2.0 cannot express; the message starts with the op location."""
 
 

@@ -56,6 +56,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from attnc.errors import AttncError
+
 TUNING_FORMAT = 1
 UB_BYTES = 192 * 1024
 SIM_VERIFY = "none"
@@ -109,7 +111,7 @@ PYPTO_SPACE = {
 }
 
 
-class TuneError(Exception):
+class TuneError(AttncError):
     """Bad tune input or a tune that cannot produce a file; one line."""
 
 
@@ -925,7 +927,7 @@ def add_parser(sub, formatter_class=None) -> None:
     t.add_argument("--config", default="tiny", help="model/shape config")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable; default: none)")
-    t.add_argument("--pipeline", default=None, help="base pipeline (default: the pypto pipeline)")
+    t.add_argument("-p", "--pipeline", default=None, help="base pipeline (default: the pypto pipeline)")
     t.add_argument("--budget", type=int, default=8,
                    help="at most this many candidates timed (a cached timing counts but costs no SIM run)")
     t.add_argument("--space", action="append", default=[], metavar="NAME=V1|V2",
@@ -942,8 +944,12 @@ def add_parser(sub, formatter_class=None) -> None:
                         "(the outputs only: a whole flash layer's re-check at B=2 with the records took > 8.4 GB "
                         "and > 13 min here) (default: default)")
     t.add_argument("--no-cache", action="store_true", help="time every candidate again (default: use the cache)")
-    t.add_argument("--plot", metavar="FILE.png", default=None, help="default: the tuning file with .png")
-    t.add_argument("-o", "--output", metavar="FILE", required=True, help="the tuning file to write (required)")
+    from attnc.codegen.driver import _out_path
+
+    t.add_argument("--plot", metavar="FILE.png", default=None, type=_out_path,
+                   help="default: the tuning file with .png")
+    t.add_argument("-o", "--output", metavar="FILE", required=True, type=_out_path,
+                   help="the tuning file to write (required)")
     t.set_defaults(fn=cmd_tune)
 
 

@@ -25,11 +25,13 @@ from .common import LOC_ATTR, bool_attr, float_attr, int_array, str_attr
 from .tensor_dialect import ATTN
 from .types import DTYPES, dtype_of, shape_of, tensor_type
 
+from attnc.errors import AttncError
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _PKG_ROOT = os.path.dirname(_HERE)
 
 
-class DSLError(Exception):
+class DSLError(AttncError):
     """A stage uses the DSL wrongly (shape/dtype mismatch ...); message starts with file:line."""
 
 

@@ -24,8 +24,10 @@ from .common import BINARY, UNARY, ints_of, op_location
 from .topk import TopkCall, topk_indices
 from .types import dtype_of, shape_of, torch_dtype
 
+from attnc.errors import AttncError
 
-class InterpretError(Exception):
+
+class InterpretError(AttncError):
     """An op could not be executed (out-of-range index, bad input); message starts with the op location."""
 
 

@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from attnc.errors import AttncError
 from attnc.ir.dsl import StageDef, stage_config, stage_params
 from attnc.ir.types import torch_dtype
 
@@ -158,7 +159,7 @@ DISTINCT_INPUTS = {"ring_block_table": "kv_ring", "cmp_block_table": "kv_cmp/idx
 DISTINCT_PER_ROW = {"cmp_idx": "a token's listed entries are a set"}
 
 
-class IndexInputError(ValueError):
+class IndexInputError(AttncError, ValueError):
     """An index input outside its range; the message names the array, the element and the range."""
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 from xdsl.passes import ModulePass, PassPipeline
 from xdsl.utils.arg_spec import parse_pipeline
+
+from attnc.errors import AttncError, did_you_mean
 
 DEFAULT_PIPELINE = ("fuse-rmsnorm,rope-selector-matmul,gather-keys,tile-softmax{kv-tile=32},parallelize-tokens{rows=16},"
                     "tile-matmul{k=512},lower-to-tiles,canonicalize,cse,update-in-place")
@@ -61,7 +63,7 @@ _XDSL_PASSES = {
 }
 
 
-class PassError(Exception):
+class PassError(AttncError):
     """A pass cannot apply (e.g. a dependence check refused it); one line naming the pass and the op location."""
 
 
@@ -69,6 +71,8 @@ class PassError(Exception):
 class AttncPass(ModulePass):
     tolerance: ClassVar[float] = 0.0
     summary: ClassVar[str] = ""
+    # the values an enumerated option takes (`attnc list passes` shows them)
+    option_choices: ClassVar[dict[str, tuple[str, ...]]] = {}
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,13 @@ def build_pipeline(spec: str, callback=None) -> PassPipeline:
     passes = []
     for s in specs:
         if s.name not in pass_names():
-            raise PipelineError(f"pipeline: unknown pass '{s.name}' (known: {', '.join(pass_names())})")
+            raise PipelineError(f"pipeline: unknown pass '{s.name}'{did_you_mean(s.name, pass_names())} "
+                                f"(known: {', '.join(pass_names())})")
+        known = [f.name.replace("_", "-") for f in fields(pass_class(s.name))]
+        for opt in s.parameters:
+            if opt.replace("_", "-") not in known:
+                raise PipelineError(f"pipeline: pass '{s.name}' has no option '{opt}'{did_you_mean(opt, known)} "
+                                    f"(options: {', '.join(known) or 'none'})")
         try:
             passes.append(pass_class(s.name).from_pass_spec(s))
         except Exception as e:
@@ -159,7 +169,7 @@ def build_pipeline(spec: str, callback=None) -> PassPipeline:
     return PassPipeline(tuple(passes), callback)
 
 
-class PipelineError(Exception):
+class PipelineError(AttncError):
     pass
 
 

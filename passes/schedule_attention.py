@@ -308,9 +308,10 @@ class ScheduleAttention(PatternPass):
     vec_tile: int = 16384
     sink: str = "auto"
     unroll: int = UNROLL_TOKENS
+    option_choices = {"schedule": SCHEDULES, "normalize": NORMALIZE, "sink": SINKS}
 
     def pattern(self):
-        for option, choices in (("schedule", SCHEDULES), ("normalize", NORMALIZE), ("sink", SINKS)):
+        for option, choices in self.option_choices.items():
             if getattr(self, option) not in choices:
                 raise PassError(f"schedule-attention: {option} must be one of {', '.join(choices)}, "
                                 f"got '{getattr(self, option)}'")

@@ -20,6 +20,8 @@ import numpy as np
 
 from .runner import VERIFY_MODES, run_dir_for_pid
 
+from attnc.errors import AttncError
+
 __all__ = ["PyptoSimError", "SimResult", "run_in_subprocess", "pypto_available", "npu_available", "RUNNER"]
 
 RUNNER = Path(__file__).resolve().with_name("runner.py")
@@ -30,7 +32,7 @@ _OK = ("PASS", "NO_COMPARE")
 RUNTIME_ERROR_TAG = "[MACHINE]:ErrCode"
 
 
-class PyptoSimError(RuntimeError):
+class PyptoSimError(AttncError, RuntimeError):
     """The child run failed (compile error, crash, timeout). The message is one line and ends with the tail of
     the child's stderr."""
 
