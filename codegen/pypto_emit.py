@@ -127,6 +127,8 @@ class _Emitter:
     vec_budget: int = PyptoOptions.vec_tile_elems
     params: set = field(default_factory=set)  # the kernel's input parameters (SSA block arguments)
     scalar_only: set = field(default_factory=set)  # ops whose results only feed scatter_rows ids
+    # zero-padded pieces assembled with their padding below them: ([rows, ...], [row offset, 0, ...]) each
+    padded_pieces: list = field(default_factory=list)
 
     def vec_tile_of(self, shape, dtype: str, budget: int | None = None) -> str:
         return ", ".join(map(str, vec_tile(shape, dtype, budget or self.vec_budget)))
@@ -396,6 +398,7 @@ class _Emitter:
             self.emit(f"pypto.assemble({self.ref(piece)}, [{row}, {', '.join('0' for _ in rest)}], {scratch})")
             if _zero_padded_rows(piece):
                 valid = self.ref(piece.owner.valid[0])
+                self.padded_pieces.append(([rows, *rest], [row, *(0 for _ in rest)]))
                 self.emit(f"if {valid} < {rows}:  # the piece's padding rows read as zeros")
                 self.depth += 1
                 pad = self.fresh("z")
@@ -884,5 +887,6 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
     return _TEMPLATE.get_template("pypto_kernel.py.j2").render(
         stage=code_text(fn.sym_name.data), arg_names=list(dtypes), output_names=out_names, dtypes=dtypes,
         shapes=shapes, scratch_names=[n for n, _, _ in em.scratch], params=params, body=em.lines,
+        padded_pieces=[[shape, offset] for shape, offset in em.padded_pieces],
         combine_axis=options.combine_axis,
         pass_options=repr(options.pass_options()), runtime_options=repr(options.runtime_options()))

@@ -323,13 +323,27 @@ def attnc_input_error():
     return InputError
 
 
-def test_sim_verify_failures_fail_unless_documented():
+def test_sim_verify_failures_fail_unless_their_cause_is_known():
+    """A record is excused by its cause (pypto error code and op), never by its pass name; an AssembleChecker
+    overlap only when it is a padded piece and its own padding (PADDED_PIECES of the program)."""
     from types import SimpleNamespace
 
     from attnc.codegen.driver import CliError, _check_sim_verify
 
-    known = SimpleNamespace(failed_records=[("Pass_04_ExpandFunction", 3, "FAILED")], verify=[None] * 10)
-    _check_sim_verify(known)  # a documented pypto limitation: a note, exit 0
-    unknown = SimpleNamespace(failed_records=[("Pass_09_Other", 1, "FAILED")], verify=[None] * 10)
-    with pytest.raises(CliError, match=r"1 of 10 records FAILED \(first: pass Pass_09_Other"):
-        _check_sim_verify(unknown)
+    gather = {"code": "FB200F", "op": "GATHER", "line": None, "function": "F"}
+    known = SimpleNamespace(failed_records=[("F:ExpandFunction", 0, "EXCEPTION", gather)], verify=[None] * 10,
+                            program="")
+    _check_sim_verify(known)  # a known pypto limitation by its cause: a note, exit 0
+    same_pass = SimpleNamespace(failed_records=[("F:ExpandFunction", 0, "EXCEPTION", {**gather, "op": "MATMUL"})],
+                                verify=[None] * 10, program="")
+    with pytest.raises(CliError, match=r"1 of 10 records FAILED with no known cause \(first: pass F:ExpandFunction"
+                                       r".*code FB200F, op MATMUL"):
+        _check_sim_verify(same_pass)
+    overlap = ("AssembleChecker", 7, "OVERLAP", {"code": "AssembleChecker", "op": "ASSEMBLE", "tensor": 7,
+                                                 "inputs": [[[8, 128], [0, 0]], [[8, 128], [3, 0]]]})
+    padded = "x = 1\nPADDED_PIECES = [[[8, 128], [0, 0]], [[4, 128], [10, 0]]]\n"
+    _check_sim_verify(SimpleNamespace(failed_records=[overlap], verify=[None] * 4, program=padded))
+    elsewhere = (*overlap[:3], {**overlap[3], "inputs": [[[8, 128], [0, 0]], [[8, 128], [8, 0]]]})
+    for program, record in (("", overlap), (padded, elsewhere)):
+        with pytest.raises(CliError, match="AssembleChecker: assembles into tensor 7 overlap"):
+            _check_sim_verify(SimpleNamespace(failed_records=[record], verify=[None] * 4, program=program))
