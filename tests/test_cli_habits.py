@@ -343,6 +343,9 @@ def test_sim_verify_failures_fail_unless_their_cause_is_known():
                                                  "inputs": [[[8, 128], [0, 0]], [[8, 128], [3, 0]]]})
     padded = "x = 1\nPADDED_PIECES = [[[8, 128], [0, 0]], [[4, 128], [10, 0]]]\n"
     _check_sim_verify(SimpleNamespace(failed_records=[overlap], verify=[None] * 4, program=padded))
+    runtime = (*overlap[:3], {**overlap[3], "inputs": [[[8, 128], [0, 0]], [[4, 128], [10, 0]]]})
+    runtime[3]["inputs"] = [[[4, 128], [0, 0]], [[4, 128], [10, 0]]]  # the padding's runtime offset read as 0
+    _check_sim_verify(SimpleNamespace(failed_records=[runtime], verify=[None] * 4, program=padded))
     elsewhere = (*overlap[:3], {**overlap[3], "inputs": [[[8, 128], [0, 0]], [[8, 128], [8, 0]]]})
     for program, record in (("", overlap), (padded, elsewhere)):
         with pytest.raises(CliError, match="AssembleChecker: assembles into tensor 7 overlap"):

@@ -99,7 +99,7 @@ def test_cli_run_pypto_sim_prints_aicore_time(capsys, tmp_path):
     out = capsys.readouterr().out.strip().splitlines()
     assert code == 0 and out[-1].startswith("aicore_us: ") and float(out[-1].split()[1]) > 0
     checks = [ln for ln in out if ln.startswith("check ")]  # every output checked against the interpreter
-    assert [ln.split()[1] for ln in checks] == STAGES["qkv_proj_rope"].outputs, out
+    assert [ln.split()[1] for ln in checks] == list(STAGES["qkv_proj_rope"].outputs), out
     assert all(ln.split()[-1] in ("exact", "bounded") for ln in checks), checks
     assert (tmp_path / "o.npz").exists()
 
