@@ -183,7 +183,44 @@ def _permuted_picks(cmp_idx, seed: int):
     return flat.reshape(cmp_idx.shape)
 
 
-def run_cell(cell: Cell, matrix_seed: int = 0, sim: bool = True, timeout_s: float = SIM_TIMEOUT_S) -> Result:
+def _layer_history(cell: Cell, st, names, start_pos, seed):
+    """A dense layer step after its history (tests/layer_harness.py: the layer's own tensor-level steps from
+    position 0 over one fixed token sequence per row), so the FP32 layer reference, which recomputes everything
+    from token rows, applies at any start position: (driver, the step's inputs)."""
+    import torch
+
+    from tests.layer_harness import LayerDriver
+
+    kind = cell.stage.removeprefix("decode_")
+    d = LayerDriver(kind, batch=cell.batch, length=MAX_POS, seed=seed,
+                    overrides=(("n_cmp", MAX_POS // 4), ("cmp_topk", 8)))
+    state = d.history(list(start_pos))
+    x = torch.stack([d.x_hist[b, p:p + cell.seq] for b, p in enumerate(start_pos)])
+    args = dict(d.weights, **state, x=x, start_pos=torch.tensor(start_pos, dtype=torch.int32), rope_cos=d.cos,
+                rope_sin=d.sin)
+    return d, {n: args[n] for n in names}
+
+
+def _layer_reference(d, start_pos, seq: int, outs: dict):
+    """The layer reference of the step (CSA: on the kernel's own picks, judged by their own check)."""
+    from tests.reference.dsv4_layer_reference import layer_reference
+
+    def ref(inputs: dict) -> dict:
+        selection = None
+        if "cmp_idx" in outs:
+            selection = {(b, s): [int(i) for i in outs["cmp_idx"][b, s] if int(i) >= 0]
+                         for b in range(len(start_pos)) for s in range(seq)}
+        y = layer_reference(d.kind, d.cfg, d.reference_weights(), d.x_hist.float(), list(start_pos), seq,
+                            selection=selection)
+        return {"out": y["y"]}
+
+    return ref
+
+
+def run_cell(cell: Cell, matrix_seed: int = 0, sim: bool = True, timeout_s: float = SIM_TIMEOUT_S,
+             history: bool = True) -> Result:
+    """One cell. `history`: a dense layer at a start position > 0 runs after its own history (reference at every
+    start); without it the state is seeded and the layer reference applies only at position 0."""
     import torch
 
     from attnc.ir.dsl import stage_config, stage_params
@@ -222,14 +259,21 @@ def run_cell(cell: Cell, matrix_seed: int = 0, sim: bool = True, timeout_s: floa
     given = {"start_pos": torch.tensor(res.start_pos, dtype=torch.int32)}
     if cell.layout == "packed":
         given["cu_seqlens"] = torch.arange(0, cell.batch * cell.seq + 1, cell.seq, dtype=torch.int32)
+    driver = None
     try:
-        inputs = make_inputs(st, cfg, res.seed, given)
+        if history and cell.layout == "dense" and cell.stage.startswith("decode_") and any(res.start_pos):
+            driver, inputs = _layer_history(cell, st, names, res.start_pos, res.seed)
+        else:
+            inputs = make_inputs(st, cfg, res.seed, given)
     except Exception as e:  # noqa: BLE001 - a refused input is the harness's bug here: report it
         return done("failed", f"inputs: {_line(e)}")
     failures = []
     outs = dict(zip(st.outputs, run_module(module, list(inputs.values()))))
     layer = cell.stage.startswith("decode_")
-    ref_fn, why = _reference(cell, scfg, st, names, inputs)
+    if driver is not None:  # the step after its history: the whole-layer reference from the token rows
+        ref_fn, why = _layer_reference(driver, res.start_pos, cell.seq, outs), ""
+    else:
+        ref_fn, why = _reference(cell, scfg, st, names, inputs)
     if ref_fn is None:
         res.ref = {"status": "n/a", "note": why.split(":")[0][:160]}
     else:
@@ -324,6 +368,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="matrix seed: draws each cell's start positions and seed")
     ap.add_argument("--timeout", type=float, default=SIM_TIMEOUT_S, help="SIM timeout per cell, seconds")
     ap.add_argument("--table", action="store_true", help="print the table of --out and exit")
+    ap.add_argument("--no-history", action="store_true",
+                    help="dense layers: seeded state instead of the step's history (no reference past position 0)")
     args = ap.parse_args(argv)
     if args.table:
         for line in table(list(load(args.out).values())):
@@ -345,7 +391,7 @@ def main(argv=None) -> int:
 
     def one(c: Cell) -> Result:
         try:
-            return run_cell(c, args.seed, sim=not args.no_sim, timeout_s=args.timeout)
+            return run_cell(c, args.seed, sim=not args.no_sim, timeout_s=args.timeout, history=not args.no_history)
         except Exception as e:  # noqa: BLE001 - an unexpected error is a failed cell, the matrix goes on
             return Result(c.key, c.stage, c.layout, c.batch, c.seq, args.seed,
                           reason=f"internal: {type(e).__name__}: {_line(e)}")

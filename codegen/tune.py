@@ -675,7 +675,7 @@ def recheck(req: TuneRequest, base_pipeline: str, dims, params: dict, cache: Cac
     from attnc.codegen.driver import load_source, source_inputs
     from attnc.codegen.pypto_emit import emit_pypto
     from attnc.codegen.pypto_sim import PyptoSimError
-    from attnc.codegen.pypto_target import run_pypto_sim
+    from attnc.codegen.pypto_target import run_pypto_sim, unexcused
     from attnc.ir.topk import TIE_EPS
     from attnc.passes.verify import run_pipeline
 
@@ -699,12 +699,12 @@ def recheck(req: TuneRequest, base_pipeline: str, dims, params: dict, cache: Cac
     except PyptoSimError as e:
         return {"ok": False, "note": str(e)[:300], "max_error": None, "failed_records": None}
     out = compare_with_interpreter(src.module, inputs, res.outputs, src.output_names)
-    out["failed_records"] = len(res.failed_records)
+    out["failed_records"] = len(unexcused(res))  # records no cause excuses (pypto_target.excuse)
     cache.put(key, out)
     ties = out.get("topk")
     log(f"tune: re-check {'passed' if out['ok'] else 'FAILED'} ({_short(params, dims)}): max error "
         f"{_err(out['max_error'])} ({out['differing']} values differ), {out['failed_records']} pypto verify records "
-        f"failed" + (f"; top-k: {ties['differing']} of {ties['picks']} picks accepted as near-ties "
+        f"failed with no known cause" + (f"; top-k: {ties['differing']} of {ties['picks']} picks accepted as near-ties "
                      f"({ties['swapped']} other members)" if ties and ties["ok"] else "")
         + (f": {out['note']}" if not out["ok"] else ""))
     return out

@@ -35,7 +35,7 @@ def test_sample_covers_every_stage_and_layout_at_batch_one():
 
 @pytest.mark.parametrize("cell", SAMPLE, ids=[c.key for c in SAMPLE])
 def test_matrix_cell_interpreter_level(cell):
-    r = sim_matrix.run_cell(cell, 0, sim=False)
+    r = sim_matrix.run_cell(cell, 0, sim=False, history=False)  # seeded layer state: no history (fast)
     assert r.status in ("passed", "refused"), r.reason
     assert r.start_pos and len(r.start_pos) == cell.batch or r.status == "refused"
 
@@ -43,7 +43,7 @@ def test_matrix_cell_interpreter_level(cell):
 @needs_pypto
 @pytest.mark.parametrize("cell", SIM_SAMPLE, ids=[c.key for c in SIM_SAMPLE])
 def test_matrix_cell_in_sim(cell):
-    r = sim_matrix.run_cell(cell, 0, sim=True, timeout_s=600)
+    r = sim_matrix.run_cell(cell, 0, sim=True, timeout_s=600, history=False)
     assert r.status in ("passed", "refused"), r.reason
     assert r.status == "refused" or r.sim["status"] == "ok"
 
