@@ -726,8 +726,8 @@ def _check_sim_verify(res) -> None:
                        f"(first: {describe(bad[0], res.program)})")
     if res.failed_records:
         why = sorted({excuse(r, res.program) for r in res.failed_records})
-        print(f"attnc: note: {len(res.failed_records)} of {len(res.verify)} pypto verify records FAILED, each "
-              f"excused by its cause: {'; '.join(why)}", file=sys.stderr)
+        print(f"attnc: note: {len(res.failed_records)} of {len(res.verify)} pypto records (pass verify, "
+              f"AssembleChecker) not clean, each excused by its cause: {'; '.join(why)}", file=sys.stderr)
 
 
 def _keep_trace(src: Source, trace_tmp: str, trace_dir: str, label: str) -> None:

@@ -436,7 +436,8 @@ def main(argv: list[str]) -> int:
         except Exception as exc:  # noqa: BLE001
             meta["errors"].append(f"plog parse failed: {exc}")
         if rc:
-            notes = meta["errors"][-2:]
+            coded = [e for e in meta["errors"] if "ErrCode" in e]  # not the continuation chunks of a long message
+            notes = (coded or meta["errors"])[-2:]
             if not notes and console.exists():
                 notes = [ln for ln in console.read_text(errors="replace").splitlines() if _meaningful(ln)][-2:]
             for line in notes:
