@@ -116,22 +116,29 @@ def test_plog_records_name_their_cause_and_known_causes_are_excused():
     assert "program line 3: t9 = pypto.index_select" in describe(records[1], program)
     assert all(excuse(r) for r in records[1:3])
     assert records[3][3]["inputs"] == [[[8, 128], [0, 0]], [[8, 128], [0, 0]]]
-    assert excuse(records[3], "PADDED_PIECES = [[[8, 128], [0, 0]]]") and excuse(records[3], "") is None
+    assert excuse(records[3], "ASSEMBLED_PIECES = [[[[8, 128], [0, 0], True], [[2, 128], [8, 0], False]]]")
+    assert excuse(records[3], "") is None
     other_op = [*records[1][:3], {**records[1][3], "op": "INDEX_ADD"}]
     assert excuse(other_op) is None  # same pass, another cause: not excused
 
 
-def test_emitted_padded_pieces_are_the_padded_assembles():
-    """PADDED_PIECES lists exactly the pieces the emitter assembles with a zero block below their valid rows."""
+def test_emitted_assembled_pieces_are_the_assembles():
+    """ASSEMBLED_PIECES lists exactly the pieces the emitter assembles into a concat's scratch, their rows
+    partitioning it, and the padded ones are those assembled with a zero block below their valid rows."""
     from attnc.codegen.pypto_emit import emit_pypto
-    from attnc.codegen.pypto_target import padded_pieces
+    from attnc.codegen.pypto_target import assembled_pieces
 
     module, _, _ = _compiled("sparse_attn_core")
     text = emit_pypto(module)
-    pieces = padded_pieces(text)
-    assert pieces
-    for shape, offset in pieces:  # the piece at its offset, then its padding of the same shape below its rows
-        pad = re.search(rf"pypto\.full\({re.escape(str(shape))}, 0\.0, [\w.]+, valid_shape=\[{shape[0]} - (\w+),"
-                        rf".*\n.*pypto\.assemble\(\w+, \[{offset[0]} \+ \1, ", text)
-        assert pad, (shape, offset)
-    assert len(pieces) == text.count("# the piece's padding rows read as zeros")
+    groups = assembled_pieces(text)
+    assert groups and text == emit_pypto(module)
+    padded = 0
+    for group in groups:
+        assert [o[0] for _, o, _ in group] == [sum(s[0] for s, _, _ in group[:i]) for i in range(len(group))]
+        for shape, offset, pad in group:  # the piece at its offset; a padded one's zeros below its valid rows
+            assert re.search(rf"pypto\.assemble\((pypto\.clone\()?\w+\)?, \[{offset[0]}, 0\], k\d+\)", text)
+            found = re.search(rf"pypto\.full\({re.escape(str(shape))}, 0\.0, [\w.]+, valid_shape=\[{shape[0]} - "
+                              rf"(\w+),.*\n.*pypto\.assemble\(\w+, \[{offset[0]} \+ \1, ", text)
+            assert bool(found) == pad, (shape, offset)
+            padded += pad
+    assert padded == text.count("# the piece's padding rows read as zeros")
