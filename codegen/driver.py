@@ -25,6 +25,13 @@ class CliError(AttncError):
     """A bad command line (flags, file arguments): the one error kind that speaks in flags."""
 
 
+EXIT_MISMATCH = 1
+
+
+class CheckMismatch(Exception):
+    """A pypto run's output differs from the interpreter's on the same compiled IR and inputs (exit 1)."""
+
+
 # -------------------------------------------------------------------------------------------------- sources
 
 
@@ -679,22 +686,41 @@ def _execute(src: Source, inputs: dict, args, timing, label: str):
             with timing.phase(f"keep the trace, draw swim lanes{label}"):
                 _keep_trace(src, trace_tmp, args.trace_dir, label)
     _check_sim_verify(res)
+    if not (args.time_only or args.no_check):
+        with timing.phase(f"check against the interpreter{label}"):
+            _check_against_interpreter(src, inputs, res.outputs, label)
     return res.outputs, res.aicore_us, res.wall_s
 
 
-def _check_sim_verify(res) -> None:
-    """A FAILED pypto per-pass verify record is an error unless it is a documented pypto limitation (a note)."""
-    from attnc.codegen.pypto_target import known_limitation
+def _check_against_interpreter(src: Source, inputs: dict, got: dict, label: str) -> None:
+    """Every output of a pypto run against the interpreter on the same compiled module and inputs
+    (`attnc.codegen.sim_check`): one line per output; the first mismatch is an error (exit 1)."""
+    from attnc.codegen.sim_check import check_outputs
 
-    unexplained = [r for r in res.failed_records if known_limitation(r) is None]
-    if unexplained:
-        first = unexplained[0]
-        raise CliError(f"pypto per-pass verify: {len(unexplained)} of {len(res.verify)} records FAILED "
-                       f"(first: pass {first[0]}, data view {first[1]}: {first[2]})")
+    check = check_outputs(src.module, inputs, got, src.output_names)
+    for row in check.outputs:
+        print(row.line() + label)
+    if check.topk is not None and check.topk_failure:
+        print(f"check top-k picks ({', '.join(check.topk['outputs'])}): NOT a top-k of the interpreter's scores "
+              f"up to near-ties: {check.topk_failure}{label}")
+    if not check.ok:
+        raise CheckMismatch(f"pypto {src.name}{label}: {check.failures[0]} vs the interpreter on the same IR "
+                            f"and inputs ({len(check.failures)} output(s) fail the check; --no-check skips it)")
+
+
+def _check_sim_verify(res) -> None:
+    """A FAILED pypto per-pass verify record (or AssembleChecker overlap report) is an error unless its cause
+    excuses it (pypto_target.excuse: a known pypto limitation by error code and op, or disjoint padded writes)."""
+    from attnc.codegen.pypto_target import describe, excuse
+
+    bad = [r for r in res.failed_records if excuse(r, res.program) is None]
+    if bad:
+        raise CliError(f"pypto per-pass verify: {len(bad)} of {len(res.verify)} records FAILED with no known cause "
+                       f"(first: {describe(bad[0], res.program)})")
     if res.failed_records:
-        why = sorted({known_limitation(r) for r in res.failed_records})
-        print(f"attnc: note: {len(res.failed_records)} of {len(res.verify)} pypto per-pass verify records FAILED "
-              f"from documented pypto limitations (README: Known limitations): {'; '.join(why)}", file=sys.stderr)
+        why = sorted({excuse(r, res.program) for r in res.failed_records})
+        print(f"attnc: note: {len(res.failed_records)} of {len(res.verify)} pypto records (pass verify, "
+              f"AssembleChecker) not clean, each excused by its cause: {'; '.join(why)}", file=sys.stderr)
 
 
 def _keep_trace(src: Source, trace_tmp: str, trace_dir: str, label: str) -> None:
@@ -724,8 +750,9 @@ def cmd_run(args) -> int:
     timing = args.timing_report
     if args.out:
         check_output_path(args.out)
-    if args.target == "interp" and (args.time_only or args.trace_dir):
-        raise CliError(("--time-only" if args.time_only else "--trace-dir") + " needs a pypto target")
+    if args.target == "interp" and (args.time_only or args.trace_dir or args.no_check):
+        raise CliError(("--time-only" if args.time_only else "--trace-dir" if args.trace_dir else "--no-check")
+                       + " needs a pypto target")
     if args.target == "pypto-npu":
         from attnc.codegen.pypto_sim import npu_available
 
@@ -1086,7 +1113,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "start_pos advances by seq (packed: each row's positions by its token count), x is seeded "
                         "per step (seed+k); --out gets the last step")
     r.add_argument("--out", metavar="OUT.npz", default=None, type=_out_path, help="write the outputs by name (default: not written)")
-    r.add_argument("--time-only", action="store_true", help="pypto targets: simulated time only, no values")
+    r.add_argument("--time-only", action="store_true", help="pypto targets: simulated time only, no values "
+                   "(so no check)")
+    r.add_argument("--no-check", action="store_true",
+                   help="pypto targets: skip the check of every output against the interpreter on the same compiled "
+                        "IR and inputs (by default a mismatch exits 1)")
     r.add_argument("--trace-dir", metavar="DIR", default=None, type=_out_dir,
                    help="pypto targets: keep the cost model's Perfetto trace (DIR/<stage>.perfetto.json) and draw "
                         "its swim lanes (DIR/<stage>.swim.png) (default: not kept)")
@@ -1157,6 +1188,9 @@ def main(argv: list[str] | None = None) -> int:
     except AttncError as e:  # every user-facing error; nothing is imported to report it
         print(f"attnc: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return EXIT_USAGE
+    except CheckMismatch as e:
+        print(f"attnc: error: {e}", file=sys.stderr)
+        return EXIT_MISMATCH
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # a bug in attnc: still one line; ATTNC_TRACEBACK=1 shows the traceback

@@ -128,6 +128,8 @@ class _Emitter:
     vec_budget: int = PyptoOptions.vec_tile_elems
     params: set = field(default_factory=set)  # the kernel's input parameters (SSA block arguments)
     scalar_only: set = field(default_factory=set)  # ops whose results only feed scatter_rows ids
+    # the pieces of each packed concat with a zero-padded piece: [[shape, offset, padded], ...] per concat
+    assembled_pieces: list = field(default_factory=list)
 
     def vec_tile_of(self, shape, dtype: str, budget: int | None = None) -> str:
         return ", ".join(map(str, vec_tile(shape, dtype, budget or self.vec_budget)))
@@ -390,9 +392,11 @@ class _Emitter:
         self.names[res] = scratch
         self.set_tile(res)
         self.emit(f"{scratch} = pypto.tensor({shape}, {dt}, \"{scratch}\")  # {loc}")
-        row = 0
+        row, group = 0, []
+        self.assembled_pieces.append(group)  # (a concat emitted here always has a zero-padded piece: _packs)
         for piece in op.inputs:
             rows, rest = shape_of(piece.type)[0], list(shape_of(piece.type)[1:])
+            group.append([[rows, *rest], [row, *(0 for _ in rest)], _zero_padded_rows(piece)])
             self.set_tile(piece)
             self.emit(f"pypto.assemble({self.ref(piece)}, [{row}, {', '.join('0' for _ in rest)}], {scratch})")
             if _zero_padded_rows(piece):
@@ -924,5 +928,6 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
     return _TEMPLATE.get_template("pypto_kernel.py.j2").render(
         stage=code_text(fn.sym_name.data), arg_names=list(dtypes), output_names=out_names, dtypes=dtypes,
         shapes=shapes, scratch_names=[n for n, _, _ in em.scratch], params=params, body=em.lines,
+        assembled_pieces=repr([g for g in em.assembled_pieces if any(padded for _, _, padded in g)]),
         combine_axis=options.combine_axis,
         pass_options=repr(options.pass_options()), runtime_options=repr(options.runtime_options()))

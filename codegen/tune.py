@@ -67,29 +67,8 @@ RECHECK_VERIFY = "default"
 RECHECK_VERIFY_MODES = ("default", "tensor-graph")
 
 
-# re-check limits on the normalised error per output dtype. bf16: one rounding step of the largest value (pypto
-# sums f32 products in its own order before rounding: the default SWA core at flash B=2 differs from the
-# interpreter in 7 of 131072 bf16 values by one step, 3.3e-4); f32 as tests/test_pypto_target.py; integers exact.
-# For bf16/f16 these are floors: the limit is one step (ulp) of the output's largest |value| over that value,
-# which lies in (2^-8, 2^-7] for bf16 -- 2^-8 alone is less than one step unless the largest value sits at the
-# top of its binade (decode_csa's `out` at flash B=2: one step of 2^-9 at |out| max 0.35 is 5.6e-3)
-RECHECK_TOLERANCE = {"bfloat16": 2.0 ** -8, "float16": 2.0 ** -11, "float32": 1e-3}
-
-
-def recheck_limit(want) -> float:
-    """The re-check's limit on normalised_error(got, want): RECHECK_TOLERANCE, raised for bf16/f16 to one
-    rounding step of the largest |value| (sentinels |x| >= 1e38 excluded, as in normalised_error)."""
-    import torch
-
-    limit = RECHECK_TOLERANCE.get(str(want.dtype).replace("torch.", ""), 0.0)
-    if want.dtype in (torch.bfloat16, torch.float16) and want.numel():
-        w = want.double().abs()
-        w = w[(w < 1e38) & torch.isfinite(w)]
-        top = float(w.max()) if w.numel() else 0.0
-        if top > 0:
-            step = torch.finfo(want.dtype).eps * 2.0 ** math.floor(math.log2(top))
-            limit = max(limit, step / top)
-    return limit
+# the re-check's limits and comparison are the ones `attnc run --target pypto-sim` checks every run with
+from attnc.codegen.sim_check import RECHECK_TOLERANCE, recheck_limit  # noqa: E402,F401
 
 # pass options the tuner varies (only for passes present in the pipeline): (pass, option) -> values
 PASS_SPACE = {
@@ -698,7 +677,7 @@ def recheck(req: TuneRequest, base_pipeline: str, dims, params: dict, cache: Cac
     from attnc.codegen.driver import load_source, source_inputs
     from attnc.codegen.pypto_emit import emit_pypto
     from attnc.codegen.pypto_sim import PyptoSimError
-    from attnc.codegen.pypto_target import run_pypto_sim
+    from attnc.codegen.pypto_target import run_pypto_sim, unexcused
     from attnc.ir.topk import TIE_EPS
     from attnc.passes.verify import run_pipeline
 
@@ -722,12 +701,12 @@ def recheck(req: TuneRequest, base_pipeline: str, dims, params: dict, cache: Cac
     except PyptoSimError as e:
         return {"ok": False, "note": str(e)[:300], "max_error": None, "failed_records": None}
     out = compare_with_interpreter(src.module, inputs, res.outputs, src.output_names)
-    out["failed_records"] = len(res.failed_records)
+    out["failed_records"] = len(unexcused(res))  # records no cause excuses (pypto_target.excuse)
     cache.put(key, out)
     ties = out.get("topk")
     log(f"tune: re-check {'passed' if out['ok'] else 'FAILED'} ({_short(params, dims)}): max error "
         f"{_err(out['max_error'])} ({out['differing']} values differ), {out['failed_records']} pypto verify records "
-        f"failed" + (f"; top-k: {ties['differing']} of {ties['picks']} picks accepted as near-ties "
+        f"failed with no known cause" + (f"; top-k: {ties['differing']} of {ties['picks']} picks accepted as near-ties "
                      f"({ties['swapped']} other members)" if ties and ties["ok"] else "")
         + (f": {out['note']}" if not out["ok"] else ""))
     return out
@@ -737,82 +716,13 @@ def _err(value) -> str:
     return "n/a" if value is None else f"{value:.3g}"
 
 
-def _picks_outputs(recorder, want: dict) -> dict:
-    """{output name: topk op} for the outputs that carry a top-k op's picks unchanged (their values, as
-    [rows, k], are exactly what the op returned for rows 0..T-1)."""
-    import torch
-
-    found = {}
-    for op in recorder.calls:
-        try:
-            returned = recorder.table(op)[3]
-        except KeyError:  # a row in between was never computed: not a whole-token-axis selection
-            continue
-        for name, value in want.items():
-            if value.dtype == torch.int32 and value.numel() == returned.numel() and \
-                    torch.equal(value.reshape(returned.shape), returned):
-                found[name] = op
-    return found
-
-
 def compare_with_interpreter(module, inputs: dict, got: dict, output_names, eps: float | None = None) -> dict:
-    """The re-check's comparison of a device run's outputs `got` with attnc's interpreter on the same IR.
+    """The re-check's comparison of a device run's outputs `got` with attnc's interpreter on the same IR
+    (`attnc.codegen.sim_check.check_outputs`, the check of every `attnc run --target pypto-sim`), as the record
+    the tuning file and the cache keep: ok, note, max_error, differing, topk."""
+    from attnc.codegen.sim_check import check_outputs
 
-    Top-k picks first: an output that carries a `topk` op's picks is accepted when, row by row, it is a top-k of
-    the interpreter's own scores up to near-ties (`attnc.ir.topk.compare_topk`: same valid count and padding,
-    visible distinct ids, set and order differences only within `eps` x the row's score scale of the k-th score
-    / of each other). The interpreter then runs again with the device's picks substituted for its own, and every
-    output (picks included) is compared with that run: integers bit for bit, floats within `recheck_limit`.
-    Without a top-k output this is the plain comparison with one interpreter run."""
-    import torch
-
-    from attnc.ir.interpreter import run_module
-    from attnc.ir.topk import TIE_EPS, TopkComparison, TopkRecorder, compare_topk
-    from attnc.passes.verify import normalised_error
-
-    eps = TIE_EPS if eps is None else eps
-    args = list(inputs.values())
-    recorder = TopkRecorder()
-    want = dict(zip(output_names, run_module(module, args, topk=recorder)))
-    bad, ties = [], None
-    picks_outputs = _picks_outputs(recorder, want)
-    if picks_outputs:
-        verdict, substitute = TopkComparison(), {}
-        for name, op in picks_outputs.items():
-            scores, valid, own, _ = recorder.table(op)
-            device = got.get(name)
-            if device is None:
-                continue  # reported as missing below
-            if device.numel() != own.numel():
-                verdict = verdict.merge(TopkComparison(False, f"{name}: {device.numel()} values, expected "
-                                                              f"{own.numel()}"))
-                continue
-            device = device.to(torch.int32).reshape(own.shape)
-            check = compare_topk(scores, valid, own, device, eps=eps)
-            if not check.ok:
-                check.reason = f"{name} {check.reason}"
-            verdict = verdict.merge(check)
-            substitute[op] = dict(enumerate(device))
-        ties = {"outputs": sorted(picks_outputs), "ok": verdict.ok, "eps": eps, "rows": verdict.rows,
-                "picks": verdict.picks, "differing": verdict.differing, "swapped": verdict.swapped,
-                "max_gap": verdict.max_gap}
-        if not verdict.ok:
-            bad.append(f"top-k picks not a top-k of the interpreter's scores up to near-ties: {verdict.reason}")
-        elif substitute:  # downstream outputs follow the device's (accepted) picks
-            want = dict(zip(output_names, run_module(module, args, topk=TopkRecorder(substitute=substitute))))
-    worst, differing = 0.0, 0
-    for name, w in want.items():
-        g = got.get(name)
-        if g is None:
-            bad.append(f"{name} missing")
-            continue
-        differing += int((g.to(w.dtype) != w).sum())
-        err = normalised_error(g, w)
-        limit = recheck_limit(w)
-        if not err <= limit:
-            bad.append(f"{name} error {err:.3g} > {limit:g}")
-        worst = max(worst, err)
-    return {"ok": not bad, "note": "; ".join(bad), "max_error": worst, "differing": differing, "topk": ties}
+    return check_outputs(module, inputs, got, output_names, eps).as_dict()
 
 
 # -------------------------------------------------------------------------------------------------- plot, file
