@@ -306,7 +306,7 @@ def apply_tuning(args, stage_name: str) -> None:
 
 def cmd_compile(args) -> int:
     from attnc.codegen.escape import file_stem
-    from attnc.codegen.io import Outputs, atomic_write_text, check_output_path
+    from attnc.codegen.io import Outputs, check_output_path
     from attnc.codegen.provenance import Provenance
     from attnc.ir.printing import render_ir
 
@@ -317,8 +317,11 @@ def cmd_compile(args) -> int:
 
     timing = args.timing_report
     _check_print_ir_names(args.print_ir_after + args.print_ir_before)
-    if args.dump_dir:
+    if args.dump_dir is not None:
         check_output_path(args.dump_dir, folder=True)
+    if args.output is not None:  # every output path is checked before any work
+        check_output_path(args.output, folder=args.output != "-" and (
+            args.emit == "pto" or args.output.endswith(("/", os.sep)) or os.path.isdir(args.output)))
     with timing.phase("parse" if is_ir_source(args.source) else "build stage (DSL -> attn IR)"):
         source_text = read_source_text(args.source) if is_ir_source(args.source) else None
         if source_text is not None and args.source == "-":
@@ -377,11 +380,13 @@ def cmd_compile(args) -> int:
         if args.print_ir_after_failure:
             _ir_dump(f"After {failed} Failed", print_ir(src.module))
         if args.dump_dir:
+            failure = Outputs()
             for fname, body in dumps:
-                atomic_write_text(os.path.join(args.dump_dir, fname), body)
+                failure.add(os.path.join(args.dump_dir, fname), body)
             if state["running"]:  # the IR the failing pass left; a verify failure's IR is already the last dump
-                atomic_write_text(os.path.join(args.dump_dir, f"{len(dumps):02d}-{failed.split('{')[0]}.failed.mlir"),
-                                  print_ir(src.module))
+                failure.add(os.path.join(args.dump_dir, f"{len(dumps):02d}-{failed.split('{')[0]}.failed.mlir"),
+                            print_ir(src.module))
+            failure.commit()
         raise e
     suffix = {"pypto": ".pypto.py", "pto": ".pto"}.get(args.emit, ".mlir")
     path = output_target(args.output, file_stem(src.name) + suffix)
@@ -425,12 +430,11 @@ def cmd_compile(args) -> int:
         elif path:
             written.append(path)
             outputs.add(path, text)
+        else:  # stdout, streamed with the files (all or nothing)
+            outputs.add("-", text)
         outputs.commit()
         for w in written:
             print(f"wrote {w}", file=sys.stderr)
-        if not written:
-            sys.stdout.write(text)
-            sys.stdout.flush()
     for rec in report.records:
         print(rec.line(), file=sys.stderr)
     if args.timing:
@@ -684,7 +688,7 @@ def _execute(src: Source, inputs: dict, args, timing, label: str):
                     timing.add(name, t1 - t0)
         if args.trace_dir:
             with timing.phase(f"keep the trace, draw swim lanes{label}"):
-                _keep_trace(src, trace_tmp, args.trace_dir, label)
+                _keep_trace(src, trace_tmp, args.trace_dir, label, getattr(args, "pending_outputs", None))
     _check_sim_verify(res)
     return res.outputs, res.aicore_us, res.wall_s
 
@@ -704,10 +708,13 @@ def _check_sim_verify(res) -> None:
               f"from documented pypto limitations (README: Known limitations): {'; '.join(why)}", file=sys.stderr)
 
 
-def _keep_trace(src: Source, trace_tmp: str, trace_dir: str, label: str) -> None:
-    """pypto's Perfetto trace and a swim-lane picture of the run, named after the stage (and step)."""
+def _keep_trace(src: Source, trace_tmp: str, trace_dir: str, label: str, outputs=None) -> None:
+    """pypto's Perfetto trace and a swim-lane picture of the run, named after the stage (and step); added to
+    `outputs` (written with the command's other files, all or nothing), or written now without it."""
     from attnc.codegen import pictures
-    from attnc.codegen.io import atomic_write_bytes
+    from attnc.codegen.io import Outputs
+
+    pending = outputs if outputs is not None else Outputs()
 
     stem = os.path.join(trace_dir, src.name + label.replace(" step ", "-step").replace("/", "of"))
     trace, swim = os.path.join(trace_tmp, "perfetto.json"), os.path.join(trace_tmp, "swim.json")
@@ -715,22 +722,27 @@ def _keep_trace(src: Source, trace_tmp: str, trace_dir: str, label: str) -> None
         print("attnc: note: pypto wrote no cost-model trace for this run", file=sys.stderr)
         return
     with open(trace, "rb") as f:
-        atomic_write_bytes(stem + ".perfetto.json", f.read())
+        pending.add(stem + ".perfetto.json", f.read())
     print(f"pypto trace: {stem}.perfetto.json (open in https://ui.perfetto.dev)", file=sys.stderr)
     if os.path.exists(swim):
-        pictures.swim_lanes(swim, stem + ".swim.png", f"pypto SIM swim lanes: {src.name}{label}")
+        pictures.swim_lanes(swim, stem + ".swim.png", f"pypto SIM swim lanes: {src.name}{label}", sink=pending)
         print(f"swim lanes: {stem}.swim.png", file=sys.stderr)
+    if outputs is None:
+        pending.commit()
 
 
 def cmd_run(args) -> int:
     import torch
 
-    from attnc.codegen.io import check_output_path, save_npz
+    from attnc.codegen.io import Outputs, check_output_path, npz_bytes
     from attnc.codegen.memory import check_memory
 
     timing = args.timing_report
-    if args.out:
+    if args.out is not None:
         check_output_path(args.out)
+    if args.trace_dir is not None:
+        check_output_path(args.trace_dir, folder=True)
+    args.pending_outputs = Outputs()  # traces and pictures, written with --out (all or nothing)
     if args.target == "interp" and (args.time_only or args.trace_dir):
         raise CliError(("--time-only" if args.time_only else "--trace-dir") + " needs a pypto target")
     if args.target == "pypto-npu":
@@ -782,9 +794,10 @@ def cmd_run(args) -> int:
                      else f"position_ids={inputs['position_ids'].tolist()}")
             print(f"step {step + 1}/{steps}: {where} wall_s={wall:.3f}"
                   + (f" aicore_us={aicore:.3f}" if aicore is not None else ""), file=sys.stderr)
-    if args.out and not args.time_only:
-        with timing.phase("write outputs"):
-            save_npz(args.out, outs)
+    with timing.phase("write outputs"):
+        if args.out is not None and not args.time_only:
+            args.pending_outputs.add(args.out, npz_bytes(outs))
+        args.pending_outputs.commit()
     for name, t in ({} if args.time_only else outs).items():  # --time-only computes no values
         tf = t.float()
         print(f"{name:<8} {str(t.dtype).replace('torch.', ''):<9} {list(t.shape)} "
@@ -800,8 +813,9 @@ def cmd_run(args) -> int:
 
 def cmd_inputs(args) -> int:
     """Write a stage's inputs (the file's arrays where given, seeded values for the rest) to one .npz."""
-    from attnc.codegen.io import save_npz
+    from attnc.codegen.io import check_output_path, save_npz
 
+    check_output_path(args.output)
     src = load_source(args.source, args.config, args.set)
     inputs, seeded = run_inputs(src, args)
     save_npz(args.output, inputs)
@@ -846,8 +860,10 @@ def _plot_errors(src: Source, args, title: str) -> None:
 def cmd_plot(args) -> int:
     """Pictures: the tile schedule, the timing of every phase, or which keys each token sees."""
     from attnc.codegen import pictures
+    from attnc.codegen.io import check_output_path
     from attnc.ir.dsl import stage_config
 
+    check_output_path(args.output)
     src = load_source(args.source, args.config, args.set)
     title = f"{src.name} ({args.config}{''.join(' ' + o for o in args.set)})"
     if args.kind == "schedule":

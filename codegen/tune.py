@@ -818,7 +818,20 @@ def compare_with_interpreter(module, inputs: dict, got: dict, output_names, eps:
 
 def plot_trials(trials: list[Trial], title: str, path: str) -> bool:
     """µs per candidate (timed now, or from the cache), the best so far and the default; crashes and timeouts as
-    crosses. False when matplotlib is not installed."""
+    crosses, written to `path`. False when matplotlib is not installed."""
+    from attnc.codegen.io import atomic_write_bytes
+
+    data = plot_trials_bytes(trials, title)
+    if data is None:
+        return False
+    atomic_write_bytes(path, data)
+    return True
+
+
+def plot_trials_bytes(trials: list[Trial], title: str) -> bytes | None:
+    """The PNG of `plot_trials`; None when matplotlib is not installed."""
+    import io
+
     try:
         import matplotlib
 
@@ -853,15 +866,20 @@ def plot_trials(trials: list[Trial], title: str, path: str) -> bool:
     ax.set_title(title)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
-    return True
+    return buf.getvalue()
+
+
+def tuning_text(tuning: dict) -> str:
+    return json.dumps(tuning, indent=1) + "\n"
 
 
 def write_tuning(path: str, tuning: dict) -> None:
     from attnc.codegen.io import atomic_write_text
 
-    atomic_write_text(path, json.dumps(tuning, indent=1) + "\n")
+    atomic_write_text(path, tuning_text(tuning))
 
 
 _TUNING_KEYS = {"attnc_tuning", "evaluated", "stage", "config", "set", "pipeline", "pypto_options", "aicore_us",
@@ -947,21 +965,39 @@ def add_parser(sub, formatter_class=None) -> None:
     t.set_defaults(fn=cmd_tune)
 
 
+def default_plot_path(output: str) -> str | None:
+    """The tuning file with .png, for a regular file path only (stdout, a device or a FIFO has no sibling)."""
+    from attnc.codegen.io import resolve_output
+
+    kind, target, _ = resolve_output(output)
+    return str(Path(target).with_suffix(".png")) if kind == "file" else None
+
+
 def cmd_tune(args) -> int:
+    from attnc.codegen.io import Outputs, check_output_path
+
     if args.recheck_batch < 1:
         raise TuneError("--recheck-batch must be at least 1")
+    check_output_path(args.output)  # every output path is checked before the (long) work
+    plot = args.plot if args.plot is not None else default_plot_path(args.output)
+    if plot is not None:
+        check_output_path(plot)
     req = TuneRequest(source=args.source, config=args.config, overrides=list(args.set), pipeline=args.pipeline,
                       budget=args.budget, space=list(args.space), jobs=args.jobs, ray=args.ray,
                       timeout_s=args.timeout, seed=args.seed, recheck_batch=args.recheck_batch,
                       recheck_verify=args.recheck_verify,
                       use_cache=not args.no_cache)
     result = tune(req)
-    write_tuning(args.output, result.tuning)
+    outputs = Outputs()  # the tuning file and its plot, all or nothing
+    outputs.add(args.output, tuning_text(result.tuning))
+    picture = plot_trials_bytes(result.trials, f"{result.tuning['stage']} --config {args.config}") if plot else None
+    if picture is not None:
+        outputs.add(plot, picture)
+    outputs.commit()
     print(f"wrote {args.output}", file=sys.stderr)
-    plot = args.plot or (str(Path(args.output).with_suffix(".png")))
-    if plot_trials(result.trials, f"{result.tuning['stage']} --config {args.config}", plot):
+    if picture is not None:
         print(f"wrote {plot}", file=sys.stderr)
-    else:
+    elif plot:
         print("tune: no plot (matplotlib is not installed)", file=sys.stderr)
     t = result.tuning
     print(f"aicore_us: {t['aicore_us']:.3f} (default {_us(t['default_aicore_us'])})")

@@ -1,0 +1,234 @@
+"""Nothing lost, nothing leaked, nothing poisoned (issue 21): output paths written through what is there, locations
+that never open files, bounded input readers, a verified tuner cache, signals. Each test fails on the code before
+its fix; all are fast (no SIM run)."""
+import os
+import stat
+import threading
+import time
+
+import pytest
+
+from attnc.codegen.driver import main
+
+from test_hostile_inputs import cli, one_error_line, snapshot
+
+TINY = ["--config", "tiny"]
+
+
+# -------------------------------------------------------------------------------------------------- output paths
+
+
+def _reader(path, into: list):
+    """Read a FIFO to its end in a thread (the writer's open blocks until a reader is there)."""
+    def run():
+        with open(path, "rb") as f:
+            into.append(f.read())
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_output_onto_a_fifo_writes_through_it(tmp_path, capsys):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list = []
+    reader = _reader(fifo, got)
+    code, _, err = cli(capsys, "compile", "qkv_proj_rope", *TINY, "-o", fifo)
+    reader.join(30)
+    assert code == 0, err
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode), "the FIFO was replaced by a regular file"
+    assert got and got[0].startswith(b"// made by attnc") and b"func.func @qkv_proj_rope" in got[0]
+    assert sorted(os.listdir(tmp_path)) == ["pipe"]  # no temp file left next to it
+
+
+def _char_device(path) -> bool:
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # a second null device, private to the test
+    except (PermissionError, OSError):
+        return False
+    return True
+
+
+@pytest.mark.parametrize("argv", [["compile", "qkv_proj_rope", *TINY, "-o"],
+                                  ["run", "qkv_proj_rope", *TINY, "--out"],
+                                  ["inputs", "qkv_proj_rope", *TINY, "-o"]], ids=["compile", "run", "inputs"])
+def test_output_onto_a_character_device_leaves_it_a_device(tmp_path, capsys, argv):
+    dev = tmp_path / "null"
+    if not _char_device(dev):
+        pytest.skip("mknod not permitted here")
+    code, _, err = cli(capsys, *argv, dev)
+    assert code == 0, err
+    st = os.lstat(dev)
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+    assert sorted(os.listdir(tmp_path)) == ["null"]
+
+
+def test_output_onto_dev_null_leaves_it_a_device(capsys):
+    from attnc.codegen.io import resolve_output
+
+    # asked first, so that code which would replace /dev/null never gets to run this test's command
+    assert resolve_output("/dev/null")[0] == "stream"
+    before = os.stat("/dev/null")
+    code, _, err = cli(capsys, "compile", "qkv_proj_rope", *TINY, "-o", "/dev/null")
+    assert code == 0, err
+    after = os.lstat("/dev/null")
+    assert stat.S_ISCHR(after.st_mode) and after.st_rdev == before.st_rdev and after.st_ino == before.st_ino
+
+
+def test_replaced_file_keeps_its_mode(tmp_path, capsys):
+    out = tmp_path / "k.mlir"
+    out.write_text("old")
+    os.chmod(out, 0o600)
+    code, _, err = cli(capsys, "compile", "qkv_proj_rope", *TINY, "-o", out)
+    assert code == 0, err
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    assert out.read_text().startswith("// made by attnc")
+
+
+def test_symlink_inside_its_folder_is_written_through(tmp_path, capsys):
+    (tmp_path / "real.mlir").write_text("old")
+    os.symlink("real.mlir", tmp_path / "link.mlir")
+    code, _, err = cli(capsys, "compile", "qkv_proj_rope", *TINY, "-o", tmp_path / "link.mlir")
+    assert code == 0, err
+    assert os.path.islink(tmp_path / "link.mlir")
+    assert (tmp_path / "real.mlir").read_text().startswith("// made by attnc")
+
+
+def test_symlink_leaving_its_folder_is_refused(tmp_path, capsys):
+    outside = tmp_path / "secret.txt"
+    outside.write_text("keep")
+    (tmp_path / "out").mkdir()
+    os.symlink(outside, tmp_path / "out" / "k.mlir")
+    before = snapshot(tmp_path)
+    code, _, err = cli(capsys, "compile", "qkv_proj_rope", *TINY, "-o", tmp_path / "out" / "k.mlir")
+    one_error_line(code, err, r"k\.mlir: cannot write \(a symbolic link that leaves its folder")
+    assert snapshot(tmp_path) == before and os.path.islink(tmp_path / "out" / "k.mlir")
+
+
+@pytest.mark.parametrize("argv", [["compile", "qkv_proj_rope", "-o", ""],
+                                  ["compile", "qkv_proj_rope", "--dump-dir", ""],
+                                  ["run", "qkv_proj_rope", "--out", ""],
+                                  ["inputs", "qkv_proj_rope", "-o", ""],
+                                  ["plot", "schedule", "qkv_proj_rope", "-o", ""]],
+                         ids=["compile-o", "dump-dir", "run-out", "inputs-o", "plot-o"])
+def test_empty_output_path_is_refused(capsys, argv):
+    code, out, err = cli(capsys, *argv)
+    one_error_line(code, err, r"'': cannot write \(empty output path\)")
+    assert out == ""
+
+
+def test_every_output_path_is_checked_before_any_work(tmp_path, capsys, monkeypatch):
+    """tune's -o and --plot (and run's --trace-dir, plot's -o) are refused before the stage is built or tuned."""
+    from attnc.codegen import driver, tune
+
+    def no_work(*a, **k):
+        raise AssertionError("work started before the output paths were checked")
+
+    monkeypatch.setattr(tune, "tune", no_work)
+    monkeypatch.setattr(driver, "load_source", no_work)
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    before = snapshot(tmp_path)
+    for argv, pattern in (
+            (["tune", "qkv_proj_rope", "-o", tmp_path / "t.json", "--plot", "/proc/attnc-plot.png"],
+             r"/proc/attnc-plot\.png: cannot write"),
+            (["tune", "qkv_proj_rope", "-o", not_a_dir / "t.json"], r"file is not a directory"),
+            (["tune", "qkv_proj_rope", "-o", "/proc/attnc.json"], r"/proc/attnc\.json: cannot write"),
+            (["run", "qkv_proj_rope", "--target", "pypto-sim", "--trace-dir", not_a_dir],
+             r"exists and is not a directory"),
+            (["plot", "schedule", "qkv_proj_rope", "-o", "/proc/attnc.png"], r"/proc/attnc\.png: cannot write"),
+            (["inputs", "qkv_proj_rope", "-o", "/proc/attnc.npz"], r"/proc/attnc\.npz: cannot write")):
+        code, _, err = cli(capsys, *argv)
+        one_error_line(code, err, pattern)
+    assert snapshot(tmp_path) == before
+
+
+def test_tune_writes_the_tuning_file_and_plot_all_or_nothing(tmp_path, monkeypatch):
+    """The plot failing to be written leaves no tuning file (and the reverse): one Outputs commit."""
+    from attnc.codegen import io as aio
+    from attnc.codegen import tune
+
+    result = tune.TuneResult({"stage": "qkv_proj_rope", "aicore_us": 1.0, "default_aicore_us": 1.0}, [])
+    monkeypatch.setattr(tune, "tune", lambda req: result)
+    monkeypatch.setattr(tune, "plot_trials_bytes", lambda trials, title: b"\x89PNG fake")
+    real_replace = os.replace
+
+    def fail_png(src, dst):
+        if str(dst).endswith(".png"):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(aio.os, "replace", fail_png)
+    code = main(["tune", "qkv_proj_rope", "-o", str(tmp_path / "t.json")])
+    assert code == 2
+    assert os.listdir(tmp_path) == []
+
+
+# -------------------------------------------------------------------------------------------------- locations
+
+
+def _module_at(loc_file: str) -> str:
+    return ("builtin.module {\n  func.func @k(%0: tensor<16x16xf32>) -> tensor<16x16xf32> attributes "
+            '{arg_names = ["x"], result_names = ["y"]} {\n'
+            f'    %1 = "tile.exp"(%0) {{loc = "{loc_file}:1"}} : (tensor<16x16xf32>) -> tensor<16x16xf32>\n'
+            "    func.return %1 : tensor<16x16xf32>\n  }\n}\n")
+
+
+def test_a_location_naming_a_file_never_reads_it(tmp_path, capsys):
+    """`loc("/tmp/creds.txt":1:1)` used to put the first identifier of that file into the output as an SSA name."""
+    secret = tmp_path / "creds.txt"
+    secret.write_text("hunter2 = 1\n")
+    src = tmp_path / "in.mlir"
+    src.write_text(_module_at(str(secret)))
+    code, out, err = cli(capsys, "compile", src)
+    assert code == 0, err
+    assert "hunter2" not in out and "%0 = tile.exp %x" in out
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_a_location_naming_a_fifo_or_device_never_opens_it(tmp_path, capsys, monkeypatch, kind):
+    """A FIFO used to hang the printer, /dev/zero to be read without bound; any open() of the path fails here."""
+    import builtins
+    import io as _io
+
+    target = "/dev/zero"
+    if kind == "fifo":
+        target = str(tmp_path / "fifo")
+        os.mkfifo(target)
+    src = tmp_path / "in.mlir"
+    src.write_text(_module_at(target))
+    real_open, real_io_open = builtins.open, _io.open
+
+    def guarded(file, *a, **k):
+        assert str(file) != target, f"opened {file} named by a location"
+        return real_open(file, *a, **k)
+
+    import tokenize
+
+    real_tokenize_open = tokenize.open
+
+    def guarded_tokenize(file):
+        assert str(file) != target, f"opened {file} named by a location"
+        return real_tokenize_open(file)
+
+    monkeypatch.setattr(builtins, "open", guarded)
+    monkeypatch.setattr(_io, "open", guarded)
+    monkeypatch.setattr(tokenize, "open", guarded_tokenize)  # what linecache reads a file with
+    t0 = time.perf_counter()
+    code, out, err = cli(capsys, "compile", src, "--print-debuginfo")
+    assert code == 0, err
+    assert f'loc("{target}":1:1)' in out
+    assert time.perf_counter() - t0 < 30
+
+
+def test_value_names_of_the_dsl_are_kept():
+    """Names still come from attnc's own DSL files (by their relative path, a key into the package's table)."""
+    from attnc.ir.printing import dsl_sources, variable_name
+    from attnc.kernels_src import STAGES, build_stage, resolve_config
+    from attnc.ir.printing import render_ir
+
+    assert any(p.startswith("kernels_src/") for p in dsl_sources())
+    text = render_ir(build_stage(STAGES["qkv_proj_rope"], resolve_config("tiny")))
+    assert "%q" in text or "%kv" in text
+    assert variable_name("/etc/passwd:1") is None
