@@ -535,7 +535,8 @@ def _state_arrays(src: Source, path: str) -> dict:
     missing = [n for n in names if n not in found]
     if missing:
         raise CliError(f"--state {path}: no array {', '.join(missing)} (a previous step's --out of {src.name})")
-    arrays = load_npz(path, None, src.name)
+    # only the carried arrays are read, and only after their headers declare the parameters' shapes
+    arrays = load_npz(path, {n: shape_of(types[n]) for n in names}, src.name, only=set(names))
     state = {}
     for n in names:
         if tuple(arrays[n].shape) != shape_of(types[n]):
@@ -579,15 +580,10 @@ MAX_STEPS_FILE_BYTES = 1 << 20
 def read_step_counts(path: str) -> list[int]:
     """`--steps-file`: every step's token count per batch row — a JSON list of positive integers, or one positive
     integer a line (blank lines and `#` comments skipped). A bad file is one error naming the file (and line)."""
-    import json
+    from attnc.codegen.io import parse_json, read_bounded
 
     try:
-        if os.path.getsize(path) > MAX_STEPS_FILE_BYTES:
-            raise CliError(f"{path}: --steps-file is larger than {MAX_STEPS_FILE_BYTES >> 20} MiB")
-        with open(path, "rb") as f:
-            text = f.read().decode("utf-8")
-    except OSError as e:
-        raise CliError(f"{path}: cannot read the steps file: {e.strerror or e}") from None
+        text = read_bounded(path, MAX_STEPS_FILE_BYTES, "the steps file").decode("utf-8")
     except UnicodeDecodeError:
         raise CliError(f"{path}: the steps file is not UTF-8 text") from None
 
@@ -597,10 +593,7 @@ def read_step_counts(path: str) -> list[int]:
         return value
 
     if text.lstrip().startswith(("[", "{")):
-        try:
-            values = json.loads(text)
-        except ValueError as e:
-            raise CliError(f"{path}: not a JSON list of token counts: {e}") from None
+        values = parse_json(text, f"{path}: not a JSON list of token counts")
         if not isinstance(values, list):
             raise CliError(f"{path}: not a JSON list of token counts")
         counts = [count(v, f"{path}: entry {i}") for i, v in enumerate(values)]

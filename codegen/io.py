@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -48,10 +49,63 @@ def _npy_header(f, where: str) -> tuple[tuple[int, ...], np.dtype, int]:
     return tuple(int(d) for d in shape), dtype, header_len
 
 
-def load_npz(path: str, expected: Mapping[str, tuple[int, ...]] | None = None, owner: str = "") -> dict[str, np.ndarray]:
+def read_bounded(path: str, cap: int, what: str) -> bytes:
+    """The bytes of an input file, at most `cap`: counted while reading (a device or FIFO has no size), so
+    `/dev/zero` is refused after cap + 1 bytes instead of filling memory. InputError names the file."""
+    chunks, total = [], 0
+    try:
+        with open(path, "rb") as f:
+            while total <= cap:
+                chunk = f.read(min(1 << 20, cap + 1 - total))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read {what} ({e.strerror or type(e).__name__})") from None
+    if total > cap:
+        raise InputError(f"{path}: {what} is larger than {cap} bytes")
+    return b"".join(chunks)
+
+
+MAX_JSON_DEPTH = 32
+_JSON_MARK = re.compile(r'[\[\]{}"]')
+_JSON_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"')
+
+
+def parse_json(text: str, where: str, max_depth: int = MAX_JSON_DEPTH):
+    """json.loads with the nesting depth checked first (in linear time, strings skipped): deep nesting is one error
+    line, not a RecursionError."""
+    import json
+
+    depth, pos = 0, 0
+    while (m := _JSON_MARK.search(text, pos)) is not None:
+        tok = m.group()
+        if tok == '"':
+            string = _JSON_STRING.match(text, m.start())
+            if string is None:
+                break  # unterminated: json.loads says where
+            pos = string.end()
+            continue
+        pos = m.end()
+        if tok in "[{":
+            depth += 1
+            if depth > max_depth:
+                raise InputError(f"{where}: JSON nested deeper than {max_depth} levels")
+        else:
+            depth -= 1
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise InputError(f"{where}: not valid JSON ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
+
+
+def load_npz(path: str, expected: Mapping[str, tuple[int, ...]] | None = None, owner: str = "",
+             only: set[str] | None = None) -> dict[str, np.ndarray]:
     """Arrays of an .npz archive by name. Before any data is read, every member must be `NAME.npy`, NAME one of
     `expected` (name -> shape) when given, with that shape, and a header that declares exactly the bytes the
-    member holds: a hostile archive (bomb, huge header, pickles) is refused by its metadata alone."""
+    member holds: a hostile archive (bomb, huge header, pickles) is refused by its metadata alone. `only`: read
+    just these members (the others are not decompressed at all; their names must still be .npy members)."""
     import math
 
     from attnc.ir.names import shown
@@ -74,6 +128,8 @@ def load_npz(path: str, expected: Mapping[str, tuple[int, ...]] | None = None, o
             if name in seen:
                 raise InputError(f"{where}: appears twice")
             seen.add(name)
+            if only is not None and name not in only:
+                continue
             if expected is not None and name not in expected:
                 raise InputError(f"{where} is not a parameter of {owner or 'the stage'} "
                                  f"(parameters: {', '.join(expected)})")

@@ -886,18 +886,21 @@ _TUNING_KEYS = {"attnc_tuning", "evaluated", "stage", "config", "set", "pipeline
                 "default_aicore_us", "pypto_version", "recheck", "sim_trials", "wall_s", "trials"}
 
 
+MAX_TUNING_BYTES = 16 << 20
+
+
 def load_tuning(path: str) -> dict:
     """Read and check a tuning file; TuneError (one line naming the file) on anything malformed."""
     from attnc.codegen.pypto_options import OptionError, PyptoOptions
     from attnc.passes import PipelineError, build_pipeline
 
+    from attnc.codegen.io import InputError, parse_json, read_bounded
+
     try:
-        with open(path) as f:
-            data = json.load(f)
-    except OSError as e:
-        raise TuneError(f"{path}: cannot read tuning file ({e.strerror})") from None
-    except (ValueError, RecursionError) as e:
-        raise TuneError(f"{path}: not a JSON tuning file ({str(e).splitlines()[0][:120]})") from None
+        data = parse_json(read_bounded(path, MAX_TUNING_BYTES, "tuning file").decode("utf-8", "replace"),
+                          f"{path}: not a JSON tuning file")
+    except InputError as e:
+        raise TuneError(str(e)) from None
     if not isinstance(data, dict) or data.get("attnc_tuning") != TUNING_FORMAT:
         raise TuneError(f"{path}: not an attnc tuning file (expected \"attnc_tuning\": {TUNING_FORMAT})")
     unknown = sorted(set(data) - _TUNING_KEYS)

@@ -232,3 +232,83 @@ def test_value_names_of_the_dsl_are_kept():
     text = render_ir(build_stage(STAGES["qkv_proj_rope"], resolve_config("tiny")))
     assert "%q" in text or "%kv" in text
     assert variable_name("/etc/passwd:1") is None
+
+
+# -------------------------------------------------------------------------------------------------- bounded readers
+
+
+@pytest.mark.parametrize("option", ["--steps-file", "--tuning"])
+def test_a_device_as_an_input_file_is_read_to_a_cap(capsys, option):
+    """getsize() is 0 for /dev/zero: the readers count bytes while reading and stop one past their cap."""
+    from attnc.codegen.io import read_bounded  # noqa: F401 - asked first: unbounded code never reads /dev/zero here
+
+    t0 = time.perf_counter()
+    code, _, err = cli(capsys, "run", "decode_swa", *TINY, option, "/dev/zero")
+    one_error_line(code, err, r"/dev/zero: (the steps file|tuning file) is larger than \d+ bytes")
+    assert time.perf_counter() - t0 < 20
+
+
+@pytest.mark.parametrize("option", ["--steps-file", "--tuning"])
+def test_a_fifo_as_an_input_file_is_read_to_a_cap(tmp_path, capsys, option):
+    """A FIFO streaming 64 MiB (more than any cap) is refused once the cap is passed, not read to its end."""
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    written = []
+
+    def feed():
+        try:
+            with open(fifo, "wb") as f:
+                for _ in range(64):
+                    f.write(b"1\n" * (1 << 19))
+                    written.append(1)
+        except BrokenPipeError:
+            pass
+
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    code, _, err = cli(capsys, "run", "decode_swa", *TINY, option, fifo)
+    t.join(30)
+    one_error_line(code, err, r"f: (the steps file|tuning file) is larger than \d+ bytes")
+    assert len(written) < 64
+
+
+@pytest.mark.parametrize("option, text", [("--steps-file", "[" * 100000 + "]" * 100000),
+                                          ("--tuning", '{"a": ' * 100000 + "1" + "}" * 100000)])
+def test_deeply_nested_json_is_one_error_line(tmp_path, capsys, option, text):
+    f = tmp_path / "f.json"
+    f.write_text(text)
+    code, _, err = cli(capsys, "run", "decode_swa", *TINY, option, f)
+    one_error_line(code, err, r"f\.json: not a JSON .*nested deeper than 32 levels")
+
+
+def test_state_file_reads_only_the_carried_arrays(tmp_path, capsys, monkeypatch):
+    """--state used to decompress every member of the file: a 64 MiB bzip2 member (a few hundred bytes on disk)
+    that is not a carried array is now never opened."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    state = tmp_path / "o.npz"
+    code, _, err = cli(capsys, "run", "decode_swa", *TINY, "--start-pos", "0", "--out", state)
+    assert code == 0, err
+    size = 64 << 20
+    with zipfile.ZipFile(state, "a", compression=zipfile.ZIP_BZIP2) as zf:
+        with zf.open("zzz.npy", "w", force_zip64=True) as f:
+            head = io.BytesIO()
+            np.lib.format.write_array_header_1_0(head, {"descr": "|u1", "fortran_order": False, "shape": (size,)})
+            f.write(head.getvalue())
+            for _ in range(size // (8 << 20)):
+                f.write(bytes(8 << 20))
+    assert os.path.getsize(state) < 1 << 20
+    opened = []
+    real_open = zipfile.ZipFile.open
+
+    def recording(self, name, *a, **k):
+        opened.append(getattr(name, "filename", name))
+        return real_open(self, name, *a, **k)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", recording)
+    code, _, err = cli(capsys, "run", "decode_swa", *TINY, "--start-pos", "1", "--state", state)
+    assert code == 0, err
+    assert "zzz.npy" not in opened and "kv_ring.npy" in opened
