@@ -123,6 +123,7 @@ class Dim:
     default: object
     pass_name: str | None = None
     option: str | None = None
+    baseline: object = None  # the true default (pass or PyptoOptions default), also when --space narrows it away
 
 
 def _pass_specs(pipeline: str):
@@ -183,11 +184,14 @@ def build_space(pipeline: str, narrow: list[str] | None = None) -> list[Dim]:
                 v = part.strip()  # bare words (schedule names)
             values.append(_literal_text(v))
         d = by_name[name]
-        by_name[name] = Dim(d.name, tuple(values), values[0], d.pass_name, d.option)
+        start = d.default if d.default in values else values[0]
+        by_name[name] = Dim(d.name, tuple(values), start, d.pass_name, d.option,
+                            d.default if d.baseline is None else d.baseline)
     out = []
-    for d in by_name.values():  # default first, no duplicates
+    for d in by_name.values():  # the search's start first, no duplicates
         vals = (d.default, *[v for v in d.values if v != d.default])
-        out.append(Dim(d.name, tuple(dict.fromkeys(vals)), d.default, d.pass_name, d.option))
+        out.append(Dim(d.name, tuple(dict.fromkeys(vals)), d.default, d.pass_name, d.option,
+                       d.default if d.baseline is None else d.baseline))
     return out
 
 
@@ -196,7 +200,13 @@ def space_size(dims: list[Dim]) -> int:
 
 
 def default_params(dims: list[Dim]) -> dict:
+    """Where the search starts: every dimension's default, or its first value when --space narrowed it away."""
     return {d.name: d.default for d in dims}
+
+
+def baseline_params(dims: list[Dim]) -> dict:
+    """The true all-defaults candidate (what compile/run use without a tuning file): always timed, named default."""
+    return {d.name: d.baseline for d in dims}
 
 
 def candidate_pipeline(pipeline: str, dims: list[Dim], params: dict) -> str:
@@ -298,29 +308,95 @@ def cache_key(program: str, verify: str, seed: int) -> str:
     return h.hexdigest()
 
 
-class Cache:
-    """One JSON file per key; writes are atomic, unreadable entries count as missing."""
+CACHE_FORMAT = 2
+# a child ended by one of these was stopped from outside (the OOM killer, a Ctrl-C, a shutdown): a transient
+# failure, never cached; SIGSEGV, SIGABRT, SIGBUS, SIGFPE are the program's own crash, a verdict
+TRANSIENT_SIGNALS = ("SIGKILL", "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
+MAX_RETRIES = 1  # a transient failure (killed child, dead worker) is run again once, never cached
+MAX_CACHE_ENTRY_BYTES = 1 << 20
 
-    def __init__(self, root: str | os.PathLike | None, enabled: bool = True):
+
+def _record_digest(key: str, value: dict) -> str:
+    return hashlib.sha256(json.dumps({"key": key, "value": value}, sort_keys=True).encode()).hexdigest()
+
+
+def is_timing_verdict(value) -> bool:
+    """A cached SIM timing: a completed time, or a deterministic failure (never a timeout or a killed child)."""
+    if not isinstance(value, dict) or value.get("timeout") is not False or value.get("transient"):
+        return False
+    us, error = value.get("aicore_us"), value.get("error")
+    if us is None:
+        return isinstance(error, str) and bool(error)
+    return (isinstance(us, float) and math.isfinite(us) and us > 0 and error is None
+            and isinstance(value.get("failed_records", 0), int))
+
+
+def is_recheck_verdict(value) -> bool:
+    """A cached re-check: a comparison that ran to its end."""
+    return (isinstance(value, dict) and isinstance(value.get("ok"), bool) and isinstance(value.get("note"), str)
+            and isinstance(value.get("failed_records"), int) and isinstance(value.get("differing"), int)
+            and (value.get("max_error") is None or isinstance(value.get("max_error"), (int, float))))
+
+
+class Cache:
+    """One JSON record per key: {"format", "key", "value", "sha256" of key and value}; writes are atomic. A record
+    is trusted only when it parses, names its own key, its checksum matches and its value is a verdict of the
+    expected kind; anything else is ignored (reported once per entry) and the candidate is timed again. Disabled
+    (--no-cache): nothing is read or written."""
+
+    def __init__(self, root: str | os.PathLike | None, enabled: bool = True, report=None):
         self.root = Path(root or os.environ.get("ATTNC_TUNE_CACHE") or Path.home() / ".cache" / "attnc" / "tune")
         self.enabled = enabled
+        self.report = report or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.reported: set[str] = set()
 
-    def get(self, key: str) -> dict | None:
+    def _ignore(self, key: str, why: str) -> None:
+        if key not in self.reported:
+            self.reported.add(key)
+            self.report(f"tune: note: cache entry {key[:16]}... ignored ({why}); it is evaluated again")
+
+    def get(self, key: str, valid=is_timing_verdict) -> dict | None:
+        from attnc.codegen.io import InputError, parse_json, read_bounded
+
         if not self.enabled:
             return None
-        try:
-            return json.loads((self.root / f"{key}.json").read_text())
-        except (OSError, ValueError):
+        path = self.root / f"{key}.json"
+        if not path.exists():
             return None
+        try:
+            record = parse_json(read_bounded(str(path), MAX_CACHE_ENTRY_BYTES, "cache entry").decode("utf-8"),
+                                str(path))
+        except (InputError, UnicodeDecodeError):
+            self._ignore(key, "unreadable or not JSON")
+            return None
+        if not isinstance(record, dict) or record.get("format") != CACHE_FORMAT or record.get("key") != key:
+            self._ignore(key, "not a record of this format for this key")
+            return None
+        value = record.get("value")
+        if not isinstance(value, dict) or record.get("sha256") != _record_digest(key, value):
+            self._ignore(key, "checksum mismatch")
+            return None
+        if not valid(value):
+            self._ignore(key, "not a deterministic verdict")
+            return None
+        return value
 
     def put(self, key: str, value: dict) -> None:
         if not self.enabled:
             return
         self.root.mkdir(parents=True, exist_ok=True)
+        record = {"format": CACHE_FORMAT, "key": key, "value": value, "sha256": _record_digest(key, value)}
         fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f)
-        os.replace(tmp, self.root / f"{key}.json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(record, f)
+            os.replace(tmp, self.root / f"{key}.json")
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
 
 
 # -------------------------------------------------------------------------------------------------- evaluation
@@ -345,7 +421,10 @@ def sim_trial(program: str, name: str, inputs, timeout_s: float, verify: str = S
             res = run_in_subprocess(path, inputs, verify=verify, timeout_s=timeout_s)
         except PyptoSimError as e:
             msg = str(e)
+            # a timeout or a child killed by a signal (the OOM killer, a Ctrl-C) says nothing about the program
             return {"aicore_us": None, "error": msg[:600], "timeout": " timed out after " in msg,
+                    "transient": " timed out after " in msg or any(f"(killed by {sig})" in msg
+                                                                   for sig in TRANSIENT_SIGNALS),
                     "seconds": time.perf_counter() - t0}
     if res.aicore_us is None:
         return {"aicore_us": None, "error": "SIM reported no AICore time", "timeout": False,
@@ -506,7 +585,7 @@ def _us(value) -> str:
 
 def _short(params: dict, dims: list[Dim]) -> str:
     """The candidate as its differences from the default."""
-    changed = [f"{d.name.split('.')[-1]}={params[d.name]}" for d in dims if params[d.name] != d.default]
+    changed = [f"{d.name.split('.')[-1]}={params[d.name]}" for d in dims if params[d.name] != d.baseline]
     return " ".join(changed) or "default"
 
 
@@ -524,7 +603,7 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
     t_start = time.perf_counter()
     base_pipeline = req.pipeline or PYPTO_PIPELINE
     dims = build_space(base_pipeline, req.space)
-    cache = Cache(req.cache_dir, req.use_cache)
+    cache = Cache(req.cache_dir, req.use_cache, report=log)
     src0 = load_source(req.source, req.config, req.overrides)
     inputs = source_inputs(src0, req.seed)
     sampler = _sampler(dims, req.budget, req.seed)
@@ -535,6 +614,7 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
     trials: list[Trial] = []
     seen: dict[str, float | None] = {}  # key -> µs (this run)
     modules: dict[str, tuple] = {}  # key -> (params) of the first candidate with that program
+    modules_program: dict[str, str] = {}  # key -> its program (to run it again after a transient failure)
     in_flight: dict[cf.Future, tuple] = {}
     sim_count = 0  # SIM runs started by this tune
     evaluated = 0  # distinct programs with a result (timed now or found in the cache): what --budget caps
@@ -545,7 +625,8 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
         nonlocal best
         trials.append(trial)
         value = trial.aicore_us
-        sampler.tell(handle, value, trial.status)
+        if handle is not None or isinstance(sampler, _Exhaustive):
+            sampler.tell(handle, value, trial.status)
         if value is not None:
             best = min(best, value)
         us = f"{value:9.2f} us" if value is not None else f"{trial.status:>12}"
@@ -563,8 +644,8 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
             run_pipeline(module, candidate_pipeline(base_pipeline, dims, params), output_names=src0.output_names)
             options = candidate_options(dims, params)
             why = static_check(module, options)
-            if why and params != default:  # the default is always timed (a filter that rejects it is wrong)
-                return None, None, why, "filtered"
+            if why and params not in (default, baseline):  # the defaults are always timed (a filter that
+                return None, None, why, "filtered"                 # rejects them is wrong)
             program = emit_pypto(module, options)
         except (PassError, PipelineError, Exception) as e:  # noqa: BLE001 - any failure disqualifies the candidate
             return None, None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", "compile-error"
@@ -577,6 +658,10 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
     else:
         pool = LocalPool(req.jobs)
     default = default_params(dims)
+    baseline = baseline_params(dims)
+    # the true all-defaults candidate is timed first even when --space narrowed it out of the search
+    extra = [] if baseline == default else [baseline]
+    retries: dict[str, int] = {}  # key -> transient failures (a killed child, a dead worker) retried so far
     number = 0
     with tempfile.TemporaryDirectory(prefix="attnc-tune-in-") as tmp:
         import numpy as np
@@ -590,7 +675,7 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
         try:
             while True:
                 while not exhausted and evaluated < req.budget and len(in_flight) < max(1, pool.jobs):
-                    params, handle = sampler.ask()
+                    params, handle = (extra.pop(0), None) if extra else sampler.ask()
                     if params is None:
                         exhausted = True
                         break
@@ -615,6 +700,7 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
                         evaluated += 1
                         seen[key] = None
                         modules[key] = params
+                        modules_program[key] = program
                         fut = pool.submit(program, src0.name, inputs_path, arrays, req.timeout_s)
                         in_flight[fut] = (number, params, handle, key, sim_count)
                     if idle_asks > 20 * len(dims) + 50:  # the sampler keeps proposing what is known
@@ -628,10 +714,17 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
                         res = fut.result()
                     except Exception as e:  # noqa: BLE001 - a dead worker disqualifies its candidate only
                         res = {"aicore_us": None, "error": f"worker failed: {type(e).__name__}: {e}",
-                               "timeout": False}
+                               "timeout": False, "transient": True}
+                    if res.get("transient") and not res.get("timeout") and retries.get(key, 0) < MAX_RETRIES:
+                        retries[key] = retries.get(key, 0) + 1  # a killed child: the same program once more
+                        sim_count += 1
+                        log(f"tune: trial {n}: {res['error'][:120]}: transient, running it again")
+                        again = pool.submit(modules_program[key], src0.name, inputs_path, arrays, req.timeout_s)
+                        in_flight[again] = (n, params, handle, key, sim_count)
+                        continue
                     seen[key] = res["aicore_us"]
-                    if not res.get("timeout"):
-                        cache.put(key, res)
+                    if not res.get("transient") and is_timing_verdict(res):
+                        cache.put(key, res)  # only deterministic verdicts
                     status = "timed" if res["aicore_us"] is not None else ("timeout" if res.get("timeout")
                                                                           else "sim-error")
                     record(Trial(n, params, status, res["aicore_us"], note=res.get("error") or "", key=key,
@@ -639,7 +732,7 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
         finally:
             pool.close()
 
-    default_trial = next(t for t in trials if t.params == default)
+    default_trial = next(t for t in trials if t.params == baseline)
     ranked = sorted((t for t in trials if t.aicore_us is not None and t.status != "duplicate"),
                     key=lambda t: (t.aicore_us, t.number))
     if not ranked:
@@ -647,12 +740,14 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
                         f"{default_trial.note[:200]})")
     # the re-check: the default's pypto verify records at the small batch are the bar
     log(f"tune: re-checking at batch {req.recheck_batch} with pypto verify against the interpreter")
-    base_check = recheck(req, base_pipeline, dims, default, cache, log)
+    base_check = recheck(req, base_pipeline, dims, baseline, cache, log)
     if not base_check["ok"]:
         raise TuneError(f"the default candidate fails the re-check: {base_check['note']}")
     chosen, check = None, None
     for t in ranked[:max(1, req.recheck_candidates)]:
-        check = base_check if t.params == default else recheck(req, base_pipeline, dims, t.params, cache, log)
+        # the winner is always re-checked in SIM (never taken from the cache) before the file is written
+        check = base_check if t.params == baseline else recheck(req, base_pipeline, dims, t.params, cache, log,
+                                                                 fresh=True)
         if check["ok"] and check["failed_records"] <= base_check["failed_records"]:
             chosen = t
             break
@@ -690,7 +785,7 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
     return TuneResult(tuning, trials)
 
 
-def recheck(req: TuneRequest, base_pipeline: str, dims, params: dict, cache: Cache, log) -> dict:
+def recheck(req: TuneRequest, base_pipeline: str, dims, params: dict, cache: Cache, log, fresh: bool = False) -> dict:
     """Compile the candidate at `recheck_batch`, run it in SIM with pypto's pass verify and compare every output
     with attnc's interpreter on the same compiled IR. Cached like the timings."""
     from attnc.codegen.driver import load_source, source_inputs
@@ -712,7 +807,7 @@ def recheck(req: TuneRequest, base_pipeline: str, dims, params: dict, cache: Cac
     key = cache_key(f"{program}\n# recheck within {sorted(RECHECK_TOLERANCE.items())} or one step of the largest "
                     f"value, top-k ties within "
                     f"{TIE_EPS!r}", req.recheck_verify, req.seed)
-    if (hit := cache.get(key)) is not None:
+    if not fresh and (hit := cache.get(key, is_recheck_verdict)) is not None:
         return hit
     inputs = source_inputs(src, req.seed)
     try:

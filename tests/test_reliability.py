@@ -312,3 +312,113 @@ def test_state_file_reads_only_the_carried_arrays(tmp_path, capsys, monkeypatch)
     code, _, err = cli(capsys, "run", "decode_swa", *TINY, "--start-pos", "1", "--state", state)
     assert code == 0, err
     assert "zzz.npy" not in opened and "kv_ring.npy" in opened
+
+
+# -------------------------------------------------------------------------------------------------- tuner cache
+
+
+def _tune_fakes(monkeypatch, calls, rechecks, sim=None):
+    from attnc.codegen import tune as T
+    from test_tune import _fake_sim
+
+    monkeypatch.setattr(T, "sim_trial", sim or _fake_sim(calls))
+
+    def recheck(req, pipeline, dims, params, cache, log, fresh=False):
+        rechecks.append((params, fresh))
+        return {"ok": True, "note": "", "max_error": 0.0, "differing": 0, "failed_records": 0}
+
+    monkeypatch.setattr(T, "recheck", recheck)
+    return T
+
+
+def test_an_edited_or_malformed_cache_entry_is_ignored_and_reported_once(tmp_path, monkeypatch):
+    import json
+
+    from test_tune import _request
+
+    calls, rechecks, notes = [], [], []
+    T = _tune_fakes(monkeypatch, calls, rechecks)
+    first = T.tune(_request(tmp_path, budget=4), log=lambda m: None)
+    assert len(calls) == 4 and first.tuning["aicore_us"] == 85.0
+    entries = sorted((tmp_path / "cache").glob("*.json"))
+    assert len(entries) == 4
+    # make the slowest candidate look fastest: an edited timing, the checksum left as it was
+    slowest = max(entries, key=lambda p: json.loads(p.read_text())["value"]["aicore_us"])
+    record = json.loads(slowest.read_text())
+    record["value"]["aicore_us"] = 1.0
+    slowest.write_text(json.dumps(record))
+    entries.remove(slowest)
+    entries[0].write_text("{broken")
+    entries[1].write_text(json.dumps([1, 2]))
+    again = T.tune(_request(tmp_path, budget=4), log=notes.append)
+    assert again.tuning["aicore_us"] == 85.0  # the edit changed nothing
+    assert len(calls) == 7  # the three bad entries were timed again, the good one came from the cache
+    ignored = [n for n in notes if "cache entry" in n]
+    assert len(ignored) == 3 and all("ignored" in n for n in ignored)
+
+
+def test_a_killed_child_is_retried_and_never_cached(tmp_path, monkeypatch):
+    from test_tune import _fake_sim, _request
+
+    calls, rechecks = [], []
+    fine = _fake_sim(calls)
+    killed = set()
+
+    def sim(program, name, inputs, timeout_s, verify=None):
+        if "'device_sched_mode': 1" in program and program not in killed:  # the OOM killer, once per program
+            killed.add(program)
+            calls.append(program)
+            return {"aicore_us": None, "error": "pypto run of k.py failed (killed by SIGKILL): no output",
+                    "timeout": False, "transient": True}
+        return fine(program, name, inputs, timeout_s)
+
+    T = _tune_fakes(monkeypatch, calls, rechecks, sim)
+    res = T.tune(_request(tmp_path, budget=4), log=lambda m: None)
+    assert res.tuning["aicore_us"] == 85.0  # the killed candidates were run again and timed
+    assert len(calls) == 6
+    always_killed = lambda program, *a, **k: {"aicore_us": None, "error": "failed (killed by SIGKILL)",  # noqa: E731
+                                              "timeout": False, "transient": True}
+    T = _tune_fakes(monkeypatch, calls, rechecks, always_killed)
+    cache = tmp_path / "cache2"
+    with pytest.raises(T.TuneError):
+        T.tune(_request(tmp_path, budget=2, cache_dir=str(cache)), log=lambda m: None)
+    assert not list(cache.glob("*.json"))  # nothing cached for a transient failure
+
+
+def test_no_cache_neither_reads_nor_writes(tmp_path, monkeypatch):
+    from test_tune import _request
+
+    calls, rechecks = [], []
+    T = _tune_fakes(monkeypatch, calls, rechecks)
+    T.tune(_request(tmp_path, budget=2), log=lambda m: None)
+    before = snapshot(tmp_path / "cache")
+    T.tune(_request(tmp_path, budget=2, use_cache=False, cache_dir=str(tmp_path / "cache")), log=lambda m: None)
+    assert len(calls) == 4 and snapshot(tmp_path / "cache") == before
+
+
+def test_the_true_default_is_timed_and_named_default_with_a_narrowed_space(tmp_path, monkeypatch):
+    """--space narrowing vec_nbuffer_setting away from its default {-1: 4}: the file's default_aicore_us is the
+    true default's time (100 µs here), not the first narrowed candidate's."""
+    from test_tune import _request
+
+    calls, rechecks = [], []
+    T = _tune_fakes(monkeypatch, calls, rechecks)
+    req = _request(tmp_path, budget=4)
+    req.space = [s for s in req.space if not s.startswith("vec_nbuffer_setting")] + ["vec_nbuffer_setting={-1: 2}"]
+    res = T.tune(req, log=lambda m: None)
+    from attnc.passes import PYPTO_PIPELINE
+
+    baseline = T.baseline_params(T.build_space(PYPTO_PIPELINE, req.space))
+    assert baseline["vec_nbuffer_setting"] == "{-1: 4}"
+    assert res.trials[0].params == baseline and res.tuning["default_aicore_us"] == 100.0
+    assert res.tuning["aicore_us"] == 85.0
+
+
+def test_the_winner_is_rechecked_fresh_before_the_file_is_written(tmp_path, monkeypatch):
+    from test_tune import _request
+
+    calls, rechecks = [], []
+    T = _tune_fakes(monkeypatch, calls, rechecks)
+    res = T.tune(_request(tmp_path, budget=4), log=lambda m: None)
+    winner = [params for params, fresh in rechecks if params != res.trials[0].params]
+    assert winner and all(fresh for params, fresh in rechecks if params != res.trials[0].params)
