@@ -21,6 +21,25 @@ class CliError(Exception):
     pass
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that child process groups and temp folders are cleaned up on the way
+    out (like KeyboardInterrupt for SIGINT)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _catch_sigterm(handler=_on_sigterm):
+    """Install `handler` for SIGTERM (main thread only); returns the one it replaced."""
+    import signal
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except (ValueError, TypeError):  # not the main thread, or no previous handler to restore
+        return None
+
+
 def _error_types() -> tuple[type[BaseException], ...]:
     from attnc.codegen.escape import UnsafeName
     from attnc.codegen.io import InputError, OutputError
@@ -1078,6 +1097,7 @@ def main(argv: list[str] | None = None) -> int:
 
     timing = Timing()
     argv = sys.argv[1:] if argv is None else list(argv)
+    previous = _catch_sigterm()
     try:
         parser = build_parser()
         if not argv:  # `attnc` alone: usage and the commands
@@ -1098,13 +1118,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"attnc: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
+        print("attnc: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("attnc: terminated", file=sys.stderr)
+        return 143
     except Exception as e:  # a bug in attnc: still one line; ATTNC_TRACEBACK=1 shows the traceback
         if os.environ.get("ATTNC_TRACEBACK"):
             raise
         print(f"attnc: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
               file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        _catch_sigterm(previous)
 
 
 if __name__ == "__main__":

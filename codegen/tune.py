@@ -439,7 +439,8 @@ class LocalPool:
     def __init__(self, jobs: int):
         import multiprocessing
 
-        self.pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+        self.pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=_worker_init)
         self.jobs = jobs
 
     def submit(self, program, name, inputs_path, inputs, timeout_s) -> cf.Future:
@@ -447,6 +448,25 @@ class LocalPool:
 
     def close(self):
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def abort(self):
+        """Interrupted: SIGTERM every worker (each ends its SIM child's process group on the way out), wait."""
+        for proc in list((getattr(self.pool, "_processes", None) or {}).values()):
+            try:
+                proc.terminate()
+            except (OSError, ValueError):
+                pass
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _worker_init() -> None:
+    """A pool worker: SIGTERM unwinds like Ctrl-C (run_in_subprocess then kills the SIM child's group); Ctrl-C at
+    the terminal reaches the workers too, which unwind the same way."""
+    import signal
+
+    from attnc.codegen.driver import _on_sigterm
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 class SerialPool:
@@ -460,6 +480,9 @@ class SerialPool:
         return fut
 
     def close(self):
+        pass
+
+    def abort(self):
         pass
 
 
@@ -486,6 +509,9 @@ class RayPool:
 
     def close(self):
         pass  # the caller owns the Ray session (ray.shutdown() when it started it)
+
+    def abort(self):
+        pass  # Ray ends the tasks of a driver that exits
 
 
 # -------------------------------------------------------------------------------------------------- search
@@ -729,6 +755,9 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
                                                                           else "sim-error")
                     record(Trial(n, params, status, res["aicore_us"], note=res.get("error") or "", key=key,
                                  sim_index=index), handle)
+        except BaseException:  # Ctrl-C, SIGTERM, an error: no worker or SIM child outlives the tune
+            pool.abort()
+            raise
         finally:
             pool.close()
 

@@ -422,3 +422,62 @@ def test_the_winner_is_rechecked_fresh_before_the_file_is_written(tmp_path, monk
     res = T.tune(_request(tmp_path, budget=4), log=lambda m: None)
     winner = [params for params, fresh in rechecks if params != res.trials[0].params]
     assert winner and all(fresh for params, fresh in rechecks if params != res.trials[0].params)
+
+
+# -------------------------------------------------------------------------------------------------- signals
+
+
+@pytest.mark.parametrize("sig, code, line", [("SIGTERM", 143, "attnc: terminated"),
+                                             ("SIGINT", 130, "attnc: interrupted")])
+def test_a_signal_during_a_sim_run_ends_the_child_group_and_temp_folders(tmp_path, sig, code, line):
+    """The SIM child runs in its own session (so a Ctrl-C at the terminal never reaches it): attnc itself must end
+    its process group. A stand-in child (and a grandchild) sleeps where pypto would simulate."""
+    import signal
+    import subprocess
+    import sys
+
+    tmp, shm = tmp_path / "tmp", tmp_path / "shm"
+    tmp.mkdir()
+    shm.mkdir()
+    pidfile = tmp_path / "child.pid"
+    fake = tmp_path / "fake_python"
+    fake.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nsleep 300 &\nsleep 300\n")
+    fake.chmod(0o755)
+    script = (
+        "import sys\n"
+        "import attnc.codegen.pypto_target as target\n"
+        "from attnc.codegen import pypto_sim\n"
+        "real = pypto_sim.run_in_subprocess\n"
+        f"target.run_in_subprocess = lambda kernel, inputs, **kw: real(kernel, inputs, **{{**kw, 'python': {str(fake)!r}}})\n"
+        "from attnc.codegen.driver import main\n"
+        "sys.exit(main(['run', 'qkv_proj_rope', '--config', 'tiny', '--target', 'pypto-sim']))\n")
+    env = dict(os.environ, TMPDIR=str(tmp), ATTNC_PYPTO_TMP=str(shm), ATTNC_PROGRESS="0")
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 120
+        while not (pidfile.exists() and pidfile.read_text().strip()):
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "no child"
+            time.sleep(0.1)
+        group = int(pidfile.read_text())
+        proc.send_signal(getattr(signal, sig))
+        assert proc.wait(30) == code
+        err = [ln for ln in proc.stderr.read().splitlines() if ln.strip() and not ln.startswith("attnc: note:")]
+        assert err == [line]
+        for _ in range(50):  # the group is gone (killed, reaped)
+            try:
+                os.killpg(group, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.killpg(group, signal.SIGKILL)
+            pytest.fail("the SIM child's process group outlived attnc")
+        assert os.listdir(tmp) == [] and os.listdir(shm) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if pidfile.exists() and pidfile.read_text().strip():  # never leave the stand-in behind, pass or fail
+            try:
+                os.killpg(int(pidfile.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
