@@ -26,6 +26,14 @@ class Terminated(BaseException):
     out (like KeyboardInterrupt for SIGINT)."""
 
 
+def _one_line(e: BaseException) -> str:
+    """The first line of an error, its control characters escaped: text from an input file (an escape
+    sequence, a carriage return) is never sent raw to the terminal."""
+    from attnc.codegen.provenance import printable
+
+    return printable(str(e).splitlines()[0]) if str(e) else type(e).__name__
+
+
 def _on_sigterm(signum, frame):
     raise Terminated()
 
@@ -100,6 +108,8 @@ def read_source_text(spec: str) -> str:
     """The text of an .mlir source (`-` reads stdin, as mlir-opt does): at most MAX_IR_BYTES, UTF-8."""
     try:
         if spec == "-":
+            if sys.stdin is None:  # started with stdin closed (<&-)
+                raise CliError("-: cannot read (stdin is closed)")
             stdin = getattr(sys.stdin, "buffer", None)  # a text stream without bytes (tests): read text
             data = stdin.read(MAX_IR_BYTES + 1) if stdin else sys.stdin.read(MAX_IR_BYTES + 1).encode("utf-8")
         else:
@@ -502,6 +512,8 @@ def run_inputs(src: Source, args, *, steps: int = 1, tokens: int | None = None) 
         rows = src.cfg["batch"]
         if len(seqlens) != rows:
             raise CliError(f"--seqlens: {len(seqlens)} token counts for batch={rows} rows")
+        if sum(seqlens) > 2**31 - 1:  # cu_seqlens are int32 prefix sums
+            raise CliError(f"--seqlens: {sum(seqlens)} tokens in all exceed 2**31 - 1 (cu_seqlens are int32)")
         extra["cu_seqlens"] = torch.tensor([0, *itertools.accumulate(seqlens)], dtype=torch.int32)
     if start is not None:
         if "start_pos" not in src.arg_names and not packed:
@@ -594,6 +606,7 @@ def _next_step_inputs(src: Source, inputs: dict, outs: dict, step: int, seed: in
 
 
 MAX_STEPS_FILE_BYTES = 1 << 20
+MAX_STEPS = 1 << 20
 
 
 def read_step_counts(path: str) -> list[int]:
@@ -768,6 +781,8 @@ def cmd_run(args) -> int:
     steps = len(counts) if counts else (1 if args.steps is None else args.steps)
     if steps < 1:
         raise CliError(f"--steps must be at least 1, got {args.steps}")
+    if steps > MAX_STEPS:  # before a list of steps is made: each step advances at least one RoPE position
+        raise CliError(f"{'--steps-file' if counts else '--steps'}: {steps} steps, more than {MAX_STEPS}")
     how = "--steps-file" if counts else "--steps"
     with timing.phase("parse" if is_ir_source(args.source) else "build stage (DSL -> attn IR)"):
         src = load_source(args.source, args.config, args.set)
@@ -1115,7 +1130,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version
         return int(e.code or 0)
     except _error_types() as e:
-        print(f"attnc: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        print(f"attnc: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:  # an allocation the estimate let through
+        print("attnc: error: out of memory (a smaller --config or --set batch=... needs less)", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("attnc: interrupted", file=sys.stderr)
@@ -1124,6 +1142,9 @@ def main(argv: list[str] | None = None) -> int:
         print("attnc: terminated", file=sys.stderr)
         return 143
     except Exception as e:  # a bug in attnc: still one line; ATTNC_TRACEBACK=1 shows the traceback
+        if isinstance(e, RuntimeError) and "can't allocate memory" in str(e):  # torch's allocator
+            print("attnc: error: out of memory (a smaller --config or --set batch=... needs less)", file=sys.stderr)
+            return EXIT_USAGE
         if os.environ.get("ATTNC_TRACEBACK"):
             raise
         print(f"attnc: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",

@@ -184,6 +184,12 @@ def build_space(pipeline: str, narrow: list[str] | None = None) -> list[Dim]:
                 v = part.strip()  # bare words (schedule names)
             values.append(_literal_text(v))
         d = by_name[name]
+        wrong = [v for v in values if type(v) is not type(d.default)]
+        if wrong:
+            from attnc.codegen.provenance import printable
+
+            raise TuneError(f"--space {name}: {printable(repr(wrong[0]))[:40]} is not of type "
+                            f"{type(d.default).__name__} (the default is {d.default!r})")
         start = d.default if d.default in values else values[0]
         by_name[name] = Dim(d.name, tuple(values), start, d.pass_name, d.option,
                             d.default if d.baseline is None else d.baseline)
@@ -1032,6 +1038,9 @@ def load_tuning(path: str) -> dict:
         raise TuneError(f"{path}: unknown key '{unknown[0][:60]}'")
     if not isinstance(data.get("stage"), str) or not isinstance(data.get("pipeline"), str):
         raise TuneError(f"{path}: 'stage' and 'pipeline' must be strings")
+    if not isinstance(data.get("config", ""), str) or not (
+            isinstance(data.get("set", []), list) and all(isinstance(o, str) and "=" in o for o in data.get("set", []))):
+        raise TuneError(f"{path}: 'config' must be a string and 'set' a list of KEY=VALUE strings")
     opts = data.get("pypto_options")
     if not isinstance(opts, dict) or not all(isinstance(k, str) for k in opts):
         raise TuneError(f"{path}: 'pypto_options' must be an object of option names")
@@ -1092,6 +1101,12 @@ def add_parser(sub, formatter_class=None) -> None:
     t.set_defaults(fn=cmd_tune)
 
 
+def _default_pipeline() -> str:
+    from attnc.passes import PYPTO_PIPELINE
+
+    return PYPTO_PIPELINE
+
+
 def default_plot_path(output: str) -> str | None:
     """The tuning file with .png, for a regular file path only (stdout, a device or a FIFO has no sibling)."""
     from attnc.codegen.io import resolve_output
@@ -1105,6 +1120,15 @@ def cmd_tune(args) -> int:
 
     if args.recheck_batch < 1:
         raise TuneError("--recheck-batch must be at least 1")
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise TuneError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    if args.budget < 1:
+        raise TuneError("--budget must be at least 1")
+    if args.jobs < 0:
+        raise TuneError(f"--jobs must be 0 or more, got {args.jobs}")
+    if args.ray is not None and not args.ray.strip():
+        raise TuneError("--ray: an empty address (give 'auto', 'local' or HOST:PORT)")
+    build_space(args.pipeline or _default_pipeline(), args.space)  # --space checked before any work
     check_output_path(args.output)  # every output path is checked before the (long) work
     plot = args.plot if args.plot is not None else default_plot_path(args.output)
     if plot is not None:

@@ -393,6 +393,26 @@ CASES = [
      r"array 'start_pos'\[1\]: value -1 outside \[0, 62\]"),
     ("start_pos-past-max", lambda t: [*SPA, "--inputs", _arrays(t / "in.npz", start_pos=np.array([63, 0], np.int32))],
      r"array 'start_pos'\[0\]: value 63 outside \[0, 62\]"),
+    # issue 21: one error line where there was a traceback (exit 3) or an allocation before the check
+    ("seqlens-int32-overflow", lambda t: ["run", "sparse_attn_core", *TINY, "--set", "layout=packed", "--seqlens",
+                                          "2147483647,5"], r"--seqlens: 2147483652 tokens in all exceed 2\*\*31 - 1"),
+    ("steps-1e8", lambda t: ["run", "decode_swa", *TINY, "--steps", "100000000"],
+     r"--steps: 100000000 steps, more than 1048576"),
+    ("module-of-two-blocks", lambda t: ["compile", _ir(t, "builtin.module {\n^bb0:\n" + "\n".join(
+        KERNEL.splitlines()[1:-1]) + "\n^bb1:\n}\n")], r"builtin\.module must hold exactly one block, found 2"),
+    ("region-less-func", lambda t: ["compile", _ir(t, 'builtin.module {\n  "func.func"() <{sym_name = "k", '
+                                                      'function_type = () -> ()}> : () -> ()\n}\n')],
+     r"@k is a declaration without a body"),
+    ("escape-sequence-in-ir", lambda t: ["compile", _ir(t, "builtin.module {\x1b[31m\n}\n")],
+     r"in\.mlir:1:17: Unexpected character: \\x1b$"),
+    ("steps-file-deep-json", lambda t: ["run", "decode_swa", *TINY, "--steps-file",
+                                        _ir(t, "[" * 100000 + "]" * 100000, "s.json")], r"nested deeper than 32"),
+    ("tune-timeout-nan", lambda t: ["tune", "sparse_attn_core", "--timeout", "nan", "-o", str(t / "t.json")],
+     r"--timeout must be a positive number"),
+    ("tune-ray-empty", lambda t: ["tune", "sparse_attn_core", "--ray", "", "-o", str(t / "t.json")],
+     r"--ray: an empty address"),
+    ("tune-space-wrong-type", lambda t: ["tune", "sparse_attn_core", "--space", "tile-softmax.kv-tile=abc", "-o",
+                                         str(t / "t.json")], r"--space tile-softmax\.kv-tile: 'abc' is not of type int"),
     # output paths (nothing of the command may be left behind)
     ("out-is-a-directory", lambda t: [*SPA, "--out", str(t)], r"cannot write \(is a directory\)"),
     ("out-under-a-file", lambda t: [*SPA, "--out", _ir(t, "x", "f") + "/o.npz"], r"f is not a directory"),

@@ -481,3 +481,46 @@ def test_a_signal_during_a_sim_run_ends_the_child_group_and_temp_folders(tmp_pat
                 os.killpg(int(pidfile.read_text()), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+# -------------------------------------------------------------------------------------------------- exit 3 -> one line
+
+
+def test_closed_stdin_and_stdout_are_one_error_line(capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", None)  # what Python sets for `attnc compile - <&-`
+    code, _, err = cli(capsys, "compile", "-")
+    one_error_line(code, err, r"-: cannot read \(stdin is closed\)")
+    monkeypatch.undo()
+    monkeypatch.setattr(sys, "stdout", None)  # `attnc compile qkv_proj_rope >&-`
+    code, _, err = cli(capsys, "compile", "qkv_proj_rope", *TINY)
+    one_error_line(code, err, r"-: cannot write \(stdout is closed\)")
+
+
+def test_an_allocation_failure_is_one_error_line(capsys, monkeypatch):
+    from attnc.codegen import driver
+
+    def fail(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 17179869184 bytes.")
+
+    monkeypatch.setattr(driver, "load_source", fail)
+    code, _, err = cli(capsys, "inputs", "decode_csa", "-o", "/dev/null")
+    one_error_line(code, err, r"out of memory")
+    monkeypatch.setattr(driver, "load_source", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
+    code, _, err = cli(capsys, "inputs", "decode_csa", "-o", "/dev/null")
+    one_error_line(code, err, r"out of memory")
+
+
+def test_an_escape_sequence_from_a_file_is_never_echoed_raw(tmp_path, capsys):
+    steps = tmp_path / "steps.txt"
+    steps.write_bytes(b"1\n\x1b]0;owned\x07\n")
+    code, _, err = cli(capsys, "run", "decode_swa", *TINY, "--steps-file", steps)
+    one_error_line(code, err, r"steps\.txt:2: .*x1b.*is not a token count")
+    assert "\x1b" not in err and "\x07" not in err
+    src = tmp_path / "in.mlir"
+    src.write_bytes(b"builtin.module {\x1b[2J\n}\n")
+    code, _, err = cli(capsys, "compile", src)
+    one_error_line(code, err, r"Unexpected character")
+    assert "\x1b" not in err
