@@ -842,8 +842,11 @@ def cmd_inputs(args) -> int:
     """Write a stage's inputs (the file's arrays where given, seeded values for the rest) to one .npz."""
     from attnc.codegen.io import check_output_path, save_npz
 
+    from attnc.codegen.memory import check_memory
+
     check_output_path(args.output)
     src = load_source(args.source, args.config, args.set)
+    check_memory(src.module, f"inputs {src.name}", copies_of_inputs=3, inputs_only=True)  # tensors, arrays, .npz
     inputs, seeded = run_inputs(src, args)
     save_npz(args.output, inputs)
     print(f"wrote {args.output}: {len(inputs)} arrays of {src.name} ({len(seeded)} seeded with seed {args.seed})",
@@ -890,8 +893,12 @@ def cmd_plot(args) -> int:
     from attnc.codegen.io import check_output_path
     from attnc.ir.dsl import stage_config
 
+    from attnc.codegen.memory import check_memory
+
     check_output_path(args.output)
     src = load_source(args.source, args.config, args.set)
+    if args.kind != "schedule":  # timing verifies each pass, visibility and errors interpret the stage
+        check_memory(src.module, f"plot {args.kind} of {src.name}")
     title = f"{src.name} ({args.config}{''.join(' ' + o for o in args.set)})"
     if args.kind == "schedule":
         compile_source(src, _pipeline_for(args), verify_each=False)

@@ -91,10 +91,19 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.3g} GB"
 
 
-def check_memory(module: ModuleOp, what: str, copies_of_inputs: int = 1, limit: int | None = None) -> int:
+def inputs_bytes(module: ModuleOp, copies: int) -> int:
+    """`copies` copies of the inputs at once (`attnc inputs`: the tensors, their numpy arrays, the .npz bytes)."""
+    from attnc.ir.interpreter import entry_function
+
+    return copies * sum(tensor_bytes(t) for t in entry_function(module).function_type.inputs.data)
+
+
+def check_memory(module: ModuleOp, what: str, copies_of_inputs: int = 1, limit: int | None = None,
+                 inputs_only: bool = False) -> int:
     """Refuse before allocating when the estimate exceeds what the machine has (`limit` or
-    ATTNC_MEMORY_LIMIT_BYTES override the machine's figure: tests, the fuzzer)."""
-    need = interpreter_bytes(module, copies_of_inputs)
+    ATTNC_MEMORY_LIMIT_BYTES override the machine's figure: tests, the fuzzer). `inputs_only`: the command makes
+    the inputs and runs nothing."""
+    need = inputs_bytes(module, copies_of_inputs) if inputs_only else interpreter_bytes(module, copies_of_inputs)
     env = os.environ.get("ATTNC_MEMORY_LIMIT_BYTES")
     have = limit if limit is not None else int(env) if env and env.isdigit() else available_bytes()
     if need > have:

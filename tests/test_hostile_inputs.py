@@ -413,6 +413,10 @@ CASES = [
      r"--ray: an empty address"),
     ("tune-space-wrong-type", lambda t: ["tune", "sparse_attn_core", "--space", "tile-softmax.kv-tile=abc", "-o",
                                          str(t / "t.json")], r"--space tile-softmax\.kv-tile: 'abc' is not of type int"),
+    ("inputs-max-pos-2e31", lambda t: ["inputs", "decode_csa", *TINY, "--set", "max_pos=2147483647", "-o",
+                                       str(t / "in.npz")], r"inputs decode_csa needs at least [0-9.e+]+ GB of memory"),
+    ("plot-visibility-huge", lambda t: ["plot", "visibility", "decode_csa", *TINY, "--set", "max_pos=2147483647",
+                                        "-o", str(t / "v.png")], r"plot visibility of decode_csa needs at least"),
     # output paths (nothing of the command may be left behind)
     ("out-is-a-directory", lambda t: [*SPA, "--out", str(t)], r"cannot write \(is a directory\)"),
     ("out-under-a-file", lambda t: [*SPA, "--out", _ir(t, "x", "f") + "/o.npz"], r"f is not a directory"),
