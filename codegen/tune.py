@@ -637,6 +637,10 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
     dims = build_space(base_pipeline, req.space)
     cache = Cache(req.cache_dir, req.use_cache, report=log)
     src0 = load_source(req.source, req.config, req.overrides)
+    from attnc.codegen.memory import check_memory
+
+    # seeded tensors, their arrays and the .npz each SIM child reads; the re-check interprets at its own batch
+    check_memory(src0.module, f"tune {src0.name}", copies_of_inputs=3)
     inputs = source_inputs(src0, req.seed)
     sampler = _sampler(dims, req.budget, req.seed)
     log(f"tune: {src0.name} at {req.config} {' '.join(req.overrides)}: {len(dims)} dimensions, "

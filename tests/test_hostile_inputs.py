@@ -417,6 +417,8 @@ CASES = [
                                        str(t / "in.npz")], r"inputs decode_csa needs at least [0-9.e+]+ GB of memory"),
     ("plot-visibility-huge", lambda t: ["plot", "visibility", "decode_csa", *TINY, "--set", "max_pos=2147483647",
                                         "-o", str(t / "v.png")], r"plot visibility of decode_csa needs at least"),
+    ("tune-huge", lambda t: ["tune", "decode_csa", *TINY, "--set", "max_pos=2147483647", "-o", str(t / "t.json")],
+     r"tune decode_csa needs at least [0-9.e+]+ GB of memory"),
     # output paths (nothing of the command may be left behind)
     ("out-is-a-directory", lambda t: [*SPA, "--out", str(t)], r"cannot write \(is a directory\)"),
     ("out-under-a-file", lambda t: [*SPA, "--out", _ir(t, "x", "f") + "/o.npz"], r"f is not a directory"),
