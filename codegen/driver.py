@@ -1139,6 +1139,13 @@ def main(argv: list[str] | None = None) -> int:
     except _error_types() as e:
         print(f"attnc: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `attnc list | head -1`: the reader left
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        except (OSError, ValueError, AttributeError):
+            pass
+        print("attnc: error: -: cannot write (Broken pipe)", file=sys.stderr)
+        return EXIT_USAGE
     except MemoryError:  # an allocation the estimate let through
         print("attnc: error: out of memory (a smaller --config or --set batch=... needs less)", file=sys.stderr)
         return EXIT_USAGE

@@ -524,3 +524,16 @@ def test_an_escape_sequence_from_a_file_is_never_echoed_raw(tmp_path, capsys):
     code, _, err = cli(capsys, "compile", src)
     one_error_line(code, err, r"Unexpected character")
     assert "\x1b" not in err
+
+
+def test_a_reader_that_leaves_is_one_error_line():
+    """`attnc list | head -1`: stdout's reader is gone before attnc writes."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from attnc.codegen.driver import main; "
+                             "sys.exit(main(['list']))"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(60) == 2
+    assert err.splitlines() == ["attnc: error: -: cannot write (Broken pipe)"], err
