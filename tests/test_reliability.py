@@ -537,3 +537,28 @@ def test_a_reader_that_leaves_is_one_error_line():
     err = proc.stderr.read()
     assert proc.wait(60) == 2
     assert err.splitlines() == ["attnc: error: -: cannot write (Broken pipe)"], err
+
+
+# -------------------------------------------------------------------------------------------------- memory
+
+
+def test_the_memory_estimate_is_an_upper_bound_of_the_measured_peaks():
+    """benchmarks/memory_bound.json: peak RSS that `attnc run` added, measured per stage at three batch sizes (and
+    decode_csa at flash). The estimate `attnc run/inputs/plot/tune` refuse on must stay above every one of them
+    (the old lower bound was 1.5-8x below)."""
+    import json
+
+    from attnc.codegen.driver import load_source
+    from attnc.codegen.memory import interpreter_upper_bytes
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "memory_bound.json")
+    with open(path) as f:
+        rows = [r for r in json.load(f) if "measured" in r]
+    assert len({r["stage"] for r in rows}) >= 10 and len(rows) >= 30
+    below = []
+    for r in rows:
+        src = load_source(r["stage"], r["config"], [f"batch={r['batch']}"])
+        upper = interpreter_upper_bytes(src.module)
+        if upper < r["measured"]:
+            below.append((r["stage"], r["config"], r["batch"], upper, r["measured"]))
+    assert not below, below
