@@ -49,16 +49,17 @@ def interpreter_bytes(module: ModuleOp, copies_of_inputs: int = 1) -> int:
     fn = entry_function(module)
     io_bytes = (copies_of_inputs * sum(tensor_bytes(t) for t in fn.function_type.inputs.data)
                 + sum(tensor_bytes(t) for t in fn.function_type.outputs.data))
-    largest_op = 0
-    for op in module.walk():
-        if "matmul" in op.name:
-            need = sum(_f64_bytes(v.type) for v in op.operands) + sum(_f64_bytes(r.type) for r in op.results)
-        elif op.name in ("attn.cache_attention", "attn.sparse_attention"):
-            need = _attention_bytes(op)
-        else:
-            need = sum(tensor_bytes(v.type) for v in op.operands) + sum(tensor_bytes(r.type) for r in op.results)
-        largest_op = max(largest_op, need)
-    return io_bytes + largest_op
+    return io_bytes + max((_op_bytes(op) for op in module.walk()), default=0)
+
+
+def _op_bytes(op) -> int:
+    """One op's working set in the interpreter: its operands and results (matmuls in f64, attention composites
+    with their gathered keys and logits)."""
+    if "matmul" in op.name:
+        return sum(_f64_bytes(v.type) for v in op.operands) + sum(_f64_bytes(r.type) for r in op.results)
+    if op.name in ("attn.cache_attention", "attn.sparse_attention"):
+        return _attention_bytes(op)
+    return sum(tensor_bytes(v.type) for v in op.operands) + sum(tensor_bytes(r.type) for r in op.results)
 
 
 OVERHEAD_BYTES = 96 << 20  # torch's allocator and per-op buffers beyond the tensors themselves (measured)
@@ -81,13 +82,7 @@ def interpreter_upper_bytes(module: ModuleOp, copies_of_inputs: int = 1) -> int:
     values, largest_op = 0, 0
     for op in module.walk():
         values += sum(tensor_bytes(r.type) for r in op.results)
-        if "matmul" in op.name:
-            need = sum(_f64_bytes(v.type) for v in op.operands) + sum(_f64_bytes(r.type) for r in op.results)
-        elif op.name in ("attn.cache_attention", "attn.sparse_attention"):
-            need = _attention_bytes(op)
-        else:
-            need = sum(tensor_bytes(v.type) for v in op.operands) + sum(tensor_bytes(r.type) for r in op.results)
-        largest_op = max(largest_op, need)
+        largest_op = max(largest_op, _op_bytes(op))
     return copies_of_inputs * inputs + seeding + weights_f64 + values + 2 * largest_op + OVERHEAD_BYTES
 
 
