@@ -28,6 +28,33 @@ class CliError(AttncError):
 EXIT_MISMATCH = 1
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that child process groups and temp folders are cleaned up on the way
+    out (like KeyboardInterrupt for SIGINT)."""
+
+
+def _one_line(e: BaseException) -> str:
+    """The first line of an error, its control characters escaped: text from an input file (an escape
+    sequence, a carriage return) is never sent raw to the terminal."""
+    from attnc.codegen.provenance import printable
+
+    return printable(str(e).splitlines()[0]) if str(e) else type(e).__name__
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _catch_sigterm(handler=_on_sigterm):
+    """Install `handler` for SIGTERM (main thread only); returns the one it replaced."""
+    import signal
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except (ValueError, TypeError):  # not the main thread, or no previous handler to restore
+        return None
+
+
 class CheckMismatch(Exception):
     """A pypto run's output differs from the interpreter's on the same compiled IR and inputs (exit 1)."""
 
@@ -54,6 +81,8 @@ def read_source_text(spec: str) -> str:
     """The text of an .mlir source (`-` reads stdin, as mlir-opt does): at most MAX_IR_BYTES, UTF-8."""
     try:
         if spec == "-":
+            if sys.stdin is None:  # started with stdin closed (<&-)
+                raise CliError("-: cannot read (stdin is closed)")
             stdin = getattr(sys.stdin, "buffer", None)  # a text stream without bytes (tests): read text
             data = stdin.read(MAX_IR_BYTES + 1) if stdin else sys.stdin.read(MAX_IR_BYTES + 1).encode("utf-8")
         else:
@@ -303,7 +332,7 @@ def apply_tuning(args, stage_name: str) -> None:
 
 def cmd_compile(args) -> int:
     from attnc.codegen.escape import file_stem
-    from attnc.codegen.io import Outputs, atomic_write_text, check_output_path
+    from attnc.codegen.io import Outputs, check_output_path
     from attnc.codegen.provenance import Provenance
     from attnc.ir.printing import render_ir
 
@@ -314,8 +343,11 @@ def cmd_compile(args) -> int:
 
     timing = args.timing_report
     _check_print_ir_names(args.print_ir_after + args.print_ir_before)
-    if args.dump_dir:
+    if args.dump_dir is not None:
         check_output_path(args.dump_dir, folder=True)
+    if args.output is not None:  # every output path is checked before any work
+        check_output_path(args.output, folder=args.output != "-" and (
+            args.emit == "pto" or args.output.endswith(("/", os.sep)) or os.path.isdir(args.output)))
     with timing.phase("parse" if is_ir_source(args.source) else "build stage (DSL -> attn IR)"):
         source_text = read_source_text(args.source) if is_ir_source(args.source) else None
         if source_text is not None and args.source == "-":
@@ -374,11 +406,13 @@ def cmd_compile(args) -> int:
         if args.print_ir_after_failure:
             _ir_dump(f"After {failed} Failed", print_ir(src.module))
         if args.dump_dir:
+            failure = Outputs()
             for fname, body in dumps:
-                atomic_write_text(os.path.join(args.dump_dir, fname), body)
+                failure.add(os.path.join(args.dump_dir, fname), body)
             if state["running"]:  # the IR the failing pass left; a verify failure's IR is already the last dump
-                atomic_write_text(os.path.join(args.dump_dir, f"{len(dumps):02d}-{failed.split('{')[0]}.failed.mlir"),
-                                  print_ir(src.module))
+                failure.add(os.path.join(args.dump_dir, f"{len(dumps):02d}-{failed.split('{')[0]}.failed.mlir"),
+                            print_ir(src.module))
+            failure.commit()
         raise e
     suffix = {"pypto": ".pypto.py", "pto": ".pto"}.get(args.emit, ".mlir")
     path = output_target(args.output, file_stem(src.name) + suffix)
@@ -423,12 +457,11 @@ def cmd_compile(args) -> int:
         elif path:
             written.append(path)
             outputs.add(path, text)
+        else:  # stdout, streamed with the files (all or nothing)
+            outputs.add("-", text)
         outputs.commit()
         for w in written:
             print(f"wrote {w}", file=sys.stderr)
-        if not written:
-            sys.stdout.write(text)
-            sys.stdout.flush()
     for rec in report.records:
         print(rec.line(), file=sys.stderr)
     if args.timing:
@@ -477,6 +510,8 @@ def run_inputs(src: Source, args, *, steps: int = 1, tokens: int | None = None) 
         rows = src.cfg["batch"]
         if len(seqlens) != rows:
             raise CliError(f"--seqlens: {len(seqlens)} token counts for batch={rows} rows")
+        if sum(seqlens) > 2**31 - 1:  # cu_seqlens are int32 prefix sums
+            raise CliError(f"--seqlens: {sum(seqlens)} tokens in all exceed 2**31 - 1 (cu_seqlens are int32)")
         extra["cu_seqlens"] = torch.tensor([0, *itertools.accumulate(seqlens)], dtype=torch.int32)
     if start is not None:
         if "start_pos" not in src.arg_names and not packed:
@@ -531,7 +566,8 @@ def _state_arrays(src: Source, path: str) -> dict:
     missing = [n for n in names if n not in found]
     if missing:
         raise CliError(f"--state {path}: no array {', '.join(missing)} (a previous step's --out of {src.name})")
-    arrays = load_npz(path, None, src.name)
+    # only the carried arrays are read, and only after their headers declare the parameters' shapes
+    arrays = load_npz(path, {n: shape_of(types[n]) for n in names}, src.name, only=set(names))
     state = {}
     for n in names:
         if tuple(arrays[n].shape) != shape_of(types[n]):
@@ -570,20 +606,16 @@ def _next_step_inputs(src: Source, inputs: dict, outs: dict, step: int, seed: in
 
 
 MAX_STEPS_FILE_BYTES = 1 << 20
+MAX_STEPS = 1 << 20
 
 
 def read_step_counts(path: str) -> list[int]:
     """`--steps-file`: every step's token count per batch row — a JSON list of positive integers, or one positive
     integer a line (blank lines and `#` comments skipped). A bad file is one error naming the file (and line)."""
-    import json
+    from attnc.codegen.io import parse_json, read_bounded
 
     try:
-        if os.path.getsize(path) > MAX_STEPS_FILE_BYTES:
-            raise CliError(f"{path}: --steps-file is larger than {MAX_STEPS_FILE_BYTES >> 20} MiB")
-        with open(path, "rb") as f:
-            text = f.read().decode("utf-8")
-    except OSError as e:
-        raise CliError(f"{path}: cannot read the steps file: {e.strerror or e}") from None
+        text = read_bounded(path, MAX_STEPS_FILE_BYTES, "the steps file").decode("utf-8")
     except UnicodeDecodeError:
         raise CliError(f"{path}: the steps file is not UTF-8 text") from None
 
@@ -593,10 +625,7 @@ def read_step_counts(path: str) -> list[int]:
         return value
 
     if text.lstrip().startswith(("[", "{")):
-        try:
-            values = json.loads(text)
-        except ValueError as e:
-            raise CliError(f"{path}: not a JSON list of token counts: {e}") from None
+        values = parse_json(text, f"{path}: not a JSON list of token counts")
         if not isinstance(values, list):
             raise CliError(f"{path}: not a JSON list of token counts")
         counts = [count(v, f"{path}: entry {i}") for i, v in enumerate(values)]
@@ -684,7 +713,7 @@ def _execute(src: Source, inputs: dict, args, timing, label: str):
                     timing.add(name, t1 - t0)
         if args.trace_dir:
             with timing.phase(f"keep the trace, draw swim lanes{label}"):
-                _keep_trace(src, trace_tmp, args.trace_dir, label)
+                _keep_trace(src, trace_tmp, args.trace_dir, label, getattr(args, "pending_outputs", None))
     _check_sim_verify(res)
     if not (args.time_only or args.no_check):
         with timing.phase(f"check against the interpreter{label}"):
@@ -723,10 +752,13 @@ def _check_sim_verify(res) -> None:
               f"AssembleChecker) not clean, each excused by its cause: {'; '.join(why)}", file=sys.stderr)
 
 
-def _keep_trace(src: Source, trace_tmp: str, trace_dir: str, label: str) -> None:
-    """pypto's Perfetto trace and a swim-lane picture of the run, named after the stage (and step)."""
+def _keep_trace(src: Source, trace_tmp: str, trace_dir: str, label: str, outputs=None) -> None:
+    """pypto's Perfetto trace and a swim-lane picture of the run, named after the stage (and step); added to
+    `outputs` (written with the command's other files, all or nothing), or written now without it."""
     from attnc.codegen import pictures
-    from attnc.codegen.io import atomic_write_bytes
+    from attnc.codegen.io import Outputs
+
+    pending = outputs if outputs is not None else Outputs()
 
     stem = os.path.join(trace_dir, src.name + label.replace(" step ", "-step").replace("/", "of"))
     trace, swim = os.path.join(trace_tmp, "perfetto.json"), os.path.join(trace_tmp, "swim.json")
@@ -734,22 +766,27 @@ def _keep_trace(src: Source, trace_tmp: str, trace_dir: str, label: str) -> None
         print("attnc: note: pypto wrote no cost-model trace for this run", file=sys.stderr)
         return
     with open(trace, "rb") as f:
-        atomic_write_bytes(stem + ".perfetto.json", f.read())
+        pending.add(stem + ".perfetto.json", f.read())
     print(f"pypto trace: {stem}.perfetto.json (open in https://ui.perfetto.dev)", file=sys.stderr)
     if os.path.exists(swim):
-        pictures.swim_lanes(swim, stem + ".swim.png", f"pypto SIM swim lanes: {src.name}{label}")
+        pictures.swim_lanes(swim, stem + ".swim.png", f"pypto SIM swim lanes: {src.name}{label}", sink=pending)
         print(f"swim lanes: {stem}.swim.png", file=sys.stderr)
+    if outputs is None:
+        pending.commit()
 
 
 def cmd_run(args) -> int:
     import torch
 
-    from attnc.codegen.io import check_output_path, save_npz
+    from attnc.codegen.io import Outputs, check_output_path, npz_bytes
     from attnc.codegen.memory import check_memory
 
     timing = args.timing_report
-    if args.out:
+    if args.out is not None:
         check_output_path(args.out)
+    if args.trace_dir is not None:
+        check_output_path(args.trace_dir, folder=True)
+    args.pending_outputs = Outputs()  # traces and pictures, written with --out (all or nothing)
     if args.target == "interp" and (args.time_only or args.trace_dir or args.no_check):
         raise CliError(("--time-only" if args.time_only else "--trace-dir" if args.trace_dir else "--no-check")
                        + " needs a pypto target")
@@ -764,6 +801,8 @@ def cmd_run(args) -> int:
     steps = len(counts) if counts else (1 if args.steps is None else args.steps)
     if steps < 1:
         raise CliError(f"--steps must be at least 1, got {args.steps}")
+    if steps > MAX_STEPS:  # before a list of steps is made: each step advances at least one RoPE position
+        raise CliError(f"{'--steps-file' if counts else '--steps'}: {steps} steps, more than {MAX_STEPS}")
     how = "--steps-file" if counts else "--steps"
     with timing.phase("parse" if is_ir_source(args.source) else "build stage (DSL -> attn IR)"):
         src = load_source(args.source, args.config, args.set)
@@ -802,9 +841,10 @@ def cmd_run(args) -> int:
                      else f"position_ids={inputs['position_ids'].tolist()}")
             print(f"step {step + 1}/{steps}: {where} wall_s={wall:.3f}"
                   + (f" aicore_us={aicore:.3f}" if aicore is not None else ""), file=sys.stderr)
-    if args.out and not args.time_only:
-        with timing.phase("write outputs"):
-            save_npz(args.out, outs)
+    with timing.phase("write outputs"):
+        if args.out is not None and not args.time_only:
+            args.pending_outputs.add(args.out, npz_bytes(outs))
+        args.pending_outputs.commit()
     for name, t in ({} if args.time_only else outs).items():  # --time-only computes no values
         tf = t.float()
         print(f"{name:<8} {str(t.dtype).replace('torch.', ''):<9} {list(t.shape)} "
@@ -820,9 +860,13 @@ def cmd_run(args) -> int:
 
 def cmd_inputs(args) -> int:
     """Write a stage's inputs (the file's arrays where given, seeded values for the rest) to one .npz."""
-    from attnc.codegen.io import save_npz
+    from attnc.codegen.io import check_output_path, save_npz
 
+    from attnc.codegen.memory import check_memory
+
+    check_output_path(args.output)
     src = load_source(args.source, args.config, args.set)
+    check_memory(src.module, f"inputs {src.name}", copies_of_inputs=3, inputs_only=True)  # tensors, arrays, .npz
     inputs, seeded = run_inputs(src, args)
     save_npz(args.output, inputs)
     print(f"wrote {args.output}: {len(inputs)} arrays of {src.name} ({len(seeded)} seeded with seed {args.seed})",
@@ -866,9 +910,15 @@ def _plot_errors(src: Source, args, title: str) -> None:
 def cmd_plot(args) -> int:
     """Pictures: the tile schedule, the timing of every phase, or which keys each token sees."""
     from attnc.codegen import pictures
+    from attnc.codegen.io import check_output_path
     from attnc.ir.dsl import stage_config
 
+    from attnc.codegen.memory import check_memory
+
+    check_output_path(args.output)
     src = load_source(args.source, args.config, args.set)
+    if args.kind != "schedule":  # timing verifies each pass, visibility and errors interpret the stage
+        check_memory(src.module, f"plot {args.kind} of {src.name}")
     title = f"{src.name} ({args.config}{''.join(' ' + o for o in args.set)})"
     if args.kind == "schedule":
         compile_source(src, _pipeline_for(args), verify_each=False)
@@ -1163,6 +1213,7 @@ def main(argv: list[str] | None = None) -> int:
 
     timing = Timing()
     argv = sys.argv[1:] if argv is None else list(argv)
+    previous = _catch_sigterm()
     try:
         parser = build_parser()
         if not argv:  # `attnc` alone: usage and the commands
@@ -1186,19 +1237,38 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version
         return int(e.code or 0)
     except AttncError as e:  # every user-facing error; nothing is imported to report it
-        print(f"attnc: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        print(f"attnc: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # `attnc list | head -1`: the reader left
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        except (OSError, ValueError, AttributeError):
+            pass
+        print("attnc: error: -: cannot write (Broken pipe)", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:  # an allocation the estimate let through
+        print("attnc: error: out of memory (a smaller --config or --set batch=... needs less)", file=sys.stderr)
         return EXIT_USAGE
     except CheckMismatch as e:
         print(f"attnc: error: {e}", file=sys.stderr)
         return EXIT_MISMATCH
     except KeyboardInterrupt:
+        print("attnc: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("attnc: terminated", file=sys.stderr)
+        return 143
     except Exception as e:  # a bug in attnc: still one line; ATTNC_TRACEBACK=1 shows the traceback
+        if isinstance(e, RuntimeError) and "can't allocate memory" in str(e):  # torch's allocator
+            print("attnc: error: out of memory (a smaller --config or --set batch=... needs less)", file=sys.stderr)
+            return EXIT_USAGE
         if os.environ.get("ATTNC_TRACEBACK"):
             raise
         print(f"attnc: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
               file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        _catch_sigterm(previous)
 
 
 if __name__ == "__main__":
