@@ -308,8 +308,8 @@ def _check_print_ir_names(names: list[str]) -> None:
 
     for name in names:
         if name.split("{")[0] not in pass_names():
-            raise CliError(f"--print-ir-before/--print-ir-after: unknown pass '{name}'{did_you_mean(name, pass_names())} "
-                           f"(known: {', '.join(pass_names())})")
+            raise CliError(f"--print-ir-before/--print-ir-after: unknown pass '{name}'"
+                           f"{did_you_mean(name, pass_names())} (known: {', '.join(pass_names())})")
 
 
 def _ir_dump(title: str, text: str) -> None:

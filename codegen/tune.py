@@ -605,6 +605,7 @@ def _short(params: dict, dims: list[Dim]) -> str:
 def tune(req: TuneRequest, log=None) -> TuneResult:
     """Run the search and the re-check; returns the tuning record (not yet written)."""
     from attnc.codegen.driver import load_source, source_inputs
+    from attnc.codegen.progress import Progress
     from attnc.codegen.pypto_emit import emit_pypto
     from attnc.ir import print_ir
     from attnc.passes import PYPTO_PIPELINE, PassError, PipelineError
@@ -724,7 +725,10 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
                         exhausted = True
                 if not in_flight:
                     break
-                done, _ = cf.wait(list(in_flight), return_when=cf.FIRST_COMPLETED)
+                # a live line (on a terminal) while candidates run in SIM, which can take up to --timeout each
+                with Progress(None, "tune: in SIM: trial " + ", ".join(str(v[0]) for v in in_flight.values())) as bar:
+                    bar.tick_every(1.0)
+                    done, _ = cf.wait(list(in_flight), return_when=cf.FIRST_COMPLETED)
                 for fut in done:
                     n, params, handle, key, index = in_flight.pop(fut)
                     try:
@@ -809,6 +813,7 @@ def recheck(req: TuneRequest, base_pipeline: str, dims, params: dict, cache: Cac
     """Compile the candidate at `recheck_batch`, run it in SIM with pypto's pass verify and compare every output
     with attnc's interpreter on the same compiled IR. Cached like the timings."""
     from attnc.codegen.driver import load_source, source_inputs
+    from attnc.codegen.progress import Progress
     from attnc.codegen.pypto_emit import emit_pypto
     from attnc.codegen.pypto_sim import PyptoSimError
     from attnc.codegen.pypto_target import run_pypto_sim, unexcused

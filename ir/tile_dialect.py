@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from xdsl.dialects.builtin import BoolAttr, FloatAttr, IndexType, IntegerAttr, StringAttr, TensorType
 from xdsl.ir import Dialect
-from xdsl.irdl import AttrSizedOperandSegments, region_def, traits_def, var_result_def
+from xdsl.irdl import ParsePropInAttrDict, AttrSizedOperandSegments, region_def, traits_def, var_result_def
 from xdsl.traits import IsTerminator, RecursiveMemoryEffect
 
 from .common import (
@@ -123,11 +123,15 @@ _SHARED = define_shared_ops("tile")
 ViewOp = _make("tile.view", dict(
     source=operand_def(TensorType), offsets=var_operand_def(IndexType), valid=var_operand_def(IndexType),
     pad=prop_def(StringAttr), result=result_def(TensorType),
-    irdl_options=(AttrSizedOperandSegments(as_property=True),), verify_=_view_verify))
+    assembly_format="$source `[` $offsets `]` (`valid` `[` $valid^ `]`)? attr-dict `:` type($source) `->` "
+                    "type($result)",
+    irdl_options=(AttrSizedOperandSegments(as_property=True), ParsePropInAttrDict()), verify_=_view_verify))
 AssembleOp = _make("tile.assemble", dict(
     tile=operand_def(TensorType), dest=operand_def(TensorType), offsets=var_operand_def(IndexType),
     valid=var_operand_def(IndexType), result=result_def(TensorType),
-    irdl_options=(AttrSizedOperandSegments(as_property=True),), verify_=_assemble_verify))
+    assembly_format="$tile `into` $dest `[` $offsets `]` (`valid` `[` $valid^ `]`)? attr-dict `:` type($tile) `,` "
+                    "type($dest) `->` type($result)",
+    irdl_options=(AttrSizedOperandSegments(as_property=True), ParsePropInAttrDict()), verify_=_assemble_verify))
 ReadOp = _make("tile.read", dict(source=operand_def(TensorType), indices=var_operand_def(IndexType),
                                  result=result_def(IndexType), verify_=_read_verify))
 MatmulAccOp = _make("tile.matmul_acc", dict(
@@ -145,10 +149,14 @@ _SCALAR = [_make(f"tile.{k}", dict(input=operand_def(TensorType), scalar=prop_de
                                    result=result_def(TensorType), verify_=_scalar_verify)) for k in SCALAR_KINDS]
 
 YieldOp = _make("tile.yield", dict(values=var_operand_def(TensorType), verify_=_yield_verify,
+                                   assembly_format="($values^ `:` type($values))? attr-dict",
                                    traits=traits_def(IsTerminator())))
 ParallelOp = _make("tile.parallel", dict(
     lower=operand_def(IndexType), upper=operand_def(IndexType), inits=var_operand_def(TensorType),
     rows=prop_def(IntegerAttr), body=region_def("single_block"), outs=var_result_def(TensorType),
+    assembly_format="$lower `to` $upper (`inits` `(` $inits^ `:` type($inits) `)`)? attr-dict-with-keyword $body `->` "
+                    "type($outs)",
+    irdl_options=(ParsePropInAttrDict(),),
     traits=traits_def(RecursiveMemoryEffect()), verify_=_parallel_verify))
 
 TILE_OPS = [*_SHARED, ViewOp, AssembleOp, ReadOp, MatmulAccOp, *_ROW, *_ROW_EXPAND, *_COL_EXPAND, *_SCALAR,

@@ -307,3 +307,13 @@ def test_recheck_limit_is_one_rounding_step_of_the_largest_value():
     top = torch.tensor([0.49609375], dtype=torch.bfloat16)  # the top of its binade: one step is ~ the floor
     assert 2.0 ** -8 < T.recheck_limit(top) < 2.0 ** -8 * 1.01
     assert T.recheck_limit(torch.ones(3)) == 1e-3 and T.recheck_limit(torch.ones(3, dtype=torch.int32)) == 0.0
+
+
+def test_a_live_line_names_the_candidates_in_sim(tmp_path, monkeypatch, capsys):
+    """While candidates run in SIM (up to --timeout each) a progress line names them (on a terminal, or forced)."""
+    monkeypatch.setenv("ATTNC_PROGRESS", "1")
+    monkeypatch.setattr(T, "sim_trial", _fake_sim([]))
+    monkeypatch.setattr(T, "recheck", _fake_recheck())
+    T.tune(_request(tmp_path, budget=2), log=lambda m: None)
+    assert "tune: in SIM: trial " in capsys.readouterr().err
+
