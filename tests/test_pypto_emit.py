@@ -513,3 +513,42 @@ def test_a_packed_piece_that_is_all_of_a_parameter_fails_pypto_without_the_copy(
     with pytest.raises(PyptoSimError, match="L0C-to-L1 copy op can have only one input and one output tensor"):
         run_in_subprocess(tmp_path / "k.py", {k: to_numpy(v) for k, v in inputs.items()}, verify="none",
                           timeout_s=300)
+
+
+# pypto 0.2.0's per-pass verifier cannot execute the tiles of an index_select whose gathered rows span several
+# vector tiles: each [1, 32, 256] tile of this [12, 128, 256] gather is an EXCEPTION record (FB200F "ExecuteOperation
+# error: op GATHER", "some elements of the input tensor and the written-to tensor refer to a single memory location":
+# torch's overlap check in the calculator's tile Gather, whose input is a fresh index_select result) at
+# ExpandFunction, InferParamIndex and CodegenPreproc -- no loop, no runtime valid shape. The outputs are the tensor
+# graph's and exact. The m = 128 compressor's window gather ([T, 128] ids) is this op: at T = 12 (batch 2, seq 6) its
+# records reach InferDynShape too, which is why decode_hca could not run a step of 8+ tokens; decode_hca's state
+# gather gives the ExpandFunction / SplitK / L1CopyInReuseMerge records at every T.
+SPLIT_GATHER = """\
+builtin.module {
+  func.func @split_gather(%table: tensor<268x256xf32>, %ids: tensor<12x128xi32>) -> tensor<12x128x1xf32> attributes {arg_names = ["table", "ids"], result_names = ["s"]} {
+    %t = "tile.muls"(%table) <{scalar = 2.0 : f64}> {loc = "g.py:1"} : (tensor<268x256xf32>) -> tensor<268x256xf32>
+    %g = "tile.gather_rows"(%t, %ids) {loc = "g.py:2"} : (tensor<268x256xf32>, tensor<12x128xi32>) -> tensor<12x128x256xf32>
+    %s = "tile.row_sum"(%g) {loc = "g.py:3"} : (tensor<12x128x256xf32>) -> tensor<12x128x1xf32>
+    func.return %s : tensor<12x128x1xf32>
+  }
+}
+"""
+
+
+@needs_pypto
+@pytest.mark.slow
+def test_a_gather_split_over_vector_tiles_fails_pypto_per_pass_verify_with_exact_outputs():
+    """The reproducer of the pypto 0.2.0 verifier limit (checked so that a pypto which lifts it is noticed)."""
+    from attnc.codegen.pypto_target import run_pypto_sim
+
+    mod = parse_ir(SPLIT_GATHER, "split_gather.mlir")
+    g = torch.Generator().manual_seed(0)
+    inputs = {"table": torch.randn(268, 256, generator=g),
+              "ids": torch.randint(0, 268, (12, 128), generator=g, dtype=torch.int32)}
+    (want,) = run_module(mod, list(inputs.values()))
+    res = run_pypto_sim(mod, inputs, timeout_s=300)
+    assert "pypto.set_vec_tile_shapes(1, 32, 256)\n    t2 = pypto.index_select(t1, 0, ids)" in res.program
+    assert torch.equal(res.outputs["s"], want)
+    assert sorted(r[0].split(":")[-1] for r in res.failed_records) == ["CodegenPreproc", "ExpandFunction",
+                                                                       "InferParamIndex"]
+    assert all(r[2] == "EXCEPTION" for r in res.failed_records)
