@@ -1,0 +1,74 @@
+"""batch = 1 (one request: every token loop runs once) in pypto 0.2.0 SIM at `tiny`, the pypto pipeline: every output
+equals the interpreter's on the same IR (integers and bf16 bit for bit, f32 states within 1e-3 of pypto's own f32
+summation order; 1e-7 seen). Before the emitter copied a packed piece that is all of a parameter (tests/
+test_pypto_emit.py WHOLE) these programs failed to compile in pypto or died of SIGSEGV. The default suite runs
+three cells (~35 s); the layer kinds x {dense, paged, packed} x seq {1, 2, 16} are `-m slow`."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnc.ir.interpreter import run_module
+from attnc.kernels_src import STAGES, build_stage, resolve_config
+from attnc.kernels_src.inputs import make_inputs
+from attnc.passes import PYPTO_PIPELINE
+from attnc.passes.verify import normalised_error, run_pipeline
+from tests.markers import needs_pypto
+
+# records of pypto 0.2.0's per-pass verifier on programs whose outputs are right: the HCA state's gather split over
+# vector tiles (tests/test_pypto_emit.py SPLIT_GATHER; FB200F GATHER); at 8+ tokens the m = 128 window gather too
+SPLIT_GATHER = ("ExpandFunction", "SplitK", "L1CopyInReuseMerge")
+SPLIT_GATHER_LONG = SPLIT_GATHER + ("InferDynShape", "InferParamIndex", "CodegenPreproc")
+
+FAST = [("sparse_attn_core", (("compress_ratio", 0), ("seq", 1)), ()),
+        ("hca_attn_core", (("seq", 1),), ()),
+        ("decode_swa", (("seq", 2),), ())]
+SLOW = [(f"decode_{kind}{suffix}", sets + (("seq" if not sets else "tokens", seq),),
+         () if kind != "hca" else SPLIT_GATHER_LONG if seq >= 8 else SPLIT_GATHER)
+        for kind in ("swa", "hca", "csa")
+        for suffix, sets in (("", ()), ("_paged", ()), ("", (("layout", "packed"), ("max_pos", 256))))
+        for seq in (1, 2, 16)]
+# decode_csa's per-token schedule at 5+ tokens returns zeros (issue 18 item 3, another branch): `out` differs
+PER_TOKEN_ZEROS = {("decode_csa", ("seq", 16)), ("decode_csa_paged", ("seq", 16)), ("decode_csa", ("tokens", 16))}
+
+
+def _ids(cases):
+    return [f"{s}-" + "-".join(f"{k}{v}" for k, v in sets) for s, sets, _ in cases]
+
+
+def check(stage: str, sets: tuple, allowed: tuple, seed: int = 3):
+    from attnc.codegen.pypto_target import run_pypto_sim
+
+    cfg = resolve_config("tiny", {"batch": 1, **dict(sets)})
+    module = build_stage(STAGES[stage], cfg)
+    run_pipeline(module, PYPTO_PIPELINE)
+    inputs = make_inputs(STAGES[stage], cfg, seed)
+    want = dict(zip(STAGES[stage].outputs, run_module(module, list(inputs.values()))))
+    res = run_pypto_sim(module, inputs, timeout_s=900)
+    unexplained = [r for r in res.failed_records if not any(p in r[0] for p in allowed)]
+    assert not unexplained, unexplained[:3]
+    assert res.verify and res.aicore_us
+    for name, w in want.items():
+        got = res.outputs[name]
+        assert got.dtype == w.dtype and got.shape == w.shape, name
+        if w.dtype in (torch.int32, torch.bfloat16):
+            assert torch.equal(got, w), (name, int((got != w).sum()))
+        else:
+            real = w.abs() < 1e38
+            assert torch.equal(got[~real], w[~real]), name
+            assert normalised_error(got[real], w[real]) <= 1e-3, name
+
+
+@needs_pypto
+@pytest.mark.parametrize("stage, sets, allowed", FAST, ids=_ids(FAST))
+def test_batch_one_sim_matches_the_interpreter(stage, sets, allowed):
+    check(stage, sets, allowed)
+
+
+@needs_pypto
+@pytest.mark.slow
+@pytest.mark.parametrize("stage, sets, allowed", [
+    pytest.param(*c, marks=pytest.mark.xfail(reason="per-token schedule, 5+ tokens (issue 18 item 3)", strict=False))
+    if (c[0], c[1][-1]) in PER_TOKEN_ZEROS else c for c in SLOW], ids=_ids(SLOW))
+def test_batch_one_layers_sim_match_the_interpreter(stage, sets, allowed):
+    check(stage, sets, allowed)
