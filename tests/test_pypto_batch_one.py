@@ -29,7 +29,7 @@ SLOW = [(f"decode_{kind}{suffix}", sets + (("seq" if not sets else "tokens", seq
         for suffix, sets in (("", ()), ("_paged", ()), ("", (("layout", "packed"), ("max_pos", 256))))
         for seq in (1, 2, 16)]
 # decode_csa's per-token schedule at 5+ tokens (dense, paged) gives a wrong `out` (issue 18 item 3, another branch)
-PER_TOKEN_ZEROS = {("decode_csa", ("seq", 16)), ("decode_csa_paged", ("seq", 16))}
+PER_TOKEN_WRONG = {("decode_csa", ("seq", 16)), ("decode_csa_paged", ("seq", 16))}
 
 
 def _ids(cases):
@@ -69,6 +69,6 @@ def test_batch_one_sim_matches_the_interpreter(stage, sets, allowed):
 @pytest.mark.slow
 @pytest.mark.parametrize("stage, sets, allowed", [
     pytest.param(*c, marks=pytest.mark.xfail(reason="per-token schedule, 5+ tokens (issue 18 item 3)", strict=False))
-    if (c[0], c[1][-1]) in PER_TOKEN_ZEROS else c for c in SLOW], ids=_ids(SLOW))
+    if (c[0], c[1][-1]) in PER_TOKEN_WRONG else c for c in SLOW], ids=_ids(SLOW))
 def test_batch_one_layers_sim_match_the_interpreter(stage, sets, allowed):
     check(stage, sets, allowed)
