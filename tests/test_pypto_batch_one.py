@@ -1,8 +1,8 @@
 """batch = 1 (one request: every token loop runs once) in pypto 0.2.0 SIM at `tiny`, the pypto pipeline: every output
-equals the interpreter's on the same IR (integers and bf16 bit for bit, f32 states within 1e-3 of pypto's own f32
-summation order; 1e-7 seen). Before the emitter copied a packed piece that is all of a parameter (tests/
-test_pypto_emit.py WHOLE) these programs failed to compile in pypto or died of SIGSEGV. The default suite runs
-three cells (~35 s); the layer kinds x {dense, paged, packed} x seq {1, 2, 16} are `-m slow`."""
+equals the interpreter's on the same IR (integers bit for bit, bf16 bit for bit but for rare single-step roundings,
+f32 states within 1e-3 of pypto's own f32 summation order; 1e-7 seen). Before the emitter copied a packed piece that
+is all of a parameter (tests/test_pypto_emit.py WHOLE) these programs failed to compile in pypto or died of SIGSEGV.
+The default suite runs three cells (~35 s idle); layer kinds x {dense, paged, packed} x seq {1, 2, 16}: `-m slow`."""
 from __future__ import annotations
 
 import pytest
@@ -19,6 +19,11 @@ from tests.markers import needs_pypto
 # vector tiles (tests/test_pypto_emit.py SPLIT_GATHER; FB200F GATHER); at 8+ tokens the m = 128 window gather too
 SPLIT_GATHER = ("ExpandFunction", "SplitK", "L1CopyInReuseMerge")
 SPLIT_GATHER_LONG = SPLIT_GATHER + ("InferDynShape", "InferParamIndex", "CodegenPreproc")
+
+# a bf16 value computed from an f32 sum (matmul) may round one bf16 step the other way in pypto, whose f32 summation
+# order differs from torch's: seen on 1 of 1,024 kv_ring values (1.1444e-05 vs 1.1504e-05) of the packed HCA layer,
+# 16 tokens, seed 3 (issue 18 item 5: also at batch 2)
+ONE_STEP = 1 / 256
 
 FAST = [("sparse_attn_core", (("compress_ratio", 0), ("seq", 1)), ()),
         ("hca_attn_core", (("seq", 1),), ()),
@@ -51,8 +56,12 @@ def check(stage: str, sets: tuple, allowed: tuple, seed: int = 3):
     for name, w in want.items():
         got = res.outputs[name]
         assert got.dtype == w.dtype and got.shape == w.shape, name
-        if w.dtype in (torch.int32, torch.bfloat16):
-            assert torch.equal(got, w), (name, int((got != w).sum()))
+        if w.dtype == torch.int32:
+            assert torch.equal(got, w), name
+        elif w.dtype == torch.bfloat16:  # bit for bit but for a rare value one bf16 step off (see ONE_STEP)
+            off = got.float() != w.float()
+            assert int(off.sum()) <= ONE_STEP * w.numel(), (name, int(off.sum()))
+            assert torch.all((got.float() - w.float()).abs()[off] <= w.float().abs()[off] * 2.0 ** -7), name
         else:
             real = w.abs() < 1e38
             assert torch.equal(got[~real], w[~real]), name
