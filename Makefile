@@ -1,10 +1,12 @@
 # Two entry points that do all set-up on a fresh machine:
-#   make run   - compile both stages for `flash` with the default pipeline and check them (table)
+#   make run   - compile every stage and layer kind for `flash` with the default pipeline and check them (table);
+#                `make run RUN_ARGS='--markdown docs/main-job.md'` also regenerates the docs' table
 #   make test  - the test suite (what CI runs)
 PY      ?= python3
 VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
+TSTAMP  := $(VENV)/.installed-test
 
 .PHONY: run test bench setup clean
 
@@ -17,12 +19,17 @@ $(STAMP): pyproject.toml
 	$(VPY) -m attnc.codegen.ptoas_setup
 	touch $(STAMP)
 
+# the test extra (pytest, hypothesis, lit, filecheck) for `make test`
+$(TSTAMP): $(STAMP)
+	$(VPY) -m pip install -q -e '.[test]'
+	touch $(TSTAMP)
+
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(VPY) benchmarks/main_job.py --config flash
+	$(VPY) benchmarks/main_job.py --config flash $(RUN_ARGS)
 
-test: $(STAMP)
+test: $(TSTAMP)
 	$(VPY) -m pytest -q
 
 bench: $(STAMP)

@@ -13,14 +13,18 @@ of named numpy arrays (bf16 as float32 holding bf16 values, exactly as in the `.
 
 This folder installs as the package `attnc` (pyproject.toml maps it, like `attnc.ir` = `ir/`); everything here is
 a thin layer over `attnc.ir`, `attnc.passes`, `attnc.kernels_src` and `attnc.codegen`, imported lazily so that
-`import attnc.ir` and the CLI stay fast. Errors are the CLI's exception types, each with a one-line message."""
+`import attnc.ir` and the CLI stay fast. Every error caused by the input is an `attnc.AttncError` (one-line
+message); anything else is a bug."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Stage", "SimRun", "stages", "configs", "passes", "config", "build", "parse", "compile", "inputs",
-           "interpret", "decode", "print_ir", "emit_pypto", "run_sim", "__version__"]
+from attnc.errors import AttncError
+
+__all__ = ["AttncError", "Stage", "SimRun", "stages", "configs", "passes", "config", "build", "parse", "compile",
+           "inputs", "interpret", "decode", "compare", "print_ir", "emit_pypto", "run_sim", "__version__"]
+_TARGETS = ("interp", "pypto", "pypto-sim", "pypto-npu")
 
 
 def _version() -> str:
@@ -62,6 +66,13 @@ class Stage:
         from attnc.codegen.driver import Source
 
         return Source(self.name, self.module, self.arg_names, self.output_names, self.stage_def, self.cfg)
+
+
+def _need_stage(stage, fn: str) -> None:
+    """API functions take the Stage that `build`/`parse` return; a name is the usual slip."""
+    if not isinstance(stage, Stage):
+        hint = f" (attnc.build({stage!r}) makes one)" if isinstance(stage, str) else ""
+        raise AttncError(f"attnc.{fn}: expected a Stage, got {type(stage).__name__}{hint}")
 
 
 def stages() -> list[str]:
@@ -123,9 +134,14 @@ def compile(stage: Stage, pipeline: str | None = None, *, target: str = "interp"
     """Run a pass pipeline on the stage in place (default: the target's, `interp` or `pypto`). With
     `verify_each`, every pass is checked against the interpreter on seeded inputs. Returns the CompileReport
     (`.passes`, `.pass_seconds`, `.records`); raises VerificationFailed / PassError on a failure."""
+    from attnc.errors import did_you_mean
     from attnc.passes import DEFAULT_PIPELINES
     from attnc.passes.verify import run_pipeline
 
+    _need_stage(stage, "compile")
+    if target not in _TARGETS:
+        raise AttncError(f"attnc.compile: unknown target '{target}'{did_you_mean(target, _TARGETS)} "
+                         f"(known: {', '.join(_TARGETS)})")
     pipe = pipeline or DEFAULT_PIPELINES["pypto" if target.startswith("pypto") else "interp"]
     verify_inputs = None
     if verify_each:
@@ -178,6 +194,7 @@ def inputs(stage: Stage, seed: int = 0, given: dict | None = None, start_pos: in
     from attnc.codegen.driver import source_inputs
     from attnc.ir.types import shape_of
 
+    _need_stage(stage, "inputs")
     extra = _tensors(stage, dict(given or {}), "inputs")
     if start_pos is not None:  # packed layout: every row's first position (position_ids follow from it)
         types = _arg_types(stage)
@@ -186,9 +203,10 @@ def inputs(stage: Stage, seed: int = 0, given: dict | None = None, start_pos: in
     return _numpy(source_inputs(stage._source(), seed, None, extra))
 
 
-def _complete(stage: Stage, arrays: dict) -> list:
+def _complete(stage: Stage, arrays: dict, fn: str = "interpret") -> list:
     from attnc.codegen.io import InputError
 
+    _need_stage(stage, fn)
     missing = [n for n in stage.arg_names if n not in arrays]
     if missing:
         raise InputError(f"interpret: {stage.name} needs arrays {', '.join(missing)} (attnc.inputs fills them)")
@@ -211,8 +229,9 @@ def decode(stage: Stage, arrays: dict, steps: int, seed: int = 0) -> list[dict]:
 
     from attnc.codegen.io import seeded_tensor_for_type
 
+    _need_stage(stage, "decode")
     if not stage.state_names or not {"start_pos", "position_ids"} & set(stage.arg_names) or "x" not in stage.arg_names:
-        raise ValueError(f"decode: {stage.name} carries no state from step to step")
+        raise AttncError(f"attnc.decode: {stage.name} carries no state from step to step")
     current, results = dict(arrays), []
     for k in range(steps):
         if k:
@@ -229,11 +248,27 @@ def decode(stage: Stage, arrays: dict, steps: int, seed: int = 0) -> list[dict]:
     return results
 
 
+def compare(got: dict, want: dict) -> dict[str, float]:
+    """The normalised error max|got − want| / max|want| of every array `want` names (what `--verify-each`
+    checks; integers: 0 or 1, NaN where the other has none: inf). Arrays are numpy or torch."""
+    import numpy as np
+    import torch
+
+    from attnc.passes.verify import normalised_error
+
+    missing = [k for k in want if k not in got]
+    if missing:
+        raise AttncError(f"attnc.compare: no array {', '.join(missing)} in the first argument")
+    as_t = lambda v: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v))  # noqa: E731
+    return {k: normalised_error(as_t(got[k]), as_t(want[k])) for k in want}
+
+
 def print_ir(stage: Stage, *, debuginfo: bool = False, generic: bool = False) -> str:
     """The stage's IR as `attnc compile` prints it: SSA names from the DSL, DSL locations only with `debuginfo`,
     every op generic with `generic`. `parse` reads either form back."""
     from attnc.ir.printing import render_ir
 
+    _need_stage(stage, "print_ir")
     return render_ir(stage.module, debuginfo=debuginfo, generic=generic)
 
 
@@ -248,6 +283,7 @@ def emit_pypto(stage: Stage, header: bool = True) -> str:
     """The stage (compiled to tile IR, e.g. by `compile(stage, target="pypto")`) as a pypto 0.2.0 program."""
     from attnc.codegen.pypto_emit import emit_pypto as _emit
 
+    _need_stage(stage, "emit_pypto")
     return (_provenance(stage, "pypto").header("#") if header else "") + _emit(stage.module)
 
 
@@ -264,6 +300,6 @@ def run_sim(stage: Stage, arrays: dict, *, time_only: bool = False) -> SimRun:
     `time_only`, only the simulated AICore time is computed (no output values)."""
     from attnc.codegen.pypto_target import run_pypto_sim
 
-    names = _complete(stage, arrays)
+    names = _complete(stage, arrays, "run_sim")
     res = run_pypto_sim(stage.module, dict(zip(stage.arg_names, names)), verify="none" if time_only else "default")
     return SimRun(_numpy(res.outputs), res.aicore_us, list(res.failed_records), res.wall_s)

@@ -9,54 +9,54 @@ import argparse
 import itertools
 import json
 import os
+import re
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
+
+from attnc.errors import AttncError, did_you_mean
 
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 
 
-class CliError(Exception):
-    pass
+class CliError(AttncError):
+    """A bad command line (flags, file arguments): the one error kind that speaks in flags."""
 
 
-def _error_types() -> tuple[type[BaseException], ...]:
-    from attnc.codegen.escape import UnsafeName
-    from attnc.codegen.io import InputError, OutputError
-    from attnc.codegen.memory import MemoryLimitError
-    from attnc.ir import IRError
-    from attnc.ir.dsl import DSLError
-    from attnc.ir.interpreter import InterpretError
-    from attnc.kernels_src.configs import ConfigError
-    from attnc.kernels_src.inputs import IndexInputError
-    from attnc.passes import PassError, PipelineError
-    from attnc.passes.verify import VerificationFailed
+EXIT_MISMATCH = 1
 
-    from attnc.codegen.pypto_options import OptionError
-    from attnc.codegen.tune import TuneError
 
-    types = [CliError, InputError, OutputError, MemoryLimitError, UnsafeName, IndexInputError, IRError, DSLError,
-             InterpretError, ConfigError, PassError, PipelineError, VerificationFailed, OptionError, TuneError]
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that child process groups and temp folders are cleaned up on the way
+    out (like KeyboardInterrupt for SIGINT)."""
+
+
+def _one_line(e: BaseException) -> str:
+    """The first line of an error, its control characters escaped: text from an input file (an escape
+    sequence, a carriage return) is never sent raw to the terminal."""
+    from attnc.codegen.provenance import printable
+
+    return printable(str(e).splitlines()[0]) if str(e) else type(e).__name__
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _catch_sigterm(handler=_on_sigterm):
+    """Install `handler` for SIGTERM (main thread only); returns the one it replaced."""
+    import signal
+
     try:
-        from attnc.codegen.pypto_emit import EmitError
+        return signal.signal(signal.SIGTERM, handler)
+    except (ValueError, TypeError):  # not the main thread, or no previous handler to restore
+        return None
 
-        types.append(EmitError)
-    except ImportError:
-        pass
-    try:
-        from attnc.codegen.pto_emit import PtoEmitError
 
-        types.append(PtoEmitError)
-    except ImportError:
-        pass
-    try:
-        from attnc.codegen.pypto_sim import PyptoSimError
-
-        types.append(PyptoSimError)
-    except ImportError:
-        pass
-    return tuple(types)
+class CheckMismatch(Exception):
+    """A pypto run's output differs from the interpreter's on the same compiled IR and inputs (exit 1)."""
 
 
 # -------------------------------------------------------------------------------------------------- sources
@@ -81,6 +81,8 @@ def read_source_text(spec: str) -> str:
     """The text of an .mlir source (`-` reads stdin, as mlir-opt does): at most MAX_IR_BYTES, UTF-8."""
     try:
         if spec == "-":
+            if sys.stdin is None:  # started with stdin closed (<&-)
+                raise CliError("-: cannot read (stdin is closed)")
             stdin = getattr(sys.stdin, "buffer", None)  # a text stream without bytes (tests): read text
             data = stdin.read(MAX_IR_BYTES + 1) if stdin else sys.stdin.read(MAX_IR_BYTES + 1).encode("utf-8")
         else:
@@ -142,7 +144,8 @@ def load_source(spec: str, config: str, overrides: list[str]) -> Source:
                            f"{', '.join(registered) or 'none'}; use @stage(\"{name}\", ...))")
         spec = name
     if spec not in STAGES:
-        raise CliError(f"unknown stage '{spec}' (known: {', '.join(STAGES)}; or give a FILE.mlir)")
+        raise CliError(f"unknown stage '{spec}'{did_you_mean(spec, STAGES)} (known: {', '.join(STAGES)}; or give a "
+                       "FILE.mlir)")
     st = STAGES[spec]
     reason = st.needs(cfg)
     if reason:
@@ -188,21 +191,42 @@ def source_inputs(src: Source, seed: int, npz_path: str | None = None, extra: di
 # -------------------------------------------------------------------------------------------------- commands
 
 
+def pass_options(name: str) -> list[tuple[str, str, object]]:
+    """(option as spelled in a pipeline, type or its values, default) of a pass."""
+    import dataclasses
+
+    from attnc.passes import pass_class
+
+    cls = pass_class(name)
+    choices = getattr(cls, "option_choices", {})
+    return [(f.name.replace("_", "-"), "|".join(choices[f.name]) if f.name in choices else
+             f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type)), f.default)
+            for f in dataclasses.fields(cls)]
+
+
 def cmd_list(args) -> int:
     from attnc.kernels_src import CONFIGS, STAGES
-    from attnc.passes import pass_names, pass_summary
+    from attnc.passes import DEFAULT_PIPELINES, pass_class, pass_names, pass_summary, pass_tolerance
 
-    for name, st in STAGES.items():
-        print(f"stage   {name:<22} {st.doc}")
-    for name, cfg in CONFIGS.items():
-        print(f"config  {name:<22} batch={cfg['batch']} seq={cfg['seq']} dim={cfg['dim']} heads={cfg['n_heads']} "
-              f"window={cfg['window']} compress_ratio={cfg['compress_ratio']}")
-    for name in pass_names():
-        print(f"pass    {name:<22} {pass_summary(name)}")
-    from attnc.passes import DEFAULT_PIPELINES
-
-    for target, pipe in DEFAULT_PIPELINES.items():
-        print(f"pipeline {target:<21} {pipe}")
+    what = args.what or "all"
+    if what in ("all", "stages"):
+        for name, st in STAGES.items():
+            print(f"stage   {name:<22} {st.doc}")
+    if what in ("all", "configs"):
+        for name, cfg in CONFIGS.items():
+            print(f"config  {name:<22} batch={cfg['batch']} seq={cfg['seq']} dim={cfg['dim']} heads={cfg['n_heads']} "
+                  f"window={cfg['window']} compress_ratio={cfg['compress_ratio']}")
+    if what == "all":
+        for name in pass_names():
+            print(f"pass    {name:<22} {pass_summary(name)}")
+    if what == "passes":  # each pass with its options (pipeline spelling, type, default) and its tolerance
+        for name in pass_names():
+            print(f"{name}  (tolerance {pass_tolerance(pass_class(name)):g}): {pass_summary(name)}")
+            for opt, typ, default in pass_options(name):
+                print(f"    {opt}: {typ} = {default}")
+    if what in ("all", "pipelines"):
+        for target, pipe in DEFAULT_PIPELINES.items():
+            print(f"pipeline {target:<21} {pipe}")
     return 0
 
 
@@ -284,12 +308,14 @@ def _check_print_ir_names(names: list[str]) -> None:
 
     for name in names:
         if name.split("{")[0] not in pass_names():
-            raise CliError(f"--print-ir-before/--print-ir-after: unknown pass '{name}' (known: {', '.join(pass_names())})")
+            raise CliError(f"--print-ir-before/--print-ir-after: unknown pass '{name}'{did_you_mean(name, pass_names())} "
+                           f"(known: {', '.join(pass_names())})")
 
 
 def _ir_dump(title: str, text: str) -> None:
-    print(f"// -----// IR Dump {title} //----- //", file=sys.stderr)
-    sys.stderr.write(text)
+    from attnc.codegen.progress import stderr_write
+
+    stderr_write(f"// -----// IR Dump {title} //----- //\n{text}")
 
 
 def pypto_options(args):
@@ -306,7 +332,7 @@ def apply_tuning(args, stage_name: str) -> None:
 
 def cmd_compile(args) -> int:
     from attnc.codegen.escape import file_stem
-    from attnc.codegen.io import Outputs, atomic_write_text, check_output_path
+    from attnc.codegen.io import Outputs, check_output_path
     from attnc.codegen.provenance import Provenance
     from attnc.ir.printing import render_ir
 
@@ -317,8 +343,11 @@ def cmd_compile(args) -> int:
 
     timing = args.timing_report
     _check_print_ir_names(args.print_ir_after + args.print_ir_before)
-    if args.dump_dir:
+    if args.dump_dir is not None:
         check_output_path(args.dump_dir, folder=True)
+    if args.output is not None:  # every output path is checked before any work
+        check_output_path(args.output, folder=args.output != "-" and (
+            args.emit == "pto" or args.output.endswith(("/", os.sep)) or os.path.isdir(args.output)))
     with timing.phase("parse" if is_ir_source(args.source) else "build stage (DSL -> attn IR)"):
         source_text = read_source_text(args.source) if is_ir_source(args.source) else None
         if source_text is not None and args.source == "-":
@@ -371,17 +400,19 @@ def cmd_compile(args) -> int:
     try:
         report = compile_source(src, pipeline, verify_each=args.verify_each, seed=args.seed, after_pass=after_pass,
                                 before_pass=before_pass, timing=timing)
-    except _error_types() as e:
+    except AttncError as e:
         # the pass that failed: the one running (a refusal) or the last one done (a --verify-each mismatch)
         failed = state["running"] or (dumps[-1][0][3:-5] if len(dumps) > 1 else "input")
         if args.print_ir_after_failure:
             _ir_dump(f"After {failed} Failed", print_ir(src.module))
         if args.dump_dir:
+            failure = Outputs()
             for fname, body in dumps:
-                atomic_write_text(os.path.join(args.dump_dir, fname), body)
+                failure.add(os.path.join(args.dump_dir, fname), body)
             if state["running"]:  # the IR the failing pass left; a verify failure's IR is already the last dump
-                atomic_write_text(os.path.join(args.dump_dir, f"{len(dumps):02d}-{failed.split('{')[0]}.failed.mlir"),
-                                  print_ir(src.module))
+                failure.add(os.path.join(args.dump_dir, f"{len(dumps):02d}-{failed.split('{')[0]}.failed.mlir"),
+                            print_ir(src.module))
+            failure.commit()
         raise e
     suffix = {"pypto": ".pypto.py", "pto": ".pto"}.get(args.emit, ".mlir")
     path = output_target(args.output, file_stem(src.name) + suffix)
@@ -407,7 +438,8 @@ def cmd_compile(args) -> int:
             for i, k in enumerate(kernels):  # each file says how it was made and which token loop it is
                 k.text = prov.header("//", shown, (
                     f"kernel: {k.name}, token loop {i + 1} of {len(kernels)} ({k.blocks} kernel instances, "
-                    f"one per token row); compile it: ptoas {k.name}.pto -o {k.name}.cpp",)) + k.text
+                    f"one per token row); compile it: attnc ptoas {file_stem(k.name)}.pto -o "
+                    f"{file_stem(k.name)}.cpp",)) + k.text
             text = "".join(k.text for k in kernels)
         else:
             text = prov.header("//", shown) + print_ir(src.module)
@@ -425,12 +457,11 @@ def cmd_compile(args) -> int:
         elif path:
             written.append(path)
             outputs.add(path, text)
+        else:  # stdout, streamed with the files (all or nothing)
+            outputs.add("-", text)
         outputs.commit()
         for w in written:
             print(f"wrote {w}", file=sys.stderr)
-        if not written:
-            sys.stdout.write(text)
-            sys.stdout.flush()
     for rec in report.records:
         print(rec.line(), file=sys.stderr)
     if args.timing:
@@ -479,6 +510,8 @@ def run_inputs(src: Source, args, *, steps: int = 1, tokens: int | None = None) 
         rows = src.cfg["batch"]
         if len(seqlens) != rows:
             raise CliError(f"--seqlens: {len(seqlens)} token counts for batch={rows} rows")
+        if sum(seqlens) > 2**31 - 1:  # cu_seqlens are int32 prefix sums
+            raise CliError(f"--seqlens: {sum(seqlens)} tokens in all exceed 2**31 - 1 (cu_seqlens are int32)")
         extra["cu_seqlens"] = torch.tensor([0, *itertools.accumulate(seqlens)], dtype=torch.int32)
     if start is not None:
         if "start_pos" not in src.arg_names and not packed:
@@ -512,8 +545,10 @@ def note_seeded(src: Source, seeded: list[str], seed: int, no_seed: bool) -> Non
         return
     if no_seed:
         raise CliError(f"--no-seed: {src.name} needs {len(seeded)} more input array(s): {', '.join(seeded)}")
-    print(f"attnc: note: seeded {len(seeded)} of {len(src.arg_names)} inputs of {src.name} (seed {seed}): "
-          f"{', '.join(seeded)}", file=sys.stderr)
+    from attnc.codegen.progress import stderr_write
+
+    stderr_write(f"attnc: note: seeded {len(seeded)} of {len(src.arg_names)} inputs of {src.name} (seed {seed}): "
+                 f"{', '.join(seeded)}\n")
 
 
 def _state_arrays(src: Source, path: str) -> dict:
@@ -531,7 +566,8 @@ def _state_arrays(src: Source, path: str) -> dict:
     missing = [n for n in names if n not in found]
     if missing:
         raise CliError(f"--state {path}: no array {', '.join(missing)} (a previous step's --out of {src.name})")
-    arrays = load_npz(path, None, src.name)
+    # only the carried arrays are read, and only after their headers declare the parameters' shapes
+    arrays = load_npz(path, {n: shape_of(types[n]) for n in names}, src.name, only=set(names))
     state = {}
     for n in names:
         if tuple(arrays[n].shape) != shape_of(types[n]):
@@ -570,20 +606,16 @@ def _next_step_inputs(src: Source, inputs: dict, outs: dict, step: int, seed: in
 
 
 MAX_STEPS_FILE_BYTES = 1 << 20
+MAX_STEPS = 1 << 20
 
 
 def read_step_counts(path: str) -> list[int]:
     """`--steps-file`: every step's token count per batch row — a JSON list of positive integers, or one positive
     integer a line (blank lines and `#` comments skipped). A bad file is one error naming the file (and line)."""
-    import json
+    from attnc.codegen.io import parse_json, read_bounded
 
     try:
-        if os.path.getsize(path) > MAX_STEPS_FILE_BYTES:
-            raise CliError(f"{path}: --steps-file is larger than {MAX_STEPS_FILE_BYTES >> 20} MiB")
-        with open(path, "rb") as f:
-            text = f.read().decode("utf-8")
-    except OSError as e:
-        raise CliError(f"{path}: cannot read the steps file: {e.strerror or e}") from None
+        text = read_bounded(path, MAX_STEPS_FILE_BYTES, "the steps file").decode("utf-8")
     except UnicodeDecodeError:
         raise CliError(f"{path}: the steps file is not UTF-8 text") from None
 
@@ -593,10 +625,7 @@ def read_step_counts(path: str) -> list[int]:
         return value
 
     if text.lstrip().startswith(("[", "{")):
-        try:
-            values = json.loads(text)
-        except ValueError as e:
-            raise CliError(f"{path}: not a JSON list of token counts: {e}") from None
+        values = parse_json(text, f"{path}: not a JSON list of token counts")
         if not isinstance(values, list):
             raise CliError(f"{path}: not a JSON list of token counts")
         counts = [count(v, f"{path}: entry {i}") for i, v in enumerate(values)]
@@ -684,30 +713,52 @@ def _execute(src: Source, inputs: dict, args, timing, label: str):
                     timing.add(name, t1 - t0)
         if args.trace_dir:
             with timing.phase(f"keep the trace, draw swim lanes{label}"):
-                _keep_trace(src, trace_tmp, args.trace_dir, label)
+                _keep_trace(src, trace_tmp, args.trace_dir, label, getattr(args, "pending_outputs", None))
     _check_sim_verify(res)
+    if not (args.time_only or args.no_check):
+        with timing.phase(f"check against the interpreter{label}"):
+            _check_against_interpreter(src, inputs, res.outputs, label)
     return res.outputs, res.aicore_us, res.wall_s
 
 
+def _check_against_interpreter(src: Source, inputs: dict, got: dict, label: str) -> None:
+    """Every output of a pypto run against the interpreter on the same compiled module and inputs
+    (`attnc.codegen.sim_check`): one line per output; the first mismatch is an error (exit 1)."""
+    from attnc.codegen.sim_check import check_outputs
+
+    check = check_outputs(src.module, inputs, got, src.output_names)
+    for row in check.outputs:
+        print(row.line() + label)
+    if check.topk is not None and check.topk_failure:
+        print(f"check top-k picks ({', '.join(check.topk['outputs'])}): NOT a top-k of the interpreter's scores "
+              f"up to near-ties: {check.topk_failure}{label}")
+    if not check.ok:
+        raise CheckMismatch(f"pypto {src.name}{label}: {check.failures[0]} vs the interpreter on the same IR "
+                            f"and inputs ({len(check.failures)} output(s) fail the check; --no-check skips it)")
+
+
 def _check_sim_verify(res) -> None:
-    """A FAILED pypto per-pass verify record is an error unless it is a documented pypto limitation (a note)."""
-    from attnc.codegen.pypto_target import known_limitation
+    """A FAILED pypto per-pass verify record (or AssembleChecker overlap report) is an error unless its cause
+    excuses it (pypto_target.excuse: a known pypto limitation by error code and op, or disjoint padded writes)."""
+    from attnc.codegen.pypto_target import describe, excuse
 
-    unexplained = [r for r in res.failed_records if known_limitation(r) is None]
-    if unexplained:
-        first = unexplained[0]
-        raise CliError(f"pypto per-pass verify: {len(unexplained)} of {len(res.verify)} records FAILED "
-                       f"(first: pass {first[0]}, data view {first[1]}: {first[2]})")
+    bad = [r for r in res.failed_records if excuse(r, res.program) is None]
+    if bad:
+        raise CliError(f"pypto per-pass verify: {len(bad)} of {len(res.verify)} records FAILED with no known cause "
+                       f"(first: {describe(bad[0], res.program)})")
     if res.failed_records:
-        why = sorted({known_limitation(r) for r in res.failed_records})
-        print(f"attnc: note: {len(res.failed_records)} of {len(res.verify)} pypto per-pass verify records FAILED "
-              f"from documented pypto limitations (README: Known limitations): {'; '.join(why)}", file=sys.stderr)
+        why = sorted({excuse(r, res.program) for r in res.failed_records})
+        print(f"attnc: note: {len(res.failed_records)} of {len(res.verify)} pypto records (pass verify, "
+              f"AssembleChecker) not clean, each excused by its cause: {'; '.join(why)}", file=sys.stderr)
 
 
-def _keep_trace(src: Source, trace_tmp: str, trace_dir: str, label: str) -> None:
-    """pypto's Perfetto trace and a swim-lane picture of the run, named after the stage (and step)."""
+def _keep_trace(src: Source, trace_tmp: str, trace_dir: str, label: str, outputs=None) -> None:
+    """pypto's Perfetto trace and a swim-lane picture of the run, named after the stage (and step); added to
+    `outputs` (written with the command's other files, all or nothing), or written now without it."""
     from attnc.codegen import pictures
-    from attnc.codegen.io import atomic_write_bytes
+    from attnc.codegen.io import Outputs
+
+    pending = outputs if outputs is not None else Outputs()
 
     stem = os.path.join(trace_dir, src.name + label.replace(" step ", "-step").replace("/", "of"))
     trace, swim = os.path.join(trace_tmp, "perfetto.json"), os.path.join(trace_tmp, "swim.json")
@@ -715,24 +766,30 @@ def _keep_trace(src: Source, trace_tmp: str, trace_dir: str, label: str) -> None
         print("attnc: note: pypto wrote no cost-model trace for this run", file=sys.stderr)
         return
     with open(trace, "rb") as f:
-        atomic_write_bytes(stem + ".perfetto.json", f.read())
+        pending.add(stem + ".perfetto.json", f.read())
     print(f"pypto trace: {stem}.perfetto.json (open in https://ui.perfetto.dev)", file=sys.stderr)
     if os.path.exists(swim):
-        pictures.swim_lanes(swim, stem + ".swim.png", f"pypto SIM swim lanes: {src.name}{label}")
+        pictures.swim_lanes(swim, stem + ".swim.png", f"pypto SIM swim lanes: {src.name}{label}", sink=pending)
         print(f"swim lanes: {stem}.swim.png", file=sys.stderr)
+    if outputs is None:
+        pending.commit()
 
 
 def cmd_run(args) -> int:
     import torch
 
-    from attnc.codegen.io import check_output_path, save_npz
+    from attnc.codegen.io import Outputs, check_output_path, npz_bytes
     from attnc.codegen.memory import check_memory
 
     timing = args.timing_report
-    if args.out:
+    if args.out is not None:
         check_output_path(args.out)
-    if args.target == "interp" and (args.time_only or args.trace_dir):
-        raise CliError(("--time-only" if args.time_only else "--trace-dir") + " needs a pypto target")
+    if args.trace_dir is not None:
+        check_output_path(args.trace_dir, folder=True)
+    args.pending_outputs = Outputs()  # traces and pictures, written with --out (all or nothing)
+    if args.target == "interp" and (args.time_only or args.trace_dir or args.no_check):
+        raise CliError(("--time-only" if args.time_only else "--trace-dir" if args.trace_dir else "--no-check")
+                       + " needs a pypto target")
     if args.target == "pypto-npu":
         from attnc.codegen.pypto_sim import npu_available
 
@@ -744,6 +801,8 @@ def cmd_run(args) -> int:
     steps = len(counts) if counts else (1 if args.steps is None else args.steps)
     if steps < 1:
         raise CliError(f"--steps must be at least 1, got {args.steps}")
+    if steps > MAX_STEPS:  # before a list of steps is made: each step advances at least one RoPE position
+        raise CliError(f"{'--steps-file' if counts else '--steps'}: {steps} steps, more than {MAX_STEPS}")
     how = "--steps-file" if counts else "--steps"
     with timing.phase("parse" if is_ir_source(args.source) else "build stage (DSL -> attn IR)"):
         src = load_source(args.source, args.config, args.set)
@@ -782,9 +841,10 @@ def cmd_run(args) -> int:
                      else f"position_ids={inputs['position_ids'].tolist()}")
             print(f"step {step + 1}/{steps}: {where} wall_s={wall:.3f}"
                   + (f" aicore_us={aicore:.3f}" if aicore is not None else ""), file=sys.stderr)
-    if args.out and not args.time_only:
-        with timing.phase("write outputs"):
-            save_npz(args.out, outs)
+    with timing.phase("write outputs"):
+        if args.out is not None and not args.time_only:
+            args.pending_outputs.add(args.out, npz_bytes(outs))
+        args.pending_outputs.commit()
     for name, t in ({} if args.time_only else outs).items():  # --time-only computes no values
         tf = t.float()
         print(f"{name:<8} {str(t.dtype).replace('torch.', ''):<9} {list(t.shape)} "
@@ -800,9 +860,13 @@ def cmd_run(args) -> int:
 
 def cmd_inputs(args) -> int:
     """Write a stage's inputs (the file's arrays where given, seeded values for the rest) to one .npz."""
-    from attnc.codegen.io import save_npz
+    from attnc.codegen.io import check_output_path, save_npz
 
+    from attnc.codegen.memory import check_memory
+
+    check_output_path(args.output)
     src = load_source(args.source, args.config, args.set)
+    check_memory(src.module, f"inputs {src.name}", copies_of_inputs=3, inputs_only=True)  # tensors, arrays, .npz
     inputs, seeded = run_inputs(src, args)
     save_npz(args.output, inputs)
     print(f"wrote {args.output}: {len(inputs)} arrays of {src.name} ({len(seeded)} seeded with seed {args.seed})",
@@ -846,9 +910,15 @@ def _plot_errors(src: Source, args, title: str) -> None:
 def cmd_plot(args) -> int:
     """Pictures: the tile schedule, the timing of every phase, or which keys each token sees."""
     from attnc.codegen import pictures
+    from attnc.codegen.io import check_output_path
     from attnc.ir.dsl import stage_config
 
+    from attnc.codegen.memory import check_memory
+
+    check_output_path(args.output)
     src = load_source(args.source, args.config, args.set)
+    if args.kind != "schedule":  # timing verifies each pass, visibility and errors interpret the stage
+        check_memory(src.module, f"plot {args.kind} of {src.name}")
     title = f"{src.name} ({args.config}{''.join(' ' + o for o in args.set)})"
     if args.kind == "schedule":
         compile_source(src, _pipeline_for(args), verify_each=False)
@@ -906,8 +976,50 @@ def _seed(text: str) -> int:
 
 
 
+def _in_file(text: str) -> str:
+    """A file argument read by attnc: `-` (stdin) is only a source (MLIR text), never an .npz or a JSON file."""
+    if text == "-":
+        raise argparse.ArgumentTypeError("'-' (stdin) is accepted only as the SOURCE; name a file")
+    return text
+
+
+def _out_path(text: str, dash: bool = False, folder: bool = False) -> str:
+    """An output path: `-` is stdout only where the output is text (`dash`); its folder must exist unless the
+    path ends in `/` (a folder attnc creates) or names one (`folder`: the argument is itself a folder)."""
+    if text == "-":
+        if dash:
+            return text
+        raise argparse.ArgumentTypeError("'-' (stdout) is only for text output (compile -o); name a file")
+    if text.endswith("/") or folder:
+        return text
+    parent = os.path.dirname(text)
+    if parent and not os.path.isdir(parent):
+        ancestor = parent
+        while ancestor and not os.path.exists(ancestor):
+            ancestor = os.path.dirname(ancestor)
+        if ancestor and not os.path.isdir(ancestor):  # a file in the way: the output check names it
+            return text
+        raise argparse.ArgumentTypeError(f"{text}: folder {parent}/ does not exist (end a path with / to have "
+                                         "attnc create a folder)")
+    return text
+
+
+def _out_text(text: str) -> str:
+    return _out_path(text, dash=True)
+
+
+def _out_dir(text: str) -> str:
+    return _out_path(text, folder=True)
+
+
+_INVALID_CHOICE = re.compile(r"invalid choice: '(.*?)' \(choose from (.*)\)")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, like every other input error
+        m = _INVALID_CHOICE.search(message)
+        if m:  # a mistyped command or choice: name the closest one
+            message += did_you_mean(m.group(1), re.findall(r"'([^']*)'", m.group(2)))
         raise CliError(f"{self.prog}: {message}")
 
 
@@ -935,6 +1047,19 @@ environment: ATTNC_PROGRESS=0|1 (progress line; default: when stderr is a termin
 ATTNC_TRACEBACK=1 (show the traceback of an internal error)."""
 
 
+def cmd_ptoas(args) -> int:
+    """ptoas's own exit code and output; its debug dumps (stderr) pass through."""
+    from attnc.codegen.ptoas_setup import PtoasUnavailable, ptoas_command
+
+    if not os.path.isfile(args.pto):
+        raise CliError(f"{args.pto}: no such file")
+    try:
+        argv, env = ptoas_command([args.pto, *args.ptoas_args])
+    except PtoasUnavailable as e:
+        raise CliError(f"ptoas: {e}") from None
+    return subprocess.run(argv, env=env, check=False).returncode
+
+
 def build_parser() -> argparse.ArgumentParser:
     from attnc.codegen.provenance import version_line
 
@@ -948,7 +1073,10 @@ def build_parser() -> argparse.ArgumentParser:
         q.set_defaults(fn=fn)
         return q
 
-    add("list", "stages, configs and passes, one line each", cmd_list)
+    ls = add("list", "stages, configs, passes and pipelines, one line each", cmd_list)
+    ls.add_argument("what", nargs="?", choices=("stages", "configs", "passes", "pipelines"), default=None,
+                    help="only these; `passes` also shows each pass's options (type = default) and tolerance "
+                         "(default: everything, one line each)")
 
     sc = add("show-config", "a config as JSON (with its derived sizes)", cmd_show_config)
     sc.add_argument("name", help="config name (see `attnc list`)")
@@ -962,7 +1090,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--seqlens", type=_positions, default=None, metavar="N,N,...",
                        help="packed layout: each row's token count (cu_seqlens are their prefix sums); default: "
                             "seeded")
-        q.add_argument("--state", metavar="OUT.npz", default=None,
+        q.add_argument("--state", metavar="OUT.npz", default=None, type=_in_file,
                        help="the in/out arrays (caches, rings, states) of a previous step's --out file, over "
                             "--inputs (default: none)")
 
@@ -973,7 +1101,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key (repeatable)")
         if pipeline:
-            q.add_argument("--pipeline", "--pass-pipeline", dest="pipeline", default=None, metavar="PIPELINE",
+            q.add_argument("-p", "--pipeline", "--pass-pipeline", dest="pipeline", default=None, metavar="PIPELINE",
                            help="pass pipeline, `a,b{opt=1}` or `builtin.module(a,b)`; default: the target's "
                                  "(`attnc list` shows both)")
         q.add_argument("--seed", type=_seed, default=0, help="seed of the generated inputs, 0 <= SEED < 2**63")
@@ -982,7 +1110,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "'vec_nbuffer_setting={-1: 4}'; see codegen/pypto_options.py (repeatable)")
         q.add_argument("--timing", action="store_true",
                        help="print the wall time of every phase (build/parse, each pass, each verify, emit, write)")
-        q.add_argument("--tuning", metavar="FILE", default=None,
+        q.add_argument("--tuning", metavar="FILE", default=None, type=_in_file,
                        help="apply a tuning file from `attnc tune` (its pipeline and pypto options; default: none)")
 
     c = add("compile", "compile a stage, an .mlir file or stdin", cmd_compile)
@@ -991,7 +1119,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output kind (pto: one .pto file per token loop, for ptoas; -o names a folder)")
     c.add_argument("--pto-dtype", choices=("f16",), default=None,
                    help="--emit pto: compute bf16 values in f16 (ptoas 0.1.1 has no bf16) (default: bf16 kept)")
-    c.add_argument("-o", "--output", metavar="FILE|DIR/", default=None,
+    c.add_argument("-o", "--output", metavar="FILE|DIR/", default=None, type=_out_text,
                    help="output file (- = stdout); DIR/ (trailing slash) or an existing folder writes "
                         "DIR/<stage>.mlir or DIR/<stage>.pypto.py; default: stdout")
     c.add_argument("--print-ir-before", action="append", default=[], metavar="PASS",
@@ -1004,7 +1132,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the IR after a pass only when the pass changed it")
     c.add_argument("--print-ir-after-failure", action="store_true",
                    help="print the IR a failing pass (or failed verification) left behind")
-    c.add_argument("--dump-dir", metavar="DIR", default=None,
+    c.add_argument("--dump-dir", metavar="DIR", default=None, type=_out_dir,
                    help="write 00-input.mlir and NN-<pass>.mlir after each pass; on a failure the dumps up to it "
                         "and NN-<pass>.failed.mlir (default: no dumps)")
     c.add_argument("--print-debuginfo", action="store_true",
@@ -1020,13 +1148,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="interp: the torch interpreter; pypto-sim: the emitted pypto program in SIM on the CPU")
     r.add_argument("--level", choices=("tensor", "tile"), default="tensor",
                    help="interpret the stage as built (tensor) or after the pipeline (tile)")
-    r.add_argument("--inputs", metavar="IN.npz", default=None,
+    r.add_argument("--inputs", metavar="IN.npz", default=None, type=_in_file,
                    help="input arrays by parameter name (`attnc inputs` writes one); default: none, every array "
                         "seeded (one note line names the seeded arrays)")
     r.add_argument("--no-seed", action="store_true",
                    help="a missing input array is an error instead of a seeded value")
     step_inputs(r, "overrides the file; ", ", or 0 with --steps")
-    r.add_argument("--steps-file", metavar="FILE", default=None,
+    r.add_argument("--steps-file", metavar="FILE", default=None, type=_in_file,
                    help="decode one step per entry of FILE, each with its own token count per row (seq): one "
                         "positive integer a line (# comments) or a JSON list, e.g. [16, 1, 1, 4]; state carried as "
                         "with --steps (default: none)")
@@ -1034,16 +1162,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode N steps (default 1): each step's in/out arrays (caches, rings, states) feed the next, "
                         "start_pos advances by seq (packed: each row's positions by its token count), x is seeded "
                         "per step (seed+k); --out gets the last step")
-    r.add_argument("--out", metavar="OUT.npz", default=None, help="write the outputs by name (default: not written)")
-    r.add_argument("--time-only", action="store_true", help="pypto targets: simulated time only, no values")
-    r.add_argument("--trace-dir", metavar="DIR", default=None,
+    r.add_argument("--out", metavar="OUT.npz", default=None, type=_out_path, help="write the outputs by name (default: not written)")
+    r.add_argument("--time-only", action="store_true", help="pypto targets: simulated time only, no values "
+                   "(so no check)")
+    r.add_argument("--no-check", action="store_true",
+                   help="pypto targets: skip the check of every output against the interpreter on the same compiled "
+                        "IR and inputs (by default a mismatch exits 1)")
+    r.add_argument("--trace-dir", metavar="DIR", default=None, type=_out_dir,
                    help="pypto targets: keep the cost model's Perfetto trace (DIR/<stage>.perfetto.json) and draw "
                         "its swim lanes (DIR/<stage>.swim.png) (default: not kept)")
 
     i = add("inputs", "write a stage's inputs (seeded, or completed from --inputs) to an .npz", cmd_inputs)
     common(i, pipeline=False)
-    i.add_argument("-o", "--output", metavar="IN.npz", required=True, help="the .npz to write")
-    i.add_argument("--inputs", metavar="IN.npz", default=None, help="arrays to keep; the rest are seeded (default: all seeded)")
+    i.add_argument("-o", "--output", metavar="IN.npz", required=True, type=_out_path, help="the .npz to write")
+    i.add_argument("--inputs", metavar="IN.npz", default=None, type=_in_file, help="arrays to keep; the rest are seeded (default: all seeded)")
     step_inputs(i, "", "")
     pl = add("plot", "pictures (PNG, or SVG by suffix): tile schedule, phase timing, token visibility", cmd_plot)
     pl.add_argument("kind", choices=("schedule", "timing", "visibility", "errors"),
@@ -1052,11 +1184,18 @@ def build_parser() -> argparse.ArgumentParser:
                          "error after every pass vs the level before (with the pass's tolerance), the tensor "
                          "level and the FP32 reference")
     common(pl)
-    pl.add_argument("-o", "--output", metavar="FILE.png", required=True, help="the picture to write")
-    pl.add_argument("--inputs", metavar="IN.npz", default=None,
+    pl.add_argument("-o", "--output", metavar="FILE.png", required=True, type=_out_path,
+                    help="the picture to write")
+    pl.add_argument("--inputs", metavar="IN.npz", default=None, type=_in_file,
                     help="visibility, errors: inputs (start_pos, cmp_idx, ...); default: seeded")
     pl.add_argument("--start-pos", type=_positions, default=None, metavar="P[,P...]",
                     help="visibility, errors: every row's start position (default: seeded)")
+
+    pt = add("ptoas", "run ptoas 0.1.1 (the wheel's binary, with the loader path it needs) on a .pto file",
+             cmd_ptoas)
+    pt.add_argument("pto", metavar="FILE.pto", help="a kernel written by `attnc compile --emit pto`")
+    pt.add_argument("ptoas_args", nargs=argparse.REMAINDER, metavar="ARGS",
+                    help="passed to ptoas as written, e.g. -o FILE.cpp (default: the C++ on stdout)")
 
     from attnc.codegen.tune import add_parser as add_tune_parser
 
@@ -1064,17 +1203,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _subparser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser | None:
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return actions[0].choices.get(command) if actions and command else None
+
+
 def main(argv: list[str] | None = None) -> int:
     from attnc.codegen.progress import Timing
 
     timing = Timing()
     argv = sys.argv[1:] if argv is None else list(argv)
+    previous = _catch_sigterm()
     try:
         parser = build_parser()
         if not argv:  # `attnc` alone: usage and the commands
             parser.print_help()
             return 0
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # name the closest option of the command
+            sub = _subparser(parser, getattr(args, "command", None))
+            options = [o for a in sub._actions for o in a.option_strings] if sub else []
+            flag = next((w for w in extra if w.startswith("-")), extra[0])
+            raise CliError(f"{sub.prog if sub else 'attnc'}: unrecognized arguments: {' '.join(extra)}"
+                           f"{did_you_mean(flag.split('=')[0], options) if flag.startswith('-') else ''}")
         if getattr(args, "fn", None) is None:
             raise CliError("attnc: a command is required (attnc --help)")
         args.timing_report = timing
@@ -1085,17 +1236,39 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except SystemExit as e:  # --help, --version
         return int(e.code or 0)
-    except _error_types() as e:
-        print(f"attnc: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+    except AttncError as e:  # every user-facing error; nothing is imported to report it
+        print(f"attnc: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `attnc list | head -1`: the reader left
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        except (OSError, ValueError, AttributeError):
+            pass
+        print("attnc: error: -: cannot write (Broken pipe)", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:  # an allocation the estimate let through
+        print("attnc: error: out of memory (a smaller --config or --set batch=... needs less)", file=sys.stderr)
+        return EXIT_USAGE
+    except CheckMismatch as e:
+        print(f"attnc: error: {e}", file=sys.stderr)
+        return EXIT_MISMATCH
     except KeyboardInterrupt:
+        print("attnc: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("attnc: terminated", file=sys.stderr)
+        return 143
     except Exception as e:  # a bug in attnc: still one line; ATTNC_TRACEBACK=1 shows the traceback
+        if isinstance(e, RuntimeError) and "can't allocate memory" in str(e):  # torch's allocator
+            print("attnc: error: out of memory (a smaller --config or --set batch=... needs less)", file=sys.stderr)
+            return EXIT_USAGE
         if os.environ.get("ATTNC_TRACEBACK"):
             raise
         print(f"attnc: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
               file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        _catch_sigterm(previous)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from attnc.errors import AttncError
 from attnc.ir.names import name_problem, shown
 
 # names the generated module itself defines or imports; a parameter must not shadow them
@@ -19,7 +20,7 @@ RESERVED = frozenset({"pypto", "kernel", "json", "os", "ARG_NAMES", "OUTPUT_NAME
 _TEMPORARY = re.compile(r"[a-z]{1,2}[0-9]+")
 
 
-class UnsafeName(Exception):
+class UnsafeName(AttncError):
     """A name from the IR cannot be used as an identifier or a file name; the message names it."""
 
 

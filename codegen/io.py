@@ -4,7 +4,11 @@ bf16 tensors travel as float32 arrays holding bf16 values (rounded to nearest-ev
 integer arrays; f32 as float arrays. Files are written atomically (temp file + rename)."""
 from __future__ import annotations
 
+import errno
 import os
+import re
+import stat
+import sys
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -12,14 +16,15 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from attnc.errors import AttncError
 from attnc.ir.types import dtype_of, shape_of, torch_dtype
 
 
-class InputError(Exception):
+class InputError(AttncError):
     """A missing, unknown or mis-shaped array in an input file; one line naming the file and the array."""
 
 
-class OutputError(Exception):
+class OutputError(AttncError):
     """An output path that cannot be written; one line naming the path. Nothing of the command is left behind."""
 
 
@@ -45,10 +50,63 @@ def _npy_header(f, where: str) -> tuple[tuple[int, ...], np.dtype, int]:
     return tuple(int(d) for d in shape), dtype, header_len
 
 
-def load_npz(path: str, expected: Mapping[str, tuple[int, ...]] | None = None, owner: str = "") -> dict[str, np.ndarray]:
+def read_bounded(path: str, cap: int, what: str) -> bytes:
+    """The bytes of an input file, at most `cap`: counted while reading (a device or FIFO has no size), so
+    `/dev/zero` is refused after cap + 1 bytes instead of filling memory. InputError names the file."""
+    chunks, total = [], 0
+    try:
+        with open(path, "rb") as f:
+            while total <= cap:
+                chunk = f.read(min(1 << 20, cap + 1 - total))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read {what} ({e.strerror or type(e).__name__})") from None
+    if total > cap:
+        raise InputError(f"{path}: {what} is larger than {cap} bytes")
+    return b"".join(chunks)
+
+
+MAX_JSON_DEPTH = 32
+_JSON_MARK = re.compile(r'[\[\]{}"]')
+_JSON_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"')
+
+
+def parse_json(text: str, where: str, max_depth: int = MAX_JSON_DEPTH):
+    """json.loads with the nesting depth checked first (in linear time, strings skipped): deep nesting is one error
+    line, not a RecursionError."""
+    import json
+
+    depth, pos = 0, 0
+    while (m := _JSON_MARK.search(text, pos)) is not None:
+        tok = m.group()
+        if tok == '"':
+            string = _JSON_STRING.match(text, m.start())
+            if string is None:
+                break  # unterminated: json.loads says where
+            pos = string.end()
+            continue
+        pos = m.end()
+        if tok in "[{":
+            depth += 1
+            if depth > max_depth:
+                raise InputError(f"{where}: JSON nested deeper than {max_depth} levels")
+        else:
+            depth -= 1
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise InputError(f"{where}: not valid JSON ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
+
+
+def load_npz(path: str, expected: Mapping[str, tuple[int, ...]] | None = None, owner: str = "",
+             only: set[str] | None = None) -> dict[str, np.ndarray]:
     """Arrays of an .npz archive by name. Before any data is read, every member must be `NAME.npy`, NAME one of
     `expected` (name -> shape) when given, with that shape, and a header that declares exactly the bytes the
-    member holds: a hostile archive (bomb, huge header, pickles) is refused by its metadata alone."""
+    member holds: a hostile archive (bomb, huge header, pickles) is refused by its metadata alone. `only`: read
+    just these members (the others are not decompressed at all; their names must still be .npy members)."""
     import math
 
     from attnc.ir.names import shown
@@ -71,6 +129,8 @@ def load_npz(path: str, expected: Mapping[str, tuple[int, ...]] | None = None, o
             if name in seen:
                 raise InputError(f"{where}: appears twice")
             seen.add(name)
+            if only is not None and name not in only:
+                continue
             if expected is not None and name not in expected:
                 raise InputError(f"{where} is not a parameter of {owner or 'the stage'} "
                                  f"(parameters: {', '.join(expected)})")
@@ -137,10 +197,70 @@ def _umask() -> int:
     return old
 
 
+STDOUT = "-"
+
+
+def resolve_output(path: str) -> tuple[str, str, int | None]:
+    """How an output path is written: ("stdout", "-", None); ("stream", path, None) for an existing character
+    device or FIFO, opened and written in place like a shell's `>` (never replaced: `-o /dev/null` leaves
+    /dev/null a device); ("file", target, mode) for a regular file, written atomically, `target` the path with a
+    symbolic link resolved (a link must stay inside the folder it was requested in) and `mode` the permission
+    bits of the file it replaces (None: a new file). OutputError for anything else."""
+    if path == STDOUT:
+        return "stdout", STDOUT, None
+    if not path:
+        raise OutputError("'': cannot write (empty output path)")
+    try:
+        st = os.stat(path)  # follows links
+    except (FileNotFoundError, NotADirectoryError):  # a new file (check_output_path names a bad ancestor)
+        st = None
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write ({e.strerror or type(e).__name__})") from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise OutputError(f"{path}: cannot write (is a directory)")
+    if st is not None and (stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+        return "stream", path, None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise OutputError(f"{path}: cannot write (not a regular file, character device or FIFO)")
+    target = path
+    if os.path.islink(path):
+        target = os.path.realpath(path)
+        folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+        if os.path.commonpath([target, folder]) != folder:
+            raise OutputError(f"{path}: cannot write (a symbolic link that leaves its folder, to {target})")
+    return "file", target, None if st is None else stat.S_IMODE(st.st_mode)
+
+
+def _stream(path: str, data: bytes) -> None:
+    """Write `data` into stdout, a device or a FIFO, in place (no create, no rename)."""
+    if path == STDOUT:
+        out = sys.stdout
+        if out is None:
+            raise OSError(errno.EBADF, "stdout is closed")
+        out.flush()
+        buf = getattr(out, "buffer", None)
+        if buf is None:  # a text stream without bytes (tests)
+            out.write(data.decode("utf-8", "replace"))
+            out.flush()
+        else:
+            buf.write(data)
+            buf.flush()
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_NOCTTY)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
 class Outputs:
-    """The files one command writes, all or none. Each is staged as a temp file in its target's folder (mode
-    0666 less the umask, like any new file), then all are renamed into place; if staging or a rename fails,
-    staged files, replaced files (restored from hard-link backups) and folders created on the way are undone."""
+    """The files one command writes, all or none. Every path is resolved first (`resolve_output`); regular files
+    are staged as temp files in their target's folder (the replaced file's mode, or 0666 less the umask for a new
+    one), streams (stdout, devices, FIFOs) are written next, then the staged files are renamed into place; if
+    staging, a stream or a rename fails, staged files, replaced files (restored from hard-link backups) and
+    folders created on the way are undone (bytes already written into a stream cannot be taken back)."""
 
     def __init__(self):
         self.files: list[tuple[str, bytes]] = []
@@ -149,30 +269,37 @@ class Outputs:
         self.files.append((path, data.encode() if isinstance(data, str) else data))
 
     def commit(self) -> None:
+        plan = [(path, *resolve_output(path), data) for path, data in self.files]
         created: list[str] = []  # folders made here, parents first
-        staged: list[tuple[str, str, str | None]] = []  # (path, temp, backup of the file it replaces)
+        staged: list[tuple[str, str, str | None]] = []  # (target, temp, backup of the file it replaces)
         renamed: list[tuple[str, str | None]] = []
         path = ""
         try:
-            mode = 0o666 & ~_umask()
-            for path, data in self.files:
-                if os.path.isdir(path):
-                    raise IsADirectoryError(21, "is a directory")
-                directory = os.path.dirname(os.path.abspath(path))
+            new_mode = 0o666 & ~_umask()
+            for path, kind, target, mode, data in plan:
+                if kind != "file":
+                    continue
+                if mode is not None and not os.access(target, os.W_OK):
+                    raise PermissionError(errno.EACCES, "Permission denied")
+                directory = os.path.dirname(os.path.abspath(target))
                 _make_dirs(directory, created)
                 fd, tmp = tempfile.mkstemp(dir=directory, prefix=".attnc-", suffix=".tmp")
-                staged.append((path, tmp, None))
+                staged.append((target, tmp, None))
                 with os.fdopen(fd, "wb") as f:
-                    os.fchmod(f.fileno(), mode)
+                    os.fchmod(f.fileno(), new_mode if mode is None else mode)
                     f.write(data)
-                if os.path.lexists(path):
+                if os.path.lexists(target):
                     backup = tmp[:-4] + ".bak"
-                    os.link(path, backup)
-                    staged[-1] = (path, tmp, backup)
-            for path, tmp, backup in staged:
-                os.replace(tmp, path)
-                renamed.append((path, backup))
-        except OSError as e:
+                    os.link(target, backup)
+                    staged[-1] = (target, tmp, backup)
+            for path, kind, target, _, data in plan:
+                if kind != "file":
+                    _stream(target, data)
+            for target, tmp, backup in staged:
+                path = target
+                os.replace(tmp, target)
+                renamed.append((target, backup))
+        except (OSError, ValueError) as e:  # ValueError: a closed stdout
             for done, backup in reversed(renamed):
                 _quietly(os.replace, backup, done) if backup else _quietly(os.unlink, done)
             restored = {b for _, b in renamed}
@@ -182,7 +309,8 @@ class Outputs:
                     _quietly(os.unlink, backup)
             for d in reversed(created):
                 _quietly(os.rmdir, d)
-            raise OutputError(f"{path}: cannot write ({e.strerror or type(e).__name__})") from None
+            why = getattr(e, "strerror", None) or str(e) or type(e).__name__
+            raise OutputError(f"{path or STDOUT}: cannot write ({why})") from None
         for _, backup in renamed:
             if backup:
                 _quietly(os.unlink, backup)
@@ -210,20 +338,39 @@ def _make_dirs(directory: str, created: list[str]) -> None:
 
 
 def check_output_path(path: str, *, folder: bool = False) -> None:
-    """Refuse early an output path that cannot be written (before any work is done): a file where a folder is
-    needed, a folder where a file is needed, no writable existing ancestor."""
+    """Refuse early an output path that cannot be written (before any work is done): an empty path, a file where a
+    folder is needed, a folder where a file is needed, a symbolic link leaving its folder, a device that is not a
+    character device or FIFO, no writable existing ancestor."""
+    if not path:
+        raise OutputError("'': cannot write (empty output path)")
+    if path == STDOUT and not folder:
+        return
     p = os.path.abspath(path)
-    if folder and os.path.lexists(p) and not os.path.isdir(p):
-        raise OutputError(f"{path}: cannot write (exists and is not a directory)")
-    if not folder and os.path.isdir(p):
-        raise OutputError(f"{path}: cannot write (is a directory)")
-    d = p if folder else os.path.dirname(p)
+    if folder:
+        if os.path.lexists(p) and not os.path.isdir(p):
+            raise OutputError(f"{path}: cannot write (exists and is not a directory)")
+        d = p
+    else:
+        kind, target, mode = resolve_output(path)
+        if kind == "stream":
+            if not os.access(target, os.W_OK):
+                raise OutputError(f"{path}: cannot write (Permission denied)")
+            return
+        if mode is not None and not os.access(target, os.W_OK):
+            raise OutputError(f"{path}: cannot write (Permission denied)")
+        d = os.path.dirname(os.path.abspath(target))
     while not os.path.isdir(d):
         if os.path.lexists(d):
             raise OutputError(f"{path}: cannot write ({d} is not a directory)")
         d = os.path.dirname(d)
     if not os.access(d, os.W_OK | os.X_OK):
         raise OutputError(f"{path}: cannot write ({d} is not writable)")
+    try:  # access() says yes to root on a read-only mount or /proc: make (and remove) a file there
+        fd, probe = tempfile.mkstemp(dir=d, prefix=".attnc-", suffix=".probe")
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write ({d}: {e.strerror or type(e).__name__})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:

@@ -1,6 +1,7 @@
 """What a command will allocate, estimated from the IR's types before anything is allocated, against what the
-machine has. The estimate is a lower bound (inputs, outputs and the largest op's operands and results, float
-matmul operands counted in f64 as the interpreter computes them), so a refusal is never a false alarm."""
+machine has. `check_memory` refuses on an upper bound (`interpreter_upper_bytes`, validated against measured peaks
+by benchmarks/memory_bound.py), so what it admits fits; `interpreter_bytes` is the older lower bound (inputs,
+outputs and the largest op's operands and results, float matmul operands counted in f64)."""
 from __future__ import annotations
 
 import math
@@ -8,13 +9,14 @@ import os
 
 from xdsl.dialects.builtin import ModuleOp, TensorType
 
+from attnc.errors import AttncError
 from attnc.ir.tensor_dialect import cache_entries, cache_window
 from attnc.ir.types import dtype_of, shape_of
 
 _BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i8": 1, "i1": 1}
 
 
-class MemoryLimitError(Exception):
+class MemoryLimitError(AttncError):
     """A command would need more memory than the machine has; the message names the estimate."""
 
 
@@ -48,16 +50,41 @@ def interpreter_bytes(module: ModuleOp, copies_of_inputs: int = 1) -> int:
     fn = entry_function(module)
     io_bytes = (copies_of_inputs * sum(tensor_bytes(t) for t in fn.function_type.inputs.data)
                 + sum(tensor_bytes(t) for t in fn.function_type.outputs.data))
-    largest_op = 0
+    return io_bytes + max((_op_bytes(op) for op in module.walk()), default=0)
+
+
+def _op_bytes(op) -> int:
+    """One op's working set in the interpreter: its operands and results (matmuls in f64, attention composites
+    with their gathered keys and logits)."""
+    if "matmul" in op.name:
+        return sum(_f64_bytes(v.type) for v in op.operands) + sum(_f64_bytes(r.type) for r in op.results)
+    if op.name in ("attn.cache_attention", "attn.sparse_attention"):
+        return _attention_bytes(op)
+    return sum(tensor_bytes(v.type) for v in op.operands) + sum(tensor_bytes(r.type) for r in op.results)
+
+
+OVERHEAD_BYTES = 96 << 20  # torch's allocator and per-op buffers beyond the tensors themselves (measured)
+
+
+def interpreter_upper_bytes(module: ModuleOp, copies_of_inputs: int = 1) -> int:
+    """Upper bound of the memory interpreting `module` once adds: the interpreter keeps every value of the
+    function alive until it returns (each op's results counted once, in a loop body too), matmul weights as f64
+    copies (8 bytes an element of every float input), the largest op's f64 working set twice (operands and
+    result converted, then the result cast back), `copies_of_inputs` copies of the inputs plus the f32 of the
+    largest while they are seeded, and a fixed allowance for torch itself. benchmarks/memory_bound.py compares it
+    with measured peaks."""
+    from attnc.ir.interpreter import entry_function
+
+    fn = entry_function(module)
+    ins = list(fn.function_type.inputs.data)
+    inputs = sum(tensor_bytes(t) for t in ins)
+    weights_f64 = sum(_f64_bytes(t) for t in ins if isinstance(t, TensorType) and dtype_of(t) in ("bf16", "f16", "f32"))
+    seeding = max((4 * math.prod(shape_of(t)) for t in ins if isinstance(t, TensorType)), default=0)
+    values, largest_op = 0, 0
     for op in module.walk():
-        if "matmul" in op.name:
-            need = sum(_f64_bytes(v.type) for v in op.operands) + sum(_f64_bytes(r.type) for r in op.results)
-        elif op.name in ("attn.cache_attention", "attn.sparse_attention"):
-            need = _attention_bytes(op)
-        else:
-            need = sum(tensor_bytes(v.type) for v in op.operands) + sum(tensor_bytes(r.type) for r in op.results)
-        largest_op = max(largest_op, need)
-    return io_bytes + largest_op
+        values += sum(tensor_bytes(r.type) for r in op.results)
+        largest_op = max(largest_op, _op_bytes(op))
+    return copies_of_inputs * inputs + seeding + weights_f64 + values + 2 * largest_op + OVERHEAD_BYTES
 
 
 def available_bytes() -> int:
@@ -91,13 +118,23 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.3g} GB"
 
 
-def check_memory(module: ModuleOp, what: str, copies_of_inputs: int = 1, limit: int | None = None) -> int:
+def inputs_bytes(module: ModuleOp, copies: int) -> int:
+    """`copies` copies of the inputs at once (`attnc inputs`: the tensors, their numpy arrays, the .npz bytes)."""
+    from attnc.ir.interpreter import entry_function
+
+    return copies * sum(tensor_bytes(t) for t in entry_function(module).function_type.inputs.data)
+
+
+def check_memory(module: ModuleOp, what: str, copies_of_inputs: int = 1, limit: int | None = None,
+                 inputs_only: bool = False) -> int:
     """Refuse before allocating when the estimate exceeds what the machine has (`limit` or
-    ATTNC_MEMORY_LIMIT_BYTES override the machine's figure: tests, the fuzzer)."""
-    need = interpreter_bytes(module, copies_of_inputs)
+    ATTNC_MEMORY_LIMIT_BYTES override the machine's figure: tests, the fuzzer). `inputs_only`: the command makes
+    the inputs and runs nothing."""
+    need = (inputs_bytes(module, copies_of_inputs) if inputs_only
+            else interpreter_upper_bytes(module, copies_of_inputs))
     env = os.environ.get("ATTNC_MEMORY_LIMIT_BYTES")
     have = limit if limit is not None else int(env) if env and env.isdigit() else available_bytes()
     if need > have:
-        raise MemoryLimitError(f"{what} needs at least {_gb(need)} of memory (estimated from the IR's tensor types "
-                               f"before allocating), the machine has {_gb(have)} available")
+        raise MemoryLimitError(f"{what} may need up to {_gb(need)} of memory (an upper bound from the IR's tensor "
+                               f"types, before allocating), the machine has {_gb(have)} available")
     return need

@@ -27,7 +27,8 @@ def _figure(width: float, height: float):
     return plt, plt.figure(figsize=(width, height), dpi=100)
 
 
-def _save(plt, fig, path: str) -> None:
+def _save(plt, fig, path: str, sink=None) -> None:
+    """The picture (SVG by suffix, else PNG) written to `path`, or added to `sink` (an io.Outputs)."""
     from attnc.codegen.io import atomic_write_bytes
 
     fmt = "svg" if path.endswith(".svg") else "png"
@@ -35,10 +36,13 @@ def _save(plt, fig, path: str) -> None:
     fig.tight_layout()
     fig.savefig(buf, format=fmt, metadata={"Software": None} if fmt == "png" else {"Date": None})
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    if sink is not None:
+        sink.add(path, buf.getvalue())
+    else:
+        atomic_write_bytes(path, buf.getvalue())
 
 
-def swim_lanes(swim_json: str, path: str, title: str) -> None:
+def swim_lanes(swim_json: str, path: str, title: str, sink=None) -> None:
     with open(swim_json) as f:
         cores = [c for c in json.load(f) if c.get("tasks")]
     plt, fig = _figure(11, max(2.5, 0.28 * len(cores) + 1.2))
@@ -52,7 +56,7 @@ def swim_lanes(swim_json: str, path: str, title: str) -> None:
     ax.set_xlabel("simulated cycles")
     ax.set_title(title + " (colour: subgraph)")
     ax.invert_yaxis()
-    _save(plt, fig, path)
+    _save(plt, fig, path, sink)
 
 
 def phase_timing(phases: list[tuple[str, float]], path: str, title: str) -> None:

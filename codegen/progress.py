@@ -20,6 +20,19 @@ def progress_enabled(stream=None) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
+def stderr_write(text: str) -> None:
+    """Write to stderr around a live progress line: tqdm clears the line, the text goes out, the line is drawn
+    again below it (a banner or a note is never glued to the bar)."""
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        with tqdm.external_write_mode(file=sys.stderr):
+            sys.stderr.write(text)
+            sys.stderr.flush()
+    else:
+        sys.stderr.write(text)
+
+
 class Progress:
     """A progress bar over `total` steps (None: a spinner with elapsed time); a no-op when disabled."""
 

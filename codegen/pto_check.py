@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from attnc.errors import AttncError
 from attnc.ir.interpreter import entry_function, run_module
 
 from .pto_emit import KernelPlan, token_loops
@@ -26,7 +27,7 @@ _NP = {"f16": np.float16, "f32": np.float32, "i32": np.int32}
 _CXX = {"f16": "half", "f32": "float", "i32": "int32_t"}
 
 
-class PtoCheckError(Exception):
+class PtoCheckError(AttncError):
     pass
 
 
@@ -57,8 +58,9 @@ def instruction_stream(cpp: str) -> list[str]:
     return [x for x in out if not x.startswith("TASSIGN")]
 
 
-def host_values(module, inputs: list, loop_index: int, plan: KernelPlan) -> tuple[list, list]:
-    """(outside values the loop uses, loop results) from one interpreter run."""
+def host_values(module, inputs: list, loop_index: int, plan: KernelPlan, rows: int | None = None) -> tuple[list, list]:
+    """(outside values the loop uses, loop results) from one interpreter run; with `rows`, the loop runs only its
+    first `rows` token rows (the others keep their initial value): the golden of a flash kernel's first instances."""
     from xdsl.dialects import func
     from xdsl.dialects.builtin import FunctionType
 
@@ -66,6 +68,13 @@ def host_values(module, inputs: list, loop_index: int, plan: KernelPlan) -> tupl
     clone = module.clone(value_mapper=mapper)
     fn = entry_function(clone)
     loop = token_loops(clone)[loop_index]
+    if rows is not None:
+        from attnc.passes._build import before, const
+
+        with before(loop):
+            operands = list(loop.operands)
+            operands[1] = const(rows)
+            loop.operands = operands
     wanted = [mapper[v] for v in plan.outside] + list(loop.results)
     ret = fn.body.block.last_op
     assert isinstance(ret, func.ReturnOp)
@@ -77,7 +86,7 @@ def host_values(module, inputs: list, loop_index: int, plan: KernelPlan) -> tupl
     return list(vals[:len(plan.outside)]), list(vals[len(plan.outside):])
 
 
-def _harness(plan: KernelPlan, cpp_name: str) -> str:
+def _harness(plan: KernelPlan, cpp_name: str, blocks: list[int] | None = None) -> str:
     lines = ['#include "common/pto_instr.hpp"', f'#include "{cpp_name}"', "#include <string>",
              "int main(int argc, char** argv) {", "  std::string dir = argv[1];"]
     call = []
@@ -90,7 +99,8 @@ def _harness(plan: KernelPlan, cpp_name: str) -> str:
         else:
             lines.append(f'  auto {v} = pto_model::read_array<{t}>(dir + "/{v}.bin", {n});')
         call.append(f"{v}.data()")
-    lines += [f"  for (int b = 0; b < {plan.blocks}; ++b) {{",
+    ids = list(range(plan.blocks)) if blocks is None else blocks
+    lines += [f"  for (int b : {{{', '.join(map(str, ids))}}}) {{",
               "    pto_model::model().reset(); pto_model::model().block = b;",
               f"    {plan.name}({', '.join(call)});",
               "    pto_model::model().end_block();", "  }"]
@@ -131,7 +141,9 @@ CHECK_TOLERANCE = 1e-3  # normalised error vs the interpreter: f16 outputs, floa
 
 
 def check_kernel(module, inputs: list, loop_index: int, plan: KernelPlan, workdir: str | None = None,
-                 host: tuple | None = None) -> KernelCheck:
+                 host: tuple | None = None, blocks: list[int] | None = None, opt: str = "-O0") -> KernelCheck:
+    """`blocks`: the kernel instances (token rows) to run and compare (default: all); `opt`: g++ optimisation
+    (the model's arithmetic is IEEE at any level; -O2 for flash-size kernels)."""
     from attnc.passes.verify import normalised_error
 
     tmp = tempfile.TemporaryDirectory(prefix="attnc-pto-") if workdir is None else None
@@ -149,14 +161,17 @@ def check_kernel(module, inputs: list, loop_index: int, plan: KernelPlan, workdi
         with open(cpp_path, "w") as f:
             f.write(cpp)
         with open(os.path.join(d, "main.cpp"), "w") as f:
-            f.write(_harness(plan, os.path.basename(cpp_path)))
+            f.write(_harness(plan, os.path.basename(cpp_path), blocks))
         exe = os.path.join(d, "kernel")
-        b = subprocess.run(["g++", "-std=c++17", "-O0", "-w", f"-I{MODEL_INCLUDE}", "-o", exe,
+        b = subprocess.run(["g++", "-std=c++17", opt, "-w", f"-I{MODEL_INCLUDE}", "-o", exe,
                             os.path.join(d, "main.cpp")], capture_output=True, text=True, check=False)
         if b.returncode != 0:
             chk.build_error = next((ln for ln in b.stderr.splitlines() if "error" in ln), b.stderr[:200])
             return chk
-        outside, golden = host if host is not None else host_values(module, inputs, loop_index, plan)
+        if blocks is not None and blocks != list(range(len(blocks))):
+            raise PtoCheckError("blocks must be the first n token rows")
+        outside, golden = host if host is not None else host_values(module, inputs, loop_index, plan,
+                                                                    None if blocks is None else len(blocks))
         for a in plan.args:
             if a.role == "in":
                 t = outside[a.value_index]
@@ -167,7 +182,7 @@ def check_kernel(module, inputs: list, loop_index: int, plan: KernelPlan, workdi
             arr = t.detach().numpy() if a.dtype == "i32" else t.detach().to(torch.float32).numpy()
             np.ascontiguousarray(arr.astype(_NP[a.dtype])).tofile(
                 os.path.join(d, a.name[1:] + ".bin"))
-        r = subprocess.run([exe, d], capture_output=True, text=True, check=False, timeout=120)
+        r = subprocess.run([exe, d], capture_output=True, text=True, check=False, timeout=1800)
         if r.returncode != 0:
             chk.build_error = f"kernel run exits {r.returncode}: {r.stderr.strip()[:200]}"
             return chk
@@ -185,6 +200,8 @@ def check_kernel(module, inputs: list, loop_index: int, plan: KernelPlan, workdi
                 got = np.fromfile(os.path.join(d, a.name[1:] + ".out.bin"), dtype=_NP[a.dtype])
                 want = golden[a.value_index]
                 got_t = torch.from_numpy(got.astype(np.float64)).reshape(want.shape)
+                if blocks is not None:  # only the rows of the instances that ran (token rows = axis 0)
+                    got_t, want = got_t[blocks], want[blocks]
                 errs.append(normalised_error(got_t.to(want.dtype), want))
         chk.max_error = max(errs) if errs else float("inf")
         return chk

@@ -23,6 +23,7 @@ from xdsl.dialects import arith, scf
 from xdsl.dialects.builtin import IndexType, IntegerAttr, TensorType
 from xdsl.ir import Operation, SSAValue
 
+from attnc.errors import AttncError
 from attnc.ir.common import op_location
 from attnc.ir.interpreter import entry_function
 from attnc.ir.types import dtype_of, shape_of
@@ -48,8 +49,6 @@ DEFECTS = {
     "topk": "tsort32 indices must be uint32; ptoas emits int32_t (and aborts unless idx is pre-written)",
     "floordiv": "tcvt drops the FLOOR rounding mode (always CAST_RINT)",
     "rem": "trem semantics (trunc vs floor) unverified and no integer tdiv",
-    "matmul_acc": "loop-carried accumulators need scf.for iter_args ('emitc.assign' type mismatch); attnc's "
-                  "emitter does not carry acc tiles through GM yet",
     "row_min": "trowmin aborts unless its tmp was written first (DenseMap assertion)",
     "neg": "not emitted by attnc (use muls -1)",
     "scatter_rows": "no store at a runtime row index (the gather's defect, see gather_rows); cache and state "
@@ -57,7 +56,7 @@ DEFECTS = {
 }
 
 
-class PtoEmitError(Exception):
+class PtoEmitError(AttncError):
     """One line: '<DSL location>: --emit pto: ...'."""
 
 
@@ -106,6 +105,7 @@ class KernelPlan:
     blocks: int                  # kernel instances (tokens)
     loop: Operation              # the tile.parallel op
     workspace_elems: dict[str, int] = field(default_factory=dict)
+    memory: object = None        # codegen.pto_plan.MemoryPlan of its tiles
 
 
 PIPES = ("MTE2", "MTE1", "M", "FIX", "V", "MTE3")
@@ -182,6 +182,7 @@ def _f32_literal(v: float) -> str:
 
 
 class _KernelEmitter:
+    b_tile_bytes = 32768  # a matmul's right-operand tile in L0B (64 KiB on A2/A3)
     def __init__(self, loop: Operation, name: str, sync: bool = True):
         self.loop, self.name, self.sync = loop, name, sync
         self.body = loop.body.block
@@ -200,6 +201,12 @@ class _KernelEmitter:
         self.tracker = _SyncTracker()
         self.tile_loc: dict[str, str] = {}
         self.ws_count = 0
+        # for the memory plan (codegen/pto_plan.py): every tile access (step, read?) and every loop's steps
+        self.accesses: dict[str, list[tuple[int, bool]]] = {}
+        self.loop_spans: list[tuple[int, int]] = []
+        self.step = 0
+        self.tile_info: dict[str, tuple[str, str, tuple[int, int], str]] = {}  # name -> loc, dtype, shape, DSL loc
+        self.current: Operation | None = None
 
     # -- naming and text
     def fresh(self, prefix: str) -> str:
@@ -232,6 +239,11 @@ class _KernelEmitter:
         def spaces(names):
             return names + sorted({f"space:{self.tile_loc[n]}" for n in names if n in self.tile_loc})
 
+        self.step += 1
+        for names, is_read in ((reads, True), (writes, False)):
+            for n in names:
+                if n in self.tile_loc:
+                    self.accesses.setdefault(n, []).append((self.step, is_read))
         lines = self.tracker.access(pipe, spaces(reads), spaces(writes))
         if self.sync:
             for ln in lines:
@@ -251,8 +263,9 @@ class _KernelEmitter:
 
     def alloc(self, loc: str, dtype: str, shape: tuple[int, int]) -> UBRef:
         name = self.fresh({"ub": "ub", "mat": "l1_", "left": "l0a_", "right": "l0b_", "acc": "l0c_"}[loc])
-        self.allocs.append(f"{name} = pto.alloc_tile : {self.tile_type(loc, dtype, shape)}")
+        self.emit(f"{name} = pto.alloc_tile : {self.tile_type(loc, dtype, shape)}")  # where its life begins
         self.tile_loc[name] = loc
+        self.tile_info[name] = (loc, dtype, shape, op_location(self.current) if self.current is not None else "?")
         ref = UBRef(name, shape, dtype)
         ref.loc = loc  # type: ignore[attr-defined]
         return ref
@@ -349,15 +362,24 @@ class _KernelEmitter:
         return f"{sv} : !pto.tile_view<{c}x{r}x{t}>"
 
     def load(self, ref: GMRef, loc: str = "ub", transposed: bool = False) -> UBRef:
+        # one load per GM region and space in a scope (two views of one region, or one operand of two matmuls)
+        key = ("load", ref.arg.name, ref.rows, ref.cols, ref.row_off, ref.col_off, ref.shape, loc, transposed)
+        for scope in reversed(self.loaded):
+            if key in scope:
+                return scope[key]
         shape = (ref.shape[1], ref.shape[0]) if transposed else ref.shape
         dst = self.alloc(loc, ref.arg.dtype, shape)
         self.const(1)
         view = self.subview(ref, transposed)
         self.sync_for("MTE2", [ref.arg.name], [dst.tile])
         self.emit(f"pto.tload ins({view}) outs({self.buf(dst)})")
+        self.loaded[-1][key] = dst
         return dst
 
     def store(self, src: UBRef, ref: GMRef):
+        for scope in self.loaded:  # loads of this array are stale
+            for k in [k for k in scope if isinstance(k, tuple) and k[1] == ref.arg.name]:
+                del scope[k]
         self.const(1)
         view = self.subview(ref)
         pipe = "FIX" if getattr(src, "loc", "ub") == "acc" else "MTE3"
@@ -372,7 +394,8 @@ class _KernelEmitter:
         return GMRef(arg, arg.rows, c, self.mul_index(self.row, r), "%c0", shape)
 
     # -- operands
-    def ub(self, op: Operation, v: SSAValue) -> UBRef:
+    def placed(self, op: Operation, v: SSAValue):
+        """Where v is (a UB tile or a GM region); a value from outside the loop is its whole GM array."""
         ref = self.env.get(v)
         if ref is None:
             if defined_inside(self.loop, v):
@@ -380,6 +403,10 @@ class _KernelEmitter:
             s = shape_of(v.type)
             ref = self.gm_view(op, self.outside_arg(v), s, ["%c0"] * len(s), s)
             self.env[v] = ref
+        return ref
+
+    def ub(self, op: Operation, v: SSAValue) -> UBRef:
+        ref = self.placed(op, v)
         if isinstance(ref, UBRef):
             return ref
         for scope in reversed(self.loaded):
@@ -391,10 +418,7 @@ class _KernelEmitter:
         return u
 
     def gm(self, op: Operation, v: SSAValue) -> GMRef:
-        ref = self.env.get(v)
-        if ref is None:
-            self.ub(op, v)
-            ref = self.env[v]
+        ref = self.placed(op, v)
         if isinstance(ref, GMRef):
             return ref
         ws = self.workspace(ref.dtype, ref.shape)
@@ -443,6 +467,7 @@ class _KernelEmitter:
             self.op(op)
 
     def op(self, op: Operation):
+        self.current = op
         name = op.name
         kind = name.split(".", 1)[1] if name.startswith("tile.") else None
         if isinstance(op, arith.ConstantOp):
@@ -488,6 +513,10 @@ class _KernelEmitter:
         offs = [self.index(op, o) for o in op.offsets]
         ref = self.env.get(src)
         tile = shape_of(op.result.type)
+        if isinstance(ref, tuple):  # rows this kernel wrote to its output, read back (after a row-chunk loop)
+            _, arg, dims = ref
+            self.env[op.result] = self.gm_view(op, arg, dims, offs, tile)
+            return
         if ref is None and not defined_inside(self.loop, src):
             self.check_dtype(op, src, moves=True)
             self.env[op.result] = self.gm_view(op, self.outside_arg(src), shape_of(src.type), offs, tile)
@@ -507,10 +536,7 @@ class _KernelEmitter:
                           f"(not run under {PTOAS}); only views of GM arrays are emitted")
 
     def op_reshape(self, op):
-        src = self.env.get(op.input)
-        if src is None:
-            self.gm(op, op.input)
-            src = self.env[op.input]
+        src = self.placed(op, op.input)
         if isinstance(src, UBRef):
             src = self.gm(op, op.input)
         new = self.flat(op, op.result)
@@ -569,7 +595,7 @@ class _KernelEmitter:
     def op_broadcast(self, op):
         s_in, s_out = self.flat(op, op.input), self.flat(op, op.result)
         if s_in == s_out:
-            self.env[op.result] = self.env.get(op.input) or self.gm(op, op.input)
+            self.env[op.result] = self.placed(op, op.input)
             return
         src = self.ub(op, op.input)
         if s_in == (s_out[0], 1):
@@ -619,28 +645,93 @@ class _KernelEmitter:
         pto, style = _BINARY[k]
         return self.vec(op, pto, [self.ub(op, op.lhs), full], op.result, style=style)
 
+    def begin_loop(self, lb: str, ub: str) -> tuple[str, int]:
+        """`scf.for` with a PIPE_ALL barrier before it and at the end of its body (iterations reuse buffers)."""
+        iv = self.fresh("j")
+        self.emit("pto.barrier <PIPE_ALL>")
+        self.tracker.full_barrier()
+        self.emit(f"scf.for {iv} = {lb} to {ub} step %c1 {{")
+        self.const(1)
+        self.indent += 1
+        self.loaded.append({})
+        return iv, self.step + 1
+
+    def end_loop(self, first_step: int):
+        self.loaded.pop()
+        self.loop_spans.append((first_step, self.step))
+        self.emit("pto.barrier <PIPE_ALL>")
+        self.tracker.full_barrier()
+        self.indent -= 1
+        self.emit("}")
+
+    def matmul_gm(self, op, a: GMRef, b: GMRef, trans: bool) -> GMRef:
+        """a @ b (b given as [N, K] when trans) into an f32 GM workspace, in tiles that fit L0A/L0B/L0C:
+        N in tiles of `nt` columns (an scf.for), K in chunks of `kt` (the first by tmatmul, the rest accumulated
+        in L0C by tmatmul.acc in an scf.for). 0.1.1 has no acc -> ub move, so the result goes through GM."""
+        m, k = a.shape
+        n = b.shape[0] if trans else b.shape[1]
+        cap = self.b_tile_bytes // 2  # f16 elements of one right-operand tile (half of L0B: room for the next)
+        nt = n if n * min(k, 512) <= cap else min(n, 256, max(16, cap // 512))
+        kt = k if k * nt <= cap else max(16, cap // nt)
+        kt = min(kt, max(16, 32768 // m))  # left tile [m, kt] f16 within L0A; the memory plan checks all three
+        if n % nt or k % kt:
+            raise _refuse(op, f"is a [{m},{k}]x[{k},{n}] matmul that attnc does not tile for L0A/L0B/L0C "
+                              f"(tiles of {kt} x {nt} do not divide it)")
+        out = self.workspace("f32", (m, n))
+
+        def chunk(ref: GMRef, r: str, c: str, shape) -> GMRef:
+            return GMRef(ref.arg, ref.rows, ref.cols, self.add_index(ref.row_off, r), self.add_index(ref.col_off, c),
+                         shape)
+
+        def step(kv: str, nv: str, acc: UBRef | None) -> UBRef:
+            ka = self.mul_index(kv, kt) if kv != "%c0" else "%c0"
+            na = self.mul_index(nv, nt) if nv != "%c0" else "%c0"
+            a1 = self.load(chunk(a, "%c0", ka, (m, kt)), "mat")
+            b1 = (self.load(chunk(b, na, ka, (nt, kt)), "mat", transposed=True) if trans
+                  else self.load(chunk(b, ka, na, (kt, nt)), "mat"))
+            a0 = self.alloc("left", a1.dtype, a1.shape)
+            b0 = self.alloc("right", b1.dtype, b1.shape)
+            for src, dst in ((a1, a0), (b1, b0)):
+                self.sync_for("MTE1", [src.tile], [dst.tile])
+                self.emit(f"pto.tmov ins({self.buf(src)}) outs({self.buf(dst)})")
+            lt = f"!pto.tile_buf{self.tile_type('left', a0.dtype, a0.shape)}"
+            rt = f"!pto.tile_buf{self.tile_type('right', b0.dtype, b0.shape)}"
+            if acc is None:
+                acc = self.alloc("acc", "f32", (m, nt))
+                self.sync_for("M", [a0.tile, b0.tile], [acc.tile])
+                self.emit(f"pto.tmatmul ins({a0.tile}, {b0.tile} : {lt}, {rt}) outs({self.buf(acc)})")
+            else:
+                self.sync_for("M", [acc.tile, a0.tile, b0.tile], [acc.tile])
+                at = f"!pto.tile_buf{self.tile_type('acc', 'f32', acc.shape)}"
+                self.emit(f"pto.tmatmul.acc ins({acc.tile}, {a0.tile}, {b0.tile} : {at}, {lt}, {rt}) "
+                          f"outs({self.buf(acc)})")
+            return acc
+
+        nv, n_first = self.begin_loop("%c0", self.const(n // nt)) if n > nt else ("%c0", None)
+        acc = step("%c0", nv, None)
+        if k > kt:
+            kv, k_first = self.begin_loop("%c1", self.const(k // kt))
+            step(kv, nv, acc)
+            self.end_loop(k_first)
+        self.store(acc, chunk(out, "%c0", self.mul_index(nv, nt) if nv != "%c0" else "%c0", (m, nt)))
+        if n_first is not None:
+            self.end_loop(n_first)
+        return out
+
     def op_matmul(self, op):
-        trans = op.transpose_b.value.data
-        a, b = self.gm(op, op.lhs), self.gm(op, op.rhs)
-        a1 = self.load(a, "mat")
-        b1 = self.load(b, "mat", transposed=trans)
-        a0 = self.alloc("left", a1.dtype, a1.shape)
-        b0 = self.alloc("right", b1.dtype, b1.shape)
-        for src, dst in ((a1, a0), (b1, b0)):
-            self.sync_for("MTE1", [src.tile], [dst.tile])
-            self.emit(f"pto.tmov ins({self.buf(src)}) outs({self.buf(dst)})")
-        out_shape = self.flat(op, op.result)
-        acc = self.alloc("acc", "f32", out_shape)
-        self.sync_for("M", [a0.tile, b0.tile], [acc.tile])
-        self.emit(f"pto.tmatmul ins({a0.tile}, {b0.tile} : !pto.tile_buf{self.tile_type('left', a0.dtype, a0.shape)}, "
-                  f"!pto.tile_buf{self.tile_type('right', b0.dtype, b0.shape)}) outs({self.buf(acc)})")
-        ws = self.workspace("f32", out_shape)  # 0.1.1 cannot move acc -> ub: the result goes through GM
-        self.store(acc, ws)
+        ws = self.matmul_gm(op, self.gm(op, op.lhs), self.gm(op, op.rhs), op.transpose_b.value.data)
         if dtype_of(op.result.type) == "f32":
             self.env[op.result] = ws
             return
         # a narrow result: the f32 sum rounded once more on the vector unit (as the interpreter does)
         self.vec(op, "tcvt", [self.load(ws)], op.result)
+
+    def op_matmul_acc(self, op):
+        """acc + a @ b: the product in L0C (through GM), added on the vector unit in f32."""
+        if dtype_of(op.result.type) != "f32" or dtype_of(op.acc.type) != "f32":
+            raise _refuse(op, "accumulates in a dtype other than f32")
+        ws = self.matmul_gm(op, self.gm(op, op.lhs), self.gm(op, op.rhs), op.transpose_b.value.data)
+        self.vec(op, "tadd", [self.ub(op, op.acc), self.load(ws)], op.result)
 
     def op_assemble(self, op):
         dest = self.env.get(op.dest)
@@ -665,31 +756,32 @@ class _KernelEmitter:
         for init, arg in zip(op.iter_args, op.body.block.args[1:]):
             if not isinstance(init.type, TensorType):
                 raise _refuse(op, "carries a non-tensor value")
+            if isinstance(self.env.get(init), tuple):  # a loop output (rows assembled in GM): no copy
+                self.env[arg] = self.env[init]
+                carries.append(self.env[init])
+                continue
             src = self.ub(op, init)
             buf = self.alloc("ub", src.dtype, src.shape)
             self.vec_into("tmuls", [src], buf, [(self.const(1.0, "f32"), "f32")])  # copy (x*1 is exact)
             self.env[arg] = buf
             carries.append(buf)
-        iv = self.fresh("j")
+        if st != "%c1":
+            raise _refuse(op, "steps by more than 1")
+        iv, first_step = self.begin_loop(lb, ub)
         self.env[op.body.block.args[0]] = iv
-        self.emit("pto.barrier <PIPE_ALL>")
-        self.tracker.full_barrier()
-        self.emit(f"scf.for {iv} = {lb} to {ub} step {st} {{")
-        self.indent += 1
-        self.loaded.append({})
         for inner in op.body.block.ops:
             if isinstance(inner, scf.YieldOp):
                 for v, buf in zip(inner.operands, carries):
+                    if isinstance(buf, tuple):
+                        if self.env.get(v) != buf:
+                            raise _refuse(inner, "yields a tensor other than the assembled loop output")
+                        continue
                     src = self.ub(inner, v)
                     if src.tile != buf.tile:
                         self.carry_update(src, buf)
             else:
                 self.op(inner)
-        self.loaded.pop()
-        self.emit("pto.barrier <PIPE_ALL>")
-        self.tracker.full_barrier()
-        self.indent -= 1
-        self.emit("}")
+        self.end_loop(first_step)
         for r, buf in zip(op.results, carries):
             self.env[r] = buf
 
@@ -703,8 +795,11 @@ class _KernelEmitter:
         body = ["  " + ln for ln in self.const_lines()] + ["  " + ln for ln in self.allocs] + self.lines
         text = "\n".join(["module {", *["  " + ln for ln in head], *["  " + ln for ln in body], "    return",
                           "  }", "}"]) + "\n"
+        from .pto_plan import plan_memory
+
         return KernelPlan(self.name, text, list(self.args), list(self.outside), list(self.carried), self.blocks,
-                          self.loop, {a.name: a.rows * a.cols for a in self.args if a.role == "ws"})
+                          self.loop, {a.name: a.rows * a.cols for a in self.args if a.role == "ws"},
+                          plan_memory(self.accesses, self.loop_spans, self.tile_info))
 
 
 _UNARY = {"exp": "texp", "sqrt": "tsqrt", "rsqrt": "trsqrt", "recip": "trecip", "relu": "trelu", "abs": "tabs"}
@@ -730,7 +825,13 @@ def emit_pto(module, stage: str, *, emitter: type = _KernelEmitter) -> list[Kern
     loops = token_loops(module)
     if not loops:
         raise PtoEmitError(f"{stage}: --emit pto: no token loop (tile.parallel) to emit; run the pto pipeline")
-    return [emitter(loop, f"{stage}_k{i}").run() for i, loop in enumerate(loops)]
+    plans = [emitter(loop, f"{stage}_k{i}").run() for i, loop in enumerate(loops)]
+    for plan in plans:  # nothing overflowing is written or handed to ptoas
+        why = plan.memory.overflow_message()
+        if why is not None:
+            raise PtoEmitError(f"{plan.memory.overflow()[1].where}: --emit pto: {plan.name}: {why}; no row chunk "
+                               f"of its token loop fits (pto-plan-memory)")
+    return plans
 
 
 def pto_blockers(module) -> list[tuple[str, str, str]]:

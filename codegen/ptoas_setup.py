@@ -18,10 +18,12 @@ import sys
 import sysconfig
 from dataclasses import dataclass
 
+from attnc.errors import AttncError
+
 _HASHED = re.compile(r"^(lib.+?)-[0-9a-f]{8}(\.so(?:\.[0-9.]+)?)$")
 
 
-class PtoasUnavailable(Exception):
+class PtoasUnavailable(AttncError):
     """ptoas cannot start here; the message says why (tests skip with it)."""
 
 
@@ -106,6 +108,12 @@ class PtoasResult:
     returncode: int
     cpp: str
     errors: list[str]
+
+
+def ptoas_command(args: list[str]) -> tuple[list[str], dict]:
+    """(argv, environment) that run the wheel's ptoas on `args`; raises PtoasUnavailable when it cannot start."""
+    check_available()
+    return [ptoas_binary(), *args], _env()
 
 
 def run_ptoas(pto_path: str, cpp_path: str, timeout: float = 60.0) -> PtoasResult:

@@ -14,9 +14,10 @@ import jinja2
 import numpy as np
 from xdsl.dialects import arith, func, scf
 from xdsl.dialects.builtin import ModuleOp, TensorType
-from xdsl.ir import Operation, SSAValue
+from xdsl.ir import BlockArgument, Operation, SSAValue
 
 from attnc.codegen.escape import code_text, identifier
+from attnc.errors import AttncError
 from attnc.ir.common import LOC_ATTR, ints_of, op_location
 from attnc.ir.interpreter import entry_function
 from attnc.ir.types import dtype_of, shape_of
@@ -41,7 +42,7 @@ _TEMPLATE = jinja2.Environment(loader=jinja2.PackageLoader("attnc.codegen", "tem
                                keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
 
 
-class EmitError(Exception):
+class EmitError(AttncError):
     """The IR contains something pypto 0.2.0 cannot express; the message starts with the op location."""
 
 
@@ -127,6 +128,8 @@ class _Emitter:
     vec_budget: int = PyptoOptions.vec_tile_elems
     params: set = field(default_factory=set)  # the kernel's input parameters (SSA block arguments)
     scalar_only: set = field(default_factory=set)  # ops whose results only feed scatter_rows ids
+    # the pieces of each packed concat with a zero-padded piece: [[shape, offset, padded], ...] per concat
+    assembled_pieces: list = field(default_factory=list)
 
     def vec_tile_of(self, shape, dtype: str, budget: int | None = None) -> str:
         return ", ".join(map(str, vec_tile(shape, dtype, budget or self.vec_budget)))
@@ -394,9 +397,11 @@ class _Emitter:
         self.names[res] = scratch
         self.set_tile(res)
         self.emit(f"{scratch} = pypto.tensor({shape}, {dt}, \"{scratch}\")  # {loc}")
-        row = 0
+        row, group = 0, []
+        self.assembled_pieces.append(group)  # (a concat emitted here always has a zero-padded piece: _packs)
         for piece in op.inputs:
             rows, rest = shape_of(piece.type)[0], list(shape_of(piece.type)[1:])
+            group.append([[rows, *rest], [row, *(0 for _ in rest)], _zero_padded_rows(piece)])
             self.set_tile(piece)
             ref = self.ref(piece)
             if self.ref(_whole_of(piece)) in self.parameter_names():
@@ -532,7 +537,8 @@ class _Emitter:
         carried = []
         for j, v in enumerate(inits):
             name = self.ref(v)
-            declared = v in self.params or v in self.out_inits or v in self.scratch_inits
+            declared = (v in self.params or v in self.out_inits or v in self.scratch_inits
+                        or _parallel_carried(v))
             if not v.has_one_use() or (not declared and _written_in_parts(op, j)):
                 dead = (isinstance(v.owner, Operation) and v.owner.name == "tile.full" and op.name == "tile.parallel"
                         and _parallel_covers(op, j))
@@ -692,27 +698,51 @@ def _const(v: SSAValue):
     return None
 
 
+def _parallel_carried(v: SSAValue) -> bool:
+    """v is a tensor a tile.parallel carries (a block argument of its body): the loop already holds it in a
+    kernel parameter or a declared scratch tensor, so a nested loop given it (its only use) updates it in place,
+    as the interpreter does (no copy: a copy back after a nested pypto.loop is stale in pypto 0.2.0)."""
+    return (isinstance(v, BlockArgument) and v.index > 0 and isinstance(v.owner.parent_op(), Operation)
+            and v.owner.parent_op().name == "tile.parallel")
+
+
+def _assembles_into(v: SSAValue, dest: SSAValue) -> list | None:
+    """The ops writing v from dest, oldest first: tile.assembles and scf.fors (each carrying the tensor through
+    a chain of its own), each the only user of what it writes into; None if v is made otherwise."""
+    chain = []
+    while v is not dest:
+        op = v.owner
+        if isinstance(op, scf.ForOp):
+            body = op.body.block
+            if not (op.iter_args[v.index].has_one_use() and body.args[1 + v.index].has_one_use()
+                    and _assembles_into(body.last_op.operands[v.index], body.args[1 + v.index]) is not None):
+                return None
+            chain.append((op, v.index))
+            v = op.iter_args[v.index]
+        elif isinstance(op, Operation) and op.name == "tile.assemble" and op.dest.has_one_use():
+            chain.append((op, None))
+            v = op.dest
+        else:
+            return None
+    return chain[::-1]
+
+
 def _parallel_covers(par: Operation, j: int) -> bool:
-    """Does every iteration of `par` assemble a full row chunk into carried tensor j — one full-width tile, or a
-    chain of tiles at constant offsets that partition the chunk — so that together they write every element
-    (then its tile.full init is dead and the output param can be carried instead)?"""
+    """Does every iteration of `par` assemble a full row chunk into carried tensor j — one full-width tile, or
+    tiles at the chunk row and offsets that are constants or indices of nested scf.fors (constant bounds), which
+    partition the chunk — so that together they write every element (then its tile.full init is dead and the
+    output param can be carried instead)?"""
     block = par.body.block
     row, dest = block.args[0], block.args[1 + j]
-    chain, v = [], block.last_op.operands[j]
-    while v is not dest:
-        asm = v.owner
-        if not (isinstance(asm, Operation) and asm.name == "tile.assemble" and asm.dest.has_one_use()):
-            return False
-        chain.append(asm)
-        v = asm.dest
+    chain = _assembles_into(block.last_op.operands[j], dest)
     if not chain or not dest.has_one_use():
         return False
     rows, dshape = par.rows.value.data, shape_of(dest.type)
     if _const(par.lower) != 0 or _const(par.upper) != dshape[0]:
         return False
-    if len(chain) > 1:
+    if len(chain) > 1 or chain[0][1] is not None:
         return _tiles_partition(chain, row, rows, dshape)
-    asm = chain[0]
+    asm = chain[0][0]
     tshape = shape_of(asm.tile.type)
     if tshape[0] != rows or tshape[1:] != dshape[1:]:
         return False
@@ -759,18 +789,32 @@ def _scratch_inits(block, out_inits: dict) -> set:
 
 
 def _tiles_partition(chain, row, rows: int, dshape) -> bool:
-    """Whole tiles [rows, ...] at the chunk row and constant offsets that cover dest[1:] exactly once."""
+    """Whole tiles [rows, ...] at the chunk row and offsets (constants, or indices of the scf.fors of the chain,
+    whose bounds are constants: every iteration counted) that cover dest[1:] exactly once."""
     if dshape[0] % rows:
         return False
     cover = np.zeros(dshape[1:], dtype=np.int32)
-    for asm in chain:
-        tshape, offs = shape_of(asm.tile.type), [_const(o) for o in asm.offsets[1:]]
-        if len(asm.valid) or asm.offsets[0] is not row or tshape[0] != rows or None in offs:
-            return False
-        if any(o < 0 or o + t > d for o, t, d in zip(offs, tshape[1:], dshape[1:])):
-            return False
-        cover[tuple(slice(o, o + t) for o, t in zip(offs, tshape[1:]))] += 1
-    return bool((cover == 1).all())
+
+    def place(chain, env: dict) -> bool:
+        for op, k in chain:
+            if k is not None:  # an scf.for: its body's chain once per iteration
+                lb, ub, step = (_const(b) for b in (op.lb, op.ub, op.step))
+                body = op.body.block
+                inner = _assembles_into(body.last_op.operands[k], body.args[1 + k])
+                if None in (lb, ub, step) or step <= 0 or not all(
+                        place(inner, {**env, body.args[0]: i}) for i in range(lb, ub, step)):
+                    return False
+                continue
+            tshape = shape_of(op.tile.type)
+            offs = [env.get(o, _const(o)) for o in op.offsets[1:]]
+            if len(op.valid) or op.offsets[0] is not row or tshape[0] != rows or None in offs:
+                return False
+            if any(o < 0 or o + t > d for o, t, d in zip(offs, tshape[1:], dshape[1:])):
+                return False
+            cover[tuple(slice(o, o + t) for o, t in zip(offs, tshape[1:]))] += 1
+        return True
+
+    return place(chain, {}) and bool((cover == 1).all())
 
 
 def _output_inits(ret: Operation, out_names: list) -> dict:
@@ -910,5 +954,6 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
     return _TEMPLATE.get_template("pypto_kernel.py.j2").render(
         stage=code_text(fn.sym_name.data), arg_names=list(dtypes), output_names=out_names, dtypes=dtypes,
         shapes=shapes, scratch_names=[n for n, _, _ in em.scratch], params=params, body=em.lines,
+        assembled_pieces=repr([g for g in em.assembled_pieces if any(padded for _, _, padded in g)]),
         combine_axis=options.combine_axis,
         pass_options=repr(options.pass_options()), runtime_options=repr(options.runtime_options()))

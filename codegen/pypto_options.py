@@ -11,8 +11,10 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field, fields, replace
 
+from attnc.errors import AttncError
 
-class OptionError(Exception):
+
+class OptionError(AttncError):
     """A malformed or unknown target option; the message names the option."""
 
 

@@ -56,6 +56,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from attnc.errors import AttncError
+
 TUNING_FORMAT = 1
 UB_BYTES = 192 * 1024
 SIM_VERIFY = "none"
@@ -65,29 +67,8 @@ RECHECK_VERIFY = "default"
 RECHECK_VERIFY_MODES = ("default", "tensor-graph")
 
 
-# re-check limits on the normalised error per output dtype. bf16: one rounding step of the largest value (pypto
-# sums f32 products in its own order before rounding: the default SWA core at flash B=2 differs from the
-# interpreter in 7 of 131072 bf16 values by one step, 3.3e-4); f32 as tests/test_pypto_target.py; integers exact.
-# For bf16/f16 these are floors: the limit is one step (ulp) of the output's largest |value| over that value,
-# which lies in (2^-8, 2^-7] for bf16 -- 2^-8 alone is less than one step unless the largest value sits at the
-# top of its binade (decode_csa's `out` at flash B=2: one step of 2^-9 at |out| max 0.35 is 5.6e-3)
-RECHECK_TOLERANCE = {"bfloat16": 2.0 ** -8, "float16": 2.0 ** -11, "float32": 1e-3}
-
-
-def recheck_limit(want) -> float:
-    """The re-check's limit on normalised_error(got, want): RECHECK_TOLERANCE, raised for bf16/f16 to one
-    rounding step of the largest |value| (sentinels |x| >= 1e38 excluded, as in normalised_error)."""
-    import torch
-
-    limit = RECHECK_TOLERANCE.get(str(want.dtype).replace("torch.", ""), 0.0)
-    if want.dtype in (torch.bfloat16, torch.float16) and want.numel():
-        w = want.double().abs()
-        w = w[(w < 1e38) & torch.isfinite(w)]
-        top = float(w.max()) if w.numel() else 0.0
-        if top > 0:
-            step = torch.finfo(want.dtype).eps * 2.0 ** math.floor(math.log2(top))
-            limit = max(limit, step / top)
-    return limit
+# the re-check's limits and comparison are the ones `attnc run --target pypto-sim` checks every run with
+from attnc.codegen.sim_check import RECHECK_TOLERANCE, recheck_limit  # noqa: E402,F401
 
 # pass options the tuner varies (only for passes present in the pipeline): (pass, option) -> values
 PASS_SPACE = {
@@ -109,7 +90,7 @@ PYPTO_SPACE = {
 }
 
 
-class TuneError(Exception):
+class TuneError(AttncError):
     """Bad tune input or a tune that cannot produce a file; one line."""
 
 
@@ -123,6 +104,7 @@ class Dim:
     default: object
     pass_name: str | None = None
     option: str | None = None
+    baseline: object = None  # the true default (pass or PyptoOptions default), also when --space narrows it away
 
 
 def _pass_specs(pipeline: str):
@@ -183,11 +165,20 @@ def build_space(pipeline: str, narrow: list[str] | None = None) -> list[Dim]:
                 v = part.strip()  # bare words (schedule names)
             values.append(_literal_text(v))
         d = by_name[name]
-        by_name[name] = Dim(d.name, tuple(values), values[0], d.pass_name, d.option)
+        wrong = [v for v in values if type(v) is not type(d.default)]
+        if wrong:
+            from attnc.codegen.provenance import printable
+
+            raise TuneError(f"--space {name}: {printable(repr(wrong[0]))[:40]} is not of type "
+                            f"{type(d.default).__name__} (the default is {d.default!r})")
+        start = d.default if d.default in values else values[0]
+        by_name[name] = Dim(d.name, tuple(values), start, d.pass_name, d.option,
+                            d.default if d.baseline is None else d.baseline)
     out = []
-    for d in by_name.values():  # default first, no duplicates
+    for d in by_name.values():  # the search's start first, no duplicates
         vals = (d.default, *[v for v in d.values if v != d.default])
-        out.append(Dim(d.name, tuple(dict.fromkeys(vals)), d.default, d.pass_name, d.option))
+        out.append(Dim(d.name, tuple(dict.fromkeys(vals)), d.default, d.pass_name, d.option,
+                       d.default if d.baseline is None else d.baseline))
     return out
 
 
@@ -196,7 +187,13 @@ def space_size(dims: list[Dim]) -> int:
 
 
 def default_params(dims: list[Dim]) -> dict:
+    """Where the search starts: every dimension's default, or its first value when --space narrowed it away."""
     return {d.name: d.default for d in dims}
+
+
+def baseline_params(dims: list[Dim]) -> dict:
+    """The true all-defaults candidate (what compile/run use without a tuning file): always timed, named default."""
+    return {d.name: d.baseline for d in dims}
 
 
 def candidate_pipeline(pipeline: str, dims: list[Dim], params: dict) -> str:
@@ -298,29 +295,95 @@ def cache_key(program: str, verify: str, seed: int) -> str:
     return h.hexdigest()
 
 
-class Cache:
-    """One JSON file per key; writes are atomic, unreadable entries count as missing."""
+CACHE_FORMAT = 2
+# a child ended by one of these was stopped from outside (the OOM killer, a Ctrl-C, a shutdown): a transient
+# failure, never cached; SIGSEGV, SIGABRT, SIGBUS, SIGFPE are the program's own crash, a verdict
+TRANSIENT_SIGNALS = ("SIGKILL", "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
+MAX_RETRIES = 1  # a transient failure (killed child, dead worker) is run again once, never cached
+MAX_CACHE_ENTRY_BYTES = 1 << 20
 
-    def __init__(self, root: str | os.PathLike | None, enabled: bool = True):
+
+def _record_digest(key: str, value: dict) -> str:
+    return hashlib.sha256(json.dumps({"key": key, "value": value}, sort_keys=True).encode()).hexdigest()
+
+
+def is_timing_verdict(value) -> bool:
+    """A cached SIM timing: a completed time, or a deterministic failure (never a timeout or a killed child)."""
+    if not isinstance(value, dict) or value.get("timeout") is not False or value.get("transient"):
+        return False
+    us, error = value.get("aicore_us"), value.get("error")
+    if us is None:
+        return isinstance(error, str) and bool(error)
+    return (isinstance(us, float) and math.isfinite(us) and us > 0 and error is None
+            and isinstance(value.get("failed_records", 0), int))
+
+
+def is_recheck_verdict(value) -> bool:
+    """A cached re-check: a comparison that ran to its end."""
+    return (isinstance(value, dict) and isinstance(value.get("ok"), bool) and isinstance(value.get("note"), str)
+            and isinstance(value.get("failed_records"), int) and isinstance(value.get("differing"), int)
+            and (value.get("max_error") is None or isinstance(value.get("max_error"), (int, float))))
+
+
+class Cache:
+    """One JSON record per key: {"format", "key", "value", "sha256" of key and value}; writes are atomic. A record
+    is trusted only when it parses, names its own key, its checksum matches and its value is a verdict of the
+    expected kind; anything else is ignored (reported once per entry) and the candidate is timed again. Disabled
+    (--no-cache): nothing is read or written."""
+
+    def __init__(self, root: str | os.PathLike | None, enabled: bool = True, report=None):
         self.root = Path(root or os.environ.get("ATTNC_TUNE_CACHE") or Path.home() / ".cache" / "attnc" / "tune")
         self.enabled = enabled
+        self.report = report or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.reported: set[str] = set()
 
-    def get(self, key: str) -> dict | None:
+    def _ignore(self, key: str, why: str) -> None:
+        if key not in self.reported:
+            self.reported.add(key)
+            self.report(f"tune: note: cache entry {key[:16]}... ignored ({why}); it is evaluated again")
+
+    def get(self, key: str, valid=is_timing_verdict) -> dict | None:
+        from attnc.codegen.io import InputError, parse_json, read_bounded
+
         if not self.enabled:
             return None
-        try:
-            return json.loads((self.root / f"{key}.json").read_text())
-        except (OSError, ValueError):
+        path = self.root / f"{key}.json"
+        if not path.exists():
             return None
+        try:
+            record = parse_json(read_bounded(str(path), MAX_CACHE_ENTRY_BYTES, "cache entry").decode("utf-8"),
+                                str(path))
+        except (InputError, UnicodeDecodeError):
+            self._ignore(key, "unreadable or not JSON")
+            return None
+        if not isinstance(record, dict) or record.get("format") != CACHE_FORMAT or record.get("key") != key:
+            self._ignore(key, "not a record of this format for this key")
+            return None
+        value = record.get("value")
+        if not isinstance(value, dict) or record.get("sha256") != _record_digest(key, value):
+            self._ignore(key, "checksum mismatch")
+            return None
+        if not valid(value):
+            self._ignore(key, "not a deterministic verdict")
+            return None
+        return value
 
     def put(self, key: str, value: dict) -> None:
         if not self.enabled:
             return
         self.root.mkdir(parents=True, exist_ok=True)
+        record = {"format": CACHE_FORMAT, "key": key, "value": value, "sha256": _record_digest(key, value)}
         fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f)
-        os.replace(tmp, self.root / f"{key}.json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(record, f)
+            os.replace(tmp, self.root / f"{key}.json")
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
 
 
 # -------------------------------------------------------------------------------------------------- evaluation
@@ -345,7 +408,10 @@ def sim_trial(program: str, name: str, inputs, timeout_s: float, verify: str = S
             res = run_in_subprocess(path, inputs, verify=verify, timeout_s=timeout_s)
         except PyptoSimError as e:
             msg = str(e)
+            # a timeout or a child killed by a signal (the OOM killer, a Ctrl-C) says nothing about the program
             return {"aicore_us": None, "error": msg[:600], "timeout": " timed out after " in msg,
+                    "transient": " timed out after " in msg or any(f"(killed by {sig})" in msg
+                                                                   for sig in TRANSIENT_SIGNALS),
                     "seconds": time.perf_counter() - t0}
     if res.aicore_us is None:
         return {"aicore_us": None, "error": "SIM reported no AICore time", "timeout": False,
@@ -360,7 +426,8 @@ class LocalPool:
     def __init__(self, jobs: int):
         import multiprocessing
 
-        self.pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+        self.pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=_worker_init)
         self.jobs = jobs
 
     def submit(self, program, name, inputs_path, inputs, timeout_s) -> cf.Future:
@@ -368,6 +435,25 @@ class LocalPool:
 
     def close(self):
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def abort(self):
+        """Interrupted: SIGTERM every worker (each ends its SIM child's process group on the way out), wait."""
+        for proc in list((getattr(self.pool, "_processes", None) or {}).values()):
+            try:
+                proc.terminate()
+            except (OSError, ValueError):
+                pass
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _worker_init() -> None:
+    """A pool worker: SIGTERM unwinds like Ctrl-C (run_in_subprocess then kills the SIM child's group); Ctrl-C at
+    the terminal reaches the workers too, which unwind the same way."""
+    import signal
+
+    from attnc.codegen.driver import _on_sigterm
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 class SerialPool:
@@ -381,6 +467,9 @@ class SerialPool:
         return fut
 
     def close(self):
+        pass
+
+    def abort(self):
         pass
 
 
@@ -407,6 +496,9 @@ class RayPool:
 
     def close(self):
         pass  # the caller owns the Ray session (ray.shutdown() when it started it)
+
+    def abort(self):
+        pass  # Ray ends the tasks of a driver that exits
 
 
 # -------------------------------------------------------------------------------------------------- search
@@ -506,7 +598,7 @@ def _us(value) -> str:
 
 def _short(params: dict, dims: list[Dim]) -> str:
     """The candidate as its differences from the default."""
-    changed = [f"{d.name.split('.')[-1]}={params[d.name]}" for d in dims if params[d.name] != d.default]
+    changed = [f"{d.name.split('.')[-1]}={params[d.name]}" for d in dims if params[d.name] != d.baseline]
     return " ".join(changed) or "default"
 
 
@@ -524,8 +616,12 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
     t_start = time.perf_counter()
     base_pipeline = req.pipeline or PYPTO_PIPELINE
     dims = build_space(base_pipeline, req.space)
-    cache = Cache(req.cache_dir, req.use_cache)
+    cache = Cache(req.cache_dir, req.use_cache, report=log)
     src0 = load_source(req.source, req.config, req.overrides)
+    from attnc.codegen.memory import check_memory
+
+    # seeded tensors, their arrays and the .npz each SIM child reads; the re-check interprets at its own batch
+    check_memory(src0.module, f"tune {src0.name}", copies_of_inputs=3)
     inputs = source_inputs(src0, req.seed)
     sampler = _sampler(dims, req.budget, req.seed)
     log(f"tune: {src0.name} at {req.config} {' '.join(req.overrides)}: {len(dims)} dimensions, "
@@ -535,6 +631,7 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
     trials: list[Trial] = []
     seen: dict[str, float | None] = {}  # key -> µs (this run)
     modules: dict[str, tuple] = {}  # key -> (params) of the first candidate with that program
+    modules_program: dict[str, str] = {}  # key -> its program (to run it again after a transient failure)
     in_flight: dict[cf.Future, tuple] = {}
     sim_count = 0  # SIM runs started by this tune
     evaluated = 0  # distinct programs with a result (timed now or found in the cache): what --budget caps
@@ -545,7 +642,8 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
         nonlocal best
         trials.append(trial)
         value = trial.aicore_us
-        sampler.tell(handle, value, trial.status)
+        if handle is not None or isinstance(sampler, _Exhaustive):
+            sampler.tell(handle, value, trial.status)
         if value is not None:
             best = min(best, value)
         us = f"{value:9.2f} us" if value is not None else f"{trial.status:>12}"
@@ -563,8 +661,8 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
             run_pipeline(module, candidate_pipeline(base_pipeline, dims, params), output_names=src0.output_names)
             options = candidate_options(dims, params)
             why = static_check(module, options)
-            if why and params != default:  # the default is always timed (a filter that rejects it is wrong)
-                return None, None, why, "filtered"
+            if why and params not in (default, baseline):  # the defaults are always timed (a filter that
+                return None, None, why, "filtered"                 # rejects them is wrong)
             program = emit_pypto(module, options)
         except (PassError, PipelineError, Exception) as e:  # noqa: BLE001 - any failure disqualifies the candidate
             return None, None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", "compile-error"
@@ -577,6 +675,10 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
     else:
         pool = LocalPool(req.jobs)
     default = default_params(dims)
+    baseline = baseline_params(dims)
+    # the true all-defaults candidate is timed first even when --space narrowed it out of the search
+    extra = [] if baseline == default else [baseline]
+    retries: dict[str, int] = {}  # key -> transient failures (a killed child, a dead worker) retried so far
     number = 0
     with tempfile.TemporaryDirectory(prefix="attnc-tune-in-") as tmp:
         import numpy as np
@@ -590,7 +692,7 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
         try:
             while True:
                 while not exhausted and evaluated < req.budget and len(in_flight) < max(1, pool.jobs):
-                    params, handle = sampler.ask()
+                    params, handle = (extra.pop(0), None) if extra else sampler.ask()
                     if params is None:
                         exhausted = True
                         break
@@ -615,6 +717,7 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
                         evaluated += 1
                         seen[key] = None
                         modules[key] = params
+                        modules_program[key] = program
                         fut = pool.submit(program, src0.name, inputs_path, arrays, req.timeout_s)
                         in_flight[fut] = (number, params, handle, key, sim_count)
                     if idle_asks > 20 * len(dims) + 50:  # the sampler keeps proposing what is known
@@ -628,18 +731,28 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
                         res = fut.result()
                     except Exception as e:  # noqa: BLE001 - a dead worker disqualifies its candidate only
                         res = {"aicore_us": None, "error": f"worker failed: {type(e).__name__}: {e}",
-                               "timeout": False}
+                               "timeout": False, "transient": True}
+                    if res.get("transient") and not res.get("timeout") and retries.get(key, 0) < MAX_RETRIES:
+                        retries[key] = retries.get(key, 0) + 1  # a killed child: the same program once more
+                        sim_count += 1
+                        log(f"tune: trial {n}: {res['error'][:120]}: transient, running it again")
+                        again = pool.submit(modules_program[key], src0.name, inputs_path, arrays, req.timeout_s)
+                        in_flight[again] = (n, params, handle, key, sim_count)
+                        continue
                     seen[key] = res["aicore_us"]
-                    if not res.get("timeout"):
-                        cache.put(key, res)
+                    if not res.get("transient") and is_timing_verdict(res):
+                        cache.put(key, res)  # only deterministic verdicts
                     status = "timed" if res["aicore_us"] is not None else ("timeout" if res.get("timeout")
                                                                           else "sim-error")
                     record(Trial(n, params, status, res["aicore_us"], note=res.get("error") or "", key=key,
                                  sim_index=index), handle)
+        except BaseException:  # Ctrl-C, SIGTERM, an error: no worker or SIM child outlives the tune
+            pool.abort()
+            raise
         finally:
             pool.close()
 
-    default_trial = next(t for t in trials if t.params == default)
+    default_trial = next(t for t in trials if t.params == baseline)
     ranked = sorted((t for t in trials if t.aicore_us is not None and t.status != "duplicate"),
                     key=lambda t: (t.aicore_us, t.number))
     if not ranked:
@@ -647,12 +760,14 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
                         f"{default_trial.note[:200]})")
     # the re-check: the default's pypto verify records at the small batch are the bar
     log(f"tune: re-checking at batch {req.recheck_batch} with pypto verify against the interpreter")
-    base_check = recheck(req, base_pipeline, dims, default, cache, log)
+    base_check = recheck(req, base_pipeline, dims, baseline, cache, log)
     if not base_check["ok"]:
         raise TuneError(f"the default candidate fails the re-check: {base_check['note']}")
     chosen, check = None, None
     for t in ranked[:max(1, req.recheck_candidates)]:
-        check = base_check if t.params == default else recheck(req, base_pipeline, dims, t.params, cache, log)
+        # the winner is always re-checked in SIM (never taken from the cache) before the file is written
+        check = base_check if t.params == baseline else recheck(req, base_pipeline, dims, t.params, cache, log,
+                                                                 fresh=True)
         if check["ok"] and check["failed_records"] <= base_check["failed_records"]:
             chosen = t
             break
@@ -690,13 +805,13 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
     return TuneResult(tuning, trials)
 
 
-def recheck(req: TuneRequest, base_pipeline: str, dims, params: dict, cache: Cache, log) -> dict:
+def recheck(req: TuneRequest, base_pipeline: str, dims, params: dict, cache: Cache, log, fresh: bool = False) -> dict:
     """Compile the candidate at `recheck_batch`, run it in SIM with pypto's pass verify and compare every output
     with attnc's interpreter on the same compiled IR. Cached like the timings."""
     from attnc.codegen.driver import load_source, source_inputs
     from attnc.codegen.pypto_emit import emit_pypto
     from attnc.codegen.pypto_sim import PyptoSimError
-    from attnc.codegen.pypto_target import run_pypto_sim
+    from attnc.codegen.pypto_target import run_pypto_sim, unexcused
     from attnc.ir.topk import TIE_EPS
     from attnc.passes.verify import run_pipeline
 
@@ -712,7 +827,7 @@ def recheck(req: TuneRequest, base_pipeline: str, dims, params: dict, cache: Cac
     key = cache_key(f"{program}\n# recheck within {sorted(RECHECK_TOLERANCE.items())} or one step of the largest "
                     f"value, top-k ties within "
                     f"{TIE_EPS!r}", req.recheck_verify, req.seed)
-    if (hit := cache.get(key)) is not None:
+    if not fresh and (hit := cache.get(key, is_recheck_verdict)) is not None:
         return hit
     inputs = source_inputs(src, req.seed)
     try:
@@ -720,12 +835,12 @@ def recheck(req: TuneRequest, base_pipeline: str, dims, params: dict, cache: Cac
     except PyptoSimError as e:
         return {"ok": False, "note": str(e)[:300], "max_error": None, "failed_records": None}
     out = compare_with_interpreter(src.module, inputs, res.outputs, src.output_names)
-    out["failed_records"] = len(res.failed_records)
+    out["failed_records"] = len(unexcused(res))  # records no cause excuses (pypto_target.excuse)
     cache.put(key, out)
     ties = out.get("topk")
     log(f"tune: re-check {'passed' if out['ok'] else 'FAILED'} ({_short(params, dims)}): max error "
         f"{_err(out['max_error'])} ({out['differing']} values differ), {out['failed_records']} pypto verify records "
-        f"failed" + (f"; top-k: {ties['differing']} of {ties['picks']} picks accepted as near-ties "
+        f"failed with no known cause" + (f"; top-k: {ties['differing']} of {ties['picks']} picks accepted as near-ties "
                      f"({ties['swapped']} other members)" if ties and ties["ok"] else "")
         + (f": {out['note']}" if not out["ok"] else ""))
     return out
@@ -735,82 +850,13 @@ def _err(value) -> str:
     return "n/a" if value is None else f"{value:.3g}"
 
 
-def _picks_outputs(recorder, want: dict) -> dict:
-    """{output name: topk op} for the outputs that carry a top-k op's picks unchanged (their values, as
-    [rows, k], are exactly what the op returned for rows 0..T-1)."""
-    import torch
-
-    found = {}
-    for op in recorder.calls:
-        try:
-            returned = recorder.table(op)[3]
-        except KeyError:  # a row in between was never computed: not a whole-token-axis selection
-            continue
-        for name, value in want.items():
-            if value.dtype == torch.int32 and value.numel() == returned.numel() and \
-                    torch.equal(value.reshape(returned.shape), returned):
-                found[name] = op
-    return found
-
-
 def compare_with_interpreter(module, inputs: dict, got: dict, output_names, eps: float | None = None) -> dict:
-    """The re-check's comparison of a device run's outputs `got` with attnc's interpreter on the same IR.
+    """The re-check's comparison of a device run's outputs `got` with attnc's interpreter on the same IR
+    (`attnc.codegen.sim_check.check_outputs`, the check of every `attnc run --target pypto-sim`), as the record
+    the tuning file and the cache keep: ok, note, max_error, differing, topk."""
+    from attnc.codegen.sim_check import check_outputs
 
-    Top-k picks first: an output that carries a `topk` op's picks is accepted when, row by row, it is a top-k of
-    the interpreter's own scores up to near-ties (`attnc.ir.topk.compare_topk`: same valid count and padding,
-    visible distinct ids, set and order differences only within `eps` x the row's score scale of the k-th score
-    / of each other). The interpreter then runs again with the device's picks substituted for its own, and every
-    output (picks included) is compared with that run: integers bit for bit, floats within `recheck_limit`.
-    Without a top-k output this is the plain comparison with one interpreter run."""
-    import torch
-
-    from attnc.ir.interpreter import run_module
-    from attnc.ir.topk import TIE_EPS, TopkComparison, TopkRecorder, compare_topk
-    from attnc.passes.verify import normalised_error
-
-    eps = TIE_EPS if eps is None else eps
-    args = list(inputs.values())
-    recorder = TopkRecorder()
-    want = dict(zip(output_names, run_module(module, args, topk=recorder)))
-    bad, ties = [], None
-    picks_outputs = _picks_outputs(recorder, want)
-    if picks_outputs:
-        verdict, substitute = TopkComparison(), {}
-        for name, op in picks_outputs.items():
-            scores, valid, own, _ = recorder.table(op)
-            device = got.get(name)
-            if device is None:
-                continue  # reported as missing below
-            if device.numel() != own.numel():
-                verdict = verdict.merge(TopkComparison(False, f"{name}: {device.numel()} values, expected "
-                                                              f"{own.numel()}"))
-                continue
-            device = device.to(torch.int32).reshape(own.shape)
-            check = compare_topk(scores, valid, own, device, eps=eps)
-            if not check.ok:
-                check.reason = f"{name} {check.reason}"
-            verdict = verdict.merge(check)
-            substitute[op] = dict(enumerate(device))
-        ties = {"outputs": sorted(picks_outputs), "ok": verdict.ok, "eps": eps, "rows": verdict.rows,
-                "picks": verdict.picks, "differing": verdict.differing, "swapped": verdict.swapped,
-                "max_gap": verdict.max_gap}
-        if not verdict.ok:
-            bad.append(f"top-k picks not a top-k of the interpreter's scores up to near-ties: {verdict.reason}")
-        elif substitute:  # downstream outputs follow the device's (accepted) picks
-            want = dict(zip(output_names, run_module(module, args, topk=TopkRecorder(substitute=substitute))))
-    worst, differing = 0.0, 0
-    for name, w in want.items():
-        g = got.get(name)
-        if g is None:
-            bad.append(f"{name} missing")
-            continue
-        differing += int((g.to(w.dtype) != w).sum())
-        err = normalised_error(g, w)
-        limit = recheck_limit(w)
-        if not err <= limit:
-            bad.append(f"{name} error {err:.3g} > {limit:g}")
-        worst = max(worst, err)
-    return {"ok": not bad, "note": "; ".join(bad), "max_error": worst, "differing": differing, "topk": ties}
+    return check_outputs(module, inputs, got, output_names, eps).as_dict()
 
 
 # -------------------------------------------------------------------------------------------------- plot, file
@@ -818,7 +864,20 @@ def compare_with_interpreter(module, inputs: dict, got: dict, output_names, eps:
 
 def plot_trials(trials: list[Trial], title: str, path: str) -> bool:
     """µs per candidate (timed now, or from the cache), the best so far and the default; crashes and timeouts as
-    crosses. False when matplotlib is not installed."""
+    crosses, written to `path`. False when matplotlib is not installed."""
+    from attnc.codegen.io import atomic_write_bytes
+
+    data = plot_trials_bytes(trials, title)
+    if data is None:
+        return False
+    atomic_write_bytes(path, data)
+    return True
+
+
+def plot_trials_bytes(trials: list[Trial], title: str) -> bytes | None:
+    """The PNG of `plot_trials`; None when matplotlib is not installed."""
+    import io
+
     try:
         import matplotlib
 
@@ -853,19 +912,27 @@ def plot_trials(trials: list[Trial], title: str, path: str) -> bool:
     ax.set_title(title)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
-    return True
+    return buf.getvalue()
+
+
+def tuning_text(tuning: dict) -> str:
+    return json.dumps(tuning, indent=1) + "\n"
 
 
 def write_tuning(path: str, tuning: dict) -> None:
     from attnc.codegen.io import atomic_write_text
 
-    atomic_write_text(path, json.dumps(tuning, indent=1) + "\n")
+    atomic_write_text(path, tuning_text(tuning))
 
 
 _TUNING_KEYS = {"attnc_tuning", "evaluated", "stage", "config", "set", "pipeline", "pypto_options", "aicore_us",
                 "default_aicore_us", "pypto_version", "recheck", "sim_trials", "wall_s", "trials"}
+
+
+MAX_TUNING_BYTES = 16 << 20
 
 
 def load_tuning(path: str) -> dict:
@@ -873,13 +940,13 @@ def load_tuning(path: str) -> dict:
     from attnc.codegen.pypto_options import OptionError, PyptoOptions
     from attnc.passes import PipelineError, build_pipeline
 
+    from attnc.codegen.io import InputError, parse_json, read_bounded
+
     try:
-        with open(path) as f:
-            data = json.load(f)
-    except OSError as e:
-        raise TuneError(f"{path}: cannot read tuning file ({e.strerror})") from None
-    except (ValueError, RecursionError) as e:
-        raise TuneError(f"{path}: not a JSON tuning file ({str(e).splitlines()[0][:120]})") from None
+        data = parse_json(read_bounded(path, MAX_TUNING_BYTES, "tuning file").decode("utf-8", "replace"),
+                          f"{path}: not a JSON tuning file")
+    except InputError as e:
+        raise TuneError(str(e)) from None
     if not isinstance(data, dict) or data.get("attnc_tuning") != TUNING_FORMAT:
         raise TuneError(f"{path}: not an attnc tuning file (expected \"attnc_tuning\": {TUNING_FORMAT})")
     unknown = sorted(set(data) - _TUNING_KEYS)
@@ -887,6 +954,9 @@ def load_tuning(path: str) -> dict:
         raise TuneError(f"{path}: unknown key '{unknown[0][:60]}'")
     if not isinstance(data.get("stage"), str) or not isinstance(data.get("pipeline"), str):
         raise TuneError(f"{path}: 'stage' and 'pipeline' must be strings")
+    if not isinstance(data.get("config", ""), str) or not (
+            isinstance(data.get("set", []), list) and all(isinstance(o, str) and "=" in o for o in data.get("set", []))):
+        raise TuneError(f"{path}: 'config' must be a string and 'set' a list of KEY=VALUE strings")
     opts = data.get("pypto_options")
     if not isinstance(opts, dict) or not all(isinstance(k, str) for k in opts):
         raise TuneError(f"{path}: 'pypto_options' must be an object of option names")
@@ -925,7 +995,7 @@ def add_parser(sub, formatter_class=None) -> None:
     t.add_argument("--config", default="tiny", help="model/shape config")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable; default: none)")
-    t.add_argument("--pipeline", default=None, help="base pipeline (default: the pypto pipeline)")
+    t.add_argument("-p", "--pipeline", default=None, help="base pipeline (default: the pypto pipeline)")
     t.add_argument("--budget", type=int, default=8,
                    help="at most this many candidates timed (a cached timing counts but costs no SIM run)")
     t.add_argument("--space", action="append", default=[], metavar="NAME=V1|V2",
@@ -942,26 +1012,63 @@ def add_parser(sub, formatter_class=None) -> None:
                         "(the outputs only: a whole flash layer's re-check at B=2 with the records took > 8.4 GB "
                         "and > 13 min here) (default: default)")
     t.add_argument("--no-cache", action="store_true", help="time every candidate again (default: use the cache)")
-    t.add_argument("--plot", metavar="FILE.png", default=None, help="default: the tuning file with .png")
-    t.add_argument("-o", "--output", metavar="FILE", required=True, help="the tuning file to write (required)")
+    from attnc.codegen.driver import _out_path
+
+    t.add_argument("--plot", metavar="FILE.png", default=None, type=_out_path,
+                   help="default: the tuning file with .png")
+    t.add_argument("-o", "--output", metavar="FILE", required=True, type=_out_path,
+                   help="the tuning file to write (required)")
     t.set_defaults(fn=cmd_tune)
 
 
+def _default_pipeline() -> str:
+    from attnc.passes import PYPTO_PIPELINE
+
+    return PYPTO_PIPELINE
+
+
+def default_plot_path(output: str) -> str | None:
+    """The tuning file with .png, for a regular file path only (stdout, a device or a FIFO has no sibling)."""
+    from attnc.codegen.io import resolve_output
+
+    kind, target, _ = resolve_output(output)
+    return str(Path(target).with_suffix(".png")) if kind == "file" else None
+
+
 def cmd_tune(args) -> int:
+    from attnc.codegen.io import Outputs, check_output_path
+
     if args.recheck_batch < 1:
         raise TuneError("--recheck-batch must be at least 1")
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise TuneError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    if args.budget < 1:
+        raise TuneError("--budget must be at least 1")
+    if args.jobs < 0:
+        raise TuneError(f"--jobs must be 0 or more, got {args.jobs}")
+    if args.ray is not None and not args.ray.strip():
+        raise TuneError("--ray: an empty address (give 'auto', 'local' or HOST:PORT)")
+    build_space(args.pipeline or _default_pipeline(), args.space)  # --space checked before any work
+    check_output_path(args.output)  # every output path is checked before the (long) work
+    plot = args.plot if args.plot is not None else default_plot_path(args.output)
+    if plot is not None:
+        check_output_path(plot)
     req = TuneRequest(source=args.source, config=args.config, overrides=list(args.set), pipeline=args.pipeline,
                       budget=args.budget, space=list(args.space), jobs=args.jobs, ray=args.ray,
                       timeout_s=args.timeout, seed=args.seed, recheck_batch=args.recheck_batch,
                       recheck_verify=args.recheck_verify,
                       use_cache=not args.no_cache)
     result = tune(req)
-    write_tuning(args.output, result.tuning)
+    outputs = Outputs()  # the tuning file and its plot, all or nothing
+    outputs.add(args.output, tuning_text(result.tuning))
+    picture = plot_trials_bytes(result.trials, f"{result.tuning['stage']} --config {args.config}") if plot else None
+    if picture is not None:
+        outputs.add(plot, picture)
+    outputs.commit()
     print(f"wrote {args.output}", file=sys.stderr)
-    plot = args.plot or (str(Path(args.output).with_suffix(".png")))
-    if plot_trials(result.trials, f"{result.tuning['stage']} --config {args.config}", plot):
+    if picture is not None:
         print(f"wrote {plot}", file=sys.stderr)
-    else:
+    elif plot:
         print("tune: no plot (matplotlib is not installed)", file=sys.stderr)
     t = result.tuning
     print(f"aicore_us: {t['aicore_us']:.3f} (default {_us(t['default_aicore_us'])})")

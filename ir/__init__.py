@@ -15,8 +15,10 @@ from xdsl.utils.exceptions import ParseError, VerifyException
 from .tensor_dialect import Attn
 from .tile_dialect import Tile
 
+from attnc.errors import AttncError
 
-class IRError(Exception):
+
+class IRError(AttncError):
     """Malformed or invalid IR; the message is one line that starts with its location."""
 
 

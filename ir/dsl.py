@@ -25,11 +25,13 @@ from .common import LOC_ATTR, bool_attr, float_attr, int_array, str_attr
 from .tensor_dialect import ATTN
 from .types import DTYPES, dtype_of, shape_of, tensor_type
 
+from attnc.errors import AttncError
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _PKG_ROOT = os.path.dirname(_HERE)
 
 
-class DSLError(Exception):
+class DSLError(AttncError):
     """A stage uses the DSL wrongly (shape/dtype mismatch ...); message starts with file:line."""
 
 
@@ -476,13 +478,12 @@ def sparse_attention(q: Tensor, kv: Tensor, valid: Tensor, sink: Tensor, scale: 
 
 def cache_attention(q: Tensor, sink: Tensor, start_pos: Tensor, ring: Tensor, step: Tensor, scale: float, out: str,
                     cache: Tensor | None = None, index: Tensor | None = None, ratio: int = 0,
-                    listed_prefix: bool = False, ring_table: Tensor | None = None, window: int | None = None,
+                    ring_table: Tensor | None = None, window: int | None = None,
                     cache_table: Tensor | None = None, entries: int | None = None) -> Tensor:
     """Attention of the tokens of a decode step q [B,S,H,d] over the window (ring [B,W,d] + this step's rows
     step [B,S,d]) and, with a cache [B,N,d] of compressed entries of `ratio` positions each, its visible entries
-    (all, or those listed per token by index [B,S,K], -1 padding); sink in the denominator. Batch-major in and
-    out, so schedules can read the tables in place. `listed_prefix`: the index lists each token's visible entries
-    first, min(K, visible) of them (a contract the caller guarantees, e.g. top-k picks).
+    (all, or those listed per token by index [B,S,K]: ids in any order, -1 anywhere for none); sink in the
+    denominator. Batch-major in and out, so schedules can read the tables in place.
 
     Paged: with `ring_table` [B, ceil(window / block_size)] i32 the ring is a pool [blocks, block_size, d] of
     `window` slots per row (likewise `cache_table` and `entries` for the cache), read through the table in place."""
@@ -491,7 +492,7 @@ def cache_attention(q: Tensor, sink: Tensor, start_pos: Tensor, ring: Tensor, st
                                      [ring_table] if ring_table is not None else [],
                                      [cache_table] if cache_table is not None else []],
                  _ty(q.shape, out), grouped=True, scale=float_attr(scale), ratio=_int(ratio),
-                 listed_prefix=bool_attr(listed_prefix), ring_slots=None if ring_table is None else _int(window),
+                 ring_slots=None if ring_table is None else _int(window),
                  cache_entries=None if cache_table is None else _int(entries))
 
 

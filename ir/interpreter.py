@@ -24,8 +24,10 @@ from .common import BINARY, UNARY, ints_of, op_location
 from .topk import TopkCall, topk_indices
 from .types import dtype_of, shape_of, torch_dtype
 
+from attnc.errors import AttncError
 
-class InterpretError(Exception):
+
+class InterpretError(AttncError):
     """An op could not be executed (out-of-range index, bad input); message starts with the op location."""
 
 
@@ -186,13 +188,13 @@ def sparse_attention(q, kv, valid, sink, scale: float) -> torch.Tensor:
     return torch.where(denom > 0, out / torch.where(denom > 0, denom, 1.0), 0.0)
 
 
-def cache_attention_keys(start_pos, ring, step, compressed, ratio: int, prefix: bool = False):
+def cache_attention_keys(start_pos, ring, step, compressed, ratio: int):
     """Keys of every token t = start_pos[b] + s of a decode step and their visibility: [T, W + K, d], [T, W + K].
 
     The window positions t-W+1 .. t (oldest first): position p >= start_pos is this step's row p - start_pos,
     an earlier one ring slot p mod W; p < 0 is invisible. Then the compressed entries (every entry of the cache,
-    or the ids listed per token): entry w is visible iff 0 <= w < min(N, floor((t+1)/ratio)); with `prefix`, a
-    listed id also needs its list position below min(N, floor((t+1)/ratio))."""
+    or the ids listed per token, in any order): entry w is visible iff 0 <= w < min(N, floor((t+1)/ratio)),
+    wherever the list holds it."""
     B, S, d = step.shape
     W = ring.shape[1]
     sp = start_pos.long().reshape(B, 1, 1)
@@ -210,8 +212,6 @@ def cache_attention_keys(start_pos, ring, step, compressed, ratio: int, prefix: 
                else torch.arange(n).reshape(1, 1, n).expand(B, S, n))
         complete = torch.clamp((t + 1) // ratio, max=n)
         ok = (ids >= 0) & (ids < complete)
-        if prefix:  # the list's contract: only its first min(K, complete) ids can be visible ones
-            ok &= torch.arange(ids.shape[2]).reshape(1, 1, -1) < complete
         b_ix = torch.arange(B).reshape(B, 1, 1).expand_as(ids)
         keys.append(cache[b_ix, torch.where(ok, ids, 0)])
         valid.append(ok)
@@ -241,8 +241,7 @@ def _cache_attention(it, op, a):
     if op.cache_table is not None:
         compressed[0] = paged_logical_table(compressed[0], next(tables), op.cache_entries.value.data)
     B, S, H, d = q.shape
-    kv, valid = cache_attention_keys(start_pos, ring, step, compressed, op.ratio.value.data,
-                                     op.listed_prefix.value.data)
+    kv, valid = cache_attention_keys(start_pos, ring, step, compressed, op.ratio.value.data)
     out = sparse_attention(q.reshape(B * S, H, d), kv, valid, sink, op.scale.value.data)
     return (cast_tensor(out, _out_dtype(op)).reshape(B, S, H, d),)
 

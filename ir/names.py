@@ -111,6 +111,8 @@ def _error(where: str, msg: str):
 def check_module(module: ModuleOp, where: str) -> None:
     """Names, types and def-before-use of a module read from `where`. Missing `arg_names`/`result_names` become
     arg0.../out0... on the function, so every later stage sees validated names."""
+    if len(module.body.blocks) != 1:
+        raise _error(where, f"builtin.module must hold exactly one block, found {len(module.body.blocks)}")
     funcs = [op for op in module.ops if isinstance(op, func.FuncOp)]
     if len(funcs) != 1:
         raise _error(where, f"expected exactly one func.func in the module, found {len(funcs)}")
@@ -155,8 +157,11 @@ def _check_ops(module: ModuleOp, where: str) -> None:
         if op.name not in _OTHER_OPS and not op.name.startswith(("attn.", "tile.")):
             raise _error(where, f"{op_location(op)}: '{op.name}' is not an op of attnc's IR (attn.*, tile.*, "
                                 f"{', '.join(sorted(_OTHER_OPS))})")
-        if isinstance(op, func.FuncOp) and not op.body.blocks:
+        if isinstance(op, func.FuncOp) and (len(op.regions) != 1 or not op.regions[0].blocks):
             raise _error(where, f"@{op.sym_name.data} is a declaration without a body")
+        if isinstance(op, func.FuncOp) and len(op.regions[0].blocks) != 1:
+            raise _error(where, f"@{op.sym_name.data}: a body of {len(op.regions[0].blocks)} blocks (one is "
+                                "supported)")
     _check_scoped(module, set(), where)
     for op in module.walk():
         for v in (*op.results, *op.operands):

@@ -22,12 +22,35 @@ _ASSIGNED = re.compile(r"^\s*([A-Za-z_]\w*)\s*(?::[^=]+)?=(?!=)")
 _LOC = re.compile(r"^(.*):(\d+)$")
 
 
+_SOURCE_DIRS = ("kernels_src", "ir", "passes", "codegen", "api")
+_sources: dict[str, str] | None = None
+
+
+def dsl_sources() -> dict[str, str]:
+    """attnc's own Python files by the relative path the DSL writes into a location (`kernels_src/x.py`): the only
+    files a location may name for a value name. The table is made from the package's folders, never from IR text:
+    a location in an input (`loc("/dev/zero":1:1)`, a FIFO, a credentials file) is a key into it, never a path
+    that is opened."""
+    global _sources
+    if _sources is None:
+        found = {}
+        for top in _SOURCE_DIRS:
+            for dirpath, dirs, files in os.walk(os.path.join(_PKG_ROOT, top)):
+                dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+                for f in files:
+                    if f.endswith(".py"):
+                        path = os.path.join(dirpath, f)
+                        found[os.path.relpath(path, _PKG_ROOT)] = path
+        _sources = found
+    return _sources
+
+
 def _dsl_line(loc: str) -> str:
     m = _LOC.match(loc)
     if not m:
         return ""
-    path = m.group(1) if os.path.isabs(m.group(1)) else os.path.join(_PKG_ROOT, m.group(1))
-    return linecache.getline(path, int(m.group(2)))
+    path = dsl_sources().get(m.group(1))
+    return linecache.getline(path, int(m.group(2))) if path is not None else ""
 
 
 def variable_name(loc: str) -> str | None:

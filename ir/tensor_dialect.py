@@ -6,6 +6,7 @@ from xdsl.ir import Dialect
 from xdsl.irdl import AttrSizedOperandSegments, ParsePropInAttrDict, opt_prop_def
 
 from .common import (
+    LOC_ATTR,
     _make,
     define_shared_ops,
     ints_of,
@@ -112,6 +113,11 @@ def _paged_verify(self, name: str, pool, table, length_attr, length_name: str):
 
 
 def _cache_attention_verify(self):
+    # no fact about the index's order exists (ids in any order): a claim such as an older attnc's listed_prefix
+    # would be read by nothing, so it is refused rather than carried along
+    extra = sorted(a for a in self.attributes if a != LOC_ATTR)
+    self.expect(not extra, f"unknown attribute '{extra[0] if extra else ''}': the op states scale, ratio and the "
+                           "paged lengths; listed ids are taken in any order (nothing about their order is stated)")
     sq = shape_of(self.q.type)
     self.expect(len(sq) == 4, f"q must be [B,S,H,d], got {describe(self.q.type)}")
     B, S, H, d = sq
@@ -133,7 +139,6 @@ def _cache_attention_verify(self):
     if self.compressed:
         sc = shape_of(self.compressed[0].type)
         self.expect(len(sc) == 3 and (sc[0] == B or self.cache_table is not None) and sc[2] == d, f"cache must be [{B},N,{d}], got {describe(self.compressed[0].type)}")
-    self.expect(len(self.compressed) == 2 or not self.listed_prefix.value.data, "listed_prefix needs an index")
     if len(self.compressed) == 2:
         si = shape_of(self.compressed[1].type)
         self.expect(len(si) == 3 and si[:2] == (B, S) and dtype_of(self.compressed[1].type) == "i32",
@@ -167,9 +172,8 @@ FromTokensOp = _make("attn.from_tokens", dict(input=operand_def(TensorType), res
 # Attention of every token over the rows a decode step can see, stated by where they live (not gathered): the
 # window t-W+1..t (earlier positions in the ring at slot p mod W, this step's rows in `step`), then compressed
 # entries w < min(N, floor((t+1)/ratio)) — every entry of the cache, or those listed per token by `index`
-# (-1 = padding). Batch-major operands, so a schedule can read the tables in place. `listed_prefix` states the
-# index's contract: a token's visible ids come first and number min(K, entries visible to it) (the indexer's
-# top-k picks are so by construction); schedules may then treat the rest of the list as unwritten rows.
+# (ids in any order, -1 = none, anywhere: a listed id is attended iff its entry is visible, wherever it stands).
+# Batch-major operands, so a schedule can read the tables in place.
 # Paged tables (optional): the ring and/or the compressed cache given as a pool [blocks, block_size, d] with a block
 # table [B, ceil(length / block_size)] i32 (`ring_table` / `cache_table`) and the length per batch row
 # (`ring_slots` = W / `cache_entries` = N): slot j of row b is pool row table[b, j // block_size] * block_size +
@@ -179,7 +183,7 @@ CacheAttentionOp = _make("attn.cache_attention", dict(
     q=operand_def(TensorType), sink=operand_def(TensorType), start_pos=operand_def(TensorType),
     ring=operand_def(TensorType), step=operand_def(TensorType), compressed=var_operand_def(TensorType),
     ring_table=opt_operand_def(TensorType), cache_table=opt_operand_def(TensorType),
-    scale=prop_def(FloatAttr), ratio=prop_def(IntegerAttr), listed_prefix=prop_def(BoolAttr),
+    scale=prop_def(FloatAttr), ratio=prop_def(IntegerAttr),
     ring_slots=opt_prop_def(IntegerAttr), cache_entries=opt_prop_def(IntegerAttr),
     result=result_def(TensorType), verify_=_cache_attention_verify,
     # the custom form names the optional groups, so a reader sees which operand is which

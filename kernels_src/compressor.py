@@ -102,7 +102,7 @@ def index_compressor(cfg, a: dict, xn, rows_of=None):
 
 
 def _needs_ratio(cfg):
-    return None if cfg["compress_ratio"] in (4, 128) else "compress_ratio must be 4 or 128 (--set compress_ratio=4)"
+    return None if cfg["compress_ratio"] in (4, 128) else "compress_ratio must be 4 or 128"
 
 
 def _tokens(cfg, xn):

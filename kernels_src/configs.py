@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+from attnc.errors import AttncError, did_you_mean
+
 CONFIG_KEYS = ("batch", "seq", "dim", "n_heads", "head_dim", "rope_dim", "q_lora_rank", "o_lora_rank",
                "o_groups", "window", "compress_ratio", "n_cmp", "cmp_topk", "index_heads", "index_dim", "max_pos",
                "norm_eps", "block_size", "layout", "tokens")
@@ -23,33 +25,35 @@ CONFIGS: dict[str, dict] = {
 MAX_SIZE = 2**31 - 1  # largest config size (int32 index math on the device)
 
 
-class ConfigError(Exception):
+class ConfigError(AttncError):
     pass
 
 
 def _coerce(key: str, text: str, current):
     if isinstance(current, str):
         if text not in LAYOUTS:
-            raise ConfigError(f"--set {key}={text[:40]}: expected one of {', '.join(LAYOUTS)}")
+            raise ConfigError(f"config key {key}={text[:40]}: expected one of {', '.join(LAYOUTS)}"
+                              f"{did_you_mean(text, LAYOUTS)}")
         return text
     try:
         return float(text) if isinstance(current, float) else int(text)
     except ValueError:
-        raise ConfigError(f"--set {key}={text[:40]}: expected {'a number' if isinstance(current, float) else 'an integer'}") from None
+        raise ConfigError(f"config key {key}={text[:40]}: expected "
+                          f"{'a number' if isinstance(current, float) else 'an integer'}") from None
 
 
 def resolve_config(name: str, overrides: list[str] | dict | None = None) -> dict:
     """The named config with KEY=VALUE overrides applied, validated, plus derived sizes."""
     if name not in CONFIGS:
-        raise ConfigError(f"unknown config '{name}' (known: {', '.join(CONFIGS)})")
+        raise ConfigError(f"unknown config '{name}'{did_you_mean(name, CONFIGS)} (known: {', '.join(CONFIGS)})")
     cfg = dict(CONFIGS[name])
     items = overrides.items() if isinstance(overrides, dict) else [
         tuple(o.split("=", 1)) if "=" in o else (o, None) for o in (overrides or [])]
     for key, value in items:
         if key not in cfg:
-            raise ConfigError(f"--set {key}: unknown config key (known: {', '.join(CONFIG_KEYS)})")
+            raise ConfigError(f"unknown config key '{key}'{did_you_mean(key, CONFIG_KEYS)} (known: {', '.join(CONFIG_KEYS)})")
         if value is None:
-            raise ConfigError(f"--set {key}: expected KEY=VALUE")
+            raise ConfigError(f"config key {key}: no value (KEY=VALUE)")
         cfg[key] = _coerce(key, value, cfg[key]) if isinstance(value, str) else (
             _coerce(key, value, cfg[key]) if isinstance(cfg[key], str) else type(cfg[key])(value))
     _validate(cfg)
@@ -80,7 +84,7 @@ def _validate(cfg: dict):
     need(cfg["layout"] in LAYOUTS, f"layout must be one of {', '.join(LAYOUTS)}, got {cfg['layout']!r}")
     need(cfg["tokens"] >= 0, f"tokens must be >= 0 (0 = batch*seq), got {cfg['tokens']}")
     need(cfg["tokens"] in (0, cfg["batch"] * cfg["seq"]) or cfg["layout"] == "packed",
-         "tokens is the token count of the packed layout (--set layout=packed); a dense step has batch*seq")
+         "tokens is the token count of the packed layout (layout=packed); a dense step has batch*seq")
 
 
 def derived_sizes(cfg: dict) -> dict:

@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from attnc.errors import AttncError
 from attnc.ir.dsl import StageDef, stage_config, stage_params
 from attnc.ir.types import torch_dtype
 
@@ -153,9 +154,12 @@ INDEX_INPUTS = {
 }
 # index inputs whose values must also be distinct: a physical block mapped twice would be written by two rows
 DISTINCT_INPUTS = {"ring_block_table": "kv_ring", "cmp_block_table": "kv_cmp/idx_cmp"}
+# index inputs whose ids >= 0 must be distinct within each row of the last axis (any order, -1 may repeat): the
+# kernels attend every listed id, the spec's visible set counts an entry once
+DISTINCT_PER_ROW = {"cmp_idx": "a token's listed entries are a set"}
 
 
-class IndexInputError(ValueError):
+class IndexInputError(AttncError, ValueError):
     """An index input outside its range; the message names the array, the element and the range."""
 
 
@@ -180,8 +184,23 @@ def check_index_inputs(stage_def: StageDef, cfg: dict, arrays: dict, where: str 
                 at = [[int(i) for i in ix] for ix in (t == block).nonzero()[:2]]
                 raise IndexInputError(f"{where + ': ' if where else ''}array '{name}'{at[0]} and {at[1]}: block "
                                       f"{block} mapped twice (two rows would write one block of {DISTINCT_INPUTS[name]})")
+        if name in DISTINCT_PER_ROW:
+            _check_distinct_per_row(name, t, where)
     if "position_ids" in params:
         check_packed_rows(cfg, arrays, where)
+
+
+def _check_distinct_per_row(name: str, t: torch.Tensor, where: str) -> None:
+    """Ids >= 0 listed twice in one row of the last axis: refused with the row and both positions."""
+    ids, order = torch.sort(t.long(), dim=-1, stable=True)
+    twice = (ids[..., 1:] == ids[..., :-1]) & (ids[..., 1:] >= 0)
+    if twice.any():
+        at = [int(i) for i in twice.nonzero()[0]]
+        row, j = at[:-1], at[-1]
+        first, second = sorted(int(order[(*row, k)]) for k in (j, j + 1))
+        raise IndexInputError(f"{where + ': ' if where else ''}array '{name}'{[*row, second]}: id "
+                              f"{int(ids[(*row, j)])} listed twice in row {row} (also at position {first}; "
+                              f"{DISTINCT_PER_ROW[name]}: distinct ids in any order, -1 for none)")
 
 
 def check_packed_rows(cfg: dict, arrays: dict, where: str = "") -> None:

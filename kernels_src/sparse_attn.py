@@ -23,16 +23,15 @@ _CORE_PARAMS = dict(
 def attention_core(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, start_pos, attn_sink, ring_table=None, cmp_table=None):
     """Per-head attention output [B,S,H,hd] bf16 of every token t = start_pos[b]+s over the window t-W+1 .. t (the
     ring for earlier positions, the step's own rows otherwise, never a later token) and, in a layer with
-    compressed entries (m > 0), the entries w < min(NCMP, floor((t+1)/m)): those listed in `cmp_idx` (-1 padding),
-    or every entry when `cmp_idx` is None (HCA). Visibility comes from each token's own position.
+    compressed entries (m > 0), the entries w < min(NCMP, floor((t+1)/m)): those listed in `cmp_idx` (distinct
+    ids in any order, -1 anywhere for none), or every entry when `cmp_idx` is None (HCA). Visibility comes from each token's own position.
     `ring_table` / `cmp_table`: kv_ring / kv_cmp are block pools read through these block tables (paged.py)."""
     m = cfg["compress_ratio"]
     if isinstance(start_pos, PackedRows):
         return packed_attention_core(cfg, q, kv_ring, kv_step, kv_cmp if m > 0 else None, cmp_idx, start_pos,
                                      attn_sink, None if ring_table is None else paged_rows(cfg, ring_table),
                                      None if cmp_table is None else paged_rows(cfg, cmp_table))
-    # listed ids (the indexer's top-k picks; the cmp_idx contract of the attention stages) are a visible prefix
-    extra = dict(cache=kv_cmp, index=cmp_idx, ratio=m, listed_prefix=cmp_idx is not None) if m > 0 else {}
+    extra = dict(cache=kv_cmp, index=cmp_idx, ratio=m) if m > 0 else {}
     if ring_table is not None:
         extra.update(ring_table=ring_table, window=cfg["window"])
     if cmp_table is not None and m > 0:
@@ -57,9 +56,7 @@ def packed_attention_core(cfg, q, kv_ring, kv_step, kv_cmp, cmp_idx, rows: Packe
         t = reshape(rows.positions, (T, 1))
         listed = cmp_idx if cmp_idx is not None else iota((T, N), 1)
         complete = minimum((t + 1) // m, N)  # entries w < complete are visible to token t
-        ok = (listed >= 0) & (listed < complete)
-        if cmp_idx is not None:  # the visible-prefix contract of listed ids
-            ok = ok & (iota(listed.shape, 1) < complete)
+        ok = (listed >= 0) & (listed < complete)  # any order, -1 anywhere
         row = reshape(rows.token_row(), (T, 1))
         cache_ids = (select(ok, listed, 0) + (row * N + (ring_rows + T)) if cmp_rows_of is None else
                      cmp_rows_of(select(ok, listed, 0), row) + (ring_rows + T))

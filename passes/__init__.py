@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 from xdsl.passes import ModulePass, PassPipeline
 from xdsl.utils.arg_spec import parse_pipeline
+
+from attnc.errors import AttncError, did_you_mean
 
 DEFAULT_PIPELINE = ("fuse-rmsnorm,rope-selector-matmul,gather-keys,tile-softmax{kv-tile=32},parallelize-tokens{rows=16},"
                     "tile-matmul{k=512},lower-to-tiles,canonicalize,cse,update-in-place")
@@ -20,9 +22,11 @@ DEFAULT_PIPELINE = ("fuse-rmsnorm,rope-selector-matmul,gather-keys,tile-softmax{
 PYPTO_PIPELINE = ("fuse-rmsnorm,rope-selector-matmul,tile-softmax{kv-tile=128},parallelize-tokens{rows=32},"
                   "schedule-attention,tile-matmul{k=512},lower-to-tiles,canonicalize,cse,update-in-place")
 # PTO (ptoas 0.1.1): one token per kernel (rows=1, the token axis is dropped), 16-key tiles; then f16 and the
-# legalization of what 0.1.1 cannot express (host-side gathers, 0/1 masks instead of i1)
+# legalization of what 0.1.1 cannot express (host-side gathers, 0/1 masks instead of i1), then row chunks of the
+# loop bodies whose tiles would overflow UB/L1/L0
 PTO_PIPELINE = ("fuse-rmsnorm,rope-selector-matmul,gather-keys,tile-softmax{kv-tile=16},parallelize-tokens{rows=1},"
-                "tile-matmul{k=512},lower-to-tiles,canonicalize,cse,pto-legalize,canonicalize,cse")
+                "tile-matmul{k=512},lower-to-tiles,canonicalize,cse,pto-legalize,canonicalize,cse,pto-plan-memory,"
+                "canonicalize,cse")
 
 
 def pto_pipeline(pipeline: str | None, dtype: str | None) -> str:
@@ -48,6 +52,7 @@ _PASS_MODULES = {
     "lower-to-tiles": "lower_to_tiles",
     "pto-dtype": "pto_dtype",
     "pto-legalize": "pto_legalize",
+    "pto-plan-memory": "pto_plan_memory",
     "update-in-place": "update_in_place",
 }
 # xDSL's generic passes that attnc pipelines may use
@@ -58,7 +63,7 @@ _XDSL_PASSES = {
 }
 
 
-class PassError(Exception):
+class PassError(AttncError):
     """A pass cannot apply (e.g. a dependence check refused it); one line naming the pass and the op location."""
 
 
@@ -66,6 +71,8 @@ class PassError(Exception):
 class AttncPass(ModulePass):
     tolerance: ClassVar[float] = 0.0
     summary: ClassVar[str] = ""
+    # the values an enumerated option takes (`attnc list passes` shows them)
+    option_choices: ClassVar[dict[str, tuple[str, ...]]] = {}
 
 
 @dataclass(frozen=True)
@@ -148,7 +155,13 @@ def build_pipeline(spec: str, callback=None) -> PassPipeline:
     passes = []
     for s in specs:
         if s.name not in pass_names():
-            raise PipelineError(f"pipeline: unknown pass '{s.name}' (known: {', '.join(pass_names())})")
+            raise PipelineError(f"pipeline: unknown pass '{s.name}'{did_you_mean(s.name, pass_names())} "
+                                f"(known: {', '.join(pass_names())})")
+        known = [f.name.replace("_", "-") for f in fields(pass_class(s.name))]
+        for opt in s.parameters:
+            if opt.replace("_", "-") not in known:
+                raise PipelineError(f"pipeline: pass '{s.name}' has no option '{opt}'{did_you_mean(opt, known)} "
+                                    f"(options: {', '.join(known) or 'none'})")
         try:
             passes.append(pass_class(s.name).from_pass_spec(s))
         except Exception as e:
@@ -156,7 +169,7 @@ def build_pipeline(spec: str, callback=None) -> PassPipeline:
     return PassPipeline(tuple(passes), callback)
 
 
-class PipelineError(Exception):
+class PipelineError(AttncError):
     pass
 
 

@@ -46,8 +46,6 @@ def window_and_compressed_ids(op: CacheAttentionOp):
         ids = T(op.compressed[1]) if len(op.compressed) > 1 else dsl.iota((B, S, n), 2)
         complete = dsl.minimum((t + 1) // op.ratio.value.data, n)
         ok = (ids >= 0) & (ids < complete)
-        if op.listed_prefix.value.data:  # only the list's first min(K, complete) positions can be visible
-            ok = ok & (dsl.iota((B, S, ids.shape[2]), 2) < complete)
         local = dsl.concat([local, dsl.select(ok, ids, 0) + (W + S)], axis=2)
         valid = dsl.concat([valid, ok], axis=2)
         tables.append(cache)

@@ -48,7 +48,12 @@ from .tile_softmax import F32_MIN
 SCHEDULES = ("auto", "batch", "token")
 NORMALIZE = ("after", "before")
 SINKS = ("auto", "key", "term")
-UNROLL_TOKENS = 4  # a decode step's tokens of one batch row are unrolled up to this many
+# a step's tokens of one batch row are unrolled up to this many, a pypto.loop beyond: each unrolled token repeats
+# the zero-fill branches of its key block (`if valid < rows`), and pypto 0.2.0 compiles a loop body once per path
+# through its branches (2^branches), so its compile time grows exponentially with unrolled tokens (tiny CSA core,
+# 1/2/3/4 tokens: 1.7/5.7/46/469 s), while the loop form costs the same for any S
+UNROLL_TOKENS = 2
+MAX_UNROLL_TOKENS = 2  # the bound on the option: 2 tokens = 4 branches, 16 paths
 
 
 def key_positions_and_visibility(op: CacheAttentionOp, start_pos: dsl.Tensor, listed: dsl.Tensor | None,
@@ -74,10 +79,8 @@ def key_positions_and_visibility(op: CacheAttentionOp, start_pos: dsl.Tensor, li
     if op.compressed:
         ratio, n = op.ratio.value.data, cache_entries(op)
         complete = dsl.minimum((t + 1) // ratio, n)  # entries w < complete are visible to token t
-        if listed is not None:
+        if listed is not None:  # ids in any order, -1 anywhere: each is judged by its own value
             ok = (listed >= 0) & (listed < complete)
-            if op.listed_prefix.value.data:  # only the list's first min(K, complete) positions can be visible
-                ok = ok & (dsl.iota(listed.shape, 2) < complete)
             # an id nobody may see reads its batch row's slot 0
             ids = dsl.select(ok, listed, 0)
         else:
@@ -177,8 +180,9 @@ class _BatchTable:
 
 
 class _Schedule(RewritePattern):
-    def __init__(self, schedule: str, normalize: str, vec_tile: int, sink: str):
+    def __init__(self, schedule: str, normalize: str, vec_tile: int, sink: str, unroll: int):
         self.schedule, self.normalize, self.vec_tile, self.sink = schedule, normalize, vec_tile, sink
+        self.unroll = unroll
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: CacheAttentionOp, rewriter: PatternRewriter):
@@ -246,14 +250,14 @@ class _Schedule(RewritePattern):
                 def token(s, out):
                     keys = [*sink_rows, *window()]
                     if ids is not None:
-                        keys.append(self._picks(op, s, sp, cache_rows, visible, ids))
+                        keys.append(self._picks(op, s, sp, cache_rows, ids))
                     vis_row = _row(visible, (0, s), (1, n_cols))
                     o = group_attention(_rows(q_rows, muli(addi(muli(b, S), s), H), H), dsl.concat(keys, axis=0),
                                         dsl.broadcast_to(vis_row, (H, n_cols)), fill, sink_term, scale, out_dtype,
                                         self.normalize)
                     return assemble(dsl.reshape(o, (1, 1, H, d)), out, (b, s, 0, 0))
 
-                result = self._per_token(S, acc, token, loc)
+                result = self._per_token(S, self.unroll, acc, token, loc)
             emit_op(YieldOp, [[val(result)]], [])
         with before(op):
             loop = emit_op(ParallelOp, [const(0), const(B), [init.value]], [[init.value.type]],
@@ -263,26 +267,22 @@ class _Schedule(RewritePattern):
         rewriter.replace(op, [], [loop.results[0]])
 
     @staticmethod
-    def _picks(op, s, sp, cache_rows, visible, ids):
-        """The token's listed cache rows [K, d], gathered from the whole cache matrix by global row id."""
+    def _picks(op, s, sp, cache_rows, ids):
+        """The token's listed cache rows [K, d], gathered from the whole cache matrix by global row id. An id nobody
+        may see reads slot 0 (ids), written once the token sees any entry: its row then has weight 0 in P·V like
+        any invisible key, wherever the list holds it (no order of the list is assumed); before that every pick
+        reads as 0 (slot 0 may hold NaN). So the block is zeroed in a step's first tokens only, not for every
+        token with fewer than K picks (CSA core 250.2 -> 241.3 us: 120 zero-fill tasks)."""
         K, d = ids.shape[2], shape(cache_rows)[1]
-        n_keys = visible.shape[2]  # the sink's column included when it is a key
         picked = dsl.gather_rows(cache_rows, _row(ids, (0, s), (K,)))
-        if op.listed_prefix.value.data:
-            # an id nobody may see reads slot 0 (ids), written once the token sees any entry: its row then has
-            # weight 0 in P·V like any invisible key; before that every pick reads as 0 (slot 0 may hold NaN). So
-            # the block is zeroed in a step's first tokens only, not for every token with fewer than K picks
-            # (CSA core 250.2 -> 241.3 us: 120 zero-fill tasks)
-            complete = floordiv_nonneg(addi(addi(sp, s), 1), op.ratio.value.data)
-            return view(picked, (0, 0), (K, d), (muli(minsi(complete, 1), K), d), pad="zero")
-        ok = dsl.reshape(_row(visible, (0, s), (1, n_keys)), (n_keys, 1))  # zero every pick the token may not see
-        return dsl.select(dsl.broadcast_to(dsl.slice_(ok, (n_keys - K, 0), (K, 1)), (K, d)), picked, 0.0)
+        complete = floordiv_nonneg(addi(addi(sp, s), 1), op.ratio.value.data)
+        return view(picked, (0, 0), (K, d), (muli(minsi(complete, 1), K), d), pad="zero")
 
     @staticmethod
-    def _per_token(S: int, acc, token, loc):
-        """token(s, out) for s = 0..S-1 chained on the carried output: unrolled for decode steps (the output's
-        row chunk is then written by a chain of assembles the emitter can see through), an scf.for beyond."""
-        if S <= UNROLL_TOKENS:
+    def _per_token(S: int, unroll: int, acc, token, loc):
+        """token(s, out) for s = 0..S-1 chained on the carried output: unrolled for S <= `unroll`, else one
+        scf.for (its body's size, hence pypto's compile time, does not grow with S)."""
+        if S <= unroll:
             out = acc
             for s in range(S):
                 out = token(const(s), out)
@@ -307,12 +307,16 @@ class ScheduleAttention(PatternPass):
     # 0.2.0 runtime crashes (F74007) on padded key lists
     vec_tile: int = 16384
     sink: str = "auto"
+    unroll: int = UNROLL_TOKENS
+    option_choices = {"schedule": SCHEDULES, "normalize": NORMALIZE, "sink": SINKS}
 
     def pattern(self):
-        for option, choices in (("schedule", SCHEDULES), ("normalize", NORMALIZE), ("sink", SINKS)):
+        for option, choices in self.option_choices.items():
             if getattr(self, option) not in choices:
                 raise PassError(f"schedule-attention: {option} must be one of {', '.join(choices)}, "
                                 f"got '{getattr(self, option)}'")
         if not 16 <= self.vec_tile <= 1 << 20:
             raise PassError(f"schedule-attention: vec_tile must be in [16, 2^20], got {self.vec_tile}")
-        return _Schedule(self.schedule, self.normalize, self.vec_tile, self.sink)
+        if not 1 <= self.unroll <= MAX_UNROLL_TOKENS:
+            raise PassError(f"schedule-attention: unroll must be in [1, {MAX_UNROLL_TOKENS}], got {self.unroll}")
+        return _Schedule(self.schedule, self.normalize, self.vec_tile, self.sink, self.unroll)

@@ -12,6 +12,7 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 from xdsl.utils.exceptions import VerifyException
 
+from attnc.errors import AttncError
 from attnc.ir import IRError, make_context, verify_ir
 from attnc.ir.interpreter import run_module
 
@@ -69,7 +70,7 @@ class CompileReport:
         return [r for r in self.records if not r.ok]
 
 
-class VerificationFailed(Exception):
+class VerificationFailed(AttncError):
     pass
 
 
@@ -130,7 +131,7 @@ def run_pipeline(module: ModuleOp, pipeline: str, *, verify_inputs: Sequence[tor
             if stop_on_failure and report.failed:
                 bad = report.failed[0]
                 raise VerificationFailed(
-                    f"--verify-each: pass {bad.pass_name} changed output '{bad.output}' by {bad.error:.3e} "
+                    f"verify-each: pass {bad.pass_name} changed output '{bad.output}' by {bad.error:.3e} "
                     f"(tolerance {bad.tolerance:.0e})")
     report.compile_seconds = time.perf_counter() - start - verify_time
     return report

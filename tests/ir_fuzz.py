@@ -263,7 +263,7 @@ def _front_end(text: str, hang_seconds: float) -> Outcome:
     the memory estimate, the tensor-level interpreter, the pypto pipeline, the emitter and the tile-level
     interpreter. An input error in the interpreter does not stop the compile path (`attnc compile` never
     interprets); an error in parse, memory or passes stops everything after it."""
-    from attnc.codegen.driver import Source, _error_types, source_inputs
+    from attnc.codegen.driver import Source, source_inputs
     from attnc.codegen.memory import check_memory
     from attnc.codegen.pypto_emit import emit_pypto
     from attnc.ir import parse_ir
@@ -271,7 +271,9 @@ def _front_end(text: str, hang_seconds: float) -> Outcome:
     from attnc.passes import DEFAULT_PIPELINES
     from attnc.passes.verify import run_pipeline
 
-    expected = _error_types()
+    from attnc.errors import AttncError
+
+    expected = AttncError
     stage, first_error = "parse", ""
     t0 = time.process_time()
     old = signal.signal(signal.SIGPROF, _alarm)

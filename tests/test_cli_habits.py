@@ -323,13 +323,36 @@ def attnc_input_error():
     return InputError
 
 
-def test_sim_verify_failures_fail_unless_documented():
+def test_sim_verify_failures_fail_unless_their_cause_is_known():
+    """A record is excused by its cause (pypto error code and op), never by its pass name; an AssembleChecker
+    overlap only between a padded piece's padding and a piece of the same concat (ASSEMBLED_PIECES)."""
     from types import SimpleNamespace
 
     from attnc.codegen.driver import CliError, _check_sim_verify
 
-    known = SimpleNamespace(failed_records=[("Pass_04_ExpandFunction", 3, "FAILED")], verify=[None] * 10)
-    _check_sim_verify(known)  # a documented pypto limitation: a note, exit 0
-    unknown = SimpleNamespace(failed_records=[("Pass_09_Other", 1, "FAILED")], verify=[None] * 10)
-    with pytest.raises(CliError, match=r"1 of 10 records FAILED \(first: pass Pass_09_Other"):
-        _check_sim_verify(unknown)
+    gather = {"code": "FB200F", "op": "GATHER", "line": None, "function": "F"}
+    known = SimpleNamespace(failed_records=[("F:ExpandFunction", 0, "EXCEPTION", gather)], verify=[None] * 10,
+                            program="")
+    _check_sim_verify(known)  # a known pypto limitation by its cause: a note, exit 0
+    same_pass = SimpleNamespace(failed_records=[("F:ExpandFunction", 0, "EXCEPTION", {**gather, "op": "MATMUL"})],
+                                verify=[None] * 10, program="")
+    with pytest.raises(CliError, match=r"1 of 10 records FAILED with no known cause \(first: pass F:ExpandFunction"
+                                       r".*code FB200F, op MATMUL"):
+        _check_sim_verify(same_pass)
+    def overlap(a, b):
+        return ("AssembleChecker", 7, "OVERLAP", {"code": "AssembleChecker", "op": "ASSEMBLE", "tensor": 7,
+                                                  "inputs": [a, b]})
+
+    # one concat: an 8-row padded piece at row 0, a 2-row piece at row 8, a 4-row padded piece at row 10
+    program = ("x = 1\nASSEMBLED_PIECES = [[[[8, 128], [0, 0], True], [[2, 128], [8, 0], False], "
+               "[[4, 128], [10, 0], True]]]\n")
+    harmless = [([[8, 128], [3, 0]], [[8, 128], [0, 0]]),  # a padding inside its piece, and the piece
+                ([[4, 128], [0, 0]], [[4, 128], [10, 0]]),  # the padding's runtime offset read as 0, its piece
+                ([[2, 128], [8, 0]], [[4, 128], [0, 0]])]  # ... and another piece of the concat
+    for a, b in harmless:
+        _check_sim_verify(SimpleNamespace(failed_records=[overlap(a, b)], verify=[None] * 4, program=program))
+    for prog, (a, b) in (("", harmless[0]),  # no pieces stated: nothing excuses it
+                         (program, ([[8, 128], [0, 0]], [[8, 128], [8, 0]])),  # not a piece of the concat
+                         (program, ([[2, 128], [0, 0]], [[2, 128], [8, 0]]))):  # the unpadded piece has no padding
+        with pytest.raises(CliError, match="AssembleChecker: assembles into tensor 7 overlap"):
+            _check_sim_verify(SimpleNamespace(failed_records=[overlap(a, b)], verify=[None] * 4, program=prog))

@@ -34,7 +34,7 @@ def _stage(ratio: int, listed: bool, size: int | None) -> StageDef:
             params["index"] = In(B, S, K, dtype="i32")
 
     def fn(cfg, **a):
-        extra = dict(cache=a["cache"], index=a.get("index"), ratio=ratio, listed_prefix=listed) if ratio else {}
+        extra = dict(cache=a["cache"], index=a.get("index"), ratio=ratio) if ratio else {}
         if size:
             extra.update(ring_table=a["ring_table"], window=W)
             if ratio:
@@ -51,13 +51,10 @@ def _dense_inputs(ratio: int, listed: bool, start_pos, seed: int) -> dict:
                   step=rnd(B, S, D), ring=rnd(B, W, D))
     if ratio:
         inputs["cache"] = rnd(B, N, D)
-        if listed:  # the visible-prefix contract: each token's visible entries first, shuffled, then -1
-            index = torch.full((B, S, K), -1, dtype=torch.int32)
-            for b, sp in enumerate(start_pos):
-                for s in range(S):
-                    n = min(K, N, (sp + s + 1) // ratio)
-                    index[b, s, :n] = torch.randperm(min(N, (sp + s + 1) // ratio), generator=g)[:n]
-            inputs["index"] = index
+        if listed:  # distinct ids in any order, -1 anywhere, some not visible yet
+            inputs["index"] = torch.stack([torch.cat([torch.randperm(N, generator=g)[:K - 1], torch.tensor([-1])])
+                                           [torch.randperm(K, generator=g)] for _ in range(B * S)]).reshape(B, S, K)
+            inputs["index"] = inputs["index"].to(torch.int32)
     return inputs
 
 

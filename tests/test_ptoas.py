@@ -286,3 +286,168 @@ def test_pto_files_carry_a_provenance_header_that_reproduces_them(tmp_path, caps
         for f in files:
             res = run_ptoas(str(f), str(tmp_path / (f.stem + ".cpp")))
             assert res.returncode == 0, (f.name, res.errors[:3])
+
+
+@needs_ptoas
+def test_pto_header_compile_command_works_as_printed(tmp_path):
+    """The header's `compile it:` command, run by a shell in the kernel's folder with only the venv's bin on PATH
+    (the plain `ptoas X.pto` of before exited 127: the binary needs the loader path attnc sets)."""
+    import shlex
+    import subprocess
+    import sys
+
+    assert main(["compile", "sparse_attn_core", "--emit", "pto", "--pto-dtype", "f16", "-o", f"{tmp_path}/"]) == 0
+    pto = tmp_path / "sparse_attn_core_k0.pto"
+    line = next(ln for ln in pto.read_text().splitlines() if "compile it: " in ln)
+    command = line.split("compile it: ", 1)[1]
+    assert shlex.split(command)[:2] == ["attnc", "ptoas"]
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + "/usr/bin:/bin"
+    res = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr[-500:]
+    assert "TMATMUL" in (tmp_path / "sparse_attn_core_k0.cpp").read_text()
+    # ptoas's own failure is its exit code, passed through; a missing file is attnc's one-line error
+    (tmp_path / "bad.pto").write_text("module { func.func @k() { pto.nonsense } }\n")
+    bad = subprocess.run("attnc ptoas bad.pto -o bad.cpp", shell=True, cwd=tmp_path, env=env, capture_output=True,
+                         text=True, check=False)
+    assert bad.returncode == 1
+    gone = subprocess.run("attnc ptoas missing.pto", shell=True, cwd=tmp_path, env=env, capture_output=True,
+                          text=True, check=False)
+    assert gone.returncode == 2 and gone.stderr.strip().splitlines() == ["attnc: error: missing.pto: no such file"]
+
+
+def _tile_uses(text: str) -> tuple[set, set]:
+    """(tiles some op reads, tiles some op writes) of an emitted .pto, from its text."""
+    import re
+
+    reads, writes = set(), set()
+    for ln in text.splitlines():
+        m = re.search(r"\bins\((.*?)\)\s*outs\((.*)\)", ln)
+        if m:
+            reads |= set(re.findall(r"%(?:ub|l1_|l0a_|l0b_|l0c_)\d+", m.group(1)))
+            writes |= set(re.findall(r"%(?:ub|l1_|l0a_|l0b_|l0c_)\d+", m.group(2)))
+    return reads, writes
+
+
+@pytest.fixture(scope="module")
+def tiny_kernels():
+    from attnc.codegen.pto_emit import PtoEmitError
+    from attnc.kernels_src import STAGES
+
+    out = {}
+    for stage in STAGES:
+        src, _ = _compiled(stage, ["max_pos=256"] if stage.startswith("decode_hca") else [])
+        try:
+            out[stage] = emit_pto(src.module, src.name)
+        except PtoEmitError:
+            continue
+    return out
+
+
+def test_ptoas_no_dead_loads_in_any_emitted_kernel(tiny_kernels):
+    """Every tile a kernel writes (a load, a result) is read by some op of the emitted text; and the emitter's
+    own account (the memory plan) agrees. Before: 1-16 unread tiles per kernel (loads of matmul operands that
+    went to L1 from GM anyway)."""
+    assert len(tiny_kernels) >= 8
+    for plans in tiny_kernels.values():
+        for plan in plans:
+            reads, writes = _tile_uses(plan.text)
+            assert writes and not writes - reads, (plan.name, sorted(writes - reads)[:5])
+            assert not plan.memory.dead_loads(), plan.name
+
+
+def test_ptoas_memory_plan_fits_and_overflow_is_one_line():
+    from attnc.codegen.pto_plan import plan_memory
+
+    # two UB tiles of 128 KiB that are live at once cannot both have an address; in sequence they share one
+    info = {"%ub1": ("ub", "f32", (64, 512), "k.py:1"), "%ub2": ("ub", "f32", (64, 512), "k.py:2")}
+    seq = plan_memory({"%ub1": [(1, False), (2, True)], "%ub2": [(3, False), (4, True)]}, [], info)
+    assert seq.peak["ub"] == 131072 and seq.overflow_message() is None
+    both = plan_memory({"%ub1": [(1, False), (3, True)], "%ub2": [(2, False), (4, True)]}, [], info)
+    msg = both.overflow_message()
+    assert both.peak["ub"] == 262144 and msg.startswith("tile %ub2 (f32 [64, 512], 131072 bytes, made at k.py:2)")
+    assert "does not fit the UB: 2 tiles live with it need 262144 bytes of 196608" in msg
+    # a tile used inside a loop and after it lives through the whole loop (the next iteration reads it again)
+    loop = plan_memory({"%ub1": [(1, False), (2, True), (9, True)], "%ub2": [(4, False), (5, True)]}, [(2, 6)], info)
+    assert loop.overflow_message() is not None
+
+
+@needs_ptoas
+def test_ptoas_matmul_acc_and_tiled_matmuls_match_interpreter():
+    """tile.matmul_acc (K split by tile-matmul) and matmuls tiled for L0B (N tiles in an scf.for, K chunks
+    accumulated in L0C by tmatmul.acc): forced at tiny by a 32-key K split and a 512-byte right-operand tile."""
+
+    class SmallL0B(KernelEmitter):
+        b_tile_bytes = 512
+
+    src = load_source("qkv_proj_rope", "tiny", [])
+    compile_source(src, pto_pipeline(None, "f16").replace("tile-matmul{k=512}", "tile-matmul{k=32}"),
+                   verify_each=False)
+    assert any(o.name == "tile.matmul_acc" for o in src.module.walk())
+    inputs = list(source_inputs(src, 0).values())
+    (plan,) = emit_pto(src.module, src.name, emitter=SmallL0B)
+    assert plan.text.count("pto.tmatmul.acc") >= 6 and plan.text.count("scf.for") >= 12
+    chk = check_kernel(src.module, inputs, 0, plan)
+    assert chk.ok and chk.hazards == 0 and chk.max_error <= 1e-5, chk.line()
+
+
+# ------------------------------------------------------------------------------------------- memory plan, flash
+
+
+@needs_ptoas
+@pytest.mark.parametrize("stage, sets", [("sparse_attn_core", KEY_LOOP), ("sparse_attn", [])])
+def test_ptoas_row_chunks_exact_and_match_interpreter(stage, sets):
+    """pto-plan-memory{rows=2} forces head chunks at tiny: the pass is exact under --verify-each (inner key
+    loop carrying chunked values; sparse_attn's output projection after the chunk loop, from the heads' rows
+    read back from GM), and the kernel matches the interpreter with 0 hazards."""
+    src = load_source(stage, "tiny", sets)
+    pipe = pto_pipeline(None, "f16").replace("pto-plan-memory", "pto-plan-memory{rows=2}")
+    report = compile_source(src, pipe, verify_each=True)
+    assert {r.pass_name: r.error for r in report.records}["pto-plan-memory{rows=2}"] == 0.0
+    (loop,) = [o for o in src.module.walk() if o.name == "tile.parallel"]
+    chunk_loop = next(op for op in loop.body.block.ops if op.name == "scf.for")
+    assert [op.name for op in loop.body.block.ops].count("scf.for") == 1
+    assert any(o.name == "tile.matmul" for o in chunk_loop.walk())
+    inputs = list(source_inputs(src, 0).values())
+    (plan,) = emit_pto(src.module, src.name)
+    chk = check_kernel(src.module, inputs, 0, plan)
+    assert chk.ok and chk.hazards == 0, chk.line()
+
+
+def test_ptoas_overflowing_kernel_refused_before_ptoas_in_one_line(capsys, tmp_path):
+    """decode_hca's m = 128 compressor kernel needs 327712 bytes of UB (ptoas: 'ub overflow, requires 2621696
+    bits'), and no row chunk of it is row-local: attnc refuses it, naming the tile and the bytes."""
+    rc = main(["compile", "decode_hca", "--set", "max_pos=256", "--emit", "pto", "--pto-dtype", "f16",
+               "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "decode_hca_k1: tile %ub" in err[0] and "does not fit the UB" in err[0] and "327712 bytes of 196608" in err[0]
+    assert err[0].startswith("attnc: error: kernels_src/compressor.py:") and "made at kernels_src/compressor.py:" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+@needs_ptoas
+@pytest.mark.parametrize("stage", ["sparse_attn_core", pytest.param("hca_attn_core", marks=pytest.mark.slow),
+                                   "sparse_attn"])
+def test_ptoas_attention_at_flash_planned_and_compiled(stage, tmp_path):
+    """At flash the attention's [64 heads, 512] f32 tiles overflowed the UB 6.4x (ptoas 'ub overflow, requires
+    10071040 bits'); pto-plan-memory chunks the heads (16 at a time) and ptoas compiles the kernel."""
+    src = load_source(stage, "flash", [])
+    compile_source(src, pto_pipeline(None, "f16"), verify_each=False)
+    (plan,) = emit_pto(src.module, src.name)
+    assert plan.memory.overflow() is None and plan.memory.peak["ub"] <= 196608
+    assert "scf.for %j3 = %c0 to %c4 step %c1" in plan.text  # 4 chunks of 16 heads
+    (tmp_path / "k.pto").write_text(plan.text)
+    res = run_ptoas(str(tmp_path / "k.pto"), str(tmp_path / "k.cpp"))
+    assert res.returncode == 0, res.errors[:2]
+
+
+@pytest.mark.slow
+@needs_ptoas
+def test_ptoas_attention_core_at_flash_matches_interpreter():
+    """The flash attention core on the CPU tile model, token rows 0 and 1 (~80 s)."""
+    src = load_source("sparse_attn_core", "flash", [])
+    compile_source(src, pto_pipeline(None, "f16"), verify_each=False)
+    (plan,) = emit_pto(src.module, src.name)
+    chk = check_kernel(src.module, list(source_inputs(src, 0).values()), 0, plan, blocks=[0, 1], opt="-O2")
+    assert chk.ok and chk.hazards == 0 and chk.max_error <= 1e-3, chk.line()

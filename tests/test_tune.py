@@ -83,8 +83,9 @@ def test_cache_key_is_content_addressed(tmp_path):
                 T.cache_key("program text", "none", 1)}) == 4
     cache = T.Cache(tmp_path)
     assert cache.get(k) is None
-    cache.put(k, {"aicore_us": 1.5})
-    assert cache.get(k) == {"aicore_us": 1.5}
+    verdict = {"aicore_us": 1.5, "error": None, "timeout": False, "seconds": 0.0}
+    cache.put(k, verdict)
+    assert cache.get(k) == verdict
     (tmp_path / f"{k}.json").write_text("{broken")
     assert cache.get(k) is None  # an unreadable entry is a miss, not an error
     assert T.Cache(tmp_path, enabled=False).get(k) is None
@@ -102,7 +103,7 @@ def _fake_sim(calls, fail_when=None):
 
 
 def _fake_recheck(bad=()):
-    def recheck(req, pipeline, dims, params, cache, log):
+    def recheck(req, pipeline, dims, params, cache, log, fresh=False):
         ok = params.get("device_sched_mode") not in bad
         return {"ok": ok, "note": "" if ok else "out not bit-exact", "max_error": 0.0 if ok else 1.0,
                 "failed_records": 0}
@@ -113,7 +114,7 @@ def _request(tmp_path, **kw):
     base = dict(source="sparse_attn_core", config="tiny", jobs=0, cache_dir=str(tmp_path / "cache"),
                 space=["tile-softmax.kv-tile=128", "parallelize-tokens.rows=32", "schedule-attention.schedule=auto",
                        "schedule-attention.vec-tile=16384",
-                       "vec_tile_elems=8192", "cube_nbuffer_setting={1: 2}", "cube_l1_reuse_setting={0: 4}",
+                       "vec_tile_elems=8192", "cube_nbuffer_setting={-1: 2}", "cube_l1_reuse_setting={0: 4}",
                        "stitch_function_max_num=128", "combine_axis=False",
                        "vec_nbuffer_setting={-1: 4}|{-1: 2}", "device_sched_mode=0|1"])
     base.update(kw)
@@ -123,7 +124,8 @@ def _request(tmp_path, **kw):
 def test_search_is_exhaustive_when_small_and_a_crash_never_stops_it(tmp_path, monkeypatch):
     calls = []
     # the best point (nbuffer 2, sched 1) crashes in SIM: it is disqualified, the search goes on
-    monkeypatch.setattr(T, "sim_trial", _fake_sim(calls, lambda p: "{-1: 2}" in p and "'device_sched_mode': 1" in p))
+    monkeypatch.setattr(T, "sim_trial", _fake_sim(calls, lambda p: "'vec_nbuffer_setting': {-1: 2}" in p
+                                                         and "'device_sched_mode': 1" in p))
     monkeypatch.setattr(T, "recheck", _fake_recheck())
     res = T.tune(_request(tmp_path, budget=4), log=lambda m: None)
     assert len(calls) == 4  # 2 x 2 points, each timed once

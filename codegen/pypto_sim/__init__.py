@@ -20,6 +20,8 @@ import numpy as np
 
 from .runner import VERIFY_MODES, run_dir_for_pid
 
+from attnc.errors import AttncError
+
 __all__ = ["PyptoSimError", "SimResult", "run_in_subprocess", "pypto_available", "npu_available", "RUNNER"]
 
 RUNNER = Path(__file__).resolve().with_name("runner.py")
@@ -30,7 +32,7 @@ _OK = ("PASS", "NO_COMPARE")
 RUNTIME_ERROR_TAG = "[MACHINE]:ErrCode"
 
 
-class PyptoSimError(RuntimeError):
+class PyptoSimError(AttncError, RuntimeError):
     """The child run failed (compile error, crash, timeout). The message is one line and ends with the tail of
     the child's stderr."""
 
@@ -102,8 +104,9 @@ def run_in_subprocess(kernel_py: str | Path, inputs: dict[str, np.ndarray], *, t
         child_env["ATTNC_PYPTO_PHASE_FILE"] = os.path.join(tmp, "phase")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env,
                                 cwd=tmp, start_new_session=True)  # own group: g++/cost-model children die with it
-        watcher = _watch_phases(child_env["ATTNC_PYPTO_PHASE_FILE"], on_phase) if on_phase else None
-        try:
+        watcher = None
+        try:  # from here an interrupt reaches the `except BaseException` below, which ends the child's group
+            watcher = _watch_phases(child_env["ATTNC_PYPTO_PHASE_FILE"], on_phase) if on_phase else None
             out, err = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             with_pg_kill(proc)
@@ -112,6 +115,11 @@ def run_in_subprocess(kernel_py: str | Path, inputs: dict[str, np.ndarray], *, t
             shutil.rmtree(run_dir_for_pid(proc.pid), ignore_errors=True)
             raise PyptoSimError(f"pypto run of {kernel_py.name} timed out after {timeout_s:g} s: "
                                 f"{_tail(err)}") from None
+        except BaseException:  # Ctrl-C, SIGTERM (raised by the CLI's handler): the child's group ends with us
+            with_pg_kill(proc)
+            proc.wait()
+            shutil.rmtree(run_dir_for_pid(proc.pid), ignore_errors=True)
+            raise
         finally:
             if watcher is not None:
                 watcher()

@@ -15,7 +15,8 @@ from IN.npz by name (bf16 travels as float32 holding bf16 values). An output tha
 in/out tensor and starts from that array; other outputs start as zeros.
 
 Results: OUT.npz (outputs; bf16 -> float32) and OUT.npz.json
-``{"aicore_us", "verify": [[pass, index, result], ...], "errors": [...], "wall_s", "process_s", "exception"}``.
+``{"aicore_us", "verify": [[pass, index, result, cause], ...], "errors": [...], "wall_s", "process_s", "exception"}``
+(see parse_log_lines: a failed record's cause names pypto's error code and the op).
 
 Two pypto 0.2.0 problems are fixed here (see the shared pypto notes): the pass verifier is handed all-zero copies
 of the inputs on CPU (we hand it the real buffers), and the torch "calculator" library is cmake-built in every
@@ -58,7 +59,21 @@ VERIFY_MODES = {
 #   [VERIFY]:ErrCode: FB4001 Pass_04_ExpandFunction Verify for 1 data view list index 3 result FAILED
 #   ... VerifyPass failed for function F, pass P (passIndex: 5, captureIndex: 0) ...
 _RE_RESULT = re.compile(r"\[VERIFY\]:(?:ErrCode: *\S+ +)?(\S+) Verify for \d+ data view list index (\d+) result (\w+)")
-_RE_THROW = re.compile(r"VerifyPass failed for function (\S+), pass (\S+) \(passIndex: \d+, captureIndex: (\d+)\)")
+_RE_THROW = re.compile(r"VerifyPass failed for function (\S+), pass (\S+) \(passIndex: \d+, captureIndex: (\d+)\)"
+                       r"(?:: *(.*))?")
+# what names a record's cause in the lines around it: the op the verify interpreter failed on, e.g.
+#   [VERIFY]:ErrCode: FB200F! ExecuteOperation error: op GATHER (magic=10165) output[0] tensorMagic=5082, ...
+# the inner error code and op kind of a throw ("...captureIndex: 0): Errcode: FB200B!", "..., GATHEROpError"),
+# and the kernel line it was traced from ("lineno: 258", the emitted program's line)
+_RE_OP_ERROR = re.compile(r"ErrCode: *(\w+)! ExecuteOperation error: op (\w+)")
+_RE_INNER_CODE = re.compile(r"Err[cC]ode: *(\w+)!")
+_RE_OP_KIND = re.compile(r"(\w+?)OpError\b|\bTILE_(\w+)\(")
+_RE_LINENO = re.compile(r"^lineno: (\d+)")
+# pypto's AssembleChecker: two assembles into one tensor whose declared shapes overlap (two lines)
+_RE_OVERLAP1 = re.compile(r"\[AssembleChecker\.Tensor\]:Tensor produced by assemble has overlap inputs\. "
+                          r"Overlap input1: shape:\{([^}]*)\} offset:\{([^}]*)\}")
+_RE_OVERLAP2 = re.compile(r"\[AssembleChecker\.Tensor\]:Overlap input2: shape:\{([^}]*)\} offset:\{([^}]*)\}.*"
+                          r"Tensor\[(\d+)\]")
 # benign noise: the stubbed python3 scripts, a known out-of-bounds log in the cost model, per-pass FAILED details
 _NOISE = ("cmd error: python3", "F7A001", "FB4001")
 
@@ -200,21 +215,79 @@ def submitted_tasks(output_dir: Path) -> dict | None:
     return found or None
 
 
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.replace(" ", "").split(",") if v]
+
+
+def parse_log_lines(lines: list[str]) -> tuple[list, list]:
+    """(records, error lines) of one plog file. A record is [pass, index, result, cause]: `cause` is {} for a
+    PASS; for a failure {"code": the innermost pypto error code, "op": the op kind the log names around it (or
+    the earlier record's of the same function), "line": the emitted program's line, "function": pypto's function};
+    an AssembleChecker report is ["AssembleChecker", tensor, "OVERLAP", {"code": "AssembleChecker", "op":
+    "ASSEMBLE", "tensor": id, "inputs": [[shape, offset], [shape, offset]]}]."""
+    records, errors = [], []
+    pending: dict = {}  # the last ExecuteOperation error not yet attached to a record
+    op_of_function: dict = {}
+    overlap = None
+    for i, line in enumerate(lines):
+        m = _RE_OP_ERROR.search(line)
+        if m:
+            pending = {"code": m.group(1), "op": m.group(2)}
+            continue
+        m = _RE_OVERLAP1.search(line)
+        if m:
+            overlap = [_ints(m.group(1)), _ints(m.group(2))]
+            continue
+        m = _RE_OVERLAP2.search(line)
+        if m and overlap is not None:
+            tensor = int(m.group(3))
+            records.append(["AssembleChecker", tensor, "OVERLAP", {
+                "code": "AssembleChecker", "op": "ASSEMBLE", "tensor": tensor,
+                "inputs": [overlap, [_ints(m.group(1)), _ints(m.group(2))]]}])
+            overlap = None
+            continue
+        m = _RE_RESULT.search(line)
+        if m:
+            cause = {}
+            if m.group(3) not in ("PASS", "NO_COMPARE"):
+                code = _RE_INNER_CODE.search(line)
+                cause = {"code": pending.get("code") or (code.group(1) if code else ""), "op": pending.get("op", ""),
+                         "line": None, "function": m.group(1).split("_Pass_")[0]}
+                pending = {}
+            records.append([m.group(1), int(m.group(2)), m.group(3), cause])
+            continue
+        m = _RE_THROW.search(line)
+        if m:
+            function, inner = m.group(1), m.group(4) or ""
+            code = _RE_INNER_CODE.search(inner)
+            cause = {"code": code.group(1) if code else pending.get("code", ""), "op": "", "line": None,
+                     "function": function}
+            kind = _RE_OP_KIND.search(inner)
+            for follow in lines[i + 1:i + 12]:  # the traced statement follows on continuation lines
+                if "VerifyPass failed" in follow:
+                    break
+                if cause["line"] is None and (ln := _RE_LINENO.match(follow.strip())):
+                    cause["line"] = int(ln.group(1))
+                kind = kind or _RE_OP_KIND.search(follow)
+            op = (kind.group(1) or kind.group(2)) if kind else pending.get("op")
+            cause["op"] = op or op_of_function.get(function, "")
+            if cause["op"]:
+                op_of_function[function] = cause["op"]
+            pending = {}
+            records.append([f"{function}:{m.group(2)}", int(m.group(3)), "EXCEPTION", cause])
+        elif line.startswith("[ERROR]") and not any(k in line for k in _NOISE):
+            if line[:400] not in errors:
+                errors.append(line[:400])
+    return records, errors
+
+
 def parse_plog(root: Path) -> tuple[list, list]:
-    """(verify records [[pass, index, result]], error lines) from every plog file under root/plog."""
+    """(verify records, error lines) from every plog file under root/plog (see parse_log_lines)."""
     records, errors = [], []
     for f in sorted(glob.glob(str(root / "plog" / "**" / "*.log"), recursive=True)):
-        for line in Path(f).read_text(errors="replace").splitlines():
-            m = _RE_RESULT.search(line)
-            if m:
-                records.append([m.group(1), int(m.group(2)), m.group(3)])
-                continue
-            m = _RE_THROW.search(line)
-            if m:
-                records.append([f"{m.group(1)}:{m.group(2)}", int(m.group(3)), "EXCEPTION"])
-            elif line.startswith("[ERROR]") and not any(k in line for k in _NOISE):
-                if line[:400] not in errors:
-                    errors.append(line[:400])
+        r, e = parse_log_lines(Path(f).read_text(errors="replace").splitlines())
+        records += r
+        errors += [x for x in e if x not in errors]
     return records, errors[:50]
 
 
@@ -363,7 +436,8 @@ def main(argv: list[str]) -> int:
         except Exception as exc:  # noqa: BLE001
             meta["errors"].append(f"plog parse failed: {exc}")
         if rc:
-            notes = meta["errors"][-2:]
+            coded = [e for e in meta["errors"] if "ErrCode" in e]  # not the continuation chunks of a long message
+            notes = (coded or meta["errors"])[-2:]
             if not notes and console.exists():
                 notes = [ln for ln in console.read_text(errors="replace").splitlines() if _meaningful(ln)][-2:]
             for line in notes:

@@ -1,0 +1,72 @@
+"""Memory estimate vs measured peak (issue 21 #2): for each stage and batch size, the estimate `attnc run` checks
+(codegen/memory.py `interpreter_bytes`) and the peak RSS the run adds, measured in a fresh child process (peak RSS
+at the end minus peak RSS once torch, xDSL and the stage are loaded); `lower` is the estimate the commands check
+(`interpreter_bytes`), `upper` the candidate upper bound (`interpreter_upper_bytes`), each / measured: >= 1 is a
+bound that held.
+
+    python benchmarks/memory_bound.py [--config tiny] [--batches 16 64 256] [--stages decode_csa ...] [--json out]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+CHILD = r"""
+import json, resource, sys
+stage, config, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+from attnc.codegen.driver import load_source, main
+from attnc.codegen.memory import interpreter_bytes, interpreter_upper_bytes
+import attnc.passes.verify  # noqa: F401 - what `attnc run` imports before the work
+src = load_source(stage, config, [f"batch={batch}"])
+estimate = interpreter_bytes(src.module)
+upper = interpreter_upper_bytes(src.module)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+code = main(["run", stage, "--config", config, "--set", f"batch={batch}"])
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"code": code, "estimate": estimate, "upper": upper, "base": base, "peak": peak}))
+"""
+
+
+def measure(stage: str, config: str, batch: int, timeout: int) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, stage, config, str(batch)], capture_output=True, text=True,
+                         timeout=timeout, env={"ATTNC_PROGRESS": "0", **__import__("os").environ})
+    if out.returncode != 0 or not out.stdout.strip():
+        return {"error": (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    from attnc.kernels_src import STAGES
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="tiny")
+    ap.add_argument("--batches", nargs="+", type=int, default=[16, 64, 256])
+    ap.add_argument("--stages", nargs="+", default=list(STAGES))
+    ap.add_argument("--timeout", type=int, default=600)
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args(argv)
+    rows = []
+    print(f"{'stage':<22} {'batch':>6} {'lower MB':>9} {'upper MB':>9} {'measured MB':>12} {'lower/meas':>10} "
+          f"{'upper/meas':>10}")
+    for stage in args.stages:
+        for batch in args.batches:
+            r = measure(stage, args.config, batch, args.timeout)
+            r.update(stage=stage, batch=batch, config=args.config)
+            rows.append(r)
+            if "error" in r or r.get("code"):
+                print(f"{stage:<22} {batch:>6} {'':>12} {'':>12}   n/a  {r.get('error') or r.get('code')}", flush=True)
+                continue
+            added = max(r["peak"] - r["base"], 1)
+            r["measured"], r["ratio"], r["upper_ratio"] = added, r["estimate"] / added, r["upper"] / added
+            print(f"{stage:<22} {batch:>6} {r['estimate'] / 1e6:9.1f} {r['upper'] / 1e6:9.1f} {added / 1e6:12.1f} "
+                  f"{r['ratio']:10.2f} {r['upper_ratio']:10.2f}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,328 @@
+"""pto-plan-memory: split each token loop's body into row chunks until its kernel's tiles fit the on-chip buffers.
+
+A PTO kernel is one token loop body (`tile.parallel`, one token per kernel instance). At real sizes its tiles do
+not fit: the flash attention core holds [64 heads, 512] f32 accumulators, 128 KiB each, in a 192 KiB UB. This
+pass emits the body (codegen/pto_emit.py), plans its memory (codegen/pto_plan.py: lifetimes and addresses in
+UB/L1/L0A/L0B/L0C) and, when the plan overflows, puts the body in an `scf.for` over chunks of G rows of its
+outputs (G = R/2, R/4, ... of the R output rows, the heads of the attention cores), the largest G that fits.
+
+Which values are chunked follows from the ops' definitions, backwards from the assembled outputs: an
+elementwise op, a row reduction, a row expansion and the rows of a matmul's left operand (and of a
+matmul_acc's accumulator) are row-local, so their operands are chunked like their result; a matmul's right
+operand, a column expansion's vector and a row vector broadcast over rows are shared (used whole by every
+chunk: key tiles are re-read per chunk). A view of an array from before the loop takes its chunk at an offset.
+Anything else in the way (a reshape, a transpose, a reduction over rows, a chunked value used whole) leaves
+the loop unsplit, and the emitter reports what does not fit. Exact rewrite (tolerance 0): each output row is
+computed by the same ops on the same values."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from xdsl.dialects import scf
+from xdsl.dialects.builtin import TensorType
+from xdsl.ir import Block, Operation, Region, SSAValue
+
+from attnc.ir.types import shape_of
+
+from . import AttncPass, PassError, register
+from ._build import INDEX, addi, at_end, before, const, constant_value, defined_inside, muli, view
+
+_ROW_LOCAL = {"add", "sub", "mul", "div", "max", "min", "rem", "floordiv", "and", "or", "neg", "exp", "sqrt",
+              "rsqrt", "recip", "relu", "abs", "cmp", "select", "cast", "adds", "muls", "maxs", "full",
+              "row_sum", "row_max", "row_min"}
+
+
+class _NoSplit(Exception):
+    pass
+
+
+def _kind(op: Operation) -> str:
+    return op.name.split(".", 1)[1] if op.name.startswith("tile.") else op.name
+
+
+def _rows(v: SSAValue) -> int:
+    return shape_of(v.type)[-2]
+
+
+def _chunked_operands(op: Operation) -> list[SSAValue]:
+    """The operands of `op` that are chunked when its result is (by the op's definition)."""
+    k = _kind(op)
+    tensors = [o for o in op.operands if isinstance(o.type, TensorType)]
+    if k in _ROW_LOCAL or k.startswith("row_expand_"):
+        if any(_rows(o) != _rows(op.results[0]) for o in tensors):
+            raise _NoSplit(f"{op.name} mixes row counts")
+        return tensors
+    if k.startswith("col_expand_"):
+        return [op.lhs]
+    if k == "matmul":
+        return [op.lhs]
+    if k == "matmul_acc":
+        return [op.acc, op.lhs]
+    if k == "broadcast":
+        r_in, r_out = _rows(op.input), _rows(op.result)
+        if r_in == r_out:
+            return [op.input]
+        if r_in == 1:
+            return []
+        raise _NoSplit("broadcast over rows")
+    if k == "view" and not op.valid:
+        return []  # a view of an array from before the loop: the chunk's offset (checked by the caller)
+    raise _NoSplit(f"{op.name} is not row-local")
+
+
+def _demand(par: Operation, root: SSAValue) -> set[SSAValue]:
+    """The values that are chunked when `root` is (backwards, by the ops' definitions); raises _NoSplit."""
+    chunked: set[SSAValue] = set()
+    work = [root]
+    while work:
+        v = work.pop()
+        if v in chunked:
+            continue
+        chunked.add(v)
+        if not defined_inside(par, v):
+            continue  # an array from before the loop: the chunk's view of it
+        owner = v.owner
+        if isinstance(owner, Block):  # an iteration argument of an scf.for
+            loop = owner.parent_op()
+            if not isinstance(loop, scf.ForOp) or v is owner.args[0]:
+                raise _NoSplit("chunked loop index")
+            k = owner.args.index(v) - 1
+            work += [loop.iter_args[k], loop.body.block.last_op.operands[k], loop.results[k]]
+            continue
+        if isinstance(owner, scf.ForOp):
+            k = list(owner.results).index(v)
+            work += [owner.body.block.args[1 + k]]
+            continue
+        if _kind(owner) == "view":
+            if defined_inside(par, owner.source) or owner.valid:
+                raise _NoSplit("a view of a value made in the loop")
+            continue
+        work += _chunked_operands(owner)
+    return chunked
+
+
+def _top(par: Operation, op: Operation) -> Operation:
+    """The op of the loop body that holds `op`."""
+    while op.parent_op() is not par:
+        op = op.parent_op()
+    return op
+
+
+def _cone(par: Operation, roots: list[SSAValue], stop: set) -> set[Operation]:
+    """The ops of the loop body that the roots depend on (not through values in `stop`)."""
+    ops: set[Operation] = set()
+    work = [r for r in roots if r not in stop]
+    while work:
+        v = work.pop()
+        if not defined_inside(par, v) or v.owner is par.body.block:
+            continue
+        owner = v.owner if isinstance(v.owner, Operation) else v.owner.parent_op()
+        top = _top(par, owner)
+        if top in ops:
+            continue
+        ops.add(top)
+        for nested in top.walk():
+            work += [o for o in nested.operands if o not in stop]
+    return ops
+
+
+@dataclass
+class _Split:
+    rows: int                   # R, the output rows
+    chunked: set                # values inside the loop computed per chunk
+    outs: list[int]             # the outputs computed in chunks
+    rest: list[int]             # outputs computed after the chunk loop, reading the chunked outputs from GM
+    first: set                  # body ops of the chunk loop
+    second: set                 # body ops after it
+
+
+def _analyse(par: Operation) -> _Split:
+    """Which outputs are computed in row chunks and which after them; raises _NoSplit."""
+    body = par.body.block
+    asms = [v.owner for v in body.last_op.operands]
+    if not asms or any(_kind(a) != "assemble" or a.valid for a in asms):
+        raise _NoSplit("outputs are not plain assembles")
+    demands = {}
+    for k, a in enumerate(asms):
+        try:
+            if len(shape_of(a.tile.type)) == 3 and _rows(a.tile) > 1:
+                demands[k] = _demand(par, a.tile)
+        except _NoSplit:
+            pass
+    if not demands:
+        raise _NoSplit("no output is row-local")
+    # the row count of the largest row-local outputs; the others are computed after the chunk loop
+    size = {}
+    for k in demands:
+        r = _rows(asms[k].tile)
+        size[r] = size.get(r, 0) + math.prod(shape_of(asms[k].tile.type))
+    R = max(sorted(size), key=lambda r: size[r])
+    outs = [k for k in demands if _rows(asms[k].tile) == R]
+    rest = [k for k in range(len(asms)) if k not in outs]
+    chunked = set().union(*(demands[k] for k in outs))
+    first = _cone(par, [asms[k].result for k in outs], set())
+    tiles = {asms[k].tile for k in outs}
+    second = _cone(par, [asms[k].result for k in rest] + [o for k in outs for o in asms[k].offsets], tiles)
+    # every use of a chunked value in the chunk loop must take it chunked
+    for v in chunked:
+        for use in v.uses:
+            user = use.operation
+            if not _inside(par, user) or _top(par, user) not in first:
+                continue  # before or after the loop, or after the chunk loop (recomputed whole there)
+            if isinstance(user, scf.YieldOp):
+                if user.parent_op().results[use.index] not in chunked:
+                    raise _NoSplit("a chunked value leaves an inner loop whole")
+            elif isinstance(user, scf.ForOp):
+                if user.body.block.args[1 + use.index - 3] not in chunked:
+                    raise _NoSplit("a chunked value enters an inner loop whole")
+            elif _kind(user) == "assemble" and user in asms and use.index == 0:
+                continue
+            elif user.results[0] not in chunked or v not in _chunked_operands(user):
+                raise _NoSplit(f"{user.name} takes a chunked value whole")
+    if any(_rows(v) != R for v in chunked if isinstance(v.type, TensorType) and len(shape_of(v.type)) == 3):
+        raise _NoSplit("chunked values of another row count")
+    return _Split(R, chunked, outs, rest, first, second)
+
+
+def _inside(par: Operation, op: Operation) -> bool:
+    while op is not None:
+        if op is par:
+            return True
+        op = op.parent_op()
+    return False
+
+
+def _retype(v: SSAValue, rows: int) -> None:
+    s = list(shape_of(v.type))
+    s[-2] = rows
+    v._type = TensorType(v.type.get_element_type(), s)
+
+
+def split_rows(par: Operation, g: int) -> None:
+    """Put the work of the row-local outputs of `par` in an scf.for over chunks of g rows (R % g == 0); the
+    other outputs are computed after it, reading the chunked outputs' rows back from the loop's output."""
+    from attnc.ir.common import op_location
+
+    sp = _analyse(par)
+    chunked = sp.chunked
+    body = par.body.block
+    yld = body.last_op
+    asms = [v.owner for v in yld.operands]
+    ops = [op for op in body.ops if op is not yld]
+    outs = [body.args[1 + k] for k in sp.outs]
+    loop_body = Block(arg_types=[INDEX, *[o.type for o in outs]])
+    mapping: dict[SSAValue, SSAValue] = dict(zip(outs, loop_body.args[1:]))
+    loc = op_location(ops[0]) if ops else None
+    with at_end(loop_body, loc):
+        row0 = muli(loop_body.args[0], g)
+        outside = []  # in order of first use (deterministic output)
+        for op in ops:
+            for nested in op.walk():
+                outside += [o for o in nested.operands if o in chunked and not defined_inside(par, o)
+                            and o not in outside]
+        for v in outside:
+            shp = list(shape_of(v.type))
+            offs = [0] * len(shp)
+            offs[-2] = row0
+            shp[-2] = g
+            mapping[v] = view(v, offs, shp).value
+    firsts = [op for op in ops if op in sp.first]
+    clones = []
+    for op in firsts:
+        clones.append(op.clone(value_mapper=mapping))
+        loop_body.add_op(clones[-1])
+    for v in chunked:
+        if defined_inside(par, v) and v in mapping:
+            _retype(mapping[v], g)
+    for old, new in zip(firsts, clones):
+        for o_nested, n_nested in zip(old.walk(), new.walk()):
+            k = _kind(n_nested)
+            if k == "view" and o_nested.results[0] in chunked:
+                at = 1 + len(n_nested.offsets) - 2
+            elif k == "assemble" and o_nested.tile in chunked:
+                at = 2 + len(n_nested.offsets) - 2
+            else:
+                continue
+            with before(n_nested):
+                shifted = addi(n_nested.operands[at], row0)
+            operands = list(n_nested.operands)
+            operands[at] = shifted
+            n_nested.operands = operands
+    loop_body.add_op(scf.YieldOp(*[mapping[yld.operands[k]] for k in sp.outs]))
+    with before(yld):
+        lb, ub, st = const(0), const(sp.rows // g), const(1)
+    for_op = scf.ForOp(lb, ub, st, list(outs), Region(loop_body))
+    body.insert_op_before(for_op, yld)
+    results = dict(zip(sp.outs, for_op.results))
+    if sp.rest:  # the chunked outputs' tiles, read back whole from the loop's output rows
+        mapping2: dict[SSAValue, SSAValue] = {}
+        for k in sp.outs:
+            offs = []
+            for o in asms[k].offsets:
+                c = constant_value(o)
+                if o is body.args[0]:
+                    offs.append(o)
+                elif c is not None:
+                    offs.append(c)
+                else:
+                    raise PassError(f"{op_location(asms[k])}: pto-plan-memory: an output row offset that is "
+                                    f"neither the token row nor a constant")
+            with before(yld):
+                mapping2[asms[k].tile] = view(results[k], offs, shape_of(asms[k].tile.type)).value
+        for op in ops:
+            if op in sp.second:
+                body.insert_op_before(op.clone(value_mapper=mapping2), yld)
+        for k in sp.rest:
+            results[k] = mapping2[yld.operands[k]]
+    yld.operands = [results[k] for k in range(len(asms))]
+    for op in reversed(ops):
+        op.detach()
+        op.erase(safe_erase=False)
+
+
+def _fits(par: Operation, name: str) -> bool | None:
+    """Whether the kernel of `par` fits (None: the emitter refuses it for another reason)."""
+    from attnc.codegen.pto_emit import PtoEmitError, _KernelEmitter
+
+    try:
+        plan = _KernelEmitter(par, name).run()
+    except PtoEmitError:
+        return None
+    return plan.memory.overflow() is None
+
+
+@register
+@dataclass(frozen=True)
+class PtoPlanMemory(AttncPass):
+    name = "pto-plan-memory"
+    summary = "token-loop bodies whose PTO kernel overflows UB/L1/L0 -> an scf.for over row chunks that fits"
+    tolerance = 0.0
+    rows: int = 0  # chunk rows; 0: the largest that fits
+
+    def apply(self, ctx, op):
+        if self.rows < 0:
+            raise PassError(f"rows must be >= 0, got {self.rows}")
+        for i, par in enumerate([o for o in op.walk() if o.name == "tile.parallel"]):
+            try:
+                R = _analyse(par).rows
+            except _NoSplit:
+                continue
+            if self.rows:
+                if R % self.rows:
+                    raise PassError(f"rows={self.rows} does not divide the loop's {R} output rows")
+                if self.rows < R:
+                    split_rows(par, self.rows)
+                continue
+            if _fits(par, f"plan{i}") is not False:
+                continue
+            g = R
+            while g % 2 == 0 and g > 1:
+                g //= 2
+                trial = par.clone()
+                split_rows(trial, g)
+                fits = _fits(trial, f"plan{i}")
+                trial.erase(safe_erase=False)
+                if fits or g % 2 or g == 1:
+                    break
+            split_rows(par, g)

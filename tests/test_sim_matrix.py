@@ -1,0 +1,56 @@
+"""The differential shape matrix (benchmarks/sim_matrix.py): a seeded sample in the default suite -- every stage
+and layout at batch 1 against the FP32 reference and, where the stage takes a pick list, for any order of it
+(interpreter level), and two cells in pypto SIM against the interpreter; the whole matrix under -m slow (hours)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import pytest
+
+from tests.markers import needs_pypto
+
+_spec = importlib.util.spec_from_file_location(
+    "sim_matrix", os.path.join(os.path.dirname(__file__), "..", "benchmarks", "sim_matrix.py"))
+sim_matrix = sys.modules.setdefault("sim_matrix", importlib.util.module_from_spec(_spec))
+_spec.loader.exec_module(sim_matrix)  # (registered first: its dataclasses look their module up)
+
+SAMPLE = sim_matrix.sample(0)
+# SIM in the default suite: two cells (20-30 s each at tiny): a core at batch 1, the indexer (top-k picks, tie-aware)
+SIM_SAMPLE = [sim_matrix.Cell("sparse_attn_core", "dense", 1, 2), sim_matrix.Cell("indexer", "dense", 3, 2)]
+
+
+def test_sample_covers_every_stage_and_layout_at_batch_one():
+    from attnc.kernels_src import STAGES
+
+    assert {c.stage for c in SAMPLE} == set(STAGES) and all(c.batch == 1 for c in SAMPLE)
+    assert {c.layout for c in SAMPLE} == {"dense", "packed", "paged"}
+    kinds, starts, seed = sim_matrix.draw_starts(sim_matrix.Cell("decode_csa", "dense", 3, 5), 0, 8)
+    assert (kinds, starts, seed) == sim_matrix.draw_starts(sim_matrix.Cell("decode_csa", "dense", 3, 5), 0, 8)
+    assert len(starts) == 3 and all(0 <= p <= sim_matrix.MAX_POS - 5 for p in starts)
+    # the boundaries: 0, W-1, W, a block completing inside the step (m=4, m=128), the last position
+    assert [sim_matrix.start_position(k, 5, 8) for k in sim_matrix.START_KINDS] == [0, 7, 8, 1, 125, 251]
+
+
+@pytest.mark.parametrize("cell", SAMPLE, ids=[c.key for c in SAMPLE])
+def test_matrix_cell_interpreter_level(cell):
+    r = sim_matrix.run_cell(cell, 0, sim=False, history=False)  # seeded layer state: no history (fast)
+    assert r.status in ("passed", "refused"), r.reason
+    assert r.start_pos and len(r.start_pos) == cell.batch or r.status == "refused"
+
+
+@needs_pypto
+@pytest.mark.parametrize("cell", SIM_SAMPLE, ids=[c.key for c in SIM_SAMPLE])
+def test_matrix_cell_in_sim(cell):
+    r = sim_matrix.run_cell(cell, 0, sim=True, timeout_s=600, history=False)
+    assert r.status in ("passed", "refused"), r.reason
+    assert r.status == "refused" or r.sim["status"] == "ok"
+
+
+@pytest.mark.slow
+@needs_pypto
+def test_full_matrix(tmp_path):
+    """Every cell (hours on 2 cores): no failed cell; refused cells are listed with their reason in the table."""
+    code = sim_matrix.main(["--out", str(tmp_path / "matrix.jsonl")])
+    assert code == 0
