@@ -487,13 +487,15 @@ def test_a_packed_piece_that_is_all_of_a_parameter_is_assembled_as_a_copy():
 
 @needs_pypto
 def test_a_packed_piece_that_is_all_of_a_parameter_simulates():
-    """Tolerance as test_sim_matches_the_interpreter (f32 matmul summation order: 5.8e-8 seen)."""
-    from attnc.codegen.pypto_target import run_pypto_sim
+    """Tolerance as test_sim_matches_the_interpreter (f32 matmul summation order: 5.8e-8 seen); records excused by
+    cause only (pypto's AssembleChecker reads the ring piece's runtime row offset as 0)."""
+    from attnc.codegen.pypto_target import describe, run_pypto_sim, unexcused
 
     mod, inputs = _whole(1)
     (want,) = run_module(mod, list(inputs.values()))
     res = run_pypto_sim(mod, inputs, timeout_s=300)
-    assert res.verify and not res.failed_records and normalised_error(res.outputs["s"], want) <= 1e-6
+    assert res.verify and not unexcused(res), [describe(r, res.program) for r in unexcused(res)]
+    assert normalised_error(res.outputs["s"], want) <= 1e-6
 
 
 @needs_pypto
