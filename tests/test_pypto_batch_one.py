@@ -26,8 +26,6 @@ SLOW = [(f"decode_{kind}{suffix}", sets + (("seq" if not sets else "tokens", seq
         for kind in ("swa", "hca", "csa")
         for suffix, sets in (("", ()), ("_paged", ()), ("", (("layout", "packed"), ("max_pos", 256))))
         for seq in (1, 2, 16)]
-# decode_csa's per-token schedule at 5+ tokens (dense, paged) gives a wrong `out` (issue 18 item 3, another branch)
-PER_TOKEN_WRONG = {("decode_csa", ("seq", 16)), ("decode_csa_paged", ("seq", 16))}
 
 
 def _ids(cases):
@@ -70,8 +68,6 @@ def test_batch_one_sim_matches_the_interpreter(stage, sets):
 
 @needs_pypto
 @pytest.mark.slow
-@pytest.mark.parametrize("stage, sets", [
-    pytest.param(*c, marks=pytest.mark.xfail(reason="per-token schedule, 5+ tokens (issue 18 item 3)", strict=False))
-    if (c[0], c[1][-1]) in PER_TOKEN_WRONG else c for c in SLOW], ids=_ids(SLOW))
+@pytest.mark.parametrize("stage, sets", SLOW, ids=_ids(SLOW))
 def test_batch_one_layers_sim_match_the_interpreter(stage, sets):
     check(stage, sets)
