@@ -134,6 +134,11 @@ class _Emitter:
     def vec_tile_of(self, shape, dtype: str, budget: int | None = None) -> str:
         return ", ".join(map(str, vec_tile(shape, dtype, budget or self.vec_budget)))
 
+    def parameter_names(self) -> set:
+        """Names of the kernel parameters bound so far: inputs, outputs carried by their loop, scratch."""
+        return ({self.names[p] for p in self.params} | set(self.out_inits.values())
+                | {name for name, _, _ in self.scratch})
+
     def fresh(self, prefix="t") -> str:
         self.counter += 1
         return f"{prefix}{self.counter}"
@@ -398,7 +403,14 @@ class _Emitter:
             rows, rest = shape_of(piece.type)[0], list(shape_of(piece.type)[1:])
             group.append([[rows, *rest], [row, *(0 for _ in rest)], _zero_padded_rows(piece)])
             self.set_tile(piece)
-            self.emit(f"pypto.assemble({self.ref(piece)}, [{row}, {', '.join('0' for _ in rest)}], {scratch})")
+            ref = self.ref(piece)
+            if self.ref(_whole_of(piece)) in self.parameter_names():
+                # pypto 0.2.0 fails to compile an assemble of all of a kernel parameter's buffer (an input, output
+                # or scratch) inside a loop into a tensor a matmul reads ("The L0C-to-L1 copy op can have only one
+                # input and one output tensor", SrcDstBufferMerge; verify runs SIGSEGV): a one-row batch's step
+                # row. A copy has a buffer of its own
+                ref = f"pypto.clone({ref})"
+            self.emit(f"pypto.assemble({ref}, [{row}, {', '.join('0' for _ in rest)}], {scratch})")
             if _zero_padded_rows(piece):
                 valid = self.ref(piece.owner.valid[0])
                 self.emit(f"if {valid} < {rows}:  # the piece's padding rows read as zeros")
@@ -823,6 +835,20 @@ F32_LOWEST = -3.4028234663852886e38  # score of an entry top-k may not pick
 # readers that do not see a zero-padded view's padding as zeros: pypto concatenates the valid parts only (packed).
 # (A matmul reading such a view fails pypto's verify, FB200F, even after this reshape; the passes never make one.)
 _ZERO_FILL_READERS = ("tile.concat",)
+
+
+def _whole_of(v: SSAValue) -> SSAValue:
+    """The value whose whole buffer v is: through reshapes and views of all of their source (a view whose type is
+    its source's, no valid shape: at a runtime offset that can only be 0, e.g. the row of a one-trip batch loop)."""
+    while isinstance(v.owner, Operation):
+        op = v.owner
+        if op.name == "tile.view" and not len(op.valid) and op.result.type == op.source.type:
+            v = op.source
+        elif op.name == "tile.reshape":
+            v = op.input
+        else:
+            break
+    return v
 
 
 def _zero_padded_rows(v: SSAValue) -> bool:

@@ -436,3 +436,121 @@ def test_loop_into_an_op_result_trips_the_pypto_runtime(monkeypatch, tmp_path):
     with pytest.raises(PyptoSimError, match="runtime errors.*F74007.*SlotMarkNeedAlloc"):
         run_in_subprocess(tmp_path / "k.py", {k: v.numpy() for k, v in make_inputs(mod).items()}, verify="none",
                           timeout_s=300)
+
+
+# At batch = 1 a token loop runs once and the view of its row of a [1, d] parameter (the step's kv row, kv_step) at
+# the loop index is all of that parameter. pypto 0.2.0 fails to compile an assemble of all of a kernel parameter's
+# buffer, inside a loop, into a tensor a matmul reads: "The L0C-to-L1 copy op can have only one input and one output
+# tensor" (SrcDstBufferMerge, merge_src_dst_buffer.cpp:315; a verify run dies of SIGSEGV first). sparse_attn_core
+# (m = 0), hca_attn_core and decode_swa/hca/csa failed so at batch 1. The emitter assembles a copy of such a piece.
+# WHOLE: one query group's keys [zero row | valid ring rows | step row], STEP_ROWS = 1 (all of `step`) or 2 (a row).
+WHOLE = """\
+builtin.module {
+  func.func @whole(%q: tensor<4x128xbf16>, %ring: tensor<8x128xbf16>, %step: tensor<STEP_ROWSx128xbf16>, %n: tensor<1xi32>) -> tensor<1x4x10xf32> attributes {arg_names = ["q", "ring", "step", "n"], result_names = ["s"]} {
+    %c0 = arith.constant 0 : index
+    %c1 = arith.constant 1 : index
+    %c128 = arith.constant 128 : index
+    %z = "tile.full"() <{value = 0.0 : f64}> {loc = "w.py:1"} : () -> tensor<1x128xbf16>
+    %init = "tile.full"() <{value = 0.0 : f64}> {loc = "w.py:1"} : () -> tensor<1x4x10xf32>
+    %r = "tile.parallel"(%c0, %c1, %init) <{rows = 1 : i64}> ({
+    ^bb0(%row: index, %acc: tensor<1x4x10xf32>):
+      %n0 = "tile.read"(%n, %row) {loc = "w.py:2"} : (tensor<1xi32>, index) -> index
+      %v = "tile.view"(%ring, %c0, %c0, %n0, %c128) <{pad = "zero", operandSegmentSizes = array<i32: 1, 2, 2>}> {loc = "w.py:3"} : (tensor<8x128xbf16>, index, index, index, index) -> tensor<8x128xbf16>
+      %sv = "tile.view"(%step, %row, %c0) <{pad = "zero", operandSegmentSizes = array<i32: 1, 2, 0>}> {loc = "w.py:4"} : (tensor<STEP_ROWSx128xbf16>, index, index) -> tensor<1x128xbf16>
+      %k = "tile.concat"(%z, %v, %sv) <{axis = 0 : i64}> {loc = "w.py:5"} : (tensor<1x128xbf16>, tensor<8x128xbf16>, tensor<1x128xbf16>) -> tensor<10x128xbf16>
+      %s = "tile.matmul"(%q, %k) <{transpose_b = true}> {loc = "w.py:6"} : (tensor<4x128xbf16>, tensor<10x128xbf16>) -> tensor<4x10xf32>
+      %s3 = "tile.reshape"(%s) {loc = "w.py:7"} : (tensor<4x10xf32>) -> tensor<1x4x10xf32>
+      %a = "tile.assemble"(%s3, %acc, %row, %c0, %c0) <{operandSegmentSizes = array<i32: 1, 1, 3, 0>}> {loc = "w.py:8"} : (tensor<1x4x10xf32>, tensor<1x4x10xf32>, index, index, index) -> tensor<1x4x10xf32>
+      "tile.yield"(%a) : (tensor<1x4x10xf32>) -> ()
+    }) {loc = "w.py:9"} : (index, index, tensor<1x4x10xf32>) -> tensor<1x4x10xf32>
+    func.return %r : tensor<1x4x10xf32>
+  }
+}
+"""
+
+
+def _whole(step_rows: int = 1):
+    mod = parse_ir(WHOLE.replace("STEP_ROWS", str(step_rows)), "whole.mlir")
+    inputs = make_inputs(mod)
+    inputs["n"] = torch.tensor([5], dtype=torch.int32)  # 5 valid ring rows, 3 padding rows
+    return mod, inputs
+
+
+def test_a_packed_piece_that_is_all_of_a_parameter_is_assembled_as_a_copy():
+    body = [ln.strip() for ln in kernel_body(emit_pypto(_whole(1)[0]))]
+    assert "t4 = pypto.view(step, [1, 128], [r1, 0])  # w.py:4" in body
+    assert "pypto.assemble(pypto.clone(t4), [9, 0], k5)" in body
+    assert "pypto.assemble(t3, [1, 0], k5)" in body  # the ring's valid rows: a part of it, no copy
+    partial = [ln.strip() for ln in kernel_body(emit_pypto(_whole(2)[0]))]  # a row of a 2-row step: no copy
+    assert "pypto.assemble(t4, [9, 0], k5)" in partial and not any("clone" in ln for ln in partial)
+
+
+@needs_pypto
+def test_a_packed_piece_that_is_all_of_a_parameter_simulates():
+    """Tolerance as test_sim_matches_the_interpreter (f32 matmul summation order: 5.8e-8 seen); records excused by
+    cause only (pypto's AssembleChecker reads the ring piece's runtime row offset as 0)."""
+    from attnc.codegen.pypto_target import describe, run_pypto_sim, unexcused
+
+    mod, inputs = _whole(1)
+    (want,) = run_module(mod, list(inputs.values()))
+    res = run_pypto_sim(mod, inputs, timeout_s=300)
+    assert res.verify and not unexcused(res), [describe(r, res.program) for r in unexcused(res)]
+    assert normalised_error(res.outputs["s"], want) <= 1e-6
+
+
+@needs_pypto
+@pytest.mark.slow
+def test_a_packed_piece_that_is_all_of_a_parameter_fails_pypto_without_the_copy(monkeypatch, tmp_path):
+    """The reproducer of the pypto 0.2.0 limit: WHOLE assembling the view itself fails to compile (checked so that a
+    pypto which lifts the limit is noticed)."""
+    from attnc.codegen import pypto_emit
+    from attnc.codegen.io import to_numpy
+    from attnc.codegen.pypto_sim import PyptoSimError, run_in_subprocess
+
+    mod, inputs = _whole(1)
+    monkeypatch.setattr(pypto_emit, "_whole_of", lambda v: v)
+    program = emit_pypto(mod)
+    assert "pypto.assemble(t4, [9, 0], k5)" in program
+    (tmp_path / "k.py").write_text(program)
+    with pytest.raises(PyptoSimError, match="L0C-to-L1 copy op can have only one input and one output tensor"):
+        run_in_subprocess(tmp_path / "k.py", {k: to_numpy(v) for k, v in inputs.items()}, verify="none",
+                          timeout_s=300)
+
+
+# pypto 0.2.0's per-pass verifier cannot execute the tiles of an index_select whose gathered rows span several
+# vector tiles: each [1, 32, 256] tile of this [12, 128, 256] gather is an EXCEPTION record (FB200F "ExecuteOperation
+# error: op GATHER", "some elements of the input tensor and the written-to tensor refer to a single memory location":
+# torch's overlap check in the calculator's tile Gather, whose input is a fresh index_select result) at
+# ExpandFunction, InferParamIndex and CodegenPreproc -- no loop, no runtime valid shape. The outputs are the tensor
+# graph's and exact. The m = 128 compressor's window gather ([T, 128] ids) is this op: at T = 12 (batch 2, seq 6) its
+# records reach InferDynShape too, which is why decode_hca could not run a step of 8+ tokens; decode_hca's state
+# gather gives the ExpandFunction / SplitK / L1CopyInReuseMerge records at every T.
+SPLIT_GATHER = """\
+builtin.module {
+  func.func @split_gather(%table: tensor<268x256xf32>, %ids: tensor<12x128xi32>) -> tensor<12x128x1xf32> attributes {arg_names = ["table", "ids"], result_names = ["s"]} {
+    %t = "tile.muls"(%table) <{scalar = 2.0 : f64}> {loc = "g.py:1"} : (tensor<268x256xf32>) -> tensor<268x256xf32>
+    %g = "tile.gather_rows"(%t, %ids) {loc = "g.py:2"} : (tensor<268x256xf32>, tensor<12x128xi32>) -> tensor<12x128x256xf32>
+    %s = "tile.row_sum"(%g) {loc = "g.py:3"} : (tensor<12x128x256xf32>) -> tensor<12x128x1xf32>
+    func.return %s : tensor<12x128x1xf32>
+  }
+}
+"""
+
+
+@needs_pypto
+@pytest.mark.slow
+def test_a_gather_split_over_vector_tiles_fails_pypto_per_pass_verify_with_exact_outputs():
+    """The reproducer of the pypto 0.2.0 verifier limit (checked so that a pypto which lifts it is noticed)."""
+    from attnc.codegen.pypto_target import run_pypto_sim
+
+    mod = parse_ir(SPLIT_GATHER, "split_gather.mlir")
+    g = torch.Generator().manual_seed(0)
+    inputs = {"table": torch.randn(268, 256, generator=g),
+              "ids": torch.randint(0, 268, (12, 128), generator=g, dtype=torch.int32)}
+    (want,) = run_module(mod, list(inputs.values()))
+    res = run_pypto_sim(mod, inputs, timeout_s=300)
+    assert "pypto.set_vec_tile_shapes(1, 32, 256)\n    t2 = pypto.index_select(t1, 0, ids)" in res.program
+    assert torch.equal(res.outputs["s"], want)
+    assert sorted(r[0].split(":")[-1] for r in res.failed_records) == ["CodegenPreproc", "ExpandFunction",
+                                                                       "InferParamIndex"]
+    assert all(r[2] == "EXCEPTION" for r in res.failed_records)
