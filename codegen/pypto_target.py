@@ -33,9 +33,10 @@ SPLIT_GATHER_REPRO = "tests/test_pypto_target.py::test_pypto_sim_matches_interpr
 # README "Known limitations"; never a pass name: a record is matched by (code, op)
 KNOWN_VERIFY_LIMITATIONS = (
     KnownRecord("FB200F", "GATHER", SPLIT_GATHER_REPRO,
-                "an index_select whose gathered rows span several vector tiles with a runtime valid row count (HCA "
-                "state rows per token): pypto's verify interpreter reads the expanded gather as writing over its "
-                "own input (ExpandFunction)"),
+                "an index_select whose gathered rows span several vector tiles (HCA state rows per token; no loop "
+                "or runtime valid shape needed: tests/test_pypto_emit.py SPLIT_GATHER): pypto's verify "
+                "interpreter's tile gather trips torch's overlap check (ExpandFunction, InferParamIndex, "
+                "CodegenPreproc, InferDynShape); outputs exact"),
     KnownRecord("FB200B", "GATHER", SPLIT_GATHER_REPRO,
                 "the same gather in the next passes' verify (SplitK, L1CopyInReuseMerge): GetValidDataView of its "
                 "runtime valid shape fails"),
