@@ -13,8 +13,8 @@ at cache slot w, so a block may complete in the middle of a step and later token
 import math
 
 from attnc.ir.dsl import (
-    In, block_start_positions, cast, concat, exp, from_tokens, gather_rows, iota, matmul, reduce, reshape, rmsnorm, rope,
-    select, slice_, stage, to_tokens, token_positions, transpose,
+    In, block_start_positions, cast, concat, exp, from_tokens, gather_rows, iota, matmul, maximum, reshape, rmsnorm,
+    rope, select, slice_, stage, to_tokens, token_positions,
 )
 
 from .configs import with_compress_ratio
@@ -33,6 +33,19 @@ def hadamard_signs(n: int):
     return cast(cast(1 - (parity % 2) * 2, "f32"), "bf16")
 
 
+def _over_slots(xs, combine):
+    """Combine [T, n, d] tensors over their slots (axis 1, n a power of two) into [T, 1, d]: the tensors in turn,
+    then halves of the slot axis pairwise. Elementwise on views of the window (channels stay the contiguous axis):
+    no transpose, no reduction across tiles, and one fixed order of the f32 sums."""
+    acc = xs[0]
+    for x in xs[1:]:
+        acc = combine(acc, x)
+    while acc.shape[1] > 1:
+        T, n, d = acc.shape
+        acc = combine(slice_(acc, (0, 0, 0), (T, n // 2, d)), slice_(acc, (0, n // 2, 0), (T, n // 2, d)))
+    return acc
+
+
 def compress(cfg, xn, w_kv, w_gate, ape, norm_w, kv_state, score_state, cache, start_pos, rope_cos, rope_sin,
              ratio: int, dim: int, rotate: bool, rows_of=None):
     """One step of a compressor: (kv_state', score_state', cache'). xn [T, model dim] bf16 (attn_norm output).
@@ -47,18 +60,18 @@ def compress(cfg, xn, w_kv, w_gate, ape, norm_w, kv_state, score_state, cache, s
     state = concat([kv_state, score_state], axis=2)
     rows, valid = ring_window(cfg, state, step, start_pos, ring)  # [T, R, a|z]: positions t-R+1 .. t, oldest first
 
-    def part(first_row, col):  # [T, d, slots]: channels first, so the pooling reduces the last axis
+    def part(first_row, col):  # [T, n, d] views of the window: block rows by channels, slots on axis 1
         n = ratio if overlap else ring
-        return transpose(slice_(rows, (0, first_row, col), (T, n, dim)), (0, 2, 1))
+        ok = reshape(slice_(valid, (0, first_row), (T, n)), (T, n, 1))  # slots before position 0 are absent
+        return (slice_(rows, (0, first_row, col), (T, n, dim)),
+                select(ok, slice_(rows, (0, first_row, width + col), (T, n, dim)), _ABSENT))
 
-    if overlap:  # block w-1's A-half [:d] in the first m rows, block w's B-half [d:] in the last m rows
-        values = concat([part(0, 0), part(ratio, dim)], axis=2)
-        scores = concat([part(0, width), part(ratio, width + dim)], axis=2)
-    else:
-        values, scores = part(0, 0), part(0, width)
-    scores = select(reshape(valid, (T, 1, ring)), scores, _ABSENT)  # slots before position 0 are absent
-    weights = exp(scores - reduce(scores, "max", -1))
-    pooled = reduce(weights * values, "sum", -1) / reduce(weights, "sum", -1)
+    # block w-1's A-half [:d] in the first m rows, block w's B-half [d:] in the last m rows (m = 4); else m rows
+    parts = [part(0, 0), part(ratio, dim)] if overlap else [part(0, 0)]
+    top = _over_slots([_over_slots([s], maximum) for _, s in parts], maximum)
+    weights = [exp(s - top) for _, s in parts]
+    pooled = (_over_slots([w * v for w, (v, _) in zip(weights, parts)], lambda x, y: x + y)
+              / _over_slots(weights, lambda x, y: x + y))
     normed = rmsnorm(reshape(pooled, (T, dim)), norm_w, eps, out="f32")
     first = to_tokens(block_start_positions(pos, ratio))
     entry = rope(normed, rope_cos, rope_sin, first, out="bf16")
