@@ -1,5 +1,6 @@
 """quantize-w8a8{targets=...}: every attn.scaled_matmul (a projection by an i8 weight with per-channel f32
-scales) is decomposed. A targeted one (its `proj` named in `targets`, or targets=all) becomes W8A8, as the
+scales) is decomposed. A targeted one (its `proj` named in `targets`, or targets=all; targets=none: none)
+becomes W8A8, as the
 quantised Ascend prologs (hicann/pypto mla_prolog_quant_v4, lightning_indexer_prolog_quant_v4) run wq_b:
 the activation quantised per row (absmax / 127 in f32, round half to even, saturated), int8 x int8 -> int32
 (exact), dequantised by row scale x column scale in f32. Any other keeps its activation: the weight is cast
@@ -52,7 +53,7 @@ class QuantizeW8A8(PatternPass):
 
     def apply(self, ctx, op):
         names = {o.proj.data for o in op.walk() if isinstance(o, ScaledMatmulOp)}
-        unknown = sorted(t for t in self.targets if t != "all" and t not in names)
+        unknown = sorted(t for t in self.targets if t not in ("all", "none") and t not in names)
         if names and unknown:
             raise PassError(f"quantize-w8a8: target '{unknown[0]}' names no i8-weight projection "
                             f"(the module has: {', '.join(sorted(names))})")
