@@ -235,3 +235,16 @@ def test_indexer_w8a8_sim_equals_the_interpreter_at_tiny():
     for o, w in want.items():
         assert res.outputs[o].dtype == w.dtype
         assert normalised_error(res.outputs[o].float(), w.float()) <= 1e-6, o
+
+
+@pytest.mark.parametrize("stage", sorted(QUANTISED))
+def test_pto_refuses_the_int8_ops_in_one_located_line(stage):
+    from attnc.codegen.pto_emit import PtoEmitError, emit_pto
+    from attnc.passes import pto_pipeline
+
+    cfg = resolve_config("tiny", {"quant": "w8a8"})
+    mod = _compiled(stage, cfg, pto_pipeline(None, "f16"))
+    with pytest.raises(PtoEmitError) as e:
+        emit_pto(mod, stage)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"kernels_src/{stage}.py:") and "'tile.cast' has i8 tiles (W8A8)" in msg
