@@ -201,20 +201,25 @@ def dtype_of_result(op):
     return dtype_of(op.results[0].type)
 
 
-@needs_pypto
-def test_qkv_proj_rope_w8a8_sim_equals_the_interpreter_at_tiny():
-    """The pypto pipeline at tiny, quant=w8a8: every output of SIM equal to the interpreter of the same tile
-    module (bf16 outputs; the int8 codes and int32 products inside are exact, see the probe test). ~30 s."""
+def _sim_and_interpreter(stage: str):
+    """The pypto pipeline at tiny, quant=w8a8: (SIM run, interpreter outputs of the same tile module)."""
     from attnc.codegen.pypto_target import run_pypto_sim
 
     cfg = resolve_config("tiny", {"quant": "w8a8"})
-    sd = STAGES["qkv_proj_rope"]
-    mod = _compiled("qkv_proj_rope", cfg, PYPTO_PIPELINE)
-    inputs = make_inputs(sd, cfg, 3)
-    want = dict(zip(sd.outputs, run_module(mod, list(inputs.values()))))
+    mod = _compiled(stage, cfg, PYPTO_PIPELINE)
+    inputs = make_inputs(STAGES[stage], cfg, 3)
+    want = dict(zip(STAGES[stage].outputs, run_module(mod, list(inputs.values()))))
     res = run_pypto_sim(mod, inputs, timeout_s=300)
     assert "pypto.DT_INT32" in res.program and "pypto.DT_INT8" in res.program
     assert res.verify and not res.failed_records, res.failed_records[:3]
+    return res, want
+
+
+@needs_pypto
+def test_qkv_proj_rope_w8a8_sim_equals_the_interpreter_at_tiny():
+    """Every output of SIM equal to the interpreter bit for bit (the int8 codes and int32 products inside are
+    exact, see the probe test). ~30 s."""
+    res, want = _sim_and_interpreter("qkv_proj_rope")
     for o, w in want.items():
         assert res.outputs[o].dtype == w.dtype
         assert torch.equal(res.outputs[o], w), (o, normalised_error(res.outputs[o].float(), w.float()))
@@ -223,19 +228,11 @@ def test_qkv_proj_rope_w8a8_sim_equals_the_interpreter_at_tiny():
 @needs_pypto
 @pytest.mark.slow
 def test_indexer_w8a8_sim_equals_the_interpreter_at_tiny():
-    from attnc.codegen.pypto_target import run_pypto_sim
-
-    cfg = resolve_config("tiny", {"quant": "w8a8"})
-    sd = STAGES["indexer"]
-    mod = _compiled("indexer", cfg, PYPTO_PIPELINE)
-    inputs = make_inputs(sd, cfg, 3)
-    want = dict(zip(sd.outputs, run_module(mod, list(inputs.values()))))
-    res = run_pypto_sim(mod, inputs, timeout_s=300)
-    assert res.verify and not res.failed_records, res.failed_records[:3]
+    """Scores within 1e-6 (f32 summation order of the float matmuls after the int8 one), picks equal."""
+    res, want = _sim_and_interpreter("indexer")
     for o, w in want.items():
         assert res.outputs[o].dtype == w.dtype
         assert normalised_error(res.outputs[o].float(), w.float()) <= 1e-6, o
-
 
 @pytest.mark.parametrize("stage", sorted(QUANTISED))
 def test_pto_refuses_the_int8_ops_in_one_located_line(stage):
