@@ -245,3 +245,12 @@ def test_pto_refuses_the_int8_ops_in_one_located_line(stage):
         emit_pto(mod, stage)
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(f"kernels_src/{stage}.py:") and "'tile.cast' has i8 tiles (W8A8)" in msg
+
+
+def test_quantised_ir_round_trips_with_its_stated_modes():
+    from attnc.ir import parse_ir, print_ir
+
+    mod = _compiled("qkv_proj_rope", resolve_config("tiny", {"quant": "w8a8"}), DEFAULT_PIPELINE)
+    text = print_ir(mod)
+    assert 'rounding = "rint", saturate = true} : (tensor<4x32xf32>) -> tensor<4x32xi8>' in text
+    assert print_ir(parse_ir(text, "q.mlir")) == text
