@@ -825,6 +825,7 @@ def emit_pto(module, stage: str, *, emitter: type = _KernelEmitter) -> list[Kern
     loops = token_loops(module)
     if not loops:
         raise PtoEmitError(f"{stage}: --emit pto: no token loop (tile.parallel) to emit; run the pto pipeline")
+    _refuse_int8(loops)
     plans = [emitter(loop, f"{stage}_k{i}").run() for i, loop in enumerate(loops)]
     for plan in plans:  # nothing overflowing is written or handed to ptoas
         why = plan.memory.overflow_message()
@@ -832,6 +833,16 @@ def emit_pto(module, stage: str, *, emitter: type = _KernelEmitter) -> list[Kern
             raise PtoEmitError(f"{plan.memory.overflow()[1].where}: --emit pto: {plan.name}: {why}; no row chunk "
                                f"of its token loop fits (pto-plan-memory)")
     return plans
+
+
+def _refuse_int8(loops) -> None:
+    """W8A8 (quantize-w8a8) needs i8 tiles: the first op with one is refused by name, before any other blocker."""
+    for loop in loops:
+        for op in loop.body.walk():
+            if op.name.startswith("tile.") and any(isinstance(v.type, TensorType) and dtype_of(v.type) == "i8"
+                                                   for v in (*op.operands, *op.results)):
+                raise _refuse(op, f"has i8 tiles (W8A8): {PTOAS} emits i8 tiles as int32_t, so int8 codes and an "
+                                  f"int8 matmul cannot be expressed; compile with quant=none for PTO")
 
 
 def pto_blockers(module) -> list[tuple[str, str, str]]:

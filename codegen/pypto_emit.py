@@ -89,11 +89,12 @@ L0AB_BYTES, L0C_BYTES = 64 * 1024, 128 * 1024
 UB_BYTES = 192 * 1024  # the vector unit's buffer: an op's tiles (inputs and output) live there together
 
 
-def cube_tile(m: int, k: int, n: int) -> str:
+def cube_tile(m: int, k: int, n: int, in_bytes: int = 2) -> str:
     """Cube tiles in multiples of 16 (the fractal size): M up to 128 rows; K per L0 step a power of two up to 256
     (L1 holds up to 512 of K, a multiple of the L0 step); N as wide as L0B (bf16 K x N) and L0C (f32 M x N) allow.
     Fewest N tiles first, then fewest K steps: every N tile is a cube task, and a task costs the scheduler more
-    than its compute at decode sizes (SWA core: Q·Kᵀ over 130 keys as one 144-wide tile, 142.5 vs 147.7 µs)."""
+    than its compute at decode sizes (SWA core: Q·Kᵀ over 130 keys as one 144-wide tile, 142.5 vs 147.7 µs).
+    `in_bytes` 1 (int8 operands): L0A/L0B hold twice the elements, so N tiles twice as wide."""
     def up16(x: int) -> int:
         return max(16, -(-x // 16) * 16)
 
@@ -101,10 +102,10 @@ def cube_tile(m: int, k: int, n: int) -> str:
     best = None
     for k0 in (256, 128, 64, 32, 16):
         k0 = min(k0, up16(k))
-        if m0 * k0 * 2 > L0AB_BYTES:
+        if m0 * k0 * in_bytes > L0AB_BYTES:
             continue
-        n0 = min(256, up16(n))
-        while n0 > 16 and (k0 * n0 * 2 > L0AB_BYTES or m0 * n0 * 4 > L0C_BYTES):
+        n0 = min(512 // in_bytes, up16(n))
+        while n0 > 16 and (k0 * n0 * in_bytes > L0AB_BYTES or m0 * n0 * 4 > L0C_BYTES):
             n0 -= 16
         cost = (-(-n // n0), -(-k // k0))
         if best is None or cost < best[0]:
@@ -185,6 +186,22 @@ class _Emitter:
         self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, tile))})")
         self.emit(f"{self.names[res]} = pypto.clone({self.names[res]})  # dense: its readers' tiles fit UB")
 
+    def _cast_to_i8(self, op, src: str, loc):
+        """A cast to i8 (the interpreter: round by the op's mode, then saturate to [-128, 127]) as the quantised
+        kernels do it on Ascend (hicann/pypto mla_prolog_quant_v4 `quant`): float -> i32 by the op's mode,
+        i32 -> f16 (exact for |v| <= 2048; larger values stay beyond the i8 range), f16 -> i8 truncating with
+        saturation on. An integer source skips the first step."""
+        res = op.result
+        self.set_tile(res)
+        wide = src
+        if dtype_of(op.input.type) not in ("i32", "i8"):
+            wide = self.fresh("q")
+            self.emit(f"{wide} = pypto.cast({src}, pypto.DT_INT32, mode={CAST_MODE[op.rounding.data]})")
+        half = self.fresh("q")
+        self.emit(f"{half} = pypto.cast({wide}, pypto.DT_FP16, mode=pypto.CastMode.CAST_ROUND)")
+        return self.bind(res, f"pypto.cast({half}, pypto.DT_INT8, mode=pypto.CastMode.CAST_TRUNC, "
+                              "satmode=pypto.SaturationMode.ON)", loc)
+
     def _topk(self, op, a, shape, loc):
         """Invalid entries get the lowest f32 score, pypto.topk sorts (FP32, last axis), and a pick whose score
         is that sentinel becomes -1 (through f32: pypto 0.2.0 selects between int32 tensors poorly)."""
@@ -251,13 +268,15 @@ class _Emitter:
             return self.bind(res, f"{CMP[op.predicate.data]}({a[0]}, {a[1]})", loc)
         if kind == "select":
             return self.bind(res, f"pypto.where({a[0]}, {a[1]}, {a[2]})", loc)
+        if kind == "cast" and dtype_of(res.type) == "i8":
+            return self._cast_to_i8(op, a[0], loc)
         if kind == "cast":
             return self.bind(res, f"pypto.cast({a[0]}, {dt}, mode={CAST_MODE[op.rounding.data]})", loc)
         if kind in ("matmul", "matmul_acc"):
             lhs, rhs = (op.lhs, op.rhs)
             sa, sb = shape_of(lhs.type), shape_of(rhs.type)
             trans = bool(op.transpose_b.value.data)
-            self.emit(cube_tile(sa[-2], sa[-1], sb[-2] if trans else sb[-1]))
+            self.emit(cube_tile(sa[-2], sa[-1], sb[-2] if trans else sb[-1], 1 if dtype_of(lhs.type) == "i8" else 2))
             out_dt = "pypto.DT_FP32" if kind == "matmul_acc" else dt
             lhs_ref = self.ref(lhs)
             if len(sa) > 2 and len(sb) == 2:  # pypto wants equal ranks: fold the batch dims into rows

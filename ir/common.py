@@ -23,6 +23,7 @@ from xdsl.irdl import (
     IRDLOperation,
     irdl_op_definition,
     operand_def,
+    opt_prop_def,
     opt_operand_def,
     prop_def,
     result_def,
@@ -170,6 +171,11 @@ def _cast_verify(self):
     self.same_shape(self.input, self.result)
     self.expect(self.rounding.data in ROUNDING_MODES,
                 f"rounding must be one of {', '.join(ROUNDING_MODES)}, got '{self.rounding.data}'")
+    # a float -> i8 cast (quantisation) states its overflow behaviour: saturation to [-128, 127] is the one mode
+    # attnc implements (interpreter: clamp; pypto: SaturationMode.ON), so the attribute must say so
+    if dtype_of(self.result.type) == "i8" and dtype_of(self.input.type) in FLOAT_DTYPES:
+        sat = self.saturate
+        self.expect(sat is not None and sat.value.data, "a float -> i8 cast must state saturate = true")
 
 
 def _matmul_shapes(self, a, b, transpose_b: bool) -> tuple[int, ...]:
@@ -292,6 +298,7 @@ def define_shared_ops(prefix: str) -> list[type[IRDLOperation]]:
                                               on_false=operand_def(TensorType), result=result_def(TensorType),
                                               verify_=_select_verify)))
     ops.append(_make(f"{prefix}.cast", dict(input=operand_def(TensorType), rounding=prop_def(StringAttr),
+                                            saturate=opt_prop_def(BoolAttr),
                                             result=result_def(TensorType), verify_=_cast_verify)))
     ops.append(_make(f"{prefix}.matmul", dict(lhs=operand_def(TensorType), rhs=operand_def(TensorType),
                                               transpose_b=prop_def(BoolAttr), result=result_def(TensorType),

@@ -41,10 +41,14 @@ class In:
 
     dims: tuple
     dtype: str = "bf16"
+    # a weight [K, N] that a quantised checkpoint (`quant=w8a8`) gives as i8 with f32 per-channel scales
+    # `<name>_scale` [N] (stage_params)
+    quantizable: bool = False
 
-    def __init__(self, *dims, dtype: str = "bf16"):
+    def __init__(self, *dims, dtype: str = "bf16", quantizable: bool = False):
         object.__setattr__(self, "dims", tuple(dims))
         object.__setattr__(self, "dtype", dtype)
+        object.__setattr__(self, "quantizable", quantizable)
 
     def resolve(self, sizes: dict) -> tuple[int, ...]:
         return tuple(d if isinstance(d, int) else int(sizes[d]) for d in self.dims)
@@ -78,7 +82,8 @@ def stage(name: str, outputs: Sequence[str], needs: Callable[[dict], str | None]
     def deco(fn):
         if params is None:
             sig = inspect.signature(fn)
-            found = {p.name: p.annotation for p in list(sig.parameters.values())[1:]}
+            found = {p.name: p.annotation for p in list(sig.parameters.values())[1:]
+                     if p.kind is not inspect.Parameter.VAR_KEYWORD}  # **scales: a quantised weight's scales
         else:
             found = dict(params)
         for pname, ann in found.items():
@@ -328,10 +333,41 @@ def select(cond: Tensor, on_true, on_false) -> Tensor:
     return _emit("select", [cond, t, f], _ty(target, t.dtype))
 
 
-def cast(x: Tensor, dtype: str, rounding: str = "rint") -> Tensor:
+def cast(x: Tensor, dtype: str, rounding: str = "rint", saturate: bool = False) -> Tensor:
     if x.dtype == dtype:
         return x
-    return _emit("cast", [x], _ty(x.shape, dtype), rounding=str_attr(rounding))
+    props = {"saturate": bool_attr(True)} if saturate else {}
+    return _emit("cast", [x], _ty(x.shape, dtype), rounding=str_attr(rounding), **props)
+
+
+# floor of a row's absmax: an all-zero row gets a finite scale (127 * 2^100 < f32 max) and quantises to zeros
+QUANT_ABSMAX_FLOOR = 2.0 ** -100
+
+
+def quantize_rows(x: Tensor, rounding: str = "rint") -> tuple[Tensor, Tensor]:
+    """Dynamic symmetric per-row int8 quantisation (as hicann/pypto's quantised prologs): in f32,
+    s = 127 / max(absmax(row), 2^-100), q = saturate_i8(round(x * s)) by `rounding`; returns (q i8, 1/s f32
+    [..., 1]), the row's dequantisation scale."""
+    xf = cast(x, "f32")
+    amax = maximum(reduce(unary("abs", xf), "max"), QUANT_ABSMAX_FLOOR)
+    qs = 127.0 / amax
+    return cast(xf * qs, "i8", rounding, saturate=True), 1.0 / qs
+
+
+def linear(x: Tensor, w: Tensor, w_scale: Tensor | None, proj: str, out: str = "f32") -> Tensor:
+    """x @ w: a plain matmul for a float weight, attn.scaled_matmul for an i8 weight with its per-channel scales
+    (a quantised checkpoint, `--set quant=w8a8`); `proj` names the projection for quantize-w8a8{targets=...}."""
+    if w.dtype != "i8":
+        return matmul(x, w, out=out)
+    if w_scale is None:
+        _fail(f"{proj}: an i8 weight needs its per-channel scales")
+    return _emit("scaled_matmul", [x, w, w_scale], _ty((*x.shape[:-1], w.shape[-1]), out), proj=str_attr(proj))
+
+
+def dequantize(acc: Tensor, row_scale: Tensor, col_scale: Tensor, out: str = "f32") -> Tensor:
+    """int32 products [.., M, N] back to floats in f32: (acc * row_scale [.., M, 1]) * col_scale [N]."""
+    y = (cast(acc, "f32") * row_scale) * reshape(col_scale, (1,) * (len(acc.shape) - 1) + col_scale.shape)
+    return cast(y, out)
 
 
 def matmul(a: Tensor, b: Tensor, out: str = "f32", transpose_b: bool = False) -> Tensor:
@@ -626,10 +662,17 @@ def stage_params(stage_def: StageDef, cfg: dict) -> dict[str, In]:
     parameters [batch, seq, ...] become [tokens, ...], and start_pos [batch] becomes position_ids [tokens] and
     cu_seqlens [batch + 1] (i32)."""
     cfg = stage_config(stage_def, cfg)
-    if cfg.get("layout") != "packed":
-        return dict(stage_def.params)
-    out: dict[str, In] = {}
+    declared: dict[str, In] = {}
     for name, p in stage_def.params.items():
+        if p.quantizable and cfg.get("quant") == "w8a8":  # int8 weight + f32 per-output-channel scales
+            declared[name] = In(*p.dims, dtype="i8")
+            declared[f"{name}_scale"] = In(p.dims[-1], dtype="f32")
+        else:
+            declared[name] = p
+    if cfg.get("layout") != "packed":
+        return declared
+    out: dict[str, In] = {}
+    for name, p in declared.items():
         if name == "start_pos":
             out["position_ids"] = In("tokens", dtype="i32")
             out["cu_seqlens"] = In("cu_len", dtype="i32")

@@ -363,6 +363,8 @@ def _tensor_impls() -> dict:
     table[d["slice"]] = lambda it, op, a: (
         a[0][tuple(slice(o, o + s) for o, s in zip(ints_of(op.offsets), ints_of(op.sizes)))].contiguous(),)
     table[d["rmsnorm"]] = _rmsnorm
+    table[d["scaled_matmul"]] = lambda it, op, a: (cast_tensor(
+        matmul_f32(a[0], a[1].to(a[0].dtype), False, _cache(it)) * a[2].float(), _out_dtype(op)),)
     for kind in ("to_tokens", "from_tokens"):  # reshapes in value
         table[d[kind]] = lambda it, op, a: (a[0].reshape(shape_of(op.result.type)),)
     table[d["rope"]] = _rope

@@ -146,6 +146,18 @@ def _cache_attention_verify(self):
     self.expect(shape_of(self.result.type) == sq, "result shape must equal q's")
 
 
+def _scaled_matmul_verify(self):
+    sa, sw, ss = shape_of(self.lhs.type), shape_of(self.rhs.type), shape_of(self.col_scale.type)
+    self.expect(dtype_of(self.lhs.type) in FLOAT_DTYPES, f"lhs must be float, got {describe(self.lhs.type)}")
+    self.expect(dtype_of(self.rhs.type) == "i8" and len(sw) == 2,
+                f"rhs must be an i8 weight [K, N], got {describe(self.rhs.type)}")
+    self.expect(len(sa) >= 2 and sa[-1] == sw[0], f"contraction mismatch: {describe(self.lhs.type)} x {describe(self.rhs.type)}")
+    self.expect(ss == (sw[1],) and dtype_of(self.col_scale.type) == "f32",
+                f"col_scale must be f32[{sw[1]}] (one scale per output channel), got {describe(self.col_scale.type)}")
+    self.expect(self.proj.data != "", "proj must name the projection (its weight parameter)")
+    self.expect(shape_of(self.result.type) == (*sa[:-1], sw[1]), f"result must be {[*sa[:-1], sw[1]]}")
+
+
 _SHARED = define_shared_ops("attn")
 ReduceOp = _make("attn.reduce", dict(input=operand_def(TensorType), kind=prop_def(StringAttr),
                                      axis=prop_def(IntegerAttr), result=result_def(TensorType),
@@ -193,7 +205,13 @@ CacheAttentionOp = _make("attn.cache_attention", dict(
                     "(`cache_table` `(` $cache_table^ `:` type($cache_table) `)`)? attr-dict `:` "
                     "type($q) `,` type($sink) `,` type($start_pos) `,` type($ring) `,` type($step) `->` type($result)",
     irdl_options=(AttrSizedOperandSegments(as_property=True), ParsePropInAttrDict())))
-ATTN_OPS = [*_SHARED, ReduceOp, SliceOp, RmsNormOp, RopeOp, SparseAttentionOp, ToTokensOp, FromTokensOp,
+# A projection by a per-channel quantised weight: (lhs @ rhs) summed exactly, rounded once to f32, times
+# col_scale[n] in f32, cast to the result dtype (the weight dequantised exactly: i8 * f32 scale). `proj` names the
+# projection (the weight parameter) so quantize-w8a8{targets=...} can choose it; that pass decomposes every one.
+ScaledMatmulOp = _make("attn.scaled_matmul", dict(lhs=operand_def(TensorType), rhs=operand_def(TensorType),
+                                                  col_scale=operand_def(TensorType), proj=prop_def(StringAttr),
+                                                  result=result_def(TensorType), verify_=_scaled_matmul_verify))
+ATTN_OPS = [*_SHARED, ScaledMatmulOp, ReduceOp, SliceOp, RmsNormOp, RopeOp, SparseAttentionOp, ToTokensOp, FromTokensOp,
             CacheAttentionOp]
 Attn = Dialect("attn", ATTN_OPS, [])
 ATTN = {op.name.split(".", 1)[1]: op for op in ATTN_OPS}

@@ -7,18 +7,20 @@ from attnc.errors import AttncError, did_you_mean
 
 CONFIG_KEYS = ("batch", "seq", "dim", "n_heads", "head_dim", "rope_dim", "q_lora_rank", "o_lora_rank",
                "o_groups", "window", "compress_ratio", "n_cmp", "cmp_topk", "index_heads", "index_dim", "max_pos",
-               "norm_eps", "block_size", "layout", "tokens")
+               "norm_eps", "block_size", "layout", "tokens", "quant")
 LAYOUTS = ("dense", "packed")
+QUANTS = ("none", "w8a8")  # quant=w8a8: quantisable weights arrive as i8 + f32 per-channel scales
+_CHOICES = {"layout": LAYOUTS, "quant": QUANTS}
 
 _FLASH = dict(batch=64, seq=2, dim=4096, n_heads=64, head_dim=512, rope_dim=64, q_lora_rank=1024,
               o_lora_rank=1024, o_groups=8, window=128, compress_ratio=4, n_cmp=2048, cmp_topk=512,
-              index_heads=64, index_dim=128, max_pos=8192, norm_eps=1e-6, block_size=64, layout="dense", tokens=0)
+              index_heads=64, index_dim=128, max_pos=8192, norm_eps=1e-6, block_size=64, layout="dense", tokens=0, quant="none")
 CONFIGS: dict[str, dict] = {
     "flash": _FLASH,
     "pro": {**_FLASH, "dim": 7168, "n_heads": 128, "q_lora_rank": 1536, "o_groups": 16, "cmp_topk": 1024},
     "tiny": dict(batch=2, seq=2, dim=64, n_heads=4, head_dim=128, rope_dim=64, q_lora_rank=32, o_lora_rank=32,
                  o_groups=2, window=8, compress_ratio=4, n_cmp=8, cmp_topk=4, index_heads=8, index_dim=128,
-                 max_pos=64, norm_eps=1e-6, block_size=4, layout="dense", tokens=0),
+                 max_pos=64, norm_eps=1e-6, block_size=4, layout="dense", tokens=0, quant="none"),
 }
 
 
@@ -31,9 +33,9 @@ class ConfigError(AttncError):
 
 def _coerce(key: str, text: str, current):
     if isinstance(current, str):
-        if text not in LAYOUTS:
-            raise ConfigError(f"config key {key}={text[:40]}: expected one of {', '.join(LAYOUTS)}"
-                              f"{did_you_mean(text, LAYOUTS)}")
+        if text not in _CHOICES[key]:
+            raise ConfigError(f"config key {key}={text[:40]}: expected one of {', '.join(_CHOICES[key])}"
+                              f"{did_you_mean(text, _CHOICES[key])}")
         return text
     try:
         return float(text) if isinstance(current, float) else int(text)
@@ -68,7 +70,7 @@ def _validate(cfg: dict):
             raise ConfigError(msg)
 
     for k in CONFIG_KEYS:
-        if k == "layout":
+        if k in _CHOICES:
             continue
         if k not in ("norm_eps", "compress_ratio", "tokens"):
             need(cfg[k] > 0, f"{k} must be positive, got {cfg[k]}")
@@ -82,6 +84,7 @@ def _validate(cfg: dict):
     need(cfg["index_dim"] >= cfg["rope_dim"] and cfg["index_dim"] & (cfg["index_dim"] - 1) == 0,
          "index_dim must be a power of two (Hadamard) and >= rope_dim")
     need(cfg["layout"] in LAYOUTS, f"layout must be one of {', '.join(LAYOUTS)}, got {cfg['layout']!r}")
+    need(cfg["quant"] in QUANTS, f"quant must be one of {', '.join(QUANTS)}, got {cfg['quant']!r}")
     need(cfg["tokens"] >= 0, f"tokens must be >= 0 (0 = batch*seq), got {cfg['tokens']}")
     need(cfg["tokens"] in (0, cfg["batch"] * cfg["seq"]) or cfg["layout"] == "packed",
          "tokens is the token count of the packed layout (layout=packed); a dense step has batch*seq")

@@ -11,7 +11,7 @@ lower entry id (deterministic), -1 where fewer than k entries are visible; invis
 import math
 
 from attnc.ir.dsl import (
-    In, cast, from_tokens, iota, matmul, minimum, reduce, relu, reshape, rope, select, stage, to_tokens, token_positions,
+    In, cast, from_tokens, iota, linear, matmul, minimum, reduce, relu, reshape, rope, select, stage, to_tokens, token_positions,
     topk,
 )
 
@@ -24,7 +24,7 @@ NOT_VISIBLE = -3.4028234663852886e38  # index_score of an entry the token may no
 INDEXER_PARAMS = {
     "xn": In("batch", "seq", "dim"),
     "qr": In("batch", "seq", "q_lora_rank"),
-    "wi_q": In("q_lora_rank", "index_qdim"),
+    "wi_q": In("q_lora_rank", "index_qdim", quantizable=True),
     "wi_w": In("dim", "index_heads"),
     "idx_cmp": In("batch", "n_cmp", "index_dim"),
     "start_pos": In("batch", dtype="i32"),
@@ -33,13 +33,13 @@ INDEXER_PARAMS = {
 }
 
 
-def index_select(cfg, xn, qr, wi_q, wi_w, idx_cmp, start_pos, rope_cos, rope_sin, rows_of=None):
+def index_select(cfg, xn, qr, wi_q, wi_w, idx_cmp, start_pos, rope_cos, rope_sin, rows_of=None, wi_q_scale=None):
     """Token rows xn [T, dim], qr [T, q_lora] -> (scores [T, NC] f32, picks [T, K] i32). `rows_of`: idx_cmp is a
-    paged pool read through it (paged.py)."""
+    paged pool read through it (paged.py). wi_q may be i8 with its per-channel scales (quant=w8a8)."""
     B, S, T = cfg["batch"], cfg["seq"], cfg["tokens"]
     IH, ID, NC, K = cfg["index_heads"], cfg["index_dim"], cfg["n_cmp"], cfg["cmp_topk"]
     pos = to_tokens(token_positions(start_pos, S))
-    q = rope(reshape(matmul(qr, wi_q), (T, IH, ID)), rope_cos, rope_sin, pos, out="bf16")
+    q = rope(reshape(linear(qr, wi_q, wi_q_scale, "wi_q"), (T, IH, ID)), rope_cos, rope_sin, pos, out="bf16")
     q = cast(matmul(q, hadamard_signs(ID)) * (1.0 / math.sqrt(ID)), "bf16")
     keys = row_entries(cfg, idx_cmp, start_pos, rows_of, NC)                         # [T, NC, ID]
     dots = relu(matmul(keys, q, transpose_b=True))                                   # [T, NC, IH]
@@ -55,5 +55,6 @@ def _indexer_stage(cfg, **a):
     """Lightning indexer: per-token scores of the visible compressed entries and their top-k ids."""
     B, S, T = cfg["batch"], cfg["seq"], cfg["tokens"]
     score, picks = index_select(cfg, to_tokens(a["xn"]), to_tokens(a["qr"]),
-                                a["wi_q"], a["wi_w"], a["idx_cmp"], a["start_pos"], a["rope_cos"], a["rope_sin"])
+                                a["wi_q"], a["wi_w"], a["idx_cmp"], a["start_pos"], a["rope_cos"], a["rope_sin"],
+                                wi_q_scale=a.get("wi_q_scale"))
     return {"index_score": from_tokens(score), "cmp_idx": from_tokens(picks)}

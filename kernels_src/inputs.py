@@ -88,6 +88,15 @@ def seeded_packed_rows(cfg: dict, gen: torch.Generator, cu_seqlens: torch.Tensor
     return positions.to(torch.int32), cu_seqlens.to(torch.int32)
 
 
+def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8 of a weight [K, N]: scale[n] = absmax(w[:, n]) / 127 (f32; 1 for an
+    all-zero column), w_i8 = round-half-even(w / scale) (within [-127, 127])."""
+    wf = w.float()
+    amax = wf.abs().amax(0)
+    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    return torch.round(wf / scale).clamp(-127, 127).to(torch.int8), scale
+
+
 def make_inputs(stage_def: StageDef, cfg: dict, seed: int = 0, given: dict | None = None) -> dict[str, torch.Tensor]:
     cfg = stage_config(stage_def, cfg)
     gen = torch.Generator().manual_seed(seed)
@@ -130,6 +139,9 @@ def make_inputs(stage_def: StageDef, cfg: dict, seed: int = 0, given: dict | Non
             t = torch.randn(shape, generator=gen)
         elif name.endswith("norm_w"):
             t = 1.0 + 0.1 * torch.randn(shape, generator=gen)
+        elif name.startswith("w") and p.dtype == "i8":  # quant=w8a8: the seeded bf16 weight, quantised
+            bf16 = (torch.randn(shape, generator=gen) / math.sqrt(shape[-2])).to(torch.bfloat16)
+            t, out[f"{name}_scale"] = quantize_weight(bf16)
         elif name.startswith("w"):
             fan_in = shape[-2]
             t = torch.randn(shape, generator=gen) / math.sqrt(fan_in)

@@ -89,7 +89,7 @@ def decode_layer(cfg, kind: str, a: dict, paged: bool = False) -> dict:
     """One layer step. `paged`: kv_ring, kv_cmp and idx_cmp are block pools read (in place) and written through
     ring_block_table / cmp_block_table (paged.py); the computation is the dense one on the same logical rows."""
     q, kv, qr, xn = project(cfg, a["x"], a["attn_norm_w"], a["wq_a"], a["q_norm_w"], a["wq_b"], a["wkv"],
-                            a["kv_norm_w"], a["start_pos"], a["rope_cos"], a["rope_sin"])
+                            a["kv_norm_w"], a["start_pos"], a["rope_cos"], a["rope_sin"], a.get("wq_b_scale"))
     kv_step = from_tokens(kv)
     ring_rows = paged_rows(cfg, a["ring_block_table"]) if paged else None
     cmp_rows = paged_rows(cfg, a["cmp_block_table"]) if paged and kind != "swa" else None
@@ -100,7 +100,7 @@ def decode_layer(cfg, kind: str, a: dict, paged: bool = False) -> dict:
     if kind == "csa":
         outs["ikv_state"], outs["iscore_state"], outs["idx_cmp"] = index_compressor(cfg, a, xn, cmp_rows)
         _, picks = index_select(cfg, xn, qr, a["wi_q"], a["wi_w"], outs["idx_cmp"], a["start_pos"], a["rope_cos"],
-                                a["rope_sin"], cmp_rows)
+                                a["rope_sin"], cmp_rows, wi_q_scale=a.get("wi_q_scale"))
         cmp_idx = outs["cmp_idx"] = from_tokens(picks)
     # paged: the pools and their block tables, read in place (no copy of a logical table)
     o = attention_core(cfg, from_tokens(q), a["kv_ring"], kv_step, outs.get("kv_cmp"), cmp_idx, a["start_pos"],

@@ -16,15 +16,15 @@ from xdsl.utils.arg_spec import parse_pipeline
 
 from attnc.errors import AttncError, did_you_mean
 
-DEFAULT_PIPELINE = ("fuse-rmsnorm,rope-selector-matmul,gather-keys,tile-softmax{kv-tile=32},parallelize-tokens{rows=16},"
+DEFAULT_PIPELINE = ("quantize-w8a8,fuse-rmsnorm,rope-selector-matmul,gather-keys,tile-softmax{kv-tile=32},parallelize-tokens{rows=16},"
                     "tile-matmul{k=512},lower-to-tiles,canonicalize,cse,update-in-place")
 # pypto: wider KV tiles (as pypto-lib#486) and 32-row token chunks halve the simulated time at the flash shape
-PYPTO_PIPELINE = ("fuse-rmsnorm,rope-selector-matmul,tile-softmax{kv-tile=128},parallelize-tokens{rows=32},"
+PYPTO_PIPELINE = ("quantize-w8a8,fuse-rmsnorm,rope-selector-matmul,tile-softmax{kv-tile=128},parallelize-tokens{rows=32},"
                   "schedule-attention,tile-matmul{k=512},lower-to-tiles,canonicalize,cse,update-in-place")
 # PTO (ptoas 0.1.1): one token per kernel (rows=1, the token axis is dropped), 16-key tiles; then f16 and the
 # legalization of what 0.1.1 cannot express (host-side gathers, 0/1 masks instead of i1), then row chunks of the
 # loop bodies whose tiles would overflow UB/L1/L0
-PTO_PIPELINE = ("fuse-rmsnorm,rope-selector-matmul,gather-keys,tile-softmax{kv-tile=16},parallelize-tokens{rows=1},"
+PTO_PIPELINE = ("quantize-w8a8,fuse-rmsnorm,rope-selector-matmul,gather-keys,tile-softmax{kv-tile=16},parallelize-tokens{rows=1},"
                 "tile-matmul{k=512},lower-to-tiles,canonicalize,cse,pto-legalize,canonicalize,cse,pto-plan-memory,"
                 "canonicalize,cse")
 
@@ -42,6 +42,7 @@ DEFAULT_PIPELINES = {"interp": DEFAULT_PIPELINE, "pypto": PYPTO_PIPELINE, "pto":
 
 # module name for every attnc pass (imported lazily so that `attnc list` stays fast)
 _PASS_MODULES = {
+    "quantize-w8a8": "quantize_w8a8",
     "fuse-rmsnorm": "fuse_rmsnorm",
     "rope-selector-matmul": "rope_selector_matmul",
     "gather-keys": "gather_keys",
