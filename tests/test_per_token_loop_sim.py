@@ -6,9 +6,10 @@ view list index 0 result FAILED` (and the same for Pass_14_SplitK, Pass_17_L1Cop
 7 of the 5120 elements of the loop's output workspace (batch row 1, token 1, head 0) differ from pypto's tensor-graph
 golden by one bf16 step (absDiff 0.00195 at |v| ~ 0.3, relDiff <= 0.0070 > the default pass_verify_error_tol 1e-3).
 The same records come from the dense and the paged program (so not the paged block-table gather); start position 3
-gives none; with pass_verify_error_tol [8e-3, 8e-3] (one bf16 step) there are none. Every output of the SIM run
-equals the interpreter of the same module bit for bit, so what differs is pypto's golden of the loop function, not
-the emitted program's values. Cloning the in-place kv_ring view the loop reads does not change the records. The
+gives none; with pass_verify_error_tol [8e-3, 8e-3] (one bf16 step) there are none. Dense: every output of the SIM
+run equals the interpreter of the same module (bf16 bit for bit). Paged: `out` of exactly the flagged iteration
+(batch row 1, token 1) differs from the interpreter (20 of 64 elements, <= 0.0039), so there the record is a real
+value difference of the emitted program, cause not yet isolated. Cloning the in-place kv_ring view the loop reads does not change the records. The
 records are asserted so a pypto or emitter change that removes them shows up here."""
 
 import numpy as np
@@ -24,8 +25,8 @@ LOOP_PASSES = {"Pass_04_ExpandFunction", "Pass_14_SplitK", "Pass_17_L1CopyInReus
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["decode_csa", "decode_csa_paged"])
 def test_per_token_loop_at_start_60_reports_fb4001_records(stage):
-    """dense: every output equals the interpreter; paged: `out` differs by up to one bf16 step (0.0039 at |v| < 1
-    measured), the rest equal."""
+    """dense: every output equals the interpreter; paged: `out` of batch row 1, token 1 (the iteration the records
+    flag) differs from the interpreter in 20 of 64 elements (max 0.0039, <= 2 bf16 steps), the rest equal."""
     import attnc as api
 
     st = api.build(stage, "tiny", seq=5, max_pos=256)
@@ -37,6 +38,10 @@ def test_per_token_loop_at_start_60_reports_fb4001_records(stage):
     for rec in got.failed_records:
         name = rec[0]
         assert name.startswith("TENSOR_L7_") and any(name.endswith(p) for p in LOOP_PASSES), rec
+    if stage == "decode_csa_paged":
+        g, w = np.asarray(got.outputs.pop("out"), np.float64), np.asarray(want.pop("out"), np.float64)
+        d = np.abs(g - w)  # only the flagged loop iteration (batch row 1, token 1) differs, <= 2 bf16 steps after wo
+        assert {tuple(i[:2]) for i in np.argwhere(d > 0)} == {(1, 1)} and d.max() <= 2**-8, d.max()
     _assert_equal_to_the_interpreter(got.outputs, want)
 
 
