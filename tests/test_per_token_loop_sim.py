@@ -9,8 +9,9 @@ The same records come from the dense and the paged program (so not the paged blo
 gives none; with pass_verify_error_tol [8e-3, 8e-3] (one bf16 step) there are none. Dense: every output of the SIM
 run equals the interpreter of the same module (bf16 bit for bit). Paged: `out` of exactly the flagged iteration
 (batch row 1, token 1) differs from the interpreter (20 of 64 elements, <= 0.0039), so there the record is a real
-value difference of the emitted program, cause not yet isolated. Cloning the in-place kv_ring view the loop reads does not change the records. The
-records are asserted so a pypto or emitter change that removes them shows up here."""
+value difference of the emitted program, cause not yet isolated. Cloning the in-place kv_ring or kv_cmp view the
+loop reads does not change the records. The records are asserted so a pypto or emitter change that removes them
+shows up here."""
 
 import numpy as np
 import pytest
