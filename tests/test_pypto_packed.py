@@ -56,3 +56,44 @@ def test_packed_pypto_sim_matches_interpreter(stage):
             real = w.abs() < 1e38
             assert torch.equal(got[~real], w[~real]), name
             assert normalised_error(got[real], w[real]) <= 1e-3, name
+
+
+# issue 18: T = 48 packed tokens in chunks of 32 rows (parallelize-tokens{rows=32} of the pypto pipeline): the last
+# chunk's views carry a runtime valid row count that pypto 0.2.0's expand_clone/reshape drop, and its SIM calculator
+# fails an op whose operands' valid shapes differ (sparse_attn_core: WHERE_TS of the expanded mask, 32 valid rows,
+# with the index_select of the chunk's ids, 16)
+RAGGED = (("batch", 3), ("seq", 16), ("layout", "packed"), ("tokens", 48), ("max_pos", 256), ("n_cmp", 64),
+          ("cmp_topk", 8))
+
+
+def _ragged(stage: str):
+    cfg = resolve_config("tiny", dict(RAGGED))
+    module = build_stage(STAGES[stage], cfg)
+    run_pipeline(module, PYPTO_PIPELINE)
+    return cfg, module
+
+
+def test_ragged_chunk_mixing_valid_shapes_is_refused():
+    from attnc.codegen.pypto_emit import EmitError, emit_pypto
+
+    with pytest.raises(EmitError, match=r"sparse_attn\.py:\d+: tile\.select mixes a ragged token chunk's rows "
+                                        r"\(48 token rows in chunks of 32\) with a full tile"):
+        emit_pypto(_ragged("sparse_attn_core")[1])
+    program = emit_pypto(_ragged("indexer")[1])  # ragged too, but no op mixes valid shapes: emitted
+    assert "valid_shape=[s" in program
+
+
+@needs_pypto
+@pytest.mark.slow
+def test_ragged_chunk_not_refused_matches_interpreter_in_sim():
+    from attnc.codegen.pypto_target import describe, run_pypto_sim, unexcused
+    from attnc.codegen.sim_check import check_outputs
+
+    cfg, module = _ragged("indexer")
+    inputs = make_inputs(STAGES["indexer"], cfg, 874, {"start_pos": torch.tensor([0, 0, 7], dtype=torch.int32),
+                                                       "cu_seqlens": torch.tensor([0, 16, 32, 48], dtype=torch.int32)})
+    res = run_pypto_sim(module, inputs, timeout_s=600)
+    assert not unexcused(res), [describe(r, res.program) for r in unexcused(res)][:3]
+    check = check_outputs(module, inputs, res.outputs, STAGES["indexer"].outputs)  # `attnc run`'s rule
+    assert check.ok, check.failures
+    assert {o.name: o.verdict for o in check.outputs} == {"index_score": "bounded", "cmp_idx": "exact"}
