@@ -92,7 +92,7 @@ def test_ptoas_emit_is_deterministic(tmp_path):
     outs = []
     for d in ("a", "b"):
         rc = main(["compile", "sparse_attn_core", "--config", "tiny", *[a for kv in KEY_LOOP for a in ("--set", kv)], "--emit", "pto",
-                   "--pto-dtype", "f16", "-o", str(tmp_path / d / "out")])  # the header names the folder
+                   "--pto-dtype", "f16", "-o", f"{tmp_path / d / 'out'}/"])  # the header names the folder
         assert rc == 0
         outs.append({p: (tmp_path / d / "out" / p).read_bytes() for p in os.listdir(tmp_path / d / "out")})
     assert outs[0] == outs[1] and list(outs[0]) == ["sparse_attn_core_k0.pto"]
