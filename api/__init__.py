@@ -291,15 +291,18 @@ def emit_pypto(stage: Stage, header: bool = True) -> str:
 class SimRun:
     outputs: dict
     aicore_us: float | None
-    failed_records: list
+    failed_records: list  # pypto verify records no known cause excuses (a run with any is not trustworthy)
     wall_s: float
+    excused_records: list = field(default_factory=list)  # failed records excused by their cause
 
 
 def run_sim(stage: Stage, arrays: dict, *, time_only: bool = False) -> SimRun:
     """Run the emitted pypto program in SIM on the CPU (a child process; minutes at full shapes). With
     `time_only`, only the simulated AICore time is computed (no output values)."""
-    from attnc.codegen.pypto_target import run_pypto_sim
+    from attnc.codegen.pypto_target import run_pypto_sim, unexcused
 
     names = _complete(stage, arrays, "run_sim")
     res = run_pypto_sim(stage.module, dict(zip(stage.arg_names, names)), verify="none" if time_only else "default")
-    return SimRun(_numpy(res.outputs), res.aicore_us, list(res.failed_records), res.wall_s)
+    bad = unexcused(res)
+    return SimRun(_numpy(res.outputs), res.aicore_us, bad, res.wall_s,
+                  [r for r in res.failed_records if r not in bad])
