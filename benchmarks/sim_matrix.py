@@ -57,12 +57,17 @@ class Cell:
         return f"{self.stage}|{self.layout}|b{self.batch}|s{self.seq}"
 
 
-def cells() -> list[Cell]:
-    """Every cell of the matrix: each stage in each layout it exists in."""
+def project_stages() -> list[str]:
+    """The project's own stages (kernels_src), not plugin stages a process may have loaded from a FILE.py."""
     from attnc.kernels_src import STAGES
 
+    return [name for name, st in STAGES.items() if st.fn.__module__.startswith("attnc.kernels_src")]
+
+
+def cells() -> list[Cell]:
+    """Every cell of the matrix: each project stage in each layout it exists in."""
     out = []
-    for name in STAGES:
+    for name in project_stages():
         layouts = ("paged",) if name.endswith("_paged") else ("dense", "packed")
         out += [Cell(name, lay, b, s) for lay in layouts for b in BATCHES for s in SEQS]
     return out
