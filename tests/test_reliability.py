@@ -443,8 +443,9 @@ def test_a_signal_during_a_sim_run_ends_the_child_group_and_temp_folders(tmp_pat
     fake = tmp_path / "fake_python"
     fake.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nsleep 300 &\nsleep 300\n")
     fake.chmod(0o755)
-    script = (
-        "import sys\n"
+    script = (  # SIGINT as a terminal delivers it: a shell's background job (CI) starts with SIGINT ignored
+        "import signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "import attnc.codegen.pypto_target as target\n"
         "from attnc.codegen import pypto_sim\n"
         "real = pypto_sim.run_in_subprocess\n"
