@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install -q torch==2.13.0
 	$(VPY) -m pip install -q -e .
 	# ptoas 0.1.1's binary needs plain-named links to its bundled libraries and empty stubs (gcc) to start
-	$(VPY) -m attnc.codegen.ptoas_setup
+	$(VPY) -m attnc.codegen.pto.ptoas
 	touch $(STAMP)
 
 # the test extra (pytest, hypothesis, lit, filecheck) for `make test`

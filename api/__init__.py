@@ -63,7 +63,7 @@ class Stage:
         return print_ir(self)
 
     def _source(self):
-        from attnc.codegen.driver import Source
+        from attnc.cli import Source
 
         return Source(self.name, self.module, self.arg_names, self.output_names, self.stage_def, self.cfg)
 
@@ -103,7 +103,7 @@ def config(name: str = "tiny", **overrides) -> dict:
 def build(source: str, config: str = "tiny", **overrides) -> Stage:
     """A stage at the tensor level: a registered stage name, `FILE.py:NAME` (a file with your own @stage) or an
     `.mlir` file. Keyword arguments override config keys."""
-    from attnc.codegen.driver import load_source
+    from attnc.cli import load_source
 
     src = load_source(source, config, [f"{k}={v}" for k, v in overrides.items()])
     return Stage(src.name, src.module, src.arg_names, src.output_names, config, dict(overrides), src.cfg, src.stage,
@@ -145,7 +145,7 @@ def compile(stage: Stage, pipeline: str | None = None, *, target: str = "interp"
     pipe = pipeline or DEFAULT_PIPELINES["pypto" if target.startswith("pypto") else "interp"]
     verify_inputs = None
     if verify_each:
-        from attnc.codegen.driver import source_inputs
+        from attnc.cli import source_inputs
 
         verify_inputs = list(source_inputs(stage._source(), seed).values())
     report = run_pipeline(stage.module, pipe, verify_inputs=verify_inputs, output_names=stage.output_names)
@@ -164,7 +164,7 @@ def _tensors(stage: Stage, arrays: dict, where: str) -> dict:
     import numpy as np
     import torch
 
-    from attnc.codegen.io import InputError, to_tensor
+    from attnc.io import InputError, to_tensor
     from attnc.ir.types import dtype_of, shape_of
 
     types = _arg_types(stage)
@@ -181,7 +181,7 @@ def _tensors(stage: Stage, arrays: dict, where: str) -> dict:
 
 
 def _numpy(tensors: dict) -> dict:
-    from attnc.codegen.io import to_numpy
+    from attnc.io import to_numpy
 
     return {k: to_numpy(v) for k, v in tensors.items()}
 
@@ -191,7 +191,7 @@ def inputs(stage: Stage, seed: int = 0, given: dict | None = None, start_pos: in
     `start_pos` sets every row's start position."""
     import torch
 
-    from attnc.codegen.driver import source_inputs
+    from attnc.cli import source_inputs
     from attnc.ir.types import shape_of
 
     _need_stage(stage, "inputs")
@@ -204,7 +204,7 @@ def inputs(stage: Stage, seed: int = 0, given: dict | None = None, start_pos: in
 
 
 def _complete(stage: Stage, arrays: dict, fn: str = "interpret") -> list:
-    from attnc.codegen.io import InputError
+    from attnc.io import InputError
 
     _need_stage(stage, fn)
     missing = [n for n in stage.arg_names if n not in arrays]
@@ -227,7 +227,7 @@ def decode(stage: Stage, arrays: dict, steps: int, seed: int = 0) -> list[dict]:
     later steps' tokens x are seeded (seed + k), as `attnc run --steps`. Returns every step's outputs."""
     import torch
 
-    from attnc.codegen.io import seeded_tensor_for_type
+    from attnc.io import seeded_tensor_for_type
 
     _need_stage(stage, "decode")
     if not stage.state_names or not {"start_pos", "position_ids"} & set(stage.arg_names) or "x" not in stage.arg_names:
@@ -273,7 +273,7 @@ def print_ir(stage: Stage, *, debuginfo: bool = False, generic: bool = False) ->
 
 
 def _provenance(stage: Stage, emit: str):
-    from attnc.codegen.provenance import Provenance
+    from attnc.provenance import Provenance
 
     return Provenance(stage.source or stage.name, stage.config, {k: stage.cfg.get(k, v) for k, v in
                       stage.overrides.items()}, ",".join(stage.pipelines), emit)
@@ -281,7 +281,7 @@ def _provenance(stage: Stage, emit: str):
 
 def emit_pypto(stage: Stage, header: bool = True) -> str:
     """The stage (compiled to tile IR, e.g. by `compile(stage, target="pypto")`) as a pypto 0.2.0 program."""
-    from attnc.codegen.pypto_emit import emit_pypto as _emit
+    from attnc.codegen.pypto.emit import emit_pypto as _emit
 
     _need_stage(stage, "emit_pypto")
     return (_provenance(stage, "pypto").header("#") if header else "") + _emit(stage.module)
@@ -299,7 +299,7 @@ class SimRun:
 def run_sim(stage: Stage, arrays: dict, *, time_only: bool = False) -> SimRun:
     """Run the emitted pypto program in SIM on the CPU (a child process; minutes at full shapes). With
     `time_only`, only the simulated AICore time is computed (no output values)."""
-    from attnc.codegen.pypto_target import run_pypto_sim, unexcused
+    from attnc.codegen.pypto.target import run_pypto_sim, unexcused
 
     names = _complete(stage, arrays, "run_sim")
     res = run_pypto_sim(stage.module, dict(zip(stage.arg_names, names)), verify="none" if time_only else "default")

@@ -25,9 +25,9 @@ def _pass(name: str):
 
 
 def _attnc_passes() -> dict:
-    from attnc.passes import _PASS_MODULES  # attnc's own passes (canonicalize, cse, dce are xDSL's)
+    from attnc.passes import _XDSL_PASSES, pass_names  # attnc's and its targets' passes (not xDSL's own)
 
-    return {name: _pass(name) for name in _PASS_MODULES}
+    return {name: _pass(name) for name in pass_names() if name not in _XDSL_PASSES}
 
 
 ATTNC_UNIVERSE = Universe(all_dialects={"attn": _attn, "tile": _tile}, all_passes=_attnc_passes())

@@ -91,7 +91,7 @@ def check_stage(stage: str, config: str, small: dict, sim_config: str, seed: int
     row["sim_err"], row["aicore_us"], row["sim_verify"] = "n/a", "n/a", "n/a"
     if with_sim:
         try:
-            from attnc.codegen.pypto_target import run_pypto_sim
+            from attnc.codegen.pypto.target import run_pypto_sim
 
             scfg = resolve_config(sim_config, {"max_pos": 256} if sim_config == "tiny" else None)
             sim_inputs = make_inputs(st, scfg, seed)
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown (docs/main-job.md)")
     args = ap.parse_args(argv)
-    from attnc.codegen.progress import Progress
+    from attnc.progress import Progress
 
     rows = []
     with Progress(len(STAGE_ORDER), "make run") as bar:  # on a terminal only

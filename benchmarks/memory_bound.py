@@ -1,5 +1,5 @@
 """Memory estimate vs measured peak (issue 21 #2): for each stage and batch size, the estimate `attnc run` checks
-(codegen/memory.py `interpreter_bytes`) and the peak RSS the run adds, measured in a fresh child process (peak RSS
+(api/memory.py `interpreter_bytes`) and the peak RSS the run adds, measured in a fresh child process (peak RSS
 at the end minus peak RSS once torch, xDSL and the stage are loaded); `lower` is the estimate the commands check
 (`interpreter_bytes`), `upper` the candidate upper bound (`interpreter_upper_bytes`), each / measured: >= 1 is a
 bound that held.
@@ -16,8 +16,8 @@ import sys
 CHILD = r"""
 import json, resource, sys
 stage, config, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
-from attnc.codegen.driver import load_source, main
-from attnc.codegen.memory import interpreter_bytes, interpreter_upper_bytes
+from attnc.cli import load_source, main
+from attnc.memory import interpreter_bytes, interpreter_upper_bytes
 import attnc.passes.verify  # noqa: F401 - what `attnc run` imports before the work
 src = load_source(stage, config, [f"batch={batch}"])
 estimate = interpreter_bytes(src.module)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from attnc.codegen.driver import compile_source, load_source, source_inputs
-from attnc.codegen.pto_check import check_kernel
-from attnc.codegen.pto_emit import PtoEmitError, emit_pto, token_loops
+from attnc.cli import compile_source, load_source, source_inputs
+from attnc.codegen.pto.check import check_kernel
+from attnc.codegen.pto.emit import PtoEmitError, emit_pto, token_loops
 from attnc.ir.interpreter import entry_function
 from attnc.kernels_src import STAGES
 from attnc.passes import pto_pipeline

@@ -71,7 +71,7 @@ def bench_interpreter(config: str, stage: str, repeat: int) -> dict:
 
 def bench_aicore(config: str, stage: str, timeout_s: int, overrides: dict | None = None,
                  pipeline: str = PYPTO_PIPELINE) -> dict:
-    from attnc.codegen.pypto_target import run_pypto_sim
+    from attnc.codegen.pypto.target import run_pypto_sim
 
     st = STAGES[stage]
     cfg = resolve_config(config, overrides)
@@ -110,7 +110,7 @@ def bench_prefill(config: str, stage: str, batch: int, seq: int, timeout_s: int,
     out["tensor_s"] = _best(lambda: run_module(tensor_mod, list(inputs.values())), 1)
     out["tile_s"] = _best(lambda: run_module(tile_mod, list(inputs.values())), 1)
     if sim:
-        from attnc.codegen.pypto_target import run_pypto_sim
+        from attnc.codegen.pypto.target import run_pypto_sim
 
         module = build_stage(st, cfg)
         run_pipeline(module, PYPTO_PIPELINE)

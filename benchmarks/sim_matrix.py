@@ -9,7 +9,7 @@ pipeline compiles:
          tests/test_stages_vs_reference.py and tests/test_layers_vs_reference.py) where one exists for the cell;
 - order: where the stage takes a pick list `cmp_idx`: the interpreter on every row's list permuted (padding -1
          anywhere) against the reference (or the unpermuted run), same tolerance;
-- sim:   the pypto SIM run against the interpreter (`attnc.codegen.sim_check`, the check of `attnc run
+- sim:   the pypto SIM run against the interpreter (`attnc.sim_check`, the check of `attnc run
          --target pypto-sim`), every verify record excused by its cause or the cell fails.
 A cell is `passed`, `refused` (the compiler or the config refuses the shape: one line) or `failed` (with reason).
 
@@ -146,7 +146,7 @@ def _line(e: BaseException) -> str:
 
 
 def _refusals() -> tuple[type[BaseException], ...]:
-    from attnc.codegen.pypto_emit import EmitError
+    from attnc.codegen.pypto.emit import EmitError
     from attnc.ir import IRError
     from attnc.ir.dsl import DSLError
     from attnc.kernels_src.configs import ConfigError
@@ -168,7 +168,7 @@ def _error(got, want, layer: bool) -> float:
 
 def _reference(cell: Cell, cfg: dict, st, names, inputs):
     """(reference function or None, why none)."""
-    from attnc.codegen.fp32_reference import fp32_reference
+    from attnc.fp32_reference import fp32_reference
 
     if cell.layout != "dense":
         return None, f"the FP32 reference reads the dense layout (the {cell.layout} one equals it bit for bit in " \
@@ -255,7 +255,7 @@ def run_cell(cell: Cell, matrix_seed: int = 0, sim: bool = True, timeout_s: floa
         run_pipeline(module, PYPTO_PIPELINE)
         program = None
         if sim:
-            from attnc.codegen.pypto_emit import emit_pypto
+            from attnc.codegen.pypto.emit import emit_pypto
 
             program = emit_pypto(module)
     except _refusals() as e:
@@ -308,9 +308,9 @@ def run_cell(cell: Cell, matrix_seed: int = 0, sim: bool = True, timeout_s: floa
 
 
 def _sim(cell: Cell, module, inputs: dict, program: str, res: Result, timeout_s: float) -> list[str]:
-    from attnc.codegen.pypto_sim import PyptoSimError
-    from attnc.codegen.pypto_target import describe, run_pypto_sim, unexcused
-    from attnc.codegen.sim_check import check_outputs
+    from attnc.codegen.pypto.sim import PyptoSimError
+    from attnc.codegen.pypto.target import describe, run_pypto_sim, unexcused
+    from attnc.sim_check import check_outputs
     from attnc.kernels_src import STAGES
 
     try:

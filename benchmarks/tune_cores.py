@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from attnc.codegen.tune import TuneRequest, plot_trials, tune, write_tuning
+from attnc.tune import TuneRequest, plot_trials, tune, write_tuning
 
 CORES = [  # layer kind, stage, overrides, hand-written kernel's µs under the same pypto 0.2.0 (README)
     ("SWA", "sparse_attn_core", ["compress_ratio=0"], 120.6),

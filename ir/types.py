@@ -65,3 +65,12 @@ def torch_dtype(name: str):
         "i8": torch.int8,
         "i1": torch.bool,
     }[name]
+
+
+def to_numpy(t):
+    """A tensor as the `.npz` contract holds it: bf16/f16 as float32 holding the same values, else its own dtype."""
+    import torch
+
+    if t.dtype in (torch.bfloat16, torch.float16):
+        t = t.float()
+    return t.detach().cpu().contiguous().numpy()

@@ -6,6 +6,7 @@ output) that `--verify-each` accepts between the module interpreted before and a
 """
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -51,11 +52,21 @@ _PASS_MODULES = {
     "schedule-attention": "schedule_attention",
     "tile-matmul": "tile_matmul",
     "lower-to-tiles": "lower_to_tiles",
-    "pto-dtype": "pto_dtype",
-    "pto-legalize": "pto_legalize",
-    "pto-plan-memory": "pto_plan_memory",
     "update-in-place": "update_in_place",
 }
+# a target's own passes (what it cannot express, rewritten in tile IR) live with the target in codegen/; the
+# package metadata lists them (pyproject.toml, entry points "attnc.passes"), so this registry finds them by name
+# without importing upward
+TARGET_PASS_GROUP = "attnc.passes"
+
+
+@functools.cache
+def _target_passes() -> dict:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=TARGET_PASS_GROUP)}
+
+
 # xDSL's generic passes that attnc pipelines may use
 _XDSL_PASSES = {
     "canonicalize": ("xdsl.transforms.canonicalize", "CanonicalizePass"),
@@ -112,12 +123,15 @@ def pass_class(name: str) -> type[ModulePass]:
         mod, attr = _XDSL_PASSES[name]
         return getattr(importlib.import_module(mod), attr)
     if name not in _REGISTRY:
-        importlib.import_module(f"{__name__}.{_PASS_MODULES[name]}")
+        if name in _PASS_MODULES:
+            importlib.import_module(f"{__name__}.{_PASS_MODULES[name]}")
+        else:
+            _target_passes()[name].load()
     return _REGISTRY[name]
 
 
 def pass_names() -> list[str]:
-    return [*_PASS_MODULES, *_XDSL_PASSES]
+    return [*_PASS_MODULES, *_target_passes(), *_XDSL_PASSES]
 
 
 def pass_tolerance(p: ModulePass) -> float:

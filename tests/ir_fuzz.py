@@ -38,7 +38,7 @@ _SMALL = """builtin.module {
 @functools.lru_cache(maxsize=None)
 def corpus() -> tuple[str, ...]:
     """Printed IR of a hand-written kernel and of small stages at the tensor and the tile level."""
-    from attnc.codegen.driver import compile_source, load_source
+    from attnc.cli import compile_source, load_source
     from attnc.ir import print_ir
     from attnc.passes import DEFAULT_PIPELINES
 
@@ -263,9 +263,9 @@ def _front_end(text: str, hang_seconds: float) -> Outcome:
     the memory estimate, the tensor-level interpreter, the pypto pipeline, the emitter and the tile-level
     interpreter. An input error in the interpreter does not stop the compile path (`attnc compile` never
     interprets); an error in parse, memory or passes stops everything after it."""
-    from attnc.codegen.driver import Source, source_inputs
-    from attnc.codegen.memory import check_memory
-    from attnc.codegen.pypto_emit import emit_pypto
+    from attnc.cli import Source, source_inputs
+    from attnc.memory import check_memory
+    from attnc.codegen.pypto.emit import emit_pypto
     from attnc.ir import parse_ir
     from attnc.ir.interpreter import entry_function, run_module
     from attnc.passes import DEFAULT_PIPELINES

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from attnc.codegen.driver import main
+from attnc.cli import main
 
 
 def run(capsys, *argv):
@@ -139,6 +139,6 @@ def test_run_rejects_unreadable_input_file(capsys, tmp_path):
 
 
 def test_console_script_exit_code():
-    proc = subprocess.run([sys.executable, "-m", "attnc.codegen.driver", "compile", "nope"],
+    proc = subprocess.run([sys.executable, "-m", "attnc.cli", "compile", "nope"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("attnc: error: unknown stage")

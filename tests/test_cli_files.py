@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from attnc.codegen.driver import main
+from attnc.cli import main
 
 DASH_REFUSED = [
     ["inputs", "sparse_attn", "-o", "-"],
@@ -82,7 +82,7 @@ def test_p_is_the_pipeline(tmp_path, monkeypatch, capsys):
 
 def test_notes_and_dumps_print_around_a_live_progress_line(monkeypatch):
     """With a bar on screen, a dump banner starts on a line of its own and the bar is drawn again after it."""
-    from attnc.codegen.progress import Progress, stderr_write
+    from attnc.progress import Progress, stderr_write
 
     fake = io.StringIO()
     monkeypatch.setattr(sys, "stderr", fake)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import attnc
-from attnc.codegen.driver import build_parser, main
+from attnc.cli import build_parser, main
 
 
 def run(capsys, *argv):
@@ -263,7 +263,7 @@ def test_pypto_header_reproduces_the_file(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "again")
     assert main(shlex.split(reproduce)[1:]) == 0
     assert (tmp_path / "again" / "k.pypto.py").read_text() == text
-    assert "python -m attnc.codegen.pypto_sim.runner k.pypto.py in.npz out.npz" in head[5]
+    assert "python -m attnc.codegen.pypto.sim.runner k.pypto.py in.npz out.npz" in head[5]
     compile(text, "k.pypto.py", "exec")  # still valid Python
 
 
@@ -318,7 +318,7 @@ def test_python_api_matches_the_cli(capsys, tmp_path):
 
 
 def attnc_input_error():
-    from attnc.codegen.io import InputError
+    from attnc.io import InputError
 
     return InputError
 
@@ -328,7 +328,7 @@ def test_sim_verify_failures_fail_unless_their_cause_is_known():
     overlap only between a padded piece's padding and a piece of the same concat (ASSEMBLED_PIECES)."""
     from types import SimpleNamespace
 
-    from attnc.codegen.driver import CliError, _check_sim_verify
+    from attnc.cli import CliError, _check_sim_verify
 
     gather = {"code": "FB200F", "op": "GATHER", "line": None, "function": "F"}
     known = SimpleNamespace(failed_records=[("F:ExpandFunction", 0, "EXCEPTION", gather)], verify=[None] * 10,

@@ -6,19 +6,19 @@ import numpy as np
 import pytest
 
 import attnc
-from attnc.codegen.driver import main
+from attnc.cli import main
 
 
 def test_every_user_facing_error_is_an_attnc_error():
-    from attnc.codegen.driver import CliError
+    from attnc.cli import CliError
     from attnc.codegen.escape import UnsafeName
-    from attnc.codegen.io import InputError, OutputError
-    from attnc.codegen.memory import MemoryLimitError
-    from attnc.codegen.pto_emit import PtoEmitError
-    from attnc.codegen.pypto_emit import EmitError
-    from attnc.codegen.pypto_options import OptionError
-    from attnc.codegen.pypto_sim import PyptoSimError
-    from attnc.codegen.tune import TuneError
+    from attnc.io import InputError, OutputError
+    from attnc.memory import MemoryLimitError
+    from attnc.codegen.pto.emit import PtoEmitError
+    from attnc.codegen.pypto.emit import EmitError
+    from attnc.codegen.pypto.options import OptionError
+    from attnc.codegen.pypto.sim import PyptoSimError
+    from attnc.tune import TuneError
     from attnc.ir import IRError
     from attnc.ir.dsl import DSLError
     from attnc.ir.interpreter import InterpretError
@@ -36,7 +36,7 @@ def test_every_user_facing_error_is_an_attnc_error():
 
 def test_a_typo_imports_nothing_heavy():
     """The error path of a mistyped command imports neither torch nor xDSL (it used to cost ~3 s of CPU)."""
-    code = ("import sys; from attnc.codegen.driver import main; rc = main(['compil']); "
+    code = ("import sys; from attnc.cli import main; rc = main(['compil']); "
             "print(rc, 'torch' in sys.modules, 'xdsl' in sys.modules)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.stdout.split() == ["2", "False", "False"], res

@@ -12,7 +12,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from attnc.codegen.driver import main
+from attnc.cli import main
 
 KERNEL = """builtin.module {
   func.func @k(%0: tensor<16x16xf32>) -> tensor<16x16xf32> attributes {arg_names = ["x"], result_names = ["y"]} {
@@ -90,7 +90,7 @@ def test_emitter_refuses_names_that_shadow_generated_code(capsys, tmp_path):
 
 
 def _tile_module_text() -> str:
-    from attnc.codegen.driver import compile_source, load_source
+    from attnc.cli import compile_source, load_source
     from attnc.ir import print_ir
     from attnc.passes import DEFAULT_PIPELINES
 
@@ -119,7 +119,7 @@ def test_every_string_the_emitter_writes_is_escaped_or_refused(tmp_path):
     syntax tree as the clean one (the payload only ever lands inside a comment) and is pure ASCII."""
     from xdsl.dialects.builtin import ArrayAttr, StringAttr
 
-    from attnc.codegen.pypto_emit import emit_pypto
+    from attnc.codegen.pypto.emit import emit_pypto
     from attnc.ir import IRError, parse_ir, print_ir
 
     text = _tile_module_text()
@@ -215,7 +215,7 @@ def test_unterminated_string_is_refused_in_linear_time(capsys, tmp_path):
 
 def test_outputs_are_all_or_nothing(tmp_path, monkeypatch):
     """A rename failing midway restores the file it replaced, removes the new ones and the folders made."""
-    from attnc.codegen import io as aio
+    from attnc import io as aio
 
     old = tmp_path / "old.txt"
     old.write_text("before")
@@ -240,7 +240,7 @@ def test_outputs_are_all_or_nothing(tmp_path, monkeypatch):
 
 
 def test_written_files_respect_the_umask(tmp_path):
-    from attnc.codegen.io import Outputs
+    from attnc.io import Outputs
 
     old = os.umask(0o022)
     try:

@@ -174,7 +174,7 @@ PACKED_CLI = ["--config", "tiny", "--set", "layout=packed", "--set", "batch=4", 
 
 
 def cli(capsys, *argv):
-    from attnc.codegen.driver import main
+    from attnc.cli import main
 
     code = main(list(argv))
     out, err = capsys.readouterr()
@@ -222,7 +222,7 @@ def test_cli_packed_steps_equal_steps_chained_through_state(capsys, tmp_path):
     assert cli(capsys, "run", *base, "--inputs", f"{d}/s1.npz", "--out", f"{d}/o1.npz")[0] == 0
     with np.load(f"{d}/s1.npz") as s1:
         step2 = dict(s1)
-    step2["x"] = np.asarray(__import__("attnc").codegen.io.seeded_tensor_for_type(
+    step2["x"] = np.asarray(__import__("attnc.io").io.seeded_tensor_for_type(
         build_stage(STAGES["decode_csa"], packed_cfg([3, 2, 1, 0])).body.block.first_op.args[0].type,
         torch.Generator().manual_seed(1)).float())
     np.savez(f"{d}/s2.npz", **step2)

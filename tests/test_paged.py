@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnc.codegen.pypto_sim import pypto_available
+from attnc.codegen.pypto.sim import pypto_available
 from attnc.ir.interpreter import run_module
 from attnc.kernels_src import STAGES, build_stage, resolve_config
 from attnc.kernels_src.inputs import IndexInputError, check_index_inputs, make_inputs
@@ -91,7 +91,7 @@ def test_block_tables_out_of_range_or_shared_are_refused_on_the_host():
 @pytest.mark.parametrize("kind", [pytest.param("swa", marks=pytest.mark.slow), pytest.param("hca", marks=pytest.mark.slow),
                                   "csa"])  # CSA has all three paged caches; the others under -m slow
 def test_paged_program_runs_in_sim_bit_exact(kind):
-    from attnc.codegen.pypto_target import describe, run_pypto_sim, unexcused
+    from attnc.codegen.pypto.target import describe, run_pypto_sim, unexcused
 
     cfg, _, paged, _ = _cfgs(kind)
     module = build_stage(paged, cfg)

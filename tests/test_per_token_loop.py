@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from attnc.codegen.pypto_emit import emit_pypto
+from attnc.codegen.pypto.emit import emit_pypto
 from attnc.ir.interpreter import run_module
 from attnc.kernels_src import STAGES, build_stage, resolve_config
 from attnc.kernels_src.inputs import make_inputs
@@ -92,7 +92,7 @@ def _sim_matches(stage: str, start_pos: list[int], seed: int = 5, **over):
     scale, bf16 within 2^-7 of the tensor's largest magnitude, one bf16 step of it (pypto sums a matmul's f32
     products in its own order, so an exp weight can round to the neighbouring bf16 value: measured up to 5.7e-3
     at S = 16, the same values from the unrolled and the looped program at S = 3)."""
-    from attnc.codegen.pypto_target import run_pypto_sim
+    from attnc.codegen.pypto.target import run_pypto_sim
 
     cfg = resolve_config("tiny", dict(over, max_pos=256, batch=len(start_pos)))
     st = STAGES[stage]
@@ -148,7 +148,7 @@ def test_sim_per_token_steps(stage, seq, start_pos):
 def test_sim_time_flat_in_the_step():
     """pypto's compile and simulation of the CSA core at S = 16 cost about what S = 3 costs (it was exponential
     in the unrolled tokens: 46 s at S = 3, 469 s at S = 4)."""
-    from attnc.codegen.pypto_target import run_pypto_sim
+    from attnc.codegen.pypto.target import run_pypto_sim
 
     walls = []
     for seq in (3, 16):

@@ -146,7 +146,7 @@ def test_a_token_listing_an_id_twice_is_refused_on_the_host():
 def test_an_ir_claiming_an_order_of_the_list_is_refused(tmp_path, capsys):
     """A hand-built IR that states a fact about the index's order (an older attnc's `listed_prefix`) on a caller's
     list is refused by the op's verifier with one located line (exit 2), not carried along unread."""
-    from attnc.codegen.driver import main
+    from attnc.cli import main
     from attnc.ir.printing import render_ir
 
     module = build_stage(STAGES["sparse_attn_core"], resolve_config("tiny"))
@@ -165,7 +165,7 @@ def test_picks_take_the_fast_path_whatever_their_producer(stage):
     """A caller's list (sparse_attn_core) and the indexer's top-k (decode_csa) are gathered the same way: per
     token one gather through a valid-shape index view (K rows or none) written straight into the key block, no
     per-pick select; the op states no order of the list (there is no order fact to prove)."""
-    from attnc.codegen.pypto_emit import emit_pypto
+    from attnc.codegen.pypto.emit import emit_pypto
 
     cfg = resolve_config("tiny")
     module = build_stage(STAGES[stage], cfg)
@@ -185,7 +185,7 @@ def test_sim_permuted_list_equals_the_interpreter():
     """pypto SIM of the scheduled sparse_attn_core on permuted lists (-1 anywhere, ids not complete yet, an entry
     completing inside the step, NaN in never-written rows): bit for bit the interpreter of the same tile IR, which
     is within the tolerance of the reference."""
-    from attnc.codegen.pypto_target import run_pypto_sim
+    from attnc.codegen.pypto.target import run_pypto_sim
 
     cfg = resolve_config("tiny")
     start_pos = torch.tensor([2, 6], dtype=torch.int32)  # tokens at 2, 3 | 6, 7: entries visible 0, 1 | 1, 2

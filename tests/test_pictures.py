@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import attnc
-from attnc.codegen import pictures
-from attnc.codegen.driver import main
+from attnc import pictures
+from attnc.cli import main
 from attnc.ir.dsl import stage_config
 
 matplotlib_image = pytest.importorskip("matplotlib.image")
@@ -72,7 +72,7 @@ def test_pass_errors_picture_and_its_data(tmp_path, capsys):
     """`attnc plot errors`: a 1100×700 PNG; the data drawn is each level's error vs the level before (= the
     --verify-each records), vs the tensor level (= interpreting the compiled stage independently) and vs the FP32
     reference (= tests/reference run on the same inputs)."""
-    from attnc.codegen.pass_errors import measure_pass_errors
+    from attnc.pass_errors import measure_pass_errors
     from attnc.ir.interpreter import run_module
     from attnc.passes import DEFAULT_PIPELINE
     from attnc.passes.verify import normalised_error, run_pipeline

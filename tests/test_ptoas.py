@@ -8,10 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from attnc.codegen.driver import compile_source, load_source, main, source_inputs
-from attnc.codegen.pto_check import check_kernel, fix_cpp_literals, host_values, instruction_stream, normalise_cpp
-from attnc.codegen.pto_emit import KernelEmitter, emit_pto, pto_blockers
-from attnc.codegen.ptoas_setup import PtoasUnavailable, check_available, run_ptoas
+from attnc.cli import compile_source, load_source, main, source_inputs
+from attnc.codegen.pto.check import check_kernel, fix_cpp_literals, host_values, instruction_stream, normalise_cpp
+from attnc.codegen.pto.emit import KernelEmitter, emit_pto, pto_blockers
+from attnc.codegen.pto.ptoas import PtoasUnavailable, check_available, run_ptoas
 from attnc.passes import pto_pipeline
 
 
@@ -331,7 +331,7 @@ def _tile_uses(text: str) -> tuple[set, set]:
 
 @pytest.fixture(scope="module")
 def tiny_kernels():
-    from attnc.codegen.pto_emit import PtoEmitError
+    from attnc.codegen.pto.emit import PtoEmitError
     from attnc.kernels_src import STAGES
 
     out = {}
@@ -357,7 +357,7 @@ def test_ptoas_no_dead_loads_in_any_emitted_kernel(tiny_kernels):
 
 
 def test_ptoas_memory_plan_fits_and_overflow_is_one_line():
-    from attnc.codegen.pto_plan import plan_memory
+    from attnc.codegen.pto.plan import plan_memory
 
     # two UB tiles of 128 KiB that are live at once cannot both have an address; in sequence they share one
     info = {"%ub1": ("ub", "f32", (64, 512), "k.py:1"), "%ub2": ("ub", "f32", (64, 512), "k.py:2")}

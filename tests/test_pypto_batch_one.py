@@ -35,7 +35,7 @@ def _ids(cases):
 def check(stage: str, sets: tuple, seed: int = 3):
     """Records excused by cause only: the HCA state's and the m = 128 window's gathers split over vector tiles
     (FB200F / FB200B GATHER; tests/test_pypto_emit.py SPLIT_GATHER)."""
-    from attnc.codegen.pypto_target import describe, run_pypto_sim, unexcused
+    from attnc.codegen.pypto.target import describe, run_pypto_sim, unexcused
 
     cfg = resolve_config("tiny", {"batch": 1, **dict(sets)})
     module = build_stage(STAGES[stage], cfg)

@@ -17,7 +17,7 @@ import re
 import pytest
 import torch
 
-from attnc.codegen.pypto_emit import EmitError, emit_pypto
+from attnc.codegen.pypto.emit import EmitError, emit_pypto
 from attnc.ir import parse_ir, print_ir
 from attnc.ir.interpreter import entry_function, run_module
 from attnc.ir.types import dtype_of, shape_of, torch_dtype
@@ -262,7 +262,7 @@ builtin.module {
 
 @functools.lru_cache(maxsize=None)
 def sim_run(name: str):
-    from attnc.codegen.pypto_target import run_pypto_sim
+    from attnc.codegen.pypto.target import run_pypto_sim
 
     mod = module(name)
     inputs = make_inputs(mod)
@@ -291,7 +291,7 @@ def test_sim_matches_the_interpreter(name):
 def test_default_pipeline_with_several_row_chunks_matches_the_interpreter(stage):
     """The default pipeline with 2-row chunks (tiny has 4 tokens, so the token loop really iterates; the default
     16-row chunks give one iteration, covered by test_pypto_target). ~5-8 s per stage."""
-    from attnc.codegen.pypto_target import run_pypto_sim
+    from attnc.codegen.pypto.target import run_pypto_sim
     from attnc.kernels_src import STAGES, build_stage, resolve_config
     from attnc.kernels_src.inputs import make_inputs as stage_inputs
     from attnc.passes import DEFAULT_PIPELINE
@@ -345,7 +345,7 @@ def test_reshape_of_a_padded_unit_dim_is_made_dense_when_its_readers_would_overf
 
 @needs_pypto
 def test_pooled_reshape_made_dense_simulates_bit_exact():
-    from attnc.codegen.pypto_target import run_pypto_sim
+    from attnc.codegen.pypto.target import run_pypto_sim
 
     mod = _pooled(32)
     inputs = make_inputs(mod)
@@ -359,8 +359,8 @@ def test_pooled_reshape_made_dense_simulates_bit_exact():
 def test_pooled_reshape_without_the_rule_fails_in_ooo_schedule(monkeypatch, tmp_path):
     """The reproducer of the pypto 0.2.0 limit: the same program without the clone fails in OoOSchedule (checked so
     that a pypto which lifts the limit is noticed)."""
-    from attnc.codegen import pypto_emit
-    from attnc.codegen.pypto_sim import PyptoSimError, run_in_subprocess
+    from attnc.codegen.pypto import emit as pypto_emit
+    from attnc.codegen.pypto.sim import PyptoSimError, run_in_subprocess
 
     mod = _pooled(32)
     inputs = make_inputs(mod)
@@ -404,8 +404,8 @@ def test_a_loop_assembles_into_a_scratch_parameter_filled_only_when_it_does_not_
 @needs_pypto
 @pytest.mark.parametrize("text", [SCRATCH, PARTIAL], ids=["covers", "partial"])
 def test_loop_into_a_scratch_parameter_simulates_without_runtime_errors_and_matches_the_interpreter(text, tmp_path):
-    from attnc.codegen.pypto_sim import run_in_subprocess
-    from attnc.codegen.pypto_target import run_pypto_sim
+    from attnc.codegen.pypto.sim import run_in_subprocess
+    from attnc.codegen.pypto.target import run_pypto_sim
 
     mod = parse_ir(text, "scratch.mlir")
     inputs = make_inputs(mod)
@@ -424,8 +424,8 @@ def test_loop_into_a_scratch_parameter_simulates_without_runtime_errors_and_matc
 def test_loop_into_an_op_result_trips_the_pypto_runtime(monkeypatch, tmp_path):
     """The reproducer of the pypto 0.2.0 limit: SCRATCH with the loop assembling into pypto.full's result logs
     F74007, which the harness reports as a failed run (checked so that a pypto which lifts the limit is noticed)."""
-    from attnc.codegen import pypto_emit
-    from attnc.codegen.pypto_sim import PyptoSimError, run_in_subprocess
+    from attnc.codegen.pypto import emit as pypto_emit
+    from attnc.codegen.pypto.sim import PyptoSimError, run_in_subprocess
 
     mod = parse_ir(SCRATCH, "scratch.mlir")
     monkeypatch.setattr(pypto_emit, "_scratch_inits", lambda block, out_inits: set())
@@ -489,7 +489,7 @@ def test_a_packed_piece_that_is_all_of_a_parameter_is_assembled_as_a_copy():
 def test_a_packed_piece_that_is_all_of_a_parameter_simulates():
     """Tolerance as test_sim_matches_the_interpreter (f32 matmul summation order: 5.8e-8 seen); records excused by
     cause only (pypto's AssembleChecker reads the ring piece's runtime row offset as 0)."""
-    from attnc.codegen.pypto_target import describe, run_pypto_sim, unexcused
+    from attnc.codegen.pypto.target import describe, run_pypto_sim, unexcused
 
     mod, inputs = _whole(1)
     (want,) = run_module(mod, list(inputs.values()))
@@ -503,9 +503,9 @@ def test_a_packed_piece_that_is_all_of_a_parameter_simulates():
 def test_a_packed_piece_that_is_all_of_a_parameter_fails_pypto_without_the_copy(monkeypatch, tmp_path):
     """The reproducer of the pypto 0.2.0 limit: WHOLE assembling the view itself fails to compile (checked so that a
     pypto which lifts the limit is noticed)."""
-    from attnc.codegen import pypto_emit
-    from attnc.codegen.io import to_numpy
-    from attnc.codegen.pypto_sim import PyptoSimError, run_in_subprocess
+    from attnc.codegen.pypto import emit as pypto_emit
+    from attnc.io import to_numpy
+    from attnc.codegen.pypto.sim import PyptoSimError, run_in_subprocess
 
     mod, inputs = _whole(1)
     monkeypatch.setattr(pypto_emit, "_whole_of", lambda v: v)
@@ -541,7 +541,7 @@ builtin.module {
 @pytest.mark.slow
 def test_a_gather_split_over_vector_tiles_fails_pypto_per_pass_verify_with_exact_outputs():
     """The reproducer of the pypto 0.2.0 verifier limit (checked so that a pypto which lifts it is noticed)."""
-    from attnc.codegen.pypto_target import run_pypto_sim
+    from attnc.codegen.pypto.target import run_pypto_sim
 
     mod = parse_ir(SPLIT_GATHER, "split_gather.mlir")
     g = torch.Generator().manual_seed(0)

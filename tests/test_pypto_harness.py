@@ -1,4 +1,4 @@
-"""The pypto 0.2.0 SIM harness (codegen/pypto_sim): tiny kernels run in a child process match torch, report a
+"""The pypto 0.2.0 SIM harness (codegen/pypto/sim): tiny kernels run in a child process match torch, report a
 positive simulated AICore time and no failed pass-verify record; failures surface as PyptoSimError."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("pypto")
 
-from attnc.codegen.pypto_sim import PyptoSimError, pypto_available, run_in_subprocess  # noqa: E402
+from attnc.codegen.pypto.sim import PyptoSimError, pypto_available, run_in_subprocess  # noqa: E402
 
 
 def _module(tmp_path, name: str, src: str):

@@ -35,7 +35,7 @@ def compiled(stage: str):
 @needs_pypto
 @pytest.mark.parametrize("stage", CASES)
 def test_packed_pypto_sim_matches_interpreter(stage):
-    from attnc.codegen.pypto_target import describe, run_pypto_sim, unexcused
+    from attnc.codegen.pypto.target import describe, run_pypto_sim, unexcused
 
     cfg, module = compiled(stage)
     inputs = make_inputs(STAGES[stage], cfg, 5, {"cu_seqlens": CU_SEQLENS})
@@ -74,7 +74,7 @@ def _ragged(stage: str):
 
 
 def test_ragged_chunk_mixing_valid_shapes_is_refused():
-    from attnc.codegen.pypto_emit import EmitError, emit_pypto
+    from attnc.codegen.pypto.emit import EmitError, emit_pypto
 
     with pytest.raises(EmitError, match=r"sparse_attn\.py:\d+: tile\.select mixes a ragged token chunk's rows "
                                         r"\(48 token rows in chunks of 32\) with a full tile"):
@@ -86,8 +86,8 @@ def test_ragged_chunk_mixing_valid_shapes_is_refused():
 @needs_pypto
 @pytest.mark.slow
 def test_ragged_chunk_not_refused_matches_interpreter_in_sim():
-    from attnc.codegen.pypto_target import describe, run_pypto_sim, unexcused
-    from attnc.codegen.sim_check import check_outputs
+    from attnc.codegen.pypto.target import describe, run_pypto_sim, unexcused
+    from attnc.sim_check import check_outputs
 
     cfg, module = _ragged("indexer")
     inputs = make_inputs(STAGES["indexer"], cfg, 874, {"start_pos": torch.tensor([0, 0, 7], dtype=torch.int32),

@@ -7,8 +7,8 @@ import functools
 import pytest
 import torch
 
-from attnc.codegen.pypto_emit import emit_pypto
-from attnc.codegen.pypto_sim import npu_available
+from attnc.codegen.pypto.emit import emit_pypto
+from attnc.codegen.pypto.sim import npu_available
 from attnc.ir.interpreter import run_module
 from attnc.kernels_src import STAGES, build_stage, resolve_config
 from attnc.kernels_src.inputs import make_inputs
@@ -45,7 +45,7 @@ def test_overlapping_compressors_pool_over_slots_without_a_transpose(stage):
     assert "pypto.transpose(" not in text and "pypto.amax(" not in text
 
 
-# the pypto verify records a case produces whose cause is a known pypto limitation (pypto_target.
+# the pypto verify records a case produces whose cause is a known pypto limitation (codegen/pypto/target.
 # KNOWN_VERIFY_LIMITATIONS, matched by error code and op): the case is that entry's reproducer and asserts the
 # records are still there; every other case has no unexcused record
 SPLIT_GATHER = (("FB200F", "GATHER"), ("FB200B", "GATHER"))
@@ -77,7 +77,7 @@ def test_pypto_sim_matches_interpreter(stage, overrides, known_causes):
     """Every output of the emitted program run in SIM equals the interpreter's: integers and bf16 bit for bit,
     f32 (compressor state rows, indexer scores) within 1e-3 (pypto sums a matmul in its own order: measured
     up to 1.3e-4 on indexer scores, where head weights of both signs cancel)."""
-    from attnc.codegen.pypto_target import KNOWN_VERIFY_LIMITATIONS, describe, run_pypto_sim, unexcused
+    from attnc.codegen.pypto.target import KNOWN_VERIFY_LIMITATIONS, describe, run_pypto_sim, unexcused
 
     cfg, module = compiled(stage, overrides)
     inputs = make_inputs(STAGES[stage], cfg, 5)
@@ -103,7 +103,7 @@ def test_pypto_sim_matches_interpreter(stage, overrides, known_causes):
 
 @needs_pypto
 def test_cli_run_pypto_sim_prints_aicore_time(capsys, tmp_path):
-    from attnc.codegen.driver import main
+    from attnc.cli import main
 
     code = main(["run", "qkv_proj_rope", "--config", "tiny", "--target", "pypto-sim", "--out", str(tmp_path / "o.npz")])
     out = capsys.readouterr().out.strip().splitlines()
@@ -117,7 +117,7 @@ def test_cli_run_pypto_sim_prints_aicore_time(capsys, tmp_path):
 @pytest.mark.npu
 @pytest.mark.skipif(not npu_available(), reason="no torch_npu / Ascend NPU on this machine")
 def test_pypto_npu_matches_interpreter():
-    from attnc.codegen.pypto_target import run_pypto_sim
+    from attnc.codegen.pypto.target import run_pypto_sim
 
     cfg, module = compiled("sparse_attn_core")
     inputs = make_inputs(STAGES["sparse_attn_core"], cfg, 0)

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 import attnc
-from attnc.codegen.driver import main
+from attnc.cli import main
 from attnc.ir import parse_ir
 from attnc.ir.printing import render_ir
 

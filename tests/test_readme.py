@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from attnc.codegen.driver import main
+from attnc.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

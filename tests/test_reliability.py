@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from attnc.codegen.driver import main
+from attnc.cli import main
 
 from test_hostile_inputs import cli, one_error_line, snapshot
 
@@ -65,7 +65,7 @@ def test_output_onto_a_character_device_leaves_it_a_device(tmp_path, capsys, arg
 
 
 def test_output_onto_dev_null_leaves_it_a_device(capsys):
-    from attnc.codegen.io import resolve_output
+    from attnc.io import resolve_output
 
     # asked first, so that code which would replace /dev/null never gets to run this test's command
     assert resolve_output("/dev/null")[0] == "stream"
@@ -120,7 +120,7 @@ def test_empty_output_path_is_refused(capsys, argv):
 
 def test_every_output_path_is_checked_before_any_work(tmp_path, capsys, monkeypatch):
     """tune's -o and --plot (and run's --trace-dir, plot's -o) are refused before the stage is built or tuned."""
-    from attnc.codegen import driver, tune
+    from attnc import cli as driver, tune
 
     def no_work(*a, **k):
         raise AssertionError("work started before the output paths were checked")
@@ -146,8 +146,8 @@ def test_every_output_path_is_checked_before_any_work(tmp_path, capsys, monkeypa
 
 def test_tune_writes_the_tuning_file_and_plot_all_or_nothing(tmp_path, monkeypatch):
     """The plot failing to be written leaves no tuning file (and the reverse): one Outputs commit."""
-    from attnc.codegen import io as aio
-    from attnc.codegen import tune
+    from attnc import io as aio
+    from attnc import tune
 
     result = tune.TuneResult({"stage": "qkv_proj_rope", "aicore_us": 1.0, "default_aicore_us": 1.0}, [])
     monkeypatch.setattr(tune, "tune", lambda req: result)
@@ -240,7 +240,7 @@ def test_value_names_of_the_dsl_are_kept():
 @pytest.mark.parametrize("option", ["--steps-file", "--tuning"])
 def test_a_device_as_an_input_file_is_read_to_a_cap(capsys, option):
     """getsize() is 0 for /dev/zero: the readers count bytes while reading and stop one past their cap."""
-    from attnc.codegen.io import read_bounded  # noqa: F401 - asked first: unbounded code never reads /dev/zero here
+    from attnc.io import read_bounded  # noqa: F401 - asked first: unbounded code never reads /dev/zero here
 
     t0 = time.perf_counter()
     code, _, err = cli(capsys, "run", "decode_swa", *TINY, option, "/dev/zero")
@@ -318,7 +318,7 @@ def test_state_file_reads_only_the_carried_arrays(tmp_path, capsys, monkeypatch)
 
 
 def _tune_fakes(monkeypatch, calls, rechecks, sim=None):
-    from attnc.codegen import tune as T
+    from attnc import tune as T
     from test_tune import _fake_sim
 
     monkeypatch.setattr(T, "sim_trial", sim or _fake_sim(calls))
@@ -446,11 +446,11 @@ def test_a_signal_during_a_sim_run_ends_the_child_group_and_temp_folders(tmp_pat
     script = (  # SIGINT as a terminal delivers it: a shell's background job (CI) starts with SIGINT ignored
         "import signal, sys\n"
         "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-        "import attnc.codegen.pypto_target as target\n"
-        "from attnc.codegen import pypto_sim\n"
+        "import attnc.codegen.pypto.target as target\n"
+        "from attnc.codegen.pypto import sim as pypto_sim\n"
         "real = pypto_sim.run_in_subprocess\n"
         f"target.run_in_subprocess = lambda kernel, inputs, **kw: real(kernel, inputs, **{{**kw, 'python': {str(fake)!r}}})\n"
-        "from attnc.codegen.driver import main\n"
+        "from attnc.cli import main\n"
         "sys.exit(main(['run', 'qkv_proj_rope', '--config', 'tiny', '--target', 'pypto-sim']))\n")
     env = dict(os.environ, TMPDIR=str(tmp), ATTNC_PYPTO_TMP=str(shm), ATTNC_PROGRESS="0")
     proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, env=env)
@@ -500,7 +500,7 @@ def test_closed_stdin_and_stdout_are_one_error_line(capsys, monkeypatch):
 
 
 def test_an_allocation_failure_is_one_error_line(capsys, monkeypatch):
-    from attnc.codegen import driver
+    from attnc import cli as driver
 
     def fail(*a, **k):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
@@ -532,7 +532,7 @@ def test_a_reader_that_leaves_is_one_error_line():
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from attnc.codegen.driver import main; "
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from attnc.cli import main; "
                              "sys.exit(main(['list']))"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.stdout.close()
     err = proc.stderr.read()
@@ -549,8 +549,8 @@ def test_the_memory_estimate_is_an_upper_bound_of_the_measured_peaks():
     (the old lower bound was 1.5-8x below)."""
     import json
 
-    from attnc.codegen.driver import load_source
-    from attnc.codegen.memory import interpreter_upper_bytes
+    from attnc.cli import load_source
+    from attnc.memory import interpreter_upper_bytes
 
     path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "memory_bound.json")
     with open(path) as f:

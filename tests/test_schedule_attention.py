@@ -145,7 +145,7 @@ def test_never_written_rows_may_hold_nan(case):
 def test_emitted_program_reads_tables_in_place():
     """The batch schedule's pypto program: one loop over batch rows, the tables viewed in place (kernel inputs
     reshaped in place, no gather, no concat of whole tables), the output parameter written by the loop."""
-    from attnc.codegen.pypto_emit import emit_pypto
+    from attnc.codegen.pypto.emit import emit_pypto
 
     cfg = resolve_config("flash", {"compress_ratio": 0})
     module = build_stage(STAGES["sparse_attn_core"], cfg)
@@ -160,7 +160,7 @@ def test_emitted_program_reads_tables_in_place():
 
 
 def test_token_schedule_carries_the_output_parameter():
-    from attnc.codegen.pypto_emit import emit_pypto
+    from attnc.codegen.pypto.emit import emit_pypto
 
     cfg = resolve_config("tiny")
     module = build_stage(STAGES["sparse_attn_core"], cfg)
@@ -178,7 +178,7 @@ def test_token_key_block_is_assembled_with_the_picks_gathered_in_place():
     entry: an id it may not see reads its row's entry 0 with weight 0, whatever the list's order."""
     import re
 
-    from attnc.codegen.pypto_emit import emit_pypto
+    from attnc.codegen.pypto.emit import emit_pypto
 
     cfg = resolve_config("flash")  # W=128, S=2, K=512, d=512
     module = build_stage(STAGES["sparse_attn_core"], cfg)
@@ -206,7 +206,7 @@ def test_token_key_block_is_assembled_with_the_picks_gathered_in_place():
 def test_sim_never_written_rows_hold_nan(case):
     """pypto SIM of the scheduled program: NaN in never-written rows, output bit-exact to the interpreter of the
     same tile IR and finite (zero-padded valid-shape views keep the rows out of both matmuls)."""
-    from attnc.codegen.pypto_target import describe, run_pypto_sim, unexcused
+    from attnc.codegen.pypto.target import describe, run_pypto_sim, unexcused
 
     stage, over = CASES[case]
     cfg = resolve_config("tiny", over)

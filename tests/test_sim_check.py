@@ -1,5 +1,5 @@
 """`attnc run --target pypto-sim` checks every output against the interpreter on the same compiled IR and inputs
-(codegen/sim_check.py, the mechanism `attnc tune`'s re-check uses too): one line per output, exit 1 naming the
+(api/sim_check.py, the mechanism `attnc tune`'s re-check uses too): one line per output, exit 1 naming the
 output on a mismatch; a planted emitter bug fails loudly."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from attnc.codegen.sim_check import check_outputs
+from attnc.sim_check import check_outputs
 from attnc.ir.interpreter import run_module
 from attnc.kernels_src import STAGES, build_stage, resolve_config
 from attnc.kernels_src.inputs import make_inputs
@@ -51,7 +51,7 @@ def test_check_is_exact_bounded_or_a_mismatch_per_output():
 
 
 def test_no_check_needs_a_pypto_target(capsys):
-    from attnc.codegen.driver import main
+    from attnc.cli import main
 
     assert main(["run", "sparse_attn_core", "--no-check"]) == 2
     assert "--no-check needs a pypto target" in capsys.readouterr().err
@@ -59,7 +59,7 @@ def test_no_check_needs_a_pypto_target(capsys):
 
 def _plant_softmax_scale_bug(monkeypatch):
     """The emitter's first multiplication by a float constant (the softmax scale of the core) multiplied by 1.1."""
-    import attnc.codegen.pypto_target as target
+    import attnc.codegen.pypto.target as target
 
     real = target.emit_pypto
     planted = []
@@ -77,7 +77,7 @@ def _plant_softmax_scale_bug(monkeypatch):
 
 @needs_pypto
 def test_planted_emitter_bug_fails_the_run(monkeypatch, capsys):
-    from attnc.codegen.driver import main
+    from attnc.cli import main
 
     planted = _plant_softmax_scale_bug(monkeypatch)
     code = main(["run", "sparse_attn_core", "--config", "tiny", "--target", "pypto-sim"])
@@ -106,8 +106,8 @@ unsupported operation: some elements of the input tensor and the written-to tens
 
 
 def test_plog_records_name_their_cause_and_known_causes_are_excused():
-    from attnc.codegen.pypto_sim.runner import parse_log_lines
-    from attnc.codegen.pypto_target import describe, excuse
+    from attnc.codegen.pypto.sim.runner import parse_log_lines
+    from attnc.codegen.pypto.target import describe, excuse
 
     records, _ = parse_log_lines(PLOG.splitlines())
     assert [r[2] for r in records] == ["PASS", "EXCEPTION", "EXCEPTION", "OVERLAP"]
@@ -125,8 +125,8 @@ def test_plog_records_name_their_cause_and_known_causes_are_excused():
 def test_emitted_assembled_pieces_are_the_assembles():
     """ASSEMBLED_PIECES lists exactly the pieces the emitter assembles into a concat's scratch, their rows
     partitioning it, and the padded ones are those assembled with a zero block below their valid rows."""
-    from attnc.codegen.pypto_emit import emit_pypto
-    from attnc.codegen.pypto_target import assembled_pieces
+    from attnc.codegen.pypto.emit import emit_pypto
+    from attnc.codegen.pypto.target import assembled_pieces
 
     module, _, _ = _compiled("sparse_attn_core")
     text = emit_pypto(module)

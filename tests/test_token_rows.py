@@ -252,7 +252,7 @@ def test_pypto_sim_prefill_chunk_longer_than_window():
 
     if not target.pypto_available():
         pytest.skip("pypto 0.2.0 is not importable here")
-    from attnc.codegen.pypto_target import run_pypto_sim
+    from attnc.codegen.pypto.target import run_pypto_sim
 
     cfg, module = target.compiled("decode_csa", (("seq", 16), ("max_pos", 256)))
     st = STAGES["decode_csa"]

@@ -1,13 +1,13 @@
 """Top-k up to near-ties (attnc.ir.topk): the tie-aware comparison on synthetic scores, the interpreter's top-k
-resolver hook on decode_csa at `tiny`, and the re-check's comparison (codegen.tune.compare_with_interpreter) fed
+resolver hook on decode_csa at `tiny`, and the re-check's comparison (attnc.tune.compare_with_interpreter) fed
 with device outputs made by the interpreter itself (no SIM)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from attnc.codegen.driver import load_source, source_inputs
-from attnc.codegen.tune import compare_with_interpreter
+from attnc.cli import load_source, source_inputs
+from attnc.tune import compare_with_interpreter
 from attnc.ir.interpreter import InterpretError, run_module
 from attnc.ir.topk import TIE_EPS, TopkRecorder, compare_topk, compare_topk_row, topk_indices
 from attnc.passes import PYPTO_PIPELINE

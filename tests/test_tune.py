@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from attnc.codegen import tune as T
-from attnc.codegen.driver import load_source, main
-from attnc.codegen.pypto_options import PyptoOptions
+from attnc import tune as T
+from attnc.cli import load_source, main
+from attnc.codegen.pypto.options import PyptoOptions
 from attnc.passes import PYPTO_PIPELINE
 from attnc.passes.verify import run_pipeline
 from tests.markers import needs_pypto

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from attnc.codegen.pypto_emit import emit_pypto, in_place_outputs
+from attnc.codegen.pypto.emit import emit_pypto, in_place_outputs
 from attnc.ir import parse_ir
 from attnc.ir.interpreter import entry_function, run_module
 from attnc.kernels_src import STAGES, build_stage, resolve_config
@@ -62,7 +62,7 @@ def test_without_update_in_place_the_program_copies_the_table():
     """The same stage without the pass: value semantics as written, a copy of the table per write."""
     module, _, _ = _compiled("compressor", PYPTO_PIPELINE.replace(",update-in-place", ""))
     text = emit_pypto(module)
-    # the copy: the table assembled whole into a scratch parameter the row loop then writes (pypto_emit)
+    # the copy: the table assembled whole into a scratch parameter the row loop then writes (codegen/pypto/emit.py)
     assert "kv_cmp_out: pypto.Tensor" in text and re.search(r"pypto\.assemble\(kv_cmp, \[0, 0, 0\], ws\d+\)", text)
     assert in_place_outputs(entry_function(module)) == set()
 

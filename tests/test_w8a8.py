@@ -101,7 +101,7 @@ def test_dequantised_product_tracks_the_float_product():
 def test_sim_equals_the_interpreter_after_lowering():
     """The probe through the tile pipeline into pypto SIM: int8 codes, int32 products, scales and the
     dequantised result equal to the interpreter bit for bit."""
-    from attnc.codegen.pypto_target import run_pypto_sim
+    from attnc.codegen.pypto.target import run_pypto_sim
 
     x, w, ws = _inputs(2)
     x[3, :] = 0.0
@@ -203,7 +203,7 @@ def dtype_of_result(op):
 
 def _sim_and_interpreter(stage: str):
     """The pypto pipeline at tiny, quant=w8a8: (SIM run, interpreter outputs of the same tile module)."""
-    from attnc.codegen.pypto_target import run_pypto_sim
+    from attnc.codegen.pypto.target import run_pypto_sim
 
     cfg = resolve_config("tiny", {"quant": "w8a8"})
     mod = _compiled(stage, cfg, PYPTO_PIPELINE)
@@ -236,7 +236,7 @@ def test_indexer_w8a8_sim_equals_the_interpreter_at_tiny():
 
 @pytest.mark.parametrize("stage", sorted(QUANTISED))
 def test_pto_refuses_the_int8_ops_in_one_located_line(stage):
-    from attnc.codegen.pto_emit import PtoEmitError, emit_pto
+    from attnc.codegen.pto.emit import PtoEmitError, emit_pto
     from attnc.passes import pto_pipeline
 
     cfg = resolve_config("tiny", {"quant": "w8a8"})

@@ -3,7 +3,7 @@
 The wheel's `bin/ptoas` asks the loader for its MLIR/LLVM libraries by their plain names
 (`libMLIRFoo.so.19.1`), while the wheel ships them in `site-packages/ptoas.libs/` under hashed names
 (`libMLIRFoo-1a2b3c4d.so.19.1`), and ~45 more (mlir-opt main, test passes, ...) are not shipped at all; the
-binary never calls into those. `python -m attnc.codegen.ptoas_setup` (run by `make setup`; needs gcc) makes a
+binary never calls into those. `python -m attnc.codegen.pto.ptoas` (run by `make setup`; needs gcc) makes a
 runtime folder `<venv>/ptoas-runtime/` holding a plain-named link for every shipped library and an empty
 shared library (built by gcc, with the expected soname) for every missing one. Nothing else is changed; the
 folders go on LD_LIBRARY_PATH for the ptoas process only.

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import torch
 
 from attnc.codegen.escape import file_stem
-from attnc.codegen.io import to_numpy
-from attnc.codegen.pypto_emit import emit_pypto, in_place_outputs, program_output_names
-from attnc.codegen.pypto_options import PyptoOptions
-from attnc.codegen.pypto_sim import run_in_subprocess
+from attnc.ir.types import to_numpy
+from attnc.codegen.pypto.emit import emit_pypto, in_place_outputs, program_output_names
+from attnc.codegen.pypto.options import PyptoOptions
+from attnc.codegen.pypto.sim import run_in_subprocess
 from attnc.ir.interpreter import entry_function
 from attnc.ir.types import dtype_of, torch_dtype
 

@@ -36,7 +36,7 @@ class Terminated(BaseException):
 def _one_line(e: BaseException) -> str:
     """The first line of an error, its control characters escaped: text from an input file (an escape
     sequence, a carriage return) is never sent raw to the terminal."""
-    from attnc.codegen.provenance import printable
+    from attnc.provenance import printable
 
     return printable(str(e).splitlines()[0]) if str(e) else type(e).__name__
 
@@ -166,7 +166,7 @@ def source_inputs(src: Source, seed: int, npz_path: str | None = None, extra: di
     is read), where given; seeded values for the rest."""
     import torch
 
-    from attnc.codegen.io import load_npz, seeded_tensor_for_type, to_tensor
+    from attnc.io import load_npz, seeded_tensor_for_type, to_tensor
     from attnc.ir.interpreter import entry_function
     from attnc.ir.types import dtype_of, shape_of
     from attnc.kernels_src.inputs import IndexInputError, make_inputs
@@ -252,7 +252,7 @@ def compile_source(src: Source, pipeline: str, *, verify_each: bool, seed: int =
                    before_pass=None, timing=None, progress_label: str | None = None):
     """Run `pipeline` on the source in place; a progress line per pass (and per verify) on a terminal, and the
     reference interpretation, each pass and each verify as phases of `timing`."""
-    from attnc.codegen.progress import Progress
+    from attnc.progress import Progress
     from attnc.passes import build_pipeline
     from attnc.passes.verify import run_pipeline
 
@@ -313,27 +313,27 @@ def _check_print_ir_names(names: list[str]) -> None:
 
 
 def _ir_dump(title: str, text: str) -> None:
-    from attnc.codegen.progress import stderr_write
+    from attnc.progress import stderr_write
 
     stderr_write(f"// -----// IR Dump {title} //----- //\n{text}")
 
 
 def pypto_options(args):
-    from attnc.codegen.pypto_options import PyptoOptions
+    from attnc.codegen.pypto.options import PyptoOptions
 
     return PyptoOptions().with_settings(args.pypto_option)
 
 
 def apply_tuning(args, stage_name: str) -> None:
-    from attnc.codegen.tune import apply_tuning as apply
+    from attnc.tune import apply_tuning as apply
 
     apply(args, stage_name)
 
 
 def cmd_compile(args) -> int:
     from attnc.codegen.escape import file_stem
-    from attnc.codegen.io import Outputs, check_output_path
-    from attnc.codegen.provenance import Provenance
+    from attnc.io import Outputs, check_output_path
+    from attnc.provenance import Provenance
     from attnc.ir.printing import render_ir
 
     if args.pto_dtype and args.emit != "pto":
@@ -364,7 +364,7 @@ def cmd_compile(args) -> int:
             src = load_source(args.source, args.config, args.set)
     apply_tuning(args, src.name)
     if args.verify_each:
-        from attnc.codegen.memory import check_memory
+        from attnc.memory import check_memory
 
         check_memory(src.module, f"--verify-each on {src.name}")
     pipeline = _pipeline_for(args)
@@ -428,11 +428,11 @@ def cmd_compile(args) -> int:
         shown = os.path.basename(os.path.normpath(args.output)) + "/"
     with timing.phase(f"emit {args.emit}"):
         if args.emit == "pypto":
-            from attnc.codegen.pypto_emit import emit_pypto
+            from attnc.codegen.pypto.emit import emit_pypto
 
             text = prov.header("#", shown) + emit_pypto(src.module, pypto_options(args))
         elif args.emit == "pto":
-            from attnc.codegen.pto_emit import emit_pto
+            from attnc.codegen.pto.emit import emit_pto
 
             kernels = emit_pto(src.module, src.name)
             for i, k in enumerate(kernels):  # each file says how it was made and which token loop it is
@@ -545,7 +545,7 @@ def note_seeded(src: Source, seeded: list[str], seed: int, no_seed: bool) -> Non
         return
     if no_seed:
         raise CliError(f"--no-seed: {src.name} needs {len(seeded)} more input array(s): {', '.join(seeded)}")
-    from attnc.codegen.progress import stderr_write
+    from attnc.progress import stderr_write
 
     stderr_write(f"attnc: note: seeded {len(seeded)} of {len(src.arg_names)} inputs of {src.name} (seed {seed}): "
                  f"{', '.join(seeded)}\n")
@@ -554,7 +554,7 @@ def note_seeded(src: Source, seeded: list[str], seed: int, no_seed: bool) -> Non
 def _state_arrays(src: Source, path: str) -> dict:
     """The in/out arrays (caches, rings, states) of a previous step's `--out` file: what a serving loop hands from
     one step to the next. The file's other outputs (out, cmp_idx, ...) are not inputs and are left out."""
-    from attnc.codegen.io import load_npz, to_tensor
+    from attnc.io import load_npz, to_tensor
     from attnc.ir.interpreter import entry_function
     from attnc.ir.types import dtype_of, shape_of
 
@@ -591,7 +591,7 @@ def _next_step_inputs(src: Source, inputs: dict, outs: dict, step: int, seed: in
     (seed + step); weights and tables unchanged."""
     import torch
 
-    from attnc.codegen.io import seeded_tensor_for_type
+    from attnc.io import seeded_tensor_for_type
     from attnc.ir.interpreter import entry_function
 
     nxt = dict(inputs)
@@ -612,7 +612,7 @@ MAX_STEPS = 1 << 20
 def read_step_counts(path: str) -> list[int]:
     """`--steps-file`: every step's token count per batch row — a JSON list of positive integers, or one positive
     integer a line (blank lines and `#` comments skipped). A bad file is one error naming the file (and line)."""
-    from attnc.codegen.io import parse_json, read_bounded
+    from attnc.io import parse_json, read_bounded
 
     try:
         text = read_bounded(path, MAX_STEPS_FILE_BYTES, "the steps file").decode("utf-8")
@@ -645,7 +645,7 @@ def read_step_counts(path: str) -> list[int]:
 
 
 def printable_value(value) -> str:
-    from attnc.codegen.provenance import printable
+    from attnc.provenance import printable
 
     return repr(printable(value))[:40] if isinstance(value, str) else printable(repr(value))[:40]
 
@@ -688,8 +688,8 @@ def _execute(src: Source, inputs: dict, args, timing, label: str):
             t0 = time.perf_counter()
             outs = dict(zip(src.output_names, run_module(src.module, list(inputs.values()))))
             return outs, None, time.perf_counter() - t0
-    from attnc.codegen.progress import Progress
-    from attnc.codegen.pypto_target import run_pypto_sim
+    from attnc.progress import Progress
+    from attnc.codegen.pypto.target import run_pypto_sim
 
     import tempfile
 
@@ -723,8 +723,8 @@ def _execute(src: Source, inputs: dict, args, timing, label: str):
 
 def _check_against_interpreter(src: Source, inputs: dict, got: dict, label: str) -> None:
     """Every output of a pypto run against the interpreter on the same compiled module and inputs
-    (`attnc.codegen.sim_check`): one line per output; the first mismatch is an error (exit 1)."""
-    from attnc.codegen.sim_check import check_outputs
+    (`attnc.sim_check`): one line per output; the first mismatch is an error (exit 1)."""
+    from attnc.sim_check import check_outputs
 
     check = check_outputs(src.module, inputs, got, src.output_names)
     for row in check.outputs:
@@ -739,8 +739,8 @@ def _check_against_interpreter(src: Source, inputs: dict, got: dict, label: str)
 
 def _check_sim_verify(res) -> None:
     """A FAILED pypto per-pass verify record (or AssembleChecker overlap report) is an error unless its cause
-    excuses it (pypto_target.excuse: a known pypto limitation by error code and op, or disjoint padded writes)."""
-    from attnc.codegen.pypto_target import describe, excuse
+    excuses it (codegen/pypto/target.excuse: a known pypto limitation by error code and op, or disjoint padded writes)."""
+    from attnc.codegen.pypto.target import describe, excuse
 
     bad = [r for r in res.failed_records if excuse(r, res.program) is None]
     if bad:
@@ -755,8 +755,8 @@ def _check_sim_verify(res) -> None:
 def _keep_trace(src: Source, trace_tmp: str, trace_dir: str, label: str, outputs=None) -> None:
     """pypto's Perfetto trace and a swim-lane picture of the run, named after the stage (and step); added to
     `outputs` (written with the command's other files, all or nothing), or written now without it."""
-    from attnc.codegen import pictures
-    from attnc.codegen.io import Outputs
+    from attnc import pictures
+    from attnc.io import Outputs
 
     pending = outputs if outputs is not None else Outputs()
 
@@ -778,8 +778,8 @@ def _keep_trace(src: Source, trace_tmp: str, trace_dir: str, label: str, outputs
 def cmd_run(args) -> int:
     import torch
 
-    from attnc.codegen.io import Outputs, check_output_path, npz_bytes
-    from attnc.codegen.memory import check_memory
+    from attnc.io import Outputs, check_output_path, npz_bytes
+    from attnc.memory import check_memory
 
     timing = args.timing_report
     if args.out is not None:
@@ -791,7 +791,7 @@ def cmd_run(args) -> int:
         raise CliError(("--time-only" if args.time_only else "--trace-dir" if args.trace_dir else "--no-check")
                        + " needs a pypto target")
     if args.target == "pypto-npu":
-        from attnc.codegen.pypto_sim import npu_available
+        from attnc.codegen.pypto.sim import npu_available
 
         if not npu_available():
             raise CliError("--target pypto-npu needs torch_npu and an Ascend NPU; none found on this machine")
@@ -860,9 +860,9 @@ def cmd_run(args) -> int:
 
 def cmd_inputs(args) -> int:
     """Write a stage's inputs (the file's arrays where given, seeded values for the rest) to one .npz."""
-    from attnc.codegen.io import check_output_path, save_npz
+    from attnc.io import check_output_path, save_npz
 
-    from attnc.codegen.memory import check_memory
+    from attnc.memory import check_memory
 
     check_output_path(args.output)
     src = load_source(args.source, args.config, args.set)
@@ -886,9 +886,9 @@ def _visibility_kind(src: Source) -> str:
 
 def _plot_errors(src: Source, args, title: str) -> None:
     """Every level's error vs the level before (and the pass's tolerance), the tensor level and the FP32 reference."""
-    from attnc.codegen import pictures
-    from attnc.codegen.fp32_reference import fp32_reference
-    from attnc.codegen.pass_errors import measure_pass_errors
+    from attnc import pictures
+    from attnc.fp32_reference import fp32_reference
+    from attnc.pass_errors import measure_pass_errors
     from attnc.ir.dsl import stage_config
 
     args.inputs, args.no_seed = getattr(args, "inputs", None), False
@@ -898,7 +898,7 @@ def _plot_errors(src: Source, args, title: str) -> None:
                       if src.stage is not None else (None, "an .mlir source has no FP32 reference"))
     if reference is None:
         print(f"attnc: note: no FP32 reference in the picture: {why}", file=sys.stderr)
-    from attnc.codegen.progress import Progress
+    from attnc.progress import Progress
 
     with Progress(None, f"{src.name}: every pass, interpreted after each") as bar:
         bar.tick_every(0.5)
@@ -909,11 +909,11 @@ def _plot_errors(src: Source, args, title: str) -> None:
 
 def cmd_plot(args) -> int:
     """Pictures: the tile schedule, the timing of every phase, or which keys each token sees."""
-    from attnc.codegen import pictures
-    from attnc.codegen.io import check_output_path
+    from attnc import pictures
+    from attnc.io import check_output_path
     from attnc.ir.dsl import stage_config
 
-    from attnc.codegen.memory import check_memory
+    from attnc.memory import check_memory
 
     check_output_path(args.output)
     src = load_source(args.source, args.config, args.set)
@@ -1049,7 +1049,7 @@ ATTNC_TRACEBACK=1 (show the traceback of an internal error)."""
 
 def cmd_ptoas(args) -> int:
     """ptoas's own exit code and output; its debug dumps (stderr) pass through."""
-    from attnc.codegen.ptoas_setup import PtoasUnavailable, ptoas_command
+    from attnc.codegen.pto.ptoas import PtoasUnavailable, ptoas_command
 
     if not os.path.isfile(args.pto):
         raise CliError(f"{args.pto}: no such file")
@@ -1061,7 +1061,7 @@ def cmd_ptoas(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from attnc.codegen.provenance import version_line
+    from attnc.provenance import version_line
 
     p = _Parser(prog="attnc", formatter_class=_HelpFormatter, epilog=_EPILOG,
                 description="DeepSeek-V4 attention stage compiler (DSL -> attn -> tile -> pypto)")
@@ -1107,7 +1107,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--seed", type=_seed, default=0, help="seed of the generated inputs, 0 <= SEED < 2**63")
         q.add_argument("--pypto-option", action="append", default=[], metavar="KEY=VALUE",
                        help="pypto target option (scheduling/merging knobs, vector tile budget), e.g. "
-                            "'vec_nbuffer_setting={-1: 4}'; see codegen/pypto_options.py (repeatable)")
+                            "'vec_nbuffer_setting={-1: 4}'; see codegen/pypto/options.py (repeatable)")
         q.add_argument("--timing", action="store_true",
                        help="print the wall time of every phase (build/parse, each pass, each verify, emit, write)")
         q.add_argument("--tuning", metavar="FILE", default=None, type=_in_file,
@@ -1197,7 +1197,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("ptoas_args", nargs=argparse.REMAINDER, metavar="ARGS",
                     help="passed to ptoas as written, e.g. -o FILE.cpp (default: the C++ on stdout)")
 
-    from attnc.codegen.tune import add_parser as add_tune_parser
+    from attnc.tune import add_parser as add_tune_parser
 
     add_tune_parser(sub, _HelpFormatter)
     return p
@@ -1209,7 +1209,7 @@ def _subparser(parser: argparse.ArgumentParser, command: str | None) -> argparse
 
 
 def main(argv: list[str] | None = None) -> int:
-    from attnc.codegen.progress import Timing
+    from attnc.progress import Timing
 
     timing = Timing()
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -19,10 +19,10 @@ import torch
 from attnc.errors import AttncError
 from attnc.ir.interpreter import entry_function, run_module
 
-from .pto_emit import KernelPlan, token_loops
-from .ptoas_setup import run_ptoas
+from .emit import KernelPlan, token_loops
+from .ptoas import run_ptoas
 
-MODEL_INCLUDE = os.path.join(os.path.dirname(__file__), "pto_model", "include")
+MODEL_INCLUDE = os.path.join(os.path.dirname(__file__), "model", "include")
 _NP = {"f16": np.float16, "f32": np.float32, "i32": np.int32}
 _CXX = {"f16": "half", "f32": "float", "i32": "int32_t"}
 

@@ -19,8 +19,8 @@ from attnc.ir.dsl import emitting
 from attnc.ir.interpreter import entry_function
 from attnc.ir.types import dtype_of, shape_of, tensor_type
 
-from . import AttncPass, PassError, register
-from ._build import tile_op
+from attnc.passes import AttncPass, PassError, register
+from attnc.passes._build import tile_op
 
 F16_MAX = 65504.0
 _SOURCE = "bf16"

@@ -77,7 +77,7 @@ class Provenance:
             name = quoted(output or "KERNEL.pypto.py")
             out.append(f"run alone: attnc inputs {quoted(self.source)} --config {quoted(self.config)}"
                        + "".join(f" --set {quoted(f'{k}={v}')}" for k, v in self.overrides.items())
-                       + f" -o in.npz && python -m attnc.codegen.pypto_sim.runner {name} in.npz out.npz")
+                       + f" -o in.npz && python -m attnc.codegen.pypto.sim.runner {name} in.npz out.npz")
         return out
 
     def header(self, comment: str, output: str | None = None, extra: tuple[str, ...] = ()) -> str:

@@ -22,7 +22,7 @@ from attnc.ir.common import LOC_ATTR, ints_of, op_location
 from attnc.ir.interpreter import entry_function
 from attnc.ir.types import dtype_of, shape_of
 
-from .pypto_options import PyptoOptions
+from .options import PyptoOptions
 
 PYPTO_DTYPE = {"bf16": "pypto.DT_BF16", "f16": "pypto.DT_FP16", "f32": "pypto.DT_FP32", "i32": "pypto.DT_INT32",
                "i8": "pypto.DT_INT8", "i1": "pypto.DT_BOOL"}
@@ -38,7 +38,7 @@ SCALAR = {"adds": "pypto.add", "muls": "pypto.mul", "maxs": "pypto.maximum"}
 
 GATHER_TILE_ELEMS = 8192  # index_select tiles with a multi-dim index at most this large (see gather_rows)
 GATHER_UB_BYTES = 128 * 1024  # a row-list index_select's output tile (UB keeps room for its index tile)
-_TEMPLATE = jinja2.Environment(loader=jinja2.PackageLoader("attnc.codegen", "templates"),
+_TEMPLATE = jinja2.Environment(loader=jinja2.PackageLoader("attnc.codegen.pypto", "templates"),
                                keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from attnc.errors import AttncError
-from attnc.ir.types import dtype_of, shape_of, torch_dtype
+from attnc.ir.types import dtype_of, shape_of, to_numpy, torch_dtype
 
 
 class InputError(AttncError):
@@ -176,12 +176,6 @@ def to_tensor(path: str, name: str, array: np.ndarray, shape: tuple[int, ...], d
         raise InputError(f"{where}: expected a float array for {dtype}, got {array.dtype}")
     t = torch.from_numpy(np.ascontiguousarray(array).astype(np.float32))
     return t.to(torch_dtype(dtype))  # float32 -> bf16 rounds to nearest-even
-
-
-def to_numpy(t: torch.Tensor) -> np.ndarray:
-    if t.dtype in (torch.bfloat16, torch.float16):
-        t = t.float()
-    return t.detach().cpu().contiguous().numpy()
 
 
 def _umask() -> int:

@@ -68,7 +68,7 @@ RECHECK_VERIFY_MODES = ("default", "tensor-graph")
 
 
 # the re-check's limits and comparison are the ones `attnc run --target pypto-sim` checks every run with
-from attnc.codegen.sim_check import RECHECK_TOLERANCE, recheck_limit  # noqa: E402,F401
+from attnc.sim_check import RECHECK_TOLERANCE, recheck_limit  # noqa: E402,F401
 
 # pass options the tuner varies (only for passes present in the pipeline): (pass, option) -> values
 PASS_SPACE = {
@@ -137,7 +137,7 @@ def build_space(pipeline: str, narrow: list[str] | None = None) -> list[Dim]:
     literals; a dimension narrowed to one value is fixed). The default value is always kept first."""
     import ast
 
-    from attnc.codegen.pypto_options import PyptoOptions
+    from attnc.codegen.pypto.options import PyptoOptions
 
     specs = {s.name: s for s in _pass_specs(pipeline)}
     dims = []
@@ -167,7 +167,7 @@ def build_space(pipeline: str, narrow: list[str] | None = None) -> list[Dim]:
         d = by_name[name]
         wrong = [v for v in values if type(v) is not type(d.default)]
         if wrong:
-            from attnc.codegen.provenance import printable
+            from attnc.provenance import printable
 
             raise TuneError(f"--space {name}: {printable(repr(wrong[0]))[:40]} is not of type "
                             f"{type(d.default).__name__} (the default is {d.default!r})")
@@ -212,7 +212,7 @@ def candidate_pipeline(pipeline: str, dims: list[Dim], params: dict) -> str:
 
 
 def candidate_options(dims: list[Dim], params: dict):
-    from attnc.codegen.pypto_options import PyptoOptions
+    from attnc.codegen.pypto.options import PyptoOptions
 
     return PyptoOptions().with_settings({d.name: _value(params[d.name]) for d in dims if d.pass_name is None})
 
@@ -243,7 +243,7 @@ def largest_vector_tile(module, budget: int) -> tuple[int, str]:
     outside loops whose pass chose their own (`vec_tile_elems` on a tile.parallel), as in the emitter."""
     from xdsl.dialects.builtin import TensorType
 
-    from attnc.codegen.pypto_emit import _BYTES, vec_budget_at, vec_tile
+    from attnc.codegen.pypto.emit import _BYTES, vec_budget_at, vec_tile
     from attnc.ir.common import op_location
     from attnc.ir.types import dtype_of, shape_of
 
@@ -282,7 +282,7 @@ def pypto_version() -> str:
 
 
 def _harness_digest() -> str:
-    from attnc.codegen.pypto_sim import RUNNER
+    from attnc.codegen.pypto.sim import RUNNER
 
     return hashlib.sha256(RUNNER.read_bytes()).hexdigest()[:16]
 
@@ -343,7 +343,7 @@ class Cache:
             self.report(f"tune: note: cache entry {key[:16]}... ignored ({why}); it is evaluated again")
 
     def get(self, key: str, valid=is_timing_verdict) -> dict | None:
-        from attnc.codegen.io import InputError, parse_json, read_bounded
+        from attnc.io import InputError, parse_json, read_bounded
 
         if not self.enabled:
             return None
@@ -394,7 +394,7 @@ def sim_trial(program: str, name: str, inputs, timeout_s: float, verify: str = S
     dict of arrays. Never raises for a failing program: the failure is the result."""
     import numpy as np
 
-    from attnc.codegen.pypto_sim import PyptoSimError, run_in_subprocess
+    from attnc.codegen.pypto.sim import PyptoSimError, run_in_subprocess
 
     if isinstance(inputs, (str, os.PathLike)):
         with np.load(inputs) as data:
@@ -451,7 +451,7 @@ def _worker_init() -> None:
     the terminal reaches the workers too, which unwind the same way."""
     import signal
 
-    from attnc.codegen.driver import _on_sigterm
+    from attnc.cli import _on_sigterm
 
     signal.signal(signal.SIGTERM, _on_sigterm)
 
@@ -604,9 +604,9 @@ def _short(params: dict, dims: list[Dim]) -> str:
 
 def tune(req: TuneRequest, log=None) -> TuneResult:
     """Run the search and the re-check; returns the tuning record (not yet written)."""
-    from attnc.codegen.driver import load_source, source_inputs
-    from attnc.codegen.progress import Progress
-    from attnc.codegen.pypto_emit import emit_pypto
+    from attnc.cli import load_source, source_inputs
+    from attnc.progress import Progress
+    from attnc.codegen.pypto.emit import emit_pypto
     from attnc.ir import print_ir
     from attnc.passes import PYPTO_PIPELINE, PassError, PipelineError
     from attnc.passes.verify import run_pipeline
@@ -619,7 +619,7 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
     dims = build_space(base_pipeline, req.space)
     cache = Cache(req.cache_dir, req.use_cache, report=log)
     src0 = load_source(req.source, req.config, req.overrides)
-    from attnc.codegen.memory import check_memory
+    from attnc.memory import check_memory
 
     # seeded tensors, their arrays and the .npz each SIM child reads; the re-check interprets at its own batch
     check_memory(src0.module, f"tune {src0.name}", copies_of_inputs=3)
@@ -684,7 +684,7 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
     with tempfile.TemporaryDirectory(prefix="attnc-tune-in-") as tmp:
         import numpy as np
 
-        from attnc.codegen.io import to_numpy
+        from attnc.io import to_numpy
 
         arrays = {k: to_numpy(v) for k, v in inputs.items()}
         inputs_path = os.path.join(tmp, "inputs.npz")
@@ -812,11 +812,11 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
 def recheck(req: TuneRequest, base_pipeline: str, dims, params: dict, cache: Cache, log, fresh: bool = False) -> dict:
     """Compile the candidate at `recheck_batch`, run it in SIM with pypto's pass verify and compare every output
     with attnc's interpreter on the same compiled IR. Cached like the timings."""
-    from attnc.codegen.driver import load_source, source_inputs
-    from attnc.codegen.progress import Progress
-    from attnc.codegen.pypto_emit import emit_pypto
-    from attnc.codegen.pypto_sim import PyptoSimError
-    from attnc.codegen.pypto_target import run_pypto_sim, unexcused
+    from attnc.cli import load_source, source_inputs
+    from attnc.progress import Progress
+    from attnc.codegen.pypto.emit import emit_pypto
+    from attnc.codegen.pypto.sim import PyptoSimError
+    from attnc.codegen.pypto.target import run_pypto_sim, unexcused
     from attnc.ir.topk import TIE_EPS
     from attnc.passes.verify import run_pipeline
 
@@ -840,7 +840,7 @@ def recheck(req: TuneRequest, base_pipeline: str, dims, params: dict, cache: Cac
     except PyptoSimError as e:
         return {"ok": False, "note": str(e)[:300], "max_error": None, "failed_records": None}
     out = compare_with_interpreter(src.module, inputs, res.outputs, src.output_names)
-    out["failed_records"] = len(unexcused(res))  # records no cause excuses (pypto_target.excuse)
+    out["failed_records"] = len(unexcused(res))  # records no cause excuses (codegen/pypto/target.excuse)
     cache.put(key, out)
     ties = out.get("topk")
     log(f"tune: re-check {'passed' if out['ok'] else 'FAILED'} ({_short(params, dims)}): max error "
@@ -857,9 +857,9 @@ def _err(value) -> str:
 
 def compare_with_interpreter(module, inputs: dict, got: dict, output_names, eps: float | None = None) -> dict:
     """The re-check's comparison of a device run's outputs `got` with attnc's interpreter on the same IR
-    (`attnc.codegen.sim_check.check_outputs`, the check of every `attnc run --target pypto-sim`), as the record
+    (`attnc.sim_check.check_outputs`, the check of every `attnc run --target pypto-sim`), as the record
     the tuning file and the cache keep: ok, note, max_error, differing, topk."""
-    from attnc.codegen.sim_check import check_outputs
+    from attnc.sim_check import check_outputs
 
     return check_outputs(module, inputs, got, output_names, eps).as_dict()
 
@@ -870,7 +870,7 @@ def compare_with_interpreter(module, inputs: dict, got: dict, output_names, eps:
 def plot_trials(trials: list[Trial], title: str, path: str) -> bool:
     """µs per candidate (timed now, or from the cache), the best so far and the default; crashes and timeouts as
     crosses, written to `path`. False when matplotlib is not installed."""
-    from attnc.codegen.io import atomic_write_bytes
+    from attnc.io import atomic_write_bytes
 
     data = plot_trials_bytes(trials, title)
     if data is None:
@@ -928,7 +928,7 @@ def tuning_text(tuning: dict) -> str:
 
 
 def write_tuning(path: str, tuning: dict) -> None:
-    from attnc.codegen.io import atomic_write_text
+    from attnc.io import atomic_write_text
 
     atomic_write_text(path, tuning_text(tuning))
 
@@ -942,10 +942,10 @@ MAX_TUNING_BYTES = 16 << 20
 
 def load_tuning(path: str) -> dict:
     """Read and check a tuning file; TuneError (one line naming the file) on anything malformed."""
-    from attnc.codegen.pypto_options import OptionError, PyptoOptions
+    from attnc.codegen.pypto.options import OptionError, PyptoOptions
     from attnc.passes import PipelineError, build_pipeline
 
-    from attnc.codegen.io import InputError, parse_json, read_bounded
+    from attnc.io import InputError, parse_json, read_bounded
 
     try:
         data = parse_json(read_bounded(path, MAX_TUNING_BYTES, "tuning file").decode("utf-8", "replace"),
@@ -1017,7 +1017,7 @@ def add_parser(sub, formatter_class=None) -> None:
                         "(the outputs only: a whole flash layer's re-check at B=2 with the records took > 8.4 GB "
                         "and > 13 min here) (default: default)")
     t.add_argument("--no-cache", action="store_true", help="time every candidate again (default: use the cache)")
-    from attnc.codegen.driver import _out_path
+    from attnc.cli import _out_path
 
     t.add_argument("--plot", metavar="FILE.png", default=None, type=_out_path,
                    help="default: the tuning file with .png")
@@ -1034,14 +1034,14 @@ def _default_pipeline() -> str:
 
 def default_plot_path(output: str) -> str | None:
     """The tuning file with .png, for a regular file path only (stdout, a device or a FIFO has no sibling)."""
-    from attnc.codegen.io import resolve_output
+    from attnc.io import resolve_output
 
     kind, target, _ = resolve_output(output)
     return str(Path(target).with_suffix(".png")) if kind == "file" else None
 
 
 def cmd_tune(args) -> int:
-    from attnc.codegen.io import Outputs, check_output_path
+    from attnc.io import Outputs, check_output_path
 
     if args.recheck_batch < 1:
         raise TuneError("--recheck-batch must be at least 1")
@@ -1080,8 +1080,8 @@ def cmd_tune(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:  # python -m attnc.codegen.tune ...
-    from attnc.codegen.driver import main as attnc_main
+def main(argv=None) -> int:  # python -m attnc.tune ...
+    from attnc.cli import main as attnc_main
 
     return attnc_main(["tune", *(argv if argv is not None else sys.argv[1:])])
 

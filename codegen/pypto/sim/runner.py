@@ -1,7 +1,7 @@
 """Child-process entry: run one generated pypto 0.2.0 kernel module once and write its outputs.
 
     python runner.py KERNEL.py IN.npz OUT.npz [VERIFY]
-    python -m attnc.codegen.pypto_sim.runner KERNEL.py IN.npz OUT.npz [VERIFY]
+    python -m attnc.codegen.pypto.sim.runner KERNEL.py IN.npz OUT.npz [VERIFY]
 
 VERIFY: ``default`` (pass verify with pypto's default pass filter), ``tensor-graph`` (verify with the empty filter:
 only the tensor graph is interpreted -- outputs still written), ``all`` (every pass), ``none`` (time only: no

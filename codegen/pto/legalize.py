@@ -24,8 +24,8 @@ from attnc.ir.common import str_attr
 from attnc.ir.tile_dialect import TILE
 from attnc.ir.types import dtype_of, shape_of, tensor_type
 
-from . import AttncPass, register
-from ._build import addi, before, defined_inside, tile_full, tile_op, val, view
+from attnc.passes import AttncPass, register
+from attnc.passes._build import addi, before, defined_inside, tile_full, tile_op, val, view
 
 _TWO_126 = 2.0 ** 126
 _TWO_24 = 2.0 ** 24

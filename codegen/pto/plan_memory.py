@@ -2,7 +2,7 @@
 
 A PTO kernel is one token loop body (`tile.parallel`, one token per kernel instance). At real sizes its tiles do
 not fit: the flash attention core holds [64 heads, 512] f32 accumulators, 128 KiB each, in a 192 KiB UB. This
-pass emits the body (codegen/pto_emit.py), plans its memory (codegen/pto_plan.py: lifetimes and addresses in
+pass emits the body (codegen/pto/emit.py), plans its memory (codegen/pto/plan.py: lifetimes and addresses in
 UB/L1/L0A/L0B/L0C) and, when the plan overflows, puts the body in an `scf.for` over chunks of G rows of its
 outputs (G = R/2, R/4, ... of the R output rows, the heads of the attention cores), the largest G that fits.
 
@@ -25,8 +25,8 @@ from xdsl.ir import Block, Operation, Region, SSAValue
 
 from attnc.ir.types import shape_of
 
-from . import AttncPass, PassError, register
-from ._build import INDEX, addi, at_end, before, const, constant_value, defined_inside, muli, view
+from attnc.passes import AttncPass, PassError, register
+from attnc.passes._build import INDEX, addi, at_end, before, const, constant_value, defined_inside, muli, view
 
 _ROW_LOCAL = {"add", "sub", "mul", "div", "max", "min", "rem", "floordiv", "and", "or", "neg", "exp", "sqrt",
               "rsqrt", "recip", "relu", "abs", "cmp", "select", "cast", "adds", "muls", "maxs", "full",
@@ -283,7 +283,7 @@ def split_rows(par: Operation, g: int) -> None:
 
 def _fits(par: Operation, name: str) -> bool | None:
     """Whether the kernel of `par` fits (None: the emitter refuses it for another reason)."""
-    from attnc.codegen.pto_emit import PtoEmitError, _KernelEmitter
+    from .emit import PtoEmitError, _KernelEmitter
 
     try:
         plan = _KernelEmitter(par, name).run()

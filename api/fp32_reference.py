@@ -17,7 +17,7 @@ _STEP_PARAMS = ("x", "start_pos", "rope_cos", "rope_sin")
 
 
 def _checkout_root() -> str | None:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # codegen/ sits in the checkout's root
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # api/ sits in the checkout's root
     return root if os.path.isfile(os.path.join(root, "tests", "reference", "dsv4_reference.py")) else None
 
 

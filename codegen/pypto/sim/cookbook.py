@@ -1,7 +1,7 @@
 """The kernels behind COOKBOOK.md: one tiny pypto 0.2.0 kernel per construct, each run through the harness
 (SIM + default pass verify) and compared with torch.
 
-    python -m attnc.codegen.pypto_sim.cookbook [--only NAME ...] [--verify default|tensor-graph|none]
+    python -m attnc.codegen.pypto.sim.cookbook [--only NAME ...] [--verify default|tensor-graph|none]
 
 Prints one markdown table row per case: bit-exact / max |diff| vs torch, AICore us, wall s, verify records.
 """

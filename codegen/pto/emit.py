@@ -201,7 +201,7 @@ class _KernelEmitter:
         self.tracker = _SyncTracker()
         self.tile_loc: dict[str, str] = {}
         self.ws_count = 0
-        # for the memory plan (codegen/pto_plan.py): every tile access (step, read?) and every loop's steps
+        # for the memory plan (codegen/pto/plan.py): every tile access (step, read?) and every loop's steps
         self.accesses: dict[str, list[tuple[int, bool]]] = {}
         self.loop_spans: list[tuple[int, int]] = []
         self.step = 0
@@ -795,7 +795,7 @@ class _KernelEmitter:
         body = ["  " + ln for ln in self.const_lines()] + ["  " + ln for ln in self.allocs] + self.lines
         text = "\n".join(["module {", *["  " + ln for ln in head], *["  " + ln for ln in body], "    return",
                           "  }", "}"]) + "\n"
-        from .pto_plan import plan_memory
+        from .plan import plan_memory
 
         return KernelPlan(self.name, text, list(self.args), list(self.outside), list(self.carried), self.blocks,
                           self.loop, {a.name: a.rows * a.cols for a in self.args if a.role == "ws"},

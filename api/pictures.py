@@ -29,7 +29,7 @@ def _figure(width: float, height: float):
 
 def _save(plt, fig, path: str, sink=None) -> None:
     """The picture (SVG by suffix, else PNG) written to `path`, or added to `sink` (an io.Outputs)."""
-    from attnc.codegen.io import atomic_write_bytes
+    from attnc.io import atomic_write_bytes
 
     fmt = "svg" if path.endswith(".svg") else "png"
     buf = io.BytesIO()
