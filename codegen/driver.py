@@ -717,21 +717,22 @@ def _execute(src: Source, inputs: dict, args, timing, label: str):
     _check_sim_verify(res)
     if not (args.time_only or args.no_check):
         with timing.phase(f"check against the interpreter{label}"):
-            _check_against_interpreter(src, inputs, res.outputs, label)
+            _check_against_interpreter(src, inputs, res.outputs, label, _report_stream(args))
     return res.outputs, res.aicore_us, res.wall_s
 
 
-def _check_against_interpreter(src: Source, inputs: dict, got: dict, label: str) -> None:
+def _check_against_interpreter(src: Source, inputs: dict, got: dict, label: str, report=None) -> None:
     """Every output of a pypto run against the interpreter on the same compiled module and inputs
-    (`attnc.codegen.sim_check`): one line per output; the first mismatch is an error (exit 1)."""
+    (`attnc.codegen.sim_check`): one line per output (to `report`, default stdout); the first mismatch is an
+    error (exit 1)."""
     from attnc.codegen.sim_check import check_outputs
 
     check = check_outputs(src.module, inputs, got, src.output_names)
     for row in check.outputs:
-        print(row.line() + label)
+        print(row.line() + label, file=report)
     if check.topk is not None and check.topk_failure:
         print(f"check top-k picks ({', '.join(check.topk['outputs'])}): NOT a top-k of the interpreter's scores "
-              f"up to near-ties: {check.topk_failure}{label}")
+              f"up to near-ties: {check.topk_failure}{label}", file=report)
     if not check.ok:
         raise CheckMismatch(f"pypto {src.name}{label}: {check.failures[0]} vs the interpreter on the same IR "
                             f"and inputs ({len(check.failures)} output(s) fail the check; --no-check skips it)")
@@ -775,6 +776,11 @@ def _keep_trace(src: Source, trace_tmp: str, trace_dir: str, label: str, outputs
         pending.commit()
 
 
+def _report_stream(args):
+    """Where `run` prints its summary lines: stderr when stdout carries the outputs (`--out -`), else stdout."""
+    return sys.stderr if getattr(args, "out", None) == "-" else sys.stdout
+
+
 def cmd_run(args) -> int:
     import torch
 
@@ -782,6 +788,8 @@ def cmd_run(args) -> int:
     from attnc.codegen.memory import check_memory
 
     timing = args.timing_report
+    if args.out == "-" and sys.stdout is not None and sys.stdout.isatty():
+        raise CliError("--out -: stdout is a terminal; redirect it to a file or a pipe (an .npz is binary)")
     if args.out is not None:
         check_output_path(args.out)
     if args.trace_dir is not None:
@@ -845,13 +853,14 @@ def cmd_run(args) -> int:
         if args.out is not None and not args.time_only:
             args.pending_outputs.add(args.out, npz_bytes(outs))
         args.pending_outputs.commit()
+    report = _report_stream(args)
     for name, t in ({} if args.time_only else outs).items():  # --time-only computes no values
         tf = t.float()
         print(f"{name:<8} {str(t.dtype).replace('torch.', ''):<9} {list(t.shape)} "
-              f"mean_abs={tf.abs().mean().item():.6g} finite={bool(torch.isfinite(tf).all())}")
-    print(f"wall_s: {total_wall:.3f}")
+              f"mean_abs={tf.abs().mean().item():.6g} finite={bool(torch.isfinite(tf).all())}", file=report)
+    print(f"wall_s: {total_wall:.3f}", file=report)
     if aicore is not None:
-        print(f"aicore_us: {aicore:.3f}")
+        print(f"aicore_us: {aicore:.3f}", file=report)
     if args.timing:
         for line in timing.report():
             print(line, file=sys.stderr)
@@ -989,7 +998,7 @@ def _out_path(text: str, dash: bool = False, folder: bool = False) -> str:
     if text == "-":
         if dash:
             return text
-        raise argparse.ArgumentTypeError("'-' (stdout) is only for text output (compile -o); name a file")
+        raise argparse.ArgumentTypeError("'-' (stdout) is only for compile -o and run --out; name a file")
     if text.endswith("/") or folder:
         return text
     parent = os.path.dirname(text)
@@ -1162,7 +1171,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode N steps (default 1): each step's in/out arrays (caches, rings, states) feed the next, "
                         "start_pos advances by seq (packed: each row's positions by its token count), x is seeded "
                         "per step (seed+k); --out gets the last step")
-    r.add_argument("--out", metavar="OUT.npz", default=None, type=_out_path, help="write the outputs by name (default: not written)")
+    r.add_argument("--out", metavar="OUT.npz", default=None, type=_out_text,
+                   help="write the outputs by name (- = stdout, not a terminal: the summary lines then go to stderr) "
+                        "(default: not written)")
     r.add_argument("--time-only", action="store_true", help="pypto targets: simulated time only, no values "
                    "(so no check)")
     r.add_argument("--no-check", action="store_true",

@@ -563,3 +563,55 @@ def test_the_memory_estimate_is_an_upper_bound_of_the_measured_peaks():
         if upper < r["measured"]:
             below.append((r["stage"], r["config"], r["batch"], upper, r["measured"]))
     assert not below, below
+
+
+# -------------------------------------------------------------------------------------------------- --out - carries data
+
+
+@pytest.mark.parametrize("target", ["interp", "pypto-sim"])
+def test_run_out_stdout_carries_only_the_npz(tmp_path, capsysbinary, monkeypatch, target):
+    """`run --out -`: stdout is the .npz, byte for byte what `--out FILE` writes; the summary lines (and a pypto
+    run's check lines) go to stderr. The SIM run is a stand-in returning the interpreter's outputs on the compiled
+    module (this checks where lines go, not pypto)."""
+    import io
+
+    import numpy as np
+
+    if target == "pypto-sim":
+        import attnc.codegen.pypto_target as pypto_target
+        from attnc.ir.interpreter import entry_function, run_module
+
+        from attnc.codegen.driver import _names
+
+        def fake_sim(module, inputs, **kw):
+            fn = entry_function(module)
+            names = _names(fn, "result_names", len(fn.function_type.outputs.data), "out")
+            return pypto_target.PyptoRun(dict(zip(names, run_module(module, list(inputs.values())))), 1.0, [], [],
+                                         0.1, "")
+
+        monkeypatch.setattr(pypto_target, "run_pypto_sim", fake_sim)
+    argv = ["run", "qkv_proj_rope", *TINY, "--target", target]
+    assert main([*argv, "--out", str(tmp_path / "o.npz")]) == 0
+    capsysbinary.readouterr()
+    assert main([*argv, "--out", "-"]) == 0
+    out, err = capsysbinary.readouterr()
+    assert out == (tmp_path / "o.npz").read_bytes()
+    with np.load(io.BytesIO(out)) as data:
+        assert sorted(data.files) == ["kv", "q", "qr"]
+    err = err.decode()
+    assert "wall_s:" in err and "mean_abs=" in err
+    if target == "pypto-sim":
+        assert err.count("check ") == 3 and "max_error=" in err
+
+
+def test_run_out_stdout_refuses_a_terminal(capsys, monkeypatch):
+    import io
+    import sys
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdout", Tty())
+    code, _, err = cli(capsys, "run", "qkv_proj_rope", *TINY, "--out", "-")
+    one_error_line(code, err, r"--out -: stdout is a terminal")
