@@ -408,10 +408,13 @@ def sim_trial(program: str, name: str, inputs, timeout_s: float, verify: str = S
             res = run_in_subprocess(path, inputs, verify=verify, timeout_s=timeout_s)
         except PyptoSimError as e:
             msg = str(e)
-            # a timeout or a child killed by a signal (the OOM killer, a Ctrl-C) says nothing about the program
+            # a timeout, a child killed by a signal (the OOM killer, a Ctrl-C) or one that exited before the
+            # runner could report the program's failure (ATTNC_PYPTO_FAIL: an environment problem) says nothing
+            # about the program
+            died = " failed (exit " in msg and "ATTNC_PYPTO_FAIL:" not in msg
             return {"aicore_us": None, "error": msg[:600], "timeout": " timed out after " in msg,
-                    "transient": " timed out after " in msg or any(f"(killed by {sig})" in msg
-                                                                   for sig in TRANSIENT_SIGNALS),
+                    "transient": " timed out after " in msg or died or any(f"(killed by {sig})" in msg
+                                                                           for sig in TRANSIENT_SIGNALS),
                     "seconds": time.perf_counter() - t0}
     if res.aicore_us is None:
         return {"aicore_us": None, "error": "SIM reported no AICore time", "timeout": False,

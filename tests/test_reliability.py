@@ -615,3 +615,36 @@ def test_run_out_stdout_refuses_a_terminal(capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdout", Tty())
     code, _, err = cli(capsys, "run", "qkv_proj_rope", *TINY, "--out", "-")
     one_error_line(code, err, r"--out -: stdout is a terminal")
+
+
+# -------------------------------------------------------------------------------------------------- found by the soak
+
+
+@pytest.mark.parametrize("msg, transient", [
+    ("pypto run of k.py failed (exit 1): no output", True),  # died before the runner reported (e.g. the folder below)
+    ("pypto run of k.py failed (exit 1): pypto: F74007 | ATTNC_PYPTO_FAIL: RuntimeError: compile", False),
+    ("pypto run of k.py failed (killed by SIGKILL): no output", True),
+    ("pypto run of k.py failed (killed by SIGSEGV): no output", False),
+])
+def test_only_the_programs_own_failure_is_a_cached_verdict(monkeypatch, msg, transient):
+    """benchmarks/soak.py found a SIM child that exited 1 with no output (a run folder pypto's shell could not take)
+    cached as the candidate's failure: the program was never run. Only a failure the runner reported is one."""
+    from attnc.codegen import pypto_sim
+    from attnc.codegen import tune as T
+
+    def fail(*a, **k):
+        raise pypto_sim.PyptoSimError(msg)
+
+    monkeypatch.setattr(pypto_sim, "run_in_subprocess", fail)
+    res = T.sim_trial("program", "k", {}, 10.0)
+    assert bool(res.get("transient")) == transient and T.is_timing_verdict(res) == (not transient)
+
+
+@pytest.mark.parametrize("folder", ["a(b)", "a b", "a;b"])
+def test_a_run_folder_a_shell_would_split_is_one_error_line(tmp_path, capsys, monkeypatch, folder):
+    """pypto 0.2.0's cost model hands its output folder to a shell unquoted: under `x(y)` the child exits 1 with no
+    output (seen in the soak). Refused before the child starts, with the cause."""
+    (tmp_path / folder).mkdir()
+    monkeypatch.setenv("ATTNC_PYPTO_TMP", str(tmp_path / folder))
+    code, _, err = cli(capsys, "run", "qkv_proj_rope", *TINY, "--target", "pypto-sim")
+    one_error_line(code, err, r"passes it to a shell unquoted: set ATTNC_PYPTO_TMP")

@@ -8,6 +8,7 @@ import functools
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -78,6 +79,21 @@ def _crash_notes(pid: int) -> str:
     return " | ".join(n.strip()[:300] for n in notes)
 
 
+# pypto 0.2.0's cost model hands paths under its output folder to a shell unquoted (system("python3 ...
+# draw_swim_lane.py ... <path>")); a run folder with a space or a shell metacharacter makes the child exit 1 silently
+_SHELL_PLAIN = re.compile(r"[A-Za-z0-9_./+,:@%=-]+")
+
+
+def check_run_folder() -> None:
+    """Refuse a pypto run folder whose path a shell would split or interpret (see _SHELL_PLAIN)."""
+    base = run_dir_for_pid(0).parent
+    if not _SHELL_PLAIN.fullmatch(str(base)):
+        source = "ATTNC_PYPTO_TMP" if os.environ.get("ATTNC_PYPTO_TMP") else "the temp folder (TMPDIR)"
+        raise PyptoSimError(f"pypto run folder {str(base)[:200]!r} (from {source}) has characters a shell splits or "
+                            f"interprets, and pypto 0.2.0's cost model passes it to a shell unquoted: set "
+                            f"ATTNC_PYPTO_TMP to a plain path")
+
+
 def run_in_subprocess(kernel_py: str | Path, inputs: dict[str, np.ndarray], *, timeout_s: float = 600,
                       verify: str | list = "default", python: str = sys.executable, npu: bool = False,
                       env: dict | None = None, on_phase=None) -> SimResult:
@@ -89,6 +105,7 @@ def run_in_subprocess(kernel_py: str | Path, inputs: dict[str, np.ndarray], *, t
     `on_phase(text)` is called from a watcher thread when the child starts a phase (import, compile, simulate ...).
     """
     kernel_py = Path(kernel_py).resolve()
+    check_run_folder()
     if isinstance(verify, (list, tuple)):
         verify = json.dumps(list(verify))
     elif verify not in VERIFY_MODES:
