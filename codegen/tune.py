@@ -455,8 +455,10 @@ def _worker_init() -> None:
     import signal
 
     from attnc.codegen.driver import _on_sigterm
+    from attnc.codegen.pypto_sim.runner import die_with_parent
 
     signal.signal(signal.SIGTERM, _on_sigterm)
+    die_with_parent(signal.SIGTERM, os.getppid())  # attnc killed (even by SIGKILL): unwind the same way
 
 
 class SerialPool:

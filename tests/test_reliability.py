@@ -648,3 +648,72 @@ def test_a_run_folder_a_shell_would_split_is_one_error_line(tmp_path, capsys, mo
     monkeypatch.setenv("ATTNC_PYPTO_TMP", str(tmp_path / folder))
     code, _, err = cli(capsys, "run", "qkv_proj_rope", *TINY, "--target", "pypto-sim")
     one_error_line(code, err, r"passes it to a shell unquoted: set ATTNC_PYPTO_TMP")
+
+
+def test_a_sim_child_dies_with_attnc_killed_by_sigkill(tmp_path):
+    """SIGKILL (the OOM killer, `kill -9`) gives attnc no chance to end the SIM child, which runs in its own
+    session: the soak found it running on. The child asks the kernel to kill it when its parent dies."""
+    import signal
+    import subprocess
+    import sys
+
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    pidfile = tmp_path / "child.pid"
+    fake = tmp_path / "fake_python"  # stands in for pypto's runner: the same first step, then a long simulation
+    fake.write_text(f"#!{sys.executable}\n"
+                    "import os, time\n"
+                    "from attnc.codegen.pypto_sim.runner import die_with_parent\n"
+                    "die_with_parent(9, int(os.environ['ATTNC_PYPTO_PARENT']))\n"
+                    f"open({str(pidfile)!r}, 'w').write(str(os.getpid()))\n"
+                    "time.sleep(300)\n")
+    fake.chmod(0o755)
+    script = ("import sys\n"
+              "import attnc.codegen.pypto_target as target\n"
+              "from attnc.codegen import pypto_sim\n"
+              "real = pypto_sim.run_in_subprocess\n"
+              f"target.run_in_subprocess = lambda kernel, inputs, **kw: real(kernel, inputs, **{{**kw, 'python': {str(fake)!r}}})\n"
+              "from attnc.codegen.driver import main\n"
+              "sys.exit(main(['run', 'qkv_proj_rope', '--config', 'tiny', '--target', 'pypto-sim']))\n")
+    env = dict(os.environ, ATTNC_PYPTO_TMP=str(shm), ATTNC_PROGRESS="0")
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL, env=env)
+    child = None
+    try:
+        deadline = time.time() + 120
+        while not (pidfile.exists() and pidfile.read_text().strip()):
+            assert proc.poll() is None and time.time() < deadline, "no child"
+            time.sleep(0.1)
+        child = int(pidfile.read_text())
+        proc.kill()
+        proc.wait(30)
+        for _ in range(100):
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the SIM child outlived attnc killed by SIGKILL")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if child is not None:
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_run_folders_of_dead_children_are_swept(tmp_path, monkeypatch):
+    import subprocess
+
+    from attnc.codegen.pypto_sim import sweep_stale_run_folders
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    monkeypatch.setenv("ATTNC_PYPTO_TMP", str(tmp_path))
+    (tmp_path / f"attnc-pypto-{gone.pid}" / "output").mkdir(parents=True)
+    (tmp_path / f"attnc-pypto-{os.getpid()}").mkdir()  # alive: kept
+    (tmp_path / "attnc-pypto-x").mkdir()  # not a run folder: kept
+    assert sweep_stale_run_folders() == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"attnc-pypto-{os.getpid()}", "attnc-pypto-x"]

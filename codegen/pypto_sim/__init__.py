@@ -94,6 +94,29 @@ def check_run_folder() -> None:
                             f"ATTNC_PYPTO_TMP to a plain path")
 
 
+def sweep_stale_run_folders() -> int:
+    """Remove the run folders (attnc-pypto-<pid>) of SIM children that are gone without their cleanup (killed with
+    attnc by SIGKILL): they hold pypto's output in /dev/shm, i.e. memory. Only this user's, only dead pids."""
+    removed = 0
+    base = run_dir_for_pid(0).parent
+    try:
+        entries = list(base.glob("attnc-pypto-*"))
+    except OSError:
+        return 0
+    for d in entries:
+        pid = d.name.rsplit("-", 1)[1]
+        try:
+            if not pid.isdigit() or d.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+            removed += 1
+        except OSError:  # alive (another user's), or gone between the listing and the check
+            continue
+    return removed
+
+
 def run_in_subprocess(kernel_py: str | Path, inputs: dict[str, np.ndarray], *, timeout_s: float = 600,
                       verify: str | list = "default", python: str = sys.executable, npu: bool = False,
                       env: dict | None = None, on_phase=None) -> SimResult:
@@ -106,12 +129,14 @@ def run_in_subprocess(kernel_py: str | Path, inputs: dict[str, np.ndarray], *, t
     """
     kernel_py = Path(kernel_py).resolve()
     check_run_folder()
+    sweep_stale_run_folders()
     if isinstance(verify, (list, tuple)):
         verify = json.dumps(list(verify))
     elif verify not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {sorted(VERIFY_MODES)} or a list of pass names, not {verify!r}")
     child_env = dict(os.environ, **(env or {}))
     child_env.pop("ATTNC_PYPTO_NPU", None)
+    child_env["ATTNC_PYPTO_PARENT"] = str(os.getpid())  # the child dies with this process (runner.die_with_parent)
     if npu:
         child_env["ATTNC_PYPTO_NPU"] = "1"
     with tempfile.TemporaryDirectory(prefix="attnc-sim-io-") as tmp:

@@ -94,6 +94,19 @@ def run_dir_for_pid(pid: int) -> Path:
     return Path(base) / f"attnc-pypto-{pid}"
 
 
+def die_with_parent(sig: int, parent: int | None) -> None:
+    """Have the kernel send `sig` to this process when `parent` (the process that started it) dies, even by
+    SIGKILL: a SIM child runs in its own session, so nothing else would end it (Linux; elsewhere a no-op)."""
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before prctl
+        os.kill(os.getpid(), sig)
+
+
 def _redirect_outputs(root: Path) -> None:
     """Point every file pypto writes into `root`. Must happen before `import pypto` (read at load/first use)."""
     os.environ["TILE_FWK_OUTPUT_DIR"] = str(root / "output")
@@ -367,6 +380,8 @@ def main(argv: list[str]) -> int:
     if vopts is None:
         vopts = {"enable_pass_verify": True, "pass_verify_pass_filter": list(json.loads(verify))}
     npu = os.environ.get("ATTNC_PYPTO_NPU") == "1"
+    parent = os.environ.get("ATTNC_PYPTO_PARENT", "")
+    die_with_parent(9, int(parent) if parent.isdigit() else None)  # SIGKILL; its run folder is swept later
     _phase("starting (numpy, torch)")
     meta = {"aicore_us": None, "verify": [], "errors": [], "wall_s": None, "process_s": None, "exception": None}
     root = run_dir_for_pid(os.getpid())
