@@ -689,13 +689,12 @@ def _execute(src: Source, inputs: dict, args, timing, label: str):
             outs = dict(zip(src.output_names, run_module(src.module, list(inputs.values()))))
             return outs, None, time.perf_counter() - t0
     from attnc.codegen.progress import Progress
+    from attnc.codegen.pypto_sim import held_temp_folder
     from attnc.codegen.pypto_target import run_pypto_sim
-
-    import tempfile
 
     kind = args.target.split("-")[1].upper()
     marks = [(f"pypto {kind}{label}: emit, start the child", time.perf_counter())]
-    with tempfile.TemporaryDirectory(prefix="attnc-trace-") as trace_tmp:
+    with held_temp_folder("attnc-trace-") as trace_tmp:
         with Progress(None, f"{src.name}: pypto {kind}{label}: emit, start the child") as bar:
             bar.tick_every(0.5)
 

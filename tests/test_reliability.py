@@ -651,21 +651,29 @@ def test_a_run_folder_a_shell_would_split_is_one_error_line(tmp_path, capsys, mo
 
 
 def test_a_sim_child_dies_with_attnc_killed_by_sigkill(tmp_path):
-    """SIGKILL (the OOM killer, `kill -9`) gives attnc no chance to end the SIM child, which runs in its own
-    session: the soak found it running on. The child asks the kernel to kill it when its parent dies."""
+    """SIGKILL (the OOM killer, `kill -9`) gives attnc no chance to end the SIM child, which runs in its own session,
+    nor what the child started, nor to remove its temp folders: the soak found 12 processes and 4 folders left per
+    killed SIM run. The runner dies with its parent (PR_SET_PDEATHSIG) and a watchdog in its process group removes
+    the folders and kills the group. A stand-in runner takes the same first steps, starts a grandchild, sleeps."""
     import signal
     import subprocess
     import sys
 
-    shm = tmp_path / "shm"
+    tmp, shm = tmp_path / "tmp", tmp_path / "shm"
+    tmp.mkdir()
     shm.mkdir()
     pidfile = tmp_path / "child.pid"
-    fake = tmp_path / "fake_python"  # stands in for pypto's runner: the same first step, then a long simulation
+    fake = tmp_path / "fake_python"
     fake.write_text(f"#!{sys.executable}\n"
-                    "import os, time\n"
-                    "from attnc.codegen.pypto_sim.runner import die_with_parent\n"
-                    "die_with_parent(9, int(os.environ['ATTNC_PYPTO_PARENT']))\n"
-                    f"open({str(pidfile)!r}, 'w').write(str(os.getpid()))\n"
+                    "import os, subprocess, time\n"
+                    "from attnc.codegen.pypto_sim.runner import die_with_parent, run_dir_for_pid, watch_parent\n"
+                    "parent = int(os.environ['ATTNC_PYPTO_PARENT'])\n"
+                    "die_with_parent(9, parent)\n"
+                    "root = run_dir_for_pid(os.getpid())\n"
+                    "root.mkdir()\n"
+                    "watch_parent(parent, [str(root), *os.environ['ATTNC_PYPTO_PARENT_TMP'].split(chr(10))])\n"
+                    "grandchild = subprocess.Popen(['sleep', '300'])\n"
+                    f"open({str(pidfile)!r}, 'w').write(f'{{os.getpid()}} {{grandchild.pid}}')\n"
                     "time.sleep(300)\n")
     fake.chmod(0o755)
     script = ("import sys\n"
@@ -675,31 +683,38 @@ def test_a_sim_child_dies_with_attnc_killed_by_sigkill(tmp_path):
               f"target.run_in_subprocess = lambda kernel, inputs, **kw: real(kernel, inputs, **{{**kw, 'python': {str(fake)!r}}})\n"
               "from attnc.codegen.driver import main\n"
               "sys.exit(main(['run', 'qkv_proj_rope', '--config', 'tiny', '--target', 'pypto-sim']))\n")
-    env = dict(os.environ, ATTNC_PYPTO_TMP=str(shm), ATTNC_PROGRESS="0")
+    env = dict(os.environ, TMPDIR=str(tmp), ATTNC_PYPTO_TMP=str(shm), ATTNC_PROGRESS="0")
     proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL, env=env)
-    child = None
+    pids = []
     try:
         deadline = time.time() + 120
         while not (pidfile.exists() and pidfile.read_text().strip()):
             assert proc.poll() is None and time.time() < deadline, "no child"
             time.sleep(0.1)
-        child = int(pidfile.read_text())
+        pids = [int(p) for p in pidfile.read_text().split()]
+        assert os.listdir(tmp) and os.listdir(shm)
         proc.kill()
         proc.wait(30)
         for _ in range(100):
-            try:
-                os.kill(child, 0)
-            except ProcessLookupError:
+            alive = []
+            for pid in pids:
+                try:
+                    os.kill(pid, 0)
+                    alive.append(pid)
+                except ProcessLookupError:
+                    pass
+            if not alive:
                 break
             time.sleep(0.1)
         else:
-            pytest.fail("the SIM child outlived attnc killed by SIGKILL")
+            pytest.fail(f"{len(alive)} SIM process(es) outlived attnc killed by SIGKILL")
+        assert os.listdir(tmp) == [] and os.listdir(shm) == []
     finally:
         if proc.poll() is None:
             proc.kill()
-        if child is not None:
+        for pid in pids:
             try:
-                os.kill(child, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
 

@@ -4,6 +4,7 @@ unusable, and the child needs environment set before pypto loads. See runner.py 
 and COOKBOOK.md for the pypto 0.2.0 constructs checked with this harness."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
@@ -94,6 +95,21 @@ def check_run_folder() -> None:
                             f"ATTNC_PYPTO_TMP to a plain path")
 
 
+_HELD_TEMP: list[str] = []  # temp folders of this process a SIM child's watchdog removes if this process is killed
+
+
+@contextlib.contextmanager
+def held_temp_folder(prefix: str):
+    """tempfile.TemporaryDirectory, also removed by a running SIM child's watchdog (runner.watch_parent) when this
+    process is killed by SIGKILL and cannot remove it itself."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        _HELD_TEMP.append(tmp)
+        try:
+            yield tmp
+        finally:
+            _HELD_TEMP.remove(tmp)
+
+
 def sweep_stale_run_folders() -> int:
     """Remove the run folders (attnc-pypto-<pid>) of SIM children that are gone without their cleanup (killed with
     attnc by SIGKILL): they hold pypto's output in /dev/shm, i.e. memory. Only this user's, only dead pids."""
@@ -139,7 +155,8 @@ def run_in_subprocess(kernel_py: str | Path, inputs: dict[str, np.ndarray], *, t
     child_env["ATTNC_PYPTO_PARENT"] = str(os.getpid())  # the child dies with this process (runner.die_with_parent)
     if npu:
         child_env["ATTNC_PYPTO_NPU"] = "1"
-    with tempfile.TemporaryDirectory(prefix="attnc-sim-io-") as tmp:
+    with held_temp_folder("attnc-sim-io-") as tmp:
+        child_env["ATTNC_PYPTO_PARENT_TMP"] = "\n".join(_HELD_TEMP)
         in_npz, out_npz = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
         np.savez(in_npz, **{k: np.ascontiguousarray(v) for k, v in inputs.items()})
         cmd = [python, str(RUNNER), str(kernel_py), in_npz, out_npz, verify]
