@@ -265,6 +265,11 @@ class Soak:
     # ------------------------------------------------------------------ the checks
     def check(self, res: Result, t: Template, folder: str, out: bytes, err: str, tmp: str, shm: str, tag: str):
         code, p = res.code, res.problems
+        # what a killed command started ends within a few seconds (a SIM child's watchdog polls every second), and
+        # removes its folders on the way: wait for it before looking
+        deadline = time.time() + 5.0
+        while (orphans := _tagged_pids(tag)) and time.time() < deadline:
+            time.sleep(0.2)
         res.outcome = ("hang" if code is None else f"killed ({signal.Signals(-code).name})" if code < 0
                        else {0: "0 ok", 1: "1 mismatch", 2: "2 error", 130: "130 interrupted",
                              143: "143 terminated"}.get(code, f"{code} undocumented"))
@@ -303,8 +308,6 @@ class Soak:
             left = os.listdir(d) if os.path.isdir(d) else []
             if left:
                 p.append(f"left in its {what}: {sorted(left)[:3]}")
-        time.sleep(0.5)  # a process group being killed
-        orphans = _tagged_pids(tag)
         if orphans:
             p.append(f"{len(orphans)} process(es) outlived it")
             for pid in orphans:  # ours: started by this command

@@ -87,6 +87,21 @@ def interpreter_upper_bytes(module: ModuleOp, copies_of_inputs: int = 1) -> int:
     return copies_of_inputs * inputs + seeding + weights_f64 + values + 2 * largest_op + OVERHEAD_BYTES
 
 
+SIM_CHILD_BASE_BYTES = 1 << 30  # placeholder until measured
+
+
+def sim_child_upper_bytes(module: ModuleOp) -> int:
+    """Upper bound of the pypto SIM child's peak RSS (the runner process: numpy, torch, pypto and its calculator,
+    the program's compile, cost model and pass-verify interpreter). Measured by benchmarks/memory_bound.py
+    --target pypto-sim."""
+    from attnc.ir.interpreter import entry_function
+
+    fn = entry_function(module)
+    io = sum(4 * math.prod(shape_of(t)) for t in [*fn.function_type.inputs.data, *fn.function_type.outputs.data]
+             if isinstance(t, TensorType))  # bf16 travels as f32
+    return SIM_CHILD_BASE_BYTES + io
+
+
 def available_bytes() -> int:
     """MemAvailable of the machine, capped by the cgroup's limit when there is one."""
     avail = None
