@@ -45,6 +45,22 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+class _SwallowedSignals:
+    """sys.unraisablehook while a command runs: a Ctrl-C or SIGTERM whose exception was raised inside a __del__ or
+    a callback is swallowed by Python (printed as 'Exception ignored ... Traceback') and the command would go on
+    and exit 0 (the soak saw it): it is recorded here, printed as nothing, and the command ends 130/143."""
+
+    def __init__(self):
+        self.caught: list[BaseException] = []
+        self.previous = sys.unraisablehook
+
+    def __call__(self, unraisable):
+        if isinstance(unraisable.exc_value, (KeyboardInterrupt, Terminated)):
+            self.caught.append(unraisable.exc_value)
+            return
+        self.previous(unraisable)
+
+
 def _catch_sigterm(handler=_on_sigterm):
     """Install `handler` for SIGTERM (main thread only); returns the one it replaced."""
     import signal
@@ -831,7 +847,8 @@ def cmd_run(args) -> int:
         for each in distinct:
             compile_source(each, _pipeline_for(args), verify_each=False, timing=timing)
             # SIM: the inputs also travel as numpy arrays and an .npz to the child
-            check_memory(each.module, f"run {each.name}", copies_of_inputs=1 if args.target == "interp" else 3)
+            check_memory(each.module, f"run {each.name}", copies_of_inputs=1 if args.target == "interp" else 3,
+                         sim_children=0 if args.target == "interp" else 1)
     with timing.phase("inputs"):
         inputs, seeded = run_inputs(sources[0], args, steps=steps, tokens=sum(counts) if counts else None)
     note_seeded(src, seeded, args.seed, args.no_seed)
@@ -1224,6 +1241,25 @@ def main(argv: list[str] | None = None) -> int:
     timing = Timing()
     argv = sys.argv[1:] if argv is None else list(argv)
     previous = _catch_sigterm()
+    swallowed = _SwallowedSignals()
+    sys.unraisablehook = swallowed
+    try:
+        code = _main(argv, timing)
+        if swallowed.caught:  # the signal's exception was swallowed on the way: end as the signal says
+            raise swallowed.caught[0]
+        return code
+    except KeyboardInterrupt:
+        print("attnc: interrupted", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("attnc: terminated", file=sys.stderr)
+        return 143
+    finally:
+        sys.unraisablehook = swallowed.previous
+        _catch_sigterm(previous)
+
+
+def _main(argv: list[str], timing) -> int:
     try:
         parser = build_parser()
         if not argv:  # `attnc` alone: usage and the commands
@@ -1262,12 +1298,6 @@ def main(argv: list[str] | None = None) -> int:
     except CheckMismatch as e:
         print(f"attnc: error: {e}", file=sys.stderr)
         return EXIT_MISMATCH
-    except KeyboardInterrupt:
-        print("attnc: interrupted", file=sys.stderr)
-        return 130
-    except Terminated:
-        print("attnc: terminated", file=sys.stderr)
-        return 143
     except Exception as e:  # a bug in attnc: still one line; ATTNC_TRACEBACK=1 shows the traceback
         if isinstance(e, RuntimeError) and "can't allocate memory" in str(e):  # torch's allocator
             print("attnc: error: out of memory (a smaller --config or --set batch=... needs less)", file=sys.stderr)
@@ -1277,8 +1307,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"attnc: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
               file=sys.stderr)
         return EXIT_INTERNAL
-    finally:
-        _catch_sigterm(previous)
 
 
 if __name__ == "__main__":

@@ -141,15 +141,17 @@ def inputs_bytes(module: ModuleOp, copies: int) -> int:
 
 
 def check_memory(module: ModuleOp, what: str, copies_of_inputs: int = 1, limit: int | None = None,
-                 inputs_only: bool = False) -> int:
+                 inputs_only: bool = False, sim_children: int = 0) -> int:
     """Refuse before allocating when the estimate exceeds what the machine has (`limit` or
     ATTNC_MEMORY_LIMIT_BYTES override the machine's figure: tests, the fuzzer). `inputs_only`: the command makes
-    the inputs and runs nothing."""
+    the inputs and runs nothing; `sim_children`: pypto SIM child processes running at once beside it."""
     need = (inputs_bytes(module, copies_of_inputs) if inputs_only
             else interpreter_upper_bytes(module, copies_of_inputs))
+    need += sim_children * sim_child_upper_bytes(module)
     env = os.environ.get("ATTNC_MEMORY_LIMIT_BYTES")
     have = limit if limit is not None else int(env) if env and env.isdigit() else available_bytes()
     if need > have:
         raise MemoryLimitError(f"{what} may need up to {_gb(need)} of memory (an upper bound from the IR's tensor "
-                               f"types, before allocating), the machine has {_gb(have)} available")
+                               f"types, before allocating{', the pypto SIM child included' if sim_children else ''})"
+                               f", the machine has {_gb(have)} available")
     return need

@@ -627,7 +627,7 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
     from attnc.codegen.memory import check_memory
 
     # seeded tensors, their arrays and the .npz each SIM child reads; the re-check interprets at its own batch
-    check_memory(src0.module, f"tune {src0.name}", copies_of_inputs=3)
+    check_memory(src0.module, f"tune {src0.name}", copies_of_inputs=3, sim_children=max(1, req.jobs))
     inputs = source_inputs(src0, req.seed)
     sampler = _sampler(dims, req.budget, req.seed)
     log(f"tune: {src0.name} at {req.config} {' '.join(req.overrides)}: {len(dims)} dimensions, "
