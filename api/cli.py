@@ -45,6 +45,22 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+class _SwallowedSignals:
+    """sys.unraisablehook while a command runs: a Ctrl-C or SIGTERM whose exception was raised inside a __del__ or
+    a callback is swallowed by Python (printed as 'Exception ignored ... Traceback') and the command would go on
+    and exit 0 (the soak saw it): it is recorded here, printed as nothing, and the command ends 130/143."""
+
+    def __init__(self):
+        self.caught: list[BaseException] = []
+        self.previous = sys.unraisablehook
+
+    def __call__(self, unraisable):
+        if isinstance(unraisable.exc_value, (KeyboardInterrupt, Terminated)):
+            self.caught.append(unraisable.exc_value)
+            return
+        self.previous(unraisable)
+
+
 def _catch_sigterm(handler=_on_sigterm):
     """Install `handler` for SIGTERM (main thread only); returns the one it replaced."""
     import signal
@@ -689,13 +705,12 @@ def _execute(src: Source, inputs: dict, args, timing, label: str):
             outs = dict(zip(src.output_names, run_module(src.module, list(inputs.values()))))
             return outs, None, time.perf_counter() - t0
     from attnc.progress import Progress
+    from attnc.codegen.pypto.sim import held_temp_folder
     from attnc.codegen.pypto.target import run_pypto_sim
-
-    import tempfile
 
     kind = args.target.split("-")[1].upper()
     marks = [(f"pypto {kind}{label}: emit, start the child", time.perf_counter())]
-    with tempfile.TemporaryDirectory(prefix="attnc-trace-") as trace_tmp:
+    with held_temp_folder("attnc-trace-") as trace_tmp:
         with Progress(None, f"{src.name}: pypto {kind}{label}: emit, start the child") as bar:
             bar.tick_every(0.5)
 
@@ -717,21 +732,22 @@ def _execute(src: Source, inputs: dict, args, timing, label: str):
     _check_sim_verify(res)
     if not (args.time_only or args.no_check):
         with timing.phase(f"check against the interpreter{label}"):
-            _check_against_interpreter(src, inputs, res.outputs, label)
+            _check_against_interpreter(src, inputs, res.outputs, label, _report_stream(args))
     return res.outputs, res.aicore_us, res.wall_s
 
 
-def _check_against_interpreter(src: Source, inputs: dict, got: dict, label: str) -> None:
+def _check_against_interpreter(src: Source, inputs: dict, got: dict, label: str, report=None) -> None:
     """Every output of a pypto run against the interpreter on the same compiled module and inputs
-    (`attnc.sim_check`): one line per output; the first mismatch is an error (exit 1)."""
+    (`attnc.sim_check`): one line per output (to `report`, default stdout); the first mismatch is an
+    error (exit 1)."""
     from attnc.sim_check import check_outputs
 
     check = check_outputs(src.module, inputs, got, src.output_names)
     for row in check.outputs:
-        print(row.line() + label)
+        print(row.line() + label, file=report)
     if check.topk is not None and check.topk_failure:
         print(f"check top-k picks ({', '.join(check.topk['outputs'])}): NOT a top-k of the interpreter's scores "
-              f"up to near-ties: {check.topk_failure}{label}")
+              f"up to near-ties: {check.topk_failure}{label}", file=report)
     if not check.ok:
         raise CheckMismatch(f"pypto {src.name}{label}: {check.failures[0]} vs the interpreter on the same IR "
                             f"and inputs ({len(check.failures)} output(s) fail the check; --no-check skips it)")
@@ -775,6 +791,11 @@ def _keep_trace(src: Source, trace_tmp: str, trace_dir: str, label: str, outputs
         pending.commit()
 
 
+def _report_stream(args):
+    """Where `run` prints its summary lines: stderr when stdout carries the outputs (`--out -`), else stdout."""
+    return sys.stderr if getattr(args, "out", None) == "-" else sys.stdout
+
+
 def cmd_run(args) -> int:
     import torch
 
@@ -782,6 +803,8 @@ def cmd_run(args) -> int:
     from attnc.memory import check_memory
 
     timing = args.timing_report
+    if args.out == "-" and sys.stdout is not None and sys.stdout.isatty():
+        raise CliError("--out -: stdout is a terminal; redirect it to a file or a pipe (an .npz is binary)")
     if args.out is not None:
         check_output_path(args.out)
     if args.trace_dir is not None:
@@ -824,7 +847,8 @@ def cmd_run(args) -> int:
         for each in distinct:
             compile_source(each, _pipeline_for(args), verify_each=False, timing=timing)
             # SIM: the inputs also travel as numpy arrays and an .npz to the child
-            check_memory(each.module, f"run {each.name}", copies_of_inputs=1 if args.target == "interp" else 3)
+            check_memory(each.module, f"run {each.name}", copies_of_inputs=1 if args.target == "interp" else 3,
+                         sim_children=0 if args.target == "interp" else 1)
     with timing.phase("inputs"):
         inputs, seeded = run_inputs(sources[0], args, steps=steps, tokens=sum(counts) if counts else None)
     note_seeded(src, seeded, args.seed, args.no_seed)
@@ -845,13 +869,14 @@ def cmd_run(args) -> int:
         if args.out is not None and not args.time_only:
             args.pending_outputs.add(args.out, npz_bytes(outs))
         args.pending_outputs.commit()
+    report = _report_stream(args)
     for name, t in ({} if args.time_only else outs).items():  # --time-only computes no values
         tf = t.float()
         print(f"{name:<8} {str(t.dtype).replace('torch.', ''):<9} {list(t.shape)} "
-              f"mean_abs={tf.abs().mean().item():.6g} finite={bool(torch.isfinite(tf).all())}")
-    print(f"wall_s: {total_wall:.3f}")
+              f"mean_abs={tf.abs().mean().item():.6g} finite={bool(torch.isfinite(tf).all())}", file=report)
+    print(f"wall_s: {total_wall:.3f}", file=report)
     if aicore is not None:
-        print(f"aicore_us: {aicore:.3f}")
+        print(f"aicore_us: {aicore:.3f}", file=report)
     if args.timing:
         for line in timing.report():
             print(line, file=sys.stderr)
@@ -989,7 +1014,7 @@ def _out_path(text: str, dash: bool = False, folder: bool = False) -> str:
     if text == "-":
         if dash:
             return text
-        raise argparse.ArgumentTypeError("'-' (stdout) is only for text output (compile -o); name a file")
+        raise argparse.ArgumentTypeError("'-' (stdout) is only for compile -o and run --out; name a file")
     if text.endswith("/") or folder:
         return text
     parent = os.path.dirname(text)
@@ -1162,7 +1187,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode N steps (default 1): each step's in/out arrays (caches, rings, states) feed the next, "
                         "start_pos advances by seq (packed: each row's positions by its token count), x is seeded "
                         "per step (seed+k); --out gets the last step")
-    r.add_argument("--out", metavar="OUT.npz", default=None, type=_out_path, help="write the outputs by name (default: not written)")
+    r.add_argument("--out", metavar="OUT.npz", default=None, type=_out_text,
+                   help="write the outputs by name (- = stdout, not a terminal: the summary lines then go to stderr) "
+                        "(default: not written)")
     r.add_argument("--time-only", action="store_true", help="pypto targets: simulated time only, no values "
                    "(so no check)")
     r.add_argument("--no-check", action="store_true",
@@ -1214,6 +1241,25 @@ def main(argv: list[str] | None = None) -> int:
     timing = Timing()
     argv = sys.argv[1:] if argv is None else list(argv)
     previous = _catch_sigterm()
+    swallowed = _SwallowedSignals()
+    sys.unraisablehook = swallowed
+    try:
+        code = _main(argv, timing)
+        if swallowed.caught:  # the signal's exception was swallowed on the way: end as the signal says
+            raise swallowed.caught[0]
+        return code
+    except KeyboardInterrupt:
+        print("attnc: interrupted", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("attnc: terminated", file=sys.stderr)
+        return 143
+    finally:
+        sys.unraisablehook = swallowed.previous
+        _catch_sigterm(previous)
+
+
+def _main(argv: list[str], timing) -> int:
     try:
         parser = build_parser()
         if not argv:  # `attnc` alone: usage and the commands
@@ -1252,12 +1298,6 @@ def main(argv: list[str] | None = None) -> int:
     except CheckMismatch as e:
         print(f"attnc: error: {e}", file=sys.stderr)
         return EXIT_MISMATCH
-    except KeyboardInterrupt:
-        print("attnc: interrupted", file=sys.stderr)
-        return 130
-    except Terminated:
-        print("attnc: terminated", file=sys.stderr)
-        return 143
     except Exception as e:  # a bug in attnc: still one line; ATTNC_TRACEBACK=1 shows the traceback
         if isinstance(e, RuntimeError) and "can't allocate memory" in str(e):  # torch's allocator
             print("attnc: error: out of memory (a smaller --config or --set batch=... needs less)", file=sys.stderr)
@@ -1267,8 +1307,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"attnc: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
               file=sys.stderr)
         return EXIT_INTERNAL
-    finally:
-        _catch_sigterm(previous)
 
 
 if __name__ == "__main__":

@@ -87,6 +87,21 @@ def interpreter_upper_bytes(module: ModuleOp, copies_of_inputs: int = 1) -> int:
     return copies_of_inputs * inputs + seeding + weights_f64 + values + 2 * largest_op + OVERHEAD_BYTES
 
 
+SIM_CHILD_BASE_BYTES = 1 << 30  # placeholder until measured
+
+
+def sim_child_upper_bytes(module: ModuleOp) -> int:
+    """Upper bound of the pypto SIM child's peak RSS (the runner process: numpy, torch, pypto and its calculator,
+    the program's compile, cost model and pass-verify interpreter). Measured by benchmarks/memory_bound.py
+    --target pypto-sim."""
+    from attnc.ir.interpreter import entry_function
+
+    fn = entry_function(module)
+    io = sum(4 * math.prod(shape_of(t)) for t in [*fn.function_type.inputs.data, *fn.function_type.outputs.data]
+             if isinstance(t, TensorType))  # bf16 travels as f32
+    return SIM_CHILD_BASE_BYTES + io
+
+
 def available_bytes() -> int:
     """MemAvailable of the machine, capped by the cgroup's limit when there is one."""
     avail = None
@@ -126,15 +141,17 @@ def inputs_bytes(module: ModuleOp, copies: int) -> int:
 
 
 def check_memory(module: ModuleOp, what: str, copies_of_inputs: int = 1, limit: int | None = None,
-                 inputs_only: bool = False) -> int:
+                 inputs_only: bool = False, sim_children: int = 0) -> int:
     """Refuse before allocating when the estimate exceeds what the machine has (`limit` or
     ATTNC_MEMORY_LIMIT_BYTES override the machine's figure: tests, the fuzzer). `inputs_only`: the command makes
-    the inputs and runs nothing."""
+    the inputs and runs nothing; `sim_children`: pypto SIM child processes running at once beside it."""
     need = (inputs_bytes(module, copies_of_inputs) if inputs_only
             else interpreter_upper_bytes(module, copies_of_inputs))
+    need += sim_children * sim_child_upper_bytes(module)
     env = os.environ.get("ATTNC_MEMORY_LIMIT_BYTES")
     have = limit if limit is not None else int(env) if env and env.isdigit() else available_bytes()
     if need > have:
         raise MemoryLimitError(f"{what} may need up to {_gb(need)} of memory (an upper bound from the IR's tensor "
-                               f"types, before allocating), the machine has {_gb(have)} available")
+                               f"types, before allocating{', the pypto SIM child included' if sim_children else ''})"
+                               f", the machine has {_gb(have)} available")
     return need

@@ -34,7 +34,11 @@ def _save(plt, fig, path: str, sink=None) -> None:
     fmt = "svg" if path.endswith(".svg") else "png"
     buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format=fmt, metadata={"Software": None} if fmt == "png" else {"Date": None})
+    import matplotlib
+
+    # an SVG's clip-path and image ids are salted with a random uuid unless svg.hashsalt is set (soak: 2 runs differed)
+    with matplotlib.rc_context({"svg.hashsalt": "attnc"}):
+        fig.savefig(buf, format=fmt, metadata={"Software": None} if fmt == "png" else {"Date": None})
     plt.close(fig)
     if sink is not None:
         sink.add(path, buf.getvalue())

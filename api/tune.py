@@ -408,10 +408,13 @@ def sim_trial(program: str, name: str, inputs, timeout_s: float, verify: str = S
             res = run_in_subprocess(path, inputs, verify=verify, timeout_s=timeout_s)
         except PyptoSimError as e:
             msg = str(e)
-            # a timeout or a child killed by a signal (the OOM killer, a Ctrl-C) says nothing about the program
+            # a timeout, a child killed by a signal (the OOM killer, a Ctrl-C) or one that exited before the
+            # runner could report the program's failure (ATTNC_PYPTO_FAIL: an environment problem) says nothing
+            # about the program
+            died = " failed (exit " in msg and "ATTNC_PYPTO_FAIL:" not in msg
             return {"aicore_us": None, "error": msg[:600], "timeout": " timed out after " in msg,
-                    "transient": " timed out after " in msg or any(f"(killed by {sig})" in msg
-                                                                   for sig in TRANSIENT_SIGNALS),
+                    "transient": " timed out after " in msg or died or any(f"(killed by {sig})" in msg
+                                                                           for sig in TRANSIENT_SIGNALS),
                     "seconds": time.perf_counter() - t0}
     if res.aicore_us is None:
         return {"aicore_us": None, "error": "SIM reported no AICore time", "timeout": False,
@@ -452,8 +455,10 @@ def _worker_init() -> None:
     import signal
 
     from attnc.cli import _on_sigterm
+    from attnc.codegen.pypto.sim.runner import die_with_parent
 
     signal.signal(signal.SIGTERM, _on_sigterm)
+    die_with_parent(signal.SIGTERM, os.getppid())  # attnc killed (even by SIGKILL): unwind the same way
 
 
 class SerialPool:
@@ -622,7 +627,7 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
     from attnc.memory import check_memory
 
     # seeded tensors, their arrays and the .npz each SIM child reads; the re-check interprets at its own batch
-    check_memory(src0.module, f"tune {src0.name}", copies_of_inputs=3)
+    check_memory(src0.module, f"tune {src0.name}", copies_of_inputs=3, sim_children=max(1, req.jobs))
     inputs = source_inputs(src0, req.seed)
     sampler = _sampler(dims, req.budget, req.seed)
     log(f"tune: {src0.name} at {req.config} {' '.join(req.overrides)}: {len(dims)} dimensions, "

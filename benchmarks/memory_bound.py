@@ -2,9 +2,10 @@
 (api/memory.py `interpreter_bytes`) and the peak RSS the run adds, measured in a fresh child process (peak RSS
 at the end minus peak RSS once torch, xDSL and the stage are loaded); `lower` is the estimate the commands check
 (`interpreter_bytes`), `upper` the candidate upper bound (`interpreter_upper_bytes`), each / measured: >= 1 is a
-bound that held.
+bound that held. `--target pypto-sim`: the SIM child's peak RSS against `sim_child_upper_bytes` (issue 21).
 
     python benchmarks/memory_bound.py [--config tiny] [--batches 16 64 256] [--stages decode_csa ...] [--json out]
+    python benchmarks/memory_bound.py --target pypto-sim --batches 2 --stages qkv_proj_rope ... [--json out]
 """
 from __future__ import annotations
 
@@ -29,8 +30,24 @@ print(json.dumps({"code": code, "estimate": estimate, "upper": upper, "base": ba
 """
 
 
-def measure(stage: str, config: str, batch: int, timeout: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, stage, config, str(batch)], capture_output=True, text=True,
+# --target pypto-sim: the SIM child's own peak RSS (the largest reaped descendant: the runner, pypto's compile and
+# cost model) against `sim_child_upper_bytes`, what `attnc run --target pypto-sim` and `tune` add to their check
+CHILD_SIM = r"""
+import json, resource, sys
+stage, config, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+from attnc.cli import load_source, main
+from attnc.memory import sim_child_upper_bytes
+src = load_source(stage, config, [f"batch={batch}"])
+upper = sim_child_upper_bytes(src.module)
+code = main(["run", stage, "--config", config, "--set", f"batch={batch}", "--target", "pypto-sim", "--no-check"])
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+print(json.dumps({"code": code, "estimate": upper, "upper": upper, "base": 0, "peak": peak}))
+"""
+
+
+def measure(stage: str, config: str, batch: int, timeout: int, target: str = "interp") -> dict:
+    child = CHILD if target == "interp" else CHILD_SIM
+    out = subprocess.run([sys.executable, "-c", child, stage, config, str(batch)], capture_output=True, text=True,
                          timeout=timeout, env={"ATTNC_PROGRESS": "0", **__import__("os").environ})
     if out.returncode != 0 or not out.stdout.strip():
         return {"error": (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]}
@@ -45,6 +62,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", nargs="+", type=int, default=[16, 64, 256])
     ap.add_argument("--stages", nargs="+", default=list(STAGES))
     ap.add_argument("--timeout", type=int, default=600)
+    ap.add_argument("--target", choices=("interp", "pypto-sim"), default="interp",
+                    help="pypto-sim: the SIM child's peak RSS vs sim_child_upper_bytes (default: the interpreter)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     rows = []
@@ -52,8 +71,8 @@ def main(argv=None) -> int:
           f"{'upper/meas':>10}")
     for stage in args.stages:
         for batch in args.batches:
-            r = measure(stage, args.config, batch, args.timeout)
-            r.update(stage=stage, batch=batch, config=args.config)
+            r = measure(stage, args.config, batch, args.timeout, args.target)
+            r.update(stage=stage, batch=batch, config=args.config, target=args.target)
             rows.append(r)
             if "error" in r or r.get("code"):
                 print(f"{stage:<22} {batch:>6} {'':>12} {'':>12}   n/a  {r.get('error') or r.get('code')}", flush=True)

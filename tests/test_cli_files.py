@@ -1,4 +1,4 @@
-"""File arguments: `-` is stdin/stdout where the data is text, refused elsewhere; an output's folder must exist
+"""File arguments: `-` is stdin/stdout where the data is text (and `run --out -`), refused elsewhere; an output's folder must exist
 unless the path ends in `/`; `attnc list passes`; `-p`; notes and dumps around a live progress line."""
 import io
 import sys
@@ -9,7 +9,6 @@ from attnc.cli import main
 
 DASH_REFUSED = [
     ["inputs", "sparse_attn", "-o", "-"],
-    ["run", "sparse_attn", "--out", "-"],
     ["run", "sparse_attn", "--inputs", "-"],
     ["run", "decode_hca", "--steps-file", "-"],
     ["run", "decode_hca", "--state", "-"],

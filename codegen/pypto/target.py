@@ -3,7 +3,6 @@ torch_npu is present), and bring the outputs back as torch tensors of the stage'
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +11,7 @@ from attnc.codegen.escape import file_stem
 from attnc.ir.types import to_numpy
 from attnc.codegen.pypto.emit import emit_pypto, in_place_outputs, program_output_names
 from attnc.codegen.pypto.options import PyptoOptions
-from attnc.codegen.pypto.sim import run_in_subprocess
+from attnc.codegen.pypto.sim import held_temp_folder, run_in_subprocess
 from attnc.ir.interpreter import entry_function
 from attnc.ir.types import dtype_of, torch_dtype
 
@@ -130,7 +129,7 @@ def run_pypto_sim(module, inputs: dict, *, verify: str = "default", timeout_s: f
     out_types = dict(zip(out_names, fn.function_type.outputs.data))
     param_of = dict(zip(out_names, program_output_names([a.data for a in fn.attributes["arg_names"].data], out_names,
                                                         in_place_outputs(fn))))
-    with tempfile.TemporaryDirectory(prefix="attnc-prog-") as tmp:
+    with held_temp_folder("attnc-prog-") as tmp:
         path = os.path.join(tmp, f"{file_stem(fn.sym_name.data)}.py")
         with open(path, "w") as f:
             f.write(program)

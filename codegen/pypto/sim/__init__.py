@@ -4,10 +4,12 @@ unusable, and the child needs environment set before pypto loads. See runner.py 
 and COOKBOOK.md for the pypto 0.2.0 constructs checked with this harness."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -78,6 +80,59 @@ def _crash_notes(pid: int) -> str:
     return " | ".join(n.strip()[:300] for n in notes)
 
 
+# pypto 0.2.0's cost model hands paths under its output folder to a shell unquoted (system("python3 ...
+# draw_swim_lane.py ... <path>")); a run folder with a space or a shell metacharacter makes the child exit 1 silently
+_SHELL_PLAIN = re.compile(r"[A-Za-z0-9_./+,:@%=-]+")
+
+
+def check_run_folder() -> None:
+    """Refuse a pypto run folder whose path a shell would split or interpret (see _SHELL_PLAIN)."""
+    base = run_dir_for_pid(0).parent
+    if not _SHELL_PLAIN.fullmatch(str(base)):
+        source = "ATTNC_PYPTO_TMP" if os.environ.get("ATTNC_PYPTO_TMP") else "the temp folder (TMPDIR)"
+        raise PyptoSimError(f"pypto run folder {str(base)[:200]!r} (from {source}) has characters a shell splits or "
+                            f"interprets, and pypto 0.2.0's cost model passes it to a shell unquoted: set "
+                            f"ATTNC_PYPTO_TMP to a plain path")
+
+
+_HELD_TEMP: list[str] = []  # temp folders of this process a SIM child's watchdog removes if this process is killed
+
+
+@contextlib.contextmanager
+def held_temp_folder(prefix: str):
+    """tempfile.TemporaryDirectory, also removed by a running SIM child's watchdog (runner.watch_parent) when this
+    process is killed by SIGKILL and cannot remove it itself."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        _HELD_TEMP.append(tmp)
+        try:
+            yield tmp
+        finally:
+            _HELD_TEMP.remove(tmp)
+
+
+def sweep_stale_run_folders() -> int:
+    """Remove the run folders (attnc-pypto-<pid>) of SIM children that are gone without their cleanup (killed with
+    attnc by SIGKILL): they hold pypto's output in /dev/shm, i.e. memory. Only this user's, only dead pids."""
+    removed = 0
+    base = run_dir_for_pid(0).parent
+    try:
+        entries = list(base.glob("attnc-pypto-*"))
+    except OSError:
+        return 0
+    for d in entries:
+        pid = d.name.rsplit("-", 1)[1]
+        try:
+            if not pid.isdigit() or d.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+            removed += 1
+        except OSError:  # alive (another user's), or gone between the listing and the check
+            continue
+    return removed
+
+
 def run_in_subprocess(kernel_py: str | Path, inputs: dict[str, np.ndarray], *, timeout_s: float = 600,
                       verify: str | list = "default", python: str = sys.executable, npu: bool = False,
                       env: dict | None = None, on_phase=None) -> SimResult:
@@ -89,15 +144,19 @@ def run_in_subprocess(kernel_py: str | Path, inputs: dict[str, np.ndarray], *, t
     `on_phase(text)` is called from a watcher thread when the child starts a phase (import, compile, simulate ...).
     """
     kernel_py = Path(kernel_py).resolve()
+    check_run_folder()
+    sweep_stale_run_folders()
     if isinstance(verify, (list, tuple)):
         verify = json.dumps(list(verify))
     elif verify not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {sorted(VERIFY_MODES)} or a list of pass names, not {verify!r}")
     child_env = dict(os.environ, **(env or {}))
     child_env.pop("ATTNC_PYPTO_NPU", None)
+    child_env["ATTNC_PYPTO_PARENT"] = str(os.getpid())  # the child dies with this process (runner.die_with_parent)
     if npu:
         child_env["ATTNC_PYPTO_NPU"] = "1"
-    with tempfile.TemporaryDirectory(prefix="attnc-sim-io-") as tmp:
+    with held_temp_folder("attnc-sim-io-") as tmp:
+        child_env["ATTNC_PYPTO_PARENT_TMP"] = "\n".join(_HELD_TEMP)
         in_npz, out_npz = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
         np.savez(in_npz, **{k: np.ascontiguousarray(v) for k, v in inputs.items()})
         cmd = [python, str(RUNNER), str(kernel_py), in_npz, out_npz, verify]

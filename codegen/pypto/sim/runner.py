@@ -94,6 +94,32 @@ def run_dir_for_pid(pid: int) -> Path:
     return Path(base) / f"attnc-pypto-{pid}"
 
 
+def die_with_parent(sig: int, parent: int | None) -> None:
+    """Have the kernel send `sig` to this process when `parent` (the process that started it) dies, even by
+    SIGKILL: a SIM child runs in its own session, so nothing else would end it (Linux; elsewhere a no-op)."""
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before prctl
+        os.kill(os.getpid(), sig)
+
+
+def watch_parent(parent: int | None, folders: list[str]):
+    """A shell in this process's group that waits for `parent` (attnc) to go, then removes `folders` and kills the
+    whole group: killed by SIGKILL, attnc cannot end the SIM child (its own session) nor what the child started,
+    nor remove its temp folders. Killed with the group on a normal end (the runner kills it on the way out)."""
+    if parent is None or os.name != "posix" or not os.path.exists("/bin/sh"):
+        return None
+    import subprocess
+
+    script = 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; shift; rm -rf -- "$@"; kill -9 0'
+    return subprocess.Popen(["/bin/sh", "-c", script, "attnc-sim-watchdog", str(parent), *folders],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def _redirect_outputs(root: Path) -> None:
     """Point every file pypto writes into `root`. Must happen before `import pypto` (read at load/first use)."""
     os.environ["TILE_FWK_OUTPUT_DIR"] = str(root / "output")
@@ -367,6 +393,8 @@ def main(argv: list[str]) -> int:
     if vopts is None:
         vopts = {"enable_pass_verify": True, "pass_verify_pass_filter": list(json.loads(verify))}
     npu = os.environ.get("ATTNC_PYPTO_NPU") == "1"
+    parent = os.environ.get("ATTNC_PYPTO_PARENT", "")
+    die_with_parent(9, int(parent) if parent.isdigit() else None)  # SIGKILL; its run folder is swept later
     _phase("starting (numpy, torch)")
     meta = {"aicore_us": None, "verify": [], "errors": [], "wall_s": None, "process_s": None, "exception": None}
     root = run_dir_for_pid(os.getpid())
@@ -374,6 +402,8 @@ def main(argv: list[str]) -> int:
     root.mkdir(parents=True)
     console = root / "console.log"
     rc = 0
+    watchdog = watch_parent(int(parent) if parent.isdigit() else None,
+                            [str(root), *filter(None, os.environ.get("ATTNC_PYPTO_PARENT_TMP", "").split("\n"))])
     try:
         _redirect_outputs(root)
         os.environ["ATTNC_PYPTO_VERIFY"] = json.dumps(vopts)  # older generated modules read this at import
@@ -449,6 +479,9 @@ def main(argv: list[str]) -> int:
             print(f"pypto run files kept in {root}", file=sys.stderr)
         else:
             shutil.rmtree(root, ignore_errors=True)
+        if watchdog is not None:
+            watchdog.kill()
+            watchdog.wait()
     return rc
 
 

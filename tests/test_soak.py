@@ -1,0 +1,89 @@
+"""benchmarks/soak.py (issue 21): its checks catch what they are for (fast, no attnc command run), and a short seeded
+sample of the soak itself behind `-m slow` (each command starts torch: ~10-25 s on a loaded 2-core machine)."""
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def _soak_module():
+    spec = importlib.util.spec_from_file_location("soak", os.path.join(ROOT, "benchmarks", "soak.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["soak"] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture
+def soak(tmp_path):
+    mod = _soak_module()
+    s = mod.Soak.__new__(mod.Soak)  # no tmpfs, no reference runs: the checks alone
+    s.root, s.timeout, s.log, s.disk = str(tmp_path), 10.0, lambda m: None, "RLIMIT_FSIZE 4 KiB"
+    s.hostile = str(tmp_path / "hostile")
+    s.templates = mod.templates(s.hostile)
+    t = next(t for t in s.templates if t.name == "compile mlir")
+    s.reference = {t.name: (0, {"decode_swa.mlir": b"IR\n"}, b"", 1.0)}
+    return mod, s, t
+
+
+def _check(mod, s, t, tmp_path, files, code=0, err="", fault="none"):
+    folder, tmp, shm = tmp_path / "c", tmp_path / "t", tmp_path / "s"
+    for d in (folder, tmp, shm):
+        d.mkdir(exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    res = mod.Result(0, t.name, fault, code, 1.0)
+    s.check(res, t, str(folder), b"", err, str(tmp), str(shm), "no-such-tag")
+    return res.problems
+
+
+def test_a_clean_command_has_no_problem(soak, tmp_path):
+    mod, s, t = soak
+    assert _check(mod, s, t, tmp_path, {"decode_swa.mlir": b"IR\n"}) == []
+
+
+@pytest.mark.parametrize("files, code, err, fault, problem", [
+    ({"decode_swa.mlir": b"IR\n", ".attnc-x.tmp": b"I"}, 0, "", "none", "left behind: .attnc-x.tmp"),
+    ({"decode_swa.mlir": b"I"}, -9, "", "SIGKILL", "differs from the reference"),
+    ({}, 0, "", "none", "undisturbed run without"),
+    ({}, 3, "attnc: internal error: KeyError: x\n", "SIGTERM", "exit 3"),
+    ({}, 2, "Traceback (most recent call last):\nattnc: error: x\n", "full disk", "traceback on stderr"),
+    ({}, 2, "attnc: error: x\nattnc: error: y\n", "full disk", "without exactly one error line"),
+    ({}, 143, "attnc: error: x\n", "SIGTERM", "without 'attnc: terminated'"),
+    ({}, None, "", "none", "no exit within"),
+])
+def test_each_check_catches_its_problem(soak, tmp_path, files, code, err, fault, problem):
+    mod, s, t = soak
+    assert any(problem in p for p in _check(mod, s, t, tmp_path, files, code, err, fault))
+
+
+def test_a_process_left_behind_is_found_and_ended(soak, tmp_path):
+    mod, s, t = soak
+    tag = "soak-test-orphan"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                             env=dict(os.environ, ATTNC_SOAK_TAG=tag))
+    try:
+        folder = tmp_path / "c"
+        folder.mkdir()
+        (folder / "decode_swa.mlir").write_bytes(b"IR\n")
+        res = mod.Result(0, t.name, "SIGKILL", -9, 1.0)
+        s.check(res, t, str(folder), b"", "", str(tmp_path / "t"), str(tmp_path / "s"), tag)
+        assert res.problems == ["1 process(es) outlived it"]
+        assert child.wait(10) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+
+
+@pytest.mark.slow
+def test_a_seeded_soak_sample_finds_nothing(tmp_path):
+    """A short soak: 12 commands of every kind, 4 at a time, killed and on a full disk (~5 min here)."""
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "soak.py"), "--commands", "12",
+                          "--seed", "3", "--root", str(tmp_path / "soak")], capture_output=True, text=True,
+                         timeout=3600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
