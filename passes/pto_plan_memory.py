@@ -45,41 +45,87 @@ def _rows(v: SSAValue) -> int:
     return shape_of(v.type)[-2]
 
 
-def _chunked_operands(op: Operation) -> list[SSAValue]:
-    """The operands of `op` that are chunked when its result is (by the op's definition)."""
+ROW = (-2, 1)  # a chunk spec (axis, unit): chunk i of g output rows is [i*g*unit, (i+1)*g*unit) along axis
+
+
+def _chunked_operands(par: Operation, op: Operation, spec: tuple[int, int]) -> list[tuple[SSAValue, tuple[int, int]]]:
+    """The operands of `op` that are chunked when its result is chunked by `spec`, with their specs (by the op's
+    definition). A row chunk (axis -2) follows rows; a column chunk (axis -1) follows columns: a matmul's
+    right operand and the columns of an elementwise op, through a reshape that splits the last axis into rows."""
     k = _kind(op)
     tensors = [o for o in op.operands if isinstance(o.type, TensorType)]
+    res = op.results[0]
+    if k == "reshape":
+        s_in, s_out = shape_of(op.input.type), shape_of(res.type)
+        if s_in == s_out:
+            return [(op.input, spec)]
+        if spec[0] == -2 and s_in[:-1] == s_out[:-2] and s_in[-1] == s_out[-2] * s_out[-1]:
+            return [(op.input, (-1, spec[1] * s_out[-1]))]  # rows of [.., R, C] = column chunks of [.., R*C]
+        raise _NoSplit("a reshape that does not split the last axis into rows")
+    if k == "view" and spec[0] == -2 and _whole_rows(par, op):
+        return [(op.source, spec)]  # some columns of every row of a loop value: row-local
+    if k == "view" and not op.valid:
+        return []  # a view of an array from before the loop: the chunk's offset (checked by the caller)
+    if k == "concat" and spec[0] == -2 and op.axis.value.data == len(shape_of(res.type)) - 1:
+        return [(o, spec) for o in op.inputs]  # side by side: the rows of each part
+    if spec[0] == -1:
+        if k in _ROW_LOCAL and not k.startswith("row_"):
+            if any(shape_of(o.type) != shape_of(res.type) for o in tensors):
+                raise _NoSplit(f"{op.name} mixes shapes in a column chunk")
+            return [(o, spec) for o in tensors]
+        if k.startswith("row_expand_"):
+            return [(op.operands[0], spec)]
+        if k.startswith("col_expand_"):
+            return [(op.lhs, spec), (op.operands[1], spec)]
+        if k in ("matmul", "matmul_acc"):
+            rhs = [(op.rhs, (-2 if op.transpose_b.value.data else -1, spec[1]))]
+            return rhs + ([(op.acc, spec)] if k == "matmul_acc" else [])
+        if k == "broadcast":
+            s_in = shape_of(op.input.type)
+            if s_in == shape_of(res.type):
+                return [(op.input, spec)]
+            if s_in[-1] == 1:
+                return []
+        raise _NoSplit(f"{op.name} is not column-local")
     if k in _ROW_LOCAL or k.startswith("row_expand_"):
-        if any(_rows(o) != _rows(op.results[0]) for o in tensors):
+        if any(_rows(o) != _rows(res) for o in tensors):
             raise _NoSplit(f"{op.name} mixes row counts")
-        return tensors
+        return [(o, spec) for o in tensors]
     if k.startswith("col_expand_"):
-        return [op.lhs]
+        return [(op.lhs, spec)]
     if k == "matmul":
-        return [op.lhs]
+        return [(op.lhs, spec)]
     if k == "matmul_acc":
-        return [op.acc, op.lhs]
+        return [(op.acc, spec), (op.lhs, spec)]
     if k == "broadcast":
         r_in, r_out = _rows(op.input), _rows(op.result)
         if r_in == r_out:
-            return [op.input]
+            return [(op.input, spec)]
         if r_in == 1:
             return []
         raise _NoSplit("broadcast over rows")
-    if k == "view" and not op.valid:
-        return []  # a view of an array from before the loop: the chunk's offset (checked by the caller)
     raise _NoSplit(f"{op.name} is not row-local")
 
 
-def _demand(par: Operation, root: SSAValue) -> set[SSAValue]:
-    """The values that are chunked when `root` is (backwards, by the ops' definitions); raises _NoSplit."""
-    chunked: set[SSAValue] = set()
-    work = [root]
+def _whole_rows(par: Operation, view_op: Operation) -> bool:
+    """A view of a value made in the loop that keeps every row (row offset 0, the rows of its source)."""
+    src = view_op.source
+    return defined_inside(par, src) and not view_op.valid and _rows(src) == _rows(view_op.results[0]) \
+        and all(constant_value(o) == 0 for o in view_op.offsets[:-1])
+
+
+def _demand(par: Operation, root: SSAValue) -> dict[SSAValue, tuple[int, int]]:
+    """The values that are chunked when `root`'s rows are, with their chunk specs (backwards, by the ops'
+    definitions); raises _NoSplit."""
+    chunked: dict[SSAValue, tuple[int, int]] = {}
+    work = [(root, ROW)]
     while work:
-        v = work.pop()
+        v, spec = work.pop()
         if v in chunked:
+            if chunked[v] != spec:
+                raise _NoSplit("a value chunked along two axes")
             continue
-        chunked.add(v)
+        chunked[v] = spec
         if not defined_inside(par, v):
             continue  # an array from before the loop: the chunk's view of it
         owner = v.owner
@@ -88,17 +134,16 @@ def _demand(par: Operation, root: SSAValue) -> set[SSAValue]:
             if not isinstance(loop, scf.ForOp) or v is owner.args[0]:
                 raise _NoSplit("chunked loop index")
             k = owner.args.index(v) - 1
-            work += [loop.iter_args[k], loop.body.block.last_op.operands[k], loop.results[k]]
+            work += [(x, spec) for x in (loop.iter_args[k], loop.body.block.last_op.operands[k], loop.results[k])]
             continue
         if isinstance(owner, scf.ForOp):
             k = list(owner.results).index(v)
-            work += [owner.body.block.args[1 + k]]
+            work += [(owner.body.block.args[1 + k], spec)]
             continue
-        if _kind(owner) == "view":
-            if defined_inside(par, owner.source) or owner.valid:
-                raise _NoSplit("a view of a value made in the loop")
-            continue
-        work += _chunked_operands(owner)
+        if _kind(owner) == "view" and (defined_inside(par, owner.source) or owner.valid) \
+                and not (spec[0] == -2 and _whole_rows(par, owner)):
+            raise _NoSplit("a view of a value made in the loop")
+        work += _chunked_operands(par, owner, spec)
     return chunked
 
 
@@ -130,7 +175,7 @@ def _cone(par: Operation, roots: list[SSAValue], stop: set) -> set[Operation]:
 @dataclass
 class _Split:
     rows: int                   # R, the output rows
-    chunked: set                # values inside the loop computed per chunk
+    chunked: dict               # values inside the loop computed per chunk -> chunk spec (axis, unit)
     outs: list[int]             # the outputs computed in chunks
     rest: list[int]             # outputs computed after the chunk loop, reading the chunked outputs from GM
     first: set                  # body ops of the chunk loop
@@ -160,7 +205,11 @@ def _analyse(par: Operation) -> _Split:
     R = max(sorted(size), key=lambda r: size[r])
     outs = [k for k in demands if _rows(asms[k].tile) == R]
     rest = [k for k in range(len(asms)) if k not in outs]
-    chunked = set().union(*(demands[k] for k in outs))
+    chunked: dict[SSAValue, tuple[int, int]] = {}
+    for k in outs:
+        for v, spec in demands[k].items():
+            if chunked.setdefault(v, spec) != spec:
+                raise _NoSplit("a value chunked along two axes")
     first = _cone(par, [asms[k].result for k in outs], set())
     tiles = {asms[k].tile for k in outs}
     second = _cone(par, [asms[k].result for k in rest] + [o for k in outs for o in asms[k].offsets], tiles)
@@ -178,10 +227,13 @@ def _analyse(par: Operation) -> _Split:
                     raise _NoSplit("a chunked value enters an inner loop whole")
             elif _kind(user) == "assemble" and user in asms and use.index == 0:
                 continue
-            elif user.results[0] not in chunked or v not in _chunked_operands(user):
+            elif (user.results[0] not in chunked
+                  or (v, chunked[v]) not in _chunked_operands(par, user, chunked[user.results[0]])):
                 raise _NoSplit(f"{user.name} takes a chunked value whole")
-    if any(_rows(v) != R for v in chunked if isinstance(v.type, TensorType) and len(shape_of(v.type)) == 3):
-        raise _NoSplit("chunked values of another row count")
+    for v, (axis, unit) in chunked.items():
+        if isinstance(v.type, TensorType) and (axis == -1 or len(shape_of(v.type)) == 3) \
+                and shape_of(v.type)[axis] != R * unit:
+            raise _NoSplit("chunked values of another row count")
     return _Split(R, chunked, outs, rest, first, second)
 
 
@@ -193,9 +245,9 @@ def _inside(par: Operation, op: Operation) -> bool:
     return False
 
 
-def _retype(v: SSAValue, rows: int) -> None:
+def _retype(v: SSAValue, spec: tuple[int, int], g: int) -> None:
     s = list(shape_of(v.type))
-    s[-2] = rows
+    s[spec[0]] = g * spec[1]
     v._type = TensorType(v.type.get_element_type(), s)
 
 
@@ -215,17 +267,18 @@ def split_rows(par: Operation, g: int) -> None:
     mapping: dict[SSAValue, SSAValue] = dict(zip(outs, loop_body.args[1:]))
     loc = op_location(ops[0]) if ops else None
     with at_end(loop_body, loc):
-        row0 = muli(loop_body.args[0], g)
+        start = {u: muli(loop_body.args[0], g * u) for u in sorted({u for _, u in chunked.values()})}
         outside = []  # in order of first use (deterministic output)
         for op in ops:
             for nested in op.walk():
                 outside += [o for o in nested.operands if o in chunked and not defined_inside(par, o)
                             and o not in outside]
         for v in outside:
+            axis, unit = chunked[v]
             shp = list(shape_of(v.type))
             offs = [0] * len(shp)
-            offs[-2] = row0
-            shp[-2] = g
+            offs[axis] = start[unit]
+            shp[axis] = g * unit
             mapping[v] = view(v, offs, shp).value
     firsts = [op for op in ops if op in sp.first]
     clones = []
@@ -234,18 +287,20 @@ def split_rows(par: Operation, g: int) -> None:
         loop_body.add_op(clones[-1])
     for v in chunked:
         if defined_inside(par, v) and v in mapping:
-            _retype(mapping[v], g)
+            _retype(mapping[v], chunked[v], g)
     for old, new in zip(firsts, clones):
         for o_nested, n_nested in zip(old.walk(), new.walk()):
             k = _kind(n_nested)
-            if k == "view" and o_nested.results[0] in chunked:
-                at = 1 + len(n_nested.offsets) - 2
+            if k == "view" and o_nested.results[0] in chunked and not defined_inside(par, o_nested.source):
+                axis, unit = chunked[o_nested.results[0]]
+                at = 1 + len(n_nested.offsets) + axis
             elif k == "assemble" and o_nested.tile in chunked:
-                at = 2 + len(n_nested.offsets) - 2
+                axis, unit = chunked[o_nested.tile]
+                at = 2 + len(n_nested.offsets) + axis
             else:
                 continue
             with before(n_nested):
-                shifted = addi(n_nested.operands[at], row0)
+                shifted = addi(n_nested.operands[at], start[unit])
             operands = list(n_nested.operands)
             operands[at] = shifted
             n_nested.operands = operands
