@@ -114,11 +114,11 @@ def _whole_rows(par: Operation, view_op: Operation) -> bool:
         and all(constant_value(o) == 0 for o in view_op.offsets[:-1])
 
 
-def _demand(par: Operation, root: SSAValue) -> dict[SSAValue, tuple[int, int]]:
+def _demand(par: Operation, root: SSAValue, spec: tuple[int, int]) -> dict[SSAValue, tuple[int, int]]:
     """The values that are chunked when `root`'s rows are, with their chunk specs (backwards, by the ops'
     definitions); raises _NoSplit."""
     chunked: dict[SSAValue, tuple[int, int]] = {}
-    work = [(root, ROW)]
+    work = [(root, spec)]
     while work:
         v, spec = work.pop()
         if v in chunked:
@@ -174,7 +174,7 @@ def _cone(par: Operation, roots: list[SSAValue], stop: set) -> set[Operation]:
 
 @dataclass
 class _Split:
-    rows: int                   # R, the output rows
+    rows: int                   # R, the fewest output rows of the chunked outputs
     chunked: dict               # values inside the loop computed per chunk -> chunk spec (axis, unit)
     outs: list[int]             # the outputs computed in chunks
     rest: list[int]             # outputs computed after the chunk loop, reading the chunked outputs from GM
@@ -183,31 +183,44 @@ class _Split:
 
 
 def _analyse(par: Operation) -> _Split:
-    """Which outputs are computed in row chunks and which after them; raises _NoSplit."""
+    """Which outputs are computed in row chunks and which after them; raises _NoSplit. Row-local outputs join
+    the chunk loop largest first while the chunks stay consistent; outputs of R' = u*R rows (R the fewest
+    rows among them) take u*g rows per chunk of g."""
     body = par.body.block
     asms = [v.owner for v in body.last_op.operands]
     if not asms or any(_kind(a) != "assemble" or a.valid for a in asms):
         raise _NoSplit("outputs are not plain assembles")
-    demands = {}
+    cands = []
     for k, a in enumerate(asms):
         try:
             if len(shape_of(a.tile.type)) == 3 and _rows(a.tile) > 1:
-                demands[k] = _demand(par, a.tile)
+                _demand(par, a.tile, ROW)
+                cands.append(k)
         except _NoSplit:
             pass
-    if not demands:
+    if not cands:
         raise _NoSplit("no output is row-local")
-    # the row count of the largest row-local outputs; the others are computed after the chunk loop
-    size = {}
-    for k in demands:
-        r = _rows(asms[k].tile)
-        size[r] = size.get(r, 0) + math.prod(shape_of(asms[k].tile.type))
-    R = max(sorted(size), key=lambda r: size[r])
-    outs = [k for k in demands if _rows(asms[k].tile) == R]
+    cands.sort(key=lambda k: (-math.prod(shape_of(asms[k].tile.type)), k))
+    best, why = None, None
+    for k in cands:
+        outs = sorted((best.outs if best else []) + [k])
+        try:
+            best = _try_split(par, asms, outs)
+        except _NoSplit as e:
+            why = why or e
+    if best is None:
+        raise why
+    return best
+
+
+def _try_split(par: Operation, asms: list[Operation], outs: list[int]) -> _Split:
+    R = min(_rows(asms[k].tile) for k in outs)
+    if any(_rows(asms[k].tile) % R for k in outs):
+        raise _NoSplit("row counts that do not divide")
     rest = [k for k in range(len(asms)) if k not in outs]
     chunked: dict[SSAValue, tuple[int, int]] = {}
     for k in outs:
-        for v, spec in demands[k].items():
+        for v, spec in _demand(par, asms[k].tile, (-2, _rows(asms[k].tile) // R)).items():
             if chunked.setdefault(v, spec) != spec:
                 raise _NoSplit("a value chunked along two axes")
     first = _cone(par, [asms[k].result for k in outs], set())

@@ -12,7 +12,9 @@ from attnc.codegen.driver import compile_source, load_source, main, source_input
 from attnc.codegen.pto_check import check_kernel, fix_cpp_literals, host_values, instruction_stream, normalise_cpp
 from attnc.codegen.pto_emit import KernelEmitter, emit_pto, pto_blockers
 from attnc.codegen.ptoas_setup import PtoasUnavailable, check_available, run_ptoas
+from attnc.ir.types import shape_of
 from attnc.passes import pto_pipeline
+from attnc.passes._build import defined_inside
 
 
 def _ptoas_reason() -> str | None:
@@ -395,11 +397,12 @@ def test_ptoas_matmul_acc_and_tiled_matmuls_match_interpreter():
 
 
 @needs_ptoas
-@pytest.mark.parametrize("stage, sets", [("sparse_attn_core", KEY_LOOP), ("sparse_attn", [])])
+@pytest.mark.parametrize("stage, sets", [("sparse_attn_core", KEY_LOOP), ("sparse_attn", []), ("qkv_proj_rope", [])])
 def test_ptoas_row_chunks_exact_and_match_interpreter(stage, sets):
     """pto-plan-memory{rows=2} forces head chunks at tiny: the pass is exact under --verify-each (inner key
     loop carrying chunked values; sparse_attn's output projection after the chunk loop, from the heads' rows
-    read back from GM), and the kernel matches the interpreter with 0 hazards."""
+    read back from GM; qkv_proj_rope's q heads are column chunks of its projection, through the reshape), and
+    the kernel matches the interpreter with 0 hazards."""
     src = load_source(stage, "tiny", sets)
     pipe = pto_pipeline(None, "f16").replace("pto-plan-memory", "pto-plan-memory{rows=2}")
     report = compile_source(src, pipe, verify_each=True)
@@ -408,6 +411,9 @@ def test_ptoas_row_chunks_exact_and_match_interpreter(stage, sets):
     chunk_loop = next(op for op in loop.body.block.ops if op.name == "scf.for")
     assert [op.name for op in loop.body.block.ops].count("scf.for") == 1
     assert any(o.name == "tile.matmul" for o in chunk_loop.walk())
+    if stage == "qkv_proj_rope":  # the projection's weight columns of 2 heads, at the chunk's column offset
+        (w,) = [o for o in chunk_loop.walk() if o.name == "tile.matmul" and shape_of(o.rhs.type)[-1] == 2 * 128
+                and not defined_inside(loop, o.rhs.owner.source)]
     inputs = list(source_inputs(src, 0).values())
     (plan,) = emit_pto(src.module, src.name)
     chk = check_kernel(src.module, inputs, 0, plan)
