@@ -23,10 +23,10 @@ from xdsl.dialects import scf
 from xdsl.dialects.builtin import TensorType
 from xdsl.ir import Block, Operation, Region, SSAValue
 
-from attnc.ir.types import shape_of
+from attnc.ir.types import dtype_of, shape_of
 
 from . import AttncPass, PassError, register
-from ._build import INDEX, addi, at_end, before, const, constant_value, defined_inside, muli, view
+from ._build import INDEX, addi, assemble, at_end, before, const, constant_value, defined_inside, muli, tile_full, view
 
 _ROW_LOCAL = {"add", "sub", "mul", "div", "max", "min", "rem", "floordiv", "and", "or", "neg", "exp", "sqrt",
               "rsqrt", "recip", "relu", "abs", "cmp", "select", "cast", "adds", "muls", "maxs", "full",
@@ -62,6 +62,8 @@ def _chunked_operands(par: Operation, op: Operation, spec: tuple[int, int]) -> l
         if spec[0] == -2 and s_in[:-1] == s_out[:-2] and s_in[-1] == s_out[-2] * s_out[-1]:
             return [(op.input, (-1, spec[1] * s_out[-1]))]  # rows of [.., R, C] = column chunks of [.., R*C]
         raise _NoSplit("a reshape that does not split the last axis into rows")
+    if k == "transpose" and [a.value.data for a in op.perm.data] == [0, 2, 1]:
+        return [(op.input, (-1 if spec[0] == -2 else -2, spec[1]))]  # rows of the result = columns of the input
     if k == "view" and spec[0] == -2 and _whole_rows(par, op):
         return [(op.source, spec)]  # some columns of every row of a loop value: row-local
     if k == "view" and not op.valid:
@@ -349,6 +351,67 @@ def split_rows(par: Operation, g: int) -> None:
         op.erase(safe_erase=False)
 
 
+def _fold_views(par: Operation) -> None:
+    """A view of a view of an array from before the loop -> one view of that array (offsets added): a chunk
+    of the outer view is then a chunk of the array (exact: the same elements)."""
+    for op in list(par.body.block.ops):
+        inner = op.operands[0].owner if _kind(op) == "view" and not op.valid else None
+        if not (isinstance(inner, Operation) and _kind(inner) == "view" and not inner.valid
+                and not defined_inside(par, inner.source)):
+            continue
+        with before(op):
+            offs = [addi(a, b) if constant_value(a) is None or constant_value(b) is None
+                    else constant_value(a) + constant_value(b) for a, b in zip(inner.offsets, op.offsets)]
+            new = view(inner.source, offs, shape_of(op.results[0].type), pad=op.pad.data).value
+        op.results[0].replace_all_uses_with(new)
+        op.detach()
+        op.erase()
+
+
+def _scratch_candidate(par: Operation) -> SSAValue | None:
+    """The row-local value of the loop body (rank 3, more than one row, not an output) with the most work
+    before it: computed in row chunks into a GM scratch output, the rest of the body after it reads it whole."""
+    body = par.body.block
+    outs = {v.owner.tile for v in body.last_op.operands if _kind(v.owner) == "assemble"}
+    best, most = None, 0
+    for op in body.ops:
+        for v in op.results:
+            if not isinstance(v.type, TensorType) or len(shape_of(v.type)) != 3 or _rows(v) < 2 or v in outs:
+                continue
+            try:
+                _demand(par, v, ROW)
+            except _NoSplit:
+                continue
+            n = len(_cone(par, [v], set()))
+            if n > most:
+                best, most = v, n
+    return best
+
+
+def add_scratch(par: Operation, v: SSAValue) -> Operation:
+    """A new token loop like `par` with one more output: `v`'s rows at each token row (a GM scratch the
+    kernel writes and reads back); returns it (par is replaced)."""
+    T = shape_of(par.outs[0].type)[0]
+    ty = TensorType(v.type.get_element_type(), [T, *shape_of(v.type)[1:]])
+    with before(par):
+        init = tile_full(shape_of(ty), 0.0, dtype_of(ty)).value
+    body = par.body.block
+    arg = body.insert_arg(ty, len(body.args))
+    yld = body.last_op
+    with before(yld):
+        out = assemble(v, arg, [body.args[0]] + [0] * (len(shape_of(ty)) - 1)).value
+    yld.operands = [*yld.operands, out]
+    new = par.__class__.create(operands=[par.lower, par.upper, *par.inits, init],
+                               result_types=[*[r.type for r in par.outs], ty], properties=dict(par.properties),
+                               attributes=dict(par.attributes), regions=[par.detach_region(par.body)])
+    par.parent_block().insert_op_before(new, par)
+    for old, r in zip(par.outs, new.outs):
+        old.replace_all_uses_with(r)
+    par.detach()
+    par.erase()
+    return new
+
+
 def _fits(par: Operation, name: str) -> bool | None:
     """Whether the kernel of `par` fits (None: the emitter refuses it for another reason)."""
     from attnc.codegen.pto_emit import PtoEmitError, _KernelEmitter
@@ -372,25 +435,67 @@ class PtoPlanMemory(AttncPass):
         if self.rows < 0:
             raise PassError(f"rows must be >= 0, got {self.rows}")
         for i, par in enumerate([o for o in op.walk() if o.name == "tile.parallel"]):
+            name = f"plan{i}"
             try:
                 R = _analyse(par).rows
             except _NoSplit:
-                continue
+                R = None
             if self.rows:
+                if R is None:
+                    continue
                 if R % self.rows:
                     raise PassError(f"rows={self.rows} does not divide the loop's {R} output rows")
                 if self.rows < R:
                     split_rows(par, self.rows)
                 continue
-            if _fits(par, f"plan{i}") is not False:
+            if _fits(par, name) is not False:
                 continue
-            g = R
-            while g % 2 == 0 and g > 1:
-                g //= 2
-                trial = par.clone()
-                split_rows(trial, g)
-                fits = _fits(trial, f"plan{i}")
-                trial.erase(safe_erase=False)
-                if fits or g % 2 or g == 1:
-                    break
-            split_rows(par, g)
+            g, fits = _largest_fit(par, R, name) if R is not None else (None, False)
+            if not fits and self._split_with_scratch(par, name):
+                continue
+            if g is not None:
+                split_rows(par, g)  # the smallest chunk: the emitter names what still does not fit
+
+    @staticmethod
+    def _split_with_scratch(par: Operation, name: str) -> bool:
+        """No chunk of the outputs fits: compute the row-local value with the most work before it in row
+        chunks into a GM scratch (a new output of the token loop), the rest of the body after the chunk loop."""
+        trial = par.clone()
+        par.parent_block().insert_op_after(trial, par)
+        _fold_views(trial)
+        v = _scratch_candidate(trial)
+        fits = False
+        if v is not None:
+            trial = add_scratch(trial, v)
+            try:
+                g, fits = _largest_fit(trial, _analyse(trial).rows, name)
+            except _NoSplit:
+                pass
+        if not fits:
+            init = trial.inits[-1].owner if v is not None else None
+            trial.detach()
+            trial.erase(safe_erase=False)
+            if init is not None:
+                init.detach()
+                init.erase()
+            return False
+        for old, new in zip(par.outs, trial.outs):
+            old.replace_all_uses_with(new)
+        par.detach()
+        par.erase(safe_erase=False)
+        split_rows(trial, g)
+        return True
+
+
+def _largest_fit(par: Operation, R: int, name: str) -> tuple[int, bool]:
+    """The largest chunk of g = R/2, R/4, ... rows whose kernel fits (or the smallest tried), and whether it fits."""
+    g, fits = R, False
+    while g % 2 == 0 and g > 1:
+        g //= 2
+        trial = par.clone()
+        split_rows(trial, g)
+        fits = _fits(trial, name)
+        trial.erase(safe_erase=False)
+        if fits:
+            break
+    return g, bool(fits)
