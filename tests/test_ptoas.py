@@ -10,7 +10,7 @@ import pytest
 
 from attnc.codegen.driver import compile_source, load_source, main, source_inputs
 from attnc.codegen.pto_check import check_kernel, fix_cpp_literals, host_values, instruction_stream, normalise_cpp
-from attnc.codegen.pto_emit import KernelEmitter, emit_pto, pto_blockers
+from attnc.codegen.pto_emit import KernelEmitter, emit_pto, pto_blockers, token_loops
 from attnc.codegen.ptoas_setup import PtoasUnavailable, check_available, run_ptoas
 from attnc.ir.types import shape_of
 from attnc.passes import pto_pipeline
@@ -83,11 +83,16 @@ def test_ptoas_unsupported_stage_refused_with_op_location_and_defect(capsys, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "kernels_src/indexer.py:" in err[0] and "ptoas 0.1.1" in err[0]
     assert not list(tmp_path.iterdir())
+    # the refusal names the first op ptoas cannot express and its defect, and the kernel's other blockers;
+    # the index ramp is no longer one (pto-legalize makes it a prepared input)
+    assert "'tile.floordiv' cannot be emitted: ptoas 0.1.1: 'pto.tdiv' op only supports f16/f32" in err[0]
+    assert "also blocked: " in err[0] and "tile.topk (kernels_src/indexer.py:" in err[0]
     # the static scan names every blocker, e.g. the top-k (tsort32 index type) and the integer floor division
     src, _ = _compiled("indexer")
     blockers = {(op, why.split(" (")[0]) for _, op, why in pto_blockers(src.module)}
-    assert ("tile.topk", "tsort32 indices must be uint32; ptoas emits int32_t") in blockers
-    assert ("tile.floordiv", "tcvt drops the FLOOR rounding mode") in blockers
+    assert ("tile.topk", "tsort32 writes its index tile as int32_t where pto-isa needs uint32") in blockers
+    assert any(op == "tile.floordiv" and "tcvt drops the FLOOR rounding mode" in why for op, why in blockers)
+    assert not any(op == "tile.iota" for op, _ in blockers)
 
 
 def test_ptoas_emit_is_deterministic(tmp_path):
@@ -422,14 +427,31 @@ def test_ptoas_row_chunks_exact_and_match_interpreter(stage, sets):
 
 def test_ptoas_overflowing_kernel_refused_before_ptoas_in_one_line(capsys, tmp_path):
     """decode_hca's m = 128 compressor kernel needs 327712 bytes of UB (ptoas: 'ub overflow, requires 2621696
-    bits'), and no row chunk of it is row-local: attnc refuses it, naming the tile and the bytes."""
+    bits'); without pto-plan-memory attnc refuses it, naming the tile and the bytes."""
+    pipe = pto_pipeline(None, "f16").replace(",pto-plan-memory", "")
     rc = main(["compile", "decode_hca", "--set", "max_pos=256", "--emit", "pto", "--pto-dtype", "f16",
-               "-o", str(tmp_path / "out")])
+               "-p", pipe, "-o", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
     assert "decode_hca_k1: tile %ub" in err[0] and "does not fit the UB" in err[0] and "327712 bytes of 196608" in err[0]
     assert err[0].startswith("attnc: error: kernels_src/compressor.py:") and "made at kernels_src/compressor.py:" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+@needs_ptoas
+def test_ptoas_gm_scratch_exact_and_matches_interpreter():
+    """decode_hca's m = 128 compressor kernel (k1) overflowed the UB (327712 bytes) and no output is row-local:
+    pto-plan-memory computes the pooled channels in row chunks into a GM scratch (a new token-loop output),
+    the norm and RoPE after the chunk loop read it back; exact under --verify-each, equal on the tile model."""
+    src = load_source("decode_hca", "tiny", ["max_pos=256"])
+    report = compile_source(src, pto_pipeline(None, "f16"), verify_each=True)
+    assert {r.pass_name: r.error for r in report.records}["pto-plan-memory"] == 0.0
+    loops = token_loops(src.module)
+    assert len(loops[1].outs) == 2 and any(op.name == "scf.for" for op in loops[1].body.block.ops)
+    plans = emit_pto(src.module, src.name)
+    assert plans[1].memory.overflow() is None
+    chk = check_kernel(src.module, list(source_inputs(src, 0).values()), 1, plans[1])
+    assert chk.ok and chk.hazards == 0, chk.line()
 
 
 @needs_ptoas
