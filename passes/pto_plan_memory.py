@@ -11,9 +11,15 @@ elementwise op, a row reduction, a row expansion and the rows of a matmul's left
 matmul_acc's accumulator) are row-local, so their operands are chunked like their result; a matmul's right
 operand, a column expansion's vector and a row vector broadcast over rows are shared (used whole by every
 chunk: key tiles are re-read per chunk). A view of an array from before the loop takes its chunk at an offset.
-Anything else in the way (a reshape, a transpose, a reduction over rows, a chunked value used whole) leaves
-the loop unsplit, and the emitter reports what does not fit. Exact rewrite (tolerance 0): each output row is
-computed by the same ops on the same values."""
+Column chunks: the rows of a reshape [.., R*C] -> [.., R, C] (qkv_proj_rope's q heads) are column chunks of
+its input, and a column chunk of a matmul is its right operand's columns (the left operand shared); rows of a
+last-two-axes transpose are its input's columns. Row-local outputs join the chunk loop largest first (an
+output of u*R rows takes u*g rows per chunk). When no output chunk fits (decode_hca's m = 128 compressor: a
+norm over the pooled channels follows the pooling), the row-local value with the most work before it becomes a
+new output of the token loop (a GM scratch), computed in chunks; the rest of the body reads it back whole.
+Anything else in the way (a reduction over rows, a chunked value used whole) leaves the loop unsplit, and the
+emitter reports what does not fit. Exact rewrite (tolerance 0): each output row is computed by the same ops on
+the same values."""
 from __future__ import annotations
 
 import math
