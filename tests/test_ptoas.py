@@ -10,9 +10,11 @@ import pytest
 
 from attnc.cli import compile_source, load_source, main, source_inputs
 from attnc.codegen.pto.check import check_kernel, fix_cpp_literals, host_values, instruction_stream, normalise_cpp
-from attnc.codegen.pto.emit import KernelEmitter, emit_pto, pto_blockers
+from attnc.codegen.pto.emit import KernelEmitter, emit_pto, pto_blockers, token_loops
 from attnc.codegen.pto.ptoas import PtoasUnavailable, check_available, run_ptoas
+from attnc.ir.types import shape_of
 from attnc.passes import pto_pipeline
+from attnc.passes._build import defined_inside
 
 
 def _ptoas_reason() -> str | None:
@@ -81,11 +83,16 @@ def test_ptoas_unsupported_stage_refused_with_op_location_and_defect(capsys, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "kernels_src/indexer.py:" in err[0] and "ptoas 0.1.1" in err[0]
     assert not list(tmp_path.iterdir())
+    # the refusal names the first op ptoas cannot express and its defect, and the kernel's other blockers;
+    # the index ramp is no longer one (pto-legalize makes it a prepared input)
+    assert "'tile.floordiv' cannot be emitted: ptoas 0.1.1: 'pto.tdiv' op only supports f16/f32" in err[0]
+    assert "also blocked: " in err[0] and "tile.topk (kernels_src/indexer.py:" in err[0]
     # the static scan names every blocker, e.g. the top-k (tsort32 index type) and the integer floor division
     src, _ = _compiled("indexer")
     blockers = {(op, why.split(" (")[0]) for _, op, why in pto_blockers(src.module)}
-    assert ("tile.topk", "tsort32 indices must be uint32; ptoas emits int32_t") in blockers
-    assert ("tile.floordiv", "tcvt drops the FLOOR rounding mode") in blockers
+    assert ("tile.topk", "tsort32 writes its index tile as int32_t where pto-isa needs uint32") in blockers
+    assert any(op == "tile.floordiv" and "tcvt drops the FLOOR rounding mode" in why for op, why in blockers)
+    assert not any(op == "tile.iota" for op, _ in blockers)
 
 
 def test_ptoas_emit_is_deterministic(tmp_path):
@@ -395,11 +402,12 @@ def test_ptoas_matmul_acc_and_tiled_matmuls_match_interpreter():
 
 
 @needs_ptoas
-@pytest.mark.parametrize("stage, sets", [("sparse_attn_core", KEY_LOOP), ("sparse_attn", [])])
+@pytest.mark.parametrize("stage, sets", [("sparse_attn_core", KEY_LOOP), ("sparse_attn", []), ("qkv_proj_rope", [])])
 def test_ptoas_row_chunks_exact_and_match_interpreter(stage, sets):
     """pto-plan-memory{rows=2} forces head chunks at tiny: the pass is exact under --verify-each (inner key
     loop carrying chunked values; sparse_attn's output projection after the chunk loop, from the heads' rows
-    read back from GM), and the kernel matches the interpreter with 0 hazards."""
+    read back from GM; qkv_proj_rope's q heads are column chunks of its projection, through the reshape), and
+    the kernel matches the interpreter with 0 hazards."""
     src = load_source(stage, "tiny", sets)
     pipe = pto_pipeline(None, "f16").replace("pto-plan-memory", "pto-plan-memory{rows=2}")
     report = compile_source(src, pipe, verify_each=True)
@@ -408,6 +416,9 @@ def test_ptoas_row_chunks_exact_and_match_interpreter(stage, sets):
     chunk_loop = next(op for op in loop.body.block.ops if op.name == "scf.for")
     assert [op.name for op in loop.body.block.ops].count("scf.for") == 1
     assert any(o.name == "tile.matmul" for o in chunk_loop.walk())
+    if stage == "qkv_proj_rope":  # the projection's weight columns of 2 heads, at the chunk's column offset
+        (w,) = [o for o in chunk_loop.walk() if o.name == "tile.matmul" and shape_of(o.rhs.type)[-1] == 2 * 128
+                and not defined_inside(loop, o.rhs.owner.source)]
     inputs = list(source_inputs(src, 0).values())
     (plan,) = emit_pto(src.module, src.name)
     chk = check_kernel(src.module, inputs, 0, plan)
@@ -416,14 +427,31 @@ def test_ptoas_row_chunks_exact_and_match_interpreter(stage, sets):
 
 def test_ptoas_overflowing_kernel_refused_before_ptoas_in_one_line(capsys, tmp_path):
     """decode_hca's m = 128 compressor kernel needs 327712 bytes of UB (ptoas: 'ub overflow, requires 2621696
-    bits'), and no row chunk of it is row-local: attnc refuses it, naming the tile and the bytes."""
+    bits'); without pto-plan-memory attnc refuses it, naming the tile and the bytes."""
+    pipe = pto_pipeline(None, "f16").replace(",pto-plan-memory", "")
     rc = main(["compile", "decode_hca", "--set", "max_pos=256", "--emit", "pto", "--pto-dtype", "f16",
-               "-o", str(tmp_path / "out")])
+               "-p", pipe, "-o", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
     assert "decode_hca_k1: tile %ub" in err[0] and "does not fit the UB" in err[0] and "327712 bytes of 196608" in err[0]
     assert err[0].startswith("attnc: error: kernels_src/compressor.py:") and "made at kernels_src/compressor.py:" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+@needs_ptoas
+def test_ptoas_gm_scratch_exact_and_matches_interpreter():
+    """decode_hca's m = 128 compressor kernel (k1) overflowed the UB (327712 bytes) and no output is row-local:
+    pto-plan-memory computes the pooled channels in row chunks into a GM scratch (a new token-loop output),
+    the norm and RoPE after the chunk loop read it back; exact under --verify-each, equal on the tile model."""
+    src = load_source("decode_hca", "tiny", ["max_pos=256"])
+    report = compile_source(src, pto_pipeline(None, "f16"), verify_each=True)
+    assert {r.pass_name: r.error for r in report.records}["pto-plan-memory"] == 0.0
+    loops = token_loops(src.module)
+    assert len(loops[1].outs) == 2 and any(op.name == "scf.for" for op in loops[1].body.block.ops)
+    plans = emit_pto(src.module, src.name)
+    assert plans[1].memory.overflow() is None
+    chk = check_kernel(src.module, list(source_inputs(src, 0).values()), 1, plans[1])
+    assert chk.ok and chk.hazards == 0, chk.line()
 
 
 @needs_ptoas

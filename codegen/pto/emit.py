@@ -45,9 +45,12 @@ DEFECTS = {
     "and": "i1 tiles are rejected (failed to legalize 'memref.reinterpret_cast')",
     "or": "i1 tiles are rejected (failed to legalize 'memref.reinterpret_cast')",
     "maxs": "tmaxs aborts ptoas (Assertion ... dyn_cast<FloatAttr>)",
-    "iota": "tci: pto-isa needs Rows == 1 and the token-major iota needs a GM round trip",
-    "topk": "tsort32 indices must be uint32; ptoas emits int32_t (and aborts unless idx is pre-written)",
-    "floordiv": "tcvt drops the FLOOR rounding mode (always CAST_RINT)",
+    "iota": "tci lowers only one-row ramps (pto-isa: Rows == 1) and attnc computes no i32 values in kernels; "
+            "pto-legalize makes loop-invariant ramps a prepared host input",
+    "topk": "tsort32 writes its index tile as int32_t where pto-isa needs uint32 (ptoas has no unsigned tile "
+            "type) and aborts unless the index tile was written first; tmrgsort gives no indices",
+    "floordiv": "'pto.tdiv' op only supports f16/f32 element type, and tcvt drops the FLOOR rounding mode "
+                "(always CAST_RINT)",
     "rem": "trem semantics (trunc vs floor) unverified and no integer tdiv",
     "row_min": "trowmin aborts unless its tmp was written first (DenseMap assertion)",
     "neg": "not emitted by attnc (use muls -1)",
@@ -826,6 +829,7 @@ def emit_pto(module, stage: str, *, emitter: type = _KernelEmitter) -> list[Kern
     if not loops:
         raise PtoEmitError(f"{stage}: --emit pto: no token loop (tile.parallel) to emit; run the pto pipeline")
     _refuse_int8(loops)
+    _refuse_defects(loops)
     plans = [emitter(loop, f"{stage}_k{i}").run() for i, loop in enumerate(loops)]
     for plan in plans:  # nothing overflowing is written or handed to ptoas
         why = plan.memory.overflow_message()
@@ -843,6 +847,16 @@ def _refuse_int8(loops) -> None:
                                                    for v in (*op.operands, *op.results)):
                 raise _refuse(op, f"has i8 tiles (W8A8): {PTOAS} emits i8 tiles as int32_t, so int8 codes and an "
                                   f"int8 matmul cannot be expressed; compile with quant=none for PTO")
+
+
+def _refuse_defects(loops) -> None:
+    """An op kind ptoas 0.1.1 cannot express (DEFECTS) is refused by name, the first in program order, with the
+    others of the kernel listed: the stage's real blockers, not the first op with an integer tile."""
+    bad = [op for loop in loops for op in loop.body.walk() if op.name.startswith("tile.") and op.name[5:] in DEFECTS]
+    if bad:
+        more = sorted({f"{op.name} ({op_location(op)})" for op in bad[1:] if op.name != bad[0].name})
+        also = f"; also blocked: {', '.join(more)}" if more else ""
+        raise _refuse(bad[0], f"cannot be emitted: {PTOAS}: {DEFECTS[bad[0].name[5:]]}{also}")
 
 
 def pto_blockers(module) -> list[tuple[str, str, str]]:

@@ -11,6 +11,9 @@
   included), `and` = mul, `or` = max, `select(m, x, y)` = x*m + y*(1-m) (x*m when y is the constant 0).
   Exact for finite values (x*0 = ±0; an infinite operand would give NaN — inputs are finite by contract).
 
+* Index ramps (`iota`, no operands: the same for every token) move before the loop, a prepared input (0.1.1's
+  `tci` lowers one-row ramps only and kernels compute no i32 values).
+
 Index math, visibility and the other prologue work stay before the loop: they are the host-side part. What
 cannot be rewritten is left for the PTO emitter to refuse with its location."""
 from __future__ import annotations
@@ -194,10 +197,13 @@ def _carry_masks_as_values(par: Operation, masks: dict) -> None:
 @dataclass(frozen=True)
 class PtoLegalize(AttncPass):
     name = "pto-legalize"
-    summary = "token-loop bodies -> what ptoas 0.1.1 expresses: gathers hoisted to the host, i1 masks as 0/1 values"
+    summary = "token-loop bodies -> what ptoas 0.1.1 expresses: gathers and index ramps hoisted to the host, i1 masks as 0/1 values"
     tolerance = 0.0
 
     def apply(self, ctx, op):
         for par in [o for o in op.walk() if _is(o, "parallel")]:
+            for ramp in [o for o in par.body.walk() if _is(o, "iota")]:  # no operands: the same every token
+                ramp.detach()
+                par.parent_block().insert_op_before(ramp, par)
             _hoist_gathers(par)
             _carry_masks_as_values(par, _masks_to_values(par))
