@@ -13,8 +13,10 @@ are token rows — e.g. one taking un-flattened [batch, seq, ...] values — is 
 batch-major work (a ring or cache written, then gathered per token) and come back through a to_tokens: each such
 hand-over starts a new dependence level, and each level's token work becomes one loop, placed after the
 batch-major work it needs (the body is reordered; all ops are pure).
-A loop's inputs are token rows (row views; a ragged last chunk has a runtime valid row count, padded with zeros),
-its outputs the token rows used after it, assembled into carried [T, ...] tensors. Exact rewrite."""
+A loop's inputs are token rows (row views), its outputs the token rows used after it, assembled into carried [T, ...]
+tensors. Chunks are whole: `rows` is an upper bound, the loop takes the largest divisor of T not above it (T = 48 in
+chunks of at most 32: 2 x 24), so no chunk has a runtime valid row count (pypto 0.2.0 drops one in expand_clone,
+reshape and fills, and its SIM calculator then fails an op mixing valid shapes). Exact rewrite."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ from attnc.ir.tile_dialect import ParallelOp, YieldOp
 from attnc.ir.types import dtype_of, shape_of
 
 from . import AttncPass, PassError, register
-from ._build import (INDEX, assemble, at_end, before, const, constant_value, defined_inside, minsi, subi, tile_full,
+from ._build import (INDEX, assemble, at_end, before, const, constant_value, defined_inside, tile_full,
                      view)
 
 _ELEMENTWISE = {"add", "sub", "mul", "div", "max", "min", "rem", "floordiv", "and", "or", "neg", "exp", "sqrt",
@@ -333,10 +335,14 @@ def _parallelize(fn: func.FuncOp, rows: int) -> None:
         _parallelize_region(an, *an.region(group), rows)
 
 
+def chunk_rows(T: int, rows: int) -> int:
+    """The rows of a token loop's chunk: the largest divisor of T not above `rows` (every chunk whole)."""
+    return max(d for d in range(1, min(rows, T) + 1) if T % d == 0)
+
+
 def _parallelize_region(an: _Analysis, region, inputs, outputs, rows: int) -> None:
     T = an.T
-    rows = min(rows, T)
-    ragged = T % rows != 0  # only then do chunks need a runtime valid row count
+    rows = chunk_rows(T, rows)
     last = region[-1]
     anchor = last.next_op
     loc = op_location(last)
@@ -344,11 +350,9 @@ def _parallelize_region(an: _Analysis, region, inputs, outputs, rows: int) -> No
     row0 = body.args[0]
     mapping: dict[SSAValue, SSAValue] = {}
     with at_end(body, loc):
-        valid_rows = minsi(subi(T, row0), rows) if ragged else None
         for v in inputs:
             rest = shape_of(v.type)[1:]
-            valid = (valid_rows, *rest) if ragged else ()
-            mapping[v] = view(v, (row0, *[0] * len(rest)), (rows, *rest), valid).value
+            mapping[v] = view(v, (row0, *[0] * len(rest)), (rows, *rest)).value
     clones = []
     for op in region:
         clones.append(op.clone(value_mapper=mapping))  # maps nested values too
@@ -360,7 +364,7 @@ def _parallelize_region(an: _Analysis, region, inputs, outputs, rows: int) -> No
         carried = []
         for out, acc in zip(outputs, body.args[1:]):
             rest = shape_of(out.type)[1:]
-            carried.append(_assemble(mapping[out], acc, row0, valid_rows, rest))
+            carried.append(assemble(mapping[out], acc, (row0, *[0] * len(rest))).value)
         emit_op(YieldOp, [carried], [])
     with before(anchor):
         inits = [tile_full(shape_of(o.type), 0.0, _dtype(o)).value for o in outputs]
@@ -374,11 +378,6 @@ def _parallelize_region(an: _Analysis, region, inputs, outputs, rows: int) -> No
         if all(not r.uses for r in op.results):
             op.detach()
             op.erase()
-
-
-def _assemble(tile, dest, row0, valid_rows, rest):
-    valid = (valid_rows, *rest) if valid_rows is not None else ()
-    return assemble(tile, dest, (row0, *[0] * len(rest)), valid).value
 
 
 def _dtype(v):

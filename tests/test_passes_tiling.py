@@ -253,30 +253,31 @@ def test_parallelize_tokens_is_exact(stage, softmax, rows):
     par = [r for r in report.records if r.pass_name.startswith("parallelize-tokens")]
     assert par and all(r.error == 0.0 for r in par) and ParallelizeTokens.tolerance == 0.0
     (loop,) = ops_named(module, "tile.parallel")
-    assert loop.rows.value.data == min(rows, T)
+    chunk = loop.rows.value.data
+    assert chunk == max(d for d in range(1, min(rows, T) + 1) if T % d == 0)  # whole chunks
     assert not ops_named(module, "attn.rmsnorm") or all(_inside_parallel(op) for op in ops_named(module, "attn.rmsnorm"))
     # every per-token op now runs on chunk rows: no op inside the loop has T rows except the carried outputs
     body_ops = [op for op in loop.body.walk() if op.name not in ("tile.assemble", "tile.yield")]
-    chunk = min(rows, T)
     for op in body_ops:
         for r in op.results:
             if hasattr(r.type, "get_shape") and op.name != "tile.view":
                 assert shape_of(r.type)[:1] != (T,) or chunk == T, op
     for view in [op for op in loop.body.ops if op.name == "tile.view"]:
         assert shape_of(view.result.type)[0] == chunk
-    # no NaN anywhere in the loop, padded rows of a ragged last chunk included
+    # no NaN anywhere in the loop
     _, bad = _run_watched(module, inputs)
     assert not bad, bad
 
 
-def test_parallelize_tokens_flash_sizes_ragged_chunk():
-    cfg = resolve_config("flash", {"batch": 2})  # T = 4 tokens in chunks of 3 and 1
+def test_parallelize_tokens_flash_sizes_rows_not_dividing_the_tokens():
+    cfg = resolve_config("flash", {"batch": 2})  # T = 4 tokens, at most 3 rows: 2 chunks of 2 (no ragged chunk)
     st = STAGES["sparse_attn_core"]
     module = build_stage(st, cfg)
     report = run_pipeline(module, "gather-keys,tile-softmax{kv-tile=32},parallelize-tokens{rows=3}",
                           verify_inputs=_inputs("sparse_attn_core", cfg, seed=4, start_pos=[1, 40]),
                           output_names=st.outputs)
     assert report.records[-1].pass_name == "parallelize-tokens{rows=3}" and report.records[-1].error == 0.0
+    assert [op.rows.value.data for op in ops_named(module, "tile.parallel")] == [2]
 
 
 def _token_attention_text(batch, seq, heads, keys, d):

@@ -58,10 +58,10 @@ def test_packed_pypto_sim_matches_interpreter(stage):
             assert normalised_error(got[real], w[real]) <= 1e-3, name
 
 
-# issue 18: T = 48 packed tokens in chunks of 32 rows (parallelize-tokens{rows=32} of the pypto pipeline): the last
-# chunk's views carry a runtime valid row count that pypto 0.2.0's expand_clone/reshape drop, and its SIM calculator
+# issue 18: T = 48 packed tokens and parallelize-tokens{rows=32} of the pypto pipeline. A ragged last chunk (32 + 16
+# rows) carried a runtime valid row count that pypto 0.2.0's expand_clone/reshape/fills drop, and its SIM calculator
 # fails an op whose operands' valid shapes differ (sparse_attn_core: WHERE_TS of the expanded mask, 32 valid rows,
-# with the index_select of the chunk's ids, 16)
+# with the index_select of the chunk's ids, 16): the emitter refused it. Now the pass takes whole chunks (2 x 24).
 RAGGED = (("batch", 3), ("seq", 16), ("layout", "packed"), ("tokens", 48), ("max_pos", 256), ("n_cmp", 64),
           ("cmp_topk", 8))
 
@@ -73,27 +73,30 @@ def _ragged(stage: str):
     return cfg, module
 
 
-def test_ragged_chunk_mixing_valid_shapes_is_refused():
-    from attnc.codegen.pypto.emit import EmitError, emit_pypto
+def test_token_count_not_a_multiple_of_the_chunk_rows_is_emitted_in_whole_chunks():
+    from attnc.codegen.pypto.emit import emit_pypto
 
-    with pytest.raises(EmitError, match=r"sparse_attn\.py:\d+: tile\.select mixes a ragged token chunk's rows "
-                                        r"\(48 token rows in chunks of 32\) with a full tile"):
-        emit_pypto(_ragged("sparse_attn_core")[1])
-    program = emit_pypto(_ragged("indexer")[1])  # ragged too, but no op mixes valid shapes: emitted
-    assert "valid_shape=[s" in program
+    _, module = _ragged("sparse_attn_core")
+    loops = [op for op in module.walk() if op.name == "tile.parallel"]
+    assert loops and {loop.rows.value.data for loop in loops} == {24}
+    # the chunk's row views and assembles state no runtime valid row count
+    assert all(not len(op.valid) for loop in loops for op in loop.body.block.ops
+               if op.name in ("tile.view", "tile.assemble"))
+    emit_pypto(module)  # refused before (tile.select mixed 32 with 16 valid rows)
 
 
 @needs_pypto
 @pytest.mark.slow
-def test_ragged_chunk_not_refused_matches_interpreter_in_sim():
+@pytest.mark.parametrize("stage", ["indexer", "sparse_attn_core", "compressor", "qkv_proj_rope"])
+def test_whole_chunks_of_48_token_rows_match_interpreter_in_sim(stage):
+    """sparse_attn_core, compressor and qkv_proj_rope were refused with chunks of 32 + 16 rows."""
     from attnc.codegen.pypto.target import describe, run_pypto_sim, unexcused
     from attnc.sim_check import check_outputs
 
-    cfg, module = _ragged("indexer")
-    inputs = make_inputs(STAGES["indexer"], cfg, 874, {"start_pos": torch.tensor([0, 0, 7], dtype=torch.int32),
-                                                       "cu_seqlens": torch.tensor([0, 16, 32, 48], dtype=torch.int32)})
+    cfg, module = _ragged(stage)
+    inputs = make_inputs(STAGES[stage], cfg, 874, {"start_pos": torch.tensor([0, 0, 7], dtype=torch.int32),
+                                                   "cu_seqlens": torch.tensor([0, 16, 32, 48], dtype=torch.int32)})
     res = run_pypto_sim(module, inputs, timeout_s=600)
     assert not unexcused(res), [describe(r, res.program) for r in unexcused(res)][:3]
-    check = check_outputs(module, inputs, res.outputs, STAGES["indexer"].outputs)  # `attnc run`'s rule
+    check = check_outputs(module, inputs, res.outputs, STAGES[stage].outputs)  # `attnc run`'s rule
     assert check.ok, check.failures
-    assert {o.name: o.verdict for o in check.outputs} == {"index_score": "bounded", "cmp_idx": "exact"}

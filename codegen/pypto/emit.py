@@ -704,46 +704,6 @@ def _select_splat(full: Operation) -> bool:
             and all(u.operation.name == "tile.select" and u.index in (1, 2) for u in full.result.uses))
 
 
-# pypto 0.2.0 valid shapes in a ragged token chunk (tile.parallel whose last chunk has fewer rows: its row views
-# carry a runtime valid row count): elementwise ops, index_select (by its index) and row reductions keep their
-# operand's valid shape; expand_clone, reshape and fills give the full tile; the SIM calculator needs equal valid
-# shapes in one op (issue 18, sparse_attn_core packed T=48 in chunks of 32: WHERE_TS of a [32, 16, 128] mask,
-# valid 32 rows after expand_clone, with an index_select of the view's ids, valid 16 rows).
-_KEEPS_VALID = {*BINARY, "or", "floordiv", "rem", "cmp", "select", *UNARY, *SCALAR, "cast", *ROW_REDUCE}
-_SAME_VALID = {*BINARY, "or", "floordiv", "rem", "cmp", "select"}  # all tensor operands in one calculator op
-
-
-def _ragged_mix(block) -> str | None:
-    """The first op of the IR that pypto 0.2.0 cannot run because its operands' valid shapes differ (see
-    _KEEPS_VALID), as `loc: message`; None if there is none. Read from the ops: a view's valid operands, each op's
-    kind."""
-    ragged: set = set()
-    chunk = ""
-    for op in block.walk():
-        if not op.name.startswith("tile."):
-            continue
-        kind = op.name.split(".", 1)[1]
-        if kind == "parallel":
-            chunk = f" ({_const(op.upper)} token rows in chunks of {op.rows.value.data})"
-        if kind == "view":  # a view without valid operands keeps its source's valid shape
-            if len(op.valid) or op.source in ragged:
-                ragged.update(op.results)
-            continue
-        if kind == "broadcast" and op.input in ragged:
-            return (f"{op_location(op)}: tile.broadcast of a ragged token chunk{chunk} has no pypto 0.2.0 lowering: "
-                    "expand_clone gives the full tile, its input keeps the chunk's runtime valid rows (EXPAND)")
-        tensors = [v for v in op.operands if isinstance(v.type, TensorType)
-                   and not (isinstance(v.owner, Operation) and v.owner.name == "tile.full" and _select_splat(v.owner))]
-        if kind in _SAME_VALID and any(v in ragged for v in tensors) and not all(v in ragged for v in tensors):
-            return (f"{op_location(op)}: tile.{kind} mixes a ragged token chunk's rows{chunk} with a full tile: pypto "
-                    "0.2.0 carries the chunk's runtime valid rows through views, elementwise ops and index_select "
-                    "but not through expand_clone/reshape/fills, and its SIM calculator needs equal valid shapes in one op (OpError)")
-        if (kind in _KEEPS_VALID and any(v in ragged for v in tensors)) or \
-                (kind == "gather_rows" and op.indices in ragged):
-            ragged.update(op.results)
-    return None
-
-
 def _in_place(op: Operation) -> bool:
     """Does the IR state that this op's result is its first operand updated in place?"""
     flag = op.attributes.get("in_place")
@@ -991,9 +951,6 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
     em.out_inits = _output_inits(ret, out_names)
     em.scratch_inits = _scratch_inits(block, em.out_inits)
     em.scalar_only = _scatter_id_ops(block)
-    mix = _ragged_mix(block)
-    if mix:  # refused here: the program would fail in pypto (OpError) after a successful compile
-        raise EmitError(f"{mix}; use a token count that is a multiple of the chunk rows (or at most one chunk)")
     for op in block.ops:
         em.op(op)
     params, dtypes, shapes = [], {}, {}
