@@ -2,6 +2,7 @@
 torch_npu is present), and bring the outputs back as torch tensors of the stage's dtypes."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -72,16 +73,49 @@ def _disjoint_padding(inputs, groups) -> bool:
     return False
 
 
+# pypto's per-pass verify compares a pass's values with the tensor graph's at rtol = atol = 1e-3, less than one bf16
+# rounding step (2^-8..2^-7 relative): where a pass sums f32 values in another order (vector tiles of a row sum,
+# cube tiles of a matmul) before a cast to bf16, a value near a rounding midpoint lands one bf16 step off -- and a
+# flipped bf16 weight moves what is computed from it by up to a step of the row's largest value -- and the pass is
+# reported FAILED (FB4001, no op named). The SIM outputs (tensor graph) are not affected; they are compared with the
+# interpreter by the run's check, with the same bound (sim_check). Reproducer: SPLIT_SUM in
+# tests/test_per_token_loop_sim.py (a row sum over 2 vector tiles cast to bf16); seen in the per-token loop of
+# decode_csa at seq 5, start 60 (the loop's attention output).
+ONE_BF16_STEP_REPRO = "tests/test_per_token_loop_sim.py::test_split_row_sum_cast_to_bf16_reports_fb4001_one_step"
+BF16_STEP_WHY = ("pypto's per-pass verify tolerance (1e-3) is below one bf16 step: the pass's bf16 values differ from "
+                 "the tensor graph's by at most one rounding step of the largest logged value (f32 summed in another "
+                 "order, then rounded)")
+
+
+def _is_bf16(x: float) -> bool:
+    """Is x (as pypto logs it, 6 significant digits) a bf16 value?"""
+    return abs(torch.tensor([x]).bfloat16().float().item() - x) <= 1e-5 * abs(x)
+
+
+def one_bf16_step(cause: dict) -> bool:
+    """An FB4001 record within one bf16 rounding step: every value it logs (up to 6 mismatches and the extremes) a
+    bf16 value, and the largest absolute difference over all values at most one bf16 step of the largest logged
+    |value| (a lower bound of the data's largest, so the bound is never looser than the run's check)."""
+    pairs = cause.get("mismatches") or []
+    if not pairs or "max_abs" not in cause or not all(_is_bf16(v) for pair in pairs for v in pair):
+        return False
+    top = max(abs(v) for pair in pairs for v in pair)
+    step = 2.0 ** (math.floor(math.log2(top)) - 7) if top > 0 else 0.0
+    return cause["max_abs"] <= step * (1 + 1e-5)
+
+
 def excuse(record, program: str = "") -> str | None:
     """Why a failed record (pass, index, result, cause) is harmless, or None: a known pypto limitation matched by
-    error code and op kind, or an AssembleChecker overlap between a padded piece and its padding (disjoint writes,
-    see the program's ASSEMBLED_PIECES)."""
+    error code and op kind, an AssembleChecker overlap between a padded piece and its padding (disjoint writes,
+    see the program's ASSEMBLED_PIECES), or an FB4001 within one bf16 rounding step (one_bf16_step)."""
     cause = record[3] if len(record) > 3 else {}
     if cause.get("code") == "AssembleChecker":
         if _disjoint_padding(cause.get("inputs", []), assembled_pieces(program)):
             return ("pypto's AssembleChecker reports a zero-padded piece's padding as overlapping a piece of the "
                     "same concat: declared shapes overlap, the written rows are disjoint (ASSEMBLED_PIECES)")
         return None
+    if cause.get("code") == "FB4001":
+        return BF16_STEP_WHY if one_bf16_step(cause) else None
     return next((k.why for k in KNOWN_VERIFY_LIMITATIONS
                  if cause.get("code") == k.code and cause.get("op") == k.op), None)
 

@@ -74,6 +74,13 @@ _RE_OVERLAP1 = re.compile(r"\[AssembleChecker\.Tensor\]:Tensor produced by assem
                           r"Overlap input1: shape:\{([^}]*)\} offset:\{([^}]*)\}")
 _RE_OVERLAP2 = re.compile(r"\[AssembleChecker\.Tensor\]:Overlap input2: shape:\{([^}]*)\} offset:\{([^}]*)\}.*"
                           r"Tensor\[(\d+)\]")
+# an FB4001 record (a pass's values differ from the tensor graph's beyond pass_verify_error_tol) is followed by up to
+# 6 of its mismatches and the extremes, e.g.
+#     Error rtol=0.001000 atol=0.001000 index:3083 golden:-0.287109 output:-0.289062 absDiff:0.00195312 relDiff:...
+#   All size:5120 failNum:0 maxAbsDiff:0.00195312 maxRelDiff:0.00701754averageAbsDiff:...
+#   maxAbs-> index:3083 golden:-0.287109 output:-0.289062 absDiff:0.00195312 relDiff:0.00677966
+_RE_MISMATCH = re.compile(r"^\s*(?:Error .*?|max(?:Abs|Rel)->) index:\d+ golden:(\S+) output:(\S+) absDiff:\S+ relDiff:\S+")
+_RE_MAX_ABS = re.compile(r"\bmaxAbsDiff:([0-9.eE+-]+?)(?=max|average|\s|$)")
 # benign noise: the stubbed python3 scripts, a known out-of-bounds log in the cost model, per-pass FAILED details
 _NOISE = ("cmd error: python3", "F7A001", "FB4001")
 
@@ -248,14 +255,29 @@ def _ints(text: str) -> list[int]:
 def parse_log_lines(lines: list[str]) -> tuple[list, list]:
     """(records, error lines) of one plog file. A record is [pass, index, result, cause]: `cause` is {} for a
     PASS; for a failure {"code": the innermost pypto error code, "op": the op kind the log names around it (or
-    the earlier record's of the same function), "line": the emitted program's line, "function": pypto's function};
+    the earlier record's of the same function), "line": the emitted program's line, "function": pypto's function;
+    an FB4001 value mismatch adds "mismatches": [[golden, output], ...] as logged and "max_abs": the largest
+    absolute difference over all values};
     an AssembleChecker report is ["AssembleChecker", tensor, "OVERLAP", {"code": "AssembleChecker", "op":
     "ASSEMBLE", "tensor": id, "inputs": [[shape, offset], [shape, offset]]}]."""
     records, errors = [], []
     pending: dict = {}  # the last ExecuteOperation error not yet attached to a record
     op_of_function: dict = {}
     overlap = None
+    mismatch = None  # the cause of the last FB4001 record: the lines after it list its mismatches
     for i, line in enumerate(lines):
+        if mismatch is not None:
+            m = _RE_MISMATCH.match(line)
+            r = _RE_MAX_ABS.search(line)
+            if m:
+                mismatch.setdefault("mismatches", []).append([float(m.group(1)), float(m.group(2))])
+                continue
+            if r:
+                mismatch["max_abs"] = float(r.group(1))
+                continue
+            if "[VERIFY]" in line and "flow_verifier.h" in line:  # the header of the mismatch listing
+                continue
+            mismatch = None
         m = _RE_OP_ERROR.search(line)
         if m:
             pending = {"code": m.group(1), "op": m.group(2)}
@@ -280,6 +302,7 @@ def parse_log_lines(lines: list[str]) -> tuple[list, list]:
                 cause = {"code": pending.get("code") or (code.group(1) if code else ""), "op": pending.get("op", ""),
                          "line": None, "function": m.group(1).split("_Pass_")[0]}
                 pending = {}
+                mismatch = cause if cause["code"] == "FB4001" else None
             records.append([m.group(1), int(m.group(2)), m.group(3), cause])
             continue
         m = _RE_THROW.search(line)
