@@ -59,7 +59,7 @@ def _split_sum_input() -> torch.Tensor:
 def test_split_row_sum_cast_to_bf16_reports_fb4001_one_step():
     """The reproducer of the excused FB4001 (~10 s): outputs equal the interpreter, every pass record is FB4001
     with adjacent bf16 values (asserted so that a pypto which lifts the limit is noticed)."""
-    from attnc.codegen.pypto_target import excuse, one_bf16_step, run_pypto_sim, unexcused
+    from attnc.codegen.pypto.target import excuse, one_bf16_step, run_pypto_sim, unexcused
     from attnc.ir import parse_ir
     from attnc.ir.interpreter import run_module
 
@@ -76,8 +76,8 @@ def test_split_row_sum_cast_to_bf16_reports_fb4001_one_step():
 
 def test_fb4001_is_excused_only_within_one_bf16_step():
     """The plog lines of a record as pypto 0.2.0 writes them (decode_csa seq 5, start 60), parsed and judged."""
-    from attnc.codegen.pypto_sim.runner import parse_log_lines
-    from attnc.codegen.pypto_target import excuse
+    from attnc.codegen.pypto.sim.runner import parse_log_lines
+    from attnc.codegen.pypto.target import excuse
 
     def log(golden: str, output: str, max_abs: str) -> list:
         return [
@@ -113,9 +113,9 @@ def test_per_token_loop_at_start_60_one_bf16_step(stage):
     paged: `out` of batch row 1, token 1 differs in 20 of 64 values (the logit matmul's f32 sum, see above), within
     the bound of `attnc run`'s check, the rest bit for bit (f32 states within 1e-6)."""
     import attnc as api
-    from attnc.codegen.io import to_numpy
-    from attnc.codegen.pypto_target import one_bf16_step, run_pypto_sim, unexcused
-    from attnc.codegen.sim_check import check_outputs
+    from attnc.ir.types import to_numpy
+    from attnc.codegen.pypto.target import one_bf16_step, run_pypto_sim, unexcused
+    from attnc.sim_check import check_outputs
 
     st = api.build(stage, "tiny", seq=5, max_pos=256)
     api.compile(st, target="pypto")

@@ -79,9 +79,9 @@ def _disjoint_padding(inputs, groups) -> bool:
 # flipped bf16 weight moves what is computed from it by up to a step of the row's largest value -- and the pass is
 # reported FAILED (FB4001, no op named). The SIM outputs (tensor graph) are not affected; they are compared with the
 # interpreter by the run's check, with the same bound (sim_check). Reproducer: SPLIT_SUM in
-# tests/test_per_token_loop_sim.py (a row sum over 2 vector tiles cast to bf16); seen in the per-token loop of
+# tests/test_per_token_loop_sim.py (a row sum over 2 vector tiles cast to bf16, asserted by
+# test_split_row_sum_cast_to_bf16_reports_fb4001_one_step); seen in the per-token loop of
 # decode_csa at seq 5, start 60 (the loop's attention output).
-ONE_BF16_STEP_REPRO = "tests/test_per_token_loop_sim.py::test_split_row_sum_cast_to_bf16_reports_fb4001_one_step"
 BF16_STEP_WHY = ("pypto's per-pass verify tolerance (1e-3) is below one bf16 step: the pass's bf16 values differ from "
                  "the tensor graph's by at most one rounding step of the largest logged value (f32 summed in another "
                  "order, then rounded)")
