@@ -106,3 +106,17 @@ def test_paged_program_runs_in_sim_bit_exact(kind):
             assert torch.equal(got, w), name
         else:
             assert (got - w).abs().max() <= 1e-3 * w.abs().max(), name
+
+
+def test_two_wholly_padded_ring_blocks_reported_at_zero_are_disjoint():
+    """decode_swa_paged / decode_hca_paged at batch 3, seq 16, a row at start 0 (matrix cells): pypto 0.2.0's
+    AssembleChecker reports the paddings of both ring blocks (valid 0 rows) at [0, 0]; the concat declares two padded
+    [4, 128] pieces at rows 1 and 5, so the writes are disjoint. One padded piece of that shape is not enough."""
+    from attnc.codegen.pypto.target import excuse
+
+    rec = ["AssembleChecker", 4764, "OVERLAP", {"code": "AssembleChecker", "op": "ASSEMBLE", "tensor": 4764,
+                                                "inputs": [[[4, 128], [0, 0]], [[4, 128], [0, 0]]]}]
+    two = "ASSEMBLED_PIECES = [[[[1, 128], [0, 0], False], [[4, 128], [1, 0], True], [[4, 128], [5, 0], True], " \
+          "[[16, 128], [9, 0], False]]]\n"
+    one = "ASSEMBLED_PIECES = [[[[1, 128], [0, 0], False], [[4, 128], [1, 0], True], [[16, 128], [5, 0], False]]]\n"
+    assert excuse(rec, two) and excuse(rec, one) is None

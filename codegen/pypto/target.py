@@ -59,11 +59,16 @@ def _disjoint_padding(inputs, groups) -> bool:
     -- pypto 0.2.0's checker reads the padding's runtime offset `row + valid` as 0 (seen against the piece itself
     at row 0 and row 1 and against the 1-row piece before it: tests/test_schedule_attention.py::
     test_sim_never_written_rows_hold_nan, decode_swa and hca_attn_core at batch 1); the other input is a piece
-    at its declared offset. The pieces partition the rows and the padding writes only rows v.. of its own piece,
-    so the writes are disjoint."""
+    at its declared offset, or the padding of another padded piece of that shape, also read at all zeros (decode_swa
+    paged, batch 3, seq 16, a row at start 0: both ring blocks wholly padding, [4, 128] at [0, 0] twice; the
+    concat has two such pieces). The pieces partition the rows and the padding writes only rows v.. of its own
+    piece, so the writes are disjoint."""
     (s1, o1), (s2, o2) = inputs
     for group in groups:
         declared = [[shape, offset] for shape, offset, _ in group]
+        padded_shapes = [shape for shape, _, padded in group if padded]
+        if not any(o1) and not any(o2) and s1 == s2 and padded_shapes.count(s1) >= 2:
+            return True
         for (ps, po), other in (((s1, o1), [s2, o2]), ((s2, o2), [s1, o1])):
             for shape, offset, padded in group:
                 inside = po[1:] == offset[1:] and offset[0] <= po[0] < offset[0] + shape[0]
