@@ -1009,7 +1009,8 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
         ref = em.ref(v)
         if ref == name:  # written in place by its loop
             continue
-        em.set_tile(v)
+        src = _whole_of(v)  # rows a loop assembled: copied out with that loop's vector tile budget
+        em.set_tile(v, loop_vec_budget(src.owner, em.vec_budget) if isinstance(src.owner, Operation) else None)
         # pypto 0.2.0 may leave the output untouched for `out[:] = t` (seen for loop-carried and assembled
         # tensors, arguments and index_select results): always store a clone
         em.emit(f"{name}[:] = pypto.clone({ref})")
