@@ -34,17 +34,20 @@ N_TILES = (512, 256, 128, 64, 32, 16)
 TASK_MACS = 7000 * 4096
 
 
-def n_tile(m: int, k: int, n: int, chunks: int, tasks: int, task_macs: int = TASK_MACS) -> int | None:
+def n_tile(m: int, k: int, n: int, chunks: int, tasks: int, task_macs: int = TASK_MACS,
+           in_bytes: int = 2) -> int | None:
     """The widest N tile giving at least `tasks` cube tasks (M tiles x N tiles x K chunks) of at least
-    `task_macs` each; None if the target's own tiles already do."""
+    `task_macs` each; None if the target's own tiles already do. A cube fractal is 32 bytes wide: N tiles of
+    1-byte operands (int8) are at least 32 (pypto 0.2.0 refuses 16, F21004)."""
     tasks = min(tasks, m * k * n // task_macs)
     per_n = -(-m // CUBE_M) * chunks
     if per_n >= tasks:
         return None
-    for width in N_TILES:
+    widths = [w for w in N_TILES if w * in_bytes >= 32]
+    for width in widths:
         if per_n * -(-n // width) >= tasks:
             return width if width < n else None
-    return N_TILES[-1]
+    return widths[-1] if widths[-1] < n else None
 
 
 class _ChunkK(RewritePattern):
@@ -60,7 +63,7 @@ class _ChunkK(RewritePattern):
         n = sb[-2] if trans else sb[-1]
         m = math.prod(sa[:-1])
         if K <= k or K % k or dtype_of(op.lhs.type) not in FLOAT_DTYPES:  # integer matmuls: no f32 accumulator
-            width = n_tile(m, K, n, 1, self.tasks, self.task_macs)
+            width = n_tile(m, K, n, 1, self.tasks, self.task_macs, 1 if dtype_of(op.lhs.type) == "i8" else 2)
             if width is not None:
                 op.attributes["n_tile"] = IntegerAttr(width, i64)
                 rewriter.handle_operation_modification(op)
