@@ -1,6 +1,7 @@
-"""rope-selector-matmul: interleaved RoPE as cube work. The rotated lanes are de-interleaved with 0/1 selector
-matmuls (E[2i,i] = 1 picks even lanes, O[2i+1,i] = 1 odd lanes), rotated in f32, each half rounded to the result
-dtype (as pypto-lib rounds its rope halves), and re-interleaved with the transposed selectors.
+"""rope-selector-matmul: interleaved RoPE as cube work. The rotated lanes are de-interleaved with 0/1 permutation
+matmuls (P = [E | O], E[2i,i] = 1 picks even lanes, O[2i+1,i] = 1 odd lanes; Q = [O | E] the halves swapped),
+rotated in f32 as [even | odd] * [cos | cos] + [odd | even] * [-sin | sin], rounded to the result dtype (as
+pypto-lib rounds its rope halves), and re-interleaved with Pᵀ: three matmuls and three vector ops per RoPE.
 
 0/1 matmuls accumulating in f32 move values exactly and interleaving is a permutation, so rounding the halves
 equals rounding the interleaved result: the rewrite is exact.
@@ -56,23 +57,33 @@ class _RopeAsSelectorMatmul(RewritePattern):
                                    lambda: dsl.gather_rows(T(op.cos_table), pos))
             sin_rows = self.shared(op, ("rows", op.sin_table, op.positions),
                                    lambda: dsl.gather_rows(T(op.sin_table), pos))
-            cos = dsl.broadcast_to(dsl.reshape(cos_rows, row_shape), (*lead, half))
-            sin = dsl.broadcast_to(dsl.reshape(sin_rows, row_shape), (*lead, half))
+            # [cos | cos] and the signed [sin | sin] of the de-interleaved halves (inverse: +sin, -sin;
+            # forward: -sin, +sin), one row per token, shared by every RoPE at these positions
+            inverse = bool(op.inverse.value.data)
+
+            def lane_rows(kind: str):
+                def make():
+                    if kind == "cos":
+                        return dsl.concat([cos_rows, cos_rows], axis=-1)
+                    return dsl.concat([sin_rows, -sin_rows] if inverse else [-sin_rows, sin_rows], axis=-1)
+                rows = self.shared(op, (kind, op.cos_table, op.sin_table, op.positions, inverse), make)
+                return dsl.broadcast_to(dsl.reshape(rows, (*row_shape[:-1], lanes)), (*lead, lanes))
+
+            cos, sin = lane_rows("cos"), lane_rows("sin")
             zeros = (0,) * len(lead)
             tail = dsl.slice_(x, (*zeros, n - lanes), (*lead, lanes))
 
-            def sel(parity: int, dtype: str):
-                return self.shared(op, ("selector", lanes, parity, dtype), lambda: selector(lanes, parity, dtype))
+            def perm(first: int, dtype: str):
+                """[lanes, lanes] 0/1 matrix: x @ perm(0) = [even | odd] lanes, x @ perm(1) = [odd | even]."""
+                return self.shared(op, ("perm", lanes, first, dtype), lambda: dsl.concat(
+                    [selector(lanes, first, dtype), selector(lanes, 1 - first, dtype)], axis=1))
 
-            even = dsl.matmul(tail, sel(0, tail.dtype), out="f32")
-            odd = dsl.matmul(tail, sel(1, tail.dtype), out="f32")
-            if op.inverse.value.data:
-                even_rot, odd_rot = even * cos + odd * sin, odd * cos - even * sin
-            else:
-                even_rot, odd_rot = even * cos - odd * sin, even * sin + odd * cos
-            even_r, odd_r = dsl.cast(even_rot, out_dtype), dsl.cast(odd_rot, out_dtype)
-            rot = (dsl.matmul(even_r, sel(0, out_dtype), out="f32", transpose_b=True)
-                   + dsl.matmul(odd_r, sel(1, out_dtype), out="f32", transpose_b=True))
+            # [even | odd] * [cos | cos] + [odd | even] * [-sin | sin] is (even cos - odd sin | odd cos + even sin)
+            # bit for bit (a + (-b) == a - b and a + b == b + a in IEEE arithmetic)
+            pair = dsl.matmul(tail, perm(0, tail.dtype), out="f32")
+            swapped = dsl.matmul(tail, perm(1, tail.dtype), out="f32")
+            halves = dsl.cast(pair * cos + swapped * sin, out_dtype)
+            rot = dsl.matmul(halves, perm(0, out_dtype), out="f32", transpose_b=True)
             rot = dsl.cast(rot, out_dtype)
             if n > lanes:
                 head = dsl.cast(dsl.slice_(x, (*zeros, 0), (*lead, n - lanes)), out_dtype)
