@@ -39,7 +39,8 @@ def n_tile(m: int, k: int, n: int, chunks: int, tasks: int, task_macs: int = TAS
     """The widest N tile giving at least `tasks` cube tasks (M tiles x N tiles x K chunks) of at least
     `task_macs` each; None if the target's own tiles already do. A cube fractal is 32 bytes wide: N tiles of
     1-byte operands (int8) are at least 32 (pypto 0.2.0 refuses 16, F21004)."""
-    tasks = min(tasks, m * k * n // task_macs)
+    # a task streams its whole [K, N] operand whatever its rows: its work counts a full M tile
+    tasks = min(tasks, max(m, CUBE_M) * k * n // task_macs)
     per_n = -(-m // CUBE_M) * chunks
     if per_n >= tasks:
         return None
