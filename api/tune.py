@@ -74,6 +74,11 @@ from attnc.sim_check import RECHECK_TOLERANCE, recheck_limit  # noqa: E402,F401
 PASS_SPACE = {
     ("tile-softmax", "kv-tile"): (64, 128, 256),
     ("parallelize-tokens", "rows"): (16, 32, 64),
+    # projection loops (token rows times a weight): one chunk per step of up to 128 tokens reads each weight once
+    ("parallelize-tokens", "weight-rows"): (0, 32, 64, 128),
+    ("parallelize-tokens", "weight-vec-tile"): (0, 8192, 16384),
+    ("tile-matmul", "k"): (512, 2048, 4096),
+    ("tile-matmul", "tasks"): (1, 24, 48),  # 24 cube cores in the cost model
     ("schedule-attention", "schedule"): ("auto", "batch", "token"),
     ("schedule-attention", "vec-tile"): (8192, 16384),
 }

@@ -81,7 +81,10 @@ class _Lower(RewritePattern):
             if fused is not None:
                 return fused
         operands = [list(op.inputs)] if kind == "concat" else list(op.operands)
-        return emit_op(TILE[_TILE_KIND.get(kind, kind)], operands, [rtype], dict(op.properties)).results[0]
+        new = emit_op(TILE[_TILE_KIND.get(kind, kind)], operands, [rtype], dict(op.properties))
+        if "n_tile" in op.attributes:  # a matmul's cube N tile, stated by tile-matmul{tasks}
+            new.attributes["n_tile"] = op.attributes["n_tile"]
+        return new.results[0]
 
     def _reduce(self, op):
         axis, red = op.axis.value.data, op.kind.data

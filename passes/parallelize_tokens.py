@@ -16,7 +16,14 @@ batch-major work it needs (the body is reordered; all ops are pure).
 A loop's inputs are token rows (row views), its outputs the token rows used after it, assembled into carried [T, ...]
 tensors. Chunks are whole: `rows` is an upper bound, the loop takes the largest divisor of T not above it (T = 48 in
 chunks of at most 32: 2 x 24), so no chunk has a runtime valid row count (pypto 0.2.0 drops one in expand_clone,
-reshape and fills, and its SIM calculator then fails an op mixing valid shapes). Exact rewrite."""
+reshape and fills, and its SIM calculator then fails an op mixing valid shapes). Exact rewrite.
+
+A loop that multiplies token rows by a kernel parameter (a weight: a matmul whose right operand is read from a
+function argument) reads the whole weight once per chunk: `weight-rows` (0: `rows`) sets its chunk rows instead,
+so a step of up to that many tokens reads each weight once, with the cube M tile as tall as the chunk (the
+hand-written prologs unroll token rows by 128/64/32/16/1); `weight-vec-tile` (0: the target's budget) is the
+vector tile budget in elements of such a loop, recorded on it as `vec_tile_elems` (no padded key lists there,
+so the 16384 that pypto 0.2.0 cannot run on attention's padded keys is allowed)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -329,10 +336,14 @@ def _shrink(op: Operation, rows_of: set, T: int, rows: int) -> None:
             nested.operands = operands
 
 
-def _parallelize(fn: func.FuncOp, rows: int) -> None:
+def _parallelize(fn: func.FuncOp, rows: int, weight_rows: int = 0, weight_vec_tile: int = 0) -> None:
     an = _Analysis(fn)
+    params = set(fn.body.block.args)
     for group in an.levels():
-        _parallelize_region(an, *an.region(group), rows)
+        region, inputs, outputs = an.region(group)
+        weights = _multiplies_weights(region, an.tok | an.nested_tok, params)
+        _parallelize_region(an, region, inputs, outputs, (weight_rows or rows) if weights else rows,
+                            weight_vec_tile if weights else 0)
 
 
 def chunk_rows(T: int, rows: int) -> int:
@@ -340,7 +351,20 @@ def chunk_rows(T: int, rows: int) -> int:
     return max(d for d in range(1, min(rows, T) + 1) if T % d == 0)
 
 
-def _parallelize_region(an: _Analysis, region, inputs, outputs, rows: int) -> None:
+def _reads_parameter(v: SSAValue, params: set) -> bool:
+    """Is v a kernel parameter, or a cast / reshape / slice of one (the value a weight matmul reads)?"""
+    while isinstance(v.owner, Operation) and _kind(v.owner) in ("cast", "reshape", "slice", "tile.view"):
+        v = v.owner.operands[0]
+    return v in params
+
+
+def _multiplies_weights(region, tok: set, params: set) -> bool:
+    """Does the region multiply token rows by a weight (a matmul whose right operand a kernel parameter gives)?"""
+    return any(_kind(op) == "matmul" and op.lhs in tok and _reads_parameter(op.rhs, params)
+               for top in region for op in top.walk())
+
+
+def _parallelize_region(an: _Analysis, region, inputs, outputs, rows: int, vec_tile: int = 0) -> None:
     T = an.T
     rows = chunk_rows(T, rows)
     last = region[-1]
@@ -370,6 +394,8 @@ def _parallelize_region(an: _Analysis, region, inputs, outputs, rows: int) -> No
         inits = [tile_full(shape_of(o.type), 0.0, _dtype(o)).value for o in outputs]
         par = emit_op(ParallelOp, [const(0), const(T), inits], [[o.type for o in outputs]],
                       {"rows": IntegerAttr(rows, i64)}, regions=[Region(body)])
+        if vec_tile:
+            par.attributes["vec_tile_elems"] = IntegerAttr(vec_tile, i64)
     an.tok.update(par.results)
     region_set = set(region)
     for old, new in zip(outputs, par.results):
@@ -391,10 +417,16 @@ class ParallelizeTokens(AttncPass):
     summary = "per-token work -> tile.parallel over token rows in chunks (networkx dependence check)"
     tolerance = 0.0
     rows: int = 16
+    weight_rows: int = 0  # chunk rows of a loop that multiplies token rows by a weight (0: rows)
+    weight_vec_tile: int = 0  # vector tile budget (elements) in such a loop (0: the target's)
 
     def apply(self, ctx, op):
         if self.rows <= 0:
             raise PassError(f"rows must be positive, got {self.rows}")
+        if self.weight_rows < 0:
+            raise PassError(f"weight-rows must be positive or 0 (rows), got {self.weight_rows}")
+        if self.weight_vec_tile and not 16 <= self.weight_vec_tile <= 1 << 20:
+            raise PassError(f"weight-vec-tile must be 0 or in [16, 2^20], got {self.weight_vec_tile}")
         for fn in [f for f in op.ops if isinstance(f, func.FuncOp)]:
             if "token_dims" in fn.attributes:
-                _parallelize(fn, self.rows)
+                _parallelize(fn, self.rows, self.weight_rows, self.weight_vec_tile)

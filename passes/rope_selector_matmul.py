@@ -1,9 +1,14 @@
-"""rope-selector-matmul: interleaved RoPE as cube work. The rotated lanes are de-interleaved with 0/1 selector
-matmuls (E[2i,i] = 1 picks even lanes, O[2i+1,i] = 1 odd lanes), rotated in f32, each half rounded to the result
-dtype (as pypto-lib rounds its rope halves), and re-interleaved with the transposed selectors.
+"""rope-selector-matmul: interleaved RoPE as cube work. The rotated lanes are de-interleaved with 0/1 permutation
+matmuls (P = [E | O], E[2i,i] = 1 picks even lanes, O[2i+1,i] = 1 odd lanes; Q = [O | E] the halves swapped),
+rotated in f32 as [even | odd] * [cos | cos] + [odd | even] * [-sin | sin], rounded to the result dtype (as
+pypto-lib rounds its rope halves), and re-interleaved with Pᵀ: three matmuls and three vector ops per RoPE.
 
 0/1 matmuls accumulating in f32 move values exactly and interleaving is a permutation, so rounding the halves
-equals rounding the interleaved result: the rewrite is exact."""
+equals rounding the interleaved result: the rewrite is exact.
+
+The cos/sin rows of a token (gathered from the tables at its position) and the selectors are made once per
+function and shared by every RoPE of that block with the same tables and positions (q and kv of a step rotate at
+the same positions): one gather per table, not one per rotated tensor."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,6 +33,16 @@ def selector(lanes: int, parity: int, dtype: str) -> dsl.Tensor:
 
 
 class _RopeAsSelectorMatmul(RewritePattern):
+    def __init__(self):
+        self.made: dict = {}  # (key) -> value made before an earlier RoPE of the same block, shared by later ones
+
+    def shared(self, op, key, make):
+        """`make()` once per block and key (the rewrite walks a block's ops in order, so the first use dominates)."""
+        key = (op.parent_block(), *key)
+        if key not in self.made:
+            self.made[key] = make()
+        return self.made[key]
+
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: RopeOp, rewriter: PatternRewriter):
         out_dtype = dtype_of(op.result.type)
@@ -38,19 +53,37 @@ class _RopeAsSelectorMatmul(RewritePattern):
             lead = x.shape[:-1]
             # one cos/sin row per token, broadcast over the dims between tokens and lanes (heads)
             row_shape = (*pos.shape, *([1] * (len(lead) - len(pos.shape))), half)
-            cos = dsl.broadcast_to(dsl.reshape(dsl.gather_rows(T(op.cos_table), pos), row_shape), (*lead, half))
-            sin = dsl.broadcast_to(dsl.reshape(dsl.gather_rows(T(op.sin_table), pos), row_shape), (*lead, half))
+            cos_rows = self.shared(op, ("rows", op.cos_table, op.positions),
+                                   lambda: dsl.gather_rows(T(op.cos_table), pos))
+            sin_rows = self.shared(op, ("rows", op.sin_table, op.positions),
+                                   lambda: dsl.gather_rows(T(op.sin_table), pos))
+            # [cos | cos] and the signed [sin | sin] of the de-interleaved halves (inverse: +sin, -sin;
+            # forward: -sin, +sin), one row per token, shared by every RoPE at these positions
+            inverse = bool(op.inverse.value.data)
+
+            def lane_rows(kind: str):
+                def make():
+                    if kind == "cos":
+                        return dsl.concat([cos_rows, cos_rows], axis=-1)
+                    return dsl.concat([sin_rows, -sin_rows] if inverse else [-sin_rows, sin_rows], axis=-1)
+                rows = self.shared(op, (kind, op.cos_table, op.sin_table, op.positions, inverse), make)
+                return dsl.broadcast_to(dsl.reshape(rows, (*row_shape[:-1], lanes)), (*lead, lanes))
+
+            cos, sin = lane_rows("cos"), lane_rows("sin")
             zeros = (0,) * len(lead)
             tail = dsl.slice_(x, (*zeros, n - lanes), (*lead, lanes))
-            even = dsl.matmul(tail, selector(lanes, 0, tail.dtype), out="f32")
-            odd = dsl.matmul(tail, selector(lanes, 1, tail.dtype), out="f32")
-            if op.inverse.value.data:
-                even_rot, odd_rot = even * cos + odd * sin, odd * cos - even * sin
-            else:
-                even_rot, odd_rot = even * cos - odd * sin, even * sin + odd * cos
-            even_r, odd_r = dsl.cast(even_rot, out_dtype), dsl.cast(odd_rot, out_dtype)
-            rot = (dsl.matmul(even_r, selector(lanes, 0, out_dtype), out="f32", transpose_b=True)
-                   + dsl.matmul(odd_r, selector(lanes, 1, out_dtype), out="f32", transpose_b=True))
+
+            def perm(first: int, dtype: str):
+                """[lanes, lanes] 0/1 matrix: x @ perm(0) = [even | odd] lanes, x @ perm(1) = [odd | even]."""
+                return self.shared(op, ("perm", lanes, first, dtype), lambda: dsl.concat(
+                    [selector(lanes, first, dtype), selector(lanes, 1 - first, dtype)], axis=1))
+
+            # [even | odd] * [cos | cos] + [odd | even] * [-sin | sin] is (even cos - odd sin | odd cos + even sin)
+            # bit for bit (a + (-b) == a - b and a + b == b + a in IEEE arithmetic)
+            pair = dsl.matmul(tail, perm(0, tail.dtype), out="f32")
+            swapped = dsl.matmul(tail, perm(1, tail.dtype), out="f32")
+            halves = dsl.cast(pair * cos + swapped * sin, out_dtype)
+            rot = dsl.matmul(halves, perm(0, out_dtype), out="f32", transpose_b=True)
             rot = dsl.cast(rot, out_dtype)
             if n > lanes:
                 head = dsl.cast(dsl.slice_(x, (*zeros, 0), (*lead, n - lanes)), out_dtype)

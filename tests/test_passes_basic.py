@@ -92,14 +92,16 @@ def test_rope_selector_matmul_exact(cfg):
     after = names(m)
     assert before["attn.rope"] == 2 and after["attn.rope"] == 0
     assert errors(report, "rope-selector-matmul") == [0.0] * 3
-    # per rope: even/odd de-interleave matmuls and two transposed re-interleave matmuls
-    assert after["attn.matmul"] - before["attn.matmul"] == 4 * 2
-    selector_mms = [op for op in m.walk() if op.name == "attn.matmul" and isinstance(op.rhs, OpResult)
-                    and shape_of(op.rhs.type) == (cfg["rope_dim"], cfg["rope_half"])]
-    assert len(selector_mms) == 8 and sum(bool(op.transpose_b.value.data) for op in selector_mms) == 4
-    # selectors are built in the IR (iota / cmp / select), not passed in
-    assert after["attn.iota"] - before["attn.iota"] == 2 * 4 * 2
-    assert after["attn.gather_rows"] == 4  # cos and sin rows per token, per rope
+    # per rope: [even|odd] and [odd|even] de-interleave matmuls and one transposed re-interleave matmul
+    assert after["attn.matmul"] - before["attn.matmul"] == 3 * 2
+    perm_mms = [op for op in m.walk() if op.name == "attn.matmul" and isinstance(op.rhs, OpResult)
+                and shape_of(op.rhs.type) == (cfg["rope_dim"], cfg["rope_dim"])]
+    assert len(perm_mms) == 6 and sum(bool(op.transpose_b.value.data) for op in perm_mms) == 2
+    # q and kv share their permutation matrices (f32 in, bf16 out: 3, each two selectors built in the IR from
+    # iota / cmp / select, not passed in) and their cos/sin rows per token (one gather per table)
+    assert len({op.rhs for op in perm_mms}) == 3
+    assert after["attn.iota"] - before["attn.iota"] == 3 * 2 * 2
+    assert after["attn.gather_rows"] == 2
     assert_located(m)
 
 
@@ -108,7 +110,8 @@ def test_rope_selector_matmul_inverse_rope_exact():
     m, report, before = compile_stage("sparse_attn", "rope-selector-matmul")
     assert before["attn.rope"] == 1 and names(m)["attn.rope"] == 0
     assert errors(report, "rope-selector-matmul") == [0.0]
-    assert names(m)["attn.concat"] == before["attn.concat"] + 1  # untouched head lanes + rotated tail
+    # untouched head lanes + rotated tail, 2 permutation matrices, [cos|cos] and [sin|-sin]
+    assert names(m)["attn.concat"] == before["attn.concat"] + 1 + 2 + 2
 
 
 # ------------------------------------------------------------------------------------------------ tile-matmul

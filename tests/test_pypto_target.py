@@ -124,3 +124,28 @@ def test_pypto_npu_matches_interpreter():
     want = run_module(module, list(inputs.values()))[0]
     res = run_pypto_sim(module, inputs, npu=True)
     assert normalised_error(res.outputs["core"].float(), want.float()) <= 2e-2
+
+
+@needs_pypto
+@pytest.mark.parametrize("quant", ["none", "w8a8"])
+def test_pypto_sim_projection_schedule_is_exact(quant):
+    """The projection schedule of the pypto pipeline (issue 20 item 3) at tiny, bit for bit: chunks of
+    weight-rows token rows (2 of T = 4: two chunks) with their own vector tile budget, K unchunked, and N tiles
+    narrowed by tile-matmul{tasks} (task-macs=1 so that tiny matmuls are narrowed too: 16-wide N tiles)."""
+    from attnc.codegen.pypto.target import run_pypto_sim
+    from attnc.passes import PYPTO_PIPELINE
+
+    pipeline = (PYPTO_PIPELINE.replace("weight-rows=128", "weight-rows=2")
+                .replace("tile-matmul{k=4096 tasks=24}", "tile-matmul{k=4096 tasks=24 task-macs=1}"))
+    assert pipeline != PYPTO_PIPELINE and "weight-rows=2" in pipeline and "task-macs=1" in pipeline
+    cfg = resolve_config("tiny", {"quant": quant})
+    module = build_stage(STAGES["qkv_proj_rope"], cfg)
+    run_pipeline(module, pipeline)
+    text = emit_pypto(module)
+    assert "pypto.loop(0, 4, 2," in text  # two chunks of 2 token rows
+    assert "[16, 16])" in text  # a narrowed N tile
+    inputs = make_inputs(STAGES["qkv_proj_rope"], cfg, 5)
+    want = dict(zip(STAGES["qkv_proj_rope"].outputs, run_module(module, list(inputs.values()))))
+    res = run_pypto_sim(module, inputs, timeout_s=600)
+    for name, w in want.items():
+        assert torch.equal(res.outputs[name], w), name

@@ -89,12 +89,13 @@ L0AB_BYTES, L0C_BYTES = 64 * 1024, 128 * 1024
 UB_BYTES = 192 * 1024  # the vector unit's buffer: an op's tiles (inputs and output) live there together
 
 
-def cube_tile(m: int, k: int, n: int, in_bytes: int = 2) -> str:
+def cube_tile(m: int, k: int, n: int, in_bytes: int = 2, n_max: int | None = None) -> str:
     """Cube tiles in multiples of 16 (the fractal size): M up to 128 rows; K per L0 step a power of two up to 256
     (L1 holds up to 512 of K, a multiple of the L0 step); N as wide as L0B (bf16 K x N) and L0C (f32 M x N) allow.
     Fewest N tiles first, then fewest K steps: every N tile is a cube task, and a task costs the scheduler more
     than its compute at decode sizes (SWA core: Q·Kᵀ over 130 keys as one 144-wide tile, 142.5 vs 147.7 µs).
-    `in_bytes` 1 (int8 operands): L0A/L0B hold twice the elements, so N tiles twice as wide."""
+    `in_bytes` 1 (int8 operands): L0A/L0B hold twice the elements, so N tiles twice as wide. `n_max`: the N tile
+    the IR states (tile-matmul{tasks}), a cap."""
     def up16(x: int) -> int:
         return max(16, -(-x // 16) * 16)
 
@@ -104,7 +105,7 @@ def cube_tile(m: int, k: int, n: int, in_bytes: int = 2) -> str:
         k0 = min(k0, up16(k))
         if m0 * k0 * in_bytes > L0AB_BYTES:
             continue
-        n0 = min(512 // in_bytes, up16(n))
+        n0 = min(512 // in_bytes, up16(n), n_max or up16(n))
         while n0 > 16 and (k0 * n0 * in_bytes > L0AB_BYTES or m0 * n0 * 4 > L0C_BYTES):
             n0 -= 16
         cost = (-(-n // n0), -(-k // k0))
@@ -276,7 +277,9 @@ class _Emitter:
             lhs, rhs = (op.lhs, op.rhs)
             sa, sb = shape_of(lhs.type), shape_of(rhs.type)
             trans = bool(op.transpose_b.value.data)
-            self.emit(cube_tile(sa[-2], sa[-1], sb[-2] if trans else sb[-1], 1 if dtype_of(lhs.type) == "i8" else 2))
+            n_max = op.attributes["n_tile"].value.data if "n_tile" in op.attributes else None
+            self.emit(cube_tile(sa[-2], sa[-1], sb[-2] if trans else sb[-1], 1 if dtype_of(lhs.type) == "i8" else 2,
+                                n_max))
             out_dt = "pypto.DT_FP32" if kind == "matmul_acc" else dt
             lhs_ref = self.ref(lhs)
             if len(sa) > 2 and len(sb) == 2:  # pypto wants equal ranks: fold the batch dims into rows
@@ -963,7 +966,8 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
         ref = em.ref(v)
         if ref == name:  # written in place by its loop
             continue
-        em.set_tile(v)
+        src = _whole_of(v)  # rows a loop assembled: copied out with that loop's vector tile budget
+        em.set_tile(v, loop_vec_budget(src.owner, em.vec_budget) if isinstance(src.owner, Operation) else None)
         # pypto 0.2.0 may leave the output untouched for `out[:] = t` (seen for loop-carried and assembled
         # tensors, arguments and index_select results): always store a clone
         em.emit(f"{name}[:] = pypto.clone({ref})")

@@ -7,3 +7,14 @@
 // CHECK: tile.yield
 // CHECK-NOT: tile.parallel
 // CHECK: func.return
+
+// A loop that multiplies token rows by a weight (qkv_proj_rope's projections) takes weight-rows and weight-vec-tile;
+// the attention core's loop (sparse_attn_core: no weight) keeps rows and the target's vector budget.
+// RUN: attnc compile qkv_proj_rope --config tiny -p 'parallelize-tokens{rows=2 weight-rows=4 weight-vec-tile=16384}' -o - | filecheck %s --check-prefix=WEIGHT
+// WEIGHT: tile.parallel
+// WEIGHT-SAME: vec_tile_elems = 16384
+// WEIGHT-SAME: rows = 4
+// RUN: attnc compile sparse_attn_core --config tiny -p 'gather-keys,tile-softmax{kv-tile=32},parallelize-tokens{rows=2 weight-rows=4 weight-vec-tile=16384}' -o - | filecheck %s --check-prefix=NOWEIGHT
+// NOWEIGHT: tile.parallel
+// NOWEIGHT-NOT: vec_tile_elems
+// NOWEIGHT-SAME: rows = 2

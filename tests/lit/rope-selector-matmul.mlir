@@ -6,3 +6,7 @@
 // CHECK: attn.cast
 // CHECK-NOT: attn.rope
 // CHECK: func.return
+// q and kv rotate at the same positions: one cos and one sin gather shared by both (no CSE before the pass)
+// RUN: attnc compile qkv_proj_rope --config tiny -p 'rope-selector-matmul' -o - | filecheck %s --check-prefix=SHARED
+// SHARED-COUNT-2: attn.gather_rows
+// SHARED-NOT: attn.gather_rows
