@@ -1239,10 +1239,12 @@ def main(argv: list[str] | None = None) -> int:
     from attnc.codegen.progress import Timing
 
     timing = Timing()
+    process_entry = argv is None  # the `attnc` command itself, not a caller in Python
     argv = sys.argv[1:] if argv is None else list(argv)
     previous = _catch_sigterm()
     swallowed = _SwallowedSignals()
     sys.unraisablehook = swallowed
+    code = EXIT_INTERNAL
     try:
         code = _main(argv, timing)
         if swallowed.caught:  # the signal's exception was swallowed on the way: end as the signal says
@@ -1250,13 +1252,27 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except KeyboardInterrupt:
         print("attnc: interrupted", file=sys.stderr)
-        return 130
+        code = 130
+        return code
     except Terminated:
         print("attnc: terminated", file=sys.stderr)
-        return 143
+        code = 143
+        return code
     finally:
         sys.unraisablehook = swallowed.previous
-        _catch_sigterm(previous)
+        if process_entry:  # the work is done: a SIGTERM while Python shuts down (seconds with torch loaded) ends
+            _catch_sigterm(lambda *_: _exit_now(code))  # the process with its code, not killed mid-exit
+        else:
+            _catch_sigterm(previous)
+
+
+def _exit_now(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(code)
 
 
 def _main(argv: list[str], timing) -> int:

@@ -801,3 +801,22 @@ def test_a_signal_swallowed_in_a_destructor_still_ends_the_command(capsys, monke
     monkeypatch.setattr(driver, "apply_tuning", apply_tuning)
     code, _, err = cli(capsys, "compile", "qkv_proj_rope", *TINY)
     assert code == 143 and err.strip().splitlines() == ["attnc: terminated"], err
+
+
+def test_a_sigterm_while_python_exits_keeps_the_commands_code():
+    """After the work is done, Python's exit takes seconds with torch loaded: a SIGTERM then killed the process
+    (-15 in the soak, outputs complete). The `attnc` process now ends with the command's own code."""
+    import signal
+    import subprocess
+    import sys
+
+    script = ("import os, signal, sys, time\n"
+              "sys.argv = ['attnc', 'list', 'configs']\n"
+              "from attnc.codegen.driver import main\n"
+              "code = main()\n"
+              "os.kill(os.getpid(), signal.SIGTERM)\n"
+              "time.sleep(30)\n"
+              "sys.exit(99)\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert r.returncode == 0 and b"Traceback" not in r.stderr and b"config" in r.stdout, (r.returncode, r.stderr)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # an in-process caller gets its handler back
