@@ -66,7 +66,7 @@ def test_a_process_left_behind_is_found_and_ended(soak, tmp_path):
     mod, s, t = soak
     tag = "soak-test-orphan"
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
-                             env=dict(os.environ, ATTNC_SOAK_TAG=tag))
+                             env=dict(os.environ, ATTNC_SOAK_TAG=f"{os.getpid()}-{tag}"))
     try:
         folder = tmp_path / "c"
         folder.mkdir()
