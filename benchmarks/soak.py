@@ -285,7 +285,9 @@ class Soak:
         if code == 143 and lines[-1:] != ["attnc: terminated"]:
             p.append(f"exit 143 without 'attnc: terminated' last: {lines[-2:]}")
         ref_code, ref_files, ref_out, _ = self.reference[t.name]
-        if res.fault == "none" and code != ref_code:
+        if code == 2 and any("may need up to" in ln and "available" in ln for ln in lines):
+            res.outcome = "2 refused (memory)"  # the machine's available memory (other jobs), not the command
+        if res.fault == "none" and code != ref_code and res.outcome != "2 refused (memory)":
             p.append(f"undisturbed exit {code} vs the reference's {ref_code}: {lines[-1:]}")
         if t.stdout_data and code == 0 and out != ref_out:
             p.append("stdout differs from the reference's")
