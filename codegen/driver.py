@@ -1244,26 +1244,28 @@ def main(argv: list[str] | None = None) -> int:
     previous = _catch_sigterm()
     swallowed = _SwallowedSignals()
     sys.unraisablehook = swallowed
-    code = EXIT_INTERNAL
     try:
         code = _main(argv, timing)
         if swallowed.caught:  # the signal's exception was swallowed on the way: end as the signal says
             raise swallowed.caught[0]
-        return code
     except KeyboardInterrupt:
         print("attnc: interrupted", file=sys.stderr)
         code = 130
-        return code
     except Terminated:
         print("attnc: terminated", file=sys.stderr)
         code = 143
-        return code
-    finally:
+    except BaseException:  # ATTNC_TRACEBACK=1: the traceback, as Python prints it
         sys.unraisablehook = swallowed.previous
-        if process_entry:  # the work is done: a SIGTERM while Python shuts down (seconds with torch loaded) ends
-            _catch_sigterm(lambda *_: _exit_now(code))  # the process with its code, not killed mid-exit
-        else:
-            _catch_sigterm(previous)
+        _catch_sigterm(previous)
+        raise
+    sys.unraisablehook = swallowed.previous
+    if process_entry:  # the work is done: skip Python's finalization, which sets SIGTERM back to its default and
+        import signal  # then takes seconds with torch loaded (a SIGTERM there killed the finished command)
+
+        _catch_sigterm(signal.SIG_IGN)
+        _exit_now(code)
+    _catch_sigterm(previous)
+    return code
 
 
 def _exit_now(code: int) -> None:
