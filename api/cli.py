@@ -1239,6 +1239,7 @@ def main(argv: list[str] | None = None) -> int:
     from attnc.progress import Timing
 
     timing = Timing()
+    process_entry = argv is None  # the `attnc` command itself, not a caller in Python
     argv = sys.argv[1:] if argv is None else list(argv)
     previous = _catch_sigterm()
     swallowed = _SwallowedSignals()
@@ -1247,16 +1248,33 @@ def main(argv: list[str] | None = None) -> int:
         code = _main(argv, timing)
         if swallowed.caught:  # the signal's exception was swallowed on the way: end as the signal says
             raise swallowed.caught[0]
-        return code
     except KeyboardInterrupt:
         print("attnc: interrupted", file=sys.stderr)
-        return 130
+        code = 130
     except Terminated:
         print("attnc: terminated", file=sys.stderr)
-        return 143
-    finally:
+        code = 143
+    except BaseException:  # ATTNC_TRACEBACK=1: the traceback, as Python prints it
         sys.unraisablehook = swallowed.previous
         _catch_sigterm(previous)
+        raise
+    sys.unraisablehook = swallowed.previous
+    if process_entry:  # the work is done: skip Python's finalization, which sets SIGTERM back to its default and
+        import signal  # then takes seconds with torch loaded (a SIGTERM there killed the finished command)
+
+        _catch_sigterm(signal.SIG_IGN)
+        _exit_now(code)
+    _catch_sigterm(previous)
+    return code
+
+
+def _exit_now(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(code)
 
 
 def _main(argv: list[str], timing) -> int:

@@ -87,19 +87,24 @@ def interpreter_upper_bytes(module: ModuleOp, copies_of_inputs: int = 1) -> int:
     return copies_of_inputs * inputs + seeding + weights_f64 + values + 2 * largest_op + OVERHEAD_BYTES
 
 
-SIM_CHILD_BASE_BYTES = 1 << 30  # placeholder until measured
+SIM_CHILD_BASE_BYTES = 768 << 20  # python, numpy, torch, pypto and its calculator (measured 371-620 MB at tiny)
+SIM_CHILD_PER_BYTE = 14  # per f32 byte of the program's arrays (measured 11.2-11.5 at flash B=2)
 
 
 def sim_child_upper_bytes(module: ModuleOp) -> int:
-    """Upper bound of the pypto SIM child's peak RSS (the runner process: numpy, torch, pypto and its calculator,
-    the program's compile, cost model and pass-verify interpreter). Measured by benchmarks/memory_bound.py
-    --target pypto-sim."""
+    """Upper bound of the pypto SIM child's peak RSS (the runner: numpy, torch, pypto, the program's compile, cost
+    model and pass-verify interpreter, which holds its own copies of every tensor): a fixed base plus
+    SIM_CHILD_PER_BYTE times the f32 bytes of the inputs, outputs and every value of the IR (bf16 travels as f32).
+    Measured by benchmarks/memory_bound.py --target pypto-sim (benchmarks/memory_bound_sim.json)."""
     from attnc.ir.interpreter import entry_function
 
+    def f32_bytes(t) -> int:
+        return 4 * math.prod(shape_of(t)) if isinstance(t, TensorType) else 0
+
     fn = entry_function(module)
-    io = sum(4 * math.prod(shape_of(t)) for t in [*fn.function_type.inputs.data, *fn.function_type.outputs.data]
-             if isinstance(t, TensorType))  # bf16 travels as f32
-    return SIM_CHILD_BASE_BYTES + io
+    arrays = sum(f32_bytes(t) for t in [*fn.function_type.inputs.data, *fn.function_type.outputs.data])
+    values = sum(f32_bytes(r.type) for op in module.walk() for r in op.results)
+    return SIM_CHILD_BASE_BYTES + SIM_CHILD_PER_BYTE * (arrays + values)
 
 
 def available_bytes() -> int:

@@ -223,7 +223,7 @@ class Soak:
         os.makedirs(tmp, exist_ok=True)
         os.makedirs(shm, exist_ok=True)
         env = dict(os.environ, ATTNC_PROGRESS="0", ATTNC_TUNE_CACHE=self.cache, TMPDIR=tmp, ATTNC_PYPTO_TMP=shm,
-                   ATTNC_SOAK_TAG=tag)
+                   ATTNC_SOAK_TAG=f"{os.getpid()}-{tag}")
         env.pop("ATTNC_TRACEBACK", None)
 
         def limit():
@@ -234,7 +234,7 @@ class Soak:
                                 stderr=subprocess.PIPE, start_new_session=True, preexec_fn=limit), tmp, shm
 
     def run_one(self, index: int, t: Template, fault: str, delay: float) -> Result:
-        tag = f"c{index:04d}"
+        tag = f"c{index:04d}"  # its folders; the process tag is unique to this soak (another may run beside it)
         on_full = fault == "full disk"
         fsize = on_full and not self.disk.startswith("tmpfs")
         folder = os.path.join(self.full, tag) if on_full and not fsize else os.path.join(self.root, "out", tag)
@@ -268,7 +268,7 @@ class Soak:
         # what a killed command started ends within a few seconds (a SIM child's watchdog polls every second), and
         # removes its folders on the way: wait for it before looking
         deadline = time.time() + 5.0
-        while (orphans := _tagged_pids(tag)) and time.time() < deadline:
+        while (orphans := _tagged_pids(f"{os.getpid()}-{tag}")) and time.time() < deadline:
             time.sleep(0.2)
         res.outcome = ("hang" if code is None else f"killed ({signal.Signals(-code).name})" if code < 0
                        else {0: "0 ok", 1: "1 mismatch", 2: "2 error", 130: "130 interrupted",
@@ -285,7 +285,9 @@ class Soak:
         if code == 143 and lines[-1:] != ["attnc: terminated"]:
             p.append(f"exit 143 without 'attnc: terminated' last: {lines[-2:]}")
         ref_code, ref_files, ref_out, _ = self.reference[t.name]
-        if res.fault == "none" and code != ref_code:
+        if code == 2 and any("may need up to" in ln and "available" in ln for ln in lines):
+            res.outcome = "2 refused (memory)"  # the machine's available memory (other jobs), not the command
+        if res.fault == "none" and code != ref_code and res.outcome != "2 refused (memory)":
             p.append(f"undisturbed exit {code} vs the reference's {ref_code}: {lines[-1:]}")
         if t.stdout_data and code == 0 and out != ref_out:
             p.append("stdout differs from the reference's")

@@ -801,3 +801,24 @@ def test_a_signal_swallowed_in_a_destructor_still_ends_the_command(capsys, monke
     monkeypatch.setattr(driver, "apply_tuning", apply_tuning)
     code, _, err = cli(capsys, "compile", "qkv_proj_rope", *TINY)
     assert code == 143 and err.strip().splitlines() == ["attnc: terminated"], err
+
+
+def test_a_sigterm_while_python_exits_keeps_the_commands_code():
+    """After the work is done, Python's finalization sets SIGTERM back to its default and takes seconds with torch
+    loaded: a SIGTERM there killed the finished command (18 of 107 SIGTERMs in the soak). The `attnc` process
+    flushes and ends with the command's code, skipping finalization (an atexit handler never runs); a caller in
+    Python gets its handler back."""
+    import signal
+    import subprocess
+    import sys
+
+    script = ("import atexit, sys\n"
+              "atexit.register(lambda: print('FINALIZED'))\n"
+              "sys.argv = ['attnc', 'list', 'configs']\n"
+              "from attnc.codegen.driver import main\n"
+              "sys.exit(main())\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "config" in r.stdout and "FINALIZED" not in r.stdout, (r.returncode, r.stderr)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["list", "configs"]) == 0
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -66,7 +66,7 @@ def test_a_process_left_behind_is_found_and_ended(soak, tmp_path):
     mod, s, t = soak
     tag = "soak-test-orphan"
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
-                             env=dict(os.environ, ATTNC_SOAK_TAG=tag))
+                             env=dict(os.environ, ATTNC_SOAK_TAG=f"{os.getpid()}-{tag}"))
     try:
         folder = tmp_path / "c"
         folder.mkdir()
@@ -87,3 +87,15 @@ def test_a_seeded_soak_sample_finds_nothing(tmp_path):
                           "--seed", "3", "--root", str(tmp_path / "soak")], capture_output=True, text=True,
                          timeout=3600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+
+
+def test_a_memory_refusal_is_its_own_outcome(soak, tmp_path):
+    """The memory check refuses when other jobs hold the machine's memory: an outcome of the machine, not a
+    divergence from the reference."""
+    mod, s, t = soak
+    folder, tmp, shm = tmp_path / "c", tmp_path / "t", tmp_path / "s"
+    folder.mkdir()
+    res = mod.Result(0, t.name, "none", 2, 1.0)
+    s.check(res, t, str(folder), b"", "attnc: error: run x may need up to 0.9 GB of memory (...), the machine has "
+            "0.5 GB available\n", str(tmp), str(shm), "no-such-tag")
+    assert res.outcome == "2 refused (memory)" and res.problems == []
