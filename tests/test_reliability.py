@@ -815,7 +815,7 @@ def test_a_sigterm_while_python_exits_keeps_the_commands_code():
     script = ("import atexit, sys\n"
               "atexit.register(lambda: print('FINALIZED'))\n"
               "sys.argv = ['attnc', 'list', 'configs']\n"
-              "from attnc.codegen.driver import main\n"
+              "from attnc.cli import main\n"
               "sys.exit(main())\n")
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "config" in r.stdout and "FINALIZED" not in r.stdout, (r.returncode, r.stderr)
