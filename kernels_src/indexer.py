@@ -11,7 +11,7 @@ lower entry id (deterministic), -1 where fewer than k entries are visible; invis
 import math
 
 from attnc.ir.dsl import (
-    In, cast, from_tokens, iota, linear, matmul, minimum, reduce, relu, reshape, rope, select, stage, to_tokens, token_positions,
+    In, PackedRows, cast, compare, quantize_rows, from_tokens, iota, linear, matmul, minimum, reduce, relu, reshape, rope, select, stage, to_tokens, token_positions,
     topk,
 )
 
@@ -41,10 +41,26 @@ def index_select(cfg, xn, qr, wi_q, wi_w, idx_cmp, start_pos, rope_cos, rope_sin
     pos = to_tokens(token_positions(start_pos, S))
     q = rope(reshape(linear(qr, wi_q, wi_q_scale, "wi_q"), (T, IH, ID)), rope_cos, rope_sin, pos, out="bf16")
     q = cast(matmul(q, hadamard_signs(ID)) * (1.0 / math.sqrt(ID)), "bf16")
-    keys = row_entries(cfg, idx_cmp, start_pos, rows_of, NC)                         # [T, NC, ID]
-    dots = relu(matmul(keys, q, transpose_b=True))                                   # [T, NC, IH]
     weights = matmul(xn, wi_w) * (1.0 / math.sqrt(ID * IH))                          # [T, IH]
-    score = reshape(reduce(dots * reshape(weights, (T, 1, IH)), "sum", -1), (T, NC))
+    if wi_q.dtype == "i8":
+        # W8A8 (lightning_indexer_prolog_quant_v4): q re-quantised per (token, head) over its ID values (absmax/127,
+        # rint, saturated) with an f16 dequantisation scale; the int8 codes meet the bf16 keys exactly as bf16,
+        # and the scale (> 0, so it commutes with the ReLU) joins the head weight
+        q, q_scale = quantize_rows(q)                                                # [T, IH, ID] i8, [T, IH, 1]
+        q = cast(q, "bf16")
+        weights = weights * cast(cast(reshape(q_scale, (T, IH)), "f16"), "f32")
+    if rows_of is None and not isinstance(start_pos, PackedRows):
+        # dense: the S tokens of a batch row share its entries: one [S*IH, NC] product per row with the keys read
+        # in place (no per-token gather); the weighted head sum per token is a second (f32) product by the block-
+        # diagonal [S, S*IH] weights, so no sum runs across rows and scores come out as [B, S, NC] token rows
+        dots = relu(matmul(reshape(from_tokens(q), (B, S * IH, ID)), idx_cmp, transpose_b=True))  # [B, S*IH, NC]
+        own = compare(iota((1, S, S, 1), 1), iota((1, S, S, 1), 2), "eq")                # token s reads heads of s
+        wblk = select(own, reshape(from_tokens(weights), (B, S, 1, IH)), 0.0)           # [B, S, S, IH]
+        score = to_tokens(matmul(reshape(wblk, (B, S, S * IH)), dots))                   # [T, NC]
+    else:
+        keys = row_entries(cfg, idx_cmp, start_pos, rows_of, NC)                     # [T, NC, ID]
+        dots = relu(matmul(keys, q, transpose_b=True))                               # [T, NC, IH]
+        score = reshape(reduce(dots * reshape(weights, (T, 1, IH)), "sum", -1), (T, NC))
     visible = iota((T, NC), 1) < minimum((reshape(pos, (T, 1)) + 1) // 4, NC)  # per token (pypto-lib#715)
     return select(visible, score, NOT_VISIBLE), topk(score, visible, K)
 

@@ -14,7 +14,7 @@ from attnc.ir.interpreter import run_module
 from attnc.kernels_src import STAGES, resolve_config
 from attnc.kernels_src.inputs import IndexInputError, make_inputs
 from attnc.passes import DEFAULT_PIPELINE
-from attnc.passes.verify import run_pipeline
+from attnc.passes.verify import normalised_error, run_pipeline
 
 ALL_STAGES = ["qkv_proj_rope", "sparse_attn_core", "hca_attn_core", "sparse_attn", "compressor",
               "index_compressor", "indexer", "decode_swa", "decode_hca", "decode_csa"]
@@ -84,6 +84,13 @@ def assert_same(packed: dict, reference: dict, T: int):
     for n, ref in reference.items():
         got = packed[n][:T] if packed[n].shape[0] != ref.shape[0] else packed[n]
         assert got.shape == ref.shape, (n, got.shape, ref.shape)
+        if n == "index_score":
+            # the dense indexer sums its heads in an f32 product per batch row, the packed one in a row sum per
+            # token: the same terms in another f32 order (the picks below stay equal)
+            fill = ref == torch.finfo(torch.float32).min  # invisible entries (NOT_VISIBLE)
+            assert torch.equal(fill, got == torch.finfo(torch.float32).min), n
+            assert normalised_error(got[~fill], ref[~fill]) <= 1e-6, n
+            continue
         assert torch.equal(got, ref), f"{n}: max |diff| {(got.float() - ref.float()).abs().max().item()}"
 
 

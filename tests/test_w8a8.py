@@ -2,6 +2,8 @@
 by row scale x column scale, in the interpreter (exact integers, stated rounding/saturation) and in pypto SIM."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -254,3 +256,45 @@ def test_quantised_ir_round_trips_with_its_stated_modes():
     text = print_ir(mod)
     assert 'rounding = "rint", saturate = true} : (tensor<4x32xf32>) -> tensor<4x32xi8>' in text
     assert print_ir(parse_ir(text, "q.mlir")) == text
+
+
+def _indexer_fp32_reference(inp: dict, cfg: dict, wi_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spec §3.4 in FP32 from the stage's inputs (tests/reference's rope and Hadamard; the stored keys are rotated
+    by it, so q is too): (scores [B, S, NC], visible [B, S, NC])."""
+    from tests.reference.dsv4_layer_reference import sylvester_hadamard
+    from tests.reference.dsv4_reference import rope
+
+    B, S, IH, ID = cfg["batch"], cfg["seq"], cfg["index_heads"], cfg["index_dim"]
+    NC = inp["idx_cmp"].shape[1]
+    hada = sylvester_hadamard(ID)
+    scores, visible = torch.zeros(B, S, NC), torch.zeros(B, S, NC, dtype=torch.bool)
+    for b in range(B):
+        for s in range(S):
+            t = int(inp["start_pos"][b]) + s
+            q = rope((inp["qr"][b, s].float() @ wi_q).reshape(IH, ID), inp["rope_cos"][t], inp["rope_sin"][t]) @ hada
+            w = (inp["xn"][b, s].float() @ inp["wi_w"].float()) / math.sqrt(ID * IH)
+            scores[b, s] = (w[:, None] * torch.relu(q @ inp["idx_cmp"][b].float().T)).sum(0)
+            visible[b, s, : min(NC, (t + 1) // 4)] = True
+    return scores, visible
+
+
+def test_indexer_w8a8_q_requantised_per_token_and_head_within_the_declared_tolerance_of_fp32():
+    """The W8A8 indexer (wi_q int8 x int8 and q re-quantised per (token, head) with an f16 scale, as
+    lightning_indexer_prolog_quant_v4) against the FP32 reference of the same quantised checkpoint and of the
+    bf16 weights, on the visible entries. Declared: the pass's 2e-2. Measured tiny: 1.26e-2 / 1.52e-2 (the bf16
+    pipeline: 2.0e-3); flash B=2: 1.28e-2 / 1.36e-2 (bf16: 2.3e-3)."""
+    sd = STAGES["indexer"]
+    cfg_q, cfg_b = resolve_config("tiny", {"quant": "w8a8"}), resolve_config("tiny")
+    iq, ib = make_inputs(sd, cfg_q, 0), make_inputs(sd, cfg_b, 0)
+    mod_q = _compiled("indexer", cfg_q, DEFAULT_PIPELINE)
+    assert sum(o.name == "attn.cast" and dtype_of_result(o) == "i8" for o in build_stage(sd, cfg_q).walk()) == 1
+    out_q = dict(zip(sd.outputs, run_module(mod_q, list(iq.values()))))["index_score"]
+    out_b = dict(zip(sd.outputs, run_module(_compiled("indexer", cfg_b, DEFAULT_PIPELINE), list(ib.values()))))
+    ref_q, vis = _indexer_fp32_reference(iq, cfg_q, iq["wi_q"].float() * iq["wi_q_scale"])
+    ref_b, _ = _indexer_fp32_reference(ib, cfg_b, ib["wi_q"].float())
+    assert vis.any() and not vis.all()
+    err = {name: normalised_error(got[vis].float(), ref[vis]) for name, got, ref in
+           (("q-vs-quantised", out_q, ref_q), ("q-vs-bf16", out_q, ref_b), ("bf16", out_b["index_score"], ref_b))}
+    assert err["bf16"] <= 5e-3, err
+    assert 0 < err["q-vs-quantised"] <= W8A8_TOLERANCE and err["q-vs-bf16"] <= W8A8_TOLERANCE, err
+    assert torch.all(out_q[~vis] == out_b["index_score"][~vis])  # invisible entries: the fill value

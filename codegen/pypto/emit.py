@@ -94,8 +94,8 @@ def cube_tile(m: int, k: int, n: int, in_bytes: int = 2, n_max: int | None = Non
     (L1 holds up to 512 of K, a multiple of the L0 step); N as wide as L0B (bf16 K x N) and L0C (f32 M x N) allow.
     Fewest N tiles first, then fewest K steps: every N tile is a cube task, and a task costs the scheduler more
     than its compute at decode sizes (SWA core: Q·Kᵀ over 130 keys as one 144-wide tile, 142.5 vs 147.7 µs).
-    `in_bytes` 1 (int8 operands): L0A/L0B hold twice the elements, so N tiles twice as wide. `n_max`: the N tile
-    the IR states (tile-matmul{tasks}), a cap."""
+    `in_bytes` 1 (int8 operands): L0A/L0B hold twice the elements, so N tiles twice as wide; 4 (f32): half.
+    `n_max`: the N tile the IR states (tile-matmul{tasks}), a cap."""
     def up16(x: int) -> int:
         return max(16, -(-x // 16) * 16)
 
@@ -278,8 +278,8 @@ class _Emitter:
             sa, sb = shape_of(lhs.type), shape_of(rhs.type)
             trans = bool(op.transpose_b.value.data)
             n_max = op.attributes["n_tile"].value.data if "n_tile" in op.attributes else None
-            self.emit(cube_tile(sa[-2], sa[-1], sb[-2] if trans else sb[-1], 1 if dtype_of(lhs.type) == "i8" else 2,
-                                n_max))
+            in_bytes = {"i8": 1, "f32": 4}.get(dtype_of(lhs.type), 2)  # f32 operands: half the bf16 L0 elements
+            self.emit(cube_tile(sa[-2], sa[-1], sb[-2] if trans else sb[-1], in_bytes, n_max))
             out_dt = "pypto.DT_FP32" if kind == "matmul_acc" else dt
             lhs_ref = self.ref(lhs)
             if len(sa) > 2 and len(sb) == 2:  # pypto wants equal ranks: fold the batch dims into rows

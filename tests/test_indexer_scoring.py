@@ -1,0 +1,64 @@
+"""The indexer's dense scoring (kernels_src/indexer.py): the S tokens of a batch row share one product with the
+row's entries read in place (no per-token gather), the weighted head sum is an f32 product by block-diagonal head
+weights; the paged layout still gathers through its block table. Values: SIM against the interpreter is
+test_pypto_target / test_sim_matrix (indexer cells); this file checks the structure of the compiled module and the
+emitter's cube tiles for f32 operands."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from attnc.codegen.pypto.emit import L0AB_BYTES, L0C_BYTES, cube_tile
+from attnc.ir.types import dtype_of, shape_of
+from attnc.kernels_src import STAGES, build_stage, resolve_config
+from attnc.passes import PYPTO_PIPELINE
+from attnc.passes.verify import run_pipeline
+
+
+def _tile_module(stage: str, cfg: dict):
+    mod = build_stage(STAGES[stage], cfg)
+    run_pipeline(mod, PYPTO_PIPELINE)
+    return mod
+
+
+def _reads(v, arg) -> bool:
+    """v is arg or a reshape of it."""
+    while v is not arg and getattr(v, "op", None) is not None and v.op.name == "tile.reshape":
+        v = v.op.operands[0]
+    return v is arg
+
+
+def _matmuls(mod):
+    return [(tuple(shape_of(o.lhs.type)), dtype_of(o.lhs.type), tuple(shape_of(o.rhs.type)), o.rhs)
+            for o in mod.walk() if o.name == "tile.matmul"]
+
+
+def test_dense_scores_read_each_rows_entries_once_in_place():
+    cfg = resolve_config("tiny")
+    B, S, IH, ID = cfg["batch"], cfg["seq"], cfg["index_heads"], cfg["index_dim"]
+    mod = _tile_module("indexer", cfg)
+    fn = next(o for o in mod.walk() if o.name == "func.func")
+    idx_cmp = fn.body.block.args[list(STAGES["indexer"].params).index("idx_cmp")]
+    # no gather reads idx_cmp (or a reshape of it): its rows feed the product directly
+    assert not [o for o in mod.walk() if o.name == "tile.gather_rows" and _reads(o.operands[0], idx_cmp)]
+    scores = [m for m in _matmuls(mod) if m[3] is idx_cmp]
+    assert len(scores) == 1 and scores[0][0] == (B, S * IH, ID) and scores[0][1] == "bf16"
+    # the head sum: [B, S, S*IH] f32 block-diagonal weights times the f32 ReLU'd products
+    heads = [m for m in _matmuls(mod) if m[0] == (B, S, S * IH) and m[1] == "f32"]
+    assert len(heads) == 1 and heads[0][2][-2] == S * IH
+
+
+def test_paged_scores_still_gather_through_the_block_table():
+    mod = _tile_module("decode_csa_paged", resolve_config("tiny"))
+    gathered = {tuple(shape_of(o.results[0].type))[-1] for o in mod.walk() if o.name == "tile.gather_rows"}
+    assert resolve_config("tiny")["index_dim"] in gathered  # index keys [.., index_dim] rows
+
+
+@pytest.mark.parametrize("m,k,n,in_bytes", [(16, 128, 2048, 4), (128, 64, 32, 4), (32, 1024, 8192, 2),
+                                            (128, 128, 2048, 1)])
+def test_cube_tiles_fit_l0_at_the_operands_width(m, k, n, in_bytes):
+    (m0, _), (k0, k1), (n0, _) = [tuple(map(int, g.split(","))) for g in
+                                  re.findall(r"\[(\d+, \d+)\]", cube_tile(m, k, n, in_bytes))]
+    assert m0 * k0 * in_bytes <= L0AB_BYTES and k0 * n0 * in_bytes <= L0AB_BYTES and m0 * n0 * 4 <= L0C_BYTES
+    assert k1 % k0 == 0
