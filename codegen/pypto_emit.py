@@ -11,16 +11,16 @@ import math
 from dataclasses import dataclass, field
 
 import jinja2
-import numpy as np
 from xdsl.dialects import arith, func, scf
 from xdsl.dialects.builtin import ModuleOp, TensorType
-from xdsl.ir import BlockArgument, Operation, SSAValue
+from xdsl.ir import Operation, SSAValue
 
 from attnc.codegen.escape import code_text, identifier
 from attnc.errors import AttncError
 from attnc.ir.common import LOC_ATTR, ints_of, op_location
 from attnc.ir.interpreter import entry_function
 from attnc.ir.types import dtype_of, shape_of
+from attnc.passes.pypto_legalize import flag, legalize_function
 
 from .pypto_options import PyptoOptions
 
@@ -123,12 +123,15 @@ class _Emitter:
     counter: int = 0
     depth: int = 1
     loop_count: int = 0
-    out_inits: dict = field(default_factory=dict)  # tile.full result -> output param carried in its place
-    scratch_inits: set = field(default_factory=set)  # dead tile.full inits of covering loops: a bare scratch
+    out_names: list = field(default_factory=list)  # kernel parameter names of the outputs
     scratch: list = field(default_factory=list)  # (name, shape, dtype) of the scratch parameters (_declare)
     vec_budget: int = PyptoOptions.vec_tile_elems
     params: set = field(default_factory=set)  # the kernel's input parameters (SSA block arguments)
-    scalar_only: set = field(default_factory=set)  # ops whose results only feed scatter_rows ids
+    # what the emitter printed so far, by value: the value whose whole buffer a view/reshape result is, a
+    # zero-padded view's valid row count, the prefix gathers emitted where their view is
+    base: dict = field(default_factory=dict)
+    valid_rows: dict = field(default_factory=dict)
+    prefix_gathers: dict = field(default_factory=dict)
     # the pieces of each packed concat with a zero-padded piece: [[shape, offset, padded], ...] per concat
     assembled_pieces: list = field(default_factory=list)
 
@@ -137,8 +140,14 @@ class _Emitter:
 
     def parameter_names(self) -> set:
         """Names of the kernel parameters bound so far: inputs, outputs carried by their loop, scratch."""
-        return ({self.names[p] for p in self.params} | set(self.out_inits.values())
+        return ({self.names[p] for p in self.params} | set(self.out_names)
                 | {name for name, _, _ in self.scratch})
+
+    def whole_of(self, v: SSAValue) -> SSAValue:
+        """The value whose whole buffer v is: through reshapes and views of all of their source (a view whose type
+        is its source's, no valid shape: at a runtime offset that can only be 0, e.g. the row of a one-trip batch
+        loop)."""
+        return self.base.get(v, v)
 
     def fresh(self, prefix="t") -> str:
         self.counter += 1
@@ -218,7 +227,7 @@ class _Emitter:
 
     # ------------------------------------------------------------------------------------------ ops
     def op(self, op: Operation):
-        if op in self.scalar_only:  # computes scatter ids only, which are evaluated as scalars where used
+        if flag(op, "scalar_ids"):  # computes scatter ids only, which are evaluated as scalars where used
             return
         loc = code_text(op_location(op)) if LOC_ATTR in op.attributes else None  # the file's text: escaped
         name = op.name
@@ -240,8 +249,9 @@ class _Emitter:
         kind = name.split(".", 1)[1]
         if kind == "scatter_rows":  # its ids are evaluated as scalars, not read as a tensor
             return self._scatter_rows(op, [self.ref(op.table), self.ref(op.rows)], loc)
-        if kind == "view" and isinstance(op.source.owner, Operation) and _gathers_prefix(op.source.owner):
-            return self._gather_prefix(op.source.owner, op.result, self.ref(op.valid[0]), loc)
+        if kind == "view" and flag(op, "prefix"):
+            self.valid_rows[op.result] = self.ref(op.valid[0])
+            return self._gather_prefix(self.prefix_gathers[op.source], op.result, self.ref(op.valid[0]), loc)
         a = [self.ref(v) for v in op.operands]
         res = op.results[0] if op.results else None
         dt = PYPTO_DTYPE.get(dtype_of(res.type)) if res is not None and isinstance(res.type, TensorType) else None
@@ -310,6 +320,7 @@ class _Emitter:
             # them (pypto 0.2.0 links each gather task to each copy task: 2048 x 2048 links for the indexer's
             # idx_cmp at B=64, more than the runtime's stitch pool holds, F74001 "Slab alloc null, type=9")
             inplace = ", inplace=True" if a[0] in {self.names[p] for p in self.params} else ""
+            self.base[res] = self.whole_of(op.input)
             self.bind(res, f"pypto.reshape({a[0]}, {shape}{inplace})", loc, tile_of=op.input)
             return self._materialize_unpadded(op, res)
         if kind == "transpose":
@@ -331,11 +342,12 @@ class _Emitter:
                 self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of(shape, 'i32')})")
                 self.emit(f"{joined} = pypto.concat([{', '.join(ints)}], {op.axis.value.data})")
                 return self.bind(res, f"pypto.eq({joined}, 1.0)", loc)
-            if _packs(op):
+            if flag(op, "packed"):
                 return self._packed_concat(op, res, loc)
             return self.bind(res, f"pypto.concat([{', '.join(a)}], {op.axis.value.data})", loc)
         if kind == "gather_rows":
-            if _gathers_prefix(op):  # emitted where its zero-padded view is, with the valid ids only
+            if flag(op, "prefix"):  # emitted where its zero-padded view is, with the valid ids only
+                self.prefix_gathers[res] = op
                 return
             # a row list gathers in tiles as large as UB holds (a gather task costs the scheduler more than its
             # copy: CSA core 349.8 -> 308.5 us with 128 of 512 picked rows per tile, 256 rows overflow UB); with
@@ -353,13 +365,14 @@ class _Emitter:
             self.emit(f"{ramp} = pypto.reshape({ramp}, {view_shape})")
             return self.bind(res, self._expand(ramp, view_shape, shape, "i32"), loc)
         if kind == "full":
-            if res in self.out_inits:  # the parallel writes every element of this output: carry the param
-                self.names[res] = self.out_inits[res]
+            buffer = op.attributes.get("buffer")
+            if buffer is not None and buffer.data == "output":  # the parallel writes every element: carry the param
+                self.names[res] = self.out_names[op.attributes["output"].value.data]
                 return
-            if res in self.scratch_inits:  # the parallel writes every element: its value is dead
+            if buffer is not None and buffer.data == "scratch":  # the parallel writes every element: value dead
                 return self._declare(res)
             value = op.value.value.data
-            if _select_splat(op):  # pypto.where takes the number itself: no tensor filled per use
+            if flag(op, "splat"):  # pypto.where takes the number itself: no tensor filled per use
                 self.names[res] = py_float(value)
                 return
             if dtype_of(res.type) == "i1":  # pypto 0.2.0 codegen cannot splat bool: compare an f32 splat
@@ -368,6 +381,8 @@ class _Emitter:
             return self.bind(res, f"pypto.full({shape}, {value}, {dt})", loc)
         if kind == "view":
             n = len(op.offsets)
+            if not len(op.valid) and op.result.type == op.source.type:
+                self.base[res] = self.whole_of(op.source)
             whole = (not len(op.valid) and all(v in self.consts and self.consts[v] == 0 for v in op.offsets)
                      and shape_of(op.source.type) == tuple(shape))
             if whole:  # a view of all of a tensor is the tensor
@@ -376,11 +391,11 @@ class _Emitter:
             offs, valid = a[1:1 + n], a[1 + n:]
             extra = f", valid_shape=[{', '.join(valid)}]" if valid else ""
             self.bind(res, f"pypto.view({a[0]}, {shape}, [{', '.join(offs)}]{extra})", loc)
-            if valid and op.pad.data == "zero" and any(u.operation.name in _ZERO_FILL_READERS and
-                                                       not _packs(u.operation) for u in res.uses):
-                # give the tile its zero padding first (see _ZERO_FILL_READERS)
+            if valid:
+                self.valid_rows[res] = valid[0]
+            if flag(op, "zero_fill"):  # give the tile its zero padding first (pypto-legalize)
                 self.emit(f"{self.names[res]} = pypto.reshape({self.names[res]}, {shape}, valid_shape={shape})")
-            if len(shape) >= 3 and not all(u.operation.name == "tile.reshape" for u in res.uses):
+            if flag(op, "clone"):
                 # pypto 0.2.0 mis-sizes the raw tensor of a rank-3 view read straight by a batched matmul
                 # ("Shape size mismatch" at codegen) and fails to simulate some other readers of it; a clone gives
                 # the tile its own buffer (a reshape makes one anyway)
@@ -417,21 +432,22 @@ class _Emitter:
         self.set_tile(res)
         self.emit(f"{scratch} = pypto.tensor({shape}, {dt}, \"{scratch}\")  # {loc}")
         row, group = 0, []
-        self.assembled_pieces.append(group)  # (a concat emitted here always has a zero-padded piece: _packs)
-        for piece in op.inputs:
+        self.assembled_pieces.append(group)  # (a packed concat always has a zero-padded piece: pypto-legalize)
+        for piece, padded in zip(op.inputs, op.attributes["padded"].data):
+            padded = bool(padded.value.data)
             rows, rest = shape_of(piece.type)[0], list(shape_of(piece.type)[1:])
-            group.append([[rows, *rest], [row, *(0 for _ in rest)], _zero_padded_rows(piece)])
+            group.append([[rows, *rest], [row, *(0 for _ in rest)], padded])
             self.set_tile(piece)
             ref = self.ref(piece)
-            if self.ref(_whole_of(piece)) in self.parameter_names():
+            if self.ref(self.whole_of(piece)) in self.parameter_names():
                 # pypto 0.2.0 fails to compile an assemble of all of a kernel parameter's buffer (an input, output
                 # or scratch) inside a loop into a tensor a matmul reads ("The L0C-to-L1 copy op can have only one
                 # input and one output tensor", SrcDstBufferMerge; verify runs SIGSEGV): a one-row batch's step
                 # row. A copy has a buffer of its own
                 ref = f"pypto.clone({ref})"
             self.emit(f"pypto.assemble({ref}, [{row}, {', '.join('0' for _ in rest)}], {scratch})")
-            if _zero_padded_rows(piece):
-                valid = self.ref(piece.owner.valid[0])
+            if padded:
+                valid = self.valid_rows[piece]
                 self.emit(f"if {valid} < {rows}:  # the piece's padding rows read as zeros")
                 self.depth += 1
                 pad = self.fresh("z")
@@ -465,7 +481,7 @@ class _Emitter:
         _ScalarIds), a runtime branch skipping ids < 0, and an assemble at the data-dependent row. `in_place`
         (set by update-in-place) writes the table's own buffer; otherwise a copy of it."""
         dest = a[0]
-        if not _in_place(op):
+        if not flag(op, "in_place"):
             dest = self._declared_copy(op.table, loc)
         rows_shape, table_shape = list(shape_of(op.rows.type)), list(shape_of(op.table.type))
         lead = table_shape[:len(table_shape) - len(rows_shape) + 1]  # the table dims a row id runs over
@@ -554,15 +570,10 @@ class _Emitter:
         lo, hi = self.ref(bounds[0]), self.ref(bounds[1])
         step = step if step is not None else self.ref(bounds[2])
         carried = []
-        for j, v in enumerate(inits):
+        for v, how in zip(inits, op.attributes["carry"].data):  # pypto-legalize: how the loop holds each
             name = self.ref(v)
-            declared = (v in self.params or v in self.out_inits or v in self.scratch_inits
-                        or _parallel_carried(v))
-            if not v.has_one_use() or (not declared and _written_in_parts(op, j)):
-                dead = (isinstance(v.owner, Operation) and v.owner.name == "tile.full" and op.name == "tile.parallel"
-                        and _parallel_covers(op, j))
-                # the loop updates its own copy in place (no copy of a splat it overwrites everywhere)
-                name = self._declare(None, v) if dead else self._declared_copy(v, loc)
+            if how.data != "same":  # the loop updates its own copy in place (no copy of a splat it overwrites)
+                name = self._declare(None, v) if how.data == "scratch" else self._declared_copy(v, loc)
             carried.append(name)
         self.loop_count += 1
         idx = f"{prefix}{self.loop_count}"
@@ -676,282 +687,22 @@ def _reindex(idx: list[str], shape: list[int], to: list[int]) -> list[str]:
     return out
 
 
-def _scatter_id_ops(block) -> set:
-    """Top-level tile ops whose every result is used only as scatter_rows ids or by such ops: the emitter evaluates
-    the ids as scalars (_ScalarIds), so these tensors are never needed."""
-    found: set = set()
-    changed = True
-    while changed:
-        changed = False
-        for op in reversed(list(block.ops)):
-            if op in found or not op.results or not op.name.startswith("tile.") or op.regions:
-                continue
-            uses = [u for r in op.results for u in r.uses]
-            if uses and all((u.operation.name == "tile.scatter_rows" and u.index == 2) or u.operation in found
-                            for u in uses):
-                found.add(op)
-                changed = True
-    return found
-
-
-def _select_splat(full: Operation) -> bool:
-    """A splat inside a loop read only as a value operand of selects: emitted as a number in pypto.where (the
-    filled tensor is vector tasks in every iteration: the CSA core's per-token logit fill cost 256 tasks, 232.2 ->
-    210.8 us). Outside loops a fill is made once; folding those too moved decode_hca 4050.9 -> 4184.5 us (same
-    task count, another dispatch order). Floats only: pypto 0.2.0's verifier cannot execute an int32 WHERE_TS."""
-    return (full.parent_op() is not None and full.parent_op().name in ("tile.parallel", "scf.for")
-            and dtype_of(full.result.type) in ("f32", "bf16", "f16") and bool(full.result.uses)
-            and all(u.operation.name == "tile.select" and u.index in (1, 2) for u in full.result.uses))
-
-
-# pypto 0.2.0 valid shapes in a ragged token chunk (tile.parallel whose last chunk has fewer rows: its row views
-# carry a runtime valid row count): elementwise ops, index_select (by its index) and row reductions keep their
-# operand's valid shape; expand_clone, reshape and fills give the full tile; the SIM calculator needs equal valid
-# shapes in one op (issue 18, sparse_attn_core packed T=48 in chunks of 32: WHERE_TS of a [32, 16, 128] mask,
-# valid 32 rows after expand_clone, with an index_select of the view's ids, valid 16 rows).
-_KEEPS_VALID = {*BINARY, "or", "floordiv", "rem", "cmp", "select", *UNARY, *SCALAR, "cast", *ROW_REDUCE}
-_SAME_VALID = {*BINARY, "or", "floordiv", "rem", "cmp", "select"}  # all tensor operands in one calculator op
-
-
-def _ragged_mix(block) -> str | None:
-    """The first op of the IR that pypto 0.2.0 cannot run because its operands' valid shapes differ (see
-    _KEEPS_VALID), as `loc: message`; None if there is none. Read from the ops: a view's valid operands, each op's
-    kind."""
-    ragged: set = set()
-    chunk = ""
-    for op in block.walk():
-        if not op.name.startswith("tile."):
-            continue
-        kind = op.name.split(".", 1)[1]
-        if kind == "parallel":
-            chunk = f" ({_const(op.upper)} token rows in chunks of {op.rows.value.data})"
-        if kind == "view":  # a view without valid operands keeps its source's valid shape
-            if len(op.valid) or op.source in ragged:
-                ragged.update(op.results)
-            continue
-        if kind == "broadcast" and op.input in ragged:
-            return (f"{op_location(op)}: tile.broadcast of a ragged token chunk{chunk} has no pypto 0.2.0 lowering: "
-                    "expand_clone gives the full tile, its input keeps the chunk's runtime valid rows (EXPAND)")
-        tensors = [v for v in op.operands if isinstance(v.type, TensorType)
-                   and not (isinstance(v.owner, Operation) and v.owner.name == "tile.full" and _select_splat(v.owner))]
-        if kind in _SAME_VALID and any(v in ragged for v in tensors) and not all(v in ragged for v in tensors):
-            return (f"{op_location(op)}: tile.{kind} mixes a ragged token chunk's rows{chunk} with a full tile: pypto "
-                    "0.2.0 carries the chunk's runtime valid rows through views, elementwise ops and index_select "
-                    "but not through expand_clone/reshape/fills, and its SIM calculator needs equal valid shapes in one op (OpError)")
-        if (kind in _KEEPS_VALID and any(v in ragged for v in tensors)) or \
-                (kind == "gather_rows" and op.indices in ragged):
-            ragged.update(op.results)
-    return None
-
-
-def _in_place(op: Operation) -> bool:
-    """Does the IR state that this op's result is its first operand updated in place?"""
-    flag = op.attributes.get("in_place")
-    return flag is not None and flag.value.data != 0
-
-
-def _const(v: SSAValue):
-    op = v.owner
-    if isinstance(op, arith.ConstantOp):
-        return op.value.value.data
-    return None
-
-
-def _parallel_carried(v: SSAValue) -> bool:
-    """v is a tensor a tile.parallel carries (a block argument of its body): the loop already holds it in a
-    kernel parameter or a declared scratch tensor, so a nested loop given it (its only use) updates it in place,
-    as the interpreter does (no copy: a copy back after a nested pypto.loop is stale in pypto 0.2.0)."""
-    return (isinstance(v, BlockArgument) and v.index > 0 and isinstance(v.owner.parent_op(), Operation)
-            and v.owner.parent_op().name == "tile.parallel")
-
-
-def _assembles_into(v: SSAValue, dest: SSAValue) -> list | None:
-    """The ops writing v from dest, oldest first: tile.assembles and scf.fors (each carrying the tensor through
-    a chain of its own), each the only user of what it writes into; None if v is made otherwise."""
-    chain = []
-    while v is not dest:
-        op = v.owner
-        if isinstance(op, scf.ForOp):
-            body = op.body.block
-            if not (op.iter_args[v.index].has_one_use() and body.args[1 + v.index].has_one_use()
-                    and _assembles_into(body.last_op.operands[v.index], body.args[1 + v.index]) is not None):
-                return None
-            chain.append((op, v.index))
-            v = op.iter_args[v.index]
-        elif isinstance(op, Operation) and op.name == "tile.assemble" and op.dest.has_one_use():
-            chain.append((op, None))
-            v = op.dest
-        else:
-            return None
-    return chain[::-1]
-
-
-def _parallel_covers(par: Operation, j: int) -> bool:
-    """Does every iteration of `par` assemble a full row chunk into carried tensor j — one full-width tile, or
-    tiles at the chunk row and offsets that are constants or indices of nested scf.fors (constant bounds), which
-    partition the chunk — so that together they write every element (then its tile.full init is dead and the
-    output param can be carried instead)?"""
-    block = par.body.block
-    row, dest = block.args[0], block.args[1 + j]
-    chain = _assembles_into(block.last_op.operands[j], dest)
-    if not chain or not dest.has_one_use():
-        return False
-    rows, dshape = par.rows.value.data, shape_of(dest.type)
-    if _const(par.lower) != 0 or _const(par.upper) != dshape[0]:
-        return False
-    if len(chain) > 1 or chain[0][1] is not None:
-        return _tiles_partition(chain, row, rows, dshape)
-    asm = chain[0][0]
-    tshape = shape_of(asm.tile.type)
-    if tshape[0] != rows or tshape[1:] != dshape[1:]:
-        return False
-    if asm.offsets[0] is not row or any(_const(o) != 0 for o in asm.offsets[1:]):
-        return False
-    if not len(asm.valid):
-        return dshape[0] % rows == 0
-    if any(_const(v) != d for v, d in zip(asm.valid[1:], dshape[1:])):
-        return False
-    n = asm.valid[0].owner  # the ragged row count min(upper - row, rows)
-    if not isinstance(n, arith.MinSIOp):
-        return False
-    a, b = n.operands
-    sub = a.owner if _const(b) == rows else b.owner if _const(a) == rows else None
-    return isinstance(sub, arith.SubiOp) and _const(sub.lhs) == dshape[0] and sub.rhs is row
-
-
-def _written_in_parts(loop: Operation, j: int) -> bool:
-    """Does the loop write its carried tensor j in parts (pypto.assemble)? pypto 0.2.0's runtime then needs the
-    tensor to be a kernel parameter: a loop assembling into the result of an op (pypto.full, exp, clone, ...) is
-    never given its buffer ("Missing RUNTIME_SlotMarkNeedAlloc for assemble slot", F74007, then F7A008 item pool
-    index out of range and a double free; at larger sizes the simulator hangs), and a `pypto.tensor` declaration,
-    fine in time-only runs, crashes the verify runs of some programs (F76005 "Invalid slot index", SIGSEGV:
-    qkv_proj_rope, sparse_attn_core, indexer at tiny). So such a tensor is a scratch parameter of the kernel
-    (SCRATCH_NAMES; the harness passes zeros). A tile.parallel always assembles; an scf.for when its carried
-    block argument is an assemble's destination."""
-    if loop.name == "tile.parallel":
-        return True
-    arg = loop.body.block.args[1 + j]
-    return any(u.operation.name == "tile.assemble" and u.index == 1 for u in arg.uses)
-
-
-def _scratch_inits(block, out_inits: dict) -> set:
-    """tile.full inits (one use) of tile.parallel loops that write every element of them: declared, not filled."""
-    found = set()
-    for par in block.walk():
-        if par.name != "tile.parallel":
-            continue
-        for j, init in enumerate(par.inits):
-            if (isinstance(init.owner, Operation) and init.owner.name == "tile.full" and init.has_one_use()
-                    and init not in out_inits and _parallel_covers(par, j)):
-                found.add(init)
-    return found
-
-
-def _tiles_partition(chain, row, rows: int, dshape) -> bool:
-    """Whole tiles [rows, ...] at the chunk row and offsets (constants, or indices of the scf.fors of the chain,
-    whose bounds are constants: every iteration counted) that cover dest[1:] exactly once."""
-    if dshape[0] % rows:
-        return False
-    cover = np.zeros(dshape[1:], dtype=np.int32)
-
-    def place(chain, env: dict) -> bool:
-        for op, k in chain:
-            if k is not None:  # an scf.for: its body's chain once per iteration
-                lb, ub, step = (_const(b) for b in (op.lb, op.ub, op.step))
-                body = op.body.block
-                inner = _assembles_into(body.last_op.operands[k], body.args[1 + k])
-                if None in (lb, ub, step) or step <= 0 or not all(
-                        place(inner, {**env, body.args[0]: i}) for i in range(lb, ub, step)):
-                    return False
-                continue
-            tshape = shape_of(op.tile.type)
-            offs = [env.get(o, _const(o)) for o in op.offsets[1:]]
-            if len(op.valid) or op.offsets[0] is not row or tshape[0] != rows or None in offs:
-                return False
-            if any(o < 0 or o + t > d for o, t, d in zip(offs, tshape[1:], dshape[1:])):
-                return False
-            cover[tuple(slice(o, o + t) for o, t in zip(offs, tshape[1:]))] += 1
-        return True
-
-    return place(chain, {}) and bool((cover == 1).all())
-
-
-def _output_inits(ret: Operation, out_names: list) -> dict:
-    """tile.full inits of tile.parallel loops whose result is returned as-is and fully written: the output
-    param is carried instead of a scratch tensor (no copy; pypto 0.2.0 also drops `out[:] = carried`)."""
-    found = {}
-    for name, v in zip(out_names, ret.operands):
-        par = v.owner
-        if not (isinstance(par, Operation) and par.name == "tile.parallel") or not v.has_one_use():
-            continue
-        init = par.inits[v.index]
-        if init.owner.name == "tile.full" and init.has_one_use() and _parallel_covers(par, v.index):
-            found[init] = name
-    return found
-
-
 F32_LOWEST = -3.4028234663852886e38  # score of an entry top-k may not pick
-# readers that do not see a zero-padded view's padding as zeros: pypto concatenates the valid parts only (packed).
-# (A matmul reading such a view fails pypto's verify, FB200F, even after this reshape; the passes never make one.)
-_ZERO_FILL_READERS = ("tile.concat",)
 
 
-def _whole_of(v: SSAValue) -> SSAValue:
-    """The value whose whole buffer v is: through reshapes and views of all of their source (a view whose type is
-    its source's, no valid shape: at a runtime offset that can only be 0, e.g. the row of a one-trip batch loop)."""
-    while isinstance(v.owner, Operation):
-        op = v.owner
-        if op.name == "tile.view" and not len(op.valid) and op.result.type == op.source.type:
-            v = op.source
-        elif op.name == "tile.reshape":
-            v = op.input
-        else:
-            break
-    return v
-
-
-def _zero_padded_rows(v: SSAValue) -> bool:
-    """v is a zero-padded view whose padding is trailing rows only (its valid shape differs in dim 0 only)."""
-    view = v.owner
-    if not (isinstance(view, Operation) and view.name == "tile.view" and len(view.valid) and
-            view.pad.data == "zero"):
-        return False
-    return all(_const(w) == d for w, d in zip(list(view.valid)[1:], shape_of(v.type)[1:]))
-
-
-def _packs(concat: Operation) -> bool:
-    """A row concat (axis 0, rank 2) with a zero-padded piece: emitted as assembles into a scratch tensor."""
-    return (concat.axis.value.data == 0 and len(shape_of(concat.result.type)) == 2
-            and dtype_of(concat.result.type) != "i1" and any(_zero_padded_rows(v) for v in concat.inputs))
-
-
-def _gathers_prefix(gather: Operation) -> bool:
-    """A row-list gather read only through one zero-padded view of its leading rows that a packed concat
-    consumes: it gathers just the valid ids, where the view is (pypto 0.2.0's per-pass verifier cannot execute a
-    gather whose index has a runtime valid shape: FB200F at InferParamIndex / CodegenPreproc, outputs exact)."""
-    if gather.name != "tile.gather_rows" or len(shape_of(gather.indices.type)) != 1 or \
-            not gather.result.has_one_use():
-        return False
-    view = next(iter(gather.result.uses)).operation
-    return (view.name == "tile.view" and _zero_padded_rows(view.result)
-            and all(_const(o) == 0 for o in view.offsets)
-            and shape_of(view.result.type) == shape_of(gather.result.type)
-            and view.result.uses and all(u.operation.name == "tile.concat" and _packs(u.operation)
-                                         for u in view.result.uses))
+def legalized(module: ModuleOp) -> Operation:
+    """The entry function with pypto-legalize's facts: set by the pypto pipeline's last pass, else here (a module
+    compiled by another pipeline)."""
+    fn = entry_function(module)
+    if "pypto_legalized" not in fn.attributes:
+        legalize_function(fn)
+    return fn
 
 
 def in_place_outputs(fn: Operation) -> set[str]:
-    """Results the IR states are their parameter updated in place: a chain of `in_place` scatters from the
-    argument of the same name (update-in-place); the kernel has one in/out parameter for each."""
-    block = fn.body.block
-    args = dict(zip((a.data for a in fn.attributes["arg_names"].data), block.args))
-    found = set()
-    for name, v in zip((a.data for a in fn.attributes["result_names"].data), block.last_op.operands):
-        while name in args and v is not args[name] and isinstance(v.owner, Operation) and _in_place(v.owner):
-            v = v.owner.table
-        if name in args and v is args[name]:
-            found.add(name)
-    return found
+    """Results the IR states are their parameter updated in place (pypto-legalize's `in_out`, from the in_place
+    scatters update-in-place marks); the kernel has one in/out parameter for each."""
+    return {a.data for a in fn.attributes["in_out"].data} if "in_out" in fn.attributes else set()
 
 
 def program_output_names(arg_names: list[str], out_names: list[str], in_place: set[str] = frozenset()) -> list[str]:
@@ -978,22 +729,19 @@ def py_float(value: float) -> str:
 
 def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
     options = options or PyptoOptions()
-    fn = entry_function(module)
+    fn = legalized(module)
     arg_names = [identifier(a.data, "arg_names entry") for a in fn.attributes["arg_names"].data]
     out_names = program_output_names(arg_names, [identifier(a.data, "result_names entry")
                                                  for a in fn.attributes["result_names"].data], in_place_outputs(fn))
-    em = _Emitter(vec_budget=options.vec_tile_elems)
+    em = _Emitter(vec_budget=options.vec_tile_elems, out_names=out_names)
     block = fn.body.block
     for arg, name in zip(block.args, arg_names):
         em.names[arg] = name
         em.params.add(arg)
     ret = block.last_op
-    em.out_inits = _output_inits(ret, out_names)
-    em.scratch_inits = _scratch_inits(block, em.out_inits)
-    em.scalar_only = _scatter_id_ops(block)
-    mix = _ragged_mix(block)
-    if mix:  # refused here: the program would fail in pypto (OpError) after a successful compile
-        raise EmitError(f"{mix}; use a token count that is a multiple of the chunk rows (or at most one chunk)")
+    if "pypto_refusal" in fn.attributes:  # the program would fail in pypto (OpError) after a successful compile
+        raise EmitError(f"{fn.attributes['pypto_refusal'].data}; use a token count that is a multiple of the chunk "
+                        "rows (or at most one chunk)")
     for op in block.ops:
         em.op(op)
     params, dtypes, shapes = [], {}, {}

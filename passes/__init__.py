@@ -20,7 +20,7 @@ DEFAULT_PIPELINE = ("quantize-w8a8,fuse-rmsnorm,rope-selector-matmul,gather-keys
                     "tile-matmul{k=512},lower-to-tiles,canonicalize,cse,update-in-place")
 # pypto: wider KV tiles (as pypto-lib#486) and 32-row token chunks halve the simulated time at the flash shape
 PYPTO_PIPELINE = ("quantize-w8a8,fuse-rmsnorm,rope-selector-matmul,tile-softmax{kv-tile=128},parallelize-tokens{rows=32},"
-                  "schedule-attention,tile-matmul{k=512},lower-to-tiles,canonicalize,cse,update-in-place")
+                  "schedule-attention,tile-matmul{k=512},lower-to-tiles,canonicalize,cse,update-in-place,pypto-legalize")
 # PTO (ptoas 0.1.1): one token per kernel (rows=1, the token axis is dropped), 16-key tiles; then f16 and the
 # legalization of what 0.1.1 cannot express (host-side gathers, 0/1 masks instead of i1), then row chunks of the
 # loop bodies whose tiles would overflow UB/L1/L0
@@ -53,6 +53,7 @@ _PASS_MODULES = {
     "lower-to-tiles": "lower_to_tiles",
     "pto-dtype": "pto_dtype",
     "pto-legalize": "pto_legalize",
+    "pypto-legalize": "pypto_legalize",
     "pto-plan-memory": "pto_plan_memory",
     "update-in-place": "update_in_place",
 }
