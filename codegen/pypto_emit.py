@@ -4,7 +4,12 @@ SSA values become Python variables; `tile.parallel` and `scf.for` become `pypto.
 are updated in place (`x[:] = new`, `pypto.assemble`); index arithmetic becomes Python expressions on ints and
 pypto symbolic scalars. Every statement is preceded by the tile shape it needs (vector ops:
 `set_vec_tile_shapes` of the op's rank; matmuls: `set_cube_tile_shapes`) and followed by the DSL line it came
-from. The module skeleton is a jinja2 template; the output is deterministic."""
+from. The module skeleton is a jinja2 template; the output is deterministic.
+
+The emitter prints what the IR says: the facts that need an analysis of uses and producers (buffers, carried
+tensors, packed concats, prefix gathers, splats, scalar ids) are attributes set by the `pypto-legalize` pass
+(passes/pypto_legalize.py), and each tile op class has one rule in RULES; `_Emitter.op` walks the IR and the
+table (tests/test_pypto_legalize.py lists the IR queries the emitter makes)."""
 from __future__ import annotations
 
 import math
@@ -19,6 +24,7 @@ from attnc.codegen.escape import code_text, identifier
 from attnc.errors import AttncError
 from attnc.ir.common import LOC_ATTR, ints_of, op_location
 from attnc.ir.interpreter import entry_function
+from attnc.ir.tile_dialect import EXPAND_KINDS
 from attnc.ir.types import dtype_of, shape_of
 from attnc.passes.pypto_legalize import flag, legalize_function
 
@@ -247,182 +253,21 @@ class _Emitter:
             raise EmitError(f"{loc}: {name} has no pypto 0.2.0 lowering: only func/arith/scf/tile ops are emitted "
                             "(run lower-to-tiles first)")
         kind = name.split(".", 1)[1]
-        if kind == "scatter_rows":  # its ids are evaluated as scalars, not read as a tensor
-            return self._scatter_rows(op, [self.ref(op.table), self.ref(op.rows)], loc)
-        if kind == "view" and flag(op, "prefix"):
-            self.valid_rows[op.result] = self.ref(op.valid[0])
-            return self._gather_prefix(self.prefix_gathers[op.source], op.result, self.ref(op.valid[0]), loc)
+        rule = RULES.get(kind)
+        if rule is None:
+            raise EmitError(f"{loc}: tile.{kind} has no pypto 0.2.0 lowering: the emitter has no rule for it")
+        return rule(self, op, loc)
+
+    def operands(self, op: Operation):
+        """The op's operand expressions, its result, the result's pypto dtype and shape (None for a scalar)."""
         a = [self.ref(v) for v in op.operands]
         res = op.results[0] if op.results else None
         dt = PYPTO_DTYPE.get(dtype_of(res.type)) if res is not None and isinstance(res.type, TensorType) else None
         shape = list(shape_of(res.type)) if dt else None
-        if kind in BINARY:
-            return self.bind(res, f"{BINARY[kind]}({a[0]}, {a[1]})", loc)
-        if kind == "or":
-            return self.bind(res, f"pypto.logical_not(pypto.logical_and(pypto.logical_not({a[0]}), "
-                                  f"pypto.logical_not({a[1]})))", loc)
-        if kind in ("floordiv", "rem"):
-            # pypto 0.2.0 has no int32 division and its cost model no REM: floor division in f32 is exact
-            # for the index ranges we use (|a| < 2^22)
-            f32 = "pypto.DT_FP32"
-            af, bf, q = self.fresh("f"), self.fresh("f"), self.fresh("f")
-            self.set_tile(res)
-            self.emit(f"{af} = pypto.cast({a[0]}, {f32})")
-            self.emit(f"{bf} = pypto.cast({a[1]}, {f32})")
-            self.emit(f"{q} = pypto.floor(pypto.div({af}, {bf}))")
-            expr = q if kind == "floordiv" else f"pypto.sub({af}, pypto.mul({bf}, {q}))"
-            return self.bind(res, f"pypto.cast({expr}, pypto.DT_INT32, mode=pypto.CastMode.CAST_RINT)", loc)
-        if kind in UNARY:
-            return self.bind(res, f"{UNARY[kind]}({a[0]})", loc)
-        if kind == "cmp":
-            return self.bind(res, f"{CMP[op.predicate.data]}({a[0]}, {a[1]})", loc)
-        if kind == "select":
-            return self.bind(res, f"pypto.where({a[0]}, {a[1]}, {a[2]})", loc)
-        if kind == "cast" and dtype_of(res.type) == "i8":
-            return self._cast_to_i8(op, a[0], loc)
-        if kind == "cast":
-            return self.bind(res, f"pypto.cast({a[0]}, {dt}, mode={CAST_MODE[op.rounding.data]})", loc)
-        if kind in ("matmul", "matmul_acc"):
-            lhs, rhs = (op.lhs, op.rhs)
-            sa, sb = shape_of(lhs.type), shape_of(rhs.type)
-            trans = bool(op.transpose_b.value.data)
-            self.emit(cube_tile(sa[-2], sa[-1], sb[-2] if trans else sb[-1], 1 if dtype_of(lhs.type) == "i8" else 2))
-            out_dt = "pypto.DT_FP32" if kind == "matmul_acc" else dt
-            lhs_ref = self.ref(lhs)
-            if len(sa) > 2 and len(sb) == 2:  # pypto wants equal ranks: fold the batch dims into rows
-                flat = self.fresh("a")
-                self.set_tile(lhs)
-                self.emit(f"{flat} = pypto.reshape({lhs_ref}, [{math.prod(sa[:-1])}, {sa[-1]}])")
-                n = sb[-2] if trans else sb[-1]
-                mm2 = self.fresh("mm")
-                self.emit(f"{mm2} = pypto.matmul({flat}, {self.ref(rhs)}, {out_dt}, b_trans={trans})")
-                self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of([math.prod(sa[:-1]), n], 'f32')})")
-                self.emit(f"{mm2} = pypto.reshape({mm2}, {[*sa[:-1], n]})")
-                mm = mm2
-            else:
-                mm = f"pypto.matmul({lhs_ref}, {self.ref(rhs)}, {out_dt}, b_trans={trans})"
-            if kind == "matmul_acc":
-                tmp = self.fresh("mm")
-                self.emit(f"{tmp} = {mm}  # {loc}")
-                return self.bind(res, f"pypto.add({a[0]}, {tmp})", loc)
-            return self.bind(res, mm, loc)
-        if kind in ROW_REDUCE:  # the reduction is tiled over its input
-            return self.bind(res, f"{ROW_REDUCE[kind]}({a[0]}, -1, True)", loc, tile_of=op.input)
-        if kind.startswith(("row_expand_", "col_expand_")):
-            return self.bind(res, f"{BINARY[kind.split('_', 2)[2]]}({a[0]}, {a[1]})", loc)
-        if kind in SCALAR:
-            return self.bind(res, f"{SCALAR[kind]}({a[0]}, {py_float(op.scalar.value.data)})", loc)
-        if kind == "broadcast":
-            return self.bind(res, self._expand(a[0], list(shape_of(op.input.type)), shape, dtype_of(res.type)), loc)
-        if kind == "reshape":  # pypto tiles a reshape by its input
-            # a kernel parameter's buffer (an input, or a table updated in place) is reshaped in place: a view, no
-            # copy -- a copy is one task per tile, and a data-dependent gather from it then waits on every one of
-            # them (pypto 0.2.0 links each gather task to each copy task: 2048 x 2048 links for the indexer's
-            # idx_cmp at B=64, more than the runtime's stitch pool holds, F74001 "Slab alloc null, type=9")
-            inplace = ", inplace=True" if a[0] in {self.names[p] for p in self.params} else ""
-            self.base[res] = self.whole_of(op.input)
-            self.bind(res, f"pypto.reshape({a[0]}, {shape}{inplace})", loc, tile_of=op.input)
-            return self._materialize_unpadded(op, res)
-        if kind == "transpose":
-            perm = ints_of(op.perm)
-            moved = [i for i, p in enumerate(perm) if p != i]
-            if len(moved) != 2:
-                raise EmitError(f"{loc}: tile.transpose has no pypto 0.2.0 lowering: perm {list(perm)} is not a "
-                                "single swap (pypto.transpose swaps two dims)")
-            return self.bind(res, f"pypto.transpose({a[0]}, {moved[0]}, {moved[1]})", loc)
-        if kind == "concat":
-            if dtype_of(res.type) == "i1":  # pypto 0.2.0 cannot concat bool tensors: go through f32
-                ints = []
-                for v, ref in zip(op.inputs, a):
-                    tmp = self.fresh("b")
-                    self.set_tile(v)
-                    self.emit(f"{tmp} = pypto.where({ref}, 1.0, 0.0)")
-                    ints.append(tmp)
-                joined = self.fresh("b")
-                self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of(shape, 'i32')})")
-                self.emit(f"{joined} = pypto.concat([{', '.join(ints)}], {op.axis.value.data})")
-                return self.bind(res, f"pypto.eq({joined}, 1.0)", loc)
-            if flag(op, "packed"):
-                return self._packed_concat(op, res, loc)
-            return self.bind(res, f"pypto.concat([{', '.join(a)}], {op.axis.value.data})", loc)
-        if kind == "gather_rows":
-            if flag(op, "prefix"):  # emitted where its zero-padded view is, with the valid ids only
-                self.prefix_gathers[res] = op
-                return
-            # a row list gathers in tiles as large as UB holds (a gather task costs the scheduler more than its
-            # copy: CSA core 349.8 -> 308.5 us with 128 of 512 picked rows per tile, 256 rows overflow UB); with
-            # a multi-dim index, tiles above GATHER_TILE_ELEMS fail pypto 0.2.0's verifier (FB200F: the m=128
-            # compressor's [1, 64, 256] tile of a [2, 128, 256] gather at tiny)
-            return self.bind(res, f"pypto.index_select({a[0]}, 0, {a[1]})", loc, budget=self._gather_budget(res))
-        if kind == "topk":
-            return self._topk(op, a, shape, loc)
-        if kind == "iota":
-            axis = op.axis.value.data
-            view_shape = [d if i == axis else 1 for i, d in enumerate(shape)]
-            ramp = self.fresh("i")  # each statement runs under a tile of its own rank
-            self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of([shape[axis]], 'i32')})")
-            self.emit(f"{ramp} = pypto.cast(pypto.arange({shape[axis]}), pypto.DT_INT32)")
-            self.emit(f"{ramp} = pypto.reshape({ramp}, {view_shape})")
-            return self.bind(res, self._expand(ramp, view_shape, shape, "i32"), loc)
-        if kind == "full":
-            buffer = op.attributes.get("buffer")
-            if buffer is not None and buffer.data == "output":  # the parallel writes every element: carry the param
-                self.names[res] = self.out_names[op.attributes["output"].value.data]
-                return
-            if buffer is not None and buffer.data == "scratch":  # the parallel writes every element: value dead
-                return self._declare(res)
-            value = op.value.value.data
-            if flag(op, "splat"):  # pypto.where takes the number itself: no tensor filled per use
-                self.names[res] = py_float(value)
-                return
-            if dtype_of(res.type) == "i1":  # pypto 0.2.0 codegen cannot splat bool: compare an f32 splat
-                return self.bind(res, f"pypto.eq(pypto.full({shape}, {float(value != 0)!r}, pypto.DT_FP32), 1.0)", loc)
-            value = repr(int(value)) if dtype_of(res.type) in ("i32", "i8") else py_float(value)
-            return self.bind(res, f"pypto.full({shape}, {value}, {dt})", loc)
-        if kind == "view":
-            n = len(op.offsets)
-            if not len(op.valid) and op.result.type == op.source.type:
-                self.base[res] = self.whole_of(op.source)
-            whole = (not len(op.valid) and all(v in self.consts and self.consts[v] == 0 for v in op.offsets)
-                     and shape_of(op.source.type) == tuple(shape))
-            if whole:  # a view of all of a tensor is the tensor
-                self.names[res] = a[0]
-                return
-            offs, valid = a[1:1 + n], a[1 + n:]
-            extra = f", valid_shape=[{', '.join(valid)}]" if valid else ""
-            self.bind(res, f"pypto.view({a[0]}, {shape}, [{', '.join(offs)}]{extra})", loc)
-            if valid:
-                self.valid_rows[res] = valid[0]
-            if flag(op, "zero_fill"):  # give the tile its zero padding first (pypto-legalize)
-                self.emit(f"{self.names[res]} = pypto.reshape({self.names[res]}, {shape}, valid_shape={shape})")
-            if flag(op, "clone"):
-                # pypto 0.2.0 mis-sizes the raw tensor of a rank-3 view read straight by a batched matmul
-                # ("Shape size mismatch" at codegen) and fails to simulate some other readers of it; a clone gives
-                # the tile its own buffer (a reshape makes one anyway)
-                self.emit(f"{self.names[res]} = pypto.clone({self.names[res]})")
-            return
-        if kind == "assemble":
-            n = len(op.offsets)
-            offs, valid = a[2:2 + n], a[2 + n:]
-            self.set_tile(op.tile)
-            tile = a[0]
-            if valid:  # write only the valid part: pypto does not carry valid shapes through every op
-                tile = self.fresh("v")
-                zeros = ", ".join("0" for _ in range(n))
-                self.emit(f"{tile} = pypto.view({a[0]}, {list(shape_of(op.tile.type))}, [{zeros}], "
-                          f"valid_shape=[{', '.join(valid)}])")
-            self.emit(f"pypto.assemble({tile}, [{', '.join(offs)}], {a[1]})  # {loc}")
-            self.names[res] = a[1]  # in place: the destination is dead after this op
-            return
-        if kind == "read":
-            if op.source not in self.params:  # pypto 0.2.0 fails at run time (GetTensorData, F3FFFF)
-                raise EmitError(f"{loc}: tile.read of a computed tensor has no pypto 0.2.0 lowering: pypto reads "
-                                "scalars only from kernel parameters")
-            return self._scalar(res, f"{a[0]}[{', '.join(a[1:])}]")
-        raise EmitError(f"{loc}: tile.{kind} has no pypto 0.2.0 lowering: the emitter has no rule for it")
+        return a, res, dt, shape
 
     def _packed_concat(self, op, res, loc):
-        """A row concat with zero-padded pieces (see _packs): each piece is assembled into one scratch tensor
+        """A row concat with zero-padded pieces (pypto-legalize `packed`): each piece is assembled into one scratch tensor
         at its row offset, a zero-padded piece as its valid rows plus, only when it has padding, a zero block
         below them. A gather feeding a piece writes straight into the scratch (no copy task per piece, which a
         pypto.concat costs: CSA core 308.5 -> 263.7 us)."""
@@ -522,7 +367,7 @@ class _Emitter:
 
     def _declare(self, v: SSAValue | None, like: SSAValue | None = None) -> str:
         """A scratch parameter of v's type (or `like`'s), no value written, bound to v if given: see
-        _written_in_parts. (Its name is a temporary's, which no kernel parameter may take.)"""
+        the `carry` fact of pypto-legalize. (Its name is a temporary's, which no kernel parameter may take.)"""
         name = self.fresh("ws")
         if v is not None:
             self.names[v] = name
@@ -531,7 +376,7 @@ class _Emitter:
         return name
 
     def _declared_copy(self, v: SSAValue, loc: str | None) -> str:
-        """A scratch parameter holding a copy of v, for a loop to write in parts (see _written_in_parts)."""
+        """A scratch parameter holding a copy of v, for a loop to write in parts (pypto-legalize `carry = "copy"`)."""
         name = self._declare(None, v)
         self.set_tile(v)
         self.emit(f"pypto.assemble({self.ref(v)}, [{', '.join('0' for _ in shape_of(v.type))}], {name})"
@@ -597,6 +442,287 @@ class _Emitter:
         self.depth -= 1
         for r, name in zip(results, carried):
             self.names[r] = name
+
+
+# ---------------------------------------------------------------------------------------------- rules
+# One rule per tile op class: RULES[kind](emitter, op, operand refs, result, pypto dtype, result shape, location),
+# as xDSL's printers and MLIR's conversion patterns are registered; _Emitter.op walks the IR and looks them up.
+RULES: dict = {}
+
+
+def _rule(*kinds):
+    def register(fn):
+        for kind in kinds:
+            RULES[kind] = fn
+        return fn
+    return register
+
+
+@_rule(*BINARY)
+def _print_binary(self: _Emitter, op: Operation, loc: str | None):
+    kind = op.name.split(".", 1)[1]
+    a, res, dt, shape = self.operands(op)
+    return self.bind(res, f"{BINARY[kind]}({a[0]}, {a[1]})", loc)
+
+
+@_rule("or")
+def _print_or(self: _Emitter, op: Operation, loc: str | None):
+    a, res, dt, shape = self.operands(op)
+    return self.bind(res, f"pypto.logical_not(pypto.logical_and(pypto.logical_not({a[0]}), "
+                          f"pypto.logical_not({a[1]})))", loc)
+
+
+@_rule("floordiv", "rem")
+def _print_int_division(self: _Emitter, op: Operation, loc: str | None):
+    kind = op.name.split(".", 1)[1]
+    a, res, dt, shape = self.operands(op)
+    # pypto 0.2.0 has no int32 division and its cost model no REM: floor division in f32 is exact
+    # for the index ranges we use (|a| < 2^22)
+    f32 = "pypto.DT_FP32"
+    af, bf, q = self.fresh("f"), self.fresh("f"), self.fresh("f")
+    self.set_tile(res)
+    self.emit(f"{af} = pypto.cast({a[0]}, {f32})")
+    self.emit(f"{bf} = pypto.cast({a[1]}, {f32})")
+    self.emit(f"{q} = pypto.floor(pypto.div({af}, {bf}))")
+    expr = q if kind == "floordiv" else f"pypto.sub({af}, pypto.mul({bf}, {q}))"
+    return self.bind(res, f"pypto.cast({expr}, pypto.DT_INT32, mode=pypto.CastMode.CAST_RINT)", loc)
+
+
+@_rule(*UNARY)
+def _print_unary(self: _Emitter, op: Operation, loc: str | None):
+    kind = op.name.split(".", 1)[1]
+    a, res, dt, shape = self.operands(op)
+    return self.bind(res, f"{UNARY[kind]}({a[0]})", loc)
+
+
+@_rule("cmp")
+def _print_cmp(self: _Emitter, op: Operation, loc: str | None):
+    a, res, dt, shape = self.operands(op)
+    return self.bind(res, f"{CMP[op.predicate.data]}({a[0]}, {a[1]})", loc)
+
+
+@_rule("select")
+def _print_select(self: _Emitter, op: Operation, loc: str | None):
+    a, res, dt, shape = self.operands(op)
+    return self.bind(res, f"pypto.where({a[0]}, {a[1]}, {a[2]})", loc)
+
+
+@_rule("cast")
+def _print_cast(self: _Emitter, op: Operation, loc: str | None):
+    a, res, dt, shape = self.operands(op)
+    if dtype_of(res.type) == "i8":
+        return self._cast_to_i8(op, a[0], loc)
+    return self.bind(res, f"pypto.cast({a[0]}, {dt}, mode={CAST_MODE[op.rounding.data]})", loc)
+
+
+@_rule("matmul", "matmul_acc")
+def _print_matmul(self: _Emitter, op: Operation, loc: str | None):
+    kind = op.name.split(".", 1)[1]
+    a, res, dt, shape = self.operands(op)
+    lhs, rhs = (op.lhs, op.rhs)
+    sa, sb = shape_of(lhs.type), shape_of(rhs.type)
+    trans = bool(op.transpose_b.value.data)
+    self.emit(cube_tile(sa[-2], sa[-1], sb[-2] if trans else sb[-1], 1 if dtype_of(lhs.type) == "i8" else 2))
+    out_dt = "pypto.DT_FP32" if kind == "matmul_acc" else dt
+    lhs_ref = self.ref(lhs)
+    if len(sa) > 2 and len(sb) == 2:  # pypto wants equal ranks: fold the batch dims into rows
+        flat = self.fresh("a")
+        self.set_tile(lhs)
+        self.emit(f"{flat} = pypto.reshape({lhs_ref}, [{math.prod(sa[:-1])}, {sa[-1]}])")
+        n = sb[-2] if trans else sb[-1]
+        mm2 = self.fresh("mm")
+        self.emit(f"{mm2} = pypto.matmul({flat}, {self.ref(rhs)}, {out_dt}, b_trans={trans})")
+        self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of([math.prod(sa[:-1]), n], 'f32')})")
+        self.emit(f"{mm2} = pypto.reshape({mm2}, {[*sa[:-1], n]})")
+        mm = mm2
+    else:
+        mm = f"pypto.matmul({lhs_ref}, {self.ref(rhs)}, {out_dt}, b_trans={trans})"
+    if kind == "matmul_acc":
+        tmp = self.fresh("mm")
+        self.emit(f"{tmp} = {mm}  # {loc}")
+        return self.bind(res, f"pypto.add({a[0]}, {tmp})", loc)
+    return self.bind(res, mm, loc)
+
+
+@_rule(*ROW_REDUCE)
+def _print_row_reduce(self: _Emitter, op: Operation, loc: str | None):  # the reduction is tiled over its input
+    kind = op.name.split(".", 1)[1]
+    a, res, dt, shape = self.operands(op)
+    return self.bind(res, f"{ROW_REDUCE[kind]}({a[0]}, -1, True)", loc, tile_of=op.input)
+
+
+@_rule(*(f"{d}_expand_{k}" for d in ("row", "col") for k in EXPAND_KINDS))
+def _print_expand(self: _Emitter, op: Operation, loc: str | None):
+    kind = op.name.split(".", 1)[1]
+    a, res, dt, shape = self.operands(op)
+    return self.bind(res, f"{BINARY[kind.split('_', 2)[2]]}({a[0]}, {a[1]})", loc)
+
+
+@_rule(*SCALAR)
+def _print_scalar(self: _Emitter, op: Operation, loc: str | None):
+    kind = op.name.split(".", 1)[1]
+    a, res, dt, shape = self.operands(op)
+    return self.bind(res, f"{SCALAR[kind]}({a[0]}, {py_float(op.scalar.value.data)})", loc)
+
+
+@_rule("broadcast")
+def _print_broadcast(self: _Emitter, op: Operation, loc: str | None):
+    a, res, dt, shape = self.operands(op)
+    return self.bind(res, self._expand(a[0], list(shape_of(op.input.type)), shape, dtype_of(res.type)), loc)
+
+
+@_rule("reshape")
+def _print_reshape(self: _Emitter, op: Operation, loc: str | None):  # pypto tiles a reshape by its input
+    a, res, dt, shape = self.operands(op)
+    # a kernel parameter's buffer (an input, or a table updated in place) is reshaped in place: a view, no
+    # copy -- a copy is one task per tile, and a data-dependent gather from it then waits on every one of
+    # them (pypto 0.2.0 links each gather task to each copy task: 2048 x 2048 links for the indexer's
+    # idx_cmp at B=64, more than the runtime's stitch pool holds, F74001 "Slab alloc null, type=9")
+    inplace = ", inplace=True" if a[0] in {self.names[p] for p in self.params} else ""
+    self.base[res] = self.whole_of(op.input)
+    self.bind(res, f"pypto.reshape({a[0]}, {shape}{inplace})", loc, tile_of=op.input)
+    return self._materialize_unpadded(op, res)
+
+
+@_rule("transpose")
+def _print_transpose(self: _Emitter, op: Operation, loc: str | None):
+    a, res, dt, shape = self.operands(op)
+    perm = ints_of(op.perm)
+    moved = [i for i, p in enumerate(perm) if p != i]
+    if len(moved) != 2:
+        raise EmitError(f"{loc}: tile.transpose has no pypto 0.2.0 lowering: perm {list(perm)} is not a "
+                        "single swap (pypto.transpose swaps two dims)")
+    return self.bind(res, f"pypto.transpose({a[0]}, {moved[0]}, {moved[1]})", loc)
+
+
+@_rule("concat")
+def _print_concat(self: _Emitter, op: Operation, loc: str | None):
+    a, res, dt, shape = self.operands(op)
+    if dtype_of(res.type) == "i1":  # pypto 0.2.0 cannot concat bool tensors: go through f32
+        ints = []
+        for v, ref in zip(op.inputs, a):
+            tmp = self.fresh("b")
+            self.set_tile(v)
+            self.emit(f"{tmp} = pypto.where({ref}, 1.0, 0.0)")
+            ints.append(tmp)
+        joined = self.fresh("b")
+        self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of(shape, 'i32')})")
+        self.emit(f"{joined} = pypto.concat([{', '.join(ints)}], {op.axis.value.data})")
+        return self.bind(res, f"pypto.eq({joined}, 1.0)", loc)
+    if flag(op, "packed"):
+        return self._packed_concat(op, res, loc)
+    return self.bind(res, f"pypto.concat([{', '.join(a)}], {op.axis.value.data})", loc)
+
+
+@_rule("gather_rows")
+def _print_gather_rows(self: _Emitter, op: Operation, loc: str | None):
+    a, res, dt, shape = self.operands(op)
+    if flag(op, "prefix"):  # emitted where its zero-padded view is, with the valid ids only
+        self.prefix_gathers[res] = op
+        return
+    # a row list gathers in tiles as large as UB holds (a gather task costs the scheduler more than its
+    # copy: CSA core 349.8 -> 308.5 us with 128 of 512 picked rows per tile, 256 rows overflow UB); with
+    # a multi-dim index, tiles above GATHER_TILE_ELEMS fail pypto 0.2.0's verifier (FB200F: the m=128
+    # compressor's [1, 64, 256] tile of a [2, 128, 256] gather at tiny)
+    return self.bind(res, f"pypto.index_select({a[0]}, 0, {a[1]})", loc, budget=self._gather_budget(res))
+
+
+@_rule("topk")
+def _print_topk(self: _Emitter, op: Operation, loc: str | None):
+    a, res, dt, shape = self.operands(op)
+    return self._topk(op, a, shape, loc)
+
+
+@_rule("iota")
+def _print_iota(self: _Emitter, op: Operation, loc: str | None):
+    a, res, dt, shape = self.operands(op)
+    axis = op.axis.value.data
+    view_shape = [d if i == axis else 1 for i, d in enumerate(shape)]
+    ramp = self.fresh("i")  # each statement runs under a tile of its own rank
+    self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of([shape[axis]], 'i32')})")
+    self.emit(f"{ramp} = pypto.cast(pypto.arange({shape[axis]}), pypto.DT_INT32)")
+    self.emit(f"{ramp} = pypto.reshape({ramp}, {view_shape})")
+    return self.bind(res, self._expand(ramp, view_shape, shape, "i32"), loc)
+
+
+@_rule("full")
+def _print_full(self: _Emitter, op: Operation, loc: str | None):
+    a, res, dt, shape = self.operands(op)
+    buffer = op.attributes.get("buffer")
+    if buffer is not None and buffer.data == "output":  # the parallel writes every element: carry the param
+        self.names[res] = self.out_names[op.attributes["output"].value.data]
+        return
+    if buffer is not None and buffer.data == "scratch":  # the parallel writes every element: value dead
+        return self._declare(res)
+    value = op.value.value.data
+    if flag(op, "splat"):  # pypto.where takes the number itself: no tensor filled per use
+        self.names[res] = py_float(value)
+        return
+    if dtype_of(res.type) == "i1":  # pypto 0.2.0 codegen cannot splat bool: compare an f32 splat
+        return self.bind(res, f"pypto.eq(pypto.full({shape}, {float(value != 0)!r}, pypto.DT_FP32), 1.0)", loc)
+    value = repr(int(value)) if dtype_of(res.type) in ("i32", "i8") else py_float(value)
+    return self.bind(res, f"pypto.full({shape}, {value}, {dt})", loc)
+
+
+@_rule("scatter_rows")
+def _print_scatter_rows(self: _Emitter, op: Operation, loc: str | None):
+    # its ids are evaluated as scalars, not read as a tensor
+    return self._scatter_rows(op, [self.ref(op.table), self.ref(op.rows)], loc)
+
+
+@_rule("view")
+def _print_view(self: _Emitter, op: Operation, loc: str | None):
+    if flag(op, "prefix"):  # the gather of the valid ids only (pypto-legalize), here
+        self.valid_rows[op.result] = self.ref(op.valid[0])
+        return self._gather_prefix(self.prefix_gathers[op.source], op.result, self.ref(op.valid[0]), loc)
+    a, res, dt, shape = self.operands(op)
+    n = len(op.offsets)
+    if not len(op.valid) and op.result.type == op.source.type:
+        self.base[res] = self.whole_of(op.source)
+    whole = (not len(op.valid) and all(v in self.consts and self.consts[v] == 0 for v in op.offsets)
+             and shape_of(op.source.type) == tuple(shape))
+    if whole:  # a view of all of a tensor is the tensor
+        self.names[res] = a[0]
+        return
+    offs, valid = a[1:1 + n], a[1 + n:]
+    extra = f", valid_shape=[{', '.join(valid)}]" if valid else ""
+    self.bind(res, f"pypto.view({a[0]}, {shape}, [{', '.join(offs)}]{extra})", loc)
+    if valid:
+        self.valid_rows[res] = valid[0]
+    if flag(op, "zero_fill"):  # give the tile its zero padding first (pypto-legalize)
+        self.emit(f"{self.names[res]} = pypto.reshape({self.names[res]}, {shape}, valid_shape={shape})")
+    if flag(op, "clone"):
+        # pypto 0.2.0 mis-sizes the raw tensor of a rank-3 view read straight by a batched matmul
+        # ("Shape size mismatch" at codegen) and fails to simulate some other readers of it; a clone gives
+        # the tile its own buffer (a reshape makes one anyway)
+        self.emit(f"{self.names[res]} = pypto.clone({self.names[res]})")
+    return
+
+
+@_rule("assemble")
+def _print_assemble(self: _Emitter, op: Operation, loc: str | None):
+    a, res, dt, shape = self.operands(op)
+    n = len(op.offsets)
+    offs, valid = a[2:2 + n], a[2 + n:]
+    self.set_tile(op.tile)
+    tile = a[0]
+    if valid:  # write only the valid part: pypto does not carry valid shapes through every op
+        tile = self.fresh("v")
+        zeros = ", ".join("0" for _ in range(n))
+        self.emit(f"{tile} = pypto.view({a[0]}, {list(shape_of(op.tile.type))}, [{zeros}], "
+                  f"valid_shape=[{', '.join(valid)}])")
+    self.emit(f"pypto.assemble({tile}, [{', '.join(offs)}], {a[1]})  # {loc}")
+    self.names[res] = a[1]  # in place: the destination is dead after this op
+    return
+
+
+@_rule("read")
+def _print_read(self: _Emitter, op: Operation, loc: str | None):
+    a, res, dt, shape = self.operands(op)
+    if op.source not in self.params:  # pypto 0.2.0 fails at run time (GetTensorData, F3FFFF)
+        raise EmitError(f"{loc}: tile.read of a computed tensor has no pypto 0.2.0 lowering: pypto reads "
+                        "scalars only from kernel parameters")
+    return self._scalar(res, f"{a[0]}[{', '.join(a[1:])}]")
 
 
 class _ScalarIds:
@@ -758,7 +884,7 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
         # pypto 0.2.0 may leave the output untouched for `out[:] = t` (seen for loop-carried and assembled
         # tensors, arguments and index_select results): always store a clone
         em.emit(f"{name}[:] = pypto.clone({ref})")
-    for name, shape, dtype in em.scratch:  # after the outputs: scratch parameters (see _written_in_parts)
+    for name, shape, dtype in em.scratch:  # after the outputs: scratch parameters (pypto-legalize `carry`)
         params.append(f"{name}: pypto.Tensor({shape}, {PYPTO_DTYPE[dtype]})")
         dtypes[name], shapes[name] = dtype, shape
     return _TEMPLATE.get_template("pypto_kernel.py.j2").render(
