@@ -458,18 +458,25 @@ def _rule(*kinds):
     return register
 
 
-@_rule(*BINARY)
-def _print_binary(self: _Emitter, op: Operation, loc: str | None):
-    kind = op.name.split(".", 1)[1]
-    a, res, dt, shape = self.operands(op)
-    return self.bind(res, f"{BINARY[kind]}({a[0]}, {a[1]})", loc)
+def _simple(kinds, expr, tile_of_input: bool = False):
+    """A rule binding the result to one pypto call: expr(kind, operand refs, op) -> its text."""
+    def rule(self: _Emitter, op: Operation, loc: str | None):
+        a, res, _, _ = self.operands(op)
+        return self.bind(res, expr(op.name.split(".", 1)[1], a, op), loc,
+                         tile_of=op.input if tile_of_input else None)  # a reduction is tiled over its input
+    _rule(*kinds)(rule)
 
 
-@_rule("or")
-def _print_or(self: _Emitter, op: Operation, loc: str | None):
-    a, res, dt, shape = self.operands(op)
-    return self.bind(res, f"pypto.logical_not(pypto.logical_and(pypto.logical_not({a[0]}), "
-                          f"pypto.logical_not({a[1]})))", loc)
+_simple(BINARY, lambda kind, a, op: f"{BINARY[kind]}({a[0]}, {a[1]})")
+_simple(["or"], lambda kind, a, op: f"pypto.logical_not(pypto.logical_and(pypto.logical_not({a[0]}), "
+                                    f"pypto.logical_not({a[1]})))")
+_simple(UNARY, lambda kind, a, op: f"{UNARY[kind]}({a[0]})")
+_simple(["cmp"], lambda kind, a, op: f"{CMP[op.predicate.data]}({a[0]}, {a[1]})")
+_simple(["select"], lambda kind, a, op: f"pypto.where({a[0]}, {a[1]}, {a[2]})")
+_simple(ROW_REDUCE, lambda kind, a, op: f"{ROW_REDUCE[kind]}({a[0]}, -1, True)", tile_of_input=True)
+_simple([f"{d}_expand_{k}" for d in ("row", "col") for k in EXPAND_KINDS],
+        lambda kind, a, op: f"{BINARY[kind.split('_', 2)[2]]}({a[0]}, {a[1]})")
+_simple(SCALAR, lambda kind, a, op: f"{SCALAR[kind]}({a[0]}, {py_float(op.scalar.value.data)})")
 
 
 @_rule("floordiv", "rem")
@@ -486,25 +493,6 @@ def _print_int_division(self: _Emitter, op: Operation, loc: str | None):
     self.emit(f"{q} = pypto.floor(pypto.div({af}, {bf}))")
     expr = q if kind == "floordiv" else f"pypto.sub({af}, pypto.mul({bf}, {q}))"
     return self.bind(res, f"pypto.cast({expr}, pypto.DT_INT32, mode=pypto.CastMode.CAST_RINT)", loc)
-
-
-@_rule(*UNARY)
-def _print_unary(self: _Emitter, op: Operation, loc: str | None):
-    kind = op.name.split(".", 1)[1]
-    a, res, dt, shape = self.operands(op)
-    return self.bind(res, f"{UNARY[kind]}({a[0]})", loc)
-
-
-@_rule("cmp")
-def _print_cmp(self: _Emitter, op: Operation, loc: str | None):
-    a, res, dt, shape = self.operands(op)
-    return self.bind(res, f"{CMP[op.predicate.data]}({a[0]}, {a[1]})", loc)
-
-
-@_rule("select")
-def _print_select(self: _Emitter, op: Operation, loc: str | None):
-    a, res, dt, shape = self.operands(op)
-    return self.bind(res, f"pypto.where({a[0]}, {a[1]}, {a[2]})", loc)
 
 
 @_rule("cast")
@@ -542,27 +530,6 @@ def _print_matmul(self: _Emitter, op: Operation, loc: str | None):
         self.emit(f"{tmp} = {mm}  # {loc}")
         return self.bind(res, f"pypto.add({a[0]}, {tmp})", loc)
     return self.bind(res, mm, loc)
-
-
-@_rule(*ROW_REDUCE)
-def _print_row_reduce(self: _Emitter, op: Operation, loc: str | None):  # the reduction is tiled over its input
-    kind = op.name.split(".", 1)[1]
-    a, res, dt, shape = self.operands(op)
-    return self.bind(res, f"{ROW_REDUCE[kind]}({a[0]}, -1, True)", loc, tile_of=op.input)
-
-
-@_rule(*(f"{d}_expand_{k}" for d in ("row", "col") for k in EXPAND_KINDS))
-def _print_expand(self: _Emitter, op: Operation, loc: str | None):
-    kind = op.name.split(".", 1)[1]
-    a, res, dt, shape = self.operands(op)
-    return self.bind(res, f"{BINARY[kind.split('_', 2)[2]]}({a[0]}, {a[1]})", loc)
-
-
-@_rule(*SCALAR)
-def _print_scalar(self: _Emitter, op: Operation, loc: str | None):
-    kind = op.name.split(".", 1)[1]
-    a, res, dt, shape = self.operands(op)
-    return self.bind(res, f"{SCALAR[kind]}({a[0]}, {py_float(op.scalar.value.data)})", loc)
 
 
 @_rule("broadcast")
