@@ -92,6 +92,8 @@ def _make(name: str, body: dict, base=AttncOp) -> type[IRDLOperation]:
     from xdsl.traits import Pure
 
     body.setdefault("traits", traits_def(Pure()))  # value semantics: CSE/DCE may fold and drop them
+    if name.startswith("tile."):  # the facts pypto-legalize states on tile ops have a fixed form
+        body["verify_"] = _with_fact_checks(body.get("verify_"))
     cls_name = "".join(p.capitalize() for p in name.replace(".", "_").split("_")) + "Op"
     if "assembly_format" not in body and not any(k for k, v in body.items() if _is_region_def(v)):
         # readable custom form, `attn.cmp %a, %b {predicate = "ge"} : (tensor<..>, tensor<..>) -> tensor<..>`
@@ -111,6 +113,46 @@ def _make(name: str, body: dict, base=AttncOp) -> type[IRDLOperation]:
     cls = type(cls_name, (base,), {"name": name, **body})
     cls.__module__ = __name__
     return irdl_op_definition(cls)
+
+
+def _with_fact_checks(verify):
+    def verify_(self):
+        if verify is not None:
+            verify(self)
+        pypto_facts_verify(self)
+
+    return verify_
+
+
+_FACT_FLAGS = ("splat", "packed", "zero_fill", "clone", "prefix", "scalar_ids")
+
+
+def pypto_facts_verify(op) -> None:
+    """The form of pypto-legalize's facts on a tile op (codegen/pypto/legalize.py): bool flags on the ops they
+    describe; `buffer` on a tile.full (`output` = its result index); `padded` one bool per concat input;
+    `carry` one of same/copy/scratch per carried tensor."""
+    attrs = op.attributes
+    for name in _FACT_FLAGS:
+        if name in attrs:
+            op.expect(isinstance(attrs[name], IntegerAttr) and attrs[name].type == i1, f"{name} must be a bool")
+    kind = op.name.split(".", 1)[1]
+    if "buffer" in attrs:
+        buffer = attrs["buffer"]
+        op.expect(kind == "full" and isinstance(buffer, StringAttr) and buffer.data in ("output", "scratch"),
+                  "buffer must be \"output\" or \"scratch\", on a tile.full")
+        op.expect((buffer.data == "output") == isinstance(attrs.get("output"), IntegerAttr),
+                  "an output buffer names its result index (output = i), a scratch one none")
+    if "splat" in attrs:
+        op.expect(kind == "full", "splat is a tile.full fact")
+    if "padded" in attrs:
+        padded = attrs["padded"]
+        op.expect(kind == "concat" and isinstance(padded, ArrayAttr) and len(padded.data) == len(op.operands),
+                  "padded must list one bool per concat input")
+    if "carry" in attrs:
+        carry = attrs["carry"]
+        op.expect(kind == "parallel" and isinstance(carry, ArrayAttr) and len(carry.data) == len(op.inits)
+                  and all(isinstance(c, StringAttr) and c.data in ("same", "copy", "scratch") for c in carry.data),
+                  "carry must list same/copy/scratch per carried tensor")
 
 
 _CUSTOM_FORMATS = ("operands attr-dict `:` functional-type(operands, results)",  # ops with operands

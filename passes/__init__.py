@@ -25,7 +25,7 @@ DEFAULT_PIPELINE = ("quantize-w8a8,fuse-rmsnorm,rope-selector-matmul,gather-keys
 # projection makes 24 cube tasks (qkv_proj_rope flash B=64: 642.5 -> 398.2 us)
 PYPTO_PIPELINE = ("quantize-w8a8,fuse-rmsnorm,rope-selector-matmul,tile-softmax{kv-tile=128},"
                   "parallelize-tokens{rows=32 weight-rows=128 weight-vec-tile=16384},"
-                  "schedule-attention,tile-matmul{k=4096 tasks=24},lower-to-tiles,canonicalize,cse,update-in-place")
+                  "schedule-attention,tile-matmul{k=4096 tasks=24},lower-to-tiles,canonicalize,cse,update-in-place,pypto-legalize")
 # PTO (ptoas 0.1.1): one token per kernel (rows=1, the token axis is dropped), 16-key tiles; then f16 and the
 # legalization of what 0.1.1 cannot express (host-side gathers, 0/1 masks instead of i1), then row chunks of the
 # loop bodies whose tiles would overflow UB/L1/L0

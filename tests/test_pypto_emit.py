@@ -426,10 +426,11 @@ def test_loop_into_an_op_result_trips_the_pypto_runtime(monkeypatch, tmp_path):
     F74007, which the harness reports as a failed run (checked so that a pypto which lifts the limit is noticed)."""
     from attnc.codegen.pypto import emit as pypto_emit
     from attnc.codegen.pypto.sim import PyptoSimError, run_in_subprocess
+    from attnc.codegen.pypto import legalize as pypto_legalize
 
     mod = parse_ir(SCRATCH, "scratch.mlir")
-    monkeypatch.setattr(pypto_emit, "_scratch_inits", lambda block, out_inits: set())
-    monkeypatch.setattr(pypto_emit, "_written_in_parts", lambda loop, j: False)
+    monkeypatch.setattr(pypto_legalize, "scratch_inits", lambda block, outputs: set())
+    monkeypatch.setattr(pypto_legalize, "written_in_parts", lambda loop, j: False)
     program = emit_pypto(mod)
     assert "pypto.tensor(" not in program and "pypto.full([20, 64]" in program
     (tmp_path / "k.py").write_text(program)
@@ -508,7 +509,7 @@ def test_a_packed_piece_that_is_all_of_a_parameter_fails_pypto_without_the_copy(
     from attnc.codegen.pypto.sim import PyptoSimError, run_in_subprocess
 
     mod, inputs = _whole(1)
-    monkeypatch.setattr(pypto_emit, "_whole_of", lambda v: v)
+    monkeypatch.setattr(pypto_emit._Emitter, "whole_of", lambda self, v: v)
     program = emit_pypto(mod)
     assert "pypto.assemble(t4, [9, 0], k5)" in program
     (tmp_path / "k.py").write_text(program)

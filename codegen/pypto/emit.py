@@ -4,24 +4,30 @@ SSA values become Python variables; `tile.parallel` and `scf.for` become `pypto.
 are updated in place (`x[:] = new`, `pypto.assemble`); index arithmetic becomes Python expressions on ints and
 pypto symbolic scalars. Every statement is preceded by the tile shape it needs (vector ops:
 `set_vec_tile_shapes` of the op's rank; matmuls: `set_cube_tile_shapes`) and followed by the DSL line it came
-from. The module skeleton is a jinja2 template; the output is deterministic."""
+from. The module skeleton is a jinja2 template; the output is deterministic.
+
+The emitter prints what the IR says: the facts that need an analysis of uses and producers (buffers, carried
+tensors, packed concats, prefix gathers, splats, scalar ids) are attributes set by the `pypto-legalize` pass
+(codegen/pypto/legalize.py), and each tile op class has one rule in RULES; `_Emitter.op` walks the IR and the
+table (tests/test_pypto_legalize.py lists the IR queries the emitter makes)."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 
 import jinja2
-import numpy as np
 from xdsl.dialects import arith, func, scf
 from xdsl.dialects.builtin import ModuleOp, TensorType
-from xdsl.ir import BlockArgument, Operation, SSAValue
+from xdsl.ir import Operation, SSAValue
 
 from attnc.codegen.escape import code_text, identifier
 from attnc.errors import AttncError
 from attnc.ir.common import LOC_ATTR, ints_of, op_location
 from attnc.ir.interpreter import entry_function
+from attnc.ir.tile_dialect import EXPAND_KINDS
 from attnc.ir.types import dtype_of, shape_of
 
+from .legalize import flag, legalize_function
 from .options import PyptoOptions
 
 PYPTO_DTYPE = {"bf16": "pypto.DT_BF16", "f16": "pypto.DT_FP16", "f32": "pypto.DT_FP32", "i32": "pypto.DT_INT32",
@@ -124,12 +130,16 @@ class _Emitter:
     counter: int = 0
     depth: int = 1
     loop_count: int = 0
-    out_inits: dict = field(default_factory=dict)  # tile.full result -> output param carried in its place
-    scratch_inits: set = field(default_factory=set)  # dead tile.full inits of covering loops: a bare scratch
+    out_names: list = field(default_factory=list)  # kernel parameter names of the outputs
     scratch: list = field(default_factory=list)  # (name, shape, dtype) of the scratch parameters (_declare)
     vec_budget: int = PyptoOptions.vec_tile_elems
     params: set = field(default_factory=set)  # the kernel's input parameters (SSA block arguments)
-    scalar_only: set = field(default_factory=set)  # ops whose results only feed scatter_rows ids
+    # what the emitter printed so far, by value: the value whose whole buffer a view/reshape result is, a
+    # zero-padded view's valid row count, the prefix gathers emitted where their view is
+    base: dict = field(default_factory=dict)
+    loop_budget: dict = field(default_factory=dict)  # a loop result -> the vector tile budget inside that loop
+    valid_rows: dict = field(default_factory=dict)
+    prefix_gathers: dict = field(default_factory=dict)
     # the pieces of each packed concat with a zero-padded piece: [[shape, offset, padded], ...] per concat
     assembled_pieces: list = field(default_factory=list)
 
@@ -138,8 +148,14 @@ class _Emitter:
 
     def parameter_names(self) -> set:
         """Names of the kernel parameters bound so far: inputs, outputs carried by their loop, scratch."""
-        return ({self.names[p] for p in self.params} | set(self.out_inits.values())
+        return ({self.names[p] for p in self.params} | set(self.out_names)
                 | {name for name, _, _ in self.scratch})
+
+    def whole_of(self, v: SSAValue) -> SSAValue:
+        """The value whose whole buffer v is: through reshapes and views of all of their source (a view whose type
+        is its source's, no valid shape: at a runtime offset that can only be 0, e.g. the row of a one-trip batch
+        loop)."""
+        return self.base.get(v, v)
 
     def fresh(self, prefix="t") -> str:
         self.counter += 1
@@ -219,7 +235,7 @@ class _Emitter:
 
     # ------------------------------------------------------------------------------------------ ops
     def op(self, op: Operation):
-        if op in self.scalar_only:  # computes scatter ids only, which are evaluated as scalars where used
+        if flag(op, "scalar_ids"):  # computes scatter ids only, which are evaluated as scalars where used
             return
         loc = code_text(op_location(op)) if LOC_ATTR in op.attributes else None  # the file's text: escaped
         name = op.name
@@ -239,178 +255,21 @@ class _Emitter:
             raise EmitError(f"{loc}: {name} has no pypto 0.2.0 lowering: only func/arith/scf/tile ops are emitted "
                             "(run lower-to-tiles first)")
         kind = name.split(".", 1)[1]
-        if kind == "scatter_rows":  # its ids are evaluated as scalars, not read as a tensor
-            return self._scatter_rows(op, [self.ref(op.table), self.ref(op.rows)], loc)
-        if kind == "view" and isinstance(op.source.owner, Operation) and _gathers_prefix(op.source.owner):
-            return self._gather_prefix(op.source.owner, op.result, self.ref(op.valid[0]), loc)
+        rule = RULES.get(kind)
+        if rule is None:
+            raise EmitError(f"{loc}: tile.{kind} has no pypto 0.2.0 lowering: the emitter has no rule for it")
+        return rule(self, op, loc)
+
+    def operands(self, op: Operation):
+        """The op's operand expressions, its result, the result's pypto dtype and shape (None for a scalar)."""
         a = [self.ref(v) for v in op.operands]
         res = op.results[0] if op.results else None
         dt = PYPTO_DTYPE.get(dtype_of(res.type)) if res is not None and isinstance(res.type, TensorType) else None
         shape = list(shape_of(res.type)) if dt else None
-        if kind in BINARY:
-            return self.bind(res, f"{BINARY[kind]}({a[0]}, {a[1]})", loc)
-        if kind == "or":
-            return self.bind(res, f"pypto.logical_not(pypto.logical_and(pypto.logical_not({a[0]}), "
-                                  f"pypto.logical_not({a[1]})))", loc)
-        if kind in ("floordiv", "rem"):
-            # pypto 0.2.0 has no int32 division and its cost model no REM: floor division in f32 is exact
-            # for the index ranges we use (|a| < 2^22)
-            f32 = "pypto.DT_FP32"
-            af, bf, q = self.fresh("f"), self.fresh("f"), self.fresh("f")
-            self.set_tile(res)
-            self.emit(f"{af} = pypto.cast({a[0]}, {f32})")
-            self.emit(f"{bf} = pypto.cast({a[1]}, {f32})")
-            self.emit(f"{q} = pypto.floor(pypto.div({af}, {bf}))")
-            expr = q if kind == "floordiv" else f"pypto.sub({af}, pypto.mul({bf}, {q}))"
-            return self.bind(res, f"pypto.cast({expr}, pypto.DT_INT32, mode=pypto.CastMode.CAST_RINT)", loc)
-        if kind in UNARY:
-            return self.bind(res, f"{UNARY[kind]}({a[0]})", loc)
-        if kind == "cmp":
-            return self.bind(res, f"{CMP[op.predicate.data]}({a[0]}, {a[1]})", loc)
-        if kind == "select":
-            return self.bind(res, f"pypto.where({a[0]}, {a[1]}, {a[2]})", loc)
-        if kind == "cast" and dtype_of(res.type) == "i8":
-            return self._cast_to_i8(op, a[0], loc)
-        if kind == "cast":
-            return self.bind(res, f"pypto.cast({a[0]}, {dt}, mode={CAST_MODE[op.rounding.data]})", loc)
-        if kind in ("matmul", "matmul_acc"):
-            lhs, rhs = (op.lhs, op.rhs)
-            sa, sb = shape_of(lhs.type), shape_of(rhs.type)
-            trans = bool(op.transpose_b.value.data)
-            n_max = op.attributes["n_tile"].value.data if "n_tile" in op.attributes else None
-            in_bytes = {"i8": 1, "f32": 4}.get(dtype_of(lhs.type), 2)  # f32 operands: half the bf16 L0 elements
-            self.emit(cube_tile(sa[-2], sa[-1], sb[-2] if trans else sb[-1], in_bytes, n_max))
-            out_dt = "pypto.DT_FP32" if kind == "matmul_acc" else dt
-            lhs_ref = self.ref(lhs)
-            if len(sa) > 2 and len(sb) == 2:  # pypto wants equal ranks: fold the batch dims into rows
-                flat = self.fresh("a")
-                self.set_tile(lhs)
-                self.emit(f"{flat} = pypto.reshape({lhs_ref}, [{math.prod(sa[:-1])}, {sa[-1]}])")
-                n = sb[-2] if trans else sb[-1]
-                mm2 = self.fresh("mm")
-                self.emit(f"{mm2} = pypto.matmul({flat}, {self.ref(rhs)}, {out_dt}, b_trans={trans})")
-                self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of([math.prod(sa[:-1]), n], 'f32')})")
-                self.emit(f"{mm2} = pypto.reshape({mm2}, {[*sa[:-1], n]})")
-                mm = mm2
-            else:
-                mm = f"pypto.matmul({lhs_ref}, {self.ref(rhs)}, {out_dt}, b_trans={trans})"
-            if kind == "matmul_acc":
-                tmp = self.fresh("mm")
-                self.emit(f"{tmp} = {mm}  # {loc}")
-                return self.bind(res, f"pypto.add({a[0]}, {tmp})", loc)
-            return self.bind(res, mm, loc)
-        if kind in ROW_REDUCE:  # the reduction is tiled over its input
-            return self.bind(res, f"{ROW_REDUCE[kind]}({a[0]}, -1, True)", loc, tile_of=op.input)
-        if kind.startswith(("row_expand_", "col_expand_")):
-            return self.bind(res, f"{BINARY[kind.split('_', 2)[2]]}({a[0]}, {a[1]})", loc)
-        if kind in SCALAR:
-            return self.bind(res, f"{SCALAR[kind]}({a[0]}, {py_float(op.scalar.value.data)})", loc)
-        if kind == "broadcast":
-            return self.bind(res, self._expand(a[0], list(shape_of(op.input.type)), shape, dtype_of(res.type)), loc)
-        if kind == "reshape":  # pypto tiles a reshape by its input
-            # a kernel parameter's buffer (an input, or a table updated in place) is reshaped in place: a view, no
-            # copy -- a copy is one task per tile, and a data-dependent gather from it then waits on every one of
-            # them (pypto 0.2.0 links each gather task to each copy task: 2048 x 2048 links for the indexer's
-            # idx_cmp at B=64, more than the runtime's stitch pool holds, F74001 "Slab alloc null, type=9")
-            inplace = ", inplace=True" if a[0] in {self.names[p] for p in self.params} else ""
-            self.bind(res, f"pypto.reshape({a[0]}, {shape}{inplace})", loc, tile_of=op.input)
-            return self._materialize_unpadded(op, res)
-        if kind == "transpose":
-            perm = ints_of(op.perm)
-            moved = [i for i, p in enumerate(perm) if p != i]
-            if len(moved) != 2:
-                raise EmitError(f"{loc}: tile.transpose has no pypto 0.2.0 lowering: perm {list(perm)} is not a "
-                                "single swap (pypto.transpose swaps two dims)")
-            return self.bind(res, f"pypto.transpose({a[0]}, {moved[0]}, {moved[1]})", loc)
-        if kind == "concat":
-            if dtype_of(res.type) == "i1":  # pypto 0.2.0 cannot concat bool tensors: go through f32
-                ints = []
-                for v, ref in zip(op.inputs, a):
-                    tmp = self.fresh("b")
-                    self.set_tile(v)
-                    self.emit(f"{tmp} = pypto.where({ref}, 1.0, 0.0)")
-                    ints.append(tmp)
-                joined = self.fresh("b")
-                self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of(shape, 'i32')})")
-                self.emit(f"{joined} = pypto.concat([{', '.join(ints)}], {op.axis.value.data})")
-                return self.bind(res, f"pypto.eq({joined}, 1.0)", loc)
-            if _packs(op):
-                return self._packed_concat(op, res, loc)
-            return self.bind(res, f"pypto.concat([{', '.join(a)}], {op.axis.value.data})", loc)
-        if kind == "gather_rows":
-            if _gathers_prefix(op):  # emitted where its zero-padded view is, with the valid ids only
-                return
-            # a row list gathers in tiles as large as UB holds (a gather task costs the scheduler more than its
-            # copy: CSA core 349.8 -> 308.5 us with 128 of 512 picked rows per tile, 256 rows overflow UB); with
-            # a multi-dim index, tiles above GATHER_TILE_ELEMS fail pypto 0.2.0's verifier (FB200F: the m=128
-            # compressor's [1, 64, 256] tile of a [2, 128, 256] gather at tiny)
-            return self.bind(res, f"pypto.index_select({a[0]}, 0, {a[1]})", loc, budget=self._gather_budget(res))
-        if kind == "topk":
-            return self._topk(op, a, shape, loc)
-        if kind == "iota":
-            axis = op.axis.value.data
-            view_shape = [d if i == axis else 1 for i, d in enumerate(shape)]
-            ramp = self.fresh("i")  # each statement runs under a tile of its own rank
-            self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of([shape[axis]], 'i32')})")
-            self.emit(f"{ramp} = pypto.cast(pypto.arange({shape[axis]}), pypto.DT_INT32)")
-            self.emit(f"{ramp} = pypto.reshape({ramp}, {view_shape})")
-            return self.bind(res, self._expand(ramp, view_shape, shape, "i32"), loc)
-        if kind == "full":
-            if res in self.out_inits:  # the parallel writes every element of this output: carry the param
-                self.names[res] = self.out_inits[res]
-                return
-            if res in self.scratch_inits:  # the parallel writes every element: its value is dead
-                return self._declare(res)
-            value = op.value.value.data
-            if _select_splat(op):  # pypto.where takes the number itself: no tensor filled per use
-                self.names[res] = py_float(value)
-                return
-            if dtype_of(res.type) == "i1":  # pypto 0.2.0 codegen cannot splat bool: compare an f32 splat
-                return self.bind(res, f"pypto.eq(pypto.full({shape}, {float(value != 0)!r}, pypto.DT_FP32), 1.0)", loc)
-            value = repr(int(value)) if dtype_of(res.type) in ("i32", "i8") else py_float(value)
-            return self.bind(res, f"pypto.full({shape}, {value}, {dt})", loc)
-        if kind == "view":
-            n = len(op.offsets)
-            whole = (not len(op.valid) and all(v in self.consts and self.consts[v] == 0 for v in op.offsets)
-                     and shape_of(op.source.type) == tuple(shape))
-            if whole:  # a view of all of a tensor is the tensor
-                self.names[res] = a[0]
-                return
-            offs, valid = a[1:1 + n], a[1 + n:]
-            extra = f", valid_shape=[{', '.join(valid)}]" if valid else ""
-            self.bind(res, f"pypto.view({a[0]}, {shape}, [{', '.join(offs)}]{extra})", loc)
-            if valid and op.pad.data == "zero" and any(u.operation.name in _ZERO_FILL_READERS and
-                                                       not _packs(u.operation) for u in res.uses):
-                # give the tile its zero padding first (see _ZERO_FILL_READERS)
-                self.emit(f"{self.names[res]} = pypto.reshape({self.names[res]}, {shape}, valid_shape={shape})")
-            if len(shape) >= 3 and not all(u.operation.name == "tile.reshape" for u in res.uses):
-                # pypto 0.2.0 mis-sizes the raw tensor of a rank-3 view read straight by a batched matmul
-                # ("Shape size mismatch" at codegen) and fails to simulate some other readers of it; a clone gives
-                # the tile its own buffer (a reshape makes one anyway)
-                self.emit(f"{self.names[res]} = pypto.clone({self.names[res]})")
-            return
-        if kind == "assemble":
-            n = len(op.offsets)
-            offs, valid = a[2:2 + n], a[2 + n:]
-            self.set_tile(op.tile)
-            tile = a[0]
-            if valid:  # write only the valid part: pypto does not carry valid shapes through every op
-                tile = self.fresh("v")
-                zeros = ", ".join("0" for _ in range(n))
-                self.emit(f"{tile} = pypto.view({a[0]}, {list(shape_of(op.tile.type))}, [{zeros}], "
-                          f"valid_shape=[{', '.join(valid)}])")
-            self.emit(f"pypto.assemble({tile}, [{', '.join(offs)}], {a[1]})  # {loc}")
-            self.names[res] = a[1]  # in place: the destination is dead after this op
-            return
-        if kind == "read":
-            if op.source not in self.params:  # pypto 0.2.0 fails at run time (GetTensorData, F3FFFF)
-                raise EmitError(f"{loc}: tile.read of a computed tensor has no pypto 0.2.0 lowering: pypto reads "
-                                "scalars only from kernel parameters")
-            return self._scalar(res, f"{a[0]}[{', '.join(a[1:])}]")
-        raise EmitError(f"{loc}: tile.{kind} has no pypto 0.2.0 lowering: the emitter has no rule for it")
+        return a, res, dt, shape
 
     def _packed_concat(self, op, res, loc):
-        """A row concat with zero-padded pieces (see _packs): each piece is assembled into one scratch tensor
+        """A row concat with zero-padded pieces (pypto-legalize `packed`): each piece is assembled into one scratch tensor
         at its row offset, a zero-padded piece as its valid rows plus, only when it has padding, a zero block
         below them. A gather feeding a piece writes straight into the scratch (no copy task per piece, which a
         pypto.concat costs: CSA core 308.5 -> 263.7 us)."""
@@ -420,21 +279,22 @@ class _Emitter:
         self.set_tile(res)
         self.emit(f"{scratch} = pypto.tensor({shape}, {dt}, \"{scratch}\")  # {loc}")
         row, group = 0, []
-        self.assembled_pieces.append(group)  # (a concat emitted here always has a zero-padded piece: _packs)
-        for piece in op.inputs:
+        self.assembled_pieces.append(group)  # (a packed concat always has a zero-padded piece: pypto-legalize)
+        for piece, padded in zip(op.inputs, op.attributes["padded"].data):
+            padded = bool(padded.value.data)
             rows, rest = shape_of(piece.type)[0], list(shape_of(piece.type)[1:])
-            group.append([[rows, *rest], [row, *(0 for _ in rest)], _zero_padded_rows(piece)])
+            group.append([[rows, *rest], [row, *(0 for _ in rest)], padded])
             self.set_tile(piece)
             ref = self.ref(piece)
-            if self.ref(_whole_of(piece)) in self.parameter_names():
+            if self.ref(self.whole_of(piece)) in self.parameter_names():
                 # pypto 0.2.0 fails to compile an assemble of all of a kernel parameter's buffer (an input, output
                 # or scratch) inside a loop into a tensor a matmul reads ("The L0C-to-L1 copy op can have only one
                 # input and one output tensor", SrcDstBufferMerge; verify runs SIGSEGV): a one-row batch's step
                 # row. A copy has a buffer of its own
                 ref = f"pypto.clone({ref})"
             self.emit(f"pypto.assemble({ref}, [{row}, {', '.join('0' for _ in rest)}], {scratch})")
-            if _zero_padded_rows(piece):
-                valid = self.ref(piece.owner.valid[0])
+            if padded:
+                valid = self.valid_rows[piece]
                 self.emit(f"if {valid} < {rows}:  # the piece's padding rows read as zeros")
                 self.depth += 1
                 pad = self.fresh("z")
@@ -468,7 +328,7 @@ class _Emitter:
         _ScalarIds), a runtime branch skipping ids < 0, and an assemble at the data-dependent row. `in_place`
         (set by update-in-place) writes the table's own buffer; otherwise a copy of it."""
         dest = a[0]
-        if not _in_place(op):
+        if not flag(op, "in_place"):
             dest = self._declared_copy(op.table, loc)
         rows_shape, table_shape = list(shape_of(op.rows.type)), list(shape_of(op.table.type))
         lead = table_shape[:len(table_shape) - len(rows_shape) + 1]  # the table dims a row id runs over
@@ -509,7 +369,7 @@ class _Emitter:
 
     def _declare(self, v: SSAValue | None, like: SSAValue | None = None) -> str:
         """A scratch parameter of v's type (or `like`'s), no value written, bound to v if given: see
-        _written_in_parts. (Its name is a temporary's, which no kernel parameter may take.)"""
+        the `carry` fact of pypto-legalize. (Its name is a temporary's, which no kernel parameter may take.)"""
         name = self.fresh("ws")
         if v is not None:
             self.names[v] = name
@@ -518,7 +378,7 @@ class _Emitter:
         return name
 
     def _declared_copy(self, v: SSAValue, loc: str | None) -> str:
-        """A scratch parameter holding a copy of v, for a loop to write in parts (see _written_in_parts)."""
+        """A scratch parameter holding a copy of v, for a loop to write in parts (pypto-legalize `carry = "copy"`)."""
         name = self._declare(None, v)
         self.set_tile(v)
         self.emit(f"pypto.assemble({self.ref(v)}, [{', '.join('0' for _ in shape_of(v.type))}], {name})"
@@ -557,15 +417,10 @@ class _Emitter:
         lo, hi = self.ref(bounds[0]), self.ref(bounds[1])
         step = step if step is not None else self.ref(bounds[2])
         carried = []
-        for j, v in enumerate(inits):
+        for v, how in zip(inits, op.attributes["carry"].data):  # pypto-legalize: how the loop holds each
             name = self.ref(v)
-            declared = (v in self.params or v in self.out_inits or v in self.scratch_inits
-                        or _parallel_carried(v))
-            if not v.has_one_use() or (not declared and _written_in_parts(op, j)):
-                dead = (isinstance(v.owner, Operation) and v.owner.name == "tile.full" and op.name == "tile.parallel"
-                        and _parallel_covers(op, j))
-                # the loop updates its own copy in place (no copy of a splat it overwrites everywhere)
-                name = self._declare(None, v) if dead else self._declared_copy(v, loc)
+            if how.data != "same":  # the loop updates its own copy in place (no copy of a splat it overwrites)
+                name = self._declare(None, v) if how.data == "scratch" else self._declared_copy(v, loc)
             carried.append(name)
         self.loop_count += 1
         idx = f"{prefix}{self.loop_count}"
@@ -589,6 +444,257 @@ class _Emitter:
         self.depth -= 1
         for r, name in zip(results, carried):
             self.names[r] = name
+            self.loop_budget[r] = loop_vec_budget(op, outer_budget)
+
+
+# ---------------------------------------------------------------------------------------------- rules
+# One rule per tile op class: RULES[kind](emitter, op, operand refs, result, pypto dtype, result shape, location),
+# as xDSL's printers and MLIR's conversion patterns are registered; _Emitter.op walks the IR and looks them up.
+RULES: dict = {}
+
+
+def _rule(*kinds):
+    def register(fn):
+        for kind in kinds:
+            RULES[kind] = fn
+        return fn
+    return register
+
+
+def _simple(kinds, expr, tile_of_input: bool = False):
+    """A rule binding the result to one pypto call: expr(kind, operand refs, op) -> its text."""
+    def rule(self: _Emitter, op: Operation, loc: str | None):
+        a, res, _, _ = self.operands(op)
+        return self.bind(res, expr(op.name.split(".", 1)[1], a, op), loc,
+                         tile_of=op.input if tile_of_input else None)  # a reduction is tiled over its input
+    _rule(*kinds)(rule)
+
+
+_simple(BINARY, lambda kind, a, op: f"{BINARY[kind]}({a[0]}, {a[1]})")
+_simple(["or"], lambda kind, a, op: f"pypto.logical_not(pypto.logical_and(pypto.logical_not({a[0]}), "
+                                    f"pypto.logical_not({a[1]})))")
+_simple(UNARY, lambda kind, a, op: f"{UNARY[kind]}({a[0]})")
+_simple(["cmp"], lambda kind, a, op: f"{CMP[op.predicate.data]}({a[0]}, {a[1]})")
+_simple(["select"], lambda kind, a, op: f"pypto.where({a[0]}, {a[1]}, {a[2]})")
+_simple(ROW_REDUCE, lambda kind, a, op: f"{ROW_REDUCE[kind]}({a[0]}, -1, True)", tile_of_input=True)
+_simple([f"{d}_expand_{k}" for d in ("row", "col") for k in EXPAND_KINDS],
+        lambda kind, a, op: f"{BINARY[kind.split('_', 2)[2]]}({a[0]}, {a[1]})")
+_simple(SCALAR, lambda kind, a, op: f"{SCALAR[kind]}({a[0]}, {py_float(op.scalar.value.data)})")
+
+
+@_rule("floordiv", "rem")
+def _print_int_division(self: _Emitter, op: Operation, loc: str | None):
+    kind = op.name.split(".", 1)[1]
+    a, res, dt, shape = self.operands(op)
+    # pypto 0.2.0 has no int32 division and its cost model no REM: floor division in f32 is exact
+    # for the index ranges we use (|a| < 2^22)
+    f32 = "pypto.DT_FP32"
+    af, bf, q = self.fresh("f"), self.fresh("f"), self.fresh("f")
+    self.set_tile(res)
+    self.emit(f"{af} = pypto.cast({a[0]}, {f32})")
+    self.emit(f"{bf} = pypto.cast({a[1]}, {f32})")
+    self.emit(f"{q} = pypto.floor(pypto.div({af}, {bf}))")
+    expr = q if kind == "floordiv" else f"pypto.sub({af}, pypto.mul({bf}, {q}))"
+    return self.bind(res, f"pypto.cast({expr}, pypto.DT_INT32, mode=pypto.CastMode.CAST_RINT)", loc)
+
+
+@_rule("cast")
+def _print_cast(self: _Emitter, op: Operation, loc: str | None):
+    a, res, dt, shape = self.operands(op)
+    if dtype_of(res.type) == "i8":
+        return self._cast_to_i8(op, a[0], loc)
+    return self.bind(res, f"pypto.cast({a[0]}, {dt}, mode={CAST_MODE[op.rounding.data]})", loc)
+
+
+@_rule("matmul", "matmul_acc")
+def _print_matmul(self: _Emitter, op: Operation, loc: str | None):
+    kind = op.name.split(".", 1)[1]
+    a, res, dt, shape = self.operands(op)
+    lhs, rhs = (op.lhs, op.rhs)
+    sa, sb = shape_of(lhs.type), shape_of(rhs.type)
+    trans = bool(op.transpose_b.value.data)
+    n_max = op.attributes["n_tile"].value.data if "n_tile" in op.attributes else None
+    in_bytes = {"i8": 1, "f32": 4}.get(dtype_of(lhs.type), 2)  # f32 operands: half the bf16 L0 elements
+    self.emit(cube_tile(sa[-2], sa[-1], sb[-2] if trans else sb[-1], in_bytes, n_max))
+    out_dt = "pypto.DT_FP32" if kind == "matmul_acc" else dt
+    lhs_ref = self.ref(lhs)
+    if len(sa) > 2 and len(sb) == 2:  # pypto wants equal ranks: fold the batch dims into rows
+        flat = self.fresh("a")
+        self.set_tile(lhs)
+        self.emit(f"{flat} = pypto.reshape({lhs_ref}, [{math.prod(sa[:-1])}, {sa[-1]}])")
+        n = sb[-2] if trans else sb[-1]
+        mm2 = self.fresh("mm")
+        self.emit(f"{mm2} = pypto.matmul({flat}, {self.ref(rhs)}, {out_dt}, b_trans={trans})")
+        self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of([math.prod(sa[:-1]), n], 'f32')})")
+        self.emit(f"{mm2} = pypto.reshape({mm2}, {[*sa[:-1], n]})")
+        mm = mm2
+    else:
+        mm = f"pypto.matmul({lhs_ref}, {self.ref(rhs)}, {out_dt}, b_trans={trans})"
+    if kind == "matmul_acc":
+        tmp = self.fresh("mm")
+        self.emit(f"{tmp} = {mm}  # {loc}")
+        return self.bind(res, f"pypto.add({a[0]}, {tmp})", loc)
+    return self.bind(res, mm, loc)
+
+
+@_rule("broadcast")
+def _print_broadcast(self: _Emitter, op: Operation, loc: str | None):
+    a, res, dt, shape = self.operands(op)
+    return self.bind(res, self._expand(a[0], list(shape_of(op.input.type)), shape, dtype_of(res.type)), loc)
+
+
+@_rule("reshape")
+def _print_reshape(self: _Emitter, op: Operation, loc: str | None):  # pypto tiles a reshape by its input
+    a, res, dt, shape = self.operands(op)
+    # a kernel parameter's buffer (an input, or a table updated in place) is reshaped in place: a view, no
+    # copy -- a copy is one task per tile, and a data-dependent gather from it then waits on every one of
+    # them (pypto 0.2.0 links each gather task to each copy task: 2048 x 2048 links for the indexer's
+    # idx_cmp at B=64, more than the runtime's stitch pool holds, F74001 "Slab alloc null, type=9")
+    inplace = ", inplace=True" if a[0] in {self.names[p] for p in self.params} else ""
+    self.base[res] = self.whole_of(op.input)
+    self.bind(res, f"pypto.reshape({a[0]}, {shape}{inplace})", loc, tile_of=op.input)
+    return self._materialize_unpadded(op, res)
+
+
+@_rule("transpose")
+def _print_transpose(self: _Emitter, op: Operation, loc: str | None):
+    a, res, dt, shape = self.operands(op)
+    perm = ints_of(op.perm)
+    moved = [i for i, p in enumerate(perm) if p != i]
+    if len(moved) != 2:
+        raise EmitError(f"{loc}: tile.transpose has no pypto 0.2.0 lowering: perm {list(perm)} is not a "
+                        "single swap (pypto.transpose swaps two dims)")
+    return self.bind(res, f"pypto.transpose({a[0]}, {moved[0]}, {moved[1]})", loc)
+
+
+@_rule("concat")
+def _print_concat(self: _Emitter, op: Operation, loc: str | None):
+    a, res, dt, shape = self.operands(op)
+    if dtype_of(res.type) == "i1":  # pypto 0.2.0 cannot concat bool tensors: go through f32
+        ints = []
+        for v, ref in zip(op.inputs, a):
+            tmp = self.fresh("b")
+            self.set_tile(v)
+            self.emit(f"{tmp} = pypto.where({ref}, 1.0, 0.0)")
+            ints.append(tmp)
+        joined = self.fresh("b")
+        self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of(shape, 'i32')})")
+        self.emit(f"{joined} = pypto.concat([{', '.join(ints)}], {op.axis.value.data})")
+        return self.bind(res, f"pypto.eq({joined}, 1.0)", loc)
+    if flag(op, "packed"):
+        return self._packed_concat(op, res, loc)
+    return self.bind(res, f"pypto.concat([{', '.join(a)}], {op.axis.value.data})", loc)
+
+
+@_rule("gather_rows")
+def _print_gather_rows(self: _Emitter, op: Operation, loc: str | None):
+    a, res, dt, shape = self.operands(op)
+    if flag(op, "prefix"):  # emitted where its zero-padded view is, with the valid ids only
+        self.prefix_gathers[res] = op
+        return
+    # a row list gathers in tiles as large as UB holds (a gather task costs the scheduler more than its
+    # copy: CSA core 349.8 -> 308.5 us with 128 of 512 picked rows per tile, 256 rows overflow UB); with
+    # a multi-dim index, tiles above GATHER_TILE_ELEMS fail pypto 0.2.0's verifier (FB200F: the m=128
+    # compressor's [1, 64, 256] tile of a [2, 128, 256] gather at tiny)
+    return self.bind(res, f"pypto.index_select({a[0]}, 0, {a[1]})", loc, budget=self._gather_budget(res))
+
+
+@_rule("topk")
+def _print_topk(self: _Emitter, op: Operation, loc: str | None):
+    a, res, dt, shape = self.operands(op)
+    return self._topk(op, a, shape, loc)
+
+
+@_rule("iota")
+def _print_iota(self: _Emitter, op: Operation, loc: str | None):
+    a, res, dt, shape = self.operands(op)
+    axis = op.axis.value.data
+    view_shape = [d if i == axis else 1 for i, d in enumerate(shape)]
+    ramp = self.fresh("i")  # each statement runs under a tile of its own rank
+    self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of([shape[axis]], 'i32')})")
+    self.emit(f"{ramp} = pypto.cast(pypto.arange({shape[axis]}), pypto.DT_INT32)")
+    self.emit(f"{ramp} = pypto.reshape({ramp}, {view_shape})")
+    return self.bind(res, self._expand(ramp, view_shape, shape, "i32"), loc)
+
+
+@_rule("full")
+def _print_full(self: _Emitter, op: Operation, loc: str | None):
+    a, res, dt, shape = self.operands(op)
+    buffer = op.attributes.get("buffer")
+    if buffer is not None and buffer.data == "output":  # the parallel writes every element: carry the param
+        self.names[res] = self.out_names[op.attributes["output"].value.data]
+        return
+    if buffer is not None and buffer.data == "scratch":  # the parallel writes every element: value dead
+        return self._declare(res)
+    value = op.value.value.data
+    if flag(op, "splat"):  # pypto.where takes the number itself: no tensor filled per use
+        self.names[res] = py_float(value)
+        return
+    if dtype_of(res.type) == "i1":  # pypto 0.2.0 codegen cannot splat bool: compare an f32 splat
+        return self.bind(res, f"pypto.eq(pypto.full({shape}, {float(value != 0)!r}, pypto.DT_FP32), 1.0)", loc)
+    value = repr(int(value)) if dtype_of(res.type) in ("i32", "i8") else py_float(value)
+    return self.bind(res, f"pypto.full({shape}, {value}, {dt})", loc)
+
+
+@_rule("scatter_rows")
+def _print_scatter_rows(self: _Emitter, op: Operation, loc: str | None):
+    # its ids are evaluated as scalars, not read as a tensor
+    return self._scatter_rows(op, [self.ref(op.table), self.ref(op.rows)], loc)
+
+
+@_rule("view")
+def _print_view(self: _Emitter, op: Operation, loc: str | None):
+    if flag(op, "prefix"):  # the gather of the valid ids only (pypto-legalize), here
+        self.valid_rows[op.result] = self.ref(op.valid[0])
+        return self._gather_prefix(self.prefix_gathers[op.source], op.result, self.ref(op.valid[0]), loc)
+    a, res, dt, shape = self.operands(op)
+    n = len(op.offsets)
+    if not len(op.valid) and op.result.type == op.source.type:
+        self.base[res] = self.whole_of(op.source)
+    whole = (not len(op.valid) and all(v in self.consts and self.consts[v] == 0 for v in op.offsets)
+             and shape_of(op.source.type) == tuple(shape))
+    if whole:  # a view of all of a tensor is the tensor
+        self.names[res] = a[0]
+        return
+    offs, valid = a[1:1 + n], a[1 + n:]
+    extra = f", valid_shape=[{', '.join(valid)}]" if valid else ""
+    self.bind(res, f"pypto.view({a[0]}, {shape}, [{', '.join(offs)}]{extra})", loc)
+    if valid:
+        self.valid_rows[res] = valid[0]
+    if flag(op, "zero_fill"):  # give the tile its zero padding first (pypto-legalize)
+        self.emit(f"{self.names[res]} = pypto.reshape({self.names[res]}, {shape}, valid_shape={shape})")
+    if flag(op, "clone"):
+        # pypto 0.2.0 mis-sizes the raw tensor of a rank-3 view read straight by a batched matmul
+        # ("Shape size mismatch" at codegen) and fails to simulate some other readers of it; a clone gives
+        # the tile its own buffer (a reshape makes one anyway)
+        self.emit(f"{self.names[res]} = pypto.clone({self.names[res]})")
+    return
+
+
+@_rule("assemble")
+def _print_assemble(self: _Emitter, op: Operation, loc: str | None):
+    a, res, dt, shape = self.operands(op)
+    n = len(op.offsets)
+    offs, valid = a[2:2 + n], a[2 + n:]
+    self.set_tile(op.tile)
+    tile = a[0]
+    if valid:  # write only the valid part: pypto does not carry valid shapes through every op
+        tile = self.fresh("v")
+        zeros = ", ".join("0" for _ in range(n))
+        self.emit(f"{tile} = pypto.view({a[0]}, {list(shape_of(op.tile.type))}, [{zeros}], "
+                  f"valid_shape=[{', '.join(valid)}])")
+    self.emit(f"pypto.assemble({tile}, [{', '.join(offs)}], {a[1]})  # {loc}")
+    self.names[res] = a[1]  # in place: the destination is dead after this op
+    return
+
+
+@_rule("read")
+def _print_read(self: _Emitter, op: Operation, loc: str | None):
+    a, res, dt, shape = self.operands(op)
+    if op.source not in self.params:  # pypto 0.2.0 fails at run time (GetTensorData, F3FFFF)
+        raise EmitError(f"{loc}: tile.read of a computed tensor has no pypto 0.2.0 lowering: pypto reads "
+                        "scalars only from kernel parameters")
+    return self._scalar(res, f"{a[0]}[{', '.join(a[1:])}]")
 
 
 class _ScalarIds:
@@ -679,242 +785,22 @@ def _reindex(idx: list[str], shape: list[int], to: list[int]) -> list[str]:
     return out
 
 
-def _scatter_id_ops(block) -> set:
-    """Top-level tile ops whose every result is used only as scatter_rows ids or by such ops: the emitter evaluates
-    the ids as scalars (_ScalarIds), so these tensors are never needed."""
-    found: set = set()
-    changed = True
-    while changed:
-        changed = False
-        for op in reversed(list(block.ops)):
-            if op in found or not op.results or not op.name.startswith("tile.") or op.regions:
-                continue
-            uses = [u for r in op.results for u in r.uses]
-            if uses and all((u.operation.name == "tile.scatter_rows" and u.index == 2) or u.operation in found
-                            for u in uses):
-                found.add(op)
-                changed = True
-    return found
-
-
-def _select_splat(full: Operation) -> bool:
-    """A splat inside a loop read only as a value operand of selects: emitted as a number in pypto.where (the
-    filled tensor is vector tasks in every iteration: the CSA core's per-token logit fill cost 256 tasks, 232.2 ->
-    210.8 us). Outside loops a fill is made once; folding those too moved decode_hca 4050.9 -> 4184.5 us (same
-    task count, another dispatch order). Floats only: pypto 0.2.0's verifier cannot execute an int32 WHERE_TS."""
-    return (full.parent_op() is not None and full.parent_op().name in ("tile.parallel", "scf.for")
-            and dtype_of(full.result.type) in ("f32", "bf16", "f16") and bool(full.result.uses)
-            and all(u.operation.name == "tile.select" and u.index in (1, 2) for u in full.result.uses))
-
-
-def _in_place(op: Operation) -> bool:
-    """Does the IR state that this op's result is its first operand updated in place?"""
-    flag = op.attributes.get("in_place")
-    return flag is not None and flag.value.data != 0
-
-
-def _const(v: SSAValue):
-    op = v.owner
-    if isinstance(op, arith.ConstantOp):
-        return op.value.value.data
-    return None
-
-
-def _parallel_carried(v: SSAValue) -> bool:
-    """v is a tensor a tile.parallel carries (a block argument of its body): the loop already holds it in a
-    kernel parameter or a declared scratch tensor, so a nested loop given it (its only use) updates it in place,
-    as the interpreter does (no copy: a copy back after a nested pypto.loop is stale in pypto 0.2.0)."""
-    return (isinstance(v, BlockArgument) and v.index > 0 and isinstance(v.owner.parent_op(), Operation)
-            and v.owner.parent_op().name == "tile.parallel")
-
-
-def _assembles_into(v: SSAValue, dest: SSAValue) -> list | None:
-    """The ops writing v from dest, oldest first: tile.assembles and scf.fors (each carrying the tensor through
-    a chain of its own), each the only user of what it writes into; None if v is made otherwise."""
-    chain = []
-    while v is not dest:
-        op = v.owner
-        if isinstance(op, scf.ForOp):
-            body = op.body.block
-            if not (op.iter_args[v.index].has_one_use() and body.args[1 + v.index].has_one_use()
-                    and _assembles_into(body.last_op.operands[v.index], body.args[1 + v.index]) is not None):
-                return None
-            chain.append((op, v.index))
-            v = op.iter_args[v.index]
-        elif isinstance(op, Operation) and op.name == "tile.assemble" and op.dest.has_one_use():
-            chain.append((op, None))
-            v = op.dest
-        else:
-            return None
-    return chain[::-1]
-
-
-def _parallel_covers(par: Operation, j: int) -> bool:
-    """Does every iteration of `par` assemble a full row chunk into carried tensor j — one full-width tile, or
-    tiles at the chunk row and offsets that are constants or indices of nested scf.fors (constant bounds), which
-    partition the chunk — so that together they write every element (then its tile.full init is dead and the
-    output param can be carried instead)?"""
-    block = par.body.block
-    row, dest = block.args[0], block.args[1 + j]
-    chain = _assembles_into(block.last_op.operands[j], dest)
-    if not chain or not dest.has_one_use():
-        return False
-    rows, dshape = par.rows.value.data, shape_of(dest.type)
-    if _const(par.lower) != 0 or _const(par.upper) != dshape[0]:
-        return False
-    if len(chain) > 1 or chain[0][1] is not None:
-        return _tiles_partition(chain, row, rows, dshape)
-    asm = chain[0][0]
-    tshape = shape_of(asm.tile.type)
-    if tshape[0] != rows or tshape[1:] != dshape[1:]:
-        return False
-    if asm.offsets[0] is not row or any(_const(o) != 0 for o in asm.offsets[1:]):
-        return False
-    if not len(asm.valid):
-        return dshape[0] % rows == 0
-    if any(_const(v) != d for v, d in zip(asm.valid[1:], dshape[1:])):
-        return False
-    n = asm.valid[0].owner  # the ragged row count min(upper - row, rows)
-    if not isinstance(n, arith.MinSIOp):
-        return False
-    a, b = n.operands
-    sub = a.owner if _const(b) == rows else b.owner if _const(a) == rows else None
-    return isinstance(sub, arith.SubiOp) and _const(sub.lhs) == dshape[0] and sub.rhs is row
-
-
-def _written_in_parts(loop: Operation, j: int) -> bool:
-    """Does the loop write its carried tensor j in parts (pypto.assemble)? pypto 0.2.0's runtime then needs the
-    tensor to be a kernel parameter: a loop assembling into the result of an op (pypto.full, exp, clone, ...) is
-    never given its buffer ("Missing RUNTIME_SlotMarkNeedAlloc for assemble slot", F74007, then F7A008 item pool
-    index out of range and a double free; at larger sizes the simulator hangs), and a `pypto.tensor` declaration,
-    fine in time-only runs, crashes the verify runs of some programs (F76005 "Invalid slot index", SIGSEGV:
-    qkv_proj_rope, sparse_attn_core, indexer at tiny). So such a tensor is a scratch parameter of the kernel
-    (SCRATCH_NAMES; the harness passes zeros). A tile.parallel always assembles; an scf.for when its carried
-    block argument is an assemble's destination."""
-    if loop.name == "tile.parallel":
-        return True
-    arg = loop.body.block.args[1 + j]
-    return any(u.operation.name == "tile.assemble" and u.index == 1 for u in arg.uses)
-
-
-def _scratch_inits(block, out_inits: dict) -> set:
-    """tile.full inits (one use) of tile.parallel loops that write every element of them: declared, not filled."""
-    found = set()
-    for par in block.walk():
-        if par.name != "tile.parallel":
-            continue
-        for j, init in enumerate(par.inits):
-            if (isinstance(init.owner, Operation) and init.owner.name == "tile.full" and init.has_one_use()
-                    and init not in out_inits and _parallel_covers(par, j)):
-                found.add(init)
-    return found
-
-
-def _tiles_partition(chain, row, rows: int, dshape) -> bool:
-    """Whole tiles [rows, ...] at the chunk row and offsets (constants, or indices of the scf.fors of the chain,
-    whose bounds are constants: every iteration counted) that cover dest[1:] exactly once."""
-    if dshape[0] % rows:
-        return False
-    cover = np.zeros(dshape[1:], dtype=np.int32)
-
-    def place(chain, env: dict) -> bool:
-        for op, k in chain:
-            if k is not None:  # an scf.for: its body's chain once per iteration
-                lb, ub, step = (_const(b) for b in (op.lb, op.ub, op.step))
-                body = op.body.block
-                inner = _assembles_into(body.last_op.operands[k], body.args[1 + k])
-                if None in (lb, ub, step) or step <= 0 or not all(
-                        place(inner, {**env, body.args[0]: i}) for i in range(lb, ub, step)):
-                    return False
-                continue
-            tshape = shape_of(op.tile.type)
-            offs = [env.get(o, _const(o)) for o in op.offsets[1:]]
-            if len(op.valid) or op.offsets[0] is not row or tshape[0] != rows or None in offs:
-                return False
-            if any(o < 0 or o + t > d for o, t, d in zip(offs, tshape[1:], dshape[1:])):
-                return False
-            cover[tuple(slice(o, o + t) for o, t in zip(offs, tshape[1:]))] += 1
-        return True
-
-    return place(chain, {}) and bool((cover == 1).all())
-
-
-def _output_inits(ret: Operation, out_names: list) -> dict:
-    """tile.full inits of tile.parallel loops whose result is returned as-is and fully written: the output
-    param is carried instead of a scratch tensor (no copy; pypto 0.2.0 also drops `out[:] = carried`)."""
-    found = {}
-    for name, v in zip(out_names, ret.operands):
-        par = v.owner
-        if not (isinstance(par, Operation) and par.name == "tile.parallel") or not v.has_one_use():
-            continue
-        init = par.inits[v.index]
-        if init.owner.name == "tile.full" and init.has_one_use() and _parallel_covers(par, v.index):
-            found[init] = name
-    return found
-
-
 F32_LOWEST = -3.4028234663852886e38  # score of an entry top-k may not pick
-# readers that do not see a zero-padded view's padding as zeros: pypto concatenates the valid parts only (packed).
-# (A matmul reading such a view fails pypto's verify, FB200F, even after this reshape; the passes never make one.)
-_ZERO_FILL_READERS = ("tile.concat",)
 
 
-def _whole_of(v: SSAValue) -> SSAValue:
-    """The value whose whole buffer v is: through reshapes and views of all of their source (a view whose type is
-    its source's, no valid shape: at a runtime offset that can only be 0, e.g. the row of a one-trip batch loop)."""
-    while isinstance(v.owner, Operation):
-        op = v.owner
-        if op.name == "tile.view" and not len(op.valid) and op.result.type == op.source.type:
-            v = op.source
-        elif op.name == "tile.reshape":
-            v = op.input
-        else:
-            break
-    return v
-
-
-def _zero_padded_rows(v: SSAValue) -> bool:
-    """v is a zero-padded view whose padding is trailing rows only (its valid shape differs in dim 0 only)."""
-    view = v.owner
-    if not (isinstance(view, Operation) and view.name == "tile.view" and len(view.valid) and
-            view.pad.data == "zero"):
-        return False
-    return all(_const(w) == d for w, d in zip(list(view.valid)[1:], shape_of(v.type)[1:]))
-
-
-def _packs(concat: Operation) -> bool:
-    """A row concat (axis 0, rank 2) with a zero-padded piece: emitted as assembles into a scratch tensor."""
-    return (concat.axis.value.data == 0 and len(shape_of(concat.result.type)) == 2
-            and dtype_of(concat.result.type) != "i1" and any(_zero_padded_rows(v) for v in concat.inputs))
-
-
-def _gathers_prefix(gather: Operation) -> bool:
-    """A row-list gather read only through one zero-padded view of its leading rows that a packed concat
-    consumes: it gathers just the valid ids, where the view is (pypto 0.2.0's per-pass verifier cannot execute a
-    gather whose index has a runtime valid shape: FB200F at InferParamIndex / CodegenPreproc, outputs exact)."""
-    if gather.name != "tile.gather_rows" or len(shape_of(gather.indices.type)) != 1 or \
-            not gather.result.has_one_use():
-        return False
-    view = next(iter(gather.result.uses)).operation
-    return (view.name == "tile.view" and _zero_padded_rows(view.result)
-            and all(_const(o) == 0 for o in view.offsets)
-            and shape_of(view.result.type) == shape_of(gather.result.type)
-            and view.result.uses and all(u.operation.name == "tile.concat" and _packs(u.operation)
-                                         for u in view.result.uses))
+def legalized(module: ModuleOp) -> Operation:
+    """The entry function with pypto-legalize's facts: set by the pypto pipeline's last pass, else here (a module
+    compiled by another pipeline)."""
+    fn = entry_function(module)
+    if "pypto_legalized" not in fn.attributes:
+        legalize_function(fn)
+    return fn
 
 
 def in_place_outputs(fn: Operation) -> set[str]:
-    """Results the IR states are their parameter updated in place: a chain of `in_place` scatters from the
-    argument of the same name (update-in-place); the kernel has one in/out parameter for each."""
-    block = fn.body.block
-    args = dict(zip((a.data for a in fn.attributes["arg_names"].data), block.args))
-    found = set()
-    for name, v in zip((a.data for a in fn.attributes["result_names"].data), block.last_op.operands):
-        while name in args and v is not args[name] and isinstance(v.owner, Operation) and _in_place(v.owner):
-            v = v.owner.table
-        if name in args and v is args[name]:
-            found.add(name)
-    return found
+    """Results the IR states are their parameter updated in place (pypto-legalize's `in_out`, from the in_place
+    scatters update-in-place marks); the kernel has one in/out parameter for each."""
+    return {a.data for a in fn.attributes["in_out"].data} if "in_out" in fn.attributes else set()
 
 
 def program_output_names(arg_names: list[str], out_names: list[str], in_place: set[str] = frozenset()) -> list[str]:
@@ -941,19 +827,16 @@ def py_float(value: float) -> str:
 
 def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
     options = options or PyptoOptions()
-    fn = entry_function(module)
+    fn = legalized(module)
     arg_names = [identifier(a.data, "arg_names entry") for a in fn.attributes["arg_names"].data]
     out_names = program_output_names(arg_names, [identifier(a.data, "result_names entry")
                                                  for a in fn.attributes["result_names"].data], in_place_outputs(fn))
-    em = _Emitter(vec_budget=options.vec_tile_elems)
+    em = _Emitter(vec_budget=options.vec_tile_elems, out_names=out_names)
     block = fn.body.block
     for arg, name in zip(block.args, arg_names):
         em.names[arg] = name
         em.params.add(arg)
     ret = block.last_op
-    em.out_inits = _output_inits(ret, out_names)
-    em.scratch_inits = _scratch_inits(block, em.out_inits)
-    em.scalar_only = _scatter_id_ops(block)
     for op in block.ops:
         em.op(op)
     params, dtypes, shapes = [], {}, {}
@@ -966,12 +849,11 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
         ref = em.ref(v)
         if ref == name:  # written in place by its loop
             continue
-        src = _whole_of(v)  # rows a loop assembled: copied out with that loop's vector tile budget
-        em.set_tile(v, loop_vec_budget(src.owner, em.vec_budget) if isinstance(src.owner, Operation) else None)
+        em.set_tile(v, em.loop_budget.get(em.whole_of(v)))  # rows a loop assembled: with that loop's tile budget
         # pypto 0.2.0 may leave the output untouched for `out[:] = t` (seen for loop-carried and assembled
         # tensors, arguments and index_select results): always store a clone
         em.emit(f"{name}[:] = pypto.clone({ref})")
-    for name, shape, dtype in em.scratch:  # after the outputs: scratch parameters (see _written_in_parts)
+    for name, shape, dtype in em.scratch:  # after the outputs: scratch parameters (pypto-legalize `carry`)
         params.append(f"{name}: pypto.Tensor({shape}, {PYPTO_DTYPE[dtype]})")
         dtypes[name], shapes[name] = dtype, shape
     return _TEMPLATE.get_template("pypto_kernel.py.j2").render(

@@ -1,0 +1,356 @@
+"""pypto-legalize: state on the tile IR what the pypto 0.2.0 program needs, so that the emitter prints it.
+
+The last pass of the pypto pipeline. It does not change values (tolerance 0: `--verify-each` interprets the
+module before and after it); it records, as attributes, the facts that the pypto 0.2.0 program depends on and
+that only an analysis of uses and producers can establish. The emitter (codegen/pypto/emit.py) reads them and
+never walks use chains itself (tests/test_pypto_legalize.py lists the emitter's IR queries). The op verifiers
+check each attribute's form (attnc.ir.common.pypto_facts_verify).
+
+* `func.func` `in_out = [names]`: results that are their parameter updated in place (a chain of `in_place`
+  scatters from the argument of the same name, set by update-in-place): one in/out kernel parameter each.
+* `tile.full` `buffer = "output"`, `output = i`: the init of a `tile.parallel` whose result is returned as
+  result i and whose iterations write every element: the output parameter is carried instead of a filled
+  tensor (no copy; pypto 0.2.0 also drops `out[:] = carried`).
+  `buffer = "scratch"`: the init of a `tile.parallel` that writes every element of it: its value is dead; a
+  scratch parameter is declared, never filled.
+* `tile.full` `splat`: a float splat inside a loop read only as a value operand of selects: pypto.where takes
+  the number (a filled tensor is vector tasks in every iteration: the CSA core's per-token logit fill cost 256
+  tasks, 232.2 -> 210.8 us). Outside loops a fill is made once (folding those too moved decode_hca 4050.9 ->
+  4184.5 us); floats only (pypto 0.2.0's verifier cannot execute an int32 WHERE_TS).
+* loops (`tile.parallel`, `scf.for`) `carry = [...]`, one per carried tensor: "copy" when the loop writes a
+  tensor in parts (pypto.assemble) that is not a kernel parameter or already declared, or that has other uses;
+  "scratch" when such an init is a splat the loop overwrites everywhere; "same" otherwise (updated in place).
+  pypto 0.2.0's runtime needs an assembled tensor to be a kernel parameter: a loop assembling into an op's
+  result is never given its buffer (F74007 "Missing RUNTIME_SlotMarkNeedAlloc for assemble slot", then F7A008
+  and a double free; at larger sizes the simulator hangs), and a `pypto.tensor` declaration crashes the verify
+  runs of some programs (F76005 "Invalid slot index"). So such a tensor is a scratch parameter of the kernel.
+* `tile.concat` `packed`: a row concat (axis 0, rank 2, not i1) with a zero-padded piece: emitted as assembles
+  into one scratch tensor (no copy task per piece: CSA core 308.5 -> 263.7 us); `padded = [bools]` marks its
+  zero-padded pieces (their padding rows are written as zeros).
+* `tile.view` `zero_fill`: a zero-padded view read by an unpacked concat, which concatenates the valid parts
+  only: the tile gets its zero padding first. `clone`: a rank >= 3 view not read only by reshapes: pypto 0.2.0
+  mis-sizes its raw tensor when a batched matmul reads it ("Shape size mismatch" at codegen).
+* `tile.gather_rows` / `tile.view` `prefix`: a row-list gather read only through one zero-padded view of its
+  leading rows that packed concats consume: only the valid ids are gathered, where the view is (pypto 0.2.0's
+  per-pass verifier cannot execute a gather whose index has a runtime valid shape: FB200F).
+* `scalar_ids` on top-level tile ops used only as scatter_rows ids (or by such ops): the ids are evaluated as
+  scalars where used (pypto reads scalars only from kernel parameters), so these tensors are never made.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from xdsl.dialects import arith, scf
+from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, StringAttr, UnitAttr, i1, i64
+from xdsl.ir import BlockArgument, Operation, SSAValue
+
+from attnc.ir.types import dtype_of, shape_of
+
+from attnc.passes import AttncPass, register
+
+# every attribute this pass sets (cleared first: the pass is idempotent)
+FACTS = ("in_out", "buffer", "output", "splat", "carry", "packed", "padded", "zero_fill", "clone", "prefix",
+         "scalar_ids", "pypto_legalized")
+
+
+def _flag(v: bool = True) -> IntegerAttr:
+    return IntegerAttr(int(v), i1)
+
+
+def flag(op: Operation, name: str) -> bool:
+    """Does op carry the fact `name` (a bool attribute set to true)?"""
+    attr = op.attributes.get(name)
+    return attr is not None and bool(attr.value.data)
+
+
+def _in_place(op: Operation) -> bool:
+    return flag(op, "in_place")
+
+
+def _const(v: SSAValue):
+    op = v.owner
+    if isinstance(op, arith.ConstantOp):
+        return op.value.value.data
+    return None
+
+
+def _is(v_or_op, name: str) -> bool:
+    op = v_or_op.owner if isinstance(v_or_op, SSAValue) else v_or_op
+    return isinstance(op, Operation) and op.name == name
+
+
+# ------------------------------------------------------------------------------------------- buffers
+
+
+def _parallel_carried(v: SSAValue) -> bool:
+    """v is a tensor a tile.parallel carries (a block argument of its body): the loop already holds it in a
+    kernel parameter or a declared scratch tensor, so a nested loop given it (its only use) updates it in place,
+    as the interpreter does (no copy: a copy back after a nested pypto.loop is stale in pypto 0.2.0)."""
+    return (isinstance(v, BlockArgument) and v.index > 0 and isinstance(v.owner.parent_op(), Operation)
+            and v.owner.parent_op().name == "tile.parallel")
+
+
+def _assembles_into(v: SSAValue, dest: SSAValue) -> list | None:
+    """The ops writing v from dest, oldest first: tile.assembles and scf.fors (each carrying the tensor through
+    a chain of its own), each the only user of what it writes into; None if v is made otherwise."""
+    chain = []
+    while v is not dest:
+        op = v.owner
+        if isinstance(op, scf.ForOp):
+            body = op.body.block
+            if not (op.iter_args[v.index].has_one_use() and body.args[1 + v.index].has_one_use()
+                    and _assembles_into(body.last_op.operands[v.index], body.args[1 + v.index]) is not None):
+                return None
+            chain.append((op, v.index))
+            v = op.iter_args[v.index]
+        elif isinstance(op, Operation) and op.name == "tile.assemble" and op.dest.has_one_use():
+            chain.append((op, None))
+            v = op.dest
+        else:
+            return None
+    return chain[::-1]
+
+
+def _parallel_covers(par: Operation, j: int) -> bool:
+    """Does every iteration of `par` assemble a full row chunk into carried tensor j — one full-width tile, or
+    tiles at the chunk row and offsets that are constants or indices of nested scf.fors (constant bounds), which
+    partition the chunk — so that together they write every element (then its tile.full init is dead and the
+    output param can be carried instead)?"""
+    block = par.body.block
+    row, dest = block.args[0], block.args[1 + j]
+    chain = _assembles_into(block.last_op.operands[j], dest)
+    if not chain or not dest.has_one_use():
+        return False
+    rows, dshape = par.rows.value.data, shape_of(dest.type)
+    if _const(par.lower) != 0 or _const(par.upper) != dshape[0]:
+        return False
+    if len(chain) > 1 or chain[0][1] is not None:
+        return _tiles_partition(chain, row, rows, dshape)
+    asm = chain[0][0]
+    tshape = shape_of(asm.tile.type)
+    if tshape[0] != rows or tshape[1:] != dshape[1:]:
+        return False
+    if asm.offsets[0] is not row or any(_const(o) != 0 for o in asm.offsets[1:]):
+        return False
+    if not len(asm.valid):
+        return dshape[0] % rows == 0
+    if any(_const(v) != d for v, d in zip(asm.valid[1:], dshape[1:])):
+        return False
+    n = asm.valid[0].owner  # the ragged row count min(upper - row, rows)
+    if not isinstance(n, arith.MinSIOp):
+        return False
+    a, b = n.operands
+    sub = a.owner if _const(b) == rows else b.owner if _const(a) == rows else None
+    return isinstance(sub, arith.SubiOp) and _const(sub.lhs) == dshape[0] and sub.rhs is row
+
+
+def _tiles_partition(chain, row, rows: int, dshape) -> bool:
+    """Whole tiles [rows, ...] at the chunk row and offsets (constants, or indices of the scf.fors of the chain,
+    whose bounds are constants: every iteration counted) that cover dest[1:] exactly once."""
+    if dshape[0] % rows:
+        return False
+    cover = np.zeros(dshape[1:], dtype=np.int32)
+
+    def place(chain, env: dict) -> bool:
+        for op, k in chain:
+            if k is not None:  # an scf.for: its body's chain once per iteration
+                lb, ub, step = (_const(b) for b in (op.lb, op.ub, op.step))
+                body = op.body.block
+                inner = _assembles_into(body.last_op.operands[k], body.args[1 + k])
+                if None in (lb, ub, step) or step <= 0 or not all(
+                        place(inner, {**env, body.args[0]: i}) for i in range(lb, ub, step)):
+                    return False
+                continue
+            tshape = shape_of(op.tile.type)
+            offs = [env.get(o, _const(o)) for o in op.offsets[1:]]
+            if len(op.valid) or op.offsets[0] is not row or tshape[0] != rows or None in offs:
+                return False
+            if any(o < 0 or o + t > d for o, t, d in zip(offs, tshape[1:], dshape[1:])):
+                return False
+            cover[tuple(slice(o, o + t) for o, t in zip(offs, tshape[1:]))] += 1
+        return True
+
+    return place(chain, {}) and bool((cover == 1).all())
+
+
+def written_in_parts(loop: Operation, j: int) -> bool:
+    """Does the loop write its carried tensor j in parts (pypto.assemble)? A tile.parallel always assembles; an
+    scf.for when its carried block argument is an assemble's destination."""
+    if loop.name == "tile.parallel":
+        return True
+    arg = loop.body.block.args[1 + j]
+    return any(u.operation.name == "tile.assemble" and u.index == 1 for u in arg.uses)
+
+
+def output_inits(ret: Operation) -> dict:
+    """tile.full inits of tile.parallel loops whose result is returned as-is (result i) and fully written."""
+    found = {}
+    for i, v in enumerate(ret.operands):
+        par = v.owner
+        if not (isinstance(par, Operation) and par.name == "tile.parallel") or not v.has_one_use():
+            continue
+        init = par.inits[v.index]
+        if init.owner.name == "tile.full" and init.has_one_use() and _parallel_covers(par, v.index):
+            found[init] = i
+    return found
+
+
+def scratch_inits(block, outputs: dict) -> set:
+    """tile.full inits (one use) of tile.parallel loops that write every element of them: declared, not filled."""
+    found = set()
+    for par in block.walk():
+        if par.name != "tile.parallel":
+            continue
+        for j, init in enumerate(par.inits):
+            if (_is(init, "tile.full") and init.has_one_use() and init not in outputs
+                    and _parallel_covers(par, j)):
+                found.add(init)
+    return found
+
+
+def _carry(loop: Operation, inits, params: set, declared: set) -> list[str]:
+    """How the loop holds each carried tensor (see the module docstring: "same", "copy", "scratch")."""
+    out = []
+    for j, v in enumerate(inits):
+        known = v in params or v in declared or _parallel_carried(v)
+        if not v.has_one_use() or (not known and written_in_parts(loop, j)):
+            dead = _is(v, "tile.full") and loop.name == "tile.parallel" and _parallel_covers(loop, j)
+            out.append("scratch" if dead else "copy")
+        else:
+            out.append("same")
+    return out
+
+
+def in_out_results(fn: Operation) -> list[str]:
+    """Results the IR states are their parameter updated in place: a chain of `in_place` scatters from the
+    argument of the same name (update-in-place)."""
+    block = fn.body.block
+    args = dict(zip((a.data for a in fn.attributes["arg_names"].data), block.args))
+    found = []
+    for name, v in zip((a.data for a in fn.attributes["result_names"].data), block.last_op.operands):
+        while name in args and v is not args[name] and isinstance(v.owner, Operation) and _in_place(v.owner):
+            v = v.owner.table
+        if name in args and v is args[name] and name not in found:
+            found.append(name)
+    return found
+
+
+# ------------------------------------------------------------------------------------------- views, concats
+
+
+def zero_padded_rows(v: SSAValue) -> bool:
+    """v is a zero-padded view whose padding is trailing rows only (its valid shape differs in dim 0 only)."""
+    view = v.owner
+    if not (_is(view, "tile.view") and len(view.valid) and view.pad.data == "zero"):
+        return False
+    return all(_const(w) == d for w, d in zip(list(view.valid)[1:], shape_of(v.type)[1:]))
+
+
+def packs(concat: Operation) -> bool:
+    """A row concat (axis 0, rank 2) with a zero-padded piece: emitted as assembles into a scratch tensor."""
+    return (concat.axis.value.data == 0 and len(shape_of(concat.result.type)) == 2
+            and dtype_of(concat.result.type) != "i1" and any(zero_padded_rows(v) for v in concat.inputs))
+
+
+def gathers_prefix(gather: Operation) -> bool:
+    """A row-list gather read only through one zero-padded view of its leading rows that a packed concat
+    consumes."""
+    if gather.name != "tile.gather_rows" or len(shape_of(gather.indices.type)) != 1 or \
+            not gather.result.has_one_use():
+        return False
+    view = next(iter(gather.result.uses)).operation
+    return (view.name == "tile.view" and zero_padded_rows(view.result)
+            and all(_const(o) == 0 for o in view.offsets)
+            and shape_of(view.result.type) == shape_of(gather.result.type)
+            and view.result.uses and all(u.operation.name == "tile.concat" and packs(u.operation)
+                                         for u in view.result.uses))
+
+
+def select_splat(full: Operation) -> bool:
+    """A float splat inside a loop read only as a value operand of selects (see the module docstring)."""
+    return (full.parent_op() is not None and full.parent_op().name in ("tile.parallel", "scf.for")
+            and dtype_of(full.result.type) in ("f32", "bf16", "f16") and bool(full.result.uses)
+            and all(u.operation.name == "tile.select" and u.index in (1, 2) for u in full.result.uses))
+
+
+def scatter_id_ops(block) -> set:
+    """Top-level tile ops whose every result is used only as scatter_rows ids or by such ops."""
+    found: set = set()
+    changed = True
+    while changed:
+        changed = False
+        for op in reversed(list(block.ops)):
+            if op in found or not op.results or not op.name.startswith("tile.") or op.regions:
+                continue
+            uses = [u for r in op.results for u in r.uses]
+            if uses and all((u.operation.name == "tile.scatter_rows" and u.index == 2) or u.operation in found
+                            for u in uses):
+                found.add(op)
+                changed = True
+    return found
+
+
+# readers that do not see a zero-padded view's padding as zeros: pypto concatenates the valid parts only (packed).
+# (A matmul reading such a view fails pypto's verify, FB200F, even after this reshape; the passes never make one.)
+_ZERO_FILL_READERS = ("tile.concat",)
+
+
+def _names(values) -> ArrayAttr:
+    return ArrayAttr([StringAttr(v) for v in values])
+
+
+def legalize_function(fn: Operation) -> None:
+    """Set every fact of the module docstring on fn and its ops (clearing the ones a previous run set)."""
+    for op in [fn, *fn.walk()]:
+        for name in FACTS:
+            op.attributes.pop(name, None)
+    block = fn.body.block
+    fn.attributes["in_out"] = _names(in_out_results(fn))
+    outputs = output_inits(block.last_op)
+    scratch = scratch_inits(block, outputs)
+    for init, i in outputs.items():
+        init.owner.attributes["buffer"] = StringAttr("output")
+        init.owner.attributes["output"] = IntegerAttr(i, i64)
+    for init in scratch:
+        init.owner.attributes["buffer"] = StringAttr("scratch")
+    for op in scatter_id_ops(block):
+        op.attributes["scalar_ids"] = _flag()
+    params = set(block.args)
+    declared = set(outputs) | scratch
+    for op in block.walk():
+        if op.name == "tile.full" and "buffer" not in op.attributes and select_splat(op):
+            op.attributes["splat"] = _flag()
+        elif op.name == "tile.concat" and packs(op):
+            op.attributes["packed"] = _flag()
+            op.attributes["padded"] = ArrayAttr([_flag(zero_padded_rows(v)) for v in op.inputs])
+        elif op.name == "tile.gather_rows" and gathers_prefix(op):
+            op.attributes["prefix"] = _flag()
+            next(iter(op.result.uses)).operation.attributes["prefix"] = _flag()
+        elif op.name in ("tile.parallel", "scf.for"):
+            inits = op.inits if op.name == "tile.parallel" else op.iter_args
+            op.attributes["carry"] = _names(_carry(op, inits, params, declared))
+    for op in block.walk():
+        if op.name != "tile.view":
+            continue
+        shape = shape_of(op.result.type)
+        if len(op.valid) and op.pad.data == "zero" and any(
+                u.operation.name in _ZERO_FILL_READERS and not flag(u.operation, "packed") for u in op.result.uses):
+            op.attributes["zero_fill"] = _flag()
+        if len(shape) >= 3 and not all(u.operation.name == "tile.reshape" for u in op.result.uses):
+            op.attributes["clone"] = _flag()
+    fn.attributes["pypto_legalized"] = UnitAttr()
+
+
+@register
+@dataclass(frozen=True)
+class PyptoLegalize(AttncPass):
+    name = "pypto-legalize"
+    summary = ("pypto path, last: the facts the pypto 0.2.0 program needs as attributes (buffers, carried "
+               "tensors, packed concats, prefix gathers, splats, scalar ids) for the emitter to print")
+    tolerance = 0.0
+
+    def apply(self, ctx, op):
+        from attnc.ir.interpreter import entry_function
+
+        legalize_function(entry_function(op))
