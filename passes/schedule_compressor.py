@@ -1,0 +1,145 @@
+"""schedule-compressor: compress_pool -> the pooling of each completed block, reading the state rings in place.
+
+Schedules (`schedule` option):
+- `row` (a step of S <= ratio tokens completes at most one block per batch row): each batch row pools once, the
+  block its step completes, straight from the state rings and the step's rows — no gather, no copy of a ring, no
+  concat of kv_state | score_state. Every ring slot is one candidate slot per channel half (with overlap: block
+  w-1's half [:dim] and block w's half [dim:]), the step's rows more candidates; which of them belong to the block
+  is a per-row mask from start_pos (ring slot j holds the newest position p < start_pos with p = j mod R). The
+  pooled entry goes to the completing token's row (0 elsewhere, as the op states).
+- `token` (any S, the generic form): every token gathers its window t-R+1 .. t from [ring | step] (values and
+  scores from their own rings) and pools it; tokens that complete no block give 0.
+`auto`: `row` when S <= ratio, else `token`.
+Pooling is per channel over the slot axis (axis 1), channels staying the contiguous axis: masked slots score
+-1e30 (weight exactly 0) and read value 0 (a never-written ring row may hold NaN), then a pairwise halving of the
+slot axis (max, then the exp-weighted sums) — no transpose, no reduction across tiles. The summation order differs
+from the op's definition: an approximate rewrite (f32 rounding, then bf16 in the cache)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xdsl.pattern_rewriter import PatternRewriter, RewritePattern, op_type_rewrite_pattern
+
+from attnc.ir import dsl
+from attnc.ir.tensor_dialect import CompressPoolOp
+from attnc.ir.types import shape_of
+
+from . import PassError, PatternPass, register
+from ._build import T, before
+
+SCHEDULES = ("auto", "row", "token")
+_ABSENT = -1.0e30  # score of a slot outside the block: exp() makes its weight exactly 0
+
+
+def _fold(x, combine):
+    """Combine [N, n, d] over its slots (axis 1) into [N, 1, d]: halves pairwise (an odd slot out joins last)."""
+    rest = []
+    while x.shape[1] > 1:
+        N, n, d = x.shape
+        if n % 2:
+            rest.append(dsl.slice_(x, (0, n - 1, 0), (N, 1, d)))
+        x = combine(dsl.slice_(x, (0, 0, 0), (N, n // 2, d)), dsl.slice_(x, (0, n // 2, 0), (N, n // 2, d)))
+    for r in rest:
+        x = combine(x, r)
+    return x
+
+
+def pool_slots(parts):
+    """Softmax pooling over the slots of `parts` [(values [N,n,d], scores [N,n,d], in_block [N,n,1] i1)]: [N,1,d]."""
+    scores = [dsl.select(ok, z, _ABSENT) for _, z, ok in parts]
+    values = [dsl.select(ok, v, 0.0) for v, _, ok in parts]
+    top = None
+    for z in scores:
+        m = _fold(z, dsl.maximum)
+        top = m if top is None else dsl.maximum(top, m)
+    weights = [dsl.exp(z - top) for z in scores]
+
+    def total(xs):
+        acc = None
+        for x in xs:
+            s = _fold(x, lambda a, b: a + b)
+            acc = s if acc is None else acc + s
+        return acc
+
+    return total([w * v for w, v in zip(weights, values)]) / total(weights)
+
+
+def _halves(v, z, ok, dim: int, lo: int, n: int, overlap: bool, newer: bool):
+    """The channel half of slots lo .. lo+n-1 of v/z [N, R, width]: with overlap [dim:] for the newer block, else
+    [:dim]."""
+    N = v.shape[0]
+    col = dim if overlap and newer else 0
+    return (dsl.slice_(v, (0, lo, col), (N, n, dim)), dsl.slice_(z, (0, lo, col), (N, n, dim)), ok)
+
+
+class _Schedule(RewritePattern):
+    def __init__(self, schedule: str):
+        self.schedule = schedule
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: CompressPoolOp, rewriter: PatternRewriter):
+        B, S, width = shape_of(op.values.type)
+        ratio, dim = op.ratio.value.data, op.dim.value.data
+        schedule = self.schedule if self.schedule != "auto" else ("row" if S <= ratio else "token")
+        if schedule == "row" and S > ratio:
+            raise PassError(f"schedule-compressor{{schedule=row}}: a step of {S} tokens may complete more than one "
+                            f"block of {ratio} per batch row (use schedule=token)")
+        with before(op):
+            pooled = (self._row if schedule == "row" else self._token)(op, B, S, width, ratio, dim)
+        rewriter.replace(op, [], [pooled.value])
+
+    @staticmethod
+    def _row(op, B, S, width, ratio, dim):
+        overlap = width == 2 * dim
+        values, scores, kv, sc = T(op.values), T(op.scores), T(op.kv_state), T(op.score_state)
+        R = shape_of(op.kv_state.type)[1]
+        sp = dsl.reshape(T(op.start_pos), (B, 1, 1))
+        first = (sp // ratio) * ratio  # the block the row's step completes starts here (S <= ratio: one block)
+        end = first + ratio
+        held = sp - 1 - (sp + (R - 1) - dsl.iota((B, R, 1), 1)) % R  # ring slot j's position (< 0: never written)
+        ring_new = held >= first
+        parts = [_halves(kv, sc, ring_new, dim, 0, R, overlap, True)]
+        if overlap:
+            ring_old = (held >= first - ratio) & (held < first) & (held >= 0)
+            parts.append(_halves(kv, sc, ring_old, dim, 0, R, overlap, False))
+        s = dsl.iota((B, S, 1), 1)
+        parts.append(_halves(values, scores, sp + s < end, dim, 0, S, overlap, True))
+        pooled = dsl.broadcast_to(pool_slots(parts), (B, S, dim))
+        return dsl.select(s.eq(end - 1 - sp), pooled, 0.0)  # the completing token's row, if any
+
+    @staticmethod
+    def _token(op, B, S, width, ratio, dim):
+        overlap = width == 2 * dim
+        R = shape_of(op.kv_state.type)[1]
+        T_ = B * S
+        with dsl.token_dims((B, S)):
+            sp = dsl.reshape(T(op.start_pos), (B, 1, 1))
+            t = sp + dsl.iota((B, S, 1), 1)
+            p = t - (R - 1) + dsl.iota((B, S, R), 2)  # window positions, oldest first
+            local = dsl.select(p >= sp, p - sp + R, dsl.maximum(p, 0) % R)
+            v = dsl.gather_pool([T(op.kv_state), T(op.values)], local, (T_, R))
+            z = dsl.gather_pool([T(op.score_state), T(op.scores)], local, (T_, R))
+            present = dsl.reshape(dsl.to_tokens(p >= 0), (T_, R, 1))
+            if overlap:
+                h = R // 2
+                parts = [_halves(v, z, dsl.slice_(present, (0, 0, 0), (T_, h, 1)), dim, 0, h, True, False),
+                         _halves(v, z, dsl.slice_(present, (0, h, 0), (T_, h, 1)), dim, h, h, True, True)]
+            else:
+                parts = [_halves(v, z, present, dim, 0, R, False, False)]
+            pooled = dsl.from_tokens(dsl.reshape(pool_slots(parts), (T_, dim)))
+            return dsl.select(((t + 1) % ratio).eq(0), pooled, 0.0)
+
+
+@register
+@dataclass(frozen=True)
+class ScheduleCompressor(PatternPass):
+    name = "schedule-compressor"
+    summary = "compress_pool -> per-row pooling of the completed block from the state rings in place (or per token)"
+    tolerance = 1e-2
+    schedule: str = "auto"
+
+    def pattern(self):
+        if self.schedule not in SCHEDULES:
+            raise PassError(f"schedule-compressor: schedule must be one of {', '.join(SCHEDULES)}, "
+                            f"got '{self.schedule}'")
+        return _Schedule(self.schedule)
