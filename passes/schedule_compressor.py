@@ -66,6 +66,48 @@ def pool_slots(parts):
     return total([w * v for w, v in zip(weights, values)]) / total(weights)
 
 
+def _fold_columns(x, width: int, combine):
+    """Combine [N, n*width] over its n slots (column blocks of `width`) into [N, width]: halves pairwise (rank-2
+    views, no copy), an odd slot out joining last."""
+    rest = []
+    while x.shape[1] > width:
+        N, c = x.shape
+        n = c // width
+        if n % 2:
+            rest.append(dsl.slice_(x, (0, c - width), (N, width)))
+        h = n // 2 * width
+        x = combine(dsl.slice_(x, (0, 0), (N, h)), dsl.slice_(x, (0, h), (N, h)))
+    for r in rest:
+        x = combine(x, r)
+    return x
+
+
+def pool_columns(parts, width: int, dim: int):
+    """Softmax pooling of slot-major rows [(values [N, n*width], scores [N, n*width], in_block i1 same shape)]:
+    [N, dim]. With width = 2*dim a slot gives channel c from column c or dim + c (its mask says which)."""
+    scores = [dsl.select(ok, z, _ABSENT) for _, z, ok in parts]
+    values = [dsl.select(ok, v, 0.0) for v, _, ok in parts]
+    top = None
+    for z in scores:
+        m = _fold_columns(z, width, dsl.maximum)
+        top = m if top is None else dsl.maximum(top, m)
+    N = top.shape[0]
+    if width != dim:  # one max per output channel over both halves
+        top = dsl.maximum(dsl.slice_(top, (0, 0), (N, dim)), dsl.slice_(top, (0, dim), (N, dim)))
+        top = dsl.concat([top, top], axis=1)
+    top = dsl.reshape(top, (N, 1, width))
+    num = den = None
+    for v, z in zip(values, scores):
+        n = z.shape[1] // width
+        w = dsl.reshape(dsl.exp(dsl.reshape(z, (N, n, width)) - top), (N, n * width))
+        a, b = _fold_columns(w * v, width, lambda x, y: x + y), _fold_columns(w, width, lambda x, y: x + y)
+        num, den = (a, b) if num is None else (num + a, den + b)
+    if width != dim:
+        num = dsl.slice_(num, (0, 0), (N, dim)) + dsl.slice_(num, (0, dim), (N, dim))
+        den = dsl.slice_(den, (0, 0), (N, dim)) + dsl.slice_(den, (0, dim), (N, dim))
+    return num / den
+
+
 def _halves(v, z, ok, dim: int, lo: int, n: int, overlap: bool, newer: bool):
     """The channel half of slots lo .. lo+n-1 of v/z [N, R, width]: with overlap [dim:] for the newer block, else
     [:dim]."""
@@ -93,21 +135,30 @@ class _Schedule(RewritePattern):
     @staticmethod
     def _row(op, B, S, width, ratio, dim):
         overlap = width == 2 * dim
-        values, scores, kv, sc = T(op.values), T(op.scores), T(op.kv_state), T(op.score_state)
         R = shape_of(op.kv_state.type)[1]
-        sp = dsl.reshape(T(op.start_pos), (B, 1, 1))
+        sp = dsl.reshape(T(op.start_pos), (B, 1))
         first = (sp // ratio) * ratio  # the block the row's step completes starts here (S <= ratio: one block)
-        end = first + ratio
-        held = sp - 1 - (sp + (R - 1) - dsl.iota((B, R, 1), 1)) % R  # ring slot j's position (< 0: never written)
-        ring_new = held >= first
-        parts = [_halves(kv, sc, ring_new, dim, 0, R, overlap, True)]
+        # the rings as [B, R*width] matrices (kernel parameters reshaped in place): slot j is columns j*width ..;
+        # which columns take part, by column ranges from start_pos: the block's positions first .. sp-1 are ring
+        # slots from (first mod R), its half [dim:] with overlap; block w-1's (overlap, w >= 1) the other m slots'
+        # half [:dim]
+        col = dsl.iota((B, R * width), 1)
+        new_lo = (first % R) * width
+        ok = (col >= new_lo) & (col < new_lo + (sp - first) * width)
         if overlap:
-            ring_old = (held >= first - ratio) & (held < first) & (held >= 0)
-            parts.append(_halves(kv, sc, ring_old, dim, 0, R, overlap, False))
+            old_lo = ((first + ratio) % R) * width
+            ok = (ok & (col % width >= dim)) | (
+                (col >= old_lo) & (col < old_lo + ratio * width) & (col % width < dim) & (first >= ratio))
+        ring = (dsl.reshape(T(op.kv_state), (B, R * width)), dsl.reshape(T(op.score_state), (B, R * width)), ok)
+        scol = dsl.iota((B, S * width), 1)
+        step_ok = scol < (first + ratio - sp) * width  # the step's positions up to the completing token's
+        if overlap:
+            step_ok = step_ok & (scol % width >= dim)
+        step = (dsl.reshape(T(op.values), (B, S * width)), dsl.reshape(T(op.scores), (B, S * width)), step_ok)
+        pooled = pool_columns([ring, step], width, dim)
         s = dsl.iota((B, S, 1), 1)
-        parts.append(_halves(values, scores, sp + s < end, dim, 0, S, overlap, True))
-        pooled = dsl.broadcast_to(pool_slots(parts), (B, S, dim))
-        return dsl.select(s.eq(end - 1 - sp), pooled, 0.0)  # the completing token's row, if any
+        out = dsl.broadcast_to(dsl.reshape(pooled, (B, 1, dim)), (B, S, dim))
+        return dsl.select(s.eq(dsl.reshape(first + ratio - 1 - sp, (B, 1, 1))), out, 0.0)  # the completing token
 
     @staticmethod
     def _token(op, B, S, width, ratio, dim):

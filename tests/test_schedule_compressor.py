@@ -57,14 +57,28 @@ def test_row_refuses_two_blocks_per_step():
 
 
 @pytest.mark.slow
-def test_row_schedule_in_sim_equals_the_interpreter():
-    from attnc.codegen.pypto_target import run_pypto_sim
+@pytest.mark.parametrize("case", list(CASES))
+def test_row_schedule_in_sim_equals_the_interpreter(case):
+    """The `row` program in SIM, every start residue and NaN-poisoned never-written state rows: the entries bit
+    for bit, the states within 1e-6 (f32 matmul order; the same rows written, the rest untouched)."""
+    import numpy as np
+
+    import attnc as api
     from attnc.passes import PYPTO_PIPELINE
 
-    cfg, st, inputs = _inputs("compressor", {"compress_ratio": 4}, 2)
-    module = build_stage(st, cfg)
-    run_pipeline(module, PYPTO_PIPELINE.replace("schedule-compressor", "schedule-compressor{schedule=row}"))
-    want = run_module(module, list(inputs.values()))
-    res = run_pypto_sim(module, inputs, verify="none", timeout_s=900)
-    for name, w in zip(st.outputs, want):
-        torch.testing.assert_close(res.outputs[name], w, rtol=0, atol=0, equal_nan=True)  # exact, as measured
+    stage, over = CASES[case]
+    cfg, _, arrays = _inputs(stage, over, 2)
+    st = api.build(stage, "tiny", **{**over, "seq": 2, "batch": 8})
+    api.compile(st, PYPTO_PIPELINE.replace("schedule-compressor", "schedule-compressor{schedule=row}"),
+                target="pypto")
+    arrays = {k: v.numpy() if v.dtype != torch.bfloat16 else v for k, v in arrays.items()}
+    want = api.interpret(st, arrays)
+    got = api.run_sim(st, arrays)
+    for name, w in want.items():
+        g, w = np.asarray(got.outputs[name]), np.asarray(w)
+        assert g.shape == w.shape and g.dtype == w.dtype, name
+        if w.dtype == np.float32:  # the states: the step's a/z rows (matmul summation order), NaN rows untouched
+            assert np.array_equal(np.isnan(g), np.isnan(w)), name
+            assert np.nanmax(np.abs(g - w)) <= 1e-6 * np.nanmax(np.abs(w)), name
+        else:
+            assert np.array_equal(g, w), name
