@@ -2,19 +2,18 @@
 
 Schedules (`schedule` option):
 - `row` (a step of S <= ratio tokens completes at most one block per batch row): each batch row pools once, the
-  block its step completes, straight from the state rings and the step's rows — no gather, no copy of a ring, no
-  concat of kv_state | score_state. Every ring slot is one candidate slot per channel half (with overlap: block
-  w-1's half [:dim] and block w's half [dim:]), the step's rows more candidates; which of them belong to the block
-  is a per-row mask from start_pos (ring slot j holds the newest position p < start_pos with p = j mod R). The
-  pooled entry goes to the completing token's row (0 elsewhere, as the op states).
+  block its step completes, straight from the state rings and the step's rows as [B, R*width] matrices (kernel
+  parameters reshaped in place; rank-2 column views, which pypto 0.2.0 reads without the clone a rank-3 view
+  needs) — no gather, no copy of a ring, no concat of kv_state | score_state. The block's columns are column ranges
+  from start_pos (with overlap: block w-1's half [:dim] and block w's half [dim:]); the slots fold by halving
+  column blocks. The pooled entry goes to the completing token's row (0 elsewhere, as the op states).
 - `token` (any S, the generic form): every token gathers its window t-R+1 .. t from [ring | step] (values and
-  scores from their own rings) and pools it; tokens that complete no block give 0.
-`auto`: `token` (pypto 0.2.0 SIM, flash m = 4: `row` 488.7 vs `token` 479.2 us at B = 32, and `row` fails in SIM at
-B = 64 with "hasCall=0 ... ParseInput.cpp line 378"; `row` is the form to grow, see docs/passes.md).
-Pooling is per channel over the slot axis (axis 1), channels staying the contiguous axis: masked slots score
--1e30 (weight exactly 0) and read value 0 (a never-written ring row may hold NaN), then a pairwise halving of the
-slot axis (max, then the exp-weighted sums) — no transpose, no reduction across tiles. The summation order differs
-from the op's definition: an approximate rewrite (f32 rounding, then bf16 in the cache)."""
+  scores from their own rings) and pools it (m = 4: halving the slot axis of [T, n, d] slices; m = 128: channels
+  first, the slots reduced as the last axis); tokens that complete no block give 0.
+`auto`: `token` (pypto 0.2.0 SIM at flash: m = 4 `row` 558.8 vs `token` 479.2 us at B = 32, and `row` fails in SIM
+at B >= 48 with "hasCall=0 ... ParseInput.cpp line 378"; m = 128 B = 64 `row` 1353.0 vs `token` 712.5 us).
+Masked slots score -1e30 (weight exactly 0) and read value 0 (a never-written ring row may hold NaN). The
+summation order differs from the op's definition: an approximate rewrite (f32 rounding, then bf16 in the cache)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
