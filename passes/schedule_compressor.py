@@ -8,8 +8,9 @@ Schedules (`schedule` option):
   from start_pos (with overlap: block w-1's half [:dim] and block w's half [dim:]); the slots fold by halving
   column blocks. The pooled entry goes to the completing token's row (0 elsewhere, as the op states).
 - `token` (any S, the generic form): every token gathers its window t-R+1 .. t from [ring | step] (values and
-  scores from their own rings) and pools it (m = 4: halving the slot axis of [T, n, d] slices; m = 128: channels
-  first, the slots reduced as the last axis); tokens that complete no block give 0.
+  scores from their own rings) and pools it by halving the slot axis of [T, n, d] slices (channels stay the
+  contiguous axis, no transpose; flash m = 128: 526.5 us vs 712.5 channel-first with transposes); tokens that
+  complete no block give 0.
 `auto`: `token` (pypto 0.2.0 SIM at flash: m = 4 `row` 558.8 vs `token` 479.2 us at B = 32, and `row` fails in SIM
 at B >= 48 with "hasCall=0 ... ParseInput.cpp line 378"; m = 128 B = 64 `row` 1353.0 vs `token` 712.5 us).
 Masked slots score -1e30 (weight exactly 0) and read value 0 (a never-written ring row may hold NaN). The
@@ -186,11 +187,8 @@ class _Schedule(RewritePattern):
                 parts = [_halves(v, z, dsl.slice_(present, (0, 0, 0), (T_, h, 1)), dim, 0, h, True, False),
                          _halves(v, z, None, dim, h, h, True, True)]
                 pooled = pool_slots(parts)
-            else:  # R = ratio slots (128): channels first, the slot axis reduced as the last axis (a halving
-                # tree over 128 slots measured slower per token at flash B=64 S=2: 1651.2 vs 1320.4 us)
-                values, scores = dsl.transpose(v, (0, 2, 1)), dsl.transpose(z, (0, 2, 1))
-                weights = dsl.exp(scores - dsl.reduce(scores, "max", -1))
-                pooled = dsl.reduce(weights * values, "sum", -1) / dsl.reduce(weights, "sum", -1)
+            else:
+                pooled = pool_slots([_halves(v, z, None, dim, 0, R, False, False)])
             pooled = dsl.from_tokens(dsl.reshape(pooled, (T_, dim)))
             return dsl.select(((t + 1) % ratio).eq(0), pooled, 0.0)
 
