@@ -532,6 +532,15 @@ def cache_attention(q: Tensor, sink: Tensor, start_pos: Tensor, ring: Tensor, st
                  cache_entries=None if cache_table is None else _int(entries))
 
 
+def compress_pool(values: Tensor, scores: Tensor, kv_state: Tensor, score_state: Tensor, start_pos: Tensor,
+                  ratio: int, dim: int) -> Tensor:
+    """The compressor's pooled entry of each token of a step [B, S, dim] f32 (0 for a token that completes no
+    block) from the step's values/scores [B, S, width] and the state rings [B, R, width] (see attn.compress_pool)."""
+    B, S, _ = values.shape
+    return _emit("compress_pool", [values, scores, kv_state, score_state, start_pos], _ty((B, S, dim), "f32"),
+                 ratio=_int(ratio), dim=_int(dim))
+
+
 def paged_rows_of(block_table: Tensor, block_size: int, slot: Tensor, row: Tensor | None = None) -> Tensor:
     """Flattened pool row ids of slots `slot` [B, ...] (i32) of a paged table: block_table[b, slot // block_size] *
     block_size + slot % block_size, b the leading index of `slot` (or `row`, each slot's batch row)."""

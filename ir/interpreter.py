@@ -219,6 +219,44 @@ def cache_attention_keys(start_pos, ring, step, compressed, ratio: int):
     return kv.reshape(B * S, kv.shape[2], d), torch.cat(valid, 2).reshape(B * S, -1)
 
 
+def compress_pool(values, scores, kv_state, score_state, start_pos, ratio: int, dim: int):
+    """attn.compress_pool: the pooled entry [B, S, dim] of each token completing a block, 0 for the others.
+
+    Token t = start_pos[b] + s completes block w when (t+1) mod ratio == 0 and pools the positions t-R+1 .. t
+    (R = the ring's rows: 2*ratio with overlap, whose older half contributes channels [:dim] and newer half
+    channels [dim:]; else ratio, channels [:dim]); position p >= start_pos is the step's row p - start_pos, an
+    earlier one ring slot p mod R, p < 0 is absent. Per channel: softmax of the scores over the present slots,
+    the values weighted by it, summed (f32)."""
+    B, S, width = values.shape
+    R = kv_state.shape[1]
+    out = torch.zeros(B, S, dim, dtype=torch.float32)
+    sp = start_pos.long()
+    t = sp.reshape(B, 1) + torch.arange(S).reshape(1, S)
+    bi, si = torch.nonzero((t + 1) % ratio == 0, as_tuple=True)  # the completing tokens only
+    if not len(bi):
+        return out
+    tok_sp = sp[bi].reshape(-1, 1)
+    p = t[bi, si].reshape(-1, 1) - (R - 1) + torch.arange(R).reshape(1, R)  # [n, R] oldest first
+    b_ix = bi.reshape(-1, 1).expand_as(p)
+    from_step = (p >= tok_sp)[..., None]
+    step_row, ring_slot = (p - tok_sp).clamp(0, S - 1), p.remainder(R)
+    v = torch.where(from_step, values[b_ix, step_row], kv_state[b_ix, ring_slot])
+    z = torch.where(from_step, scores[b_ix, step_row], score_state[b_ix, ring_slot])
+    if width == 2 * dim:  # overlap: block w-1's rows give channels [:dim], block w's rows channels [dim:]
+        h = R // 2
+        v = torch.cat([v[:, :h, :dim], v[:, h:, dim:]], 1)
+        z = torch.cat([z[:, :h, :dim], z[:, h:, dim:]], 1)
+    present = (p >= 0)[..., None]
+    z = torch.where(present, z, float("-inf"))
+    e = torch.exp(z - z.max(1, keepdim=True).values)
+    out[bi, si] = (e * torch.where(present, v, 0.0)).sum(1) / e.sum(1)
+    return out
+
+
+def _compress_pool(it, op, a):
+    return (compress_pool(*a, op.ratio.value.data, op.dim.value.data),)
+
+
 def paged_logical_table(pool, block_table, length: int):
     """The logical table [B, length, d] of a paged pool [blocks, size, d]: slot j of row b is pool row
     block_table[b, j // size] * size + j % size of the flattened pool."""
@@ -371,6 +409,7 @@ def _tensor_impls() -> dict:
     table[d["sparse_attention"]] = lambda it, op, a: (
         cast_tensor(sparse_attention(*a, op.scale.value.data), _out_dtype(op)),)
     table[d["cache_attention"]] = _cache_attention
+    table[d["compress_pool"]] = _compress_pool
     return table
 
 

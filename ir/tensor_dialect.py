@@ -158,6 +158,24 @@ def _scaled_matmul_verify(self):
     self.expect(shape_of(self.result.type) == (*sa[:-1], sw[1]), f"result must be {[*sa[:-1], sw[1]]}")
 
 
+def _compress_pool_verify(self):
+    sv, sz, sk, ss = (shape_of(v.type) for v in (self.values, self.scores, self.kv_state, self.score_state))
+    ratio, d = self.ratio.value.data, self.dim.value.data
+    self.expect(len(sv) == 3 and sz == sv, f"values and scores must be one [B,S,width], got {describe(self.values.type)}"
+                f" and {describe(self.scores.type)}")
+    B, S, width = sv
+    self.expect(width in (d, 2 * d), f"width must be dim {d} (no overlap) or 2*dim (overlap), got {width}")
+    ring = 2 * ratio if width == 2 * d else ratio
+    self.expect(sk == ss == (B, ring, width),
+                f"states must be [{B},{ring},{width}] (a ring of {ring} positions), got {describe(self.kv_state.type)}")
+    self.expect(all(dtype_of(v.type) == "f32" for v in (self.values, self.scores, self.kv_state, self.score_state)),
+                "values, scores and states must be f32")
+    self.expect(shape_of(self.start_pos.type) == (B,) and dtype_of(self.start_pos.type) == "i32",
+                f"start_pos must be i32[{B}], got {describe(self.start_pos.type)}")
+    self.expect(shape_of(self.result.type) == (B, S, d) and dtype_of(self.result.type) == "f32",
+                f"result must be f32[{B},{S},{d}], got {describe(self.result.type)}")
+
+
 _SHARED = define_shared_ops("attn")
 ReduceOp = _make("attn.reduce", dict(input=operand_def(TensorType), kind=prop_def(StringAttr),
                                      axis=prop_def(IntegerAttr), result=result_def(TensorType),
@@ -211,7 +229,19 @@ CacheAttentionOp = _make("attn.cache_attention", dict(
 ScaledMatmulOp = _make("attn.scaled_matmul", dict(lhs=operand_def(TensorType), rhs=operand_def(TensorType),
                                                   col_scale=operand_def(TensorType), proj=prop_def(StringAttr),
                                                   result=result_def(TensorType), verify_=_scaled_matmul_verify))
+# The compressor's pooled entries of a decode step (kernels_src/compressor.py): per channel, a softmax over the
+# slots of a block of `ratio` positions of the values weighted by their scores. Token t = start_pos[b] + s that
+# completes block w ((t+1) mod ratio == 0) pools it: without overlap (width = dim) the positions w*ratio .. t,
+# channels [:dim]; with overlap (width = 2*dim) also block w-1's positions in channels [:dim] and block w's in
+# channels [dim:] (positions < 0 are absent). Rows come from where they live: position p >= start_pos is the
+# step's row p - start_pos of `values`/`scores`, an earlier one the state ring's slot p mod R (R = 2*ratio with
+# overlap, else ratio). Every other token's result row is 0. Batch-major, so a schedule reads the rings in place.
+CompressPoolOp = _make("attn.compress_pool", dict(
+    values=operand_def(TensorType), scores=operand_def(TensorType), kv_state=operand_def(TensorType),
+    score_state=operand_def(TensorType), start_pos=operand_def(TensorType),
+    ratio=prop_def(IntegerAttr), dim=prop_def(IntegerAttr), result=result_def(TensorType),
+    verify_=_compress_pool_verify))
 ATTN_OPS = [*_SHARED, ScaledMatmulOp, ReduceOp, SliceOp, RmsNormOp, RopeOp, SparseAttentionOp, ToTokensOp, FromTokensOp,
-            CacheAttentionOp]
+            CacheAttentionOp, CompressPoolOp]
 Attn = Dialect("attn", ATTN_OPS, [])
 ATTN = {op.name.split(".", 1)[1]: op for op in ATTN_OPS}

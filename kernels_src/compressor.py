@@ -13,7 +13,7 @@ at cache slot w, so a block may complete in the middle of a step and later token
 import math
 
 from attnc.ir.dsl import (
-    In, block_start_positions, cast, concat, exp, from_tokens, gather_rows, iota, matmul, maximum, reduce, reshape,
+    In, PackedRows, block_start_positions, cast, compress_pool, concat, exp, from_tokens, gather_rows, iota, matmul, maximum, reduce, reshape,
     rmsnorm, rope, select, slice_, stage, to_tokens, token_positions, transpose,
 )
 
@@ -62,29 +62,36 @@ def _pool_slots(rows, valid, parts, n: int, dim: int, width: int):
             / _over_slots(weights, lambda x, y: x + y))
 
 
+def _packed_pool(cfg, a, z, kv_state, score_state, start_pos, ratio: int, dim: int):
+    """The packed layout's pooled candidate of every token [T, 1, dim] (a block's entry at its completing token):
+    its window of positions t-R+1 .. t gathered from [state | step rows] and pooled over its slots."""
+    T = cfg["tokens"]
+    ring, width = kv_state.shape[1], kv_state.shape[2]
+    step = from_tokens(concat([a, z], axis=1))
+    state = concat([kv_state, score_state], axis=2)
+    rows, valid = ring_window(cfg, state, step, start_pos, ring)  # [T, R, a|z]: positions t-R+1 .. t, oldest first
+    if ratio == 4:  # block w-1's A-half [:d] in the first m rows, block w's B-half [d:] in the last m rows
+        return _pool_slots(rows, valid, [(0, 0), (ratio, dim)], ratio, dim, width)
+    values = transpose(slice_(rows, (0, 0, 0), (T, ring, dim)), (0, 2, 1))
+    scores = transpose(slice_(rows, (0, 0, width), (T, ring, dim)), (0, 2, 1))
+    scores = select(reshape(valid, (T, 1, ring)), scores, _ABSENT)  # slots before position 0 are absent
+    weights = exp(scores - reduce(scores, "max", -1))
+    return reduce(weights * values, "sum", -1) / reduce(weights, "sum", -1)
+
+
 def compress(cfg, xn, w_kv, w_gate, ape, norm_w, kv_state, score_state, cache, start_pos, rope_cos, rope_sin,
              ratio: int, dim: int, rotate: bool, rows_of=None):
     """One step of a compressor: (kv_state', score_state', cache'). xn [T, model dim] bf16 (attn_norm output).
     `rows_of`: the cache's row ids of slots (a paged cache's block table, paged.py); default dense [B, N, d]."""
-    B, S, T, eps = cfg["batch"], cfg["seq"], cfg["tokens"], cfg["norm_eps"]
-    overlap = ratio == 4
-    ring, width = kv_state.shape[1], kv_state.shape[2]
+    S, T, eps = cfg["seq"], cfg["tokens"], cfg["norm_eps"]
     pos = token_positions(start_pos, S)
     a = matmul(xn, w_kv)
     z = matmul(xn, w_gate) + gather_rows(ape, to_tokens(pos % ratio))
-    step = from_tokens(concat([a, z], axis=1))
-    state = concat([kv_state, score_state], axis=2)
-    rows, valid = ring_window(cfg, state, step, start_pos, ring)  # [T, R, a|z]: positions t-R+1 .. t, oldest first
-
-    if overlap:  # block w-1's A-half [:d] in the first m rows, block w's B-half [d:] in the last m rows
-        pooled = _pool_slots(rows, valid, [(0, 0), (ratio, dim)], ratio, dim, width)
-    else:  # 128 slots: channels first, so the pooling reduces the last axis (a halving tree over 128 slots of
-        # [T, n, d] views measured slower at flash B=64 S=2: 1651.2 vs 1320.4 us)
-        values = transpose(slice_(rows, (0, 0, 0), (T, ring, dim)), (0, 2, 1))
-        scores = transpose(slice_(rows, (0, 0, width), (T, ring, dim)), (0, 2, 1))
-        scores = select(reshape(valid, (T, 1, ring)), scores, _ABSENT)  # slots before position 0 are absent
-        weights = exp(scores - reduce(scores, "max", -1))
-        pooled = reduce(weights * values, "sum", -1) / reduce(weights, "sum", -1)
+    if isinstance(start_pos, PackedRows):
+        pooled = _packed_pool(cfg, a, z, kv_state, score_state, start_pos, ratio, dim)
+    else:  # the block each completing token pools, from the state rings in place (schedule-compressor)
+        pooled = to_tokens(compress_pool(from_tokens(a), from_tokens(z), kv_state, score_state, start_pos,
+                                         ratio, dim))
     normed = rmsnorm(reshape(pooled, (T, dim)), norm_w, eps, out="f32")
     first = to_tokens(block_start_positions(pos, ratio))
     entry = rope(normed, rope_cos, rope_sin, first, out="bf16")

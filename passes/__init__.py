@@ -17,19 +17,19 @@ from xdsl.utils.arg_spec import parse_pipeline
 
 from attnc.errors import AttncError, did_you_mean
 
-DEFAULT_PIPELINE = ("quantize-w8a8,fuse-rmsnorm,rope-selector-matmul,gather-keys,tile-softmax{kv-tile=32},parallelize-tokens{rows=16},"
+DEFAULT_PIPELINE = ("quantize-w8a8,schedule-compressor,fuse-rmsnorm,rope-selector-matmul,gather-keys,tile-softmax{kv-tile=32},parallelize-tokens{rows=16},"
                     "tile-matmul{k=512},lower-to-tiles,canonicalize,cse,update-in-place")
 # pypto: wider KV tiles (as pypto-lib#486) and 32-row token chunks halve the simulated time at the flash shape;
 # projection loops take up to 128 token rows per chunk (each weight read once per step, cube M tile 128) with 16K
 # vector tiles, K unchunked up to 4096 (pypto accumulates K inside a cube task) and N tiles narrowed until a
 # projection makes 24 cube tasks (qkv_proj_rope flash B=64: 642.5 -> 398.2 us)
-PYPTO_PIPELINE = ("quantize-w8a8,fuse-rmsnorm,rope-selector-matmul,tile-softmax{kv-tile=128},"
+PYPTO_PIPELINE = ("quantize-w8a8,schedule-compressor,fuse-rmsnorm,rope-selector-matmul,tile-softmax{kv-tile=128},"
                   "parallelize-tokens{rows=32 weight-rows=128 weight-vec-tile=16384},"
                   "schedule-attention,tile-matmul{k=4096 tasks=24},lower-to-tiles,canonicalize,cse,update-in-place,pypto-legalize")
 # PTO (ptoas 0.1.1): one token per kernel (rows=1, the token axis is dropped), 16-key tiles; then f16 and the
 # legalization of what 0.1.1 cannot express (host-side gathers, 0/1 masks instead of i1), then row chunks of the
 # loop bodies whose tiles would overflow UB/L1/L0
-PTO_PIPELINE = ("quantize-w8a8,fuse-rmsnorm,rope-selector-matmul,gather-keys,tile-softmax{kv-tile=16},parallelize-tokens{rows=1},"
+PTO_PIPELINE = ("quantize-w8a8,schedule-compressor{schedule=token},fuse-rmsnorm,rope-selector-matmul,gather-keys,tile-softmax{kv-tile=16},parallelize-tokens{rows=1},"
                 "tile-matmul{k=512},lower-to-tiles,canonicalize,cse,pto-legalize,canonicalize,cse,pto-plan-memory,"
                 "canonicalize,cse")
 
@@ -54,6 +54,7 @@ _PASS_MODULES = {
     "tile-softmax": "tile_softmax",
     "parallelize-tokens": "parallelize_tokens",
     "schedule-attention": "schedule_attention",
+    "schedule-compressor": "schedule_compressor",
     "tile-matmul": "tile_matmul",
     "lower-to-tiles": "lower_to_tiles",
     "update-in-place": "update_in_place",

@@ -24,7 +24,8 @@ from . import PatternPass, PassError, register
 from ._build import before, tile_op, view
 
 _DECOMPOSED_BY = {"rmsnorm": "fuse-rmsnorm", "rope": "rope-selector-matmul", "sparse_attention": "tile-softmax",
-                 "cache_attention": "gather-keys or schedule-attention", "scaled_matmul": "quantize-w8a8"}
+                 "cache_attention": "gather-keys or schedule-attention", "scaled_matmul": "quantize-w8a8",
+                 "compress_pool": "schedule-compressor"}
 _COMMUTATIVE = {"add", "mul", "max", "min"}
 # token-row markers (read by parallelize-tokens) are reshapes in value
 _TILE_KIND = {"to_tokens": "reshape", "from_tokens": "reshape"}

@@ -48,7 +48,7 @@ def test_overlapping_compressors_pool_over_slots_without_a_transpose(stage):
 # the pypto verify records a case produces whose cause is a known pypto limitation (codegen/pypto/target.
 # KNOWN_VERIFY_LIMITATIONS, matched by error code and op): the case is that entry's reproducer and asserts the
 # records are still there; every other case has no unexcused record
-SPLIT_GATHER = (("FB200F", "GATHER"), ("FB200B", "GATHER"))
+SPLIT_GATHER = (("FB200F", "GATHER"),)
 LONG = (("max_pos", 256),)
 SIM_CASES = [
     ("qkv_proj_rope", (), ()),

@@ -37,9 +37,6 @@ KNOWN_VERIFY_LIMITATIONS = (
                 "or runtime valid shape needed: tests/test_pypto_emit.py SPLIT_GATHER): pypto's verify "
                 "interpreter's tile gather trips torch's overlap check (ExpandFunction, InferParamIndex, "
                 "CodegenPreproc, InferDynShape); outputs exact"),
-    KnownRecord("FB200B", "GATHER", SPLIT_GATHER_REPRO,
-                "the same gather in the next passes' verify (SplitK, L1CopyInReuseMerge): GetValidDataView of its "
-                "runtime valid shape fails"),
 )
 
 

@@ -1,0 +1,208 @@
+"""schedule-compressor: compress_pool -> the pooling of each completed block, reading the state rings in place.
+
+Schedules (`schedule` option):
+- `row` (a step of S <= ratio tokens completes at most one block per batch row): each batch row pools once, the
+  block its step completes, straight from the state rings and the step's rows as [B, R*width] matrices (kernel
+  parameters reshaped in place; rank-2 column views, which pypto 0.2.0 reads without the clone a rank-3 view
+  needs) — no gather, no copy of a ring, no concat of kv_state | score_state. The block's columns are column ranges
+  from start_pos (with overlap: block w-1's half [:dim] and block w's half [dim:]); the slots fold by halving
+  column blocks. The pooled entry goes to the completing token's row (0 elsewhere, as the op states).
+- `token` (any S, the generic form): every token gathers its window t-R+1 .. t from [ring | step] (values and
+  scores from their own rings) and pools it by halving the slot axis of [T, n, d] slices (channels stay the
+  contiguous axis, no transpose; flash m = 128: 526.5 us vs 712.5 channel-first with transposes); tokens that
+  complete no block give 0.
+`auto`: `token` (pypto 0.2.0 SIM at flash: m = 4 `row` 558.8 vs `token` 479.2 us at B = 32, and `row` fails in SIM
+at B >= 48 with "hasCall=0 ... ParseInput.cpp line 378"; m = 128 B = 64 `row` 1353.0 vs `token` 712.5 us).
+Masked slots score -1e30 (weight exactly 0) and read value 0 (a never-written ring row may hold NaN). The
+summation order differs from the op's definition: an approximate rewrite (f32 rounding, then bf16 in the cache)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xdsl.pattern_rewriter import PatternRewriter, RewritePattern, op_type_rewrite_pattern
+
+from attnc.ir import dsl
+from attnc.ir.tensor_dialect import CompressPoolOp
+from attnc.ir.types import shape_of
+
+from . import PassError, PatternPass, register
+from ._build import T, before
+
+SCHEDULES = ("auto", "row", "token")
+_ABSENT = -1.0e30  # score of a slot outside the block: exp() makes its weight exactly 0
+
+
+def _max(a, b):
+    """max(a, b) of f32 scores as a compare and a select: the same values, and pypto 0.2.0's cost model charges an f32 MAXIMUM
+    40.5k cycles per [8, 2, 512] tile (the m = 4 pooling's critical path: 5 in a row per task; flash m = 4 529.9 -> 401.6 us). The
+    int32 window ids keep MAXIMUM (a select there: 410.4 us)."""
+    return dsl.select(a >= b, a, b)
+
+
+def _fold(x, combine):
+    """Combine [N, n, d] over its slots (axis 1) into [N, 1, d]: halves pairwise (an odd slot out joins last)."""
+    rest = []
+    while x.shape[1] > 1:
+        N, n, d = x.shape
+        if n % 2:
+            rest.append(dsl.slice_(x, (0, n - 1, 0), (N, 1, d)))
+        x = combine(dsl.slice_(x, (0, 0, 0), (N, n // 2, d)), dsl.slice_(x, (0, n // 2, 0), (N, n // 2, d)))
+    for r in rest:
+        x = combine(x, r)
+    return x
+
+
+def pool_slots(parts):
+    """Softmax pooling over the slots of `parts` [(values [N,n,d], scores [N,n,d], in_block [N,n,1] i1 or None:
+    every slot in)]: [N,1,d]."""
+    scores = [z if ok is None else dsl.select(ok, z, _ABSENT) for _, z, ok in parts]
+    values = [v if ok is None else dsl.select(ok, v, 0.0) for v, _, ok in parts]
+    top = None
+    for z in scores:
+        m = _fold(z, _max)
+        top = m if top is None else _max(top, m)
+    weights = [dsl.exp(z - top) for z in scores]
+
+    def total(xs):
+        acc = None
+        for x in xs:
+            s = _fold(x, lambda a, b: a + b)
+            acc = s if acc is None else acc + s
+        return acc
+
+    return total([w * v for w, v in zip(weights, values)]) / total(weights)
+
+
+def _fold_columns(x, width: int, combine):
+    """Combine [N, n*width] over its n slots (column blocks of `width`) into [N, width]: halves pairwise (rank-2
+    views, no copy), an odd slot out joining last."""
+    rest = []
+    while x.shape[1] > width:
+        N, c = x.shape
+        n = c // width
+        if n % 2:
+            rest.append(dsl.slice_(x, (0, c - width), (N, width)))
+        h = n // 2 * width
+        x = combine(dsl.slice_(x, (0, 0), (N, h)), dsl.slice_(x, (0, h), (N, h)))
+    for r in rest:
+        x = combine(x, r)
+    return x
+
+
+def pool_columns(parts, width: int, dim: int):
+    """Softmax pooling of slot-major rows [(values [N, n*width], scores [N, n*width], in_block i1 same shape)]:
+    [N, dim]. With width = 2*dim a slot gives channel c from column c or dim + c (its mask says which)."""
+    scores = [dsl.select(ok, z, _ABSENT) for _, z, ok in parts]
+    values = [dsl.select(ok, v, 0.0) for v, _, ok in parts]
+    top = None
+    for z in scores:
+        m = _fold_columns(z, width, _max)
+        top = m if top is None else _max(top, m)
+    N = top.shape[0]
+    if width != dim:  # one max per output channel over both halves
+        top = _max(dsl.slice_(top, (0, 0), (N, dim)), dsl.slice_(top, (0, dim), (N, dim)))
+        top = dsl.concat([top, top], axis=1)
+    top = dsl.reshape(top, (N, 1, width))
+    num = den = None
+    for v, z in zip(values, scores):
+        n = z.shape[1] // width
+        w = dsl.reshape(dsl.exp(dsl.reshape(z, (N, n, width)) - top), (N, n * width))
+        a, b = _fold_columns(w * v, width, lambda x, y: x + y), _fold_columns(w, width, lambda x, y: x + y)
+        num, den = (a, b) if num is None else (num + a, den + b)
+    if width != dim:
+        num = dsl.slice_(num, (0, 0), (N, dim)) + dsl.slice_(num, (0, dim), (N, dim))
+        den = dsl.slice_(den, (0, 0), (N, dim)) + dsl.slice_(den, (0, dim), (N, dim))
+    return num / den
+
+
+def _halves(v, z, ok, dim: int, lo: int, n: int, overlap: bool, newer: bool):
+    """The channel half of slots lo .. lo+n-1 of v/z [N, R, width]: with overlap [dim:] for the newer block, else
+    [:dim]."""
+    N = v.shape[0]
+    col = dim if overlap and newer else 0
+    return (dsl.slice_(v, (0, lo, col), (N, n, dim)), dsl.slice_(z, (0, lo, col), (N, n, dim)), ok)
+
+
+class _Schedule(RewritePattern):
+    def __init__(self, schedule: str):
+        self.schedule = schedule
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: CompressPoolOp, rewriter: PatternRewriter):
+        B, S, width = shape_of(op.values.type)
+        ratio, dim = op.ratio.value.data, op.dim.value.data
+        schedule = self.schedule if self.schedule != "auto" else "token"
+        if schedule == "row" and S > ratio:
+            raise PassError(f"schedule-compressor{{schedule=row}}: a step of {S} tokens may complete more than one "
+                            f"block of {ratio} per batch row (use schedule=token)")
+        with before(op):
+            pooled = (self._row if schedule == "row" else self._token)(op, B, S, width, ratio, dim)
+        rewriter.replace(op, [], [pooled.value])
+
+    @staticmethod
+    def _row(op, B, S, width, ratio, dim):
+        overlap = width == 2 * dim
+        R = shape_of(op.kv_state.type)[1]
+        sp = dsl.reshape(T(op.start_pos), (B, 1))
+        first = (sp // ratio) * ratio  # the block the row's step completes starts here (S <= ratio: one block)
+        # the rings as [B, R*width] matrices (kernel parameters reshaped in place): slot j is columns j*width ..;
+        # which columns take part, by column ranges from start_pos: the block's positions first .. sp-1 are ring
+        # slots from (first mod R), its half [dim:] with overlap; block w-1's (overlap, w >= 1) the other m slots'
+        # half [:dim]
+        col = dsl.iota((B, R * width), 1)
+        new_lo = (first % R) * width
+        ok = (col >= new_lo) & (col < new_lo + (sp - first) * width)
+        if overlap:
+            old_lo = ((first + ratio) % R) * width
+            ok = (ok & (col % width >= dim)) | (
+                (col >= old_lo) & (col < old_lo + ratio * width) & (col % width < dim) & (first >= ratio))
+        ring = (dsl.reshape(T(op.kv_state), (B, R * width)), dsl.reshape(T(op.score_state), (B, R * width)), ok)
+        scol = dsl.iota((B, S * width), 1)
+        step_ok = scol < (first + ratio - sp) * width  # the step's positions up to the completing token's
+        if overlap:
+            step_ok = step_ok & (scol % width >= dim)
+        step = (dsl.reshape(T(op.values), (B, S * width)), dsl.reshape(T(op.scores), (B, S * width)), step_ok)
+        pooled = pool_columns([ring, step], width, dim)
+        s = dsl.iota((B, S, 1), 1)
+        out = dsl.broadcast_to(dsl.reshape(pooled, (B, 1, dim)), (B, S, dim))
+        return dsl.select(s.eq(dsl.reshape(first + ratio - 1 - sp, (B, 1, 1))), out, 0.0)  # the completing token
+
+    @staticmethod
+    def _token(op, B, S, width, ratio, dim):
+        overlap = width == 2 * dim
+        R = shape_of(op.kv_state.type)[1]
+        T_ = B * S
+        with dsl.token_dims((B, S)):
+            sp = dsl.reshape(T(op.start_pos), (B, 1, 1))
+            t = sp + dsl.iota((B, S, 1), 1)
+            p = t - (R - 1) + dsl.iota((B, S, R), 2)  # window positions, oldest first
+            local = dsl.select(p >= sp, p - sp + R, dsl.maximum(p, 0) % R)
+            v = dsl.gather_pool([T(op.kv_state), T(op.values)], local, (T_, R))
+            z = dsl.gather_pool([T(op.score_state), T(op.scores)], local, (T_, R))
+            # only a completing token's result is kept, and its positions before the older half are >= 0: just
+            # that half (overlap, block 0) may hold absent slots
+            if overlap:
+                h = R // 2
+                present = dsl.reshape(dsl.to_tokens(p >= 0), (T_, R, 1))
+                parts = [_halves(v, z, dsl.slice_(present, (0, 0, 0), (T_, h, 1)), dim, 0, h, True, False),
+                         _halves(v, z, None, dim, h, h, True, True)]
+                pooled = pool_slots(parts)
+            else:
+                pooled = pool_slots([_halves(v, z, None, dim, 0, R, False, False)])
+            pooled = dsl.from_tokens(dsl.reshape(pooled, (T_, dim)))
+            return dsl.select(((t + 1) % ratio).eq(0), pooled, 0.0)
+
+
+@register
+@dataclass(frozen=True)
+class ScheduleCompressor(PatternPass):
+    name = "schedule-compressor"
+    summary = "compress_pool -> per-row pooling of the completed block from the state rings in place (or per token)"
+    tolerance = 1e-2
+    schedule: str = "auto"
+
+    def pattern(self):
+        if self.schedule not in SCHEDULES:
+            raise PassError(f"schedule-compressor: schedule must be one of {', '.join(SCHEDULES)}, "
+                            f"got '{self.schedule}'")
+        return _Schedule(self.schedule)
