@@ -29,7 +29,7 @@ PYPTO_PIPELINE = ("quantize-w8a8,schedule-compressor,fuse-rmsnorm,rope-selector-
 # PTO (ptoas 0.1.1): one token per kernel (rows=1, the token axis is dropped), 16-key tiles; then f16 and the
 # legalization of what 0.1.1 cannot express (host-side gathers, 0/1 masks instead of i1), then row chunks of the
 # loop bodies whose tiles would overflow UB/L1/L0
-PTO_PIPELINE = ("quantize-w8a8,schedule-compressor{schedule=token},fuse-rmsnorm,rope-selector-matmul,gather-keys,tile-softmax{kv-tile=16},parallelize-tokens{rows=1},"
+PTO_PIPELINE = ("quantize-w8a8,schedule-compressor{schedule=row},fuse-rmsnorm,rope-selector-matmul,gather-keys,tile-softmax{kv-tile=16},parallelize-tokens{rows=1},"
                 "tile-matmul{k=512},lower-to-tiles,canonicalize,cse,pto-legalize,canonicalize,cse,pto-plan-memory,"
                 "canonicalize,cse")
 

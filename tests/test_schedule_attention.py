@@ -13,7 +13,7 @@ from attnc.passes import PYPTO_PIPELINE, PassError
 from attnc.passes.schedule_attention import ScheduleAttention
 from attnc.passes.verify import run_pipeline
 
-BEFORE = "fuse-rmsnorm,rope-selector-matmul,tile-softmax{kv-tile=128},parallelize-tokens{rows=32}"
+BEFORE = "schedule-compressor,fuse-rmsnorm,rope-selector-matmul,tile-softmax{kv-tile=128},parallelize-tokens{rows=32}"
 AFTER = "tile-matmul{k=512},lower-to-tiles,canonicalize,cse"
 
 CASES = {  # stage, config overrides

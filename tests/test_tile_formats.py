@@ -23,4 +23,4 @@ def test_view_with_a_runtime_valid_shape():
     s = attnc.build("decode_csa", config="tiny")
     attnc.compile(s, target="pypto")
     views = [ln for ln in attnc.print_ir(s).splitlines() if "tile.view " in ln and " valid[" in ln]
-    assert views and all('{pad = "zero"}' in ln for ln in views)
+    assert views and all('pad = "zero"' in ln for ln in views)

@@ -53,7 +53,6 @@ DEFECTS = {
                 "(always CAST_RINT)",
     "rem": "trem semantics (trunc vs floor) unverified and no integer tdiv",
     "row_min": "trowmin aborts unless its tmp was written first (DenseMap assertion)",
-    "neg": "not emitted by attnc (use muls -1)",
     "scatter_rows": "no store at a runtime row index (the gather's defect, see gather_rows); cache and state "
                     "writes stay on the host side",
 }
@@ -627,6 +626,9 @@ class _KernelEmitter:
 
     def op_adds(self, op):
         self.scalar_op(op, "tadds")
+
+    def op_neg(self, op):  # ptoas 0.1.1 has no tneg: x * -1 is exact
+        self.vec(op, "tmuls", [self.ub(op, op.input)], op.result, [(self.const(-1.0, "f32"), "f32")])
 
     def op_row_sum(self, op):
         self.vec(op, "trowsum", [self.ub(op, op.input)], op.result)

@@ -1,6 +1,6 @@
 // schedule-compressor: compress_pool -> one pooling per batch row read from the state rings in place (row), or
 // each token's window gathered from [ring | step] (token).
-// RUN: attnc compile compressor --config tiny -p 'schedule-compressor' -o - | filecheck %s --check-prefix=ROW
+// RUN: attnc compile compressor --config tiny -p 'schedule-compressor{schedule=row}' -o - | filecheck %s --check-prefix=ROW
 // RUN: attnc compile compressor --config tiny -p 'schedule-compressor{schedule=token}' -o - | filecheck %s --check-prefix=TOKEN
 // ROW-LABEL: func.func @compressor
 // ROW-NOT: attn.compress_pool
