@@ -15,6 +15,18 @@ from test_hostile_inputs import cli, one_error_line, snapshot
 TINY = ["--config", "tiny"]
 
 
+def _sim_run_with_fake_child(fake, prelude: str = "") -> str:
+    """Python source of a child process that runs `attnc run qkv_proj_rope --target pypto-sim` with the SIM child
+    started by the executable `fake` instead of the real runner (after `prelude`)."""
+    return ("import sys\n" + prelude
+            + "import attnc.codegen.pypto.target as target\n"
+            "from attnc.codegen.pypto import sim as pypto_sim\n"
+            "real = pypto_sim.run_in_subprocess\n"
+            f"target.run_in_subprocess = lambda kernel, inputs, **kw: real(kernel, inputs, **{{**kw, 'python': {str(fake)!r}}})\n"
+            "from attnc.cli import main\n"
+            "sys.exit(main(['run', 'qkv_proj_rope', '--config', 'tiny', '--target', 'pypto-sim']))\n")
+
+
 # -------------------------------------------------------------------------------------------------- output paths
 
 
@@ -443,15 +455,8 @@ def test_a_signal_during_a_sim_run_ends_the_child_group_and_temp_folders(tmp_pat
     fake = tmp_path / "fake_python"
     fake.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nsleep 300 &\nsleep 300\n")
     fake.chmod(0o755)
-    script = (  # SIGINT as a terminal delivers it: a shell's background job (CI) starts with SIGINT ignored
-        "import signal, sys\n"
-        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-        "import attnc.codegen.pypto.target as target\n"
-        "from attnc.codegen.pypto import sim as pypto_sim\n"
-        "real = pypto_sim.run_in_subprocess\n"
-        f"target.run_in_subprocess = lambda kernel, inputs, **kw: real(kernel, inputs, **{{**kw, 'python': {str(fake)!r}}})\n"
-        "from attnc.cli import main\n"
-        "sys.exit(main(['run', 'qkv_proj_rope', '--config', 'tiny', '--target', 'pypto-sim']))\n")
+    # SIGINT as a terminal delivers it: a shell's background job (CI) starts with SIGINT ignored
+    script = _sim_run_with_fake_child(fake, "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n")
     env = dict(os.environ, TMPDIR=str(tmp), ATTNC_PYPTO_TMP=str(shm), ATTNC_PROGRESS="0")
     proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -676,13 +681,7 @@ def test_a_sim_child_dies_with_attnc_killed_by_sigkill(tmp_path):
                     f"open({str(pidfile)!r}, 'w').write(f'{{os.getpid()}} {{grandchild.pid}}')\n"
                     "time.sleep(300)\n")
     fake.chmod(0o755)
-    script = ("import sys\n"
-              "import attnc.codegen.pypto.target as target\n"
-              "from attnc.codegen.pypto import sim as pypto_sim\n"
-              "real = pypto_sim.run_in_subprocess\n"
-              f"target.run_in_subprocess = lambda kernel, inputs, **kw: real(kernel, inputs, **{{**kw, 'python': {str(fake)!r}}})\n"
-              "from attnc.cli import main\n"
-              "sys.exit(main(['run', 'qkv_proj_rope', '--config', 'tiny', '--target', 'pypto-sim']))\n")
+    script = _sim_run_with_fake_child(fake)
     env = dict(os.environ, TMPDIR=str(tmp), ATTNC_PYPTO_TMP=str(shm), ATTNC_PROGRESS="0")
     proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL, env=env)
     pids = []
