@@ -90,6 +90,20 @@ class AttncPass(ModulePass):
     summary: ClassVar[str] = ""
     # the values an enumerated option takes (`attnc list passes` shows them)
     option_choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # the inclusive (low, high) of a bounded integer option
+    option_ranges: ClassVar[dict[str, tuple[int, int]]] = {}
+
+    def check_options(self) -> None:
+        """One error line for an option outside its choices or range, before the pass touches the module."""
+        for option, choices in self.option_choices.items():
+            value = getattr(self, option)
+            if value not in choices:
+                raise PassError(f"{self.name}: {option.replace('_', '-')} must be one of {', '.join(choices)}, "
+                                f"got '{value}'")
+        for option, (low, high) in self.option_ranges.items():
+            value = getattr(self, option)
+            if not low <= value <= high:
+                raise PassError(f"{self.name}: {option.replace('_', '-')} must be in [{low}, {high}], got {value}")
 
 
 @dataclass(frozen=True)
@@ -111,6 +125,7 @@ class PatternPass(AttncPass):
             value = getattr(self, f.name)
             if isinstance(value, int) and value <= 0:
                 raise PassError(f"{self.name}: option {f.name.replace('_', '-')} must be positive, got {value}")
+        self.check_options()
         PatternRewriteWalker(self.pattern(), apply_recursively=False).rewrite_module(op)
         self.finish(op)
 

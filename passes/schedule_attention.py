@@ -309,14 +309,7 @@ class ScheduleAttention(PatternPass):
     sink: str = "auto"
     unroll: int = UNROLL_TOKENS
     option_choices = {"schedule": SCHEDULES, "normalize": NORMALIZE, "sink": SINKS}
+    option_ranges = {"vec_tile": (16, 1 << 20), "unroll": (1, MAX_UNROLL_TOKENS)}
 
     def pattern(self):
-        for option, choices in self.option_choices.items():
-            if getattr(self, option) not in choices:
-                raise PassError(f"schedule-attention: {option} must be one of {', '.join(choices)}, "
-                                f"got '{getattr(self, option)}'")
-        if not 16 <= self.vec_tile <= 1 << 20:
-            raise PassError(f"schedule-attention: vec_tile must be in [16, 2^20], got {self.vec_tile}")
-        if not 1 <= self.unroll <= MAX_UNROLL_TOKENS:
-            raise PassError(f"schedule-attention: unroll must be in [1, {MAX_UNROLL_TOKENS}], got {self.unroll}")
         return _Schedule(self.schedule, self.normalize, self.vec_tile, self.sink, self.unroll)

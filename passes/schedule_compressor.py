@@ -200,9 +200,7 @@ class ScheduleCompressor(PatternPass):
     summary = "compress_pool -> per-row pooling of the completed block from the state rings in place (or per token)"
     tolerance = 1e-2
     schedule: str = "auto"
+    option_choices = {"schedule": SCHEDULES}
 
     def pattern(self):
-        if self.schedule not in SCHEDULES:
-            raise PassError(f"schedule-compressor: schedule must be one of {', '.join(SCHEDULES)}, "
-                            f"got '{self.schedule}'")
         return _Schedule(self.schedule)

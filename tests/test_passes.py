@@ -187,3 +187,18 @@ def test_verify_each_catches_a_wrong_pass(monkeypatch):
     with pytest.raises(VerificationFailed, match="pass test-broken-exp changed output 'core'"):
         run_pipeline(module, "fuse-rmsnorm,rope-selector-matmul,gather-keys,tile-softmax,test-broken-exp",
                      verify_inputs=list(make_inputs(st, cfg).values()), output_names=st.outputs)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("pto-dtype{dtype=bf16}", "pto-dtype: dtype must be one of f16, got 'bf16'"),
+    ("schedule-compressor{schedule=rows}", "schedule-compressor: schedule must be one of auto, row, token, got 'rows'"),
+    ("schedule-attention{vec-tile=8}", "schedule-attention: vec-tile must be in [16, 1048576], got 8"),
+    ("schedule-attention{sink=none}", "schedule-attention: sink must be one of auto, key, term, got 'none'"),
+])
+def test_enumerated_and_bounded_options_refused_before_the_module_changes(spec, message):
+    module = build_stage(STAGES["hca_attn_core"], resolve_config("tiny"))
+    before = print_ir(module)
+    with pytest.raises(PassError) as refused:
+        run_pipeline(module, spec)
+    assert str(refused.value).endswith(message)
+    assert print_ir(module) == before

@@ -41,10 +41,10 @@ class PtoDtype(AttncPass):
     # stages at tiny, seeds 0-2 (README); a top-k pick (integer output) can change, which no tolerance covers
     tolerance = 2e-2
     dtype: str = "f16"
+    option_choices = {"dtype": ("f16",)}  # ptoas 0.1.1 has f16/f32/i32 and no bf16
 
     def apply(self, ctx, op):
-        if self.dtype != "f16":
-            raise PassError(f"pto-dtype: dtype must be f16 (ptoas 0.1.1 accepts f16/f32/i32), got '{self.dtype}'")
+        self.check_options()
         fn = entry_function(op)
         for inner in fn.body.walk():
             if inner.name.endswith(".full") and _retyped(inner.results[0].type) is not None:
