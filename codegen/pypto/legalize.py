@@ -35,9 +35,14 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
   per-pass verifier cannot execute a gather whose index has a runtime valid shape: FB200F).
 * `scalar_ids` on top-level tile ops used only as scatter_rows ids (or by such ops): the ids are evaluated as
   scalars where used (pypto reads scalars only from kernel parameters), so these tensors are never made.
+* `tile.scatter_rows` `scalar_id = [steps]`: its row m's id as pypto scalar expressions of the ops computing the
+  ids ({m} the row, {sN} step N's value; the last step is the id): pypto 0.2.0 reads a scalar only from a kernel
+  parameter (GetTensorData), not from a computed tensor.
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,13 +50,14 @@ from xdsl.dialects import arith, scf
 from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, StringAttr, UnitAttr, i1, i64
 from xdsl.ir import BlockArgument, Operation, SSAValue
 
+from attnc.codegen.escape import code_text
+from attnc.ir.common import op_location
 from attnc.ir.types import dtype_of, shape_of
-
-from attnc.passes import AttncPass, register
+from attnc.passes import AttncPass, PassError, register
 
 # every attribute this pass sets (cleared first: the pass is idempotent)
 FACTS = ("in_out", "buffer", "output", "splat", "carry", "packed", "padded", "zero_fill", "clone", "prefix",
-         "scalar_ids", "pypto_legalized")
+         "scalar_ids", "scalar_id", "pypto_legalized")
 
 
 def _flag(v: bool = True) -> IntegerAttr:
@@ -291,6 +297,102 @@ def scatter_id_ops(block) -> set:
     return found
 
 
+class _ScalarId:
+    """The steps computing one element of an integer tensor as a pypto scalar expression, from the ops that
+    compute it (iota, full, reshape, broadcast, integer arithmetic, compare, select, row/col expands, a gather of
+    a row of a table) and scalar reads of kernel parameters. A step's text names the scatter loop's row as {m}
+    and step N's value as {sN}; each step is bound once to a scalar variable. A compare is a 0/1 scalar, so
+    select(c, x, y) is c*x + (1-c)*y."""
+
+    ARITH = {"add": "+", "sub": "-", "mul": "*", "rem": "%", "floordiv": "//"}
+    CMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
+
+    def __init__(self, params: dict):
+        self.params = params  # kernel parameter -> its name (as a format string)
+        self.bound: dict = {}
+        self.steps: list[str] = []
+
+    def element(self, v: SSAValue, idx: list[str]) -> str:
+        """A placeholder or literal for element `idx` of v (each element a step of its own, once)."""
+        key = (v, tuple(idx))
+        if key not in self.bound:
+            expr = self._expr(v, idx)
+            if not (re.fullmatch(r"\{\w+\}", expr) or expr.lstrip("-").isdigit()):
+                self.steps.append(expr)
+                expr = f"{{s{len(self.steps) - 1}}}"
+            self.bound[key] = expr
+        return self.bound[key]
+
+    def _expr(self, v: SSAValue, idx: list[str]) -> str:
+        shape = list(shape_of(v.type))
+        if v in self.params:
+            return f"{self.params[v]}[{', '.join(idx)}]"
+        op = v.owner
+        name = op.name.split(".", 1)[1] if op.name.startswith("tile.") else op.name
+        if name == "iota":
+            return idx[op.axis.value.data]
+        if name == "full":
+            return repr(int(op.value.value.data))
+        if name == "reshape":
+            return self.element(op.input, _reindex(idx, shape, list(shape_of(op.input.type))))
+        if name == "broadcast":
+            return self.element(op.input, [i if d != 1 else "0" for i, d in zip(idx, shape_of(op.input.type))])
+        if name.startswith(("row_expand_", "col_expand_")):
+            kind = name.split("_", 2)[2]
+            rhs = [i if d != 1 else "0" for i, d in zip(idx, shape_of(op.rhs.type))]
+            return self._binary(kind, self.element(op.lhs, idx), self.element(op.rhs, rhs), op)
+        if name in self.ARITH or name in ("and", "or", "max", "min"):
+            return self._binary(name, self.element(op.lhs, idx), self.element(op.rhs, idx), op)
+        if name == "cmp":
+            return f"({self.element(op.lhs, idx)} {self.CMP[op.predicate.data]} {self.element(op.rhs, idx)})"
+        if name == "gather_rows":  # a row of the table at the index's element (a block table lookup)
+            k = len(shape_of(op.indices.type))
+            return self.element(op.table, [self.element(op.indices, idx[:k]), *idx[k:]])
+        if name == "select":
+            c = self.element(op.cond, idx)
+            return f"({c} * {self.element(op.on_true, idx)} + (1 - {c}) * {self.element(op.on_false, idx)})"
+        raise PassError(f"{code_text(op_location(op))}: {op.name} computes a scatter_rows id: pypto 0.2.0 reads ids "
+                        "as scalars, which pypto-legalize derives only from iota/full/reshape/broadcast/integer "
+                        "arithmetic/cmp/select/gather_rows and kernel parameters")
+
+    def _binary(self, kind: str, a: str, b: str, op) -> str:
+        if kind in self.ARITH:
+            return f"({a} {self.ARITH[kind]} {b})"
+        if kind == "and":
+            return f"({a} * {b})"
+        if kind == "or":
+            return f"({a} + {b} - {a} * {b})"
+        if kind in ("max", "min"):
+            return f"pypto.{kind}({a}, {b})"
+        raise PassError(f"{code_text(op_location(op))}: {op.name} has no scalar form for a scatter_rows id")
+
+
+def _reindex(idx: list[str], shape: list[int], to: list[int]) -> list[str]:
+    """The index into a tensor of shape `to` of element `idx` of its reshape to `shape` (row-major)."""
+    terms, stride = [], 1
+    for i, d in zip(reversed(idx), reversed(shape)):
+        if d != 1:
+            terms.append(i if stride == 1 else f"{i} * {stride}")
+        stride *= d
+    flat = " + ".join(reversed(terms)) or "0"
+    out, stride = [], 1
+    for d in reversed(to):
+        if d == 1:
+            out.insert(0, "0")
+        else:
+            part = flat if stride == 1 else f"(({flat}) // {stride})"
+            out.insert(0, f"({part}) % {d}" if stride * d < math.prod(to) else part)
+        stride *= d
+    return out
+
+
+def scalar_id_steps(op: Operation, params: dict) -> list[str]:
+    """A scatter_rows's `scalar_id`: the steps of its row m's id, the last the id (see _ScalarId)."""
+    sid = _ScalarId(params)
+    last = sid.element(op.ids, ["{m}"])
+    return [*sid.steps, last]
+
+
 # readers that do not see a zero-padded view's padding as zeros: pypto concatenates the valid parts only (packed).
 # (A matmul reading such a view fails pypto's verify, FB200F, even after this reshape; the passes never make one.)
 _ZERO_FILL_READERS = ("tile.concat",)
@@ -316,6 +418,11 @@ def legalize_function(fn: Operation) -> None:
         init.owner.attributes["buffer"] = StringAttr("scratch")
     for op in scatter_id_ops(block):
         op.attributes["scalar_ids"] = _flag()
+    names = {a: n.data.replace("{", "{{").replace("}", "}}")
+             for a, n in zip(block.args, fn.attributes["arg_names"].data)}
+    for op in block.walk():
+        if op.name == "tile.scatter_rows":
+            op.attributes["scalar_id"] = _names(scalar_id_steps(op, names))
     params = set(block.args)
     declared = set(outputs) | scratch
     for op in block.walk():
