@@ -191,22 +191,6 @@ class _Emitter:
         self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, tile))})")
         self.emit(f"{self.names[res]} = pypto.clone({self.names[res]})  # dense: its readers' tiles fit UB")
 
-    def _cast_to_i8(self, op, src: str, loc):
-        """A cast to i8 (the interpreter: round by the op's mode, then saturate to [-128, 127]) as the quantised
-        kernels do it on Ascend (hicann/pypto mla_prolog_quant_v4 `quant`): float -> i32 by the op's mode,
-        i32 -> f16 (exact for |v| <= 2048; larger values stay beyond the i8 range), f16 -> i8 truncating with
-        saturation on. An integer source skips the first step."""
-        res = op.result
-        self.set_tile(res)
-        wide = src
-        if dtype_of(op.input.type) not in ("i32", "i8"):
-            wide = self.fresh("q")
-            self.emit(f"{wide} = pypto.cast({src}, pypto.DT_INT32, mode={CAST_MODE[op.rounding.data]})")
-        half = self.fresh("q")
-        self.emit(f"{half} = pypto.cast({wide}, pypto.DT_FP16, mode=pypto.CastMode.CAST_ROUND)")
-        return self.bind(res, f"pypto.cast({half}, pypto.DT_INT8, mode=pypto.CastMode.CAST_TRUNC, "
-                              "satmode=pypto.SaturationMode.ON)", loc)
-
     def _topk(self, op, a, shape, loc):
         """Invalid entries get the lowest f32 score, pypto.topk sorts (FP32, last axis), and a pick whose score
         is that sentinel becomes -1 (through f32: pypto 0.2.0 selects between int32 tensors poorly)."""
@@ -498,9 +482,8 @@ def _print_int_division(self: _Emitter, op: Operation, loc: str | None):
 @_rule("cast")
 def _print_cast(self: _Emitter, op: Operation, loc: str | None):
     a, res, dt, shape = self.operands(op)
-    if dtype_of(res.type) == "i8":
-        return self._cast_to_i8(op, a[0], loc)
-    return self.bind(res, f"pypto.cast({a[0]}, {dt}, mode={CAST_MODE[op.rounding.data]})", loc)
+    sat = ", satmode=pypto.SaturationMode.ON" if op.saturate is not None and op.saturate.value.data else ""
+    return self.bind(res, f"pypto.cast({a[0]}, {dt}, mode={CAST_MODE[op.rounding.data]}{sat})", loc)
 
 
 @_rule("matmul", "matmul_acc")

@@ -1,7 +1,13 @@
 """pypto-legalize: state on the tile IR what the pypto 0.2.0 program needs, so that the emitter prints it.
 
 The last pass of the pypto pipeline. It does not change values (tolerance 0: `--verify-each` interprets the
-module before and after it); it records, as attributes, the facts that the pypto 0.2.0 program depends on and
+module before and after it). It rewrites the ops pypto 0.2.0 cannot run as they are into ops it can (the
+emitter prints each tile op plainly):
+
+* `tile.cast` to i8 -> casts to i32 (by its mode), f16 (round), i8 (trunc, saturated): pypto 0.2.0 casts a
+  float to int8 only from f16 (rewrite_i8_casts).
+
+Then it records, as attributes, the facts that the pypto 0.2.0 program depends on and
 that only an analysis of uses and producers can establish. The emitter (codegen/pypto/emit.py) reads them and
 never walks use chains itself (tests/test_pypto_legalize.py lists the emitter's IR queries). The op verifiers
 check each attribute's form (attnc.ir.common.pypto_facts_verify).
@@ -51,9 +57,10 @@ from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, StringAttr, UnitAttr, 
 from xdsl.ir import BlockArgument, Operation, SSAValue
 
 from attnc.codegen.escape import code_text
-from attnc.ir.common import op_location
-from attnc.ir.types import dtype_of, shape_of
+from attnc.ir.common import bool_attr, op_location, str_attr
+from attnc.ir.types import dtype_of, shape_of, tensor_type
 from attnc.passes import AttncPass, PassError, register
+from attnc.passes._build import before, tile_op
 
 # every attribute this pass sets (cleared first: the pass is idempotent)
 FACTS = ("in_out", "buffer", "output", "splat", "carry", "packed", "padded", "zero_fill", "clone", "prefix",
@@ -402,8 +409,42 @@ def _names(values) -> ArrayAttr:
     return ArrayAttr([StringAttr(v) for v in values])
 
 
+# ------------------------------------------------------------------------------------------- rewrites
+
+
+def _replace(op: Operation, new: SSAValue) -> None:
+    op.result.replace_all_uses_with(new)
+    op.detach()
+    op.erase()
+
+
+def _legal_i8_cast(op: Operation) -> bool:
+    return (dtype_of(op.input.type) == "f16" and op.rounding.data == "trunc" and op.saturate is not None
+            and bool(op.saturate.value.data))
+
+
+def rewrite_i8_casts(fn: Operation) -> None:
+    """A cast to i8 (round by its mode, saturate to [-128, 127]) becomes the casts the quantised kernels make on
+    Ascend (hicann/pypto mla_prolog_quant_v4 `quant`): to i32 by its mode (an integer source skips it), i32 -> f16
+    (exact for |v| <= 2048; larger values stay beyond the i8 range), f16 -> i8 truncating, saturated. pypto 0.2.0
+    casts a float to int8 only from f16."""
+    for op in [o for o in fn.walk() if o.name == "tile.cast"]:
+        if dtype_of(op.result.type) != "i8" or _legal_i8_cast(op):
+            continue
+        shape = shape_of(op.result.type)
+        with before(op):
+            x = op.input
+            if dtype_of(x.type) not in ("i32", "i8"):
+                x = tile_op("cast", [x], tensor_type(shape, "i32"), rounding=str_attr(op.rounding.data)).value
+            half = tile_op("cast", [x], tensor_type(shape, "f16"), rounding=str_attr("round")).value
+            q = tile_op("cast", [half], op.result.type, rounding=str_attr("trunc"), saturate=bool_attr(True))
+        _replace(op, q.value)
+
+
 def legalize_function(fn: Operation) -> None:
-    """Set every fact of the module docstring on fn and its ops (clearing the ones a previous run set)."""
+    """Rewrite fn's ops that pypto 0.2.0 cannot run as they are (values unchanged), then set every fact of the
+    module docstring on fn and its ops (clearing the ones a previous run set)."""
+    rewrite_i8_casts(fn)
     for op in [fn, *fn.walk()]:
         for name in FACTS:
             op.attributes.pop(name, None)
