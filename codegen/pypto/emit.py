@@ -550,17 +550,6 @@ def _print_transpose(self: _Emitter, op: Operation, loc: str | None):
 @_rule("concat")
 def _print_concat(self: _Emitter, op: Operation, loc: str | None):
     a, res, dt, shape = self.operands(op)
-    if dtype_of(res.type) == "i1":  # pypto 0.2.0 cannot concat bool tensors: go through f32
-        ints = []
-        for v, ref in zip(op.inputs, a):
-            tmp = self.fresh("b")
-            self.set_tile(v)
-            self.emit(f"{tmp} = pypto.where({ref}, 1.0, 0.0)")
-            ints.append(tmp)
-        joined = self.fresh("b")
-        self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of(shape, 'i32')})")
-        self.emit(f"{joined} = pypto.concat([{', '.join(ints)}], {op.axis.value.data})")
-        return self.bind(res, f"pypto.eq({joined}, 1.0)", loc)
     if flag(op, "packed"):
         return self._packed_concat(op, res, loc)
     return self.bind(res, f"pypto.concat([{', '.join(a)}], {op.axis.value.data})", loc)

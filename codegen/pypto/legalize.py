@@ -6,6 +6,8 @@ emitter prints each tile op plainly):
 
 * `tile.cast` to i8 -> casts to i32 (by its mode), f16 (round), i8 (trunc, saturated): pypto 0.2.0 casts a
   float to int8 only from f16 (rewrite_i8_casts).
+* `tile.concat` of i1 -> selects of 1.0/0.0 (f32, `splat`), their concat, a compare with 1.0: pypto 0.2.0
+  cannot concat bool tensors (rewrite_bool_concats).
 
 Then it records, as attributes, the facts that the pypto 0.2.0 program depends on and
 that only an analysis of uses and producers can establish. The emitter (codegen/pypto/emit.py) reads them and
@@ -22,7 +24,9 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
 * `tile.full` `splat`: a float splat inside a loop read only as a value operand of selects: pypto.where takes
   the number (a filled tensor is vector tasks in every iteration: the CSA core's per-token logit fill cost 256
   tasks, 232.2 -> 210.8 us). Outside loops a fill is made once (folding those too moved decode_hca 4050.9 ->
-  4184.5 us); floats only (pypto 0.2.0's verifier cannot execute an int32 WHERE_TS).
+  4184.5 us); floats only (pypto 0.2.0's verifier cannot execute an int32 WHERE_TS). The splats a rewrite
+  makes (rewrite_bool_concats) are numbers wherever they are, while they are read as a select's value or a
+  compare's right-hand side.
 * loops (`tile.parallel`, `scf.for`) `carry = [...]`, one per carried tensor: "copy" when the loop writes a
   tensor in parts (pypto.assemble) that is not a kernel parameter or already declared, or that has other uses;
   "scratch" when such an init is a splat the loop overwrites everywhere; "same" otherwise (updated in place).
@@ -60,7 +64,9 @@ from attnc.codegen.escape import code_text
 from attnc.ir.common import bool_attr, op_location, str_attr
 from attnc.ir.types import dtype_of, shape_of, tensor_type
 from attnc.passes import AttncPass, PassError, register
-from attnc.passes._build import before, tile_op
+from attnc.ir.dsl import emit_op
+from attnc.ir.tile_dialect import TILE
+from attnc.passes._build import before, tile_full, tile_op
 
 # every attribute this pass sets (cleared first: the pass is idempotent)
 FACTS = ("in_out", "buffer", "output", "splat", "carry", "packed", "padded", "zero_fill", "clone", "prefix",
@@ -441,13 +447,49 @@ def rewrite_i8_casts(fn: Operation) -> None:
         _replace(op, q.value)
 
 
+def rewrite_bool_concats(fn: Operation) -> None:
+    """A concat of i1 tensors becomes selects of 1.0/0.0 (f32), their concat, and a compare with 1.0: pypto 0.2.0
+    cannot concat bool tensors. The 1.0/0.0 splats are `splat` (pypto.where and pypto.eq take the number)."""
+    for op in [o for o in fn.walk() if o.name == "tile.concat"]:
+        if dtype_of(op.result.type) != "i1":
+            continue
+        with before(op):
+            floats = []
+            for v in op.inputs:
+                shape = shape_of(v.type)
+                one, zero = _splat(shape, 1.0), _splat(shape, 0.0)
+                floats.append(tile_op("select", [v, one, zero], tensor_type(shape, "f32")).value)
+            shape = shape_of(op.result.type)
+            joined = emit_op(TILE["concat"], [floats], [tensor_type(shape, "f32")], {"axis": op.axis}).results[0]
+            eq = tile_op("cmp", [joined, _splat(shape, 1.0)], op.result.type, predicate=str_attr("eq"))
+        _replace(op, eq.value)
+
+
+def _splat(shape, value: float) -> SSAValue:
+    full = tile_full(shape, value, "f32").value
+    full.owner.attributes["splat"] = _flag()
+    return full
+
+
+def _read_as_number(full: Operation) -> bool:
+    """A splat read only where pypto takes a number: a select's value, a compare's right-hand side."""
+    return bool(full.result.uses) and all((u.operation.name == "tile.select" and u.index in (1, 2))
+                                          or (u.operation.name == "tile.cmp" and u.index == 1)
+                                          for u in full.result.uses)
+
+
 def legalize_function(fn: Operation) -> None:
     """Rewrite fn's ops that pypto 0.2.0 cannot run as they are (values unchanged), then set every fact of the
     module docstring on fn and its ops (clearing the ones a previous run set)."""
     rewrite_i8_casts(fn)
+    rewrite_bool_concats(fn)
+    # the splats a rewrite made stay numbers while they are read as such (the others are stated again below)
+    made = [op for op in fn.walk() if op.name == "tile.full" and flag(op, "splat") and _read_as_number(op)]
     for op in [fn, *fn.walk()]:
         for name in FACTS:
             op.attributes.pop(name, None)
+    for op in made:
+        op.attributes["splat"] = _flag()
     block = fn.body.block
     fn.attributes["in_out"] = _names(in_out_results(fn))
     outputs = output_inits(block.last_op)
@@ -494,8 +536,9 @@ def legalize_function(fn: Operation) -> None:
 @dataclass(frozen=True)
 class PyptoLegalize(AttncPass):
     name = "pypto-legalize"
-    summary = ("pypto path, last: the facts the pypto 0.2.0 program needs as attributes (buffers, carried "
-               "tensors, packed concats, prefix gathers, splats, scalar ids) for the emitter to print")
+    summary = ("pypto path, last: rewrites what pypto 0.2.0 cannot run (i8 casts, bool concats), then the facts "
+               "the program needs as attributes (buffers, carried tensors, packed concats, prefix gathers, splats, "
+               "scalar ids) for the emitter to print")
     tolerance = 0.0
 
     def apply(self, ctx, op):
