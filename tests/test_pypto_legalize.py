@@ -200,3 +200,20 @@ def test_a_scatter_id_without_a_scalar_form_is_refused_by_the_pass():
     assert text != SCATTER
     with pytest.raises(PassError, match=r"s\.py:7: tile\.cast computes a scatter_rows id"):
         _legalized(text)
+
+
+def test_tile_floor_is_an_f32_op_the_interpreter_rounds_down():
+    import torch
+
+    from attnc.ir.interpreter import run_module
+
+    text = """builtin.module {
+  func.func @fl(%x: tensor<4xf32>) -> tensor<4xf32> attributes {arg_names = ["x"], result_names = ["y"]} {
+    %y = "tile.floor"(%x) {loc = "f.py:1"} : (tensor<4xf32>) -> tensor<4xf32>
+    func.return %y : tensor<4xf32>
+  }
+}"""
+    (y,) = run_module(parse_ir(text, "f.mlir"), [torch.tensor([-1.5, -1.0, 0.5, 2.9])])
+    assert torch.equal(y, torch.tensor([-2.0, -1.0, 0.0, 2.0]))
+    with pytest.raises(Exception, match="operand must be f32"):
+        parse_ir(text.replace("xf32", "xi32"), "f.mlir")

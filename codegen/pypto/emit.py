@@ -37,7 +37,7 @@ CAST_MODE = {"rint": "pypto.CastMode.CAST_RINT", "round": "pypto.CastMode.CAST_R
 BINARY = {"add": "pypto.add", "sub": "pypto.sub", "mul": "pypto.mul", "div": "pypto.div", "max": "pypto.maximum",
           "min": "pypto.minimum", "and": "pypto.logical_and"}
 UNARY = {"neg": "pypto.neg", "exp": "pypto.exp", "sqrt": "pypto.sqrt", "rsqrt": "pypto.rsqrt",
-         "recip": "pypto.reciprocal", "relu": "pypto.relu", "abs": "pypto.abs"}
+         "recip": "pypto.reciprocal", "relu": "pypto.relu", "abs": "pypto.abs", "floor": "pypto.floor"}
 CMP = {"lt": "pypto.lt", "le": "pypto.le", "gt": "pypto.gt", "ge": "pypto.ge", "eq": "pypto.eq", "ne": "pypto.ne"}
 ROW_REDUCE = {"row_sum": "pypto.sum", "row_max": "pypto.amax", "row_min": "pypto.amin"}
 SCALAR = {"adds": "pypto.add", "muls": "pypto.mul", "maxs": "pypto.maximum"}
@@ -461,22 +461,6 @@ _simple(ROW_REDUCE, lambda kind, a, op: f"{ROW_REDUCE[kind]}({a[0]}, -1, True)",
 _simple([f"{d}_expand_{k}" for d in ("row", "col") for k in EXPAND_KINDS],
         lambda kind, a, op: f"{BINARY[kind.split('_', 2)[2]]}({a[0]}, {a[1]})")
 _simple(SCALAR, lambda kind, a, op: f"{SCALAR[kind]}({a[0]}, {py_float(op.scalar.value.data)})")
-
-
-@_rule("floordiv", "rem")
-def _print_int_division(self: _Emitter, op: Operation, loc: str | None):
-    kind = op.name.split(".", 1)[1]
-    a, res, dt, shape = self.operands(op)
-    # pypto 0.2.0 has no int32 division and its cost model no REM: floor division in f32 is exact
-    # for the index ranges we use (|a| < 2^22)
-    f32 = "pypto.DT_FP32"
-    af, bf, q = self.fresh("f"), self.fresh("f"), self.fresh("f")
-    self.set_tile(res)
-    self.emit(f"{af} = pypto.cast({a[0]}, {f32})")
-    self.emit(f"{bf} = pypto.cast({a[1]}, {f32})")
-    self.emit(f"{q} = pypto.floor(pypto.div({af}, {bf}))")
-    expr = q if kind == "floordiv" else f"pypto.sub({af}, pypto.mul({bf}, {q}))"
-    return self.bind(res, f"pypto.cast({expr}, pypto.DT_INT32, mode=pypto.CastMode.CAST_RINT)", loc)
 
 
 @_rule("cast")

@@ -6,6 +6,8 @@ emitter prints each tile op plainly):
 
 * `tile.cast` to i8 -> casts to i32 (by its mode), f16 (round), i8 (trunc, saturated): pypto 0.2.0 casts a
   float to int8 only from f16 (rewrite_i8_casts).
+* `tile.floordiv` / `tile.rem` (integers, read as a tensor) -> casts to f32, div, `tile.floor` (rem: a - b *
+  floor), a cast back: pypto 0.2.0 has no int32 division and its cost model no REM (rewrite_int_divisions).
 * `tile.concat` of i1 -> selects of 1.0/0.0 (f32, `splat`), their concat, a compare with 1.0: pypto 0.2.0
   cannot concat bool tensors (rewrite_bool_concats).
 
@@ -324,6 +326,7 @@ class _ScalarId:
         self.params = params  # kernel parameter -> its name (as a format string)
         self.bound: dict = {}
         self.steps: list[str] = []
+        self.ops: set = set()  # the ops the id is computed from
 
     def element(self, v: SSAValue, idx: list[str]) -> str:
         """A placeholder or literal for element `idx` of v (each element a step of its own, once)."""
@@ -341,6 +344,7 @@ class _ScalarId:
         if v in self.params:
             return f"{self.params[v]}[{', '.join(idx)}]"
         op = v.owner
+        self.ops.add(op)
         name = op.name.split(".", 1)[1] if op.name.startswith("tile.") else op.name
         if name == "iota":
             return idx[op.axis.value.data]
@@ -399,11 +403,20 @@ def _reindex(idx: list[str], shape: list[int], to: list[int]) -> list[str]:
     return out
 
 
-def scalar_id_steps(op: Operation, params: dict) -> list[str]:
-    """A scatter_rows's `scalar_id`: the steps of its row m's id, the last the id (see _ScalarId)."""
+def scalar_id_steps(op: Operation, params: dict, ops: set | None = None) -> list[str]:
+    """A scatter_rows's `scalar_id`: the steps of its row m's id, the last the id (see _ScalarId); `ops`
+    collects the ops the id is computed from."""
     sid = _ScalarId(params)
     last = sid.element(op.ids, ["{m}"])
+    if ops is not None:
+        ops |= sid.ops
     return [*sid.steps, last]
+
+
+def _params(fn: Operation) -> dict:
+    """Kernel parameter -> its name, as a format string (scalar_id steps)."""
+    return {a: n.data.replace("{", "{{").replace("}", "}}")
+            for a, n in zip(fn.body.block.args, fn.attributes["arg_names"].data)}
 
 
 # readers that do not see a zero-padded view's padding as zeros: pypto concatenates the valid parts only (packed).
@@ -465,6 +478,36 @@ def rewrite_bool_concats(fn: Operation) -> None:
         _replace(op, eq.value)
 
 
+def rewrite_int_divisions(fn: Operation) -> None:
+    """An integer floordiv/rem read as a tensor becomes f32 arithmetic: casts of both operands to f32, div, floor
+    (rem: a - b * floor), a cast back (rint): pypto 0.2.0 has no int32 division and its cost model no REM. Exact
+    for |a| < 2^22 (the index ranges of the stages). The uses that compute scatter_rows ids keep the op: they are
+    printed as scalar expressions (`scalar_id`), where pypto divides integers."""
+    id_ops: set = set()
+    params = _params(fn)
+    for op in fn.walk():
+        if op.name == "tile.scatter_rows":
+            scalar_id_steps(op, params, id_ops)
+    for op in [o for o in fn.walk() if o.name in ("tile.floordiv", "tile.rem")]:
+        uses = [u for u in op.result.uses
+                if not ((u.operation.name == "tile.scatter_rows" and u.index == 2) or u.operation in id_ops)]
+        if not uses:
+            continue
+        shape = shape_of(op.result.type)
+        f32 = tensor_type(shape, "f32")
+        with before(op):
+            a, b = (tile_op("cast", [v], f32, rounding=str_attr("rint")).value for v in (op.lhs, op.rhs))
+            q = tile_op("floor", [tile_op("div", [a, b], f32)], f32).value
+            if op.name == "tile.rem":
+                q = tile_op("sub", [a, tile_op("mul", [b, q], f32)], f32).value
+            out = tile_op("cast", [q], op.result.type, rounding=str_attr("rint")).value
+        for u in uses:
+            u.operation.operands[u.index] = out
+        if not op.result.uses:
+            op.detach()
+            op.erase()
+
+
 def _splat(shape, value: float) -> SSAValue:
     full = tile_full(shape, value, "f32").value
     full.owner.attributes["splat"] = _flag()
@@ -483,6 +526,7 @@ def legalize_function(fn: Operation) -> None:
     module docstring on fn and its ops (clearing the ones a previous run set)."""
     rewrite_i8_casts(fn)
     rewrite_bool_concats(fn)
+    rewrite_int_divisions(fn)
     # the splats a rewrite made stay numbers while they are read as such (the others are stated again below)
     made = [op for op in fn.walk() if op.name == "tile.full" and flag(op, "splat") and _read_as_number(op)]
     for op in [fn, *fn.walk()]:
@@ -501,8 +545,7 @@ def legalize_function(fn: Operation) -> None:
         init.owner.attributes["buffer"] = StringAttr("scratch")
     for op in scatter_id_ops(block):
         op.attributes["scalar_ids"] = _flag()
-    names = {a: n.data.replace("{", "{{").replace("}", "}}")
-             for a, n in zip(block.args, fn.attributes["arg_names"].data)}
+    names = _params(fn)
     for op in block.walk():
         if op.name == "tile.scatter_rows":
             op.attributes["scalar_id"] = _names(scalar_id_steps(op, names))
@@ -536,7 +579,7 @@ def legalize_function(fn: Operation) -> None:
 @dataclass(frozen=True)
 class PyptoLegalize(AttncPass):
     name = "pypto-legalize"
-    summary = ("pypto path, last: rewrites what pypto 0.2.0 cannot run (i8 casts, bool concats), then the facts "
+    summary = ("pypto path, last: rewrites what pypto 0.2.0 cannot run (i8 casts, bool concats, integer division), then the facts "
                "the program needs as attributes (buffers, carried tensors, packed concats, prefix gathers, splats, "
                "scalar ids) for the emitter to print")
     tolerance = 0.0
