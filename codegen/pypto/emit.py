@@ -296,8 +296,9 @@ class _Emitter:
 
     def _scatter_rows(self, op, a, loc):
         """One row write per id: a loop over the rows m, the id computed as a scalar (pypto reads scalars only from
-        kernel parameters: pypto-legalize's `scalar_id` steps, evaluated per element), a runtime branch skipping ids < 0, and an assemble at the data-dependent row. `in_place`
-        (set by update-in-place) writes the table's own buffer; otherwise a copy of it."""
+        kernel parameters: pypto-legalize's `scalar_id` steps, evaluated per element), a runtime branch skipping
+        ids < 0, and an assemble at the data-dependent row. `in_place` (set by update-in-place) writes the table's
+        own buffer; otherwise a copy of it."""
         dest = a[0]
         if not flag(op, "in_place"):
             dest = self._declared_copy(op.table, loc)

@@ -579,9 +579,9 @@ def legalize_function(fn: Operation) -> None:
 @dataclass(frozen=True)
 class PyptoLegalize(AttncPass):
     name = "pypto-legalize"
-    summary = ("pypto path, last: rewrites what pypto 0.2.0 cannot run (i8 casts, bool concats, integer division), then the facts "
-               "the program needs as attributes (buffers, carried tensors, packed concats, prefix gathers, splats, "
-               "scalar ids) for the emitter to print")
+    summary = ("pypto path, last: rewrites what pypto 0.2.0 cannot run (i8 casts, bool concats, integer "
+               "division), then the facts the program needs as attributes (buffers, carried tensors, packed "
+               "concats, prefix gathers, splats, scalar ids) for the emitter to print")
     tolerance = 0.0
 
     def apply(self, ctx, op):
