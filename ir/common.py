@@ -130,7 +130,7 @@ _FACT_FLAGS = ("splat", "packed", "zero_fill", "clone", "prefix", "scalar_ids")
 def pypto_facts_verify(op) -> None:
     """The form of pypto-legalize's facts on a tile op (codegen/pypto/legalize.py): bool flags on the ops they
     describe; `buffer` on a tile.full (`output` = its result index); `padded` one bool per concat input;
-    `carry` one of same/copy/scratch per carried tensor."""
+    `carry` one of same/copy/scratch per carried tensor; `scalar_id` the steps of a scatter's id."""
     attrs = op.attributes
     for name in _FACT_FLAGS:
         if name in attrs:
@@ -148,6 +148,11 @@ def pypto_facts_verify(op) -> None:
         padded = attrs["padded"]
         op.expect(kind == "concat" and isinstance(padded, ArrayAttr) and len(padded.data) == len(op.operands),
                   "padded must list one bool per concat input")
+    if "scalar_id" in attrs:
+        steps = attrs["scalar_id"]
+        op.expect(kind == "scatter_rows" and isinstance(steps, ArrayAttr) and len(steps.data) >= 1
+                  and all(isinstance(s, StringAttr) for s in steps.data),
+                  "scalar_id must list the id's steps as strings, on a tile.scatter_rows")
     if "carry" in attrs:
         carry = attrs["carry"]
         op.expect(kind == "parallel" and isinstance(carry, ArrayAttr) and len(carry.data) == len(op.inits)

@@ -480,6 +480,7 @@ def _tile_impls() -> dict:
         bk = kind
         table[d[f"row_expand_{kind}"]] = lambda it, op, a, bk=bk: (_binary(bk, a[0], a[1]),)
         table[d[f"col_expand_{kind}"]] = lambda it, op, a, bk=bk: (_binary(bk, a[0], a[1]),)
+    table[d["floor"]] = lambda it, op, a: (torch.floor(a[0]),)
     table[d["adds"]] = lambda it, op, a: ((a[0] + op.scalar.value.data).to(a[0].dtype),)
     table[d["muls"]] = lambda it, op, a: ((a[0] * op.scalar.value.data).to(a[0].dtype),)
     table[d["maxs"]] = lambda it, op, a: (a[0].clamp(min=op.scalar.value.data),)

@@ -145,6 +145,17 @@ _ROW_EXPAND = [_make(f"tile.row_expand_{k}", dict(lhs=operand_def(TensorType), r
 _COL_EXPAND = [_make(f"tile.col_expand_{k}", dict(lhs=operand_def(TensorType), rhs=operand_def(TensorType),
                                                   result=result_def(TensorType), verify_=_col_expand_verify))
                for k in EXPAND_KINDS]
+
+
+def _floor_verify(self):
+    self.same_shape(self.input, self.result)
+    self.same_dtype(self.input, self.result)
+    self.expect(dtype_of(self.input.type) == "f32", f"operand must be f32, got {describe(self.input.type)}")
+
+
+# rounding toward -inf in f32: the integer division pypto-legalize writes in f32 (pypto 0.2.0 has no int32 one)
+FloorOp = _make("tile.floor", dict(input=operand_def(TensorType), result=result_def(TensorType),
+                                   verify_=_floor_verify))
 _SCALAR = [_make(f"tile.{k}", dict(input=operand_def(TensorType), scalar=prop_def(FloatAttr),
                                    result=result_def(TensorType), verify_=_scalar_verify)) for k in SCALAR_KINDS]
 
@@ -159,7 +170,7 @@ ParallelOp = _make("tile.parallel", dict(
     irdl_options=(ParsePropInAttrDict(),),
     traits=traits_def(RecursiveMemoryEffect()), verify_=_parallel_verify))
 
-TILE_OPS = [*_SHARED, ViewOp, AssembleOp, ReadOp, MatmulAccOp, *_ROW, *_ROW_EXPAND, *_COL_EXPAND, *_SCALAR,
+TILE_OPS = [*_SHARED, ViewOp, AssembleOp, ReadOp, MatmulAccOp, FloorOp, *_ROW, *_ROW_EXPAND, *_COL_EXPAND, *_SCALAR,
             YieldOp, ParallelOp]
 Tile = Dialect("tile", TILE_OPS, [])
 TILE = {op.name.split(".", 1)[1]: op for op in TILE_OPS}

@@ -17,14 +17,8 @@ from tests.test_pypto_emit import PARALLEL, PARTIAL, SCRATCH, WHOLE
 
 EMITTER = Path(__file__).resolve().parents[1] / "codegen" / "pypto" / "emit.py"
 # what a value's uses or producer are, or where an op sits: the questions the emitter must not ask
-IR_QUERIES = {"uses", "owner", "parent_op", "parent_block", "parent_region", "has_one_use", "first_use",
+IR_QUERIES = {"uses", "owner", "parent", "parent_op", "parent_block", "parent_region", "has_one_use", "first_use",
               "get_unique_use", "next_op", "prev_op", "users", "get_users"}
-# the queries left, each with why (an entry that no longer occurs fails the test too: the list only shrinks)
-LEFT = {
-    ("vec_budget_at", "parent_op"): "api/tune.py's helper (the budget around an op); emit_pypto never calls it",
-    ("_ScalarIds._expr", "owner"): "a scatter_rows id printed as a scalar expression of the ops computing it (pypto "
-                                   "reads scalars only from kernel parameters): needs a scalar-id op in the IR",
-}
 
 
 def _legalized(text: str):
@@ -52,7 +46,7 @@ def test_the_emitter_inspects_no_uses_or_producers():
             scan(child, where)
 
     scan(tree, "")
-    assert found == set(LEFT), f"new IR queries: {found - set(LEFT)}; gone (drop from LEFT): {set(LEFT) - found}"
+    assert not found, f"the emitter asks the IR where a value comes from or goes: {sorted(found)}"
 
 
 def test_an_output_written_whole_by_its_loop_is_carried():
@@ -164,3 +158,62 @@ def test_a_carry_of_the_wrong_length_is_refused():
     par.attributes["carry"] = ArrayAttr([StringAttr("same"), StringAttr("same")])
     with pytest.raises(VerifyException, match="carry must list"):
         mod.verify()
+
+
+SCATTER = """\
+builtin.module {
+  func.func @sc(%t: tensor<8x2xf32>, %r: tensor<4x2xf32>, %p: tensor<1xi32>) -> tensor<8x2xf32> attributes {arg_names = ["t", "r", "p"], result_names = ["t"]} {
+    %i = "tile.iota"() <{axis = 0 : i64}> {loc = "s.py:1"} : () -> tensor<4xi32>
+    %p4 = "tile.broadcast"(%p) {loc = "s.py:2"} : (tensor<1xi32>) -> tensor<4xi32>
+    %two = "tile.full"() <{value = 2.0 : f64}> {loc = "s.py:3"} : () -> tensor<4xi32>
+    %m = "tile.mul"(%i, %two) {loc = "s.py:4"} : (tensor<4xi32>, tensor<4xi32>) -> tensor<4xi32>
+    %ids = "tile.add"(%m, %p4) {loc = "s.py:5"} : (tensor<4xi32>, tensor<4xi32>) -> tensor<4xi32>
+    %new = "tile.scatter_rows"(%t, %r, %ids) {loc = "s.py:6"} : (tensor<8x2xf32>, tensor<4x2xf32>, tensor<4xi32>) -> tensor<8x2xf32>
+    func.return %new : tensor<8x2xf32>
+  }
+}
+"""
+
+
+def test_a_scatter_id_is_stated_as_scalar_steps_and_printed_from_them():
+    """The ids ops are never made (scalar_ids); the scatter carries its row m's id as scalar steps, which the
+    emitter prints as they are (a changed step changes the program)."""
+    mod, fn = _legalized(SCATTER)
+    assert all("scalar_ids" in op.attributes for op in fn.body.block.ops
+               if op.name in ("tile.iota", "tile.broadcast", "tile.full", "tile.mul", "tile.add"))
+    (sc,) = _ops(fn, "tile.scatter_rows")
+    assert [s.data for s in sc.attributes["scalar_id"].data] == ["({m} * 2)", "p[0]", "({s0} + {s1})", "{s2}"]
+    text = emit_pypto(mod)
+    assert "s2 = (w1 * 2)\n        s3 = p[0]\n        s4 = (s2 + s3)\n        if s4 >= 0:" in text
+    sc.attributes["scalar_id"] = ArrayAttr([StringAttr("({m} + 5)"), StringAttr("{s0}")])
+    text = emit_pypto(mod)
+    assert "s2 = (w1 + 5)\n        if s2 >= 0:" in text and "p[0]" not in text
+
+
+def test_a_scatter_id_without_a_scalar_form_is_refused_by_the_pass():
+    from attnc.passes import PassError
+
+    text = SCATTER.replace(
+        '%ids = "tile.add"(%m, %p4) {loc = "s.py:5"} : (tensor<4xi32>, tensor<4xi32>) -> tensor<4xi32>',
+        '%f = "tile.full"() <{value = 2.0 : f64}> {loc = "s.py:5"} : () -> tensor<4xf32>\n'
+        '    %ids = "tile.cast"(%f) <{rounding = "rint"}> {loc = "s.py:7"} : (tensor<4xf32>) -> tensor<4xi32>')
+    assert text != SCATTER
+    with pytest.raises(PassError, match=r"s\.py:7: tile\.cast computes a scatter_rows id"):
+        _legalized(text)
+
+
+def test_tile_floor_is_an_f32_op_the_interpreter_rounds_down():
+    import torch
+
+    from attnc.ir.interpreter import run_module
+
+    text = """builtin.module {
+  func.func @fl(%x: tensor<4xf32>) -> tensor<4xf32> attributes {arg_names = ["x"], result_names = ["y"]} {
+    %y = "tile.floor"(%x) {loc = "f.py:1"} : (tensor<4xf32>) -> tensor<4xf32>
+    func.return %y : tensor<4xf32>
+  }
+}"""
+    (y,) = run_module(parse_ir(text, "f.mlir"), [torch.tensor([-1.5, -1.0, 0.5, 2.9])])
+    assert torch.equal(y, torch.tensor([-2.0, -1.0, 0.0, 2.0]))
+    with pytest.raises(Exception, match="operand must be f32"):
+        parse_ir(text.replace("xf32", "xi32"), "f.mlir")

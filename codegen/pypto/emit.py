@@ -37,7 +37,7 @@ CAST_MODE = {"rint": "pypto.CastMode.CAST_RINT", "round": "pypto.CastMode.CAST_R
 BINARY = {"add": "pypto.add", "sub": "pypto.sub", "mul": "pypto.mul", "div": "pypto.div", "max": "pypto.maximum",
           "min": "pypto.minimum", "and": "pypto.logical_and"}
 UNARY = {"neg": "pypto.neg", "exp": "pypto.exp", "sqrt": "pypto.sqrt", "rsqrt": "pypto.rsqrt",
-         "recip": "pypto.reciprocal", "relu": "pypto.relu", "abs": "pypto.abs"}
+         "recip": "pypto.reciprocal", "relu": "pypto.relu", "abs": "pypto.abs", "floor": "pypto.floor"}
 CMP = {"lt": "pypto.lt", "le": "pypto.le", "gt": "pypto.gt", "ge": "pypto.ge", "eq": "pypto.eq", "ne": "pypto.ne"}
 ROW_REDUCE = {"row_sum": "pypto.sum", "row_max": "pypto.amax", "row_min": "pypto.amin"}
 SCALAR = {"adds": "pypto.add", "muls": "pypto.mul", "maxs": "pypto.maximum"}
@@ -77,18 +77,6 @@ def loop_vec_budget(loop: Operation, outer: int) -> int:
     the budget in force around it."""
     attr = loop.attributes.get("vec_tile_elems")
     return attr.value.data if attr is not None else outer
-
-
-def vec_budget_at(op: Operation, default: int) -> int:
-    """The vector tile budget the emitter uses for `op`: its loops' choices, innermost first, else `default`."""
-    loops = []
-    parent = op.parent_op()
-    while parent is not None:
-        loops.append(parent)
-        parent = parent.parent_op()
-    for loop in reversed(loops):
-        default = loop_vec_budget(loop, default)
-    return default
 
 
 L0AB_BYTES, L0C_BYTES = 64 * 1024, 128 * 1024
@@ -203,22 +191,6 @@ class _Emitter:
         self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, tile))})")
         self.emit(f"{self.names[res]} = pypto.clone({self.names[res]})  # dense: its readers' tiles fit UB")
 
-    def _cast_to_i8(self, op, src: str, loc):
-        """A cast to i8 (the interpreter: round by the op's mode, then saturate to [-128, 127]) as the quantised
-        kernels do it on Ascend (hicann/pypto mla_prolog_quant_v4 `quant`): float -> i32 by the op's mode,
-        i32 -> f16 (exact for |v| <= 2048; larger values stay beyond the i8 range), f16 -> i8 truncating with
-        saturation on. An integer source skips the first step."""
-        res = op.result
-        self.set_tile(res)
-        wide = src
-        if dtype_of(op.input.type) not in ("i32", "i8"):
-            wide = self.fresh("q")
-            self.emit(f"{wide} = pypto.cast({src}, pypto.DT_INT32, mode={CAST_MODE[op.rounding.data]})")
-        half = self.fresh("q")
-        self.emit(f"{half} = pypto.cast({wide}, pypto.DT_FP16, mode=pypto.CastMode.CAST_ROUND)")
-        return self.bind(res, f"pypto.cast({half}, pypto.DT_INT8, mode=pypto.CastMode.CAST_TRUNC, "
-                              "satmode=pypto.SaturationMode.ON)", loc)
-
     def _topk(self, op, a, shape, loc):
         """Invalid entries get the lowest f32 score, pypto.topk sorts (FP32, last axis), and a pick whose score
         is that sentinel becomes -1 (through f32: pypto 0.2.0 selects between int32 tensors poorly)."""
@@ -324,9 +296,9 @@ class _Emitter:
 
     def _scatter_rows(self, op, a, loc):
         """One row write per id: a loop over the rows m, the id computed as a scalar (pypto reads scalars only from
-        kernel parameters, so the ids' integer expression is evaluated per element from its IR, see
-        _ScalarIds), a runtime branch skipping ids < 0, and an assemble at the data-dependent row. `in_place`
-        (set by update-in-place) writes the table's own buffer; otherwise a copy of it."""
+        kernel parameters: pypto-legalize's `scalar_id` steps, evaluated per element), a runtime branch skipping
+        ids < 0, and an assemble at the data-dependent row. `in_place` (set by update-in-place) writes the table's
+        own buffer; otherwise a copy of it."""
         dest = a[0]
         if not flag(op, "in_place"):
             dest = self._declared_copy(op.table, loc)
@@ -337,7 +309,7 @@ class _Emitter:
         m = f"w{self.loop_count}"
         self.emit(f"for {m} in pypto.loop(0, {rows_shape[0]}, 1, name=\"L{self.loop_count}\", idx_name=\"{m}\"):  # {loc}")
         self.depth += 1
-        rid = _ScalarIds(self).element(op.ids, [m])
+        rid = self._scalar_id(op, m)
         self.emit(f"if {rid} >= 0:")
         self.depth += 1
         offsets, stride = [], 1
@@ -354,6 +326,16 @@ class _Emitter:
         self.emit(f"pypto.assemble({row}, [{', '.join(offsets + zeros)}], {dest})")
         self.depth -= 2
         self.names[op.result] = dest
+
+    def _scalar_id(self, op, m: str) -> str:
+        """The id of row `m` of a scatter_rows: pypto-legalize's `scalar_id` steps, each bound to a scalar
+        variable ({m} the row, {sN} step N's variable), the last the id itself."""
+        *steps, last = (s.data for s in op.attributes["scalar_id"].data)
+        env = {"m": m}
+        for i, step in enumerate(steps):
+            env[f"s{i}"] = self.fresh("s")
+            self.emit(f"{env[f's{i}']} = {step.format(**env)}")
+        return last.format(**env)
 
     def _expand(self, src: str, src_shape: list, shape: list, dtype: str) -> str:
         """pypto 0.2.0 expands one axis per expand_clone: chain them; returns the last expression."""
@@ -482,28 +464,11 @@ _simple([f"{d}_expand_{k}" for d in ("row", "col") for k in EXPAND_KINDS],
 _simple(SCALAR, lambda kind, a, op: f"{SCALAR[kind]}({a[0]}, {py_float(op.scalar.value.data)})")
 
 
-@_rule("floordiv", "rem")
-def _print_int_division(self: _Emitter, op: Operation, loc: str | None):
-    kind = op.name.split(".", 1)[1]
-    a, res, dt, shape = self.operands(op)
-    # pypto 0.2.0 has no int32 division and its cost model no REM: floor division in f32 is exact
-    # for the index ranges we use (|a| < 2^22)
-    f32 = "pypto.DT_FP32"
-    af, bf, q = self.fresh("f"), self.fresh("f"), self.fresh("f")
-    self.set_tile(res)
-    self.emit(f"{af} = pypto.cast({a[0]}, {f32})")
-    self.emit(f"{bf} = pypto.cast({a[1]}, {f32})")
-    self.emit(f"{q} = pypto.floor(pypto.div({af}, {bf}))")
-    expr = q if kind == "floordiv" else f"pypto.sub({af}, pypto.mul({bf}, {q}))"
-    return self.bind(res, f"pypto.cast({expr}, pypto.DT_INT32, mode=pypto.CastMode.CAST_RINT)", loc)
-
-
 @_rule("cast")
 def _print_cast(self: _Emitter, op: Operation, loc: str | None):
     a, res, dt, shape = self.operands(op)
-    if dtype_of(res.type) == "i8":
-        return self._cast_to_i8(op, a[0], loc)
-    return self.bind(res, f"pypto.cast({a[0]}, {dt}, mode={CAST_MODE[op.rounding.data]})", loc)
+    sat = ", satmode=pypto.SaturationMode.ON" if op.saturate is not None and op.saturate.value.data else ""
+    return self.bind(res, f"pypto.cast({a[0]}, {dt}, mode={CAST_MODE[op.rounding.data]}{sat})", loc)
 
 
 @_rule("matmul", "matmul_acc")
@@ -570,17 +535,6 @@ def _print_transpose(self: _Emitter, op: Operation, loc: str | None):
 @_rule("concat")
 def _print_concat(self: _Emitter, op: Operation, loc: str | None):
     a, res, dt, shape = self.operands(op)
-    if dtype_of(res.type) == "i1":  # pypto 0.2.0 cannot concat bool tensors: go through f32
-        ints = []
-        for v, ref in zip(op.inputs, a):
-            tmp = self.fresh("b")
-            self.set_tile(v)
-            self.emit(f"{tmp} = pypto.where({ref}, 1.0, 0.0)")
-            ints.append(tmp)
-        joined = self.fresh("b")
-        self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of(shape, 'i32')})")
-        self.emit(f"{joined} = pypto.concat([{', '.join(ints)}], {op.axis.value.data})")
-        return self.bind(res, f"pypto.eq({joined}, 1.0)", loc)
     if flag(op, "packed"):
         return self._packed_concat(op, res, loc)
     return self.bind(res, f"pypto.concat([{', '.join(a)}], {op.axis.value.data})", loc)
@@ -695,94 +649,6 @@ def _print_read(self: _Emitter, op: Operation, loc: str | None):
         raise EmitError(f"{loc}: tile.read of a computed tensor has no pypto 0.2.0 lowering: pypto reads "
                         "scalars only from kernel parameters")
     return self._scalar(res, f"{a[0]}[{', '.join(a[1:])}]")
-
-
-class _ScalarIds:
-    """One element of an integer tensor as a pypto scalar expression, from the ops that compute it (iota, full,
-    reshape, broadcast, integer arithmetic, compare, select, row/col expands) and scalar reads of kernel
-    parameters: pypto 0.2.0 reads a scalar only from a kernel parameter (GetTensorData), not from a computed
-    tensor. A compare is a 0/1 scalar, so select(c, x, y) is c*x + (1-c)*y."""
-
-    ARITH = {"add": "+", "sub": "-", "mul": "*", "rem": "%", "floordiv": "//"}
-    CMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
-
-    def __init__(self, em: _Emitter):
-        self.em = em
-        self.bound: dict = {}
-
-    def element(self, v: SSAValue, idx: list[str]) -> str:
-        """A name or literal for element `idx` of v (each op's element bound once to a scalar variable)."""
-        key = (v, tuple(idx))
-        if key not in self.bound:
-            expr = self._expr(v, idx)
-            if not (expr.isidentifier() or expr.lstrip("-").isdigit()):
-                name = self.em.fresh("s")
-                self.em.emit(f"{name} = {expr}")
-                expr = name
-            self.bound[key] = expr
-        return self.bound[key]
-
-    def _expr(self, v: SSAValue, idx: list[str]) -> str:
-        shape = list(shape_of(v.type))
-        if v in self.em.params:
-            return f"{self.em.ref(v)}[{', '.join(idx)}]"
-        op = v.owner
-        name = op.name.split(".", 1)[1] if op.name.startswith("tile.") else op.name
-        if name == "iota":
-            return idx[op.axis.value.data]
-        if name == "full":
-            return repr(int(op.value.value.data))
-        if name == "reshape":
-            return self.element(op.input, _reindex(idx, shape, list(shape_of(op.input.type))))
-        if name == "broadcast":
-            return self.element(op.input, [i if d != 1 else "0" for i, d in zip(idx, shape_of(op.input.type))])
-        if name.startswith(("row_expand_", "col_expand_")):
-            kind = name.split("_", 2)[2]
-            rhs = [i if d != 1 else "0" for i, d in zip(idx, shape_of(op.rhs.type))]
-            return self._binary(kind, self.element(op.lhs, idx), self.element(op.rhs, rhs), op)
-        if name in self.ARITH or name in ("and", "or", "max", "min"):
-            return self._binary(name, self.element(op.lhs, idx), self.element(op.rhs, idx), op)
-        if name == "cmp":
-            return f"({self.element(op.lhs, idx)} {self.CMP[op.predicate.data]} {self.element(op.rhs, idx)})"
-        if name == "gather_rows":  # a row of the table at the index's element (a block table lookup)
-            k = len(shape_of(op.indices.type))
-            return self.element(op.table, [self.element(op.indices, idx[:k]), *idx[k:]])
-        if name == "select":
-            c = self.element(op.cond, idx)
-            return f"({c} * {self.element(op.on_true, idx)} + (1 - {c}) * {self.element(op.on_false, idx)})"
-        raise EmitError(f"{code_text(op_location(op))}: {op.name} computes a scatter_rows id: pypto 0.2.0 reads ids "
-                        "as scalars, which the emitter derives only from iota/full/reshape/broadcast/integer "
-                        "arithmetic/cmp/select/gather_rows and kernel parameters")
-
-    def _binary(self, kind: str, a: str, b: str, op) -> str:
-        if kind in self.ARITH:
-            return f"({a} {self.ARITH[kind]} {b})"
-        if kind == "and":
-            return f"({a} * {b})"
-        if kind == "or":
-            return f"({a} + {b} - {a} * {b})"
-        if kind in ("max", "min"):
-            return f"pypto.{kind}({a}, {b})"
-        raise EmitError(f"{code_text(op_location(op))}: {op.name} has no scalar form for a scatter_rows id")
-
-
-def _reindex(idx: list[str], shape: list[int], to: list[int]) -> list[str]:
-    """The index into a tensor of shape `to` of element `idx` of its reshape to `shape` (row-major)."""
-    terms, stride = [], 1
-    for i, d in zip(reversed(idx), reversed(shape)):
-        if d != 1:
-            terms.append(i if stride == 1 else f"{i} * {stride}")
-        stride *= d
-    flat = " + ".join(reversed(terms)) or "0"
-    out, stride = [], 1
-    for d in reversed(to):
-        if d == 1:
-            out.insert(0, "0")
-        else:
-            part = flat if stride == 1 else f"(({flat}) // {stride})"
-            out.insert(0, f"({part}) % {d}" if stride * d < math.prod(to) else part)
-        stride *= d
-    return out
 
 
 F32_LOWEST = -3.4028234663852886e38  # score of an entry top-k may not pick

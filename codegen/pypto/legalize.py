@@ -1,7 +1,17 @@
 """pypto-legalize: state on the tile IR what the pypto 0.2.0 program needs, so that the emitter prints it.
 
 The last pass of the pypto pipeline. It does not change values (tolerance 0: `--verify-each` interprets the
-module before and after it); it records, as attributes, the facts that the pypto 0.2.0 program depends on and
+module before and after it). It rewrites the ops pypto 0.2.0 cannot run as they are into ops it can (the
+emitter prints each tile op plainly):
+
+* `tile.cast` to i8 -> casts to i32 (by its mode), f16 (round), i8 (trunc, saturated): pypto 0.2.0 casts a
+  float to int8 only from f16 (rewrite_i8_casts).
+* `tile.floordiv` / `tile.rem` (integers, read as a tensor) -> casts to f32, div, `tile.floor` (rem: a - b *
+  floor), a cast back: pypto 0.2.0 has no int32 division and its cost model no REM (rewrite_int_divisions).
+* `tile.concat` of i1 -> selects of 1.0/0.0 (f32, `splat`), their concat, a compare with 1.0: pypto 0.2.0
+  cannot concat bool tensors (rewrite_bool_concats).
+
+Then it records, as attributes, the facts that the pypto 0.2.0 program depends on and
 that only an analysis of uses and producers can establish. The emitter (codegen/pypto/emit.py) reads them and
 never walks use chains itself (tests/test_pypto_legalize.py lists the emitter's IR queries). The op verifiers
 check each attribute's form (attnc.ir.common.pypto_facts_verify).
@@ -16,7 +26,9 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
 * `tile.full` `splat`: a float splat inside a loop read only as a value operand of selects: pypto.where takes
   the number (a filled tensor is vector tasks in every iteration: the CSA core's per-token logit fill cost 256
   tasks, 232.2 -> 210.8 us). Outside loops a fill is made once (folding those too moved decode_hca 4050.9 ->
-  4184.5 us); floats only (pypto 0.2.0's verifier cannot execute an int32 WHERE_TS).
+  4184.5 us); floats only (pypto 0.2.0's verifier cannot execute an int32 WHERE_TS). The splats a rewrite
+  makes (rewrite_bool_concats) are numbers wherever they are, while they are read as a select's value or a
+  compare's right-hand side.
 * loops (`tile.parallel`, `scf.for`) `carry = [...]`, one per carried tensor: "copy" when the loop writes a
   tensor in parts (pypto.assemble) that is not a kernel parameter or already declared, or that has other uses;
   "scratch" when such an init is a splat the loop overwrites everywhere; "same" otherwise (updated in place).
@@ -35,9 +47,14 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
   per-pass verifier cannot execute a gather whose index has a runtime valid shape: FB200F).
 * `scalar_ids` on top-level tile ops used only as scatter_rows ids (or by such ops): the ids are evaluated as
   scalars where used (pypto reads scalars only from kernel parameters), so these tensors are never made.
+* `tile.scatter_rows` `scalar_id = [steps]`: its row m's id as pypto scalar expressions of the ops computing the
+  ids ({m} the row, {sN} step N's value; the last step is the id): pypto 0.2.0 reads a scalar only from a kernel
+  parameter (GetTensorData), not from a computed tensor.
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,13 +62,17 @@ from xdsl.dialects import arith, scf
 from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, StringAttr, UnitAttr, i1, i64
 from xdsl.ir import BlockArgument, Operation, SSAValue
 
-from attnc.ir.types import dtype_of, shape_of
-
-from attnc.passes import AttncPass, register
+from attnc.codegen.escape import code_text
+from attnc.ir.common import bool_attr, op_location, str_attr
+from attnc.ir.types import dtype_of, shape_of, tensor_type
+from attnc.passes import AttncPass, PassError, register
+from attnc.ir.dsl import emit_op
+from attnc.ir.tile_dialect import TILE
+from attnc.passes._build import before, tile_full, tile_op
 
 # every attribute this pass sets (cleared first: the pass is idempotent)
 FACTS = ("in_out", "buffer", "output", "splat", "carry", "packed", "padded", "zero_fill", "clone", "prefix",
-         "scalar_ids", "pypto_legalized")
+         "scalar_ids", "scalar_id", "pypto_legalized")
 
 
 def _flag(v: bool = True) -> IntegerAttr:
@@ -291,6 +312,113 @@ def scatter_id_ops(block) -> set:
     return found
 
 
+class _ScalarId:
+    """The steps computing one element of an integer tensor as a pypto scalar expression, from the ops that
+    compute it (iota, full, reshape, broadcast, integer arithmetic, compare, select, row/col expands, a gather of
+    a row of a table) and scalar reads of kernel parameters. A step's text names the scatter loop's row as {m}
+    and step N's value as {sN}; each step is bound once to a scalar variable. A compare is a 0/1 scalar, so
+    select(c, x, y) is c*x + (1-c)*y."""
+
+    ARITH = {"add": "+", "sub": "-", "mul": "*", "rem": "%", "floordiv": "//"}
+    CMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
+
+    def __init__(self, params: dict):
+        self.params = params  # kernel parameter -> its name (as a format string)
+        self.bound: dict = {}
+        self.steps: list[str] = []
+        self.ops: set = set()  # the ops the id is computed from
+
+    def element(self, v: SSAValue, idx: list[str]) -> str:
+        """A placeholder or literal for element `idx` of v (each element a step of its own, once)."""
+        key = (v, tuple(idx))
+        if key not in self.bound:
+            expr = self._expr(v, idx)
+            if not (re.fullmatch(r"\{\w+\}", expr) or expr.lstrip("-").isdigit()):
+                self.steps.append(expr)
+                expr = f"{{s{len(self.steps) - 1}}}"
+            self.bound[key] = expr
+        return self.bound[key]
+
+    def _expr(self, v: SSAValue, idx: list[str]) -> str:
+        shape = list(shape_of(v.type))
+        if v in self.params:
+            return f"{self.params[v]}[{', '.join(idx)}]"
+        op = v.owner
+        self.ops.add(op)
+        name = op.name.split(".", 1)[1] if op.name.startswith("tile.") else op.name
+        if name == "iota":
+            return idx[op.axis.value.data]
+        if name == "full":
+            return repr(int(op.value.value.data))
+        if name == "reshape":
+            return self.element(op.input, _reindex(idx, shape, list(shape_of(op.input.type))))
+        if name == "broadcast":
+            return self.element(op.input, [i if d != 1 else "0" for i, d in zip(idx, shape_of(op.input.type))])
+        if name.startswith(("row_expand_", "col_expand_")):
+            kind = name.split("_", 2)[2]
+            rhs = [i if d != 1 else "0" for i, d in zip(idx, shape_of(op.rhs.type))]
+            return self._binary(kind, self.element(op.lhs, idx), self.element(op.rhs, rhs), op)
+        if name in self.ARITH or name in ("and", "or", "max", "min"):
+            return self._binary(name, self.element(op.lhs, idx), self.element(op.rhs, idx), op)
+        if name == "cmp":
+            return f"({self.element(op.lhs, idx)} {self.CMP[op.predicate.data]} {self.element(op.rhs, idx)})"
+        if name == "gather_rows":  # a row of the table at the index's element (a block table lookup)
+            k = len(shape_of(op.indices.type))
+            return self.element(op.table, [self.element(op.indices, idx[:k]), *idx[k:]])
+        if name == "select":
+            c = self.element(op.cond, idx)
+            return f"({c} * {self.element(op.on_true, idx)} + (1 - {c}) * {self.element(op.on_false, idx)})"
+        raise PassError(f"{code_text(op_location(op))}: {op.name} computes a scatter_rows id: pypto 0.2.0 reads ids "
+                        "as scalars, which pypto-legalize derives only from iota/full/reshape/broadcast/integer "
+                        "arithmetic/cmp/select/gather_rows and kernel parameters")
+
+    def _binary(self, kind: str, a: str, b: str, op) -> str:
+        if kind in self.ARITH:
+            return f"({a} {self.ARITH[kind]} {b})"
+        if kind == "and":
+            return f"({a} * {b})"
+        if kind == "or":
+            return f"({a} + {b} - {a} * {b})"
+        if kind in ("max", "min"):
+            return f"pypto.{kind}({a}, {b})"
+        raise PassError(f"{code_text(op_location(op))}: {op.name} has no scalar form for a scatter_rows id")
+
+
+def _reindex(idx: list[str], shape: list[int], to: list[int]) -> list[str]:
+    """The index into a tensor of shape `to` of element `idx` of its reshape to `shape` (row-major)."""
+    terms, stride = [], 1
+    for i, d in zip(reversed(idx), reversed(shape)):
+        if d != 1:
+            terms.append(i if stride == 1 else f"{i} * {stride}")
+        stride *= d
+    flat = " + ".join(reversed(terms)) or "0"
+    out, stride = [], 1
+    for d in reversed(to):
+        if d == 1:
+            out.insert(0, "0")
+        else:
+            part = flat if stride == 1 else f"(({flat}) // {stride})"
+            out.insert(0, f"({part}) % {d}" if stride * d < math.prod(to) else part)
+        stride *= d
+    return out
+
+
+def scalar_id_steps(op: Operation, params: dict, ops: set | None = None) -> list[str]:
+    """A scatter_rows's `scalar_id`: the steps of its row m's id, the last the id (see _ScalarId); `ops`
+    collects the ops the id is computed from."""
+    sid = _ScalarId(params)
+    last = sid.element(op.ids, ["{m}"])
+    if ops is not None:
+        ops |= sid.ops
+    return [*sid.steps, last]
+
+
+def _params(fn: Operation) -> dict:
+    """Kernel parameter -> its name, as a format string (scalar_id steps)."""
+    return {a: n.data.replace("{", "{{").replace("}", "}}")
+            for a, n in zip(fn.body.block.args, fn.attributes["arg_names"].data)}
+
+
 # readers that do not see a zero-padded view's padding as zeros: pypto concatenates the valid parts only (packed).
 # (A matmul reading such a view fails pypto's verify, FB200F, even after this reshape; the passes never make one.)
 _ZERO_FILL_READERS = ("tile.concat",)
@@ -300,11 +428,112 @@ def _names(values) -> ArrayAttr:
     return ArrayAttr([StringAttr(v) for v in values])
 
 
+# ------------------------------------------------------------------------------------------- rewrites
+
+
+def _replace(op: Operation, new: SSAValue) -> None:
+    op.result.replace_all_uses_with(new)
+    op.detach()
+    op.erase()
+
+
+def _legal_i8_cast(op: Operation) -> bool:
+    return (dtype_of(op.input.type) == "f16" and op.rounding.data == "trunc" and op.saturate is not None
+            and bool(op.saturate.value.data))
+
+
+def rewrite_i8_casts(fn: Operation) -> None:
+    """A cast to i8 (round by its mode, saturate to [-128, 127]) becomes the casts the quantised kernels make on
+    Ascend (hicann/pypto mla_prolog_quant_v4 `quant`): to i32 by its mode (an integer source skips it), i32 -> f16
+    (exact for |v| <= 2048; larger values stay beyond the i8 range), f16 -> i8 truncating, saturated. pypto 0.2.0
+    casts a float to int8 only from f16."""
+    for op in [o for o in fn.walk() if o.name == "tile.cast"]:
+        if dtype_of(op.result.type) != "i8" or _legal_i8_cast(op):
+            continue
+        shape = shape_of(op.result.type)
+        with before(op):
+            x = op.input
+            if dtype_of(x.type) not in ("i32", "i8"):
+                x = tile_op("cast", [x], tensor_type(shape, "i32"), rounding=str_attr(op.rounding.data)).value
+            half = tile_op("cast", [x], tensor_type(shape, "f16"), rounding=str_attr("round")).value
+            q = tile_op("cast", [half], op.result.type, rounding=str_attr("trunc"), saturate=bool_attr(True))
+        _replace(op, q.value)
+
+
+def rewrite_bool_concats(fn: Operation) -> None:
+    """A concat of i1 tensors becomes selects of 1.0/0.0 (f32), their concat, and a compare with 1.0: pypto 0.2.0
+    cannot concat bool tensors. The 1.0/0.0 splats are `splat` (pypto.where and pypto.eq take the number)."""
+    for op in [o for o in fn.walk() if o.name == "tile.concat"]:
+        if dtype_of(op.result.type) != "i1":
+            continue
+        with before(op):
+            floats = []
+            for v in op.inputs:
+                shape = shape_of(v.type)
+                one, zero = _splat(shape, 1.0), _splat(shape, 0.0)
+                floats.append(tile_op("select", [v, one, zero], tensor_type(shape, "f32")).value)
+            shape = shape_of(op.result.type)
+            joined = emit_op(TILE["concat"], [floats], [tensor_type(shape, "f32")], {"axis": op.axis}).results[0]
+            eq = tile_op("cmp", [joined, _splat(shape, 1.0)], op.result.type, predicate=str_attr("eq"))
+        _replace(op, eq.value)
+
+
+def rewrite_int_divisions(fn: Operation) -> None:
+    """An integer floordiv/rem read as a tensor becomes f32 arithmetic: casts of both operands to f32, div, floor
+    (rem: a - b * floor), a cast back (rint): pypto 0.2.0 has no int32 division and its cost model no REM. Exact
+    for |a| < 2^22 (the index ranges of the stages). The uses that compute scatter_rows ids keep the op: they are
+    printed as scalar expressions (`scalar_id`), where pypto divides integers."""
+    id_ops: set = set()
+    params = _params(fn)
+    for op in fn.walk():
+        if op.name == "tile.scatter_rows":
+            scalar_id_steps(op, params, id_ops)
+    for op in [o for o in fn.walk() if o.name in ("tile.floordiv", "tile.rem")]:
+        uses = [u for u in op.result.uses
+                if not ((u.operation.name == "tile.scatter_rows" and u.index == 2) or u.operation in id_ops)]
+        if not uses:
+            continue
+        shape = shape_of(op.result.type)
+        f32 = tensor_type(shape, "f32")
+        with before(op):
+            a, b = (tile_op("cast", [v], f32, rounding=str_attr("rint")).value for v in (op.lhs, op.rhs))
+            q = tile_op("floor", [tile_op("div", [a, b], f32)], f32).value
+            if op.name == "tile.rem":
+                q = tile_op("sub", [a, tile_op("mul", [b, q], f32)], f32).value
+            out = tile_op("cast", [q], op.result.type, rounding=str_attr("rint")).value
+        for u in uses:
+            u.operation.operands[u.index] = out
+        if not op.result.uses:
+            op.detach()
+            op.erase()
+
+
+def _splat(shape, value: float) -> SSAValue:
+    full = tile_full(shape, value, "f32").value
+    full.owner.attributes["splat"] = _flag()
+    return full
+
+
+def _read_as_number(full: Operation) -> bool:
+    """A splat read only where pypto takes a number: a select's value, a compare's right-hand side."""
+    return bool(full.result.uses) and all((u.operation.name == "tile.select" and u.index in (1, 2))
+                                          or (u.operation.name == "tile.cmp" and u.index == 1)
+                                          for u in full.result.uses)
+
+
 def legalize_function(fn: Operation) -> None:
-    """Set every fact of the module docstring on fn and its ops (clearing the ones a previous run set)."""
+    """Rewrite fn's ops that pypto 0.2.0 cannot run as they are (values unchanged), then set every fact of the
+    module docstring on fn and its ops (clearing the ones a previous run set)."""
+    rewrite_i8_casts(fn)
+    rewrite_bool_concats(fn)
+    rewrite_int_divisions(fn)
+    # the splats a rewrite made stay numbers while they are read as such (the others are stated again below)
+    made = [op for op in fn.walk() if op.name == "tile.full" and flag(op, "splat") and _read_as_number(op)]
     for op in [fn, *fn.walk()]:
         for name in FACTS:
             op.attributes.pop(name, None)
+    for op in made:
+        op.attributes["splat"] = _flag()
     block = fn.body.block
     fn.attributes["in_out"] = _names(in_out_results(fn))
     outputs = output_inits(block.last_op)
@@ -316,6 +545,10 @@ def legalize_function(fn: Operation) -> None:
         init.owner.attributes["buffer"] = StringAttr("scratch")
     for op in scatter_id_ops(block):
         op.attributes["scalar_ids"] = _flag()
+    names = _params(fn)
+    for op in block.walk():
+        if op.name == "tile.scatter_rows":
+            op.attributes["scalar_id"] = _names(scalar_id_steps(op, names))
     params = set(block.args)
     declared = set(outputs) | scratch
     for op in block.walk():
@@ -346,8 +579,9 @@ def legalize_function(fn: Operation) -> None:
 @dataclass(frozen=True)
 class PyptoLegalize(AttncPass):
     name = "pypto-legalize"
-    summary = ("pypto path, last: the facts the pypto 0.2.0 program needs as attributes (buffers, carried "
-               "tensors, packed concats, prefix gathers, splats, scalar ids) for the emitter to print")
+    summary = ("pypto path, last: rewrites what pypto 0.2.0 cannot run (i8 casts, bool concats, integer "
+               "division), then the facts the program needs as attributes (buffers, carried tensors, packed "
+               "concats, prefix gathers, splats, scalar ids) for the emitter to print")
     tolerance = 0.0
 
     def apply(self, ctx, op):
