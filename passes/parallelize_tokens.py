@@ -16,7 +16,10 @@ batch-major work it needs (the body is reordered; all ops are pure).
 A loop's inputs are token rows (row views), its outputs the token rows used after it, assembled into carried [T, ...]
 tensors. Chunks are whole: `rows` is an upper bound, the loop takes the largest divisor of T not above it (T = 48 in
 chunks of at most 32: 2 x 24), so no chunk has a runtime valid row count (pypto 0.2.0 drops one in expand_clone,
-reshape and fills, and its SIM calculator then fails an op mixing valid shapes). Exact rewrite.
+reshape and fills, and its SIM calculator then fails an op mixing valid shapes). `row-tile` (0: off) takes a chunk
+above it only as a multiple of it (the pypto pipeline's 16: T = 48 in 3 x 16, T = 24 in 2 x 12), so a target that
+tiles rows in powers of two tiles every chunk whole (docs/limitations.md: pypto 0.2.0's SIM cannot run the leaf
+function that a 24-row chunk of the compressor pooling makes OoOSchedule spill). Exact rewrite.
 
 A loop that multiplies token rows by a kernel parameter (a weight: a matmul whose right operand is read from a
 function argument) reads the whole weight once per chunk: `weight-rows` (0: `rows`) sets its chunk rows instead,
