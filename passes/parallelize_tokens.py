@@ -16,7 +16,10 @@ batch-major work it needs (the body is reordered; all ops are pure).
 A loop's inputs are token rows (row views), its outputs the token rows used after it, assembled into carried [T, ...]
 tensors. Chunks are whole: `rows` is an upper bound, the loop takes the largest divisor of T not above it (T = 48 in
 chunks of at most 32: 2 x 24), so no chunk has a runtime valid row count (pypto 0.2.0 drops one in expand_clone,
-reshape and fills, and its SIM calculator then fails an op mixing valid shapes). Exact rewrite.
+reshape and fills, and its SIM calculator then fails an op mixing valid shapes). `row-tile` (0: off) takes a chunk
+above it only as a multiple of it (the pypto pipeline's 16: T = 48 in 3 x 16, T = 24 in 2 x 12), so a target that
+tiles rows in powers of two tiles every chunk whole (docs/limitations.md: pypto 0.2.0's SIM cannot run the leaf
+function that a 24-row chunk of the compressor pooling makes OoOSchedule spill). Exact rewrite.
 
 A loop that multiplies token rows by a kernel parameter (a weight: a matmul whose right operand is read from a
 function argument) reads the whole weight once per chunk: `weight-rows` (0: `rows`) sets its chunk rows instead,
@@ -336,19 +339,22 @@ def _shrink(op: Operation, rows_of: set, T: int, rows: int) -> None:
             nested.operands = operands
 
 
-def _parallelize(fn: func.FuncOp, rows: int, weight_rows: int = 0, weight_vec_tile: int = 0) -> None:
+def _parallelize(fn: func.FuncOp, rows: int, weight_rows: int = 0, weight_vec_tile: int = 0,
+                 row_tile: int = 0) -> None:
     an = _Analysis(fn)
     params = set(fn.body.block.args)
     for group in an.levels():
         region, inputs, outputs = an.region(group)
         weights = _multiplies_weights(region, an.tok | an.nested_tok, params)
         _parallelize_region(an, region, inputs, outputs, (weight_rows or rows) if weights else rows,
-                            weight_vec_tile if weights else 0)
+                            weight_vec_tile if weights else 0, row_tile)
 
 
-def chunk_rows(T: int, rows: int) -> int:
-    """The rows of a token loop's chunk: the largest divisor of T not above `rows` (every chunk whole)."""
-    return max(d for d in range(1, min(rows, T) + 1) if T % d == 0)
+def chunk_rows(T: int, rows: int, row_tile: int = 0) -> int:
+    """The rows of a token loop's chunk: the largest divisor of T not above `rows` (every chunk whole) and, with
+    `row_tile`, at most `row_tile` or a multiple of it (a chunk its target tiles in whole row tiles)."""
+    return max(d for d in range(1, min(rows, T) + 1)
+               if T % d == 0 and (not row_tile or d <= row_tile or d % row_tile == 0))
 
 
 def _reads_parameter(v: SSAValue, params: set) -> bool:
@@ -364,9 +370,10 @@ def _multiplies_weights(region, tok: set, params: set) -> bool:
                for top in region for op in top.walk())
 
 
-def _parallelize_region(an: _Analysis, region, inputs, outputs, rows: int, vec_tile: int = 0) -> None:
+def _parallelize_region(an: _Analysis, region, inputs, outputs, rows: int, vec_tile: int = 0,
+                        row_tile: int = 0) -> None:
     T = an.T
-    rows = chunk_rows(T, rows)
+    rows = chunk_rows(T, rows, row_tile)
     last = region[-1]
     anchor = last.next_op
     loc = op_location(last)
@@ -419,6 +426,7 @@ class ParallelizeTokens(AttncPass):
     rows: int = 16
     weight_rows: int = 0  # chunk rows of a loop that multiplies token rows by a weight (0: rows)
     weight_vec_tile: int = 0  # vector tile budget (elements) in such a loop (0: the target's)
+    row_tile: int = 0  # a chunk above this many rows is a multiple of it (0: any divisor of T)
 
     def apply(self, ctx, op):
         if self.rows <= 0:
@@ -427,6 +435,8 @@ class ParallelizeTokens(AttncPass):
             raise PassError(f"weight-rows must be positive or 0 (rows), got {self.weight_rows}")
         if self.weight_vec_tile and not 16 <= self.weight_vec_tile <= 1 << 20:
             raise PassError(f"weight-vec-tile must be 0 or in [16, 2^20], got {self.weight_vec_tile}")
+        if self.row_tile < 0:
+            raise PassError(f"row-tile must be positive or 0 (any divisor), got {self.row_tile}")
         for fn in [f for f in op.ops if isinstance(f, func.FuncOp)]:
             if "token_dims" in fn.attributes:
-                _parallelize(fn, self.rows, self.weight_rows, self.weight_vec_tile)
+                _parallelize(fn, self.rows, self.weight_rows, self.weight_vec_tile, self.row_tile)

@@ -16,7 +16,7 @@ from attnc.ir.types import shape_of
 from attnc.kernels_src import STAGES, build_stage, resolve_config
 from attnc.kernels_src.inputs import make_inputs
 from attnc.passes import PassError
-from attnc.passes.parallelize_tokens import ParallelizeTokens
+from attnc.passes.parallelize_tokens import ParallelizeTokens, chunk_rows
 from attnc.passes.tile_softmax import TileSoftmax
 from attnc.passes.verify import normalised_error, run_pipeline
 
@@ -278,6 +278,27 @@ def test_parallelize_tokens_flash_sizes_rows_not_dividing_the_tokens():
                           output_names=st.outputs)
     assert report.records[-1].pass_name == "parallelize-tokens{rows=3}" and report.records[-1].error == 0.0
     assert [op.rows.value.data for op in ops_named(module, "tile.parallel")] == [2]
+
+
+@pytest.mark.parametrize("T, rows, row_tile, chunk", [(48, 32, 16, 16), (24, 32, 16, 12), (15, 32, 16, 15),
+                                                      (128, 32, 16, 32), (48, 128, 16, 48), (48, 32, 0, 24)])
+def test_chunk_rows_above_the_row_tile_are_whole_row_tiles(T, rows, row_tile, chunk):
+    assert chunk_rows(T, rows, row_tile) == chunk
+
+
+def test_parallelize_tokens_row_tile_takes_whole_row_tiles_and_is_exact():
+    """T = 24: rows=32 alone takes one chunk of 24 (tiled 16 + 8 by the pypto emitter's wide ops); row-tile=16
+    takes 2 chunks of 12."""
+    cfg = resolve_config("tiny", {"batch": 3, "seq": 8, "max_pos": 256, "n_cmp": 64})
+    st = STAGES["compressor"]
+    module = build_stage(st, cfg)
+    inputs = make_inputs(st, cfg, 3, {"start_pos": torch.tensor([0, 5, 12], dtype=torch.int32)})
+    report = run_pipeline(module, "schedule-compressor,parallelize-tokens{rows=32 row-tile=16}",
+                          verify_inputs=list(inputs.values()), output_names=st.outputs)
+    assert report.records[-1].error == 0.0
+    assert {op.rows.value.data for op in ops_named(module, "tile.parallel")} == {12}
+    with pytest.raises(PassError, match="row-tile must be positive or 0"):
+        run_pipeline(build_stage(st, cfg), "parallelize-tokens{rows=32 row-tile=-1}")
 
 
 def _token_attention_text(batch, seq, heads, keys, d):

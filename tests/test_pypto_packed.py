@@ -61,7 +61,8 @@ def test_packed_pypto_sim_matches_interpreter(stage):
 # issue 18: T = 48 packed tokens and parallelize-tokens{rows=32} of the pypto pipeline. A ragged last chunk (32 + 16
 # rows) carried a runtime valid row count that pypto 0.2.0's expand_clone/reshape/fills drop, and its SIM calculator
 # fails an op whose operands' valid shapes differ (sparse_attn_core: WHERE_TS of the expanded mask, 32 valid rows,
-# with the index_select of the chunk's ids, 16): the emitter refused it. Now the pass takes whole chunks (2 x 24).
+# with the index_select of the chunk's ids, 16): the emitter refused it. Now the pass takes whole chunks: 3 x 16
+# (the pipeline's row-tile=16; 2 x 24 without it)
 RAGGED = (("batch", 3), ("seq", 16), ("layout", "packed"), ("tokens", 48), ("max_pos", 256), ("n_cmp", 64),
           ("cmp_topk", 8))
 
@@ -79,7 +80,7 @@ def test_token_count_not_a_multiple_of_the_chunk_rows_is_emitted_in_whole_chunks
 
     _, module = _ragged("sparse_attn_core")
     loops = [op for op in module.walk() if op.name == "tile.parallel"]
-    assert loops and {loop.rows.value.data for loop in loops} == {24}
+    assert loops and {loop.rows.value.data for loop in loops} == {16}
     # the chunk's row views and assembles state no runtime valid row count
     assert all(not len(op.valid) for loop in loops for op in loop.body.block.ops
                if op.name in ("tile.view", "tile.assemble"))

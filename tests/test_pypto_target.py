@@ -149,3 +149,24 @@ def test_pypto_sim_projection_schedule_is_exact(quant):
     res = run_pypto_sim(module, inputs, timeout_s=600)
     for name, w in want.items():
         assert torch.equal(res.outputs[name], w), name
+
+
+@needs_pypto
+def test_pypto_sim_compressor_at_24_token_rows():
+    """issue 18: T = 24 (batch 3, seq 8; b3|s16 is T = 48 in chunks of 24): one 24-row chunk was tiled 16 + 8 by
+    the pooling's [24, 4, 128] ops and whole by its [24, 2, 128] halvings; pypto 0.2.0 kept the pooling in one leaf
+    function larger than UB, OoOSchedule spilled it and SIM failed ("hasCall=0 func->opSequenceAfterOOO_.size=106
+    func->tileOps.size=96", ParseInput.cpp:378). The pipeline's row-tile=16 takes 2 chunks of 12."""
+    from attnc.codegen.pypto.target import run_pypto_sim
+    from attnc.passes import PYPTO_PIPELINE
+    from attnc.sim_check import check_outputs
+
+    st = STAGES["compressor"]
+    cfg = resolve_config("tiny", {"batch": 3, "seq": 8, "max_pos": 256, "n_cmp": 64})
+    module = build_stage(st, cfg)
+    run_pipeline(module, PYPTO_PIPELINE)
+    assert {op.rows.value.data for op in module.walk() if op.name == "tile.parallel"} == {12}
+    inputs = make_inputs(st, cfg, 973, {"start_pos": torch.tensor([0, 0, 7], dtype=torch.int32)})
+    res = run_pypto_sim(module, inputs, verify="tensor-graph", timeout_s=600)  # the outputs; no per-pass records
+    check = check_outputs(module, inputs, res.outputs, st.outputs)
+    assert check.ok, check.failures
