@@ -115,7 +115,7 @@ def test_plog_records_name_their_cause_and_known_causes_are_excused():
     program = "a = 1\nb = 2\nt9 = pypto.index_select(t1, 0, i8)  # kernels_src/compressor.py:77\n"
     assert "program line 3: t9 = pypto.index_select" in describe(records[1], program)
     assert excuse(records[1])
-    assert excuse(records[2])  # FB200B GATHER: reproducer the packed decode_hca SIM test
+    assert excuse(records[2])  # FB200B GATHER: reproducer the packed m = 128 compressor, one token
     assert records[3][3]["inputs"] == [[[8, 128], [0, 0]], [[8, 128], [0, 0]]]
     assert excuse(records[3], "ASSEMBLED_PIECES = [[[[8, 128], [0, 0], True], [[2, 128], [8, 0], False]]]")
     assert excuse(records[3], "") is None
