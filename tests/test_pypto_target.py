@@ -50,6 +50,7 @@ def test_overlapping_compressors_pool_over_slots_without_a_transpose(stage):
 # records are still there; every other case has no unexcused record
 SPLIT_GATHER = (("FB200F", "GATHER"),)
 LONG = (("max_pos", 256),)
+PACKED_ONE = (("compress_ratio", 128), ("layout", "packed"), ("batch", 1), ("tokens", 1), *LONG)
 SIM_CASES = [
     ("qkv_proj_rope", (), ()),
     ("sparse_attn_core", (), ()),
@@ -58,6 +59,9 @@ SIM_CASES = [
     ("sparse_attn_core", (("cmp_topk", 56), ("n_cmp", 64), *LONG), ()),  # 2 whole tiles
     ("compressor", LONG, ()),
     ("compressor", (("compress_ratio", 128), *LONG), SPLIT_GATHER),
+    # the smallest program with pypto's FB200B (GetValidDataView at SplitK and L1CopyInReuseMerge, after the
+    # FB200F of the state gather in the same loop function): the m = 128 compressor packed, one row of one token
+    pytest.param("compressor", PACKED_ONE, (*SPLIT_GATHER, ("FB200B", "GATHER")), marks=pytest.mark.slow),
     ("index_compressor", LONG, ()),
     ("indexer", LONG, ()),
     ("decode_swa", LONG, ()),
@@ -67,7 +71,7 @@ SIM_CASES = [
 
 
 def _sim_id(case):
-    stage, overrides, _ = case
+    stage, overrides, _ = case.values if hasattr(case, "values") else case
     return "-".join([stage, *(f"{k}{v}" for k, v in overrides if k != "max_pos")])
 
 
