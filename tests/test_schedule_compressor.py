@@ -82,3 +82,36 @@ def test_row_schedule_in_sim_equals_the_interpreter(case):
             assert np.nanmax(np.abs(g - w)) <= 1e-6 * np.nanmax(np.abs(w)), name
         else:
             assert np.array_equal(g, w), name
+
+
+def _pool_tile_rows(pipeline: str) -> set[int]:
+    """Leading dims of the rank-3 vector tiles the emitted index_compressor program sets for the pooling's ops
+    (the statements at the compress_pool line inside its token loop; the window gathers and the loop's row views
+    of its inputs keep their own tiles)."""
+    import re
+
+    from attnc.codegen.pypto.emit import emit_pypto
+
+    module = build_stage(STAGES["index_compressor"], resolve_config("tiny", {"batch": 16}))  # 32 token rows
+    run_pipeline(module, pipeline)
+    rows, tile = set(), None
+    for line in emit_pypto(module).splitlines():
+        m = re.search(r"set_vec_tile_shapes\(([^)]*)\)", line)
+        if m:
+            tile = [int(x) for x in m.group(1).split(",")]
+        elif ("kernels_src/compressor.py:93" in line and line.startswith(" " * 8) and tile and len(tile) == 3
+              and "index_select" not in line and "pypto.view(ws" not in line):
+            rows.add(tile[0])
+    return rows
+
+
+def test_pooling_tiles_keep_one_row_group():
+    """schedule-compressor{pool-rows} caps the rows of every pooling op's vector tile in the emitted program (the
+    fold levels [N, n/2, d], [N, n/4, d] would otherwise take 2x, 4x the rows of the first, each level a task of
+    its own); without the cap the emitter's budget tiles take more rows."""
+    from attnc.passes import PYPTO_PIPELINE
+
+    capped = _pool_tile_rows(PYPTO_PIPELINE)
+    assert capped and max(capped) <= 4, capped
+    free = _pool_tile_rows(PYPTO_PIPELINE.replace("schedule-compressor", "schedule-compressor{pool-rows=1024}"))
+    assert max(free) > 4, free

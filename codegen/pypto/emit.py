@@ -160,7 +160,11 @@ class _Emitter:
         return self.names[v]
 
     def set_tile(self, v: SSAValue, budget: int | None = None):
-        self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of(shape_of(v.type), dtype_of(v.type), budget)})")
+        tile = vec_tile(shape_of(v.type), dtype_of(v.type), budget or self.vec_budget)
+        rows = v.owner.attributes.get("tile_rows") if isinstance(v.owner, Operation) else None
+        if rows is not None and len(tile) > 1:  # the pass's row cap: a chain of ops keeps one row group per tile
+            tile[0] = min(tile[0], rows.value.data)
+        self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, tile))})")
 
     def bind(self, v: SSAValue, expr: str, loc: str | None = None, tile_of: SSAValue | None = None,
              budget: int | None = None):
