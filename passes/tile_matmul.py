@@ -74,10 +74,10 @@ def _load_cycles(rows: int, cols: int, in_bytes: int) -> float:
 
 
 def widest_n(m: int, n: int, in_bytes: int = 2) -> int:
-    """The widest N tile the cube holds for M rows: the f32 [M tile, N] result fills L0C (128 KiB) at 256 for
-    128 rows; no wider than N."""
+    """The widest N tile the target's cube tiles take for M rows (its own choice when no n_tile is stated): up
+    to 512 bytes of a B row, and the f32 [M tile, N] result within L0C (128 KiB: 256 for 128 rows); at most N."""
     m0 = min(CUBE_M, max(16, -(-m // 16) * 16))
-    return min(n, 512 // in_bytes * 2 if in_bytes == 1 else 512, 128 * 1024 // (4 * m0))
+    return min(n, 512 // in_bytes, 128 * 1024 // (4 * m0))
 
 
 def estimate(m: int, k: int, n: int, chunks: int, width: int, cores: float, in_bytes: int = 2) -> float:
