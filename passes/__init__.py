@@ -21,9 +21,9 @@ DEFAULT_PIPELINE = ("quantize-w8a8,schedule-compressor,fuse-rmsnorm,rope-selecto
                     "tile-matmul{k=512},lower-to-tiles,canonicalize,cse,update-in-place")
 # pypto: wider KV tiles (as pypto-lib#486) and 32-row token chunks halve the simulated time at the flash shape;
 # projection loops take up to 128 token rows per chunk (each weight read once per step, cube M tile 128) with 16K
-# vector tiles; tile-matmul{rule=cost} picks K chunks and N tiles per matmul from the cost model's charges (pypto
-# accumulates K inside a cube task, a K chunk costs an f32 add of the result; N is narrowed only while the 24 cube
-# cores gain more than the A re-reads cost: qkv_proj_rope flash B=64 383.1 us, k=512 511.0)
+# vector tiles; tile-matmul{rule=cost} picks K chunks and N tiles per matmul from the cost model's charges (K kept
+# whole: pypto accumulates K inside a cube task; N narrowed only while the 24 cube cores gain more than the A
+# re-reads cost; decode_swa flash B=64: 940.6 us with k=4096 tasks=24 -> 896.1)
 PYPTO_PIPELINE = ("quantize-w8a8,schedule-compressor,fuse-rmsnorm,rope-selector-matmul,tile-softmax{kv-tile=128},"
                   "parallelize-tokens{rows=32 weight-rows=128 weight-vec-tile=16384},"
                   "schedule-attention,tile-matmul{rule=cost tasks=24},lower-to-tiles,canonicalize,cse,update-in-place,pypto-legalize")

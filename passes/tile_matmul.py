@@ -49,9 +49,6 @@ TASK_MACS = 7000 * 4096
 TASK_CYCLES, CUBE_MACS, CUBE_CORES, VEC_CORES = 7000, 4096, 24, 48
 LOAD_RUN_CYCLES, LOAD_BYTES_PER_CYCLE = 2.2, 52.6
 ADD_TILE, ADD_CYCLES = 16384, 18577
-# pypto merges cube tiles that share their A tile into one task (L1 reuse): wq_a [128, 4096] x [4096, 1024] in N
-# tiles of 32 ran as 16 tasks of 65.1k cycles (2 N tiles each)
-SHARED_A_TILES = 2
 
 
 def n_tile(m: int, k: int, n: int, chunks: int, tasks: int, task_macs: int = TASK_MACS,
@@ -88,11 +85,8 @@ def estimate(m: int, k: int, n: int, chunks: int, width: int, cores: float, in_b
     waves of tasks x one task (dispatch + A and B tile loads + MACs), plus one f32 [m, n] add per extra chunk
     (its tiles spread over the vector cores, one chunk after the other)."""
     kc, m0, w = k // chunks, min(m, CUBE_M), min(width, n)
-    n_tiles = -(-n // w)
-    per_task = min(SHARED_A_TILES, n_tiles)  # N tiles of one A tile run in one task, its A loaded once
-    tasks = -(-m // CUBE_M) * -(-n_tiles // per_task) * chunks
-    task = TASK_CYCLES + _load_cycles(m0, kc, in_bytes) + per_task * (_load_cycles(kc, w, in_bytes)
-                                                                      + m0 * kc * w / CUBE_MACS)
+    tasks = -(-m // CUBE_M) * -(-n // w) * chunks
+    task = TASK_CYCLES + _load_cycles(m0, kc, in_bytes) + _load_cycles(kc, w, in_bytes) + m0 * kc * w / CUBE_MACS
     adds = (chunks - 1) * -(-(-(-m * n // ADD_TILE)) // VEC_CORES) * (TASK_CYCLES + ADD_CYCLES)
     return -(-tasks // max(cores, 1e-9)) * task + adds
 
@@ -118,8 +112,7 @@ def choose(m: int, k: int, n: int, min_chunk: int, cores: float, in_bytes: int =
     for kc in chunk_sizes:
         for w in widths:
             chunks = k // kc
-            per_task = min(SHARED_A_TILES, -(-n // w))
-            if (chunks > 1 or w != widest) and per_task * min(m, CUBE_M) * kc * min(w, n) < task_macs:
+            if (chunks > 1 or w != widest) and min(m, CUBE_M) * kc * min(w, n) < task_macs:
                 continue
             key = (estimate(m, k, n, chunks, w, cores, in_bytes), chunks * -(-n // w))
             if best is None or key < best[0]:
