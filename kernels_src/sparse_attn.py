@@ -99,9 +99,11 @@ def output_projection(cfg, o, start_pos, rope_cos, rope_sin, wo_a, wo_b):
     K, OL = cfg["group_in"], cfg["o_lora_rank"]
     pos = to_tokens(token_positions(start_pos, S))
     o = reshape(rope(o, rope_cos, rope_sin, pos, out="bf16", inverse=True), (T, G * K))
-    # group g = heads g*H/G .. (g+1)*H/G-1 (contiguous), each through its own wo_a[g]
-    z = concat([matmul(slice_(o, (0, g * K), (T, K)), reshape(slice_(wo_a, (g, 0, 0), (1, K, OL)), (K, OL)),
-                       out="bf16") for g in range(G)], axis=1)
+    # group g = heads g*H/G .. (g+1)*H/G-1 (contiguous), each through its own wo_a[g]: rows g*K.. of wo_a
+    # flattened (a parameter reshaped whole is its buffer in place; a reshaped slice of it would be a copy)
+    wo = reshape(wo_a, (G * K, OL))
+    z = concat([matmul(slice_(o, (0, g * K), (T, K)), slice_(wo, (g * K, 0), (K, OL)), out="bf16")
+                for g in range(G)], axis=1)
     return from_tokens(matmul(z, wo_b, out="bf16"))
 
 

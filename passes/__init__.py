@@ -21,14 +21,15 @@ DEFAULT_PIPELINE = ("quantize-w8a8,schedule-compressor,fuse-rmsnorm,rope-selecto
                     "tile-matmul{k=512},lower-to-tiles,canonicalize,cse,update-in-place")
 # pypto: wider KV tiles (as pypto-lib#486) and 32-row token chunks halve the simulated time at the flash shape;
 # projection loops take up to 128 token rows per chunk (each weight read once per step, cube M tile 128) with 16K
-# vector tiles, K unchunked up to 4096 (pypto accumulates K inside a cube task) and N tiles narrowed until a
-# projection makes 24 cube tasks (qkv_proj_rope flash B=64: 642.5 -> 398.2 us). row-tile=16: a chunk above 16
+# vector tiles; tile-matmul{rule=cost} picks K chunks and N tiles per matmul from the cost model's charges (K kept
+# whole: pypto accumulates K inside a cube task; N narrowed only while the 24 cube cores gain more than the A
+# re-reads cost; decode_swa flash B=64: 940.6 us with k=4096 tasks=24 -> 896.1). row-tile=16: a chunk above 16
 # rows is a multiple of 16, the row tile the emitter gives a 512-wide f32 row (power-of-two splits of 8192); a
 # 24-row chunk (T = 24 or 48) is tiled 16 + 8 by wide ops, 24 by narrow ones, and pypto 0.2.0 then keeps the
 # compressor pooling in one leaf function larger than UB, which its SIM cannot run (docs/limitations.md)
 PYPTO_PIPELINE = ("quantize-w8a8,schedule-compressor,fuse-rmsnorm,rope-selector-matmul,tile-softmax{kv-tile=128},"
                   "parallelize-tokens{rows=32 weight-rows=128 weight-vec-tile=16384 row-tile=16},"
-                  "schedule-attention,tile-matmul{k=4096 tasks=24},lower-to-tiles,canonicalize,cse,update-in-place,pypto-legalize")
+                  "schedule-attention,tile-matmul{rule=cost tasks=24},lower-to-tiles,canonicalize,cse,update-in-place,pypto-legalize")
 # PTO (ptoas 0.1.1): one token per kernel (rows=1, the token axis is dropped), 16-key tiles; then f16 and the
 # legalization of what 0.1.1 cannot express (host-side gathers, 0/1 masks instead of i1), then row chunks of the
 # loop bodies whose tiles would overflow UB/L1/L0

@@ -105,6 +105,17 @@ class _Analysis:
             return _lead(op.input) == 1
         return False
 
+    def is_parameter_view(self, op) -> bool:
+        """A slice of a kernel parameter (or of a parameter reshaped whole): its buffer in place, made again in
+        each loop that reads it (pypto 0.2.0 copies a view made outside the loop that uses it: wo_a's 8 group
+        slices cost 1024 copy tasks at flash B=64)."""
+        if _kind(op) != "slice":
+            return False
+        v = op.operands[0]
+        while isinstance(v.owner, Operation) and _kind(v.owner) == "reshape":
+            v = v.owner.operands[0]
+        return v in self.block.args
+
     def check_local(self, op: Operation, tok: set) -> None:
         """Raise unless `op` treats axis 0 of its token operands as an independent batch axis."""
         kind = _kind(op)
@@ -284,7 +295,7 @@ class _Analysis:
         work_set = set(work)
         generators = []
         for op in self.block.ops:
-            if any(r in self.replicated for r in op.results) and any(
+            if (any(r in self.replicated for r in op.results) or self.is_parameter_view(op)) and any(
                     self.top_level(u.operation) in work_set for r in op.results for u in r.uses):
                 generators.append(op)
         region_set = work_set | set(generators)

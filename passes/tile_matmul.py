@@ -8,7 +8,17 @@ Chunking changes the f32 summation order, so a bf16 result may move by one round
 times K chunks give fewer than N tasks gets `n_tile`, the widest power-of-two N tile (16..512) that makes at least
 N tasks (fewer if a task would do under `task-macs` of work, default TASK_MACS), so that a few large projections at a small token count (wq_a, wkv: K = 4096, N <= 1024) spread over the
 cube cores instead of running as 2-4 long tasks on the critical path. The target's emitter caps its N tile there.
-Exact (tiling does not change a matmul's sums)."""
+Exact (tiling does not change a matmul's sums).
+
+`rule=cost` chooses both per matmul instead (`k` is then the smallest K chunk considered, `tasks` the cube cores
+a matmul alone may fill): among K whole or in chunks of k, 2k, ... and N tiles of N_TILES (or the target's own),
+the pair with the least estimated time in pypto 0.2.0's cost model (`estimate`): cube waves x the cycles of one
+task (its dispatch, the DDR->L1 loads of its A and B tiles, its MACs) plus, per extra K chunk, one f32 [M, N]
+vector add on the accumulation chain. The facts it reads are the IR's: the operand shapes and dtype, and the
+trip counts of the `tile.parallel` loops around the matmul (their iterations run side by side, so a matmul in a
+64-iteration loop gets 24/64 of the cube). Why: a narrow N tile streams the whole [M, K] A tile once per N tile
+(K = 4096, N tile 32: 32 A loads of 1 MiB for a 1024-wide result), and every K chunk costs an f32 add of the
+whole [M, N] result (wq_b at k=512: one [128, 32768] add)."""
 from __future__ import annotations
 
 import math
@@ -24,7 +34,7 @@ from attnc.ir.tile_dialect import TILE
 from attnc.ir.types import FLOAT_DTYPES, dtype_of, shape_of, tensor_type
 
 from . import PatternPass, register
-from ._build import before, muli, peeled_loop, tile_op, view
+from ._build import before, constant_value, muli, peeled_loop, tile_op, view
 
 
 CUBE_M = 128  # rows of a cube M tile (pypto: L0A/L0C hold at most 128 rows of a bf16 x bf16 -> f32 product)
@@ -32,6 +42,13 @@ N_TILES = (512, 256, 128, 64, 32, 16)
 # a cube task is worth splitting off only if its MACs outlast what a task costs the scheduler: ~7000 cycles per
 # task in pypto 0.2.0's cost model (AICPU dispatch + resolve), at 4096 MACs per cycle per cube core
 TASK_MACS = 7000 * 4096
+# pypto 0.2.0's cost model (measured on its trace of decode_swa at flash B=64): ~7000 cycles of AICPU dispatch and
+# resolve per task; 4096 MACs per cycle per cube core; a DDR->L1 load costs 2.2 cycles per contiguous run of up to
+# 1 KiB plus 1 cycle per 52.6 bytes ([128, 512] bf16 in 2775 cycles, [512, 32] in 1748); an f32 vector add of a
+# 16384-element tile 18577 cycles; 24 cube and 48 vector cores
+TASK_CYCLES, CUBE_MACS, CUBE_CORES, VEC_CORES = 7000, 4096, 24, 48
+LOAD_RUN_CYCLES, LOAD_BYTES_PER_CYCLE = 2.2, 52.6
+ADD_TILE, ADD_CYCLES = 16384, 18577
 
 
 def n_tile(m: int, k: int, n: int, chunks: int, tasks: int, task_macs: int = TASK_MACS,
@@ -51,9 +68,73 @@ def n_tile(m: int, k: int, n: int, chunks: int, tasks: int, task_macs: int = TAS
     return widths[-1] if widths[-1] < n else None
 
 
+def _load_cycles(rows: int, cols: int, in_bytes: int) -> float:
+    """DDR -> L1 cycles of a [rows, cols] tile (row-major, each row in runs of up to 1 KiB)."""
+    return rows * -(-cols * in_bytes // 1024) * LOAD_RUN_CYCLES + rows * cols * in_bytes / LOAD_BYTES_PER_CYCLE
+
+
+def widest_n(m: int, n: int, in_bytes: int = 2) -> int:
+    """The widest N tile the target's cube tiles take for M rows (its own choice when no n_tile is stated): up
+    to 512 bytes of a B row, and the f32 [M tile, N] result within L0C (128 KiB: 256 for 128 rows); at most N."""
+    m0 = min(CUBE_M, max(16, -(-m // 16) * 16))
+    return min(n, 512 // in_bytes, 128 * 1024 // (4 * m0))
+
+
+def estimate(m: int, k: int, n: int, chunks: int, width: int, cores: float, in_bytes: int = 2) -> float:
+    """Cycles of one [m, k] x [k, n] matmul in `chunks` K chunks and N tiles of `width` on `cores` cube cores:
+    waves of tasks x one task (dispatch + A and B tile loads + MACs), plus one f32 [m, n] add per extra chunk
+    (its tiles spread over the vector cores, one chunk after the other)."""
+    kc, m0, w = k // chunks, min(m, CUBE_M), min(width, n)
+    tasks = -(-m // CUBE_M) * -(-n // w) * chunks
+    task = TASK_CYCLES + _load_cycles(m0, kc, in_bytes) + _load_cycles(kc, w, in_bytes) + m0 * kc * w / CUBE_MACS
+    adds = (chunks - 1) * -(-(-(-m * n // ADD_TILE)) // VEC_CORES) * (TASK_CYCLES + ADD_CYCLES)
+    return -(-tasks // max(cores, 1e-9)) * task + adds
+
+
+def choose(m: int, k: int, n: int, min_chunk: int, cores: float, in_bytes: int = 2,
+           chunkable: bool = True, task_macs: int = TASK_MACS) -> tuple[int, int | None]:
+    """(K chunks, N tile or None for the target's own) with the least `estimate`; ties: fewer tasks. A split
+    whose tasks would do under `task_macs` of work is not considered (the cost model charges a task's dispatch
+    to the whole program, not only to its matmul), nor any split when the matmul's loop iterations alone fill
+    the cube (`cores` <= 1: more tasks only wait for the same cores)."""
+    if cores <= 1:
+        return 1, None
+    chunk_sizes = [k]
+    if chunkable:
+        c = min_chunk
+        while c < k:
+            if k % c == 0:
+                chunk_sizes.append(c)
+            c *= 2
+    widest = widest_n(m, n, in_bytes)
+    widths = [widest] + [w for w in N_TILES if w < widest and w * in_bytes >= 32]
+    best = None
+    for kc in chunk_sizes:
+        for w in widths:
+            chunks = k // kc
+            if (chunks > 1 or w != widest) and min(m, CUBE_M) * kc * min(w, n) < task_macs:
+                continue
+            key = (estimate(m, k, n, chunks, w, cores, in_bytes), chunks * -(-n // w))
+            if best is None or key < best[0]:
+                best = (key, chunks, None if w == widest else w)
+    return best[1], best[2]
+
+
+def _concurrency(op) -> int:
+    """Iterations of the `tile.parallel` loops around `op` (they run side by side)."""
+    count, parent = 1, op.parent_op()
+    while parent is not None:
+        if parent.name == "tile.parallel":
+            lo, hi = constant_value(parent.lower), constant_value(parent.upper)
+            if lo is not None and hi is not None:
+                count *= max(1, (hi - lo) // parent.rows.value.data)
+        parent = parent.parent_op()
+    return count
+
+
 class _ChunkK(RewritePattern):
-    def __init__(self, k: int, tasks: int = 1, task_macs: int = TASK_MACS):
-        self.k, self.tasks, self.task_macs = k, tasks, task_macs
+    def __init__(self, k: int, tasks: int = 1, task_macs: int = TASK_MACS, rule: str = "fixed"):
+        self.k, self.tasks, self.task_macs, self.rule = k, tasks, task_macs, rule
 
     def match_and_rewrite(self, op, rewriter: PatternRewriter):
         if not isinstance(op, (ATTN["matmul"], TILE["matmul"])) or "n_tile" in op.attributes:
@@ -63,13 +144,24 @@ class _ChunkK(RewritePattern):
         K, k = sa[-1], self.k
         n = sb[-2] if trans else sb[-1]
         m = math.prod(sa[:-1])
-        if K <= k or K % k or dtype_of(op.lhs.type) not in FLOAT_DTYPES:  # integer matmuls: no f32 accumulator
+        in_bytes = {"i8": 1, "f32": 4}.get(dtype_of(op.lhs.type), 2)
+        if self.rule == "cost":
+            chunks, width = choose(m, K, n, k, self.tasks / _concurrency(op), in_bytes,
+                                   dtype_of(op.lhs.type) in FLOAT_DTYPES, self.task_macs)
+            if chunks == 1:
+                if width is not None:
+                    op.attributes["n_tile"] = IntegerAttr(width, i64)
+                    rewriter.handle_operation_modification(op)
+                return
+            k = K // chunks
+        elif K <= k or K % k or dtype_of(op.lhs.type) not in FLOAT_DTYPES:  # integer matmuls: no f32 accumulator
             width = n_tile(m, K, n, 1, self.tasks, self.task_macs, 1 if dtype_of(op.lhs.type) == "i8" else 2)
             if width is not None:
                 op.attributes["n_tile"] = IntegerAttr(width, i64)
                 rewriter.handle_operation_modification(op)
             return
-        width = n_tile(m, K, n, K // k, self.tasks, self.task_macs)
+        else:
+            width = n_tile(m, K, n, K // k, self.tasks, self.task_macs)
         tiled = {"n_tile": IntegerAttr(width, i64)} if width is not None else {}
         acc_type = tensor_type((*sa[:-1], n), "f32")
         flag = BoolAttr.from_bool(trans)
@@ -111,6 +203,8 @@ class TileMatmul(PatternPass):
     k: int = 512
     tasks: int = 1  # cube tasks a matmul should make at least (narrower N tiles); 1: the target's tiles
     task_macs: int = TASK_MACS  # the least work (MACs) of a task split off by `tasks`
+    rule: str = "fixed"  # fixed: k and tasks as given; cost: K chunks and N tile per matmul by `estimate`
+    option_choices = {"rule": ("fixed", "cost")}
 
     def pattern(self):
-        return _ChunkK(self.k, self.tasks, self.task_macs)
+        return _ChunkK(self.k, self.tasks, self.task_macs, self.rule)

@@ -162,6 +162,25 @@ def test_tile_matmul_inside_parallel_loop():
     assert not _chunkable(m, 16)
 
 
+def test_tile_matmul_cost_rule_picks_the_split_measured_faster():
+    """tile-matmul{rule=cost} on shapes timed in pypto 0.2.0 SIM (flash B=64, one 128-row chunk, 24 cube cores):
+    the (K chunks, N tile) it picks is the one that measured faster."""
+    from attnc.passes.tile_matmul import choose, estimate
+
+    # wq_b [128, 1024] x [1024, 32768]: K whole (qkv_proj_rope 383.1 us) beats k=512 (511.0 us: the second chunk
+    # costs an f32 [128, 32768] add), both at the target's N tile
+    assert choose(128, 1024, 32768, 512, 24) == (1, None)
+    assert estimate(128, 1024, 32768, 1, 256, 24) < estimate(128, 1024, 32768, 2, 256, 24)
+    # the index compressor's wkv / wgate [128, 4096] x [4096, 256]: K whole, N tiles of 64 (205.5 us) beat N tiles
+    # of 32 (265.1 us), the one change between the two runs (a 32-wide task does under task-macs of work)
+    assert choose(128, 4096, 256, 512, 24) == (1, 64)
+    # wo_b [128, 8192] x [8192, 4096]: K whole rather than two 4096 chunks and their f32 [128, 4096] add (in
+    # decode_swa 896.1 us vs 940.6 together with the wider wo_a / wq_a / wkv N tiles; not timed alone)
+    assert choose(128, 8192, 4096, 512, 24)[0] == 1
+    # a matmul in a loop whose 64 iterations alone fill the cube keeps the target's tiles
+    assert choose(64, 512, 642, 512, 24 / 64) == (1, None)
+
+
 def _ancestors(op):
     p = op.parent_op()
     while p is not None:

@@ -135,12 +135,12 @@ def test_pypto_npu_matches_interpreter():
 def test_pypto_sim_projection_schedule_is_exact(quant):
     """The projection schedule of the pypto pipeline (issue 20 item 3) at tiny, bit for bit: chunks of
     weight-rows token rows (2 of T = 4: two chunks) with their own vector tile budget, K unchunked, and N tiles
-    narrowed by tile-matmul{tasks} (task-macs=1 so that tiny matmuls are narrowed too: 16-wide N tiles)."""
+    narrowed by tile-matmul{rule=cost} (task-macs=1 so that tiny matmuls are narrowed too: 16-wide N tiles)."""
     from attnc.codegen.pypto.target import run_pypto_sim
     from attnc.passes import PYPTO_PIPELINE
 
     pipeline = (PYPTO_PIPELINE.replace("weight-rows=128", "weight-rows=2")
-                .replace("tile-matmul{k=4096 tasks=24}", "tile-matmul{k=4096 tasks=24 task-macs=1}"))
+                .replace("tile-matmul{rule=cost tasks=24}", "tile-matmul{rule=cost tasks=24 task-macs=1}"))
     assert pipeline != PYPTO_PIPELINE and "weight-rows=2" in pipeline and "task-macs=1" in pipeline
     cfg = resolve_config("tiny", {"quant": quant})
     module = build_stage(STAGES["qkv_proj_rope"], cfg)

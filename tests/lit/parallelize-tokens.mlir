@@ -18,3 +18,12 @@
 // NOWEIGHT: tile.parallel
 // NOWEIGHT-NOT: vec_tile_elems
 // NOWEIGHT-SAME: rows = 2
+
+// A slice of a kernel parameter reshaped whole (sparse_attn's wo_a groups) is made inside the loop that reads it
+// (pypto 0.2.0 copies a view made outside the loop using it); the reshape of the parameter stays outside.
+// RUN: attnc compile sparse_attn --config tiny -p 'parallelize-tokens{rows=2}' -o - | filecheck %s --check-prefix=PVIEW
+// PVIEW: %[[W:[a-z_0-9]+]] = attn.reshape %wo_a
+// PVIEW: tile.parallel
+// PVIEW: attn.slice %[[W]]
+// PVIEW: attn.slice %[[W]]
+// PVIEW: tile.yield

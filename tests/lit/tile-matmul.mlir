@@ -13,3 +13,17 @@
 // TASKS: tile.matmul %{{[a-z_0-9]+}}, %wq_a {n_tile = 16 : i64
 // RUN: attnc compile qkv_proj_rope --config tiny -p 'quantize-w8a8,fuse-rmsnorm,rope-selector-matmul,tile-matmul{tasks=4},lower-to-tiles' -o - | filecheck %s --check-prefix=SMALL
 // SMALL-NOT: n_tile
+
+// rule=cost: K chunks and N tile per matmul from the cost estimate. At flash B=64 (one 128-row chunk): wq_a
+// [128, 4096] x [4096, 1024] keeps K whole with N tiles of 64; wq_b (K = 1024, N = 32768) keeps K whole and the
+// target's own N tile (no n_tile): no f32 accumulation add, no A re-read per narrow N tile.
+// RUN: attnc compile qkv_proj_rope --config flash -p 'quantize-w8a8,fuse-rmsnorm,rope-selector-matmul,parallelize-tokens{rows=32 weight-rows=128},tile-matmul{rule=cost tasks=24},lower-to-tiles' -o - | filecheck %s --check-prefix=COST
+// COST-NOT: tile.matmul_acc
+// COST: tile.matmul %{{[a-z_0-9]+}}, %wq_a {n_tile = 64 : i64
+// COST: tile.matmul %{{[a-z_0-9]+}}, %wq_b {transpose_b = false}
+// COST-NOT: tile.matmul_acc
+// A matmul in a loop whose iterations alone fill the cube (the attention core's 64 batch rows) keeps the target's
+// tiles: no n_tile anywhere in sparse_attn_core.
+// RUN: attnc compile sparse_attn_core --config flash -p 'tile-softmax{kv-tile=128},parallelize-tokens{rows=32},schedule-attention,tile-matmul{rule=cost tasks=24}' -o - | filecheck %s --check-prefix=LOOP
+// LOOP-NOT: n_tile
+// LOOP: func.return
