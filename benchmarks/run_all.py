@@ -72,13 +72,21 @@ def bench_interpreter(config: str, stage: str, repeat: int) -> dict:
 def bench_aicore(config: str, stage: str, timeout_s: int, overrides: dict | None = None,
                  pipeline: str = PYPTO_PIPELINE) -> dict:
     from attnc.codegen.pypto.target import run_pypto_sim
+    from attnc.sim_check import check_outputs
 
     st = STAGES[stage]
     cfg = resolve_config(config, overrides)
     module = build_stage(st, cfg)
     run_pipeline(module, pipeline)
-    res = run_pypto_sim(module, make_inputs(st, cfg, 0), verify="none", timeout_s=timeout_s)
-    return {"aicore_us": res.aicore_us, "wall_s": res.wall_s, "tasks": (res.tasks or {}).get("total")}
+    inputs = make_inputs(st, cfg, 0)
+    # tensor-graph: the cheapest verify mode in which SIM writes the outputs back; a time counts only for a program
+    # whose outputs equal the interpreter's (the check of `attnc run`)
+    res = run_pypto_sim(module, inputs, verify="tensor-graph", timeout_s=timeout_s)
+    check = check_outputs(module, inputs, res.outputs, st.outputs)
+    if not check.ok:
+        raise RuntimeError(f"{stage}: SIM outputs differ from the interpreter: {check.failures[0]}")
+    return {"aicore_us": res.aicore_us, "wall_s": res.wall_s, "tasks": (res.tasks or {}).get("total"),
+            "values": "equal to the interpreter"}
 
 
 PREFILL_KINDS = ("decode_swa", "decode_hca", "decode_csa")
