@@ -2,9 +2,9 @@
 
 pypto 0.2.0's per-pass verify, from InferDynShape on (InferDynShape, InferParamIndex, CodegenPreproc), computes a
 batched matmul whose lhs is a `pypto.reshape` result with one row per batch ([B, 1, K], B > 1) from batch 0's lhs
-row for every batch: FB4001, the rows of batches 1.. wholly different from the tensor graph's (indexer at seq 1,
-batch 2 and 3 -- decode_csa's same matmul showed no record at batch 2 but is cloned too: `TENSOR_default_loop_1_..._hiddenfunc2_9`, the weighted head sum
-kernels_src/indexer.py:59, max |diff| 3.17). The SIM outputs are right. Not seen with two rows per batch, with the
+row for every batch: FB4001, the rows of batches 1.. wholly different from the tensor graph's (the indexer at
+seq 1, batch 2 and 3: `TENSOR_default_loop_1_..._hiddenfunc2_9`, the weighted head sum kernels_src/indexer.py:59,
+max |diff| 3.17; decode_csa's same matmul showed no record at batch 2, and is cloned too). The SIM outputs are right. Not seen with two rows per batch, with the
 reshape on the rhs, or when another op stands between the reshape and the matmul; the clone gives the operand its own
 buffer and the records go away. ONE_ROW is the reproducer (the indexer's [B, H] weights reshaped to [B, 1, H] times
 [B, H, NC] scores)."""
