@@ -319,6 +319,9 @@ def _sim(cell: Cell, module, inputs: dict, program: str, res: Result, timeout_s:
         res.sim = {"status": "failed", "note": _line(e)}
         return [f"sim: {_line(e)}"]
     res.sim = {"wall_s": round(run.wall_s, 2), "records": len(run.verify), "failed_records": len(run.failed_records)}
+    if not run.verify:  # the run's plog was lost (its run folder removed): nothing was verified
+        res.sim.update(status="failed", note="no per-pass verify records")
+        return ["sim: no per-pass verify records (pypto's log of the run is missing)"]
     bad = unexcused(run)
     if bad:
         res.sim.update(status="failed", note=describe(bad[0], run.program))

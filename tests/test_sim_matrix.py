@@ -41,6 +41,19 @@ def test_matrix_cell_interpreter_level(cell):
     assert r.start_pos and len(r.start_pos) == cell.batch or r.status == "refused"
 
 
+def test_a_sim_run_without_verify_records_fails_its_cell(monkeypatch):
+    """A run whose pypto log is gone (its run folder removed while it ran: indexer|packed|b2|s4 once passed with
+    0 records) verified nothing: the cell fails instead of passing on its outputs alone."""
+    from attnc.codegen.pypto import target
+
+    cell = sim_matrix.Cell("indexer", "dense", 1, 1)
+    monkeypatch.setattr(target, "run_pypto_sim", lambda *a, **k: target.PyptoRun({}, None, [], [], 1.0, ""))
+    res = sim_matrix.Result(cell.key, cell.stage, cell.layout, cell.batch, cell.seq, 0)
+    assert sim_matrix._sim(cell, None, {}, "", res, 60) == [
+        "sim: no per-pass verify records (pypto's log of the run is missing)"]
+    assert res.sim["status"] == "failed" and res.sim["records"] == 0
+
+
 @needs_pypto
 @pytest.mark.parametrize("cell", SIM_SAMPLE, ids=[c.key for c in SIM_SAMPLE])
 def test_matrix_cell_in_sim(cell):

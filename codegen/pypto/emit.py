@@ -522,6 +522,10 @@ def _print_reshape(self: _Emitter, op: Operation, loc: str | None):  # pypto til
     inplace = ", inplace=True" if a[0] in {self.names[p] for p in self.params} else ""
     self.base[res] = self.whole_of(op.input)
     self.bind(res, f"pypto.reshape({a[0]}, {shape}{inplace})", loc, tile_of=op.input)
+    if flag(op, "clone"):  # a one-row batched matmul lhs: its own buffer (pypto-legalize; FB4001 otherwise)
+        self.set_tile(res)
+        self.emit(f"{self.names[res]} = pypto.clone({self.names[res]})")
+        return
     return self._materialize_unpadded(op, res)
 
 

@@ -42,6 +42,9 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
 * `tile.view` `zero_fill`: a zero-padded view read by an unpacked concat, which concatenates the valid parts
   only: the tile gets its zero padding first. `clone`: a rank >= 3 view not read only by reshapes: pypto 0.2.0
   mis-sizes its raw tensor when a batched matmul reads it ("Shape size mismatch" at codegen).
+* `tile.reshape` `clone`: the lhs of a batched matmul (both operands rank >= 3) with one row per batch and more
+  than one batch: pypto 0.2.0's per-pass verify, from InferDynShape on, reads batch 0's row of a reshaped lhs for
+  every batch (FB4001, values wholly different; SIM right): a clone gives the operand its own buffer.
 * `tile.gather_rows` / `tile.view` `prefix`: a row-list gather read only through one zero-padded view of its
   leading rows that packed concats consume: only the valid ids are gathered, where the view is (pypto 0.2.0's
   per-pass verifier cannot execute a gather whose index has a runtime valid shape: FB200F).
@@ -419,6 +422,16 @@ def _params(fn: Operation) -> dict:
             for a, n in zip(fn.body.block.args, fn.attributes["arg_names"].data)}
 
 
+def one_row_batched_lhs(use) -> bool:
+    """Is `use` the lhs of a batched matmul (both operands rank >= 3) with one row per batch and more than one
+    batch (indexer at seq 1: the weighted head sum [B, 1, H] x [B, H, NC])?"""
+    op = use.operation
+    if op.name not in ("tile.matmul", "tile.matmul_acc") or use.index != 0:
+        return False
+    sa, sb = shape_of(op.lhs.type), shape_of(op.rhs.type)
+    return len(sa) >= 3 and len(sb) >= 3 and sa[-2] == 1 and int(np.prod(sa[:-2])) > 1
+
+
 # readers that do not see a zero-padded view's padding as zeros: pypto concatenates the valid parts only (packed).
 # (A matmul reading such a view fails pypto's verify, FB200F, even after this reshape; the passes never make one.)
 _ZERO_FILL_READERS = ("tile.concat",)
@@ -571,6 +584,9 @@ def legalize_function(fn: Operation) -> None:
                 u.operation.name in _ZERO_FILL_READERS and not flag(u.operation, "packed") for u in op.result.uses):
             op.attributes["zero_fill"] = _flag()
         if len(shape) >= 3 and not all(u.operation.name == "tile.reshape" for u in op.result.uses):
+            op.attributes["clone"] = _flag()
+    for op in block.walk():
+        if op.name == "tile.reshape" and any(one_row_batched_lhs(u) for u in op.result.uses):
             op.attributes["clone"] = _flag()
     fn.attributes["pypto_legalized"] = UnitAttr()
 
