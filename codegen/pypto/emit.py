@@ -130,6 +130,7 @@ class _Emitter:
     prefix_gathers: dict = field(default_factory=dict)
     # the pieces of each packed concat with a zero-padded piece: [[shape, offset, padded], ...] per concat
     assembled_pieces: list = field(default_factory=list)
+    row_caps: dict = field(default_factory=dict)  # a printed op's result -> its op's `tile_rows` (vector tile row cap)
 
     def vec_tile_of(self, shape, dtype: str, budget: int | None = None) -> str:
         return ", ".join(map(str, vec_tile(shape, dtype, budget or self.vec_budget)))
@@ -161,9 +162,9 @@ class _Emitter:
 
     def set_tile(self, v: SSAValue, budget: int | None = None):
         tile = vec_tile(shape_of(v.type), dtype_of(v.type), budget or self.vec_budget)
-        rows = v.owner.attributes.get("tile_rows") if isinstance(v.owner, Operation) else None
+        rows = self.row_caps.get(v)
         if rows is not None and len(tile) > 1:  # the pass's row cap: a chain of ops keeps one row group per tile
-            tile[0] = min(tile[0], rows.value.data)
+            tile[0] = min(tile[0], rows)
         self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, tile))})")
 
     def bind(self, v: SSAValue, expr: str, loc: str | None = None, tile_of: SSAValue | None = None,
@@ -234,6 +235,9 @@ class _Emitter:
         rule = RULES.get(kind)
         if rule is None:
             raise EmitError(f"{loc}: tile.{kind} has no pypto 0.2.0 lowering: the emitter has no rule for it")
+        cap = op.attributes.get("tile_rows")  # the row cap of its results' vector tiles (schedule-compressor)
+        if cap is not None:
+            self.row_caps.update(dict.fromkeys(op.results, cap.value.data))
         return rule(self, op, loc)
 
     def operands(self, op: Operation):
