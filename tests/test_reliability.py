@@ -570,6 +570,19 @@ def test_the_memory_estimate_is_an_upper_bound_of_the_measured_peaks():
     assert not below, below
 
 
+def test_the_reported_batch_100000_run_is_refused_before_allocating(capsys, monkeypatch):
+    """The report's reproducer on its 21.7 GB machine: `run decode_csa --config tiny --set batch=100000` was accepted
+    (the old estimate 14.0 GB; measured peaks, linear in the batch, reach ~25 GB there from 0.29 GB at 1024). Any
+    upper bound refuses it, naming its estimate, before an input is made."""
+    import resource
+
+    monkeypatch.setenv("ATTNC_MEMORY_LIMIT_BYTES", str(21_700_000_000))
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    code, _, err = cli(capsys, "run", "decode_csa", *TINY, "--set", "batch=100000")
+    one_error_line(code, err, r"run decode_csa may need up to [0-9.]+ GB of memory .* 21\.7 GB available")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0 < 512 << 10  # KiB
+
+
 # -------------------------------------------------------------------------------------------------- --out - carries data
 
 
