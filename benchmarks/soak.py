@@ -14,6 +14,7 @@ in a provenance header, equal the reference's); a full-disk command runs in a tm
 256 KiB, filled to a few KiB; needs root), else in a folder of its own with RLIMIT_FSIZE of 4 KiB on the command.
 
     python benchmarks/soak.py [--commands 1000] [--jobs 4] [--seed 0] [--json soak.json] [--markdown table.md]
+    python benchmarks/soak.py --table-from soak.json    # the tables again, from a run's --json
 """
 from __future__ import annotations
 
@@ -400,7 +401,29 @@ class Soak:
         return problems
 
 
-def table(results: list[Result], final: list[str], disk: str, seconds: float) -> str:
+# what each problem line means for the issue's counts (first match); the rest are exit-code and stderr problems
+KINDS = (("partial or temp files", ("left behind:", "left in its", "full disk: left behind:", "cache: left behind:")),
+         ("divergent outputs", ("differs from the reference", "written, but the reference")),
+         ("cache entries that do not verify", ("does not verify",)),
+         ("lost outputs", ("undisturbed run without",)),
+         ("orphan processes", ("outlived it",)),
+         ("tracebacks", ("traceback on stderr",)),
+         ("hangs", ("no exit within",)))
+
+
+def kind(problem: str) -> str:
+    return next((k for k, marks in KINDS if any(m in problem for m in marks)), "exit code or error line")
+
+
+def counts(results: list[Result], final: list[str]) -> collections.Counter:
+    """Problems by kind over every command and the final checks (a process counts once per process)."""
+    c = collections.Counter({k: 0 for k, _ in KINDS} | {"exit code or error line": 0})
+    for p in [p for r in results for p in r.problems] + final:
+        c[kind(p)] += int(p.split()[0]) if kind(p) == "orphan processes" else 1
+    return c
+
+
+def table(results: list[Result], final: list[str], disk: str, seconds: float, jobs: int, seed: int) -> str:
     outcomes = sorted({r.outcome for r in results})
     rows = ["| command | " + " | ".join(outcomes) + " | problems |", "|---" * (len(outcomes) + 2) + "|"]
     by = collections.defaultdict(collections.Counter)
@@ -421,8 +444,10 @@ def table(results: list[Result], final: list[str], disk: str, seconds: float) ->
             rows.append(f"| {fault} | {sum(byf[fault].values())} | " + " | ".join(str(byf[fault][o] or "")
                                                                              for o in outcomes) + f" | {badf[fault]} |")
     problems = sum(bool(r.problems) for r in results)
-    rows += ["", f"{len(results)} commands, 4 at a time, {seconds / 60:.0f} min; full disk: {disk}; "
-             f"{problems} command(s) with a problem, {len(final)} problem(s) in the shared cache and full disk."]
+    c = counts(results, final)
+    rows += ["", f"{len(results)} commands, {jobs} at a time, seed {seed}, {seconds / 60:.0f} min; full disk: {disk}; "
+             f"{problems} command(s) with a problem, {len(final)} problem(s) in the shared cache and full disk.",
+             "", "| " + " | ".join(c) + " |", "|---" * len(c) + "|", "| " + " | ".join(str(v) for v in c.values()) + " |"]
     return "\n".join(rows)
 
 
@@ -439,7 +464,15 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     ap.add_argument("--json", help="write every command's result here")
     ap.add_argument("--markdown", help="write the tables here")
+    ap.add_argument("--table-from", metavar="JSON", help="print the tables of an earlier run's --json and stop")
     args = ap.parse_args(argv)
+    if args.table_from:
+        with open(args.table_from) as f:
+            d = json.load(f)
+        results = [Result(**r) for r in d["results"]]
+        print(table(results, d["final"], d["disk"], d.get("seconds", 0.0), d.get("jobs", args.jobs),
+                    d.get("seed", args.seed)))
+        return 0
     root = args.root or tempfile.mkdtemp(prefix="attnc-soak-")
     os.makedirs(root, exist_ok=True)
     t0 = time.perf_counter()
@@ -452,7 +485,8 @@ def main(argv=None) -> int:
         soak.close()
         if not args.keep and not args.root:
             shutil.rmtree(root, ignore_errors=True)
-    text = table(results, final, soak.disk, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    text = table(results, final, soak.disk, seconds, args.jobs, args.seed)
     for p in final:
         print("PROBLEM:", p)
     print(text)
@@ -461,8 +495,8 @@ def main(argv=None) -> int:
             f.write(text + "\n")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"disk": soak.disk, "final": final, "results": [dataclasses.asdict(r) for r in results]}, f,
-                      indent=1)
+            json.dump({"disk": soak.disk, "seed": args.seed, "jobs": args.jobs, "seconds": seconds, "final": final,
+                       "results": [dataclasses.asdict(r) for r in results]}, f, indent=1)
     return 1 if final or any(r.problems for r in results) else 0
 
 

@@ -99,3 +99,24 @@ def test_a_memory_refusal_is_its_own_outcome(soak, tmp_path):
     s.check(res, t, str(folder), b"", "attnc: error: run x may need up to 0.9 GB of memory (...), the machine has "
             "0.5 GB available\n", str(tmp), str(shm), "no-such-tag")
     assert res.outcome == "2 refused (memory)" and res.problems == []
+
+
+def test_the_table_counts_each_kind_of_problem_and_states_the_run():
+    """The issue's counts (partial files, divergent outputs, orphans, ...) come from the problem lines, a process
+    counted per process; the run line names its own job count and seed (it said '4 at a time' for any --jobs)."""
+    mod = _soak_module()
+    R = mod.Result
+    results = [R(0, "compile mlir", "SIGKILL", -9, 1.0, "killed (SIGKILL)", ["left behind: .attnc-x.tmp"]),
+               R(1, "compile mlir", "SIGKILL", -9, 1.0, "killed (SIGKILL)", ["3 process(es) outlived it",
+                                                                             "left in its TMPDIR: ['a']"]),
+               R(2, "run interp", "none", 0, 1.0, "0 ok", ["swa.npz: differs from the reference (1 vs 2 bytes)"]),
+               R(3, "run interp", "SIGTERM", 143, 1.0, "143 terminated", [])]
+    c = mod.counts(results, ["cache: ab.json does not verify: []"])
+    assert (c["partial or temp files"], c["divergent outputs"], c["orphan processes"],
+            c["cache entries that do not verify"], c["lost outputs"]) == (2, 1, 3, 1, 0)
+    text = mod.table(results, [], "tmpfs", 600.0, 3, 7)
+    assert "4 commands, 3 at a time, seed 7, 10 min" in text
+    head, _, row = text.splitlines()[-3:]
+    assert dict(zip(head.strip("| ").split(" | "), row.strip("| ").split(" | "))) == {
+        "partial or temp files": "2", "divergent outputs": "1", "cache entries that do not verify": "0",
+        "lost outputs": "0", "orphan processes": "3", "tracebacks": "0", "hangs": "0", "exit code or error line": "0"}
