@@ -447,7 +447,8 @@ def table(results: list[Result], final: list[str], disk: str, seconds: float, jo
     c = counts(results, final)
     rows += ["", f"{len(results)} commands, {jobs} at a time, seed {seed}, {seconds / 60:.0f} min; full disk: {disk}; "
              f"{problems} command(s) with a problem, {len(final)} problem(s) in the shared cache and full disk.",
-             "", "| " + " | ".join(c) + " |", "|---" * len(c) + "|", "| " + " | ".join(str(v) for v in c.values()) + " |"]
+             "", "| " + " | ".join(c) + " |", "|---" * len(c) + "|",
+             "| " + " | ".join(str(v) for v in c.values()) + " |"]
     return "\n".join(rows)
 
 
