@@ -1,7 +1,7 @@
 """Soak and fault injection (issue 21): mixed `attnc` commands, several at a time, some killed (SIGKILL, SIGTERM at
 a random moment) and some writing onto a full disk; afterwards every command is checked:
 
-- its exit code is one of the documented set (0, 1, 2, 130, 143) or it was killed by a signal;
+- its exit code is one of the documented set (0, 1, 2, 130, 143) or it was killed by the signal sent to it;
 - stderr holds no traceback, and an error (exit 2) is one `attnc: error:` line (notes aside);
 - every output is absent or complete: byte-identical to an undisturbed run of the same command (files whose bytes
   carry a measured time, a tuning file and its plot, are compared on their content instead);
@@ -278,6 +278,8 @@ class Soak:
             p.append(f"no exit within {self.timeout:g} s")
         elif code >= 0 and code not in DOCUMENTED_EXITS:
             p.append(f"exit {code}: {err.strip().splitlines()[-1:] }")
+        elif code < 0 and signal.Signals(-code).name != res.fault:  # a crash (SIGABRT, SIGSEGV), not the signal sent
+            p.append(f"killed by {signal.Signals(-code).name}, sent {res.fault}: {err.strip().splitlines()[-3:]}")
         if "Traceback" in err:
             p.append("traceback on stderr")
         lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("attnc: note:", "tune:"))]
@@ -407,6 +409,7 @@ KINDS = (("partial or temp files", ("left behind:", "left in its", "full disk: l
          ("cache entries that do not verify", ("does not verify",)),
          ("lost outputs", ("undisturbed run without",)),
          ("orphan processes", ("outlived it",)),
+         ("crashes", ("killed by",)),
          ("tracebacks", ("traceback on stderr",)),
          ("hangs", ("no exit within",)))
 

@@ -56,6 +56,8 @@ def test_a_clean_command_has_no_problem(soak, tmp_path):
     ({}, 2, "attnc: error: x\nattnc: error: y\n", "full disk", "without exactly one error line"),
     ({}, 143, "attnc: error: x\n", "SIGTERM", "without 'attnc: terminated'"),
     ({}, None, "", "none", "no exit within"),
+    ({}, -6, "Fatal Python error: Aborted\n", "SIGTERM", "killed by SIGABRT, sent SIGTERM"),
+    ({}, -9, "", "none", "killed by SIGKILL, sent none"),
 ])
 def test_each_check_catches_its_problem(soak, tmp_path, files, code, err, fault, problem):
     mod, s, t = soak
@@ -119,4 +121,4 @@ def test_the_table_counts_each_kind_of_problem_and_states_the_run():
     head, _, row = text.splitlines()[-3:]
     assert dict(zip(head.strip("| ").split(" | "), row.strip("| ").split(" | "))) == {
         "partial or temp files": "2", "divergent outputs": "1", "cache entries that do not verify": "0",
-        "lost outputs": "0", "orphan processes": "3", "tracebacks": "0", "hangs": "0", "exit code or error line": "0"}
+        "lost outputs": "0", "orphan processes": "3", "crashes": "0", "tracebacks": "0", "hangs": "0", "exit code or error line": "0"}
