@@ -179,6 +179,7 @@ class Result:
     seconds: float
     outcome: str = ""
     problems: list[str] = dataclasses.field(default_factory=list)
+    signal_at: float | None = None  # seconds after the start when the signal was sent (None: not sent)
 
 
 class Soak:
@@ -245,10 +246,16 @@ class Soak:
             return Result(index, t.name, fault, None, 0.0, "not started", [f"folder: {e.strerror}"])
         t0 = time.perf_counter()
         proc, tmp, shm = self._spawn(t, folder, tag, fsize)
-        timer = None
+        timer, sent = None, []
         if fault in ("SIGTERM", "SIGKILL"):
             sig = signal.SIGTERM if fault == "SIGTERM" else signal.SIGKILL
-            timer = threading.Timer(delay, lambda: proc.poll() is None and proc.send_signal(sig))
+
+            def send():
+                if proc.poll() is None:
+                    sent.append(time.perf_counter() - t0)
+                    proc.send_signal(sig)
+
+            timer = threading.Timer(delay, send)
             timer.start()
         try:
             out, err = proc.communicate(timeout=self.timeout)
@@ -259,7 +266,8 @@ class Soak:
             code = None
         if timer:
             timer.cancel()
-        res = Result(index, t.name, fault, code, time.perf_counter() - t0)
+            timer.join()
+        res = Result(index, t.name, fault, code, time.perf_counter() - t0, signal_at=sent[0] if sent else None)
         self.check(res, t, folder, out, err.decode("utf-8", "replace"), tmp, shm, tag)
         return res
 
@@ -280,6 +288,9 @@ class Soak:
             p.append(f"exit {code}: {err.strip().splitlines()[-1:] }")
         elif code < 0 and signal.Signals(-code).name != res.fault:  # a crash (SIGABRT, SIGSEGV), not the signal sent
             p.append(f"killed by {signal.Signals(-code).name}, sent {res.fault}: {err.strip().splitlines()[-3:]}")
+        if res.fault == "SIGTERM" and code == 0 and res.signal_at is not None and res.seconds - res.signal_at > 5:
+            # after its work attnc ignores SIGTERM and exits within milliseconds: this one worked on, the signal lost
+            p.append(f"SIGTERM lost: sent at {res.signal_at:.1f} s, exit 0 at {res.seconds:.1f} s")
         if "Traceback" in err:
             p.append("traceback on stderr")
         lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("attnc: note:", "tune:"))]
@@ -410,6 +421,7 @@ KINDS = (("partial or temp files", ("left behind:", "left in its", "full disk: l
          ("lost outputs", ("undisturbed run without",)),
          ("orphan processes", ("outlived it",)),
          ("crashes", ("killed by",)),
+         ("lost signals", ("SIGTERM lost",)),
          ("tracebacks", ("traceback on stderr",)),
          ("hangs", ("no exit within",)))
 

@@ -31,13 +31,13 @@ def soak(tmp_path):
     return mod, s, t
 
 
-def _check(mod, s, t, tmp_path, files, code=0, err="", fault="none"):
+def _check(mod, s, t, tmp_path, files, code=0, err="", fault="none", seconds=1.0, signal_at=None):
     folder, tmp, shm = tmp_path / "c", tmp_path / "t", tmp_path / "s"
     for d in (folder, tmp, shm):
         d.mkdir(exist_ok=True)
     for name, data in files.items():
         (folder / name).write_bytes(data)
-    res = mod.Result(0, t.name, fault, code, 1.0)
+    res = mod.Result(0, t.name, fault, code, seconds, signal_at=signal_at)
     s.check(res, t, str(folder), b"", err, str(tmp), str(shm), "no-such-tag")
     return res.problems
 
@@ -62,6 +62,15 @@ def test_a_clean_command_has_no_problem(soak, tmp_path):
 def test_each_check_catches_its_problem(soak, tmp_path, files, code, err, fault, problem):
     mod, s, t = soak
     assert any(problem in p for p in _check(mod, s, t, tmp_path, files, code, err, fault))
+
+
+def test_a_sigterm_the_command_worked_on_after_is_lost(soak, tmp_path):
+    """Exit 0 long after a SIGTERM was sent: the signal was lost (a loop over `plot schedule` saw one, 16 s of work
+    after it); exit 0 right after it is a command that had finished its work."""
+    mod, s, t = soak
+    files = {"decode_swa.mlir": b"IR\n"}
+    assert any("SIGTERM lost" in p for p in _check(mod, s, t, tmp_path, files, 0, "", "SIGTERM", 20.0, 3.8))
+    assert _check(mod, s, t, tmp_path, files, 0, "", "SIGTERM", 4.0, 3.8) == []
 
 
 def test_a_process_left_behind_is_found_and_ended(soak, tmp_path):
@@ -121,4 +130,4 @@ def test_the_table_counts_each_kind_of_problem_and_states_the_run():
     head, _, row = text.splitlines()[-3:]
     assert dict(zip(head.strip("| ").split(" | "), row.strip("| ").split(" | "))) == {
         "partial or temp files": "2", "divergent outputs": "1", "cache entries that do not verify": "0",
-        "lost outputs": "0", "orphan processes": "3", "crashes": "0", "tracebacks": "0", "hangs": "0", "exit code or error line": "0"}
+        "lost outputs": "0", "orphan processes": "3", "crashes": "0", "lost signals": "0", "tracebacks": "0", "hangs": "0", "exit code or error line": "0"}
