@@ -130,4 +130,5 @@ def test_the_table_counts_each_kind_of_problem_and_states_the_run():
     head, _, row = text.splitlines()[-3:]
     assert dict(zip(head.strip("| ").split(" | "), row.strip("| ").split(" | "))) == {
         "partial or temp files": "2", "divergent outputs": "1", "cache entries that do not verify": "0",
-        "lost outputs": "0", "orphan processes": "3", "crashes": "0", "lost signals": "0", "tracebacks": "0", "hangs": "0", "exit code or error line": "0"}
+        "lost outputs": "0", "orphan processes": "3", "crashes": "0", "lost signals": "0", "tracebacks": "0",
+        "hangs": "0", "exit code or error line": "0"}
