@@ -41,8 +41,68 @@ def _one_line(e: BaseException) -> str:
     return printable(str(e).splitlines()[0]) if str(e) else type(e).__name__
 
 
+def _importing(frame) -> bool:
+    """Is the interrupted code inside an import (a module's body, an extension's init, importlib itself)?"""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+class _SignalHold:
+    """Sends a signal that arrived inside an import to the main thread again a moment later, from a thread of its
+    own woken through a pipe (the handler takes no lock). After HOLD_MAX_S of holding, the signal's default action
+    (a hung import must not make attnc unkillable)."""
+
+    REDELIVER_S, HOLD_MAX_S = 0.02, 30.0
+
+    def __init__(self):
+        import threading
+
+        self.pid, self.since = os.getpid(), {}
+        self.r, self.w = os.pipe()
+        threading.Thread(target=self._run, args=(self.r,), name="attnc-signal-hold", daemon=True).start()
+
+    def _run(self, r: int) -> None:
+        import signal
+        import threading
+
+        while sig := os.read(r, 1):
+            time.sleep(self.REDELIVER_S)
+            signal.pthread_kill(threading.main_thread().ident, sig[0])
+        os.close(r)
+
+    def later(self, signum: int) -> bool:
+        """Hold `signum` (False: held too long)."""
+        if time.monotonic() - self.since.setdefault(signum, time.monotonic()) > self.HOLD_MAX_S:
+            return False
+        os.write(self.w, bytes([signum]))
+        return True
+
+    def close(self) -> None:
+        os.close(self.w)  # the thread reads the end and leaves
+
+
+_hold: _SignalHold | None = None
+
+
 def _on_sigterm(signum, frame):
-    raise Terminated()
+    """SIGTERM (and a Ctrl-C while a command runs): unwind with Terminated / KeyboardInterrupt, but never from
+    inside an import. Raised there, the exception aborted the process in torch's C++ init ('Fatal Python error:
+    Aborted'), became 'ImportError: initialization failed' (exit 3) or was cleared by C code (the command went on
+    to exit 0): the soak and a SIGTERM loop saw all three. Held, it is raised once the import is done."""
+    import signal
+
+    hold = _hold if _hold is not None and _hold.pid == os.getpid() else None
+    if hold is not None and _importing(frame):
+        if hold.later(signum):
+            return
+        signal.signal(signum, signal.SIG_DFL)  # the default action, now
+        os.kill(os.getpid(), signum)
+    if hold is not None:
+        hold.since.pop(signum, None)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 class _SwallowedSignals:
@@ -69,6 +129,19 @@ def _catch_sigterm(handler=_on_sigterm):
         return signal.signal(signal.SIGTERM, handler)
     except (ValueError, TypeError):  # not the main thread, or no previous handler to restore
         return None
+
+
+def _catch_sigint():
+    """Ctrl-C held outside imports like SIGTERM, where Python would raise KeyboardInterrupt (an ignored SIGINT, a
+    shell's background job, stays ignored); returns the handler to put back, or None."""
+    import signal
+
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            return signal.signal(signal.SIGINT, _on_sigterm)
+    except ValueError:  # not the main thread
+        pass
+    return None
 
 
 class CheckMismatch(Exception):
@@ -1241,9 +1314,23 @@ def main(argv: list[str] | None = None) -> int:
     timing = Timing()
     process_entry = argv is None  # the `attnc` command itself, not a caller in Python
     argv = sys.argv[1:] if argv is None else list(argv)
-    previous = _catch_sigterm()
+    import signal
+
+    global _hold
+    outer_hold, _hold = _hold, _SignalHold()
+    previous, previous_int = _catch_sigterm(), _catch_sigint()
     swallowed = _SwallowedSignals()
     sys.unraisablehook = swallowed
+
+    def restore():
+        global _hold
+        sys.unraisablehook = swallowed.previous
+        _catch_sigterm(previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
+        hold, _hold = _hold, outer_hold
+        hold.close()
+
     try:
         code = _main(argv, timing)
         if swallowed.caught:  # the signal's exception was swallowed on the way: end as the signal says
@@ -1255,16 +1342,14 @@ def main(argv: list[str] | None = None) -> int:
         print("attnc: terminated", file=sys.stderr)
         code = 143
     except BaseException:  # ATTNC_TRACEBACK=1: the traceback, as Python prints it
-        sys.unraisablehook = swallowed.previous
-        _catch_sigterm(previous)
+        restore()
         raise
-    sys.unraisablehook = swallowed.previous
     if process_entry:  # the work is done: skip Python's finalization, which sets SIGTERM back to its default and
-        import signal  # then takes seconds with torch loaded (a SIGTERM there killed the finished command)
-
-        _catch_sigterm(signal.SIG_IGN)
+        _catch_sigterm(signal.SIG_IGN)  # then takes seconds with torch loaded (a SIGTERM there killed the
+        if previous_int is not None:  # finished command)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         _exit_now(code)
-    _catch_sigterm(previous)
+    restore()
     return code
 
 

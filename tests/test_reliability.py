@@ -815,6 +815,44 @@ def test_a_signal_swallowed_in_a_destructor_still_ends_the_command(capsys, monke
     assert code == 143 and err.strip().splitlines() == ["attnc: terminated"], err
 
 
+@pytest.mark.parametrize("sig, code, line", [("SIGTERM", 143, "attnc: terminated"),
+                                             ("SIGINT", 130, "attnc: interrupted")])
+@pytest.mark.parametrize("module_does", ["clears the error", "fails its init"])
+def test_a_signal_inside_an_import_is_raised_once_the_import_is_done(tmp_path, sig, code, line, module_does):
+    """A SIGTERM inside `import torch` aborted attnc ('Fatal Python error: Aborted' from torch's C++ init), turned
+    into 'ImportError: initialization failed' (exit 3) or was cleared by C code (the command went on to exit 0):
+    the soak and a SIGTERM loop over `plot schedule` saw all three. A module that does what that C code did (clear
+    the exception, or report a failed init) with the signal arriving in its body: the command ends with the
+    signal's code and line, no output written."""
+    import subprocess
+    import sys
+
+    handling = ("    pass\n" if module_does == "clears the error"
+                else "    raise ImportError('initialization failed')\n")
+    (tmp_path / "held_mod.py").write_text(
+        "import os, signal\n"
+        "try:\n"
+        f"    os.kill(os.getpid(), signal.{sig})\n"
+        "    for _ in range(10000):\n"
+        "        pass\n"
+        "except BaseException:\n" + handling)
+    out = tmp_path / "out.mlir"
+    script = ("import signal, sys\n"
+              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # as at a terminal
+              f"sys.path.insert(0, {str(tmp_path)!r})\n"
+              "import attnc.cli as cli\n"
+              "real = cli.load_source\n"
+              "def load_source(*a, **k):\n"
+              "    import held_mod\n"
+              "    return real(*a, **k)\n"
+              "cli.load_source = load_source\n"
+              f"sys.exit(cli.main(['compile', 'qkv_proj_rope', '--config', 'tiny', '-o', {str(out)!r}]))\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, ATTNC_PROGRESS="0"))
+    assert (r.returncode, r.stderr.strip().splitlines()) == (code, [line])
+    assert not out.exists()
+
+
 def test_a_sigterm_while_python_exits_keeps_the_commands_code():
     """After the work is done, Python's finalization sets SIGTERM back to its default and takes seconds with torch
     loaded: a SIGTERM there killed the finished command (18 of 107 SIGTERMs in the soak). The `attnc` process
