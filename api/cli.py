@@ -41,6 +41,13 @@ def _one_line(e: BaseException) -> str:
     return printable(str(e).splitlines()[0]) if str(e) else type(e).__name__
 
 
+def _say(line: str) -> None:
+    """The command's last line on stderr, its end of line in the same write: a signal arriving between print's two
+    writes glued 'attnc: terminated' to the error line (the soak)."""
+    if sys.stderr is not None:  # `2>&-`
+        sys.stderr.write(line + "\n")
+
+
 def _importing(frame) -> bool:
     """Is the interrupted code inside an import (a module's body, an extension's init, importlib itself)?"""
     while frame is not None:
@@ -70,7 +77,7 @@ class _SignalHold:
 
         while sig := os.read(r, 1):
             time.sleep(self.REDELIVER_S)
-            signal.pthread_kill(threading.main_thread().ident, sig[0])
+            signal.pthread_kill(threading.main_thread().ident, sig[0])  # to cut a wait (a SIM child) short
         os.close(r)
 
     def later(self, signum: int) -> bool:
@@ -1336,10 +1343,10 @@ def main(argv: list[str] | None = None) -> int:
         if swallowed.caught:  # the signal's exception was swallowed on the way: end as the signal says
             raise swallowed.caught[0]
     except KeyboardInterrupt:
-        print("attnc: interrupted", file=sys.stderr)
+        _say("attnc: interrupted")
         code = 130
     except Terminated:
-        print("attnc: terminated", file=sys.stderr)
+        _say("attnc: terminated")
         code = 143
     except BaseException:  # ATTNC_TRACEBACK=1: the traceback, as Python prints it
         restore()
@@ -1386,29 +1393,28 @@ def _main(argv: list[str], timing) -> int:
     except SystemExit as e:  # --help, --version
         return int(e.code or 0)
     except AttncError as e:  # every user-facing error; nothing is imported to report it
-        print(f"attnc: error: {_one_line(e)}", file=sys.stderr)
+        _say(f"attnc: error: {_one_line(e)}")
         return EXIT_USAGE
     except BrokenPipeError:  # `attnc list | head -1`: the reader left
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         except (OSError, ValueError, AttributeError):
             pass
-        print("attnc: error: -: cannot write (Broken pipe)", file=sys.stderr)
+        _say("attnc: error: -: cannot write (Broken pipe)")
         return EXIT_USAGE
     except MemoryError:  # an allocation the estimate let through
-        print("attnc: error: out of memory (a smaller --config or --set batch=... needs less)", file=sys.stderr)
+        _say("attnc: error: out of memory (a smaller --config or --set batch=... needs less)")
         return EXIT_USAGE
     except CheckMismatch as e:
-        print(f"attnc: error: {e}", file=sys.stderr)
+        _say(f"attnc: error: {e}")
         return EXIT_MISMATCH
     except Exception as e:  # a bug in attnc: still one line; ATTNC_TRACEBACK=1 shows the traceback
         if isinstance(e, RuntimeError) and "can't allocate memory" in str(e):  # torch's allocator
-            print("attnc: error: out of memory (a smaller --config or --set batch=... needs less)", file=sys.stderr)
+            _say("attnc: error: out of memory (a smaller --config or --set batch=... needs less)")
             return EXIT_USAGE
         if os.environ.get("ATTNC_TRACEBACK"):
             raise
-        print(f"attnc: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-              file=sys.stderr)
+        _say(f"attnc: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         return EXIT_INTERNAL
 
 

@@ -853,6 +853,38 @@ def test_a_signal_inside_an_import_is_raised_once_the_import_is_done(tmp_path, s
     assert not out.exists()
 
 
+def test_a_sigterm_while_the_error_line_is_written_leaves_it_whole(tmp_path):
+    """The soak: `attnc: error: ...bad.mlir:3:21: Operation attn.nope is not registeredattnc: terminated`, a SIGTERM
+    between print's two writes (the line, then its end). A stderr that lets the signal in right after the error
+    text: the error line stays whole, then `attnc: terminated`, exit 143."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.mlir"
+    bad.write_text('builtin.module {\n  %b = "attn.nope"() : () -> ()\n}\n')
+    script = ("import os, signal, sys\n"
+              "class Err:\n"
+              "    def __init__(self, real):\n"
+              "        self.real, self.sent = real, False\n"
+              "    def write(self, s):\n"
+              "        n = self.real.write(s)\n"
+              "        if not self.sent and s.startswith('attnc: error'):\n"
+              "            self.sent = True\n"
+              "            os.kill(os.getpid(), signal.SIGTERM)\n"
+              "        return n\n"
+              "    def __getattr__(self, name):\n"
+              "        return getattr(self.real, name)\n"
+              "sys.stderr = Err(sys.stderr)\n"
+              "from attnc.cli import main\n"
+              f"sys.exit(main(['compile', {str(bad)!r}]))\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, ATTNC_PROGRESS="0"))
+    lines = r.stderr.splitlines()
+    assert r.returncode == 143 and len(lines) == 2, (r.returncode, r.stderr)
+    assert lines[0].startswith("attnc: error: ") and lines[0].endswith("is not registered"), lines
+    assert lines[1] == "attnc: terminated"
+
+
 def test_a_sigterm_while_python_exits_keeps_the_commands_code():
     """After the work is done, Python's finalization sets SIGTERM back to its default and takes seconds with torch
     loaded: a SIGTERM there killed the finished command (18 of 107 SIGTERMs in the soak). The `attnc` process
