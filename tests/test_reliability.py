@@ -815,6 +815,15 @@ def test_a_signal_swallowed_in_a_destructor_still_ends_the_command(capsys, monke
     assert code == 143 and err.strip().splitlines() == ["attnc: terminated"], err
 
 
+def _python_child(script: str):
+    """`python -c script` (attnc's signal handlers live in a process of their own), its exit and stderr."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, ATTNC_PROGRESS="0"))
+
+
 @pytest.mark.parametrize("sig, code, line", [("SIGTERM", 143, "attnc: terminated"),
                                              ("SIGINT", 130, "attnc: interrupted")])
 @pytest.mark.parametrize("module_does", ["clears the error", "fails its init"])
@@ -824,9 +833,6 @@ def test_a_signal_inside_an_import_is_raised_once_the_import_is_done(tmp_path, s
     the soak and a SIGTERM loop over `plot schedule` saw all three. A module that does what that C code did (clear
     the exception, or report a failed init) with the signal arriving in its body: the command ends with the
     signal's code and line, no output written."""
-    import subprocess
-    import sys
-
     handling = ("    pass\n" if module_does == "clears the error"
                 else "    raise ImportError('initialization failed')\n")
     (tmp_path / "held_mod.py").write_text(
@@ -847,8 +853,7 @@ def test_a_signal_inside_an_import_is_raised_once_the_import_is_done(tmp_path, s
               "    return real(*a, **k)\n"
               "cli.load_source = load_source\n"
               f"sys.exit(cli.main(['compile', 'qkv_proj_rope', '--config', 'tiny', '-o', {str(out)!r}]))\n")
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, ATTNC_PROGRESS="0"))
+    r = _python_child(script)
     assert (r.returncode, r.stderr.strip().splitlines()) == (code, [line])
     assert not out.exists()
 
@@ -857,9 +862,6 @@ def test_a_sigterm_while_the_error_line_is_written_leaves_it_whole(tmp_path):
     """The soak: `attnc: error: ...bad.mlir:3:21: Operation attn.nope is not registeredattnc: terminated`, a SIGTERM
     between print's two writes (the line, then its end). A stderr that lets the signal in right after the error
     text: the error line stays whole, then `attnc: terminated`, exit 143."""
-    import subprocess
-    import sys
-
     bad = tmp_path / "bad.mlir"
     bad.write_text('builtin.module {\n  %b = "attn.nope"() : () -> ()\n}\n')
     script = ("import os, signal, sys\n"
@@ -877,8 +879,7 @@ def test_a_sigterm_while_the_error_line_is_written_leaves_it_whole(tmp_path):
               "sys.stderr = Err(sys.stderr)\n"
               "from attnc.cli import main\n"
               f"sys.exit(main(['compile', {str(bad)!r}]))\n")
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, ATTNC_PROGRESS="0"))
+    r = _python_child(script)
     lines = r.stderr.splitlines()
     assert r.returncode == 143 and len(lines) == 2, (r.returncode, r.stderr)
     assert lines[0].startswith("attnc: error: ") and lines[0].endswith("is not registered"), lines
