@@ -41,8 +41,75 @@ def _one_line(e: BaseException) -> str:
     return printable(str(e).splitlines()[0]) if str(e) else type(e).__name__
 
 
+def _say(line: str) -> None:
+    """The command's last line on stderr, its end of line in the same write: a signal arriving between print's two
+    writes glued 'attnc: terminated' to the error line (the soak)."""
+    if sys.stderr is not None:  # `2>&-`
+        sys.stderr.write(line + "\n")
+
+
+def _importing(frame) -> bool:
+    """Is the interrupted code inside an import (a module's body, an extension's init, importlib itself)?"""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+class _SignalHold:
+    """Sends a signal that arrived inside an import to the main thread again a moment later, from a thread of its
+    own woken through a pipe (the handler takes no lock). After HOLD_MAX_S of holding, the signal's default action
+    (a hung import must not make attnc unkillable)."""
+
+    REDELIVER_S, HOLD_MAX_S = 0.02, 30.0
+
+    def __init__(self):
+        import threading
+
+        self.pid, self.since = os.getpid(), {}
+        self.r, self.w = os.pipe()
+        threading.Thread(target=self._run, args=(self.r,), name="attnc-signal-hold", daemon=True).start()
+
+    def _run(self, r: int) -> None:
+        import signal
+        import threading
+
+        while sig := os.read(r, 1):
+            time.sleep(self.REDELIVER_S)
+            signal.pthread_kill(threading.main_thread().ident, sig[0])  # to cut a wait (a SIM child) short
+        os.close(r)
+
+    def later(self, signum: int) -> bool:
+        """Hold `signum` (False: held too long)."""
+        if time.monotonic() - self.since.setdefault(signum, time.monotonic()) > self.HOLD_MAX_S:
+            return False
+        os.write(self.w, bytes([signum]))
+        return True
+
+    def close(self) -> None:
+        os.close(self.w)  # the thread reads the end and leaves
+
+
+_hold: _SignalHold | None = None
+
+
 def _on_sigterm(signum, frame):
-    raise Terminated()
+    """SIGTERM (and a Ctrl-C while a command runs): unwind with Terminated / KeyboardInterrupt, but never from
+    inside an import. Raised there, the exception aborted the process in torch's C++ init ('Fatal Python error:
+    Aborted'), became 'ImportError: initialization failed' (exit 3) or was cleared by C code (the command went on
+    to exit 0): the soak and a SIGTERM loop saw all three. Held, it is raised once the import is done."""
+    import signal
+
+    hold = _hold if _hold is not None and _hold.pid == os.getpid() else None
+    if hold is not None and _importing(frame):
+        if hold.later(signum):
+            return
+        signal.signal(signum, signal.SIG_DFL)  # the default action, now
+        os.kill(os.getpid(), signum)
+    if hold is not None:
+        hold.since.pop(signum, None)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 class _SwallowedSignals:
@@ -69,6 +136,19 @@ def _catch_sigterm(handler=_on_sigterm):
         return signal.signal(signal.SIGTERM, handler)
     except (ValueError, TypeError):  # not the main thread, or no previous handler to restore
         return None
+
+
+def _catch_sigint():
+    """Ctrl-C held outside imports like SIGTERM, where Python would raise KeyboardInterrupt (an ignored SIGINT, a
+    shell's background job, stays ignored); returns the handler to put back, or None."""
+    import signal
+
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            return signal.signal(signal.SIGINT, _on_sigterm)
+    except ValueError:  # not the main thread
+        pass
+    return None
 
 
 class CheckMismatch(Exception):
@@ -1241,30 +1321,42 @@ def main(argv: list[str] | None = None) -> int:
     timing = Timing()
     process_entry = argv is None  # the `attnc` command itself, not a caller in Python
     argv = sys.argv[1:] if argv is None else list(argv)
-    previous = _catch_sigterm()
+    import signal
+
+    global _hold
+    outer_hold, _hold = _hold, _SignalHold()
+    previous, previous_int = _catch_sigterm(), _catch_sigint()
     swallowed = _SwallowedSignals()
     sys.unraisablehook = swallowed
+
+    def restore():
+        global _hold
+        sys.unraisablehook = swallowed.previous
+        _catch_sigterm(previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
+        hold, _hold = _hold, outer_hold
+        hold.close()
+
     try:
         code = _main(argv, timing)
         if swallowed.caught:  # the signal's exception was swallowed on the way: end as the signal says
             raise swallowed.caught[0]
     except KeyboardInterrupt:
-        print("attnc: interrupted", file=sys.stderr)
+        _say("attnc: interrupted")
         code = 130
     except Terminated:
-        print("attnc: terminated", file=sys.stderr)
+        _say("attnc: terminated")
         code = 143
     except BaseException:  # ATTNC_TRACEBACK=1: the traceback, as Python prints it
-        sys.unraisablehook = swallowed.previous
-        _catch_sigterm(previous)
+        restore()
         raise
-    sys.unraisablehook = swallowed.previous
     if process_entry:  # the work is done: skip Python's finalization, which sets SIGTERM back to its default and
-        import signal  # then takes seconds with torch loaded (a SIGTERM there killed the finished command)
-
-        _catch_sigterm(signal.SIG_IGN)
+        _catch_sigterm(signal.SIG_IGN)  # then takes seconds with torch loaded (a SIGTERM there killed the
+        if previous_int is not None:  # finished command)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         _exit_now(code)
-    _catch_sigterm(previous)
+    restore()
     return code
 
 
@@ -1301,29 +1393,28 @@ def _main(argv: list[str], timing) -> int:
     except SystemExit as e:  # --help, --version
         return int(e.code or 0)
     except AttncError as e:  # every user-facing error; nothing is imported to report it
-        print(f"attnc: error: {_one_line(e)}", file=sys.stderr)
+        _say(f"attnc: error: {_one_line(e)}")
         return EXIT_USAGE
     except BrokenPipeError:  # `attnc list | head -1`: the reader left
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         except (OSError, ValueError, AttributeError):
             pass
-        print("attnc: error: -: cannot write (Broken pipe)", file=sys.stderr)
+        _say("attnc: error: -: cannot write (Broken pipe)")
         return EXIT_USAGE
     except MemoryError:  # an allocation the estimate let through
-        print("attnc: error: out of memory (a smaller --config or --set batch=... needs less)", file=sys.stderr)
+        _say("attnc: error: out of memory (a smaller --config or --set batch=... needs less)")
         return EXIT_USAGE
     except CheckMismatch as e:
-        print(f"attnc: error: {e}", file=sys.stderr)
+        _say(f"attnc: error: {e}")
         return EXIT_MISMATCH
     except Exception as e:  # a bug in attnc: still one line; ATTNC_TRACEBACK=1 shows the traceback
         if isinstance(e, RuntimeError) and "can't allocate memory" in str(e):  # torch's allocator
-            print("attnc: error: out of memory (a smaller --config or --set batch=... needs less)", file=sys.stderr)
+            _say("attnc: error: out of memory (a smaller --config or --set batch=... needs less)")
             return EXIT_USAGE
         if os.environ.get("ATTNC_TRACEBACK"):
             raise
-        print(f"attnc: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-              file=sys.stderr)
+        _say(f"attnc: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         return EXIT_INTERNAL
 
 

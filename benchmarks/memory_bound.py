@@ -1,8 +1,8 @@
 """Memory estimate vs measured peak (issue 21 #2): for each stage and batch size, the estimate `attnc run` checks
-(api/memory.py `interpreter_bytes`) and the peak RSS the run adds, measured in a fresh child process (peak RSS
-at the end minus peak RSS once torch, xDSL and the stage are loaded); `lower` is the estimate the commands check
-(`interpreter_bytes`), `upper` the candidate upper bound (`interpreter_upper_bytes`), each / measured: >= 1 is a
-bound that held. `--target pypto-sim`: the SIM child's peak RSS against `sim_child_upper_bytes` (issue 21).
+(api/memory.py `interpreter_upper_bytes`) and the peak RSS the run adds, measured in a fresh child process (peak RSS
+at the end minus peak RSS once torch, xDSL and the stage are loaded); `estimate` is the old lower estimate
+(`interpreter_bytes`), `upper` the upper bound the commands check (`interpreter_upper_bytes`), each / measured:
+>= 1 is a bound that held. `--target pypto-sim`: the SIM child's peak RSS against `sim_child_upper_bytes` (issue 21).
 
     python benchmarks/memory_bound.py [--config tiny] [--batches 16 64 256] [--stages decode_csa ...] [--json out]
     python benchmarks/memory_bound.py --target pypto-sim --batches 2 --stages qkv_proj_rope ... [--json out]

@@ -1,7 +1,7 @@
 """Soak and fault injection (issue 21): mixed `attnc` commands, several at a time, some killed (SIGKILL, SIGTERM at
 a random moment) and some writing onto a full disk; afterwards every command is checked:
 
-- its exit code is one of the documented set (0, 1, 2, 130, 143) or it was killed by a signal;
+- its exit code is one of the documented set (0, 1, 2, 130, 143) or it was killed by the signal sent to it;
 - stderr holds no traceback, and an error (exit 2) is one `attnc: error:` line (notes aside);
 - every output is absent or complete: byte-identical to an undisturbed run of the same command (files whose bytes
   carry a measured time, a tuning file and its plot, are compared on their content instead);
@@ -14,6 +14,7 @@ in a provenance header, equal the reference's); a full-disk command runs in a tm
 256 KiB, filled to a few KiB; needs root), else in a folder of its own with RLIMIT_FSIZE of 4 KiB on the command.
 
     python benchmarks/soak.py [--commands 1000] [--jobs 4] [--seed 0] [--json soak.json] [--markdown table.md]
+    python benchmarks/soak.py --table-from soak.json    # the tables again, from a run's --json
 """
 from __future__ import annotations
 
@@ -178,6 +179,7 @@ class Result:
     seconds: float
     outcome: str = ""
     problems: list[str] = dataclasses.field(default_factory=list)
+    signal_at: float | None = None  # seconds after the start when the signal was sent (None: not sent)
 
 
 class Soak:
@@ -244,10 +246,16 @@ class Soak:
             return Result(index, t.name, fault, None, 0.0, "not started", [f"folder: {e.strerror}"])
         t0 = time.perf_counter()
         proc, tmp, shm = self._spawn(t, folder, tag, fsize)
-        timer = None
+        timer, sent = None, []
         if fault in ("SIGTERM", "SIGKILL"):
             sig = signal.SIGTERM if fault == "SIGTERM" else signal.SIGKILL
-            timer = threading.Timer(delay, lambda: proc.poll() is None and proc.send_signal(sig))
+
+            def send():
+                if proc.poll() is None:
+                    sent.append(time.perf_counter() - t0)
+                    proc.send_signal(sig)
+
+            timer = threading.Timer(delay, send)
             timer.start()
         try:
             out, err = proc.communicate(timeout=self.timeout)
@@ -258,7 +266,8 @@ class Soak:
             code = None
         if timer:
             timer.cancel()
-        res = Result(index, t.name, fault, code, time.perf_counter() - t0)
+            timer.join()
+        res = Result(index, t.name, fault, code, time.perf_counter() - t0, signal_at=sent[0] if sent else None)
         self.check(res, t, folder, out, err.decode("utf-8", "replace"), tmp, shm, tag)
         return res
 
@@ -277,6 +286,11 @@ class Soak:
             p.append(f"no exit within {self.timeout:g} s")
         elif code >= 0 and code not in DOCUMENTED_EXITS:
             p.append(f"exit {code}: {err.strip().splitlines()[-1:] }")
+        elif code < 0 and signal.Signals(-code).name != res.fault:  # a crash (SIGABRT, SIGSEGV), not the signal sent
+            p.append(f"killed by {signal.Signals(-code).name}, sent {res.fault}: {err.strip().splitlines()[-3:]}")
+        if res.fault == "SIGTERM" and code == 0 and res.signal_at is not None and res.seconds - res.signal_at > 5:
+            # after its work attnc ignores SIGTERM and exits within milliseconds: this one worked on, the signal lost
+            p.append(f"SIGTERM lost: sent at {res.signal_at:.1f} s, exit 0 at {res.seconds:.1f} s")
         if "Traceback" in err:
             p.append("traceback on stderr")
         lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("attnc: note:", "tune:"))]
@@ -400,7 +414,31 @@ class Soak:
         return problems
 
 
-def table(results: list[Result], final: list[str], disk: str, seconds: float) -> str:
+# what each problem line means for the issue's counts (first match); the rest are exit-code and stderr problems
+KINDS = (("partial or temp files", ("left behind:", "left in its", "full disk: left behind:", "cache: left behind:")),
+         ("divergent outputs", ("differs from the reference", "written, but the reference")),
+         ("cache entries that do not verify", ("does not verify",)),
+         ("lost outputs", ("undisturbed run without",)),
+         ("orphan processes", ("outlived it",)),
+         ("crashes", ("killed by",)),
+         ("lost signals", ("SIGTERM lost",)),
+         ("tracebacks", ("traceback on stderr",)),
+         ("hangs", ("no exit within",)))
+
+
+def kind(problem: str) -> str:
+    return next((k for k, marks in KINDS if any(m in problem for m in marks)), "exit code or error line")
+
+
+def counts(results: list[Result], final: list[str]) -> collections.Counter:
+    """Problems by kind over every command and the final checks (a process counts once per process)."""
+    c = collections.Counter({k: 0 for k, _ in KINDS} | {"exit code or error line": 0})
+    for p in [p for r in results for p in r.problems] + final:
+        c[kind(p)] += int(p.split()[0]) if kind(p) == "orphan processes" else 1
+    return c
+
+
+def table(results: list[Result], final: list[str], disk: str, seconds: float, jobs: int, seed: int) -> str:
     outcomes = sorted({r.outcome for r in results})
     rows = ["| command | " + " | ".join(outcomes) + " | problems |", "|---" * (len(outcomes) + 2) + "|"]
     by = collections.defaultdict(collections.Counter)
@@ -421,8 +459,11 @@ def table(results: list[Result], final: list[str], disk: str, seconds: float) ->
             rows.append(f"| {fault} | {sum(byf[fault].values())} | " + " | ".join(str(byf[fault][o] or "")
                                                                              for o in outcomes) + f" | {badf[fault]} |")
     problems = sum(bool(r.problems) for r in results)
-    rows += ["", f"{len(results)} commands, 4 at a time, {seconds / 60:.0f} min; full disk: {disk}; "
-             f"{problems} command(s) with a problem, {len(final)} problem(s) in the shared cache and full disk."]
+    c = counts(results, final)
+    rows += ["", f"{len(results)} commands, {jobs} at a time, seed {seed}, {seconds / 60:.0f} min; full disk: {disk}; "
+             f"{problems} command(s) with a problem, {len(final)} problem(s) in the shared cache and full disk.",
+             "", "| " + " | ".join(c) + " |", "|---" * len(c) + "|",
+             "| " + " | ".join(str(v) for v in c.values()) + " |"]
     return "\n".join(rows)
 
 
@@ -439,7 +480,15 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     ap.add_argument("--json", help="write every command's result here")
     ap.add_argument("--markdown", help="write the tables here")
+    ap.add_argument("--table-from", metavar="JSON", help="print the tables of an earlier run's --json and stop")
     args = ap.parse_args(argv)
+    if args.table_from:
+        with open(args.table_from) as f:
+            d = json.load(f)
+        results = [Result(**r) for r in d["results"]]
+        print(table(results, d["final"], d["disk"], d.get("seconds", 0.0), d.get("jobs", args.jobs),
+                    d.get("seed", args.seed)))
+        return 0
     root = args.root or tempfile.mkdtemp(prefix="attnc-soak-")
     os.makedirs(root, exist_ok=True)
     t0 = time.perf_counter()
@@ -452,7 +501,8 @@ def main(argv=None) -> int:
         soak.close()
         if not args.keep and not args.root:
             shutil.rmtree(root, ignore_errors=True)
-    text = table(results, final, soak.disk, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    text = table(results, final, soak.disk, seconds, args.jobs, args.seed)
     for p in final:
         print("PROBLEM:", p)
     print(text)
@@ -461,8 +511,8 @@ def main(argv=None) -> int:
             f.write(text + "\n")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"disk": soak.disk, "final": final, "results": [dataclasses.asdict(r) for r in results]}, f,
-                      indent=1)
+            json.dump({"disk": soak.disk, "seed": args.seed, "jobs": args.jobs, "seconds": seconds, "final": final,
+                       "results": [dataclasses.asdict(r) for r in results]}, f, indent=1)
     return 1 if final or any(r.problems for r in results) else 0
 
 
