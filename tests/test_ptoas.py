@@ -440,11 +440,47 @@ def test_ptoas_overflowing_kernel_refused_before_ptoas_in_one_line(capsys, tmp_p
 
 
 @needs_ptoas
-def test_ptoas_gm_scratch_exact_and_matches_interpreter():
+def test_ptoas_gm_scratch_split_planned_exact_and_matches_interpreter():
+    """A kernel no output chunk of which fits: per token, [8, 8192] f32 rows pooled to 8 values (256 KiB of UB
+    before the pooling), then a reduction over the pooled rows (not row-local: the output cannot be chunked).
+    Without pto-plan-memory attnc refuses it (the UB overflow, one line); with it the pooled rows become a GM
+    scratch output of the token loop computed in row chunks, and the reduction after the chunk loop reads it
+    back. Exact under --verify-each; the kernel fits, compiles and equals the interpreter with 0 hazards."""
+    from attnc.codegen.pto.emit import PtoEmitError
+    from attnc.ir.dsl import In, exp, from_tokens, reduce, stage, to_tokens, transpose
+    from attnc.kernels_src import STAGES
+
+    @stage("_pto_scratch", outputs=("y",), params={"x": In("batch", "seq", 8, 8192, dtype="f32")})
+    def _pto_scratch(cfg, x):
+        xt = to_tokens(x)
+        pooled = transpose(reduce(exp(xt) * xt, "sum", -1), (0, 2, 1))  # [T, 1, 8]
+        return {"y": from_tokens(pooled / reduce(pooled * pooled, "sum", -1))}
+
+    try:
+        whole = load_source("_pto_scratch", "tiny", [])
+        compile_source(whole, pto_pipeline(None, "f16").replace(",pto-plan-memory", ""), verify_each=False)
+        with pytest.raises(PtoEmitError, match=r"_pto_scratch_k0: tile %ub\d+ .*does not fit the UB"):
+            emit_pto(whole.module, whole.name)
+        src = load_source("_pto_scratch", "tiny", [])
+        report = compile_source(src, pto_pipeline(None, "f16"), verify_each=True)
+        assert {r.pass_name: r.error for r in report.records}["pto-plan-memory"] == 0.0
+        (loop,) = token_loops(src.module)
+        assert [shape_of(o.type) for o in loop.outs] == [(4, 1, 8), (4, 8, 1)]  # y and the pooled rows' scratch
+        (chunks,) = [op for op in loop.body.block.ops if op.name == "scf.for"]
+        assert shape_of(next(o for o in chunks.walk() if o.name == "tile.exp").results[0].type)[1] < 8
+        (plan,) = emit_pto(src.module, src.name)
+        assert plan.memory.overflow() is None and [a.role for a in plan.args].count("out") == 2
+        chk = check_kernel(src.module, list(source_inputs(src, 0).values()), 0, plan)
+        assert chk.ok and chk.hazards == 0 and chk.max_error <= 1e-5, chk.line()
+    finally:
+        STAGES.pop("_pto_scratch", None)
+
+
+@needs_ptoas
+def test_ptoas_row_pooled_compressor_fits_and_matches_interpreter():
     """decode_hca's m = 128 compressor kernel (k1), pooled per batch row from the state rings
-    (schedule-compressor{schedule=row}), fits the UB; exact under --verify-each, equal on the tile model. (The
-    GM-scratch split of pto-plan-memory was written for the kernel before schedule-compressor, which no longer
-    needs it; it has no test subject now.)"""
+    (schedule-compressor{schedule=row}), fits the UB without a GM scratch; exact under --verify-each, equal on
+    the tile model."""
     src = load_source("decode_hca", "tiny", ["max_pos=256"])
     report = compile_source(src, pto_pipeline(None, "f16"), verify_each=True)
     assert {r.pass_name: r.error for r in report.records}["pto-plan-memory"] == 0.0
