@@ -83,16 +83,19 @@ def test_ptoas_unsupported_stage_refused_with_op_location_and_defect(capsys, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "kernels_src/indexer.py:" in err[0] and "ptoas 0.1.1" in err[0]
     assert not list(tmp_path.iterdir())
-    # the refusal names the first op ptoas cannot express and its defect, and the kernel's other blockers;
-    # the index ramp is no longer one (pto-legalize makes it a prepared input)
-    assert "'tile.floordiv' cannot be emitted: ptoas 0.1.1: 'pto.tdiv' op only supports f16/f32" in err[0]
-    assert "also blocked: " in err[0] and "tile.topk (kernels_src/indexer.py:" in err[0]
-    # the static scan names every blocker, e.g. the top-k (tsort32 index type) and the integer floor division
-    src, _ = _compiled("indexer")
-    blockers = {(op, why.split(" (")[0]) for _, op, why in pto_blockers(src.module)}
-    assert ("tile.topk", "tsort32 writes its index tile as int32_t where pto-isa needs uint32") in blockers
-    assert any(op == "tile.floordiv" and "tcvt drops the FLOOR rounding mode" in why for op, why in blockers)
-    assert not any(op == "tile.iota" for op, _ in blockers)
+    # the refusal names the op ptoas cannot express and its defect: the top-k, the only blocker left (the index
+    # ramp is a prepared input, the visible-entry count's integer math runs before the loop on every row)
+    assert "'tile.topk' cannot be emitted: ptoas 0.1.1: tsort32 writes its index tile as int32_t" in err[0]
+    assert "also blocked" not in err[0]
+    src, report = _compiled("indexer", verify=True)
+    assert {r.pass_name: r.error for r in report.records}["pto-legalize"] == 0.0
+    blockers = {(where, op, why.split(" (")[0]) for where, op, why in pto_blockers(src.module)}
+    assert {b[0] for b in blockers} == {"kernels_src/indexer.py:65"}  # the top-k and its i1 visibility mask
+    assert {b[1:] for b in blockers} == {("tile.topk", "tsort32 writes its index tile as int32_t where pto-isa needs "
+                                          "uint32"), ("tile.view", "i1 tiles")}
+    floordivs = [op.result for op in src.module.walk() if op.name == "tile.floordiv"]
+    assert not any(defined_inside(loop, v) for loop in token_loops(src.module) for v in floordivs)
+    assert (src.cfg["tokens"], 1) in {shape_of(v.type) for v in floordivs}  # (pos + 1) // 4 of every token row
 
 
 def test_ptoas_emit_is_deterministic(tmp_path):

@@ -82,6 +82,9 @@ def host_values(module, inputs: list, loop_index: int, plan: KernelPlan, rows: i
     fn.body.block.insert_op_before(new_ret, ret)
     fn.body.block.erase_op(ret)
     fn.function_type = FunctionType.from_lists(list(fn.function_type.inputs.data), [v.type for v in wanted])
+    for op in reversed(list(fn.body.block.ops)):  # ops are pure: the later loops' work is not run (a flash layer)
+        if op.results and all(not r.uses for r in op.results):
+            fn.body.block.erase_op(op, safe_erase=False)
     vals = run_module(clone, inputs)
     return list(vals[:len(plan.outside)]), list(vals[len(plan.outside):])
 
