@@ -247,6 +247,33 @@ def _mutation_survivors(key_loop, mutants) -> dict:
 
 
 @needs_ptoas
+def test_ptoas_model_inputs_read_only_without_gm_state(tmp_path):
+    """The CPU model keeps no per-byte hazard state for a kernel's inputs (a flash weight's took 8.5 GB, the
+    kernel run was OOM-killed), so a store into one must be a model error; workspace bytes stay checked."""
+    from attnc.codegen.pto.check import MODEL_INCLUDE
+    import subprocess
+
+    (tmp_path / "m.cpp").write_text(
+        '#include "common/pto_instr.hpp"\n'
+        "int main() {\n"
+        "  std::vector<float> in(16), ws(16);\n"
+        "  auto& m = pto_model::model();\n"
+        "  m.input(in.data(), sizeof(float) * in.size());\n"
+        "  m.access_gm(PIPE_MTE2, m.issue(PIPE_MTE2), in.data() + 3, 4, false);\n"
+        "  std::printf(\"state %zu\\n\", m.gm_state.size());\n"
+        "  m.access_gm(PIPE_MTE3, m.issue(PIPE_MTE3), in.data() + 15, 4, true);   // store into an input\n"
+        "  m.access_gm(PIPE_MTE3, m.issue(PIPE_MTE3), ws.data(), 4, true);\n"
+        "  m.access_gm(PIPE_MTE2, m.issue(PIPE_MTE2), ws.data(), 4, false);       // RAW, no flag\n"
+        "  pto_model::report();\n"
+        "}\n")
+    subprocess.run(["g++", "-std=c++17", f"-I{MODEL_INCLUDE}", "-o", str(tmp_path / "m"), str(tmp_path / "m.cpp")],
+                   check=True)
+    out = subprocess.run([str(tmp_path / "m")], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[:3] == ["state 0", "hazards 4", "errors 1"], out  # hazards per byte
+    assert any("store into a kernel input" in ln for ln in out) and any("RAW with MTE3 -> MTE2" in ln for ln in out)
+
+
+@needs_ptoas
 def test_ptoas_mutation_self_test_wrong_emitters_fail(key_loop):
     assert not _mutation_survivors(key_loop, MUTANTS_QUICK)
 

@@ -101,6 +101,8 @@ def _harness(plan: KernelPlan, cpp_name: str, blocks: list[int] | None = None) -
             lines.append(f"  std::vector<{t}> {v}({n}, ({t})-7777.0f);")  # garbage: a read before write shows
         else:
             lines.append(f'  auto {v} = pto_model::read_array<{t}>(dir + "/{v}.bin", {n});')
+            if a.role == "in":
+                lines.append(f"  pto_model::model().input({v}.data(), sizeof({t}) * {n});")
         call.append(f"{v}.data()")
     ids = list(range(plan.blocks)) if blocks is None else blocks
     lines += [f"  for (int b : {{{', '.join(map(str, ids))}}}) {{",
