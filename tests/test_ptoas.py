@@ -83,16 +83,19 @@ def test_ptoas_unsupported_stage_refused_with_op_location_and_defect(capsys, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "kernels_src/indexer.py:" in err[0] and "ptoas 0.1.1" in err[0]
     assert not list(tmp_path.iterdir())
-    # the refusal names the first op ptoas cannot express and its defect, and the kernel's other blockers;
-    # the index ramp is no longer one (pto-legalize makes it a prepared input)
-    assert "'tile.floordiv' cannot be emitted: ptoas 0.1.1: 'pto.tdiv' op only supports f16/f32" in err[0]
-    assert "also blocked: " in err[0] and "tile.topk (kernels_src/indexer.py:" in err[0]
-    # the static scan names every blocker, e.g. the top-k (tsort32 index type) and the integer floor division
-    src, _ = _compiled("indexer")
-    blockers = {(op, why.split(" (")[0]) for _, op, why in pto_blockers(src.module)}
-    assert ("tile.topk", "tsort32 writes its index tile as int32_t where pto-isa needs uint32") in blockers
-    assert any(op == "tile.floordiv" and "tcvt drops the FLOOR rounding mode" in why for op, why in blockers)
-    assert not any(op == "tile.iota" for op, _ in blockers)
+    # the refusal names the op ptoas cannot express and its defect: the top-k, the only blocker left (the index
+    # ramp is a prepared input, the visible-entry count's integer math runs before the loop on every row)
+    assert "'tile.topk' cannot be emitted: ptoas 0.1.1: tsort32 writes its index tile as int32_t" in err[0]
+    assert "also blocked" not in err[0]
+    src, report = _compiled("indexer", verify=True)
+    assert {r.pass_name: r.error for r in report.records}["pto-legalize"] == 0.0
+    blockers = {(where, op, why.split(" (")[0]) for where, op, why in pto_blockers(src.module)}
+    assert {b[0] for b in blockers} == {"kernels_src/indexer.py:65"}  # the top-k and its i1 visibility mask
+    assert {b[1:] for b in blockers} == {("tile.topk", "tsort32 writes its index tile as int32_t where pto-isa needs "
+                                          "uint32"), ("tile.view", "i1 tiles")}
+    floordivs = [op.result for op in src.module.walk() if op.name == "tile.floordiv"]
+    assert not any(defined_inside(loop, v) for loop in token_loops(src.module) for v in floordivs)
+    assert (src.cfg["tokens"], 1) in {shape_of(v.type) for v in floordivs}  # (pos + 1) // 4 of every token row
 
 
 def test_ptoas_emit_is_deterministic(tmp_path):
@@ -241,6 +244,33 @@ def _mutation_survivors(key_loop, mutants) -> dict:
     with ThreadPoolExecutor(2) as pool:
         results = dict(pool.map(run, mutants))
     return {name: chk.line() for name, chk in results.items() if chk.ok}
+
+
+@needs_ptoas
+def test_ptoas_model_inputs_read_only_without_gm_state(tmp_path):
+    """The CPU model keeps no per-byte hazard state for a kernel's inputs (a flash weight's took 8.5 GB, the
+    kernel run was OOM-killed), so a store into one must be a model error; workspace bytes stay checked."""
+    from attnc.codegen.pto.check import MODEL_INCLUDE
+    import subprocess
+
+    (tmp_path / "m.cpp").write_text(
+        '#include "common/pto_instr.hpp"\n'
+        "int main() {\n"
+        "  std::vector<float> in(16), ws(16);\n"
+        "  auto& m = pto_model::model();\n"
+        "  m.input(in.data(), sizeof(float) * in.size());\n"
+        "  m.access_gm(PIPE_MTE2, m.issue(PIPE_MTE2), in.data() + 3, 4, false);\n"
+        "  std::printf(\"state %zu\\n\", m.gm_state.size());\n"
+        "  m.access_gm(PIPE_MTE3, m.issue(PIPE_MTE3), in.data() + 15, 4, true);   // store into an input\n"
+        "  m.access_gm(PIPE_MTE3, m.issue(PIPE_MTE3), ws.data(), 4, true);\n"
+        "  m.access_gm(PIPE_MTE2, m.issue(PIPE_MTE2), ws.data(), 4, false);       // RAW, no flag\n"
+        "  pto_model::report();\n"
+        "}\n")
+    subprocess.run(["g++", "-std=c++17", f"-I{MODEL_INCLUDE}", "-o", str(tmp_path / "m"), str(tmp_path / "m.cpp")],
+                   check=True)
+    out = subprocess.run([str(tmp_path / "m")], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[:3] == ["state 0", "hazards 4", "errors 1"], out  # hazards per byte
+    assert any("store into a kernel input" in ln for ln in out) and any("RAW with MTE3 -> MTE2" in ln for ln in out)
 
 
 @needs_ptoas
@@ -440,11 +470,47 @@ def test_ptoas_overflowing_kernel_refused_before_ptoas_in_one_line(capsys, tmp_p
 
 
 @needs_ptoas
-def test_ptoas_gm_scratch_exact_and_matches_interpreter():
+def test_ptoas_gm_scratch_split_planned_exact_and_matches_interpreter():
+    """A kernel no output chunk of which fits: per token, [8, 8192] f32 rows pooled to 8 values (256 KiB of UB
+    before the pooling), then a reduction over the pooled rows (not row-local: the output cannot be chunked).
+    Without pto-plan-memory attnc refuses it (the UB overflow, one line); with it the pooled rows become a GM
+    scratch output of the token loop computed in row chunks, and the reduction after the chunk loop reads it
+    back. Exact under --verify-each; the kernel fits, compiles and equals the interpreter with 0 hazards."""
+    from attnc.codegen.pto.emit import PtoEmitError
+    from attnc.ir.dsl import In, exp, from_tokens, reduce, stage, to_tokens, transpose
+    from attnc.kernels_src import STAGES
+
+    @stage("_pto_scratch", outputs=("y",), params={"x": In("batch", "seq", 8, 8192, dtype="f32")})
+    def _pto_scratch(cfg, x):
+        xt = to_tokens(x)
+        pooled = transpose(reduce(exp(xt) * xt, "sum", -1), (0, 2, 1))  # [T, 1, 8]
+        return {"y": from_tokens(pooled / reduce(pooled * pooled, "sum", -1))}
+
+    try:
+        whole = load_source("_pto_scratch", "tiny", [])
+        compile_source(whole, pto_pipeline(None, "f16").replace(",pto-plan-memory", ""), verify_each=False)
+        with pytest.raises(PtoEmitError, match=r"_pto_scratch_k0: tile %ub\d+ .*does not fit the UB"):
+            emit_pto(whole.module, whole.name)
+        src = load_source("_pto_scratch", "tiny", [])
+        report = compile_source(src, pto_pipeline(None, "f16"), verify_each=True)
+        assert {r.pass_name: r.error for r in report.records}["pto-plan-memory"] == 0.0
+        (loop,) = token_loops(src.module)
+        assert [shape_of(o.type) for o in loop.outs] == [(4, 1, 8), (4, 8, 1)]  # y and the pooled rows' scratch
+        (chunks,) = [op for op in loop.body.block.ops if op.name == "scf.for"]
+        assert shape_of(next(o for o in chunks.walk() if o.name == "tile.exp").results[0].type)[1] < 8
+        (plan,) = emit_pto(src.module, src.name)
+        assert plan.memory.overflow() is None and [a.role for a in plan.args].count("out") == 2
+        chk = check_kernel(src.module, list(source_inputs(src, 0).values()), 0, plan)
+        assert chk.ok and chk.hazards == 0 and chk.max_error <= 1e-5, chk.line()
+    finally:
+        STAGES.pop("_pto_scratch", None)
+
+
+@needs_ptoas
+def test_ptoas_row_pooled_compressor_fits_and_matches_interpreter():
     """decode_hca's m = 128 compressor kernel (k1), pooled per batch row from the state rings
-    (schedule-compressor{schedule=row}), fits the UB; exact under --verify-each, equal on the tile model. (The
-    GM-scratch split of pto-plan-memory was written for the kernel before schedule-compressor, which no longer
-    needs it; it has no test subject now.)"""
+    (schedule-compressor{schedule=row}), fits the UB without a GM scratch; exact under --verify-each, equal on
+    the tile model."""
     src = load_source("decode_hca", "tiny", ["max_pos=256"])
     report = compile_source(src, pto_pipeline(None, "f16"), verify_each=True)
     assert {r.pass_name: r.error for r in report.records}["pto-plan-memory"] == 0.0

@@ -82,6 +82,9 @@ def host_values(module, inputs: list, loop_index: int, plan: KernelPlan, rows: i
     fn.body.block.insert_op_before(new_ret, ret)
     fn.body.block.erase_op(ret)
     fn.function_type = FunctionType.from_lists(list(fn.function_type.inputs.data), [v.type for v in wanted])
+    for op in reversed(list(fn.body.block.ops)):  # ops are pure: the later loops' work is not run (a flash layer)
+        if op.results and all(not r.uses for r in op.results):
+            fn.body.block.erase_op(op, safe_erase=False)
     vals = run_module(clone, inputs)
     return list(vals[:len(plan.outside)]), list(vals[len(plan.outside):])
 
@@ -98,6 +101,8 @@ def _harness(plan: KernelPlan, cpp_name: str, blocks: list[int] | None = None) -
             lines.append(f"  std::vector<{t}> {v}({n}, ({t})-7777.0f);")  # garbage: a read before write shows
         else:
             lines.append(f'  auto {v} = pto_model::read_array<{t}>(dir + "/{v}.bin", {n});')
+            if a.role == "in":
+                lines.append(f"  pto_model::model().input({v}.data(), sizeof({t}) * {n});")
         call.append(f"{v}.data()")
     ids = list(range(plan.blocks)) if blocks is None else blocks
     lines += [f"  for (int b : {{{', '.join(map(str, ids))}}}) {{",

@@ -13,6 +13,10 @@
 
 * Index ramps (`iota`, no operands: the same for every token) move before the loop, a prepared input (0.1.1's
   `tci` lowers one-row ramps only and kernels compute no i32 values).
+* Integer math on the token's row of arrays from before the loop (the indexer's visible-entry count
+  min((pos + 1) // 4, NC): 0.1.1 has no i32 tdiv and drops tcvt's FLOOR mode) is the same op on every token's
+  row: it runs once before the loop on the whole [T, ...] arrays and the loop views the token's row (a prepared
+  input). Integer ops whose operands all come from before the loop move out as they are.
 
 Index math, visibility and the other prologue work stay before the loop: they are the host-side part. What
 cannot be rewritten is left for the PTO emitter to refuse with its location."""
@@ -21,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xdsl.dialects import arith
+from xdsl.dialects.builtin import TensorType
 from xdsl.ir import Operation, SSAValue
 
 from attnc.ir.common import str_attr
@@ -28,7 +33,7 @@ from attnc.ir.tile_dialect import TILE
 from attnc.ir.types import dtype_of, shape_of, tensor_type
 
 from attnc.passes import AttncPass, register
-from attnc.passes._build import addi, before, defined_inside, tile_full, tile_op, val, view
+from attnc.passes._build import addi, before, constant_value, defined_inside, tile_full, tile_op, val, view
 
 _TWO_126 = 2.0 ** 126
 _TWO_24 = 2.0 ** 24
@@ -63,6 +68,67 @@ def _hoist_gathers(par: Operation) -> None:
             rows = view(pool, [*offsets, *[0] * extra], shape_of(g.result.type))
         g.result.replace_all_uses_with(val(rows))
         g.parent_block().erase_op(g)
+
+
+_ROW_INT_OPS = {"add", "sub", "mul", "max", "min", "floordiv", "rem", "neg", "abs", "cast", "reshape", "broadcast"}
+
+
+def _token_row_view(par: Operation, op: Operation) -> SSAValue | None:
+    """The [T, ...] array from before the loop of which `op` views the token's row (whole), else None."""
+    if not _is(op, "view") or op.valid or defined_inside(par, op.source):
+        return None
+    s, src = shape_of(op.result.type), shape_of(op.source.type)
+    if op.offsets[0] is not par.body.block.args[0] or any(constant_value(o) != 0 for o in op.offsets[1:]):
+        return None
+    return op.source if s[0] == 1 and s[1:] == src[1:] else None
+
+
+def _hoist_integer_math(par: Operation) -> None:
+    if par.rows.value.data != 1:
+        return
+    block = par.body.block
+    wide: dict[SSAValue, SSAValue] = {}  # a token's row in the loop -> the [T, ...] array before the loop
+    for op in list(block.ops):
+        src = _token_row_view(par, op)
+        if src is not None:
+            wide[op.result] = src
+            continue
+        tensors = [v for v in (*op.operands, *op.results) if isinstance(v.type, TensorType)]
+        if not (op.name.startswith("tile.") and op.name[5:] in _ROW_INT_OPS and len(op.results) == 1
+                and any(dtype_of(v.type) == "i32" for v in tensors)) or shape_of(op.result.type)[0] != 1:
+            continue
+        if not any(defined_inside(par, o) for o in op.operands):  # the same for every token
+            op.detach()
+            par.parent_block().insert_op_before(op, par)
+            continue
+        rows = {shape_of(wide[o].type)[0] for o in op.operands if o in wide}
+        if len(rows) != 1 or any(o not in wide and not _is(o.owner, "full") and defined_inside(par, o)
+                                 for o in op.operands):
+            continue
+        (t,) = rows
+        with before(par):
+            operands = []
+            for o in op.operands:
+                dt, s = dtype_of(o.type), shape_of(o.type)
+                if o in wide:
+                    operands.append(wide[o])
+                elif _is(o.owner, "full"):
+                    operands.append(val(tile_full((t, *s[1:]), o.owner.value.value.data, dt)))
+                else:  # one row shared by every token
+                    operands.append(val(tile_op("broadcast", [o], tensor_type((t, *s[1:]), dt))))
+            hoisted = op.clone()
+            hoisted.operands = operands
+            hoisted.results[0]._type = tensor_type((t, *shape_of(op.result.type)[1:]), dtype_of(op.result.type))
+            par.parent_block().insert_op_before(hoisted, par)
+        with before(op):
+            row = view(hoisted.results[0], [block.args[0]] + [0] * (len(shape_of(op.result.type)) - 1),
+                       shape_of(op.result.type))
+        op.result.replace_all_uses_with(val(row))
+        wide[val(row)] = hoisted.results[0]
+        block.erase_op(op)
+    for op in reversed(list(block.ops)):  # the rows and splats only the hoisted ops read
+        if op.name in ("tile.view", "tile.full") and not op.result.uses:
+            block.erase_op(op)
 
 
 def _f32(x) -> SSAValue:
@@ -197,7 +263,7 @@ def _carry_masks_as_values(par: Operation, masks: dict) -> None:
 @dataclass(frozen=True)
 class PtoLegalize(AttncPass):
     name = "pto-legalize"
-    summary = "token-loop bodies -> what ptoas 0.1.1 expresses: gathers and index ramps hoisted to the host, i1 masks as 0/1 values"
+    summary = "token-loop bodies -> what ptoas 0.1.1 expresses: gathers, index ramps and integer row math hoisted to the host, i1 masks as 0/1 values"
     tolerance = 0.0
 
     def apply(self, ctx, op):
@@ -207,3 +273,4 @@ class PtoLegalize(AttncPass):
                 par.parent_block().insert_op_before(ramp, par)
             _hoist_gathers(par)
             _carry_masks_as_values(par, _masks_to_values(par))
+            _hoist_integer_math(par)  # after the masks: their compares cast i32 operands to f32

@@ -9,7 +9,8 @@
 //   pipe P to a byte another pipe Q touched (one of them writing) is a hazard unless P is ordered after that
 //   instruction: by wait_flag(Q, P) on a set_flag(Q, P) issued after it, or pipe_barrier(PIPE_ALL). Dependent
 //   vector instructions also need pipe_barrier(PIPE_V) between them; other pipes are in order. A wait with no
-//   pending set (deadlock on hardware) and sets never waited for are model errors.
+//   pending set (deadlock on hardware) and sets never waited for are model errors. GM bytes of the kernel's
+//   inputs (read only: a store into one is a model error) carry no hazard state.
 // * Numerics: f16 = _Float16 (round to nearest even on every store), vector math in float, matmul products
 //   of f16 exact in float and accumulated in float in k order.
 #pragma once
@@ -52,6 +53,9 @@ struct Model {
   std::vector<uint8_t> mem[NSPACE];
   std::vector<ByteState> state[NSPACE];
   std::unordered_map<uintptr_t, ByteState> gm_state;
+  // the kernel's inputs [begin, end): nothing writes them, so their bytes need no hazard state (a flash weight
+  // is tens of MB: per-byte state for it took 8.5 GB); a store into one is a model error
+  std::vector<std::pair<uintptr_t, uintptr_t>> inputs;
   long clock[NPIPE];
   long know[NPIPE][NPIPE];
   std::deque<std::vector<long>> flags[NPIPE][NPIPE][8];
@@ -101,8 +105,17 @@ struct Model {
     if (addr + bytes > kCapacity[space]) { note("access beyond the buffer capacity", false); return; }
     for (size_t k = 0; k < bytes; ++k) touch(state[space][addr + k], pipe, i, write);
   }
+  void input(const void* p, size_t bytes) {
+    uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    inputs.emplace_back(a, a + bytes);
+  }
   void access_gm(int pipe, long i, const void* p, size_t bytes, bool write) {
     uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    for (auto& r : inputs)
+      if (a < r.second && a + bytes > r.first) {
+        if (write) note("store into a kernel input", false);
+        return;
+      }
     for (size_t k = 0; k < bytes; ++k) touch(gm_state[a + k], pipe, i, write);
   }
   void set_flag(int src, int dst, int ev) {
