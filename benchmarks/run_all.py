@@ -72,6 +72,7 @@ def bench_interpreter(config: str, stage: str, repeat: int) -> dict:
 def bench_aicore(config: str, stage: str, timeout_s: int, overrides: dict | None = None,
                  pipeline: str = PYPTO_PIPELINE) -> dict:
     from attnc.codegen.pypto.target import run_pypto_sim
+    from attnc.memory import available_bytes, interpreter_upper_bytes, sim_child_upper_bytes
     from attnc.sim_check import check_outputs
 
     st = STAGES[stage]
@@ -80,13 +81,20 @@ def bench_aicore(config: str, stage: str, timeout_s: int, overrides: dict | None
     run_pipeline(module, pipeline)
     inputs = make_inputs(st, cfg, 0)
     # tensor-graph: the cheapest verify mode in which SIM writes the outputs back; a time counts only for a program
-    # whose outputs equal the interpreter's (the check of `attnc run`)
-    res = run_pypto_sim(module, inputs, verify="tensor-graph", timeout_s=timeout_s)
-    check = check_outputs(module, inputs, res.outputs, st.outputs)
-    if not check.ok:
-        raise RuntimeError(f"{stage}: SIM outputs differ from the interpreter: {check.failures[0]}")
+    # whose outputs equal the interpreter's (the check of `attnc run`). Where the SIM child with outputs and the
+    # interpreter do not fit the machine's memory (flash HCA/CSA layers: ~22 GB), the time alone, said so.
+    need = sim_child_upper_bytes(module) + interpreter_upper_bytes(module)
+    if need > available_bytes():
+        res = run_pypto_sim(module, inputs, verify="none", timeout_s=timeout_s)
+        values = f"not checked (SIM with outputs and the interpreter need up to {need / 2**30:.1f} GB)"
+    else:
+        res = run_pypto_sim(module, inputs, verify="tensor-graph", timeout_s=timeout_s)
+        check = check_outputs(module, inputs, res.outputs, st.outputs)
+        if not check.ok:
+            raise RuntimeError(f"{stage}: SIM outputs differ from the interpreter: {check.failures[0]}")
+        values = "equal to the interpreter"
     return {"aicore_us": res.aicore_us, "wall_s": res.wall_s, "tasks": (res.tasks or {}).get("total"),
-            "values": "equal to the interpreter"}
+            "values": values}
 
 
 PREFILL_KINDS = ("decode_swa", "decode_hca", "decode_csa")
