@@ -353,6 +353,6 @@ def test_sim_verify_failures_fail_unless_their_cause_is_known():
         _check_sim_verify(SimpleNamespace(failed_records=[overlap(a, b)], verify=[None] * 4, program=program))
     for prog, (a, b) in (("", harmless[0]),  # no pieces stated: nothing excuses it
                          (program, ([[8, 128], [0, 0]], [[8, 128], [8, 0]])),  # not a piece of the concat
-                         (program, ([[2, 128], [0, 0]], [[2, 128], [8, 0]]))):  # the unpadded piece has no padding
+                         (program, ([[2, 128], [14, 0]], [[2, 128], [8, 0]]))):  # a write past the pool
         with pytest.raises(CliError, match="AssembleChecker: assembles into tensor 7 overlap"):
             _check_sim_verify(SimpleNamespace(failed_records=[overlap(a, b)], verify=[None] * 4, program=prog))
