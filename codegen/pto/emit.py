@@ -283,6 +283,12 @@ class _KernelEmitter:
                               f"(parallelize-tokens{{rows=1}}) and rank <= 3")
         return (1, s[1]) if len(s) == 2 else (s[1], s[2])
 
+    def gm_flat(self, op: Operation, v: SSAValue) -> tuple[int, int]:
+        """The 2-D region of a value that stays in GM (a view or reshape of a GM array): a rank-2 [R, C] is R rows
+        of the array (a weight's row block: with one token per kernel no token value has R > 1), else as flat."""
+        s = shape_of(v.type)
+        return (s[0], s[1]) if len(s) == 2 else self.flat(op, v)
+
     def check_dtype(self, op: Operation, v: SSAValue, moves: bool = False):
         if isinstance(v.type, TensorType):
             dt = dtype_of(v.type)
@@ -529,7 +535,7 @@ class _KernelEmitter:
             if any(o != "%c0" for o in offs[:-2]):
                 raise _refuse(op, "offsets a unit axis of a tile")
             self.env[op.result] = GMRef(ref.arg, ref.rows, ref.cols, self.add_index(ref.row_off, offs[-2]),
-                                        self.add_index(ref.col_off, offs[-1]), self.flat(op, op.result))
+                                        self.add_index(ref.col_off, offs[-1]), self.gm_flat(op, op.result))
             return
         if isinstance(ref, UBRef) and all(o == "%c0" for o in offs) and shape_of(src.type) == tile:
             self.env[op.result] = ref
@@ -541,7 +547,7 @@ class _KernelEmitter:
         src = self.placed(op, op.input)
         if isinstance(src, UBRef):
             src = self.gm(op, op.input)
-        new = self.flat(op, op.result)
+        new = self.gm_flat(op, op.result)
         if new == src.shape:
             self.env[op.result] = src
             return
