@@ -222,7 +222,7 @@ def load_user_stages(path: str) -> list[str]:
 
 def load_source(spec: str, config: str, overrides: list[str]) -> Source:
     from attnc.ir import parse_ir
-    from attnc.ir.interpreter import entry_function
+    from attnc.ir import entry_function
     from attnc.kernels_src import STAGES, build_stage, resolve_config
 
     cfg = resolve_config(config, overrides)
@@ -263,7 +263,7 @@ def source_inputs(src: Source, seed: int, npz_path: str | None = None, extra: di
     import torch
 
     from attnc.io import load_npz, seeded_tensor_for_type, to_tensor
-    from attnc.ir.interpreter import entry_function
+    from attnc.ir import entry_function
     from attnc.ir.types import dtype_of, shape_of
     from attnc.kernels_src.inputs import IndexInputError, make_inputs
 
@@ -448,7 +448,7 @@ def cmd_compile(args) -> int:
         source_text = read_source_text(args.source) if is_ir_source(args.source) else None
         if source_text is not None and args.source == "-":
             from attnc.ir import parse_ir  # stdin can be read once: parse the text we already hold
-            from attnc.ir.interpreter import entry_function
+            from attnc.ir import entry_function
             from attnc.kernels_src import resolve_config
 
             module = parse_ir(source_text, "<stdin>")
@@ -651,7 +651,7 @@ def _state_arrays(src: Source, path: str) -> dict:
     """The in/out arrays (caches, rings, states) of a previous step's `--out` file: what a serving loop hands from
     one step to the next. The file's other outputs (out, cmp_idx, ...) are not inputs and are left out."""
     from attnc.io import load_npz, to_tensor
-    from attnc.ir.interpreter import entry_function
+    from attnc.ir import entry_function
     from attnc.ir.types import dtype_of, shape_of
 
     names = state_names(src)
@@ -688,7 +688,7 @@ def _next_step_inputs(src: Source, inputs: dict, outs: dict, step: int, seed: in
     import torch
 
     from attnc.io import seeded_tensor_for_type
-    from attnc.ir.interpreter import entry_function
+    from attnc.ir import entry_function
 
     nxt = dict(inputs)
     nxt.update({n: outs[n] for n in state_names(src)})
@@ -748,7 +748,7 @@ def printable_value(value) -> str:
 
 def step_sources(src: Source, args, counts: list[int]) -> list[Source]:
     """The stage built for each step's token count (`seq`), one build per distinct count; only `x` may change."""
-    from attnc.ir.interpreter import entry_function
+    from attnc.ir import entry_function
 
     from attnc.ir.dsl import stage_config
 
@@ -1386,9 +1386,14 @@ def _main(argv: list[str], timing) -> int:
             raise CliError("attnc: a command is required (attnc --help)")
         args.timing_report = timing
         if args.fn in (cmd_compile, cmd_run, cmd_inputs, cmd_plot):
-            with timing.phase("imports (torch, xdsl, attnc)"):
+            # a compile interprets nothing unless --verify-each: torch and the interpreter (about half of its CPU
+            # time at tiny) stay unloaded
+            interprets = args.fn is not cmd_compile or args.verify_each
+            with timing.phase("imports (torch, xdsl, attnc)" if interprets else "imports (xdsl, attnc)"):
                 import attnc.kernels_src  # noqa: F401
                 import attnc.passes.verify  # noqa: F401
+                if interprets:
+                    import attnc.ir.interpreter  # noqa: F401
         return args.fn(args)
     except SystemExit as e:  # --help, --version
         return int(e.code or 0)

@@ -13,11 +13,15 @@ import tempfile
 import zipfile
 from collections.abc import Mapping
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from attnc.errors import AttncError
 from attnc.ir.types import dtype_of, shape_of, to_numpy, torch_dtype
+
+if TYPE_CHECKING:  # torch loads where tensors are made: `attnc compile` writes its outputs here without it
+    import torch
 
 
 class InputError(AttncError):
@@ -162,6 +166,8 @@ def load_npz(path: str, expected: Mapping[str, tuple[int, ...]] | None = None, o
 
 def to_tensor(path: str, name: str, array: np.ndarray, shape: tuple[int, ...], dtype: str) -> torch.Tensor:
     """Convert one array to the parameter's dtype, checking shape and kind."""
+    import torch
+
     where = f"{path}: array '{name}'"
     if tuple(array.shape) != tuple(shape):
         raise InputError(f"{where}: shape {list(array.shape)} does not match the parameter's {list(shape)}")
@@ -391,6 +397,8 @@ def save_npz(path: str, arrays: Mapping[str, torch.Tensor]) -> None:
 
 def seeded_tensor_for_type(tensor_type, gen: torch.Generator) -> torch.Tensor:
     """Fallback inputs for a bare .mlir file: standard normal floats, small non-negative ints."""
+    import torch
+
     shape, dtype = shape_of(tensor_type), dtype_of(tensor_type)
     if dtype in ("i32", "i8"):
         return torch.randint(0, 4, shape, generator=gen).to(torch_dtype(dtype))

@@ -6,7 +6,7 @@ import io
 from xdsl.context import Context
 from xdsl.dialects.arith import Arith
 from xdsl.dialects.builtin import Builtin, ModuleOp
-from xdsl.dialects.func import Func
+from xdsl.dialects.func import Func, FuncOp
 from xdsl.dialects.scf import Scf
 from xdsl.parser import Parser
 from xdsl.printer import Printer
@@ -27,6 +27,14 @@ def make_context() -> Context:
     for dialect in (Builtin, Func, Arith, Scf, Attn, Tile):
         ctx.load_dialect(dialect)
     return ctx
+
+
+def entry_function(module: ModuleOp) -> FuncOp:
+    """The module's one func.func (here, not in the interpreter, so that compiling loads no torch)."""
+    funcs = [op for op in module.ops if isinstance(op, FuncOp)]
+    if len(funcs) != 1:
+        raise IRError(f"expected exactly one func.func in the module, found {len(funcs)}")
+    return funcs[0]
 
 
 def print_ir(module: ModuleOp) -> str:

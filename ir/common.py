@@ -52,15 +52,14 @@ class AttncOp(IRDLOperation):
             self.fail(message)
 
     # helpers for subclasses
+    # the message is built only on a failure: these run for most ops at every verify (after each pass)
     def same_shape(self, *values: SSAValue, what: str = "operands"):
-        shapes = {shape_of(v.type) for v in values}
-        self.expect(len(shapes) == 1, f"{what} must have one shape, got "
-                    + ", ".join(describe(v.type) for v in values))
+        if len({shape_of(v.type) for v in values}) != 1:
+            self.fail(f"{what} must have one shape, got " + ", ".join(describe(v.type) for v in values))
 
     def same_dtype(self, *values: SSAValue, what: str = "operands"):
-        dts = {dtype_of(v.type) for v in values}
-        self.expect(len(dts) == 1, f"{what} must have one dtype, got "
-                    + ", ".join(describe(v.type) for v in values))
+        if len({dtype_of(v.type) for v in values}) != 1:
+            self.fail(f"{what} must have one dtype, got " + ", ".join(describe(v.type) for v in values))
 
 
 def int_array(values: Sequence[int]) -> ArrayAttr:

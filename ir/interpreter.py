@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 
 import torch
-from xdsl.dialects import arith, func
+from xdsl.dialects import arith
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.interpreter import Interpreter, InterpreterFunctions, impl, impl_terminator, register_impls, ReturnedValues
 from xdsl.interpreters.arith import ArithFunctions
@@ -18,6 +18,7 @@ from xdsl.interpreters.func import FuncFunctions
 from xdsl.interpreters.scf import ScfFunctions
 from xdsl.ir import BlockArgument, Operation, OpResult
 
+from . import entry_function  # noqa: F401  (re-exported: its callers that interpret import it from here)
 from . import tensor_dialect as tdl
 from . import tile_dialect as tl
 from .common import BINARY, UNARY, ints_of, op_location
@@ -530,13 +531,6 @@ def make_interpreter(module: ModuleOp) -> Interpreter:
     for fns in (FuncFunctions(), ArithFunctions(), ScfFunctions(), AttncFunctions()):
         it.register_implementations(fns)
     return it
-
-
-def entry_function(module: ModuleOp) -> func.FuncOp:
-    funcs = [op for op in module.ops if isinstance(op, func.FuncOp)]
-    if len(funcs) != 1:
-        raise InterpretError(f"expected exactly one func.func in the module, found {len(funcs)}")
-    return funcs[0]
 
 
 def run_module(module: ModuleOp, inputs: Sequence[torch.Tensor], topk=None) -> tuple[torch.Tensor, ...]:

@@ -24,10 +24,16 @@ FLOAT_DTYPES = ("bf16", "f16", "f32")
 INT_DTYPES = ("i32", "i8")
 
 
+_DTYPE_NAMES = {attr: name for name, attr in DTYPES.items()}
+
+
 def dtype_name(elem: Attribute) -> str:
-    for name, attr in DTYPES.items():
-        if attr == elem:
-            return name
+    try:
+        name = _DTYPE_NAMES.get(elem)  # a dict lookup: this runs for most values at every verify
+    except TypeError:  # an unhashable attribute from a file: not one of ours
+        name = None
+    if name is not None:
+        return name
     if isinstance(elem, IndexType):
         return "index"
     raise ValueError(f"unsupported element type {elem}")
@@ -52,6 +58,26 @@ def describe(t: Attribute) -> str:
     if isinstance(t, TensorType):
         return f"{dtype_of(t)}{list(shape_of(t))}"
     return str(t)
+
+
+def round_scalar(value: float, dtype: str) -> float:
+    """`value` as a float dtype holds it, rounded as torch rounds a float64 tensor to that dtype: to f32 first, then
+    to nearest-even (bf16 by torch's bit rule). Plain numpy, so compiling loads no torch."""
+    import numpy as np
+
+    with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN convert as torch converts them
+        f32 = np.float64(value).astype(np.float32)
+        if dtype == "f32":
+            return float(f32)
+        if dtype == "f16":
+            return float(f32.astype(np.float16))
+    if dtype != "bf16":
+        raise ValueError(f"not a float dtype: {dtype}")
+    if np.isnan(f32):
+        return float("nan")
+    bits = int(f32.view(np.uint32))
+    bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+    return float(np.uint32(bits).view(np.float32))
 
 
 def torch_dtype(name: str):

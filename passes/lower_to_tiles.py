@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from xdsl.ir import Operation
 from xdsl.pattern_rewriter import PatternRewriter, RewritePattern
 
 from attnc.ir.common import float_attr, int_array, ints_of, op_location
 from attnc.ir.dsl import emit_op
 from attnc.ir.tile_dialect import EXPAND_KINDS, TILE
-from attnc.ir.types import dtype_of, shape_of, tensor_type, torch_dtype
+from attnc.ir.types import FLOAT_DTYPES, dtype_of, round_scalar, shape_of, tensor_type
 
 from . import PatternPass, PassError, register
 from ._build import before, tile_op, view
@@ -123,9 +122,9 @@ class _Lower(RewritePattern):
             if scalar is not None and kind in _SCALAR_OF:
                 # the splat holds the scalar rounded to the tile dtype: use exactly that value (integer tiles keep
                 # their splat: the scalar ops compute in float)
-                dt = torch_dtype(dtype_of(this.type))
-                if dt.is_floating_point:
-                    exact = float(torch.tensor(scalar, dtype=torch.float64).to(dt).double())
+                dt = dtype_of(this.type)
+                if dt in FLOAT_DTYPES:
+                    exact = round_scalar(scalar, dt)
                     name, sign = _SCALAR_OF[kind]
                     return tile_op(name, [other], op.result.type, scalar=float_attr(sign * exact)).value
         return None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from xdsl.pattern_rewriter import PatternRewriter, RewritePattern, op_type_rewrite_pattern
 
 from attnc.ir import dsl
@@ -21,7 +20,7 @@ from attnc.ir.types import dtype_of
 from . import PatternPass, register
 from ._build import T, before, const, minsi, muli, peeled_loop, subi, view
 
-F32_MIN = float(torch.finfo(torch.float32).min)  # "minus infinity" that keeps exp(x - m) finite
+F32_MIN = -(2.0 - 2.0**-23) * 2.0**127  # the lowest f32: "minus infinity" that keeps exp(x - m) finite
 
 
 class _OnlineSoftmax(RewritePattern):

@@ -6,23 +6,27 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 from xdsl.utils.exceptions import VerifyException
 
 from attnc.errors import AttncError
 from attnc.ir import IRError, make_context, verify_ir
-from attnc.ir.interpreter import run_module
 
 from . import PassError, build_pipeline, pass_tolerance
+
+if TYPE_CHECKING:  # torch and the interpreter load only to interpret (--verify-each): a plain compile needs neither
+    import torch
 
 
 def normalised_error(got: torch.Tensor, want: torch.Tensor) -> float:
     """max |got - want| / max |want| over the real values (exact for integer tensors: 0 or 1 for any difference);
     NaN counts as inf. Sentinels (|x| >= 1e38, e.g. -inf or the lowest f32 for "not visible") must match exactly
     and stay out of the scale."""
+    import torch
+
     if got.shape != want.shape:
         return float("inf")
     if not want.dtype.is_floating_point:
@@ -93,6 +97,8 @@ def run_pipeline(module: ModuleOp, pipeline: str, *, verify_inputs: Sequence[tor
     `on_level` (with `verify_inputs`) with "input" and the input module's outputs, then with each pass's label
     and the outputs after it (the values the verification compared, for pictures of the errors)."""
     report = CompileReport()
+    if verify_inputs is not None:
+        from attnc.ir.interpreter import run_module
     pipe = build_pipeline(pipeline)
     ctx = make_context()
     t_ref = time.perf_counter()

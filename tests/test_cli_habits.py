@@ -108,6 +108,19 @@ def test_failure_keeps_dumps_and_prints_failed_ir(capsys, tmp_path):
     assert not (tmp_path / "q.mlir").exists()
 
 
+def test_compile_loads_no_torch(tmp_path):
+    """`attnc compile` interprets nothing without --verify-each: torch and the interpreter (about half of the
+    command's CPU time at tiny) are never imported, for the pypto and the PTO emitters."""
+    import subprocess
+
+    script = ("import sys; from attnc.cli import main; "
+              f"codes = [main(['compile', s, '--emit', e, *x, '-o', {str(tmp_path)!r} + '/' + e + '/'])"
+              " for s, e, x in (('decode_csa', 'pypto', []), ('decode_swa', 'pto', ['--pto-dtype', 'f16']))]; "
+              "print(codes, sorted(m for m in ('torch', 'attnc.ir.interpreter') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.stdout.split("\n")[-2] == "[0, 0] []", out.stdout + out.stderr
+
+
 def test_timing_report_is_complete(capsys):
     code, _, err = run(capsys, "compile", "sparse_attn_core", "--verify-each", "--timing", "-o", "-")
     phases = [ln.split()[1:-2] for ln in err.splitlines() if ln.startswith("timing ")]

@@ -275,6 +275,37 @@ def test_lower_to_tiles_scalar_ops_and_axis_reductions_are_bit_exact():
     assert after["tile.row_max"] == 1 and after["tile.transpose"] == 2
 
 
+def test_round_scalar_rounds_as_torch_does():
+    """lower-to-tiles rounds a splat's scalar to the tile dtype without torch (ir/types.round_scalar): the value it
+    folds into a scalar op must be exactly torch's float64 -> dtype conversion (via f32, then nearest-even), ties,
+    double-rounding cases, subnormals, overflow to inf and NaN included."""
+    import math
+    import random
+    import struct
+
+    from attnc.ir.types import round_scalar
+
+    rng = random.Random(7)
+    values = [0.0, -0.0, 1.0, math.inf, -math.inf, math.nan, 1e39, -1e39, 3.4028235e38, 65504.0, 65520.0, 1e-45,
+              6e-8, 1 + 2**-8, 1 + 3 * 2**-8, 1 + 2**-8 + 2**-30, 1 + 2**-11 + 2**-40, 0.3, 1 / 3]
+    for _ in range(20000):
+        kind = rng.random()
+        if kind < 0.3:
+            values.append(rng.uniform(-10, 10))
+        elif kind < 0.6:  # any double
+            values.append(struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0])
+        else:  # an f32 at or next to a bf16/f16 tie, nudged below f32 resolution
+            bits = (rng.getrandbits(16) << 16) | rng.choice([0x8000, 0x7FFF, 0x8001, 0, 0x1000, rng.getrandbits(16)])
+            f = struct.unpack("<f", bits.to_bytes(4, "little"))[0]
+            values.append(f + rng.choice([0.0, 2**-40, -(2**-40)]) * (abs(f) if math.isfinite(f) and f else 1.0))
+    for dtype, tdt in (("bf16", torch.bfloat16), ("f16", torch.float16), ("f32", torch.float32)):
+        want = torch.tensor(values, dtype=torch.float64).to(tdt).double().tolist()
+        got = [round_scalar(v, dtype) for v in values]
+        bad = [(v, w, g) for v, w, g in zip(values, want, got)
+               if not (math.isnan(w) and math.isnan(g)) and (w != g or math.copysign(1, w) != math.copysign(1, g))]
+        assert not bad, (dtype, bad[:5])
+
+
 def test_lower_to_tiles_refuses_sum_along_a_non_last_axis():
     text = _SMALL.replace('kind = "max", axis = 0', 'kind = "sum", axis = 0')
     with pytest.raises(PassError, match=r"s\.py:4: attn\.reduce sum along axis 0"):

@@ -16,7 +16,7 @@ from xdsl.rewriter import InsertPoint, Rewriter
 
 from attnc.ir.common import op_location, str_attr
 from attnc.ir.dsl import emitting
-from attnc.ir.interpreter import entry_function
+from attnc.ir import entry_function
 from attnc.ir.types import dtype_of, shape_of, tensor_type
 
 from attnc.passes import AttncPass, PassError, register

@@ -25,7 +25,7 @@ from xdsl.ir import Operation, SSAValue
 
 from attnc.errors import AttncError
 from attnc.ir.common import op_location
-from attnc.ir.interpreter import entry_function
+from attnc.ir import entry_function
 from attnc.ir.types import dtype_of, shape_of
 from attnc.passes._build import defined_inside
 

@@ -23,7 +23,7 @@ from xdsl.ir import Operation, SSAValue
 from attnc.codegen.escape import code_text, identifier
 from attnc.errors import AttncError
 from attnc.ir.common import LOC_ATTR, ints_of, op_location
-from attnc.ir.interpreter import entry_function
+from attnc.ir import entry_function
 from attnc.ir.tile_dialect import EXPAND_KINDS
 from attnc.ir.types import dtype_of, shape_of
 

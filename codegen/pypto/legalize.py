@@ -601,6 +601,6 @@ class PyptoLegalize(AttncPass):
     tolerance = 0.0
 
     def apply(self, ctx, op):
-        from attnc.ir.interpreter import entry_function
+        from attnc.ir import entry_function
 
         legalize_function(entry_function(op))
