@@ -2,7 +2,7 @@
 ptoas, build with g++ against attnc's CPU tile model, run the kernel instances, compare with the interpreter.
 
 At `tiny` every token's instance runs; at `flash` the first two tokens' instances (the interpreter's golden runs
-the token loop for those rows only; a flash token is ~1 s of model time and minutes of interpreter time).
+the token loop for those rows only, the loops before it whole: a flash layer's check takes one to a few minutes).
 Prints one line per kernel, then a table: stage, kernels, compiled by ptoas, max error vs the interpreter, pipe
 hazards, share of the stage's tile ops that are in kernels (on the device), and the verdict. A stage is either
 emitted (every kernel must compile and pass) or refused by attnc with one line naming the op (or the tile that

@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 
 import torch
-from xdsl.dialects import arith
+from xdsl.dialects import arith, func, scf
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.interpreter import Interpreter, InterpreterFunctions, impl, impl_terminator, register_impls, ReturnedValues
 from xdsl.interpreters.arith import ArithFunctions
@@ -75,11 +75,18 @@ def cast_tensor(x: torch.Tensor, dtype: str, rounding: str = "rint") -> torch.Te
 
 class _WeightCache:
     """f64 copies of (slices of) the function's input tensors, which are never written: a weight chunk used
-    by every token chunk is converted once per run instead of once per use."""
+    by every token chunk is converted once per run instead of once per use. A cast of an input in the
+    function's entry block (pto-dtype's bf16 -> f16 on entry) is never written either and counts as one."""
 
     def __init__(self, inputs: Sequence[torch.Tensor]):
         self.storages = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, torch.Tensor)}
         self.f64: dict = {}
+        self.derived: list[torch.Tensor] = []  # kept alive: a freed storage's address could be reused
+
+    def derive(self, src: torch.Tensor, result: torch.Tensor) -> None:
+        if src.untyped_storage().data_ptr() in self.storages:
+            self.derived.append(result)
+            self.storages.add(result.untyped_storage().data_ptr())
 
     def as_f64(self, t: torch.Tensor) -> torch.Tensor:
         if t.untyped_storage().data_ptr() not in self.storages:
@@ -301,7 +308,7 @@ def _shared_impls(dl, prefix: str) -> dict:
         table[dl[kind]] = lambda it, op, a, kind=kind: (_UNARY_FN[kind](a[0]),)
     table[dl["cmp"]] = lambda it, op, a: (_CMP_FN[op.predicate.data](a[0], a[1]),)
     table[dl["select"]] = lambda it, op, a: (torch.where(a[0], a[1], a[2]),)
-    table[dl["cast"]] = lambda it, op, a: (cast_tensor(a[0], _out_dtype(op), op.rounding.data),)
+    table[dl["cast"]] = _cast
     table[dl["matmul"]] = lambda it, op, a: (
         cast_tensor(matmul_f32(a[0], a[1], op.transpose_b.value.data, _cache(it)), _out_dtype(op)),)
     table[dl["broadcast"]] = lambda it, op, a: (a[0].expand(shape_of(op.result.type)).contiguous(),)
@@ -315,6 +322,13 @@ def _shared_impls(dl, prefix: str) -> dict:
     table[dl["full"]] = lambda it, op, a: (
         torch.full(shape_of(op.result.type), op.value.value.data, dtype=torch_dtype(_out_dtype(op))),)
     return table
+
+
+def _cast(it, op, a):
+    out = cast_tensor(a[0], _out_dtype(op), op.rounding.data)
+    if isinstance(op.parent_op(), func.FuncOp):  # once per run, not per token: no in-place op writes a cast
+        _cache(it).derive(a[0], out)
+    return (out,)
 
 
 def _gather_rows(it, op, a):
@@ -437,7 +451,20 @@ def _owned(value) -> bool:
         return False
     if isinstance(value, OpResult):
         return isinstance(value.op, tl.AssembleOp | tl.TILE["full"] | tl.ParallelOp)
-    return isinstance(value, BlockArgument) and isinstance(value.owner.parent_op(), tl.ParallelOp)
+    if not isinstance(value, BlockArgument):
+        return False
+    loop = value.owner.parent_op()
+    if isinstance(loop, tl.ParallelOp):
+        return True
+    if isinstance(loop, scf.ForOp) and value.index > 0:
+        # an scf.for carry (pto-plan-memory's chunk loops assemble into the token's outputs): the first trip
+        # gets the init value, the later ones what the body yields, so both must be owned
+        init = loop.operands[2 + value.index]
+        yielded = loop.body.block.last_op.operands[value.index - 1]
+        fresh = yielded is value or (isinstance(yielded, OpResult) and yielded.has_one_use()
+                                     and isinstance(yielded.op, tl.AssembleOp | tl.TILE["full"]))
+        return fresh and _owned(init)
+    return False
 
 
 def _assemble(it, op, a):

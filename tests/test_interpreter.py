@@ -122,3 +122,56 @@ def test_scatter_rows_refuses_out_of_range_and_duplicate_ids(ids, message):
 
     with pytest.raises(InterpretError, match=r"^k\.py:5: 'attn\.scatter_rows': " + message):
         run_module(parse_ir(_SCATTER), [torch.zeros(2, 3, 2), torch.ones(3, 2), torch.tensor(ids, dtype=torch.int32)])
+
+
+def _carry_module(also_return_init: bool) -> str:
+    ret = "%r, %z" if also_return_init else "%r"
+    types = "tensor<2x4xf32>, tensor<2x4xf32>" if also_return_init else "tensor<2x4xf32>"
+    return f'''builtin.module {{
+  func.func @f(%x: tensor<2x4xf32>) -> ({types}) {{
+    %z = "tile.full"() <{{value = 0.0 : f64}}> : () -> tensor<2x4xf32>
+    %c0 = arith.constant 0 : index
+    %c1 = arith.constant 1 : index
+    %c2 = arith.constant 2 : index
+    %r = "scf.for"(%c0, %c2, %c1, %z) ({{
+    ^bb0(%i: index, %acc: tensor<2x4xf32>):
+      %t = "tile.view"(%x, %i, %c0) <{{pad = "zero", operandSegmentSizes = array<i32: 1, 2, 0>}}> : (tensor<2x4xf32>, index, index) -> tensor<1x4xf32>
+      %t2 = "tile.muls"(%t) <{{scalar = 2.0 : f64}}> : (tensor<1x4xf32>) -> tensor<1x4xf32>
+      %a = "tile.assemble"(%t2, %acc, %i, %c0) <{{operandSegmentSizes = array<i32: 1, 1, 2, 0>}}> : (tensor<1x4xf32>, tensor<2x4xf32>, index, index) -> tensor<2x4xf32>
+      "scf.yield"(%a) : (tensor<2x4xf32>) -> ()
+    }}) : (index, index, index, tensor<2x4xf32>) -> tensor<2x4xf32>
+    func.return {ret} : {types}
+  }}
+}}'''
+
+
+@pytest.mark.parametrize("also_return_init", [False, True])
+def test_scf_for_carry_updated_in_place_only_when_owned(also_return_init):
+    """An scf.for carry is assembled into in place (no copy of a flash token's outputs per chunk) only when its
+    init value has no other use: a returned init keeps its zeros."""
+    from attnc.ir.interpreter import _owned, entry_function
+
+    module = parse_ir(_carry_module(also_return_init))
+    loop = next(op for op in entry_function(module).walk() if op.name == "scf.for")
+    assert _owned(loop.body.block.args[1]) is (not also_return_init)
+    x = torch.arange(8, dtype=torch.float32).reshape(2, 4)
+    out = run_module(module, [x])
+    assert torch.equal(out[0], 2 * x)
+    if also_return_init:
+        assert torch.equal(out[1], torch.zeros(2, 4))
+
+
+def test_weight_cache_covers_casts_of_inputs():
+    """pto-dtype casts every bf16 weight to f16 on entry: the f64 copy a matmul needs is made once per run for
+    such a cast too (it was remade for every token: 41 % of flash decode_swa's check), never for other tensors."""
+    from attnc.ir.interpreter import _WeightCache
+
+    w = torch.randn(8, 4).bfloat16()
+    cache = _WeightCache([w])
+    w16 = cast_tensor(w, "f16")
+    other = w16.clone()
+    cache.derive(w, w16)
+    cache.derive(other, other.float())  # not an input's: stays uncached
+    assert cache.as_f64(w16[:, :2]) is cache.as_f64(w16[:, :2])
+    assert torch.equal(cache.as_f64(w16[:, :2]), w16[:, :2].double())
+    assert cache.as_f64(other) is not cache.as_f64(other)

@@ -273,6 +273,104 @@ def test_ptoas_model_inputs_read_only_without_gm_state(tmp_path):
     assert any("store into a kernel input" in ln for ln in out) and any("RAW with MTE3 -> MTE2" in ln for ln in out)
 
 
+class _PerByteModel:
+    """The hazard rules of the CPU model, one state per byte (as the model first kept them): the reference that
+    its runs of equal-state bytes must match, hazard for hazard."""
+
+    def __init__(self, size):
+        self.state = {space: [[-1, 0, [0] * 7] for _ in range(size)] for space in ("ub", "gm")}
+        self.clock, self.know, self.flags = [0] * 7, [[0] * 7 for _ in range(7)], {}
+        self.hazards, self.notes = 0, []
+
+    def ordered(self, p, q, i):
+        return (q == p and p != 1) or self.know[p][q] >= i
+
+    def note(self, what):
+        self.hazards += 1
+        if len(self.notes) < 40:
+            self.notes.append(what)
+
+    def access(self, space, pipe, i, a, n, write):
+        for b in self.state[space][a:a + n]:
+            if b[0] >= 0 and not self.ordered(pipe, b[0], b[1]) and not (b[0] == pipe and b[1] == i):
+                self.note(("WAW" if write else "RAW") + f" {b[0]}>{pipe}")
+                b[0] = -1
+            if write:
+                for q in range(7):
+                    if b[2][q] and not self.ordered(pipe, q, b[2][q]) and not (q == pipe and b[2][q] == i):
+                        self.note(f"WAR {q}>{pipe}")
+                        b[2][q] = 0
+                b[0], b[1], b[2] = pipe, i, [0] * 7
+            else:
+                b[2][pipe] = i
+
+    def set_flag(self, s, d):
+        snap = list(self.know[s])
+        snap[s] = self.clock[s]
+        self.flags.setdefault((s, d), []).append(snap)
+
+    def wait_flag(self, s, d):
+        snap = self.flags[(s, d)].pop(0)
+        self.know[d] = [max(x, y) for x, y in zip(self.know[d], snap)]
+
+    def barrier_all(self):
+        self.know = [list(self.clock) for _ in range(7)]
+
+
+@needs_ptoas
+def test_ptoas_model_hazard_runs_match_per_byte_rules(tmp_path):
+    """Random overlapping accesses, flags and barriers (UB and GM workspace): the model's run-based hazard state
+    counts the same hazards, in the same order, as one state per byte."""
+    import random
+    import subprocess
+
+    from attnc.codegen.pto.check import MODEL_INCLUDE
+
+    rng = random.Random(7)
+    ref, lines, pending = _PerByteModel(96), [], []
+    names = {0: "S", 1: "V", 2: "M", 3: "MTE1", 4: "MTE2", 5: "MTE3", 6: "FIX"}
+    for _ in range(400):
+        r = rng.random()
+        if r < 0.08:
+            ref.barrier_all()
+            lines.append("pipe_barrier(PIPE_ALL);")
+        elif r < 0.2:
+            s, d = rng.sample(range(1, 7), 2)
+            ref.set_flag(s, d)
+            pending.append((s, d))
+            lines.append(f"m.set_flag({s}, {d}, 0);")
+        elif r < 0.3 and pending:
+            s, d = pending.pop(rng.randrange(len(pending)))
+            if ref.flags[(s, d)]:
+                ref.wait_flag(s, d)
+                lines.append(f"m.wait_flag({s}, {d}, 0);")
+        else:
+            pipe, write = rng.randrange(1, 7), rng.random() < 0.5
+            a = rng.randrange(96)
+            n = rng.randrange(1, 96 - a + 1)
+            space = rng.choice(("ub", "gm"))
+            ref.clock[pipe] += 1
+            ref.access(space, pipe, ref.clock[pipe], a, n, write)
+            where = "m.access(p, i, pto_model::UB, 512 + " if space == "ub" else "m.access_gm(p, i, ws + "
+            lines.append(f"{{ int p = {pipe}; long i = m.issue(p); {where}{a}, {n}, {str(write).lower()}); }}")
+    (tmp_path / "m.cpp").write_text(
+        '#include "common/pto_instr.hpp"\n'
+        "int main() {\n  auto& m = pto_model::model();\n  std::vector<uint8_t> wsv(96);\n"
+        "  uint8_t* ws = wsv.data();\n  " + "\n  ".join(lines) + "\n"
+        "  while (true) { bool any = false; for (int s = 0; s < 7; ++s) for (int d = 0; d < 7; ++d)\n"
+        "    while (!m.flags[s][d][0].empty()) { m.flags[s][d][0].pop_front(); any = true; } if (!any) break; }\n"
+        "  pto_model::report();\n}\n")
+    subprocess.run(["g++", "-std=c++17", "-O1", f"-I{MODEL_INCLUDE}", "-o", str(tmp_path / "m"),
+                    str(tmp_path / "m.cpp")], check=True)
+    out = subprocess.run([str(tmp_path / "m")], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == f"hazards {ref.hazards}" and ref.hazards > 100, (out[:2], ref.hazards)
+    assert out[1] == "errors 0"
+    got = [ln.split(": ", 2)[2] for ln in out[2:]]
+    want = [w.split(" ")[0] + " with " + names[int(w.split(" ")[1].split(">")[0])] + " -> "
+            + names[int(w.split(">")[1])] for w in ref.notes]
+    assert got == want
+
+
 @needs_ptoas
 def test_ptoas_mutation_self_test_wrong_emitters_fail(key_loop):
     assert not _mutation_survivors(key_loop, MUTANTS_QUICK)

@@ -116,6 +116,16 @@ def _harness(plan: KernelPlan, cpp_name: str, blocks: list[int] | None = None) -
     return "\n".join(lines) + "\n"
 
 
+def _f16c() -> list[str]:
+    """-mf16c where the CPU has it: g++ then converts f16 <-> f32 in hardware (round to nearest even, as libgcc's
+    soft conversion it replaces; f64 -> f16 stays a libgcc call), the model's largest cost after its hazard state."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return ["-mf16c"] if re.search(r"^flags\s*:.*\bf16c\b", f.read(), re.M) else []
+    except OSError:
+        return []
+
+
 @dataclass
 class KernelCheck:
     name: str
@@ -168,7 +178,7 @@ def check_kernel(module, inputs: list, loop_index: int, plan: KernelPlan, workdi
         with open(os.path.join(d, "main.cpp"), "w") as f:
             f.write(_harness(plan, os.path.basename(cpp_path), blocks))
         exe = os.path.join(d, "kernel")
-        b = subprocess.run(["g++", "-std=c++17", opt, "-w", f"-I{MODEL_INCLUDE}", "-o", exe,
+        b = subprocess.run(["g++", "-std=c++17", opt, *_f16c(), "-w", f"-I{MODEL_INCLUDE}", "-o", exe,
                             os.path.join(d, "main.cpp")], capture_output=True, text=True, check=False)
         if b.returncode != 0:
             chk.build_error = next((ln for ln in b.stderr.splitlines() if "error" in ln), b.stderr[:200])

@@ -5,7 +5,8 @@
 //   TASSIGN places a tile at ptoas's planned byte address (out of range -> model error). Every tile is a
 //   row-major Rows x Cols matrix (fractal layouts are not modelled). GM is host memory.
 // * Pipes: TLOAD = MTE2, TMOV (L1 -> L0) = MTE1, TMATMUL = M, TSTORE = MTE3 (FIX from L0C), vector ops = V.
-//   Hazard check: every byte remembers its last writer and readers (pipe, instruction number). An access by
+//   Hazard check: every byte remembers its last writer and readers (pipe, instruction number; stored as runs
+//   of bytes with the same state, so an access costs its runs, not its bytes; hazards still count bytes). An access by
 //   pipe P to a byte another pipe Q touched (one of them writing) is a hazard unless P is ordered after that
 //   instruction: by wait_flag(Q, P) on a set_flag(Q, P) issued after it, or pipe_barrier(PIPE_ALL). Dependent
 //   vector instructions also need pipe_barrier(PIPE_V) between them; other pipes are in order. A wait with no
@@ -19,6 +20,7 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -47,12 +49,19 @@ struct ByteState {
   int writer = -1;
   long wclock = 0;
   long rclock[NPIPE] = {0, 0, 0, 0, 0, 0, 0};
+  bool operator==(const ByteState& o) const {
+    return writer == o.writer && wclock == o.wclock && std::equal(rclock, rclock + NPIPE, o.rclock);
+  }
 };
+
+// byte address -> state as runs [start, end) of equal state; an address in no run has the default state
+struct Run { size_t end; ByteState st; };
+using RunMap = std::map<size_t, Run>;
 
 struct Model {
   std::vector<uint8_t> mem[NSPACE];
-  std::vector<ByteState> state[NSPACE];
-  std::unordered_map<uintptr_t, ByteState> gm_state;
+  RunMap state[NSPACE];
+  RunMap gm_state;
   // the kernel's inputs [begin, end): nothing writes them, so their bytes need no hazard state (a flash weight
   // is tens of MB: per-byte state for it took 8.5 GB); a store into one is a model error
   std::vector<std::pair<uintptr_t, uintptr_t>> inputs;
@@ -65,11 +74,11 @@ struct Model {
   std::string op;
 
   Model() {
-    for (int s = 0; s < NSPACE; ++s) { mem[s].assign(kCapacity[s], 0xA5); state[s].resize(kCapacity[s]); }
+    for (int s = 0; s < NSPACE; ++s) mem[s].assign(kCapacity[s], 0xA5);
     reset();
   }
   void reset() {
-    for (int s = 0; s < NSPACE; ++s) std::fill(state[s].begin(), state[s].end(), ByteState());
+    for (int s = 0; s < NSPACE; ++s) state[s].clear();
     gm_state.clear();
     for (int p = 0; p < NPIPE; ++p) { clock[p] = 0; for (int q = 0; q < NPIPE; ++q) know[p][q] = 0; }
     for (auto& a : flags) for (auto& b : a) for (auto& c : b) c.clear();
@@ -84,15 +93,17 @@ struct Model {
     if (q == p && p != PIPE_V) return true;
     return know[p][q] >= i;
   }
-  void touch(ByteState& b, int pipe, long i, bool write) {
+  // the access to each of `n` bytes that share the state `b` (as n single-byte touches: a hazard counts per byte)
+  void touch(ByteState& b, size_t n, int pipe, long i, bool write) {
+    std::vector<std::string> found;
     if (b.writer >= 0 && !ordered(pipe, b.writer, b.wclock) && !(b.writer == pipe && b.wclock == i)) {
-      note(std::string(write ? "WAW" : "RAW") + " with " + pipe_name(b.writer) + " -> " + pipe_name(pipe), true);
+      found.push_back(std::string(write ? "WAW" : "RAW") + " with " + pipe_name(b.writer) + " -> " + pipe_name(pipe));
       b.writer = -1;  // count each unordered pair once
     }
     if (write) {
       for (int q = 0; q < NPIPE; ++q)
         if (b.rclock[q] && !ordered(pipe, q, b.rclock[q]) && !(q == pipe && b.rclock[q] == i)) {
-          note(std::string("WAR with ") + pipe_name(q) + " -> " + pipe_name(pipe), true);
+          found.push_back(std::string("WAR with ") + pipe_name(q) + " -> " + pipe_name(pipe));
           b.rclock[q] = 0;
         }
       b.writer = pipe; b.wclock = i;
@@ -100,10 +111,62 @@ struct Model {
     } else {
       b.rclock[pipe] = i;
     }
+    for (size_t k = 0; k < n && !found.empty(); ++k) {
+      if (notes.size() >= 40) { hazards += (long)((n - k) * found.size()); break; }
+      for (auto& w : found) note(w, true);
+    }
+  }
+  // the run holding `a` starts at `a` (split; a gap before the next run gets a default run up to `limit`)
+  RunMap::iterator split(RunMap& m, size_t a, size_t limit) {
+    auto it = m.upper_bound(a);
+    if (it != m.begin()) {
+      auto prev = std::prev(it);
+      if (prev->first == a) return prev;
+      if (prev->second.end > a) {
+        Run tail = prev->second;
+        prev->second.end = a;
+        return m.emplace_hint(it, a, tail);
+      }
+    }
+    size_t end = it == m.end() ? limit : std::min(limit, it->first);
+    return m.emplace_hint(it, a, Run{end, ByteState()});
+  }
+  void access_runs(RunMap& m, size_t a, size_t bytes, int pipe, long i, bool write) {
+    if (!bytes) return;
+    size_t e = a + bytes;
+    auto it = split(m, a, e);
+    while (true) {
+      if (it->second.end > e) {  // the last run reaches past the access: keep its tail as is
+        Run tail = it->second;
+        it->second.end = e;
+        m.emplace_hint(std::next(it), e, tail);
+      }
+      touch(it->second.st, it->second.end - it->first, pipe, i, write);
+      size_t next = it->second.end;
+      auto prev = it;
+      if (it != m.begin()) {  // merge with the run before when both now hold the same state
+        auto before = std::prev(it);
+        if (before->second.end == it->first && before->second.st == it->second.st) {
+          before->second.end = it->second.end;
+          m.erase(it);
+          prev = before;
+        }
+      }
+      if (next >= e) {
+        auto after = std::next(prev);
+        if (after != m.end() && after->first == prev->second.end && after->second.st == prev->second.st) {
+          prev->second.end = after->second.end;
+          m.erase(after);
+        }
+        return;
+      }
+      it = std::next(prev);
+      if (it == m.end() || it->first != next) it = split(m, next, e);
+    }
   }
   void access(int pipe, long i, int space, size_t addr, size_t bytes, bool write) {
     if (addr + bytes > kCapacity[space]) { note("access beyond the buffer capacity", false); return; }
-    for (size_t k = 0; k < bytes; ++k) touch(state[space][addr + k], pipe, i, write);
+    access_runs(state[space], addr, bytes, pipe, i, write);
   }
   void input(const void* p, size_t bytes) {
     uintptr_t a = reinterpret_cast<uintptr_t>(p);
@@ -116,7 +179,7 @@ struct Model {
         if (write) note("store into a kernel input", false);
         return;
       }
-    for (size_t k = 0; k < bytes; ++k) touch(gm_state[a + k], pipe, i, write);
+    access_runs(gm_state, a, bytes, pipe, i, write);
   }
   void set_flag(int src, int dst, int ev) {
     std::vector<long> snap(know[src], know[src] + NPIPE);
@@ -216,12 +279,20 @@ template <typename T> float f(T x) { return static_cast<float>(x); }
 namespace pto {
 using namespace pto_model;
 
+// the GM bytes of a view, in address order within each row (a row of unit column stride is one access)
+template <typename G> void gm_rows(int pipe, long i, const G& g, bool write) {
+  using E = typename G::elem;
+  for (int r = 0; r < G::rows; ++r) {
+    if (G::cs == 1) { model().access_gm(pipe, i, &g.at(r, 0), sizeof(E) * G::cols, write); continue; }
+    for (int c = 0; c < G::cols; ++c) model().access_gm(pipe, i, &g.at(r, c), sizeof(E), write);
+  }
+}
+
 template <typename TileT, typename G> void TLOAD(TileT& t, const G& g) {
   model().op = "TLOAD";
   long i = model().issue(PIPE_MTE2);
   if (G::rows != TileT::rows || G::cols != TileT::cols) shape_error("TLOAD");
-  for (int r = 0; r < G::rows; ++r)
-    for (int c = 0; c < G::cols; ++c) model().access_gm(PIPE_MTE2, i, &g.at(r, c), sizeof(typename G::elem), false);
+  gm_rows(PIPE_MTE2, i, g, false);
   write(PIPE_MTE2, i, t);
   for (int r = 0; r < TileT::rows; ++r)
     for (int c = 0; c < TileT::cols; ++c) t.at(r, c) = static_cast<typename TileT::elem>(g.at(r, c));
@@ -233,11 +304,9 @@ template <typename G, typename TileT> void TSTORE(const G& g, const TileT& t) {
   long i = model().issue(pipe);
   if (G::rows != TileT::rows || G::cols != TileT::cols) shape_error("TSTORE");
   read(pipe, i, t);
+  gm_rows(pipe, i, g, true);
   for (int r = 0; r < G::rows; ++r)
-    for (int c = 0; c < G::cols; ++c) {
-      model().access_gm(pipe, i, &g.at(r, c), sizeof(typename G::elem), true);
-      g.at(r, c) = static_cast<typename G::elem>(t.at(r, c));
-    }
+    for (int c = 0; c < G::cols; ++c) g.at(r, c) = static_cast<typename G::elem>(t.at(r, c));
 }
 
 template <typename D, typename S> void TMOV(D& d, const S& s) {
@@ -259,12 +328,19 @@ template <typename C, typename A, typename B> void matmul(C& c, const A& a, cons
   read(PIPE_M, i, b);
   if (accumulate) read(PIPE_M, i, c);
   write(PIPE_M, i, c);
-  for (int r = 0; r < C::rows; ++r)
-    for (int n = 0; n < C::cols; ++n) {
-      float acc = accumulate ? f(c.at(r, n)) : 0.0f;
-      for (int k = 0; k < A::cols; ++k) acc += f(a.at(r, k)) * f(b.at(k, n));
-      c.at(r, n) = acc;
+  // k outermost per row: each result still sums its products in k order (the same floats as a dot per entry)
+  std::vector<float> bf((size_t)A::cols * C::cols), acc(C::cols);
+  for (int k = 0; k < A::cols; ++k)
+    for (int n = 0; n < C::cols; ++n) bf[(size_t)k * C::cols + n] = f(b.at(k, n));
+  for (int r = 0; r < C::rows; ++r) {
+    for (int n = 0; n < C::cols; ++n) acc[n] = accumulate ? f(c.at(r, n)) : 0.0f;
+    for (int k = 0; k < A::cols; ++k) {
+      const float x = f(a.at(r, k));
+      const float* brow = &bf[(size_t)k * C::cols];
+      for (int n = 0; n < C::cols; ++n) acc[n] += x * brow[n];
     }
+    for (int n = 0; n < C::cols; ++n) c.at(r, n) = acc[n];
+  }
 }
 template <typename C, typename A, typename B> void TMATMUL(C& c, const A& a, const B& b) { matmul(c, a, b, false); }
 template <typename C, typename A, typename B> void TMATMUL_ACC(C& c, C& c0, const A& a, const B& b) { (void)c0; matmul(c, a, b, true); }
