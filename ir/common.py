@@ -130,7 +130,7 @@ _FACT_FLAGS = ("splat", "packed", "zero_fill", "clone", "prefix", "scalar_ids")
 def pypto_facts_verify(op) -> None:
     """The form of pypto-legalize's facts on a tile op (codegen/pypto/legalize.py): bool flags on the ops they
     describe; `buffer` on a tile.full (`output` = its result index); `padded` one bool per concat input;
-    `carry` one of same/copy/scratch per carried tensor; `scalar_id` the steps of a scatter's id."""
+    `scalar_id` the steps of a scatter's id."""
     attrs = op.attributes
     for name in _FACT_FLAGS:
         if name in attrs:
@@ -153,11 +153,6 @@ def pypto_facts_verify(op) -> None:
         op.expect(kind == "scatter_rows" and isinstance(steps, ArrayAttr) and len(steps.data) >= 1
                   and all(isinstance(s, StringAttr) for s in steps.data),
                   "scalar_id must list the id's steps as strings, on a tile.scatter_rows")
-    if "carry" in attrs:
-        carry = attrs["carry"]
-        op.expect(kind == "parallel" and isinstance(carry, ArrayAttr) and len(carry.data) == len(op.inits)
-                  and all(isinstance(c, StringAttr) and c.data in ("same", "copy", "scratch") for c in carry.data),
-                  "carry must list same/copy/scratch per carried tensor")
 
 
 _CUSTOM_FORMATS = ("operands attr-dict `:` functional-type(operands, results)",  # ops with operands

@@ -305,11 +305,9 @@ class _Emitter:
     def _scatter_rows(self, op, a, loc):
         """One row write per id: a loop over the rows m, the id computed as a scalar (pypto reads scalars only from
         kernel parameters: pypto-legalize's `scalar_id` steps, evaluated per element), a runtime branch skipping
-        ids < 0, and an assemble at the data-dependent row. `in_place` (set by update-in-place) writes the table's
-        own buffer; otherwise a copy of it."""
+        ids < 0, and an assemble at the data-dependent row, into the table's own buffer (`in_place`: set by
+        update-in-place, or by pypto-legalize on a scatter into a copy of the table)."""
         dest = a[0]
-        if not flag(op, "in_place"):
-            dest = self._declared_copy(op.table, loc)
         rows_shape, table_shape = list(shape_of(op.rows.type)), list(shape_of(op.table.type))
         lead = table_shape[:len(table_shape) - len(rows_shape) + 1]  # the table dims a row id runs over
         zeros = ["0"] * (len(rows_shape) - 1)
@@ -357,22 +355,12 @@ class _Emitter:
             cur = step
         return f"pypto.expand_clone({cur}, {shape})" if axes else f"pypto.clone({cur})"
 
-    def _declare(self, v: SSAValue | None, like: SSAValue | None = None) -> str:
-        """A scratch parameter of v's type (or `like`'s), no value written, bound to v if given: see
-        the `carry` fact of pypto-legalize. (Its name is a temporary's, which no kernel parameter may take.)"""
+    def _declare(self, v: SSAValue) -> str:
+        """A scratch parameter of v's type, no value written, bound to v (a tile.full `buffer = "scratch"` of
+        pypto-legalize). (Its name is a temporary's, which no kernel parameter may take.)"""
         name = self.fresh("ws")
-        if v is not None:
-            self.names[v] = name
-        v = like if like is not None else v
+        self.names[v] = name
         self.scratch.append((name, list(shape_of(v.type)), dtype_of(v.type)))
-        return name
-
-    def _declared_copy(self, v: SSAValue, loc: str | None) -> str:
-        """A scratch parameter holding a copy of v, for a loop to write in parts (pypto-legalize `carry = "copy"`)."""
-        name = self._declare(None, v)
-        self.set_tile(v)
-        self.emit(f"pypto.assemble({self.ref(v)}, [{', '.join('0' for _ in shape_of(v.type))}], {name})"
-                  + (f"  # {loc}" if loc else ""))
         return name
 
     def _scalar(self, res, expr):
@@ -406,12 +394,7 @@ class _Emitter:
     def _loop(self, op, loc, bounds, inits, block, results, prefix, step=None):
         lo, hi = self.ref(bounds[0]), self.ref(bounds[1])
         step = step if step is not None else self.ref(bounds[2])
-        carried = []
-        for v, how in zip(inits, op.attributes["carry"].data):  # pypto-legalize: how the loop holds each
-            name = self.ref(v)
-            if how.data != "same":  # the loop updates its own copy in place (no copy of a splat it overwrites)
-                name = self._declare(None, v) if how.data == "scratch" else self._declared_copy(v, loc)
-            carried.append(name)
+        carried = [self.ref(v) for v in inits]  # updated in place (pypto-legalize gave each a buffer to write)
         self.loop_count += 1
         idx = f"{prefix}{self.loop_count}"
         self.emit(f"for {idx} in pypto.loop({lo}, {hi}, {step}, name=\"L{self.loop_count}\", "
@@ -731,7 +714,7 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
         # pypto 0.2.0 may leave the output untouched for `out[:] = t` (seen for loop-carried and assembled
         # tensors, arguments and index_select results): always store a clone
         em.emit(f"{name}[:] = pypto.clone({ref})")
-    for name, shape, dtype in em.scratch:  # after the outputs: scratch parameters (pypto-legalize `carry`)
+    for name, shape, dtype in em.scratch:  # after the outputs: scratch parameters (pypto-legalize `buffer = "scratch"`)
         params.append(f"{name}: pypto.Tensor({shape}, {PYPTO_DTYPE[dtype]})")
         dtypes[name], shapes[name] = dtype, shape
     return _TEMPLATE.get_template("pypto_kernel.py.j2").render(

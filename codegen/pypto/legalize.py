@@ -10,6 +10,9 @@ emitter prints each tile op plainly):
   floor), a cast back: pypto 0.2.0 has no int32 division and its cost model no REM (rewrite_int_divisions).
 * `tile.concat` of i1 -> selects of 1.0/0.0 (f32, `splat`), their concat, a compare with 1.0: pypto 0.2.0
   cannot concat bool tensors (rewrite_bool_concats).
+* the init of a loop that writes it in parts -> a scratch buffer (a copy of the init, or the buffer alone),
+  a `tile.scatter_rows` not `in_place` -> a copy of its table scattered into in place (rewrite_carried_tensors;
+  see below).
 
 Then it records, as attributes, the facts that the pypto 0.2.0 program depends on and
 that only an analysis of uses and producers can establish. The emitter (codegen/pypto/emit.py) reads them and
@@ -23,19 +26,20 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
   tensor (no copy; pypto 0.2.0 also drops `out[:] = carried`).
   `buffer = "scratch"`: the init of a `tile.parallel` that writes every element of it: its value is dead; a
   scratch parameter is declared, never filled.
+* loops (`tile.parallel`, `scf.for`) carry each tensor in place. pypto 0.2.0's runtime needs an assembled tensor
+  to be a kernel parameter: a loop assembling into an op's result is never given its buffer (F74007 "Missing
+  RUNTIME_SlotMarkNeedAlloc for assemble slot", then F7A008 and a double free; at larger sizes the simulator
+  hangs), and a `pypto.tensor` declaration crashes the verify runs of some programs (F76005 "Invalid slot
+  index"). So a loop that writes in parts (pypto.assemble) an init that is not a kernel parameter or a declared
+  buffer, or that has other uses, is given a new `buffer = "scratch"` tile.full (a scratch parameter) as its
+  init: with a copy of the old init assembled into it, or alone when the old init is a splat the loop overwrites
+  everywhere (rewrite_carried_tensors; a non-`in_place` scatter's table the same way).
 * `tile.full` `splat`: a float splat inside a loop read only as a value operand of selects: pypto.where takes
   the number (a filled tensor is vector tasks in every iteration: the CSA core's per-token logit fill cost 256
   tasks, 232.2 -> 210.8 us). Outside loops a fill is made once (folding those too moved decode_hca 4050.9 ->
   4184.5 us); floats only (pypto 0.2.0's verifier cannot execute an int32 WHERE_TS). The splats a rewrite
   makes (rewrite_bool_concats) are numbers wherever they are, while they are read as a select's value or a
   compare's right-hand side.
-* loops (`tile.parallel`, `scf.for`) `carry = [...]`, one per carried tensor: "copy" when the loop writes a
-  tensor in parts (pypto.assemble) that is not a kernel parameter or already declared, or that has other uses;
-  "scratch" when such an init is a splat the loop overwrites everywhere; "same" otherwise (updated in place).
-  pypto 0.2.0's runtime needs an assembled tensor to be a kernel parameter: a loop assembling into an op's
-  result is never given its buffer (F74007 "Missing RUNTIME_SlotMarkNeedAlloc for assemble slot", then F7A008
-  and a double free; at larger sizes the simulator hangs), and a `pypto.tensor` declaration crashes the verify
-  runs of some programs (F76005 "Invalid slot index"). So such a tensor is a scratch parameter of the kernel.
 * `tile.concat` `packed`: a row concat (axis 0, rank 2, not i1) with a zero-padded piece: emitted as assembles
   into one scratch tensor (no copy task per piece: CSA core 308.5 -> 263.7 us); `padded = [bools]` marks its
   zero-padded pieces (their padding rows are written as zeros).
@@ -66,15 +70,15 @@ from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, StringAttr, UnitAttr, 
 from xdsl.ir import BlockArgument, Operation, SSAValue
 
 from attnc.codegen.escape import code_text
-from attnc.ir.common import bool_attr, op_location, str_attr
+from attnc.ir.common import LOC_ATTR, bool_attr, op_location, str_attr
 from attnc.ir.types import dtype_of, shape_of, tensor_type
 from attnc.passes import AttncPass, PassError, register
 from attnc.ir.dsl import emit_op
 from attnc.ir.tile_dialect import TILE
-from attnc.passes._build import before, tile_full, tile_op
+from attnc.passes._build import before, const, tile_full, tile_op
 
 # every attribute this pass sets (cleared first: the pass is idempotent)
-FACTS = ("in_out", "buffer", "output", "splat", "carry", "packed", "padded", "zero_fill", "clone", "prefix",
+FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "zero_fill", "clone", "prefix",
          "scalar_ids", "scalar_id", "pypto_legalized")
 
 
@@ -234,7 +238,8 @@ def scratch_inits(block, outputs: dict) -> set:
 
 
 def _carry(loop: Operation, inits, params: set, declared: set) -> list[str]:
-    """How the loop holds each carried tensor (see the module docstring: "same", "copy", "scratch")."""
+    """How the loop can hold each carried tensor: "same" (in place), "copy" (a scratch copy of it), "scratch"
+    (a scratch buffer alone: a splat the loop overwrites everywhere); see the module docstring."""
     out = []
     for j, v in enumerate(inits):
         known = v in params or v in declared or _parallel_carried(v)
@@ -521,6 +526,60 @@ def rewrite_int_divisions(fn: Operation) -> None:
             op.erase()
 
 
+def _is_copy_buffer(full: Operation) -> bool:
+    """A scratch tile.full a copy was assembled into (_scratch_copy): its one use the assemble's destination."""
+    return (full.attributes.get("buffer") == StringAttr("scratch") and full.result.has_one_use()
+            and next(iter(full.result.uses)).operation.name == "tile.assemble"
+            and next(iter(full.result.uses)).index == 1)
+
+
+def _scratch_buffer(at: Operation, like: SSAValue, value: float = 0.0) -> SSAValue:
+    """A tile.full of like's type before `at`, `buffer = "scratch"`: a scratch kernel parameter, never filled."""
+    with before(at):
+        full = tile_full(shape_of(like.type), value, dtype_of(like.type)).value
+    full.owner.attributes["buffer"] = StringAttr("scratch")
+    return full
+
+
+def _scratch_copy(at: Operation, v: SSAValue) -> SSAValue:
+    """v assembled whole into a scratch buffer before `at` (which then writes the copy in parts): pypto 0.2.0's
+    runtime gives an assembled tensor its buffer only when it is a kernel parameter (module docstring)."""
+    buf = _scratch_buffer(at, v)
+    with before(at):
+        zeros = [const(0) for _ in shape_of(v.type)]
+        copy = emit_op(TILE["assemble"], [v, buf, zeros, []], [buf.type]).results[0]
+    if LOC_ATTR not in at.attributes:
+        copy.owner.attributes.pop(LOC_ATTR)
+    return copy
+
+
+def rewrite_carried_tensors(fn: Operation, carries: list) -> None:
+    """Each loop's carried tensor that `_carry` does not find "same" held in a scratch buffer, and each scatter
+    that is not `in_place` made one into a copy of its table (see the module docstring)."""
+    for loop, how in carries:
+        for j, kind in enumerate(how):
+            if kind != "same":
+                _carry_in_scratch(loop, j, kind)
+    for op in [o for o in fn.walk() if o.name == "tile.scatter_rows" and not _in_place(o)]:
+        op.operands[0] = _scratch_copy(op, op.table)
+        op.attributes["in_place"] = _flag()
+
+
+def _carry_in_scratch(loop: Operation, j: int, kind: str) -> None:
+    """The loop's carried tensor j held in a scratch parameter: a copy of its init ("copy"), or, for a splat the
+    loop overwrites everywhere ("scratch"), the buffer alone."""
+    init = loop.operands[_first_init(loop) + j]
+    if kind == "scratch":
+        loop.operands[_first_init(loop) + j] = _scratch_buffer(loop, init, init.owner.value.value.data)
+    else:
+        loop.operands[_first_init(loop) + j] = _scratch_copy(loop, init)
+
+
+def _first_init(loop: Operation) -> int:
+    """The operand index of a loop's first carried tensor (tile.parallel: lower, upper; scf.for: lb, ub, step)."""
+    return 2 if loop.name == "tile.parallel" else 3
+
+
 def _splat(shape, value: float) -> SSAValue:
     full = tile_full(shape, value, "f32").value
     full.owner.attributes["splat"] = _flag()
@@ -540,6 +599,8 @@ def legalize_function(fn: Operation) -> None:
     rewrite_i8_casts(fn)
     rewrite_bool_concats(fn)
     rewrite_int_divisions(fn)
+    # the scratch buffers a rewrite made (copies for a loop or a scatter to write in parts) stay declared
+    copies = [op for op in fn.walk() if op.name == "tile.full" and _is_copy_buffer(op)]
     # the splats a rewrite made stay numbers while they are read as such (the others are stated again below)
     made = [op for op in fn.walk() if op.name == "tile.full" and flag(op, "splat") and _read_as_number(op)]
     for op in [fn, *fn.walk()]:
@@ -547,6 +608,8 @@ def legalize_function(fn: Operation) -> None:
             op.attributes.pop(name, None)
     for op in made:
         op.attributes["splat"] = _flag()
+    for op in copies:
+        op.attributes["buffer"] = StringAttr("scratch")
     block = fn.body.block
     fn.attributes["in_out"] = _names(in_out_results(fn))
     outputs = output_inits(block.last_op)
@@ -563,7 +626,8 @@ def legalize_function(fn: Operation) -> None:
         if op.name == "tile.scatter_rows":
             op.attributes["scalar_id"] = _names(scalar_id_steps(op, names))
     params = set(block.args)
-    declared = set(outputs) | scratch
+    declared = set(outputs) | scratch | {next(iter(op.result.uses)).operation.result for op in copies}
+    carries = []
     for op in block.walk():
         if op.name == "tile.full" and "buffer" not in op.attributes and select_splat(op):
             op.attributes["splat"] = _flag()
@@ -575,7 +639,8 @@ def legalize_function(fn: Operation) -> None:
             next(iter(op.result.uses)).operation.attributes["prefix"] = _flag()
         elif op.name in ("tile.parallel", "scf.for"):
             inits = op.inits if op.name == "tile.parallel" else op.iter_args
-            op.attributes["carry"] = _names(_carry(op, inits, params, declared))
+            carries.append((op, _carry(op, inits, params, declared)))
+    rewrite_carried_tensors(fn, carries)
     for op in block.walk():
         if op.name != "tile.view":
             continue
@@ -596,8 +661,8 @@ def legalize_function(fn: Operation) -> None:
 class PyptoLegalize(AttncPass):
     name = "pypto-legalize"
     summary = ("pypto path, last: rewrites what pypto 0.2.0 cannot run (i8 casts, bool concats, integer "
-               "division), then the facts the program needs as attributes (buffers, carried tensors, packed "
-               "concats, prefix gathers, splats, scalar ids) for the emitter to print")
+               "division, loops and scatters writing in parts), then the facts the program needs as attributes "
+               "(buffers, packed concats, prefix gathers, splats, scalar ids) for the emitter to print")
     tolerance = 0.0
 
     def apply(self, ctx, op):

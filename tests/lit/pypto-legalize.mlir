@@ -6,7 +6,7 @@
 // CHECK-SAME: in_out = []
 // CHECK-SAME: pypto_legalized
 // CHECK: %[[INIT:.*]] = tile.full {buffer = "output", output = 0 : i64
-// CHECK: tile.parallel {{.*}} inits(%[[INIT]] {{.*}} carry = ["same"]
+// CHECK: tile.parallel {{.*}} inits(%[[INIT]] :
 // CHECK: tile.concat {{.*}} {packed = true, padded = [false, true, false, true]
 // CHECK: func.return
 
