@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 import pytest
-from xdsl.dialects.builtin import ArrayAttr, StringAttr
+from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, StringAttr, i1
 
 from attnc.codegen.pypto.emit import emit_pypto, in_place_outputs
 from attnc.ir import parse_ir, print_ir
@@ -146,6 +146,7 @@ def test_the_emitter_prints_the_facts_it_is_given():
     (init,) = _ops(fn, "tile.full")
     init.attributes["buffer"] = StringAttr("scratch")
     init.attributes.pop("output")
+    fn.attributes["copy_out"] = ArrayAttr([IntegerAttr(1, i1)])
     declared = emit_pypto(mod)
     assert 'SCRATCH_NAMES = ["ws1"]' in declared and "pypto.full(" not in declared
     assert "y[:] = pypto.clone(ws1)" in declared

@@ -121,11 +121,8 @@ class _Emitter:
     out_names: list = field(default_factory=list)  # kernel parameter names of the outputs
     scratch: list = field(default_factory=list)  # (name, shape, dtype) of the scratch parameters (_declare)
     vec_budget: int = PyptoOptions.vec_tile_elems
-    params: set = field(default_factory=set)  # the kernel's input parameters (SSA block arguments)
-    # what the emitter printed so far, by value: the value whose whole buffer a view/reshape result is, a
-    # zero-padded view's valid row count, the prefix gathers emitted where their view is
-    base: dict = field(default_factory=dict)
-    loop_budget: dict = field(default_factory=dict)  # a loop result -> the vector tile budget inside that loop
+    # what the emitter printed so far, by value: a zero-padded view's valid row count, the prefix gathers
+    # emitted where their view is
     valid_rows: dict = field(default_factory=dict)
     prefix_gathers: dict = field(default_factory=dict)
     # the pieces of each packed concat with a zero-padded piece: [[shape, offset, padded], ...] per concat
@@ -134,17 +131,6 @@ class _Emitter:
 
     def vec_tile_of(self, shape, dtype: str, budget: int | None = None) -> str:
         return ", ".join(map(str, vec_tile(shape, dtype, budget or self.vec_budget)))
-
-    def parameter_names(self) -> set:
-        """Names of the kernel parameters bound so far: inputs, outputs carried by their loop, scratch."""
-        return ({self.names[p] for p in self.params} | set(self.out_names)
-                | {name for name, _, _ in self.scratch})
-
-    def whole_of(self, v: SSAValue) -> SSAValue:
-        """The value whose whole buffer v is: through reshapes and views of all of their source (a view whose type
-        is its source's, no valid shape: at a runtime offset that can only be 0, e.g. the row of a one-trip batch
-        loop)."""
-        return self.base.get(v, v)
 
     def fresh(self, prefix="t") -> str:
         self.counter += 1
@@ -260,13 +246,13 @@ class _Emitter:
         self.emit(f"{scratch} = pypto.tensor({shape}, {dt}, \"{scratch}\")  # {loc}")
         row, group = 0, []
         self.assembled_pieces.append(group)  # (a packed concat always has a zero-padded piece: pypto-legalize)
-        for piece, padded in zip(op.inputs, op.attributes["padded"].data):
+        for piece, padded, cloned in zip(op.inputs, op.attributes["padded"].data, op.attributes["cloned"].data):
             padded = bool(padded.value.data)
             rows, rest = shape_of(piece.type)[0], list(shape_of(piece.type)[1:])
             group.append([[rows, *rest], [row, *(0 for _ in rest)], padded])
             self.set_tile(piece)
             ref = self.ref(piece)
-            if self.ref(self.whole_of(piece)) in self.parameter_names():
+            if cloned.value.data:  # all of a kernel parameter's buffer (pypto-legalize `cloned`):
                 # pypto 0.2.0 fails to compile an assemble of all of a kernel parameter's buffer (an input, output
                 # or scratch) inside a loop into a tensor a matmul reads ("The L0C-to-L1 copy op can have only one
                 # input and one output tensor", SrcDstBufferMerge; verify runs SIGSEGV): a one-row batch's step
@@ -417,7 +403,6 @@ class _Emitter:
         self.depth -= 1
         for r, name in zip(results, carried):
             self.names[r] = name
-            self.loop_budget[r] = loop_vec_budget(op, outer_budget)
 
 
 # ---------------------------------------------------------------------------------------------- rules
@@ -506,8 +491,7 @@ def _print_reshape(self: _Emitter, op: Operation, loc: str | None):  # pypto til
     # copy -- a copy is one task per tile, and a data-dependent gather from it then waits on every one of
     # them (pypto 0.2.0 links each gather task to each copy task: 2048 x 2048 links for the indexer's
     # idx_cmp at B=64, more than the runtime's stitch pool holds, F74001 "Slab alloc null, type=9")
-    inplace = ", inplace=True" if a[0] in {self.names[p] for p in self.params} else ""
-    self.base[res] = self.whole_of(op.input)
+    inplace = ", inplace=True" if flag(op, "inplace") else ""
     self.bind(res, f"pypto.reshape({a[0]}, {shape}{inplace})", loc, tile_of=op.input)
     if flag(op, "clone"):  # a one-row batched matmul lhs: its own buffer (pypto-legalize; FB4001 otherwise)
         self.set_tile(res)
@@ -598,8 +582,6 @@ def _print_view(self: _Emitter, op: Operation, loc: str | None):
         return self._gather_prefix(self.prefix_gathers[op.source], op.result, self.ref(op.valid[0]), loc)
     a, res, dt, shape = self.operands(op)
     n = len(op.offsets)
-    if not len(op.valid) and op.result.type == op.source.type:
-        self.base[res] = self.whole_of(op.source)
     whole = (not len(op.valid) and all(v in self.consts and self.consts[v] == 0 for v in op.offsets)
              and shape_of(op.source.type) == tuple(shape))
     if whole:  # a view of all of a tensor is the tensor
@@ -639,10 +621,7 @@ def _print_assemble(self: _Emitter, op: Operation, loc: str | None):
 
 @_rule("read")
 def _print_read(self: _Emitter, op: Operation, loc: str | None):
-    a, res, dt, shape = self.operands(op)
-    if op.source not in self.params:  # pypto 0.2.0 fails at run time (GetTensorData, F3FFFF)
-        raise EmitError(f"{loc}: tile.read of a computed tensor has no pypto 0.2.0 lowering: pypto reads "
-                        "scalars only from kernel parameters")
+    a, res, dt, shape = self.operands(op)  # of a kernel parameter (pypto-legalize refuses any other)
     return self._scalar(res, f"{a[0]}[{', '.join(a[1:])}]")
 
 
@@ -696,7 +675,6 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
     block = fn.body.block
     for arg, name in zip(block.args, arg_names):
         em.names[arg] = name
-        em.params.add(arg)
     ret = block.last_op
     for op in block.ops:
         em.op(op)
@@ -706,14 +684,14 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
             continue
         params.append(f"{name}: pypto.Tensor({list(shape_of(t))}, {PYPTO_DTYPE[dtype_of(t)]})")
         dtypes[name], shapes[name] = dtype_of(t), list(shape_of(t))
-    for name, v in zip(out_names, ret.operands):
-        ref = em.ref(v)
-        if ref == name:  # written in place by its loop
+    for name, v, copied, budget in zip(out_names, ret.operands, fn.attributes["copy_out"].data,
+                                       fn.attributes["copy_out_tile_elems"].data):
+        if not copied.value.data:  # written in place by its loop (pypto-legalize `copy_out`)
             continue
-        em.set_tile(v, em.loop_budget.get(em.whole_of(v)))  # rows a loop assembled: with that loop's tile budget
+        em.set_tile(v, budget.value.data or None)  # rows a loop assembled: with that loop's tile budget
         # pypto 0.2.0 may leave the output untouched for `out[:] = t` (seen for loop-carried and assembled
         # tensors, arguments and index_select results): always store a clone
-        em.emit(f"{name}[:] = pypto.clone({ref})")
+        em.emit(f"{name}[:] = pypto.clone({em.ref(v)})")
     for name, shape, dtype in em.scratch:  # after the outputs: scratch parameters (pypto-legalize `buffer = "scratch"`)
         params.append(f"{name}: pypto.Tensor({shape}, {PYPTO_DTYPE[dtype]})")
         dtypes[name], shapes[name] = dtype, shape

@@ -65,7 +65,7 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from xdsl.dialects import arith, scf
+from xdsl.dialects import arith, func, scf
 from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, StringAttr, UnitAttr, i1, i64
 from xdsl.ir import BlockArgument, Operation, SSAValue
 
@@ -78,8 +78,8 @@ from attnc.ir.tile_dialect import TILE
 from attnc.passes._build import before, const, tile_full, tile_op
 
 # every attribute this pass sets (cleared first: the pass is idempotent)
-FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "zero_fill", "clone", "prefix",
-         "scalar_ids", "scalar_id", "pypto_legalized")
+FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "cloned", "zero_fill", "clone", "inplace",
+         "prefix", "scalar_ids", "scalar_id", "copy_out", "copy_out_tile_elems", "pypto_legalized")
 
 
 def _flag(v: bool = True) -> IntegerAttr:
@@ -263,6 +263,80 @@ def in_out_results(fn: Operation) -> list[str]:
         if name in args and v is args[name] and name not in found:
             found.append(name)
     return found
+
+
+# ------------------------------------------------------------------------------------------- buffers a value names
+
+
+def _is_loop(op) -> bool:
+    return isinstance(op, Operation) and op.name in ("tile.parallel", "scf.for")
+
+
+def buffer_of(v: SSAValue) -> SSAValue:
+    """The value whose buffer v is in the program (the emitter gives v its name): through views of all of a
+    tensor, assembles (their destination), scatters (in place: their table) and loops (a carried tensor's init)."""
+    while True:
+        if isinstance(v, BlockArgument):
+            loop = v.owner.parent_op()
+            if not (_is_loop(loop) and v.index > 0):
+                return v
+            v = loop.operands[_first_init(loop) + v.index - 1]
+            continue
+        op = v.owner
+        if _is_loop(op):
+            v = op.operands[_first_init(op) + v.index]
+        elif op.name == "tile.assemble":
+            v = op.dest
+        elif op.name == "tile.scatter_rows":
+            v = op.table
+        elif (op.name == "tile.view" and not len(op.valid) and all(_const(o) == 0 for o in op.offsets)
+              and shape_of(op.source.type) == shape_of(v.type)):
+            v = op.source
+        else:
+            return v
+
+
+def whole_of(v: SSAValue) -> SSAValue:
+    """The value whose whole buffer v is: through reshapes and views of all of their source (a view whose type is
+    its source's, no valid shape: at a runtime offset that can only be 0, e.g. the row of a one-trip batch loop)."""
+    while True:
+        op = v.owner
+        if _is(op, "tile.reshape"):
+            v = op.input
+        elif _is(op, "tile.view") and not len(op.valid) and v.type == op.source.type:
+            v = op.source
+        else:
+            return v
+
+
+def _is_param(v: SSAValue) -> bool:
+    """v is a kernel input parameter (an argument of the entry function)."""
+    return isinstance(v, BlockArgument) and isinstance(v.owner.parent_op(), func.FuncOp)
+
+
+def _is_kernel_parameter(v: SSAValue) -> bool:
+    """v's buffer is a kernel parameter: an input, an output carried by its loop, or a scratch buffer."""
+    b = buffer_of(v)
+    return _is_param(b) or (_is(b, "tile.full") and "buffer" in b.owner.attributes)
+
+
+def output_copies(fn: Operation) -> tuple[list, list]:
+    """Per result: is it copied into its output parameter after the body (not when it is the output buffer a loop
+    wrote in place, or a parameter updated in place), and the vector tile budget of the loop that made it (0:
+    the kernel's)."""
+    block = fn.body.block
+    in_out = {a.data for a in fn.attributes["in_out"].data}
+    args = dict(zip((a.data for a in fn.attributes["arg_names"].data), block.args))
+    copied, budgets = [], []
+    for i, (name, v) in enumerate(zip((a.data for a in fn.attributes["result_names"].data), block.last_op.operands)):
+        b = buffer_of(v)
+        carried = _is(b, "tile.full") and b.owner.attributes.get("buffer") == StringAttr("output") and \
+            b.owner.attributes["output"].value.data == i
+        copied.append(not (carried or (name in in_out and b is args.get(name))))
+        loop = whole_of(v).owner
+        budget = loop.attributes.get("vec_tile_elems") if _is_loop(loop) else None
+        budgets.append(budget.value.data if budget is not None else 0)
+    return copied, budgets
 
 
 # ------------------------------------------------------------------------------------------- views, concats
@@ -593,9 +667,19 @@ def _read_as_number(full: Operation) -> bool:
                                           for u in full.result.uses)
 
 
+def check_scalar_reads(fn: Operation) -> None:
+    """A tile.read must read a kernel parameter: pypto 0.2.0 reads a scalar only from one (GetTensorData of a
+    computed tensor fails at run time, F3FFFF)."""
+    for op in fn.walk():
+        if op.name == "tile.read" and not _is_param(op.source):
+            raise PassError(f"{code_text(op_location(op))}: tile.read of a computed tensor has no pypto 0.2.0 "
+                            "lowering: pypto reads scalars only from kernel parameters")
+
+
 def legalize_function(fn: Operation) -> None:
     """Rewrite fn's ops that pypto 0.2.0 cannot run as they are (values unchanged), then set every fact of the
     module docstring on fn and its ops (clearing the ones a previous run set)."""
+    check_scalar_reads(fn)
     rewrite_i8_casts(fn)
     rewrite_bool_concats(fn)
     rewrite_int_divisions(fn)
@@ -653,6 +737,13 @@ def legalize_function(fn: Operation) -> None:
     for op in block.walk():
         if op.name == "tile.reshape" and any(one_row_batched_lhs(u) for u in op.result.uses):
             op.attributes["clone"] = _flag()
+        if op.name == "tile.reshape" and _is_param(buffer_of(op.input)):
+            op.attributes["inplace"] = _flag()
+        if op.name == "tile.concat" and flag(op, "packed"):
+            op.attributes["cloned"] = ArrayAttr([_flag(_is_kernel_parameter(whole_of(v))) for v in op.inputs])
+    copied, budgets = output_copies(fn)
+    fn.attributes["copy_out"] = ArrayAttr([_flag(c) for c in copied])
+    fn.attributes["copy_out_tile_elems"] = ArrayAttr([IntegerAttr(b, i64) for b in budgets])
     fn.attributes["pypto_legalized"] = UnitAttr()
 
 
