@@ -124,12 +124,12 @@ def _with_fact_checks(verify):
     return verify_
 
 
-_FACT_FLAGS = ("splat", "packed", "zero_fill", "clone", "prefix", "scalar_ids")
+_FACT_FLAGS = ("splat", "packed", "zero_fill", "clone", "inplace", "prefix", "scalar_ids")
 
 
 def pypto_facts_verify(op) -> None:
     """The form of pypto-legalize's facts on a tile op (codegen/pypto/legalize.py): bool flags on the ops they
-    describe; `buffer` on a tile.full (`output` = its result index); `padded` one bool per concat input;
+    describe; `buffer` on a tile.full (`output` = its result index); `padded`, `cloned` one bool per concat input;
     `scalar_id` the steps of a scatter's id."""
     attrs = op.attributes
     for name in _FACT_FLAGS:
@@ -144,10 +144,13 @@ def pypto_facts_verify(op) -> None:
                   "an output buffer names its result index (output = i), a scratch one none")
     if "splat" in attrs:
         op.expect(kind == "full", "splat is a tile.full fact")
-    if "padded" in attrs:
-        padded = attrs["padded"]
-        op.expect(kind == "concat" and isinstance(padded, ArrayAttr) and len(padded.data) == len(op.operands),
-                  "padded must list one bool per concat input")
+    for name in ("padded", "cloned"):
+        if name in attrs:
+            per = attrs[name]
+            op.expect(kind == "concat" and isinstance(per, ArrayAttr) and len(per.data) == len(op.operands),
+                      f"{name} must list one bool per concat input")
+    if "inplace" in attrs:
+        op.expect(kind == "reshape", "inplace is a tile.reshape fact")
     if "scalar_id" in attrs:
         steps = attrs["scalar_id"]
         op.expect(kind == "scatter_rows" and isinstance(steps, ArrayAttr) and len(steps.data) >= 1

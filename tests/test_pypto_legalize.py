@@ -156,6 +156,7 @@ def test_the_emitter_prints_the_facts_it_is_given():
     ("buffer", 'buffer = "somewhere"', "buffer must be"),
     ("output", 'buffer = "output"', "output buffer names its result index"),
     ("splat", "splat = 3 : i64", "splat must be a bool"),
+    ("inplace", "inplace = true", "inplace is a tile.reshape fact"),
 ])
 def test_the_verifier_checks_each_facts_form(attr, value, message):
     text = PARALLEL.replace('"tile.full"() <{value = 0.0 : f64}> {loc = "t.py:1"}',
