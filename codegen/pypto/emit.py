@@ -563,8 +563,6 @@ def _print_full(self: _Emitter, op: Operation, loc: str | None):
     if flag(op, "splat"):  # pypto.where takes the number itself: no tensor filled per use
         self.names[res] = py_float(value)
         return
-    if dtype_of(res.type) == "i1":  # pypto 0.2.0 codegen cannot splat bool: compare an f32 splat
-        return self.bind(res, f"pypto.eq(pypto.full({shape}, {float(value != 0)!r}, pypto.DT_FP32), 1.0)", loc)
     value = repr(int(value)) if dtype_of(res.type) in ("i32", "i8") else py_float(value)
     return self.bind(res, f"pypto.full({shape}, {value}, {dt})", loc)
 

@@ -10,6 +10,8 @@ emitter prints each tile op plainly):
   floor), a cast back: pypto 0.2.0 has no int32 division and its cost model no REM (rewrite_int_divisions).
 * `tile.concat` of i1 -> selects of 1.0/0.0 (f32, `splat`), their concat, a compare with 1.0: pypto 0.2.0
   cannot concat bool tensors (rewrite_bool_concats).
+* `tile.full` of i1 -> a fill of 1.0/0.0 in f32 and a compare with 1.0 (`splat`): pypto 0.2.0's codegen cannot
+  fill a bool tensor (rewrite_bool_splats).
 * the init of a loop that writes it in parts -> a scratch buffer (a copy of the init, or the buffer alone),
   a `tile.scatter_rows` not `in_place` -> a copy of its table scattered into in place (rewrite_carried_tensors;
   see below).
@@ -570,6 +572,26 @@ def rewrite_bool_concats(fn: Operation) -> None:
         _replace(op, eq.value)
 
 
+def rewrite_bool_splats(fn: Operation) -> None:
+    """An i1 tile.full becomes an f32 fill of 1.0/0.0 and a compare with 1.0 (`splat`: pypto.eq takes the
+    number): pypto 0.2.0's codegen cannot fill a bool tensor. A buffer (`buffer`) is never filled; a fill nobody
+    reads (the init a loop overwrites everywhere, once rewrite_carried_tensors gave the loop a scratch buffer)
+    goes."""
+    for op in [o for o in fn.walk() if o.name == "tile.full" and dtype_of(o.result.type) == "i1"
+               and "buffer" not in o.attributes]:
+        if not op.result.uses:
+            op.detach()
+            op.erase()
+            continue
+        shape = shape_of(op.result.type)
+        with before(op):
+            fill = tile_full(shape, float(op.value.value.data != 0), "f32").value
+            eq = tile_op("cmp", [fill, _splat(shape, 1.0)], op.result.type, predicate=str_attr("eq"))
+        if "tile_rows" in op.attributes:  # the row cap of its vector tile (schedule-compressor)
+            fill.owner.attributes["tile_rows"] = eq.value.owner.attributes["tile_rows"] = op.attributes["tile_rows"]
+        _replace(op, eq.value)
+
+
 def rewrite_int_divisions(fn: Operation) -> None:
     """An integer floordiv/rem read as a tensor becomes f32 arithmetic: casts of both operands to f32, div, floor
     (rem: a - b * floor), a cast back (rint): pypto 0.2.0 has no int32 division and its cost model no REM. Exact
@@ -725,6 +747,7 @@ def legalize_function(fn: Operation) -> None:
             inits = op.inits if op.name == "tile.parallel" else op.iter_args
             carries.append((op, _carry(op, inits, params, declared)))
     rewrite_carried_tensors(fn, carries)
+    rewrite_bool_splats(fn)  # after: a bool splat a loop overwrites everywhere is a scratch buffer, never filled
     for op in block.walk():
         if op.name != "tile.view":
             continue
