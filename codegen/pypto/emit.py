@@ -329,17 +329,10 @@ class _Emitter:
             self.emit(f"{env[f's{i}']} = {step.format(**env)}")
         return last.format(**env)
 
-    def _expand(self, src: str, src_shape: list, shape: list, dtype: str) -> str:
-        """pypto 0.2.0 expands one axis per expand_clone: chain them; returns the last expression."""
-        axes = [i for i, (a, b) in enumerate(zip(src_shape, shape)) if a != b]
-        cur, cur_shape = src, list(src_shape)
-        for i in axes[:-1]:
-            cur_shape[i] = shape[i]
-            step = self.fresh("e")
-            self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of(cur_shape, dtype)})")
-            self.emit(f"{step} = pypto.expand_clone({cur}, {cur_shape})")
-            cur = step
-        return f"pypto.expand_clone({cur}, {shape})" if axes else f"pypto.clone({cur})"
+    @staticmethod
+    def _expand(src: str, src_shape: list, shape: list) -> str:
+        """src expanded to shape, over one axis at most (pypto-legalize splits broadcasts over several)."""
+        return f"pypto.expand_clone({src}, {shape})" if list(src_shape) != list(shape) else f"pypto.clone({src})"
 
     def _declare(self, v: SSAValue) -> str:
         """A scratch parameter of v's type, no value written, bound to v (a tile.full `buffer = "scratch"` of
@@ -481,7 +474,7 @@ def _print_matmul(self: _Emitter, op: Operation, loc: str | None):
 @_rule("broadcast")
 def _print_broadcast(self: _Emitter, op: Operation, loc: str | None):
     a, res, dt, shape = self.operands(op)
-    return self.bind(res, self._expand(a[0], list(shape_of(op.input.type)), shape, dtype_of(res.type)), loc)
+    return self.bind(res, self._expand(a[0], shape_of(op.input.type), shape), loc)
 
 
 @_rule("reshape")
@@ -547,7 +540,7 @@ def _print_iota(self: _Emitter, op: Operation, loc: str | None):
     self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of([shape[axis]], 'i32')})")
     self.emit(f"{ramp} = pypto.cast(pypto.arange({shape[axis]}), pypto.DT_INT32)")
     self.emit(f"{ramp} = pypto.reshape({ramp}, {view_shape})")
-    return self.bind(res, self._expand(ramp, view_shape, shape, "i32"), loc)
+    return self.bind(res, self._expand(ramp, view_shape, shape), loc)
 
 
 @_rule("full")

@@ -10,6 +10,9 @@ emitter prints each tile op plainly):
   floor), a cast back: pypto 0.2.0 has no int32 division and its cost model no REM (rewrite_int_divisions).
 * `tile.concat` of i1 -> selects of 1.0/0.0 (f32, `splat`), their concat, a compare with 1.0: pypto 0.2.0
   cannot concat bool tensors (rewrite_bool_concats).
+* `tile.broadcast` over several axes -> one broadcast per axis; a `tile.iota` whose ramp expands over several
+  axes -> an iota over the first and such broadcasts: pypto 0.2.0's expand_clone expands one axis
+  (rewrite_broadcast_chains).
 * `tile.full` of i1 -> a fill of 1.0/0.0 in f32 and a compare with 1.0 (`splat`): pypto 0.2.0's codegen cannot
   fill a bool tensor (rewrite_bool_splats).
 * the init of a loop that writes it in parts -> a scratch buffer (a copy of the init, or the buffer alone),
@@ -592,6 +595,40 @@ def rewrite_bool_splats(fn: Operation) -> None:
         _replace(op, eq.value)
 
 
+def _expanded_axes(src, dst) -> list[int]:
+    return [i for i, (a, b) in enumerate(zip(src, dst)) if a != b]
+
+
+def rewrite_broadcast_chains(fn: Operation) -> None:
+    """A tile.broadcast over several axes becomes one broadcast per axis, in axis order; a tile.iota whose ramp
+    expands over several axes becomes an iota over the first of them and such broadcasts: pypto 0.2.0's
+    expand_clone expands one axis."""
+    for op in [o for o in fn.walk() if o.name in ("tile.broadcast", "tile.iota")]:
+        dst = list(shape_of(op.result.type))
+        if op.name == "tile.iota":
+            axis = op.axis.value.data
+            src = [d if i == axis else 1 for i, d in enumerate(dst)]
+        else:
+            src = list(shape_of(op.input.type))
+        axes = _expanded_axes(src, dst)
+        if len(axes) < 2:
+            continue
+        dtype, cur_shape = dtype_of(op.result.type), list(src)
+        with before(op):
+            cur_shape[axes[0]] = dst[axes[0]]
+            if op.name == "tile.iota":
+                cur = emit_op(TILE["iota"], [], [tensor_type(cur_shape, dtype)], {"axis": op.axis}).results[0]
+            else:
+                cur = tile_op("broadcast", [op.input], tensor_type(cur_shape, dtype)).value
+            for i in axes[1:-1]:
+                cur_shape[i] = dst[i]
+                cur = tile_op("broadcast", [cur], tensor_type(cur_shape, dtype)).value
+            last = tile_op("broadcast", [cur], op.result.type)
+        if "tile_rows" in op.attributes:  # the row cap of its vector tile (schedule-compressor)
+            last.value.owner.attributes["tile_rows"] = op.attributes["tile_rows"]
+        _replace(op, last.value)
+
+
 def rewrite_int_divisions(fn: Operation) -> None:
     """An integer floordiv/rem read as a tensor becomes f32 arithmetic: casts of both operands to f32, div, floor
     (rem: a - b * floor), a cast back (rint): pypto 0.2.0 has no int32 division and its cost model no REM. Exact
@@ -704,6 +741,7 @@ def legalize_function(fn: Operation) -> None:
     check_scalar_reads(fn)
     rewrite_i8_casts(fn)
     rewrite_bool_concats(fn)
+    rewrite_broadcast_chains(fn)
     rewrite_int_divisions(fn)
     # the scratch buffers a rewrite made (copies for a loop or a scatter to write in parts) stay declared
     copies = [op for op in fn.walk() if op.name == "tile.full" and _is_copy_buffer(op)]
