@@ -121,13 +121,19 @@ class _Emitter:
     out_names: list = field(default_factory=list)  # kernel parameter names of the outputs
     scratch: list = field(default_factory=list)  # (name, shape, dtype) of the scratch parameters (_declare)
     vec_budget: int = PyptoOptions.vec_tile_elems
-    # what the emitter printed so far, by value: a zero-padded view's valid row count, the prefix gathers
-    # emitted where their view is
-    valid_rows: dict = field(default_factory=dict)
-    prefix_gathers: dict = field(default_factory=dict)
+    # what the emitter printed about a value, for the ops that read it (one table, see `note`)
+    printed: dict = field(default_factory=dict)
     # the pieces of each packed concat with a zero-padded piece: [[shape, offset, padded], ...] per concat
     assembled_pieces: list = field(default_factory=list)
-    row_caps: dict = field(default_factory=dict)  # a printed op's result -> its op's `tile_rows` (vector tile row cap)
+
+    def note(self, v: SSAValue, **facts):
+        """Record what printing v's op stated about v: `rows` its vector tile's row cap (the op's `tile_rows`),
+        `valid` a zero-padded view's valid row count (an expression), `gather` the prefix gather printed where
+        its view is."""
+        self.printed.setdefault(v, {}).update(facts)
+
+    def noted(self, v: SSAValue, fact: str):
+        return self.printed.get(v, {}).get(fact)
 
     def vec_tile_of(self, shape, dtype: str, budget: int | None = None) -> str:
         return ", ".join(map(str, vec_tile(shape, dtype, budget or self.vec_budget)))
@@ -148,7 +154,7 @@ class _Emitter:
 
     def set_tile(self, v: SSAValue, budget: int | None = None):
         tile = vec_tile(shape_of(v.type), dtype_of(v.type), budget or self.vec_budget)
-        rows = self.row_caps.get(v)
+        rows = self.noted(v, "rows")
         if rows is not None and len(tile) > 1:  # the pass's row cap: a chain of ops keeps one row group per tile
             tile[0] = min(tile[0], rows)
         self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, tile))})")
@@ -223,7 +229,8 @@ class _Emitter:
             raise EmitError(f"{loc}: tile.{kind} has no pypto 0.2.0 lowering: the emitter has no rule for it")
         cap = op.attributes.get("tile_rows")  # the row cap of its results' vector tiles (schedule-compressor)
         if cap is not None:
-            self.row_caps.update(dict.fromkeys(op.results, cap.value.data))
+            for r in op.results:
+                self.note(r, rows=cap.value.data)
         return rule(self, op, loc)
 
     def operands(self, op: Operation):
@@ -260,7 +267,7 @@ class _Emitter:
                 ref = f"pypto.clone({ref})"
             self.emit(f"pypto.assemble({ref}, [{row}, {', '.join('0' for _ in rest)}], {scratch})")
             if padded:
-                valid = self.valid_rows[piece]
+                valid = self.noted(piece, "valid")
                 self.emit(f"if {valid} < {rows}:  # the piece's padding rows read as zeros")
                 self.depth += 1
                 pad = self.fresh("z")
@@ -516,7 +523,7 @@ def _print_concat(self: _Emitter, op: Operation, loc: str | None):
 def _print_gather_rows(self: _Emitter, op: Operation, loc: str | None):
     a, res, dt, shape = self.operands(op)
     if flag(op, "prefix"):  # emitted where its zero-padded view is, with the valid ids only
-        self.prefix_gathers[res] = op
+        self.note(res, gather=op)
         return
     # a row list gathers in tiles as large as UB holds (a gather task costs the scheduler more than its
     # copy: CSA core 349.8 -> 308.5 us with 128 of 512 picked rows per tile, 256 rows overflow UB); with
@@ -569,8 +576,8 @@ def _print_scatter_rows(self: _Emitter, op: Operation, loc: str | None):
 @_rule("view")
 def _print_view(self: _Emitter, op: Operation, loc: str | None):
     if flag(op, "prefix"):  # the gather of the valid ids only (pypto-legalize), here
-        self.valid_rows[op.result] = self.ref(op.valid[0])
-        return self._gather_prefix(self.prefix_gathers[op.source], op.result, self.ref(op.valid[0]), loc)
+        self.note(op.result, valid=self.ref(op.valid[0]))
+        return self._gather_prefix(self.noted(op.source, "gather"), op.result, self.ref(op.valid[0]), loc)
     a, res, dt, shape = self.operands(op)
     n = len(op.offsets)
     whole = (not len(op.valid) and all(v in self.consts and self.consts[v] == 0 for v in op.offsets)
@@ -582,7 +589,7 @@ def _print_view(self: _Emitter, op: Operation, loc: str | None):
     extra = f", valid_shape=[{', '.join(valid)}]" if valid else ""
     self.bind(res, f"pypto.view({a[0]}, {shape}, [{', '.join(offs)}]{extra})", loc)
     if valid:
-        self.valid_rows[res] = valid[0]
+        self.note(res, valid=valid[0])
     if flag(op, "zero_fill"):  # give the tile its zero padding first (pypto-legalize)
         self.emit(f"{self.names[res]} = pypto.reshape({self.names[res]}, {shape}, valid_shape={shape})")
     if flag(op, "clone"):
