@@ -47,13 +47,20 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
   compare's right-hand side.
 * `tile.concat` `packed`: a row concat (axis 0, rank 2, not i1) with a zero-padded piece: emitted as assembles
   into one scratch tensor (no copy task per piece: CSA core 308.5 -> 263.7 us); `padded = [bools]` marks its
-  zero-padded pieces (their padding rows are written as zeros).
+  zero-padded pieces (their padding rows are written as zeros); `cloned = [bools]` the pieces that are all of a
+  kernel parameter's buffer (an input, an output or a scratch buffer): assembled as a clone, since pypto 0.2.0
+  fails to compile an assemble of all of a parameter's buffer inside a loop into a tensor a matmul reads ("The
+  L0C-to-L1 copy op can have only one input and one output tensor", SrcDstBufferMerge; verify runs SIGSEGV).
 * `tile.view` `zero_fill`: a zero-padded view read by an unpacked concat, which concatenates the valid parts
   only: the tile gets its zero padding first. `clone`: a rank >= 3 view not read only by reshapes: pypto 0.2.0
   mis-sizes its raw tensor when a batched matmul reads it ("Shape size mismatch" at codegen).
 * `tile.reshape` `clone`: the lhs of a batched matmul (both operands rank >= 3) with one row per batch and more
   than one batch: pypto 0.2.0's per-pass verify, from InferDynShape on, reads batch 0's row of a reshaped lhs for
   every batch (FB4001, values wholly different; SIM right): a clone gives the operand its own buffer.
+  `inplace`: a reshape of a kernel input's buffer (through views of all of it, assembles, in-place scatters,
+  loops: buffer_of) is a view of it, no copy: a copy is one task per tile, and pypto 0.2.0 links each
+  data-dependent gather task from it to each copy task (2048 x 2048 links for the indexer's idx_cmp at B=64, more
+  than the runtime's stitch pool holds: F74001 "Slab alloc null, type=9").
 * `tile.gather_rows` / `tile.view` `prefix`: a row-list gather read only through one zero-padded view of its
   leading rows that packed concats consume: only the valid ids are gathered, where the view is (pypto 0.2.0's
   per-pass verifier cannot execute a gather whose index has a runtime valid shape: FB200F).
@@ -62,6 +69,13 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
 * `tile.scatter_rows` `scalar_id = [steps]`: its row m's id as pypto scalar expressions of the ops computing the
   ids ({m} the row, {sN} step N's value; the last step is the id): pypto 0.2.0 reads a scalar only from a kernel
   parameter (GetTensorData), not from a computed tensor.
+* `func.func` `copy_out = [bools]`: per result, stored into its output parameter as `out[:] = pypto.clone(t)`
+  after the body (pypto 0.2.0 may leave the output untouched for `out[:] = t`), unless it is the output buffer its
+  loop wrote in place or an in/out parameter; `copy_out_tile_elems = [ints]`: the vector tile budget of the loop
+  that made it (`vec_tile_elems`; 0: the kernel's), under which the copy runs.
+
+A `tile.read` of a computed tensor is refused (check_scalar_reads): pypto 0.2.0 reads a scalar only from a
+kernel parameter (GetTensorData fails at run time, F3FFFF).
 """
 from __future__ import annotations
 
@@ -812,9 +826,10 @@ def legalize_function(fn: Operation) -> None:
 @dataclass(frozen=True)
 class PyptoLegalize(AttncPass):
     name = "pypto-legalize"
-    summary = ("pypto path, last: rewrites what pypto 0.2.0 cannot run (i8 casts, bool concats, integer "
-               "division, loops and scatters writing in parts), then the facts the program needs as attributes "
-               "(buffers, packed concats, prefix gathers, splats, scalar ids) for the emitter to print")
+    summary = ("pypto path, last: rewrites what pypto 0.2.0 cannot run (i8 casts, bool concats and fills, "
+               "integer division, broadcasts over several axes, loops and scatters writing in parts), then the "
+               "facts the program needs as attributes (buffers, packed concats, in-place reshapes, prefix "
+               "gathers, splats, scalar ids, output copies) for the emitter to print")
     tolerance = 0.0
 
     def apply(self, ctx, op):
