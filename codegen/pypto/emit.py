@@ -6,10 +6,12 @@ pypto symbolic scalars. Every statement is preceded by the tile shape it needs (
 `set_vec_tile_shapes` of the op's rank; matmuls: `set_cube_tile_shapes`) and followed by the DSL line it came
 from. The module skeleton is a jinja2 template; the output is deterministic.
 
-The emitter prints what the IR says: the facts that need an analysis of uses and producers (buffers, carried
-tensors, packed concats, prefix gathers, splats, scalar ids) are attributes set by the `pypto-legalize` pass
-(codegen/pypto/legalize.py), and each tile op class has one rule in RULES; `_Emitter.op` walks the IR and the
-table (tests/test_pypto_legalize.py lists the IR queries the emitter makes)."""
+The emitter prints what the IR says: pypto-legalize rewrote what pypto 0.2.0 cannot run (scratch buffers for
+tensors loops write in parts, bool fills, broadcast chains, ...), and the facts that need an analysis of uses
+and producers (buffers, packed concats, in-place reshapes, prefix gathers, splats, scalar ids, output copies)
+are attributes set by the `pypto-legalize` pass (codegen/pypto/legalize.py), and each tile op class has one
+rule in RULES; `_Emitter.op` walks the IR and the table (tests/test_pypto_legalize.py lists the IR queries the
+emitter makes)."""
 from __future__ import annotations
 
 import math
