@@ -124,12 +124,12 @@ def _with_fact_checks(verify):
     return verify_
 
 
-_FACT_FLAGS = ("splat", "packed", "zero_fill", "clone", "inplace", "prefix", "scalar_ids")
+_FACT_FLAGS = ("splat", "packed", "zero_fill", "zero_pad", "clone", "inplace", "prefix", "scalar_ids")
 
 
 def pypto_facts_verify(op) -> None:
     """The form of pypto-legalize's facts on a tile op (codegen/pypto/legalize.py): bool flags on the ops they
-    describe; `buffer` on a tile.full (`output` = its result index); `padded`, `cloned` one bool per concat input;
+    describe; `buffer` on a tile.full (`output` = its result index); `padded` one bool per concat input;
     `scalar_id` the steps of a scatter's id."""
     attrs = op.attributes
     for name in _FACT_FLAGS:
@@ -138,13 +138,13 @@ def pypto_facts_verify(op) -> None:
     kind = op.name.split(".", 1)[1]
     if "buffer" in attrs:
         buffer = attrs["buffer"]
-        op.expect(kind == "full" and isinstance(buffer, StringAttr) and buffer.data in ("output", "scratch"),
-                  "buffer must be \"output\" or \"scratch\", on a tile.full")
+        op.expect(kind == "full" and isinstance(buffer, StringAttr) and buffer.data in ("output", "scratch", "local"),
+                  "buffer must be \"output\", \"scratch\" or \"local\", on a tile.full")
         op.expect((buffer.data == "output") == isinstance(attrs.get("output"), IntegerAttr),
                   "an output buffer names its result index (output = i), a scratch one none")
     if "splat" in attrs:
         op.expect(kind == "full", "splat is a tile.full fact")
-    for name in ("padded", "cloned"):
+    for name in ("padded",):
         if name in attrs:
             per = attrs[name]
             op.expect(kind == "concat" and isinstance(per, ArrayAttr) and len(per.data) == len(op.operands),

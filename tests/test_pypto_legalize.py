@@ -85,11 +85,22 @@ def test_a_scatter_that_is_not_in_place_writes_a_scratch_copy_of_its_table():
 
 
 def test_a_row_concat_with_a_zero_padded_piece_is_packed():
-    _, fn = _legalized(WHOLE.replace("STEP_ROWS", "1"))
-    (concat,) = _ops(fn, "tile.concat")
-    assert concat.attributes["packed"].value.data
-    assert [bool(p.value.data) for p in concat.attributes["padded"].data] == [False, True, False]
+    """Rewritten into assembles of its pieces at their row offsets into a local buffer; the zero-padded piece's
+    `zero_pad`, the piece that is all of a kernel parameter (the one-row step) `clone`; the same after a rerun."""
+    mod, fn = _legalized(WHOLE.replace("STEP_ROWS", "1"))
+    assert not _ops(fn, "tile.concat")
+    (buf,) = [op for op in _ops(fn, "tile.full") if op.attributes.get("buffer") == StringAttr("local")]
+    pieces, cur = [], buf.result
+    while cur.has_one_use() and next(iter(cur.uses)).operation.name == "tile.assemble":
+        pieces.append(next(iter(cur.uses)).operation)
+        cur = pieces[-1].result
+    assert [("zero_pad" in p.attributes, "clone" in p.attributes) for p in pieces] == [
+        (False, False), (True, False), (False, True)]
+    assert pieces[0].dest is buf.result and all(b.dest is a.result for a, b in zip(pieces, pieces[1:]))
     assert not any("zero_fill" in v.attributes for v in _ops(fn, "tile.view"))  # a packed concat: no zero fill
+    once = print_ir(mod)
+    legalize_function(fn)
+    assert print_ir(mod) == once
 
 
 ZERO_FILL = """\

@@ -243,42 +243,19 @@ class _Emitter:
         shape = list(shape_of(res.type)) if dt else None
         return a, res, dt, shape
 
-    def _packed_concat(self, op, res, loc):
-        """A row concat with zero-padded pieces (pypto-legalize `packed`): each piece is assembled into one scratch tensor
-        at its row offset, a zero-padded piece as its valid rows plus, only when it has padding, a zero block
-        below them. A gather feeding a piece writes straight into the scratch (no copy task per piece, which a
-        pypto.concat costs: CSA core 308.5 -> 263.7 us)."""
-        shape, dt = list(shape_of(res.type)), PYPTO_DTYPE[dtype_of(res.type)]
-        scratch = self.fresh("k")
-        self.names[res] = scratch
-        self.set_tile(res)
-        self.emit(f"{scratch} = pypto.tensor({shape}, {dt}, \"{scratch}\")  # {loc}")
-        row, group = 0, []
-        self.assembled_pieces.append(group)  # (a packed concat always has a zero-padded piece: pypto-legalize)
-        for piece, padded, cloned in zip(op.inputs, op.attributes["padded"].data, op.attributes["cloned"].data):
-            padded = bool(padded.value.data)
-            rows, rest = shape_of(piece.type)[0], list(shape_of(piece.type)[1:])
-            group.append([[rows, *rest], [row, *(0 for _ in rest)], padded])
-            self.set_tile(piece)
-            ref = self.ref(piece)
-            if cloned.value.data:  # all of a kernel parameter's buffer (pypto-legalize `cloned`):
-                # pypto 0.2.0 fails to compile an assemble of all of a kernel parameter's buffer (an input, output
-                # or scratch) inside a loop into a tensor a matmul reads ("The L0C-to-L1 copy op can have only one
-                # input and one output tensor", SrcDstBufferMerge; verify runs SIGSEGV): a one-row batch's step
-                # row. A copy has a buffer of its own
-                ref = f"pypto.clone({ref})"
-            self.emit(f"pypto.assemble({ref}, [{row}, {', '.join('0' for _ in rest)}], {scratch})")
-            if padded:
-                valid = self.noted(piece, "valid")
-                self.emit(f"if {valid} < {rows}:  # the piece's padding rows read as zeros")
-                self.depth += 1
-                pad = self.fresh("z")
-                self.set_tile(piece)
-                self.emit(f"{pad} = pypto.full({[rows, *rest]}, 0.0, {dt}, valid_shape=[{rows} - {valid}, "
-                          f"{', '.join(map(str, rest))}])")
-                self.emit(f"pypto.assemble({pad}, [{row} + {valid}, {', '.join('0' for _ in rest)}], {scratch})")
-                self.depth -= 1
-            row += rows
+    def _zero_rows_below(self, op, row: str, dest: str):
+        """After a zero-padded piece of a packed concat (pypto-legalize `zero_pad`): zeros at its padding rows,
+        only when it has padding (its valid row count is a runtime value)."""
+        rows, rest = shape_of(op.tile.type)[0], list(shape_of(op.tile.type)[1:])
+        valid = self.noted(op.tile, "valid")
+        self.emit(f"if {valid} < {rows}:  # the piece's padding rows read as zeros")
+        self.depth += 1
+        pad = self.fresh("z")
+        self.set_tile(op.tile)
+        self.emit(f"{pad} = pypto.full({[rows, *rest]}, 0.0, {PYPTO_DTYPE[dtype_of(op.tile.type)]}, "
+                  f"valid_shape=[{rows} - {valid}, {', '.join(map(str, rest))}])")
+        self.emit(f"pypto.assemble({pad}, [{row} + {valid}, {', '.join('0' for _ in rest)}], {dest})")
+        self.depth -= 1
 
     def _gather_prefix(self, gather, res, valid: str, loc):
         """The zero-padded view of a gather's first `valid` rows: gather only those ids (the rest of the index
@@ -516,8 +493,6 @@ def _print_transpose(self: _Emitter, op: Operation, loc: str | None):
 @_rule("concat")
 def _print_concat(self: _Emitter, op: Operation, loc: str | None):
     a, res, dt, shape = self.operands(op)
-    if flag(op, "packed"):
-        return self._packed_concat(op, res, loc)
     return self.bind(res, f"pypto.concat([{', '.join(a)}], {op.axis.value.data})", loc)
 
 
@@ -561,6 +536,14 @@ def _print_full(self: _Emitter, op: Operation, loc: str | None):
         return
     if buffer is not None and buffer.data == "scratch":  # the parallel writes every element: value dead
         return self._declare(res)
+    if buffer is not None and buffer.data == "local":  # a packed concat's pieces are assembled into it
+        name = self.fresh("k")
+        self.names[res] = name
+        self.set_tile(res)
+        self.emit(f"{name} = pypto.tensor({shape}, {dt}, \"{name}\")  # {loc}")
+        self.note(res, pieces=[])
+        self.assembled_pieces.append(self.noted(res, "pieces"))
+        return
     value = op.value.value.data
     if flag(op, "splat"):  # pypto.where takes the number itself: no tensor filled per use
         self.names[res] = py_float(value)
@@ -609,14 +592,21 @@ def _print_assemble(self: _Emitter, op: Operation, loc: str | None):
     offs, valid = a[2:2 + n], a[2 + n:]
     self.set_tile(op.tile)
     tile = a[0]
+    if flag(op, "clone"):  # all of a kernel parameter's buffer, assembled as a packed concat's piece
+        tile = f"pypto.clone({tile})"
     if valid:  # write only the valid part: pypto does not carry valid shapes through every op
         tile = self.fresh("v")
         zeros = ", ".join("0" for _ in range(n))
         self.emit(f"{tile} = pypto.view({a[0]}, {list(shape_of(op.tile.type))}, [{zeros}], "
                   f"valid_shape=[{', '.join(valid)}])")
-    self.emit(f"pypto.assemble({tile}, [{', '.join(offs)}], {a[1]})  # {loc}")
+    self.emit(f"pypto.assemble({tile}, [{', '.join(offs)}], {a[1]})" + (f"  # {loc}" if loc else ""))
     self.names[res] = a[1]  # in place: the destination is dead after this op
-    return
+    pieces = self.noted(op.dest, "pieces")
+    if pieces is not None:  # a piece of a packed concat (pypto-legalize): listed for the AssembleChecker excuse
+        pieces.append([list(shape_of(op.tile.type)), [int(o) for o in offs], flag(op, "zero_pad")])
+        self.note(res, pieces=pieces)
+    if flag(op, "zero_pad"):
+        self._zero_rows_below(op, offs[0], a[1])
 
 
 @_rule("read")

@@ -15,6 +15,7 @@ emitter prints each tile op plainly):
   (rewrite_broadcast_chains).
 * `tile.full` of i1 -> a fill of 1.0/0.0 in f32 and a compare with 1.0 (`splat`): pypto 0.2.0's codegen cannot
   fill a bool tensor (rewrite_bool_splats).
+* a `packed` row concat (below) -> assembles into a local buffer (rewrite_packed_concats).
 * the init of a loop that writes it in parts -> a scratch buffer (a copy of the init, or the buffer alone),
   a `tile.scatter_rows` not `in_place` -> a copy of its table scattered into in place (rewrite_carried_tensors;
   see below).
@@ -45,12 +46,14 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
   4184.5 us); floats only (pypto 0.2.0's verifier cannot execute an int32 WHERE_TS). The splats a rewrite
   makes (rewrite_bool_concats) are numbers wherever they are, while they are read as a select's value or a
   compare's right-hand side.
-* `tile.concat` `packed`: a row concat (axis 0, rank 2, not i1) with a zero-padded piece: emitted as assembles
-  into one scratch tensor (no copy task per piece: CSA core 308.5 -> 263.7 us); `padded = [bools]` marks its
-  zero-padded pieces (their padding rows are written as zeros); `cloned = [bools]` the pieces that are all of a
-  kernel parameter's buffer (an input, an output or a scratch buffer): assembled as a clone, since pypto 0.2.0
-  fails to compile an assemble of all of a parameter's buffer inside a loop into a tensor a matmul reads ("The
-  L0C-to-L1 copy op can have only one input and one output tensor", SrcDstBufferMerge; verify runs SIGSEGV).
+* `tile.concat` `packed`: a row concat (axis 0, rank 2, not i1) with a zero-padded piece; `padded = [bools]`
+  marks its zero-padded pieces. Then rewritten (rewrite_packed_concats) into assembles of the pieces at their row
+  offsets into a `tile.full` with `buffer = "local"` (a `pypto.tensor`; no copy task per piece, which a
+  pypto.concat costs: CSA core 308.5 -> 263.7 us). A zero-padded piece's assemble is `zero_pad`: zeros are
+  written at its padding rows (pypto assembles the valid rows only). A piece that is all of a kernel parameter's
+  buffer (an input, an output or a scratch buffer) is assembled as a clone (`clone`): pypto 0.2.0 fails to
+  compile an assemble of all of a parameter's buffer inside a loop into a tensor a matmul reads ("The L0C-to-L1
+  copy op can have only one input and one output tensor", SrcDstBufferMerge; verify runs SIGSEGV).
 * `tile.view` `zero_fill`: a zero-padded view read by an unpacked concat, which concatenates the valid parts
   only: the tile gets its zero padding first. `clone`: a rank >= 3 view not read only by reshapes: pypto 0.2.0
   mis-sizes its raw tensor when a batched matmul reads it ("Shape size mismatch" at codegen).
@@ -62,7 +65,7 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
   data-dependent gather task from it to each copy task (2048 x 2048 links for the indexer's idx_cmp at B=64, more
   than the runtime's stitch pool holds: F74001 "Slab alloc null, type=9").
 * `tile.gather_rows` / `tile.view` `prefix`: a row-list gather read only through one zero-padded view of its
-  leading rows that packed concats consume: only the valid ids are gathered, where the view is (pypto 0.2.0's
+  leading rows that packed concats (or their pieces' assembles) consume: only the valid ids are gathered, where the view is (pypto 0.2.0's
   per-pass verifier cannot execute a gather whose index has a runtime valid shape: FB200F).
 * `scalar_ids` on top-level tile ops used only as scatter_rows ids (or by such ops): the ids are evaluated as
   scalars where used (pypto reads scalars only from kernel parameters), so these tensors are never made.
@@ -97,7 +100,7 @@ from attnc.ir.tile_dialect import TILE
 from attnc.passes._build import before, const, tile_full, tile_op
 
 # every attribute this pass sets (cleared first: the pass is idempotent)
-FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "cloned", "zero_fill", "clone", "inplace",
+FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "zero_pad", "zero_fill", "clone", "inplace",
          "prefix", "scalar_ids", "scalar_id", "copy_out", "copy_out_tile_elems", "pypto_legalized")
 
 
@@ -333,10 +336,13 @@ def _is_param(v: SSAValue) -> bool:
     return isinstance(v, BlockArgument) and isinstance(v.owner.parent_op(), func.FuncOp)
 
 
+_PARAM_BUFFERS = (StringAttr("output"), StringAttr("scratch"))
+
+
 def _is_kernel_parameter(v: SSAValue) -> bool:
     """v's buffer is a kernel parameter: an input, an output carried by its loop, or a scratch buffer."""
     b = buffer_of(v)
-    return _is_param(b) or (_is(b, "tile.full") and "buffer" in b.owner.attributes)
+    return _is_param(b) or (_is(b, "tile.full") and b.owner.attributes.get("buffer") in _PARAM_BUFFERS)
 
 
 def output_copies(fn: Operation) -> tuple[list, list]:
@@ -385,8 +391,16 @@ def gathers_prefix(gather: Operation) -> bool:
     return (view.name == "tile.view" and zero_padded_rows(view.result)
             and all(_const(o) == 0 for o in view.offsets)
             and shape_of(view.result.type) == shape_of(gather.result.type)
-            and view.result.uses and all(u.operation.name == "tile.concat" and packs(u.operation)
-                                         for u in view.result.uses))
+            and view.result.uses and all((u.operation.name == "tile.concat" and packs(u.operation))
+                                         or (u.index == 0 and _is_piece(u.operation)) for u in view.result.uses))
+
+
+def _is_piece(op: Operation) -> bool:
+    """op assembles a piece of a packed concat (rewrite_packed_concats): into a `buffer = "local"` tile.full."""
+    if op.name != "tile.assemble":
+        return False
+    b = buffer_of(op.dest)
+    return _is(b, "tile.full") and b.owner.attributes.get("buffer") == StringAttr("local")
 
 
 def select_splat(full: Operation) -> bool:
@@ -740,6 +754,35 @@ def _read_as_number(full: Operation) -> bool:
                                           for u in full.result.uses)
 
 
+def rewrite_packed_concats(fn: Operation) -> None:
+    """A `packed` row concat becomes assembles of its pieces at their row offsets into a `buffer = "local"`
+    tile.full (a `pypto.tensor`; no copy task per piece, which a pypto.concat costs: CSA core 308.5 -> 263.7 us);
+    a zero-padded piece's assemble is `zero_pad` (zeros written at its padding rows: pypto assembles the valid rows
+    only), a piece that is all of a kernel parameter's buffer is `clone` (pypto 0.2.0 fails to compile an assemble
+    of it inside a loop into a tensor a matmul reads: SrcDstBufferMerge)."""
+    for op in [o for o in fn.walk() if o.name == "tile.concat" and flag(o, "packed")]:
+        padded = [bool(p.value.data) for p in op.attributes["padded"].data]
+        cloned = [_is_kernel_parameter(whole_of(v)) for v in op.inputs]
+        rows_cap = op.attributes.get("tile_rows")
+        with before(op):
+            cur = tile_full(shape_of(op.result.type), 0.0, dtype_of(op.result.type)).value
+            cur.owner.attributes["buffer"] = StringAttr("local")
+            made, row = [cur.owner], 0
+            for v, pad, clone in zip(op.inputs, padded, cloned):
+                offsets = [const(row), *(const(0) for _ in shape_of(v.type)[1:])]
+                asm = emit_op(TILE["assemble"], [v, cur, offsets, []], [op.result.type])
+                asm.attributes.pop(LOC_ATTR)
+                for name, on in (("zero_pad", pad), ("clone", clone)):
+                    if on:
+                        asm.attributes[name] = _flag()
+                made.append(asm)
+                cur, row = asm.results[0], row + shape_of(v.type)[0]
+        if rows_cap is not None:  # the row cap of its vector tile (schedule-compressor)
+            for new in made:
+                new.attributes["tile_rows"] = rows_cap
+        _replace(op, cur)
+
+
 def check_scalar_reads(fn: Operation) -> None:
     """A tile.read must read a kernel parameter: pypto 0.2.0 reads a scalar only from one (GetTensorData of a
     computed tensor fails at run time, F3FFFF)."""
@@ -757,8 +800,13 @@ def legalize_function(fn: Operation) -> None:
     rewrite_bool_concats(fn)
     rewrite_broadcast_chains(fn)
     rewrite_int_divisions(fn)
-    # the scratch buffers a rewrite made (copies for a loop or a scatter to write in parts) stay declared
+    # the scratch buffers a rewrite made (copies for a loop or a scatter to write in parts) stay declared, and the
+    # packed concats a rewrite made stay assembles into a local buffer
     copies = [op for op in fn.walk() if op.name == "tile.full" and _is_copy_buffer(op)]
+    locals_ = [op for op in fn.walk() if op.name == "tile.full"
+               and op.attributes.get("buffer") == StringAttr("local")]
+    pieces = {op: {k: op.attributes[k] for k in ("zero_pad", "clone") if k in op.attributes}
+              for op in fn.walk() if _is_piece(op)}
     # the splats a rewrite made stay numbers while they are read as such (the others are stated again below)
     made = [op for op in fn.walk() if op.name == "tile.full" and flag(op, "splat") and _read_as_number(op)]
     for op in [fn, *fn.walk()]:
@@ -768,6 +816,10 @@ def legalize_function(fn: Operation) -> None:
         op.attributes["splat"] = _flag()
     for op in copies:
         op.attributes["buffer"] = StringAttr("scratch")
+    for op in locals_:
+        op.attributes["buffer"] = StringAttr("local")
+    for op, facts in pieces.items():
+        op.attributes.update(facts)
     block = fn.body.block
     fn.attributes["in_out"] = _names(in_out_results(fn))
     outputs = output_inits(block.last_op)
@@ -814,8 +866,7 @@ def legalize_function(fn: Operation) -> None:
             op.attributes["clone"] = _flag()
         if op.name == "tile.reshape" and _is_param(buffer_of(op.input)):
             op.attributes["inplace"] = _flag()
-        if op.name == "tile.concat" and flag(op, "packed"):
-            op.attributes["cloned"] = ArrayAttr([_flag(_is_kernel_parameter(whole_of(v))) for v in op.inputs])
+    rewrite_packed_concats(fn)
     copied, budgets = output_copies(fn)
     fn.attributes["copy_out"] = ArrayAttr([_flag(c) for c in copied])
     fn.attributes["copy_out_tile_elems"] = ArrayAttr([IntegerAttr(b, i64) for b in budgets])

@@ -13,13 +13,15 @@
 // CHECK: %f = tile.reshape %e :
 
 // The HCA core: its output is the output parameter its token loop writes in place (no copy out), and no piece
-// of its packed key concat is all of a kernel parameter's buffer (`cloned`: such a piece is assembled as a
-// clone, pypto 0.2.0 fails to compile the assemble otherwise, SrcDstBufferMerge).
+// of its packed key concat is all of a kernel parameter's buffer (such a piece's assemble is `clone`: pypto 0.2.0
+// fails to compile the assemble otherwise, SrcDstBufferMerge).
 // RUN: attnc compile hca_attn_core --config tiny -p 'tile-softmax{kv-tile=128},parallelize-tokens{rows=32},schedule-attention,tile-matmul{k=512},lower-to-tiles,canonicalize,cse,update-in-place,pypto-legalize' -o - | filecheck %s --check-prefix=HCA
 // HCA-LABEL: func.func @hca_attn_core
 // HCA-SAME: copy_out = [false], copy_out_tile_elems = [16384 : i64]
 // HCA: tile.reshape %q {inplace = true}
-// HCA: tile.concat {{.*}} {packed = true, padded = [false, true, false, true], cloned = [false, false, false, false]
+// HCA: tile.full {buffer = "local"
+// HCA-NOT: clone = true
+// HCA: func.return
 builtin.module {
   func.func @bufs(%x: tensor<4x8xf32>, %n: tensor<2xi32>) -> (tensor<8x4xf32>, tensor<32xf32>) attributes {arg_names = ["x", "n"], result_names = ["y", "z"]} {
     %c0 = arith.constant 0 : index
