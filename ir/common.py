@@ -123,13 +123,13 @@ def _with_fact_checks(verify):
     return verify_
 
 
-_FACT_FLAGS = ("splat", "packed", "zero_fill", "clone", "prefix", "scalar_ids")
+_FACT_FLAGS = ("splat", "packed", "zero_fill", "zero_pad", "clone", "inplace", "prefix", "scalar_ids")
 
 
 def pypto_facts_verify(op) -> None:
     """The form of pypto-legalize's facts on a tile op (codegen/pypto/legalize.py): bool flags on the ops they
     describe; `buffer` on a tile.full (`output` = its result index); `padded` one bool per concat input;
-    `carry` one of same/copy/scratch per carried tensor; `scalar_id` the steps of a scatter's id."""
+    `scalar_id` the steps of a scatter's id."""
     attrs = op.attributes
     for name in _FACT_FLAGS:
         if name in attrs:
@@ -137,26 +137,24 @@ def pypto_facts_verify(op) -> None:
     kind = op.name.split(".", 1)[1]
     if "buffer" in attrs:
         buffer = attrs["buffer"]
-        op.expect(kind == "full" and isinstance(buffer, StringAttr) and buffer.data in ("output", "scratch"),
-                  "buffer must be \"output\" or \"scratch\", on a tile.full")
+        op.expect(kind == "full" and isinstance(buffer, StringAttr) and buffer.data in ("output", "scratch", "local"),
+                  "buffer must be \"output\", \"scratch\" or \"local\", on a tile.full")
         op.expect((buffer.data == "output") == isinstance(attrs.get("output"), IntegerAttr),
                   "an output buffer names its result index (output = i), a scratch one none")
     if "splat" in attrs:
         op.expect(kind == "full", "splat is a tile.full fact")
-    if "padded" in attrs:
-        padded = attrs["padded"]
-        op.expect(kind == "concat" and isinstance(padded, ArrayAttr) and len(padded.data) == len(op.operands),
-                  "padded must list one bool per concat input")
+    for name in ("padded",):
+        if name in attrs:
+            per = attrs[name]
+            op.expect(kind == "concat" and isinstance(per, ArrayAttr) and len(per.data) == len(op.operands),
+                      f"{name} must list one bool per concat input")
+    if "inplace" in attrs:
+        op.expect(kind == "reshape", "inplace is a tile.reshape fact")
     if "scalar_id" in attrs:
         steps = attrs["scalar_id"]
         op.expect(kind == "scatter_rows" and isinstance(steps, ArrayAttr) and len(steps.data) >= 1
                   and all(isinstance(s, StringAttr) for s in steps.data),
                   "scalar_id must list the id's steps as strings, on a tile.scatter_rows")
-    if "carry" in attrs:
-        carry = attrs["carry"]
-        op.expect(kind == "parallel" and isinstance(carry, ArrayAttr) and len(carry.data) == len(op.inits)
-                  and all(isinstance(c, StringAttr) and c.data in ("same", "copy", "scratch") for c in carry.data),
-                  "carry must list same/copy/scratch per carried tensor")
 
 
 _CUSTOM_FORMATS = ("operands attr-dict `:` functional-type(operands, results)",  # ops with operands

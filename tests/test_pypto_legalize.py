@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 import pytest
-from xdsl.dialects.builtin import ArrayAttr, StringAttr
+from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, StringAttr, i1
 
 from attnc.codegen.pypto.emit import emit_pypto, in_place_outputs
 from attnc.ir import parse_ir, print_ir
@@ -54,26 +54,53 @@ def test_an_output_written_whole_by_its_loop_is_carried():
     (init,) = _ops(fn, "tile.full")
     assert init.attributes["buffer"].data == "output" and init.attributes["output"].value.data == 0
     (par,) = _ops(fn, "tile.parallel")
-    assert [c.data for c in par.attributes["carry"].data] == ["same"]
+    assert par.inits[0] is init.result  # carried as it is: no copy
 
 
 def test_an_init_written_whole_but_read_after_the_loop_is_scratch_and_a_partial_one_is_copied():
     _, fn = _legalized(SCRATCH)
     (init,) = _ops(fn, "tile.full")
     assert init.attributes["buffer"].data == "scratch" and "output" not in init.attributes
-    _, fn = _legalized(PARTIAL)  # rows 16..19 unwritten: the fill is live, the loop writes a copy
-    (init,) = _ops(fn, "tile.full")
-    assert "buffer" not in init.attributes
+    mod, fn = _legalized(PARTIAL)  # rows 16..19 unwritten: the fill is live, the loop writes a scratch copy
+    init, buf = _ops(fn, "tile.full")
+    assert "buffer" not in init.attributes and buf.attributes["buffer"].data == "scratch"
+    (copy,) = _ops(fn, "tile.assemble")[:1]
     (par,) = _ops(fn, "tile.parallel")
-    assert [c.data for c in par.attributes["carry"].data] == ["copy"]
+    assert (copy.tile, copy.dest, par.inits[0]) == (init.result, buf.result, copy.result)
+    once = print_ir(mod)
+    legalize_function(fn)  # the copy stays one copy, its buffer declared
+    assert print_ir(mod) == once
+
+
+def test_a_scatter_that_is_not_in_place_writes_a_scratch_copy_of_its_table():
+    """Without update-in-place's `in_place` the table is not the scatter's to update: the scatter writes a copy
+    (a scratch parameter: pypto 0.2.0 gives an assembled tensor a buffer only as a kernel parameter)."""
+    mod, fn = _legalized(SCATTER)
+    (sc,) = _ops(fn, "tile.scatter_rows")
+    (copy,) = _ops(fn, "tile.assemble")
+    assert sc.table is copy.result and copy.tile is fn.body.block.args[0] and sc.attributes["in_place"].value.data
+    assert copy.dest.owner.attributes["buffer"].data == "scratch"
+    text = emit_pypto(mod)
+    assert 'SCRATCH_NAMES = ["ws1"]' in text and "pypto.assemble(t, [0, 0], ws1)  # s.py:6" in text
 
 
 def test_a_row_concat_with_a_zero_padded_piece_is_packed():
-    _, fn = _legalized(WHOLE.replace("STEP_ROWS", "1"))
-    (concat,) = _ops(fn, "tile.concat")
-    assert concat.attributes["packed"].value.data
-    assert [bool(p.value.data) for p in concat.attributes["padded"].data] == [False, True, False]
+    """Rewritten into assembles of its pieces at their row offsets into a local buffer; the zero-padded piece's
+    `zero_pad`, the piece that is all of a kernel parameter (the one-row step) `clone`; the same after a rerun."""
+    mod, fn = _legalized(WHOLE.replace("STEP_ROWS", "1"))
+    assert not _ops(fn, "tile.concat")
+    (buf,) = [op for op in _ops(fn, "tile.full") if op.attributes.get("buffer") == StringAttr("local")]
+    pieces, cur = [], buf.result
+    while cur.has_one_use() and next(iter(cur.uses)).operation.name == "tile.assemble":
+        pieces.append(next(iter(cur.uses)).operation)
+        cur = pieces[-1].result
+    assert [("zero_pad" in p.attributes, "clone" in p.attributes) for p in pieces] == [
+        (False, False), (True, False), (False, True)]
+    assert pieces[0].dest is buf.result and all(b.dest is a.result for a, b in zip(pieces, pieces[1:]))
     assert not any("zero_fill" in v.attributes for v in _ops(fn, "tile.view"))  # a packed concat: no zero fill
+    once = print_ir(mod)
+    legalize_function(fn)
+    assert print_ir(mod) == once
 
 
 ZERO_FILL = """\
@@ -128,19 +155,19 @@ def test_the_emitter_prints_the_facts_it_is_given():
     carried = emit_pypto(mod)
     assert "y: pypto.Tensor" in carried and "ws" not in carried  # the output is carried, no scratch
     (init,) = _ops(fn, "tile.full")
-    (par,) = _ops(fn, "tile.parallel")
-    init.attributes.pop("buffer")
+    init.attributes["buffer"] = StringAttr("scratch")
     init.attributes.pop("output")
-    par.attributes["carry"] = ArrayAttr([StringAttr("copy")])
-    copied = emit_pypto(mod)
-    assert 'SCRATCH_NAMES = ["ws2"]' in copied and "pypto.full([20, 64], 0.0" in copied
-    assert "y[:] = pypto.clone(ws2)" in copied
+    fn.attributes["copy_out"] = ArrayAttr([IntegerAttr(1, i1)])
+    declared = emit_pypto(mod)
+    assert 'SCRATCH_NAMES = ["ws1"]' in declared and "pypto.full(" not in declared
+    assert "y[:] = pypto.clone(ws1)" in declared
 
 
 @pytest.mark.parametrize("attr, value, message", [
     ("buffer", 'buffer = "somewhere"', "buffer must be"),
     ("output", 'buffer = "output"', "output buffer names its result index"),
     ("splat", "splat = 3 : i64", "splat must be a bool"),
+    ("inplace", "inplace = true", "inplace is a tile.reshape fact"),
 ])
 def test_the_verifier_checks_each_facts_form(attr, value, message):
     text = PARALLEL.replace('"tile.full"() <{value = 0.0 : f64}> {loc = "t.py:1"}',
@@ -148,16 +175,6 @@ def test_the_verifier_checks_each_facts_form(attr, value, message):
     assert text != PARALLEL
     with pytest.raises(Exception, match=message):  # parse_ir verifies: IRError with the location
         parse_ir(text, "bad.mlir")
-
-
-def test_a_carry_of_the_wrong_length_is_refused():
-    from xdsl.utils.exceptions import VerifyException
-
-    mod, fn = _legalized(PARALLEL)
-    (par,) = _ops(fn, "tile.parallel")
-    par.attributes["carry"] = ArrayAttr([StringAttr("same"), StringAttr("same")])
-    with pytest.raises(VerifyException, match="carry must list"):
-        mod.verify()
 
 
 SCATTER = """\
@@ -180,7 +197,8 @@ def test_a_scatter_id_is_stated_as_scalar_steps_and_printed_from_them():
     emitter prints as they are (a changed step changes the program)."""
     mod, fn = _legalized(SCATTER)
     assert all("scalar_ids" in op.attributes for op in fn.body.block.ops
-               if op.name in ("tile.iota", "tile.broadcast", "tile.full", "tile.mul", "tile.add"))
+               if op.name in ("tile.iota", "tile.broadcast", "tile.full", "tile.mul", "tile.add")
+               and "buffer" not in op.attributes)  # (the table's scratch copy)
     (sc,) = _ops(fn, "tile.scatter_rows")
     assert [s.data for s in sc.attributes["scalar_id"].data] == ["({m} * 2)", "p[0]", "({s0} + {s1})", "{s2}"]
     text = emit_pypto(mod)

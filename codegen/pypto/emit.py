@@ -6,10 +6,12 @@ pypto symbolic scalars. Every statement is preceded by the tile shape it needs (
 `set_vec_tile_shapes` of the op's rank; matmuls: `set_cube_tile_shapes`) and followed by the DSL line it came
 from. The module skeleton is a jinja2 template; the output is deterministic.
 
-The emitter prints what the IR says: the facts that need an analysis of uses and producers (buffers, carried
-tensors, packed concats, prefix gathers, splats, scalar ids) are attributes set by the `pypto-legalize` pass
-(codegen/pypto/legalize.py), and each tile op class has one rule in RULES; `_Emitter.op` walks the IR and the
-table (tests/test_pypto_legalize.py lists the IR queries the emitter makes)."""
+The emitter prints what the IR says: pypto-legalize rewrote what pypto 0.2.0 cannot run (scratch buffers for
+tensors loops write in parts, bool fills, broadcast chains, ...), and the facts that need an analysis of uses
+and producers (buffers, packed concats, in-place reshapes, prefix gathers, splats, scalar ids, output copies)
+are attributes set by the `pypto-legalize` pass (codegen/pypto/legalize.py), and each tile op class has one
+rule in RULES; `_Emitter.op` walks the IR and the table (tests/test_pypto_legalize.py lists the IR queries the
+emitter makes)."""
 from __future__ import annotations
 
 import math
@@ -121,30 +123,22 @@ class _Emitter:
     out_names: list = field(default_factory=list)  # kernel parameter names of the outputs
     scratch: list = field(default_factory=list)  # (name, shape, dtype) of the scratch parameters (_declare)
     vec_budget: int = PyptoOptions.vec_tile_elems
-    params: set = field(default_factory=set)  # the kernel's input parameters (SSA block arguments)
-    # what the emitter printed so far, by value: the value whose whole buffer a view/reshape result is, a
-    # zero-padded view's valid row count, the prefix gathers emitted where their view is
-    base: dict = field(default_factory=dict)
-    loop_budget: dict = field(default_factory=dict)  # a loop result -> the vector tile budget inside that loop
-    valid_rows: dict = field(default_factory=dict)
-    prefix_gathers: dict = field(default_factory=dict)
+    # what the emitter printed about a value, for the ops that read it (one table, see `note`)
+    printed: dict = field(default_factory=dict)
     # the pieces of each packed concat with a zero-padded piece: [[shape, offset, padded], ...] per concat
     assembled_pieces: list = field(default_factory=list)
-    row_caps: dict = field(default_factory=dict)  # a printed op's result -> its op's `tile_rows` (vector tile row cap)
+
+    def note(self, v: SSAValue, **facts):
+        """Record what printing v's op stated about v: `rows` its vector tile's row cap (the op's `tile_rows`),
+        `valid` a zero-padded view's valid row count (an expression), `gather` the prefix gather printed where
+        its view is."""
+        self.printed.setdefault(v, {}).update(facts)
+
+    def noted(self, v: SSAValue, fact: str):
+        return self.printed.get(v, {}).get(fact)
 
     def vec_tile_of(self, shape, dtype: str, budget: int | None = None) -> str:
         return ", ".join(map(str, vec_tile(shape, dtype, budget or self.vec_budget)))
-
-    def parameter_names(self) -> set:
-        """Names of the kernel parameters bound so far: inputs, outputs carried by their loop, scratch."""
-        return ({self.names[p] for p in self.params} | set(self.out_names)
-                | {name for name, _, _ in self.scratch})
-
-    def whole_of(self, v: SSAValue) -> SSAValue:
-        """The value whose whole buffer v is: through reshapes and views of all of their source (a view whose type
-        is its source's, no valid shape: at a runtime offset that can only be 0, e.g. the row of a one-trip batch
-        loop)."""
-        return self.base.get(v, v)
 
     def fresh(self, prefix="t") -> str:
         self.counter += 1
@@ -162,7 +156,7 @@ class _Emitter:
 
     def set_tile(self, v: SSAValue, budget: int | None = None):
         tile = vec_tile(shape_of(v.type), dtype_of(v.type), budget or self.vec_budget)
-        rows = self.row_caps.get(v)
+        rows = self.noted(v, "rows")
         if rows is not None and len(tile) > 1:  # the pass's row cap: a chain of ops keeps one row group per tile
             tile[0] = min(tile[0], rows)
         self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, tile))})")
@@ -237,7 +231,8 @@ class _Emitter:
             raise EmitError(f"{loc}: tile.{kind} has no pypto 0.2.0 lowering: the emitter has no rule for it")
         cap = op.attributes.get("tile_rows")  # the row cap of its results' vector tiles (schedule-compressor)
         if cap is not None:
-            self.row_caps.update(dict.fromkeys(op.results, cap.value.data))
+            for r in op.results:
+                self.note(r, rows=cap.value.data)
         return rule(self, op, loc)
 
     def operands(self, op: Operation):
@@ -248,42 +243,19 @@ class _Emitter:
         shape = list(shape_of(res.type)) if dt else None
         return a, res, dt, shape
 
-    def _packed_concat(self, op, res, loc):
-        """A row concat with zero-padded pieces (pypto-legalize `packed`): each piece is assembled into one scratch tensor
-        at its row offset, a zero-padded piece as its valid rows plus, only when it has padding, a zero block
-        below them. A gather feeding a piece writes straight into the scratch (no copy task per piece, which a
-        pypto.concat costs: CSA core 308.5 -> 263.7 us)."""
-        shape, dt = list(shape_of(res.type)), PYPTO_DTYPE[dtype_of(res.type)]
-        scratch = self.fresh("k")
-        self.names[res] = scratch
-        self.set_tile(res)
-        self.emit(f"{scratch} = pypto.tensor({shape}, {dt}, \"{scratch}\")  # {loc}")
-        row, group = 0, []
-        self.assembled_pieces.append(group)  # (a packed concat always has a zero-padded piece: pypto-legalize)
-        for piece, padded in zip(op.inputs, op.attributes["padded"].data):
-            padded = bool(padded.value.data)
-            rows, rest = shape_of(piece.type)[0], list(shape_of(piece.type)[1:])
-            group.append([[rows, *rest], [row, *(0 for _ in rest)], padded])
-            self.set_tile(piece)
-            ref = self.ref(piece)
-            if self.ref(self.whole_of(piece)) in self.parameter_names():
-                # pypto 0.2.0 fails to compile an assemble of all of a kernel parameter's buffer (an input, output
-                # or scratch) inside a loop into a tensor a matmul reads ("The L0C-to-L1 copy op can have only one
-                # input and one output tensor", SrcDstBufferMerge; verify runs SIGSEGV): a one-row batch's step
-                # row. A copy has a buffer of its own
-                ref = f"pypto.clone({ref})"
-            self.emit(f"pypto.assemble({ref}, [{row}, {', '.join('0' for _ in rest)}], {scratch})")
-            if padded:
-                valid = self.valid_rows[piece]
-                self.emit(f"if {valid} < {rows}:  # the piece's padding rows read as zeros")
-                self.depth += 1
-                pad = self.fresh("z")
-                self.set_tile(piece)
-                self.emit(f"{pad} = pypto.full({[rows, *rest]}, 0.0, {dt}, valid_shape=[{rows} - {valid}, "
-                          f"{', '.join(map(str, rest))}])")
-                self.emit(f"pypto.assemble({pad}, [{row} + {valid}, {', '.join('0' for _ in rest)}], {scratch})")
-                self.depth -= 1
-            row += rows
+    def _zero_rows_below(self, op, row: str, dest: str):
+        """After a zero-padded piece of a packed concat (pypto-legalize `zero_pad`): zeros at its padding rows,
+        only when it has padding (its valid row count is a runtime value)."""
+        rows, rest = shape_of(op.tile.type)[0], list(shape_of(op.tile.type)[1:])
+        valid = self.noted(op.tile, "valid")
+        self.emit(f"if {valid} < {rows}:  # the piece's padding rows read as zeros")
+        self.depth += 1
+        pad = self.fresh("z")
+        self.set_tile(op.tile)
+        self.emit(f"{pad} = pypto.full({[rows, *rest]}, 0.0, {PYPTO_DTYPE[dtype_of(op.tile.type)]}, "
+                  f"valid_shape=[{rows} - {valid}, {', '.join(map(str, rest))}])")
+        self.emit(f"pypto.assemble({pad}, [{row} + {valid}, {', '.join('0' for _ in rest)}], {dest})")
+        self.depth -= 1
 
     def _gather_prefix(self, gather, res, valid: str, loc):
         """The zero-padded view of a gather's first `valid` rows: gather only those ids (the rest of the index
@@ -305,11 +277,9 @@ class _Emitter:
     def _scatter_rows(self, op, a, loc):
         """One row write per id: a loop over the rows m, the id computed as a scalar (pypto reads scalars only from
         kernel parameters: pypto-legalize's `scalar_id` steps, evaluated per element), a runtime branch skipping
-        ids < 0, and an assemble at the data-dependent row. `in_place` (set by update-in-place) writes the table's
-        own buffer; otherwise a copy of it."""
+        ids < 0, and an assemble at the data-dependent row, into the table's own buffer (`in_place`: set by
+        update-in-place, or by pypto-legalize on a scatter into a copy of the table)."""
         dest = a[0]
-        if not flag(op, "in_place"):
-            dest = self._declared_copy(op.table, loc)
         rows_shape, table_shape = list(shape_of(op.rows.type)), list(shape_of(op.table.type))
         lead = table_shape[:len(table_shape) - len(rows_shape) + 1]  # the table dims a row id runs over
         zeros = ["0"] * (len(rows_shape) - 1)
@@ -345,34 +315,17 @@ class _Emitter:
             self.emit(f"{env[f's{i}']} = {step.format(**env)}")
         return last.format(**env)
 
-    def _expand(self, src: str, src_shape: list, shape: list, dtype: str) -> str:
-        """pypto 0.2.0 expands one axis per expand_clone: chain them; returns the last expression."""
-        axes = [i for i, (a, b) in enumerate(zip(src_shape, shape)) if a != b]
-        cur, cur_shape = src, list(src_shape)
-        for i in axes[:-1]:
-            cur_shape[i] = shape[i]
-            step = self.fresh("e")
-            self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of(cur_shape, dtype)})")
-            self.emit(f"{step} = pypto.expand_clone({cur}, {cur_shape})")
-            cur = step
-        return f"pypto.expand_clone({cur}, {shape})" if axes else f"pypto.clone({cur})"
+    @staticmethod
+    def _expand(src: str, src_shape: list, shape: list) -> str:
+        """src expanded to shape, over one axis at most (pypto-legalize splits broadcasts over several)."""
+        return f"pypto.expand_clone({src}, {shape})" if list(src_shape) != list(shape) else f"pypto.clone({src})"
 
-    def _declare(self, v: SSAValue | None, like: SSAValue | None = None) -> str:
-        """A scratch parameter of v's type (or `like`'s), no value written, bound to v if given: see
-        the `carry` fact of pypto-legalize. (Its name is a temporary's, which no kernel parameter may take.)"""
+    def _declare(self, v: SSAValue) -> str:
+        """A scratch parameter of v's type, no value written, bound to v (a tile.full `buffer = "scratch"` of
+        pypto-legalize). (Its name is a temporary's, which no kernel parameter may take.)"""
         name = self.fresh("ws")
-        if v is not None:
-            self.names[v] = name
-        v = like if like is not None else v
+        self.names[v] = name
         self.scratch.append((name, list(shape_of(v.type)), dtype_of(v.type)))
-        return name
-
-    def _declared_copy(self, v: SSAValue, loc: str | None) -> str:
-        """A scratch parameter holding a copy of v, for a loop to write in parts (pypto-legalize `carry = "copy"`)."""
-        name = self._declare(None, v)
-        self.set_tile(v)
-        self.emit(f"pypto.assemble({self.ref(v)}, [{', '.join('0' for _ in shape_of(v.type))}], {name})"
-                  + (f"  # {loc}" if loc else ""))
         return name
 
     def _scalar(self, res, expr):
@@ -406,12 +359,7 @@ class _Emitter:
     def _loop(self, op, loc, bounds, inits, block, results, prefix, step=None):
         lo, hi = self.ref(bounds[0]), self.ref(bounds[1])
         step = step if step is not None else self.ref(bounds[2])
-        carried = []
-        for v, how in zip(inits, op.attributes["carry"].data):  # pypto-legalize: how the loop holds each
-            name = self.ref(v)
-            if how.data != "same":  # the loop updates its own copy in place (no copy of a splat it overwrites)
-                name = self._declare(None, v) if how.data == "scratch" else self._declared_copy(v, loc)
-            carried.append(name)
+        carried = [self.ref(v) for v in inits]  # updated in place (pypto-legalize gave each a buffer to write)
         self.loop_count += 1
         idx = f"{prefix}{self.loop_count}"
         self.emit(f"for {idx} in pypto.loop({lo}, {hi}, {step}, name=\"L{self.loop_count}\", "
@@ -434,7 +382,6 @@ class _Emitter:
         self.depth -= 1
         for r, name in zip(results, carried):
             self.names[r] = name
-            self.loop_budget[r] = loop_vec_budget(op, outer_budget)
 
 
 # ---------------------------------------------------------------------------------------------- rules
@@ -513,7 +460,7 @@ def _print_matmul(self: _Emitter, op: Operation, loc: str | None):
 @_rule("broadcast")
 def _print_broadcast(self: _Emitter, op: Operation, loc: str | None):
     a, res, dt, shape = self.operands(op)
-    return self.bind(res, self._expand(a[0], list(shape_of(op.input.type)), shape, dtype_of(res.type)), loc)
+    return self.bind(res, self._expand(a[0], shape_of(op.input.type), shape), loc)
 
 
 @_rule("reshape")
@@ -523,8 +470,7 @@ def _print_reshape(self: _Emitter, op: Operation, loc: str | None):  # pypto til
     # copy -- a copy is one task per tile, and a data-dependent gather from it then waits on every one of
     # them (pypto 0.2.0 links each gather task to each copy task: 2048 x 2048 links for the indexer's
     # idx_cmp at B=64, more than the runtime's stitch pool holds, F74001 "Slab alloc null, type=9")
-    inplace = ", inplace=True" if a[0] in {self.names[p] for p in self.params} else ""
-    self.base[res] = self.whole_of(op.input)
+    inplace = ", inplace=True" if flag(op, "inplace") else ""
     self.bind(res, f"pypto.reshape({a[0]}, {shape}{inplace})", loc, tile_of=op.input)
     if flag(op, "clone"):  # a one-row batched matmul lhs: its own buffer (pypto-legalize; FB4001 otherwise)
         self.set_tile(res)
@@ -547,8 +493,6 @@ def _print_transpose(self: _Emitter, op: Operation, loc: str | None):
 @_rule("concat")
 def _print_concat(self: _Emitter, op: Operation, loc: str | None):
     a, res, dt, shape = self.operands(op)
-    if flag(op, "packed"):
-        return self._packed_concat(op, res, loc)
     return self.bind(res, f"pypto.concat([{', '.join(a)}], {op.axis.value.data})", loc)
 
 
@@ -556,7 +500,7 @@ def _print_concat(self: _Emitter, op: Operation, loc: str | None):
 def _print_gather_rows(self: _Emitter, op: Operation, loc: str | None):
     a, res, dt, shape = self.operands(op)
     if flag(op, "prefix"):  # emitted where its zero-padded view is, with the valid ids only
-        self.prefix_gathers[res] = op
+        self.note(res, gather=op)
         return
     # a row list gathers in tiles as large as UB holds (a gather task costs the scheduler more than its
     # copy: CSA core 349.8 -> 308.5 us with 128 of 512 picked rows per tile, 256 rows overflow UB); with
@@ -580,7 +524,7 @@ def _print_iota(self: _Emitter, op: Operation, loc: str | None):
     self.emit(f"pypto.set_vec_tile_shapes({self.vec_tile_of([shape[axis]], 'i32')})")
     self.emit(f"{ramp} = pypto.cast(pypto.arange({shape[axis]}), pypto.DT_INT32)")
     self.emit(f"{ramp} = pypto.reshape({ramp}, {view_shape})")
-    return self.bind(res, self._expand(ramp, view_shape, shape, "i32"), loc)
+    return self.bind(res, self._expand(ramp, view_shape, shape), loc)
 
 
 @_rule("full")
@@ -592,12 +536,18 @@ def _print_full(self: _Emitter, op: Operation, loc: str | None):
         return
     if buffer is not None and buffer.data == "scratch":  # the parallel writes every element: value dead
         return self._declare(res)
+    if buffer is not None and buffer.data == "local":  # a packed concat's pieces are assembled into it
+        name = self.fresh("k")
+        self.names[res] = name
+        self.set_tile(res)
+        self.emit(f"{name} = pypto.tensor({shape}, {dt}, \"{name}\")  # {loc}")
+        self.note(res, pieces=[])
+        self.assembled_pieces.append(self.noted(res, "pieces"))
+        return
     value = op.value.value.data
     if flag(op, "splat"):  # pypto.where takes the number itself: no tensor filled per use
         self.names[res] = py_float(value)
         return
-    if dtype_of(res.type) == "i1":  # pypto 0.2.0 codegen cannot splat bool: compare an f32 splat
-        return self.bind(res, f"pypto.eq(pypto.full({shape}, {float(value != 0)!r}, pypto.DT_FP32), 1.0)", loc)
     value = repr(int(value)) if dtype_of(res.type) in ("i32", "i8") else py_float(value)
     return self.bind(res, f"pypto.full({shape}, {value}, {dt})", loc)
 
@@ -611,12 +561,10 @@ def _print_scatter_rows(self: _Emitter, op: Operation, loc: str | None):
 @_rule("view")
 def _print_view(self: _Emitter, op: Operation, loc: str | None):
     if flag(op, "prefix"):  # the gather of the valid ids only (pypto-legalize), here
-        self.valid_rows[op.result] = self.ref(op.valid[0])
-        return self._gather_prefix(self.prefix_gathers[op.source], op.result, self.ref(op.valid[0]), loc)
+        self.note(op.result, valid=self.ref(op.valid[0]))
+        return self._gather_prefix(self.noted(op.source, "gather"), op.result, self.ref(op.valid[0]), loc)
     a, res, dt, shape = self.operands(op)
     n = len(op.offsets)
-    if not len(op.valid) and op.result.type == op.source.type:
-        self.base[res] = self.whole_of(op.source)
     whole = (not len(op.valid) and all(v in self.consts and self.consts[v] == 0 for v in op.offsets)
              and shape_of(op.source.type) == tuple(shape))
     if whole:  # a view of all of a tensor is the tensor
@@ -626,7 +574,7 @@ def _print_view(self: _Emitter, op: Operation, loc: str | None):
     extra = f", valid_shape=[{', '.join(valid)}]" if valid else ""
     self.bind(res, f"pypto.view({a[0]}, {shape}, [{', '.join(offs)}]{extra})", loc)
     if valid:
-        self.valid_rows[res] = valid[0]
+        self.note(res, valid=valid[0])
     if flag(op, "zero_fill"):  # give the tile its zero padding first (pypto-legalize)
         self.emit(f"{self.names[res]} = pypto.reshape({self.names[res]}, {shape}, valid_shape={shape})")
     if flag(op, "clone"):
@@ -644,22 +592,26 @@ def _print_assemble(self: _Emitter, op: Operation, loc: str | None):
     offs, valid = a[2:2 + n], a[2 + n:]
     self.set_tile(op.tile)
     tile = a[0]
+    if flag(op, "clone"):  # all of a kernel parameter's buffer, assembled as a packed concat's piece
+        tile = f"pypto.clone({tile})"
     if valid:  # write only the valid part: pypto does not carry valid shapes through every op
         tile = self.fresh("v")
         zeros = ", ".join("0" for _ in range(n))
         self.emit(f"{tile} = pypto.view({a[0]}, {list(shape_of(op.tile.type))}, [{zeros}], "
                   f"valid_shape=[{', '.join(valid)}])")
-    self.emit(f"pypto.assemble({tile}, [{', '.join(offs)}], {a[1]})  # {loc}")
+    self.emit(f"pypto.assemble({tile}, [{', '.join(offs)}], {a[1]})" + (f"  # {loc}" if loc else ""))
     self.names[res] = a[1]  # in place: the destination is dead after this op
-    return
+    pieces = self.noted(op.dest, "pieces")
+    if pieces is not None:  # a piece of a packed concat (pypto-legalize): listed for the AssembleChecker excuse
+        pieces.append([list(shape_of(op.tile.type)), [int(o) for o in offs], flag(op, "zero_pad")])
+        self.note(res, pieces=pieces)
+    if flag(op, "zero_pad"):
+        self._zero_rows_below(op, offs[0], a[1])
 
 
 @_rule("read")
 def _print_read(self: _Emitter, op: Operation, loc: str | None):
-    a, res, dt, shape = self.operands(op)
-    if op.source not in self.params:  # pypto 0.2.0 fails at run time (GetTensorData, F3FFFF)
-        raise EmitError(f"{loc}: tile.read of a computed tensor has no pypto 0.2.0 lowering: pypto reads "
-                        "scalars only from kernel parameters")
+    a, res, dt, shape = self.operands(op)  # of a kernel parameter (pypto-legalize refuses any other)
     return self._scalar(res, f"{a[0]}[{', '.join(a[1:])}]")
 
 
@@ -713,7 +665,6 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
     block = fn.body.block
     for arg, name in zip(block.args, arg_names):
         em.names[arg] = name
-        em.params.add(arg)
     ret = block.last_op
     for op in block.ops:
         em.op(op)
@@ -723,15 +674,15 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
             continue
         params.append(f"{name}: pypto.Tensor({list(shape_of(t))}, {PYPTO_DTYPE[dtype_of(t)]})")
         dtypes[name], shapes[name] = dtype_of(t), list(shape_of(t))
-    for name, v in zip(out_names, ret.operands):
-        ref = em.ref(v)
-        if ref == name:  # written in place by its loop
+    for name, v, copied, budget in zip(out_names, ret.operands, fn.attributes["copy_out"].data,
+                                       fn.attributes["copy_out_tile_elems"].data):
+        if not copied.value.data:  # written in place by its loop (pypto-legalize `copy_out`)
             continue
-        em.set_tile(v, em.loop_budget.get(em.whole_of(v)))  # rows a loop assembled: with that loop's tile budget
+        em.set_tile(v, budget.value.data or None)  # rows a loop assembled: with that loop's tile budget
         # pypto 0.2.0 may leave the output untouched for `out[:] = t` (seen for loop-carried and assembled
         # tensors, arguments and index_select results): always store a clone
-        em.emit(f"{name}[:] = pypto.clone({ref})")
-    for name, shape, dtype in em.scratch:  # after the outputs: scratch parameters (pypto-legalize `carry`)
+        em.emit(f"{name}[:] = pypto.clone({em.ref(v)})")
+    for name, shape, dtype in em.scratch:  # after the outputs: scratch parameters (pypto-legalize `buffer = "scratch"`)
         params.append(f"{name}: pypto.Tensor({shape}, {PYPTO_DTYPE[dtype]})")
         dtypes[name], shapes[name] = dtype, shape
     return _TEMPLATE.get_template("pypto_kernel.py.j2").render(

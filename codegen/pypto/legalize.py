@@ -10,6 +10,15 @@ emitter prints each tile op plainly):
   floor), a cast back: pypto 0.2.0 has no int32 division and its cost model no REM (rewrite_int_divisions).
 * `tile.concat` of i1 -> selects of 1.0/0.0 (f32, `splat`), their concat, a compare with 1.0: pypto 0.2.0
   cannot concat bool tensors (rewrite_bool_concats).
+* `tile.broadcast` over several axes -> one broadcast per axis; a `tile.iota` whose ramp expands over several
+  axes -> an iota over the first and such broadcasts: pypto 0.2.0's expand_clone expands one axis
+  (rewrite_broadcast_chains).
+* `tile.full` of i1 -> a fill of 1.0/0.0 in f32 and a compare with 1.0 (`splat`): pypto 0.2.0's codegen cannot
+  fill a bool tensor (rewrite_bool_splats).
+* a `packed` row concat (below) -> assembles into a local buffer (rewrite_packed_concats).
+* the init of a loop that writes it in parts -> a scratch buffer (a copy of the init, or the buffer alone),
+  a `tile.scatter_rows` not `in_place` -> a copy of its table scattered into in place (rewrite_carried_tensors;
+  see below).
 
 Then it records, as attributes, the facts that the pypto 0.2.0 program depends on and
 that only an analysis of uses and producers can establish. The emitter (codegen/pypto/emit.py) reads them and
@@ -23,36 +32,53 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
   tensor (no copy; pypto 0.2.0 also drops `out[:] = carried`).
   `buffer = "scratch"`: the init of a `tile.parallel` that writes every element of it: its value is dead; a
   scratch parameter is declared, never filled.
+* loops (`tile.parallel`, `scf.for`) carry each tensor in place. pypto 0.2.0's runtime needs an assembled tensor
+  to be a kernel parameter: a loop assembling into an op's result is never given its buffer (F74007 "Missing
+  RUNTIME_SlotMarkNeedAlloc for assemble slot", then F7A008 and a double free; at larger sizes the simulator
+  hangs), and a `pypto.tensor` declaration crashes the verify runs of some programs (F76005 "Invalid slot
+  index"). So a loop that writes in parts (pypto.assemble) an init that is not a kernel parameter or a declared
+  buffer, or that has other uses, is given a new `buffer = "scratch"` tile.full (a scratch parameter) as its
+  init: with a copy of the old init assembled into it, or alone when the old init is a splat the loop overwrites
+  everywhere (rewrite_carried_tensors; a non-`in_place` scatter's table the same way).
 * `tile.full` `splat`: a float splat inside a loop read only as a value operand of selects: pypto.where takes
   the number (a filled tensor is vector tasks in every iteration: the CSA core's per-token logit fill cost 256
   tasks, 232.2 -> 210.8 us). Outside loops a fill is made once (folding those too moved decode_hca 4050.9 ->
   4184.5 us); floats only (pypto 0.2.0's verifier cannot execute an int32 WHERE_TS). The splats a rewrite
   makes (rewrite_bool_concats) are numbers wherever they are, while they are read as a select's value or a
   compare's right-hand side.
-* loops (`tile.parallel`, `scf.for`) `carry = [...]`, one per carried tensor: "copy" when the loop writes a
-  tensor in parts (pypto.assemble) that is not a kernel parameter or already declared, or that has other uses;
-  "scratch" when such an init is a splat the loop overwrites everywhere; "same" otherwise (updated in place).
-  pypto 0.2.0's runtime needs an assembled tensor to be a kernel parameter: a loop assembling into an op's
-  result is never given its buffer (F74007 "Missing RUNTIME_SlotMarkNeedAlloc for assemble slot", then F7A008
-  and a double free; at larger sizes the simulator hangs), and a `pypto.tensor` declaration crashes the verify
-  runs of some programs (F76005 "Invalid slot index"). So such a tensor is a scratch parameter of the kernel.
-* `tile.concat` `packed`: a row concat (axis 0, rank 2, not i1) with a zero-padded piece: emitted as assembles
-  into one scratch tensor (no copy task per piece: CSA core 308.5 -> 263.7 us); `padded = [bools]` marks its
-  zero-padded pieces (their padding rows are written as zeros).
+* `tile.concat` `packed`: a row concat (axis 0, rank 2, not i1) with a zero-padded piece; `padded = [bools]`
+  marks its zero-padded pieces. Then rewritten (rewrite_packed_concats) into assembles of the pieces at their row
+  offsets into a `tile.full` with `buffer = "local"` (a `pypto.tensor`; no copy task per piece, which a
+  pypto.concat costs: CSA core 308.5 -> 263.7 us). A zero-padded piece's assemble is `zero_pad`: zeros are
+  written at its padding rows (pypto assembles the valid rows only). A piece that is all of a kernel parameter's
+  buffer (an input, an output or a scratch buffer) is assembled as a clone (`clone`): pypto 0.2.0 fails to
+  compile an assemble of all of a parameter's buffer inside a loop into a tensor a matmul reads ("The L0C-to-L1
+  copy op can have only one input and one output tensor", SrcDstBufferMerge; verify runs SIGSEGV).
 * `tile.view` `zero_fill`: a zero-padded view read by an unpacked concat, which concatenates the valid parts
   only: the tile gets its zero padding first. `clone`: a rank >= 3 view not read only by reshapes: pypto 0.2.0
   mis-sizes its raw tensor when a batched matmul reads it ("Shape size mismatch" at codegen).
 * `tile.reshape` `clone`: the lhs of a batched matmul (both operands rank >= 3) with one row per batch and more
   than one batch: pypto 0.2.0's per-pass verify, from InferDynShape on, reads batch 0's row of a reshaped lhs for
   every batch (FB4001, values wholly different; SIM right): a clone gives the operand its own buffer.
+  `inplace`: a reshape of a kernel input's buffer (through views of all of it, assembles, in-place scatters,
+  loops: buffer_of) is a view of it, no copy: a copy is one task per tile, and pypto 0.2.0 links each
+  data-dependent gather task from it to each copy task (2048 x 2048 links for the indexer's idx_cmp at B=64, more
+  than the runtime's stitch pool holds: F74001 "Slab alloc null, type=9").
 * `tile.gather_rows` / `tile.view` `prefix`: a row-list gather read only through one zero-padded view of its
-  leading rows that packed concats consume: only the valid ids are gathered, where the view is (pypto 0.2.0's
+  leading rows that packed concats (or their pieces' assembles) consume: only the valid ids are gathered, where the view is (pypto 0.2.0's
   per-pass verifier cannot execute a gather whose index has a runtime valid shape: FB200F).
 * `scalar_ids` on top-level tile ops used only as scatter_rows ids (or by such ops): the ids are evaluated as
   scalars where used (pypto reads scalars only from kernel parameters), so these tensors are never made.
 * `tile.scatter_rows` `scalar_id = [steps]`: its row m's id as pypto scalar expressions of the ops computing the
   ids ({m} the row, {sN} step N's value; the last step is the id): pypto 0.2.0 reads a scalar only from a kernel
   parameter (GetTensorData), not from a computed tensor.
+* `func.func` `copy_out = [bools]`: per result, stored into its output parameter as `out[:] = pypto.clone(t)`
+  after the body (pypto 0.2.0 may leave the output untouched for `out[:] = t`), unless it is the output buffer its
+  loop wrote in place or an in/out parameter; `copy_out_tile_elems = [ints]`: the vector tile budget of the loop
+  that made it (`vec_tile_elems`; 0: the kernel's), under which the copy runs.
+
+A `tile.read` of a computed tensor is refused (check_scalar_reads): pypto 0.2.0 reads a scalar only from a
+kernel parameter (GetTensorData fails at run time, F3FFFF).
 """
 from __future__ import annotations
 
@@ -61,21 +87,21 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from xdsl.dialects import arith, scf
+from xdsl.dialects import arith, func, scf
 from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, StringAttr, UnitAttr, i1, i64
 from xdsl.ir import BlockArgument, Operation, SSAValue
 
 from attnc.codegen.escape import code_text
-from attnc.ir.common import bool_attr, op_location, str_attr
+from attnc.ir.common import LOC_ATTR, bool_attr, op_location, str_attr
 from attnc.ir.types import dtype_of, shape_of, tensor_type
 from attnc.passes import AttncPass, PassError, register
 from attnc.ir.dsl import emit_op
 from attnc.ir.tile_dialect import TILE
-from attnc.passes._build import before, tile_full, tile_op
+from attnc.passes._build import before, const, tile_full, tile_op
 
 # every attribute this pass sets (cleared first: the pass is idempotent)
-FACTS = ("in_out", "buffer", "output", "splat", "carry", "packed", "padded", "zero_fill", "clone", "prefix",
-         "scalar_ids", "scalar_id", "pypto_legalized")
+FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "zero_pad", "zero_fill", "clone", "inplace",
+         "prefix", "scalar_ids", "scalar_id", "copy_out", "copy_out_tile_elems", "pypto_legalized")
 
 
 def _flag(v: bool = True) -> IntegerAttr:
@@ -234,7 +260,8 @@ def scratch_inits(block, outputs: dict) -> set:
 
 
 def _carry(loop: Operation, inits, params: set, declared: set) -> list[str]:
-    """How the loop holds each carried tensor (see the module docstring: "same", "copy", "scratch")."""
+    """How the loop can hold each carried tensor: "same" (in place), "copy" (a scratch copy of it), "scratch"
+    (a scratch buffer alone: a splat the loop overwrites everywhere); see the module docstring."""
     out = []
     for j, v in enumerate(inits):
         known = v in params or v in declared or _parallel_carried(v)
@@ -258,6 +285,83 @@ def in_out_results(fn: Operation) -> list[str]:
         if name in args and v is args[name] and name not in found:
             found.append(name)
     return found
+
+
+# ------------------------------------------------------------------------------------------- buffers a value names
+
+
+def _is_loop(op) -> bool:
+    return isinstance(op, Operation) and op.name in ("tile.parallel", "scf.for")
+
+
+def buffer_of(v: SSAValue) -> SSAValue:
+    """The value whose buffer v is in the program (the emitter gives v its name): through views of all of a
+    tensor, assembles (their destination), scatters (in place: their table) and loops (a carried tensor's init)."""
+    while True:
+        if isinstance(v, BlockArgument):
+            loop = v.owner.parent_op()
+            if not (_is_loop(loop) and v.index > 0):
+                return v
+            v = loop.operands[_first_init(loop) + v.index - 1]
+            continue
+        op = v.owner
+        if _is_loop(op):
+            v = op.operands[_first_init(op) + v.index]
+        elif op.name == "tile.assemble":
+            v = op.dest
+        elif op.name == "tile.scatter_rows":
+            v = op.table
+        elif (op.name == "tile.view" and not len(op.valid) and all(_const(o) == 0 for o in op.offsets)
+              and shape_of(op.source.type) == shape_of(v.type)):
+            v = op.source
+        else:
+            return v
+
+
+def whole_of(v: SSAValue) -> SSAValue:
+    """The value whose whole buffer v is: through reshapes and views of all of their source (a view whose type is
+    its source's, no valid shape: at a runtime offset that can only be 0, e.g. the row of a one-trip batch loop)."""
+    while True:
+        op = v.owner
+        if _is(op, "tile.reshape"):
+            v = op.input
+        elif _is(op, "tile.view") and not len(op.valid) and v.type == op.source.type:
+            v = op.source
+        else:
+            return v
+
+
+def _is_param(v: SSAValue) -> bool:
+    """v is a kernel input parameter (an argument of the entry function)."""
+    return isinstance(v, BlockArgument) and isinstance(v.owner.parent_op(), func.FuncOp)
+
+
+_PARAM_BUFFERS = (StringAttr("output"), StringAttr("scratch"))
+
+
+def _is_kernel_parameter(v: SSAValue) -> bool:
+    """v's buffer is a kernel parameter: an input, an output carried by its loop, or a scratch buffer."""
+    b = buffer_of(v)
+    return _is_param(b) or (_is(b, "tile.full") and b.owner.attributes.get("buffer") in _PARAM_BUFFERS)
+
+
+def output_copies(fn: Operation) -> tuple[list, list]:
+    """Per result: is it copied into its output parameter after the body (not when it is the output buffer a loop
+    wrote in place, or a parameter updated in place), and the vector tile budget of the loop that made it (0:
+    the kernel's)."""
+    block = fn.body.block
+    in_out = {a.data for a in fn.attributes["in_out"].data}
+    args = dict(zip((a.data for a in fn.attributes["arg_names"].data), block.args))
+    copied, budgets = [], []
+    for i, (name, v) in enumerate(zip((a.data for a in fn.attributes["result_names"].data), block.last_op.operands)):
+        b = buffer_of(v)
+        carried = _is(b, "tile.full") and b.owner.attributes.get("buffer") == StringAttr("output") and \
+            b.owner.attributes["output"].value.data == i
+        copied.append(not (carried or (name in in_out and b is args.get(name))))
+        loop = whole_of(v).owner
+        budget = loop.attributes.get("vec_tile_elems") if _is_loop(loop) else None
+        budgets.append(budget.value.data if budget is not None else 0)
+    return copied, budgets
 
 
 # ------------------------------------------------------------------------------------------- views, concats
@@ -287,8 +391,16 @@ def gathers_prefix(gather: Operation) -> bool:
     return (view.name == "tile.view" and zero_padded_rows(view.result)
             and all(_const(o) == 0 for o in view.offsets)
             and shape_of(view.result.type) == shape_of(gather.result.type)
-            and view.result.uses and all(u.operation.name == "tile.concat" and packs(u.operation)
-                                         for u in view.result.uses))
+            and view.result.uses and all((u.operation.name == "tile.concat" and packs(u.operation))
+                                         or (u.index == 0 and _is_piece(u.operation)) for u in view.result.uses))
+
+
+def _is_piece(op: Operation) -> bool:
+    """op assembles a piece of a packed concat (rewrite_packed_concats): into a `buffer = "local"` tile.full."""
+    if op.name != "tile.assemble":
+        return False
+    b = buffer_of(op.dest)
+    return _is(b, "tile.full") and b.owner.attributes.get("buffer") == StringAttr("local")
 
 
 def select_splat(full: Operation) -> bool:
@@ -491,6 +603,60 @@ def rewrite_bool_concats(fn: Operation) -> None:
         _replace(op, eq.value)
 
 
+def rewrite_bool_splats(fn: Operation) -> None:
+    """An i1 tile.full becomes an f32 fill of 1.0/0.0 and a compare with 1.0 (`splat`: pypto.eq takes the
+    number): pypto 0.2.0's codegen cannot fill a bool tensor. A buffer (`buffer`) is never filled; a fill nobody
+    reads (the init a loop overwrites everywhere, once rewrite_carried_tensors gave the loop a scratch buffer)
+    goes."""
+    for op in [o for o in fn.walk() if o.name == "tile.full" and dtype_of(o.result.type) == "i1"
+               and "buffer" not in o.attributes]:
+        if not op.result.uses:
+            op.detach()
+            op.erase()
+            continue
+        shape = shape_of(op.result.type)
+        with before(op):
+            fill = tile_full(shape, float(op.value.value.data != 0), "f32").value
+            eq = tile_op("cmp", [fill, _splat(shape, 1.0)], op.result.type, predicate=str_attr("eq"))
+        if "tile_rows" in op.attributes:  # the row cap of its vector tile (schedule-compressor)
+            fill.owner.attributes["tile_rows"] = eq.value.owner.attributes["tile_rows"] = op.attributes["tile_rows"]
+        _replace(op, eq.value)
+
+
+def _expanded_axes(src, dst) -> list[int]:
+    return [i for i, (a, b) in enumerate(zip(src, dst)) if a != b]
+
+
+def rewrite_broadcast_chains(fn: Operation) -> None:
+    """A tile.broadcast over several axes becomes one broadcast per axis, in axis order; a tile.iota whose ramp
+    expands over several axes becomes an iota over the first of them and such broadcasts: pypto 0.2.0's
+    expand_clone expands one axis."""
+    for op in [o for o in fn.walk() if o.name in ("tile.broadcast", "tile.iota")]:
+        dst = list(shape_of(op.result.type))
+        if op.name == "tile.iota":
+            axis = op.axis.value.data
+            src = [d if i == axis else 1 for i, d in enumerate(dst)]
+        else:
+            src = list(shape_of(op.input.type))
+        axes = _expanded_axes(src, dst)
+        if len(axes) < 2:
+            continue
+        dtype, cur_shape = dtype_of(op.result.type), list(src)
+        with before(op):
+            cur_shape[axes[0]] = dst[axes[0]]
+            if op.name == "tile.iota":
+                cur = emit_op(TILE["iota"], [], [tensor_type(cur_shape, dtype)], {"axis": op.axis}).results[0]
+            else:
+                cur = tile_op("broadcast", [op.input], tensor_type(cur_shape, dtype)).value
+            for i in axes[1:-1]:
+                cur_shape[i] = dst[i]
+                cur = tile_op("broadcast", [cur], tensor_type(cur_shape, dtype)).value
+            last = tile_op("broadcast", [cur], op.result.type)
+        if "tile_rows" in op.attributes:  # the row cap of its vector tile (schedule-compressor)
+            last.value.owner.attributes["tile_rows"] = op.attributes["tile_rows"]
+        _replace(op, last.value)
+
+
 def rewrite_int_divisions(fn: Operation) -> None:
     """An integer floordiv/rem read as a tensor becomes f32 arithmetic: casts of both operands to f32, div, floor
     (rem: a - b * floor), a cast back (rint): pypto 0.2.0 has no int32 division and its cost model no REM. Exact
@@ -521,6 +687,60 @@ def rewrite_int_divisions(fn: Operation) -> None:
             op.erase()
 
 
+def _is_copy_buffer(full: Operation) -> bool:
+    """A scratch tile.full a copy was assembled into (_scratch_copy): its one use the assemble's destination."""
+    return (full.attributes.get("buffer") == StringAttr("scratch") and full.result.has_one_use()
+            and next(iter(full.result.uses)).operation.name == "tile.assemble"
+            and next(iter(full.result.uses)).index == 1)
+
+
+def _scratch_buffer(at: Operation, like: SSAValue, value: float = 0.0) -> SSAValue:
+    """A tile.full of like's type before `at`, `buffer = "scratch"`: a scratch kernel parameter, never filled."""
+    with before(at):
+        full = tile_full(shape_of(like.type), value, dtype_of(like.type)).value
+    full.owner.attributes["buffer"] = StringAttr("scratch")
+    return full
+
+
+def _scratch_copy(at: Operation, v: SSAValue) -> SSAValue:
+    """v assembled whole into a scratch buffer before `at` (which then writes the copy in parts): pypto 0.2.0's
+    runtime gives an assembled tensor its buffer only when it is a kernel parameter (module docstring)."""
+    buf = _scratch_buffer(at, v)
+    with before(at):
+        zeros = [const(0) for _ in shape_of(v.type)]
+        copy = emit_op(TILE["assemble"], [v, buf, zeros, []], [buf.type]).results[0]
+    if LOC_ATTR not in at.attributes:
+        copy.owner.attributes.pop(LOC_ATTR)
+    return copy
+
+
+def rewrite_carried_tensors(fn: Operation, carries: list) -> None:
+    """Each loop's carried tensor that `_carry` does not find "same" held in a scratch buffer, and each scatter
+    that is not `in_place` made one into a copy of its table (see the module docstring)."""
+    for loop, how in carries:
+        for j, kind in enumerate(how):
+            if kind != "same":
+                _carry_in_scratch(loop, j, kind)
+    for op in [o for o in fn.walk() if o.name == "tile.scatter_rows" and not _in_place(o)]:
+        op.operands[0] = _scratch_copy(op, op.table)
+        op.attributes["in_place"] = _flag()
+
+
+def _carry_in_scratch(loop: Operation, j: int, kind: str) -> None:
+    """The loop's carried tensor j held in a scratch parameter: a copy of its init ("copy"), or, for a splat the
+    loop overwrites everywhere ("scratch"), the buffer alone."""
+    init = loop.operands[_first_init(loop) + j]
+    if kind == "scratch":
+        loop.operands[_first_init(loop) + j] = _scratch_buffer(loop, init, init.owner.value.value.data)
+    else:
+        loop.operands[_first_init(loop) + j] = _scratch_copy(loop, init)
+
+
+def _first_init(loop: Operation) -> int:
+    """The operand index of a loop's first carried tensor (tile.parallel: lower, upper; scf.for: lb, ub, step)."""
+    return 2 if loop.name == "tile.parallel" else 3
+
+
 def _splat(shape, value: float) -> SSAValue:
     full = tile_full(shape, value, "f32").value
     full.owner.attributes["splat"] = _flag()
@@ -534,12 +754,59 @@ def _read_as_number(full: Operation) -> bool:
                                           for u in full.result.uses)
 
 
+def rewrite_packed_concats(fn: Operation) -> None:
+    """A `packed` row concat becomes assembles of its pieces at their row offsets into a `buffer = "local"`
+    tile.full (a `pypto.tensor`; no copy task per piece, which a pypto.concat costs: CSA core 308.5 -> 263.7 us);
+    a zero-padded piece's assemble is `zero_pad` (zeros written at its padding rows: pypto assembles the valid rows
+    only), a piece that is all of a kernel parameter's buffer is `clone` (pypto 0.2.0 fails to compile an assemble
+    of it inside a loop into a tensor a matmul reads: SrcDstBufferMerge)."""
+    for op in [o for o in fn.walk() if o.name == "tile.concat" and flag(o, "packed")]:
+        padded = [bool(p.value.data) for p in op.attributes["padded"].data]
+        cloned = [_is_kernel_parameter(whole_of(v)) for v in op.inputs]
+        rows_cap = op.attributes.get("tile_rows")
+        with before(op):
+            cur = tile_full(shape_of(op.result.type), 0.0, dtype_of(op.result.type)).value
+            cur.owner.attributes["buffer"] = StringAttr("local")
+            made, row = [cur.owner], 0
+            for v, pad, clone in zip(op.inputs, padded, cloned):
+                offsets = [const(row), *(const(0) for _ in shape_of(v.type)[1:])]
+                asm = emit_op(TILE["assemble"], [v, cur, offsets, []], [op.result.type])
+                asm.attributes.pop(LOC_ATTR)
+                for name, on in (("zero_pad", pad), ("clone", clone)):
+                    if on:
+                        asm.attributes[name] = _flag()
+                made.append(asm)
+                cur, row = asm.results[0], row + shape_of(v.type)[0]
+        if rows_cap is not None:  # the row cap of its vector tile (schedule-compressor)
+            for new in made:
+                new.attributes["tile_rows"] = rows_cap
+        _replace(op, cur)
+
+
+def check_scalar_reads(fn: Operation) -> None:
+    """A tile.read must read a kernel parameter: pypto 0.2.0 reads a scalar only from one (GetTensorData of a
+    computed tensor fails at run time, F3FFFF)."""
+    for op in fn.walk():
+        if op.name == "tile.read" and not _is_param(op.source):
+            raise PassError(f"{code_text(op_location(op))}: tile.read of a computed tensor has no pypto 0.2.0 "
+                            "lowering: pypto reads scalars only from kernel parameters")
+
+
 def legalize_function(fn: Operation) -> None:
     """Rewrite fn's ops that pypto 0.2.0 cannot run as they are (values unchanged), then set every fact of the
     module docstring on fn and its ops (clearing the ones a previous run set)."""
+    check_scalar_reads(fn)
     rewrite_i8_casts(fn)
     rewrite_bool_concats(fn)
+    rewrite_broadcast_chains(fn)
     rewrite_int_divisions(fn)
+    # the scratch buffers a rewrite made (copies for a loop or a scatter to write in parts) stay declared, and the
+    # packed concats a rewrite made stay assembles into a local buffer
+    copies = [op for op in fn.walk() if op.name == "tile.full" and _is_copy_buffer(op)]
+    locals_ = [op for op in fn.walk() if op.name == "tile.full"
+               and op.attributes.get("buffer") == StringAttr("local")]
+    pieces = {op: {k: op.attributes[k] for k in ("zero_pad", "clone") if k in op.attributes}
+              for op in fn.walk() if _is_piece(op)}
     # the splats a rewrite made stay numbers while they are read as such (the others are stated again below)
     made = [op for op in fn.walk() if op.name == "tile.full" and flag(op, "splat") and _read_as_number(op)]
     for op in [fn, *fn.walk()]:
@@ -547,6 +814,12 @@ def legalize_function(fn: Operation) -> None:
             op.attributes.pop(name, None)
     for op in made:
         op.attributes["splat"] = _flag()
+    for op in copies:
+        op.attributes["buffer"] = StringAttr("scratch")
+    for op in locals_:
+        op.attributes["buffer"] = StringAttr("local")
+    for op, facts in pieces.items():
+        op.attributes.update(facts)
     block = fn.body.block
     fn.attributes["in_out"] = _names(in_out_results(fn))
     outputs = output_inits(block.last_op)
@@ -563,7 +836,8 @@ def legalize_function(fn: Operation) -> None:
         if op.name == "tile.scatter_rows":
             op.attributes["scalar_id"] = _names(scalar_id_steps(op, names))
     params = set(block.args)
-    declared = set(outputs) | scratch
+    declared = set(outputs) | scratch | {next(iter(op.result.uses)).operation.result for op in copies}
+    carries = []
     for op in block.walk():
         if op.name == "tile.full" and "buffer" not in op.attributes and select_splat(op):
             op.attributes["splat"] = _flag()
@@ -575,7 +849,9 @@ def legalize_function(fn: Operation) -> None:
             next(iter(op.result.uses)).operation.attributes["prefix"] = _flag()
         elif op.name in ("tile.parallel", "scf.for"):
             inits = op.inits if op.name == "tile.parallel" else op.iter_args
-            op.attributes["carry"] = _names(_carry(op, inits, params, declared))
+            carries.append((op, _carry(op, inits, params, declared)))
+    rewrite_carried_tensors(fn, carries)
+    rewrite_bool_splats(fn)  # after: a bool splat a loop overwrites everywhere is a scratch buffer, never filled
     for op in block.walk():
         if op.name != "tile.view":
             continue
@@ -588,6 +864,12 @@ def legalize_function(fn: Operation) -> None:
     for op in block.walk():
         if op.name == "tile.reshape" and any(one_row_batched_lhs(u) for u in op.result.uses):
             op.attributes["clone"] = _flag()
+        if op.name == "tile.reshape" and _is_param(buffer_of(op.input)):
+            op.attributes["inplace"] = _flag()
+    rewrite_packed_concats(fn)
+    copied, budgets = output_copies(fn)
+    fn.attributes["copy_out"] = ArrayAttr([_flag(c) for c in copied])
+    fn.attributes["copy_out_tile_elems"] = ArrayAttr([IntegerAttr(b, i64) for b in budgets])
     fn.attributes["pypto_legalized"] = UnitAttr()
 
 
@@ -595,9 +877,10 @@ def legalize_function(fn: Operation) -> None:
 @dataclass(frozen=True)
 class PyptoLegalize(AttncPass):
     name = "pypto-legalize"
-    summary = ("pypto path, last: rewrites what pypto 0.2.0 cannot run (i8 casts, bool concats, integer "
-               "division), then the facts the program needs as attributes (buffers, carried tensors, packed "
-               "concats, prefix gathers, splats, scalar ids) for the emitter to print")
+    summary = ("pypto path, last: rewrites what pypto 0.2.0 cannot run (i8 casts, bool concats and fills, "
+               "integer division, broadcasts over several axes, loops and scatters writing in parts), then the "
+               "facts the program needs as attributes (buffers, packed concats, in-place reshapes, prefix "
+               "gathers, splats, scalar ids, output copies) for the emitter to print")
     tolerance = 0.0
 
     def apply(self, ctx, op):
