@@ -88,7 +88,8 @@ def cube_tile(m: int, k: int, n: int, in_bytes: int = 2, n_max: int | None = Non
     (L1 holds up to 512 of K, a multiple of the L0 step); N as wide as L0B (bf16 K x N) and L0C (f32 M x N) allow.
     Fewest N tiles first, then fewest K steps: every N tile is a cube task, and a task costs the scheduler more
     than its compute at decode sizes (SWA core: Q·Kᵀ over 130 keys as one 144-wide tile, 142.5 vs 147.7 µs).
-    `in_bytes` 1 (int8 operands): L0A/L0B hold twice the elements, so N tiles twice as wide; 4 (f32): half.
+    `in_bytes` 1 (int8 operands): L0A/L0B hold twice the elements, so N tiles twice as wide, and L1 twice the K
+    (as mla_prolog_quant_v4's wq_b tiles); 4 (f32): half.
     `n_max`: the N tile the IR states (tile-matmul{tasks}), a cap."""
     def up16(x: int) -> int:
         return max(16, -(-x // 16) * 16)
@@ -106,7 +107,8 @@ def cube_tile(m: int, k: int, n: int, in_bytes: int = 2, n_max: int | None = Non
         if best is None or cost < best[0]:
             best = (cost, k0, n0)
     _, k0, n0 = best
-    k1 = min(512 // k0, -(-min(up16(k), 512) // k0)) * k0
+    l1_k = 512 * 2 // min(in_bytes, 2)  # K elements an L1 buffer holds: int8 twice bf16's (408.8 vs 413.6 µs W8A8 wq_b)
+    k1 = min(l1_k // k0, -(-min(up16(k), l1_k) // k0)) * k0
     return f"pypto.set_cube_tile_shapes([{m0}, {m0}], [{k0}, {k1}], [{n0}, {n0}])"
 
 
