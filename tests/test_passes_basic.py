@@ -179,6 +179,10 @@ def test_tile_matmul_cost_rule_picks_the_split_measured_faster():
     assert choose(128, 8192, 4096, 512, 24)[0] == 1
     # a matmul in a loop whose 64 iterations alone fill the cube keeps the target's tiles
     assert choose(64, 512, 642, 512, 24 / 64) == (1, None)
+    # wq_a [16, 4096] x [4096, 1024] at t = 16 (flash B=8, S=2): a task streams its whole [K, N] B tile whatever
+    # its rows, so N tiles of 64 (12 tasks: W8A8 qkv_proj_rope 183.4 us) beat the target's 256 (3 tasks of 44 us
+    # on the critical path: 198.2 us)
+    assert choose(16, 4096, 1024, 512, 24) == (1, 64)
 
 
 def _ancestors(op):

@@ -370,10 +370,11 @@ def test_decode_swa_w8a8_sim_equals_the_interpreter_at_tiny():
 
 def test_int8_cube_tiles_hold_twice_bf16s_k_in_the_same_l1_bytes():
     """wq_b at flash ([128, 1024] x [1024, 32768]): the int8 K tile of L1 is twice bf16's (as mla_prolog_quant_v4's
-    wq_b tiles; 408.8 vs 413.6 µs W8A8 qkv_proj_rope at B=64 S=2) in the same L1 bytes, the L0 tiles in L0."""
+    wq_b tiles; 408.8 vs 413.6 µs W8A8 qkv_proj_rope at B=64 S=2) in the same L1 bytes, the L0 tiles in L0; where
+    twice the K would not fit those bytes (t = 16: 512-wide N tiles; 512 KiB measured 326.3 µs) it stays."""
     import re
 
-    from attnc.codegen.pypto.emit import L0AB_BYTES, cube_tile
+    from attnc.codegen.pypto.emit import L0AB_BYTES, L1_OPERAND_BYTES, cube_tile
 
     def tiles(in_bytes):
         return [tuple(map(int, g.split(","))) for g in re.findall(r"\[(\d+, \d+)\]", cube_tile(128, 1024, 32768,
@@ -381,5 +382,9 @@ def test_int8_cube_tiles_hold_twice_bf16s_k_in_the_same_l1_bytes():
     (m8, _), (k8, k18), (n8, _) = tiles(1)
     (m2, _), (k2, k12), (n2, _) = tiles(2)
     assert k18 == 2 * k12 == 1024 and k18 % k8 == 0
-    assert (m8 * k18 + k18 * n8) * 1 == (m2 * k12 + k12 * n2) * 2  # L1 bytes of A and B alike
+    assert (m8 * k18 + k18 * n8) * 1 == (m2 * k12 + k12 * n2) * 2 == L1_OPERAND_BYTES  # L1 bytes of A and B alike
     assert m8 * k8 <= L0AB_BYTES and k8 * n8 <= L0AB_BYTES
+    # t = 16: the int8 N tile is 512 wide, so twice the K would not fit bf16's L1 bytes: K stays 512
+    (m, _), (k0, k1), (n, _) = [tuple(map(int, g.split(","))) for g in
+                                re.findall(r"\[(\d+, \d+)\]", cube_tile(16, 1024, 32768, 1))]
+    assert n == 512 and k1 == 512 and (m + n) * k1 <= L1_OPERAND_BYTES

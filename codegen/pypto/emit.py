@@ -80,6 +80,7 @@ def loop_vec_budget(loop: Operation, outer: int) -> int:
 
 
 L0AB_BYTES, L0C_BYTES = 64 * 1024, 128 * 1024
+L1_OPERAND_BYTES = (128 * 512 + 512 * 256) * 2  # the L1 tiles of A and B at most (bf16 M 128, K 512, N 256)
 UB_BYTES = 192 * 1024  # the vector unit's buffer: an op's tiles (inputs and output) live there together
 
 
@@ -107,8 +108,9 @@ def cube_tile(m: int, k: int, n: int, in_bytes: int = 2, n_max: int | None = Non
         if best is None or cost < best[0]:
             best = (cost, k0, n0)
     _, k0, n0 = best
-    l1_k = 512 * 2 // min(in_bytes, 2)  # K elements an L1 buffer holds: int8 twice bf16's (408.8 vs 413.6 µs W8A8 wq_b)
-    k1 = min(l1_k // k0, -(-min(up16(k), l1_k) // k0)) * k0
+    k1 = min(512 // k0, -(-min(up16(k), 512) // k0)) * k0
+    if in_bytes == 1 and (m0 + n0) * 2 * k1 <= L1_OPERAND_BYTES:  # int8: twice the K in bf16's L1 bytes
+        k1 = min(2 * k1, -(-up16(k) // k0) * k0)
     return f"pypto.set_cube_tile_shapes([{m0}, {m0}], [{k0}, {k1}], [{n0}, {n0}])"
 
 
