@@ -25,7 +25,7 @@ _QKV_PARAMS = {
     "attn_norm_w": In("dim", dtype="f32"),
     "wq_a": In("dim", "q_lora_rank"),
     "q_norm_w": In("q_lora_rank", dtype="f32"),
-    "wq_b": In("q_lora_rank", "q_dim"),
+    "wq_b": In("q_lora_rank", "q_dim", quantizable=True),
     "wkv": In("dim", "head_dim"),
     "kv_norm_w": In("head_dim", dtype="f32"),
 }

@@ -286,9 +286,25 @@ class _Analysis:
         self.replicated, self.tok = replicated, tok
         return groups
 
-    def region(self, group: list[Operation]) -> tuple[list[Operation], list[SSAValue], list[SSAValue]]:
+    def constants(self) -> set:
+        """Top-level ops computing small data from no input at all (iota / full and the elementwise, concat,
+        cast chains over them: the RoPE permutation matrices), at most CONSTANT_ELEMS per result."""
+        out: set = set()
+        for op in self.block.ops:
+            if (op.regions or not op.results or any(r in self.replicated for r in op.results)
+                    or not all(isinstance(r.type, TensorType) and _elems(r) <= CONSTANT_ELEMS for r in op.results)):
+                continue
+            if all(isinstance(v.owner, Operation) and v.owner in out for v in op.operands):
+                out.add(op)
+        return out
+
+    def region(self, group: list[Operation], constants: bool = False
+               ) -> tuple[list[Operation], list[SSAValue], list[SSAValue]]:
         """(region ops in program order, region inputs, region outputs) of one level's token work: the flattens
-        stay outside (their results are the row views of the loop), replicated data is cloned into the loop."""
+        stay outside (their results are the row views of the loop), replicated data is cloned into the loop, and
+        with `constants` (a one-trip loop: made once either way) so are the constants it reads: pypto 0.2.0 makes
+        a value computed outside the loop one task whose edges to every task reading it one AICPU thread resolves
+        while its cores wait (the RoPE selectors of qkv_proj_rope: ~150 edges, 33 us idle at flash B=64)."""
         work = [op for op in group if op.parent_block() is self.block and not (
             self.is_flatten(op) and not any(v.owner in group for v in self.external_operands(op)
                                             if isinstance(v.owner, Operation)))]
@@ -299,6 +315,10 @@ class _Analysis:
                     self.top_level(u.operation) in work_set for r in op.results for u in r.uses):
                 generators.append(op)
         region_set = work_set | set(generators)
+        constants = self.constants() if constants else set()
+        for op in reversed(list(self.block.ops)):  # a constant the region reads, and the constants it reads
+            if op in constants and any(self.top_level(u.operation) in region_set for r in op.results for u in r.uses):
+                region_set.add(op)
         region = [op for op in self.block.ops if op in region_set]
         inputs, outputs = [], []
         for op in region:
@@ -308,10 +328,22 @@ class _Analysis:
                     continue
                 if v in self.tok and v not in inputs:  # token rows: viewed per chunk; anything else is shared
                     inputs.append(v)
+            if op in constants:  # made again in the loop; uses outside keep the original
+                continue
             for r in op.results:
                 if any(self.top_level(u.operation) not in region_set for u in r.uses) and r not in outputs:
                     outputs.append(r)
         return region, inputs, outputs
+
+
+CONSTANT_ELEMS = 16384  # one vector tile: re-made in every chunk of the loop at the cost of one vector task
+
+
+def _elems(v: SSAValue) -> int:
+    n = 1
+    for d in shape_of(v.type):
+        n *= d
+    return n
 
 
 def _tensor_results(op: Operation) -> list[SSAValue]:
@@ -357,8 +389,10 @@ def _parallelize(fn: func.FuncOp, rows: int, weight_rows: int = 0, weight_vec_ti
     for group in an.levels():
         region, inputs, outputs = an.region(group)
         weights = _multiplies_weights(region, an.tok | an.nested_tok, params)
-        _parallelize_region(an, region, inputs, outputs, (weight_rows or rows) if weights else rows,
-                            weight_vec_tile if weights else 0, row_tile)
+        chunk = (weight_rows or rows) if weights else rows
+        if chunk_rows(an.T, chunk, row_tile) == an.T:  # one trip: its constants are made in it at no extra cost
+            region, inputs, outputs = an.region(group, constants=True)
+        _parallelize_region(an, region, inputs, outputs, chunk, weight_vec_tile if weights else 0, row_tile)
 
 
 def chunk_rows(T: int, rows: int, row_tile: int = 0) -> int:

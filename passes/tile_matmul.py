@@ -112,7 +112,7 @@ def choose(m: int, k: int, n: int, min_chunk: int, cores: float, in_bytes: int =
     for kc in chunk_sizes:
         for w in widths:
             chunks = k // kc
-            if (chunks > 1 or w != widest) and min(m, CUBE_M) * kc * min(w, n) < task_macs:
+            if (chunks > 1 or w != widest) and CUBE_M * kc * min(w, n) < task_macs:  # a full M tile, as n_tile
                 continue
             key = (estimate(m, k, n, chunks, w, cores, in_bytes), chunks * -(-n // w))
             if best is None or key < best[0]:

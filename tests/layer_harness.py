@@ -11,7 +11,7 @@ import functools
 
 import torch
 
-from attnc.ir.dsl import stage_config
+from attnc.ir.dsl import stage_config, stage_params
 from attnc.ir.interpreter import run_module
 from attnc.kernels_src import STAGES, build_stage, resolve_config
 from attnc.kernels_src.inputs import make_inputs, rope_tables
@@ -64,7 +64,8 @@ class LayerDriver:
         x = torch.stack([self.x_hist[b, int(p): int(p) + seq] for b, p in enumerate(start_pos)])
         args = dict(self.weights, **state, x=x, start_pos=sp, rope_cos=self.cos, rope_sin=self.sin)
         module = layer_module(self.kind, self.batch, seq, self.overrides, self.pipeline, self.config)
-        outs = run_module(module, [args[n] for n in self.stage.params])
+        # the config's parameters: quant=w8a8 adds a quantised weight's scales
+        outs = run_module(module, [args[n] for n in stage_params(self.stage, self.cfg)])
         return dict(zip(self.stage.outputs, outs))
 
     def carry(self, outs: dict) -> dict:

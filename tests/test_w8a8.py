@@ -204,8 +204,9 @@ def dtype_of_result(op):
 
 
 def _sim_and_interpreter(stage: str):
-    """The pypto pipeline at tiny, quant=w8a8: (SIM run, interpreter outputs of the same tile module)."""
-    from attnc.codegen.pypto.target import run_pypto_sim
+    """The pypto pipeline at tiny, quant=w8a8: (SIM run, interpreter outputs of the same tile module). A pass
+    verify record is accepted only when excused by its cause (codegen/pypto/target.py)."""
+    from attnc.codegen.pypto.target import describe, run_pypto_sim, unexcused
 
     cfg = resolve_config("tiny", {"quant": "w8a8"})
     mod = _compiled(stage, cfg, PYPTO_PIPELINE)
@@ -213,7 +214,7 @@ def _sim_and_interpreter(stage: str):
     want = dict(zip(STAGES[stage].outputs, run_module(mod, list(inputs.values()))))
     res = run_pypto_sim(mod, inputs, timeout_s=300)
     assert "pypto.DT_INT32" in res.program and "pypto.DT_INT8" in res.program
-    assert res.verify and not res.failed_records, res.failed_records[:3]
+    assert res.verify and not unexcused(res), [describe(r, res.program) for r in unexcused(res)][:3]
     return res, want
 
 
@@ -298,3 +299,92 @@ def test_indexer_w8a8_q_requantised_per_token_and_head_within_the_declared_toler
     assert err["bf16"] <= 5e-3, err
     assert 0 < err["q-vs-quantised"] <= W8A8_TOLERANCE and err["q-vs-bf16"] <= W8A8_TOLERANCE, err
     assert torch.all(out_q[~vis] == out_b["index_score"][~vis])  # invisible entries: the fill value
+
+
+# ------------------------------------------------------------------------------- layer kinds, quant=w8a8
+
+LAYERS = ("decode_swa", "decode_hca", "decode_csa")
+
+
+@pytest.mark.parametrize("paged", [False, True], ids=["dense", "paged"])
+@pytest.mark.parametrize("kind", LAYERS)
+def test_layer_kinds_take_the_quantised_projections(kind, paged):
+    """`--set quant=w8a8` on a layer kind (dense and paged): wq_b (and CSA's indexer wi_q) arrive as i8 with their
+    per-channel scales, as in the stages, and quantize-w8a8 turns each into an int8 x int8 -> int32 matmul."""
+    from attnc.ir.dsl import stage_params
+
+    sd = STAGES[kind + ("_paged" if paged else "")]
+    cfg = resolve_config("tiny", {"quant": "w8a8"})
+    params = stage_params(sd, cfg)
+    want = {"wq_b"} | ({"wi_q"} if kind == "decode_csa" else set())
+    assert {n for n, p in params.items() if p.dtype == "i8"} == want
+    assert all(params[f"{w}_scale"].dtype == "f32" for w in want)
+    assert not any(p.dtype == "i8" for p in stage_params(sd, resolve_config("tiny")).values())
+    mod = build_stage(sd, cfg)
+    assert {o.proj.data for o in mod.walk() if o.name == "attn.scaled_matmul"} == want
+    run_pipeline(mod, "quantize-w8a8")
+    assert sum(o.name == "attn.matmul" and dtype_of_result(o) == "i32" for o in mod.walk()) == len(want)
+
+
+def _dequantised(weights: dict) -> dict:
+    """The quantised checkpoint's weights as the FP32 reference takes them: i8 x per-channel scale, exactly."""
+    return {k: v.float() * weights[f"{k}_scale"] if f"{k}_scale" in weights else v
+            for k, v in weights.items() if not (k.endswith("_scale") and k[:-6] in weights)}
+
+
+@pytest.mark.parametrize("kind,start,seq", [("swa", (6, 13), 3), ("hca", (126, 127), 2), ("csa", (11, 22), 2)])
+def test_layer_w8a8_against_the_fp32_reference(kind, start, seq):
+    """A W8A8 layer step (after quantize-w8a8: qr and, for CSA, the indexer's qr quantised per row) against the
+    independent FP32 layer reference of the same quantised checkpoint and of the bf16 weights. Declared: the
+    pass's 2e-2. Measured tiny: swa 4.7e-3 / 5.8e-3, hca 6.3e-3 / 6.9e-3, csa 6.3e-3 / 5.8e-3 (the bf16 layers
+    4.4e-3-4.7e-3 against their reference)."""
+    from tests.layer_harness import LayerDriver
+    from tests.reference.dsv4_layer_reference import layer_reference
+    from tests.test_layers_vs_reference import _kernel_selection, rel_err
+
+    quant = LayerDriver(kind, length=170, overrides=(("quant", "w8a8"),), pipeline="quantize-w8a8")
+    bf16 = LayerDriver(kind, length=170)
+    outs = quant.step(list(start), seq, quant.history(list(start)))
+    selection = _kernel_selection(outs, start, seq) if kind == "csa" else None
+    errs = {}
+    for name, weights in (("vs-quantised", _dequantised(quant.reference_weights())),
+                          ("vs-bf16", bf16.reference_weights())):
+        ref = layer_reference(kind, quant.cfg, weights, quant.x_hist.float(), list(start), seq, selection=selection)
+        errs[name] = rel_err(outs["out"], ref["y"])
+    assert torch.isfinite(outs["out"].float()).all()
+    assert all(0 < e <= W8A8_TOLERANCE for e in errs.values()), errs
+    # the activation really was quantised: the same checkpoint with a bf16 activation gives another output
+    exact = LayerDriver(kind, length=170, overrides=(("quant", "w8a8"),), pipeline="quantize-w8a8{targets=none}")
+    assert not torch.equal(exact.step(list(start), seq, quant.history(list(start)))["out"], outs["out"])
+
+
+@needs_pypto
+def test_decode_swa_w8a8_sim_equals_the_interpreter_at_tiny():
+    """A whole W8A8 layer step through the pypto pipeline: SIM's outputs (the attention output and the ring) equal
+    to the interpreter's bit for bit. ~25 s."""
+    res, want = _sim_and_interpreter("decode_swa")
+    for o, w in want.items():
+        assert res.outputs[o].dtype == w.dtype
+        assert torch.equal(res.outputs[o], w), (o, normalised_error(res.outputs[o].float(), w.float()))
+
+
+def test_int8_cube_tiles_hold_twice_bf16s_k_in_the_same_l1_bytes():
+    """wq_b at flash ([128, 1024] x [1024, 32768]): the int8 K tile of L1 is twice bf16's (as mla_prolog_quant_v4's
+    wq_b tiles; 408.8 vs 413.6 µs W8A8 qkv_proj_rope at B=64 S=2) in the same L1 bytes, the L0 tiles in L0; where
+    twice the K would not fit those bytes (t = 16: 512-wide N tiles; 512 KiB measured 326.3 µs) it stays."""
+    import re
+
+    from attnc.codegen.pypto.emit import L0AB_BYTES, L1_OPERAND_BYTES, cube_tile
+
+    def tiles(in_bytes):
+        return [tuple(map(int, g.split(","))) for g in re.findall(r"\[(\d+, \d+)\]", cube_tile(128, 1024, 32768,
+                                                                                            in_bytes))]
+    (m8, _), (k8, k18), (n8, _) = tiles(1)
+    (m2, _), (k2, k12), (n2, _) = tiles(2)
+    assert k18 == 2 * k12 == 1024 and k18 % k8 == 0
+    assert (m8 * k18 + k18 * n8) * 1 == (m2 * k12 + k12 * n2) * 2 == L1_OPERAND_BYTES  # L1 bytes of A and B alike
+    assert m8 * k8 <= L0AB_BYTES and k8 * n8 <= L0AB_BYTES
+    # t = 16: the int8 N tile is 512 wide, so twice the K would not fit bf16's L1 bytes: K stays 512
+    (m, _), (k0, k1), (n, _) = [tuple(map(int, g.split(","))) for g in
+                                re.findall(r"\[(\d+, \d+)\]", cube_tile(16, 1024, 32768, 1))]
+    assert n == 512 and k1 == 512 and (m + n) * k1 <= L1_OPERAND_BYTES

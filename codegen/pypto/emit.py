@@ -82,6 +82,7 @@ def loop_vec_budget(loop: Operation, outer: int) -> int:
 
 
 L0AB_BYTES, L0C_BYTES = 64 * 1024, 128 * 1024
+L1_OPERAND_BYTES = (128 * 512 + 512 * 256) * 2  # the L1 tiles of A and B at most (bf16 M 128, K 512, N 256)
 UB_BYTES = 192 * 1024  # the vector unit's buffer: an op's tiles (inputs and output) live there together
 
 
@@ -90,7 +91,8 @@ def cube_tile(m: int, k: int, n: int, in_bytes: int = 2, n_max: int | None = Non
     (L1 holds up to 512 of K, a multiple of the L0 step); N as wide as L0B (bf16 K x N) and L0C (f32 M x N) allow.
     Fewest N tiles first, then fewest K steps: every N tile is a cube task, and a task costs the scheduler more
     than its compute at decode sizes (SWA core: Q·Kᵀ over 130 keys as one 144-wide tile, 142.5 vs 147.7 µs).
-    `in_bytes` 1 (int8 operands): L0A/L0B hold twice the elements, so N tiles twice as wide; 4 (f32): half.
+    `in_bytes` 1 (int8 operands): L0A/L0B hold twice the elements, so N tiles twice as wide, and L1 twice the K
+    (as mla_prolog_quant_v4's wq_b tiles); 4 (f32): half.
     `n_max`: the N tile the IR states (tile-matmul{tasks}), a cap."""
     def up16(x: int) -> int:
         return max(16, -(-x // 16) * 16)
@@ -109,6 +111,8 @@ def cube_tile(m: int, k: int, n: int, in_bytes: int = 2, n_max: int | None = Non
             best = (cost, k0, n0)
     _, k0, n0 = best
     k1 = min(512 // k0, -(-min(up16(k), 512) // k0)) * k0
+    if in_bytes == 1 and (m0 + n0) * 2 * k1 <= L1_OPERAND_BYTES:  # int8: twice the K in bf16's L1 bytes
+        k1 = min(2 * k1, -(-up16(k) // k0) * k0)
     return f"pypto.set_cube_tile_shapes([{m0}, {m0}], [{k0}, {k1}], [{n0}, {n0}])"
 
 
