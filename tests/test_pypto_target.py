@@ -35,6 +35,24 @@ def test_emitted_program_is_deterministic_and_readable():
     assert "# kernels_src/sparse_attn.py:" in text  # statements name their DSL line
 
 
+def test_stated_l1_reuse_is_set_for_its_loop_and_restored():
+    """tile-matmul's `l1_reuse` on the flash m = 4 compressor's projections: pypto 0.2.0 reads
+    cube_l1_reuse_setting per loop body (set around the matmul statement alone it changed nothing: 325.3 us both),
+    so the loop's body sets it and the line after the loop restores the program's setting."""
+    from attnc.passes import PYPTO_PIPELINE
+
+    module = build_stage(STAGES["compressor"], resolve_config("flash", {"compress_ratio": 4}))
+    run_pipeline(module, PYPTO_PIPELINE)
+    lines = emit_pypto(module).splitlines()
+    mm = next(i for i, line in enumerate(lines) if "pypto.matmul(" in line and "wc_kv" in line)
+    loop = max(i for i in range(mm) if "pypto.loop(" in lines[i])
+    body = lines[loop + 1][:len(lines[loop + 1]) - len(lines[loop + 1].lstrip())]
+    assert lines[loop + 1] == body + "pypto.set_pass_options(cube_l1_reuse_setting={-1: 1})"
+    end = next(i for i in range(mm, len(lines)) if not lines[i].startswith(body))
+    assert lines[end].strip() == "pypto.set_pass_options(cube_l1_reuse_setting={0: 4})"
+    assert sum("set_pass_options" in line for line in lines) == 2  # the RoPE's selector matmuls keep the setting
+
+
 @pytest.mark.parametrize("stage", ["compressor", "index_compressor"])
 def test_overlapping_compressors_pool_over_slots_without_a_transpose(stage):
     """m = 4: the pooling reduces the window's slot axis elementwise on [T, n, d] views (channels stay contiguous): a
