@@ -84,8 +84,9 @@ class _Lower(RewritePattern):
                 return fused
         operands = [list(op.inputs)] if kind == "concat" else list(op.operands)
         new = emit_op(TILE[_TILE_KIND.get(kind, kind)], operands, [rtype], dict(op.properties))
-        if "n_tile" in op.attributes:  # a matmul's cube N tile, stated by tile-matmul{tasks}
-            new.attributes["n_tile"] = op.attributes["n_tile"]
+        for key in ("n_tile", "l1_reuse"):  # a matmul's cube N tile and L1 reuse, stated by tile-matmul
+            if key in op.attributes:
+                new.attributes[key] = op.attributes[key]
         return new.results[0]
 
     def _reduce(self, op):

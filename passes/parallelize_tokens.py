@@ -389,7 +389,11 @@ def _parallelize(fn: func.FuncOp, rows: int, weight_rows: int = 0, weight_vec_ti
     for group in an.levels():
         region, inputs, outputs = an.region(group)
         weights = _multiplies_weights(region, an.tok | an.nested_tok, params)
-        chunk = (weight_rows or rows) if weights else rows
+        # a pass may state smaller chunks for its token ops (`chunk_rows`: schedule-compressor's pooling), so more
+        # chunks of a long per-row chain run side by side; not in a loop reading a weight (once per chunk)
+        stated = [] if weights else [o.attributes["chunk_rows"].value.data for top in region for o in top.walk()
+                                     if "chunk_rows" in o.attributes and any(r in an.tok for r in o.results)]
+        chunk = min([(weight_rows or rows) if weights else rows, *stated])
         if chunk_rows(an.T, chunk, row_tile) == an.T:  # one trip: its constants are made in it at no extra cost
             region, inputs, outputs = an.region(group, constants=True)
         _parallelize_region(an, region, inputs, outputs, chunk, weight_vec_tile if weights else 0, row_tile)

@@ -124,11 +124,13 @@ def _halves(v, z, ok, dim: int, lo: int, n: int, overlap: bool, newer: bool):
     return (dsl.slice_(v, (0, lo, col), (N, n, dim)), dsl.slice_(z, (0, lo, col), (N, n, dim)), ok)
 
 
-def _cap_tile_rows(out, inputs, rows: int):
+def _cap_tile_rows(out, inputs, rows: int, chunk: int = 0):
     """State `tile_rows` (the row cap of each op's vector tile, read by the pypto emitter) on the ops that compute
     `out` from `inputs`: the pooling's ops are views of [N, n, d], [N, n/2, d] ... whose budget tiles would take
     4, 8, 16 rows, so each fold level waits on several tiles of the last and runs as its own task; one row count
-    lets pypto 0.2.0 fuse a row group's whole chain into one task (flash m = 4, by hand: 242.9 -> 217.2 us)."""
+    lets pypto 0.2.0 fuse a row group's whole chain into one task (flash m = 4, by hand: 242.9 -> 217.2 us).
+    `chunk` states `chunk_rows`, the token rows per chunk of the loop parallelize-tokens makes of them:
+    8-row chunks run the pooling's chain as 16 tasks side by side instead of 4 (flash m = 4 211.4 -> 194.0 us)."""
     stop, todo = {val(x) for x in inputs}, [val(out)]
     while todo:
         v = todo.pop()
@@ -136,12 +138,14 @@ def _cap_tile_rows(out, inputs, rows: int):
             continue
         stop.add(v)
         v.owner.attributes["tile_rows"] = IntegerAttr(rows, i64)
+        if chunk:
+            v.owner.attributes["chunk_rows"] = IntegerAttr(chunk, i64)
         todo.extend(v.owner.operands)
 
 
 class _Schedule(RewritePattern):
-    def __init__(self, schedule: str, pool_rows: int):
-        self.schedule, self.pool_rows = schedule, pool_rows
+    def __init__(self, schedule: str, pool_rows: int, chunk_rows: int):
+        self.schedule, self.pool_rows, self.chunk_rows = schedule, pool_rows, chunk_rows
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: CompressPoolOp, rewriter: PatternRewriter):
@@ -155,7 +159,7 @@ class _Schedule(RewritePattern):
             if schedule == "row":
                 pooled = self._row(op, B, S, width, ratio, dim)
             else:
-                pooled = self._token(op, B, S, width, ratio, dim, self.pool_rows)
+                pooled = self._token(op, B, S, width, ratio, dim, self.pool_rows, self.chunk_rows)
         rewriter.replace(op, [], [pooled.value])
 
     @staticmethod
@@ -187,7 +191,7 @@ class _Schedule(RewritePattern):
         return dsl.select(s.eq(dsl.reshape(first + ratio - 1 - sp, (B, 1, 1))), out, 0.0)  # the completing token
 
     @staticmethod
-    def _token(op, B, S, width, ratio, dim, pool_rows: int):
+    def _token(op, B, S, width, ratio, dim, pool_rows: int, chunk_rows: int):
         overlap = width == 2 * dim
         R = shape_of(op.kv_state.type)[1]
         T_ = B * S
@@ -208,9 +212,12 @@ class _Schedule(RewritePattern):
                 pooled = pool_slots(parts)
             else:
                 pooled = pool_slots([_halves(v, z, None, dim, 0, R, False, False)])
-            _cap_tile_rows(pooled, [v, z] + ([present] if overlap else []), pool_rows)
-            pooled = dsl.from_tokens(dsl.reshape(pooled, (T_, dim)))
-            return dsl.select(((t + 1) % ratio).eq(0), pooled, 0.0)
+            # only a completing token keeps its entry: selected on the pooling's row groups (a select of the
+            # whole [B, S, d] after them was its own 2 tasks of 11.8 us on flash m = 4's critical path)
+            completes = dsl.reshape(dsl.to_tokens(((t + 1) % ratio).eq(0)), (T_, 1, 1))
+            pooled = dsl.select(completes, pooled, 0.0)
+            _cap_tile_rows(pooled, [v, z, completes] + ([present] if overlap else []), pool_rows, chunk_rows)
+            return dsl.from_tokens(dsl.reshape(pooled, (T_, dim)))
 
 
 @register
@@ -221,7 +228,8 @@ class ScheduleCompressor(PatternPass):
     tolerance = 1e-2
     schedule: str = "auto"
     pool_rows: int = 4  # token schedule: row cap of the pooling's vector tiles (a large value: the target's tiles)
+    chunk_rows: int = 8  # token schedule: token rows per chunk of the pooling's loop (a large value: parallelize-tokens' rows)
     option_choices = {"schedule": SCHEDULES}
 
     def pattern(self):
-        return _Schedule(self.schedule, self.pool_rows)
+        return _Schedule(self.schedule, self.pool_rows, self.chunk_rows)

@@ -18,7 +18,9 @@ vector add on the accumulation chain. The facts it reads are the IR's: the opera
 trip counts of the `tile.parallel` loops around the matmul (their iterations run side by side, so a matmul in a
 64-iteration loop gets 24/64 of the cube). Why: a narrow N tile streams the whole [M, K] A tile once per N tile
 (K = 4096, N tile 32: 32 A loads of 1 MiB for a 1024-wide result), and every K chunk costs an f32 add of the
-whole [M, N] result (wq_b at k=512: one [128, 32768] add)."""
+whole [M, N] result (wq_b at k=512: one [128, 32768] add). With K whole it also states `l1_reuse = 1` on a
+matmul whose N tiles run faster each as its own task than merged by the target's L1 reuse (`l1_reuse`), which
+the pypto emitter honours in the loop around the matmul."""
 from __future__ import annotations
 
 import math
@@ -49,6 +51,9 @@ TASK_MACS = 7000 * 4096
 TASK_CYCLES, CUBE_MACS, CUBE_CORES, VEC_CORES = 7000, 4096, 24, 48
 LOAD_RUN_CYCLES, LOAD_BYTES_PER_CYCLE = 2.2, 52.6
 ADD_TILE, ADD_CYCLES = 16384, 18577
+# the pypto target's L1 reuse (`cube_l1_reuse_setting` {0: 4}): up to 4 N tiles of a matmul that read the same A
+# tile run as one task
+TARGET_L1_REUSE = 4
 
 
 def n_tile(m: int, k: int, n: int, chunks: int, tasks: int, task_macs: int = TASK_MACS,
@@ -80,13 +85,18 @@ def widest_n(m: int, n: int, in_bytes: int = 2) -> int:
     return min(n, 512 // in_bytes, 128 * 1024 // (4 * m0))
 
 
-def estimate(m: int, k: int, n: int, chunks: int, width: int, cores: float, in_bytes: int = 2) -> float:
+def estimate(m: int, k: int, n: int, chunks: int, width: int, cores: float, in_bytes: int = 2,
+             merge: int = 1) -> float:
     """Cycles of one [m, k] x [k, n] matmul in `chunks` K chunks and N tiles of `width` on `cores` cube cores:
     waves of tasks x one task (dispatch + A and B tile loads + MACs), plus one f32 [m, n] add per extra chunk
-    (its tiles spread over the vector cores, one chunk after the other)."""
+    (its tiles spread over the vector cores, one chunk after the other). `merge`: N tiles sharing one A tile that
+    pypto's L1 reuse runs as one task (the A tile loaded once, the tiles one after the other on one core)."""
     kc, m0, w = k // chunks, min(m, CUBE_M), min(width, n)
-    tasks = -(-m // CUBE_M) * -(-n // w) * chunks
-    task = TASK_CYCLES + _load_cycles(m0, kc, in_bytes) + _load_cycles(kc, w, in_bytes) + m0 * kc * w / CUBE_MACS
+    n_tiles = -(-n // w)
+    merge = max(1, min(merge, n_tiles))
+    tasks = -(-m // CUBE_M) * -(-n_tiles // merge) * chunks
+    task = (TASK_CYCLES + _load_cycles(m0, kc, in_bytes)
+            + merge * (_load_cycles(kc, w, in_bytes) + m0 * kc * w / CUBE_MACS))
     adds = (chunks - 1) * -(-(-(-m * n // ADD_TILE)) // VEC_CORES) * (TASK_CYCLES + ADD_CYCLES)
     return -(-tasks // max(cores, 1e-9)) * task + adds
 
@@ -120,6 +130,18 @@ def choose(m: int, k: int, n: int, min_chunk: int, cores: float, in_bytes: int =
     return best[1], best[2]
 
 
+def l1_reuse(m: int, k: int, n: int, width: int, cores: float, in_bytes: int = 2) -> int | None:
+    """1 where the matmul's N tiles (of `width`) run faster as tasks of their own than merged TARGET_L1_REUSE to a
+    task by pypto's L1 reuse (its tasks then too few and too long to fill the cube), else None (the target's
+    setting). Flash m = 4 compressor, a = xn @ W_kv and z = xn @ W_gate [128, 4096] x [4096, 1024] at N tile 64:
+    merged, 2 tasks of 149.3 us end the projections at 156.0 us (325.3 us in all); unmerged, 16 of 39.5 at 48.7
+    (224.7 us)."""
+    if cores <= 1:
+        return None
+    merged = estimate(m, k, n, 1, width, cores, in_bytes, TARGET_L1_REUSE)
+    return 1 if estimate(m, k, n, 1, width, cores, in_bytes) < merged else None
+
+
 def _concurrency(op) -> int:
     """Iterations of the `tile.parallel` loops around `op` (they run side by side)."""
     count, parent = 1, op.parent_op()
@@ -137,7 +159,7 @@ class _ChunkK(RewritePattern):
         self.k, self.tasks, self.task_macs, self.rule = k, tasks, task_macs, rule
 
     def match_and_rewrite(self, op, rewriter: PatternRewriter):
-        if not isinstance(op, (ATTN["matmul"], TILE["matmul"])) or "n_tile" in op.attributes:
+        if not isinstance(op, (ATTN["matmul"], TILE["matmul"])) or "n_tile" in op.attributes or "l1_reuse" in op.attributes:
             return
         trans = op.transpose_b.value.data
         sa, sb = shape_of(op.lhs.type), shape_of(op.rhs.type)
@@ -151,6 +173,10 @@ class _ChunkK(RewritePattern):
             if chunks == 1:
                 if width is not None:
                     op.attributes["n_tile"] = IntegerAttr(width, i64)
+                reuse = l1_reuse(m, K, n, width or widest_n(m, n, in_bytes), self.tasks / _concurrency(op), in_bytes)
+                if reuse is not None:
+                    op.attributes["l1_reuse"] = IntegerAttr(reuse, i64)
+                if width is not None or reuse is not None:
                     rewriter.handle_operation_modification(op)
                 return
             k = K // chunks

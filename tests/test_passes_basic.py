@@ -185,6 +185,22 @@ def test_tile_matmul_cost_rule_picks_the_split_measured_faster():
     assert choose(16, 4096, 1024, 512, 24) == (1, 64)
 
 
+def test_tile_matmul_cost_rule_states_l1_reuse_measured_faster():
+    """tile-matmul{rule=cost} models pypto's L1 reuse (N tiles sharing one A tile merged into one task) and states
+    `l1_reuse = 1` where the tiles run faster as tasks of their own: the flash m = 4 compressor's a = xn @ W_kv and
+    z = xn @ W_gate [128, 4096] x [4096, 1024], N tile 64 (pypto 0.2.0 SIM, B=64 S=2): merged, 2 tasks of 149.3 us,
+    325.3 us in all; each tile its own task, 16 of 39.5 us, 224.7 us; the index compressor's [4096, 256]: 185.9 ->
+    157.4 us."""
+    from attnc.passes.tile_matmul import TARGET_L1_REUSE, estimate, l1_reuse
+
+    assert estimate(128, 4096, 1024, 1, 64, 24) < estimate(128, 4096, 1024, 1, 64, 24, merge=TARGET_L1_REUSE)
+    assert l1_reuse(128, 4096, 1024, 64, 24) == 1
+    assert l1_reuse(128, 4096, 256, 64, 24) == 1
+    # one N tile: nothing to merge; a loop whose iterations fill the cube keeps the target's setting
+    assert l1_reuse(128, 4096, 64, 64, 24) is None
+    assert l1_reuse(64, 512, 642, 256, 24 / 64) is None
+
+
 def _ancestors(op):
     p = op.parent_op()
     while p is not None:

@@ -35,6 +35,40 @@ def test_emitted_program_is_deterministic_and_readable():
     assert "# kernels_src/sparse_attn.py:" in text  # statements name their DSL line
 
 
+def test_stated_l1_reuse_is_set_for_its_loop_and_restored():
+    """tile-matmul's `l1_reuse` on the flash m = 4 compressor's projections: pypto 0.2.0 reads
+    cube_l1_reuse_setting per loop body (set around the matmul statement alone it changed nothing: 325.3 us both),
+    so the loop's body sets it and the line after the loop restores the program's setting."""
+    from attnc.passes import PYPTO_PIPELINE
+
+    module = build_stage(STAGES["compressor"], resolve_config("flash", {"compress_ratio": 4}))
+    run_pipeline(module, PYPTO_PIPELINE)
+    lines = emit_pypto(module).splitlines()
+    mm = next(i for i, line in enumerate(lines) if "pypto.matmul(" in line and "wc_kv" in line)
+    loop = max(i for i in range(mm) if "pypto.loop(" in lines[i])
+    body = lines[loop + 1][:len(lines[loop + 1]) - len(lines[loop + 1].lstrip())]
+    assert lines[loop + 1] == body + "pypto.set_pass_options(cube_l1_reuse_setting={-1: 1})"
+    end = next(i for i in range(mm, len(lines)) if not lines[i].startswith(body))
+    assert lines[end].strip() == "pypto.set_pass_options(cube_l1_reuse_setting={0: 4})"
+    assert sum("set_pass_options" in line for line in lines) == 2  # the RoPE's selector matmuls keep the setting
+
+
+def test_pooling_loop_takes_the_stated_chunk_rows_and_the_projection_loop_its_weight_rows():
+    """schedule-compressor{chunk-rows=8} (default) on the flash m = 4 compressor: parallelize-tokens chunks the
+    pooling's loop by 8 token rows (16 tasks side by side: 211.4 -> 194.0 us), while the projection loop, which
+    reads the weights once per chunk, keeps weight-rows=128; chunk-rows=64 leaves the pooling at rows=32."""
+    from attnc.passes import PYPTO_PIPELINE
+
+    def loops(pipeline):
+        module = build_stage(STAGES["compressor"], resolve_config("flash", {"compress_ratio": 4}))
+        run_pipeline(module, pipeline)
+        return [line.split("pypto.loop(")[1].split(",")[2].strip() for line in emit_pypto(module).splitlines()
+                if "pypto.loop(0, 128," in line][:2]
+
+    assert loops(PYPTO_PIPELINE) == ["128", "8"]
+    assert loops(PYPTO_PIPELINE.replace("schedule-compressor,", "schedule-compressor{chunk-rows=64},")) == ["128", "32"]
+
+
 @pytest.mark.parametrize("stage", ["compressor", "index_compressor"])
 def test_overlapping_compressors_pool_over_slots_without_a_transpose(stage):
     """m = 4: the pooling reduces the window's slot axis elementwise on [T, n, d] views (channels stay contiguous): a
@@ -160,7 +194,8 @@ def test_pypto_sim_compressor_at_24_token_rows():
     """issue 18: T = 24 (batch 3, seq 8; b3|s16 is T = 48 in chunks of 24): one 24-row chunk was tiled 16 + 8 by
     the pooling's [24, 4, 128] ops and whole by its [24, 2, 128] halvings; pypto 0.2.0 kept the pooling in one leaf
     function larger than UB, OoOSchedule spilled it and SIM failed ("hasCall=0 func->opSequenceAfterOOO_.size=106
-    func->tileOps.size=96", ParseInput.cpp:378). The pipeline's row-tile=16 takes 2 chunks of 12."""
+    func->tileOps.size=96", ParseInput.cpp:378). The pipeline's row-tile=16 takes 2 chunks of 12 (the pooling's loop
+    3 of 8: schedule-compressor's chunk-rows)."""
     from attnc.codegen.pypto.target import run_pypto_sim
     from attnc.passes import PYPTO_PIPELINE
     from attnc.sim_check import check_outputs
@@ -169,7 +204,7 @@ def test_pypto_sim_compressor_at_24_token_rows():
     cfg = resolve_config("tiny", {"batch": 3, "seq": 8, "max_pos": 256, "n_cmp": 64})
     module = build_stage(st, cfg)
     run_pipeline(module, PYPTO_PIPELINE)
-    assert {op.rows.value.data for op in module.walk() if op.name == "tile.parallel"} == {12}
+    assert {op.rows.value.data for op in module.walk() if op.name == "tile.parallel"} == {8, 12}
     inputs = make_inputs(st, cfg, 973, {"start_pos": torch.tensor([0, 0, 7], dtype=torch.int32)})
     res = run_pypto_sim(module, inputs, verify="tensor-graph", timeout_s=600)  # the outputs; no per-pass records
     check = check_outputs(module, inputs, res.outputs, st.outputs)

@@ -131,6 +131,7 @@ class _Emitter:
     printed: dict = field(default_factory=dict)
     # the pieces of each packed concat with a zero-padded piece: [[shape, offset, padded], ...] per concat
     assembled_pieces: list = field(default_factory=list)
+    l1_reuse: dict = field(default_factory=dict)  # the program's cube_l1_reuse_setting (restored after a loop's own)
 
     def note(self, v: SSAValue, **facts):
         """Record what printing v's op stated about v: `rows` its vector tile's row cap (the op's `tile_rows`),
@@ -374,6 +375,14 @@ class _Emitter:
         self.names[block.args[0]] = idx
         for arg, name in zip(block.args[1:], carried):
             self.names[arg] = name
+        # a matmul's `l1_reuse` (tile-matmul): pypto 0.2.0 reads cube_l1_reuse_setting per loop body, not per op
+        # (set around the matmul alone it changes nothing), so the body sets it and the loop's end restores it;
+        # only where every matmul of the body states the same (else the program's setting stays)
+        stated = {o.attributes["l1_reuse"].value.data if "l1_reuse" in o.attributes else None
+                  for o in block.ops if o.name in ("tile.matmul", "tile.matmul_acc")}
+        reuse = stated.pop() if len(stated) == 1 else None
+        if reuse is not None:
+            self.emit(f"pypto.set_pass_options(cube_l1_reuse_setting={{-1: {reuse}}})")
         for inner in block.ops:
             if inner is block.last_op and inner.name in ("scf.yield", "tile.yield"):
                 for name, v in zip(carried, inner.operands):
@@ -384,6 +393,8 @@ class _Emitter:
             self.op(inner)
         self.vec_budget = outer_budget
         self.depth -= 1
+        if reuse is not None:
+            self.emit(f"pypto.set_pass_options(cube_l1_reuse_setting={self.l1_reuse!r})")
         for r, name in zip(results, carried):
             self.names[r] = name
 
@@ -665,7 +676,7 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
     arg_names = [identifier(a.data, "arg_names entry") for a in fn.attributes["arg_names"].data]
     out_names = program_output_names(arg_names, [identifier(a.data, "result_names entry")
                                                  for a in fn.attributes["result_names"].data], in_place_outputs(fn))
-    em = _Emitter(vec_budget=options.vec_tile_elems, out_names=out_names)
+    em = _Emitter(vec_budget=options.vec_tile_elems, out_names=out_names, l1_reuse=options.cube_l1_reuse_setting)
     block = fn.body.block
     for arg, name in zip(block.args, arg_names):
         em.names[arg] = name
