@@ -949,3 +949,40 @@ def test_a_sigterm_while_python_exits_keeps_the_commands_code():
     before = signal.getsignal(signal.SIGTERM)
     assert main(["list", "configs"]) == 0
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_bench_aicore_refuses_the_checked_sim_run_by_the_memory_check(monkeypatch):
+    """benchmarks/run_all.py's bench_aicore asks attnc.memory.check_memory (one mechanism with `attnc run`): where
+    the SIM child with outputs and the interpreter do not fit, it times without outputs (verify "none") and says
+    why with the check's estimate; where they fit, it runs with the tensor graph verified and checks the values."""
+    import importlib.util
+
+    import attnc.codegen.pypto.target as target
+    from attnc.ir.interpreter import run_module
+    from attnc.kernels_src import STAGES, build_stage, resolve_config
+    from attnc.kernels_src.inputs import make_inputs
+    from attnc.passes import PYPTO_PIPELINE
+    from attnc.passes.verify import run_pipeline
+
+    spec = importlib.util.spec_from_file_location(
+        "run_all", os.path.join(os.path.dirname(__file__), "..", "benchmarks", "run_all.py"))
+    run_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all)
+    st, cfg = STAGES["qkv_proj_rope"], resolve_config("tiny")
+    module = build_stage(st, cfg)
+    run_pipeline(module, PYPTO_PIPELINE)
+    inputs = make_inputs(st, cfg, 0)
+    outs = dict(zip(st.outputs, run_module(module, list(inputs.values()))))
+    modes = []
+
+    def fake_sim(module, inputs, *, verify, timeout_s):
+        modes.append(verify)
+        return target.PyptoRun({} if verify == "none" else outs, 1.0, [], [], 0.5, "", {"total": 3})
+
+    monkeypatch.setattr(target, "run_pypto_sim", fake_sim)
+    monkeypatch.setenv("ATTNC_MEMORY_LIMIT_BYTES", "1000")
+    r = run_all.bench_aicore("tiny", "qkv_proj_rope", 60)
+    assert modes == ["none"] and r["values"].startswith("not checked (qkv_proj_rope") and "may need up to" in r["values"]
+    monkeypatch.setenv("ATTNC_MEMORY_LIMIT_BYTES", str(1 << 50))
+    r = run_all.bench_aicore("tiny", "qkv_proj_rope", 60)
+    assert modes == ["none", "tensor-graph"] and r["values"] == "equal to the interpreter"
