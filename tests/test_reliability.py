@@ -565,8 +565,8 @@ def test_the_memory_estimate_is_an_upper_bound_of_the_measured_peaks():
     for r in rows:
         src = load_source(r["stage"], r["config"], [f"batch={r['batch']}"])
         upper = interpreter_upper_bytes(src.module)
-        if upper < r["measured"]:
-            below.append((r["stage"], r["config"], r["batch"], upper, r["measured"]))
+        if upper < r["measured"] + r["files_peak"]:
+            below.append((r["stage"], r["config"], r["batch"], upper, r["measured"], r["files_peak"]))
     assert not below, below
 
 
@@ -758,7 +758,8 @@ def test_the_sim_child_estimate_is_an_upper_bound_of_its_measured_peaks():
     """benchmarks/memory_bound_sim.json: the pypto SIM child's peak RSS (`memory_bound.py --target pypto-sim`) for
     every stage and layer kind at tiny B = 2, at flash B = 2 and the attention cores at flash B = 8 and 16, where
     the child grows with the square of the batch; `sim_child_upper_bytes` of the compiled module (what run
-    --target pypto-sim and tune add to their check) stays above every one."""
+    --target pypto-sim and tune add to their check) stays above every one, with the files pypto wrote into the
+    child's run folder on /dev/shm (memory too) added to its RSS."""
     import json
 
     from attnc.cli import load_source
@@ -778,8 +779,8 @@ def test_the_sim_child_estimate_is_an_upper_bound_of_its_measured_peaks():
         src = load_source(r["stage"], r["config"], [f"batch={r['batch']}"])
         run_pipeline(src.module, PYPTO_PIPELINE, output_names=src.output_names)
         upper = sim_child_upper_bytes(src.module)
-        if upper < r["measured"]:
-            below.append((r["stage"], r["config"], r["batch"], upper, r["measured"]))
+        if upper < r["measured"] + r["files_peak"]:
+            below.append((r["stage"], r["config"], r["batch"], upper, r["measured"], r["files_peak"]))
     assert not below, below
 
 
