@@ -23,6 +23,19 @@ def _bf16(a: np.ndarray) -> np.ndarray:
     return torch.from_numpy(a.astype(np.float32)).bfloat16().float().numpy()
 
 
+EXP_KERNEL = """  # one op: out = exp(x), 16 x 64 f32
+        import pypto
+        ARG_NAMES = ["x", "out"]
+        OUTPUT_NAMES = ["out"]
+        ARG_DTYPES = {"x": "f32", "out": "f32"}
+
+        @pypto.frontend.jit
+        def kernel(x: pypto.Tensor([16, 64], pypto.DT_FP32), out: pypto.Tensor([16, 64], pypto.DT_FP32)):
+            pypto.set_vec_tile_shapes(16, 64)
+            out[:] = pypto.exp(x)
+        """
+
+
 def _check_clean(res):
     assert res.aicore_us is not None and res.aicore_us > 0
     assert res.verify, "pass verify produced no records"
@@ -118,17 +131,7 @@ def test_loop_scalar_read_valid_shape(tmp_path):
 
 
 def test_time_only_and_compile_error(tmp_path):
-    good = _module(tmp_path, "t", """
-        import pypto
-        ARG_NAMES = ["x", "out"]
-        OUTPUT_NAMES = ["out"]
-        ARG_DTYPES = {"x": "f32", "out": "f32"}
-
-        @pypto.frontend.jit
-        def kernel(x: pypto.Tensor([16, 64], pypto.DT_FP32), out: pypto.Tensor([16, 64], pypto.DT_FP32)):
-            pypto.set_vec_tile_shapes(16, 64)
-            out[:] = pypto.exp(x)
-        """)
+    good = _module(tmp_path, "t", EXP_KERNEL)
     res = run_in_subprocess(good, {"x": np.zeros((16, 64), np.float32)}, verify="none")
     assert res.outputs == {} and res.verify == [] and res.aicore_us > 0
     bad = _module(tmp_path, "bad", good.read_text().replace("out[:] = pypto.exp(x)", "out[:] = pypto.exp(x, 3)"))
@@ -148,17 +151,7 @@ def test_verify_dumps_go_beside_the_outputs_not_into_the_run_folder(tmp_path, mo
 
     from attnc.codegen.pypto.sim import RUNNER
 
-    path = _module(tmp_path, "dump", """
-        import pypto
-        ARG_NAMES = ["x", "out"]
-        OUTPUT_NAMES = ["out"]
-        ARG_DTYPES = {"x": "f32", "out": "f32"}
-
-        @pypto.frontend.jit
-        def kernel(x: pypto.Tensor([16, 64], pypto.DT_FP32), out: pypto.Tensor([16, 64], pypto.DT_FP32)):
-            pypto.set_vec_tile_shapes(16, 64)
-            out[:] = pypto.exp(x)
-        """)
+    path = _module(tmp_path, "dump", EXP_KERNEL)
     io = tmp_path / "io"
     io.mkdir()
     np.savez(io / "in.npz", x=np.ones((16, 64), np.float32))
