@@ -23,7 +23,8 @@ def _bf16(a: np.ndarray) -> np.ndarray:
     return torch.from_numpy(a.astype(np.float32)).bfloat16().float().numpy()
 
 
-EXP_KERNEL = """  # one op: out = exp(x), 16 x 64 f32
+# one op: out = exp(x), 16 x 64 f32
+EXP_KERNEL = """
         import pypto
         ARG_NAMES = ["x", "out"]
         OUTPUT_NAMES = ["out"]
