@@ -773,7 +773,7 @@ def test_the_sim_child_estimate_is_an_upper_bound_of_its_measured_peaks():
         rows = [r for r in json.load(f) if "measured" in r]
     assert {r["stage"] for r in rows if r["config"] == "tiny"} == set(STAGES)
     cores = {(r["stage"], r["batch"]) for r in rows if r["config"] == "flash"}
-    assert {("sparse_attn_core", b) for b in (2, 8, 16)} <= cores
+    assert {(core, b) for core in ("sparse_attn_core", "hca_attn_core") for b in (2, 8, 16)} <= cores
     below = []
     for r in rows:
         src = load_source(r["stage"], r["config"], [f"batch={r['batch']}"])
