@@ -8,6 +8,7 @@ import math
 import os
 
 from xdsl.dialects.builtin import ModuleOp, TensorType
+from xdsl.ir import Operation
 
 from attnc.errors import AttncError
 from attnc.ir.tensor_dialect import cache_entries, cache_window
@@ -91,13 +92,69 @@ SIM_CHILD_BASE_BYTES = 768 << 20  # python, numpy, torch, pypto and its calculat
 # per f32 byte of the program's arrays: measured 11.2-11.5 at flash B=2; decode_hca at flash B=64 (tensor-graph
 # verify) was killed by the OOM killer at 22.5 GB RSS, above 14's 21.6 GB, so its peak is at least that
 SIM_CHILD_PER_BYTE = 16
+# per byte a loop's calls read from outside its body (`loop_call_bytes`): pypto's verifier captures every call's
+# input tensors whole (a batch loop's body reads the whole cache at each row's offset, so B calls x B rows), about
+# 3 copies with the tensor graph alone and one more per verified pass (pypto's default filter: 6); fitted to
+# sparse_attn_core at flash B = 4/8/16 (benchmarks/memory_bound_sim.json)
+SIM_CHILD_PER_LOOP_BYTE = 12
+
+
+def _const(v) -> int | None:
+    from xdsl.dialects import arith
+
+    o = v.owner
+    return o.value.value.data if isinstance(o, arith.ConstantOp) and hasattr(o.value, "value") else None
+
+
+def _trips(op) -> int:
+    """A loop's trip count from its constant bounds; with a bound that is not a constant, the most rows of any
+    tensor its body reads (a loop runs over the rows of what it reads)."""
+    if op.name == "tile.parallel":
+        lo, hi, step = _const(op.lower), _const(op.upper), op.rows.value.data
+    else:
+        lo, hi, step = _const(op.lb), _const(op.ub), _const(op.step)
+    if None in (lo, hi, step) or step <= 0:
+        return max((shape_of(v.type)[0] for o in op.walk() for v in o.operands
+                    if isinstance(v.type, TensorType) and shape_of(v.type)), default=1)
+    return max(0, -(-(hi - lo) // step))
+
+
+def loop_call_bytes(module: ModuleOp) -> int:
+    """Sum over the loops (`scf.for`, `tile.parallel`) of the calls of its body (its trips times those of the loops
+    around it) times the bytes of the tensors the body reads from outside (whole, as pypto's function takes them;
+    its carried tensors included): what pypto's pass verifier captures, one copy per call."""
+    from xdsl.dialects import scf
+
+    total = 0
+    for loop in module.walk():
+        if not (loop.name == "tile.parallel" or isinstance(loop, scf.ForOp)):
+            continue
+        calls, outer = _trips(loop), loop.parent_op()
+        while outer is not None:
+            if outer.name == "tile.parallel" or isinstance(outer, scf.ForOp):
+                calls *= _trips(outer)
+            outer = outer.parent_op()
+        read = {}
+        for op in loop.walk():
+            if op is loop:
+                continue
+            for v in op.operands:
+                owner = v.owner if isinstance(v.owner, Operation) else v.owner.parent_op()
+                if isinstance(v.type, TensorType) and (owner is None or not loop.is_ancestor(owner)):
+                    read[v] = tensor_bytes(v.type)
+        inits = loop.inits if loop.name == "tile.parallel" else loop.iter_args
+        read.update((v, tensor_bytes(v.type)) for v in inits)
+        total += calls * sum(read.values())
+    return total
 
 
 def sim_child_upper_bytes(module: ModuleOp) -> int:
     """Upper bound of the pypto SIM child's peak RSS (the runner: numpy, torch, pypto, the program's compile, cost
-    model and pass-verify interpreter, which holds its own copies of every tensor): a fixed base plus
-    SIM_CHILD_PER_BYTE times the f32 bytes of the inputs, outputs and every value of the IR (bf16 travels as f32).
-    Measured by benchmarks/memory_bound.py --target pypto-sim (benchmarks/memory_bound_sim.json)."""
+    model and pass-verify interpreter, which holds its own copies of every tensor): a fixed base, plus
+    SIM_CHILD_PER_BYTE times the f32 bytes of the inputs, outputs and every value of the IR (bf16 travels as f32),
+    plus SIM_CHILD_PER_LOOP_BYTE times what the verifier captures of the loops' calls (`loop_call_bytes`, which
+    grows with the square of the batch in a batch loop over a cache). Measured by benchmarks/memory_bound.py
+    --target pypto-sim (benchmarks/memory_bound_sim.json); meant for the compiled module the child runs."""
     from attnc.ir.interpreter import entry_function
 
     def f32_bytes(t) -> int:
@@ -106,7 +163,8 @@ def sim_child_upper_bytes(module: ModuleOp) -> int:
     fn = entry_function(module)
     arrays = sum(f32_bytes(t) for t in [*fn.function_type.inputs.data, *fn.function_type.outputs.data])
     values = sum(f32_bytes(r.type) for op in module.walk() for r in op.results)
-    return SIM_CHILD_BASE_BYTES + SIM_CHILD_PER_BYTE * (arrays + values)
+    return (SIM_CHILD_BASE_BYTES + SIM_CHILD_PER_BYTE * (arrays + values)
+            + SIM_CHILD_PER_LOOP_BYTE * loop_call_bytes(module))
 
 
 def available_bytes() -> int:

@@ -31,17 +31,40 @@ print(json.dumps({"code": code, "estimate": estimate, "upper": upper, "base": ba
 
 
 # --target pypto-sim: the SIM child's own peak RSS (the largest reaped descendant: the runner, pypto's compile and
-# cost model) against `sim_child_upper_bytes`, what `attnc run --target pypto-sim` and `tune` add to their check
+# cost model) against `sim_child_upper_bytes` of the compiled module (what `attnc run --target pypto-sim` and `tune`
+# add to their check), and the peak of the files the child writes into its run folder (pypto's verify dumps: on
+# /dev/shm, memory too, though not in the RSS), sampled every 0.2 s in a run folder of its own
 CHILD_SIM = r"""
-import json, resource, sys
+import json, os, resource, sys, tempfile, threading, time
 stage, config, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 from attnc.cli import load_source, main
-from attnc.memory import sim_child_upper_bytes
+from attnc.memory import loop_call_bytes, sim_child_upper_bytes
+from attnc.passes import PYPTO_PIPELINE
+from attnc.passes.verify import run_pipeline
 src = load_source(stage, config, [f"batch={batch}"])
-upper = sim_child_upper_bytes(src.module)
+run_pipeline(src.module, PYPTO_PIPELINE, output_names=src.output_names)  # the check of `run` is on the compiled IR
+upper, loops = sim_child_upper_bytes(src.module), loop_call_bytes(src.module)
+base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+tmp = tempfile.mkdtemp(prefix="attnc-membound-", dir=base)
+os.environ["ATTNC_PYPTO_TMP"] = tmp
+files, done = [0], threading.Event()
+def sample():
+    while not done.wait(0.2):
+        total = 0
+        for root, _, names in os.walk(tmp):
+            for n in names:
+                try:
+                    total += os.lstat(os.path.join(root, n)).st_blocks * 512
+                except OSError:
+                    pass
+        files[0] = max(files[0], total)
+threading.Thread(target=sample, daemon=True).start()
 code = main(["run", stage, "--config", config, "--set", f"batch={batch}", "--target", "pypto-sim", "--no-check"])
+done.set()
+os.rmdir(tmp) if not os.listdir(tmp) else None
 peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-print(json.dumps({"code": code, "estimate": upper, "upper": upper, "base": 0, "peak": peak}))
+print(json.dumps({"code": code, "estimate": upper, "upper": upper, "base": 0, "peak": peak, "loop_bytes": loops,
+                  "files_peak": files[0]}))
 """
 
 

@@ -72,7 +72,7 @@ def bench_interpreter(config: str, stage: str, repeat: int) -> dict:
 def bench_aicore(config: str, stage: str, timeout_s: int, overrides: dict | None = None,
                  pipeline: str = PYPTO_PIPELINE) -> dict:
     from attnc.codegen.pypto.target import run_pypto_sim
-    from attnc.memory import available_bytes, interpreter_upper_bytes, sim_child_upper_bytes
+    from attnc.memory import MemoryLimitError, check_memory
     from attnc.sim_check import check_outputs
 
     st = STAGES[stage]
@@ -82,11 +82,13 @@ def bench_aicore(config: str, stage: str, timeout_s: int, overrides: dict | None
     inputs = make_inputs(st, cfg, 0)
     # tensor-graph: the cheapest verify mode in which SIM writes the outputs back; a time counts only for a program
     # whose outputs equal the interpreter's (the check of `attnc run`). Where the SIM child with outputs and the
-    # interpreter do not fit the machine's memory (flash HCA/CSA layers: ~22 GB), the time alone, said so.
-    need = sim_child_upper_bytes(module) + interpreter_upper_bytes(module)
-    if need > available_bytes():
+    # interpreter do not fit the machine's memory (attnc.memory's check, as `attnc run` makes it: flash HCA/CSA
+    # layers), the time alone, said so.
+    try:
+        check_memory(module, f"{stage}: SIM with outputs and the interpreter", copies_of_inputs=3, sim_children=1)
+    except MemoryLimitError as e:
         res = run_pypto_sim(module, inputs, verify="none", timeout_s=timeout_s)
-        values = f"not checked (SIM with outputs and the interpreter need up to {need / 2**30:.1f} GB)"
+        values = f"not checked ({e})"
     else:
         res = run_pypto_sim(module, inputs, verify="tensor-graph", timeout_s=timeout_s)
         check = check_outputs(module, inputs, res.outputs, st.outputs)

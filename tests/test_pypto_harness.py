@@ -23,6 +23,20 @@ def _bf16(a: np.ndarray) -> np.ndarray:
     return torch.from_numpy(a.astype(np.float32)).bfloat16().float().numpy()
 
 
+# one op: out = exp(x), 16 x 64 f32
+EXP_KERNEL = """
+        import pypto
+        ARG_NAMES = ["x", "out"]
+        OUTPUT_NAMES = ["out"]
+        ARG_DTYPES = {"x": "f32", "out": "f32"}
+
+        @pypto.frontend.jit
+        def kernel(x: pypto.Tensor([16, 64], pypto.DT_FP32), out: pypto.Tensor([16, 64], pypto.DT_FP32)):
+            pypto.set_vec_tile_shapes(16, 64)
+            out[:] = pypto.exp(x)
+        """
+
+
 def _check_clean(res):
     assert res.aicore_us is not None and res.aicore_us > 0
     assert res.verify, "pass verify produced no records"
@@ -118,19 +132,39 @@ def test_loop_scalar_read_valid_shape(tmp_path):
 
 
 def test_time_only_and_compile_error(tmp_path):
-    good = _module(tmp_path, "t", """
-        import pypto
-        ARG_NAMES = ["x", "out"]
-        OUTPUT_NAMES = ["out"]
-        ARG_DTYPES = {"x": "f32", "out": "f32"}
-
-        @pypto.frontend.jit
-        def kernel(x: pypto.Tensor([16, 64], pypto.DT_FP32), out: pypto.Tensor([16, 64], pypto.DT_FP32)):
-            pypto.set_vec_tile_shapes(16, 64)
-            out[:] = pypto.exp(x)
-        """)
+    good = _module(tmp_path, "t", EXP_KERNEL)
     res = run_in_subprocess(good, {"x": np.zeros((16, 64), np.float32)}, verify="none")
     assert res.outputs == {} and res.verify == [] and res.aicore_us > 0
     bad = _module(tmp_path, "bad", good.read_text().replace("out[:] = pypto.exp(x)", "out[:] = pypto.exp(x, 3)"))
     with pytest.raises(PyptoSimError, match="bad.py failed"):
         run_in_subprocess(bad, {"x": np.zeros((16, 64), np.float32)})
+
+
+def test_verify_dumps_go_beside_the_outputs_not_into_the_run_folder(tmp_path, monkeypatch):
+    """pypto 0.2.0's verifier writes every verified function's tensors to files whatever pass_verify_save_tensor
+    says; the runner points them beside OUT.npz (the caller's temp folder, on disk) instead of the run folder on
+    /dev/shm, where they took memory outside the child's RSS (sparse_attn_core at flash B = 8: 545 MB), and
+    removes them at the end."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from attnc.codegen.pypto.sim import RUNNER
+
+    path = _module(tmp_path, "dump", EXP_KERNEL)
+    io = tmp_path / "io"
+    io.mkdir()
+    np.savez(io / "in.npz", x=np.ones((16, 64), np.float32))
+    env = {**os.environ, "ATTNC_PYPTO_TMP": str(tmp_path / "runs"), "ATTNC_PYPTO_KEEP": "1"}
+    (tmp_path / "runs").mkdir()
+    cmd = [sys.executable, str(RUNNER), str(path), str(io / "in.npz"), str(io / "out.npz"), "default"]
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+    dumps = [p for p in (io / "pypto-verify").rglob("*.data")]
+    in_run = [p for p in (tmp_path / "runs").rglob("*.data")]
+    assert dumps and not in_run, (len(dumps), in_run[:3])
+    env.pop("ATTNC_PYPTO_KEEP")
+    shutil.rmtree(tmp_path / "runs")
+    (tmp_path / "runs").mkdir()
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+    assert not (io / "pypto-verify").exists() and not list((tmp_path / "runs").iterdir())

@@ -21,7 +21,8 @@ Results: OUT.npz (outputs; bf16 -> float32) and OUT.npz.json
 Two pypto 0.2.0 problems are fixed here (see the shared pypto notes): the pass verifier is handed all-zero copies
 of the inputs on CPU (we hand it the real buffers), and the torch "calculator" library is cmake-built in every
 process (~20 s; we build it once into a cache). Everything pypto writes (output dirs, plog, rundata) goes to a
-private run directory, by default /dev/shm/attnc-pypto-<pid>, which is removed at the end.
+private run directory, by default /dev/shm/attnc-pypto-<pid>, which is removed at the end; pypto's verify dumps (files
+of every verified function's tensors) go to OUT.npz's folder (pypto-verify/, on disk: not memory), removed too.
 
 This file is self-contained (stdlib + numpy/torch/pypto imported lazily) so it can run as a plain script.
 """
@@ -415,6 +416,11 @@ def main(argv: list[str]) -> int:
     vopts = VERIFY_MODES.get(verify)
     if vopts is None:
         vopts = {"enable_pass_verify": True, "pass_verify_pass_filter": list(json.loads(verify))}
+    if vopts["enable_pass_verify"]:
+        # pypto 0.2.0's verifier writes every verified function's inputs, outputs and goldens to files whatever
+        # pass_verify_save_tensor says (sparse_attn_core at flash B = 8: 545 MB): beside OUT.npz, in the caller's
+        # temp folder on disk, not in the run folder on /dev/shm, where they would take memory
+        vopts = {**vopts, "pass_verify_save_tensor_dir": str(Path(out_npz).resolve().parent / "pypto-verify")}
     npu = os.environ.get("ATTNC_PYPTO_NPU") == "1"
     parent = os.environ.get("ATTNC_PYPTO_PARENT", "")
     die_with_parent(9, int(parent) if parent.isdigit() else None)  # SIGKILL; its run folder is swept later
@@ -502,6 +508,8 @@ def main(argv: list[str]) -> int:
             print(f"pypto run files kept in {root}", file=sys.stderr)
         else:
             shutil.rmtree(root, ignore_errors=True)
+            if vopts.get("pass_verify_save_tensor_dir"):
+                shutil.rmtree(vopts["pass_verify_save_tensor_dir"], ignore_errors=True)
         if watchdog is not None:
             watchdog.kill()
             watchdog.wait()
