@@ -110,8 +110,8 @@ def choose(m: int, k: int, n: int, min_chunk: int, cores: float, in_bytes: int =
     widths = [widest] + [w for w in N_TILES if w < widest and w * in_bytes >= 32]
     best = None
     for kc in chunk_sizes:
-        for w in widths:
-            chunks = k // kc
+        chunks = k // kc
+        for w in widths + whole_wave_widths(m, n, chunks, cores, widest, in_bytes, widths):
             if (chunks > 1 or w != widest) and min(m, CUBE_M) * kc * min(w, n) < task_macs:
                 continue
             key = (estimate(m, k, n, chunks, w, cores, in_bytes), chunks * -(-n // w))
@@ -120,9 +120,28 @@ def choose(m: int, k: int, n: int, min_chunk: int, cores: float, in_bytes: int =
     return best[1], best[2]
 
 
+def whole_wave_widths(m: int, n: int, chunks: int, cores: float, widest: int, in_bytes: int,
+                      known: list[int]) -> list[int]:
+    """N tiles (multiples of 16, narrower than `widest`, not in `known`) whose tasks fill whole waves of `cores`
+    cube cores: wo_b [128, 8192] x [8192, 4096] in 24 tiles of 176 (one wave) rather than 16 of 256 (8 cores
+    idle); the last tile is narrower."""
+    whole, per_n, out = round(cores), -(-m // CUBE_M) * chunks, []
+    if whole < 2 or abs(cores - whole) > 1e-9:
+        return out
+    for count in range(2, n // 16 + 1):
+        w = -(-(-(-n // count)) // 16) * 16
+        if (w < widest and w * in_bytes >= 32 and w not in known and w not in out
+                and per_n * -(-n // w) % whole == 0):
+            out.append(w)
+    return out
+
+
 def _concurrency(op) -> int:
-    """Iterations of the `tile.parallel` loops around `op` (they run side by side)."""
+    """Iterations of the `tile.parallel` loops around `op` (they run side by side), times the matmuls the IR
+    states run side by side with it (`side_by_side`: a grouped projection's groups)."""
     count, parent = 1, op.parent_op()
+    if "side_by_side" in op.attributes:
+        count = op.attributes["side_by_side"].value.data
     while parent is not None:
         if parent.name == "tile.parallel":
             lo, hi = constant_value(parent.lower), constant_value(parent.upper)

@@ -181,6 +181,23 @@ def test_tile_matmul_cost_rule_picks_the_split_measured_faster():
     assert choose(64, 512, 642, 512, 24 / 64) == (1, None)
 
 
+def test_tile_matmul_cost_rule_fills_whole_waves():
+    """The cost rule's N tiles for the o-projection at flash B=64 (sparse_attn m=0 in SIM, cube merging off: wo_a
+    and wo_b in N tiles of 256 384.5 us, of 176 374.1): wo_b alone on 24 cube cores in 24 tiles of 176 (one
+    wave) rather than 16 of 256; each of the 8 wo_a groups run side by side (3 cores each) in 6 tiles of 176 (two
+    waves) rather than the 16 tiles of 64 a matmul alone would take."""
+    from attnc.passes.tile_matmul import choose, whole_wave_widths
+
+    assert choose(128, 8192, 4096, 512, 24) == (1, 176)
+    assert choose(128, 4096, 1024, 512, 24 / 8) == (1, 176)
+    assert choose(128, 4096, 1024, 512, 24) == (1, 64)
+    # only widths whose task count is a multiple of the cores, narrower than the widest, not already candidates
+    assert 176 in whole_wave_widths(128, 4096, 1, 24, 256, 2, [256, 128])
+    assert all(-(-4096 // w) % 24 == 0 and w % 16 == 0 and w < 256
+               for w in whole_wave_widths(128, 4096, 1, 24, 256, 2, [256]))
+    assert whole_wave_widths(128, 4096, 1, 24 / 64, 256, 2, [256]) == []
+
+
 def _ancestors(op):
     p = op.parent_op()
     while p is not None:
