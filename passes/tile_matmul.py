@@ -80,19 +80,21 @@ def widest_n(m: int, n: int, in_bytes: int = 2) -> int:
     return min(n, 512 // in_bytes, 128 * 1024 // (4 * m0))
 
 
-def estimate(m: int, k: int, n: int, chunks: int, width: int, cores: float, in_bytes: int = 2) -> float:
+def estimate(m: int, k: int, n: int, chunks: int, width: int, cores: float, in_bytes: int = 2,
+             merge: int = 1) -> float:
     """Cycles of one [m, k] x [k, n] matmul in `chunks` K chunks and N tiles of `width` on `cores` cube cores:
     waves of tasks x one task (dispatch + A and B tile loads + MACs), plus one f32 [m, n] add per extra chunk
-    (its tiles spread over the vector cores, one chunk after the other)."""
+    (its tiles spread over the vector cores, one chunk after the other). `merge`: the target runs that many
+    tiles of the same structure as one task, one after the other (pypto's cube_nbuffer_setting)."""
     kc, m0, w = k // chunks, min(m, CUBE_M), min(width, n)
-    tasks = -(-m // CUBE_M) * -(-n // w) * chunks
-    task = TASK_CYCLES + _load_cycles(m0, kc, in_bytes) + _load_cycles(kc, w, in_bytes) + m0 * kc * w / CUBE_MACS
+    tasks = -(-(-(-m // CUBE_M) * -(-n // w) * chunks) // merge)
+    tile = _load_cycles(m0, kc, in_bytes) + _load_cycles(kc, w, in_bytes) + m0 * kc * w / CUBE_MACS
     adds = (chunks - 1) * -(-(-(-m * n // ADD_TILE)) // VEC_CORES) * (TASK_CYCLES + ADD_CYCLES)
-    return -(-tasks // max(cores, 1e-9)) * task + adds
+    return -(-tasks // max(cores, 1e-9)) * (TASK_CYCLES + merge * tile) + adds
 
 
 def choose(m: int, k: int, n: int, min_chunk: int, cores: float, in_bytes: int = 2,
-           chunkable: bool = True, task_macs: int = TASK_MACS) -> tuple[int, int | None]:
+           chunkable: bool = True, task_macs: int = TASK_MACS, merge: int = 1) -> tuple[int, int | None]:
     """(K chunks, N tile or None for the target's own) with the least `estimate`; ties: fewer tasks. A split
     whose tasks would do under `task_macs` of work is not considered (the cost model charges a task's dispatch
     to the whole program, not only to its matmul), nor any split when the matmul's loop iterations alone fill
@@ -111,10 +113,10 @@ def choose(m: int, k: int, n: int, min_chunk: int, cores: float, in_bytes: int =
     best = None
     for kc in chunk_sizes:
         chunks = k // kc
-        for w in widths + whole_wave_widths(m, n, chunks, cores, widest, in_bytes, widths):
+        for w in widths + whole_wave_widths(m, n, chunks, cores * merge, widest, in_bytes, widths):
             if (chunks > 1 or w != widest) and min(m, CUBE_M) * kc * min(w, n) < task_macs:
                 continue
-            key = (estimate(m, k, n, chunks, w, cores, in_bytes), chunks * -(-n // w))
+            key = (estimate(m, k, n, chunks, w, cores, in_bytes, merge), chunks * -(-n // w))
             if best is None or key < best[0]:
                 best = (key, chunks, None if w == widest else w)
     return best[1], best[2]
@@ -152,8 +154,8 @@ def _concurrency(op) -> int:
 
 
 class _ChunkK(RewritePattern):
-    def __init__(self, k: int, tasks: int = 1, task_macs: int = TASK_MACS, rule: str = "fixed"):
-        self.k, self.tasks, self.task_macs, self.rule = k, tasks, task_macs, rule
+    def __init__(self, k: int, tasks: int = 1, task_macs: int = TASK_MACS, rule: str = "fixed", merge: int = 1):
+        self.k, self.tasks, self.task_macs, self.rule, self.merge = k, tasks, task_macs, rule, max(1, merge)
 
     def match_and_rewrite(self, op, rewriter: PatternRewriter):
         if not isinstance(op, (ATTN["matmul"], TILE["matmul"])) or "n_tile" in op.attributes:
@@ -166,7 +168,7 @@ class _ChunkK(RewritePattern):
         in_bytes = {"i8": 1, "f32": 4}.get(dtype_of(op.lhs.type), 2)
         if self.rule == "cost":
             chunks, width = choose(m, K, n, k, self.tasks / _concurrency(op), in_bytes,
-                                   dtype_of(op.lhs.type) in FLOAT_DTYPES, self.task_macs)
+                                   dtype_of(op.lhs.type) in FLOAT_DTYPES, self.task_macs, self.merge)
             if chunks == 1:
                 if width is not None:
                     op.attributes["n_tile"] = IntegerAttr(width, i64)
@@ -223,7 +225,8 @@ class TileMatmul(PatternPass):
     tasks: int = 1  # cube tasks a matmul should make at least (narrower N tiles); 1: the target's tiles
     task_macs: int = TASK_MACS  # the least work (MACs) of a task split off by `tasks`
     rule: str = "fixed"  # fixed: k and tasks as given; cost: K chunks and N tile per matmul by `estimate`
+    merge: int = 1  # rule=cost: tiles of the same structure the target runs as one task (pypto: cube_nbuffer_setting)
     option_choices = {"rule": ("fixed", "cost")}
 
     def pattern(self):
-        return _ChunkK(self.k, self.tasks, self.task_macs, self.rule)
+        return _ChunkK(self.k, self.tasks, self.task_macs, self.rule, self.merge)

@@ -198,6 +198,19 @@ def test_tile_matmul_cost_rule_fills_whole_waves():
     assert whole_wave_widths(128, 4096, 1, 24 / 64, 256, 2, [256]) == []
 
 
+def test_tile_matmul_cost_rule_counts_merged_tiles():
+    """merge=2 (pypto's cube_nbuffer_setting {-1: 2} runs two tiles of one structure as one task): wo_b's 24
+    tiles of 176 would run on 12 cores, so the rule splits K in two (48 tiles, 24 tasks) — sparse_attn m=0 at
+    flash 399.4 -> 359.1 us in SIM; without merge the estimate keeps K whole."""
+    from attnc.passes.tile_matmul import choose, estimate
+
+    assert choose(128, 8192, 4096, 512, 24, merge=2) == (2, 176)
+    assert choose(128, 8192, 4096, 512, 24) == (1, 176)
+    assert estimate(128, 8192, 4096, 1, 176, 24, merge=2) > 1.9 * estimate(128, 8192, 4096, 1, 176, 24) - 7000
+    # the wo_a groups (3 cores each): 6 tiles merged in pairs fill one wave of 3, as without merging two waves
+    assert choose(128, 4096, 1024, 512, 3, merge=2) == (1, 176)
+
+
 def _ancestors(op):
     p = op.parent_op()
     while p is not None:
