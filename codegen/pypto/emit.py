@@ -529,7 +529,9 @@ def _print_reshape(self: _Emitter, op: Operation, loc: str | None):  # pypto til
     # copy -- a copy is one task per tile, and a data-dependent gather from it then waits on every one of
     # them (pypto 0.2.0 links each gather task to each copy task: 2048 x 2048 links for the indexer's
     # idx_cmp at B=64, more than the runtime's stitch pool holds, F74001 "Slab alloc null, type=9")
-    inplace = ", inplace=True" if a[0] in {self.names[p] for p in self.params} else ""
+    # the same for a scratch tensor (the attention output assembled per batch row, then read as token rows)
+    inplace = ", inplace=True" if a[0] in ({self.names[p] for p in self.params}
+                                           | {name for name, _, _ in self.scratch}) else ""
     self.base[res] = self.whole_of(op.input)
     self.bind(res, f"pypto.reshape({a[0]}, {shape}{inplace})", loc, tile_of=op.input)
     if flag(op, "clone"):  # a one-row batched matmul lhs: its own buffer (pypto-legalize; FB4001 otherwise)
