@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from xdsl.builder import Builder
 from xdsl.dialects import func
-from xdsl.dialects.builtin import ModuleOp, StringAttr, TensorType
+from xdsl.dialects.builtin import IntegerAttr, ModuleOp, StringAttr, TensorType, i64
 from xdsl.ir import Block, Region, SSAValue
 from xdsl.rewriter import InsertPoint
 
@@ -370,10 +370,16 @@ def dequantize(acc: Tensor, row_scale: Tensor, col_scale: Tensor, out: str = "f3
     return cast(y, out)
 
 
-def matmul(a: Tensor, b: Tensor, out: str = "f32", transpose_b: bool = False) -> Tensor:
+def matmul(a: Tensor, b: Tensor, out: str = "f32", transpose_b: bool = False, side_by_side: int = 1) -> Tensor:
+    """`side_by_side`: how many independent matmuls of this shape the kernel runs at once, this one included (the
+    groups of a grouped projection): stated on the op for tile-matmul's cost rule, which gives each that share of
+    the cube cores."""
     sb = b.shape
     n = sb[-2] if transpose_b else sb[-1]
-    return _emit("matmul", [a, b], _ty((*a.shape[:-1], n), out), transpose_b=bool_attr(transpose_b))
+    t = _emit("matmul", [a, b], _ty((*a.shape[:-1], n), out), transpose_b=bool_attr(transpose_b))
+    if side_by_side > 1:
+        t.value.owner.attributes["side_by_side"] = IntegerAttr(side_by_side, i64)
+    return t
 
 
 def reduce(x: Tensor, kind: str, axis: int = -1) -> Tensor:

@@ -102,7 +102,7 @@ def output_projection(cfg, o, start_pos, rope_cos, rope_sin, wo_a, wo_b):
     # group g = heads g*H/G .. (g+1)*H/G-1 (contiguous), each through its own wo_a[g]: rows g*K.. of wo_a
     # flattened (a parameter reshaped whole is its buffer in place; a reshaped slice of it would be a copy)
     wo = reshape(wo_a, (G * K, OL))
-    z = concat([matmul(slice_(o, (0, g * K), (T, K)), slice_(wo, (g * K, 0), (K, OL)), out="bf16")
+    z = concat([matmul(slice_(o, (0, g * K), (T, K)), slice_(wo, (g * K, 0), (K, OL)), out="bf16", side_by_side=G)
                 for g in range(G)], axis=1)
     return from_tokens(matmul(z, wo_b, out="bf16"))
 

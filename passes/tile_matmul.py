@@ -86,23 +86,25 @@ def widest_n(m: int, n: int, in_bytes: int = 2) -> int:
 
 
 def estimate(m: int, k: int, n: int, chunks: int, width: int, cores: float, in_bytes: int = 2,
-             merge: int = 1) -> float:
+             merge: int = 1, l1_merge: int = 1) -> float:
     """Cycles of one [m, k] x [k, n] matmul in `chunks` K chunks and N tiles of `width` on `cores` cube cores:
     waves of tasks x one task (dispatch + A and B tile loads + MACs), plus one f32 [m, n] add per extra chunk
-    (its tiles spread over the vector cores, one chunk after the other). `merge`: N tiles sharing one A tile that
-    pypto's L1 reuse runs as one task (the A tile loaded once, the tiles one after the other on one core)."""
+    (its tiles spread over the vector cores, one chunk after the other). `l1_merge`: N tiles sharing one A tile
+    that pypto's L1 reuse runs as one group (the A tile loaded once, the tiles one after the other on one core);
+    `merge`: groups of the same structure the target runs as one task, one after the other (pypto's
+    cube_nbuffer_setting)."""
     kc, m0, w = k // chunks, min(m, CUBE_M), min(width, n)
     n_tiles = -(-n // w)
-    merge = max(1, min(merge, n_tiles))
-    tasks = -(-m // CUBE_M) * -(-n_tiles // merge) * chunks
-    task = (TASK_CYCLES + _load_cycles(m0, kc, in_bytes)
-            + merge * (_load_cycles(kc, w, in_bytes) + m0 * kc * w / CUBE_MACS))
+    l1_merge = max(1, min(l1_merge, n_tiles))
+    groups = -(-m // CUBE_M) * -(-n_tiles // l1_merge) * chunks
+    group = _load_cycles(m0, kc, in_bytes) + l1_merge * (_load_cycles(kc, w, in_bytes) + m0 * kc * w / CUBE_MACS)
+    tasks = -(-groups // merge)
     adds = (chunks - 1) * -(-(-(-m * n // ADD_TILE)) // VEC_CORES) * (TASK_CYCLES + ADD_CYCLES)
-    return -(-tasks // max(cores, 1e-9)) * task + adds
+    return -(-tasks // max(cores, 1e-9)) * (TASK_CYCLES + merge * group) + adds
 
 
 def choose(m: int, k: int, n: int, min_chunk: int, cores: float, in_bytes: int = 2,
-           chunkable: bool = True, task_macs: int = TASK_MACS) -> tuple[int, int | None]:
+           chunkable: bool = True, task_macs: int = TASK_MACS, merge: int = 1) -> tuple[int, int | None]:
     """(K chunks, N tile or None for the target's own) with the least `estimate`; ties: fewer tasks. A split
     whose tasks would do under `task_macs` of work is not considered (the cost model charges a task's dispatch
     to the whole program, not only to its matmul), nor any split when the matmul's loop iterations alone fill
@@ -120,11 +122,11 @@ def choose(m: int, k: int, n: int, min_chunk: int, cores: float, in_bytes: int =
     widths = [widest] + [w for w in N_TILES if w < widest and w * in_bytes >= 32]
     best = None
     for kc in chunk_sizes:
-        for w in widths:
-            chunks = k // kc
+        chunks = k // kc
+        for w in widths + whole_wave_widths(m, n, chunks, cores * merge, widest, in_bytes, widths):
             if (chunks > 1 or w != widest) and CUBE_M * kc * min(w, n) < task_macs:  # a full M tile, as n_tile
                 continue
-            key = (estimate(m, k, n, chunks, w, cores, in_bytes), chunks * -(-n // w))
+            key = (estimate(m, k, n, chunks, w, cores, in_bytes, merge), chunks * -(-n // w))
             if best is None or key < best[0]:
                 best = (key, chunks, None if w == widest else w)
     return best[1], best[2]
@@ -138,13 +140,30 @@ def l1_reuse(m: int, k: int, n: int, width: int, cores: float, in_bytes: int = 2
     (224.7 us)."""
     if cores <= 1:
         return None
-    merged = estimate(m, k, n, 1, width, cores, in_bytes, TARGET_L1_REUSE)
+    merged = estimate(m, k, n, 1, width, cores, in_bytes, l1_merge=TARGET_L1_REUSE)
     return 1 if estimate(m, k, n, 1, width, cores, in_bytes) < merged else None
+def whole_wave_widths(m: int, n: int, chunks: int, cores: float, widest: int, in_bytes: int,
+                      known: list[int]) -> list[int]:
+    """N tiles (multiples of 16, narrower than `widest`, not in `known`) whose tasks fill whole waves of `cores`
+    cube cores: wo_b [128, 8192] x [8192, 4096] in 24 tiles of 176 (one wave) rather than 16 of 256 (8 cores
+    idle); the last tile is narrower."""
+    whole, per_n, out = round(cores), -(-m // CUBE_M) * chunks, []
+    if whole < 2 or abs(cores - whole) > 1e-9:
+        return out
+    for count in range(2, n // 16 + 1):
+        w = -(-(-(-n // count)) // 16) * 16
+        if (w < widest and w * in_bytes >= 32 and w not in known and w not in out
+                and per_n * -(-n // w) % whole == 0):
+            out.append(w)
+    return out
 
 
 def _concurrency(op) -> int:
-    """Iterations of the `tile.parallel` loops around `op` (they run side by side)."""
+    """Iterations of the `tile.parallel` loops around `op` (they run side by side), times the matmuls the IR
+    states run side by side with it (`side_by_side`: a grouped projection's groups)."""
     count, parent = 1, op.parent_op()
+    if "side_by_side" in op.attributes:
+        count = op.attributes["side_by_side"].value.data
     while parent is not None:
         if parent.name == "tile.parallel":
             lo, hi = constant_value(parent.lower), constant_value(parent.upper)
@@ -155,8 +174,8 @@ def _concurrency(op) -> int:
 
 
 class _ChunkK(RewritePattern):
-    def __init__(self, k: int, tasks: int = 1, task_macs: int = TASK_MACS, rule: str = "fixed"):
-        self.k, self.tasks, self.task_macs, self.rule = k, tasks, task_macs, rule
+    def __init__(self, k: int, tasks: int = 1, task_macs: int = TASK_MACS, rule: str = "fixed", merge: int = 1):
+        self.k, self.tasks, self.task_macs, self.rule, self.merge = k, tasks, task_macs, rule, max(1, merge)
 
     def match_and_rewrite(self, op, rewriter: PatternRewriter):
         if not isinstance(op, (ATTN["matmul"], TILE["matmul"])) or "n_tile" in op.attributes or "l1_reuse" in op.attributes:
@@ -169,7 +188,7 @@ class _ChunkK(RewritePattern):
         in_bytes = {"i8": 1, "f32": 4}.get(dtype_of(op.lhs.type), 2)
         if self.rule == "cost":
             chunks, width = choose(m, K, n, k, self.tasks / _concurrency(op), in_bytes,
-                                   dtype_of(op.lhs.type) in FLOAT_DTYPES, self.task_macs)
+                                   dtype_of(op.lhs.type) in FLOAT_DTYPES, self.task_macs, self.merge)
             if chunks == 1:
                 if width is not None:
                     op.attributes["n_tile"] = IntegerAttr(width, i64)
@@ -230,7 +249,8 @@ class TileMatmul(PatternPass):
     tasks: int = 1  # cube tasks a matmul should make at least (narrower N tiles); 1: the target's tiles
     task_macs: int = TASK_MACS  # the least work (MACs) of a task split off by `tasks`
     rule: str = "fixed"  # fixed: k and tasks as given; cost: K chunks and N tile per matmul by `estimate`
+    merge: int = 1  # rule=cost: tiles of the same structure the target runs as one task (pypto: cube_nbuffer_setting)
     option_choices = {"rule": ("fixed", "cost")}
 
     def pattern(self):
-        return _ChunkK(self.k, self.tasks, self.task_macs, self.rule)
+        return _ChunkK(self.k, self.tasks, self.task_macs, self.rule, self.merge)

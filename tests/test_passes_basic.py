@@ -193,12 +193,42 @@ def test_tile_matmul_cost_rule_states_l1_reuse_measured_faster():
     157.4 us."""
     from attnc.passes.tile_matmul import TARGET_L1_REUSE, estimate, l1_reuse
 
-    assert estimate(128, 4096, 1024, 1, 64, 24) < estimate(128, 4096, 1024, 1, 64, 24, merge=TARGET_L1_REUSE)
+    assert estimate(128, 4096, 1024, 1, 64, 24) < estimate(128, 4096, 1024, 1, 64, 24, l1_merge=TARGET_L1_REUSE)
     assert l1_reuse(128, 4096, 1024, 64, 24) == 1
     assert l1_reuse(128, 4096, 256, 64, 24) == 1
     # one N tile: nothing to merge; a loop whose iterations fill the cube keeps the target's setting
     assert l1_reuse(128, 4096, 64, 64, 24) is None
     assert l1_reuse(64, 512, 642, 256, 24 / 64) is None
+
+
+def test_tile_matmul_cost_rule_fills_whole_waves():
+    """The cost rule's N tiles for the o-projection at flash B=64 (sparse_attn m=0 in SIM, cube merging off: wo_a
+    and wo_b in N tiles of 256 384.5 us, of 176 374.1): wo_b alone on 24 cube cores in 24 tiles of 176 (one
+    wave) rather than 16 of 256; each of the 8 wo_a groups run side by side (3 cores each) in 6 tiles of 176 (two
+    waves) rather than the 16 tiles of 64 a matmul alone would take."""
+    from attnc.passes.tile_matmul import choose, whole_wave_widths
+
+    assert choose(128, 8192, 4096, 512, 24) == (1, 176)
+    assert choose(128, 4096, 1024, 512, 24 / 8) == (1, 176)
+    assert choose(128, 4096, 1024, 512, 24) == (1, 64)
+    # only widths whose task count is a multiple of the cores, narrower than the widest, not already candidates
+    assert 176 in whole_wave_widths(128, 4096, 1, 24, 256, 2, [256, 128])
+    assert all(-(-4096 // w) % 24 == 0 and w % 16 == 0 and w < 256
+               for w in whole_wave_widths(128, 4096, 1, 24, 256, 2, [256]))
+    assert whole_wave_widths(128, 4096, 1, 24 / 64, 256, 2, [256]) == []
+
+
+def test_tile_matmul_cost_rule_counts_merged_tiles():
+    """merge=2 (pypto's cube_nbuffer_setting {-1: 2} runs two tiles of one structure as one task): wo_b's 24
+    tiles of 176 would run on 12 cores, so the rule splits K in two (48 tiles, 24 tasks) — sparse_attn m=0 at
+    flash 399.4 -> 359.1 us in SIM; without merge the estimate keeps K whole."""
+    from attnc.passes.tile_matmul import choose, estimate
+
+    assert choose(128, 8192, 4096, 512, 24, merge=2) == (2, 176)
+    assert choose(128, 8192, 4096, 512, 24) == (1, 176)
+    assert estimate(128, 8192, 4096, 1, 176, 24, merge=2) > 1.9 * estimate(128, 8192, 4096, 1, 176, 24) - 7000
+    # the wo_a groups (3 cores each): 6 tiles merged in pairs fill one wave of 3, as without merging two waves
+    assert choose(128, 4096, 1024, 512, 3, merge=2) == (1, 176)
 
 
 def _ancestors(op):

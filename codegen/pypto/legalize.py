@@ -60,7 +60,8 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
 * `tile.reshape` `clone`: the lhs of a batched matmul (both operands rank >= 3) with one row per batch and more
   than one batch: pypto 0.2.0's per-pass verify, from InferDynShape on, reads batch 0's row of a reshaped lhs for
   every batch (FB4001, values wholly different; SIM right): a clone gives the operand its own buffer.
-  `inplace`: a reshape of a kernel input's buffer (through views of all of it, assembles, in-place scatters,
+  `inplace`: a reshape of a kernel input's or a scratch buffer (the attention output assembled per batch row,
+  read as token rows by the o-projection's de-rotation) (through views of all of it, assembles, in-place scatters,
   loops: buffer_of) is a view of it, no copy: a copy is one task per tile, and pypto 0.2.0 links each
   data-dependent gather task from it to each copy task (2048 x 2048 links for the indexer's idx_cmp at B=64, more
   than the runtime's stitch pool holds: F74001 "Slab alloc null, type=9").
@@ -337,6 +338,12 @@ def _is_param(v: SSAValue) -> bool:
 
 
 _PARAM_BUFFERS = (StringAttr("output"), StringAttr("scratch"))
+
+
+def _reshaped_in_place(v: SSAValue) -> bool:
+    """v's buffer is a kernel input or a scratch buffer: its reshape is a view (see `inplace`)."""
+    b = buffer_of(v)
+    return _is_param(b) or (_is(b, "tile.full") and b.owner.attributes.get("buffer") == StringAttr("scratch"))
 
 
 def _is_kernel_parameter(v: SSAValue) -> bool:
@@ -864,7 +871,7 @@ def legalize_function(fn: Operation) -> None:
     for op in block.walk():
         if op.name == "tile.reshape" and any(one_row_batched_lhs(u) for u in op.result.uses):
             op.attributes["clone"] = _flag()
-        if op.name == "tile.reshape" and _is_param(buffer_of(op.input)):
+        if op.name == "tile.reshape" and _reshaped_in_place(op.input):
             op.attributes["inplace"] = _flag()
     rewrite_packed_concats(fn)
     copied, budgets = output_copies(fn)

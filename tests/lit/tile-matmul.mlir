@@ -27,3 +27,9 @@
 // RUN: attnc compile sparse_attn_core --config flash -p 'tile-softmax{kv-tile=128},parallelize-tokens{rows=32},schedule-attention,tile-matmul{rule=cost tasks=24}' -o - | filecheck %s --check-prefix=LOOP
 // LOOP-NOT: n_tile
 // LOOP: func.return
+// A grouped projection states how many of its matmuls run side by side (`side_by_side`, sparse_attn's 8 wo_a
+// groups): each gets 24/8 cube cores, N tiles of 176 (6 tasks, two whole waves of 3) instead of 64; wo_b alone
+// takes 24 N tiles of 176 (one whole wave of 24) instead of 16 of 256.
+// RUN: attnc compile sparse_attn --config flash --set compress_ratio=0 -p 'rope-selector-matmul,parallelize-tokens{rows=32 weight-rows=128},schedule-attention,tile-matmul{rule=cost tasks=24}' -o - | filecheck %s --check-prefix=GROUPS
+// GROUPS-COUNT-8: attn.matmul %{{[a-z_0-9]+}}, %{{[a-z_0-9]+}} {side_by_side = 8 : i64, n_tile = 176 : i64
+// GROUPS: attn.matmul %{{[a-z_0-9]+}}, %wo_b {n_tile = 176 : i64
