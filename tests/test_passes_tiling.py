@@ -288,12 +288,12 @@ def test_chunk_rows_above_the_row_tile_are_whole_row_tiles(T, rows, row_tile, ch
 
 def test_parallelize_tokens_row_tile_takes_whole_row_tiles_and_is_exact():
     """T = 24: rows=32 alone takes one chunk of 24 (tiled 16 + 8 by the pypto emitter's wide ops); row-tile=16
-    takes 2 chunks of 12."""
+    takes 2 chunks of 12 (the pooling's stated chunk set above T, so every loop follows `rows`)."""
     cfg = resolve_config("tiny", {"batch": 3, "seq": 8, "max_pos": 256, "n_cmp": 64})
     st = STAGES["compressor"]
     module = build_stage(st, cfg)
     inputs = make_inputs(st, cfg, 3, {"start_pos": torch.tensor([0, 5, 12], dtype=torch.int32)})
-    report = run_pipeline(module, "schedule-compressor,parallelize-tokens{rows=32 row-tile=16}",
+    report = run_pipeline(module, "schedule-compressor{chunk-rows=32},parallelize-tokens{rows=32 row-tile=16}",
                           verify_inputs=list(inputs.values()), output_names=st.outputs)
     assert report.records[-1].error == 0.0
     assert {op.rows.value.data for op in ops_named(module, "tile.parallel")} == {12}
