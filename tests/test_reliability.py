@@ -771,7 +771,8 @@ def test_the_sim_child_estimate_is_an_upper_bound_of_its_measured_peaks():
     path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "memory_bound_sim.json")
     with open(path) as f:
         rows = [r for r in json.load(f) if "measured" in r]
-    assert {r["stage"] for r in rows if r["config"] == "tiny"} == set(STAGES)
+    project = {name for name, st in STAGES.items() if st.fn.__module__.startswith("attnc.kernels_src")}  # not plugins other tests load
+    assert {r["stage"] for r in rows if r["config"] == "tiny"} == project
     cores = {(r["stage"], r["batch"]) for r in rows if r["config"] == "flash"}
     assert {(core, b) for core in ("sparse_attn_core", "hca_attn_core") for b in (2, 8, 16)} <= cores
     below = []
