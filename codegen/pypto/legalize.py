@@ -340,16 +340,11 @@ def _is_param(v: SSAValue) -> bool:
 _PARAM_BUFFERS = (StringAttr("output"), StringAttr("scratch"))
 
 
-def _reshaped_in_place(v: SSAValue) -> bool:
-    """v's buffer is a kernel input or a scratch buffer: its reshape is a view (see `inplace`)."""
+def _is_kernel_parameter(v: SSAValue, buffers=_PARAM_BUFFERS) -> bool:
+    """v's buffer is a kernel parameter: an input, or a `tile.full` whose `buffer` is one of `buffers` (an output
+    carried by its loop, a scratch buffer)."""
     b = buffer_of(v)
-    return _is_param(b) or (_is(b, "tile.full") and b.owner.attributes.get("buffer") == StringAttr("scratch"))
-
-
-def _is_kernel_parameter(v: SSAValue) -> bool:
-    """v's buffer is a kernel parameter: an input, an output carried by its loop, or a scratch buffer."""
-    b = buffer_of(v)
-    return _is_param(b) or (_is(b, "tile.full") and b.owner.attributes.get("buffer") in _PARAM_BUFFERS)
+    return _is_param(b) or (_is(b, "tile.full") and b.owner.attributes.get("buffer") in buffers)
 
 
 def output_copies(fn: Operation) -> tuple[list, list]:
@@ -871,7 +866,7 @@ def legalize_function(fn: Operation) -> None:
     for op in block.walk():
         if op.name == "tile.reshape" and any(one_row_batched_lhs(u) for u in op.result.uses):
             op.attributes["clone"] = _flag()
-        if op.name == "tile.reshape" and _reshaped_in_place(op.input):
+        if op.name == "tile.reshape" and _is_kernel_parameter(op.input, (StringAttr("scratch"),)):
             op.attributes["inplace"] = _flag()
     rewrite_packed_concats(fn)
     copied, budgets = output_copies(fn)
