@@ -12,6 +12,7 @@ from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, StringAttr, i1
 from attnc.codegen.pypto.emit import emit_pypto, in_place_outputs
 from attnc.ir import parse_ir, print_ir
 from attnc.ir.interpreter import entry_function
+from attnc.ir.types import shape_of
 from attnc.codegen.pypto.legalize import legalize_function
 from tests.test_pypto_emit import PARALLEL, PARTIAL, SCRATCH, WHOLE
 
@@ -85,22 +86,33 @@ def test_a_scatter_that_is_not_in_place_writes_a_scratch_copy_of_its_table():
 
 
 def test_a_row_concat_with_a_zero_padded_piece_is_packed():
-    """Rewritten into assembles of its pieces at their row offsets into a local buffer; the zero-padded piece's
-    `zero_pad`, the piece that is all of a kernel parameter (the one-row step) `clone`; the same after a rerun."""
+    """Rewritten into assembles of its pieces at their row offsets into a local buffer listing them (`pieces`);
+    the zero-padded piece followed by an scf.if (valid < rows) assembling a zero tile.full at row + valid with
+    valid rows rows - valid; the piece that is all of a kernel parameter (the one-row step) `clone`; the same
+    after a rerun."""
     mod, fn = _legalized(WHOLE.replace("STEP_ROWS", "1"))
     assert not _ops(fn, "tile.concat")
     (buf,) = [op for op in _ops(fn, "tile.full") if op.attributes.get("buffer") == StringAttr("local")]
-    pieces, cur = [], buf.result
-    while cur.has_one_use() and next(iter(cur.uses)).operation.name == "tile.assemble":
-        pieces.append(next(iter(cur.uses)).operation)
-        cur = pieces[-1].result
-    assert [("zero_pad" in p.attributes, "clone" in p.attributes) for p in pieces] == [
-        (False, False), (True, False), (False, True)]
-    assert pieces[0].dest is buf.result and all(b.dest is a.result for a, b in zip(pieces, pieces[1:]))
+    assert [[abs(x.value.data) for x in p.data] for p in buf.attributes["pieces"].data] == [
+        [1, 0, 0], [8, 1, 1], [1, 9, 0]]
+    pieces = [op for op in fn.body.block.walk() if op.name == "tile.assemble" and op.dest.type == buf.result.type]
+    assert [("clone" in p.attributes, len(p.valid)) for p in pieces] == [
+        (False, 0), (False, 0), (False, 2), (True, 0)]
+    (branch,) = _ops(fn, "scf.if")
+    pad = pieces[2]
+    assert pad.parent_op() is branch and pad.dest is pieces[1].result and pieces[3].dest is branch.results[0]
+    assert branch.false_region.block.last_op.operands[0] is pieces[1].result
+    assert shape_of(pad.tile.type) == (8, 128) and pad.tile.owner.value.value.data == 0.0
+    assert branch.cond.owner.name == "arith.cmpi" and pad.valid[0].owner.name == "arith.subi"
+    assert pad.offsets[0].owner.name == "arith.addi"
     assert not any("zero_fill" in v.attributes for v in _ops(fn, "tile.view"))  # a packed concat: no zero fill
     once = print_ir(mod)
     legalize_function(fn)
     assert print_ir(mod) == once
+    text = emit_pypto(mod)
+    assert "        if s2 < 8:\n" in text and "pypto.assemble(v8, [s6, 0], k4)" in text
+    assert "ASSEMBLED_PIECES = [[[[1, 128], [0, 0], False], [[8, 128], [1, 0], True], [[1, 128], [9, 0], False]]]" \
+        in text
 
 
 ZERO_FILL = """\
@@ -235,3 +247,4 @@ def test_tile_floor_is_an_f32_op_the_interpreter_rounds_down():
     assert torch.equal(y, torch.tensor([-2.0, -1.0, 0.0, 2.0]))
     with pytest.raises(Exception, match="operand must be f32"):
         parse_ir(text.replace("xf32", "xi32"), "f.mlir")
+

@@ -42,6 +42,7 @@ UNARY = {"neg": "pypto.neg", "exp": "pypto.exp", "sqrt": "pypto.sqrt", "rsqrt": 
          "recip": "pypto.reciprocal", "relu": "pypto.relu", "abs": "pypto.abs", "floor": "pypto.floor"}
 CMP = {"lt": "pypto.lt", "le": "pypto.le", "gt": "pypto.gt", "ge": "pypto.ge", "eq": "pypto.eq", "ne": "pypto.ne"}
 ROW_REDUCE = {"row_sum": "pypto.sum", "row_max": "pypto.amax", "row_min": "pypto.amin"}
+CMPI = {0: "==", 1: "!=", 2: "<", 3: "<=", 4: ">", 5: ">="}  # arith.cmpi's signed predicates
 SCALAR = {"adds": "pypto.add", "muls": "pypto.mul", "maxs": "pypto.maximum"}
 
 GATHER_TILE_ELEMS = 8192  # index_select tiles with a multi-dim index at most this large (see gather_rows)
@@ -129,14 +130,13 @@ class _Emitter:
     vec_budget: int = PyptoOptions.vec_tile_elems
     # what the emitter printed about a value, for the ops that read it (one table, see `note`)
     printed: dict = field(default_factory=dict)
-    # the pieces of each packed concat with a zero-padded piece: [[shape, offset, padded], ...] per concat
+    # the pieces of each packed concat: [[shape, offset, padded], ...] per concat (pypto-legalize `pieces`)
     assembled_pieces: list = field(default_factory=list)
     l1_reuse: dict = field(default_factory=dict)  # the program's cube_l1_reuse_setting (restored after a loop's own)
 
     def note(self, v: SSAValue, **facts):
         """Record what printing v's op stated about v: `rows` its vector tile's row cap (the op's `tile_rows`),
-        `valid` a zero-padded view's valid row count (an expression), `gather` the prefix gather printed where
-        its view is."""
+        `gather` the prefix gather printed where its view is."""
         self.printed.setdefault(v, {}).update(facts)
 
     def noted(self, v: SSAValue, fact: str):
@@ -225,6 +225,8 @@ class _Emitter:
         if name == "tile.parallel":
             return self._loop(op, loc, [op.lower, op.upper, None], op.inits, op.body.block, op.outs, "r",
                               step=op.rows.value.data)
+        if isinstance(op, scf.IfOp):
+            return self._if(op, loc)
         if isinstance(op, func.ReturnOp):
             return
         if not name.startswith("tile."):
@@ -247,20 +249,6 @@ class _Emitter:
         dt = PYPTO_DTYPE.get(dtype_of(res.type)) if res is not None and isinstance(res.type, TensorType) else None
         shape = list(shape_of(res.type)) if dt else None
         return a, res, dt, shape
-
-    def _zero_rows_below(self, op, row: str, dest: str):
-        """After a zero-padded piece of a packed concat (pypto-legalize `zero_pad`): zeros at its padding rows,
-        only when it has padding (its valid row count is a runtime value)."""
-        rows, rest = shape_of(op.tile.type)[0], list(shape_of(op.tile.type)[1:])
-        valid = self.noted(op.tile, "valid")
-        self.emit(f"if {valid} < {rows}:  # the piece's padding rows read as zeros")
-        self.depth += 1
-        pad = self.fresh("z")
-        self.set_tile(op.tile)
-        self.emit(f"{pad} = pypto.full({[rows, *rest]}, 0.0, {PYPTO_DTYPE[dtype_of(op.tile.type)]}, "
-                  f"valid_shape=[{rows} - {valid}, {', '.join(map(str, rest))}])")
-        self.emit(f"pypto.assemble({pad}, [{row} + {valid}, {', '.join('0' for _ in rest)}], {dest})")
-        self.depth -= 1
 
     def _gather_prefix(self, gather, res, valid: str, loc):
         """The zero-padded view of a gather's first `valid` rows: gather only those ids (the rest of the index
@@ -341,6 +329,9 @@ class _Emitter:
     def _index(self, op):
         ops = {arith.AddiOp: "+", arith.SubiOp: "-", arith.MuliOp: "*"}
         x, y = op.operands
+        if isinstance(op, arith.CmpiOp):  # a branch condition, printed where it is read
+            self.names[op.result] = f"{self.ref(x)} {CMPI[op.predicate.value.data]} {self.ref(y)}"
+            return
         if x in self.consts and y in self.consts:
             a, b = self.consts[x], self.consts[y]
             folded = {arith.AddiOp: a + b, arith.SubiOp: a - b, arith.MuliOp: a * b, arith.MinSIOp: min(a, b),
@@ -360,6 +351,29 @@ class _Emitter:
             return self._scalar(op.result, f"pypto.ceildiv({a}, {b})")
         raise EmitError(f"{op_location(op)}: {op.name} has no pypto 0.2.0 lowering: only addi/subi/muli/minsi/maxsi/"
                         "ceildivsi are emitted on symbolic scalars")
+
+    def _if(self, op, loc):
+        """A runtime branch on a symbolic scalar; its results are tensors each branch updates in place (both
+        yield the same buffer), e.g. a zero-padded piece's zeros (pypto-legalize)."""
+        self.emit(f"if {self.ref(op.cond)}:" + (f"  # {loc}" if loc else ""))
+        for region in (op.true_region, op.false_region):
+            block = region.block if region.blocks else None
+            body = [o for o in block.ops if o is not block.last_op] if block is not None else []
+            if region is op.false_region:
+                if not body:
+                    break
+                self.emit("else:")
+            self.depth += 1
+            for inner in body:
+                self.op(inner)
+            self.depth -= 1
+        ends = [r.block.last_op.operands for r in (op.true_region, op.false_region) if r.blocks]
+        for i, r in enumerate(op.results):
+            names = {self.ref(y[i]) for y in ends}
+            if len(names) != 1:
+                raise EmitError(f"{loc}: scf.if has no pypto 0.2.0 lowering: result {i} is not one buffer updated "
+                                "in place by both branches")
+            self.names[r] = names.pop()
 
     def _loop(self, op, loc, bounds, inits, block, results, prefix, step=None):
         lo, hi = self.ref(bounds[0]), self.ref(bounds[1])
@@ -562,8 +576,9 @@ def _print_full(self: _Emitter, op: Operation, loc: str | None):
         self.names[res] = name
         self.set_tile(res)
         self.emit(f"{name} = pypto.tensor({shape}, {dt}, \"{name}\")  # {loc}")
-        self.note(res, pieces=[])
-        self.assembled_pieces.append(self.noted(res, "pieces"))
+        self.assembled_pieces.append([[[rows.value.data, *shape[1:]], [row.value.data, *(0 for _ in shape[1:])],
+                                       bool(padded.value.data)] for rows, row, padded in
+                                      (p.data for p in op.attributes["pieces"].data)])
         return
     value = op.value.value.data
     if flag(op, "splat"):  # pypto.where takes the number itself: no tensor filled per use
@@ -582,7 +597,6 @@ def _print_scatter_rows(self: _Emitter, op: Operation, loc: str | None):
 @_rule("view")
 def _print_view(self: _Emitter, op: Operation, loc: str | None):
     if flag(op, "prefix"):  # the gather of the valid ids only (pypto-legalize), here
-        self.note(op.result, valid=self.ref(op.valid[0]))
         return self._gather_prefix(self.noted(op.source, "gather"), op.result, self.ref(op.valid[0]), loc)
     a, res, dt, shape = self.operands(op)
     n = len(op.offsets)
@@ -594,8 +608,6 @@ def _print_view(self: _Emitter, op: Operation, loc: str | None):
     offs, valid = a[1:1 + n], a[1 + n:]
     extra = f", valid_shape=[{', '.join(valid)}]" if valid else ""
     self.bind(res, f"pypto.view({a[0]}, {shape}, [{', '.join(offs)}]{extra})", loc)
-    if valid:
-        self.note(res, valid=valid[0])
     if flag(op, "zero_fill"):  # give the tile its zero padding first (pypto-legalize)
         self.emit(f"{self.names[res]} = pypto.reshape({self.names[res]}, {shape}, valid_shape={shape})")
     if flag(op, "clone"):
@@ -622,12 +634,6 @@ def _print_assemble(self: _Emitter, op: Operation, loc: str | None):
                   f"valid_shape=[{', '.join(valid)}])")
     self.emit(f"pypto.assemble({tile}, [{', '.join(offs)}], {a[1]})" + (f"  # {loc}" if loc else ""))
     self.names[res] = a[1]  # in place: the destination is dead after this op
-    pieces = self.noted(op.dest, "pieces")
-    if pieces is not None:  # a piece of a packed concat (pypto-legalize): listed for the AssembleChecker excuse
-        pieces.append([list(shape_of(op.tile.type)), [int(o) for o in offs], flag(op, "zero_pad")])
-        self.note(res, pieces=pieces)
-    if flag(op, "zero_pad"):
-        self._zero_rows_below(op, offs[0], a[1])
 
 
 @_rule("read")

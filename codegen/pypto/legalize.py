@@ -49,8 +49,10 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
 * `tile.concat` `packed`: a row concat (axis 0, rank 2, not i1) with a zero-padded piece; `padded = [bools]`
   marks its zero-padded pieces. Then rewritten (rewrite_packed_concats) into assembles of the pieces at their row
   offsets into a `tile.full` with `buffer = "local"` (a `pypto.tensor`; no copy task per piece, which a
-  pypto.concat costs: CSA core 308.5 -> 263.7 us). A zero-padded piece's assemble is `zero_pad`: zeros are
-  written at its padding rows (pypto assembles the valid rows only). A piece that is all of a kernel parameter's
+  pypto.concat costs: CSA core 308.5 -> 263.7 us). A zero-padded piece's assemble is followed by an `scf.if valid < rows`
+  around an assemble of a zero `tile.full` at row + valid with valid shape [rows - valid, ...]: zeros at its
+  padding rows (pypto 0.2.0 assembles a tile's valid rows only; the branch skips a piece without padding rows). The buffer lists its pieces (`pieces = [[rows, row offset, zero-padded], ...]`) for the program's
+  AssembleChecker excuse. A piece that is all of a kernel parameter's
   buffer (an input, an output or a scratch buffer) is assembled as a clone (`clone`): pypto 0.2.0 fails to
   compile an assemble of all of a parameter's buffer inside a loop into a tensor a matmul reads ("The L0C-to-L1
   copy op can have only one input and one output tensor", SrcDstBufferMerge; verify runs SIGSEGV).
@@ -90,7 +92,7 @@ from dataclasses import dataclass
 import numpy as np
 from xdsl.dialects import arith, func, scf
 from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, StringAttr, UnitAttr, i1, i64
-from xdsl.ir import BlockArgument, Operation, SSAValue
+from xdsl.ir import Block, BlockArgument, Operation, Region, SSAValue
 
 from attnc.codegen.escape import code_text
 from attnc.ir.common import LOC_ATTR, bool_attr, op_location, str_attr
@@ -98,10 +100,10 @@ from attnc.ir.types import dtype_of, shape_of, tensor_type
 from attnc.passes import AttncPass, PassError, register
 from attnc.ir.dsl import emit_op
 from attnc.ir.tile_dialect import TILE
-from attnc.passes._build import before, const, tile_full, tile_op
+from attnc.passes._build import at_end, before, const, tile_full, tile_op
 
 # every attribute this pass sets (cleared first: the pass is idempotent)
-FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "zero_pad", "zero_fill", "clone", "inplace",
+FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "pieces", "zero_fill", "clone", "inplace",
          "prefix", "scalar_ids", "scalar_id", "copy_out", "copy_out_tile_elems", "pypto_legalized")
 
 
@@ -312,6 +314,8 @@ def buffer_of(v: SSAValue) -> SSAValue:
             v = op.dest
         elif op.name == "tile.scatter_rows":
             v = op.table
+        elif op.name == "scf.if":  # a piece's zero padding (_zero_padding): the else branch yields the buffer
+            v = op.false_region.block.last_op.operands[v.index]
         elif (op.name == "tile.view" and not len(op.valid) and all(_const(o) == 0 for o in op.offsets)
               and shape_of(op.source.type) == shape_of(v.type)):
             v = op.source
@@ -758,10 +762,10 @@ def _read_as_number(full: Operation) -> bool:
 
 def rewrite_packed_concats(fn: Operation) -> None:
     """A `packed` row concat becomes assembles of its pieces at their row offsets into a `buffer = "local"`
-    tile.full (a `pypto.tensor`; no copy task per piece, which a pypto.concat costs: CSA core 308.5 -> 263.7 us);
-    a zero-padded piece's assemble is `zero_pad` (zeros written at its padding rows: pypto assembles the valid rows
-    only), a piece that is all of a kernel parameter's buffer is `clone` (pypto 0.2.0 fails to compile an assemble
-    of it inside a loop into a tensor a matmul reads: SrcDstBufferMerge)."""
+    tile.full (a `pypto.tensor`; no copy task per piece, which a pypto.concat costs: CSA core 308.5 -> 263.7 us),
+    which lists them (`pieces`); a zero-padded piece is followed by its zeros (_zero_padding: pypto assembles the
+    valid rows only), a piece that is all of a kernel parameter's buffer is `clone` (pypto 0.2.0 fails to compile
+    an assemble of it inside a loop into a tensor a matmul reads: SrcDstBufferMerge)."""
     for op in [o for o in fn.walk() if o.name == "tile.concat" and flag(o, "packed")]:
         padded = [bool(p.value.data) for p in op.attributes["padded"].data]
         cloned = [_is_kernel_parameter(whole_of(v)) for v in op.inputs]
@@ -769,20 +773,51 @@ def rewrite_packed_concats(fn: Operation) -> None:
         with before(op):
             cur = tile_full(shape_of(op.result.type), 0.0, dtype_of(op.result.type)).value
             cur.owner.attributes["buffer"] = StringAttr("local")
-            made, row = [cur.owner], 0
+            made, row, listed = [cur.owner], 0, []
             for v, pad, clone in zip(op.inputs, padded, cloned):
                 offsets = [const(row), *(const(0) for _ in shape_of(v.type)[1:])]
                 asm = emit_op(TILE["assemble"], [v, cur, offsets, []], [op.result.type])
                 asm.attributes.pop(LOC_ATTR)
-                for name, on in (("zero_pad", pad), ("clone", clone)):
-                    if on:
-                        asm.attributes[name] = _flag()
+                if clone:
+                    asm.attributes["clone"] = _flag()
                 made.append(asm)
-                cur, row = asm.results[0], row + shape_of(v.type)[0]
+                cur = asm.results[0]
+                if pad:
+                    cur = _zero_padding(v, row, cur, made)
+                listed.append(ArrayAttr([IntegerAttr(shape_of(v.type)[0], i64), IntegerAttr(row, i64), _flag(pad)]))
+                row += shape_of(v.type)[0]
+            made[0].attributes["pieces"] = ArrayAttr(listed)
         if rows_cap is not None:  # the row cap of its vector tile (schedule-compressor)
             for new in made:
                 new.attributes["tile_rows"] = rows_cap
         _replace(op, cur)
+
+
+def _zero_padding(piece: SSAValue, row: int, dest: SSAValue, made: list) -> SSAValue:
+    """Zeros at the padding rows of a zero-padded piece assembled at `row` into dest (pypto assembles a tile's
+    valid rows only): `scf.if valid < rows` around a zero tile.full assembled at row + valid with valid shape
+    [rows - valid, ...] -- only when the piece has padding rows (no assemble of an empty valid shape)."""
+    shape = shape_of(piece.type)
+    valid = piece.owner.valid[0]
+    rows = const(shape[0])
+    has = emit_op(arith.CmpiOp, [valid, rows], [i1], {"predicate": IntegerAttr(2, i64)}).results[0]  # slt
+    pad_rows = emit_op(arith.SubiOp, [rows, valid], [valid.type]).results[0]
+    at = valid if row == 0 else emit_op(arith.AddiOp, [const(row), valid], [valid.type]).results[0]
+    then, other = Block(), Block()
+    with at_end(then, None):
+        zeros = tile_full(shape, 0.0, dtype_of(piece.type)).value
+        if "tile_rows" in piece.owner.attributes:  # the piece's row cap (schedule-compressor)
+            zeros.owner.attributes["tile_rows"] = piece.owner.attributes["tile_rows"]
+        rest = [const(d) for d in shape[1:]]
+        asm = emit_op(TILE["assemble"], [zeros, dest, [at, *(const(0) for _ in shape[1:])], [pad_rows, *rest]],
+                      [dest.type])
+        emit_op(scf.YieldOp, [asm.results[0]], [])
+    with at_end(other, None):
+        emit_op(scf.YieldOp, [dest], [])
+    branch = emit_op(scf.IfOp, [has], [dest.type], regions=[Region(then), Region(other)])
+    for o in [*then.ops, *other.ops, branch]:
+        o.attributes.pop(LOC_ATTR, None)
+    return branch.results[0]
 
 
 def check_scalar_reads(fn: Operation) -> None:
@@ -805,9 +840,9 @@ def legalize_function(fn: Operation) -> None:
     # the scratch buffers a rewrite made (copies for a loop or a scatter to write in parts) stay declared, and the
     # packed concats a rewrite made stay assembles into a local buffer
     copies = [op for op in fn.walk() if op.name == "tile.full" and _is_copy_buffer(op)]
-    locals_ = [op for op in fn.walk() if op.name == "tile.full"
-               and op.attributes.get("buffer") == StringAttr("local")]
-    pieces = {op: {k: op.attributes[k] for k in ("zero_pad", "clone") if k in op.attributes}
+    locals_ = {op: op.attributes["pieces"] for op in fn.walk() if op.name == "tile.full"
+               and op.attributes.get("buffer") == StringAttr("local")}
+    pieces = {op: {k: op.attributes[k] for k in ("clone",) if k in op.attributes}
               for op in fn.walk() if _is_piece(op)}
     # the splats a rewrite made stay numbers while they are read as such (the others are stated again below)
     made = [op for op in fn.walk() if op.name == "tile.full" and flag(op, "splat") and _read_as_number(op)]
@@ -818,8 +853,9 @@ def legalize_function(fn: Operation) -> None:
         op.attributes["splat"] = _flag()
     for op in copies:
         op.attributes["buffer"] = StringAttr("scratch")
-    for op in locals_:
+    for op, listed in locals_.items():
         op.attributes["buffer"] = StringAttr("local")
+        op.attributes["pieces"] = listed
     for op, facts in pieces.items():
         op.attributes.update(facts)
     block = fn.body.block
