@@ -248,3 +248,32 @@ def test_tile_floor_is_an_f32_op_the_interpreter_rounds_down():
     with pytest.raises(Exception, match="operand must be f32"):
         parse_ir(text.replace("xf32", "xi32"), "f.mlir")
 
+
+TOPK = (Path(__file__).resolve().parent / "lit" / "pypto-legalize-topk.mlir").read_text()
+
+
+def test_a_topk_is_legalized_into_pypto_topk_and_a_pick_through_f32_and_keeps_the_resolver_hook():
+    """tile.topk -> tile.topk_pairs and selects/casts the emitter prints one to one; the interpreter's top-k
+    resolver (the SIM check's tie-aware comparison) still sees the op's scores and validity and decides its picks."""
+    import torch
+
+    from attnc.ir.interpreter import run_module
+    from attnc.ir.topk import TopkRecorder, topk_indices
+
+    mod, fn = _legalized(TOPK)
+    assert not _ops(fn, "tile.topk")
+    (pairs,) = _ops(fn, "tile.topk_pairs")
+    scores = torch.tensor([[0.5, 2.0, 2.0, -1.0, 3.0, 0.0, 1.0, 7.0], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]])
+    valid = torch.tensor([[True, True, True, True, True, False, True, False], [False, True] + [False] * 6])
+    (own,) = run_module(mod, [scores, valid])
+    assert own.tolist() == topk_indices(scores, valid, 3).tolist() == [[4, 1, 2], [1, -1, -1]]
+    recorder = TopkRecorder()
+    (seen,) = run_module(mod, [scores, valid], topk=recorder)
+    assert seen.tolist() == own.tolist() and list(recorder.calls) == [pairs]
+    s, v, mine, returned = recorder.calls[pairs][0]
+    assert v.tolist() == valid[0].tolist() and mine.tolist() == [4, 1, 2]
+    (swapped,) = run_module(mod, [scores, valid], topk=TopkRecorder(substitute={pairs: {0: [4, 2, 1]}}))
+    assert swapped.tolist() == [[4, 2, 1], [1, -1, -1]]
+    text = emit_pypto(mod)
+    assert "t1 = pypto.where(valid, s, -3.4028234663852886e+38)  # p.py:1" in text
+    assert "v2, i3 = pypto.topk(t1, 3, -1, True)  # p.py:1" in text and "t6 = pypto.where(t4, t5, -1.0)" in text

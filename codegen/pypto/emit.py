@@ -195,20 +195,6 @@ class _Emitter:
         self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, tile))})")
         self.emit(f"{self.names[res]} = pypto.clone({self.names[res]})  # dense: its readers' tiles fit UB")
 
-    def _topk(self, op, a, shape, loc):
-        """Invalid entries get the lowest f32 score, pypto.topk sorts (FP32, last axis), and a pick whose score
-        is that sentinel becomes -1 (through f32: pypto 0.2.0 selects between int32 tensors poorly)."""
-        k = op.k.value.data
-        scores = self.fresh("s")
-        self.set_tile(op.scores)
-        self.emit(f"{scores} = pypto.where({a[1]}, {a[0]}, {F32_LOWEST!r})  # {loc}")
-        vals, ids = self.fresh("v"), self.fresh("i")
-        self.emit(f"{vals}, {ids} = pypto.topk({scores}, {k}, -1, True)")
-        picked = self.fresh("i")
-        self.set_tile(op.result)
-        self.emit(f"{picked} = pypto.where(pypto.gt({vals}, {F32_LOWEST!r}), pypto.cast({ids}, pypto.DT_FP32), -1.0)")
-        return self.bind(op.result, f"pypto.cast({picked}, pypto.DT_INT32, mode=pypto.CastMode.CAST_RINT)", loc)
-
     # ------------------------------------------------------------------------------------------ ops
     def op(self, op: Operation):
         if flag(op, "scalar_ids"):  # computes scatter ids only, which are evaluated as scalars where used
@@ -544,10 +530,13 @@ def _print_gather_rows(self: _Emitter, op: Operation, loc: str | None):
     return self.bind(res, f"pypto.index_select({a[0]}, 0, {a[1]})", loc, budget=self._gather_budget(res))
 
 
-@_rule("topk")
-def _print_topk(self: _Emitter, op: Operation, loc: str | None):
-    a, res, dt, shape = self.operands(op)
-    return self._topk(op, a, shape, loc)
+@_rule("topk_pairs")
+def _print_topk_pairs(self: _Emitter, op: Operation, loc: str | None):  # pypto.topk: values and ids, descending
+    vals, ids = self.fresh("v"), self.fresh("i")
+    self.names[op.values], self.names[op.ids] = vals, ids
+    self.set_tile(op.scores)
+    self.emit(f"{vals}, {ids} = pypto.topk({self.ref(op.scores)}, {op.k.value.data}, -1, True)"
+              + (f"  # {loc}" if loc else ""))
 
 
 @_rule("iota")
@@ -640,9 +629,6 @@ def _print_assemble(self: _Emitter, op: Operation, loc: str | None):
 def _print_read(self: _Emitter, op: Operation, loc: str | None):
     a, res, dt, shape = self.operands(op)  # of a kernel parameter (pypto-legalize refuses any other)
     return self._scalar(res, f"{a[0]}[{', '.join(a[1:])}]")
-
-
-F32_LOWEST = -3.4028234663852886e38  # score of an entry top-k may not pick
 
 
 def legalized(module: ModuleOp) -> Operation:

@@ -13,6 +13,10 @@ emitter prints each tile op plainly):
 * `tile.broadcast` over several axes -> one broadcast per axis; a `tile.iota` whose ramp expands over several
   axes -> an iota over the first and such broadcasts: pypto 0.2.0's expand_clone expands one axis
   (rewrite_broadcast_chains).
+* `tile.topk` -> a select of its scores (f32) where valid, else the lowest f32; `tile.topk_pairs` (pypto.topk:
+  values and ids); a select in f32 of the ids (cast) where the value is above the sentinel, else -1.0; a cast
+  back to i32: pypto.topk has no validity operand and pypto 0.2.0 selects between int32 tensors poorly
+  (rewrite_topks).
 * `tile.full` of i1 -> a fill of 1.0/0.0 in f32 and a compare with 1.0 (`splat`): pypto 0.2.0's codegen cannot
   fill a bool tensor (rewrite_bool_splats).
 * a `packed` row concat (below) -> assembles into a local buffer (rewrite_packed_concats).
@@ -820,6 +824,38 @@ def _zero_padding(piece: SSAValue, row: int, dest: SSAValue, made: list) -> SSAV
     return branch.results[0]
 
 
+F32_LOWEST = -3.4028234663852886e38  # the score of an entry top-k may not pick
+
+
+def rewrite_topks(fn: Operation) -> None:
+    """A tile.topk becomes pypto 0.2.0's top-k and a pick through f32: its scores (in f32) where valid, else the
+    lowest f32 (a `splat`); `tile.topk_pairs` (pypto.topk: the k largest and their ids, descending, last axis);
+    a pick whose score is that sentinel is -1, selected in f32 (ids cast to f32, a select with a -1.0 splat, a cast
+    back, rint): pypto.topk has no validity operand, and pypto 0.2.0 selects between int32 tensors poorly
+    (the emitter's former workaround, kept as it was). Exact: ids < 2^24."""
+    for op in [o for o in fn.walk() if o.name == "tile.topk"]:
+        shape, out_shape, k = shape_of(op.scores.type), shape_of(op.result.type), op.k.value.data
+        if k > shape[-1]:
+            raise PassError(f"{code_text(op_location(op))}: tile.topk of {k} of {shape[-1]} entries has no pypto "
+                            "0.2.0 lowering: pypto.topk picks at most a row's entries")
+        f32, out_f32 = tensor_type(shape, "f32"), tensor_type(out_shape, "f32")
+        with before(op):
+            scores = op.scores if dtype_of(op.scores.type) == "f32" else \
+                tile_op("cast", [op.scores], f32, rounding=str_attr("rint")).value
+            masked = tile_op("select", [op.valid, scores, _splat(shape, F32_LOWEST)], f32).value
+            pairs = emit_op(TILE["topk_pairs"], [masked], [out_f32, tensor_type(out_shape, "i32")], {"k": op.k})
+            vals, ids = pairs.results
+            live = tile_op("cmp", [vals, _splat(out_shape, F32_LOWEST)], tensor_type(out_shape, "i1"),
+                           predicate=str_attr("gt")).value
+            fids = tile_op("cast", [ids], out_f32, rounding=str_attr("rint")).value
+            picked = tile_op("select", [live, fids, _splat(out_shape, -1.0)], out_f32).value
+            out = tile_op("cast", [picked], op.result.type, rounding=str_attr("rint")).value
+        if "tile_rows" in op.attributes:  # the row cap of its vector tiles (schedule-compressor)
+            for v in (scores, masked, vals, live, fids, picked, out):
+                v.owner.attributes["tile_rows"] = op.attributes["tile_rows"]
+        _replace(op, out)
+
+
 def check_scalar_reads(fn: Operation) -> None:
     """A tile.read must read a kernel parameter: pypto 0.2.0 reads a scalar only from one (GetTensorData of a
     computed tensor fails at run time, F3FFFF)."""
@@ -837,6 +873,7 @@ def legalize_function(fn: Operation) -> None:
     rewrite_bool_concats(fn)
     rewrite_broadcast_chains(fn)
     rewrite_int_divisions(fn)
+    rewrite_topks(fn)
     # the scratch buffers a rewrite made (copies for a loop or a scatter to write in parts) stay declared, and the
     # packed concats a rewrite made stay assembles into a local buffer
     copies = [op for op in fn.walk() if op.name == "tile.full" and _is_copy_buffer(op)]
