@@ -123,7 +123,7 @@ def _with_fact_checks(verify):
     return verify_
 
 
-_FACT_FLAGS = ("splat", "packed", "zero_fill", "clone", "inplace", "prefix", "scalar_ids")
+_FACT_FLAGS = ("splat", "packed", "clone", "inplace", "prefix", "scalar_ids")
 
 
 def pypto_facts_verify(op) -> None:

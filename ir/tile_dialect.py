@@ -173,6 +173,16 @@ def _topk_pairs_verify(self):
 TopkPairsOp = _make("tile.topk_pairs", dict(scores=operand_def(TensorType), k=prop_def(IntegerAttr),
                                             values=result_def(TensorType), ids=result_def(TensorType),
                                             verify_=_topk_pairs_verify))
+
+
+def _fill_padding_verify(self):
+    self.expect(self.input.type == self.result.type, "result must have the input's type")
+
+
+# the tile as it is, padding included: a zero-padded view's padding rows/columns become valid (pypto-legalize writes
+# it before a concat, which pypto joins by valid parts); the values are the view's, so the interpreter returns them
+FillPaddingOp = _make("tile.fill_padding", dict(input=operand_def(TensorType), result=result_def(TensorType),
+                                                verify_=_fill_padding_verify))
 _SCALAR = [_make(f"tile.{k}", dict(input=operand_def(TensorType), scalar=prop_def(FloatAttr),
                                    result=result_def(TensorType), verify_=_scalar_verify)) for k in SCALAR_KINDS]
 
@@ -187,7 +197,7 @@ ParallelOp = _make("tile.parallel", dict(
     irdl_options=(ParsePropInAttrDict(),),
     traits=traits_def(RecursiveMemoryEffect()), verify_=_parallel_verify))
 
-TILE_OPS = [*_SHARED, ViewOp, AssembleOp, ReadOp, MatmulAccOp, FloorOp, TopkPairsOp, *_ROW, *_ROW_EXPAND, *_COL_EXPAND, *_SCALAR,
+TILE_OPS = [*_SHARED, ViewOp, AssembleOp, ReadOp, MatmulAccOp, FloorOp, TopkPairsOp, FillPaddingOp, *_ROW, *_ROW_EXPAND, *_COL_EXPAND, *_SCALAR,
             YieldOp, ParallelOp]
 Tile = Dialect("tile", TILE_OPS, [])
 TILE = {op.name.split(".", 1)[1]: op for op in TILE_OPS}

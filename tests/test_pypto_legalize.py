@@ -14,6 +14,7 @@ from attnc.ir import parse_ir, print_ir
 from attnc.ir.interpreter import entry_function
 from attnc.ir.types import shape_of
 from attnc.codegen.pypto.legalize import legalize_function
+from tests.markers import needs_pypto
 from tests.test_pypto_emit import PARALLEL, PARTIAL, SCRATCH, WHOLE
 
 EMITTER = Path(__file__).resolve().parents[1] / "codegen" / "pypto" / "emit.py"
@@ -105,7 +106,7 @@ def test_a_row_concat_with_a_zero_padded_piece_is_packed():
     assert shape_of(pad.tile.type) == (8, 128) and pad.tile.owner.value.value.data == 0.0
     assert branch.cond.owner.name == "arith.cmpi" and pad.valid[0].owner.name == "arith.subi"
     assert pad.offsets[0].owner.name == "arith.addi"
-    assert not any("zero_fill" in v.attributes for v in _ops(fn, "tile.view"))  # a packed concat: no zero fill
+    assert not _ops(fn, "tile.fill_padding")  # a packed concat: no zero fill
     once = print_ir(mod)
     legalize_function(fn)
     assert print_ir(mod) == once
@@ -130,13 +131,35 @@ builtin.module {
 
 
 def test_a_zero_padded_view_read_by_an_unpacked_concat_is_zero_filled():
-    """A column concat is not packed: pypto concatenates the valid part only, so the view gets its zeros first."""
+    """A column concat is not packed: pypto concatenates the valid part only, so the view is read through a
+    tile.fill_padding (all of the tile valid), printed as a reshape with the whole valid shape; once."""
     mod, fn = _legalized(ZERO_FILL)
     (concat,) = _ops(fn, "tile.concat")
     assert "packed" not in concat.attributes
     (view,) = _ops(fn, "tile.view")
-    assert view.attributes["zero_fill"].value.data
-    assert "t2 = pypto.reshape(t2, [8, 64], valid_shape=[8, 64])" in emit_pypto(mod)
+    (fill,) = _ops(fn, "tile.fill_padding")
+    assert fill.input is view.result and list(concat.inputs) == [fill.result, fill.result]
+    once = print_ir(mod)
+    legalize_function(fn)
+    assert print_ir(mod) == once
+    assert "t3 = pypto.reshape(t2, [8, 64], valid_shape=[8, 64])  # z.py:2" in emit_pypto(mod)
+
+
+@needs_pypto
+def test_a_zero_padded_view_read_by_an_unpacked_concat_simulates():
+    """SIM equals the interpreter bit for bit: the concat reads the view's 3 padding rows as zeros."""
+    import torch
+
+    from attnc.codegen.pypto.target import describe, run_pypto_sim, unexcused
+    from attnc.ir.interpreter import run_module
+
+    mod, fn = _legalized(ZERO_FILL)
+    inputs = {"x": torch.randn(8, 64, generator=torch.Generator().manual_seed(0)), "n": torch.tensor([5], dtype=torch.int32)}
+    (want,) = run_module(mod, list(inputs.values()))
+    assert torch.equal(want[5:], torch.zeros(3, 128))
+    res = run_pypto_sim(mod, inputs, timeout_s=300)
+    assert not unexcused(res), [describe(r, res.program) for r in unexcused(res)]
+    assert torch.equal(res.outputs["y"], want)
 
 
 def test_the_pass_is_idempotent_and_keeps_values():
@@ -277,3 +300,4 @@ def test_a_topk_is_legalized_into_pypto_topk_and_a_pick_through_f32_and_keeps_th
     text = emit_pypto(mod)
     assert "t1 = pypto.where(valid, s, -3.4028234663852886e+38)  # p.py:1" in text
     assert "v2, i3 = pypto.topk(t1, 3, -1, True)  # p.py:1" in text and "t6 = pypto.where(t4, t5, -1.0)" in text
+

@@ -500,6 +500,12 @@ def _print_reshape(self: _Emitter, op: Operation, loc: str | None):  # pypto til
     return self._materialize_unpadded(op, res)
 
 
+@_rule("fill_padding")
+def _print_fill_padding(self: _Emitter, op: Operation, loc: str | None):  # all of the tile valid
+    a, res, dt, shape = self.operands(op)
+    return self.bind(res, f"pypto.reshape({a[0]}, {shape}, valid_shape={shape})", loc)
+
+
 @_rule("transpose")
 def _print_transpose(self: _Emitter, op: Operation, loc: str | None):
     a, res, dt, shape = self.operands(op)
@@ -597,8 +603,6 @@ def _print_view(self: _Emitter, op: Operation, loc: str | None):
     offs, valid = a[1:1 + n], a[1 + n:]
     extra = f", valid_shape=[{', '.join(valid)}]" if valid else ""
     self.bind(res, f"pypto.view({a[0]}, {shape}, [{', '.join(offs)}]{extra})", loc)
-    if flag(op, "zero_fill"):  # give the tile its zero padding first (pypto-legalize)
-        self.emit(f"{self.names[res]} = pypto.reshape({self.names[res]}, {shape}, valid_shape={shape})")
     if flag(op, "clone"):
         # pypto 0.2.0 mis-sizes the raw tensor of a rank-3 view read straight by a batched matmul
         # ("Shape size mismatch" at codegen) and fails to simulate some other readers of it; a clone gives

@@ -20,6 +20,8 @@ emitter prints each tile op plainly):
 * `tile.full` of i1 -> a fill of 1.0/0.0 in f32 and a compare with 1.0 (`splat`): pypto 0.2.0's codegen cannot
   fill a bool tensor (rewrite_bool_splats).
 * a `packed` row concat (below) -> assembles into a local buffer (rewrite_packed_concats).
+* a zero-padded `tile.view` read by a concat that is not packed -> read through `tile.fill_padding` (all of the
+  tile valid): pypto 0.2.0 concatenates the valid parts only (rewrite_padded_concat_reads).
 * the init of a loop that writes it in parts -> a scratch buffer (a copy of the init, or the buffer alone),
   a `tile.scatter_rows` not `in_place` -> a copy of its table scattered into in place (rewrite_carried_tensors;
   see below).
@@ -60,8 +62,7 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
   buffer (an input, an output or a scratch buffer) is assembled as a clone (`clone`): pypto 0.2.0 fails to
   compile an assemble of all of a parameter's buffer inside a loop into a tensor a matmul reads ("The L0C-to-L1
   copy op can have only one input and one output tensor", SrcDstBufferMerge; verify runs SIGSEGV).
-* `tile.view` `zero_fill`: a zero-padded view read by an unpacked concat, which concatenates the valid parts
-  only: the tile gets its zero padding first. `clone`: a rank >= 3 view not read only by reshapes: pypto 0.2.0
+* `tile.view` `clone`: a rank >= 3 view not read only by reshapes: pypto 0.2.0
   mis-sizes its raw tensor when a batched matmul reads it ("Shape size mismatch" at codegen).
 * `tile.reshape` `clone`: the lhs of a batched matmul (both operands rank >= 3) with one row per batch and more
   than one batch: pypto 0.2.0's per-pass verify, from InferDynShape on, reads batch 0's row of a reshaped lhs for
@@ -107,7 +108,7 @@ from attnc.ir.tile_dialect import TILE
 from attnc.passes._build import at_end, before, const, tile_full, tile_op
 
 # every attribute this pass sets (cleared first: the pass is idempotent)
-FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "pieces", "zero_fill", "clone", "inplace",
+FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "pieces", "clone", "inplace",
          "prefix", "scalar_ids", "scalar_id", "copy_out", "copy_out_tile_elems", "pypto_legalized")
 
 
@@ -554,8 +555,7 @@ def one_row_batched_lhs(use) -> bool:
     return len(sa) >= 3 and len(sb) >= 3 and sa[-2] == 1 and int(np.prod(sa[:-2])) > 1
 
 
-# readers that do not see a zero-padded view's padding as zeros: pypto concatenates the valid parts only (packed).
-# (A matmul reading such a view fails pypto's verify, FB200F, even after this reshape; the passes never make one.)
+# readers that do not see a zero-padded view's padding as zeros: pypto concatenates the valid parts only
 _ZERO_FILL_READERS = ("tile.concat",)
 
 
@@ -856,6 +856,24 @@ def rewrite_topks(fn: Operation) -> None:
         _replace(op, out)
 
 
+def rewrite_padded_concat_reads(fn: Operation) -> None:
+    """A zero-padded view read by a concat (one not packed: packed ones are assembles by now) is read through a
+    `tile.fill_padding` (a reshape making all of the tile valid): pypto 0.2.0 concatenates the valid parts only, so
+    the padding would be dropped, not read as zeros. (A matmul reading such a view fails pypto's verify, FB200F,
+    even after it; the passes never make one.)"""
+    for op in [o for o in fn.walk() if o.name == "tile.view"]:
+        if not (len(op.valid) and op.pad.data == "zero"
+                and any(u.operation.name in _ZERO_FILL_READERS for u in op.result.uses)):
+            continue
+        with before(op.next_op):
+            filled = tile_op("fill_padding", [op.result], op.result.type).value
+        filled.owner.attributes.pop(LOC_ATTR, None)  # the view's line, not the next op's
+        if LOC_ATTR in op.attributes:
+            filled.owner.attributes[LOC_ATTR] = op.attributes[LOC_ATTR]
+        op.result.replace_all_uses_with(filled)
+        filled.owner.operands[0] = op.result
+
+
 def check_scalar_reads(fn: Operation) -> None:
     """A tile.read must read a kernel parameter: pypto 0.2.0 reads a scalar only from one (GetTensorData of a
     computed tensor fails at run time, F3FFFF)."""
@@ -931,9 +949,6 @@ def legalize_function(fn: Operation) -> None:
         if op.name != "tile.view":
             continue
         shape = shape_of(op.result.type)
-        if len(op.valid) and op.pad.data == "zero" and any(
-                u.operation.name in _ZERO_FILL_READERS and not flag(u.operation, "packed") for u in op.result.uses):
-            op.attributes["zero_fill"] = _flag()
         if len(shape) >= 3 and not all(u.operation.name == "tile.reshape" for u in op.result.uses):
             op.attributes["clone"] = _flag()
     for op in block.walk():
@@ -942,6 +957,7 @@ def legalize_function(fn: Operation) -> None:
         if op.name == "tile.reshape" and _is_kernel_parameter(op.input, (StringAttr("scratch"),)):
             op.attributes["inplace"] = _flag()
     rewrite_packed_concats(fn)
+    rewrite_padded_concat_reads(fn)
     copied, budgets = output_copies(fn)
     fn.attributes["copy_out"] = ArrayAttr([_flag(c) for c in copied])
     fn.attributes["copy_out_tile_elems"] = ArrayAttr([IntegerAttr(b, i64) for b in budgets])
