@@ -156,6 +156,9 @@ def pypto_facts_verify(op) -> None:
                       f"{name} must list one bool per concat input")
     if "inplace" in attrs:
         op.expect(kind == "reshape", "inplace is a tile.reshape fact")
+    if "one_trip" in attrs:
+        op.expect(kind == "parallel" and isinstance(attrs["one_trip"], IntegerAttr),
+                  "one_trip must be an integer (the one iteration's index), on a loop")
     if "scalar_id" in attrs:
         steps = attrs["scalar_id"]
         op.expect(kind == "scatter_rows" and isinstance(steps, ArrayAttr) and len(steps.data) >= 1

@@ -301,3 +301,19 @@ def test_a_topk_is_legalized_into_pypto_topk_and_a_pick_through_f32_and_keeps_th
     assert "t1 = pypto.where(valid, s, -3.4028234663852886e+38)  # p.py:1" in text
     assert "v2, i3 = pypto.topk(t1, 3, -1, True)  # p.py:1" in text and "t6 = pypto.where(t4, t5, -1.0)" in text
 
+
+ONE_TRIP = (Path(__file__).resolve().parent / "lit" / "pypto-legalize-one-trip.mlir").read_text()
+
+
+def test_a_one_trip_loop_states_its_index_and_the_emitter_binds_it():
+    """`one_trip` (pypto-legalize) is what makes the emitter bind a loop's index to a constant: the one-trip loop's
+    view of all of x at its index is x itself; without the fact the same IR prints a view at the loop index."""
+    mod, fn = _legalized(ONE_TRIP)
+    loops = _ops(fn, "tile.parallel")
+    assert [op.attributes["one_trip"].value.data if "one_trip" in op.attributes else None for op in loops] == [
+        0, None, None]
+    text = emit_pypto(mod)
+    assert "pypto.assemble(x, [0, 0], a)  # t.py:2" in text and "= pypto.view(x, [2, 16], [r2, 0])" in text
+    loops[0].attributes.pop("one_trip")
+    text = emit_pypto(mod)
+    assert "t2 = pypto.view(x, [4, 16], [r1, 0])  # t.py:2" in text and "pypto.assemble(t2, [r1, 0], a)" in text

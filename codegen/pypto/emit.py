@@ -373,12 +373,8 @@ class _Emitter:
         outer_budget = self.vec_budget
         self.vec_budget = loop_vec_budget(op, outer_budget)
         self.names[block.args[0]] = idx
-        consts = [self.consts.get(bounds[0]), self.consts.get(bounds[1]),
-                  self.consts.get(bounds[2]) if bounds[2] is not None else int(step)]
-        if None not in consts and consts[1] - consts[0] <= consts[2]:
-            # one iteration: its index is the lower bound, so a view of a whole tensor at it is the tensor (no
-            # copy: the o-projection's single 128-row chunk read the attention output through a clone of all of it)
-            self.consts[block.args[0]] = consts[0]
+        if "one_trip" in op.attributes:  # pypto-legalize: one iteration, its index is this constant
+            self.consts[block.args[0]] = op.attributes["one_trip"].value.data
         for arg, name in zip(block.args[1:], carried):
             self.names[arg] = name
         # a matmul's `l1_reuse` (tile-matmul): pypto 0.2.0 reads cube_l1_reuse_setting per loop body, not per op

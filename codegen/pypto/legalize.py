@@ -80,6 +80,9 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
 * `tile.scatter_rows` `scalar_id = [steps]`: its row m's id as pypto scalar expressions of the ops computing the
   ids ({m} the row, {sN} step N's value; the last step is the id): pypto 0.2.0 reads a scalar only from a kernel
   parameter (GetTensorData), not from a computed tensor.
+* loops (`tile.parallel`, `scf.for`) `one_trip = i`: constant bounds with one iteration (at most), its index the
+  constant i: a view of a whole tensor at it is the tensor (no copy: the o-projection's single 128-row chunk read
+  the attention output through a clone of all of it).
 * `func.func` `copy_out = [bools]`: per result, stored into its output parameter as `out[:] = pypto.clone(t)`
   after the body (pypto 0.2.0 may leave the output untouched for `out[:] = t`), unless it is the output buffer its
   loop wrote in place or an in/out parameter; `copy_out_tile_elems = [ints]`: the vector tile budget of the loop
@@ -108,7 +111,7 @@ from attnc.ir.tile_dialect import TILE
 from attnc.passes._build import at_end, before, const, tile_full, tile_op
 
 # every attribute this pass sets (cleared first: the pass is idempotent)
-FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "pieces", "clone", "inplace",
+FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "pieces", "one_trip", "clone", "inplace",
          "prefix", "scalar_ids", "scalar_id", "copy_out", "copy_out_tile_elems", "pypto_legalized")
 
 
@@ -856,6 +859,15 @@ def rewrite_topks(fn: Operation) -> None:
         _replace(op, out)
 
 
+def one_trip(loop: Operation) -> int | None:
+    """The index of a loop with constant bounds and at most one iteration (its lower bound), else None."""
+    if loop.name == "tile.parallel":
+        lo, hi, step = _const(loop.lower), _const(loop.upper), loop.rows.value.data
+    else:
+        lo, hi, step = _const(loop.lb), _const(loop.ub), _const(loop.step)
+    return lo if None not in (lo, hi, step) and hi - lo <= step else None
+
+
 def rewrite_padded_concat_reads(fn: Operation) -> None:
     """A zero-padded view read by a concat (one not packed: packed ones are assembles by now) is read through a
     `tile.fill_padding` (a reshape making all of the tile valid): pypto 0.2.0 concatenates the valid parts only, so
@@ -943,6 +955,9 @@ def legalize_function(fn: Operation) -> None:
         elif op.name in ("tile.parallel", "scf.for"):
             inits = op.inits if op.name == "tile.parallel" else op.iter_args
             carries.append((op, _carry(op, inits, params, declared)))
+            trip = one_trip(op)
+            if trip is not None:
+                op.attributes["one_trip"] = IntegerAttr(trip, i64)
     rewrite_carried_tensors(fn, carries)
     rewrite_bool_splats(fn)  # after: a bool splat a loop overwrites everywhere is a scratch buffer, never filled
     for op in block.walk():
