@@ -159,6 +159,9 @@ def pypto_facts_verify(op) -> None:
     if "one_trip" in attrs:
         op.expect(kind == "parallel" and isinstance(attrs["one_trip"], IntegerAttr),
                   "one_trip must be an integer (the one iteration's index), on a loop")
+    if "body_l1_reuse" in attrs:
+        op.expect(kind == "parallel" and isinstance(attrs["body_l1_reuse"], IntegerAttr),
+                  "body_l1_reuse must be an integer (its body's cube_l1_reuse_setting), on a loop")
     if "scalar_id" in attrs:
         steps = attrs["scalar_id"]
         op.expect(kind == "scatter_rows" and isinstance(steps, ArrayAttr) and len(steps.data) >= 1

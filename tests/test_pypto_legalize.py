@@ -18,9 +18,30 @@ from tests.markers import needs_pypto
 from tests.test_pypto_emit import PARALLEL, PARTIAL, SCRATCH, WHOLE
 
 EMITTER = Path(__file__).resolve().parents[1] / "codegen" / "pypto" / "emit.py"
-# what a value's uses or producer are, or where an op sits: the questions the emitter must not ask
+# what a value's uses or producer are, where an op sits, or what other ops hold: the questions the emitter must not ask
 IR_QUERIES = {"uses", "owner", "parent", "parent_op", "parent_block", "parent_region", "has_one_use", "first_use",
-              "get_unique_use", "next_op", "prev_op", "users", "get_users"}
+              "get_unique_use", "next_op", "prev_op", "users", "get_users", "walk", "walk_reverse", "ops", "first_op",
+              "last_op", "blocks", "regions"}
+# the emitter's core walk: the ops of a block in order, its terminator's yielded values, a branch's regions
+WALK = {("emit_pypto", "ops"), ("emit_pypto", "last_op"), ("_loop", "ops"), ("_loop", "last_op"), ("_if", "ops"),
+        ("_if", "last_op"), ("_if", "blocks")}
+
+
+def _ir_queries(source: str) -> set:
+    """(function, attribute) for each IR query of the module source outside the core walk."""
+    found = set()
+
+    def scan(node, where: str):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.ClassDef)):
+                scan(child, f"{where}.{child.name}" if where else child.name)
+                continue
+            if isinstance(child, ast.Attribute) and child.attr in IR_QUERIES:
+                found.add((where.replace("_Emitter.", "") if where.startswith("_Emitter.") else where, child.attr))
+            scan(child, where)
+
+    scan(ast.parse(source), "")
+    return found - WALK
 
 
 def _legalized(text: str):
@@ -35,20 +56,25 @@ def _ops(fn, name: str):
 
 
 def test_the_emitter_inspects_no_uses_or_producers():
-    tree = ast.parse(EMITTER.read_text())
-    found = set()
-
-    def scan(node, where: str):
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, (ast.FunctionDef, ast.ClassDef)):
-                scan(child, f"{where}.{child.name}" if where else child.name)
-                continue
-            if isinstance(child, ast.Attribute) and child.attr in IR_QUERIES:
-                found.add((where.replace("_Emitter.", "") if where.startswith("_Emitter.") else where, child.attr))
-            scan(child, where)
-
-    scan(tree, "")
+    found = _ir_queries(EMITTER.read_text())
     assert not found, f"the emitter asks the IR where a value comes from or goes: {sorted(found)}"
+
+
+def test_the_ir_query_scan_finds_uses_producers_and_walks():
+    """The scan above can fail: each query, in a method or a function, outside the core walk is found."""
+    src = """
+class _Emitter:
+    def op(self, op):
+        if op.result.has_one_use() and op.operands[0].owner.name == "tile.full":
+            return
+    def _loop(self, op, block):
+        for inner in block.ops:
+            self.op(inner)
+def rule(self, op, loc):
+    return [o for o in op.parent_op().walk() if o.name == "tile.matmul"] + list(op.body.block.ops)
+"""
+    assert _ir_queries(src) == {("op", "has_one_use"), ("op", "owner"), ("rule", "parent_op"), ("rule", "walk"),
+                                ("rule", "ops")}
 
 
 def test_an_output_written_whole_by_its_loop_is_carried():
@@ -317,3 +343,14 @@ def test_a_one_trip_loop_states_its_index_and_the_emitter_binds_it():
     loops[0].attributes.pop("one_trip")
     text = emit_pypto(mod)
     assert "t2 = pypto.view(x, [4, 16], [r1, 0])  # t.py:2" in text and "pypto.assemble(t2, [r1, 0], a)" in text
+
+
+def test_a_loop_whose_matmuls_state_one_l1_reuse_sets_it_in_its_body():
+    """`body_l1_reuse` (pypto-legalize) is what the emitter prints in the body; the loop whose matmuls differ
+    keeps the program's setting."""
+    text = (Path(__file__).resolve().parent / "lit" / "pypto-legalize-body-l1-reuse.mlir").read_text()
+    mod, fn = _legalized(text)
+    program = emit_pypto(mod)
+    assert program.count("pypto.set_pass_options(cube_l1_reuse_setting={-1: 4})") == 1
+    _ops(fn, "tile.parallel")[0].attributes.pop("body_l1_reuse")
+    assert "cube_l1_reuse_setting={-1: 4}" not in emit_pypto(mod)

@@ -377,12 +377,8 @@ class _Emitter:
             self.consts[block.args[0]] = op.attributes["one_trip"].value.data
         for arg, name in zip(block.args[1:], carried):
             self.names[arg] = name
-        # a matmul's `l1_reuse` (tile-matmul): pypto 0.2.0 reads cube_l1_reuse_setting per loop body, not per op
-        # (set around the matmul alone it changes nothing), so the body sets it and the loop's end restores it;
-        # only where every matmul of the body states the same (else the program's setting stays)
-        stated = {o.attributes["l1_reuse"].value.data if "l1_reuse" in o.attributes else None
-                  for o in block.ops if o.name in ("tile.matmul", "tile.matmul_acc")}
-        reuse = stated.pop() if len(stated) == 1 else None
+        # the body's cube_l1_reuse_setting (pypto-legalize `body_l1_reuse`), restored at the loop's end
+        reuse = op.attributes["body_l1_reuse"].value.data if "body_l1_reuse" in op.attributes else None
         if reuse is not None:
             self.emit(f"pypto.set_pass_options(cube_l1_reuse_setting={{-1: {reuse}}})")
         for inner in block.ops:
