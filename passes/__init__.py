@@ -54,6 +54,7 @@ _PASS_MODULES = {
     "quantize-w8a8": "quantize_w8a8",
     "fuse-rmsnorm": "fuse_rmsnorm",
     "rope-selector-matmul": "rope_selector_matmul",
+    "rope-vector": "rope_vector",
     "gather-keys": "gather_keys",
     "tile-softmax": "tile_softmax",
     "parallelize-tokens": "parallelize_tokens",
