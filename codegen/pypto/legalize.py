@@ -235,9 +235,12 @@ def written_in_parts(loop: Operation, j: int) -> bool:
 
 
 def output_inits(ret: Operation) -> dict:
-    """tile.full inits of tile.parallel loops whose result is returned as-is (result i) and fully written."""
+    """tile.full inits of tile.parallel loops whose result is returned (result i) as-is or reshaped (token rows
+    returned as [batch, seq, ...]: the loop writes the output parameter reshaped in place) and fully written."""
     found = {}
     for i, v in enumerate(ret.operands):
+        if _is(v.owner, "tile.reshape") and v.has_one_use():
+            v = v.owner.input
         par = v.owner
         if not (isinstance(par, Operation) and par.name == "tile.parallel") or not v.has_one_use():
             continue
@@ -357,8 +360,9 @@ def output_copies(fn: Operation) -> tuple[list, list]:
     copied, budgets = [], []
     for i, (name, v) in enumerate(zip((a.data for a in fn.attributes["result_names"].data), block.last_op.operands)):
         b = buffer_of(v)
-        carried = _is(b, "tile.full") and b.owner.attributes.get("buffer") == StringAttr("output") and \
-            b.owner.attributes["output"].value.data == i
+        w = buffer_of(whole_of(v))  # through a reshape: an output written reshaped (output_inits)
+        carried = _is(w, "tile.full") and w.owner.attributes.get("buffer") == StringAttr("output") and \
+            w.owner.attributes["output"].value.data == i
         copied.append(not (carried or (name in in_out and b is args.get(name))))
         loop = whole_of(v).owner
         budget = loop.attributes.get("vec_tile_elems") if _is_loop(loop) else None
@@ -866,7 +870,7 @@ def legalize_function(fn: Operation) -> None:
     for op in block.walk():
         if op.name == "tile.reshape" and any(one_row_batched_lhs(u) for u in op.result.uses):
             op.attributes["clone"] = _flag()
-        if op.name == "tile.reshape" and _is_kernel_parameter(op.input, (StringAttr("scratch"),)):
+        if op.name == "tile.reshape" and _is_kernel_parameter(op.input, _PARAM_BUFFERS):
             op.attributes["inplace"] = _flag()
     rewrite_packed_concats(fn)
     copied, budgets = output_copies(fn)
