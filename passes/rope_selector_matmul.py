@@ -43,11 +43,14 @@ class _RopeAsSelectorMatmul(RewritePattern):
             self.made[key] = make()
         return self.made[key]
 
-    def rotate(self, op, tail, cos_rows, sin_rows, row_lead, out_dtype):
-        """The rotated lanes [*lead, lanes] of `tail` in `out_dtype`; cos_rows / sin_rows are [cos | cos] and the
-        signed [sin | sin] per token ([T, lanes]), row_lead their shape up to the lanes (1 for broadcast dims)."""
+    def rotate(self, op, tail, lane_rows, rows, row_lead, out_dtype):
+        """The rotated lanes [*lead, lanes] of `tail` in `out_dtype`. lane_rows("cos") / lane_rows("sin"): the
+        [cos | cos] and signed [sin | sin] rows per token ([T, lanes], made once per block); rows: the per-token
+        cos and sin rows [T, lanes/2] and whether the RoPE is inverse; row_lead: the rows' shape up to the lanes
+        (1 for broadcast dims)."""
         lead, lanes = tail.shape[:-1], tail.shape[-1]
-        cos, sin = (dsl.broadcast_to(dsl.reshape(r, (*row_lead, lanes)), (*lead, lanes)) for r in (cos_rows, sin_rows))
+        cos, sin = (dsl.broadcast_to(dsl.reshape(lane_rows(k), (*row_lead, lanes)), (*lead, lanes))
+                    for k in ("cos", "sin"))
 
         def perm(first: int, dtype: str):
             """[lanes, lanes] 0/1 matrix: x @ perm(0) = [even | odd] lanes, x @ perm(1) = [odd | even]."""
@@ -88,7 +91,7 @@ class _RopeAsSelectorMatmul(RewritePattern):
 
             zeros = (0,) * len(lead)
             tail = dsl.slice_(x, (*zeros, n - lanes), (*lead, lanes))
-            rot = self.rotate(op, tail, lane_rows("cos"), lane_rows("sin"), row_shape[:-1], out_dtype)
+            rot = self.rotate(op, tail, lane_rows, (cos_rows, sin_rows, inverse), row_shape[:-1], out_dtype)
             if n > lanes:
                 head = dsl.cast(dsl.slice_(x, (*zeros, 0), (*lead, n - lanes)), out_dtype)
                 rot = dsl.concat([head, rot], axis=-1)
