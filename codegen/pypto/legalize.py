@@ -28,8 +28,11 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
 * `func.func` `in_out = [names]`: results that are their parameter updated in place (a chain of `in_place`
   scatters from the argument of the same name, set by update-in-place): one in/out kernel parameter each.
 * `tile.full` `buffer = "output"`, `output = i`: the init of a `tile.parallel` whose result is returned as
-  result i and whose iterations write every element: the output parameter is carried instead of a filled
-  tensor (no copy; pypto 0.2.0 also drops `out[:] = carried`).
+  result i (as it is, or through one reshape: token rows returned as [batch, seq, ...]) and whose iterations write
+  every element: the output parameter is carried instead of a filled tensor (no copy; pypto 0.2.0 also drops
+  `out[:] = carried`). Through a reshape the emitter declares the parameter with the loop's shape (the same bytes;
+  `RESULT_SHAPES` gives the harness the stage's): pypto 0.2.0 does not write an output back through an in-place
+  reshape of it (SIM outputs all zero at tiny), and a copy out of a scratch buffer cost qkv_proj_rope 88 tasks.
   `buffer = "scratch"`: the init of a `tile.parallel` that writes every element of it: its value is dead; a
   scratch parameter is declared, never filled.
 * loops (`tile.parallel`, `scf.for`) carry each tensor in place. pypto 0.2.0's runtime needs an assembled tensor
@@ -60,7 +63,7 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
 * `tile.reshape` `clone`: the lhs of a batched matmul (both operands rank >= 3) with one row per batch and more
   than one batch: pypto 0.2.0's per-pass verify, from InferDynShape on, reads batch 0's row of a reshaped lhs for
   every batch (FB4001, values wholly different; SIM right): a clone gives the operand its own buffer.
-  `inplace`: a reshape of a kernel input's or a scratch buffer (the attention output assembled per batch row,
+  `inplace`: a reshape of a kernel input's, an output's or a scratch buffer (the attention output assembled per batch row,
   read as token rows by the o-projection's de-rotation) (through views of all of it, assembles, in-place scatters,
   loops: buffer_of) is a view of it, no copy: a copy is one task per tile, and pypto 0.2.0 links each
   data-dependent gather task from it to each copy task (2048 x 2048 links for the indexer's idx_cmp at B=64, more
