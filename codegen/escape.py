@@ -14,7 +14,7 @@ from attnc.ir.names import name_problem, shown
 
 # names the generated module itself defines or imports; a parameter must not shadow them
 RESERVED = frozenset({"pypto", "kernel", "json", "os", "ARG_NAMES", "OUTPUT_NAMES", "SCRATCH_NAMES",
-                      "ARG_DTYPES", "ARG_SHAPES",
+                      "ARG_DTYPES", "ARG_SHAPES", "RESULT_SHAPES",
                       "_RUN_MODE", "_VERIFY", "float", "int", "list", "range"})
 # emitter temporaries: a letter prefix and a counter (t12, mm3, r1 ...)
 _TEMPORARY = re.compile(r"[a-z]{1,2}[0-9]+")

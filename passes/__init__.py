@@ -54,6 +54,7 @@ _PASS_MODULES = {
     "quantize-w8a8": "quantize_w8a8",
     "fuse-rmsnorm": "fuse_rmsnorm",
     "rope-selector-matmul": "rope_selector_matmul",
+    "rope-vector": "rope_vector",
     "gather-keys": "gather_keys",
     "tile-softmax": "tile_softmax",
     "parallelize-tokens": "parallelize_tokens",
@@ -112,7 +113,9 @@ class AttncPass(ModulePass):
 
 @dataclass(frozen=True)
 class PatternPass(AttncPass):
-    """A pass that is one rewrite pattern applied once over the module; integer options must be positive."""
+    """A pass that is one rewrite pattern applied once over the module; integer options must be positive (those in
+    `zero_is_off` may be 0: the feature off)."""
+    zero_is_off: ClassVar[tuple[str, ...]] = ()
 
     def pattern(self):
         raise NotImplementedError
@@ -127,7 +130,7 @@ class PatternPass(AttncPass):
 
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, int) and value <= 0:
+            if isinstance(value, int) and value <= 0 and not (value == 0 and f.name in self.zero_is_off):
                 raise PassError(f"{self.name}: option {f.name.replace('_', '-')} must be positive, got {value}")
         self.check_options()
         PatternRewriteWalker(self.pattern(), apply_recursively=False).rewrite_module(op)

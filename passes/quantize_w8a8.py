@@ -20,11 +20,12 @@ from attnc.ir.types import dtype_of
 
 from . import PatternPass, PassError, register
 from ._build import T, before
+from .schedule_compressor import _cap_tile_rows
 
 
 class _Decompose(RewritePattern):
-    def __init__(self, targets: tuple[str, ...]):
-        self.targets = targets
+    def __init__(self, targets: tuple[str, ...], tile_rows: int = 0):
+        self.targets, self.tile_rows = targets, tile_rows
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: ScaledMatmulOp, rewriter: PatternRewriter):
@@ -33,6 +34,9 @@ class _Decompose(RewritePattern):
             x, w, scale = T(op.lhs), T(op.rhs), T(op.col_scale)
             if "all" in self.targets or op.proj.data in self.targets:
                 q, row_scale = dsl.quantize_rows(x)
+                if self.tile_rows:  # one row group per vector tile along the chain: a task per group, fused
+                    for v in (q, row_scale):
+                        _cap_tile_rows(v, [x], self.tile_rows)
                 y = dsl.dequantize(dsl.matmul(q, w, out="i32"), row_scale, scale, out)
             else:
                 y = dsl.matmul(x, dsl.cast(w, x.dtype), out="f32")
@@ -47,9 +51,11 @@ class QuantizeW8A8(PatternPass):
     summary = "i8-weight projections -> W8A8 (per-row int8 activation, int32 matmul, dequant) for the targets"
     tolerance = 2e-2
     targets: tuple[str, ...] = ("all",)
+    tile_rows: int = 0  # the row cap of the quantisation chain's vector tiles (0: the emitter's budget tiles)
+    zero_is_off = ("tile_rows",)
 
     def pattern(self):
-        return _Decompose(tuple(self.targets))
+        return _Decompose(tuple(self.targets), self.tile_rows)
 
     def apply(self, ctx, op):
         names = {o.proj.data for o in op.walk() if isinstance(o, ScaledMatmulOp)}

@@ -43,6 +43,27 @@ class _RopeAsSelectorMatmul(RewritePattern):
             self.made[key] = make()
         return self.made[key]
 
+    def rotate(self, op, tail, lane_rows, rows, row_lead, out_dtype):
+        """The rotated lanes [*lead, lanes] of `tail` in `out_dtype`. lane_rows("cos") / lane_rows("sin"): the
+        [cos | cos] and signed [sin | sin] rows per token ([T, lanes], made once per block); rows: the per-token
+        cos and sin rows [T, lanes/2] and whether the RoPE is inverse; row_lead: the rows' shape up to the lanes
+        (1 for broadcast dims)."""
+        lead, lanes = tail.shape[:-1], tail.shape[-1]
+        cos, sin = (dsl.broadcast_to(dsl.reshape(lane_rows(k), (*row_lead, lanes)), (*lead, lanes))
+                    for k in ("cos", "sin"))
+
+        def perm(first: int, dtype: str):
+            """[lanes, lanes] 0/1 matrix: x @ perm(0) = [even | odd] lanes, x @ perm(1) = [odd | even]."""
+            return self.shared(op, ("perm", lanes, first, dtype), lambda: dsl.concat(
+                [selector(lanes, first, dtype), selector(lanes, 1 - first, dtype)], axis=1))
+
+        # [even | odd] * [cos | cos] + [odd | even] * [-sin | sin] is (even cos - odd sin | odd cos + even sin)
+        # bit for bit (a + (-b) == a - b and a + b == b + a in IEEE arithmetic)
+        pair = dsl.matmul(tail, perm(0, tail.dtype), out="f32")
+        swapped = dsl.matmul(tail, perm(1, tail.dtype), out="f32")
+        halves = dsl.cast(pair * cos + swapped * sin, out_dtype)
+        return dsl.cast(dsl.matmul(halves, perm(0, out_dtype), out="f32", transpose_b=True), out_dtype)
+
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: RopeOp, rewriter: PatternRewriter):
         out_dtype = dtype_of(op.result.type)
@@ -66,25 +87,11 @@ class _RopeAsSelectorMatmul(RewritePattern):
                     if kind == "cos":
                         return dsl.concat([cos_rows, cos_rows], axis=-1)
                     return dsl.concat([sin_rows, -sin_rows] if inverse else [-sin_rows, sin_rows], axis=-1)
-                rows = self.shared(op, (kind, op.cos_table, op.sin_table, op.positions, inverse), make)
-                return dsl.broadcast_to(dsl.reshape(rows, (*row_shape[:-1], lanes)), (*lead, lanes))
+                return self.shared(op, (kind, op.cos_table, op.sin_table, op.positions, inverse), make)
 
-            cos, sin = lane_rows("cos"), lane_rows("sin")
             zeros = (0,) * len(lead)
             tail = dsl.slice_(x, (*zeros, n - lanes), (*lead, lanes))
-
-            def perm(first: int, dtype: str):
-                """[lanes, lanes] 0/1 matrix: x @ perm(0) = [even | odd] lanes, x @ perm(1) = [odd | even]."""
-                return self.shared(op, ("perm", lanes, first, dtype), lambda: dsl.concat(
-                    [selector(lanes, first, dtype), selector(lanes, 1 - first, dtype)], axis=1))
-
-            # [even | odd] * [cos | cos] + [odd | even] * [-sin | sin] is (even cos - odd sin | odd cos + even sin)
-            # bit for bit (a + (-b) == a - b and a + b == b + a in IEEE arithmetic)
-            pair = dsl.matmul(tail, perm(0, tail.dtype), out="f32")
-            swapped = dsl.matmul(tail, perm(1, tail.dtype), out="f32")
-            halves = dsl.cast(pair * cos + swapped * sin, out_dtype)
-            rot = dsl.matmul(halves, perm(0, out_dtype), out="f32", transpose_b=True)
-            rot = dsl.cast(rot, out_dtype)
+            rot = self.rotate(op, tail, lane_rows, (cos_rows, sin_rows, inverse), row_shape[:-1], out_dtype)
             if n > lanes:
                 head = dsl.cast(dsl.slice_(x, (*zeros, 0), (*lead, n - lanes)), out_dtype)
                 rot = dsl.concat([head, rot], axis=-1)

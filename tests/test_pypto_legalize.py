@@ -85,6 +85,28 @@ def test_an_output_written_whole_by_its_loop_is_carried():
     assert par.inits[0] is init.result  # carried as it is: no copy
 
 
+def test_an_output_returned_through_a_reshape_is_carried_and_declared_as_the_loops_rows():
+    """from_tokens' reshape of token rows to [batch, seq, ...]: the loop writes the output parameter (declared with
+    the loop's rows, the same bytes), no copy out of a scratch buffer; the harness reads it in the stage's shape."""
+    text = PARALLEL.replace("-> tensor<20x64xf32> attributes", "-> tensor<4x5x64xf32> attributes").replace(
+        "    func.return %r : tensor<20x64xf32>",
+        '    %y = "tile.reshape"(%r) {loc = "t.py:9"} : (tensor<20x64xf32>) -> tensor<4x5x64xf32>\n'
+        "    func.return %y : tensor<4x5x64xf32>")
+    mod, fn = _legalized(text)
+    (init,) = _ops(fn, "tile.full")
+    assert init.attributes["buffer"].data == "output" and init.attributes["output"].value.data == 0
+    assert [c.value.data for c in fn.attributes["copy_out"].data] == [0]
+    (reshape,) = _ops(fn, "tile.reshape")
+    assert reshape.attributes["inplace"] == _flag_true()
+    program = emit_pypto(mod)
+    assert "y: pypto.Tensor([20, 64], pypto.DT_FP32)" in program and "y[:] =" not in program
+    assert 'RESULT_SHAPES = {"y": [4, 5, 64]}' in program
+
+
+def _flag_true():
+    return IntegerAttr(1, i1)
+
+
 def test_an_init_written_whole_but_read_after_the_loop_is_scratch_and_a_partial_one_is_copied():
     _, fn = _legalized(SCRATCH)
     (init,) = _ops(fn, "tile.full")

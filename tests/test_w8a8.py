@@ -388,3 +388,18 @@ def test_int8_cube_tiles_hold_twice_bf16s_k_in_the_same_l1_bytes():
     (m, _), (k0, k1), (n, _) = [tuple(map(int, g.split(","))) for g in
                                 re.findall(r"\[(\d+, \d+)\]", cube_tile(16, 1024, 32768, 1))]
     assert n == 512 and k1 == 512 and (m + n) * k1 <= L1_OPERAND_BYTES
+
+
+def test_quantize_w8a8_tile_rows_caps_the_quantisation_chain_only():
+    """tile-rows=N states N as the vector tile row cap on every op from the activation to its int8 codes and row
+    scale (one row group per task, as the emitter reads `tile_rows`), and on nothing else."""
+    cfg = resolve_config("tiny", {"quant": "w8a8"})
+    mod = build_stage(STAGES["qkv_proj_rope"], cfg)
+    run_pipeline(mod, "quantize-w8a8{tile-rows=2}")
+    capped = [o for o in mod.walk() if "tile_rows" in o.attributes]
+    assert {o.attributes["tile_rows"].value.data for o in capped} == {2}
+    kinds = {o.name for o in capped}
+    assert {"attn.reduce", "attn.cast", "attn.abs"} <= kinds and "attn.matmul" not in kinds
+    plain = build_stage(STAGES["qkv_proj_rope"], cfg)
+    run_pipeline(plain, "quantize-w8a8")
+    assert not [o for o in plain.walk() if "tile_rows" in o.attributes]

@@ -126,6 +126,7 @@ class _Emitter:
     depth: int = 1
     loop_count: int = 0
     out_names: list = field(default_factory=list)  # kernel parameter names of the outputs
+    out_rows: dict = field(default_factory=dict)  # output index -> the shape its loop writes it in (token rows)
     scratch: list = field(default_factory=list)  # (name, shape, dtype) of the scratch parameters (_declare)
     vec_budget: int = PyptoOptions.vec_tile_elems
     # what the emitter printed about a value, for the ops that read it (one table, see `note`)
@@ -165,6 +166,20 @@ class _Emitter:
         if rows is not None and len(tile) > 1:  # the pass's row cap: a chain of ops keeps one row group per tile
             tile[0] = min(tile[0], rows)
         self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, tile))})")
+
+    def narrow_budget(self, t) -> int | None:
+        """The tile budget of an op that moves data into or out of a tensor of type t whose trailing dim is
+        narrower than the tile's 32-byte block (RoPE pairs [.., 32, 2]): pypto 0.2.0 holds that side's tile in UB
+        with the dim padded (2 f32 -> 16 lanes, vec_tile's alignment), so the budget shrinks by that factor (else
+        OoOSchedule fails, "exceeds MEM_UB size"); None when t's trailing dim fills its blocks."""
+        shape = shape_of(t)
+        if not shape:
+            return None
+        align = max(32 // _BYTES[dtype_of(t)], 16)
+        if shape[-1] % align == 0:
+            return None
+        factor = -(-shape[-1] // align) * align // shape[-1]
+        return max(1, self.vec_budget // factor) if factor > 1 else None
 
     def bind(self, v: SSAValue, expr: str, loc: str | None = None, tile_of: SSAValue | None = None,
              budget: int | None = None):
@@ -484,7 +499,8 @@ def _print_reshape(self: _Emitter, op: Operation, loc: str | None):  # pypto til
     # them (pypto 0.2.0 links each gather task to each copy task: 2048 x 2048 links for the indexer's
     # idx_cmp at B=64, more than the runtime's stitch pool holds, F74001 "Slab alloc null, type=9")
     inplace = ", inplace=True" if flag(op, "inplace") else ""
-    self.bind(res, f"pypto.reshape({a[0]}, {shape}{inplace})", loc, tile_of=op.input)
+    self.bind(res, f"pypto.reshape({a[0]}, {shape}{inplace})", loc, tile_of=op.input,
+              budget=self.narrow_budget(res.type))
     if flag(op, "clone"):  # a one-row batched matmul lhs: its own buffer (pypto-legalize; FB4001 otherwise)
         self.set_tile(res)
         self.emit(f"{self.names[res]} = pypto.clone({self.names[res]})")
@@ -506,7 +522,8 @@ def _print_transpose(self: _Emitter, op: Operation, loc: str | None):
     if len(moved) != 2:
         raise EmitError(f"{loc}: tile.transpose has no pypto 0.2.0 lowering: perm {list(perm)} is not a "
                         "single swap (pypto.transpose swaps two dims)")
-    return self.bind(res, f"pypto.transpose({a[0]}, {moved[0]}, {moved[1]})", loc)
+    return self.bind(res, f"pypto.transpose({a[0]}, {moved[0]}, {moved[1]})", loc,
+                     budget=self.narrow_budget(op.input.type))
 
 
 @_rule("concat")
@@ -554,7 +571,9 @@ def _print_full(self: _Emitter, op: Operation, loc: str | None):
     a, res, dt, shape = self.operands(op)
     buffer = op.attributes.get("buffer")
     if buffer is not None and buffer.data == "output":  # the parallel writes every element: carry the param
-        self.names[res] = self.out_names[op.attributes["output"].value.data]
+        i = op.attributes["output"].value.data
+        self.names[res] = self.out_names[i]
+        self.out_rows[i] = list(shape)  # declared so (the stage's [batch, seq, ...] is the same bytes)
         return
     if buffer is not None and buffer.data == "scratch":  # the parallel writes every element: value dead
         return self._declare(res)
@@ -678,11 +697,17 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
     for op in block.ops:
         em.op(op)
     params, dtypes, shapes = [], {}, {}
-    for name, t in [*zip(arg_names, fn.function_type.inputs.data), *zip(out_names, fn.function_type.outputs.data)]:
+    result_shapes = {}  # outputs declared as the token rows their loop writes: the stage's shape, for the harness
+    for j, (name, t) in enumerate([*zip(arg_names, fn.function_type.inputs.data),
+                                   *zip(out_names, fn.function_type.outputs.data)]):
         if name in dtypes:  # an in/out parameter updated in place is declared once
             continue
-        params.append(f"{name}: pypto.Tensor({list(shape_of(t))}, {PYPTO_DTYPE[dtype_of(t)]})")
-        dtypes[name], shapes[name] = dtype_of(t), list(shape_of(t))
+        shape = list(shape_of(t))
+        rows = em.out_rows.get(j - len(arg_names))
+        if rows is not None and rows != shape:
+            result_shapes[name], shape = shape, rows
+        params.append(f"{name}: pypto.Tensor({shape}, {PYPTO_DTYPE[dtype_of(t)]})")
+        dtypes[name], shapes[name] = dtype_of(t), shape
     for name, v, copied, budget in zip(out_names, ret.operands, fn.attributes["copy_out"].data,
                                        fn.attributes["copy_out_tile_elems"].data):
         if not copied.value.data:  # written in place by its loop (pypto-legalize `copy_out`)
@@ -696,7 +721,8 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
         dtypes[name], shapes[name] = dtype, shape
     return _TEMPLATE.get_template("pypto_kernel.py.j2").render(
         stage=code_text(fn.sym_name.data), arg_names=list(dtypes), output_names=out_names, dtypes=dtypes,
-        shapes=shapes, scratch_names=[n for n, _, _ in em.scratch], params=params, body=em.lines,
+        shapes=shapes, result_shapes=result_shapes, scratch_names=[n for n, _, _ in em.scratch], params=params,
+        body=em.lines,
         assembled_pieces=repr([g for g in em.assembled_pieces if any(padded for _, _, padded in g)]),
         combine_axis=options.combine_axis,
         pass_options=repr(options.pass_options()), runtime_options=repr(options.runtime_options()))

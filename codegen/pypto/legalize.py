@@ -34,8 +34,11 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
 * `func.func` `in_out = [names]`: results that are their parameter updated in place (a chain of `in_place`
   scatters from the argument of the same name, set by update-in-place): one in/out kernel parameter each.
 * `tile.full` `buffer = "output"`, `output = i`: the init of a `tile.parallel` whose result is returned as
-  result i and whose iterations write every element: the output parameter is carried instead of a filled
-  tensor (no copy; pypto 0.2.0 also drops `out[:] = carried`).
+  result i (as it is, or through one reshape: token rows returned as [batch, seq, ...]) and whose iterations write
+  every element: the output parameter is carried instead of a filled tensor (no copy; pypto 0.2.0 also drops
+  `out[:] = carried`). Through a reshape the emitter declares the parameter with the loop's shape (the same bytes;
+  `RESULT_SHAPES` gives the harness the stage's): pypto 0.2.0 does not write an output back through an in-place
+  reshape of it (SIM outputs all zero at tiny), and a copy out of a scratch buffer cost qkv_proj_rope 88 tasks.
   `buffer = "scratch"`: the init of a `tile.parallel` that writes every element of it: its value is dead; a
   scratch parameter is declared, never filled.
 * loops (`tile.parallel`, `scf.for`) carry each tensor in place. pypto 0.2.0's runtime needs an assembled tensor
@@ -67,7 +70,7 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
 * `tile.reshape` `clone`: the lhs of a batched matmul (both operands rank >= 3) with one row per batch and more
   than one batch: pypto 0.2.0's per-pass verify, from InferDynShape on, reads batch 0's row of a reshaped lhs for
   every batch (FB4001, values wholly different; SIM right): a clone gives the operand its own buffer.
-  `inplace`: a reshape of a kernel input's or a scratch buffer (the attention output assembled per batch row,
+  `inplace`: a reshape of a kernel input's, an output's or a scratch buffer (the attention output assembled per batch row,
   read as token rows by the o-projection's de-rotation) (through views of all of it, assembles, in-place scatters,
   loops: buffer_of) is a view of it, no copy: a copy is one task per tile, and pypto 0.2.0 links each
   data-dependent gather task from it to each copy task (2048 x 2048 links for the indexer's idx_cmp at B=64, more
@@ -248,9 +251,12 @@ def written_in_parts(loop: Operation, j: int) -> bool:
 
 
 def output_inits(ret: Operation) -> dict:
-    """tile.full inits of tile.parallel loops whose result is returned as-is (result i) and fully written."""
+    """tile.full inits of tile.parallel loops whose result is returned (result i) as-is or reshaped (token rows
+    returned as [batch, seq, ...]: the loop writes the output parameter reshaped in place) and fully written."""
     found = {}
     for i, v in enumerate(ret.operands):
+        if _is(v.owner, "tile.reshape") and v.has_one_use():
+            v = v.owner.input
         par = v.owner
         if not (isinstance(par, Operation) and par.name == "tile.parallel") or not v.has_one_use():
             continue
@@ -372,8 +378,9 @@ def output_copies(fn: Operation) -> tuple[list, list]:
     copied, budgets = [], []
     for i, (name, v) in enumerate(zip((a.data for a in fn.attributes["result_names"].data), block.last_op.operands)):
         b = buffer_of(v)
-        carried = _is(b, "tile.full") and b.owner.attributes.get("buffer") == StringAttr("output") and \
-            b.owner.attributes["output"].value.data == i
+        w = buffer_of(whole_of(v))  # through a reshape: an output written reshaped (output_inits)
+        carried = _is(w, "tile.full") and w.owner.attributes.get("buffer") == StringAttr("output") and \
+            w.owner.attributes["output"].value.data == i
         copied.append(not (carried or (name in in_out and b is args.get(name))))
         loop = whole_of(v).owner
         budget = loop.attributes.get("vec_tile_elems") if _is_loop(loop) else None
@@ -976,7 +983,7 @@ def legalize_function(fn: Operation) -> None:
     for op in block.walk():
         if op.name == "tile.reshape" and any(one_row_batched_lhs(u) for u in op.result.uses):
             op.attributes["clone"] = _flag()
-        if op.name == "tile.reshape" and _is_kernel_parameter(op.input, (StringAttr("scratch"),)):
+        if op.name == "tile.reshape" and _is_kernel_parameter(op.input, _PARAM_BUFFERS):
             op.attributes["inplace"] = _flag()
     rewrite_packed_concats(fn)
     rewrite_padded_concat_reads(fn)

@@ -10,7 +10,8 @@ interpreter, so pypto writes NO output values; the result .npz is then empty), o
 The kernel module defines ``kernel`` (a ``@pypto.frontend.jit`` function whose parameters are all tensors),
 ``ARG_NAMES`` (parameter order), ``OUTPUT_NAMES``, optionally ``SCRATCH_NAMES`` (working buffers the harness
 allocates as zeros and does not return), ``ARG_DTYPES`` (name -> 'bf16' | 'f32' | 'i32' | ...), and
-optionally ``ARG_SHAPES`` (name -> shape; needed for outputs whose annotation has dynamic dims). Input arrays come
+optionally ``ARG_SHAPES`` (name -> shape; needed for outputs whose annotation has dynamic dims) and
+``RESULT_SHAPES`` (an output the kernel writes as token rows -> the stage's shape of the same bytes, returned so). Input arrays come
 from IN.npz by name (bf16 travels as float32 holding bf16 values). An output that also appears in IN.npz is an
 in/out tensor and starts from that array; other outputs start as zeros.
 
@@ -483,7 +484,9 @@ def main(argv: list[str]) -> int:
                     shutil.copyfile(sim_out / src_name, Path(keep) / dst_name)
         outs = {}
         if npu or vopts["enable_pass_verify"]:  # without the verifier SIM computes no values
-            outs = {n: _to_numpy(a) for n, a in zip(mod.ARG_NAMES, args) if n in mod.OUTPUT_NAMES}
+            viewed = getattr(mod, "RESULT_SHAPES", {})  # outputs the kernel writes as token rows: the stage's view
+            outs = {n: _to_numpy(a).reshape(viewed.get(n, a.shape)) for n, a in zip(mod.ARG_NAMES, args)
+                    if n in mod.OUTPUT_NAMES}
         np.savez(out_npz, **outs)
     except BaseException as exc:  # noqa: BLE001 - report everything, incl. KeyboardInterrupt
         rc = 1
