@@ -167,7 +167,7 @@ def test_token_schedule_carries_the_output_parameter():
     run_pipeline(module, PYPTO_PIPELINE)
     program = emit_pypto(module)
     assert "core[:] =" not in program and "pypto.full([2, 2, 4, 128]" not in program
-    assert "pypto.index_select(" in program  # the listed rows, gathered from the cache matrix by global id
+    assert "pypto.index_select(" in program  # the listed rows, gathered from row b's cache view by slot
 
 
 def test_token_key_block_is_assembled_with_the_picks_gathered_in_place():
