@@ -43,6 +43,7 @@ from ._build import (
     INDEX, T, addi, assemble, at_end, before, const, floordiv_nonneg, maxsi, minsi, muli, read, shape, subi, tile_full,
     val, view,
 )
+from .schedule_compressor import _cap_tile_rows as cap_tile_rows
 from .tile_softmax import F32_MIN
 
 SCHEDULES = ("auto", "batch", "token")
@@ -89,7 +90,8 @@ def key_positions_and_visibility(op: CacheAttentionOp, start_pos: dsl.Tensor, li
     return visible, ids
 
 
-def group_attention(q, keys, visible, fill, sink, scale: float, out_dtype: str, normalize: str = "after"):
+def group_attention(q, keys, visible, fill, sink, scale: float, out_dtype: str, normalize: str = "after",
+                    softmax_rows: int = 1 << 20):
     """Softmax attention of query rows q [G, d] over keys [N, d] (rows nobody may see hold finite values) with
     visibility [G, N] (i1): [G, d] in `out_dtype`. Invisible keys take their logit from `fill` ([G, N] f32 or a
     number). The sink is either a key (sink=None: the keys' first row is zero, its column invisible and its logit
@@ -100,21 +102,33 @@ def group_attention(q, keys, visible, fill, sink, scale: float, out_dtype: str, 
 
     normalize="after": exp weights rounded to the key dtype, P·V in f32 divided by the sum of the rounded weights
     (the sink term included, rounded like the others); "before" (the hand-written kernels' numerics): the f32
-    weights divided by their f32 sum, rounded, and P·V rounded straight to the output dtype."""
-    s = dsl.select(visible, dsl.matmul(q, keys, out="f32", transpose_b=True) * scale, fill)
+    weights divided by their f32 sum, rounded, and P·V rounded straight to the output dtype.
+
+    `softmax_rows`: the softmax's ops (scores to weights, the [G, 1] max, sink and sum included) state that row
+    cap of their vector tiles, so pypto 0.2.0 fuses a row group's whole softmax into one task; without it the
+    [G, 1] statistics take whole-G tiles and split the softmax in two passes over the scores (a mask/max task
+    then an exp/sum task)."""
+    scores = dsl.matmul(q, keys, out="f32", transpose_b=True)
+    s = dsl.select(visible, scores * scale, fill)
     m = dsl.reduce(s, "max", -1)
     if sink is not None:
         m = dsl.maximum(m, sink)
     p = dsl.exp(s - m)
     p_sink = dsl.exp(sink - m) if sink is not None else None
+    inputs = [scores, visible, *([fill] if isinstance(fill, dsl.Tensor) else []), *([sink] if sink is not None else [])]
     if normalize == "before":
         total = dsl.reduce(p, "sum", -1)
-        return dsl.matmul(dsl.cast(p / (total if p_sink is None else total + p_sink), keys.dtype), keys,
-                          out=out_dtype)
+        weights = dsl.cast(p / (total if p_sink is None else total + p_sink), keys.dtype)
+        if softmax_rows < shape(scores)[0]:
+            cap_tile_rows(weights, inputs, softmax_rows)
+        return dsl.matmul(weights, keys, out=out_dtype)
     p_lo = dsl.cast(p, keys.dtype)  # exp weights rounded before P·V
     denom = dsl.reduce(dsl.cast(p_lo, "f32"), "sum", -1)
     if p_sink is not None:
         denom = denom + dsl.cast(dsl.cast(p_sink, keys.dtype), "f32")
+    if softmax_rows < shape(scores)[0]:
+        cap_tile_rows(p_lo, inputs, softmax_rows)
+        cap_tile_rows(denom, inputs, softmax_rows)
     return dsl.cast(dsl.matmul(p_lo, keys, out="f32") / denom, out_dtype)
 
 
@@ -180,9 +194,9 @@ class _BatchTable:
 
 
 class _Schedule(RewritePattern):
-    def __init__(self, schedule: str, normalize: str, vec_tile: int, sink: str, unroll: int):
+    def __init__(self, schedule: str, normalize: str, vec_tile: int, sink: str, unroll: int, softmax_rows: int):
         self.schedule, self.normalize, self.vec_tile, self.sink = schedule, normalize, vec_tile, sink
-        self.unroll = unroll
+        self.unroll, self.softmax_rows = unroll, softmax_rows
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: CacheAttentionOp, rewriter: PatternRewriter):
@@ -212,7 +226,8 @@ class _Schedule(RewritePattern):
             cache, cache_rows = None, None
             if op.compressed:
                 n = cache_entries(op)
-                cache = _BatchTable.of(op.compressed[0], op.cache_table, n, row_ids=listed)
+                cache = _BatchTable.of(op.compressed[0], op.cache_table, n,
+                                       row_ids=listed and op.cache_table is not None)
                 cache_rows = cache.matrix
         body = Block(arg_types=[INDEX, init.value.type])
         b, acc = body.args
@@ -227,8 +242,12 @@ class _Schedule(RewritePattern):
                 op, view(op.start_pos, (b,), (1,)),
                 _row(T(op.compressed[1]), (b,), (1, S, shape_of(op.compressed[1].type)[2])) if listed else None,
                 sink_key)
-            if ids is not None:  # the listed slots of row b -> rows of the cache matrix
+            if ids is not None and cache.block_table is not None:  # paged: the listed slots -> pool rows
                 ids = cache.row_ids(b, ids)
+                picks_from = cache_rows
+            elif ids is not None:  # dense: gathered from row b's view by slot, so no id waits for a row base
+                # made before the loop (a whole-batch producer every iteration's gather waited on)
+                picks_from = cache.rows(b, n)[0]
 
             def window():
                 """The group's window (and every-entry cache) rows: views of batch row b, made where they are
@@ -250,11 +269,11 @@ class _Schedule(RewritePattern):
                 def token(s, out):
                     keys = [*sink_rows, *window()]
                     if ids is not None:
-                        keys.append(self._picks(op, s, sp, cache_rows, ids))
+                        keys.append(self._picks(op, s, sp, picks_from, ids))
                     vis_row = _row(visible, (0, s), (1, n_cols))
                     o = group_attention(_rows(q_rows, muli(addi(muli(b, S), s), H), H), dsl.concat(keys, axis=0),
                                         dsl.broadcast_to(vis_row, (H, n_cols)), fill, sink_term, scale, out_dtype,
-                                        self.normalize)
+                                        self.normalize, self.softmax_rows)
                     return assemble(dsl.reshape(o, (1, 1, H, d)), out, (b, s, 0, 0))
 
                 result = self._per_token(S, self.unroll, acc, token, loc)
@@ -268,7 +287,8 @@ class _Schedule(RewritePattern):
 
     @staticmethod
     def _picks(op, s, sp, cache_rows, ids):
-        """The token's listed cache rows [K, d], gathered from the whole cache matrix by global row id. An id nobody
+        """The token's listed cache rows [K, d], gathered from `cache_rows` (row b's slots, or the whole paged pool
+        by physical row) by the row ids `ids`. An id nobody
         may see reads slot 0 (ids), written once the token sees any entry: its row then has weight 0 in P·V like
         any invisible key, wherever the list holds it (no order of the list is assumed); before that every pick
         reads as 0 (slot 0 may hold NaN). So the block is zeroed in a step's first tokens only, not for every
@@ -308,8 +328,11 @@ class ScheduleAttention(PatternPass):
     vec_tile: int = 16384
     sink: str = "auto"
     unroll: int = UNROLL_TOKENS
+    # the row cap of the per-token softmax's vector tiles (at or above H: no cap), the rows of its [H, keys] score
+    # tiles under vec_tile (16 of 64 at 642 keys): one fused task per row group (flash CSA core: docs/benchmarks.md)
+    softmax_rows: int = 16
     option_choices = {"schedule": SCHEDULES, "normalize": NORMALIZE, "sink": SINKS}
-    option_ranges = {"vec_tile": (16, 1 << 20), "unroll": (1, MAX_UNROLL_TOKENS)}
+    option_ranges = {"vec_tile": (16, 1 << 20), "unroll": (1, MAX_UNROLL_TOKENS), "softmax_rows": (1, 1 << 20)}
 
     def pattern(self):
-        return _Schedule(self.schedule, self.normalize, self.vec_tile, self.sink, self.unroll)
+        return _Schedule(self.schedule, self.normalize, self.vec_tile, self.sink, self.unroll, self.softmax_rows)

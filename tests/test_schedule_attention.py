@@ -167,7 +167,7 @@ def test_token_schedule_carries_the_output_parameter():
     run_pipeline(module, PYPTO_PIPELINE)
     program = emit_pypto(module)
     assert "core[:] =" not in program and "pypto.full([2, 2, 4, 128]" not in program
-    assert "pypto.index_select(" in program  # the listed rows, gathered from the cache matrix by global id
+    assert "pypto.index_select(" in program  # the listed rows, gathered from row b's cache view by slot
 
 
 def test_token_key_block_is_assembled_with_the_picks_gathered_in_place():
@@ -200,6 +200,35 @@ def test_token_key_block_is_assembled_with_the_picks_gathered_in_place():
     # invisible keys' logit: a number in pypto.where, not a [64, 642] tensor filled for every token
     assert len(re.findall(r"pypto\.where\(\w+, \w+, -3\.4028234663852886e\+38\)", program)) == 2
     assert "pypto.full([64, 642]" not in program
+
+
+def test_token_schedule_has_no_whole_batch_producer_and_one_softmax_row_group():
+    """Flash CSA core: before the loop only in-place reshapes of the parameters (no row-base tensor every
+    iteration's gather waits on: the picks are gathered from a view of row b's cache by slot); inside, every
+    softmax op, its [64, 1] max, sink and sum included, takes 16-row tiles (softmax_rows), so pypto can fuse a row
+    group's softmax; softmax_rows=64 (no cap at H = 64) leaves the [64, 1] statistics in whole-64-row tiles."""
+    import re
+
+    from attnc.codegen.pypto.emit import emit_pypto
+
+    def program(pipeline):
+        module = build_stage(STAGES["sparse_attn_core"], resolve_config("flash"))
+        run_pipeline(module, pipeline)
+        return emit_pypto(module)
+
+    text = program(PYPTO_PIPELINE)
+    pre_loop = text[text.index("def kernel("):text.index("pypto.loop(")]
+    ops = re.findall(r"= (pypto\.\w+)\(", pre_loop)
+    assert ops and set(ops) == {"pypto.reshape"}, ops
+    assert all("inplace=True" in ln for ln in pre_loop.splitlines() if "= pypto.reshape(" in ln and "[64, 1]" not in ln)
+    sources = re.findall(r"= pypto\.index_select\((\w+), 0,", text)
+    assert len(sources) == 2
+    for src in sources:
+        assert re.search(rf"{src} = pypto\.view\(\w+, \[2048, 512\], \[\w+, 0\]\)", text)
+    stats = re.findall(r"pypto\.set_vec_tile_shapes\((\d+), 16\)\n +\w+ = pypto\.(maximum|exp|add)\(", text)
+    assert stats and {rows for rows, _ in stats} == {"16"}, stats
+    unfused = program(PYPTO_PIPELINE.replace("schedule-attention,", "schedule-attention{softmax-rows=64},"))
+    assert "pypto.set_vec_tile_shapes(64, 16)" in unfused
 
 
 @pytest.mark.parametrize("case", ["swa-core", "csa-core"])
