@@ -191,7 +191,7 @@ def test_verify_each_catches_a_wrong_pass(monkeypatch):
 
 @pytest.mark.parametrize("spec, message", [
     ("pto-dtype{dtype=bf16}", "pto-dtype: dtype must be one of f16, got 'bf16'"),
-    ("schedule-compressor{schedule=rows}", "schedule-compressor: schedule must be one of auto, row, token, got 'rows'"),
+    ("schedule-compressor{schedule=rows}", "schedule-compressor: schedule must be one of auto, block, row, token, got 'rows'"),
     ("schedule-attention{vec-tile=8}", "schedule-attention: vec-tile must be in [16, 1048576], got 8"),
     ("schedule-attention{sink=none}", "schedule-attention: sink must be one of auto, key, term, got 'none'"),
 ])

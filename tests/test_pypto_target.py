@@ -92,14 +92,14 @@ SIM_CASES = [
     ("sparse_attn_core", (("cmp_topk", 54), ("n_cmp", 64), *LONG), ()),  # 62 keys padded to 2 tiles of 32
     ("sparse_attn_core", (("cmp_topk", 56), ("n_cmp", 64), *LONG), ()),  # 2 whole tiles
     ("compressor", LONG, ()),
-    ("compressor", (("compress_ratio", 128), *LONG), SPLIT_GATHER),
+    ("compressor", (("compress_ratio", 128), *LONG), ()),  # pooled per row from views: no state gather
     # the smallest program with pypto's FB200B (GetValidDataView at SplitK and L1CopyInReuseMerge, after the
     # FB200F of the state gather in the same loop function): the m = 128 compressor packed, one row of one token
     pytest.param("compressor", PACKED_ONE, (*SPLIT_GATHER, ("FB200B", "GATHER")), marks=pytest.mark.slow),
     ("index_compressor", LONG, ()),
     ("indexer", LONG, ()),
     ("decode_swa", LONG, ()),
-    ("decode_hca", LONG, SPLIT_GATHER),
+    ("decode_hca", LONG, ()),  # its compressor pools per row from views: no state gather
     ("decode_csa", LONG, ()),
 ]
 

@@ -30,9 +30,12 @@ def _inputs(stage, over, seq):
     return cfg, st, inputs
 
 
-@pytest.mark.parametrize("schedule,seq", [("row", 1), ("row", 2), ("token", 2), ("token", 8)])
+@pytest.mark.parametrize("schedule,seq", [("row", 1), ("row", 2), ("token", 2), ("token", 8), ("block", 1),
+                                          ("block", 2), ("block", 8)])
 @pytest.mark.parametrize("case", list(CASES))
 def test_schedules_equal_the_op(case, schedule, seq):
+    if schedule == "block" and case != "m128":
+        pytest.skip("block: a ring of one block without overlap (m = 128)")
     stage, over = CASES[case]
     cfg, st, inputs = _inputs(stage, over, seq)
     want = run_module(build_stage(st, cfg), list(inputs.values()))
@@ -56,10 +59,14 @@ def test_row_refuses_two_blocks_per_step():
         run_pipeline(build_stage(STAGES["compressor"], cfg), "schedule-compressor{schedule=row}")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("case", list(CASES))
-def test_row_schedule_in_sim_equals_the_interpreter(case):
-    """The `row` program in SIM, every start residue and NaN-poisoned never-written state rows: the entries bit
+def test_block_refuses_overlap():
+    cfg = resolve_config("tiny", {"compress_ratio": 4})
+    with pytest.raises(PassError, match=r"schedule-compressor\{schedule=block\}: needs a ring of one block"):
+        run_pipeline(build_stage(STAGES["compressor"], cfg), "schedule-compressor{schedule=block}")
+
+
+def _sim_equals_the_interpreter(case, schedule):
+    """The program in SIM, every start residue and NaN-poisoned never-written state rows: the entries bit
     for bit, the states within 1e-6 (f32 matmul order; the same rows written, the rest untouched)."""
     import numpy as np
 
@@ -69,7 +76,7 @@ def test_row_schedule_in_sim_equals_the_interpreter(case):
     stage, over = CASES[case]
     cfg, _, arrays = _inputs(stage, over, 2)
     st = api.build(stage, "tiny", **{**over, "seq": 2, "batch": 8})
-    api.compile(st, PYPTO_PIPELINE.replace("schedule-compressor", "schedule-compressor{schedule=row}"),
+    api.compile(st, PYPTO_PIPELINE.replace("schedule-compressor", f"schedule-compressor{{schedule={schedule}}}"),
                 target="pypto")
     arrays = {k: v.numpy() if v.dtype != torch.bfloat16 else v for k, v in arrays.items()}
     want = api.interpret(st, arrays)
@@ -82,6 +89,17 @@ def test_row_schedule_in_sim_equals_the_interpreter(case):
             assert np.nanmax(np.abs(g - w)) <= 1e-6 * np.nanmax(np.abs(w)), name
         else:
             assert np.array_equal(g, w), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_row_schedule_in_sim_equals_the_interpreter(case):
+    _sim_equals_the_interpreter(case, "row")
+
+
+def test_block_schedule_in_sim_equals_the_interpreter():
+    """m = 128's default (`block`): only the rows completing a block pool, in SIM as in the interpreter."""
+    _sim_equals_the_interpreter("m128", "block")
 
 
 def _pool_tile_rows(pipeline: str) -> set[int]:
