@@ -134,6 +134,7 @@ class _Emitter:
     # the pieces of each packed concat: [[shape, offset, padded], ...] per concat (pypto-legalize `pieces`)
     assembled_pieces: list = field(default_factory=list)
     l1_reuse: dict = field(default_factory=dict)  # the program's cube_l1_reuse_setting (restored after a loop's own)
+    nbuffer: dict = field(default_factory=dict)  # the program's cube_nbuffer_setting (restored likewise)
 
     def note(self, v: SSAValue, **facts):
         """Record what printing v's op stated about v: `rows` its vector tile's row cap (the op's `tile_rows`),
@@ -392,10 +393,13 @@ class _Emitter:
             self.consts[block.args[0]] = op.attributes["one_trip"].value.data
         for arg, name in zip(block.args[1:], carried):
             self.names[arg] = name
-        # the body's cube_l1_reuse_setting (pypto-legalize `body_l1_reuse`), restored at the loop's end
+        # the body's cube_l1_reuse_setting (pypto-legalize `body_l1_reuse`), restored at the loop's end. `l1_reuse
+        # = 1` (each N tile its own task) also turns off the n-buffering that would run 2 N tiles as one task, each
+        # re-reading the whole A tile (flash m = 4 projections: 16 tasks of 2 N tiles of 64, 39.5 us each)
         reuse = op.attributes["body_l1_reuse"].value.data if "body_l1_reuse" in op.attributes else None
         if reuse is not None:
-            self.emit(f"pypto.set_pass_options(cube_l1_reuse_setting={{-1: {reuse}}})")
+            own = ", cube_nbuffer_setting={-1: 1}" if reuse == 1 else ""
+            self.emit(f"pypto.set_pass_options(cube_l1_reuse_setting={{-1: {reuse}}}{own})")
         for inner in block.ops:
             if inner is block.last_op and inner.name in ("scf.yield", "tile.yield"):
                 for name, v in zip(carried, inner.operands):
@@ -407,7 +411,8 @@ class _Emitter:
         self.vec_budget = outer_budget
         self.depth -= 1
         if reuse is not None:
-            self.emit(f"pypto.set_pass_options(cube_l1_reuse_setting={self.l1_reuse!r})")
+            own = f", cube_nbuffer_setting={self.nbuffer!r}" if reuse == 1 else ""
+            self.emit(f"pypto.set_pass_options(cube_l1_reuse_setting={self.l1_reuse!r}{own})")
         for r, name in zip(results, carried):
             self.names[r] = name
 
@@ -689,7 +694,8 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
     arg_names = [identifier(a.data, "arg_names entry") for a in fn.attributes["arg_names"].data]
     out_names = program_output_names(arg_names, [identifier(a.data, "result_names entry")
                                                  for a in fn.attributes["result_names"].data], in_place_outputs(fn))
-    em = _Emitter(vec_budget=options.vec_tile_elems, out_names=out_names, l1_reuse=options.cube_l1_reuse_setting)
+    em = _Emitter(vec_budget=options.vec_tile_elems, out_names=out_names, l1_reuse=options.cube_l1_reuse_setting,
+                  nbuffer=options.cube_nbuffer_setting)
     block = fn.body.block
     for arg, name in zip(block.args, arg_names):
         em.names[arg] = name
