@@ -245,17 +245,21 @@ class _Schedule(RewritePattern):
         R = shape_of(op.kv_state.type)[1]
         T_ = B * S
         with dsl.token_dims((B, S)):
-            sp = dsl.reshape(T(op.start_pos), (B, 1, 1))
-            t = sp + dsl.iota((B, S, 1), 1)
-            p = t - (R - 1) + dsl.iota((B, S, R), 2)  # window positions, oldest first
-            local = dsl.select(p >= sp, p - sp + R, dsl.maximum(p, 0) % R)
+            # the window ids as [B, S*R] matrices (column s*R + r: token s, slot r), reshaped to [B, S, R] once:
+            # pypto 0.2.0's cost model charges a rank-3 op per leading row (an int32 op on [64, 2, 8]: 2-5k
+            # cycles, on [64, 16] ~60), and ~40 of them made one 36.5 us task (flash B = 64)
+            sp = dsl.reshape(T(op.start_pos), (B, 1))
+            col = dsl.iota((B, S * R), 1)
+            p = sp + col // R - (R - 1) + col % R  # window positions, oldest first
+            local = dsl.reshape(dsl.select(p >= sp, p - sp + R, dsl.maximum(p, 0) % R), (B, S, R))
+            t = sp + dsl.iota((B, S), 1)
             v = dsl.gather_pool([T(op.kv_state), T(op.values)], local, (T_, R))
             z = dsl.gather_pool([T(op.score_state), T(op.scores)], local, (T_, R))
             # only a completing token's result is kept, and its positions before the older half are >= 0: just
             # that half (overlap, block 0) may hold absent slots
             if overlap:
                 h = R // 2
-                present = dsl.reshape(dsl.to_tokens(p >= 0), (T_, R, 1))
+                present = dsl.reshape(dsl.to_tokens(dsl.reshape(p >= 0, (B, S, R))), (T_, R, 1))
                 parts = [_halves(v, z, dsl.slice_(present, (0, 0, 0), (T_, h, 1)), dim, 0, h, True, False),
                          _halves(v, z, None, dim, h, h, True, True)]
                 pooled = pool_slots(parts)
