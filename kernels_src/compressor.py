@@ -85,8 +85,9 @@ def compress(cfg, xn, w_kv, w_gate, ape, norm_w, kv_state, score_state, cache, s
     `rows_of`: the cache's row ids of slots (a paged cache's block table, paged.py); default dense [B, N, d]."""
     S, T, eps = cfg["seq"], cfg["tokens"], cfg["norm_eps"]
     pos = token_positions(start_pos, S)
-    a = matmul(xn, w_kv)
-    z = matmul(xn, w_gate) + gather_rows(ape, to_tokens(pos % ratio))
+    # the two projections read the same rows and run at once: each gets half of the cube cores (tile-matmul)
+    a = matmul(xn, w_kv, side_by_side=2)
+    z = matmul(xn, w_gate, side_by_side=2) + gather_rows(ape, to_tokens(pos % ratio))
     if isinstance(start_pos, PackedRows):
         pooled = _packed_pool(cfg, a, z, kv_state, score_state, start_pos, ratio, dim)
     else:  # the block each completing token pools, from the state rings in place (schedule-compressor)

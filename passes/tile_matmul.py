@@ -54,6 +54,9 @@ ADD_TILE, ADD_CYCLES = 16384, 18577
 # the pypto target's L1 reuse (`cube_l1_reuse_setting` {0: 4}): up to 4 N tiles of a matmul that read the same A
 # tile run as one task
 TARGET_L1_REUSE = 4
+# the pypto target's n-buffering (`cube_nbuffer_setting` {-1: 2}): 2 N tiles of a matmul run as one task, each
+# re-reading its A tile, unless the matmul states `l1_reuse = 1` (each tile its own task; K whole only)
+TARGET_NBUFFER = 2
 
 
 def n_tile(m: int, k: int, n: int, chunks: int, tasks: int, task_macs: int = TASK_MACS,
@@ -126,7 +129,11 @@ def choose(m: int, k: int, n: int, min_chunk: int, cores: float, in_bytes: int =
         for w in widths + whole_wave_widths(m, n, chunks, cores * merge, widest, in_bytes, widths):
             if (chunks > 1 or w != widest) and CUBE_M * kc * min(w, n) < task_macs:  # a full M tile, as n_tile
                 continue
-            key = (estimate(m, k, n, chunks, w, cores, in_bytes, merge), chunks * -(-n // w))
+            # a K-chunked matmul states no l1_reuse: the target n-buffers its tiles (flash m = 4 projections, a
+            # and z side by side: 2 chunks of N tile 176 estimated 73.1k cycles unmerged, 256.3 us in all merged;
+            # K whole, N tile 128, each its own task 186.5 us)
+            key = (estimate(m, k, n, chunks, w, cores, in_bytes, merge if chunks == 1 else max(merge, TARGET_NBUFFER)),
+                   chunks * -(-n // w))
             if best is None or key < best[0]:
                 best = (key, chunks, None if w == widest else w)
     return best[1], best[2]

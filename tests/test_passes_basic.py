@@ -232,6 +232,17 @@ def test_tile_matmul_cost_rule_states_l1_reuse_measured_faster():
     assert l1_reuse(64, 512, 642, 256, 24 / 64) is None
 
 
+def test_tile_matmul_cost_rule_counts_the_targets_nbuffering_of_k_chunks():
+    """The m = 4 compressor's a and z projections run side by side (12 cube cores each): a K-chunked candidate
+    states no l1_reuse, so pypto n-buffers its tiles 2 to a task — estimated that way, K whole in N tiles of 128
+    (each its own task) wins over 2 chunks of 176 (flash B=64 S=2: 186.5 vs 256.3 us)."""
+    from attnc.passes.tile_matmul import TARGET_NBUFFER, choose, estimate
+
+    assert choose(128, 4096, 1024, 512, 12) == (1, 128)
+    assert estimate(128, 4096, 1024, 2, 176, 12) < estimate(128, 4096, 1024, 1, 128, 12)  # unmerged, it would not
+    assert estimate(128, 4096, 1024, 2, 176, 12, merge=TARGET_NBUFFER) > estimate(128, 4096, 1024, 1, 128, 12)
+
+
 def test_tile_matmul_cost_rule_fills_whole_waves():
     """The cost rule's N tiles for the o-projection at flash B=64 (sparse_attn m=0 in SIM, cube merging off: wo_a
     and wo_b in N tiles of 256 384.5 us, of 176 374.1): wo_b alone on 24 cube cores in 24 tiles of 176 (one
