@@ -112,12 +112,16 @@ def _pool_tile_rows(pipeline: str) -> set[int]:
 
     module = build_stage(STAGES["index_compressor"], resolve_config("tiny", {"batch": 16}))  # 32 token rows
     run_pipeline(module, pipeline)
+    import attnc.kernels_src.compressor as src  # the pooling's ops name the DSL line of its compress_pool call
+
+    with open(src.__file__) as f:
+        at = next(i for i, line in enumerate(f, 1) if "compress_pool(from_tokens" in line)
     rows, tile = set(), None
     for line in emit_pypto(module).splitlines():
         m = re.search(r"set_vec_tile_shapes\(([^)]*)\)", line)
         if m:
             tile = [int(x) for x in m.group(1).split(",")]
-        elif ("kernels_src/compressor.py:93" in line and line.startswith(" " * 8) and tile and len(tile) == 3
+        elif (f"kernels_src/compressor.py:{at}" in line and line.startswith(" " * 8) and tile and len(tile) == 3
               and "index_select" not in line and "pypto.view(ws" not in line):
             rows.add(tile[0])
     return rows
