@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from attnc.codegen.pypto.emit import emit_pypto, in_place_outputs
+from attnc.codegen.pypto.emit import SCATTER_ROWS, emit_pypto, in_place_outputs
 from attnc.ir import parse_ir
 from attnc.ir.interpreter import entry_function, run_module
 from attnc.kernels_src import STAGES, build_stage, resolve_config
@@ -54,7 +54,8 @@ def test_program_has_one_in_out_parameter_per_cache_and_copies_no_table(stage):
         assert name in params
         assert not re.search(rf"pypto\.clone\({name}\)|\b{name}\[:\] =", text), name  # never copied or overwritten whole
         writes = re.findall(rf"pypto\.assemble\((\w+), \[[^\]]*\], {name}\)", text)
-        assert len(writes) == 1, (name, writes)  # one row write, inside the loop over the step's rows
+        # the row writes of one loop over the step's rows (SCATTER_ROWS rows per iteration), no other write
+        assert len(writes) == SCATTER_ROWS, (name, writes)
     assert "OUTPUT_NAMES = " + str(list(STAGES[stage].outputs)).replace("'", '"') in text
 
 
