@@ -78,6 +78,12 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
   loop wrote in place or an in/out parameter; `copy_out_tile_elems = [ints]`: the vector tile budget of the loop
   that made it (`vec_tile_elems`; 0: the kernel's), under which the copy runs.
 
+* `host_constant = "hcN"` on a top-level op computed from no kernel input (index ramps, fills and what is computed
+  from them only: the Hadamard signs, RoPE selectors) that is more than a lone ramp or fill: its value is a
+  kernel parameter `hcN`, computed on the host from these same ops (target.host_constants, the interpreter), so
+  the kernel does not run the chain of small vector tasks that builds it (the indexer: 17-61 us of its prolog).
+  `host_only` on the ops that only feed such values: not emitted.
+
 A `tile.read` of a computed tensor is refused (check_scalar_reads): pypto 0.2.0 reads a scalar only from a
 kernel parameter (GetTensorData fails at run time, F3FFFF).
 """
@@ -89,8 +95,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from xdsl.dialects import arith, func, scf
-from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, StringAttr, UnitAttr, i1, i64
-from xdsl.ir import BlockArgument, Operation, SSAValue
+from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, StringAttr, TensorType, UnitAttr, i1, i64
+from xdsl.ir import BlockArgument, Operation, OpResult, SSAValue
 
 from attnc.codegen.escape import code_text
 from attnc.ir.common import LOC_ATTR, bool_attr, op_location, str_attr
@@ -102,7 +108,8 @@ from attnc.passes._build import before, const, tile_full, tile_op
 
 # every attribute this pass sets (cleared first: the pass is idempotent)
 FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "zero_pad", "zero_fill", "clone", "inplace",
-         "prefix", "scalar_ids", "scalar_id", "copy_out", "copy_out_tile_elems", "pypto_legalized")
+         "prefix", "scalar_ids", "scalar_id", "copy_out", "copy_out_tile_elems", "host_constant", "host_only",
+         "pypto_legalized")
 
 
 def _flag(v: bool = True) -> IntegerAttr:
@@ -749,6 +756,40 @@ def _splat(shape, value: float) -> SSAValue:
     return full
 
 
+_WRITERS = ("tile.assemble", "tile.scatter_rows")  # ops that write into an operand's buffer
+
+
+def host_constants(block) -> tuple[list, set]:
+    """(ops whose value is a host-computed kernel parameter, in walk order; the ops that only feed them): the tile
+    ops computed from no kernel input or loop index (no regions, no buffer, every operand such an op's; in a loop
+    body too: loop-invariant), whose value a kernel op reads (never writes, carries, yields or returns) and which
+    are more than a lone ramp or fill (one task either way)."""
+    const: set = set()
+    for op in block.walk():
+        if (op.name.startswith("tile.") and op.name not in _WRITERS and not op.regions and op.results
+                and "buffer" not in op.attributes and not flag(op, "scalar_ids")
+                and all(isinstance(r.type, TensorType) for r in op.results)
+                and all(isinstance(v, OpResult) and v.owner in const for v in op.operands)):
+            const.add(op)
+
+    def device_users(op):
+        return [u.operation for r in op.results for u in r.uses if u.operation not in const]
+
+    hoisted = [op for op in block.walk() if op in const and op.operands and len(op.results) == 1
+               and (users := device_users(op))
+               and all(not u.regions and u.name not in _WRITERS and not u.name.endswith("yield")
+                       and not isinstance(u, func.ReturnOp) for u in users)]
+    # the constant ops the kernel still computes: those it reads, other than the hoisted ones, and their producers
+    device, todo = set(), [op for op in const if op not in hoisted and device_users(op)]
+    while todo:
+        op = todo.pop()
+        if op in device or op in hoisted:
+            continue
+        device.add(op)
+        todo.extend(v.owner for v in op.operands)
+    return hoisted, const - device - set(hoisted)
+
+
 def _read_as_number(full: Operation) -> bool:
     """A splat read only where pypto takes a number: a select's value, a compare's right-hand side."""
     return bool(full.result.uses) and all((u.operation.name == "tile.select" and u.index in (1, 2))
@@ -872,6 +913,11 @@ def legalize_function(fn: Operation) -> None:
     copied, budgets = output_copies(fn)
     fn.attributes["copy_out"] = ArrayAttr([_flag(c) for c in copied])
     fn.attributes["copy_out_tile_elems"] = ArrayAttr([IntegerAttr(b, i64) for b in budgets])
+    hoisted, host_only = host_constants(block)
+    for i, op in enumerate(hoisted):
+        op.attributes["host_constant"] = StringAttr(f"hc{i}")
+    for op in host_only:
+        op.attributes["host_only"] = _flag()
     fn.attributes["pypto_legalized"] = UnitAttr()
 
 

@@ -178,6 +178,24 @@ class PyptoRun:
     tasks: dict | None = None
 
 
+def host_constants(module) -> dict:
+    """The values of the entry function's `host_constant` parameters (pypto-legalize): its `host_only` and
+    `host_constant` ops (computed from no input) run in block order by the interpreter, the golden of the same IR."""
+    from attnc.ir.interpreter import make_interpreter
+
+    fn = entry_function(module)
+    it = make_interpreter(module)
+    env, out = {}, {}
+    for op in fn.walk():  # a loop body's constants too (loop-invariant), after the values they read
+        if "host_only" not in op.attributes and "host_constant" not in op.attributes:
+            continue
+        results = it.run_op(op, tuple(env[v] for v in op.operands))
+        env.update(zip(op.results, results))
+        if "host_constant" in op.attributes:
+            out[op.attributes["host_constant"].data] = results[0]
+    return out
+
+
 def run_pypto_sim(module, inputs: dict, *, verify: str = "default", timeout_s: float = 900,
                   npu: bool = False, options: PyptoOptions | None = None, on_phase=None,
                   trace_dir: str | None = None) -> PyptoRun:
@@ -193,7 +211,8 @@ def run_pypto_sim(module, inputs: dict, *, verify: str = "default", timeout_s: f
         path = os.path.join(tmp, f"{file_stem(fn.sym_name.data)}.py")
         with open(path, "w") as f:
             f.write(program)
-        res = run_in_subprocess(path, {k: to_numpy(v) for k, v in inputs.items()}, verify=verify,
+        arrays = {k: to_numpy(v) for k, v in {**inputs, **host_constants(module)}.items()}
+        res = run_in_subprocess(path, arrays, verify=verify,
                                 timeout_s=timeout_s, npu=npu, on_phase=on_phase,
                                 env={"ATTNC_PYPTO_TRACE_DIR": os.path.abspath(trace_dir)} if trace_dir else None)
     outs = {n: torch.from_numpy(res.outputs[param_of[n]]).to(torch_dtype(dtype_of(out_types[n]))) for n in out_names
