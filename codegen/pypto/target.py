@@ -179,21 +179,23 @@ class PyptoRun:
 
 
 def host_constants(module) -> dict:
-    """The values of the entry function's `host_constant` parameters (pypto-legalize): its `host_only` and
-    `host_constant` ops (computed from no input) run in block order by the interpreter, the golden of the same IR."""
+    """The values of the entry function's `host_constant` parameters (pypto-legalize): each such op and the ops it
+    is computed from (no input: ramps, fills, what is made of them) run by the interpreter, the golden of the same
+    IR."""
     from attnc.ir.interpreter import make_interpreter
 
     fn = entry_function(module)
     it = make_interpreter(module)
-    env, out = {}, {}
-    for op in fn.walk():  # a loop body's constants too (loop-invariant), after the values they read
-        if "host_only" not in op.attributes and "host_constant" not in op.attributes:
-            continue
-        results = it.run_op(op, tuple(env[v] for v in op.operands))
-        env.update(zip(op.results, results))
-        if "host_constant" in op.attributes:
-            out[op.attributes["host_constant"].data] = results[0]
-    return out
+    env: dict = {}
+
+    def value(v):
+        if v not in env:
+            op = v.owner
+            env.update(zip(op.results, it.run_op(op, tuple(value(u) for u in op.operands))))
+        return env[v]
+
+    return {op.attributes["host_constant"].data: value(op.results[0]) for op in fn.walk()
+            if "host_constant" in op.attributes}
 
 
 def run_pypto_sim(module, inputs: dict, *, verify: str = "default", timeout_s: float = 900,
