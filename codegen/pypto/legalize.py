@@ -835,7 +835,7 @@ def check_scalar_reads(fn: Operation) -> None:
                             "lowering: pypto reads scalars only from kernel parameters")
 
 
-def legalize_function(fn: Operation) -> None:
+def legalize_function(fn: Operation, hoist_constants: bool = True) -> None:
     """Rewrite fn's ops that pypto 0.2.0 cannot run as they are (values unchanged), then set every fact of the
     module docstring on fn and its ops (clearing the ones a previous run set)."""
     check_scalar_reads(fn)
@@ -913,7 +913,7 @@ def legalize_function(fn: Operation) -> None:
     copied, budgets = output_copies(fn)
     fn.attributes["copy_out"] = ArrayAttr([_flag(c) for c in copied])
     fn.attributes["copy_out_tile_elems"] = ArrayAttr([IntegerAttr(b, i64) for b in budgets])
-    hoisted, host_only = host_constants(block)
+    hoisted, host_only = host_constants(block) if hoist_constants else ([], set())
     for i, op in enumerate(hoisted):
         op.attributes["host_constant"] = StringAttr(f"hc{i}")
     for op in host_only:
@@ -928,10 +928,14 @@ class PyptoLegalize(AttncPass):
     summary = ("pypto path, last: rewrites what pypto 0.2.0 cannot run (i8 casts, bool concats and fills, "
                "integer division, broadcasts over several axes, loops and scatters writing in parts), then the "
                "facts the program needs as attributes (buffers, packed concats, in-place reshapes, prefix "
-               "gathers, splats, scalar ids, output copies) for the emitter to print")
+               "gathers, splats, scalar ids, output copies, host constants) for the emitter to print")
     tolerance = 0.0
+    # 0: values computed from no input stay kernel work (host_constants: the A/B of issue 20's indexer prolog)
+    host_constants: int = 1
+    option_choices = {"host_constants": (0, 1)}
 
     def apply(self, ctx, op):
         from attnc.ir import entry_function
 
-        legalize_function(entry_function(op))
+        self.check_options()
+        legalize_function(entry_function(op), bool(self.host_constants))
