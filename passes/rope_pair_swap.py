@@ -23,17 +23,24 @@ from ._build import T, before
 from .rope_selector_matmul import _RopeAsSelectorMatmul
 
 
-def _pair_matrix(rows: int, cols: int, row_of, sign_even: float, sign_odd: float) -> dsl.Tensor:
-    """[rows, cols] f32: sign_even at (row_of(2i), 2i), sign_odd at (row_of(2i + 1), 2i + 1) for every lane pair i,
-    0 elsewhere; row_of maps a column (index tensor) to the row that feeds it."""
+def _pair_matrix(rows: int, cols: int, row_of, sign_even: float, sign_odd: float, first: int = 0) -> dsl.Tensor:
+    """[rows, cols] f32: sign_even at (row_of(2i), 2i), sign_odd at (row_of(2i + 1), 2i + 1) for every lane pair i
+    from column `first` on, 0 elsewhere; row_of maps a column (index tensor) to the row that feeds it."""
     r, c = dsl.iota((rows, cols), 0), dsl.iota((rows, cols), 1)
-    hit = r.eq(row_of(c))
+    feed = row_of(c)
+    if first:  # no row feeds a column before `first`
+        feed = dsl.select(c >= dsl.full((rows, cols), first, "i32"), feed, dsl.full((rows, cols), -1, "i32"))
+    hit = r.eq(feed)
     odd = (c % 2).eq(dsl.full((rows, cols), 1, "i32"))
     sign = dsl.select(odd, dsl.full((rows, cols), sign_odd, "f32"), sign_even)
     return dsl.select(hit, sign, 0.0)
 
 
 class _RopeAsPairSwap(_RopeAsSelectorMatmul):
+    def __init__(self, whole: int):
+        super().__init__()
+        self.whole = whole
+
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: RopeOp, rewriter: PatternRewriter):
         out_dtype = dtype_of(op.result.type)
@@ -45,6 +52,12 @@ class _RopeAsPairSwap(_RopeAsSelectorMatmul):
             row_shape = (*pos.shape, *([1] * (len(lead) - len(pos.shape))), lanes)
             inverse = bool(op.inverse.value.data)
 
+            # a vector of at most `whole` lanes rotates whole (its leading lanes: cos 1, sin 0, no swap): no view
+            # of the rotated lanes and no concat of the two parts, which pypto copies through DDR
+            whole = lanes < n <= self.whole
+            first = n - lanes if whole else 0
+            width = n if whole else lanes
+
             def lane_rows(kind: str):
                 """The token's [cos | sin] row repeated per lane pair (sin signed), broadcast over the heads."""
                 def make():
@@ -54,20 +67,24 @@ class _RopeAsPairSwap(_RopeAsSelectorMatmul):
                     even, odd = (1.0, 1.0) if kind == "cos" else ((1.0, -1.0) if inverse else (-1.0, 1.0))
                     repeat = self.shared(op, ("repeat", half, even, odd),
                                          lambda: _pair_matrix(half, lanes, lambda c: c // 2, even, odd))
-                    return dsl.matmul(rows, repeat, out="f32")
-                rows = self.shared(op, ("pair", kind, op.cos_table, op.sin_table, op.positions, inverse), make)
-                return dsl.broadcast_to(dsl.reshape(rows, row_shape), (*lead, lanes))
+                    pairs = dsl.matmul(rows, repeat, out="f32")
+                    if first:
+                        lead_lanes = dsl.full((*pos.shape, first), 1.0 if kind == "cos" else 0.0, "f32")
+                        pairs = dsl.concat([lead_lanes, pairs], axis=-1)
+                    return pairs
+                rows = self.shared(op, ("pair", kind, op.cos_table, op.sin_table, op.positions, inverse, width), make)
+                return dsl.broadcast_to(dsl.reshape(rows, (*row_shape[:-1], width)), (*lead, width))
 
             cos, sin = lane_rows("cos"), lane_rows("sin")
             zeros = (0,) * len(lead)
-            tail = dsl.slice_(x, (*zeros, n - lanes), (*lead, lanes))
-            # swap[k, j] = 1 where k is j's pair partner (j + 1 for even j, j - 1 for odd j)
-            swap = self.shared(op, ("swap", lanes, tail.dtype), lambda: dsl.cast(
-                _pair_matrix(lanes, lanes, lambda c: c + 1 - (c % 2) * 2, 1.0, 1.0), tail.dtype))
+            tail = x if whole or n == lanes else dsl.slice_(x, (*zeros, n - lanes), (*lead, lanes))
+            # swap[k, j] = 1 where k is j's pair partner (j + 1 for even j, j - 1 for odd j), for the rotated j
+            swap = self.shared(op, ("swap", width, first, tail.dtype), lambda: dsl.cast(
+                _pair_matrix(width, width, lambda c: c + 1 - (c % 2) * 2, 1.0, 1.0, first), tail.dtype))
             swapped = dsl.matmul(tail, swap, out="f32")
             wide = tail if tail.dtype == "f32" else dsl.cast(tail, "f32")
             rot = dsl.cast(wide * cos + swapped * sin, out_dtype)
-            if n > lanes:
+            if n > width:
                 head = dsl.cast(dsl.slice_(x, (*zeros, 0), (*lead, n - lanes)), out_dtype)
                 rot = dsl.concat([head, rot], axis=-1)
         rewriter.replace(op, [], [rot.value])
@@ -79,6 +96,8 @@ class RopePairSwap(PatternPass):
     name = "rope-pair-swap"
     summary = "interleaved RoPE -> x * [c,c,..] + (x @ pair swap) * [-s,s,..]: one 0/1 matmul, no de/re-interleave"
     tolerance = 0.0
+    # a vector of at most this many lanes (the indexer's 128-wide q heads) rotates whole; 0: only the rope lanes
+    whole: int = 128
 
     def pattern(self):
-        return _RopeAsPairSwap()
+        return _RopeAsPairSwap(self.whole)
