@@ -9,14 +9,12 @@ from __future__ import annotations
 import re
 
 import pytest
-import torch
 
 from attnc.codegen.pypto.emit import L0AB_BYTES, L0C_BYTES, cube_tile
 from attnc.ir.types import dtype_of, shape_of
 from attnc.kernels_src import STAGES, build_stage, resolve_config
 from attnc.passes import PYPTO_PIPELINE
 from attnc.passes.verify import run_pipeline
-from tests.markers import needs_pypto
 
 
 def _tile_module(stage: str, cfg: dict):
@@ -67,29 +65,3 @@ def test_cube_tiles_fit_l0_at_the_operands_width(m, k, n, in_bytes):
                                   re.findall(r"\[(\d+, \d+)\]", cube_tile(m, k, n, in_bytes))]
     assert m0 * k0 * in_bytes <= L0AB_BYTES and k0 * n0 * in_bytes <= L0AB_BYTES and m0 * n0 * 4 <= L0C_BYTES
     assert k1 % k0 == 0
-
-
-@needs_pypto
-@pytest.mark.parametrize("quant", ["none", "w8a8"])
-def test_scoring_in_entry_chunks_sim_equals_the_interpreter(monkeypatch, quant):
-    """SCORE_CHUNK below the entry count (tiny: 16 entries, chunks of 8): one product per chunk over a view of the
-    keys, the chunks' score rows concatenated; SIM equal to the interpreter, and the picks as unchunked."""
-    import attnc.kernels_src.indexer as indexer
-    from attnc.codegen.pypto.target import run_pypto_sim
-    from attnc.ir.interpreter import run_module
-    from attnc.kernels_src.inputs import make_inputs
-    from attnc.sim_check import check_outputs
-
-    cfg = resolve_config("tiny", {"quant": quant})
-    inputs = make_inputs(STAGES["indexer"], cfg, 0)
-    whole = run_module(_tile_module("indexer", cfg), list(inputs.values()))
-    monkeypatch.setattr(indexer, "SCORE_CHUNK", 8)
-    mod = _tile_module("indexer", cfg)
-    fn = next(o for o in mod.walk() if o.name == "func.func")
-    names = [a.data for a in fn.attributes["arg_names"].data]
-    keys = shape_of(fn.body.block.args[names.index("idx_cmp")].type)
-    assert len([m for m in _matmuls(mod) if m[0] == (keys[0], 8, keys[2])]) == 2
-    res = run_pypto_sim(mod, inputs, verify="tensor-graph", timeout_s=600)
-    check = check_outputs(mod, inputs, res.outputs, STAGES["indexer"].outputs)
-    assert check.ok, check.failures
-    assert torch.equal(run_module(mod, list(inputs.values()))[1], whole[1])
