@@ -19,8 +19,6 @@ from .compressor import hadamard_signs
 from .configs import with_compress_ratio
 from .rings import row_entries
 
-# entries per scoring product (a schedule choice, measured at flash B = 64: docs/benchmarks.md)
-SCORE_CHUNK = 512
 NOT_VISIBLE = -3.4028234663852886e38  # index_score of an entry the token may not pick (lowest f32)
 
 INDEXER_PARAMS = {
@@ -55,20 +53,12 @@ def index_select(cfg, xn, qr, wi_q, wi_w, idx_cmp, start_pos, rope_cos, rope_sin
         # dense: the S tokens of a batch row share its entries: one [NC, S*IH] product per row with the keys read
         # in place as its rows (no per-token gather); then per token one vector pass over its IH columns: ReLU,
         # head weight, sum over the last axis (a [B, NC, 1] column, laid out as the [B, 1, NC] score row): the
-        # f32 dots are written once and read once. In chunks of SCORE_CHUNK entries: the vector pass of a chunk
-        # runs while the cube makes the next one's dots
-        qs = reshape(from_tokens(q), (B, S * IH, ID))
+        # f32 dots are written once and read once
+        dots = matmul(idx_cmp, reshape(from_tokens(q), (B, S * IH, ID)), transpose_b=True)  # [B, NC, S*IH]
         w = reshape(from_tokens(weights), (B, S, IH))
-        chunk = min(NC, SCORE_CHUNK) if NC % min(NC, SCORE_CHUNK) == 0 else NC
-        parts = []
-        for c in range(0, NC, chunk):
-            keys = idx_cmp if chunk == NC else slice_(idx_cmp, (0, c, 0), (B, chunk, ID))
-            dots = matmul(keys, qs, transpose_b=True)                                    # [B, chunk, S*IH]
-            parts.append([reshape(reduce(relu(slice_(dots, (0, 0, s * IH), (B, chunk, IH)))
-                                         * slice_(w, (0, s, 0), (B, 1, IH)), "sum", -1), (B, 1, chunk))
-                          for s in range(S)])
-        score = to_tokens(concat([concat([p[s] for p in parts], axis=2) if len(parts) > 1 else parts[0][s]
-                                  for s in range(S)], axis=1))                                  # [T, NC]
+        score = to_tokens(concat([reshape(reduce(
+            relu(slice_(dots, (0, 0, s * IH), (B, NC, IH))) * slice_(w, (0, s, 0), (B, 1, IH)), "sum", -1),
+            (B, 1, NC)) for s in range(S)], axis=1))                                           # [T, NC]
     else:
         keys = row_entries(cfg, idx_cmp, start_pos, rows_of, NC)                     # [T, NC, ID]
         dots = relu(matmul(keys, q, transpose_b=True))                               # [T, NC, IH]
