@@ -198,6 +198,23 @@ def host_constants(module) -> dict:
             if "host_constant" in op.attributes}
 
 
+def embed_host_constants(program: str, module) -> str:
+    """The program with its host constants' values as a literal (HOST_CONSTANT_VALUES: name -> base64 .npy; the
+    runner reads a name missing from its inputs there), for a run whose inputs come from elsewhere (the tuner's
+    one inputs file for every candidate)."""
+    import base64
+    import io
+
+    import numpy as np
+
+    values = {}
+    for name, v in host_constants(module).items():
+        buf = io.BytesIO()
+        np.save(buf, to_numpy(v), allow_pickle=False)
+        values[name] = base64.b64encode(buf.getvalue()).decode("ascii")
+    return program + f"\nHOST_CONSTANT_VALUES = {values!r}\n" if values else program
+
+
 def run_pypto_sim(module, inputs: dict, *, verify: str = "default", timeout_s: float = 900,
                   npu: bool = False, options: PyptoOptions | None = None, on_phase=None,
                   trace_dir: str | None = None) -> PyptoRun:
