@@ -79,6 +79,10 @@ PASS_SPACE = {
     ("parallelize-tokens", "weight-vec-tile"): (0, 8192, 16384),
     ("tile-matmul", "k"): (512, 2048, 4096),
     ("tile-matmul", "tasks"): (1, 24, 48),  # 24 cube cores in the cost model
+    ("tile-matmul", "rule"): ("fixed", "cost"),  # cost: K chunks and N tile per matmul by its estimate
+    ("tile-matmul", "merge"): (1, 2),  # rule=cost: same-structure tiles the target runs as one task
+    ("schedule-compressor", "pool-rows"): (4, 8, 32),
+    ("schedule-compressor", "chunk-rows"): (8, 16, 128),
     ("schedule-attention", "schedule"): ("auto", "batch", "token"),
     ("schedule-attention", "vec-tile"): (8192, 16384),
 }

@@ -123,7 +123,7 @@ def _with_fact_checks(verify):
     return verify_
 
 
-_FACT_FLAGS = ("splat", "packed", "zero_fill", "zero_pad", "clone", "inplace", "prefix", "scalar_ids")
+_FACT_FLAGS = ("splat", "packed", "clone", "inplace", "prefix", "scalar_ids")
 
 
 def pypto_facts_verify(op) -> None:
@@ -143,6 +143,12 @@ def pypto_facts_verify(op) -> None:
                   "an output buffer names its result index (output = i), a scratch one none")
     if "splat" in attrs:
         op.expect(kind == "full", "splat is a tile.full fact")
+    if "pieces" in attrs:  # a packed concat's local buffer: [rows, row offset, zero-padded] per piece
+        pieces = attrs["pieces"]
+        op.expect(kind == "full" and attrs.get("buffer") == StringAttr("local") and isinstance(pieces, ArrayAttr)
+                  and all(isinstance(p, ArrayAttr) and len(p.data) == 3
+                          and all(isinstance(x, IntegerAttr) for x in p.data) for p in pieces.data),
+                  "pieces must list [rows, row offset, zero-padded] per piece, on a local tile.full buffer")
     for name in ("padded",):
         if name in attrs:
             per = attrs[name]
@@ -150,6 +156,12 @@ def pypto_facts_verify(op) -> None:
                       f"{name} must list one bool per concat input")
     if "inplace" in attrs:
         op.expect(kind == "reshape", "inplace is a tile.reshape fact")
+    if "one_trip" in attrs:
+        op.expect(kind == "parallel" and isinstance(attrs["one_trip"], IntegerAttr),
+                  "one_trip must be an integer (the one iteration's index), on a loop")
+    if "body_l1_reuse" in attrs:
+        op.expect(kind == "parallel" and isinstance(attrs["body_l1_reuse"], IntegerAttr),
+                  "body_l1_reuse must be an integer (its body's cube_l1_reuse_setting), on a loop")
     if "scalar_id" in attrs:
         steps = attrs["scalar_id"]
         op.expect(kind == "scatter_rows" and isinstance(steps, ArrayAttr) and len(steps.data) >= 1

@@ -363,9 +363,13 @@ def _scatter_rows(it, op, a):
 def _topk(it, op, a):
     scores, valid = a
     k = op.k.value.data
-    resolve = getattr(it, "attnc_topk", None)
-    if resolve is None:
+    if getattr(it, "attnc_topk", None) is None:
         return (topk_indices(scores, valid, k),)
+    return (_resolved_picks(it, op, scores, valid, k),)
+
+
+def _resolved_picks(it, op, scores, valid, k):
+    """The picks of a top-k resolver (run_module's `topk`) for one execution of op."""
     lead = tuple(scores.shape[:-1])
     rows = torch.arange(math.prod(lead), dtype=torch.int64).reshape(lead)
     live = torch.ones(lead, dtype=torch.bool)
@@ -374,12 +378,30 @@ def _topk(it, op, a):
         iv, upper = loops[-1]
         rows = rows + iv * (rows.numel() // lead[0])  # the flattened index the rows have in the whole tensor
         live = (torch.arange(lead[0]) + iv < upper).reshape(lead[0], *([1] * (len(lead) - 1))).expand(lead)
-    picks = resolve(TopkCall(scores, valid, k, rows, live, op))
+    picks = it.attnc_topk(TopkCall(scores, valid, k, rows, live, op))
     want_shape = (*lead, k)
     if not isinstance(picks, torch.Tensor) or tuple(picks.shape) != want_shape or picks.dtype != torch.int32:
         raise InterpretError(f"top-k resolver returned {getattr(picks, 'shape', type(picks).__name__)}, "
                              f"expected int32 {list(want_shape)}")
-    return (picks,)
+    return picks
+
+
+def _topk_pairs(it, op, a):
+    """The k largest scores (stable: ties to the lower id) and their ids. Under a top-k resolver the entries
+    above the lowest f32 (the sentinel pypto-legalize gives invalid ones) are the valid ones, and a resolver's
+    pick -1 is a value at the sentinel."""
+    (scores,) = a
+    k = op.k.value.data
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
+    values, ids = torch.gather(scores, -1, order), order.to(torch.int32)
+    if getattr(it, "attnc_topk", None) is None:
+        return values, ids
+    lowest = torch.finfo(torch.float32).min
+    picks = _resolved_picks(it, op, scores, scores > lowest, k)
+    picked = picks >= 0
+    ids = torch.where(picked, picks, ids)
+    values = torch.where(picked, torch.gather(scores, -1, ids.long()), torch.full_like(values, lowest))
+    return values, ids
 
 
 def _iota(it, op, a):
@@ -498,6 +520,8 @@ def _tile_impls() -> dict:
     table = _shared_impls(d, "tile")
     table[d["view"]] = _view
     table[d["assemble"]] = _assemble
+    table[d["topk_pairs"]] = _topk_pairs
+    table[d["fill_padding"]] = lambda it, op, a: (a[0],)  # a view's padding already holds its pad value
     table[d["read"]] = lambda it, op, a: (int(a[0][tuple(a[1:])]),)
     table[d["matmul_acc"]] = lambda it, op, a: (
         cast_tensor(a[0].float() + matmul_f32(a[1], a[2], op.transpose_b.value.data, _cache(it)), _out_dtype(op))

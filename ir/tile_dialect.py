@@ -156,6 +156,33 @@ def _floor_verify(self):
 # rounding toward -inf in f32: the integer division pypto-legalize writes in f32 (pypto 0.2.0 has no int32 one)
 FloorOp = _make("tile.floor", dict(input=operand_def(TensorType), result=result_def(TensorType),
                                    verify_=_floor_verify))
+
+
+def _topk_pairs_verify(self):
+    ss, sv, si = shape_of(self.scores.type), shape_of(self.values.type), shape_of(self.ids.type)
+    k = self.k.value.data
+    self.expect(dtype_of(self.scores.type) == "f32", f"scores must be f32, got {describe(self.scores.type)}")
+    self.expect(len(ss) >= 1 and 1 <= k <= ss[-1], f"k = {k} must lie in [1, {ss[-1] if ss else 0}]")
+    self.expect(sv == si == (*ss[:-1], k), f"values and ids must be [..., {k}]")
+    self.expect(dtype_of(self.values.type) == "f32" and dtype_of(self.ids.type) == "i32",
+                "values must be f32 and ids i32")
+
+
+# the k largest scores of each row (last axis), descending, ties to the lower id, and their ids: pypto.topk as it
+# is (pypto-legalize writes tile.topk with it: the validity as a sentinel score, picks of it -1)
+TopkPairsOp = _make("tile.topk_pairs", dict(scores=operand_def(TensorType), k=prop_def(IntegerAttr),
+                                            values=result_def(TensorType), ids=result_def(TensorType),
+                                            verify_=_topk_pairs_verify))
+
+
+def _fill_padding_verify(self):
+    self.expect(self.input.type == self.result.type, "result must have the input's type")
+
+
+# the tile as it is, padding included: a zero-padded view's padding rows/columns become valid (pypto-legalize writes
+# it before a concat, which pypto joins by valid parts); the values are the view's, so the interpreter returns them
+FillPaddingOp = _make("tile.fill_padding", dict(input=operand_def(TensorType), result=result_def(TensorType),
+                                                verify_=_fill_padding_verify))
 _SCALAR = [_make(f"tile.{k}", dict(input=operand_def(TensorType), scalar=prop_def(FloatAttr),
                                    result=result_def(TensorType), verify_=_scalar_verify)) for k in SCALAR_KINDS]
 
@@ -170,7 +197,7 @@ ParallelOp = _make("tile.parallel", dict(
     irdl_options=(ParsePropInAttrDict(),),
     traits=traits_def(RecursiveMemoryEffect()), verify_=_parallel_verify))
 
-TILE_OPS = [*_SHARED, ViewOp, AssembleOp, ReadOp, MatmulAccOp, FloorOp, *_ROW, *_ROW_EXPAND, *_COL_EXPAND, *_SCALAR,
+TILE_OPS = [*_SHARED, ViewOp, AssembleOp, ReadOp, MatmulAccOp, FloorOp, TopkPairsOp, FillPaddingOp, *_ROW, *_ROW_EXPAND, *_COL_EXPAND, *_SCALAR,
             YieldOp, ParallelOp]
 Tile = Dialect("tile", TILE_OPS, [])
 TILE = {op.name.split(".", 1)[1]: op for op in TILE_OPS}

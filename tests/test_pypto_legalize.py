@@ -12,13 +12,36 @@ from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, StringAttr, i1
 from attnc.codegen.pypto.emit import emit_pypto, in_place_outputs
 from attnc.ir import parse_ir, print_ir
 from attnc.ir.interpreter import entry_function
+from attnc.ir.types import shape_of
 from attnc.codegen.pypto.legalize import legalize_function
+from tests.markers import needs_pypto
 from tests.test_pypto_emit import PARALLEL, PARTIAL, SCRATCH, WHOLE
 
 EMITTER = Path(__file__).resolve().parents[1] / "codegen" / "pypto" / "emit.py"
-# what a value's uses or producer are, or where an op sits: the questions the emitter must not ask
+# what a value's uses or producer are, where an op sits, or what other ops hold: the questions the emitter must not ask
 IR_QUERIES = {"uses", "owner", "parent", "parent_op", "parent_block", "parent_region", "has_one_use", "first_use",
-              "get_unique_use", "next_op", "prev_op", "users", "get_users"}
+              "get_unique_use", "next_op", "prev_op", "users", "get_users", "walk", "walk_reverse", "ops", "first_op",
+              "last_op", "blocks", "regions"}
+# the emitter's core walk: the ops of a block in order, its terminator's yielded values, a branch's regions
+WALK = {("emit_pypto", "ops"), ("emit_pypto", "last_op"), ("_loop", "ops"), ("_loop", "last_op"), ("_if", "ops"),
+        ("_if", "last_op"), ("_if", "blocks")}
+
+
+def _ir_queries(source: str) -> set:
+    """(function, attribute) for each IR query of the module source outside the core walk."""
+    found = set()
+
+    def scan(node, where: str):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.ClassDef)):
+                scan(child, f"{where}.{child.name}" if where else child.name)
+                continue
+            if isinstance(child, ast.Attribute) and child.attr in IR_QUERIES:
+                found.add((where.replace("_Emitter.", "") if where.startswith("_Emitter.") else where, child.attr))
+            scan(child, where)
+
+    scan(ast.parse(source), "")
+    return found - WALK
 
 
 def _legalized(text: str):
@@ -33,20 +56,25 @@ def _ops(fn, name: str):
 
 
 def test_the_emitter_inspects_no_uses_or_producers():
-    tree = ast.parse(EMITTER.read_text())
-    found = set()
-
-    def scan(node, where: str):
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, (ast.FunctionDef, ast.ClassDef)):
-                scan(child, f"{where}.{child.name}" if where else child.name)
-                continue
-            if isinstance(child, ast.Attribute) and child.attr in IR_QUERIES:
-                found.add((where.replace("_Emitter.", "") if where.startswith("_Emitter.") else where, child.attr))
-            scan(child, where)
-
-    scan(tree, "")
+    found = _ir_queries(EMITTER.read_text())
     assert not found, f"the emitter asks the IR where a value comes from or goes: {sorted(found)}"
+
+
+def test_the_ir_query_scan_finds_uses_producers_and_walks():
+    """The scan above can fail: each query, in a method or a function, outside the core walk is found."""
+    src = """
+class _Emitter:
+    def op(self, op):
+        if op.result.has_one_use() and op.operands[0].owner.name == "tile.full":
+            return
+    def _loop(self, op, block):
+        for inner in block.ops:
+            self.op(inner)
+def rule(self, op, loc):
+    return [o for o in op.parent_op().walk() if o.name == "tile.matmul"] + list(op.body.block.ops)
+"""
+    assert _ir_queries(src) == {("op", "has_one_use"), ("op", "owner"), ("rule", "parent_op"), ("rule", "walk"),
+                                ("rule", "ops")}
 
 
 def test_an_output_written_whole_by_its_loop_is_carried():
@@ -85,22 +113,33 @@ def test_a_scatter_that_is_not_in_place_writes_a_scratch_copy_of_its_table():
 
 
 def test_a_row_concat_with_a_zero_padded_piece_is_packed():
-    """Rewritten into assembles of its pieces at their row offsets into a local buffer; the zero-padded piece's
-    `zero_pad`, the piece that is all of a kernel parameter (the one-row step) `clone`; the same after a rerun."""
+    """Rewritten into assembles of its pieces at their row offsets into a local buffer listing them (`pieces`);
+    the zero-padded piece followed by an scf.if (valid < rows) assembling a zero tile.full at row + valid with
+    valid rows rows - valid; the piece that is all of a kernel parameter (the one-row step) `clone`; the same
+    after a rerun."""
     mod, fn = _legalized(WHOLE.replace("STEP_ROWS", "1"))
     assert not _ops(fn, "tile.concat")
     (buf,) = [op for op in _ops(fn, "tile.full") if op.attributes.get("buffer") == StringAttr("local")]
-    pieces, cur = [], buf.result
-    while cur.has_one_use() and next(iter(cur.uses)).operation.name == "tile.assemble":
-        pieces.append(next(iter(cur.uses)).operation)
-        cur = pieces[-1].result
-    assert [("zero_pad" in p.attributes, "clone" in p.attributes) for p in pieces] == [
-        (False, False), (True, False), (False, True)]
-    assert pieces[0].dest is buf.result and all(b.dest is a.result for a, b in zip(pieces, pieces[1:]))
-    assert not any("zero_fill" in v.attributes for v in _ops(fn, "tile.view"))  # a packed concat: no zero fill
+    assert [[abs(x.value.data) for x in p.data] for p in buf.attributes["pieces"].data] == [
+        [1, 0, 0], [8, 1, 1], [1, 9, 0]]
+    pieces = [op for op in fn.body.block.walk() if op.name == "tile.assemble" and op.dest.type == buf.result.type]
+    assert [("clone" in p.attributes, len(p.valid)) for p in pieces] == [
+        (False, 0), (False, 0), (False, 2), (True, 0)]
+    (branch,) = _ops(fn, "scf.if")
+    pad = pieces[2]
+    assert pad.parent_op() is branch and pad.dest is pieces[1].result and pieces[3].dest is branch.results[0]
+    assert branch.false_region.block.last_op.operands[0] is pieces[1].result
+    assert shape_of(pad.tile.type) == (8, 128) and pad.tile.owner.value.value.data == 0.0
+    assert branch.cond.owner.name == "arith.cmpi" and pad.valid[0].owner.name == "arith.subi"
+    assert pad.offsets[0].owner.name == "arith.addi"
+    assert not _ops(fn, "tile.fill_padding")  # a packed concat: no zero fill
     once = print_ir(mod)
     legalize_function(fn)
     assert print_ir(mod) == once
+    text = emit_pypto(mod)
+    assert "        if s2 < 8:\n" in text and "pypto.assemble(v8, [s6, 0], k4)" in text
+    assert "ASSEMBLED_PIECES = [[[[1, 128], [0, 0], False], [[8, 128], [1, 0], True], [[1, 128], [9, 0], False]]]" \
+        in text
 
 
 ZERO_FILL = """\
@@ -118,13 +157,35 @@ builtin.module {
 
 
 def test_a_zero_padded_view_read_by_an_unpacked_concat_is_zero_filled():
-    """A column concat is not packed: pypto concatenates the valid part only, so the view gets its zeros first."""
+    """A column concat is not packed: pypto concatenates the valid part only, so the view is read through a
+    tile.fill_padding (all of the tile valid), printed as a reshape with the whole valid shape; once."""
     mod, fn = _legalized(ZERO_FILL)
     (concat,) = _ops(fn, "tile.concat")
     assert "packed" not in concat.attributes
     (view,) = _ops(fn, "tile.view")
-    assert view.attributes["zero_fill"].value.data
-    assert "t2 = pypto.reshape(t2, [8, 64], valid_shape=[8, 64])" in emit_pypto(mod)
+    (fill,) = _ops(fn, "tile.fill_padding")
+    assert fill.input is view.result and list(concat.inputs) == [fill.result, fill.result]
+    once = print_ir(mod)
+    legalize_function(fn)
+    assert print_ir(mod) == once
+    assert "t3 = pypto.reshape(t2, [8, 64], valid_shape=[8, 64])  # z.py:2" in emit_pypto(mod)
+
+
+@needs_pypto
+def test_a_zero_padded_view_read_by_an_unpacked_concat_simulates():
+    """SIM equals the interpreter bit for bit: the concat reads the view's 3 padding rows as zeros."""
+    import torch
+
+    from attnc.codegen.pypto.target import describe, run_pypto_sim, unexcused
+    from attnc.ir.interpreter import run_module
+
+    mod, fn = _legalized(ZERO_FILL)
+    inputs = {"x": torch.randn(8, 64, generator=torch.Generator().manual_seed(0)), "n": torch.tensor([5], dtype=torch.int32)}
+    (want,) = run_module(mod, list(inputs.values()))
+    assert torch.equal(want[5:], torch.zeros(3, 128))
+    res = run_pypto_sim(mod, inputs, timeout_s=300)
+    assert not unexcused(res), [describe(r, res.program) for r in unexcused(res)]
+    assert torch.equal(res.outputs["y"], want)
 
 
 def test_the_pass_is_idempotent_and_keeps_values():
@@ -235,3 +296,61 @@ def test_tile_floor_is_an_f32_op_the_interpreter_rounds_down():
     assert torch.equal(y, torch.tensor([-2.0, -1.0, 0.0, 2.0]))
     with pytest.raises(Exception, match="operand must be f32"):
         parse_ir(text.replace("xf32", "xi32"), "f.mlir")
+
+
+TOPK = (Path(__file__).resolve().parent / "lit" / "pypto-legalize-topk.mlir").read_text()
+
+
+def test_a_topk_is_legalized_into_pypto_topk_and_a_pick_through_f32_and_keeps_the_resolver_hook():
+    """tile.topk -> tile.topk_pairs and selects/casts the emitter prints one to one; the interpreter's top-k
+    resolver (the SIM check's tie-aware comparison) still sees the op's scores and validity and decides its picks."""
+    import torch
+
+    from attnc.ir.interpreter import run_module
+    from attnc.ir.topk import TopkRecorder, topk_indices
+
+    mod, fn = _legalized(TOPK)
+    assert not _ops(fn, "tile.topk")
+    (pairs,) = _ops(fn, "tile.topk_pairs")
+    scores = torch.tensor([[0.5, 2.0, 2.0, -1.0, 3.0, 0.0, 1.0, 7.0], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]])
+    valid = torch.tensor([[True, True, True, True, True, False, True, False], [False, True] + [False] * 6])
+    (own,) = run_module(mod, [scores, valid])
+    assert own.tolist() == topk_indices(scores, valid, 3).tolist() == [[4, 1, 2], [1, -1, -1]]
+    recorder = TopkRecorder()
+    (seen,) = run_module(mod, [scores, valid], topk=recorder)
+    assert seen.tolist() == own.tolist() and list(recorder.calls) == [pairs]
+    s, v, mine, returned = recorder.calls[pairs][0]
+    assert v.tolist() == valid[0].tolist() and mine.tolist() == [4, 1, 2]
+    (swapped,) = run_module(mod, [scores, valid], topk=TopkRecorder(substitute={pairs: {0: [4, 2, 1]}}))
+    assert swapped.tolist() == [[4, 2, 1], [1, -1, -1]]
+    text = emit_pypto(mod)
+    assert "t1 = pypto.where(valid, s, -3.4028234663852886e+38)  # p.py:1" in text
+    assert "v2, i3 = pypto.topk(t1, 3, -1, True)  # p.py:1" in text and "t6 = pypto.where(t4, t5, -1.0)" in text
+
+
+ONE_TRIP = (Path(__file__).resolve().parent / "lit" / "pypto-legalize-one-trip.mlir").read_text()
+
+
+def test_a_one_trip_loop_states_its_index_and_the_emitter_binds_it():
+    """`one_trip` (pypto-legalize) is what makes the emitter bind a loop's index to a constant: the one-trip loop's
+    view of all of x at its index is x itself; without the fact the same IR prints a view at the loop index."""
+    mod, fn = _legalized(ONE_TRIP)
+    loops = _ops(fn, "tile.parallel")
+    assert [op.attributes["one_trip"].value.data if "one_trip" in op.attributes else None for op in loops] == [
+        0, None, None]
+    text = emit_pypto(mod)
+    assert "pypto.assemble(x, [0, 0], a)  # t.py:2" in text and "= pypto.view(x, [2, 16], [r2, 0])" in text
+    loops[0].attributes.pop("one_trip")
+    text = emit_pypto(mod)
+    assert "t2 = pypto.view(x, [4, 16], [r1, 0])  # t.py:2" in text and "pypto.assemble(t2, [r1, 0], a)" in text
+
+
+def test_a_loop_whose_matmuls_state_one_l1_reuse_sets_it_in_its_body():
+    """`body_l1_reuse` (pypto-legalize) is what the emitter prints in the body; the loop whose matmuls differ
+    keeps the program's setting."""
+    text = (Path(__file__).resolve().parent / "lit" / "pypto-legalize-body-l1-reuse.mlir").read_text()
+    mod, fn = _legalized(text)
+    program = emit_pypto(mod)
+    assert program.count("pypto.set_pass_options(cube_l1_reuse_setting={-1: 4})") == 1
+    _ops(fn, "tile.parallel")[0].attributes.pop("body_l1_reuse")
+    assert "cube_l1_reuse_setting={-1: 4}" not in emit_pypto(mod)

@@ -30,6 +30,9 @@ def test_space_has_the_pipelines_pass_options_and_defaults_first():
     by = {d.name: d for d in dims}
     assert by["tile-softmax.kv-tile"].default == 128 and by["parallelize-tokens.rows"].default == 32
     assert by["schedule-attention.schedule"].default == "auto"  # the pass's own default (not in the string)
+    # the pipeline's cube-tiling rule is searched from its stated value; the pass's own default otherwise
+    assert by["tile-matmul.rule"].values == ("cost", "fixed") and by["tile-matmul.merge"].default == 1
+    assert by["schedule-compressor.chunk-rows"].default == 8
     assert by["vec_tile_elems"].default == PyptoOptions().vec_tile_elems
     assert all(d.values[0] == d.default and len(set(d.values)) == len(d.values) for d in dims)
     # a pass missing from the pipeline has no dimension

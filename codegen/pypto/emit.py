@@ -42,6 +42,7 @@ UNARY = {"neg": "pypto.neg", "exp": "pypto.exp", "sqrt": "pypto.sqrt", "rsqrt": 
          "recip": "pypto.reciprocal", "relu": "pypto.relu", "abs": "pypto.abs", "floor": "pypto.floor"}
 CMP = {"lt": "pypto.lt", "le": "pypto.le", "gt": "pypto.gt", "ge": "pypto.ge", "eq": "pypto.eq", "ne": "pypto.ne"}
 ROW_REDUCE = {"row_sum": "pypto.sum", "row_max": "pypto.amax", "row_min": "pypto.amin"}
+CMPI = {0: "==", 1: "!=", 2: "<", 3: "<=", 4: ">", 5: ">="}  # arith.cmpi's signed predicates
 SCALAR = {"adds": "pypto.add", "muls": "pypto.mul", "maxs": "pypto.maximum"}
 
 GATHER_TILE_ELEMS = 8192  # index_select tiles with a multi-dim index at most this large (see gather_rows)
@@ -129,15 +130,14 @@ class _Emitter:
     vec_budget: int = PyptoOptions.vec_tile_elems
     # what the emitter printed about a value, for the ops that read it (one table, see `note`)
     printed: dict = field(default_factory=dict)
-    # the pieces of each packed concat with a zero-padded piece: [[shape, offset, padded], ...] per concat
+    # the pieces of each packed concat: [[shape, offset, padded], ...] per concat (pypto-legalize `pieces`)
     assembled_pieces: list = field(default_factory=list)
     l1_reuse: dict = field(default_factory=dict)  # the program's cube_l1_reuse_setting (restored after a loop's own)
     host: list = field(default_factory=list)  # (name, shape, dtype) of the host-computed constant parameters
 
     def note(self, v: SSAValue, **facts):
         """Record what printing v's op stated about v: `rows` its vector tile's row cap (the op's `tile_rows`),
-        `valid` a zero-padded view's valid row count (an expression), `gather` the prefix gather printed where
-        its view is."""
+        `gather` the prefix gather printed where its view is."""
         self.printed.setdefault(v, {}).update(facts)
 
     def noted(self, v: SSAValue, fact: str):
@@ -196,20 +196,6 @@ class _Emitter:
         self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, tile))})")
         self.emit(f"{self.names[res]} = pypto.clone({self.names[res]})  # dense: its readers' tiles fit UB")
 
-    def _topk(self, op, a, shape, loc):
-        """Invalid entries get the lowest f32 score, pypto.topk sorts (FP32, last axis), and a pick whose score
-        is that sentinel becomes -1 (through f32: pypto 0.2.0 selects between int32 tensors poorly)."""
-        k = op.k.value.data
-        scores = self.fresh("s")
-        self.set_tile(op.scores)
-        self.emit(f"{scores} = pypto.where({a[1]}, {a[0]}, {F32_LOWEST!r})  # {loc}")
-        vals, ids = self.fresh("v"), self.fresh("i")
-        self.emit(f"{vals}, {ids} = pypto.topk({scores}, {k}, -1, True)")
-        picked = self.fresh("i")
-        self.set_tile(op.result)
-        self.emit(f"{picked} = pypto.where(pypto.gt({vals}, {F32_LOWEST!r}), pypto.cast({ids}, pypto.DT_FP32), -1.0)")
-        return self.bind(op.result, f"pypto.cast({picked}, pypto.DT_INT32, mode=pypto.CastMode.CAST_RINT)", loc)
-
     # ------------------------------------------------------------------------------------------ ops
     def op(self, op: Operation):
         if flag(op, "scalar_ids"):  # computes scatter ids only, which are evaluated as scalars where used
@@ -233,6 +219,8 @@ class _Emitter:
         if name == "tile.parallel":
             return self._loop(op, loc, [op.lower, op.upper, None], op.inits, op.body.block, op.outs, "r",
                               step=op.rows.value.data)
+        if isinstance(op, scf.IfOp):
+            return self._if(op, loc)
         if isinstance(op, func.ReturnOp):
             return
         if not name.startswith("tile."):
@@ -255,20 +243,6 @@ class _Emitter:
         dt = PYPTO_DTYPE.get(dtype_of(res.type)) if res is not None and isinstance(res.type, TensorType) else None
         shape = list(shape_of(res.type)) if dt else None
         return a, res, dt, shape
-
-    def _zero_rows_below(self, op, row: str, dest: str):
-        """After a zero-padded piece of a packed concat (pypto-legalize `zero_pad`): zeros at its padding rows,
-        only when it has padding (its valid row count is a runtime value)."""
-        rows, rest = shape_of(op.tile.type)[0], list(shape_of(op.tile.type)[1:])
-        valid = self.noted(op.tile, "valid")
-        self.emit(f"if {valid} < {rows}:  # the piece's padding rows read as zeros")
-        self.depth += 1
-        pad = self.fresh("z")
-        self.set_tile(op.tile)
-        self.emit(f"{pad} = pypto.full({[rows, *rest]}, 0.0, {PYPTO_DTYPE[dtype_of(op.tile.type)]}, "
-                  f"valid_shape=[{rows} - {valid}, {', '.join(map(str, rest))}])")
-        self.emit(f"pypto.assemble({pad}, [{row} + {valid}, {', '.join('0' for _ in rest)}], {dest})")
-        self.depth -= 1
 
     def _gather_prefix(self, gather, res, valid: str, loc):
         """The zero-padded view of a gather's first `valid` rows: gather only those ids (the rest of the index
@@ -349,6 +323,9 @@ class _Emitter:
     def _index(self, op):
         ops = {arith.AddiOp: "+", arith.SubiOp: "-", arith.MuliOp: "*"}
         x, y = op.operands
+        if isinstance(op, arith.CmpiOp):  # a branch condition, printed where it is read
+            self.names[op.result] = f"{self.ref(x)} {CMPI[op.predicate.value.data]} {self.ref(y)}"
+            return
         if x in self.consts and y in self.consts:
             a, b = self.consts[x], self.consts[y]
             folded = {arith.AddiOp: a + b, arith.SubiOp: a - b, arith.MuliOp: a * b, arith.MinSIOp: min(a, b),
@@ -369,6 +346,29 @@ class _Emitter:
         raise EmitError(f"{op_location(op)}: {op.name} has no pypto 0.2.0 lowering: only addi/subi/muli/minsi/maxsi/"
                         "ceildivsi are emitted on symbolic scalars")
 
+    def _if(self, op, loc):
+        """A runtime branch on a symbolic scalar; its results are tensors each branch updates in place (both
+        yield the same buffer), e.g. a zero-padded piece's zeros (pypto-legalize)."""
+        self.emit(f"if {self.ref(op.cond)}:" + (f"  # {loc}" if loc else ""))
+        for region in (op.true_region, op.false_region):
+            block = region.block if region.blocks else None
+            body = [o for o in block.ops if o is not block.last_op] if block is not None else []
+            if region is op.false_region:
+                if not body:
+                    break
+                self.emit("else:")
+            self.depth += 1
+            for inner in body:
+                self.op(inner)
+            self.depth -= 1
+        ends = [r.block.last_op.operands for r in (op.true_region, op.false_region) if r.blocks]
+        for i, r in enumerate(op.results):
+            names = {self.ref(y[i]) for y in ends}
+            if len(names) != 1:
+                raise EmitError(f"{loc}: scf.if has no pypto 0.2.0 lowering: result {i} is not one buffer updated "
+                                "in place by both branches")
+            self.names[r] = names.pop()
+
     def _loop(self, op, loc, bounds, inits, block, results, prefix, step=None):
         lo, hi = self.ref(bounds[0]), self.ref(bounds[1])
         step = step if step is not None else self.ref(bounds[2])
@@ -381,20 +381,12 @@ class _Emitter:
         outer_budget = self.vec_budget
         self.vec_budget = loop_vec_budget(op, outer_budget)
         self.names[block.args[0]] = idx
-        consts = [self.consts.get(bounds[0]), self.consts.get(bounds[1]),
-                  self.consts.get(bounds[2]) if bounds[2] is not None else int(step)]
-        if None not in consts and consts[1] - consts[0] <= consts[2]:
-            # one iteration: its index is the lower bound, so a view of a whole tensor at it is the tensor (no
-            # copy: the o-projection's single 128-row chunk read the attention output through a clone of all of it)
-            self.consts[block.args[0]] = consts[0]
+        if "one_trip" in op.attributes:  # pypto-legalize: one iteration, its index is this constant
+            self.consts[block.args[0]] = op.attributes["one_trip"].value.data
         for arg, name in zip(block.args[1:], carried):
             self.names[arg] = name
-        # a matmul's `l1_reuse` (tile-matmul): pypto 0.2.0 reads cube_l1_reuse_setting per loop body, not per op
-        # (set around the matmul alone it changes nothing), so the body sets it and the loop's end restores it;
-        # only where every matmul of the body states the same (else the program's setting stays)
-        stated = {o.attributes["l1_reuse"].value.data if "l1_reuse" in o.attributes else None
-                  for o in block.ops if o.name in ("tile.matmul", "tile.matmul_acc")}
-        reuse = stated.pop() if len(stated) == 1 else None
+        # the body's cube_l1_reuse_setting (pypto-legalize `body_l1_reuse`), restored at the loop's end
+        reuse = op.attributes["body_l1_reuse"].value.data if "body_l1_reuse" in op.attributes else None
         if reuse is not None:
             self.emit(f"pypto.set_pass_options(cube_l1_reuse_setting={{-1: {reuse}}})")
         for inner in block.ops:
@@ -508,6 +500,12 @@ def _print_reshape(self: _Emitter, op: Operation, loc: str | None):  # pypto til
     return self._materialize_unpadded(op, res)
 
 
+@_rule("fill_padding")
+def _print_fill_padding(self: _Emitter, op: Operation, loc: str | None):  # all of the tile valid
+    a, res, dt, shape = self.operands(op)
+    return self.bind(res, f"pypto.reshape({a[0]}, {shape}, valid_shape={shape})", loc)
+
+
 @_rule("transpose")
 def _print_transpose(self: _Emitter, op: Operation, loc: str | None):
     a, res, dt, shape = self.operands(op)
@@ -538,10 +536,13 @@ def _print_gather_rows(self: _Emitter, op: Operation, loc: str | None):
     return self.bind(res, f"pypto.index_select({a[0]}, 0, {a[1]})", loc, budget=self._gather_budget(res))
 
 
-@_rule("topk")
-def _print_topk(self: _Emitter, op: Operation, loc: str | None):
-    a, res, dt, shape = self.operands(op)
-    return self._topk(op, a, shape, loc)
+@_rule("topk_pairs")
+def _print_topk_pairs(self: _Emitter, op: Operation, loc: str | None):  # pypto.topk: values and ids, descending
+    vals, ids = self.fresh("v"), self.fresh("i")
+    self.names[op.values], self.names[op.ids] = vals, ids
+    self.set_tile(op.scores)
+    self.emit(f"{vals}, {ids} = pypto.topk({self.ref(op.scores)}, {op.k.value.data}, -1, True)"
+              + (f"  # {loc}" if loc else ""))
 
 
 @_rule("iota")
@@ -570,8 +571,9 @@ def _print_full(self: _Emitter, op: Operation, loc: str | None):
         self.names[res] = name
         self.set_tile(res)
         self.emit(f"{name} = pypto.tensor({shape}, {dt}, \"{name}\")  # {loc}")
-        self.note(res, pieces=[])
-        self.assembled_pieces.append(self.noted(res, "pieces"))
+        self.assembled_pieces.append([[[rows.value.data, *shape[1:]], [row.value.data, *(0 for _ in shape[1:])],
+                                       bool(padded.value.data)] for rows, row, padded in
+                                      (p.data for p in op.attributes["pieces"].data)])
         return
     value = op.value.value.data
     if flag(op, "splat"):  # pypto.where takes the number itself: no tensor filled per use
@@ -590,7 +592,6 @@ def _print_scatter_rows(self: _Emitter, op: Operation, loc: str | None):
 @_rule("view")
 def _print_view(self: _Emitter, op: Operation, loc: str | None):
     if flag(op, "prefix"):  # the gather of the valid ids only (pypto-legalize), here
-        self.note(op.result, valid=self.ref(op.valid[0]))
         return self._gather_prefix(self.noted(op.source, "gather"), op.result, self.ref(op.valid[0]), loc)
     a, res, dt, shape = self.operands(op)
     n = len(op.offsets)
@@ -602,10 +603,6 @@ def _print_view(self: _Emitter, op: Operation, loc: str | None):
     offs, valid = a[1:1 + n], a[1 + n:]
     extra = f", valid_shape=[{', '.join(valid)}]" if valid else ""
     self.bind(res, f"pypto.view({a[0]}, {shape}, [{', '.join(offs)}]{extra})", loc)
-    if valid:
-        self.note(res, valid=valid[0])
-    if flag(op, "zero_fill"):  # give the tile its zero padding first (pypto-legalize)
-        self.emit(f"{self.names[res]} = pypto.reshape({self.names[res]}, {shape}, valid_shape={shape})")
     if flag(op, "clone"):
         # pypto 0.2.0 mis-sizes the raw tensor of a rank-3 view read straight by a batched matmul
         # ("Shape size mismatch" at codegen) and fails to simulate some other readers of it; a clone gives
@@ -630,21 +627,12 @@ def _print_assemble(self: _Emitter, op: Operation, loc: str | None):
                   f"valid_shape=[{', '.join(valid)}])")
     self.emit(f"pypto.assemble({tile}, [{', '.join(offs)}], {a[1]})" + (f"  # {loc}" if loc else ""))
     self.names[res] = a[1]  # in place: the destination is dead after this op
-    pieces = self.noted(op.dest, "pieces")
-    if pieces is not None:  # a piece of a packed concat (pypto-legalize): listed for the AssembleChecker excuse
-        pieces.append([list(shape_of(op.tile.type)), [int(o) for o in offs], flag(op, "zero_pad")])
-        self.note(res, pieces=pieces)
-    if flag(op, "zero_pad"):
-        self._zero_rows_below(op, offs[0], a[1])
 
 
 @_rule("read")
 def _print_read(self: _Emitter, op: Operation, loc: str | None):
     a, res, dt, shape = self.operands(op)  # of a kernel parameter (pypto-legalize refuses any other)
     return self._scalar(res, f"{a[0]}[{', '.join(a[1:])}]")
-
-
-F32_LOWEST = -3.4028234663852886e38  # score of an entry top-k may not pick
 
 
 def legalized(module: ModuleOp) -> Operation:

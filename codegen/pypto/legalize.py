@@ -13,9 +13,15 @@ emitter prints each tile op plainly):
 * `tile.broadcast` over several axes -> one broadcast per axis; a `tile.iota` whose ramp expands over several
   axes -> an iota over the first and such broadcasts: pypto 0.2.0's expand_clone expands one axis
   (rewrite_broadcast_chains).
+* `tile.topk` -> a select of its scores (f32) where valid, else the lowest f32; `tile.topk_pairs` (pypto.topk:
+  values and ids); a select in f32 of the ids (cast) where the value is above the sentinel, else -1.0; a cast
+  back to i32: pypto.topk has no validity operand and pypto 0.2.0 selects between int32 tensors poorly
+  (rewrite_topks).
 * `tile.full` of i1 -> a fill of 1.0/0.0 in f32 and a compare with 1.0 (`splat`): pypto 0.2.0's codegen cannot
   fill a bool tensor (rewrite_bool_splats).
 * a `packed` row concat (below) -> assembles into a local buffer (rewrite_packed_concats).
+* a zero-padded `tile.view` read by a concat that is not packed -> read through `tile.fill_padding` (all of the
+  tile valid): pypto 0.2.0 concatenates the valid parts only (rewrite_padded_concat_reads).
 * the init of a loop that writes it in parts -> a scratch buffer (a copy of the init, or the buffer alone),
   a `tile.scatter_rows` not `in_place` -> a copy of its table scattered into in place (rewrite_carried_tensors;
   see below).
@@ -49,13 +55,14 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
 * `tile.concat` `packed`: a row concat (axis 0, rank 2, not i1) with a zero-padded piece; `padded = [bools]`
   marks its zero-padded pieces. Then rewritten (rewrite_packed_concats) into assembles of the pieces at their row
   offsets into a `tile.full` with `buffer = "local"` (a `pypto.tensor`; no copy task per piece, which a
-  pypto.concat costs: CSA core 308.5 -> 263.7 us). A zero-padded piece's assemble is `zero_pad`: zeros are
-  written at its padding rows (pypto assembles the valid rows only). A piece that is all of a kernel parameter's
+  pypto.concat costs: CSA core 308.5 -> 263.7 us). A zero-padded piece's assemble is followed by an `scf.if valid < rows`
+  around an assemble of a zero `tile.full` at row + valid with valid shape [rows - valid, ...]: zeros at its
+  padding rows (pypto 0.2.0 assembles a tile's valid rows only; the branch skips a piece without padding rows). The buffer lists its pieces (`pieces = [[rows, row offset, zero-padded], ...]`) for the program's
+  AssembleChecker excuse. A piece that is all of a kernel parameter's
   buffer (an input, an output or a scratch buffer) is assembled as a clone (`clone`): pypto 0.2.0 fails to
   compile an assemble of all of a parameter's buffer inside a loop into a tensor a matmul reads ("The L0C-to-L1
   copy op can have only one input and one output tensor", SrcDstBufferMerge; verify runs SIGSEGV).
-* `tile.view` `zero_fill`: a zero-padded view read by an unpacked concat, which concatenates the valid parts
-  only: the tile gets its zero padding first. `clone`: a rank >= 3 view not read only by reshapes: pypto 0.2.0
+* `tile.view` `clone`: a rank >= 3 view not read only by reshapes: pypto 0.2.0
   mis-sizes its raw tensor when a batched matmul reads it ("Shape size mismatch" at codegen).
 * `tile.reshape` `clone`: the lhs of a batched matmul (both operands rank >= 3) with one row per batch and more
   than one batch: pypto 0.2.0's per-pass verify, from InferDynShape on, reads batch 0's row of a reshaped lhs for
@@ -73,12 +80,18 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
 * `tile.scatter_rows` `scalar_id = [steps]`: its row m's id as pypto scalar expressions of the ops computing the
   ids ({m} the row, {sN} step N's value; the last step is the id): pypto 0.2.0 reads a scalar only from a kernel
   parameter (GetTensorData), not from a computed tensor.
+* loops (`tile.parallel`, `scf.for`) `one_trip = i`: constant bounds with one iteration (at most), its index the
+  constant i: a view of a whole tensor at it is the tensor (no copy: the o-projection's single 128-row chunk read
+  the attention output through a clone of all of it).
+* loops `body_l1_reuse = n`: the `l1_reuse` (tile-matmul) every matmul of the loop's body states: pypto 0.2.0
+  reads cube_l1_reuse_setting per loop body, not per op (set around the matmul alone it changes nothing), so the
+  body sets it and the loop's end restores the program's; absent where the body's matmuls differ or state none.
 * `func.func` `copy_out = [bools]`: per result, stored into its output parameter as `out[:] = pypto.clone(t)`
   after the body (pypto 0.2.0 may leave the output untouched for `out[:] = t`), unless it is the output buffer its
   loop wrote in place or an in/out parameter; `copy_out_tile_elems = [ints]`: the vector tile budget of the loop
   that made it (`vec_tile_elems`; 0: the kernel's), under which the copy runs.
 
-* `host_constant = "hcN"` on a top-level op computed from no kernel input (index ramps, fills and what is computed
+* `host_constant = "hcN"` on an op computed from no kernel input or loop index (index ramps, fills and what is computed
   from them only: the Hadamard signs, RoPE selectors) that is more than a lone ramp or fill: its value is a
   kernel parameter `hcN`, computed on the host from these same ops (target.host_constants, the interpreter), so
   the kernel does not run the chain of small vector tasks that builds it (the indexer: 17-61 us of its prolog).
@@ -96,7 +109,7 @@ from dataclasses import dataclass
 import numpy as np
 from xdsl.dialects import arith, func, scf
 from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, StringAttr, TensorType, UnitAttr, i1, i64
-from xdsl.ir import BlockArgument, Operation, OpResult, SSAValue
+from xdsl.ir import Block, BlockArgument, Operation, OpResult, Region, SSAValue
 
 from attnc.codegen.escape import code_text
 from attnc.ir.common import LOC_ATTR, bool_attr, op_location, str_attr
@@ -104,10 +117,10 @@ from attnc.ir.types import dtype_of, shape_of, tensor_type
 from attnc.passes import AttncPass, PassError, register
 from attnc.ir.dsl import emit_op
 from attnc.ir.tile_dialect import TILE
-from attnc.passes._build import before, const, tile_full, tile_op
+from attnc.passes._build import at_end, before, const, tile_full, tile_op
 
 # every attribute this pass sets (cleared first: the pass is idempotent)
-FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "zero_pad", "zero_fill", "clone", "inplace",
+FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "pieces", "one_trip", "body_l1_reuse", "clone", "inplace",
          "prefix", "scalar_ids", "scalar_id", "copy_out", "copy_out_tile_elems", "host_constant", "host_only",
          "pypto_legalized")
 
@@ -319,6 +332,8 @@ def buffer_of(v: SSAValue) -> SSAValue:
             v = op.dest
         elif op.name == "tile.scatter_rows":
             v = op.table
+        elif op.name == "scf.if":  # a piece's zero padding (_zero_padding): the else branch yields the buffer
+            v = op.false_region.block.last_op.operands[v.index]
         elif (op.name == "tile.view" and not len(op.valid) and all(_const(o) == 0 for o in op.offsets)
               and shape_of(op.source.type) == shape_of(v.type)):
             v = op.source
@@ -553,8 +568,7 @@ def one_row_batched_lhs(use) -> bool:
     return len(sa) >= 3 and len(sb) >= 3 and sa[-2] == 1 and int(np.prod(sa[:-2])) > 1
 
 
-# readers that do not see a zero-padded view's padding as zeros: pypto concatenates the valid parts only (packed).
-# (A matmul reading such a view fails pypto's verify, FB200F, even after this reshape; the passes never make one.)
+# readers that do not see a zero-padded view's padding as zeros: pypto concatenates the valid parts only
 _ZERO_FILL_READERS = ("tile.concat",)
 
 
@@ -799,10 +813,10 @@ def _read_as_number(full: Operation) -> bool:
 
 def rewrite_packed_concats(fn: Operation) -> None:
     """A `packed` row concat becomes assembles of its pieces at their row offsets into a `buffer = "local"`
-    tile.full (a `pypto.tensor`; no copy task per piece, which a pypto.concat costs: CSA core 308.5 -> 263.7 us);
-    a zero-padded piece's assemble is `zero_pad` (zeros written at its padding rows: pypto assembles the valid rows
-    only), a piece that is all of a kernel parameter's buffer is `clone` (pypto 0.2.0 fails to compile an assemble
-    of it inside a loop into a tensor a matmul reads: SrcDstBufferMerge)."""
+    tile.full (a `pypto.tensor`; no copy task per piece, which a pypto.concat costs: CSA core 308.5 -> 263.7 us),
+    which lists them (`pieces`); a zero-padded piece is followed by its zeros (_zero_padding: pypto assembles the
+    valid rows only), a piece that is all of a kernel parameter's buffer is `clone` (pypto 0.2.0 fails to compile
+    an assemble of it inside a loop into a tensor a matmul reads: SrcDstBufferMerge)."""
     for op in [o for o in fn.walk() if o.name == "tile.concat" and flag(o, "packed")]:
         padded = [bool(p.value.data) for p in op.attributes["padded"].data]
         cloned = [_is_kernel_parameter(whole_of(v)) for v in op.inputs]
@@ -810,20 +824,110 @@ def rewrite_packed_concats(fn: Operation) -> None:
         with before(op):
             cur = tile_full(shape_of(op.result.type), 0.0, dtype_of(op.result.type)).value
             cur.owner.attributes["buffer"] = StringAttr("local")
-            made, row = [cur.owner], 0
+            made, row, listed = [cur.owner], 0, []
             for v, pad, clone in zip(op.inputs, padded, cloned):
                 offsets = [const(row), *(const(0) for _ in shape_of(v.type)[1:])]
                 asm = emit_op(TILE["assemble"], [v, cur, offsets, []], [op.result.type])
                 asm.attributes.pop(LOC_ATTR)
-                for name, on in (("zero_pad", pad), ("clone", clone)):
-                    if on:
-                        asm.attributes[name] = _flag()
+                if clone:
+                    asm.attributes["clone"] = _flag()
                 made.append(asm)
-                cur, row = asm.results[0], row + shape_of(v.type)[0]
+                cur = asm.results[0]
+                if pad:
+                    cur = _zero_padding(v, row, cur, made)
+                listed.append(ArrayAttr([IntegerAttr(shape_of(v.type)[0], i64), IntegerAttr(row, i64), _flag(pad)]))
+                row += shape_of(v.type)[0]
+            made[0].attributes["pieces"] = ArrayAttr(listed)
         if rows_cap is not None:  # the row cap of its vector tile (schedule-compressor)
             for new in made:
                 new.attributes["tile_rows"] = rows_cap
         _replace(op, cur)
+
+
+def _zero_padding(piece: SSAValue, row: int, dest: SSAValue, made: list) -> SSAValue:
+    """Zeros at the padding rows of a zero-padded piece assembled at `row` into dest (pypto assembles a tile's
+    valid rows only): `scf.if valid < rows` around a zero tile.full assembled at row + valid with valid shape
+    [rows - valid, ...] -- only when the piece has padding rows (no assemble of an empty valid shape)."""
+    shape = shape_of(piece.type)
+    valid = piece.owner.valid[0]
+    rows = const(shape[0])
+    has = emit_op(arith.CmpiOp, [valid, rows], [i1], {"predicate": IntegerAttr(2, i64)}).results[0]  # slt
+    pad_rows = emit_op(arith.SubiOp, [rows, valid], [valid.type]).results[0]
+    at = valid if row == 0 else emit_op(arith.AddiOp, [const(row), valid], [valid.type]).results[0]
+    then, other = Block(), Block()
+    with at_end(then, None):
+        zeros = tile_full(shape, 0.0, dtype_of(piece.type)).value
+        if "tile_rows" in piece.owner.attributes:  # the piece's row cap (schedule-compressor)
+            zeros.owner.attributes["tile_rows"] = piece.owner.attributes["tile_rows"]
+        rest = [const(d) for d in shape[1:]]
+        asm = emit_op(TILE["assemble"], [zeros, dest, [at, *(const(0) for _ in shape[1:])], [pad_rows, *rest]],
+                      [dest.type])
+        emit_op(scf.YieldOp, [asm.results[0]], [])
+    with at_end(other, None):
+        emit_op(scf.YieldOp, [dest], [])
+    branch = emit_op(scf.IfOp, [has], [dest.type], regions=[Region(then), Region(other)])
+    for o in [*then.ops, *other.ops, branch]:
+        o.attributes.pop(LOC_ATTR, None)
+    return branch.results[0]
+
+
+F32_LOWEST = -3.4028234663852886e38  # the score of an entry top-k may not pick
+
+
+def rewrite_topks(fn: Operation) -> None:
+    """A tile.topk becomes pypto 0.2.0's top-k and a pick through f32: its scores (in f32) where valid, else the
+    lowest f32 (a `splat`); `tile.topk_pairs` (pypto.topk: the k largest and their ids, descending, last axis);
+    a pick whose score is that sentinel is -1, selected in f32 (ids cast to f32, a select with a -1.0 splat, a cast
+    back, rint): pypto.topk has no validity operand, and pypto 0.2.0 selects between int32 tensors poorly
+    (the emitter's former workaround, kept as it was). Exact: ids < 2^24."""
+    for op in [o for o in fn.walk() if o.name == "tile.topk"]:
+        shape, out_shape, k = shape_of(op.scores.type), shape_of(op.result.type), op.k.value.data
+        if k > shape[-1]:
+            raise PassError(f"{code_text(op_location(op))}: tile.topk of {k} of {shape[-1]} entries has no pypto "
+                            "0.2.0 lowering: pypto.topk picks at most a row's entries")
+        f32, out_f32 = tensor_type(shape, "f32"), tensor_type(out_shape, "f32")
+        with before(op):
+            scores = op.scores if dtype_of(op.scores.type) == "f32" else \
+                tile_op("cast", [op.scores], f32, rounding=str_attr("rint")).value
+            masked = tile_op("select", [op.valid, scores, _splat(shape, F32_LOWEST)], f32).value
+            pairs = emit_op(TILE["topk_pairs"], [masked], [out_f32, tensor_type(out_shape, "i32")], {"k": op.k})
+            vals, ids = pairs.results
+            live = tile_op("cmp", [vals, _splat(out_shape, F32_LOWEST)], tensor_type(out_shape, "i1"),
+                           predicate=str_attr("gt")).value
+            fids = tile_op("cast", [ids], out_f32, rounding=str_attr("rint")).value
+            picked = tile_op("select", [live, fids, _splat(out_shape, -1.0)], out_f32).value
+            out = tile_op("cast", [picked], op.result.type, rounding=str_attr("rint")).value
+        if "tile_rows" in op.attributes:  # the row cap of its vector tiles (schedule-compressor)
+            for v in (scores, masked, vals, live, fids, picked, out):
+                v.owner.attributes["tile_rows"] = op.attributes["tile_rows"]
+        _replace(op, out)
+
+
+def one_trip(loop: Operation) -> int | None:
+    """The index of a loop with constant bounds and at most one iteration (its lower bound), else None."""
+    if loop.name == "tile.parallel":
+        lo, hi, step = _const(loop.lower), _const(loop.upper), loop.rows.value.data
+    else:
+        lo, hi, step = _const(loop.lb), _const(loop.ub), _const(loop.step)
+    return lo if None not in (lo, hi, step) and hi - lo <= step else None
+
+
+def rewrite_padded_concat_reads(fn: Operation) -> None:
+    """A zero-padded view read by a concat (one not packed: packed ones are assembles by now) is read through a
+    `tile.fill_padding` (a reshape making all of the tile valid): pypto 0.2.0 concatenates the valid parts only, so
+    the padding would be dropped, not read as zeros. (A matmul reading such a view fails pypto's verify, FB200F,
+    even after it; the passes never make one.)"""
+    for op in [o for o in fn.walk() if o.name == "tile.view"]:
+        if not (len(op.valid) and op.pad.data == "zero"
+                and any(u.operation.name in _ZERO_FILL_READERS for u in op.result.uses)):
+            continue
+        with before(op.next_op):
+            filled = tile_op("fill_padding", [op.result], op.result.type).value
+        filled.owner.attributes.pop(LOC_ATTR, None)  # the view's line, not the next op's
+        if LOC_ATTR in op.attributes:
+            filled.owner.attributes[LOC_ATTR] = op.attributes[LOC_ATTR]
+        op.result.replace_all_uses_with(filled)
+        filled.owner.operands[0] = op.result
 
 
 def check_scalar_reads(fn: Operation) -> None:
@@ -843,12 +947,13 @@ def legalize_function(fn: Operation, hoist_constants: bool = True) -> None:
     rewrite_bool_concats(fn)
     rewrite_broadcast_chains(fn)
     rewrite_int_divisions(fn)
+    rewrite_topks(fn)
     # the scratch buffers a rewrite made (copies for a loop or a scatter to write in parts) stay declared, and the
     # packed concats a rewrite made stay assembles into a local buffer
     copies = [op for op in fn.walk() if op.name == "tile.full" and _is_copy_buffer(op)]
-    locals_ = [op for op in fn.walk() if op.name == "tile.full"
-               and op.attributes.get("buffer") == StringAttr("local")]
-    pieces = {op: {k: op.attributes[k] for k in ("zero_pad", "clone") if k in op.attributes}
+    locals_ = {op: op.attributes["pieces"] for op in fn.walk() if op.name == "tile.full"
+               and op.attributes.get("buffer") == StringAttr("local")}
+    pieces = {op: {k: op.attributes[k] for k in ("clone",) if k in op.attributes}
               for op in fn.walk() if _is_piece(op)}
     # the splats a rewrite made stay numbers while they are read as such (the others are stated again below)
     made = [op for op in fn.walk() if op.name == "tile.full" and flag(op, "splat") and _read_as_number(op)]
@@ -859,8 +964,9 @@ def legalize_function(fn: Operation, hoist_constants: bool = True) -> None:
         op.attributes["splat"] = _flag()
     for op in copies:
         op.attributes["buffer"] = StringAttr("scratch")
-    for op in locals_:
+    for op, listed in locals_.items():
         op.attributes["buffer"] = StringAttr("local")
+        op.attributes["pieces"] = listed
     for op, facts in pieces.items():
         op.attributes.update(facts)
     block = fn.body.block
@@ -893,15 +999,19 @@ def legalize_function(fn: Operation, hoist_constants: bool = True) -> None:
         elif op.name in ("tile.parallel", "scf.for"):
             inits = op.inits if op.name == "tile.parallel" else op.iter_args
             carries.append((op, _carry(op, inits, params, declared)))
+            trip = one_trip(op)
+            if trip is not None:
+                op.attributes["one_trip"] = IntegerAttr(trip, i64)
+            stated = {o.attributes["l1_reuse"].value.data if "l1_reuse" in o.attributes else None
+                      for o in op.body.block.ops if o.name in ("tile.matmul", "tile.matmul_acc")}
+            if len(stated) == 1 and None not in stated:
+                op.attributes["body_l1_reuse"] = IntegerAttr(stated.pop(), i64)
     rewrite_carried_tensors(fn, carries)
     rewrite_bool_splats(fn)  # after: a bool splat a loop overwrites everywhere is a scratch buffer, never filled
     for op in block.walk():
         if op.name != "tile.view":
             continue
         shape = shape_of(op.result.type)
-        if len(op.valid) and op.pad.data == "zero" and any(
-                u.operation.name in _ZERO_FILL_READERS and not flag(u.operation, "packed") for u in op.result.uses):
-            op.attributes["zero_fill"] = _flag()
         if len(shape) >= 3 and not all(u.operation.name == "tile.reshape" for u in op.result.uses):
             op.attributes["clone"] = _flag()
     for op in block.walk():
@@ -910,6 +1020,7 @@ def legalize_function(fn: Operation, hoist_constants: bool = True) -> None:
         if op.name == "tile.reshape" and _is_kernel_parameter(op.input, (StringAttr("scratch"),)):
             op.attributes["inplace"] = _flag()
     rewrite_packed_concats(fn)
+    rewrite_padded_concat_reads(fn)
     copied, budgets = output_copies(fn)
     fn.attributes["copy_out"] = ArrayAttr([_flag(c) for c in copied])
     fn.attributes["copy_out_tile_elems"] = ArrayAttr([IntegerAttr(b, i64) for b in budgets])
