@@ -11,7 +11,7 @@ lower entry id (deterministic), -1 where fewer than k entries are visible; invis
 import math
 
 from attnc.ir.dsl import (
-    In, PackedRows, cast, compare, quantize_rows, from_tokens, iota, linear, matmul, minimum, reduce, relu, reshape, rope, select, stage, to_tokens, token_positions,
+    In, PackedRows, cast, concat, quantize_rows, from_tokens, iota, linear, matmul, minimum, reduce, relu, reshape, rope, select, slice_, stage, to_tokens, token_positions,
     topk,
 )
 
@@ -50,13 +50,15 @@ def index_select(cfg, xn, qr, wi_q, wi_w, idx_cmp, start_pos, rope_cos, rope_sin
         q = cast(q, "bf16")
         weights = weights * cast(cast(reshape(q_scale, (T, IH)), "f16"), "f32")
     if rows_of is None and not isinstance(start_pos, PackedRows):
-        # dense: the S tokens of a batch row share its entries: one [S*IH, NC] product per row with the keys read
-        # in place (no per-token gather); the weighted head sum per token is a second (f32) product by the block-
-        # diagonal [S, S*IH] weights, so no sum runs across rows and scores come out as [B, S, NC] token rows
-        dots = relu(matmul(reshape(from_tokens(q), (B, S * IH, ID)), idx_cmp, transpose_b=True))  # [B, S*IH, NC]
-        own = compare(iota((1, S, S, 1), 1), iota((1, S, S, 1), 2), "eq")                # token s reads heads of s
-        wblk = select(own, reshape(from_tokens(weights), (B, S, 1, IH)), 0.0)           # [B, S, S, IH]
-        score = to_tokens(matmul(reshape(wblk, (B, S, S * IH)), dots))                   # [T, NC]
+        # dense: the S tokens of a batch row share its entries: one [NC, S*IH] product per row with the keys read
+        # in place as its rows (no per-token gather); then per token one vector pass over its IH columns: ReLU,
+        # head weight, sum over the last axis (a [B, NC, 1] column, laid out as the [B, 1, NC] score row): the
+        # f32 dots are written once and read once
+        dots = matmul(idx_cmp, reshape(from_tokens(q), (B, S * IH, ID)), transpose_b=True)  # [B, NC, S*IH]
+        w = reshape(from_tokens(weights), (B, S, IH))
+        score = to_tokens(concat([reshape(reduce(
+            relu(slice_(dots, (0, 0, s * IH), (B, NC, IH))) * slice_(w, (0, s, 0), (B, 1, IH)), "sum", -1),
+            (B, 1, NC)) for s in range(S)], axis=1))                                           # [T, NC]
     else:
         keys = row_entries(cfg, idx_cmp, start_pos, rows_of, NC)                     # [T, NC, ID]
         dots = relu(matmul(keys, q, transpose_b=True))                               # [T, NC, IH]

@@ -1,6 +1,7 @@
 """The indexer's dense scoring (kernels_src/indexer.py): the S tokens of a batch row share one product with the
-row's entries read in place (no per-token gather), the weighted head sum is an f32 product by block-diagonal head
-weights; the paged layout still gathers through its block table. Values: SIM against the interpreter is
+row's entries read in place as the product's rows (no per-token gather), and ReLU, head weight and head sum run as
+one vector pass per token over its [B, NC, IH] columns (a last-axis sum: no f32 product, no separate ReLU pass); the
+paged layout still gathers through its block table. Values: SIM against the interpreter is
 test_pypto_target / test_sim_matrix (indexer cells); this file checks the structure of the compiled module and the
 emitter's cube tiles for f32 operands."""
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _reads(v, arg) -> bool:
 
 
 def _matmuls(mod):
-    return [(tuple(shape_of(o.lhs.type)), dtype_of(o.lhs.type), tuple(shape_of(o.rhs.type)), o.rhs)
+    return [(tuple(shape_of(o.lhs.type)), dtype_of(o.lhs.type), tuple(shape_of(o.rhs.type)), o.rhs, o)
             for o in mod.walk() if o.name == "tile.matmul"]
 
 
@@ -42,11 +43,13 @@ def test_dense_scores_read_each_rows_entries_once_in_place():
     idx_cmp = fn.body.block.args[list(STAGES["indexer"].params).index("idx_cmp")]
     # no gather reads idx_cmp (or a reshape of it): its rows feed the product directly
     assert not [o for o in mod.walk() if o.name == "tile.gather_rows" and _reads(o.operands[0], idx_cmp)]
-    scores = [m for m in _matmuls(mod) if m[3] is idx_cmp]
-    assert len(scores) == 1 and scores[0][0] == (B, S * IH, ID) and scores[0][1] == "bf16"
-    # the head sum: [B, S, S*IH] f32 block-diagonal weights times the f32 ReLU'd products
-    heads = [m for m in _matmuls(mod) if m[0] == (B, S, S * IH) and m[1] == "f32"]
-    assert len(heads) == 1 and heads[0][2][-2] == S * IH
+    NC = shape_of(idx_cmp.type)[1]  # the entries (n_cmp as the stage configures it)
+    scores = [m for m in _matmuls(mod) if _reads(m[4].lhs, idx_cmp)]
+    assert len(scores) == 1 and scores[0][0] == (B, NC, ID) and scores[0][2] == (B, S * IH, ID)
+    # no f32 product (the old block-diagonal head sum): the head sum is a last-axis sum per token over [B, NC, IH]
+    assert not [m for m in _matmuls(mod) if m[1] == "f32" and m[2][-1] == NC]
+    sums = [o for o in mod.walk() if o.name == "tile.row_sum" and tuple(shape_of(o.operands[0].type)) == (B, NC, IH)]
+    assert len(sums) == S
 
 
 def test_paged_scores_still_gather_through_the_block_table():

@@ -67,6 +67,22 @@ def test_rope_selector_matmul_is_exact():
     assert all(r.error == 0.0 for r in report.records)
 
 
+@pytest.mark.parametrize("stage", ["qkv_proj_rope", "indexer", "sparse_attn"])
+def test_rope_pair_swap_is_exact_and_one_matmul_per_rope(stage):
+    """rope-pair-swap equals the unrotated op (the pass's verify, error 0) and rope-selector-matmul bit for bit,
+    with one matmul per rotated tensor besides the shared cos/sin repeats (that pass: three)."""
+    cfg = resolve_config("flash", {"batch": 1}) if stage == "qkv_proj_rope" else resolve_config("tiny")
+    swap, report, inputs = compile_stage(stage, "fuse-rmsnorm,rope-pair-swap", cfg)
+    sel, _, _ = compile_stage(stage, "fuse-rmsnorm,rope-selector-matmul", cfg)
+    assert "attn.rope" not in op_names(swap)
+    assert all(r.error == 0.0 for r in report.records)
+    for a, b in zip(run_module(swap, inputs), run_module(sel, inputs)):
+        assert torch.equal(a, b)
+    count = lambda m: sum(op.name == "attn.matmul" for op in m.walk())  # noqa: E731
+    ropes = sum(op.name == "attn.rope" for op in build_stage(STAGES[stage], cfg).walk())
+    assert count(sel) - count(swap) == ropes * 3 - ropes - 2  # the cos and sin repeats, made once
+
+
 @pytest.mark.parametrize("kv_tile", [4, 5, 32])
 @pytest.mark.parametrize("stage", ["sparse_attn_core", "sparse_attn"])
 def test_tile_softmax_within_tolerance(stage, kv_tile):

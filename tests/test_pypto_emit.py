@@ -152,6 +152,8 @@ def test_emission_is_deterministic(name):
 
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_program_compiles_and_declares_the_contract(name):
+    from attnc.codegen.pypto.target import host_constants
+
     mod = module(name)
     text = emit_pypto(mod)
     compile(text, f"{name}.py", "exec")
@@ -161,10 +163,15 @@ def test_program_compiles_and_declares_the_contract(name):
     ns: dict = {}
     # the metadata lines are plain literals: evaluate them without importing pypto
     for line in text.splitlines():
-        if line.startswith(("ARG_NAMES = ", "OUTPUT_NAMES = ", "ARG_DTYPES = ", "ARG_SHAPES = ")):
+        if line.startswith(("ARG_NAMES = ", "OUTPUT_NAMES = ", "ARG_DTYPES = ", "ARG_SHAPES = ", "SCRATCH_NAMES = ",
+                            "HOST_CONSTANT_NAMES = ")):
             exec(line, ns)
-    assert ns["ARG_NAMES"] == args + outs and ns["OUTPUT_NAMES"] == outs
-    assert set(ns["ARG_DTYPES"]) == set(args + outs) and set(ns["ARG_SHAPES"]) == set(args + outs)
+    # then the scratch buffers and the constants the host computes (target.host_constants fills them)
+    extra = ns["SCRATCH_NAMES"] + ns.get("HOST_CONSTANT_NAMES", [])
+    assert ns["ARG_NAMES"] == args + outs + extra and ns["OUTPUT_NAMES"] == outs
+    assert set(ns["ARG_DTYPES"]) == set(args + outs + extra) and set(ns["ARG_SHAPES"]) == set(args + outs + extra)
+    if "HOST_CONSTANT_NAMES" in ns:
+        assert set(ns["HOST_CONSTANT_NAMES"]) == set(host_constants(mod))
     assert "@pypto.frontend.jit(" in text and "\ndef kernel(" in text
     for line in kernel_body(text):  # every op's statement and every loop names its DSL line
         s = line.strip()

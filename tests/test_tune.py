@@ -332,3 +332,23 @@ def test_a_live_line_names_the_candidates_in_sim(tmp_path, monkeypatch, capsys):
     T.tune(_request(tmp_path, budget=2), log=lambda m: None)
     assert "tune: in SIM: trial " in capsys.readouterr().err
 
+
+
+@needs_pypto
+def test_a_trial_gets_its_host_constants_from_its_program():
+    """The trials share one inputs file, which holds no host constants (pypto-legalize `host_constant`): a program
+    without their values fails to run; with them written in (embed_host_constants) it runs."""
+    from attnc.codegen.pypto.emit import emit_pypto
+    from attnc.codegen.pypto.target import embed_host_constants
+    from attnc.ir.types import to_numpy
+    from attnc.kernels_src import STAGES, build_stage, resolve_config
+    from attnc.kernels_src.inputs import make_inputs
+
+    cfg = resolve_config("tiny")
+    module = build_stage(STAGES["indexer"], cfg)
+    run_pipeline(module, PYPTO_PIPELINE)
+    arrays = {k: to_numpy(v) for k, v in make_inputs(STAGES["indexer"], cfg, 0).items()}
+    program = emit_pypto(module)
+    assert "HOST_CONSTANT_NAMES" in program
+    assert "'hc0' missing" in T.sim_trial(program, "indexer", arrays, 300)["error"]
+    assert T.sim_trial(embed_host_constants(program, module), "indexer", arrays, 300)["aicore_us"] > 0

@@ -136,6 +136,7 @@ class _Emitter:
     assembled_pieces: list = field(default_factory=list)
     l1_reuse: dict = field(default_factory=dict)  # the program's cube_l1_reuse_setting (restored after a loop's own)
     nbuffer: dict = field(default_factory=dict)  # the program's cube_nbuffer_setting (restored likewise)
+    host: list = field(default_factory=list)  # (name, shape, dtype) of the host-computed constant parameters
 
     def note(self, v: SSAValue, **facts):
         """Record what printing v's op stated about v: `rows` its vector tile's row cap (the op's `tile_rows`),
@@ -215,6 +216,13 @@ class _Emitter:
     # ------------------------------------------------------------------------------------------ ops
     def op(self, op: Operation):
         if flag(op, "scalar_ids"):  # computes scatter ids only, which are evaluated as scalars where used
+            return
+        if flag(op, "host_only"):  # feeds only host-computed constants
+            return
+        if "host_constant" in op.attributes:  # a kernel parameter the host fills (pypto-legalize host_constants)
+            name = op.attributes["host_constant"].data
+            self.names[op.results[0]] = name
+            self.host.append((name, list(shape_of(op.results[0].type)), dtype_of(op.results[0].type)))
             return
         loc = code_text(op_location(op)) if LOC_ATTR in op.attributes else None  # the file's text: escaped
         name = op.name
@@ -733,10 +741,13 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
     for name, shape, dtype in em.scratch:  # after the outputs: scratch parameters (pypto-legalize `buffer = "scratch"`)
         params.append(f"{name}: pypto.Tensor({shape}, {PYPTO_DTYPE[dtype]})")
         dtypes[name], shapes[name] = dtype, shape
+    for name, shape, dtype in em.host:  # last: constants the host computes (target.host_constants)
+        params.append(f"{name}: pypto.Tensor({shape}, {PYPTO_DTYPE[dtype]})")
+        dtypes[name], shapes[name] = dtype, shape
     return _TEMPLATE.get_template("pypto_kernel.py.j2").render(
         stage=code_text(fn.sym_name.data), arg_names=list(dtypes), output_names=out_names, dtypes=dtypes,
-        shapes=shapes, result_shapes=result_shapes, scratch_names=[n for n, _, _ in em.scratch], params=params,
-        body=em.lines,
+        shapes=shapes, result_shapes=result_shapes, scratch_names=[n for n, _, _ in em.scratch],
+        host_names=[n for n, _, _ in em.host], params=params, body=em.lines,
         assembled_pieces=repr([g for g in em.assembled_pieces if any(padded for _, _, padded in g)]),
         combine_axis=options.combine_axis,
         pass_options=repr(options.pass_options()), runtime_options=repr(options.runtime_options()))

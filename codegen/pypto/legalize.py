@@ -94,6 +94,12 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
   loop wrote in place or an in/out parameter; `copy_out_tile_elems = [ints]`: the vector tile budget of the loop
   that made it (`vec_tile_elems`; 0: the kernel's), under which the copy runs.
 
+* `host_constant = "hcN"` on an op computed from no kernel input or loop index (index ramps, fills and what is computed
+  from them only: the Hadamard signs, RoPE selectors) that is more than a lone ramp or fill: its value is a
+  kernel parameter `hcN`, computed on the host from these same ops (target.host_constants, the interpreter), so
+  the kernel does not run the chain of small vector tasks that builds it (the indexer: 17-61 us of its prolog).
+  `host_only` on the ops that only feed such values: not emitted.
+
 A `tile.read` of a computed tensor is refused (check_scalar_reads): pypto 0.2.0 reads a scalar only from a
 kernel parameter (GetTensorData fails at run time, F3FFFF).
 """
@@ -105,8 +111,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from xdsl.dialects import arith, func, scf
-from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, StringAttr, UnitAttr, i1, i64
-from xdsl.ir import Block, BlockArgument, Operation, Region, SSAValue
+from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, StringAttr, TensorType, UnitAttr, i1, i64
+from xdsl.ir import Block, BlockArgument, Operation, OpResult, Region, SSAValue
 
 from attnc.codegen.escape import code_text
 from attnc.ir.common import LOC_ATTR, bool_attr, op_location, str_attr
@@ -118,7 +124,8 @@ from attnc.passes._build import at_end, before, const, tile_full, tile_op
 
 # every attribute this pass sets (cleared first: the pass is idempotent)
 FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "pieces", "one_trip", "body_l1_reuse", "clone", "inplace",
-         "prefix", "scalar_ids", "scalar_id", "copy_out", "copy_out_tile_elems", "pypto_legalized")
+         "prefix", "scalar_ids", "scalar_id", "copy_out", "copy_out_tile_elems", "host_constant", "host_only",
+         "pypto_legalized")
 
 
 def _flag(v: bool = True) -> IntegerAttr:
@@ -770,6 +777,40 @@ def _splat(shape, value: float) -> SSAValue:
     return full
 
 
+_WRITERS = ("tile.assemble", "tile.scatter_rows")  # ops that write into an operand's buffer
+
+
+def host_constants(block) -> tuple[list, set]:
+    """(ops whose value is a host-computed kernel parameter, in walk order; the ops that only feed them): the tile
+    ops computed from no kernel input or loop index (no regions, no buffer, every operand such an op's; in a loop
+    body too: loop-invariant), whose value a kernel op reads (never writes, carries, yields or returns) and which
+    are more than a lone ramp or fill (one task either way)."""
+    const: set = set()
+    for op in block.walk():
+        if (op.name.startswith("tile.") and op.name not in _WRITERS and not op.regions and op.results
+                and "buffer" not in op.attributes and not flag(op, "scalar_ids")
+                and all(isinstance(r.type, TensorType) for r in op.results)
+                and all(isinstance(v, OpResult) and v.owner in const for v in op.operands)):
+            const.add(op)
+
+    def device_users(op):
+        return [u.operation for r in op.results for u in r.uses if u.operation not in const]
+
+    hoisted = [op for op in block.walk() if op in const and op.operands and len(op.results) == 1
+               and (users := device_users(op))
+               and all(not u.regions and u.name not in _WRITERS and not u.name.endswith("yield")
+                       and not isinstance(u, func.ReturnOp) for u in users)]
+    # the constant ops the kernel still computes: those it reads, other than the hoisted ones, and their producers
+    device, todo = set(), [op for op in const if op not in hoisted and device_users(op)]
+    while todo:
+        op = todo.pop()
+        if op in device or op in hoisted:
+            continue
+        device.add(op)
+        todo.extend(v.owner for v in op.operands)
+    return hoisted, const - device - set(hoisted)
+
+
 def _read_as_number(full: Operation) -> bool:
     """A splat read only where pypto takes a number: a select's value, a compare's right-hand side."""
     return bool(full.result.uses) and all((u.operation.name == "tile.select" and u.index in (1, 2))
@@ -905,7 +946,7 @@ def check_scalar_reads(fn: Operation) -> None:
                             "lowering: pypto reads scalars only from kernel parameters")
 
 
-def legalize_function(fn: Operation) -> None:
+def legalize_function(fn: Operation, hoist_constants: bool = True) -> None:
     """Rewrite fn's ops that pypto 0.2.0 cannot run as they are (values unchanged), then set every fact of the
     module docstring on fn and its ops (clearing the ones a previous run set)."""
     check_scalar_reads(fn)
@@ -990,6 +1031,11 @@ def legalize_function(fn: Operation) -> None:
     copied, budgets = output_copies(fn)
     fn.attributes["copy_out"] = ArrayAttr([_flag(c) for c in copied])
     fn.attributes["copy_out_tile_elems"] = ArrayAttr([IntegerAttr(b, i64) for b in budgets])
+    hoisted, host_only = host_constants(block) if hoist_constants else ([], set())
+    for i, op in enumerate(hoisted):
+        op.attributes["host_constant"] = StringAttr(f"hc{i}")
+    for op in host_only:
+        op.attributes["host_only"] = _flag()
     fn.attributes["pypto_legalized"] = UnitAttr()
 
 
@@ -1000,10 +1046,14 @@ class PyptoLegalize(AttncPass):
     summary = ("pypto path, last: rewrites what pypto 0.2.0 cannot run (i8 casts, bool concats and fills, "
                "integer division, broadcasts over several axes, loops and scatters writing in parts), then the "
                "facts the program needs as attributes (buffers, packed concats, in-place reshapes, prefix "
-               "gathers, splats, scalar ids, output copies) for the emitter to print")
+               "gathers, splats, scalar ids, output copies, host constants) for the emitter to print")
     tolerance = 0.0
+    # 0: values computed from no input stay kernel work (host_constants: the A/B of issue 20's indexer prolog)
+    host_constants: int = 1
+    option_choices = {"host_constants": (0, 1)}
 
     def apply(self, ctx, op):
         from attnc.ir import entry_function
 
-        legalize_function(entry_function(op))
+        self.check_options()
+        legalize_function(entry_function(op), bool(self.host_constants))

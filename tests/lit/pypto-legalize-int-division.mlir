@@ -1,8 +1,9 @@
 // pypto-legalize: an integer floordiv/rem read as a tensor becomes f32 arithmetic (casts, div, floor; rem:
 // a - b * floor; a cast back): pypto 0.2.0 has no int32 division. The uses computing scatter_rows ids keep the
 // op (printed as scalar expressions, `scalar_id`): %q stays for the scatter and is rewritten for the result.
-// RUN: attnc compile %s -p pypto-legalize -o - | filecheck %s
-// RUN: attnc compile %s -p pypto-legalize,pypto-legalize -o - | filecheck %s
+// (host-constants=0: these values are computed from no input, which would make them host constants)
+// RUN: attnc compile %s -p 'pypto-legalize{host-constants=0}' -o - | filecheck %s
+// RUN: attnc compile %s -p 'pypto-legalize{host-constants=0},pypto-legalize{host-constants=0}' -o - | filecheck %s
 // CHECK-LABEL: func.func @div
 // CHECK: %[[K:.*]] = tile.mul %i, %b
 // CHECK-NEXT: %[[KF:.*]] = tile.cast %[[K]] {rounding = "rint"} : (tensor<4xi32>) -> tensor<4xf32>

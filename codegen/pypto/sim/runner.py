@@ -368,11 +368,20 @@ def _build_args(mod, arrays: dict, device: str | None):
     outputs = set(mod.OUTPUT_NAMES)
     scratch = set(getattr(mod, "SCRATCH_NAMES", ()))  # the kernel's working buffers: zeros, not returned
     shapes = getattr(mod, "ARG_SHAPES", {}) or {}
+    embedded = getattr(mod, "HOST_CONSTANT_VALUES", {})  # host constants written into the program (base64 .npy)
     args = []
     for name in mod.ARG_NAMES:
         dt = dts[mod.ARG_DTYPES[name]]
         if name in arrays:
             t = torch.from_numpy(arrays[name]).to(dt).contiguous()
+        elif name in embedded:
+            import base64
+            import io
+
+            import numpy as np
+
+            value = np.load(io.BytesIO(base64.b64decode(embedded[name])), allow_pickle=False)
+            t = torch.from_numpy(value).to(dt).contiguous()
         elif name in outputs or name in scratch:
             shape = shapes.get(name) or _annotated_shape(mod.kernel, name)
             if shape is None:
