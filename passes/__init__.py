@@ -54,7 +54,6 @@ _PASS_MODULES = {
     "quantize-w8a8": "quantize_w8a8",
     "fuse-rmsnorm": "fuse_rmsnorm",
     "rope-selector-matmul": "rope_selector_matmul",
-    "rope-vector": "rope_vector",
     "rope-pair-swap": "rope_pair_swap",
     "gather-keys": "gather_keys",
     "tile-softmax": "tile_softmax",

@@ -22,7 +22,7 @@ from attnc.ir.types import FLOAT_DTYPES, dtype_of, round_scalar, shape_of, tenso
 from . import PatternPass, PassError, register
 from ._build import before, tile_op, view
 
-_DECOMPOSED_BY = {"rmsnorm": "fuse-rmsnorm", "rope": "rope-selector-matmul, rope-pair-swap or rope-vector",
+_DECOMPOSED_BY = {"rmsnorm": "fuse-rmsnorm", "rope": "rope-selector-matmul or rope-pair-swap",
                  "sparse_attention": "tile-softmax",
                  "cache_attention": "gather-keys or schedule-attention", "scaled_matmul": "quantize-w8a8",
                  "compress_pool": "schedule-compressor"}

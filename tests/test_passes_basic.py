@@ -106,36 +106,6 @@ def test_rope_selector_matmul_exact(cfg):
     assert_located(m)
 
 
-@pytest.mark.parametrize("heads", [4, 16], ids=["pairs", "lanes-first"])
-def test_rope_vector_exact_without_cube_work(heads):
-    """rope-vector: no matmul added (kv's [T, 64] and tiny's 4 heads rotate as [.., 32, 2] pairs, 16 heads
-    lanes-first [T, 64, H]); the cos/sin rows are gathered once for q and kv; exact under --verify-each."""
-    cfg = resolve_config("tiny", {"n_heads": heads})
-    m, report, before = compile_stage("qkv_proj_rope", "fuse-rmsnorm,rope-vector", cfg)
-    after = names(m)
-    assert before["attn.rope"] == 2 and after["attn.rope"] == 0
-    assert errors(report, "rope-vector") == [0.0] * 3
-    assert after["attn.matmul"] == before["attn.matmul"] and after["attn.gather_rows"] == 2
-    # two transposes per RoPE (to the pairs' planes and back)
-    assert after["attn.transpose"] - before["attn.transpose"] == 2 * 2
-    assert_located(m)
-
-
-@needs_pypto
-def test_rope_vector_lanes_first_sim_equals_the_interpreter():
-    """The lanes-first form (16 heads) in pypto 0.2.0 SIM: every output bit-exact against the interpreter."""
-    from attnc.codegen.pypto.target import run_pypto_sim
-    from attnc.passes import PYPTO_PIPELINE
-
-    cfg = resolve_config("tiny", {"n_heads": 16})
-    st = STAGES["qkv_proj_rope"]
-    mod = build_stage(st, cfg)
-    run_pipeline(mod, PYPTO_PIPELINE.replace("rope-selector-matmul", "rope-vector"))
-    assert "pypto.transpose" in (res := run_pypto_sim(mod, inputs := make_inputs(st, cfg, 1), timeout_s=300)).program
-    for o, w in zip(st.outputs, run_module(mod, list(inputs.values()))):
-        assert torch.equal(res.outputs[o], w), o
-
-
 def test_rope_selector_matmul_inverse_rope_exact():
     """sparse_attn de-rotates with the inverse rope on [T, H, hd]; head lanes pass through."""
     m, report, before = compile_stage("sparse_attn", "rope-selector-matmul")
