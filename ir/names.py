@@ -146,8 +146,12 @@ def check_module(module: ModuleOp, where: str) -> None:
 
 # ops of other loaded dialects that attnc's interpreter, passes and emitter handle; anything else (func.call,
 # scf.while, scf.execute_region, arith.divsi, func declarations ...) is refused where the IR is read
-_OTHER_OPS = frozenset({"builtin.module", "func.func", "func.return", "scf.for", "scf.yield", "arith.constant",
-                        "arith.addi", "arith.subi", "arith.muli", "arith.minsi", "arith.maxsi", "arith.ceildivsi"})
+_OTHER_OPS = frozenset({"builtin.module", "func.func", "func.return", "scf.for", "scf.if", "scf.yield",
+                        "arith.constant", "arith.addi", "arith.subi", "arith.muli", "arith.minsi", "arith.maxsi",
+                        "arith.ceildivsi", "arith.cmpi"})
+
+
+_HOST_CONSTANT = re.compile(r"hc[0-9]{1,6}")
 
 
 def _check_ops(module: ModuleOp, where: str) -> None:
@@ -157,6 +161,10 @@ def _check_ops(module: ModuleOp, where: str) -> None:
         if op.name not in _OTHER_OPS and not op.name.startswith(("attn.", "tile.")):
             raise _error(where, f"{op_location(op)}: '{op.name}' is not an op of attnc's IR (attn.*, tile.*, "
                                 f"{', '.join(sorted(_OTHER_OPS))})")
+        host = op.attributes.get("host_constant")  # a kernel parameter's name in the emitted program
+        if host is not None and not (isinstance(host, StringAttr) and _HOST_CONSTANT.fullmatch(host.data)):
+            raise _error(where, f"{op_location(op)}: host_constant {shown(str(host))} is not a name hcN "
+                                "(pypto-legalize names the host-computed constants)")
         if isinstance(op, func.FuncOp) and (len(op.regions) != 1 or not op.regions[0].blocks):
             raise _error(where, f"@{op.sym_name.data} is a declaration without a body")
         if isinstance(op, func.FuncOp) and len(op.regions[0].blocks) != 1:

@@ -148,7 +148,7 @@ def test_every_string_the_emitter_writes_is_escaped_or_refused(tmp_path):
         assert program.isascii() and "\n__import__" not in program and "\\n__import__" in program, key
         outcomes[key] = "escaped"
     assert outcomes["loc"] == "escaped"
-    for key in ("sym_name", "arg_names", "result_names", "predicate", "rounding"):
+    for key in ("sym_name", "arg_names", "result_names", "predicate", "rounding", "host_constant"):
         assert outcomes[key] == "refused", (key, outcomes)
 
 
