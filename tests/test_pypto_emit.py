@@ -374,10 +374,11 @@ def test_the_padded_reader_clone_is_decided_by_the_padded_in_fact_alone():
 
 PAIRS = """\
 builtin.module {
-  func.func @pairs(%x: tensor<256x64xf32>) -> tensor<256x32x2xf32> attributes {arg_names = ["x"], result_names = ["y"]} {
+  func.func @pairs(%x: tensor<256x64xf32>) -> tensor<256x2x32xf32> attributes {arg_names = ["x"], result_names = ["y"]} {
     %e = "tile.exp"(%x) {loc = "q.py:1"} : (tensor<256x64xf32>) -> tensor<256x64xf32>
     %r = "tile.reshape"(%e) {loc = "q.py:2"} : (tensor<256x64xf32>) -> tensor<256x32x2xf32>
-    func.return %r : tensor<256x32x2xf32>
+    %t = "tile.transpose"(%r) <{perm = [0 : i64, 2 : i64, 1 : i64]}> {loc = "q.py:3"} : (tensor<256x32x2xf32>) -> tensor<256x2x32xf32>
+    func.return %t : tensor<256x2x32xf32>
   }
 }
 """
@@ -385,7 +386,8 @@ builtin.module {
 
 def test_a_reshape_into_a_narrow_dim_shrinks_its_tile_by_the_padded_out_fact_alone():
     """The RoPE pairs' [.., 32, 2] f32: pypto-legalize states padded_out = 8 and the reshape's tile (its input's,
-    [256, 64] under the 8192 budget) shrinks to 8192 / 8 elements; another factor, another tile; none, none."""
+    [256, 64] under the 8192 budget) shrinks to 8192 / 8 elements; another factor, another tile; none, none.
+    Likewise a transpose out of them (padded_in, its result's tile)."""
     mod = parse_ir(PAIRS, "pairs.mlir")
     from attnc.codegen.pypto.legalize import legalize_function
 
@@ -396,6 +398,12 @@ def test_a_reshape_into_a_narrow_dim_shrinks_its_tile_by_the_padded_out_fact_alo
     for factor, tile in ((8, "(16, 64)"), (2, "(64, 64)"), (None, "(128, 64)")):
         body = _emit_with(parse_ir(PAIRS, "pairs.mlir"), "tile.reshape", "padded_out", factor)
         at = next(i for i, ln in enumerate(body) if ln.startswith("t2 = pypto.reshape(t1"))
+        assert body[at - 1] == f"pypto.set_vec_tile_shapes{tile}", (factor, body[at - 1])
+    (transpose,) = [op for op in fn.walk() if op.name == "tile.transpose"]
+    assert transpose.attributes["padded_in"].value.data == 8
+    for factor, tile in ((8, "(16, 2, 32)"), (None, "(128, 2, 32)")):
+        body = _emit_with(parse_ir(PAIRS, "pairs.mlir"), "tile.transpose", "padded_in", factor)
+        at = next(i for i, ln in enumerate(body) if "= pypto.transpose(" in ln)
         assert body[at - 1] == f"pypto.set_vec_tile_shapes{tile}", (factor, body[at - 1])
 
 
