@@ -351,6 +351,69 @@ def test_reshape_of_a_padded_unit_dim_is_made_dense_when_its_readers_would_overf
     assert "pypto.reshape(t1, [2, 512])" in small and "dense" not in small
 
 
+def _emit_with(mod, op_name: str, fact: str, factor: int | None) -> list[str]:
+    """The kernel body of mod emitted with pypto-legalize's `fact` on its `op_name` ops set to factor (None: absent)."""
+    from xdsl.dialects.builtin import IntegerAttr, i64
+
+    from attnc.codegen.pypto.legalize import legalize_function
+
+    fn = entry_function(mod)
+    legalize_function(fn)
+    for op in fn.walk():
+        if op.name == op_name:
+            op.attributes.pop(fact, None)
+            if factor is not None:
+                op.attributes[fact] = IntegerAttr(factor, i64)
+    return [ln.strip() for ln in kernel_body(emit_pypto(mod))]
+
+
+def test_the_padded_reader_clone_is_decided_by_the_padded_in_fact_alone():
+    """The emitter computes no padding from types: the clone and its tile follow the reshape's `padded_in`."""
+    clone = "t2 = pypto.clone(t2)  # dense: its readers' tiles fit UB"
+    for factor, tile in ((8, "(2, 512)"), (16, "(1, 512)")):
+        body = _emit_with(_pooled(32), "tile.reshape", "padded_in", factor)
+        at = body.index("t2 = pypto.reshape(t1, [32, 512])  # p.py:2")
+        assert body[at + 1:at + 3] == [f"pypto.set_vec_tile_shapes{tile}", clone], factor
+    for factor in (2, None):  # a [16, 512] reader tile padded 2x (64 KiB) fits UB; without the fact, no clone
+        body = _emit_with(_pooled(32), "tile.reshape", "padded_in", factor)
+        assert "t2 = pypto.reshape(t1, [32, 512])  # p.py:2" in body and clone not in body, factor
+
+
+PAIRS = """\
+builtin.module {
+  func.func @pairs(%x: tensor<256x64xf32>) -> tensor<256x2x32xf32> attributes {arg_names = ["x"], result_names = ["y"]} {
+    %e = "tile.exp"(%x) {loc = "q.py:1"} : (tensor<256x64xf32>) -> tensor<256x64xf32>
+    %r = "tile.reshape"(%e) {loc = "q.py:2"} : (tensor<256x64xf32>) -> tensor<256x32x2xf32>
+    %t = "tile.transpose"(%r) <{perm = [0 : i64, 2 : i64, 1 : i64]}> {loc = "q.py:3"} : (tensor<256x32x2xf32>) -> tensor<256x2x32xf32>
+    func.return %t : tensor<256x2x32xf32>
+  }
+}
+"""
+
+
+def test_a_reshape_into_a_narrow_dim_shrinks_its_tile_by_the_padded_out_fact_alone():
+    """The RoPE pairs' [.., 32, 2] f32: pypto-legalize states padded_out = 8 and the reshape's tile (its input's,
+    [256, 64] under the 8192 budget) shrinks to 8192 / 8 elements; another factor, another tile; none, none.
+    Likewise a transpose out of them (padded_in, its result's tile)."""
+    mod = parse_ir(PAIRS, "pairs.mlir")
+    from attnc.codegen.pypto.legalize import legalize_function
+
+    fn = entry_function(mod)
+    legalize_function(fn)
+    (reshape,) = [op for op in fn.walk() if op.name == "tile.reshape"]
+    assert reshape.attributes["padded_out"].value.data == 8 and "padded_in" not in reshape.attributes
+    for factor, tile in ((8, "(16, 64)"), (2, "(64, 64)"), (None, "(128, 64)")):
+        body = _emit_with(parse_ir(PAIRS, "pairs.mlir"), "tile.reshape", "padded_out", factor)
+        at = next(i for i, ln in enumerate(body) if ln.startswith("t2 = pypto.reshape(t1"))
+        assert body[at - 1] == f"pypto.set_vec_tile_shapes{tile}", (factor, body[at - 1])
+    (transpose,) = [op for op in fn.walk() if op.name == "tile.transpose"]
+    assert transpose.attributes["padded_in"].value.data == 8
+    for factor, tile in ((8, "(16, 2, 32)"), (None, "(128, 2, 32)")):
+        body = _emit_with(parse_ir(PAIRS, "pairs.mlir"), "tile.transpose", "padded_in", factor)
+        at = next(i for i, ln in enumerate(body) if "= pypto.transpose(" in ln)
+        assert body[at - 1] == f"pypto.set_vec_tile_shapes{tile}", (factor, body[at - 1])
+
+
 @needs_pypto
 def test_pooled_reshape_made_dense_simulates_bit_exact():
     from attnc.codegen.pypto.target import run_pypto_sim

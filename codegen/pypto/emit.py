@@ -29,7 +29,7 @@ from attnc.ir import entry_function
 from attnc.ir.tile_dialect import EXPAND_KINDS
 from attnc.ir.types import dtype_of, shape_of
 
-from .legalize import flag, legalize_function
+from .legalize import BYTES as _BYTES, flag, lanes, legalize_function
 from .options import PyptoOptions
 
 PYPTO_DTYPE = {"bf16": "pypto.DT_BF16", "f16": "pypto.DT_FP16", "f32": "pypto.DT_FP32", "i32": "pypto.DT_INT32",
@@ -55,16 +55,13 @@ class EmitError(AttncError):
     """The IR contains something pypto 0.2.0 cannot express; the message starts with the op location."""
 
 
-_BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i8": 1, "i1": 1}
-
-
 def vec_tile(shape, dtype: str = "f32", budget: int = PyptoOptions.vec_tile_elems) -> list[int]:
     """A tile of the op's rank: the trailing dim padded to the 32-byte block, then the inner leading dims as large
     as the budget allows (fewer, larger tiles: every tile is a task of the scheduler-bound cost model).
     The trailing dim is a multiple of 16 elements even for 4-byte types: pypto 0.2.0 copies tensors that a loop
     captures with the tile in effect at the loop, whatever their dtype, and a bf16 tensor needs 16 lanes."""
     tile = [max(1, int(d)) for d in shape] or [1]
-    align = max(32 // _BYTES[dtype], 16)
+    align = lanes(dtype)
     tile[-1] = -(-tile[-1] // align) * align
     while tile[-1] > budget and tile[-1] > align:
         tile[-1] = -(-(tile[-1] // 2) // align) * align
@@ -170,19 +167,11 @@ class _Emitter:
             tile[0] = min(tile[0], rows)
         self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, tile))})")
 
-    def narrow_budget(self, t) -> int | None:
-        """The tile budget of an op that moves data into or out of a tensor of type t whose trailing dim is
-        narrower than the tile's 32-byte block (RoPE pairs [.., 32, 2]): pypto 0.2.0 holds that side's tile in UB
-        with the dim padded (2 f32 -> 16 lanes, vec_tile's alignment), so the budget shrinks by that factor (else
-        OoOSchedule fails, "exceeds MEM_UB size"); None when t's trailing dim fills its blocks."""
-        shape = shape_of(t)
-        if not shape:
-            return None
-        align = max(32 // _BYTES[dtype_of(t)], 16)
-        if shape[-1] % align == 0:
-            return None
-        factor = -(-shape[-1] // align) * align // shape[-1]
-        return max(1, self.vec_budget // factor) if factor > 1 else None
+    def padded_budget(self, op: Operation, side: str) -> int | None:
+        """The tile budget of an op whose `side` tile pypto 0.2.0 holds padded (pypto-legalize `padded_in` /
+        `padded_out` = F): the budget divided by F; None without the fact."""
+        factor = op.attributes.get(side)
+        return max(1, self.vec_budget // factor.value.data) if factor is not None else None
 
     def bind(self, v: SSAValue, expr: str, loc: str | None = None, tile_of: SSAValue | None = None,
              budget: int | None = None):
@@ -194,22 +183,15 @@ class _Emitter:
         self.emit(f"{name} = {expr}{suffix}")
 
     def _materialize_unpadded(self, op, res):
-        """A reshape that folds away a trailing dim narrower than the 32-byte block (a keepdim reduction's
-        [T, d, 1] -> [T, d]) is read by its readers through the input's layout: pypto 0.2.0 copies their tile in
-        with that dim padded to the block (8 f32), so a [16, 512] f32 reader tile needs 16x512x8x4 = 256 KiB and
-        OoOSchedule fails ("exceeds MEM_UB size"). When the padded reader tile would not fit UB, the result is
-        cloned under a tile shrunk by the padding factor: readers then read a dense tensor."""
-        in_shape, out_shape = shape_of(op.input.type), shape_of(res.type)
-        dtype = dtype_of(res.type)
-        block = max(1, 32 // _BYTES[dtype])
-        narrow = in_shape[-1] if in_shape else 1
-        if not out_shape or in_shape[-1:] == out_shape[-1:] or narrow % block == 0:
+        """A reshape whose readers read through its input's padded layout (pypto-legalize `padded_in` = F) is
+        cloned dense under a tile budget divided by F when the padded reader tile would not fit UB."""
+        factor = op.attributes.get("padded_in")
+        if factor is None:
             return
-        factor = -(-narrow // block) * block // narrow
-        reader = math.prod(vec_tile(out_shape, dtype, self.vec_budget))
-        if reader * factor * _BYTES[dtype] <= UB_BYTES:
+        shape, dtype, factor = shape_of(res.type), dtype_of(res.type), factor.value.data
+        if math.prod(vec_tile(shape, dtype, self.vec_budget)) * factor * _BYTES[dtype] <= UB_BYTES:
             return
-        tile = vec_tile(out_shape, dtype, max(1, self.vec_budget // factor))
+        tile = vec_tile(shape, dtype, max(1, self.vec_budget // factor))
         self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, tile))})")
         self.emit(f"{self.names[res]} = pypto.clone({self.names[res]})  # dense: its readers' tiles fit UB")
 
@@ -521,7 +503,7 @@ def _print_reshape(self: _Emitter, op: Operation, loc: str | None):  # pypto til
     # idx_cmp at B=64, more than the runtime's stitch pool holds, F74001 "Slab alloc null, type=9")
     inplace = ", inplace=True" if flag(op, "inplace") else ""
     self.bind(res, f"pypto.reshape({a[0]}, {shape}{inplace})", loc, tile_of=op.input,
-              budget=self.narrow_budget(res.type))
+              budget=self.padded_budget(op, "padded_out"))
     if flag(op, "clone"):  # a one-row batched matmul lhs: its own buffer (pypto-legalize; FB4001 otherwise)
         self.set_tile(res)
         self.emit(f"{self.names[res]} = pypto.clone({self.names[res]})")
@@ -544,7 +526,7 @@ def _print_transpose(self: _Emitter, op: Operation, loc: str | None):
         raise EmitError(f"{loc}: tile.transpose has no pypto 0.2.0 lowering: perm {list(perm)} is not a "
                         "single swap (pypto.transpose swaps two dims)")
     return self.bind(res, f"pypto.transpose({a[0]}, {moved[0]}, {moved[1]})", loc,
-                     budget=self.narrow_budget(op.input.type))
+                     budget=self.padded_budget(op, "padded_in"))
 
 
 @_rule("concat")

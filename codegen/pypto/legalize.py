@@ -93,6 +93,17 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
   after the body (pypto 0.2.0 may leave the output untouched for `out[:] = t`), unless it is the output buffer its
   loop wrote in place or an in/out parameter; `copy_out_tile_elems = [ints]`: the vector tile budget of the loop
   that made it (`vec_tile_elems`; 0: the kernel's), under which the copy runs.
+* `tile.reshape` `padded_out = F`, `tile.transpose` `padded_in = F`: the reshape's output, the transpose's input
+  has a trailing dim narrower than the vector tile's alignment (the 32-byte block, at least 16 lanes: `lanes`;
+  the RoPE pairs' [.., 32, 2]): pypto 0.2.0 holds that side's tile in UB with the dim padded to the alignment,
+  F times its elements (2 f32 -> 16 lanes: F = 8), so the emitter divides the op's tile budget by F (else
+  OoOSchedule fails, "exceeds MEM_UB size").
+  `tile.reshape` `padded_in = F`: the reshape folds away its input's trailing dim narrower than the 32-byte block
+  (a keepdim reduction's [T, d, 1] -> [T, d]): pypto 0.2.0 copies its readers' tiles in through the input's
+  layout with that dim padded to the block, F times the elements (1 f32 -> 8: a [16, 512] f32 reader tile takes
+  16 x 512 x 8 x 4 = 256 KiB, OoOSchedule fails "exceeds MEM_UB size"), so when the padded reader tile would not
+  fit UB the emitter clones the result dense under a tile budget divided by F. Stated for F > 1 only
+  (padding_factors; the tile budget is the emitter's, so the fit is decided there).
 
 * `host_constant = "hcN"` on an op computed from no kernel input or loop index (index ramps, fills and what is computed
   from them only: the Hadamard signs, RoPE selectors) that is more than a lone ramp or fill: its value is a
@@ -125,7 +136,14 @@ from attnc.passes._build import at_end, before, const, tile_full, tile_op
 # every attribute this pass sets (cleared first: the pass is idempotent)
 FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "pieces", "one_trip", "body_l1_reuse", "clone", "inplace",
          "prefix", "scalar_ids", "scalar_id", "copy_out", "copy_out_tile_elems", "host_constant", "host_only",
-         "pypto_legalized")
+         "padded_in", "padded_out", "pypto_legalized")
+BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i8": 1, "i1": 1}
+
+
+def lanes(dtype: str) -> int:
+    """The vector tile's trailing-dim alignment: the 32-byte block, and at least 16 lanes (pypto 0.2.0 copies
+    tensors a loop captures with the tile in effect at the loop, whatever their dtype, and bf16 needs 16)."""
+    return max(32 // BYTES[dtype], 16)
 
 
 def _flag(v: bool = True) -> IntegerAttr:
@@ -937,6 +955,26 @@ def rewrite_padded_concat_reads(fn: Operation) -> None:
         filled.owner.operands[0] = op.result
 
 
+def _padding(dim: int, align: int) -> int:
+    """How many times its elements a trailing dim of `dim` takes padded to a multiple of `align` (1: none)."""
+    return -(-dim // align) * align // dim if dim > 0 else 1
+
+
+def padding_factors(op: Operation) -> dict:
+    """The `padded_in` / `padded_out` facts (module docstring) of a tile.reshape or tile.transpose, F > 1 only."""
+    facts = {}
+    if op.name == "tile.transpose":
+        shape = shape_of(op.input.type)
+        facts["padded_in"] = _padding(shape[-1], lanes(dtype_of(op.input.type))) if shape else 1
+    elif op.name == "tile.reshape":
+        shape, out, dtype = shape_of(op.input.type), shape_of(op.result.type), dtype_of(op.result.type)
+        if out:
+            facts["padded_out"] = _padding(out[-1], lanes(dtype))
+            if shape[-1:] != out[-1:]:  # the input's trailing dim folded away (a rank-0 input: one element)
+                facts["padded_in"] = _padding(shape[-1] if shape else 1, max(1, 32 // BYTES[dtype]))
+    return {k: f for k, f in facts.items() if f > 1}
+
+
 def check_scalar_reads(fn: Operation) -> None:
     """A tile.read must read a kernel parameter: pypto 0.2.0 reads a scalar only from one (GetTensorData of a
     computed tensor fails at run time, F3FFFF)."""
@@ -1028,6 +1066,9 @@ def legalize_function(fn: Operation, hoist_constants: bool = True) -> None:
             op.attributes["inplace"] = _flag()
     rewrite_packed_concats(fn)
     rewrite_padded_concat_reads(fn)
+    for op in block.walk():
+        for name, factor in padding_factors(op).items():
+            op.attributes[name] = IntegerAttr(factor, i64)
     copied, budgets = output_copies(fn)
     fn.attributes["copy_out"] = ArrayAttr([_flag(c) for c in copied])
     fn.attributes["copy_out_tile_elems"] = ArrayAttr([IntegerAttr(b, i64) for b in budgets])

@@ -9,7 +9,7 @@
 // RUN: attnc compile %s -p pypto-legalize,pypto-legalize -o - | filecheck %s
 // CHECK-LABEL: func.func @bufs
 // CHECK-SAME: copy_out = [true, true], copy_out_tile_elems = [0 : i64, 0 : i64]
-// CHECK: %r = tile.reshape %whole {inplace = true}
+// CHECK: %r = tile.reshape %whole {inplace = true, padded_out = 4 : i64}
 // CHECK: %f = tile.reshape %e :
 
 // The HCA core: its output is the output parameter its token loop writes in place (no copy out), and no piece
