@@ -123,7 +123,7 @@ def _with_fact_checks(verify):
     return verify_
 
 
-_FACT_FLAGS = ("splat", "packed", "clone", "inplace", "prefix", "scalar_ids")
+_FACT_FLAGS = ("splat", "packed", "clone", "inplace", "prefix", "scalar_ids", "valid_tile")
 
 
 def pypto_facts_verify(op) -> None:
@@ -143,6 +143,8 @@ def pypto_facts_verify(op) -> None:
                   "an output buffer names its result index (output = i), a scratch one none")
     if "splat" in attrs:
         op.expect(kind == "full", "splat is a tile.full fact")
+    if "valid_tile" in attrs:
+        op.expect(kind == "assemble", "valid_tile is a tile.assemble fact")
     if "pieces" in attrs:  # a packed concat's local buffer: [rows, row offset, zero-padded] per piece
         pieces = attrs["pieces"]
         op.expect(kind == "full" and attrs.get("buffer") == StringAttr("local") and isinstance(pieces, ArrayAttr)

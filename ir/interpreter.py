@@ -522,6 +522,8 @@ def _tile_impls() -> dict:
     table[d["assemble"]] = _assemble
     table[d["topk_pairs"]] = _topk_pairs
     table[d["fill_padding"]] = lambda it, op, a: (a[0],)  # a view's padding already holds its pad value
+    table[d["fill"]] = lambda it, op, a: (
+        torch.full(shape_of(op.result.type), op.value.value.data, dtype=torch_dtype(_out_dtype(op))),)
     table[d["read"]] = lambda it, op, a: (int(a[0][tuple(a[1:])]),)
     table[d["matmul_acc"]] = lambda it, op, a: (
         cast_tensor(a[0].float() + matmul_f32(a[1], a[2], op.transpose_b.value.data, _cache(it)), _out_dtype(op))

@@ -183,6 +183,16 @@ def _fill_padding_verify(self):
 # it before a concat, which pypto joins by valid parts); the values are the view's, so the interpreter returns them
 FillPaddingOp = _make("tile.fill_padding", dict(input=operand_def(TensorType), result=result_def(TensorType),
                                                 verify_=_fill_padding_verify))
+def _fill_verify(self):
+    self.expect(len(self.valid) == len(shape_of(self.result.type)), "valid shape must be full rank")
+
+
+# a tile of one value whose valid shape is runtime (pypto.full(..., valid_shape=)): pypto-legalize writes it for a
+# zero-padded piece's zeros, assembled by its valid part; the interpreter fills the whole tile
+FillOp = _make("tile.fill", dict(
+    valid=var_operand_def(IndexType), value=prop_def(FloatAttr), result=result_def(TensorType),
+    assembly_format="`valid` `[` $valid `]` attr-dict `:` type($result)",
+    irdl_options=(ParsePropInAttrDict(),), verify_=_fill_verify))
 _SCALAR = [_make(f"tile.{k}", dict(input=operand_def(TensorType), scalar=prop_def(FloatAttr),
                                    result=result_def(TensorType), verify_=_scalar_verify)) for k in SCALAR_KINDS]
 
@@ -197,7 +207,7 @@ ParallelOp = _make("tile.parallel", dict(
     irdl_options=(ParsePropInAttrDict(),),
     traits=traits_def(RecursiveMemoryEffect()), verify_=_parallel_verify))
 
-TILE_OPS = [*_SHARED, ViewOp, AssembleOp, ReadOp, MatmulAccOp, FloorOp, TopkPairsOp, FillPaddingOp, *_ROW, *_ROW_EXPAND, *_COL_EXPAND, *_SCALAR,
+TILE_OPS = [*_SHARED, ViewOp, AssembleOp, ReadOp, MatmulAccOp, FloorOp, TopkPairsOp, FillPaddingOp, FillOp, *_ROW, *_ROW_EXPAND, *_COL_EXPAND, *_SCALAR,
             YieldOp, ParallelOp]
 Tile = Dialect("tile", TILE_OPS, [])
 TILE = {op.name.split(".", 1)[1]: op for op in TILE_OPS}

@@ -83,6 +83,21 @@ def test_rope_pair_swap_is_exact_and_one_matmul_per_rope(stage):
     assert count(sel) - count(swap) == ropes * 3 - ropes - 2  # the cos and sin repeats, made once
 
 
+def test_rope_pair_swap_min_rank_leaves_lower_rank_ropes_to_the_next_rope_pass():
+    """{min-rank=3}: q [T, H, d] rotated by the pair swap, kv [T, d] left as attn.rope for rope-selector-matmul
+    (the pypto pipeline runs both); the two together equal the unrotated stage bit for bit."""
+    cfg = resolve_config("tiny")
+    part, _, _ = compile_stage("qkv_proj_rope", "fuse-rmsnorm,rope-pair-swap{min-rank=3}", cfg)
+    left = [op for op in part.walk() if op.name == "attn.rope"]
+    assert len(left) == 1 and len(left[0].input.type.get_shape()) == 2
+    both, report, inputs = compile_stage("qkv_proj_rope", "fuse-rmsnorm,rope-pair-swap{min-rank=3},rope-selector-matmul",
+                                         cfg)
+    assert "attn.rope" not in op_names(both) and all(r.error == 0.0 for r in report.records)
+    sel, _, _ = compile_stage("qkv_proj_rope", "fuse-rmsnorm,rope-selector-matmul", cfg)
+    for a, b in zip(run_module(both, inputs), run_module(sel, inputs)):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("kv_tile", [4, 5, 32])
 @pytest.mark.parametrize("stage", ["sparse_attn_core", "sparse_attn"])
 def test_tile_softmax_within_tolerance(stage, kv_tile):

@@ -152,6 +152,8 @@ def test_a_row_concat_with_a_zero_padded_piece_is_packed():
     assert pad.parent_op() is branch and pad.dest is pieces[1].result and pieces[3].dest is branch.results[0]
     assert branch.false_region.block.last_op.operands[0] is pieces[1].result
     assert shape_of(pad.tile.type) == (8, 128) and pad.tile.owner.value.value.data == 0.0
+    assert pad.tile.owner.name == "tile.fill" and list(pad.tile.owner.valid) == list(pad.valid)  # made with them
+    assert "valid_tile" in pad.attributes
     assert branch.cond.owner.name == "arith.cmpi" and pad.valid[0].owner.name == "arith.subi"
     assert pad.offsets[0].owner.name == "arith.addi"
     assert not _ops(fn, "tile.fill_padding")  # a packed concat: no zero fill
@@ -159,7 +161,8 @@ def test_a_row_concat_with_a_zero_padded_piece_is_packed():
     legalize_function(fn)
     assert print_ir(mod) == once
     text = emit_pypto(mod)
-    assert "        if s2 < 8:\n" in text and "pypto.assemble(v8, [s6, 0], k4)" in text
+    assert "        if s2 < 8:\n" in text and "pypto.assemble(t7, [s6, 0], k4)" in text
+    assert "t7 = pypto.full([8, 128], 0.0, pypto.DT_BF16, valid_shape=[s5, 128])" in text
     assert "ASSEMBLED_PIECES = [[[[1, 128], [0, 0], False], [[8, 128], [1, 0], True], [[1, 128], [9, 0], False]]]" \
         in text
 

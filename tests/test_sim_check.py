@@ -146,12 +146,11 @@ def test_emitted_assembled_pieces_are_the_assembles():
 
 def _zero_padding(text: str, shape, row: int):
     """The zeros below a padded piece of `shape` at `row` with v valid rows (pypto-legalize): under `if v < rows`,
-    a zero fill of the piece's shape viewed with rows - v valid rows, assembled at row + v."""
+    a zero fill of the piece's shape made with rows - v valid rows (tile.fill), assembled as it is at row + v."""
     sh = re.escape(str(list(shape)))
     m = re.search(rf"(\w+) = \({shape[0]} - (\w+)\)\n(?: *(\w+) = \({row} \+ \2\)\n)? *if \2 < {shape[0]}:\n.*\n"
-                  rf" *(\w+) = pypto\.full\({sh}, 0\.0, [\w.]+\)\n.*\n"
-                  rf" *(\w+) = pypto\.view\(\4, {sh}, \[0, 0\], valid_shape=\[\1, {shape[1]}\]\)\n"
-                  rf" *pypto\.assemble\(\5, \[(\w+), 0\], k\d+\)", text)
+                  rf" *(\w+) = pypto\.full\({sh}, 0\.0, [\w.]+, valid_shape=\[\1, {shape[1]}\]\)\n.*\n"
+                  rf" *()pypto\.assemble\(\4, \[(\w+), 0\], k\d+\)", text)
     if m is None or (m.group(3) is None) != (row == 0):
         return None
     return m if m.group(6) == (m.group(3) or m.group(2)) else None

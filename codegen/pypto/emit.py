@@ -597,6 +597,13 @@ def _print_full(self: _Emitter, op: Operation, loc: str | None):
     return self.bind(res, f"pypto.full({shape}, {value}, {dt})", loc)
 
 
+@_rule("fill")
+def _print_fill(self: _Emitter, op: Operation, loc: str | None):  # its valid shape is runtime
+    a, res, dt, shape = self.operands(op)
+    value = repr(int(op.value.value.data)) if dtype_of(res.type) in ("i32", "i8") else py_float(op.value.value.data)
+    return self.bind(res, f"pypto.full({shape}, {value}, {dt}, valid_shape=[{', '.join(a)}])", loc)
+
+
 @_rule("scatter_rows")
 def _print_scatter_rows(self: _Emitter, op: Operation, loc: str | None):
     # its ids are evaluated as scalars, not read as a tensor
@@ -634,7 +641,7 @@ def _print_assemble(self: _Emitter, op: Operation, loc: str | None):
     tile = a[0]
     if flag(op, "clone"):  # all of a kernel parameter's buffer, assembled as a packed concat's piece
         tile = f"pypto.clone({tile})"
-    if valid:  # write only the valid part: pypto does not carry valid shapes through every op
+    if valid and not flag(op, "valid_tile"):  # write only the valid part: pypto does not carry valid shapes through every op
         tile = self.fresh("v")
         zeros = ", ".join("0" for _ in range(n))
         self.emit(f"{tile} = pypto.view({a[0]}, {list(shape_of(op.tile.type))}, [{zeros}], "

@@ -126,7 +126,7 @@ from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, StringAttr, TensorType
 from xdsl.ir import Block, BlockArgument, Operation, OpResult, Region, SSAValue
 
 from attnc.codegen.escape import code_text
-from attnc.ir.common import LOC_ATTR, bool_attr, op_location, str_attr
+from attnc.ir.common import LOC_ATTR, bool_attr, float_attr, op_location, str_attr
 from attnc.ir.types import dtype_of, shape_of, tensor_type
 from attnc.passes import AttncPass, PassError, register
 from attnc.ir.dsl import emit_op
@@ -136,7 +136,7 @@ from attnc.passes._build import at_end, before, const, tile_full, tile_op
 # every attribute this pass sets (cleared first: the pass is idempotent)
 FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "pieces", "one_trip", "body_l1_reuse", "clone", "inplace",
          "prefix", "scalar_ids", "scalar_id", "copy_out", "copy_out_tile_elems", "host_constant", "host_only",
-         "padded_in", "padded_out", "pypto_legalized")
+         "padded_in", "padded_out", "valid_tile", "pypto_legalized")
 BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i8": 1, "i1": 1}
 
 
@@ -881,12 +881,15 @@ def _zero_padding(piece: SSAValue, row: int, dest: SSAValue, made: list) -> SSAV
     at = valid if row == 0 else emit_op(arith.AddiOp, [const(row), valid], [valid.type]).results[0]
     then, other = Block(), Block()
     with at_end(then, None):
-        zeros = tile_full(shape, 0.0, dtype_of(piece.type)).value
+        rest = [const(d) for d in shape[1:]]
+        # the zeros made with their valid shape (pypto.full(valid_shape=)): a view of a whole zero tile with that
+        # valid shape gives pypto 0.2.0 FB200F COPY_OUT verify records (InferParamIndex)
+        zeros = emit_op(TILE["fill"], [[pad_rows, *rest]], [piece.type], {"value": float_attr(0.0)}).results[0]
         if "tile_rows" in piece.owner.attributes:  # the piece's row cap (schedule-compressor)
             zeros.owner.attributes["tile_rows"] = piece.owner.attributes["tile_rows"]
-        rest = [const(d) for d in shape[1:]]
         asm = emit_op(TILE["assemble"], [zeros, dest, [at, *(const(0) for _ in shape[1:])], [pad_rows, *rest]],
                       [dest.type])
+        asm.attributes["valid_tile"] = _flag()
         emit_op(scf.YieldOp, [asm.results[0]], [])
     with at_end(other, None):
         emit_op(scf.YieldOp, [dest], [])
@@ -1035,6 +1038,8 @@ def legalize_function(fn: Operation, hoist_constants: bool = True) -> None:
     for op in block.walk():
         if op.name == "tile.full" and "buffer" not in op.attributes and select_splat(op):
             op.attributes["splat"] = _flag()
+        elif op.name == "tile.assemble" and isinstance(op.tile, OpResult) and op.tile.owner.name == "tile.fill":
+            op.attributes["valid_tile"] = _flag()  # the fill carries the valid shape: assembled as it is
         elif op.name == "tile.concat" and packs(op):
             op.attributes["packed"] = _flag()
             op.attributes["padded"] = ArrayAttr([_flag(zero_padded_rows(v)) for v in op.inputs])

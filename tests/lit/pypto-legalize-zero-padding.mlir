@@ -1,5 +1,6 @@
 // pypto-legalize: a packed row concat's zero-padded piece (the ring's n valid rows of 8) is followed by its zeros as
-// IR: `scf.if n < 8` around a zero tile.full assembled at row 1 + n with valid rows 8 - n (pypto 0.2.0 assembles a
+// IR: `scf.if n < 8` around a zero tile.fill of valid rows 8 - n assembled as it is (`valid_tile`) at row 1 + n
+// (a view of a whole zero tile with that valid shape gives FB200F COPY_OUT verify records; pypto 0.2.0 assembles a
 // tile's valid rows only, so the padding rows would keep whatever the local buffer held; the branch skips a piece
 // without padding rows). The local buffer lists the pieces [rows, row offset, zero-padded] for the program's
 // AssembleChecker excuse. Running the pass again changes nothing.
@@ -17,8 +18,8 @@
 // CHECK-NEXT: %[[ONE:.*]] = arith.constant {{.*}}1 : index
 // CHECK-NEXT: %[[AT:.*]] = arith.addi %[[ONE]], %[[N]]
 // CHECK-NEXT: %[[Z:.*]] = scf.if %[[HAS]] -> (tensor<10x128xbf16>) {
-// CHECK-NEXT: %[[ZEROS:.*]] = tile.full {value = 0.000000e+00 : f64} : tensor<8x128xbf16>
-// CHECK: %[[FILLED:.*]] = tile.assemble %[[ZEROS]] into %[[P1]][%[[AT]], %{{.*}}] valid[%[[PAD]], %{{.*}}] : tensor<8x128xbf16>
+// CHECK: %[[ZEROS:.*]] = tile.fill valid[%[[PAD]], %{{.*}}] {value = 0.000000e+00 : f64} : tensor<8x128xbf16>
+// CHECK: %[[FILLED:.*]] = tile.assemble %[[ZEROS]] into %[[P1]][%[[AT]], %{{.*}}] valid[%[[PAD]], %{{.*}}] {valid_tile = true} : tensor<8x128xbf16>
 // CHECK-NEXT: scf.yield %[[FILLED]]
 // CHECK-NEXT: } else {
 // CHECK-NEXT: scf.yield %[[P1]]

@@ -14,11 +14,11 @@
 // CHECK: %[[P0:.*]] = tile.assemble %{{.*}} into %[[K]][%{{.*}}, %{{.*}}] : tensor<1x128xbf16>, tensor<13x128xbf16>
 // CHECK: %[[P1:.*]] = tile.assemble %{{.*}} into %[[P0]][%{{.*}}, %{{.*}}] : tensor<8x128xbf16>
 // CHECK: %[[Z1:.*]] = scf.if
-// CHECK: tile.assemble %{{.*}} into %[[P1]][%{{.*}}, %{{.*}}] valid[%{{.*}}, %{{.*}}] : tensor<8x128xbf16>
+// CHECK: tile.assemble %{{.*}} into %[[P1]][%{{.*}}, %{{.*}}] valid[%{{.*}}, %{{.*}}] {valid_tile = true} : tensor<8x128xbf16>
 // CHECK: %[[P2:.*]] = tile.assemble %{{.*}} into %[[Z1]][%{{.*}}, %{{.*}}] : tensor<2x128xbf16>
 // CHECK: %[[P3:.*]] = tile.assemble %{{.*}} into %[[P2]][%{{.*}}, %{{.*}}] : tensor<2x128xbf16>
 // CHECK: %[[Z3:.*]] = scf.if
-// CHECK: tile.assemble %{{.*}} into %[[P3]][%{{.*}}, %{{.*}}] valid[%{{.*}}, %{{.*}}] : tensor<2x128xbf16>
+// CHECK: tile.assemble %{{.*}} into %[[P3]][%{{.*}}, %{{.*}}] valid[%{{.*}}, %{{.*}}] {valid_tile = true} : tensor<2x128xbf16>
 // CHECK: scf.yield %[[P3]]
 // CHECK-NEXT: }
 // CHECK-NEXT: tile.matmul %{{.*}}, %[[Z3]]
