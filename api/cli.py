@@ -295,7 +295,7 @@ def pass_options(name: str) -> list[tuple[str, str, object]]:
 
     cls = pass_class(name)
     choices = getattr(cls, "option_choices", {})
-    return [(f.name.replace("_", "-"), "|".join(choices[f.name]) if f.name in choices else
+    return [(f.name.replace("_", "-"), "|".join(map(str, choices[f.name])) if f.name in choices else
              f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type)), f.default)
             for f in dataclasses.fields(cls)]
 
