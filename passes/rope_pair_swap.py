@@ -20,7 +20,7 @@ from attnc.ir.types import dtype_of
 
 from . import PatternPass, register
 from ._build import T, before
-from .rope_selector_matmul import _RopeAsSelectorMatmul
+from .rope_selector_matmul import _RopeAsSelectorMatmul, with_unrotated_head
 
 
 def _pair_matrix(rows: int, cols: int, row_of, sign_even: float, sign_odd: float, first: int = 0) -> dsl.Tensor:
@@ -88,8 +88,7 @@ class _RopeAsPairSwap(_RopeAsSelectorMatmul):
             wide = tail if tail.dtype == "f32" else dsl.cast(tail, "f32")
             rot = dsl.cast(wide * cos + swapped * sin, out_dtype)
             if n > width:
-                head = dsl.cast(dsl.slice_(x, (*zeros, 0), (*lead, n - lanes)), out_dtype)
-                rot = dsl.concat([head, rot], axis=-1)
+                rot = with_unrotated_head(x, rot, n - lanes, out_dtype)
         rewriter.replace(op, [], [rot.value])
 
 

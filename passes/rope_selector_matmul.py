@@ -32,6 +32,15 @@ def selector(lanes: int, parity: int, dtype: str) -> dsl.Tensor:
     return dsl.cast(dsl.select(hit, dsl.full((lanes, half), 1.0, "f32"), 0.0), dtype)
 
 
+def with_unrotated_head(x: dsl.Tensor, rot: dsl.Tensor, head_lanes: int, out_dtype: str) -> dsl.Tensor:
+    """x's leading `head_lanes` lanes (not rotated), cast to out_dtype, in front of the rotated tail `rot`."""
+    if head_lanes <= 0:
+        return rot
+    lead = x.shape[:-1]
+    head = dsl.cast(dsl.slice_(x, (0,) * (len(lead) + 1), (*lead, head_lanes)), out_dtype)
+    return dsl.concat([head, rot], axis=-1)
+
+
 class _RopeAsSelectorMatmul(RewritePattern):
     def __init__(self):
         self.made: dict = {}  # (key) -> value made before an earlier RoPE of the same block, shared by later ones
@@ -92,9 +101,7 @@ class _RopeAsSelectorMatmul(RewritePattern):
             zeros = (0,) * len(lead)
             tail = dsl.slice_(x, (*zeros, n - lanes), (*lead, lanes))
             rot = self.rotate(op, tail, lane_rows, (cos_rows, sin_rows, inverse), row_shape[:-1], out_dtype)
-            if n > lanes:
-                head = dsl.cast(dsl.slice_(x, (*zeros, 0), (*lead, n - lanes)), out_dtype)
-                rot = dsl.concat([head, rot], axis=-1)
+            rot = with_unrotated_head(x, rot, n - lanes, out_dtype)
         rewriter.replace(op, [], [rot.value])
 
 
