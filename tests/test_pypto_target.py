@@ -57,9 +57,10 @@ def test_stated_l1_reuse_is_set_for_its_loop_and_restored():
 
 
 def test_scatter_loops_write_two_rows_per_iteration():
-    """A scatter_rows loop writes SCATTER_ROWS = 2 rows per iteration (each its own id and runtime branch): pypto
-    0.2.0 stitches at most 128 iterations into one group and starts a group after the last ends, so the flash
-    index compressor's 3 scatters of 128 rows ran as 3 groups after everything else (135.0 -> 127.6 us)."""
+    """A scatter_rows loop writes `rows_per_trip` = 2 rows per iteration (pypto-legalize's scatter-rows; each its
+    own id and runtime branch): pypto 0.2.0 stitches at most 128 iterations into one group and starts a group after
+    the last ends, so the flash index compressor's 3 scatters of 128 rows ran as 3 groups after everything else
+    (135.0 -> 127.6 us)."""
     import re
 
     from attnc.passes import PYPTO_PIPELINE

@@ -81,7 +81,6 @@ def loop_vec_budget(loop: Operation, outer: int) -> int:
 
 L0AB_BYTES, L0C_BYTES = 64 * 1024, 128 * 1024
 L1_OPERAND_BYTES = (128 * 512 + 512 * 256) * 2  # the L1 tiles of A and B at most (bf16 M 128, K 512, N 256)
-SCATTER_ROWS = 2  # rows a scatter_rows loop writes per iteration (see _scatter_rows)
 UB_BYTES = 192 * 1024  # the vector unit's buffer: an op's tiles (inputs and output) live there together
 
 
@@ -271,10 +270,8 @@ class _Emitter:
         zeros = ["0"] * (len(rows_shape) - 1)
         self.loop_count += 1
         w = f"w{self.loop_count}"
-        # SCATTER_ROWS rows per iteration: pypto 0.2.0 stitches at most 128 loop iterations into one group and
-        # starts a group after the last one ends, so 3 scatters of 128 rows (a compressor's state rings and cache)
-        # ran as 3 more groups after everything else (flash index_compressor: 1 row 135.0 us, 2 rows 127.6, 4 140.5)
-        per = SCATTER_ROWS if rows_shape[0] % SCATTER_ROWS == 0 else 1
+        # the rows each iteration writes (pypto-legalize `rows_per_trip`, its option scatter-rows)
+        per = op.attributes["rows_per_trip"].value.data if "rows_per_trip" in op.attributes else 1
         self.emit(f"for {w} in pypto.loop(0, {rows_shape[0]}, {per}, name=\"L{self.loop_count}\", idx_name=\"{w}\"):  # {loc}")
         self.depth += 1
         for k in range(per):

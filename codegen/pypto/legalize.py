@@ -83,6 +83,11 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
 * `tile.scatter_rows` `scalar_id = [steps]`: its row m's id as pypto scalar expressions of the ops computing the
   ids ({m} the row, {sN} step N's value; the last step is the id): pypto 0.2.0 reads a scalar only from a kernel
   parameter (GetTensorData), not from a computed tensor.
+  `rows_per_trip = n`: the rows its loop writes per iteration (each its own id, branch and assemble), the option
+  `scatter-rows` (default 2) where it divides the rows, else their greatest common divisor: pypto 0.2.0 stitches
+  at most 128 loop iterations into one group and starts a group after the last one ends, so 3 scatters of 128
+  rows (a compressor's state rings and cache) ran as 3 more groups after everything else (flash index_compressor:
+  1 row 135.0 us, 2 rows 127.6, 4 140.5).
 * loops (`tile.parallel`, `scf.for`) `one_trip = i`: constant bounds with one iteration (at most), its index the
   constant i: a view of a whole tensor at it is the tensor (no copy: the o-projection's single 128-row chunk read
   the attention output through a clone of all of it).
@@ -135,7 +140,7 @@ from attnc.passes._build import at_end, before, const, tile_full, tile_op
 
 # every attribute this pass sets (cleared first: the pass is idempotent)
 FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "pieces", "one_trip", "body_l1_reuse", "clone", "inplace",
-         "prefix", "scalar_ids", "scalar_id", "copy_out", "copy_out_tile_elems", "host_constant", "host_only",
+         "prefix", "scalar_ids", "scalar_id", "rows_per_trip", "copy_out", "copy_out_tile_elems", "host_constant", "host_only",
          "padded_in", "padded_out", "valid_tile", "pypto_legalized")
 BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i8": 1, "i1": 1}
 
@@ -987,7 +992,7 @@ def check_scalar_reads(fn: Operation) -> None:
                             "lowering: pypto reads scalars only from kernel parameters")
 
 
-def legalize_function(fn: Operation, hoist_constants: bool = True) -> None:
+def legalize_function(fn: Operation, hoist_constants: bool = True, scatter_rows: int = 2) -> None:
     """Rewrite fn's ops that pypto 0.2.0 cannot run as they are (values unchanged), then set every fact of the
     module docstring on fn and its ops (clearing the ones a previous run set)."""
     check_scalar_reads(fn)
@@ -1032,6 +1037,7 @@ def legalize_function(fn: Operation, hoist_constants: bool = True) -> None:
     for op in block.walk():
         if op.name == "tile.scatter_rows":
             op.attributes["scalar_id"] = _names(scalar_id_steps(op, names))
+            op.attributes["rows_per_trip"] = IntegerAttr(math.gcd(shape_of(op.rows.type)[0], scatter_rows), i64)
     params = set(block.args)
     declared = set(outputs) | scratch | {next(iter(op.result.uses)).operation.result for op in copies}
     carries = []
@@ -1096,10 +1102,12 @@ class PyptoLegalize(AttncPass):
     tolerance = 0.0
     # 0: values computed from no input stay kernel work (host_constants: the A/B of issue 20's indexer prolog)
     host_constants: int = 1
+    scatter_rows: int = 2  # rows a scatter loop writes per iteration (`rows_per_trip`), where they divide its rows
     option_choices = {"host_constants": (0, 1)}
+    option_ranges = {"scatter_rows": (1, 128)}
 
     def apply(self, ctx, op):
         from attnc.ir import entry_function
 
         self.check_options()
-        legalize_function(entry_function(op), bool(self.host_constants))
+        legalize_function(entry_function(op), bool(self.host_constants), self.scatter_rows)
