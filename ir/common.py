@@ -164,6 +164,12 @@ def pypto_facts_verify(op) -> None:
     if "body_l1_reuse" in attrs:
         op.expect(kind == "parallel" and isinstance(attrs["body_l1_reuse"], IntegerAttr),
                   "body_l1_reuse must be an integer (its body's cube_l1_reuse_setting), on a loop")
+    if "body_nbuffer" in attrs:
+        op.expect(kind == "parallel" and isinstance(attrs["body_nbuffer"], IntegerAttr),
+                  "body_nbuffer must be an integer (its body's cube_nbuffer_setting), on a loop")
+    if "nbuffer" in attrs:  # tile-matmul: the N tiles the target's n-buffering runs as one task (1: each its own)
+        op.expect(kind in ("matmul", "matmul_acc") and isinstance(attrs["nbuffer"], IntegerAttr)
+                  and attrs["nbuffer"].value.data >= 1, "nbuffer must be a positive integer, on a matmul")
     if "rows_per_trip" in attrs:  # rows a scatter's loop writes per iteration: a divisor of its rows
         per = attrs["rows_per_trip"]
         op.expect(kind == "scatter_rows" and isinstance(per, IntegerAttr) and per.value.data >= 1

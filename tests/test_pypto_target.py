@@ -39,9 +39,9 @@ def test_emitted_program_is_deterministic_and_readable():
 def test_stated_l1_reuse_is_set_for_its_loop_and_restored():
     """tile-matmul's `l1_reuse` on the flash m = 4 compressor's projections: pypto 0.2.0 reads
     cube_l1_reuse_setting per loop body (set around the matmul statement alone it changed nothing: 325.3 us both),
-    so the loop's body sets it and the line after the loop restores the program's setting. `l1_reuse = 1` (each
-    N tile its own task) also turns n-buffering off there (2 N tiles as one task re-read the A tile each:
-    index_compressor 168.8 -> 145.6 us)."""
+    so the loop's body sets it and the line after the loop restores the program's setting. With `l1_reuse = 1` (each
+    N tile its own task) tile-matmul states `nbuffer = 1`: n-buffering off there too (2 N tiles as one task re-read
+    the A tile each: index_compressor 168.8 -> 145.6 us)."""
     from attnc.passes import PYPTO_PIPELINE
 
     module = build_stage(STAGES["compressor"], resolve_config("flash", {"compress_ratio": 4}))

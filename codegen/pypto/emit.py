@@ -388,13 +388,13 @@ class _Emitter:
             self.consts[block.args[0]] = op.attributes["one_trip"].value.data
         for arg, name in zip(block.args[1:], carried):
             self.names[arg] = name
-        # the body's cube_l1_reuse_setting (pypto-legalize `body_l1_reuse`), restored at the loop's end. `l1_reuse
-        # = 1` (each N tile its own task) also turns off the n-buffering that would run 2 N tiles as one task, each
-        # re-reading the whole A tile (flash m = 4 projections: 16 tasks of 2 N tiles of 64, 39.5 us each)
-        reuse = op.attributes["body_l1_reuse"].value.data if "body_l1_reuse" in op.attributes else None
-        if reuse is not None:
-            own = ", cube_nbuffer_setting={-1: 1}" if reuse == 1 else ""
-            self.emit(f"pypto.set_pass_options(cube_l1_reuse_setting={{-1: {reuse}}}{own})")
+        # the body's cube_l1_reuse_setting and cube_nbuffer_setting (pypto-legalize `body_l1_reuse`,
+        # `body_nbuffer`), the program's restored at the loop's end
+        settings = [(name, op.attributes[fact].value.data, program) for fact, name, program in (
+            ("body_l1_reuse", "cube_l1_reuse_setting", self.l1_reuse),
+            ("body_nbuffer", "cube_nbuffer_setting", self.nbuffer)) if fact in op.attributes]
+        if settings:
+            self.emit(f"pypto.set_pass_options({', '.join(f'{name}={{-1: {n}}}' for name, n, _ in settings)})")
         for inner in block.ops:
             if inner is block.last_op and inner.name in ("scf.yield", "tile.yield"):
                 for name, v in zip(carried, inner.operands):
@@ -405,9 +405,8 @@ class _Emitter:
             self.op(inner)
         self.vec_budget = outer_budget
         self.depth -= 1
-        if reuse is not None:
-            own = f", cube_nbuffer_setting={self.nbuffer!r}" if reuse == 1 else ""
-            self.emit(f"pypto.set_pass_options(cube_l1_reuse_setting={self.l1_reuse!r}{own})")
+        if settings:
+            self.emit(f"pypto.set_pass_options({', '.join(f'{name}={program!r}' for name, _, program in settings)})")
         for r, name in zip(results, carried):
             self.names[r] = name
 

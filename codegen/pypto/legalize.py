@@ -94,6 +94,8 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
 * loops `body_l1_reuse = n`: the `l1_reuse` (tile-matmul) every matmul of the loop's body states: pypto 0.2.0
   reads cube_l1_reuse_setting per loop body, not per op (set around the matmul alone it changes nothing), so the
   body sets it and the loop's end restores the program's; absent where the body's matmuls differ or state none.
+  `body_nbuffer = n` likewise from the matmuls' `nbuffer` (tile-matmul: 1 where each N tile is its own task), the
+  body's cube_nbuffer_setting.
 * `func.func` `copy_out = [bools]`: per result, stored into its output parameter as `out[:] = pypto.clone(t)`
   after the body (pypto 0.2.0 may leave the output untouched for `out[:] = t`), unless it is the output buffer its
   loop wrote in place or an in/out parameter; `copy_out_tile_elems = [ints]`: the vector tile budget of the loop
@@ -139,7 +141,8 @@ from attnc.ir.tile_dialect import TILE
 from attnc.passes._build import at_end, before, const, tile_full, tile_op
 
 # every attribute this pass sets (cleared first: the pass is idempotent)
-FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "pieces", "one_trip", "body_l1_reuse", "clone", "inplace",
+FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "pieces", "one_trip", "body_l1_reuse", "body_nbuffer",
+         "clone", "inplace",
          "prefix", "scalar_ids", "scalar_id", "rows_per_trip", "copy_out", "copy_out_tile_elems", "host_constant", "host_only",
          "padded_in", "padded_out", "valid_tile", "pypto_legalized")
 BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i8": 1, "i1": 1}
@@ -1058,10 +1061,11 @@ def legalize_function(fn: Operation, hoist_constants: bool = True, scatter_rows:
             trip = one_trip(op)
             if trip is not None:
                 op.attributes["one_trip"] = IntegerAttr(trip, i64)
-            stated = {o.attributes["l1_reuse"].value.data if "l1_reuse" in o.attributes else None
-                      for o in op.body.block.ops if o.name in ("tile.matmul", "tile.matmul_acc")}
-            if len(stated) == 1 and None not in stated:
-                op.attributes["body_l1_reuse"] = IntegerAttr(stated.pop(), i64)
+            for fact, body_fact in (("l1_reuse", "body_l1_reuse"), ("nbuffer", "body_nbuffer")):
+                stated = {o.attributes[fact].value.data if fact in o.attributes else None
+                          for o in op.body.block.ops if o.name in ("tile.matmul", "tile.matmul_acc")}
+                if len(stated) == 1 and None not in stated:
+                    op.attributes[body_fact] = IntegerAttr(stated.pop(), i64)
     rewrite_carried_tensors(fn, carries)
     rewrite_bool_splats(fn)  # after: a bool splat a loop overwrites everywhere is a scratch buffer, never filled
     for op in block.walk():
