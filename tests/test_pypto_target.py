@@ -176,6 +176,47 @@ def test_cli_run_pypto_sim_prints_aicore_time(capsys, tmp_path):
     assert (tmp_path / "o.npz").exists()
 
 
+@needs_pypto
+def test_a_compiled_program_runs_alone_on_the_stages_inputs(tmp_path):
+    """`attnc compile --emit pypto` writes one file that runs as its header says (`attnc inputs` then the runner,
+    no attnc in between): its host constants' values (pypto-legalize `host_constant`, the RoPE matrices of
+    qkv_proj_rope) are written into it. Every output equals the interpreter's on the same compiled IR."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from attnc.cli import main
+    from attnc.ir.interpreter import entry_function
+    from attnc.ir.types import dtype_of, torch_dtype
+    from attnc.passes import PYPTO_PIPELINE
+
+    program, inputs, out = tmp_path / "qkv.pypto.py", tmp_path / "in.npz", tmp_path / "out.npz"
+    assert main(["compile", "qkv_proj_rope", "--config", "tiny", "--emit", "pypto", "-o", str(program)]) == 0
+    assert main(["inputs", "qkv_proj_rope", "--config", "tiny", "-o", str(inputs)]) == 0
+    text = program.read_text()
+    assert f"# pipeline: {PYPTO_PIPELINE}\n" in text  # the IR compared below is the program's
+    assert "HOST_CONSTANT_NAMES = " in text and "\ndef host_constant_values():" in text
+    res = subprocess.run([sys.executable, "-m", "attnc.codegen.pypto.sim.runner", str(program), str(inputs), str(out)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    cfg = resolve_config("tiny")
+    module = build_stage(STAGES["qkv_proj_rope"], cfg)
+    run_pipeline(module, PYPTO_PIPELINE)
+    fn = entry_function(module)
+    with np.load(inputs) as data:
+        args = [torch.from_numpy(data[name.data]).to(torch_dtype(dtype_of(t)))
+                for name, t in zip(fn.attributes["arg_names"].data, fn.function_type.inputs.data)]
+    with np.load(out) as data:
+        got = {k: data[k] for k in data.files}
+    for name, w in zip(STAGES["qkv_proj_rope"].outputs, run_module(module, args)):
+        g = torch.from_numpy(got[name]).to(w.dtype)
+        if w.dtype in (torch.int32, torch.bfloat16):
+            assert torch.equal(g, w), name
+        else:
+            assert normalised_error(g, w) <= 1e-3, name
+
+
 @pytest.mark.npu
 @pytest.mark.skipif(not npu_available(), reason="no torch_npu / Ascend NPU on this machine")
 def test_pypto_npu_matches_interpreter():

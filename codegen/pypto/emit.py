@@ -29,6 +29,7 @@ from attnc.ir import entry_function
 from attnc.ir.tile_dialect import EXPAND_KINDS
 from attnc.ir.types import dtype_of, shape_of
 
+from .host import encoded, host_constants
 from .legalize import BYTES as _BYTES, flag, lanes, legalize_function
 from .options import PyptoOptions
 
@@ -200,7 +201,7 @@ class _Emitter:
             return
         if flag(op, "host_only"):  # feeds only host-computed constants
             return
-        if "host_constant" in op.attributes:  # a kernel parameter the host fills (pypto-legalize host_constants)
+        if "host_constant" in op.attributes:  # a kernel parameter, its value in the program (pypto-legalize, host.py)
             name = op.attributes["host_constant"].data
             self.names[op.results[0]] = name
             self.host.append((name, list(shape_of(op.results[0].type)), dtype_of(op.results[0].type)))
@@ -726,13 +727,15 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
     for name, shape, dtype in em.scratch:  # after the outputs: scratch parameters (pypto-legalize `buffer = "scratch"`)
         params.append(f"{name}: pypto.Tensor({shape}, {PYPTO_DTYPE[dtype]})")
         dtypes[name], shapes[name] = dtype, shape
-    for name, shape, dtype in em.host:  # last: constants the host computes (target.host_constants)
+    for name, shape, dtype in em.host:  # last: constants computed from no input, their values in the program (host.py)
         params.append(f"{name}: pypto.Tensor({shape}, {PYPTO_DTYPE[dtype]})")
         dtypes[name], shapes[name] = dtype, shape
+    values = host_constants(module) if em.host else {}
     return _TEMPLATE.get_template("pypto_kernel.py.j2").render(
         stage=code_text(fn.sym_name.data), arg_names=list(dtypes), output_names=out_names, dtypes=dtypes,
         shapes=shapes, result_shapes=result_shapes, scratch_names=[n for n, _, _ in em.scratch],
-        host_names=[n for n, _, _ in em.host], params=params, body=em.lines,
+        host_names=[n for n, _, _ in em.host], host_values=encoded({n: values[n] for n, _, _ in em.host}),
+        params=params, body=em.lines,
         assembled_pieces=repr([g for g in em.assembled_pieces if any(padded for _, _, padded in g)]),
         combine_axis=options.combine_axis,
         pass_options=repr(options.pass_options()), runtime_options=repr(options.runtime_options()))

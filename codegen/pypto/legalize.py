@@ -114,8 +114,9 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
 
 * `host_constant = "hcN"` on an op computed from no kernel input or loop index (index ramps, fills and what is computed
   from them only: the Hadamard signs, RoPE selectors) that is more than a lone ramp or fill: its value is a
-  kernel parameter `hcN`, computed on the host from these same ops (target.host_constants, the interpreter), so
-  the kernel does not run the chain of small vector tasks that builds it (the indexer: 17-61 us of its prolog).
+  kernel parameter `hcN`, computed on the host from these same ops (codegen/pypto/host.py, the interpreter; the
+  emitter writes the values into the program), so the kernel does not run the chain of small vector tasks that
+  builds it (the indexer: 17-61 us of its prolog).
   `host_only` on the ops that only feed such values: not emitted.
 
 A `tile.read` of a computed tensor is refused (check_scalar_reads): pypto 0.2.0 reads a scalar only from a
