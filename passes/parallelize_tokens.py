@@ -267,9 +267,16 @@ class _Analysis:
         if not any(op for op in token_ops if not self.is_flatten(op)):
             return []
         top = max(level.values())
+        # batch-major work goes in front of the level of its first user (as late as its uses allow), not of its
+        # own level: it then shares the target's function with the work that reads it (pypto 0.2.0 links tasks
+        # of different root functions tensor by tensor, and materialises a broadcast made in another one)
+        place = {}
+        for op in reversed(list(nx.lexicographical_topological_sort(graph, key=index.__getitem__))):
+            users = [place[u] for u in graph.successors(op) if not isinstance(u, func.ReturnOp)]
+            place[op] = level[op] if op in token_ops or not users else min(users)
         order = []
         for lv in range(top + 1):
-            order += [op for op in ops if level[op] == lv and op not in token_ops and not isinstance(op, func.ReturnOp)]
+            order += [op for op in ops if place[op] == lv and op not in token_ops and not isinstance(op, func.ReturnOp)]
             order += [op for op in ops if level[op] == lv and op in token_ops]
         order += [op for op in ops if isinstance(op, func.ReturnOp)]
         if order != ops:

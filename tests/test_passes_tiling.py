@@ -301,6 +301,38 @@ def test_parallelize_tokens_row_tile_takes_whole_row_tiles_and_is_exact():
         run_pipeline(build_stage(st, cfg), "parallelize-tokens{rows=32 row-tile=-1}")
 
 
+def test_parallelize_tokens_places_batch_major_work_next_to_its_first_user():
+    """decode_csa: batch-major work (the indexer's q reshaped per batch row, its head weights) goes in front of
+    the level of its first user, so no token loop lies between an op and the op that first reads it: in pypto
+    0.2.0 each loop ends a root function, and a value made in another function than its readers is linked to
+    them tensor by tensor (flash decode_csa: 16 copy tasks of the q reshape with ~257 successors each, 222 us of
+    idle cores) and a broadcast made there is materialised (496 copy tasks). Before: the q reshape sat right
+    after the first token loop, three loops before the scoring matmul."""
+    st = STAGES["decode_csa"]
+    module = build_stage(st, resolve_config("tiny", {}))
+    run_pipeline(module, "schedule-compressor,parallelize-tokens{rows=32 weight-rows=128}")
+    block = next(op for op in module.ops if op.name == "func.func").body.block
+    order = {op: i for i, op in enumerate(block.ops)}
+    loops = [op for op in block.ops if op.name == "tile.parallel"]
+    assert len(loops) >= 3
+    def top(user):
+        while user.parent_block() is not block:
+            user = user.parent_op()
+        return user
+
+    checked = 0
+    for op in block.ops:
+        users = [order[top(u.operation)] for r in op.results for u in r.uses if u.operation.name != "func.return"]
+        # a flatten (attn.to_tokens) stays with its own level: the ops it reads are placed in front of it
+        if op.regions or not users or op.name in ("tile.parallel", "attn.to_tokens") or any(
+                u.operation.name == "attn.to_tokens" for r in op.results for u in r.uses):
+            continue
+        between = [lp for lp in loops if order[op] < order[lp] < min(users)]
+        assert not between, f"{op.name} at {order[op]}: loops {[order[lp] for lp in between]} before its first user"
+        checked += 1
+    assert checked > 20
+
+
 def test_compressor_window_ids_are_computed_as_matrices():
     """schedule-compressor{token} computes the window ids as [B, S*R] matrices, reshaped once to [B, S, R]:
     pypto 0.2.0 charges a rank-3 op per leading row, and the ~40 int32 ops on [64, 2, 8] of the window math were
