@@ -394,7 +394,8 @@ def test_quantize_w8a8_tile_rows_caps_the_quantisation_chain_only():
     """tile-rows=N states N as the vector tile row cap on the row-wide ops from the activation to its int8 codes
     and row scale (one row group per task, as the emitter reads `tile_rows`) and on the RMSNorm that makes the
     activation (fuse-rmsnorm then caps its row-wide ops); the per-row statistics ([.., 1]) and everything else
-    keep their tiles; `min-rows` leaves an activation of fewer rows alone."""
+    keep their tiles; `min-rows` leaves an activation of fewer rows alone, and an activation no RMSNorm makes
+    (the indexer's qr parameter) keeps its tiles."""
     from attnc.ir.types import shape_of
 
     cfg = resolve_config("tiny", {"quant": "w8a8"})
@@ -416,6 +417,11 @@ def test_quantize_w8a8_tile_rows_caps_the_quantisation_chain_only():
     few = build_stage(STAGES["qkv_proj_rope"], cfg)
     run_pipeline(few, f"quantize-w8a8{{tile-rows=2 min-rows={rows + 1}}}")
     assert not [o for o in few.walk() if "tile_rows" in o.attributes]
+    # the indexer's wi_q activation is its qr parameter (no norm makes it): its quantisation keeps its tiles
+    idx = build_stage(STAGES["indexer"], cfg)
+    run_pipeline(idx, "quantize-w8a8{tile-rows=2}")
+    assert [o for o in idx.walk() if o.name == "attn.abs"]
+    assert not [o for o in idx.walk() if "tile_rows" in o.attributes]
 
 
 def test_i8_cast_split_keeps_the_row_cap():
