@@ -27,7 +27,7 @@ DEFAULT_PIPELINE = ("quantize-w8a8,schedule-compressor,fuse-rmsnorm,rope-selecto
 # rows is a multiple of 16, the row tile the emitter gives a 512-wide f32 row (power-of-two splits of 8192); a
 # 24-row chunk (T = 24 or 48) is tiled 16 + 8 by wide ops, 24 by narrow ones, and pypto 0.2.0 then keeps the
 # compressor pooling in one leaf function larger than UB, which its SIM cannot run (docs/limitations.md)
-PYPTO_PIPELINE = ("quantize-w8a8,schedule-compressor,fuse-rmsnorm,rope-pair-swap{min-rank=3},rope-selector-matmul,tile-softmax{kv-tile=128},"
+PYPTO_PIPELINE = ("quantize-w8a8{tile-rows=4 min-rows=128},schedule-compressor,fuse-rmsnorm,rope-pair-swap{min-rank=3},rope-selector-matmul,tile-softmax{kv-tile=128},"
                   "parallelize-tokens{rows=32 weight-rows=128 weight-vec-tile=16384 row-tile=16},"
                   "schedule-attention,tile-matmul{rule=cost tasks=24},lower-to-tiles,canonicalize,cse,update-in-place,pypto-legalize")
 # PTO (ptoas 0.1.1): one token per kernel (rows=1, the token axis is dropped), 16-key tiles; then f16 and the

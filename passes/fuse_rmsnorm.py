@@ -14,6 +14,7 @@ from attnc.ir.types import dtype_of
 
 from . import PatternPass, register
 from ._build import T, before
+from .schedule_compressor import _cap_tile_rows
 
 
 class _DecomposeRmsNorm(RewritePattern):
@@ -28,6 +29,9 @@ class _DecomposeRmsNorm(RewritePattern):
             if op.gamma is not None:
                 y = y * dsl.cast(T(op.gamma), "f32")
             y = dsl.cast(y, dtype_of(op.result.type))
+            if "tile_rows" in op.attributes:  # quantize-w8a8{tile-rows}: the norm tiled as the quantisation after it
+                _cap_tile_rows(y, [T(op.input)] + ([T(op.gamma)] if op.gamma is not None else []),
+                               op.attributes["tile_rows"].value.data, row_stats=False)
         rewriter.replace(op, [], [y.value])
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xdsl.dialects import scf
-from xdsl.dialects.builtin import IntegerAttr, i64
+from xdsl.dialects.builtin import IntegerAttr, TensorType, i64
 from xdsl.ir import Block, Region
 from xdsl.pattern_rewriter import PatternRewriter, RewritePattern, op_type_rewrite_pattern
 
@@ -136,20 +136,23 @@ def _halves(v, z, ok, dim: int, lo: int, n: int, overlap: bool, newer: bool):
     return (dsl.slice_(v, (0, lo, col), (N, n, dim)), dsl.slice_(z, (0, lo, col), (N, n, dim)), ok)
 
 
-def _cap_tile_rows(out, inputs, rows: int, chunk: int = 0):
+def _cap_tile_rows(out, inputs, rows: int, chunk: int = 0, row_stats: bool = True):
     """State `tile_rows` (the row cap of each op's vector tile, read by the pypto emitter) on the ops that compute
     `out` from `inputs`: the pooling's ops are views of [N, n, d], [N, n/2, d] ... whose budget tiles would take
     4, 8, 16 rows, so each fold level waits on several tiles of the last and runs as its own task; one row count
     lets pypto 0.2.0 fuse a row group's whole chain into one task (flash m = 4, by hand: 242.9 -> 217.2 us).
     `chunk` states `chunk_rows`, the token rows per chunk of the loop parallelize-tokens makes of them:
-    8-row chunks run the pooling's chain as 16 tasks side by side instead of 4 (flash m = 4 211.4 -> 194.0 us)."""
+    8-row chunks run the pooling's chain as 16 tasks side by side instead of 4 (flash m = 4 211.4 -> 194.0 us).
+    `row_stats=False` leaves the ops whose result is a per-row statistic ([.., 1]: a norm's or an absmax's row
+    values) uncapped: the row ops keep one tile for the chunk (see quantize-w8a8)."""
     stop, todo = {val(x) for x in inputs}, [val(out)]
     while todo:
         v = todo.pop()
         if v in stop or not hasattr(v.owner, "attributes"):
             continue
         stop.add(v)
-        v.owner.attributes["tile_rows"] = IntegerAttr(rows, i64)
+        if row_stats or not isinstance(v.type, TensorType) or shape_of(v.type)[-1:] != (1,):
+            v.owner.attributes["tile_rows"] = IntegerAttr(rows, i64)
         if chunk:
             v.owner.attributes["chunk_rows"] = IntegerAttr(chunk, i64)
         todo.extend(v.owner.operands)

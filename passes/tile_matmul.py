@@ -184,8 +184,10 @@ def _concurrency(op) -> int:
 
 
 class _ChunkK(RewritePattern):
-    def __init__(self, k: int, tasks: int = 1, task_macs: int = TASK_MACS, rule: str = "fixed", merge: int = 1):
+    def __init__(self, k: int, tasks: int = 1, task_macs: int = TASK_MACS, rule: str = "fixed", merge: int = 1,
+                 split_k: int = 1, split_k_min: int = 0):
         self.k, self.tasks, self.task_macs, self.rule, self.merge = k, tasks, task_macs, rule, max(1, merge)
+        self.split_k, self.split_k_min = split_k, split_k_min
 
     def match_and_rewrite(self, op, rewriter: PatternRewriter):
         if not isinstance(op, (ATTN["matmul"], TILE["matmul"])) or "n_tile" in op.attributes or "l1_reuse" in op.attributes:
@@ -196,6 +198,13 @@ class _ChunkK(RewritePattern):
         n = sb[-2] if trans else sb[-1]
         m = math.prod(sa[:-1])
         in_bytes = {"i8": 1, "f32": 4}.get(dtype_of(op.lhs.type), 2)
+        if (self.split_k > 1 and "k_part" not in op.attributes and K >= self.split_k_min and K % self.split_k == 0
+                and not trans and len(sb) == 2 and dtype_of(op.lhs.type) in FLOAT_DTYPES):
+            width = None  # the parts keep the N tile the whole product takes (its A tile per part is 1/P)
+            if self.rule == "cost":
+                width = choose(m, K, n, self.k, self.tasks / _concurrency(op), in_bytes, True, self.task_macs,
+                               self.merge)[1]
+            return self._split(op, rewriter, sa, sb, K, n, width)
         if self.rule == "cost":
             chunks, width = choose(m, K, n, k, self.tasks / _concurrency(op), in_bytes,
                                    dtype_of(op.lhs.type) in FLOAT_DTYPES, self.task_macs, self.merge)
@@ -251,6 +260,29 @@ class _ChunkK(RewritePattern):
                 out = tile_op("cast", [out], op.result.type, rounding=str_attr("rint")).value
         rewriter.replace(op, [], [out])
 
+    def _split(self, op, rewriter: PatternRewriter, sa, sb, K: int, n: int, width: int | None):
+        """`split-k=P`: P independent products of K/P each (their own cube tasks, side by side), summed in f32 in
+        order (mla_prolog_quant_v4's wq_a in two K halves; each part is then tiled as any matmul)."""
+        kp, acc_type = K // self.split_k, tensor_type((*sa[:-1], n), "f32")
+        with before(op):
+            out = None
+            for p in range(self.split_k):
+                a = view(op.lhs, (*[0] * (len(sa) - 1), p * kp), (*sa[:-1], kp))
+                b = view(op.rhs, (p * kp, 0), (kp, sb[-1]))
+                part = tile_op("matmul", [a, b], acc_type, transpose_b=BoolAttr.from_bool(False))
+                attrs = part.value.owner.attributes
+                attrs["k_part"] = IntegerAttr(p, i64)
+                if width is not None:
+                    attrs["n_tile"] = IntegerAttr(width, i64)
+                if "loc" in op.attributes:
+                    attrs["loc"] = op.attributes["loc"]
+                side = op.attributes["side_by_side"].value.data if "side_by_side" in op.attributes else 1
+                attrs["side_by_side"] = IntegerAttr(side * self.split_k, i64)  # the parts share the cube
+                out = part.value if out is None else tile_op("add", [out, part.value], acc_type).value
+            if dtype_of(op.result.type) != "f32":
+                out = tile_op("cast", [out], op.result.type, rounding=str_attr("rint")).value
+        rewriter.replace(op, [], [out])
+
 
 @register
 @dataclass(frozen=True)
@@ -265,5 +297,8 @@ class TileMatmul(PatternPass):
     merge: int = 1  # rule=cost: tiles of the same structure the target runs as one task (pypto: cube_nbuffer_setting)
     option_choices = {"rule": ("fixed", "cost")}
 
+    split_k: int = 1  # a float matmul of K >= split_k_min as split_k independent K parts summed (1: off)
+    split_k_min: int = 4096
+
     def pattern(self):
-        return _ChunkK(self.k, self.tasks, self.task_macs, self.rule, self.merge)
+        return _ChunkK(self.k, self.tasks, self.task_macs, self.rule, self.merge, self.split_k, self.split_k_min)

@@ -148,6 +148,24 @@ def test_tile_matmul_chunks_k(stage):
     assert_located(m)
 
 
+def test_tile_matmul_split_k_sums_independent_parts():
+    """split-k=P: every float matmul of K >= split-k-min becomes P products of K/P each (views of A's columns and
+    B's rows, marked k_part, stated side by side) summed in f32 by P - 1 adds, within the pass's tolerance."""
+    st = STAGES["qkv_proj_rope"]
+    big = [op for op in build_stage(st, TINY).walk()
+           if op.name == "attn.matmul" and shape_of(op.lhs.type)[-1] >= 64 and shape_of(op.lhs.type)[-1] % 2 == 0]
+    assert big
+    m, report, before = compile_stage("qkv_proj_rope", "tile-matmul{split-k=2 split-k-min=64}")
+    parts = [op for op in m.walk() if "k_part" in op.attributes]
+    assert len(parts) == 2 * len(big) and sorted(op.attributes["k_part"].value.data for op in parts)[:2] == [0, 0]
+    assert all(op.attributes["side_by_side"].value.data == 2 for op in parts)
+    assert names(m)["tile.add"] - before["tile.add"] == len(big)
+    assert max(errors(report, "tile-matmul")) <= 1e-2
+    assert_located(m)
+    m, _, before = compile_stage("qkv_proj_rope", "tile-matmul{split-k=2 split-k-min=1000000}")
+    assert names(m) == before
+
+
 def test_tile_matmul_leaves_ragged_k_whole():
     """K not a multiple of k is left unchanged (documented choice: no padded ragged cube tile)."""
     m, _, before = compile_stage("qkv_proj_rope", "tile-matmul{k=24}")

@@ -391,15 +391,52 @@ def test_int8_cube_tiles_hold_twice_bf16s_k_in_the_same_l1_bytes():
 
 
 def test_quantize_w8a8_tile_rows_caps_the_quantisation_chain_only():
-    """tile-rows=N states N as the vector tile row cap on every op from the activation to its int8 codes and row
-    scale (one row group per task, as the emitter reads `tile_rows`), and on nothing else."""
+    """tile-rows=N states N as the vector tile row cap on the row-wide ops from the activation to its int8 codes
+    and row scale (one row group per task, as the emitter reads `tile_rows`) and on the RMSNorm that makes the
+    activation (fuse-rmsnorm then caps its row-wide ops); the per-row statistics ([.., 1]) and everything else
+    keep their tiles; `min-rows` leaves an activation of fewer rows alone, and an activation no RMSNorm makes
+    (the indexer's qr parameter) keeps its tiles."""
+    from attnc.ir.types import shape_of
+
     cfg = resolve_config("tiny", {"quant": "w8a8"})
     mod = build_stage(STAGES["qkv_proj_rope"], cfg)
     run_pipeline(mod, "quantize-w8a8{tile-rows=2}")
     capped = [o for o in mod.walk() if "tile_rows" in o.attributes]
     assert {o.attributes["tile_rows"].value.data for o in capped} == {2}
     kinds = {o.name for o in capped}
-    assert {"attn.reduce", "attn.cast", "attn.abs"} <= kinds and "attn.matmul" not in kinds
+    assert {"attn.cast", "attn.abs", "attn.rmsnorm"} <= kinds and not kinds & {"attn.matmul", "attn.reduce"}
+    assert all(shape_of(o.results[0].type)[-1] != 1 for o in capped)
+    assert len([o for o in capped if o.name == "attn.rmsnorm"]) == 1  # q_norm's (qr), not the x or kv norms
+    run_pipeline(mod, "fuse-rmsnorm")
+    wide = {o.name for o in mod.walk() if "tile_rows" in o.attributes}
+    assert "attn.rmsnorm" not in wide and {"attn.mul", "attn.cast"} <= wide
     plain = build_stage(STAGES["qkv_proj_rope"], cfg)
     run_pipeline(plain, "quantize-w8a8")
     assert not [o for o in plain.walk() if "tile_rows" in o.attributes]
+    rows = cfg["batch"] * cfg["seq"]
+    few = build_stage(STAGES["qkv_proj_rope"], cfg)
+    run_pipeline(few, f"quantize-w8a8{{tile-rows=2 min-rows={rows + 1}}}")
+    assert not [o for o in few.walk() if "tile_rows" in o.attributes]
+    # the indexer's wi_q activation is its qr parameter (no norm makes it): its quantisation keeps its tiles
+    idx = build_stage(STAGES["indexer"], cfg)
+    run_pipeline(idx, "quantize-w8a8{tile-rows=2}")
+    assert [o for o in idx.walk() if o.name == "attn.abs"]
+    assert not [o for o in idx.walk() if "tile_rows" in o.attributes]
+
+
+def test_i8_cast_split_keeps_the_row_cap():
+    """pypto-legalize's i8 cast split (to i32, f16, then i8 saturated) states the cast's `tile_rows` on each new
+    cast, so the emitted codes keep the quantisation chain's row groups."""
+    import re
+
+    from attnc.codegen.pypto.emit import emit_pypto
+
+    cfg = resolve_config("tiny", {"quant": "w8a8"})
+    mod = build_stage(STAGES["qkv_proj_rope"], cfg)
+    pipe = PYPTO_PIPELINE.replace("quantize-w8a8{tile-rows=4 min-rows=128}", "quantize-w8a8{tile-rows=2}")
+    assert pipe != PYPTO_PIPELINE
+    run_pipeline(mod, pipe)
+    text = emit_pypto(mod)
+    casts = re.findall(r"set_vec_tile_shapes\((\d+), \d+\)\n\s*\w+ = pypto\.cast\(\w+, pypto\.DT_(INT32|FP16|INT8)",
+                       text)
+    assert len(casts) >= 3 and {rows for rows, _ in casts} == {"2"}

@@ -639,6 +639,10 @@ def rewrite_i8_casts(fn: Operation) -> None:
                 x = tile_op("cast", [x], tensor_type(shape, "i32"), rounding=str_attr(op.rounding.data)).value
             half = tile_op("cast", [x], tensor_type(shape, "f16"), rounding=str_attr("round")).value
             q = tile_op("cast", [half], op.result.type, rounding=str_attr("trunc"), saturate=bool_attr(True))
+        if "tile_rows" in op.attributes:  # the row cap of its vector tile (quantize-w8a8{tile-rows})
+            for v in (x, half, q.value):
+                if v is not op.input:
+                    v.owner.attributes["tile_rows"] = op.attributes["tile_rows"]
         _replace(op, q.value)
 
 
