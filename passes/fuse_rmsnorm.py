@@ -13,7 +13,7 @@ from attnc.ir.tensor_dialect import RmsNormOp
 from attnc.ir.types import dtype_of
 
 from . import PatternPass, register
-from ._build import T, before
+from ._build import T, before, state_row_group
 
 
 class _DecomposeRmsNorm(RewritePattern):
@@ -28,6 +28,8 @@ class _DecomposeRmsNorm(RewritePattern):
             if op.gamma is not None:
                 y = y * dsl.cast(T(op.gamma), "f32")
             y = dsl.cast(y, dtype_of(op.result.type))
+            if len(x.shape) == 2:  # token rows [T, d]: one row count along the chain (pypto emitter)
+                state_row_group(y, [op.input] + ([op.gamma] if op.gamma is not None else []), x.shape[:1])
         rewriter.replace(op, [], [y.value])
 
 
