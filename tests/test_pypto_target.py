@@ -232,3 +232,26 @@ def test_pypto_sim_compressor_at_24_token_rows():
     res = run_pypto_sim(module, inputs, verify="tensor-graph", timeout_s=600)  # the outputs; no per-pass records
     check = check_outputs(module, inputs, res.outputs, st.outputs)
     assert check.ok, check.failures
+
+
+@pytest.mark.parametrize("stage, overrides", [("compressor", (("compress_ratio", 4),)), ("index_compressor", ())])
+def test_rmsnorm_and_rope_chain_keeps_one_row_count(stage, overrides):
+    """fuse-rmsnorm and rope-selector-matmul state their [T, d] chains as one row_group: in the loop that
+    normalises and rotates the compressed entries every vector op takes the same tile rows (the fewest any op of
+    the chain takes under the budget), so pypto 0.2.0 runs each row group's chain as one task (flash m = 4: its
+    [32, 512] f32 rows in tiles of 16 and its [32, 1] / [32, 64] ones of 32 ran as 7 vector tasks a chunk, now 4:
+    177.0 -> 158.4 us)."""
+    import re
+
+    from attnc.passes import PYPTO_PIPELINE
+
+    module = build_stage(STAGES[stage], resolve_config("flash", dict(overrides)))
+    run_pipeline(module, PYPTO_PIPELINE)
+    lines = emit_pypto(module).splitlines()
+    norm = next(i for i, line in enumerate(lines) if "pypto.sum(" in line and "compressor.py" in line)
+    loop = max(i for i in range(norm) if "pypto.loop(" in lines[i])
+    body = list(itertools.takewhile(lambda line, ind=lines[loop + 1][:8]: line.startswith(ind), lines[loop + 1:]))
+    rows = {int(re.search(r"set_vec_tile_shapes\((\d+)", tile).group(1)) for tile, op in zip(body, body[1:])
+            if "set_vec_tile_shapes" in tile and re.search(r"= pypto\.(mul|add|sum|div|sqrt|reciprocal|cast|concat|full)\(", op)}
+    assert len(rows) == 1, rows
+    assert rows == ({16} if stage == "compressor" else {32})  # d = 512: 16 rows of f32 in 8192 elements; d = 128: 32
