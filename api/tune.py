@@ -636,7 +636,6 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
     from attnc.cli import load_source, source_inputs
     from attnc.progress import Progress
     from attnc.codegen.pypto.emit import emit_pypto
-    from attnc.codegen.pypto.target import embed_host_constants
     from attnc.ir import print_ir
     from attnc.passes import PYPTO_PIPELINE, PassError, PipelineError
     from attnc.passes.verify import run_pipeline
@@ -694,8 +693,7 @@ def tune(req: TuneRequest, log=None) -> TuneResult:
             why = static_check(module, options)
             if why and params not in (default, baseline):  # the defaults are always timed (a filter that
                 return None, None, why, "filtered"                 # rejects them is wrong)
-            # the trials share one inputs file: the candidate's host constants travel in its program
-            program = embed_host_constants(emit_pypto(module, options), module)
+            program = emit_pypto(module, options)  # its host constants' values in it (one inputs file for all)
         except (PassError, PipelineError, Exception) as e:  # noqa: BLE001 - any failure disqualifies the candidate
             return None, None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", "compile-error"
         return cache_key(program, SIM_VERIFY, req.seed), program, "", "ok"

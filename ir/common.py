@@ -129,7 +129,7 @@ _FACT_FLAGS = ("splat", "packed", "clone", "inplace", "prefix", "scalar_ids", "v
 def pypto_facts_verify(op) -> None:
     """The form of pypto-legalize's facts on a tile op (codegen/pypto/legalize.py): bool flags on the ops they
     describe; `buffer` on a tile.full (`output` = its result index); `padded` one bool per concat input;
-    `scalar_id` the steps of a scatter's id."""
+    `scalar_id` the steps of a scatter's id, `rows_per_trip` a divisor of its rows."""
     attrs = op.attributes
     for name in _FACT_FLAGS:
         if name in attrs:
@@ -164,6 +164,17 @@ def pypto_facts_verify(op) -> None:
     if "body_l1_reuse" in attrs:
         op.expect(kind == "parallel" and isinstance(attrs["body_l1_reuse"], IntegerAttr),
                   "body_l1_reuse must be an integer (its body's cube_l1_reuse_setting), on a loop")
+    if "body_nbuffer" in attrs:
+        op.expect(kind == "parallel" and isinstance(attrs["body_nbuffer"], IntegerAttr),
+                  "body_nbuffer must be an integer (its body's cube_nbuffer_setting), on a loop")
+    if "nbuffer" in attrs:  # tile-matmul: the N tiles the target's n-buffering runs as one task (1: each its own)
+        op.expect(kind in ("matmul", "matmul_acc") and isinstance(attrs["nbuffer"], IntegerAttr)
+                  and attrs["nbuffer"].value.data >= 1, "nbuffer must be a positive integer, on a matmul")
+    if "rows_per_trip" in attrs:  # rows a scatter's loop writes per iteration: a divisor of its rows
+        per = attrs["rows_per_trip"]
+        op.expect(kind == "scatter_rows" and isinstance(per, IntegerAttr) and per.value.data >= 1
+                  and shape_of(op.rows.type)[0] % per.value.data == 0,
+                  "rows_per_trip must be a positive integer dividing the rows, on a tile.scatter_rows")
     if "scalar_id" in attrs:
         steps = attrs["scalar_id"]
         op.expect(kind == "scatter_rows" and isinstance(steps, ArrayAttr) and len(steps.data) >= 1

@@ -86,7 +86,7 @@ class _Lower(RewritePattern):
                 return fused
         operands = [list(op.inputs)] if kind == "concat" else list(op.operands)
         new = emit_op(TILE[_TILE_KIND.get(kind, kind)], operands, [rtype], dict(op.properties))
-        for key in ("n_tile", "l1_reuse"):  # a matmul's cube N tile and L1 reuse, stated by tile-matmul
+        for key in ("n_tile", "l1_reuse", "nbuffer"):  # a matmul's cube N tile, L1 reuse, n-buffering (tile-matmul)
             if key in op.attributes:
                 new.attributes[key] = op.attributes[key]
         return new.results[0]

@@ -18,9 +18,11 @@ vector add on the accumulation chain. The facts it reads are the IR's: the opera
 trip counts of the `tile.parallel` loops around the matmul (their iterations run side by side, so a matmul in a
 64-iteration loop gets 24/64 of the cube). Why: a narrow N tile streams the whole [M, K] A tile once per N tile
 (K = 4096, N tile 32: 32 A loads of 1 MiB for a 1024-wide result), and every K chunk costs an f32 add of the
-whole [M, N] result (wq_b at k=512: one [128, 32768] add). With K whole it also states `l1_reuse = 1` on a
-matmul whose N tiles run faster each as its own task than merged by the target's L1 reuse (`l1_reuse`), which
-the pypto emitter honours in the loop around the matmul."""
+whole [M, N] result (wq_b at k=512: one [128, 32768] add). With K whole it also states `l1_reuse = 1` and
+`nbuffer = 1` on a matmul whose N tiles run faster each as its own task than merged by the target's L1 reuse
+(`l1_reuse`): its estimate merges them neither way, so the target's n-buffering, which would run 2 N tiles as one
+task each re-reading the A tile, is off too. pypto-legalize states both on the loop around the matmul
+(`body_l1_reuse`, `body_nbuffer`: pypto 0.2.0 reads them per loop body), which the pypto emitter prints."""
 from __future__ import annotations
 
 import math
@@ -55,7 +57,8 @@ ADD_TILE, ADD_CYCLES = 16384, 18577
 # tile run as one task
 TARGET_L1_REUSE = 4
 # the pypto target's n-buffering (`cube_nbuffer_setting` {-1: 2}): 2 N tiles of a matmul run as one task, each
-# re-reading its A tile, unless the matmul states `l1_reuse = 1` (each tile its own task; K whole only)
+# re-reading its A tile, unless the matmul states `nbuffer = 1` (with `l1_reuse = 1`: each tile its own task; K
+# whole only)
 TARGET_NBUFFER = 2
 
 
@@ -202,6 +205,9 @@ class _ChunkK(RewritePattern):
                 reuse = l1_reuse(m, K, n, width or widest_n(m, n, in_bytes), self.tasks / _concurrency(op), in_bytes)
                 if reuse is not None:
                     op.attributes["l1_reuse"] = IntegerAttr(reuse, i64)
+                if reuse == 1:  # each N tile its own task, as estimated: not merged by n-buffering either (flash m =
+                    # 4 projections: 16 tasks of 2 N tiles of 64, 39.5 us each; index_compressor 168.8 -> 145.6 us)
+                    op.attributes["nbuffer"] = IntegerAttr(1, i64)
                 if width is not None or reuse is not None:
                     rewriter.handle_operation_modification(op)
                 return

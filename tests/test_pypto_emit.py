@@ -12,6 +12,7 @@ Modules (MLIR text, parsed with attnc.ir.parse_ir):
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 
 import pytest
@@ -140,7 +141,9 @@ def make_inputs(mod, seed: int = 0) -> dict:
 
 
 def kernel_body(text: str) -> list[str]:
-    return text.split("\ndef kernel(", 1)[1].split("):\n", 1)[1].splitlines()
+    """The kernel function's body lines (the host constants' values and their decoder follow it)."""
+    lines = text.split("\ndef kernel(", 1)[1].split("):\n", 1)[1].splitlines()
+    return list(itertools.takewhile(lambda line: not line or line.startswith(" "), lines))
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
@@ -152,7 +155,7 @@ def test_emission_is_deterministic(name):
 
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_program_compiles_and_declares_the_contract(name):
-    from attnc.codegen.pypto.target import host_constants
+    from attnc.codegen.pypto.host import host_constants
 
     mod = module(name)
     text = emit_pypto(mod)
@@ -166,12 +169,18 @@ def test_program_compiles_and_declares_the_contract(name):
         if line.startswith(("ARG_NAMES = ", "OUTPUT_NAMES = ", "ARG_DTYPES = ", "ARG_SHAPES = ", "SCRATCH_NAMES = ",
                             "HOST_CONSTANT_NAMES = ")):
             exec(line, ns)
-    # then the scratch buffers and the constants the host computes (target.host_constants fills them)
+    # then the scratch buffers and the constants computed from no input (their values in the program: host.py)
     extra = ns["SCRATCH_NAMES"] + ns.get("HOST_CONSTANT_NAMES", [])
     assert ns["ARG_NAMES"] == args + outs + extra and ns["OUTPUT_NAMES"] == outs
     assert set(ns["ARG_DTYPES"]) == set(args + outs + extra) and set(ns["ARG_SHAPES"]) == set(args + outs + extra)
-    if "HOST_CONSTANT_NAMES" in ns:
-        assert set(ns["HOST_CONSTANT_NAMES"]) == set(host_constants(mod))
+    if "HOST_CONSTANT_NAMES" in ns:  # their values written into the program, as the interpreter computes them
+        values = host_constants(mod)
+        assert set(ns["HOST_CONSTANT_NAMES"]) == set(values)
+        exec(text[text.index("\nHOST_CONSTANT_VALUES = {"):], ns)  # the values and their decoder: numpy only
+        written = ns["host_constant_values"]()
+        assert list(written) == ns["HOST_CONSTANT_NAMES"]
+        for key, v in values.items():
+            assert torch.equal(torch.from_numpy(written[key]).to(v.dtype), v), key
     assert "@pypto.frontend.jit(" in text and "\ndef kernel(" in text
     for line in kernel_body(text):  # every op's statement and every loop names its DSL line
         s = line.strip()

@@ -39,9 +39,9 @@ def test_emitted_program_is_deterministic_and_readable():
 def test_stated_l1_reuse_is_set_for_its_loop_and_restored():
     """tile-matmul's `l1_reuse` on the flash m = 4 compressor's projections: pypto 0.2.0 reads
     cube_l1_reuse_setting per loop body (set around the matmul statement alone it changed nothing: 325.3 us both),
-    so the loop's body sets it and the line after the loop restores the program's setting. `l1_reuse = 1` (each
-    N tile its own task) also turns n-buffering off there (2 N tiles as one task re-read the A tile each:
-    index_compressor 168.8 -> 145.6 us)."""
+    so the loop's body sets it and the line after the loop restores the program's setting. With `l1_reuse = 1` (each
+    N tile its own task) tile-matmul states `nbuffer = 1`: n-buffering off there too (2 N tiles as one task re-read
+    the A tile each: index_compressor 168.8 -> 145.6 us)."""
     from attnc.passes import PYPTO_PIPELINE
 
     module = build_stage(STAGES["compressor"], resolve_config("flash", {"compress_ratio": 4}))
@@ -57,11 +57,11 @@ def test_stated_l1_reuse_is_set_for_its_loop_and_restored():
 
 
 def test_scatter_loops_write_two_rows_per_iteration():
-    """A scatter_rows loop writes SCATTER_ROWS = 2 rows per iteration (each its own id and runtime branch): pypto
-    0.2.0 stitches at most 128 iterations into one group and starts a group after the last ends, so the flash
-    index compressor's 3 scatters of 128 rows ran as 3 groups after everything else (135.0 -> 127.6 us). Rows at
-    consecutive ids of one table block (a ring's step rows) go as one [2, d] assemble, one task instead of two
-    (137.0 -> 127.0 us); other rows one by one."""
+    """A scatter_rows loop writes `rows_per_trip` = 2 rows per iteration (pypto-legalize's scatter-rows; each its
+    own id and runtime branch): pypto 0.2.0 stitches at most 128 iterations into one group and starts a group after
+    the last ends, so the flash index compressor's 3 scatters of 128 rows ran as 3 groups after everything else
+    (135.0 -> 127.6 us). Rows at consecutive ids of one table block (a ring's step rows) go as one [2, d]
+    assemble, one task instead of two (137.0 -> 127.0 us); other rows one by one."""
     import re
 
     from attnc.passes import PYPTO_PIPELINE
@@ -178,6 +178,47 @@ def test_cli_run_pypto_sim_prints_aicore_time(capsys, tmp_path):
     assert [ln.split()[1] for ln in checks] == list(STAGES["qkv_proj_rope"].outputs), out
     assert all(ln.split()[-1] in ("exact", "bounded") for ln in checks), checks
     assert (tmp_path / "o.npz").exists()
+
+
+@needs_pypto
+def test_a_compiled_program_runs_alone_on_the_stages_inputs(tmp_path):
+    """`attnc compile --emit pypto` writes one file that runs as its header says (`attnc inputs` then the runner,
+    no attnc in between): its host constants' values (pypto-legalize `host_constant`, the RoPE matrices of
+    qkv_proj_rope) are written into it. Every output equals the interpreter's on the same compiled IR."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from attnc.cli import main
+    from attnc.ir.interpreter import entry_function
+    from attnc.ir.types import dtype_of, torch_dtype
+    from attnc.passes import PYPTO_PIPELINE
+
+    program, inputs, out = tmp_path / "qkv.pypto.py", tmp_path / "in.npz", tmp_path / "out.npz"
+    assert main(["compile", "qkv_proj_rope", "--config", "tiny", "--emit", "pypto", "-o", str(program)]) == 0
+    assert main(["inputs", "qkv_proj_rope", "--config", "tiny", "-o", str(inputs)]) == 0
+    text = program.read_text()
+    assert f"# pipeline: {PYPTO_PIPELINE}\n" in text  # the IR compared below is the program's
+    assert "HOST_CONSTANT_NAMES = " in text and "\ndef host_constant_values():" in text
+    res = subprocess.run([sys.executable, "-m", "attnc.codegen.pypto.sim.runner", str(program), str(inputs), str(out)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    cfg = resolve_config("tiny")
+    module = build_stage(STAGES["qkv_proj_rope"], cfg)
+    run_pipeline(module, PYPTO_PIPELINE)
+    fn = entry_function(module)
+    with np.load(inputs) as data:
+        args = [torch.from_numpy(data[name.data]).to(torch_dtype(dtype_of(t)))
+                for name, t in zip(fn.attributes["arg_names"].data, fn.function_type.inputs.data)]
+    with np.load(out) as data:
+        got = {k: data[k] for k in data.files}
+    for name, w in zip(STAGES["qkv_proj_rope"].outputs, run_module(module, args)):
+        g = torch.from_numpy(got[name]).to(w.dtype)
+        if w.dtype in (torch.int32, torch.bfloat16):
+            assert torch.equal(g, w), name
+        else:
+            assert normalised_error(g, w) <= 1e-3, name
 
 
 @pytest.mark.npu

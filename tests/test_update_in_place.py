@@ -8,7 +8,8 @@ import re
 import pytest
 import torch
 
-from attnc.codegen.pypto.emit import SCATTER_ROWS, emit_pypto, in_place_outputs
+from attnc.codegen.pypto.emit import emit_pypto, in_place_outputs
+from attnc.codegen.pypto.legalize import PyptoLegalize
 from attnc.ir import parse_ir
 from attnc.ir.interpreter import entry_function, run_module
 from attnc.kernels_src import STAGES, build_stage, resolve_config
@@ -54,9 +55,9 @@ def test_program_has_one_in_out_parameter_per_cache_and_copies_no_table(stage):
         assert name in params
         assert not re.search(rf"pypto\.clone\({name}\)|\b{name}\[:\] =", text), name  # never copied or overwritten whole
         writes = re.findall(rf"pypto\.assemble\((\w+), \[[^\]]*\], {name}\)", text)
-        # the row writes of one loop over the step's rows (SCATTER_ROWS rows per iteration, or all of them at
-        # once when their ids are consecutive), no other write
-        assert len(writes) == SCATTER_ROWS + 1, (name, writes)
+        # the row writes of one loop over the step's rows (pypto-legalize's scatter-rows per iteration: they divide
+        # these rows; or all of them at once when their ids are consecutive), no other write
+        assert len(writes) == PyptoLegalize.scatter_rows + 1, (name, writes)
     assert "OUTPUT_NAMES = " + str(list(STAGES[stage].outputs)).replace("'", '"') in text
 
 

@@ -29,6 +29,7 @@ from attnc.ir import entry_function
 from attnc.ir.tile_dialect import EXPAND_KINDS
 from attnc.ir.types import dtype_of, shape_of
 
+from .host import encoded, host_constants
 from .legalize import BYTES as _BYTES, flag, lanes, legalize_function
 from .options import PyptoOptions
 
@@ -81,7 +82,6 @@ def loop_vec_budget(loop: Operation, outer: int) -> int:
 
 L0AB_BYTES, L0C_BYTES = 64 * 1024, 128 * 1024
 L1_OPERAND_BYTES = (128 * 512 + 512 * 256) * 2  # the L1 tiles of A and B at most (bf16 M 128, K 512, N 256)
-SCATTER_ROWS = 2  # rows a scatter_rows loop writes per iteration (see _scatter_rows)
 UB_BYTES = 192 * 1024  # the vector unit's buffer: an op's tiles (inputs and output) live there together
 
 
@@ -220,7 +220,7 @@ class _Emitter:
             return
         if flag(op, "host_only"):  # feeds only host-computed constants
             return
-        if "host_constant" in op.attributes:  # a kernel parameter the host fills (pypto-legalize host_constants)
+        if "host_constant" in op.attributes:  # a kernel parameter, its value in the program (pypto-legalize, host.py)
             name = op.attributes["host_constant"].data
             self.names[op.results[0]] = name
             self.host.append((name, list(shape_of(op.results[0].type)), dtype_of(op.results[0].type)))
@@ -293,10 +293,8 @@ class _Emitter:
         lead = table_shape[:len(table_shape) - len(rows_shape) + 1]  # the table dims a row id runs over
         self.loop_count += 1
         w = f"w{self.loop_count}"
-        # SCATTER_ROWS rows per iteration: pypto 0.2.0 stitches at most 128 loop iterations into one group and
-        # starts a group after the last one ends, so 3 scatters of 128 rows (a compressor's state rings and cache)
-        # ran as 3 more groups after everything else (flash index_compressor: 1 row 135.0 us, 2 rows 127.6, 4 140.5)
-        per = SCATTER_ROWS if rows_shape[0] % SCATTER_ROWS == 0 else 1
+        # the rows each iteration writes (pypto-legalize `rows_per_trip`, its option scatter-rows)
+        per = op.attributes["rows_per_trip"].value.data if "rows_per_trip" in op.attributes else 1
         self.emit(f"for {w} in pypto.loop(0, {rows_shape[0]}, {per}, name=\"L{self.loop_count}\", idx_name=\"{w}\"):  # {loc}")
         self.depth += 1
         rows = [f"({w} + {k})" if per > 1 else w for k in range(per)]
@@ -440,13 +438,13 @@ class _Emitter:
             self.consts[block.args[0]] = op.attributes["one_trip"].value.data
         for arg, name in zip(block.args[1:], carried):
             self.names[arg] = name
-        # the body's cube_l1_reuse_setting (pypto-legalize `body_l1_reuse`), restored at the loop's end. `l1_reuse
-        # = 1` (each N tile its own task) also turns off the n-buffering that would run 2 N tiles as one task, each
-        # re-reading the whole A tile (flash m = 4 projections: 16 tasks of 2 N tiles of 64, 39.5 us each)
-        reuse = op.attributes["body_l1_reuse"].value.data if "body_l1_reuse" in op.attributes else None
-        if reuse is not None:
-            own = ", cube_nbuffer_setting={-1: 1}" if reuse == 1 else ""
-            self.emit(f"pypto.set_pass_options(cube_l1_reuse_setting={{-1: {reuse}}}{own})")
+        # the body's cube_l1_reuse_setting and cube_nbuffer_setting (pypto-legalize `body_l1_reuse`,
+        # `body_nbuffer`), the program's restored at the loop's end
+        settings = [(name, op.attributes[fact].value.data, program) for fact, name, program in (
+            ("body_l1_reuse", "cube_l1_reuse_setting", self.l1_reuse),
+            ("body_nbuffer", "cube_nbuffer_setting", self.nbuffer)) if fact in op.attributes]
+        if settings:
+            self.emit(f"pypto.set_pass_options({', '.join(f'{name}={{-1: {n}}}' for name, n, _ in settings)})")
         for inner in block.ops:
             if inner is block.last_op and inner.name in ("scf.yield", "tile.yield"):
                 for name, v in zip(carried, inner.operands):
@@ -457,9 +455,8 @@ class _Emitter:
             self.op(inner)
         self.vec_budget, self.group_rows = outer_budget, outer_groups
         self.depth -= 1
-        if reuse is not None:
-            own = f", cube_nbuffer_setting={self.nbuffer!r}" if reuse == 1 else ""
-            self.emit(f"pypto.set_pass_options(cube_l1_reuse_setting={self.l1_reuse!r}{own})")
+        if settings:
+            self.emit(f"pypto.set_pass_options({', '.join(f'{name}={program!r}' for name, _, program in settings)})")
         for r, name in zip(results, carried):
             self.names[r] = name
 
@@ -780,13 +777,15 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
     for name, shape, dtype in em.scratch:  # after the outputs: scratch parameters (pypto-legalize `buffer = "scratch"`)
         params.append(f"{name}: pypto.Tensor({shape}, {PYPTO_DTYPE[dtype]})")
         dtypes[name], shapes[name] = dtype, shape
-    for name, shape, dtype in em.host:  # last: constants the host computes (target.host_constants)
+    for name, shape, dtype in em.host:  # last: constants computed from no input, their values in the program (host.py)
         params.append(f"{name}: pypto.Tensor({shape}, {PYPTO_DTYPE[dtype]})")
         dtypes[name], shapes[name] = dtype, shape
+    values = host_constants(module) if em.host else {}
     return _TEMPLATE.get_template("pypto_kernel.py.j2").render(
         stage=code_text(fn.sym_name.data), arg_names=list(dtypes), output_names=out_names, dtypes=dtypes,
         shapes=shapes, result_shapes=result_shapes, scratch_names=[n for n, _, _ in em.scratch],
-        host_names=[n for n, _, _ in em.host], params=params, body=em.lines,
+        host_names=[n for n, _, _ in em.host], host_values=encoded({n: values[n] for n, _, _ in em.host}),
+        params=params, body=em.lines,
         assembled_pieces=repr([g for g in em.assembled_pieces if any(padded for _, _, padded in g)]),
         combine_axis=options.combine_axis,
         pass_options=repr(options.pass_options()), runtime_options=repr(options.runtime_options()))

@@ -83,12 +83,19 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
 * `tile.scatter_rows` `scalar_id = [steps]`: its row m's id as pypto scalar expressions of the ops computing the
   ids ({m} the row, {sN} step N's value; the last step is the id): pypto 0.2.0 reads a scalar only from a kernel
   parameter (GetTensorData), not from a computed tensor.
+  `rows_per_trip = n`: the rows its loop writes per iteration (each its own id, branch and assemble), the option
+  `scatter-rows` (default 2) where it divides the rows, else their greatest common divisor: pypto 0.2.0 stitches
+  at most 128 loop iterations into one group and starts a group after the last one ends, so 3 scatters of 128
+  rows (a compressor's state rings and cache) ran as 3 more groups after everything else (flash index_compressor:
+  1 row 135.0 us, 2 rows 127.6, 4 140.5).
 * loops (`tile.parallel`, `scf.for`) `one_trip = i`: constant bounds with one iteration (at most), its index the
   constant i: a view of a whole tensor at it is the tensor (no copy: the o-projection's single 128-row chunk read
   the attention output through a clone of all of it).
 * loops `body_l1_reuse = n`: the `l1_reuse` (tile-matmul) every matmul of the loop's body states: pypto 0.2.0
   reads cube_l1_reuse_setting per loop body, not per op (set around the matmul alone it changes nothing), so the
   body sets it and the loop's end restores the program's; absent where the body's matmuls differ or state none.
+  `body_nbuffer = n` likewise from the matmuls' `nbuffer` (tile-matmul: 1 where each N tile is its own task), the
+  body's cube_nbuffer_setting.
 * `func.func` `copy_out = [bools]`: per result, stored into its output parameter as `out[:] = pypto.clone(t)`
   after the body (pypto 0.2.0 may leave the output untouched for `out[:] = t`), unless it is the output buffer its
   loop wrote in place or an in/out parameter; `copy_out_tile_elems = [ints]`: the vector tile budget of the loop
@@ -107,8 +114,9 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
 
 * `host_constant = "hcN"` on an op computed from no kernel input or loop index (index ramps, fills and what is computed
   from them only: the Hadamard signs, RoPE selectors) that is more than a lone ramp or fill: its value is a
-  kernel parameter `hcN`, computed on the host from these same ops (target.host_constants, the interpreter), so
-  the kernel does not run the chain of small vector tasks that builds it (the indexer: 17-61 us of its prolog).
+  kernel parameter `hcN`, computed on the host from these same ops (codegen/pypto/host.py, the interpreter; the
+  emitter writes the values into the program), so the kernel does not run the chain of small vector tasks that
+  builds it (the indexer: 17-61 us of its prolog).
   `host_only` on the ops that only feed such values: not emitted.
 
 A `tile.read` of a computed tensor is refused (check_scalar_reads): pypto 0.2.0 reads a scalar only from a
@@ -134,8 +142,9 @@ from attnc.ir.tile_dialect import TILE
 from attnc.passes._build import at_end, before, const, tile_full, tile_op
 
 # every attribute this pass sets (cleared first: the pass is idempotent)
-FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "pieces", "one_trip", "body_l1_reuse", "clone", "inplace",
-         "prefix", "scalar_ids", "scalar_id", "copy_out", "copy_out_tile_elems", "host_constant", "host_only",
+FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "pieces", "one_trip", "body_l1_reuse", "body_nbuffer",
+         "clone", "inplace",
+         "prefix", "scalar_ids", "scalar_id", "rows_per_trip", "copy_out", "copy_out_tile_elems", "host_constant", "host_only",
          "padded_in", "padded_out", "valid_tile", "pypto_legalized")
 BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i8": 1, "i1": 1}
 
@@ -987,7 +996,7 @@ def check_scalar_reads(fn: Operation) -> None:
                             "lowering: pypto reads scalars only from kernel parameters")
 
 
-def legalize_function(fn: Operation, hoist_constants: bool = True) -> None:
+def legalize_function(fn: Operation, hoist_constants: bool = True, scatter_rows: int = 2) -> None:
     """Rewrite fn's ops that pypto 0.2.0 cannot run as they are (values unchanged), then set every fact of the
     module docstring on fn and its ops (clearing the ones a previous run set)."""
     check_scalar_reads(fn)
@@ -1032,6 +1041,7 @@ def legalize_function(fn: Operation, hoist_constants: bool = True) -> None:
     for op in block.walk():
         if op.name == "tile.scatter_rows":
             op.attributes["scalar_id"] = _names(scalar_id_steps(op, names))
+            op.attributes["rows_per_trip"] = IntegerAttr(math.gcd(shape_of(op.rows.type)[0], scatter_rows), i64)
     params = set(block.args)
     declared = set(outputs) | scratch | {next(iter(op.result.uses)).operation.result for op in copies}
     carries = []
@@ -1052,10 +1062,11 @@ def legalize_function(fn: Operation, hoist_constants: bool = True) -> None:
             trip = one_trip(op)
             if trip is not None:
                 op.attributes["one_trip"] = IntegerAttr(trip, i64)
-            stated = {o.attributes["l1_reuse"].value.data if "l1_reuse" in o.attributes else None
-                      for o in op.body.block.ops if o.name in ("tile.matmul", "tile.matmul_acc")}
-            if len(stated) == 1 and None not in stated:
-                op.attributes["body_l1_reuse"] = IntegerAttr(stated.pop(), i64)
+            for fact, body_fact in (("l1_reuse", "body_l1_reuse"), ("nbuffer", "body_nbuffer")):
+                stated = {o.attributes[fact].value.data if fact in o.attributes else None
+                          for o in op.body.block.ops if o.name in ("tile.matmul", "tile.matmul_acc")}
+                if len(stated) == 1 and None not in stated:
+                    op.attributes[body_fact] = IntegerAttr(stated.pop(), i64)
     rewrite_carried_tensors(fn, carries)
     rewrite_bool_splats(fn)  # after: a bool splat a loop overwrites everywhere is a scratch buffer, never filled
     for op in block.walk():
@@ -1096,10 +1107,12 @@ class PyptoLegalize(AttncPass):
     tolerance = 0.0
     # 0: values computed from no input stay kernel work (host_constants: the A/B of issue 20's indexer prolog)
     host_constants: int = 1
+    scatter_rows: int = 2  # rows a scatter loop writes per iteration (`rows_per_trip`), where they divide its rows
     option_choices = {"host_constants": (0, 1)}
+    option_ranges = {"scatter_rows": (1, 128)}
 
     def apply(self, ctx, op):
         from attnc.ir import entry_function
 
         self.check_options()
-        legalize_function(entry_function(op), bool(self.host_constants))
+        legalize_function(entry_function(op), bool(self.host_constants), self.scatter_rows)

@@ -180,43 +180,6 @@ class PyptoRun:
     tasks: dict | None = None
 
 
-def host_constants(module) -> dict:
-    """The values of the entry function's `host_constant` parameters (pypto-legalize): each such op and the ops it
-    is computed from (no input: ramps, fills, what is made of them) run by the interpreter, the golden of the same
-    IR."""
-    from attnc.ir.interpreter import make_interpreter
-
-    fn = entry_function(module)
-    it = make_interpreter(module)
-    env: dict = {}
-
-    def value(v):
-        if v not in env:
-            op = v.owner
-            env.update(zip(op.results, it.run_op(op, tuple(value(u) for u in op.operands))))
-        return env[v]
-
-    return {op.attributes["host_constant"].data: value(op.results[0]) for op in fn.walk()
-            if "host_constant" in op.attributes}
-
-
-def embed_host_constants(program: str, module) -> str:
-    """The program with its host constants' values as a literal (HOST_CONSTANT_VALUES: name -> base64 .npy; the
-    runner reads a name missing from its inputs there), for a run whose inputs come from elsewhere (the tuner's
-    one inputs file for every candidate)."""
-    import base64
-    import io
-
-    import numpy as np
-
-    values = {}
-    for name, v in host_constants(module).items():
-        buf = io.BytesIO()
-        np.save(buf, to_numpy(v), allow_pickle=False)
-        values[name] = base64.b64encode(buf.getvalue()).decode("ascii")
-    return program + f"\nHOST_CONSTANT_VALUES = {values!r}\n" if values else program
-
-
 def run_pypto_sim(module, inputs: dict, *, verify: str = "default", timeout_s: float = 900,
                   npu: bool = False, options: PyptoOptions | None = None, on_phase=None,
                   trace_dir: str | None = None) -> PyptoRun:
@@ -232,7 +195,7 @@ def run_pypto_sim(module, inputs: dict, *, verify: str = "default", timeout_s: f
         path = os.path.join(tmp, f"{file_stem(fn.sym_name.data)}.py")
         with open(path, "w") as f:
             f.write(program)
-        arrays = {k: to_numpy(v) for k, v in {**inputs, **host_constants(module)}.items()}
+        arrays = {k: to_numpy(v) for k, v in inputs.items()}  # host constants: in the program
         res = run_in_subprocess(path, arrays, verify=verify,
                                 timeout_s=timeout_s, npu=npu, on_phase=on_phase,
                                 env={"ATTNC_PYPTO_TRACE_DIR": os.path.abspath(trace_dir)} if trace_dir else None)

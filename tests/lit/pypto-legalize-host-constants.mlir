@@ -1,7 +1,15 @@
 // pypto-legalize: a value computed from no kernel input (ramps, fills and what is made of them only) that a kernel
-// op reads is a kernel parameter the host fills from these same ops (`host_constant`, target.host_constants);
+// op reads is a kernel parameter the host computes from these same ops (`host_constant`, codegen/pypto/host.py);
 // the ops that only feed it are `host_only` (not emitted). A lone ramp or fill stays kernel work (one task either
 // way), and so does a constant a loop carries or a result returns. `pypto-legalize{host-constants=0}`: none.
+// The emitted program carries the value (after the kernel, with its decoder): it runs on the stage's inputs alone.
+// RUN: attnc compile %s -p pypto-legalize --emit pypto -o - | filecheck %s --check-prefix=EMIT
+// EMIT: HOST_CONSTANT_NAMES = ["hc0"]
+// EMIT: hc0: pypto.Tensor([8, 8], pypto.DT_FP32),
+// EMIT: pypto.matmul(x, hc0,
+// EMIT: HOST_CONSTANT_VALUES = {
+// EMIT-NEXT: "hc0": (
+// EMIT: def host_constant_values():
 // RUN: attnc compile %s -p pypto-legalize -o - | filecheck %s
 // RUN: attnc compile %s -p pypto-legalize,pypto-legalize -o - | filecheck %s
 // RUN: attnc compile %s -p 'pypto-legalize{host-constants=0}' -o - | filecheck %s --check-prefix=OFF

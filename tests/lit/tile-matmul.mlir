@@ -33,3 +33,9 @@
 // RUN: attnc compile sparse_attn --config flash --set compress_ratio=0 -p 'rope-selector-matmul,parallelize-tokens{rows=32 weight-rows=128},schedule-attention,tile-matmul{rule=cost tasks=24}' -o - | filecheck %s --check-prefix=GROUPS
 // GROUPS-COUNT-8: attn.matmul %{{[a-z_0-9]+}}, %{{[a-z_0-9]+}} {side_by_side = 8 : i64, n_tile = 176 : i64
 // GROUPS: attn.matmul %{{[a-z_0-9]+}}, %wo_b {n_tile = 176 : i64
+// K whole, each N tile its own task where that estimates faster than the target's L1 reuse merging 4 (the flash
+// m = 4 compressor's a = xn @ W_kv and z = xn @ W_gate): `l1_reuse = 1`, and `nbuffer = 1` (the estimate merges
+// them by n-buffering neither). pypto-legalize states both on the loop around the matmuls.
+// RUN: attnc compile compressor --config flash --set compress_ratio=4 -p 'schedule-compressor,parallelize-tokens{rows=32 weight-rows=128},tile-matmul{rule=cost tasks=24}' -o - | filecheck %s --check-prefix=REUSE
+// REUSE: attn.matmul %{{[a-z_0-9]+}}, %wc_kv {{{.*}}l1_reuse = 1 : i64, nbuffer = 1 : i64
+// REUSE: attn.matmul %{{[a-z_0-9]+}}, %wc_gate {{{.*}}l1_reuse = 1 : i64, nbuffer = 1 : i64

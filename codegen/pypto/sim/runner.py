@@ -11,8 +11,9 @@ The kernel module defines ``kernel`` (a ``@pypto.frontend.jit`` function whose p
 ``ARG_NAMES`` (parameter order), ``OUTPUT_NAMES``, optionally ``SCRATCH_NAMES`` (working buffers the harness
 allocates as zeros and does not return), ``ARG_DTYPES`` (name -> 'bf16' | 'f32' | 'i32' | ...), and
 optionally ``ARG_SHAPES`` (name -> shape; needed for outputs whose annotation has dynamic dims) and
-``RESULT_SHAPES`` (an output the kernel writes as token rows -> the stage's shape of the same bytes, returned so). Input arrays come
-from IN.npz by name (bf16 travels as float32 holding bf16 values). An output that also appears in IN.npz is an
+``RESULT_SHAPES`` (an output the kernel writes as token rows -> the stage's shape of the same bytes, returned so), and
+optionally ``host_constant_values()`` (name -> array: parameters computed from no input, written into the program).
+Input arrays come from IN.npz by name (bf16 travels as float32 holding bf16 values). An output that also appears in IN.npz is an
 in/out tensor and starts from that array; other outputs start as zeros.
 
 Results: OUT.npz (outputs; bf16 -> float32) and OUT.npz.json
@@ -368,20 +369,15 @@ def _build_args(mod, arrays: dict, device: str | None):
     outputs = set(mod.OUTPUT_NAMES)
     scratch = set(getattr(mod, "SCRATCH_NAMES", ()))  # the kernel's working buffers: zeros, not returned
     shapes = getattr(mod, "ARG_SHAPES", {}) or {}
-    embedded = getattr(mod, "HOST_CONSTANT_VALUES", {})  # host constants written into the program (base64 .npy)
+    # the host constants' values written into the program (HOST_CONSTANT_VALUES)
+    embedded = mod.host_constant_values() if hasattr(mod, "host_constant_values") else {}
     args = []
     for name in mod.ARG_NAMES:
         dt = dts[mod.ARG_DTYPES[name]]
         if name in arrays:
             t = torch.from_numpy(arrays[name]).to(dt).contiguous()
         elif name in embedded:
-            import base64
-            import io
-
-            import numpy as np
-
-            value = np.load(io.BytesIO(base64.b64decode(embedded[name])), allow_pickle=False)
-            t = torch.from_numpy(value).to(dt).contiguous()
+            t = torch.from_numpy(embedded[name]).to(dt).contiguous()
         elif name in outputs or name in scratch:
             shape = shapes.get(name) or _annotated_shape(mod.kernel, name)
             if shape is None:
