@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Sequence
 
 from xdsl.dialects import arith, scf
-from xdsl.dialects.builtin import IndexType, IntegerAttr, StringAttr, TensorType
+from xdsl.dialects.builtin import IndexType, IntegerAttr, IntegerType, StringAttr, TensorType
 from xdsl.ir import Block, Operation, Region, SSAValue
 from xdsl.rewriter import InsertPoint
 
@@ -135,3 +135,33 @@ def tile_op(kind: str, operands: Sequence, result_type: TensorType, **props) -> 
 
 def shape(v) -> tuple[int, ...]:
     return shape_of(val(v).type)
+
+
+def state_row_group(out, inputs, rows_lead: Sequence[int]) -> None:
+    """State `row_group` (one id per chain, read by the pypto emitter) on the ops that compute `out` from `inputs`
+    whose results are per-row values ([*rows_lead, ...]): the emitter gives every op of a group in a loop body the
+    same vector tile row count, the fewest its budget tiles of them take, so the chain's row groups fuse into
+    one task each (pypto 0.2.0 splits a task where the row tiling changes). A chain whose `out` comes straight from
+    a grouped op joins that op's group (an RMSNorm feeding a RoPE: one chain)."""
+    out = val(out)
+    fn = out.owner
+    while fn is not None and not hasattr(fn, "sym_name"):
+        fn = fn.parent_op()
+    first = [val(x) for x in inputs if isinstance(val(x).owner, Operation) and "row_group" in val(x).owner.attributes]
+    if first:
+        group = first[0].owner.attributes["row_group"].value.data
+    else:
+        used = [o.attributes["row_group"].value.data for o in fn.walk() if "row_group" in o.attributes] if fn else []
+        group = max(used, default=0) + 1
+    lead = list(rows_lead)
+    stop, todo = {val(x) for x in inputs}, [out]
+    while todo:
+        v = todo.pop()
+        if v in stop or not isinstance(v.owner, Operation):
+            continue
+        stop.add(v)
+        if not any(isinstance(r.type, TensorType) and list(shape_of(r.type))[:len(lead)] == lead and
+                   len(shape_of(r.type)) > len(lead) for r in v.owner.results):
+            continue
+        v.owner.attributes["row_group"] = IntegerAttr(group, IntegerType(64))
+        todo.extend(v.owner.operands)

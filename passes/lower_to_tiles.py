@@ -69,8 +69,9 @@ class _Lower(RewritePattern):
                             f"{op_location(op)}: attn.{kind} must be decomposed first, but no attnc pass lowers it yet")
         with before(op):
             new = self._lower(op, kind)
-        if "tile_rows" in op.attributes and new.owner is not op:  # a vector tile's row cap (schedule-compressor)
-            new.owner.attributes["tile_rows"] = op.attributes["tile_rows"]
+        for fact in ("tile_rows", "row_group"):  # a vector tile's row cap, a chain's row group (pypto emitter)
+            if fact in op.attributes and new.owner is not op:
+                new.owner.attributes[fact] = op.attributes[fact]
         rewriter.replace(op, [], [new])
 
     def _lower(self, op, kind):

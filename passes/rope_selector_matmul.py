@@ -20,7 +20,7 @@ from attnc.ir.tensor_dialect import RopeOp
 from attnc.ir.types import dtype_of
 
 from . import PatternPass, register
-from ._build import T, before
+from ._build import T, before, state_row_group
 
 
 def selector(lanes: int, parity: int, dtype: str) -> dsl.Tensor:
@@ -102,6 +102,8 @@ class _RopeAsSelectorMatmul(RewritePattern):
             tail = dsl.slice_(x, (*zeros, n - lanes), (*lead, lanes))
             rot = self.rotate(op, tail, lane_rows, (cos_rows, sin_rows, inverse), row_shape[:-1], out_dtype)
             rot = with_unrotated_head(x, rot, n - lanes, out_dtype)
+            if len(lead) == 1:  # token rows [T, d]: one row count along the chain, an RMSNorm's before it included
+                state_row_group(rot, [x, op.cos_table, op.sin_table, op.positions], lead)
         rewriter.replace(op, [], [rot.value])
 
 

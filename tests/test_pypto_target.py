@@ -60,7 +60,8 @@ def test_scatter_loops_write_two_rows_per_iteration():
     """A scatter_rows loop writes `rows_per_trip` = 2 rows per iteration (pypto-legalize's scatter-rows; each its
     own id and runtime branch): pypto 0.2.0 stitches at most 128 iterations into one group and starts a group after
     the last ends, so the flash index compressor's 3 scatters of 128 rows ran as 3 groups after everything else
-    (135.0 -> 127.6 us)."""
+    (135.0 -> 127.6 us). Rows at consecutive ids of one table block (a ring's step rows) go as one [2, d]
+    assemble, one task instead of two (137.0 -> 127.0 us); other rows one by one."""
     import re
 
     from attnc.passes import PYPTO_PIPELINE
@@ -73,8 +74,11 @@ def test_scatter_loops_write_two_rows_per_iteration():
     for i in loops:
         var = re.search(r"for (w\d+) in", lines[i]).group(1)
         body = list(itertools.takewhile(lambda line, ind=lines[i + 1][:8]: line.startswith(ind), lines[i + 1:]))
-        assert sum("pypto.assemble(" in line for line in body) == 2
+        assert sum("pypto.assemble(" in line for line in body) == 3
         assert any(f"[({var} + 1), 0]" in line for line in body)
+        pair = next(i for i, line in enumerate(body) if re.search(r"if s\d+ > 0:", line))
+        assert re.search(rf"pypto\.view\(\w+, \[2, \d+\], \[\({var} \+ 0\), 0\]\)", body[pair + 2]), body[pair + 2]
+        assert [line.strip() for line in body[pair:]].count("else:") == 1
 
 
 def test_pooling_loop_takes_the_stated_chunk_rows_and_the_projection_loop_its_weight_rows():
@@ -274,3 +278,26 @@ def test_pypto_sim_compressor_at_24_token_rows():
     res = run_pypto_sim(module, inputs, verify="tensor-graph", timeout_s=600)  # the outputs; no per-pass records
     check = check_outputs(module, inputs, res.outputs, st.outputs)
     assert check.ok, check.failures
+
+
+@pytest.mark.parametrize("stage, overrides", [("compressor", (("compress_ratio", 4),)), ("index_compressor", ())])
+def test_rmsnorm_and_rope_chain_keeps_one_row_count(stage, overrides):
+    """fuse-rmsnorm and rope-selector-matmul state their [T, d] chains as one row_group: in the loop that
+    normalises and rotates the compressed entries every vector op takes the same tile rows (the fewest any op of
+    the chain takes under the budget), so pypto 0.2.0 runs each row group's chain as one task (flash m = 4: its
+    [32, 512] f32 rows in tiles of 16 and its [32, 1] / [32, 64] ones of 32 ran as 7 vector tasks a chunk, now 4:
+    177.0 -> 158.4 us)."""
+    import re
+
+    from attnc.passes import PYPTO_PIPELINE
+
+    module = build_stage(STAGES[stage], resolve_config("flash", dict(overrides)))
+    run_pipeline(module, PYPTO_PIPELINE)
+    lines = emit_pypto(module).splitlines()
+    norm = next(i for i, line in enumerate(lines) if "pypto.sum(" in line and "compressor.py" in line)
+    loop = max(i for i in range(norm) if "pypto.loop(" in lines[i])
+    body = list(itertools.takewhile(lambda line, ind=lines[loop + 1][:8]: line.startswith(ind), lines[loop + 1:]))
+    rows = {int(re.search(r"set_vec_tile_shapes\((\d+)", tile).group(1)) for tile, op in zip(body, body[1:])
+            if "set_vec_tile_shapes" in tile and re.search(r"= pypto\.(mul|add|sum|div|sqrt|reciprocal|cast|concat|full)\(", op)}
+    assert len(rows) == 1, rows
+    assert rows == ({16} if stage == "compressor" else {32})  # d = 512: 16 rows of f32 in 8192 elements; d = 128: 32
