@@ -225,6 +225,10 @@ class _Schedule(RewritePattern):
                 done = subi(muli(addi(first, 1), ratio), addi(sp, 1))  # the completing token's step row
                 emit_op(scf.YieldOp, [[val(assemble(entry, pool.args[1], (b, done, 0)))]], [])
             cond = emit_op(scf.ForOp, [const(0), count, const(1), [acc]], [[acc.type]], regions=[Region(pool)])
+            # the pooling of a block as one merge scope: its fold levels' tile shapes otherwise split it into a
+            # chain of tasks (flash m = 128 B = 64: 174.2 -> 162.1 us at random starts, 259.6 -> 242.9 every row
+            # completing: 794 -> 474 tasks)
+            cond.attributes["merge_scope"] = IntegerAttr(1, i64)
             emit_op(YieldOp, [[cond.results[0]]], [])
         loop = emit_op(ParallelOp, [const(0), const(B), [init.value]], [[init.value.type]],
                        {"rows": IntegerAttr(1, i64)}, regions=[Region(body)])

@@ -137,3 +137,24 @@ def test_pooling_tiles_keep_one_row_group():
     assert capped and max(capped) <= 4, capped
     free = _pool_tile_rows(PYPTO_PIPELINE.replace("schedule-compressor", "schedule-compressor{pool-rows=1024}"))
     assert max(free) > 4, free
+
+
+def test_block_pooling_is_one_merge_scope():
+    """`block`'s pooling loop states `merge_scope`: the emitted body opens pypto's sg_set_scope first and closes it
+    last, so each block's pooling is merged into one subgraph (a fold level per task otherwise)."""
+    from attnc.codegen.pypto.emit import emit_pypto
+    from attnc.passes import PYPTO_PIPELINE
+
+    module = build_stage(STAGES["compressor"], resolve_config("tiny", {"compress_ratio": 128, "max_pos": 512}))
+    run_pipeline(module, PYPTO_PIPELINE)
+    pools = [o for o in module.walk() if "merge_scope" in o.attributes]
+    assert len(pools) == 1 and pools[0].name == "scf.for"
+    lines = emit_pypto(module).splitlines()
+    opened = [i for i, line in enumerate(lines) if "sg_set_scope=1)" in line]
+    closed = [i for i, line in enumerate(lines) if "sg_set_scope=-1)" in line]
+    assert len(opened) == len(closed) == 1 and opened[0] < closed[0]
+    assert "pypto.loop(0, s" in lines[opened[0] - 1]  # the first statement of the runtime-count loop
+    body = lines[opened[0]:closed[0]]
+    indent = len(lines[opened[0]]) - len(lines[opened[0]].lstrip())
+    assert all(len(line) - len(line.lstrip()) >= indent for line in body)
+    assert any("pypto.exp(" in line for line in body) and any("pypto.assemble(" in line for line in body)

@@ -398,6 +398,11 @@ class _Emitter:
         if reuse is not None:
             own = ", cube_nbuffer_setting={-1: 1}" if reuse == 1 else ""
             self.emit(f"pypto.set_pass_options(cube_l1_reuse_setting={{-1: {reuse}}}{own})")
+        # one merge scope for the body (`merge_scope`, stated by the pass that made the loop): pypto 0.2.0 merges
+        # its ops into one subgraph per iteration instead of a task per tile shape
+        scope = op.attributes["merge_scope"].value.data if "merge_scope" in op.attributes else None
+        if scope is not None:
+            self.emit(f"pypto.set_pass_options(sg_set_scope={scope})")
         for inner in block.ops:
             if inner is block.last_op and inner.name in ("scf.yield", "tile.yield"):
                 for name, v in zip(carried, inner.operands):
@@ -406,6 +411,8 @@ class _Emitter:
                         self.emit(f"{name}[:] = {self.ref(v)}")
                 continue
             self.op(inner)
+        if scope is not None:
+            self.emit("pypto.set_pass_options(sg_set_scope=-1)")
         self.vec_budget = outer_budget
         self.depth -= 1
         if reuse is not None:
