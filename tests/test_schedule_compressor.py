@@ -65,6 +65,21 @@ def test_block_refuses_overlap():
         run_pipeline(build_stage(STAGES["compressor"], cfg), "schedule-compressor{schedule=block}")
 
 
+@pytest.mark.parametrize("seq", [1, 2, 8])
+def test_block_channel_chunks_equal_the_op(seq):
+    """`block` with the channels pooled in chunks (tiny d = 128 in 4 chunks of 32, each its own loop iteration) equals
+    the op as the whole-channel form does."""
+    cfg, st, inputs = _inputs("compressor", CASES["m128"][1], seq)
+    want = run_module(build_stage(st, cfg), list(inputs.values()))
+    module = build_stage(st, cfg)
+    run_pipeline(module, "schedule-compressor{schedule=block channel-chunk=32},fuse-rmsnorm,rope-selector-matmul,"
+                         "lower-to-tiles,canonicalize,cse")
+    got = run_module(module, list(inputs.values()))
+    assert not torch.isnan(got[2]).any()
+    err = float((got[2].float() - want[2].float()).abs().max() / want[2].float().abs().max())
+    assert err <= 1e-2, err
+
+
 def _sim_equals_the_interpreter(case, schedule):
     """The program in SIM, every start residue and NaN-poisoned never-written state rows: the entries bit
     for bit, the states within 1e-6 (f32 matmul order; the same rows written, the rest untouched)."""
@@ -102,6 +117,11 @@ def test_block_schedule_in_sim_equals_the_interpreter():
     _sim_equals_the_interpreter("m128", "block")
 
 
+def test_block_channel_chunks_in_sim_equal_the_interpreter():
+    """`block` with 4 channel chunks per row (each its own iteration, assembled side by side after the loop)."""
+    _sim_equals_the_interpreter("m128", "block channel-chunk=32")
+
+
 def _pool_tile_rows(pipeline: str) -> set[int]:
     """Leading dims of the rank-3 vector tiles the emitted index_compressor program sets for the pooling's ops
     (the statements at the compress_pool line inside its token loop; the window gathers and the loop's row views
@@ -137,3 +157,24 @@ def test_pooling_tiles_keep_one_row_group():
     assert capped and max(capped) <= 4, capped
     free = _pool_tile_rows(PYPTO_PIPELINE.replace("schedule-compressor", "schedule-compressor{pool-rows=1024}"))
     assert max(free) > 4, free
+
+
+def test_block_pooling_is_one_merge_scope():
+    """`block`'s pooling loop states `merge_scope`: the emitted body opens pypto's sg_set_scope first and closes it
+    last, so each block's pooling is merged into one subgraph (a fold level per task otherwise)."""
+    from attnc.codegen.pypto.emit import emit_pypto
+    from attnc.passes import PYPTO_PIPELINE
+
+    module = build_stage(STAGES["compressor"], resolve_config("tiny", {"compress_ratio": 128, "max_pos": 512}))
+    run_pipeline(module, PYPTO_PIPELINE)
+    pools = [o for o in module.walk() if "merge_scope" in o.attributes]
+    assert len(pools) == 1 and pools[0].name == "scf.for"
+    lines = emit_pypto(module).splitlines()
+    opened = [i for i, line in enumerate(lines) if "sg_set_scope=1)" in line]
+    closed = [i for i, line in enumerate(lines) if "sg_set_scope=-1)" in line]
+    assert len(opened) == len(closed) == 1 and opened[0] < closed[0]
+    assert "pypto.loop(0, s" in lines[opened[0] - 1]  # the first statement of the runtime-count loop
+    body = lines[opened[0]:closed[0]]
+    indent = len(lines[opened[0]]) - len(lines[opened[0]].lstrip())
+    assert all(len(line) - len(line.lstrip()) >= indent for line in body)
+    assert any("pypto.exp(" in line for line in body) and any("pypto.assemble(" in line for line in body)

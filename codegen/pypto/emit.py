@@ -445,6 +445,11 @@ class _Emitter:
             ("body_nbuffer", "cube_nbuffer_setting", self.nbuffer)) if fact in op.attributes]
         if settings:
             self.emit(f"pypto.set_pass_options({', '.join(f'{name}={{-1: {n}}}' for name, n, _ in settings)})")
+        # one merge scope for the body (`merge_scope`, stated by the pass that made the loop): pypto 0.2.0 merges
+        # its ops into one subgraph per iteration instead of a task per tile shape
+        scope = op.attributes["merge_scope"].value.data if "merge_scope" in op.attributes else None
+        if scope is not None:
+            self.emit(f"pypto.set_pass_options(sg_set_scope={scope})")
         for inner in block.ops:
             if inner is block.last_op and inner.name in ("scf.yield", "tile.yield"):
                 for name, v in zip(carried, inner.operands):
@@ -453,6 +458,8 @@ class _Emitter:
                         self.emit(f"{name}[:] = {self.ref(v)}")
                 continue
             self.op(inner)
+        if scope is not None:
+            self.emit("pypto.set_pass_options(sg_set_scope=-1)")
         self.vec_budget, self.group_rows = outer_budget, outer_groups
         self.depth -= 1
         if settings:
