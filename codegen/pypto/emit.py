@@ -134,7 +134,6 @@ class _Emitter:
     l1_reuse: dict = field(default_factory=dict)  # the program's cube_l1_reuse_setting (restored after a loop's own)
     nbuffer: dict = field(default_factory=dict)  # the program's cube_nbuffer_setting (restored likewise)
     host: list = field(default_factory=list)  # (name, shape, dtype) of the host-computed constant parameters
-    group_rows: dict = field(default_factory=dict)  # row_group -> its vector tiles' row count in the current block
 
     def note(self, v: SSAValue, **facts):
         """Record what printing v's op stated about v: `rows` its vector tile's row cap (the op's `tile_rows`),
@@ -147,23 +146,15 @@ class _Emitter:
     def vec_tile_of(self, shape, dtype: str, budget: int | None = None) -> str:
         return ", ".join(map(str, vec_tile(shape, dtype, budget or self.vec_budget)))
 
-    def row_groups(self, block) -> dict:
-        """Each `row_group` (a pass's chain of per-row ops, e.g. fuse-rmsnorm's and rope-selector-matmul's) of
-        the block's ops -> one row count for all its vector tiles: the fewest rows any of its ops' budget tiles
-        takes (and its stated `tile_rows`), so the chain keeps one row tiling and pypto 0.2.0 runs each row group
-        of it as one task (flash compressor m = 4: its RMSNorm and RoPE vector work in 4 tasks per chunk, not 7)."""
-        rows: dict = {}
-        for op in block.ops:
-            g = op.attributes.get("row_group")
-            if g is None:
-                continue
-            cap = op.attributes.get("tile_rows")
-            for r in op.results:
-                if isinstance(r.type, TensorType) and len(shape_of(r.type)) > 1:
-                    n = vec_tile(shape_of(r.type), dtype_of(r.type), self.vec_budget)[0]
-                    n = min(n, cap.value.data) if cap is not None else n
-                    rows[g.value.data] = min(rows.get(g.value.data, n), n)
-        return rows
+    def group_rows(self, op: Operation) -> int | None:
+        """A `row_group` member's row count for its vector tiles (pypto-legalize `row_group_types`,
+        `row_group_cap`): the fewest rows any of the group's result types takes under the budget in force."""
+        types = op.attributes.get("row_group_types")
+        if types is None:
+            return None
+        rows = [vec_tile(shape_of(t), dtype_of(t), self.vec_budget)[0] for t in types.data]
+        cap = op.attributes.get("row_group_cap")
+        return min(rows + ([cap.value.data] if cap is not None else [])) if rows else None
 
     def fresh(self, prefix="t") -> str:
         self.counter += 1
@@ -252,10 +243,10 @@ class _Emitter:
         if cap is not None:
             for r in op.results:
                 self.note(r, rows=cap.value.data)
-        group = op.attributes.get("row_group")  # one row count along a chain (row_groups)
-        if group is not None and group.value.data in self.group_rows:
+        group = self.group_rows(op)  # one row count along a chain (pypto-legalize row_group_types)
+        if group is not None:
             for r in op.results:
-                self.note(r, rows=min(self.noted(r, "rows") or math.inf, self.group_rows[group.value.data]))
+                self.note(r, rows=min(self.noted(r, "rows") or math.inf, group))
         return rule(self, op, loc)
 
     def operands(self, op: Operation):
@@ -430,9 +421,8 @@ class _Emitter:
         self.emit(f"for {idx} in pypto.loop({lo}, {hi}, {step}, name=\"L{self.loop_count}\", "
                   f"idx_name=\"{idx}\"):  # {loc}")
         self.depth += 1
-        outer_budget, outer_groups = self.vec_budget, self.group_rows
+        outer_budget = self.vec_budget
         self.vec_budget = loop_vec_budget(op, outer_budget)
-        self.group_rows = self.row_groups(block)
         self.names[block.args[0]] = idx
         if "one_trip" in op.attributes:  # pypto-legalize: one iteration, its index is this constant
             self.consts[block.args[0]] = op.attributes["one_trip"].value.data
@@ -460,7 +450,7 @@ class _Emitter:
             self.op(inner)
         if scope is not None:
             self.emit("pypto.set_pass_options(sg_set_scope=-1)")
-        self.vec_budget, self.group_rows = outer_budget, outer_groups
+        self.vec_budget = outer_budget
         self.depth -= 1
         if settings:
             self.emit(f"pypto.set_pass_options({', '.join(f'{name}={program!r}' for name, _, program in settings)})")
@@ -758,7 +748,6 @@ def emit_pypto(module: ModuleOp, options: PyptoOptions | None = None) -> str:
     for arg, name in zip(block.args, arg_names):
         em.names[arg] = name
     ret = block.last_op
-    em.group_rows = em.row_groups(block)
     for op in block.ops:
         em.op(op)
     params, dtypes, shapes = [], {}, {}
