@@ -13,8 +13,7 @@ from attnc.ir.tensor_dialect import RmsNormOp
 from attnc.ir.types import dtype_of
 
 from . import PatternPass, register
-from ._build import T, before, state_row_group
-from .schedule_compressor import _cap_tile_rows
+from ._build import T, before, cap_tile_rows, state_row_group
 
 
 class _DecomposeRmsNorm(RewritePattern):
@@ -30,7 +29,7 @@ class _DecomposeRmsNorm(RewritePattern):
                 y = y * dsl.cast(T(op.gamma), "f32")
             y = dsl.cast(y, dtype_of(op.result.type))
             if "tile_rows" in op.attributes:  # quantize-w8a8{tile-rows}: the norm tiled as the quantisation after it
-                _cap_tile_rows(y, [T(op.input)] + ([T(op.gamma)] if op.gamma is not None else []),
+                cap_tile_rows(y, [T(op.input)] + ([T(op.gamma)] if op.gamma is not None else []),
                                op.attributes["tile_rows"].value.data, row_stats=False)
             elif len(x.shape) == 2:  # token rows [T, d]: one row count along the chain (pypto emitter)
                 state_row_group(y, [op.input] + ([op.gamma] if op.gamma is not None else []), x.shape[:1])

@@ -21,8 +21,7 @@ from attnc.ir.tensor_dialect import RmsNormOp, ScaledMatmulOp
 from attnc.ir.types import dtype_of
 
 from . import PatternPass, PassError, register
-from ._build import T, before
-from .schedule_compressor import _cap_tile_rows
+from ._build import T, before, cap_tile_rows
 
 
 class _Decompose(RewritePattern):
@@ -41,7 +40,7 @@ class _Decompose(RewritePattern):
                 norm = op.lhs.owner if isinstance(op.lhs.owner, RmsNormOp) else None
                 if self.tile_rows and norm is not None and math.prod(x.shape[:-1]) >= self.min_rows:
                     for v in (q, row_scale):
-                        _cap_tile_rows(v, [x], self.tile_rows, row_stats=False)
+                        cap_tile_rows(v, [x], self.tile_rows, row_stats=False)
                     norm.attributes["tile_rows"] = IntegerAttr(self.tile_rows, i64)
                 y = dsl.dequantize(dsl.matmul(q, w, out="i32"), row_scale, scale, out)
             else:

@@ -40,10 +40,9 @@ from attnc.ir.types import dtype_of, shape_of
 
 from . import PassError, PatternPass, register
 from ._build import (
-    INDEX, T, addi, assemble, at_end, before, const, floordiv_nonneg, maxsi, minsi, muli, read, shape, subi, tile_full,
-    val, view,
+    INDEX, T, addi, assemble, at_end, before, cap_tile_rows, const, floordiv_nonneg, maxsi, minsi, muli, read, shape,
+    subi, tile_full, val, view,
 )
-from .schedule_compressor import _cap_tile_rows as cap_tile_rows
 from .tile_softmax import F32_MIN
 
 SCHEDULES = ("auto", "batch", "token")

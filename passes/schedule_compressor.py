@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass
 
 from xdsl.dialects import scf
-from xdsl.dialects.builtin import IntegerAttr, TensorType, i64
+from xdsl.dialects.builtin import IntegerAttr, i64
 from xdsl.ir import Block, Region
 from xdsl.pattern_rewriter import PatternRewriter, RewritePattern, op_type_rewrite_pattern
 
@@ -41,7 +41,7 @@ from attnc.ir.tile_dialect import ParallelOp, YieldOp
 from attnc.ir.types import dtype_of, shape_of
 
 from . import PassError, PatternPass, register
-from ._build import INDEX, T, addi, assemble, at_end, before, const, floordiv_nonneg, muli, read, subi, tile_full, val, view
+from ._build import INDEX, T, addi, assemble, at_end, before, cap_tile_rows, const, floordiv_nonneg, muli, read, subi, tile_full, val, view
 
 SCHEDULES = ("auto", "block", "row", "token")
 _ABSENT = -1.0e30  # score of a slot outside the block: exp() makes its weight exactly 0
@@ -188,28 +188,6 @@ def _halves(v, z, ok, dim: int, lo: int, n: int, overlap: bool, newer: bool):
     return (dsl.slice_(v, (0, lo, col), (N, n, dim)), dsl.slice_(z, (0, lo, col), (N, n, dim)), ok)
 
 
-def _cap_tile_rows(out, inputs, rows: int, chunk: int = 0, row_stats: bool = True):
-    """State `tile_rows` (the row cap of each op's vector tile, read by the pypto emitter) on the ops that compute
-    `out` from `inputs`: the pooling's ops are views of [N, n, d], [N, n/2, d] ... whose budget tiles would take
-    4, 8, 16 rows, so each fold level waits on several tiles of the last and runs as its own task; one row count
-    lets pypto 0.2.0 fuse a row group's whole chain into one task (flash m = 4, by hand: 242.9 -> 217.2 us).
-    `chunk` states `chunk_rows`, the token rows per chunk of the loop parallelize-tokens makes of them:
-    8-row chunks run the pooling's chain as 16 tasks side by side instead of 4 (flash m = 4 211.4 -> 194.0 us).
-    `row_stats=False` leaves the ops whose result is a per-row statistic ([.., 1]: a norm's or an absmax's row
-    values) uncapped: the row ops keep one tile for the chunk (see quantize-w8a8)."""
-    stop, todo = {val(x) for x in inputs}, [val(out)]
-    while todo:
-        v = todo.pop()
-        if v in stop or not hasattr(v.owner, "attributes"):
-            continue
-        stop.add(v)
-        if row_stats or not isinstance(v.type, TensorType) or shape_of(v.type)[-1:] != (1,):
-            v.owner.attributes["tile_rows"] = IntegerAttr(rows, i64)
-        if chunk:
-            v.owner.attributes["chunk_rows"] = IntegerAttr(chunk, i64)
-        todo.extend(v.owner.operands)
-
-
 class _Schedule(RewritePattern):
     def __init__(self, schedule: str, pool_rows: int, chunk_rows: int, channel_chunk: int):
         self.schedule, self.pool_rows, self.chunk_rows = schedule, pool_rows, chunk_rows
@@ -350,7 +328,7 @@ class _Schedule(RewritePattern):
             # whole [B, S, d] after them was its own 2 tasks of 11.8 us on flash m = 4's critical path)
             completes = dsl.reshape(dsl.to_tokens(((t + 1) % ratio).eq(0)), (T_, 1, 1))
             pooled = dsl.select(completes, pooled, 0.0)
-            _cap_tile_rows(pooled, [v, z, completes] + ([present] if overlap else []), pool_rows, chunk_rows)
+            cap_tile_rows(pooled, [v, z, completes] + ([present] if overlap else []), pool_rows, chunk_rows)
             return dsl.from_tokens(dsl.reshape(pooled, (T_, dim)))
 
 
