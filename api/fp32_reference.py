@@ -30,6 +30,13 @@ def _module(name: str):
     return importlib.import_module(f"tests.reference.{name}")
 
 
+def dequantized(inputs: dict) -> dict:
+    """A quantised checkpoint's inputs as the FP32 references take them: each i8 weight `w` times its per-channel
+    `w_scale` in f32 (exactly the weight the kernel multiplies by), the scales themselves dropped."""
+    return {n: v.float() * inputs[f"{n}_scale"] if f"{n}_scale" in inputs else v
+            for n, v in inputs.items() if not (n.endswith("_scale") and n[:-6] in inputs)}
+
+
 def fp32_reference(stage_name: str, cfg: dict, state_names: list[str], start_pos) -> tuple[Callable | None, str]:
     """(reference(inputs) -> FP32 outputs by name, or None; why there is none)."""
     layer_kind = stage_name.removeprefix("decode_") if stage_name.startswith("decode_") else None
@@ -42,7 +49,7 @@ def fp32_reference(stage_name: str, cfg: dict, state_names: list[str], start_pos
     if stages is None:
         return None, "no FP32 reference here (tests/reference/ is in a source checkout, not installed)"
     if stage_name == "qkv_proj_rope":
-        return (lambda inputs: stages.qkv_proj_rope_reference(inputs, cfg)), ""
+        return (lambda inputs: stages.qkv_proj_rope_reference(dequantized(inputs), cfg)), ""
     if stage_name == "sparse_attn_core":
         return (lambda inputs: {"core": stages.sparse_attn_reference(inputs, cfg)["core"]}), ""
     if stage_name == "sparse_attn":
@@ -50,7 +57,7 @@ def fp32_reference(stage_name: str, cfg: dict, state_names: list[str], start_pos
     layers = _module("dsv4_layer_reference")
 
     def layer(inputs: dict) -> dict:
-        weights = {_REFERENCE_WEIGHT_NAMES.get(n, n): v for n, v in inputs.items()
+        weights = {_REFERENCE_WEIGHT_NAMES.get(n, n): v for n, v in dequantized(inputs).items()
                    if n not in _STEP_PARAMS and n not in state_names}
         x = inputs["x"]
         y = layers.layer_reference(layer_kind, cfg, weights, x.float(), inputs["start_pos"].tolist(), x.shape[1])

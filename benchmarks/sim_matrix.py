@@ -14,7 +14,11 @@ pipeline compiles:
 A cell is `passed`, `refused` (the compiler or the config refuses the shape: one line) or `failed` (with reason).
 
     .venv/bin/python benchmarks/sim_matrix.py [--out sim_matrix.jsonl] [--resume] [--only GLOB] [--jobs 1]
-                                              [--no-sim] [--seed 0] [--table]
+                                              [--no-sim] [--seed 0] [--quant w8a8] [--table]
+
+`--quant w8a8` runs the stages and layer kinds with a quantisable projection (`quant=w8a8`: i8 weights with their
+per-channel scales, quantize-w8a8 in the pipeline); their keys end in `|w8a8`, the FP32 reference is given the
+dequantised weights (i8 x scale) and the tolerance against it is the quantize-w8a8 pass's declared one.
 
 Results are appended to the JSONL file, one line per cell keyed by `key` (`stage|layout|bB|sS`); `--resume` skips
 the cells already there, so an interrupted run continues where it stopped. `--only` takes fnmatch globs over keys
@@ -45,16 +49,27 @@ TOLERANCE = 3e-2  # bf16 outputs vs the FP32 reference (tests/test_stages_vs_ref
 SIM_TIMEOUT_S = 900
 
 
+def tolerance(quant: str) -> float:
+    """Against the FP32 reference: the bf16 one, or for W8A8 the quantize-w8a8 pass's declared tolerance."""
+    if quant == "none":
+        return TOLERANCE
+    from attnc.passes import pass_class
+
+    return pass_class("quantize-w8a8").tolerance
+
+
 @dataclass(frozen=True)
 class Cell:
     stage: str
     layout: str  # dense | packed | paged (paged: the decode_*_paged stages)
     batch: int
     seq: int
+    quant: str = "none"  # none | w8a8
 
     @property
     def key(self) -> str:
-        return f"{self.stage}|{self.layout}|b{self.batch}|s{self.seq}"
+        key = f"{self.stage}|{self.layout}|b{self.batch}|s{self.seq}"
+        return key if self.quant == "none" else f"{key}|{self.quant}"
 
 
 def project_stages() -> list[str]:
@@ -64,12 +79,17 @@ def project_stages() -> list[str]:
     return [name for name, st in STAGES.items() if st.fn.__module__.startswith("attnc.kernels_src")]
 
 
-def cells() -> list[Cell]:
-    """Every cell of the matrix: each project stage in each layout it exists in."""
+def cells(quant: str = "none") -> list[Cell]:
+    """Every cell of the matrix: each project stage in each layout it exists in (with `quant`, the stages that
+    have a quantisable projection)."""
+    from attnc.kernels_src import STAGES
+
     out = []
     for name in project_stages():
+        if quant != "none" and not any(p.quantizable for p in STAGES[name].params.values()):
+            continue
         layouts = ("paged",) if name.endswith("_paged") else ("dense", "packed")
-        out += [Cell(name, lay, b, s) for lay in layouts for b in BATCHES for s in SEQS]
+        out += [Cell(name, lay, b, s, quant) for lay in layouts for b in BATCHES for s in SEQS]
     return out
 
 
@@ -115,7 +135,8 @@ def draw_starts(cell: Cell, matrix_seed: int, window: int) -> tuple[list[str], l
 
 
 def overrides(cell: Cell) -> dict:
-    o = {"batch": cell.batch, "seq": cell.seq, "max_pos": MAX_POS, "n_cmp": MAX_POS // 4, "cmp_topk": 8}
+    o = {"batch": cell.batch, "seq": cell.seq, "max_pos": MAX_POS, "n_cmp": MAX_POS // 4, "cmp_topk": 8,
+         "quant": cell.quant}
     if cell.layout == "packed":
         o.update(layout="packed", tokens=cell.batch * cell.seq)
     return o
@@ -198,7 +219,7 @@ def _layer_history(cell: Cell, st, names, start_pos, seed):
 
     kind = cell.stage.removeprefix("decode_")
     d = LayerDriver(kind, batch=cell.batch, length=MAX_POS, seed=seed,
-                    overrides=(("n_cmp", MAX_POS // 4), ("cmp_topk", 8)))
+                    overrides=(("n_cmp", MAX_POS // 4), ("cmp_topk", 8), ("quant", cell.quant)))
     state = d.history(list(start_pos))
     x = torch.stack([d.x_hist[b, p:p + cell.seq] for b, p in enumerate(start_pos)])
     args = dict(d.weights, **state, x=x, start_pos=torch.tensor(start_pos, dtype=torch.int32), rope_cos=d.cos,
@@ -208,6 +229,7 @@ def _layer_history(cell: Cell, st, names, start_pos, seed):
 
 def _layer_reference(d, start_pos, seq: int, outs: dict):
     """The layer reference of the step (CSA: on the kernel's own picks, judged by their own check)."""
+    from attnc.fp32_reference import dequantized
     from tests.reference.dsv4_layer_reference import layer_reference
 
     def ref(inputs: dict) -> dict:
@@ -215,8 +237,8 @@ def _layer_reference(d, start_pos, seq: int, outs: dict):
         if "cmp_idx" in outs:
             selection = {(b, s): [int(i) for i in outs["cmp_idx"][b, s] if int(i) >= 0]
                          for b in range(len(start_pos)) for s in range(seq)}
-        y = layer_reference(d.kind, d.cfg, d.reference_weights(), d.x_hist.float(), list(start_pos), seq,
-                            selection=selection)
+        y = layer_reference(d.kind, d.cfg, dequantized(d.reference_weights()), d.x_hist.float(), list(start_pos),
+                            seq, selection=selection)
         return {"out": y["y"]}
 
     return ref
@@ -272,7 +294,7 @@ def run_cell(cell: Cell, matrix_seed: int = 0, sim: bool = True, timeout_s: floa
             inputs = make_inputs(st, cfg, res.seed, given)
     except Exception as e:  # noqa: BLE001 - a refused input is the harness's bug here: report it
         return done("failed", f"inputs: {_line(e)}")
-    failures = []
+    failures, tol = [], tolerance(cell.quant)
     outs = dict(zip(st.outputs, run_module(module, list(inputs.values()))))
     layer = cell.stage.startswith("decode_")
     if driver is not None:  # the step after its history: the whole-layer reference from the token rows
@@ -284,23 +306,23 @@ def run_cell(cell: Cell, matrix_seed: int = 0, sim: bool = True, timeout_s: floa
     else:
         ref = ref_fn(inputs)
         errs = {n: _error(outs[n], ref[n], layer) for n in ref}
-        bad = {n: e for n, e in errs.items() if not e <= TOLERANCE}
+        bad = {n: e for n, e in errs.items() if not e <= tol}
         res.ref = {"status": "failed" if bad else "ok", "errors": {n: round(e, 6) for n, e in errs.items()},
-                   "tolerance": TOLERANCE}
+                   "tolerance": tol}
         if bad:
             n, e = next(iter(bad.items()))
-            failures.append(f"ref: {n} error {e:.3g} > {TOLERANCE:g} vs the FP32 reference")
+            failures.append(f"ref: {n} error {e:.3g} > {tol:g} vs the FP32 reference")
     if "cmp_idx" in inputs:
         perm_inputs = dict(inputs, cmp_idx=_permuted_picks(inputs["cmp_idx"], res.seed))
         perm = dict(zip(st.outputs, run_module(module, list(perm_inputs.values()))))
         want = ref_fn(perm_inputs) if ref_fn is not None else outs
         errs = {n: _error(perm[n], want[n], layer) for n in want if n in perm}
-        bad = {n: e for n, e in errs.items() if not e <= TOLERANCE}
+        bad = {n: e for n, e in errs.items() if not e <= tol}
         res.order = {"status": "failed" if bad else "ok", "against": "reference" if ref_fn else "unpermuted",
                      "errors": {n: round(e, 6) for n, e in errs.items()}}
         if bad:
             n, e = next(iter(bad.items()))
-            failures.append(f"order: permuted cmp_idx gives {n} error {e:.3g} > {TOLERANCE:g} vs the "
+            failures.append(f"order: permuted cmp_idx gives {n} error {e:.3g} > {tol:g} vs the "
                             f"{res.order['against']}")
     if sim:
         failures += _sim(cell, module, inputs, program, res, timeout_s)
@@ -370,11 +392,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="sim_matrix.jsonl", help="results file (JSONL, one line per cell)")
     ap.add_argument("--resume", action="store_true", help="skip the cells already in --out (else it is rewritten)")
     ap.add_argument("--only", action="append", default=[], metavar="GLOB",
-                    help="only cells whose key (stage|layout|bB|sS) matches (repeatable)")
+                    help="only cells whose key (stage|layout|bB|sS[|quant]) matches (repeatable)")
     ap.add_argument("--jobs", type=int, default=1, help="cells at a time (each SIM run is a child process)")
     ap.add_argument("--no-sim", action="store_true", help="interpreter-level checks only (ref, order)")
     ap.add_argument("--seed", type=int, default=0, help="matrix seed: draws each cell's start positions and seed")
     ap.add_argument("--timeout", type=float, default=SIM_TIMEOUT_S, help="SIM timeout per cell, seconds")
+    ap.add_argument("--quant", choices=("none", "w8a8"), default="none",
+                    help="w8a8: the stages with a quantisable projection, quantised (keys end in |w8a8)")
     ap.add_argument("--table", action="store_true", help="print the table of --out and exit")
     ap.add_argument("--no-history", action="store_true",
                     help="dense layers: seeded state instead of the step's history (no reference past position 0)")
@@ -383,7 +407,7 @@ def main(argv=None) -> int:
         for line in table(list(load(args.out).values())):
             print(line)
         return 0
-    todo = [c for c in cells() if not args.only or any(fnmatch.fnmatch(c.key, g) for g in args.only)]
+    todo = [c for c in cells(args.quant) if not args.only or any(fnmatch.fnmatch(c.key, g) for g in args.only)]
     if args.resume:
         have = load(args.out)
         todo = [c for c in todo if c.key not in have]

@@ -41,6 +41,24 @@ def test_matrix_cell_interpreter_level(cell):
     assert r.start_pos and len(r.start_pos) == cell.batch or r.status == "refused"
 
 
+def test_w8a8_cells_quantise_the_projections_and_meet_the_pass_tolerance():
+    """`--quant w8a8`: the stages with a quantisable projection, keyed apart; the FP32 reference is given the
+    dequantised weights and the tolerance is quantize-w8a8's declared one."""
+    from attnc.passes import pass_class
+
+    quant = sim_matrix.cells("w8a8")
+    layers = {f"decode_{k}{p}" for k in ("swa", "hca", "csa") for p in ("", "_paged")}
+    assert {c.stage for c in quant} == {"qkv_proj_rope", "indexer"} | layers
+    assert all(c.key.endswith("|w8a8") for c in quant) and not {c.key for c in quant} & {
+        c.key for c in sim_matrix.cells()}
+    tol = pass_class("quantize-w8a8").tolerance
+    runs = {q: sim_matrix.run_cell(sim_matrix.Cell("qkv_proj_rope", "dense", 2, 2, q), 0, sim=False)
+            for q in ("none", "w8a8")}
+    assert runs["w8a8"].status == "passed" and runs["w8a8"].ref["tolerance"] == tol
+    assert 0 < runs["w8a8"].ref["errors"]["q"] <= tol
+    assert runs["w8a8"].ref["errors"]["q"] != runs["none"].ref["errors"]["q"]  # the activation was quantised
+
+
 def test_a_sim_run_without_verify_records_fails_its_cell(monkeypatch):
     """A run whose pypto log is gone (its run folder removed while it ran: indexer|packed|b2|s4 once passed with
     0 records) verified nothing: the cell fails instead of passing on its outputs alone."""

@@ -153,6 +153,7 @@ def test_qkv_proj_rope_w8a8_against_the_fp32_reference_and_the_bf16_pipeline():
     """Declared: the pass's tolerance (2e-2). Measured tiny: q 5.4e-3 vs the FP32 reference of the quantised
     checkpoint, 7.1e-3 vs the FP32 reference of the bf16 weights (bf16 pipeline: 3.5e-3); flash B=2: 9.4e-3 /
     1.4e-2. kv and qr do not use wq_b and are equal to the bf16 pipeline's."""
+    from attnc.fp32_reference import dequantized
     from tests.reference.dsv4_reference import qkv_proj_rope_reference
 
     cfg_q, cfg_b = resolve_config("tiny", {"quant": "w8a8"}), resolve_config("tiny")
@@ -160,7 +161,7 @@ def test_qkv_proj_rope_w8a8_against_the_fp32_reference_and_the_bf16_pipeline():
     iq, ib = make_inputs(sd, cfg_q, 0), make_inputs(sd, cfg_b, 0)
     out = dict(zip(sd.outputs, run_module(_compiled("qkv_proj_rope", cfg_q, DEFAULT_PIPELINE), list(iq.values()))))
     bf16 = dict(zip(sd.outputs, run_module(_compiled("qkv_proj_rope", cfg_b, DEFAULT_PIPELINE), list(ib.values()))))
-    deq = {**{k: v for k, v in iq.items() if k != "wq_b_scale"}, "wq_b": iq["wq_b"].float() * iq["wq_b_scale"]}
+    deq = dequantized(iq)
     ref_q, ref_b = qkv_proj_rope_reference(deq, cfg_q), qkv_proj_rope_reference(ib, cfg_b)
     for o in sd.outputs:
         assert normalised_error(out[o].float(), ref_q[o].float()) <= W8A8_TOLERANCE, o
@@ -326,18 +327,13 @@ def test_layer_kinds_take_the_quantised_projections(kind, paged):
     assert sum(o.name == "attn.matmul" and dtype_of_result(o) == "i32" for o in mod.walk()) == len(want)
 
 
-def _dequantised(weights: dict) -> dict:
-    """The quantised checkpoint's weights as the FP32 reference takes them: i8 x per-channel scale, exactly."""
-    return {k: v.float() * weights[f"{k}_scale"] if f"{k}_scale" in weights else v
-            for k, v in weights.items() if not (k.endswith("_scale") and k[:-6] in weights)}
-
-
 @pytest.mark.parametrize("kind,start,seq", [("swa", (6, 13), 3), ("hca", (126, 127), 2), ("csa", (11, 22), 2)])
 def test_layer_w8a8_against_the_fp32_reference(kind, start, seq):
     """A W8A8 layer step (after quantize-w8a8: qr and, for CSA, the indexer's qr quantised per row) against the
     independent FP32 layer reference of the same quantised checkpoint and of the bf16 weights. Declared: the
     pass's 2e-2. Measured tiny: swa 4.7e-3 / 5.8e-3, hca 6.3e-3 / 6.9e-3, csa 6.3e-3 / 5.8e-3 (the bf16 layers
     4.4e-3-4.7e-3 against their reference)."""
+    from attnc.fp32_reference import dequantized
     from tests.layer_harness import LayerDriver
     from tests.reference.dsv4_layer_reference import layer_reference
     from tests.test_layers_vs_reference import _kernel_selection, rel_err
@@ -347,7 +343,7 @@ def test_layer_w8a8_against_the_fp32_reference(kind, start, seq):
     outs = quant.step(list(start), seq, quant.history(list(start)))
     selection = _kernel_selection(outs, start, seq) if kind == "csa" else None
     errs = {}
-    for name, weights in (("vs-quantised", _dequantised(quant.reference_weights())),
+    for name, weights in (("vs-quantised", dequantized(quant.reference_weights())),
                           ("vs-bf16", bf16.reference_weights())):
         ref = layer_reference(kind, quant.cfg, weights, quant.x_hist.float(), list(start), seq, selection=selection)
         errs[name] = rel_err(outs["out"], ref["y"])
