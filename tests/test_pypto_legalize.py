@@ -289,11 +289,11 @@ def test_a_scatter_id_is_stated_as_scalar_steps_and_printed_from_them():
     assert [s.data for s in sc.attributes["scalar_id"].data] == ["({m} * 2)", "p[0]", "({s0} + {s1})", "{s2}"]
     text = emit_pypto(mod)
     # row m of a loop iteration w1 writing rows_per_trip = 2 rows: w1 + 0, then w1 + 1
-    assert "s2 = ((w1 + 0) * 2)\n        s3 = p[0]\n        s4 = (s2 + s3)\n        if s4 >= 0:" in text
-    assert "s6 = ((w1 + 1) * 2)\n        s7 = p[0]" in text
+    assert "s2 = ((w1 + 0) * 2)\n        s3 = p[0]\n        s4 = (s2 + s3)\n        s5 = ((w1 + 1) * 2)" in text
+    assert "s6 = p[0]\n        s7 = (s5 + s6)\n" in text and "if s4 >= 0:" in text and "if s7 >= 0:" in text
     sc.attributes["scalar_id"] = ArrayAttr([StringAttr("({m} + 5)"), StringAttr("{s0}")])
     text = emit_pypto(mod)
-    assert "s2 = ((w1 + 0) + 5)\n        if s2 >= 0:" in text and "p[0]" not in text
+    assert "s2 = ((w1 + 0) + 5)\n        s3 = ((w1 + 1) + 5)\n" in text and "if s2 >= 0:" in text and "p[0]" not in text
 
 
 def test_a_scatter_id_without_a_scalar_form_is_refused_by_the_pass():
