@@ -297,14 +297,13 @@ class _Emitter:
                 self.emit(f"{rids[-1]} = {rid}")
             else:
                 rids.append(rid)
-        if per > 1:
-            # the iteration's rows at consecutive ids of one table block (a ring's step rows: slots p, p+1 mod R)
-            # go as one assemble, one task instead of `per` (flash B = 64 S = 2: compressor m = 4 535 -> 429 tasks,
-            # 158.4 -> 152.3 us; index_compressor 137.0 -> 127.0; m = 128 167.3 -> 159.3)
-            run = " * ".join([f"({rids[0]} >= 0)", f"({rids[0]} % {lead[-1]} < {lead[-1] - per + 1})",
-                              *[f"({r} == {rids[0]} + {k})" for k, r in enumerate(rids[1:], 1)]])
+        pair = "rows_together" in op.attributes
+        if pair:
+            # pypto-legalize's `rows_together`: the condition under which the iteration's rows land at consecutive
+            # ids of one table block (a ring's step rows), written as one assemble, one task instead of `per`
+            # (flash B = 64 S = 2: compressor m = 4 535 -> 429 tasks, 158.4 -> 152.3 us; index 137.0 -> 127.0)
             together = self.fresh("s")
-            self.emit(f"{together} = {run}")
+            self.emit(f"{together} = {op.attributes['rows_together'].data.format(**{f'r{k}': r for k, r in enumerate(rids)})}")
             self.emit(f"if {together} > 0:")
             self.depth += 1
             self._write_rows(op, a, dest, rows[0], rids[0], per, lead, rows_shape)
@@ -316,7 +315,7 @@ class _Emitter:
             self.depth += 1
             self._write_rows(op, a, dest, m, rid, 1, lead, rows_shape)
             self.depth -= 1
-        self.depth -= 2 if per > 1 else 1
+        self.depth -= 2 if pair else 1
         self.names[op.result] = dest
 
     def _write_rows(self, op, a, dest, m: str, rid: str, n: int, lead, rows_shape):
