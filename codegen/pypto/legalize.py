@@ -151,7 +151,7 @@ from attnc.passes._build import at_end, before, const, tile_full, tile_op
 # every attribute this pass sets (cleared first: the pass is idempotent)
 FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "pieces", "one_trip", "body_l1_reuse", "body_nbuffer",
          "clone", "inplace",
-         "prefix", "scalar_ids", "scalar_id", "rows_per_trip", "rows_together", "copy_out", "copy_out_tile_elems", "host_constant", "host_only",
+         "prefix", "scalar_ids", "scalar_id", "rows_per_trip", "together_rows", "rows_together", "copy_out", "copy_out_tile_elems", "host_constant", "host_only",
          "padded_in", "padded_out", "valid_tile", "row_group_types", "row_group_cap", "pypto_legalized")
 BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i8": 1, "i1": 1}
 
@@ -602,30 +602,34 @@ def scalar_id_steps(op: Operation, params: dict, ops: set | None = None) -> list
 PATHCOND_NODES = 100
 
 
-def rows_together(op: Operation) -> str | None:
-    """A scatter's `rows_together`: the runtime condition (over its trip's row ids {r0} .. {rK}) under which the
-    rows_per_trip rows of one loop iteration land at consecutive ids of one table block (a ring's step rows: slots
-    p, p+1 of a block), so one [rows_per_trip, d] assemble writes them; None (row by row only) for one row per trip
-    or where the condition would exceed PATHCOND_NODES nodes of pypto's path-condition table (the 0.2.0 bug above)."""
+def rows_together(op: Operation) -> tuple[int, str] | None:
+    """A scatter's `together_rows` n and `rows_together`: the runtime condition (over the ids {r0} .. {r<n-1>} of n
+    rows of its trip) under which those rows land at consecutive ids of one table block (a ring's step rows: slots
+    p, p+1 of a block), so one [n, d] assemble writes them; each group of n rows of a trip gets its own. n = 2 where
+    rows_per_trip is even (the S = 2 step rows of one batch row; a trip of 4 holds two batch rows), else all of
+    them. None (row by row only) for one row per trip or where the condition would exceed PATHCOND_NODES nodes of
+    pypto's path-condition table (the 0.2.0 bug above)."""
     per = op.attributes["rows_per_trip"].value.data
     if per == 1:
         return None
+    n = 2 if per % 2 == 0 else per
     table, rows = shape_of(op.table.type), shape_of(op.rows.type)
     block = table[len(table) - len(rows)]  # the table dim a row id runs over last (the rows of one block)
-    cond = " * ".join([f"({{r0}} >= 0)", f"({{r0}} % {block} < {block - per + 1})",
-                       *[f"({{r{k}}} == {{r0}} + {k})" for k in range(1, per)]])
+    cond = " * ".join([f"({{r0}} >= 0)", f"({{r0}} % {block} < {block - n + 1})",
+                       *[f"({{r{k}}} == {{r0}} + {k})" for k in range(1, n)]])
     steps = [s.data for s in op.attributes["scalar_id"].data]
-    return cond if pathcond_nodes(steps, per, cond) <= PATHCOND_NODES else None
+    nodes = max(pathcond_nodes(steps, n, cond, g) for g in range(0, per, n))
+    return (n, cond) if nodes <= PATHCOND_NODES else None
 
 
-def pathcond_nodes(steps: list[str], per: int, cond: str) -> int:
-    """The nodes pypto 0.2.0's path-condition table lists for `if (cond) > 0` in a scatter loop iteration writing
-    `per` rows (row k's id by the `scalar_id` steps, {m} = (w + k)): one per operation on a runtime value (a
-    parameter read, an arithmetic or compare, a min/max), shared where the emitted program shares a scalar
-    variable (a step), new for each textual repeat; integer-only operations fold, as does x + 0."""
+def pathcond_nodes(steps: list[str], per: int, cond: str, first: int = 0) -> int:
+    """The nodes pypto 0.2.0's path-condition table lists for `if (cond) > 0` over `per` rows of a scatter loop
+    iteration from its row `first` (row k's id by the `scalar_id` steps, {m} = (w + k)): one per operation on a
+    runtime value (a parameter read, an arithmetic or compare, a min/max), shared where the emitted program shares
+    a scalar variable (a step), new for each textual repeat; integer-only operations fold, as does x + 0."""
     names = {f"s{i}": f"s{i}" for i in range(len(steps))}
     ids = []
-    for k in range(per):  # as the emitter binds them: each step but the last a variable, the last the id
+    for k in range(first, first + per):  # as the emitter binds them: each step but the last a variable, the last id
         env: dict = {}
         for i, step in enumerate(steps[:-1]):
             env[f"s{i}"] = _scalar_eval(step.format(m=f"(w + {k})", **names), env)
@@ -1163,7 +1167,8 @@ def legalize_function(fn: Operation, hoist_constants: bool = True, scatter_rows:
             op.attributes["rows_per_trip"] = IntegerAttr(math.gcd(shape_of(op.rows.type)[0], scatter_rows), i64)
             together = rows_together(op)
             if together is not None:
-                op.attributes["rows_together"] = StringAttr(together)
+                op.attributes["together_rows"] = IntegerAttr(together[0], i64)
+                op.attributes["rows_together"] = StringAttr(together[1])
     params = set(block.args)
     declared = set(outputs) | scratch | {next(iter(op.result.uses)).operation.result for op in copies}
     carries = []

@@ -8,14 +8,14 @@
 // RUN: attnc compile %s -p 'pypto-legalize{host-constants=0}' -o - | filecheck %s
 // RUN: attnc compile %s -p 'pypto-legalize{host-constants=0},pypto-legalize{host-constants=0}' -o - | filecheck %s
 // CHECK-LABEL: func.func @scatter
-// CHECK: tile.scatter_rows %t, %rows_a, %ids_a {in_place = true, scalar_id = {{.*}}, rows_per_trip = 2 : i64, rows_together = "({r0} >= 0) * ({r0} % 8 < 7) * ({r1} == {r0} + 1)"}
+// CHECK: tile.scatter_rows %t, %rows_a, %ids_a {in_place = true, scalar_id = {{.*}}, rows_per_trip = 2 : i64, together_rows = 2 : i64, rows_together = "({r0} >= 0) * ({r0} % 8 < 7) * ({r1} == {r0} + 1)"}
 // CHECK: tile.scatter_rows {{.*}}, %rows_b, %ids_b {in_place = true, scalar_id = {{.*}}, rows_per_trip = 1 : i64}
 // RUN: attnc compile %s -p 'pypto-legalize{host-constants=0 scatter-rows=4}' -o - | filecheck %s --check-prefix=FOUR
-// FOUR: tile.scatter_rows %t, %rows_a, %ids_a {{.*}}rows_per_trip = 2 : i64, rows_together = {{.*}}}
+// FOUR: tile.scatter_rows %t, %rows_a, %ids_a {{.*}}rows_per_trip = 2 : i64, together_rows = 2 : i64, rows_together = {{.*}}}
 // FOUR: tile.scatter_rows {{.*}}, %rows_b, %ids_b {{.*}}rows_per_trip = 1 : i64}
 // RUN: attnc compile %s -p 'pypto-legalize{host-constants=0 scatter-rows=3}' -o - | filecheck %s --check-prefix=THREE
-// THREE: tile.scatter_rows %t, %rows_a, %ids_a {{.*}}rows_per_trip = 3 : i64, rows_together = "({r0} >= 0) * ({r0} % 8 < 6) * ({r1} == {r0} + 1) * ({r2} == {r0} + 2)"}
-// THREE: tile.scatter_rows {{.*}}, %rows_b, %ids_b {{.*}}rows_per_trip = 3 : i64, rows_together = {{.*}}}
+// THREE: tile.scatter_rows %t, %rows_a, %ids_a {{.*}}rows_per_trip = 3 : i64, together_rows = 3 : i64, rows_together = "({r0} >= 0) * ({r0} % 8 < 6) * ({r1} == {r0} + 1) * ({r2} == {r0} + 2)"}
+// THREE: tile.scatter_rows {{.*}}, %rows_b, %ids_b {{.*}}rows_per_trip = 3 : i64, together_rows = 3 : i64, rows_together = {{.*}}}
 // The emitted program: a loop of 3 iterations writing rows (w + 0) and (w + 1) as one [2, 2] assemble where the
 // condition holds, else each on its own, then one of 3 writing one each.
 // RUN: attnc compile %s -p 'pypto-legalize{host-constants=0}' --emit pypto -o - | filecheck %s --check-prefix=EMIT
