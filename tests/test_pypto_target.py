@@ -301,3 +301,56 @@ def test_rmsnorm_and_rope_chain_keeps_one_row_count(stage, overrides):
             if "set_vec_tile_shapes" in tile and re.search(r"= pypto\.(mul|add|sum|div|sqrt|reciprocal|cast|concat|full)\(", op)}
     assert len(rows) == 1, rows
     assert rows == ({16} if stage == "compressor" else {32})  # d = 512: 16 rows of f32 in 8192 elements; d = 128: 32
+
+
+# pypto 0.2.0 names a branch condition's nodes EXPR_LOOP_PATHCOND_<loop>_<cond>_<index>_CALC in 32 columns with no
+# separator (docs/limitations.md): a loop whose `if` has 1,001 nodes (ids[w], 499 times + ids[w], - 0, > 0) does
+# not compile its control flow (exit 1); 999 nodes run. pypto-legalize keeps the pair write's condition <= 100 nodes.
+PATHCOND_PROGRAM = '''
+import json
+import os
+
+import pypto
+
+ARG_NAMES = ["ids", "rows", "t"]
+OUTPUT_NAMES = ["t"]
+ARG_DTYPES = {"ids": "i32", "rows": "f32", "t": "f32"}
+_VERIFY = json.loads(os.environ.get("ATTNC_PYPTO_VERIFY", '{"enable_pass_verify": false}'))
+
+
+@pypto.frontend.jit(runtime_options={"run_mode": pypto.RunMode.SIM}, verify_options=_VERIFY)
+def kernel(ids: pypto.Tensor([4], pypto.DT_INT32), rows: pypto.Tensor([4, 16], pypto.DT_FP32),
+           t: pypto.Tensor([4, 16], pypto.DT_FP32)):
+    pypto.set_vec_tile_shapes(1, 16)
+    for w in pypto.loop(0, 4, 1, name="L1", idx_name="w"):
+        s = ids[w]
+        for _ in range(ADDS):
+            s = s + ids[w]
+        if s - 0 > 0:
+            pypto.assemble(pypto.clone(pypto.view(rows, [1, 16], [w, 0])), [w, 0], t)
+'''
+
+
+@needs_pypto
+@pytest.mark.slow
+def test_pypto_cannot_compile_a_branch_condition_of_1001_nodes(tmp_path):
+    import numpy as np
+
+    from attnc.codegen.pypto.legalize import pathcond_nodes
+    from attnc.codegen.pypto.sim import PyptoSimError, run_in_subprocess
+
+    ids = np.array([1, 0, 2, 1], dtype=np.int32)
+    rows = np.arange(64, dtype=np.float32).reshape(4, 16)
+    inputs = {"ids": ids, "rows": rows, "t": np.zeros((4, 16), np.float32)}
+    for adds, runs in ((499, False), (498, True)):
+        # the model's count of the same condition: ids[w] (1), 2 per add, - 0 and > 0
+        steps = ["ids[{m}]", *[f"({{s{i}}} + ids[{{m}}])" for i in range(adds)], f"({{s{adds}}} - 0)", f"{{s{adds + 1}}}"]
+        assert pathcond_nodes(steps, 1, "{r0}") == 1 + 2 * adds + 2
+        path = tmp_path / f"pathcond{adds}.py"
+        path.write_text(PATHCOND_PROGRAM.replace("ADDS", str(adds)))
+        if runs:
+            got = run_in_subprocess(path, inputs, verify="tensor-graph", timeout_s=600).outputs["t"]
+            assert np.array_equal(got, np.where(ids[:, None] > 0, rows, 0)), got
+        else:
+            with pytest.raises(PyptoSimError, match="exit 1"):
+                run_in_subprocess(path, inputs, verify="tensor-graph", timeout_s=600)
