@@ -19,8 +19,8 @@ Schedules (`schedule` option):
   scores from their own rings) and pools it by halving the slot axis of [T, n, d] slices (channels stay the
   contiguous axis, no transpose; flash m = 128: 526.5 us vs 712.5 channel-first with transposes); tokens that
   complete no block give 0.
-`auto`: `block` where it applies (m = 128), else `token` (pypto 0.2.0 SIM at flash: m = 4 `row` 558.8 vs `token` 479.2 us at B = 32, and `row` fails in SIM
-at B >= 48 with "hasCall=0 ... ParseInput.cpp line 378"; m = 128 B = 64 `row` 1353.0 vs `token` 712.5 us).
+`auto`: `block` where it applies (m = 128), else `token` (pypto 0.2.0 SIM at flash: m = 4 `row` 558.8 vs `token` 479.2 us at B = 32; tiny
+B = 48 d = 512 m = 4: `row` 222.6 vs `token` 114.5; m = 128 B = 64 `row` 1353.0 vs `token` 712.5 us).
 Masked slots score -1e30 (weight exactly 0) and read value 0 (a never-written ring row may hold NaN). The
 summation order differs from the op's definition: an approximate rewrite (f32 rounding, then bf16 in the cache)."""
 from __future__ import annotations
