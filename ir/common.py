@@ -175,6 +175,13 @@ def pypto_facts_verify(op) -> None:
         op.expect(kind == "scatter_rows" and isinstance(per, IntegerAttr) and per.value.data >= 1
                   and shape_of(op.rows.type)[0] % per.value.data == 0,
                   "rows_per_trip must be a positive integer dividing the rows, on a tile.scatter_rows")
+    if "rows_together" in attrs or "together_rows" in attrs:  # a trip's groups of rows written as one block
+        n = attrs.get("together_rows")
+        op.expect(kind == "scatter_rows" and isinstance(attrs.get("rows_together"), StringAttr)
+                  and isinstance(n, IntegerAttr) and "rows_per_trip" in attrs and n.value.data > 1
+                  and attrs["rows_per_trip"].value.data % n.value.data == 0,
+                  "rows_together must be a condition string and together_rows a divisor > 1 of rows_per_trip, "
+                  "on a tile.scatter_rows")
     if "scalar_id" in attrs:
         steps = attrs["scalar_id"]
         op.expect(kind == "scatter_rows" and isinstance(steps, ArrayAttr) and len(steps.data) >= 1

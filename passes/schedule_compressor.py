@@ -19,8 +19,8 @@ Schedules (`schedule` option):
   scores from their own rings) and pools it by halving the slot axis of [T, n, d] slices (channels stay the
   contiguous axis, no transpose; flash m = 128: 526.5 us vs 712.5 channel-first with transposes); tokens that
   complete no block give 0.
-`auto`: `block` where it applies (m = 128), else `token` (pypto 0.2.0 SIM at flash: m = 4 `row` 558.8 vs `token` 479.2 us at B = 32, and `row` fails in SIM
-at B >= 48 with "hasCall=0 ... ParseInput.cpp line 378"; m = 128 B = 64 `row` 1353.0 vs `token` 712.5 us).
+`auto`: `block` where it applies (m = 128), else `token` (pypto 0.2.0 SIM at flash: m = 4 `row` 558.8 vs `token` 479.2 us at B = 32; tiny
+B = 48 d = 512 m = 4: `row` 222.6 vs `token` 114.5; m = 128 B = 64 `row` 1353.0 vs `token` 712.5 us).
 Masked slots score -1e30 (weight exactly 0) and read value 0 (a never-written ring row may hold NaN). The
 summation order differs from the op's definition: an approximate rewrite (f32 rounding, then bf16 in the cache)."""
 from __future__ import annotations
@@ -166,18 +166,22 @@ def pool_columns(parts, width: int, dim: int):
     N = top.shape[0]
     if width != dim:  # one max per output channel over both halves
         top = _max(dsl.slice_(top, (0, 0), (N, dim)), dsl.slice_(top, (0, dim), (N, dim)))
-        top = dsl.concat([top, top], axis=1)
-    top = dsl.reshape(top, (N, 1, width))
-    num = den = None
+    # weights per slot (and half) on [N, dim] column views against the one max: no [N, n, width] round trip of
+    # the scores (a rank-3 <-> rank-2 reshape chain in one task made pypto 0.2.0's OoOSchedule fail at B >= 48,
+    # head_dim 512) and no max repeated per slot (a concat: its assembles in one task failed the same way)
+    terms = []
     for v, z in zip(values, scores):
-        n = z.shape[1] // width
-        w = dsl.reshape(dsl.exp(dsl.reshape(z, (N, n, width)) - top), (N, n * width))
-        a, b = _fold_columns(w * v, width, lambda x, y: x + y), _fold_columns(w, width, lambda x, y: x + y)
-        num, den = (a, b) if num is None else (num + a, den + b)
-    if width != dim:
-        num = dsl.slice_(num, (0, 0), (N, dim)) + dsl.slice_(num, (0, dim), (N, dim))
-        den = dsl.slice_(den, (0, 0), (N, dim)) + dsl.slice_(den, (0, dim), (N, dim))
-    return num / den
+        for c in range(0, z.shape[1], dim):
+            w = dsl.exp(dsl.slice_(z, (0, c), (N, dim)) - top)
+            terms.append((w * dsl.slice_(v, (0, c), (N, dim)), w))
+    return _pairwise([a for a, _ in terms]) / _pairwise([b for _, b in terms])
+
+
+def _pairwise(xs):
+    """The sum of xs, added pairwise (depth log2 n)."""
+    while len(xs) > 1:
+        xs = [xs[i] + xs[i + 1] if i + 1 < len(xs) else xs[i] for i in range(0, len(xs), 2)]
+    return xs[0]
 
 
 def _halves(v, z, ok, dim: int, lo: int, n: int, overlap: bool, newer: bool):

@@ -289,11 +289,40 @@ def test_a_scatter_id_is_stated_as_scalar_steps_and_printed_from_them():
     assert [s.data for s in sc.attributes["scalar_id"].data] == ["({m} * 2)", "p[0]", "({s0} + {s1})", "{s2}"]
     text = emit_pypto(mod)
     # row m of a loop iteration w1 writing rows_per_trip = 2 rows: w1 + 0, then w1 + 1
-    assert "s2 = ((w1 + 0) * 2)\n        s3 = p[0]\n        s4 = (s2 + s3)\n        if s4 >= 0:" in text
-    assert "s6 = ((w1 + 1) * 2)\n        s7 = p[0]" in text
+    assert "s2 = ((w1 + 0) * 2)\n        s3 = p[0]\n        s4 = (s2 + s3)\n        s5 = ((w1 + 1) * 2)" in text
+    assert "s6 = p[0]\n        s7 = (s5 + s6)\n" in text and "if s4 >= 0:" in text and "if s7 >= 0:" in text
     sc.attributes["scalar_id"] = ArrayAttr([StringAttr("({m} + 5)"), StringAttr("{s0}")])
     text = emit_pypto(mod)
-    assert "s2 = ((w1 + 0) + 5)\n        if s2 >= 0:" in text and "p[0]" not in text
+    assert "s2 = ((w1 + 0) + 5)\n        s3 = ((w1 + 1) + 5)\n" in text and "if s2 >= 0:" in text and "p[0]" not in text
+
+
+def test_the_pair_write_of_a_trip_is_stated_only_where_pypto_compiles_its_condition():
+    """`rows_together`: the condition under which a trip's rows land at consecutive ids of one table block (one
+    assemble). pypto 0.2.0 prints a path condition's nodes as macros named in 32 columns with no separator, so a
+    condition of more than PATHCOND_NODES nodes may not compile (decode_csa_paged's ring write: 101 nodes at loop
+    key 30, SIM exit 1): the pass counts the nodes as pypto makes them and states no pair write beyond."""
+    from attnc.codegen.pypto.legalize import PATHCOND_NODES, pathcond_nodes, rows_together
+
+    mod, fn = _legalized(SCATTER)
+    (sc,) = _ops(fn, "tile.scatter_rows")
+    cond = sc.attributes["rows_together"].data
+    assert cond == "({r0} >= 0) * ({r0} % 8 < 7) * ({r1} == {r0} + 1)"
+    # row 0: p[0], + ((w + 0) * 2 folds to w * 2: 1); row 1: w + 1, * 2, p[0], + (4); the condition and its > 0: 8
+    assert pathcond_nodes(["({m} * 2)", "p[0]", "({s0} + {s1})", "{s2}"], 2, cond) == 3 + 4 + 8
+    # a repeated text is a node each time (the emitter binds steps, not their repeats); ints fold
+    assert pathcond_nodes(["({m} + {m})", "{s0}"], 2, cond) == 1 + 3 + 8
+    assert pathcond_nodes(["(2 * 3)", "pypto.min({s0}, 4)", "({m} + {s1})", "{s2}"], 2, cond) == 1 + 2 + 8
+    text = emit_pypto(mod)
+    assert "s8 = (s4 >= 0) * (s4 % 8 < 7) * (s7 == s4 + 1)\n        if s8 > 0:" in text
+    assert "pypto.view(r, [2, 2], [(w1 + 0), 0])" in text
+    # an id of 32 more steps: row 0 33 nodes, row 1 65 (its w + 1 each time), 106 with the condition: beyond
+    long = ["p[0]", *[f"({{s{i}}} + {{m}})" for i in range(32)], "{s32}"]
+    assert pathcond_nodes(long, 2, cond) == 33 + 65 + 8 > PATHCOND_NODES
+    sc.attributes["scalar_id"] = ArrayAttr([StringAttr(s) for s in long])
+    assert rows_together(sc) is None
+    del sc.attributes["rows_together"]
+    text = emit_pypto(mod)
+    assert " > 0:" not in text and "pypto.view(r, [2, 2]" not in text and "pypto.view(r, [1, 2]" in text  # row by row
 
 
 def test_a_scatter_id_without_a_scalar_form_is_refused_by_the_pass():

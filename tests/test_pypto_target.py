@@ -60,7 +60,8 @@ def test_scatter_loops_write_two_rows_per_iteration():
     """A scatter_rows loop writes `rows_per_trip` = 2 rows per iteration (pypto-legalize's scatter-rows; each its
     own id and runtime branch): pypto 0.2.0 stitches at most 128 iterations into one group and starts a group after
     the last ends, so the flash index compressor's 3 scatters of 128 rows ran as 3 groups after everything else
-    (135.0 -> 127.6 us)."""
+    (135.0 -> 127.6 us). Rows at consecutive ids of one table block (a ring's step rows) go as one [2, d]
+    assemble, one task instead of two (137.0 -> 127.0 us); other rows one by one."""
     import re
 
     from attnc.passes import PYPTO_PIPELINE
@@ -73,8 +74,11 @@ def test_scatter_loops_write_two_rows_per_iteration():
     for i in loops:
         var = re.search(r"for (w\d+) in", lines[i]).group(1)
         body = list(itertools.takewhile(lambda line, ind=lines[i + 1][:8]: line.startswith(ind), lines[i + 1:]))
-        assert sum("pypto.assemble(" in line for line in body) == 2
+        assert sum("pypto.assemble(" in line for line in body) == 3
         assert any(f"[({var} + 1), 0]" in line for line in body)
+        pair = next(i for i, line in enumerate(body) if re.search(r"if s\d+ > 0:", line))
+        assert re.search(rf"pypto\.view\(\w+, \[2, \d+\], \[\({var} \+ 0\), 0\]\)", body[pair + 2]), body[pair + 2]
+        assert [line.strip() for line in body[pair:]].count("else:") == 1
 
 
 def test_pooling_loop_takes_the_stated_chunk_rows_and_the_projection_loop_its_weight_rows():
@@ -297,3 +301,56 @@ def test_rmsnorm_and_rope_chain_keeps_one_row_count(stage, overrides):
             if "set_vec_tile_shapes" in tile and re.search(r"= pypto\.(mul|add|sum|div|sqrt|reciprocal|cast|concat|full)\(", op)}
     assert len(rows) == 1, rows
     assert rows == ({16} if stage == "compressor" else {32})  # d = 512: 16 rows of f32 in 8192 elements; d = 128: 32
+
+
+# pypto 0.2.0 names a branch condition's nodes EXPR_LOOP_PATHCOND_<loop>_<cond>_<index>_CALC in 32 columns with no
+# separator (docs/limitations.md): a loop whose `if` has 1,001 nodes (ids[w], 499 times + ids[w], - 0, > 0) does
+# not compile its control flow (exit 1); 999 nodes run. pypto-legalize keeps the pair write's condition <= 100 nodes.
+PATHCOND_PROGRAM = '''
+import json
+import os
+
+import pypto
+
+ARG_NAMES = ["ids", "rows", "t"]
+OUTPUT_NAMES = ["t"]
+ARG_DTYPES = {"ids": "i32", "rows": "f32", "t": "f32"}
+_VERIFY = json.loads(os.environ.get("ATTNC_PYPTO_VERIFY", '{"enable_pass_verify": false}'))
+
+
+@pypto.frontend.jit(runtime_options={"run_mode": pypto.RunMode.SIM}, verify_options=_VERIFY)
+def kernel(ids: pypto.Tensor([4], pypto.DT_INT32), rows: pypto.Tensor([4, 16], pypto.DT_FP32),
+           t: pypto.Tensor([4, 16], pypto.DT_FP32)):
+    pypto.set_vec_tile_shapes(1, 16)
+    for w in pypto.loop(0, 4, 1, name="L1", idx_name="w"):
+        s = ids[w]
+        for _ in range(ADDS):
+            s = s + ids[w]
+        if s - 0 > 0:
+            pypto.assemble(pypto.clone(pypto.view(rows, [1, 16], [w, 0])), [w, 0], t)
+'''
+
+
+@needs_pypto
+@pytest.mark.slow
+def test_pypto_cannot_compile_a_branch_condition_of_1001_nodes(tmp_path):
+    import numpy as np
+
+    from attnc.codegen.pypto.legalize import pathcond_nodes
+    from attnc.codegen.pypto.sim import PyptoSimError, run_in_subprocess
+
+    ids = np.array([1, 0, 2, 1], dtype=np.int32)
+    rows = np.arange(64, dtype=np.float32).reshape(4, 16)
+    inputs = {"ids": ids, "rows": rows, "t": np.zeros((4, 16), np.float32)}
+    for adds, runs in ((499, False), (498, True)):
+        # the model's count of the same condition: ids[w] (1), 2 per add, - 0 and > 0
+        steps = ["ids[{m}]", *[f"({{s{i}}} + ids[{{m}}])" for i in range(adds)], f"({{s{adds}}} - 0)", f"{{s{adds + 1}}}"]
+        assert pathcond_nodes(steps, 1, "{r0}") == 1 + 2 * adds + 2
+        path = tmp_path / f"pathcond{adds}.py"
+        path.write_text(PATHCOND_PROGRAM.replace("ADDS", str(adds)))
+        if runs:
+            got = run_in_subprocess(path, inputs, verify="tensor-graph", timeout_s=600).outputs["t"]
+            assert np.array_equal(got, np.where(ids[:, None] > 0, rows, 0)), got
+        else:
+            with pytest.raises(PyptoSimError, match="exit 1"):
+                run_in_subprocess(path, inputs, verify="tensor-graph", timeout_s=600)

@@ -151,7 +151,7 @@ from attnc.passes._build import at_end, before, const, tile_full, tile_op
 # every attribute this pass sets (cleared first: the pass is idempotent)
 FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "pieces", "one_trip", "body_l1_reuse", "body_nbuffer",
          "clone", "inplace",
-         "prefix", "scalar_ids", "scalar_id", "rows_per_trip", "copy_out", "copy_out_tile_elems", "host_constant", "host_only",
+         "prefix", "scalar_ids", "scalar_id", "rows_per_trip", "together_rows", "rows_together", "copy_out", "copy_out_tile_elems", "host_constant", "host_only",
          "padded_in", "padded_out", "valid_tile", "row_group_types", "row_group_cap", "pypto_legalized")
 BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i8": 1, "i1": 1}
 
@@ -591,6 +591,99 @@ def scalar_id_steps(op: Operation, params: dict, ops: set | None = None) -> list
     if ops is not None:
         ops |= sid.ops
     return [*sid.steps, last]
+
+
+# pypto 0.2.0 prints each node of a loop's `if` condition as a macro EXPR_LOOP_PATHCOND_<loop>_<cond>_<index>_CALC,
+# left-aligned in 32 columns with no separator before its value (symbolic_scalar.cpp BuildExpressionList,
+# setw(0x20); upstream adds the space after r0.2.0, hicann/pypto d23a73b26): a name of 32 characters runs into its
+# value, gcc reads `..._30_0_100_CALC(... > 0)` as a function-like macro, the control-flow code does not compile
+# and the SIM child exits 1 with no message (decode_csa_paged's ring writes: loop keys 30-34, 101 nodes). A
+# condition of at most this many nodes keeps its indices at two digits (names <= 31 characters for loop keys < 100).
+PATHCOND_NODES = 100
+
+
+def rows_together(op: Operation) -> tuple[int, str] | None:
+    """A scatter's `together_rows` n and `rows_together`: the runtime condition (over the ids {r0} .. {r<n-1>} of n
+    rows of its trip) under which those rows land at consecutive ids of one table block (a ring's step rows: slots
+    p, p+1 of a block), so one [n, d] assemble writes them; each group of n rows of a trip gets its own. n = 2 where
+    rows_per_trip is even (the S = 2 step rows of one batch row; a trip of 4 holds two batch rows), else all of
+    them. None (row by row only) for one row per trip or where the condition would exceed PATHCOND_NODES nodes of
+    pypto's path-condition table (the 0.2.0 bug above)."""
+    per = op.attributes["rows_per_trip"].value.data
+    if per == 1:
+        return None
+    n = 2 if per % 2 == 0 else per
+    table, rows = shape_of(op.table.type), shape_of(op.rows.type)
+    block = table[len(table) - len(rows)]  # the table dim a row id runs over last (the rows of one block)
+    cond = " * ".join([f"({{r0}} >= 0)", f"({{r0}} % {block} < {block - n + 1})",
+                       *[f"({{r{k}}} == {{r0}} + {k})" for k in range(1, n)]])
+    steps = [s.data for s in op.attributes["scalar_id"].data]
+    nodes = max(pathcond_nodes(steps, n, cond, g) for g in range(0, per, n))
+    return (n, cond) if nodes <= PATHCOND_NODES else None
+
+
+def pathcond_nodes(steps: list[str], per: int, cond: str, first: int = 0) -> int:
+    """The nodes pypto 0.2.0's path-condition table lists for `if (cond) > 0` over `per` rows of a scatter loop
+    iteration from its row `first` (row k's id by the `scalar_id` steps, {m} = (w + k)): one per operation on a
+    runtime value (a parameter read, an arithmetic or compare, a min/max), shared where the emitted program shares
+    a scalar variable (a step), new for each textual repeat; integer-only operations fold, as does x + 0."""
+    names = {f"s{i}": f"s{i}" for i in range(len(steps))}
+    ids = []
+    for k in range(first, first + per):  # as the emitter binds them: each step but the last a variable, the last id
+        env: dict = {}
+        for i, step in enumerate(steps[:-1]):
+            env[f"s{i}"] = _scalar_eval(step.format(m=f"(w + {k})", **names), env)
+        ids.append(_scalar_eval(steps[-1].format(m=f"(w + {k})", **names), env))
+    top = ("gt", _scalar_eval(cond.format(**{f"r{k}": f"r{k}" for k in range(per)}),
+                              {f"r{k}": v for k, v in enumerate(ids)}), 0)
+    seen, todo = set(), [top]
+    while todo:
+        n = todo.pop()
+        if isinstance(n, tuple) and id(n) not in seen:
+            seen.add(id(n))
+            todo.extend(n[1:])
+    return len(seen)
+
+
+_LEAF = "runtime"  # the loop index: a value, not a node of the table
+
+
+def _scalar_eval(text: str, env: dict):
+    """`text` (a scalar expression of the emitted program) as ints (folded) and nodes (tuples: kind, operands)."""
+    import ast
+    import operator
+
+    ops = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv,
+           ast.Mod: operator.mod, ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
+           ast.GtE: operator.ge, ast.Eq: operator.eq, ast.NotEq: operator.ne}
+
+    def ev(n):
+        if isinstance(n, ast.Constant):
+            return int(n.value)
+        if isinstance(n, ast.Name):
+            return env.get(n.id, _LEAF)
+        if isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.USub):
+            v = ev(n.operand)
+            return -v if isinstance(v, int) else ("neg", v)
+        if isinstance(n, (ast.BinOp, ast.Compare)):
+            a, op, b = ((ev(n.left), type(n.op), ev(n.right)) if isinstance(n, ast.BinOp)
+                        else (ev(n.left), type(n.ops[0]), ev(n.comparators[0])))
+            if isinstance(a, int) and isinstance(b, int):
+                return int(ops[op](a, b))
+            if op is ast.Add and (a == 0 or b == 0):
+                return b if a == 0 else a
+            return (op.__name__, a, b)
+        if isinstance(n, ast.Call):  # pypto.min / pypto.max
+            a, b = (ev(x) for x in n.args)
+            if isinstance(a, int) and isinstance(b, int):
+                return min(a, b) if n.func.attr == "min" else max(a, b)
+            return (n.func.attr, a, b)
+        if isinstance(n, ast.Subscript):  # a kernel parameter's element
+            idx = n.slice.elts if isinstance(n.slice, ast.Tuple) else [n.slice]
+            return ("read", *(ev(i) for i in idx))
+        raise ValueError(f"no scalar form: {ast.dump(n)}")
+
+    return ev(ast.parse(text, mode="eval").body)
 
 
 def _params(fn: Operation) -> dict:
@@ -1072,6 +1165,10 @@ def legalize_function(fn: Operation, hoist_constants: bool = True, scatter_rows:
         if op.name == "tile.scatter_rows":
             op.attributes["scalar_id"] = _names(scalar_id_steps(op, names))
             op.attributes["rows_per_trip"] = IntegerAttr(math.gcd(shape_of(op.rows.type)[0], scatter_rows), i64)
+            together = rows_together(op)
+            if together is not None:
+                op.attributes["together_rows"] = IntegerAttr(together[0], i64)
+                op.attributes["rows_together"] = StringAttr(together[1])
     params = set(block.args)
     declared = set(outputs) | scratch | {next(iter(op.result.uses)).operation.result for op in copies}
     carries = []

@@ -19,7 +19,7 @@
 // CHECK-NEXT: %[[M:.*]] = tile.mul %[[B]], %[[F2]]
 // CHECK-NEXT: %[[S:.*]] = tile.sub %[[A]], %[[M]]
 // CHECK-NEXT: %[[R:.*]] = tile.cast %[[S]] {rounding = "rint"} : (tensor<4xf32>) -> tensor<4xi32>
-// CHECK-NEXT: %[[T:.*]] = tile.scatter_rows %t, %r, %[[Q]] {in_place = true, scalar_id = ["({m} * 3)", "({s0} // 3)", "{s1}"], rows_per_trip = 2 : i64}
+// CHECK-NEXT: %[[T:.*]] = tile.scatter_rows %t, %r, %[[Q]] {in_place = true, scalar_id = ["({m} * 3)", "({s0} // 3)", "{s1}"], rows_per_trip = 2 : i64, together_rows = 2 : i64, rows_together = {{.*}}}
 // CHECK-NEXT: func.return %[[T]], %[[R]], %[[Q2]]
 builtin.module {
   func.func @div(%a: tensor<4xi32>, %t: tensor<8x2xf32>, %r: tensor<4x2xf32>) -> (tensor<8x2xf32>, tensor<4xi32>, tensor<4xi32>) attributes {arg_names = ["a", "t", "r"], result_names = ["t", "s", "q"]} {
