@@ -4,6 +4,7 @@ inspects no uses or producers of a value (issue 19). Hand-built modules from tes
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -219,6 +220,45 @@ def test_the_pass_is_idempotent_and_keeps_values():
     legalize_function(fn)
     assert print_ir(mod) == once
     assert "pypto_legalized" in once and "in_out = []" in once
+
+
+# the loop's rows read after it through two reshape chains: one to another shape ([B*S, H*D] -> [B, S, D'] ->
+# [B*S*H, D]: decode_swa's q) and one back to the buffer's shape ([B*S, D] -> [B, S, D] -> [B*S, D]: its kv step)
+CHAINS = SCRATCH.replace("-> tensor<20x64xf32> attributes", "-> (tensor<10x128xf32>, tensor<20x64xf32>) attributes") \
+    .replace('result_names = ["y"]', 'result_names = ["y", "z"]').replace(
+    '    %y = "tile.muls"(%r) <{scalar = 2.0 : f64}> {loc = "t.py:9"} : (tensor<20x64xf32>) -> tensor<20x64xf32>\n'
+    "    func.return %y : tensor<20x64xf32>",
+    '    %a = "tile.reshape"(%r) {loc = "t.py:9"} : (tensor<20x64xf32>) -> tensor<4x5x64xf32>\n'
+    '    %b = "tile.reshape"(%a) {loc = "t.py:10"} : (tensor<4x5x64xf32>) -> tensor<10x128xf32>\n'
+    '    %c = "tile.reshape"(%a) {loc = "t.py:11"} : (tensor<4x5x64xf32>) -> tensor<20x64xf32>\n'
+    '    %y = "tile.muls"(%b) <{scalar = 2.0 : f64}> {loc = "t.py:12"} : (tensor<10x128xf32>) -> tensor<10x128xf32>\n'
+    '    %z = "tile.muls"(%c) <{scalar = 3.0 : f64}> {loc = "t.py:13"} : (tensor<20x64xf32>) -> tensor<20x64xf32>\n'
+    "    func.return %y, %z : tensor<10x128xf32>, tensor<20x64xf32>")
+
+
+def test_a_reshape_of_an_in_place_reshape_of_a_buffer_is_one_in_place_reshape_unless_it_goes_back():
+    """rewrite_reshape_chains: pypto 0.2.0 copies a reshape of a reshape (decode_swa's q: 63 copy tasks on its
+    critical chain); a chain back to the buffer's shape keeps its one-tile copy (the kv step rows' relay)."""
+    import torch
+    from attnc.ir.interpreter import run_module
+
+    assert CHAINS != SCRATCH
+    inputs = [torch.randn(20, 64), torch.randn(1, 64)]
+    want = run_module(parse_ir(CHAINS, "t.mlir"), inputs)
+    mod, fn = _legalized(CHAINS)
+    (par,) = _ops(fn, "tile.parallel")
+    by_shape = {tuple(shape_of(op.result.type)): op for op in _ops(fn, "tile.reshape")}
+    assert set(by_shape) == {(4, 5, 64), (10, 128), (20, 64)}
+    folded, inner, back = by_shape[(10, 128)], by_shape[(4, 5, 64)], by_shape[(20, 64)]
+    assert folded.input is par.results[0] and folded.attributes["inplace"] == _flag_true()
+    assert back.input is inner.result and "inplace" not in back.attributes
+    got = run_module(mod, inputs)
+    assert all(torch.equal(a, b) for a, b in zip(want, got))
+    once = print_ir(mod)
+    legalize_function(fn)
+    assert print_ir(mod) == once
+    program = emit_pypto(mod)
+    assert re.search(r"pypto\.reshape\(ws\d+, \[10, 128\], inplace=True\)", program)
 
 
 def test_in_out_results_are_the_in_place_scatter_chains():

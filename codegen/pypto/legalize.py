@@ -22,6 +22,8 @@ emitter prints each tile op plainly):
 * a `packed` row concat (below) -> assembles into a local buffer (rewrite_packed_concats).
 * a zero-padded `tile.view` read by a concat that is not packed -> read through `tile.fill_padding` (all of the
   tile valid): pypto 0.2.0 concatenates the valid parts only (rewrite_padded_concat_reads).
+* a `tile.reshape` of an in-place reshape of a kernel buffer -> one reshape of the buffer (in place; not a chain
+  back to the buffer's shape, whose one-tile copy hands the rows to a loop's iterations: rewrite_reshape_chains).
 * the init of a loop that writes it in parts -> a scratch buffer (a copy of the init, or the buffer alone),
   a `tile.scatter_rows` not `in_place` -> a copy of its table scattered into in place (rewrite_carried_tensors;
   see below).
@@ -949,6 +951,27 @@ def _read_as_number(full: Operation) -> bool:
                                           for u in full.result.uses)
 
 
+def rewrite_reshape_chains(fn: Operation) -> None:
+    """A tile.reshape of a reshape of a kernel buffer (an input, an output, a scratch buffer: both in place)
+    becomes one reshape of the buffer, so that it is in place too: pypto 0.2.0 copies a reshape of a reshape
+    (decode_swa's q, made as token rows in the projections' loop, viewed [B, S, H, D] by from_tokens and
+    [B*S*H, D] by the attention: 63 copy tasks on the critical chain, 650.4 -> 634.7 us at flash B = 64 S = 2).
+    A chain back to the buffer's own shape stays: its copy (one tile: decode_swa's kv step rows, [B*S, D] ->
+    [B, S, D] -> [B*S, D]) is then the one cross-function predecessor of the 192 loop iterations that read it,
+    where reading the buffer links each of them to every piece the projections' loop wrote (1261 edges from one
+    task: 650.4 -> 692.3 us)."""
+    for op in [o for o in fn.walk() if o.name == "tile.reshape"]:
+        inner = op.input.owner
+        if not (isinstance(inner, Operation) and inner.name == "tile.reshape"
+                and _is_kernel_parameter(inner.input, _PARAM_BUFFERS)
+                and shape_of(op.result.type) != shape_of(inner.input.type)):
+            continue
+        op.operands[0] = inner.input
+        if not inner.result.uses:
+            inner.detach()
+            inner.erase()
+
+
 def rewrite_packed_concats(fn: Operation) -> None:
     """A `packed` row concat becomes assembles of its pieces at their row offsets into a `buffer = "local"`
     tile.full (a `pypto.tensor`; no copy task per piece, which a pypto.concat costs: CSA core 308.5 -> 263.7 us),
@@ -1202,6 +1225,7 @@ def legalize_function(fn: Operation, hoist_constants: bool = True, scatter_rows:
         shape = shape_of(op.result.type)
         if len(shape) >= 3 and not all(u.operation.name == "tile.reshape" for u in op.result.uses):
             op.attributes["clone"] = _flag()
+    rewrite_reshape_chains(fn)
     for op in block.walk():
         if op.name == "tile.reshape" and any(one_row_batched_lhs(u) for u in op.result.uses):
             op.attributes["clone"] = _flag()
