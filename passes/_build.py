@@ -152,7 +152,7 @@ def chain_values(out, inputs, through=None):
         todo.extend(v.owner.operands)
 
 
-def cap_tile_rows(out, inputs, rows: int, chunk: int = 0, row_stats: bool = True):
+def cap_tile_rows(out, inputs, rows: int, chunk: int = 0, row_stats: bool = True, stats_cols: int = 0):
     """State `tile_rows` (the row cap of each op's vector tile, read by the pypto emitter) on the ops that compute
     `out` from `inputs`: the pooling's ops are views of [N, n, d], [N, n/2, d] ... whose budget tiles would take
     4, 8, 16 rows, so each fold level waits on several tiles of the last and runs as its own task; one row count
@@ -160,9 +160,15 @@ def cap_tile_rows(out, inputs, rows: int, chunk: int = 0, row_stats: bool = True
     `chunk` states `chunk_rows`, the token rows per chunk of the loop parallelize-tokens makes of them:
     8-row chunks run the pooling's chain as 16 tasks side by side instead of 4 (flash m = 4 211.4 -> 194.0 us).
     `row_stats=False` leaves the ops whose result is a per-row statistic ([.., 1]: a norm's or an absmax's row
-    values) uncapped: the row ops keep one tile for the chunk (see quantize-w8a8)."""
+    values) uncapped: the row ops keep one tile for the chunk (see quantize-w8a8). `stats_cols` caps them too and
+    states `tile_cols`, their tile's width: the row ops' (pypto 0.2.0 fuses a chain into one task only where the
+    tile shapes agree: a [4, 1024] row tile and a [4, 16] statistic tile split it; flash W8A8 qkv_proj_rope 225.8 ->
+    217.4 us with the qr norm and quantisation's statistics at [4, 1024])."""
     for v in chain_values(out, inputs):
-        if row_stats or not isinstance(v.type, TensorType) or shape_of(v.type)[-1:] != (1,):
+        stat = isinstance(v.type, TensorType) and shape_of(v.type)[-1:] == (1,)
+        if stat and stats_cols:
+            v.owner.attributes["tile_cols"] = IntegerAttr(stats_cols, i64)
+        if row_stats or not stat or stats_cols:
             v.owner.attributes["tile_rows"] = IntegerAttr(rows, i64)
         if chunk:
             v.owner.attributes["chunk_rows"] = IntegerAttr(chunk, i64)

@@ -30,7 +30,7 @@ class _DecomposeRmsNorm(RewritePattern):
             y = dsl.cast(y, dtype_of(op.result.type))
             if "tile_rows" in op.attributes:  # quantize-w8a8{tile-rows}: the norm tiled as the quantisation after it
                 cap_tile_rows(y, [T(op.input)] + ([T(op.gamma)] if op.gamma is not None else []),
-                               op.attributes["tile_rows"].value.data, row_stats=False)
+                               op.attributes["tile_rows"].value.data, row_stats=False, stats_cols=n)
             elif len(x.shape) == 2:  # token rows [T, d]: one row count along the chain (pypto emitter)
                 state_row_group(y, [op.input] + ([op.gamma] if op.gamma is not None else []), x.shape[:1])
         rewriter.replace(op, [], [y.value])

@@ -69,7 +69,7 @@ class _Lower(RewritePattern):
                             f"{op_location(op)}: attn.{kind} must be decomposed first, but no attnc pass lowers it yet")
         with before(op):
             new = self._lower(op, kind)
-        for fact in ("tile_rows", "row_group"):  # a vector tile's row cap, a chain's row group (pypto emitter)
+        for fact in ("tile_rows", "tile_cols", "row_group"):  # a vector tile's row cap and width, a chain's row group
             if fact in op.attributes and new.owner is not op:
                 new.owner.attributes[fact] = op.attributes[fact]
         rewriter.replace(op, [], [new])

@@ -40,7 +40,7 @@ class _Decompose(RewritePattern):
                 norm = op.lhs.owner if isinstance(op.lhs.owner, RmsNormOp) else None
                 if self.tile_rows and norm is not None and math.prod(x.shape[:-1]) >= self.min_rows:
                     for v in (q, row_scale):
-                        cap_tile_rows(v, [x], self.tile_rows, row_stats=False)
+                        cap_tile_rows(v, [x], self.tile_rows, row_stats=False, stats_cols=x.shape[-1])
                     norm.attributes["tile_rows"] = IntegerAttr(self.tile_rows, i64)
                 y = dsl.dequantize(dsl.matmul(q, w, out="i32"), row_scale, scale, out)
             else:

@@ -389,9 +389,10 @@ def test_int8_cube_tiles_hold_twice_bf16s_k_in_the_same_l1_bytes():
 def test_quantize_w8a8_tile_rows_caps_the_quantisation_chain_only():
     """tile-rows=N states N as the vector tile row cap on the row-wide ops from the activation to its int8 codes
     and row scale (one row group per task, as the emitter reads `tile_rows`) and on the RMSNorm that makes the
-    activation (fuse-rmsnorm then caps its row-wide ops); the per-row statistics ([.., 1]) and everything else
-    keep their tiles; `min-rows` leaves an activation of fewer rows alone, and an activation no RMSNorm makes
-    (the indexer's qr parameter) keeps its tiles."""
+    activation (fuse-rmsnorm then caps its row-wide ops); the per-row statistics ([.., 1]) take the same row cap
+    and state `tile_cols`, the chain's row width (pypto 0.2.0 fuses the chain only where the tile shapes agree);
+    everything else keeps its tiles; `min-rows` leaves an activation of fewer rows alone, and an activation no
+    RMSNorm makes (the indexer's qr parameter) keeps its tiles."""
     from attnc.ir.types import shape_of
 
     cfg = resolve_config("tiny", {"quant": "w8a8"})
@@ -400,12 +401,16 @@ def test_quantize_w8a8_tile_rows_caps_the_quantisation_chain_only():
     capped = [o for o in mod.walk() if "tile_rows" in o.attributes]
     assert {o.attributes["tile_rows"].value.data for o in capped} == {2}
     kinds = {o.name for o in capped}
-    assert {"attn.cast", "attn.abs", "attn.rmsnorm"} <= kinds and not kinds & {"attn.matmul", "attn.reduce"}
-    assert all(shape_of(o.results[0].type)[-1] != 1 for o in capped)
+    assert {"attn.cast", "attn.abs", "attn.rmsnorm", "attn.reduce"} <= kinds and "attn.matmul" not in kinds
+    stats = [o for o in capped if shape_of(o.results[0].type)[-1] == 1]
+    assert stats and all(o.attributes["tile_cols"].value.data == cfg["q_lora_rank"] for o in stats)  # absmax, scale
+    assert not [o for o in capped if shape_of(o.results[0].type)[-1] != 1 and "tile_cols" in o.attributes]
     assert len([o for o in capped if o.name == "attn.rmsnorm"]) == 1  # q_norm's (qr), not the x or kv norms
     run_pipeline(mod, "fuse-rmsnorm")
     wide = {o.name for o in mod.walk() if "tile_rows" in o.attributes}
     assert "attn.rmsnorm" not in wide and {"attn.mul", "attn.cast"} <= wide
+    norm_stats = [o for o in mod.walk() if "tile_cols" in o.attributes and o.name == "attn.reduce"]
+    assert len(norm_stats) == 2  # the norm's sum of squares and the quantisation's absmax
     plain = build_stage(STAGES["qkv_proj_rope"], cfg)
     run_pipeline(plain, "quantize-w8a8")
     assert not [o for o in plain.walk() if "tile_rows" in o.attributes]

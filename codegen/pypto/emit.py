@@ -175,6 +175,9 @@ class _Emitter:
         rows = self.noted(v, "rows")
         if rows is not None and len(tile) > 1:  # the pass's row cap: a chain of ops keeps one row group per tile
             tile[0] = min(tile[0], rows)
+        cols = self.noted(v, "cols")
+        if cols is not None and len(tile) > 1:
+            tile[-1] = cols
         self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, tile))})")
 
     def padded_budget(self, op: Operation, side: str) -> int | None:
@@ -243,6 +246,10 @@ class _Emitter:
         if cap is not None:
             for r in op.results:
                 self.note(r, rows=cap.value.data)
+        cols = op.attributes.get("tile_cols")  # a per-row statistic's tile width: its chain's (quantize-w8a8)
+        if cols is not None:
+            for r in op.results:
+                self.note(r, cols=cols.value.data)
         group = self.group_rows(op)  # one row count along a chain (pypto-legalize row_group_types)
         if group is not None:
             for r in op.results:
