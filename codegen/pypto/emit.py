@@ -32,6 +32,7 @@ from attnc.ir.types import dtype_of, shape_of
 from .host import encoded, host_constants
 from .legalize import BYTES as _BYTES, flag, lanes, legalize_function
 from .options import PyptoOptions
+from .tiles import UB_BYTES, vec_tile
 
 PYPTO_DTYPE = {"bf16": "pypto.DT_BF16", "f16": "pypto.DT_FP16", "f32": "pypto.DT_FP32", "i32": "pypto.DT_INT32",
                "i8": "pypto.DT_INT8", "i1": "pypto.DT_BOOL"}
@@ -56,23 +57,6 @@ class EmitError(AttncError):
     """The IR contains something pypto 0.2.0 cannot express; the message starts with the op location."""
 
 
-def vec_tile(shape, dtype: str = "f32", budget: int = PyptoOptions.vec_tile_elems) -> list[int]:
-    """A tile of the op's rank: the trailing dim padded to the 32-byte block, then the inner leading dims as large
-    as the budget allows (fewer, larger tiles: every tile is a task of the scheduler-bound cost model).
-    The trailing dim is a multiple of 16 elements even for 4-byte types: pypto 0.2.0 copies tensors that a loop
-    captures with the tile in effect at the loop, whatever their dtype, and a bf16 tensor needs 16 lanes."""
-    tile = [max(1, int(d)) for d in shape] or [1]
-    align = lanes(dtype)
-    tile[-1] = -(-tile[-1] // align) * align
-    while tile[-1] > budget and tile[-1] > align:
-        tile[-1] = -(-(tile[-1] // 2) // align) * align
-    for i in range(len(tile) - 2, -1, -1):
-        room = max(1, budget // math.prod(tile[i + 1:]))
-        if tile[i] > room:  # a power of two: other splits crash pypto 0.2.0's simulator (ItemPool double free)
-            tile[i] = 1 << (room.bit_length() - 1)
-    return tile
-
-
 def loop_vec_budget(loop: Operation, outer: int) -> int:
     """The vector tile budget inside `loop`: the one the pass that scheduled it chose (`vec_tile_elems`), else
     the budget in force around it."""
@@ -82,7 +66,6 @@ def loop_vec_budget(loop: Operation, outer: int) -> int:
 
 L0AB_BYTES, L0C_BYTES = 64 * 1024, 128 * 1024
 L1_OPERAND_BYTES = (128 * 512 + 512 * 256) * 2  # the L1 tiles of A and B at most (bf16 M 128, K 512, N 256)
-UB_BYTES = 192 * 1024  # the vector unit's buffer: an op's tiles (inputs and output) live there together
 
 
 def cube_tile(m: int, k: int, n: int, in_bytes: int = 2, n_max: int | None = None) -> str:
@@ -184,11 +167,16 @@ class _Emitter:
         return max(1, self.vec_budget // factor.value.data) if factor is not None else None
 
     def bind(self, v: SSAValue, expr: str, loc: str | None = None, tile_of: SSAValue | None = None,
-             budget: int | None = None):
+             budget: int | None = None, op: Operation | None = None):
+        """v = expr under v's vector tile (or tile_of's): the one pypto-legalize stated on `op` (`vec_tile`, the
+        per-op rule of codegen/pypto/tiles.py), else the default tile under the budget in force."""
         name = self.fresh()
         self.names[v] = name
         suffix = f"  # {loc}" if loc else ""
-        if isinstance(v.type, TensorType):
+        stated = op.attributes.get("vec_tile") if op is not None else None
+        if stated is not None:
+            self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, ints_of(stated)))})")
+        elif isinstance(v.type, TensorType):
             self.set_tile(tile_of if tile_of is not None else v, budget)
         self.emit(f"{name} = {expr}{suffix}")
 
@@ -452,7 +440,7 @@ def _simple(kinds, expr, tile_of_input: bool = False):
     def rule(self: _Emitter, op: Operation, loc: str | None):
         a, res, _, _ = self.operands(op)
         return self.bind(res, expr(op.name.split(".", 1)[1], a, op), loc,
-                         tile_of=op.input if tile_of_input else None)  # a reduction is tiled over its input
+                         tile_of=op.input if tile_of_input else None, op=op)  # a reduction: tiled over its input
     _rule(*kinds)(rule)
 
 
@@ -472,7 +460,7 @@ _simple(SCALAR, lambda kind, a, op: f"{SCALAR[kind]}({a[0]}, {py_float(op.scalar
 def _print_cast(self: _Emitter, op: Operation, loc: str | None):
     a, res, dt, shape = self.operands(op)
     sat = ", satmode=pypto.SaturationMode.ON" if op.saturate is not None and op.saturate.value.data else ""
-    return self.bind(res, f"pypto.cast({a[0]}, {dt}, mode={CAST_MODE[op.rounding.data]}{sat})", loc)
+    return self.bind(res, f"pypto.cast({a[0]}, {dt}, mode={CAST_MODE[op.rounding.data]}{sat})", loc, op=op)
 
 
 @_rule("matmul", "matmul_acc")
@@ -509,7 +497,7 @@ def _print_matmul(self: _Emitter, op: Operation, loc: str | None):
 @_rule("broadcast")
 def _print_broadcast(self: _Emitter, op: Operation, loc: str | None):
     a, res, dt, shape = self.operands(op)
-    return self.bind(res, self._expand(a[0], shape_of(op.input.type), shape), loc)
+    return self.bind(res, self._expand(a[0], shape_of(op.input.type), shape), loc, op=op)
 
 
 @_rule("reshape")
@@ -641,7 +629,7 @@ def _print_view(self: _Emitter, op: Operation, loc: str | None):
         return
     offs, valid = a[1:1 + n], a[1 + n:]
     extra = f", valid_shape=[{', '.join(valid)}]" if valid else ""
-    self.bind(res, f"pypto.view({a[0]}, {shape}, [{', '.join(offs)}]{extra})", loc)
+    self.bind(res, f"pypto.view({a[0]}, {shape}, [{', '.join(offs)}]{extra})", loc, op=op)
     if flag(op, "clone"):
         # pypto 0.2.0 mis-sizes the raw tensor of a rank-3 view read straight by a batched matmul
         # ("Shape size mismatch" at codegen) and fails to simulate some other readers of it; a clone gives

@@ -148,11 +148,13 @@ from attnc.ir.dsl import emit_op
 from attnc.ir.tile_dialect import TILE
 from attnc.passes._build import at_end, before, const, tile_full, tile_op
 
+from .tiles import DEFAULT_VEC_TILE_ELEMS, op_tile
+
 # every attribute this pass sets (cleared first: the pass is idempotent)
 FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "pieces", "one_trip", "body_l1_reuse", "body_nbuffer",
          "clone", "inplace",
          "prefix", "scalar_ids", "scalar_id", "rows_per_trip", "copy_out", "copy_out_tile_elems", "host_constant", "host_only",
-         "padded_in", "padded_out", "valid_tile", "row_group_types", "row_group_cap", "pypto_legalized")
+         "padded_in", "padded_out", "valid_tile", "row_group_types", "row_group_cap", "vec_tile", "pypto_legalized")
 BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i8": 1, "i1": 1}
 
 
@@ -998,6 +1000,60 @@ def padding_factors(op: Operation) -> dict:
     return {k: f for k, f in facts.items() if f > 1}
 
 
+# the ops whose one pypto statement the emitter prints under their own tile (a reduction's is its input's)
+TILED_OPS = {f"tile.{k}" for k in ("add", "sub", "mul", "div", "max", "min", "and", "or", "neg", "exp", "sqrt",
+                                    "rsqrt", "recip", "relu", "abs", "floor", "cmp", "select", "adds", "muls",
+                                    "maxs", "cast", "broadcast")}
+REDUCTIONS = {"tile.row_sum", "tile.row_max", "tile.row_min"}
+
+
+def loop_budget(op: Operation, default: int = DEFAULT_VEC_TILE_ELEMS) -> int:
+    """The vector tile budget in force at op: the innermost enclosing loop's `vec_tile_elems` (the pass that
+    scheduled it chose it), else `default` (the emitter's walk gives the same)."""
+    parent = op.parent_op()
+    while parent is not None:
+        if _is_loop(parent) and "vec_tile_elems" in parent.attributes:
+            return parent.attributes["vec_tile_elems"].value.data
+        parent = parent.parent_op()
+    return default
+
+
+def op_tile_operands(op: Operation):
+    """(tiled, tensors) of an op the per-op tile rule applies to, else None: the (shape, dtype) its tile is of
+    (a reduction's input, else its result) and every tensor it holds in UB (results, tensor operands; a cloned
+    view holds its copy twice: in and out). Ops whose rows a pass capped (`tile_rows`, a `row_group`) or whose
+    tile pypto holds padded keep the budget's tile."""
+    if any(k in op.attributes for k in ("tile_rows", "row_group", "row_group_types", "padded_in", "padded_out",
+                                        "host_constant", "host_only", "scalar_ids", "splat")):
+        return None
+    sd = lambda v: (shape_of(v.type), dtype_of(v.type))  # noqa: E731
+    results = [r for r in op.results if isinstance(r.type, TensorType)]
+    if len(results) != 1:
+        return None
+    if op.name == "tile.view" and flag(op, "clone") and not flag(op, "prefix"):
+        return sd(results[0]), [sd(results[0])] * 2
+    if op.name not in TILED_OPS | REDUCTIONS:
+        return None
+    tensors = [sd(v) for v in (*results, *op.operands) if isinstance(v.type, TensorType)
+               and not (isinstance(v, OpResult) and flag(v.owner, "splat"))]  # a splat is printed as a number
+    return (sd(op.operands[0]) if op.name in REDUCTIONS else sd(results[0])), tensors
+
+
+def op_vec_tiles(fn: Operation, cap: int) -> dict:
+    """op -> the `vec_tile` the per-op rule states for it (codegen/pypto/tiles.py `op_tile`): its tile under
+    the largest budget up to `cap` elements at which its live tiles fit UB, where that is larger than the
+    budget's in force (issue 20 item 2: the indexer's scoring ops in [1, 256, 64] f32 tiles, 3 x 64 KiB)."""
+    tiles = {}
+    for op in fn.walk():
+        found = op_tile_operands(op)
+        if found is None:
+            continue
+        tile = op_tile(*found, loop_budget(op), cap)
+        if tile is not None:
+            tiles[op] = tile
+    return tiles
+
+
 def row_group_members(fn: Operation) -> dict:
     """Each op of a `row_group` (fuse-rmsnorm's, rope-selector-matmul's chains of per-row ops) -> its group's
     members in the same block: the result types of rank >= 2 and the smallest `tile_rows` cap among them."""
@@ -1026,7 +1082,8 @@ def check_scalar_reads(fn: Operation) -> None:
                             "lowering: pypto reads scalars only from kernel parameters")
 
 
-def legalize_function(fn: Operation, hoist_constants: bool = True, scatter_rows: int = 2) -> None:
+def legalize_function(fn: Operation, hoist_constants: bool = True, scatter_rows: int = 2,
+                      vec_tile_max: int = 0) -> None:
     """Rewrite fn's ops that pypto 0.2.0 cannot run as they are (values unchanged), then set every fact of the
     module docstring on fn and its ops (clearing the ones a previous run set)."""
     check_scalar_reads(fn)
@@ -1127,6 +1184,9 @@ def legalize_function(fn: Operation, hoist_constants: bool = True, scatter_rows:
         op.attributes["host_constant"] = StringAttr(f"hc{i}")
     for op in host_only:
         op.attributes["host_only"] = _flag()
+    if vec_tile_max:
+        for op, tile in op_vec_tiles(fn, vec_tile_max).items():
+            op.attributes["vec_tile"] = ArrayAttr([IntegerAttr(d, i64) for d in tile])
     fn.attributes["pypto_legalized"] = UnitAttr()
 
 
@@ -1142,11 +1202,13 @@ class PyptoLegalize(AttncPass):
     # 0: values computed from no input stay kernel work (host_constants: the A/B of issue 20's indexer prolog)
     host_constants: int = 1
     scatter_rows: int = 2  # rows a scatter loop writes per iteration (`rows_per_trip`), where they divide its rows
+    # the per-op tile rule's cap in elements (`vec_tile`; 0: every op under the budget in force)
+    vec_tile_max: int = 16384
     option_choices = {"host_constants": (0, 1)}
-    option_ranges = {"scatter_rows": (1, 128)}
+    option_ranges = {"scatter_rows": (1, 128), "vec_tile_max": (0, 1 << 20)}
 
     def apply(self, ctx, op):
         from attnc.ir import entry_function
 
         self.check_options()
-        legalize_function(entry_function(op), bool(self.host_constants), self.scatter_rows)
+        legalize_function(entry_function(op), bool(self.host_constants), self.scatter_rows, self.vec_tile_max)
