@@ -1,5 +1,5 @@
 """Vector tile shapes for pypto 0.2.0: the default tile of a shape under a budget (`vec_tile`) and the per-op
-rule (`op_tile`) that pypto-legalize states on an op as `vec_tile` (issue 20 item 2), which the emitter prints
+rule (`chain_budget`) that pypto-legalize states on an op as `vec_tile` (issue 20 item 2), which the emitter prints
 and the tuner's static filter checks (`live_bytes`).
 
 Every vector tile is copied into the vector unit's buffer (UB) and out as one task's work; the cost model charges
@@ -58,20 +58,18 @@ def live_bytes(tile, tensors) -> int:
     return need
 
 
-def op_tile(tiled, tensors, budget: int, cap: int) -> list[int] | None:
-    """The per-op rule: the tile of the `tiled` (shape, dtype) -- the op's result, a reduction's input -- under
-    the largest budget from `budget` doubling up to `cap` elements whose live tiles (`live_bytes` of `tensors`)
-    fit UB; None when that is the tile of `budget` (nothing to state)."""
-    shape, dtype = tiled
-    base = vec_tile(shape, dtype, budget)
-    best = base
-    b = budget * 2
+def chain_budget(members, budget: int, cap: int) -> int:
+    """The per-op rule for ops that share one tile (a chain: pypto 0.2.0 starts a new task where the tiling of a
+    chain changes): the largest budget from `budget` doubling up to `cap` elements at which every member's live
+    tiles (`live_bytes` of its tensors under its tile of the budget) fit UB and some member's tile grows;
+    `budget` itself when none does. `members`: (tiled (shape, dtype) -- the op's result, a reduction's input --,
+    tensors) per op."""
+    best, b = budget, budget * 2
     while b <= cap:
-        tile = vec_tile(shape, dtype, b)
-        if tile == best:  # the tensor is whole already
+        tiles = [(vec_tile(*tiled, b), tensors) for tiled, tensors in members]
+        if all(t == vec_tile(*tiled, b // 2) for (t, _), (tiled, _) in zip(tiles, members)):
+            break  # every member's tensor whole already
+        if any(live_bytes(t, tensors) > UB_BYTES for t, tensors in tiles):
             break
-        if live_bytes(tile, tensors) > UB_BYTES:
-            break
-        best = tile
-        b *= 2
-    return None if best == base else best
+        best, b = b, b * 2
+    return best
