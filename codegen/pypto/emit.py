@@ -69,7 +69,9 @@ L1_OPERAND_BYTES = (128 * 512 + 512 * 256) * 2  # the L1 tiles of A and B at mos
 
 
 def cube_tile(m: int, k: int, n: int, in_bytes: int = 2, n_max: int | None = None) -> str:
-    """Cube tiles in multiples of 16 (the fractal size): M up to 128 rows; K per L0 step a power of two up to 256
+    """Cube tiles in multiples of 16 (the fractal size): M 128 rows, or 256 where that takes no more N tiles and
+    K steps (N and K whole in L0 at 256 rows: the indexer's Q·Kᵀ, [2048, 128] · [128, 128]ᵀ per batch row, in
+    half the tasks and A copies: 208.3 -> 177.9 µs); K per L0 step a power of two up to 256
     (L1 holds up to 512 of K, a multiple of the L0 step); N as wide as L0B (bf16 K x N) and L0C (f32 M x N) allow.
     Fewest N tiles first, then fewest K steps: every N tile is a cube task, and a task costs the scheduler more
     than its compute at decode sizes (SWA core: Q·Kᵀ over 130 keys as one 144-wide tile, 142.5 vs 147.7 µs).
@@ -79,19 +81,19 @@ def cube_tile(m: int, k: int, n: int, in_bytes: int = 2, n_max: int | None = Non
     def up16(x: int) -> int:
         return max(16, -(-x // 16) * 16)
 
-    m0 = min(128, up16(m))
     best = None
-    for k0 in (256, 128, 64, 32, 16):
-        k0 = min(k0, up16(k))
-        if m0 * k0 * in_bytes > L0AB_BYTES:
-            continue
-        n0 = min(512 // in_bytes, up16(n), n_max or up16(n))
-        while n0 > 16 and (k0 * n0 * in_bytes > L0AB_BYTES or m0 * n0 * 4 > L0C_BYTES):
-            n0 -= 16
-        cost = (-(-n // n0), -(-k // k0))
-        if best is None or cost < best[0]:
-            best = (cost, k0, n0)
-    _, k0, n0 = best
+    for m0 in (128, 256) if up16(m) >= 256 else (min(128, up16(m)),):
+        for k0 in (256, 128, 64, 32, 16):
+            k0 = min(k0, up16(k))
+            if m0 * k0 * in_bytes > L0AB_BYTES:
+                continue
+            n0 = min(512 // in_bytes, up16(n), n_max or up16(n))
+            while n0 > 16 and (k0 * n0 * in_bytes > L0AB_BYTES or m0 * n0 * 4 > L0C_BYTES):
+                n0 -= 16
+            cost = (-(-n // n0), -(-k // k0), -(-m // m0))
+            if best is None or cost < best[0]:
+                best = (cost, m0, k0, n0)
+    _, m0, k0, n0 = best
     k1 = min(512 // k0, -(-min(up16(k), 512) // k0)) * k0
     if in_bytes == 1 and (m0 + n0) * 2 * k1 <= L1_OPERAND_BYTES:  # int8: twice the K in bf16's L1 bytes
         k1 = min(2 * k1, -(-up16(k) // k0) * k0)
