@@ -474,7 +474,9 @@ def _print_matmul(self: _Emitter, op: Operation, loc: str | None):
     trans = bool(op.transpose_b.value.data)
     n_max = op.attributes["n_tile"].value.data if "n_tile" in op.attributes else None
     in_bytes = {"i8": 1, "f32": 4}.get(dtype_of(lhs.type), 2)  # f32 operands: half the bf16 L0 elements
-    self.emit(cube_tile(sa[-2], sa[-1], sb[-2] if trans else sb[-1], in_bytes, n_max))
+    # a batched lhs read by a rank-2 rhs is one matmul over its rows folded (below): M is all of them
+    rows = math.prod(sa[:-1]) if len(sa) > 2 and len(sb) == 2 else sa[-2]
+    self.emit(cube_tile(rows, sa[-1], sb[-2] if trans else sb[-1], in_bytes, n_max))
     out_dt = "pypto.DT_FP32" if kind == "matmul_acc" else dt
     lhs_ref = self.ref(lhs)
     if len(sa) > 2 and len(sb) == 2:  # pypto wants equal ranks: fold the batch dims into rows
