@@ -1041,8 +1041,8 @@ def op_tile_operands(op: Operation):
 
 def op_vec_tiles(fn: Operation, cap: int) -> dict:
     """op -> the `vec_tile` the per-op rule states for it (codegen/pypto/tiles.py `chain_budget`): the ops it
-    governs (op_tile_operands) linked by a value of the shape they tile (an operand made by, a result read by,
-    one another) form a chain with one tile, its tile under the largest budget up to `cap` elements at which
+    governs (op_tile_operands) linked by a value of the shape they tile (one makes what the other reads, or both
+    read it) form a chain with one tile, its tile under the largest budget up to `cap` elements at which
     every member's live tiles fit UB, stated where it is larger than the budget's in force (issue 20 item 2:
     the indexer's scoring chain in [1, 256, 64] f32 tiles, 3 x 64 KiB). A chain with such a value made or read
     by another vector op (a top-k, an assemble, a reshape: tiled by the budget in the emitter) keeps the
