@@ -119,6 +119,11 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
   padding factors): pypto 0.2.0 starts a new task where the row tiling of a chain changes (flash compressor m = 4:
   its RMSNorm and RoPE vector work in 4 tasks per chunk, not 7; 177.0 -> 158.4 us).
 
+* `vec_tile = [dims]` on the vector ops of a chain (op_vec_tiles; codegen/pypto/tiles.py): the tile the emitter
+  prints for the op, the largest up to the option `vec-tile-max` (elements) at which every member's live tiles
+  fit UB, where that is larger than the budget's in force: every copied tile costs the cost model a fixed ~0.78
+  µs, and one program-wide budget large enough for the indexer's scoring fails OoOSchedule at other ops.
+
 * `host_constant = "hcN"` on an op computed from no kernel input or loop index (index ramps, fills and what is computed
   from them only: the Hadamard signs, RoPE selectors) that is more than a lone ramp or fill: its value is a
   kernel parameter `hcN`, computed on the host from these same ops (codegen/pypto/host.py, the interpreter; the
@@ -924,6 +929,22 @@ def _zero_padding(piece: SSAValue, row: int, dest: SSAValue, made: list) -> SSAV
 F32_LOWEST = -3.4028234663852886e38  # the score of an entry top-k may not pick
 
 
+def _same_select(op: Operation, scores: SSAValue) -> SSAValue | None:
+    """A select the kernel made before the top-k in its block of the same scores where the same mask holds, else
+    the lowest f32 (the indexer's index_score output): the top-k reads it instead of a second one (a [32, 2048]
+    where per top-k chunk)."""
+    for other in op.parent_block().ops:
+        if other is op:
+            return None
+        if other.name != "tile.select" or list(other.operands[:2]) != [op.valid, scores]:
+            continue
+        fill = other.operands[2]
+        if (isinstance(fill, OpResult) and fill.owner.name == "tile.full" and dtype_of(fill.type) == "f32"
+                and float(fill.owner.value.value.data) == F32_LOWEST and dtype_of(other.result.type) == "f32"):
+            return other.result
+    return None
+
+
 def rewrite_topks(fn: Operation) -> None:
     """A tile.topk becomes pypto 0.2.0's top-k and a pick through f32: its scores (in f32) where valid, else the
     lowest f32 (a `splat`); `tile.topk_pairs` (pypto.topk: the k largest and their ids, descending, last axis);
@@ -939,7 +960,8 @@ def rewrite_topks(fn: Operation) -> None:
         with before(op):
             scores = op.scores if dtype_of(op.scores.type) == "f32" else \
                 tile_op("cast", [op.scores], f32, rounding=str_attr("rint")).value
-            masked = tile_op("select", [op.valid, scores, _splat(shape, F32_LOWEST)], f32).value
+            masked = _same_select(op, scores) or tile_op("select", [op.valid, scores, _splat(shape, F32_LOWEST)],
+                                                         f32).value
             pairs = emit_op(TILE["topk_pairs"], [masked], [out_f32, tensor_type(out_shape, "i32")], {"k": op.k})
             vals, ids = pairs.results
             live = tile_op("cmp", [vals, _splat(out_shape, F32_LOWEST)], tensor_type(out_shape, "i1"),
