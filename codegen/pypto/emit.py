@@ -30,9 +30,9 @@ from attnc.ir.tile_dialect import EXPAND_KINDS
 from attnc.ir.types import dtype_of, shape_of
 
 from .host import encoded, host_constants
-from .legalize import BYTES as _BYTES, flag, lanes, legalize_function
+from .legalize import flag, legalize_function
 from .options import PyptoOptions
-from .tiles import UB_BYTES, vec_tile
+from .tiles import BYTES as _BYTES, UB_BYTES, lanes, vec_tile
 
 PYPTO_DTYPE = {"bf16": "pypto.DT_BF16", "f16": "pypto.DT_FP16", "f32": "pypto.DT_FP32", "i32": "pypto.DT_INT32",
                "i8": "pypto.DT_INT8", "i1": "pypto.DT_BOOL"}

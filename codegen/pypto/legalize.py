@@ -153,22 +153,13 @@ from attnc.ir.dsl import emit_op
 from attnc.ir.tile_dialect import TILE
 from attnc.passes._build import at_end, before, const, tile_full, tile_op
 
-from .tiles import DEFAULT_VEC_TILE_ELEMS, chain_budget, vec_tile
+from .tiles import BYTES, DEFAULT_VEC_TILE_ELEMS, chain_budget, lanes, vec_tile
 
 # every attribute this pass sets (cleared first: the pass is idempotent)
 FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "pieces", "one_trip", "body_l1_reuse", "body_nbuffer",
          "clone", "inplace",
          "prefix", "scalar_ids", "scalar_id", "rows_per_trip", "copy_out", "copy_out_tile_elems", "host_constant", "host_only",
          "padded_in", "padded_out", "valid_tile", "row_group_types", "row_group_cap", "vec_tile", "pypto_legalized")
-BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i8": 1, "i1": 1}
-
-
-def lanes(dtype: str) -> int:
-    """The vector tile's trailing-dim alignment: the 32-byte block, and at least 16 lanes (pypto 0.2.0 copies
-    tensors a loop captures with the tile in effect at the loop, whatever their dtype, and bf16 needs 16)."""
-    return max(32 // BYTES[dtype], 16)
-
-
 def _flag(v: bool = True) -> IntegerAttr:
     return IntegerAttr(int(v), i1)
 
