@@ -476,10 +476,11 @@ def _print_matmul(self: _Emitter, op: Operation, loc: str | None):
     n_max = op.attributes["n_tile"].value.data if "n_tile" in op.attributes else None
     in_bytes = {"i8": 1, "f32": 4}.get(dtype_of(lhs.type), 2)  # f32 operands: half the bf16 L0 elements
     # a batched lhs read by a rank-2 rhs is one matmul over its rows folded (below): M is all of them where they
-    # fill the cube cores in 256-row tiles (the indexer's [8192, 128] pair swap and Hadamard: 181.5 -> 174.9 µs),
-    # else the last batch dim's rows (more, smaller tasks: qkv_proj_rope at t = 16 151.3 -> 151.5 µs with all)
+    # fill the cube cores in 256-row tiles and K is at least 128 (the indexer's [8192, 128] pair swap and
+    # Hadamard: 181.5 -> 174.9 µs), else the last batch dim's rows, as measured: qkv_proj_rope's [.., 64] RoPE
+    # pair swap with all its rows took t = 16 151.3 -> 151.5 µs and W8A8 225.8 -> 227.5 (bf16 204.7 -> 203.2)
     folded = math.prod(sa[:-1])
-    rows = folded if len(sa) > 2 and len(sb) == 2 and folded >= 256 * CUBE_CORES else sa[-2]
+    rows = folded if len(sa) > 2 and len(sb) == 2 and folded >= 256 * CUBE_CORES and sa[-1] >= 128 else sa[-2]
     self.emit(cube_tile(rows, sa[-1], sb[-2] if trans else sb[-1], in_bytes, n_max))
     out_dt = "pypto.DT_FP32" if kind == "matmul_acc" else dt
     lhs_ref = self.ref(lhs)
