@@ -56,10 +56,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from attnc.codegen.pypto.tiles import UB_BYTES
 from attnc.errors import AttncError
 
 TUNING_FORMAT = 1
-UB_BYTES = 192 * 1024
 SIM_VERIFY = "none"
 RECHECK_VERIFY = "default"
 # the re-check's verify modes: with pypto's per-pass verify records (default), or the tensor graph only -- the
@@ -237,7 +237,8 @@ def _value(v):
 
 def static_check(module, options) -> str | None:
     """None if every vector op's tile fits, else the reason. Per op, the emitter's vector tile (for the budget
-    `options.vec_tile_elems`, or the one a pass set on the op's loop) times the element bytes of the result and every tensor operand must fit UB (192
+    `options.vec_tile_elems`, or the one a pass set on the op's loop; pypto-legalize's `vec_tile` where it stated
+    one, by the same rule's `live_bytes`) times the element bytes of the result and every tensor operand must fit UB (192
     KiB): pypto 0.2.0 keeps an op's inputs and output in UB together (16384-element tiles overflowed it at the
     flash shape before the attention schedule). Cube tiles are chosen by the emitter within L0A/L0B/L0C with
     kL1 % kL0 == 0 (`cube_tile`), so the tuner does not vary them."""
@@ -268,6 +269,8 @@ def largest_vector_tile(module, budget: int) -> tuple[int, str]:
     from xdsl.dialects.builtin import TensorType
 
     from attnc.codegen.pypto.emit import _BYTES, vec_tile
+    from attnc.codegen.pypto.legalize import op_tile_operands
+    from attnc.codegen.pypto.tiles import live_bytes
     from attnc.ir.common import op_location
     from attnc.ir.types import dtype_of, shape_of
 
@@ -280,9 +283,15 @@ def largest_vector_tile(module, budget: int) -> tuple[int, str]:
         results = [r for r in op.results if isinstance(r.type, TensorType)]
         if not results:
             continue
+        tensors = results + [o for o in op.operands if isinstance(o.type, TensorType)]
+        if "vec_tile" in op.attributes:  # pypto-legalize's per-op rule: its tile and live tiles (tiles.py)
+            tile = [a.value.data for a in op.attributes["vec_tile"].data]
+            need = live_bytes(tile, op_tile_operands(op)[1])
+            if need > worst:
+                worst, where = need, f"{op.name} at {op_location(op)}: stated tile {tile} x {len(tensors)} tensors"
+            continue
         op_budget = vec_budget_at(op, budget)
         tile = vec_tile(shape_of(results[0].type), dtype_of(results[0].type), op_budget)
-        tensors = results + [o for o in op.operands if isinstance(o.type, TensorType)]
         need = 0
         for t in tensors:  # an operand's tile is the op's tile clipped to its shape ([R, 1] row operands)
             own = vec_tile(shape_of(t.type), dtype_of(t.type), op_budget)

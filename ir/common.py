@@ -158,6 +158,12 @@ def pypto_facts_verify(op) -> None:
                       f"{name} must list one bool per concat input")
     if "inplace" in attrs:
         op.expect(kind == "reshape", "inplace is a tile.reshape fact")
+    if "vec_tile" in attrs:  # the per-op vector tile (codegen/pypto/tiles.py): one positive dim per result dim
+        tile, res = attrs["vec_tile"], op.results[0].type if op.results else None
+        op.expect(isinstance(tile, ArrayAttr) and all(isinstance(x, IntegerAttr) and x.value.data > 0
+                                                      for x in tile.data) and hasattr(res, "get_shape")
+                  and len(tile.data) in (len(res.get_shape()), len(getattr(op.operands[0].type, "get_shape", tuple)())),
+                  "vec_tile must list one positive tile dim per dim of the tensor it tiles")
     if "one_trip" in attrs:
         op.expect(kind == "parallel" and isinstance(attrs["one_trip"], IntegerAttr),
                   "one_trip must be an integer (the one iteration's index), on a loop")

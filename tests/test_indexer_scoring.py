@@ -59,9 +59,18 @@ def test_paged_scores_still_gather_through_the_block_table():
 
 
 @pytest.mark.parametrize("m,k,n,in_bytes", [(16, 128, 2048, 4), (128, 64, 32, 4), (32, 1024, 8192, 2),
-                                            (128, 128, 2048, 1)])
+                                            (128, 128, 2048, 1), (2048, 128, 128, 2), (4096, 64, 96, 4)])
 def test_cube_tiles_fit_l0_at_the_operands_width(m, k, n, in_bytes):
     (m0, _), (k0, k1), (n0, _) = [tuple(map(int, g.split(","))) for g in
                                   re.findall(r"\[(\d+, \d+)\]", cube_tile(m, k, n, in_bytes))]
     assert m0 * k0 * in_bytes <= L0AB_BYTES and k0 * n0 * in_bytes <= L0AB_BYTES and m0 * n0 * 4 <= L0C_BYTES
     assert k1 % k0 == 0
+
+
+def test_cube_m_tile_256_only_where_it_costs_no_n_tile_or_k_step():
+    """The Q·Kᵀ per batch row ([2048, 128] · [128, 128]ᵀ) takes 256-row M tiles (half the tasks and key copies);
+    a wider N or a longer K keeps 128 rows (256 rows would halve the N tile or the K step)."""
+    def m0(m, k, n, in_bytes=2):
+        return int(re.match(r"pypto.set_cube_tile_shapes\(\[(\d+),", cube_tile(m, k, n, in_bytes)).group(1))
+    assert m0(2048, 128, 128) == 256
+    assert m0(2048, 128, 512) == 128 and m0(2048, 512, 128) == 128 and m0(128, 128, 128) == 128

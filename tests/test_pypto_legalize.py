@@ -450,3 +450,23 @@ def test_a_loop_whose_matmuls_state_one_l1_reuse_sets_it_in_its_body():
     assert program.count("pypto.set_pass_options(cube_l1_reuse_setting={-1: 4})") == 1
     _ops(fn, "tile.parallel")[0].attributes.pop("body_l1_reuse")
     assert "cube_l1_reuse_setting={-1: 4}" not in emit_pypto(mod)
+
+
+def test_the_indexer_top_k_reads_the_kernels_masked_scores():
+    """The indexer selects its scores where visible, else the lowest f32 (index_score), and top-k's rewrite
+    needs the same select: it reads the kernel's instead of making a second one (one [32, 2048] where fewer
+    per top-k chunk)."""
+    from attnc.cli import load_source
+    from attnc.passes import PYPTO_PIPELINE
+    from attnc.passes.verify import run_pipeline
+
+    src = load_source("indexer", "tiny", [])
+    run_pipeline(src.module, PYPTO_PIPELINE)
+    (topk,) = [op for op in src.module.walk() if op.name == "tile.topk_pairs"]
+    masked = topk.operands[0].owner
+    assert masked.name == "tile.select"
+    readers = {u.operation.name for u in masked.result.uses}
+    assert "tile.topk_pairs" in readers and len(readers) > 1, readers  # also written out as index_score
+    same = [op for op in src.module.walk() if op.name == "tile.select"
+            and list(op.operands[:2]) == list(masked.operands[:2])]
+    assert same == [masked]

@@ -30,8 +30,9 @@ from attnc.ir.tile_dialect import EXPAND_KINDS
 from attnc.ir.types import dtype_of, shape_of
 
 from .host import encoded, host_constants
-from .legalize import BYTES as _BYTES, flag, lanes, legalize_function
+from .legalize import flag, legalize_function
 from .options import PyptoOptions
+from .tiles import BYTES as _BYTES, UB_BYTES, lanes, vec_tile
 
 PYPTO_DTYPE = {"bf16": "pypto.DT_BF16", "f16": "pypto.DT_FP16", "f32": "pypto.DT_FP32", "i32": "pypto.DT_INT32",
                "i8": "pypto.DT_INT8", "i1": "pypto.DT_BOOL"}
@@ -56,23 +57,6 @@ class EmitError(AttncError):
     """The IR contains something pypto 0.2.0 cannot express; the message starts with the op location."""
 
 
-def vec_tile(shape, dtype: str = "f32", budget: int = PyptoOptions.vec_tile_elems) -> list[int]:
-    """A tile of the op's rank: the trailing dim padded to the 32-byte block, then the inner leading dims as large
-    as the budget allows (fewer, larger tiles: every tile is a task of the scheduler-bound cost model).
-    The trailing dim is a multiple of 16 elements even for 4-byte types: pypto 0.2.0 copies tensors that a loop
-    captures with the tile in effect at the loop, whatever their dtype, and a bf16 tensor needs 16 lanes."""
-    tile = [max(1, int(d)) for d in shape] or [1]
-    align = lanes(dtype)
-    tile[-1] = -(-tile[-1] // align) * align
-    while tile[-1] > budget and tile[-1] > align:
-        tile[-1] = -(-(tile[-1] // 2) // align) * align
-    for i in range(len(tile) - 2, -1, -1):
-        room = max(1, budget // math.prod(tile[i + 1:]))
-        if tile[i] > room:  # a power of two: other splits crash pypto 0.2.0's simulator (ItemPool double free)
-            tile[i] = 1 << (room.bit_length() - 1)
-    return tile
-
-
 def loop_vec_budget(loop: Operation, outer: int) -> int:
     """The vector tile budget inside `loop`: the one the pass that scheduled it chose (`vec_tile_elems`), else
     the budget in force around it."""
@@ -81,12 +65,14 @@ def loop_vec_budget(loop: Operation, outer: int) -> int:
 
 
 L0AB_BYTES, L0C_BYTES = 64 * 1024, 128 * 1024
+CUBE_CORES = 24  # pypto 0.2.0's A2/A3 cost model (tile-matmul{tasks=24})
 L1_OPERAND_BYTES = (128 * 512 + 512 * 256) * 2  # the L1 tiles of A and B at most (bf16 M 128, K 512, N 256)
-UB_BYTES = 192 * 1024  # the vector unit's buffer: an op's tiles (inputs and output) live there together
 
 
 def cube_tile(m: int, k: int, n: int, in_bytes: int = 2, n_max: int | None = None) -> str:
-    """Cube tiles in multiples of 16 (the fractal size): M up to 128 rows; K per L0 step a power of two up to 256
+    """Cube tiles in multiples of 16 (the fractal size): M 128 rows, or 256 where that takes no more N tiles and
+    K steps (N and K whole in L0 at 256 rows: the indexer's Q·Kᵀ, [2048, 128] · [128, 128]ᵀ per batch row, in
+    half the tasks and A copies: 208.3 -> 177.9 µs); K per L0 step a power of two up to 256
     (L1 holds up to 512 of K, a multiple of the L0 step); N as wide as L0B (bf16 K x N) and L0C (f32 M x N) allow.
     Fewest N tiles first, then fewest K steps: every N tile is a cube task, and a task costs the scheduler more
     than its compute at decode sizes (SWA core: Q·Kᵀ over 130 keys as one 144-wide tile, 142.5 vs 147.7 µs).
@@ -96,19 +82,19 @@ def cube_tile(m: int, k: int, n: int, in_bytes: int = 2, n_max: int | None = Non
     def up16(x: int) -> int:
         return max(16, -(-x // 16) * 16)
 
-    m0 = min(128, up16(m))
     best = None
-    for k0 in (256, 128, 64, 32, 16):
-        k0 = min(k0, up16(k))
-        if m0 * k0 * in_bytes > L0AB_BYTES:
-            continue
-        n0 = min(512 // in_bytes, up16(n), n_max or up16(n))
-        while n0 > 16 and (k0 * n0 * in_bytes > L0AB_BYTES or m0 * n0 * 4 > L0C_BYTES):
-            n0 -= 16
-        cost = (-(-n // n0), -(-k // k0))
-        if best is None or cost < best[0]:
-            best = (cost, k0, n0)
-    _, k0, n0 = best
+    for m0 in (128, 256) if up16(m) >= 256 else (min(128, up16(m)),):
+        for k0 in (256, 128, 64, 32, 16):
+            k0 = min(k0, up16(k))
+            if m0 * k0 * in_bytes > L0AB_BYTES:
+                continue
+            n0 = min(512 // in_bytes, up16(n), n_max or up16(n))
+            while n0 > 16 and (k0 * n0 * in_bytes > L0AB_BYTES or m0 * n0 * 4 > L0C_BYTES):
+                n0 -= 16
+            cost = (-(-n // n0), -(-k // k0), -(-m // m0))
+            if best is None or cost < best[0]:
+                best = (cost, m0, k0, n0)
+    _, m0, k0, n0 = best
     k1 = min(512 // k0, -(-min(up16(k), 512) // k0)) * k0
     if in_bytes == 1 and (m0 + n0) * 2 * k1 <= L1_OPERAND_BYTES:  # int8: twice the K in bf16's L1 bytes
         k1 = min(2 * k1, -(-up16(k) // k0) * k0)
@@ -187,11 +173,16 @@ class _Emitter:
         return max(1, self.vec_budget // factor.value.data) if factor is not None else None
 
     def bind(self, v: SSAValue, expr: str, loc: str | None = None, tile_of: SSAValue | None = None,
-             budget: int | None = None):
+             budget: int | None = None, op: Operation | None = None):
+        """v = expr under v's vector tile (or tile_of's): the one pypto-legalize stated on `op` (`vec_tile`, the
+        per-op rule of codegen/pypto/tiles.py), else the default tile under the budget in force."""
         name = self.fresh()
         self.names[v] = name
         suffix = f"  # {loc}" if loc else ""
-        if isinstance(v.type, TensorType):
+        stated = op.attributes.get("vec_tile") if op is not None else None
+        if stated is not None:
+            self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, ints_of(stated)))})")
+        elif isinstance(v.type, TensorType):
             self.set_tile(tile_of if tile_of is not None else v, budget)
         self.emit(f"{name} = {expr}{suffix}")
 
@@ -488,7 +479,7 @@ def _simple(kinds, expr, tile_of_input: bool = False):
     def rule(self: _Emitter, op: Operation, loc: str | None):
         a, res, _, _ = self.operands(op)
         return self.bind(res, expr(op.name.split(".", 1)[1], a, op), loc,
-                         tile_of=op.input if tile_of_input else None)  # a reduction is tiled over its input
+                         tile_of=op.input if tile_of_input else None, op=op)  # a reduction: tiled over its input
     _rule(*kinds)(rule)
 
 
@@ -508,7 +499,7 @@ _simple(SCALAR, lambda kind, a, op: f"{SCALAR[kind]}({a[0]}, {py_float(op.scalar
 def _print_cast(self: _Emitter, op: Operation, loc: str | None):
     a, res, dt, shape = self.operands(op)
     sat = ", satmode=pypto.SaturationMode.ON" if op.saturate is not None and op.saturate.value.data else ""
-    return self.bind(res, f"pypto.cast({a[0]}, {dt}, mode={CAST_MODE[op.rounding.data]}{sat})", loc)
+    return self.bind(res, f"pypto.cast({a[0]}, {dt}, mode={CAST_MODE[op.rounding.data]}{sat})", loc, op=op)
 
 
 @_rule("matmul", "matmul_acc")
@@ -520,7 +511,13 @@ def _print_matmul(self: _Emitter, op: Operation, loc: str | None):
     trans = bool(op.transpose_b.value.data)
     n_max = op.attributes["n_tile"].value.data if "n_tile" in op.attributes else None
     in_bytes = {"i8": 1, "f32": 4}.get(dtype_of(lhs.type), 2)  # f32 operands: half the bf16 L0 elements
-    self.emit(cube_tile(sa[-2], sa[-1], sb[-2] if trans else sb[-1], in_bytes, n_max))
+    # a batched lhs read by a rank-2 rhs is one matmul over its rows folded (below): M is all of them where they
+    # fill the cube cores in 256-row tiles and K is at least 128 (the indexer's [8192, 128] pair swap and
+    # Hadamard: 181.5 -> 174.9 µs), else the last batch dim's rows, as measured: qkv_proj_rope's [.., 64] RoPE
+    # pair swap with all its rows took t = 16 151.3 -> 151.5 µs and W8A8 225.8 -> 227.5 (bf16 204.7 -> 203.2)
+    folded = math.prod(sa[:-1])
+    rows = folded if len(sa) > 2 and len(sb) == 2 and folded >= 256 * CUBE_CORES and sa[-1] >= 128 else sa[-2]
+    self.emit(cube_tile(rows, sa[-1], sb[-2] if trans else sb[-1], in_bytes, n_max))
     out_dt = "pypto.DT_FP32" if kind == "matmul_acc" else dt
     lhs_ref = self.ref(lhs)
     if len(sa) > 2 and len(sb) == 2:  # pypto wants equal ranks: fold the batch dims into rows
@@ -545,7 +542,7 @@ def _print_matmul(self: _Emitter, op: Operation, loc: str | None):
 @_rule("broadcast")
 def _print_broadcast(self: _Emitter, op: Operation, loc: str | None):
     a, res, dt, shape = self.operands(op)
-    return self.bind(res, self._expand(a[0], shape_of(op.input.type), shape), loc)
+    return self.bind(res, self._expand(a[0], shape_of(op.input.type), shape), loc, op=op)
 
 
 @_rule("reshape")
@@ -677,7 +674,7 @@ def _print_view(self: _Emitter, op: Operation, loc: str | None):
         return
     offs, valid = a[1:1 + n], a[1 + n:]
     extra = f", valid_shape=[{', '.join(valid)}]" if valid else ""
-    self.bind(res, f"pypto.view({a[0]}, {shape}, [{', '.join(offs)}]{extra})", loc)
+    self.bind(res, f"pypto.view({a[0]}, {shape}, [{', '.join(offs)}]{extra})", loc, op=op)
     if flag(op, "clone"):
         # pypto 0.2.0 mis-sizes the raw tensor of a rank-3 view read straight by a batched matmul
         # ("Shape size mismatch" at codegen) and fails to simulate some other readers of it; a clone gives

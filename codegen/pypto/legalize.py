@@ -121,6 +121,11 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
   padding factors): pypto 0.2.0 starts a new task where the row tiling of a chain changes (flash compressor m = 4:
   its RMSNorm and RoPE vector work in 4 tasks per chunk, not 7; 177.0 -> 158.4 us).
 
+* `vec_tile = [dims]` on the vector ops of a chain (op_vec_tiles; codegen/pypto/tiles.py): the tile the emitter
+  prints for the op, the largest up to the option `vec-tile-max` (elements) at which every member's live tiles
+  fit UB, where that is larger than the budget's in force: every copied tile costs the cost model a fixed ~0.78
+  µs, and one program-wide budget large enough for the indexer's scoring fails OoOSchedule at other ops.
+
 * `host_constant = "hcN"` on an op computed from no kernel input or loop index (index ramps, fills and what is computed
   from them only: the Hadamard signs, RoPE selectors) that is more than a lone ramp or fill: its value is a
   kernel parameter `hcN`, computed on the host from these same ops (codegen/pypto/host.py, the interpreter; the
@@ -150,18 +155,13 @@ from attnc.ir.dsl import emit_op
 from attnc.ir.tile_dialect import TILE
 from attnc.passes._build import at_end, before, const, tile_full, tile_op
 
+from .tiles import BYTES, DEFAULT_VEC_TILE_ELEMS, chain_budget, lanes, vec_tile
+
 # every attribute this pass sets (cleared first: the pass is idempotent)
 FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "pieces", "one_trip", "body_l1_reuse", "body_nbuffer",
          "clone", "inplace",
          "prefix", "scalar_ids", "scalar_id", "rows_per_trip", "together_rows", "rows_together", "copy_out", "copy_out_tile_elems", "host_constant", "host_only",
-         "padded_in", "padded_out", "valid_tile", "row_group_types", "row_group_cap", "pypto_legalized")
-BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i8": 1, "i1": 1}
-
-
-def lanes(dtype: str) -> int:
-    """The vector tile's trailing-dim alignment: the 32-byte block, and at least 16 lanes (pypto 0.2.0 copies
-    tensors a loop captures with the tile in effect at the loop, whatever their dtype, and bf16 needs 16)."""
-    return max(32 // BYTES[dtype], 16)
+         "padded_in", "padded_out", "valid_tile", "row_group_types", "row_group_cap", "vec_tile", "pypto_legalized")
 
 
 def _flag(v: bool = True) -> IntegerAttr:
@@ -1038,6 +1038,22 @@ def _zero_padding(piece: SSAValue, row: int, dest: SSAValue, made: list) -> SSAV
 F32_LOWEST = -3.4028234663852886e38  # the score of an entry top-k may not pick
 
 
+def _same_select(op: Operation, scores: SSAValue) -> SSAValue | None:
+    """A select the kernel made before the top-k in its block of the same scores where the same mask holds, else
+    the lowest f32 (the indexer's index_score output): the top-k reads it instead of a second one (a [32, 2048]
+    where per top-k chunk)."""
+    for other in op.parent_block().ops:
+        if other is op:
+            return None
+        if other.name != "tile.select" or list(other.operands[:2]) != [op.valid, scores]:
+            continue
+        fill = other.operands[2]
+        if (isinstance(fill, OpResult) and fill.owner.name == "tile.full" and dtype_of(fill.type) == "f32"
+                and float(fill.owner.value.value.data) == F32_LOWEST and dtype_of(other.result.type) == "f32"):
+            return other.result
+    return None
+
+
 def rewrite_topks(fn: Operation) -> None:
     """A tile.topk becomes pypto 0.2.0's top-k and a pick through f32: its scores (in f32) where valid, else the
     lowest f32 (a `splat`); `tile.topk_pairs` (pypto.topk: the k largest and their ids, descending, last axis);
@@ -1053,7 +1069,8 @@ def rewrite_topks(fn: Operation) -> None:
         with before(op):
             scores = op.scores if dtype_of(op.scores.type) == "f32" else \
                 tile_op("cast", [op.scores], f32, rounding=str_attr("rint")).value
-            masked = tile_op("select", [op.valid, scores, _splat(shape, F32_LOWEST)], f32).value
+            masked = _same_select(op, scores) or tile_op("select", [op.valid, scores, _splat(shape, F32_LOWEST)],
+                                                         f32).value
             pairs = emit_op(TILE["topk_pairs"], [masked], [out_f32, tensor_type(out_shape, "i32")], {"k": op.k})
             vals, ids = pairs.results
             live = tile_op("cmp", [vals, _splat(out_shape, F32_LOWEST)], tensor_type(out_shape, "i1"),
@@ -1114,6 +1131,99 @@ def padding_factors(op: Operation) -> dict:
     return {k: f for k, f in facts.items() if f > 1}
 
 
+# the ops whose one pypto statement the emitter prints under their own tile (a reduction's is its input's)
+TILED_OPS = {f"tile.{k}" for k in ("add", "sub", "mul", "div", "max", "min", "and", "or", "neg", "exp", "sqrt",
+                                    "rsqrt", "recip", "relu", "abs", "floor", "cmp", "select", "adds", "muls",
+                                    "maxs", "cast", "broadcast")}
+REDUCTIONS = {"tile.row_sum", "tile.row_max", "tile.row_min"}
+
+
+def loop_budget(op: Operation, default: int = DEFAULT_VEC_TILE_ELEMS) -> int:
+    """The vector tile budget in force at op: the innermost enclosing loop's `vec_tile_elems` (the pass that
+    scheduled it chose it), else `default` (the emitter's walk gives the same)."""
+    parent = op.parent_op()
+    while parent is not None:
+        if _is_loop(parent) and "vec_tile_elems" in parent.attributes:
+            return parent.attributes["vec_tile_elems"].value.data
+        parent = parent.parent_op()
+    return default
+
+
+def op_tile_operands(op: Operation):
+    """(tiled, tensors) of an op the per-op tile rule applies to, else None: the (shape, dtype) its tile is of
+    (a reduction's input, else its result) and every tensor it holds in UB (results, tensor operands; a cloned
+    view holds its copy twice: in and out). Ops whose rows a pass capped (`tile_rows`, a `row_group`) or whose
+    tile pypto holds padded keep the budget's tile."""
+    if any(k in op.attributes for k in ("tile_rows", "row_group", "row_group_types", "padded_in", "padded_out",
+                                        "host_constant", "host_only", "scalar_ids", "splat")):
+        return None
+    sd = lambda v: (shape_of(v.type), dtype_of(v.type))  # noqa: E731
+    results = [r for r in op.results if isinstance(r.type, TensorType)]
+    if len(results) != 1:
+        return None
+    if op.name == "tile.view" and flag(op, "clone") and not flag(op, "prefix"):
+        return sd(results[0]), [sd(results[0])] * 2
+    if op.name not in TILED_OPS | REDUCTIONS:
+        return None
+    tensors = [sd(v) for v in (*results, *op.operands) if isinstance(v.type, TensorType)
+               and not (isinstance(v, OpResult) and flag(v.owner, "splat"))]  # a splat is printed as a number
+    return (sd(op.operands[0]) if op.name in REDUCTIONS else sd(results[0])), tensors
+
+
+def op_vec_tiles(fn: Operation, cap: int) -> dict:
+    """op -> the `vec_tile` the per-op rule states for it (codegen/pypto/tiles.py `chain_budget`): the ops it
+    governs (op_tile_operands) linked by a value of the shape they tile (one makes what the other reads, or both
+    read it) form a chain with one tile, its tile under the largest budget up to `cap` elements at which
+    every member's live tiles fit UB, stated where it is larger than the budget's in force (issue 20 item 2:
+    the indexer's scoring chain in [1, 256, 64] f32 tiles, 3 x 64 KiB). A chain with such a value made or read
+    by another vector op (a top-k, an assemble, a reshape: tiled by the budget in the emitter) keeps the
+    budget's tile: a change of tiling along a chain starts a new pypto task (flash indexer: its top-k tail in
+    [32, 512] between [16, 512] ops, 208.3 -> 210.6 us)."""
+    governed = {}
+    for op in fn.walk():
+        found = op_tile_operands(op)
+        if found is not None:
+            governed[op] = found
+    chain = {op: op for op in governed}
+
+    def root(op):
+        while chain[op] is not op:
+            chain[op] = chain[chain[op]]
+            op = chain[op]
+        return op
+
+    pinned = set()
+    for op, ((shape, _), _) in governed.items():
+        linked = [v for v in op.operands if isinstance(v.type, TensorType) and shape_of(v.type) == shape]
+        linked += [r for r in op.results if shape_of(r.type) == shape]
+        for v in linked:
+            ends = [v.owner] if isinstance(v, OpResult) and v.owner is not op else []
+            ends += [u.operation for u in v.uses if u.operation is not op]
+            for other in ends:
+                if other in governed and governed[other][0][0] == shape:
+                    chain[root(other)] = root(op)
+                elif other.name not in ("tile.matmul", "tile.matmul_acc") and not (
+                        other.name == "tile.full" and flag(other, "splat")):
+                    pinned.add(op)
+    members: dict = {}
+    for op in governed:
+        members.setdefault(root(op), []).append(op)
+    tiles = {}
+    for ops in members.values():
+        if any(op in pinned for op in ops):
+            continue
+        budget = loop_budget(ops[0])
+        if any(loop_budget(op) != budget for op in ops):
+            continue
+        chosen = chain_budget([governed[op] for op in ops], budget, cap)
+        for op in ops:
+            (shape, dtype), _ = governed[op]
+            tile = vec_tile(shape, dtype, chosen)
+            if tile != vec_tile(shape, dtype, budget):
+                tiles[op] = tile
+    return tiles
+
+
 def row_group_members(fn: Operation) -> dict:
     """Each op of a `row_group` (fuse-rmsnorm's, rope-selector-matmul's chains of per-row ops) -> its group's
     members in the same block: the result types of rank >= 2 and the smallest `tile_rows` cap among them."""
@@ -1142,7 +1252,8 @@ def check_scalar_reads(fn: Operation) -> None:
                             "lowering: pypto reads scalars only from kernel parameters")
 
 
-def legalize_function(fn: Operation, hoist_constants: bool = True, scatter_rows: int = 2) -> None:
+def legalize_function(fn: Operation, hoist_constants: bool = True, scatter_rows: int = 2,
+                      vec_tile_max: int = 0) -> None:
     """Rewrite fn's ops that pypto 0.2.0 cannot run as they are (values unchanged), then set every fact of the
     module docstring on fn and its ops (clearing the ones a previous run set)."""
     check_scalar_reads(fn)
@@ -1248,6 +1359,9 @@ def legalize_function(fn: Operation, hoist_constants: bool = True, scatter_rows:
         op.attributes["host_constant"] = StringAttr(f"hc{i}")
     for op in host_only:
         op.attributes["host_only"] = _flag()
+    if vec_tile_max:
+        for op, tile in op_vec_tiles(fn, vec_tile_max).items():
+            op.attributes["vec_tile"] = ArrayAttr([IntegerAttr(d, i64) for d in tile])
     fn.attributes["pypto_legalized"] = UnitAttr()
 
 
@@ -1263,11 +1377,13 @@ class PyptoLegalize(AttncPass):
     # 0: values computed from no input stay kernel work (host_constants: the A/B of issue 20's indexer prolog)
     host_constants: int = 1
     scatter_rows: int = 2  # rows a scatter loop writes per iteration (`rows_per_trip`), where they divide its rows
+    # the per-op tile rule's cap in elements (`vec_tile`; 0: every op under the budget in force)
+    vec_tile_max: int = 16384
     option_choices = {"host_constants": (0, 1)}
-    option_ranges = {"scatter_rows": (1, 128)}
+    option_ranges = {"scatter_rows": (1, 128), "vec_tile_max": (0, 1 << 20)}
 
     def apply(self, ctx, op):
         from attnc.ir import entry_function
 
         self.check_options()
-        legalize_function(entry_function(op), bool(self.host_constants), self.scatter_rows)
+        legalize_function(entry_function(op), bool(self.host_constants), self.scatter_rows, self.vec_tile_max)

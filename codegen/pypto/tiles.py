@@ -1,0 +1,75 @@
+"""Vector tile shapes for pypto 0.2.0: the default tile of a shape under a budget (`vec_tile`) and the per-op
+rule (`chain_budget`) that pypto-legalize states on an op as `vec_tile` (issue 20 item 2), which the emitter prints
+and the tuner's static filter checks (`live_bytes`).
+
+Every vector tile is copied into the vector unit's buffer (UB) and out as one task's work; the cost model charges
+a fixed ~0.78 µs per copied tile (docs/benchmarks.md, the indexer), so an op's tile is made as large as its live
+tiles (its result and every tensor operand, together in UB) allow, up to a cap: one program-wide budget large
+enough for the indexer's scoring overflows UB at other ops (OoOSchedule)."""
+from __future__ import annotations
+
+import math
+
+from .options import PyptoOptions
+
+BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i8": 1, "i1": 1}
+UB_BYTES = 192 * 1024  # the vector unit's buffer: an op's tiles (inputs and output) live there together
+DEFAULT_VEC_TILE_ELEMS = PyptoOptions.vec_tile_elems  # the program's budget
+
+
+def lanes(dtype: str) -> int:
+    """The vector tile's trailing-dim alignment: the 32-byte block, and at least 16 lanes (pypto 0.2.0 copies
+    tensors a loop captures with the tile in effect at the loop, whatever their dtype, and bf16 needs 16)."""
+    return max(32 // BYTES[dtype], 16)
+
+
+def vec_tile(shape, dtype: str = "f32", budget: int = DEFAULT_VEC_TILE_ELEMS) -> list[int]:
+    """A tile of the op's rank: the trailing dim padded to the 32-byte block, then the inner leading dims as large
+    as the budget allows (fewer, larger tiles: every tile is a task of the scheduler-bound cost model).
+    The trailing dim is a multiple of 16 elements even for 4-byte types: pypto 0.2.0 copies tensors that a loop
+    captures with the tile in effect at the loop, whatever their dtype, and a bf16 tensor needs 16 lanes."""
+    tile = [max(1, int(d)) for d in shape] or [1]
+    align = lanes(dtype)
+    tile[-1] = -(-tile[-1] // align) * align
+    while tile[-1] > budget and tile[-1] > align:
+        tile[-1] = -(-(tile[-1] // 2) // align) * align
+    for i in range(len(tile) - 2, -1, -1):
+        room = max(1, budget // math.prod(tile[i + 1:]))
+        if tile[i] > room:  # a power of two: other splits crash pypto 0.2.0's simulator (ItemPool double free)
+            tile[i] = 1 << (room.bit_length() - 1)
+    return tile
+
+
+def live_bytes(tile, tensors) -> int:
+    """UB bytes an op holds with `tile` in effect: for each tensor (shape, dtype) of the op (its results and
+    tensor operands) the tile clipped to its shape, the trailing dim padded to the 32-byte block (a row
+    operand [R, 1] or a keepdim reduction's [.., 1] takes a block per row); a tensor of another rank takes its
+    own default tile."""
+    need = 0
+    for shape, dtype in tensors:
+        shape = [max(1, int(d)) for d in shape] or [1]
+        if len(shape) == len(tile):
+            own = [min(t, d) for t, d in zip(tile, shape)]
+            block = 32 // BYTES[dtype]
+            own[-1] = -(-own[-1] // block) * block
+        else:
+            own = vec_tile(shape, dtype, math.prod(tile))
+        need += math.prod(own) * BYTES[dtype]
+    return need
+
+
+def chain_budget(members, budget: int, cap: int) -> int:
+    """The per-op rule for ops that share one tile (a chain: pypto 0.2.0 starts a new task where the tiling of a
+    chain changes): the largest budget from `budget` doubling up to `cap` elements at which every member's live
+    tiles (`live_bytes` of its tensors under its tile of the budget) fit UB and some member's tile grows;
+    `budget` itself when none does. `members`: (tiled (shape, dtype) -- the op's result, a reduction's input --,
+    tensors) per op."""
+    best, b = budget, budget * 2
+    while b <= cap:
+        tiles = [(vec_tile(*tiled, b), tensors) for tiled, tensors in members]
+        if all(t == vec_tile(*tiled, b // 2) for (t, _), (tiled, _) in zip(tiles, members)):
+            break  # every member's tensor whole already
+        if any(live_bytes(t, tensors) > UB_BYTES for t, tensors in tiles):
+            break
+        best, b = b, b * 2
+    return best
