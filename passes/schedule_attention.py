@@ -251,6 +251,11 @@ class _Schedule(RewritePattern):
             elif ids is not None:  # dense: gathered from row b's view by slot, so no id waits for a row base
                 # made before the loop (a whole-batch producer every iteration's gather waited on)
                 picks_from = cache.rows(b, n)[0]
+            if ids is not None:
+                # the step's ids as one [S·K] row, made so by the visibility task: a token's [K] ids are a view of
+                # it (a [1, 1, K] view reshaped to [K] is a copy task of its own per batch row in pypto 0.2.0,
+                # between the visibility math and the gathers: flash CSA core 196.1 -> 188.9 us)
+                ids = dsl.reshape(ids, (S * shape(ids)[2],))
 
             def window():
                 """The group's window (and every-entry cache) rows: views of batch row b, made where they are
@@ -296,13 +301,13 @@ class _Schedule(RewritePattern):
     @staticmethod
     def _picks(op, s, sp, cache_rows, ids):
         """The token's listed cache rows [K, d], gathered from `cache_rows` (row b's slots, or the whole paged pool
-        by physical row) by the row ids `ids`. An id nobody
+        by physical row) by the row ids of token s in `ids` (the step's [S·K]). An id nobody
         may see reads slot 0 (ids), written once the token sees any entry: its row then has weight 0 in P·V like
         any invisible key, wherever the list holds it (no order of the list is assumed); before that every pick
         reads as 0 (slot 0 may hold NaN). So the block is zeroed in a step's first tokens only, not for every
         token with fewer than K picks (CSA core 250.2 -> 241.3 us: 120 zero-fill tasks)."""
-        K, d = ids.shape[2], shape(cache_rows)[1]
-        picked = dsl.gather_rows(cache_rows, _row(ids, (0, s), (K,)))
+        K, d = shape_of(op.compressed[1].type)[2], shape(cache_rows)[1]
+        picked = dsl.gather_rows(cache_rows, view(ids, (muli(s, K),), (K,)))
         complete = floordiv_nonneg(addi(addi(sp, s), 1), op.ratio.value.data)
         return view(picked, (0, 0), (K, d), (muli(minsi(complete, 1), K), d), pad="zero")
 
