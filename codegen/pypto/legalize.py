@@ -223,8 +223,9 @@ def _assembles_into(v: SSAValue, dest: SSAValue) -> list | None:
 def _parallel_covers(par: Operation, j: int) -> bool:
     """Does every iteration of `par` assemble a full row chunk into carried tensor j — one full-width tile, or
     tiles at the chunk row and offsets that are constants or indices of nested scf.fors (constant bounds), which
-    partition the chunk — so that together they write every element (then its tile.full init is dead and the
-    output param can be carried instead)?"""
+    partition the chunk (k = rows / upper rows of the tensor per loop row when it has more rows than the loop:
+    tiles at row offsets k·row + c, e.g. a loop over batch rows writing token rows) — so that together they write
+    every element (then its tile.full init is dead and the output param can be carried instead)?"""
     block = par.body.block
     row, dest = block.args[0], block.args[1 + j]
     chain = _assembles_into(block.last_op.operands[j], dest)
