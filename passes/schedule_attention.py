@@ -46,7 +46,7 @@ from ._build import (
 from .tile_softmax import F32_MIN
 
 SCHEDULES = ("auto", "batch", "token")
-NORMALIZE = ("after", "before")
+NORMALIZE = ("auto", "after", "before")
 SINKS = ("auto", "key", "term")
 # a step's tokens of one batch row are unrolled up to this many, a pypto.loop beyond: each unrolled token repeats
 # the zero-fill branches of its key block (`if valid < rows`), and pypto 0.2.0 compiles a loop body once per path
@@ -207,6 +207,7 @@ class _Schedule(RewritePattern):
             raise PassError(f"{op_location(op)}: schedule-attention{{schedule=batch}}: the tokens of a batch row list "
                             "different compressed entries, so they share no key block (use schedule=token)")
         sink_key = (self.sink if self.sink != "auto" else "key" if schedule == "batch" else "term") == "key"
+        normalize = self.normalize if self.normalize != "auto" else "after" if schedule == "batch" else "before"
         out_dtype = dtype_of(op.result.type)
         scale = op.scale.value.data
         loc = op_location(op)
@@ -217,7 +218,10 @@ class _Schedule(RewritePattern):
             sink = dsl.reshape(dsl.broadcast_to(dsl.reshape(T(op.sink), (1, H, 1)), (rows // H, H, 1)), (rows, 1))
             sink_rows = [tile_full((1, d), 0.0, dtype_of(op.ring.type))] if sink_key else []  # P·V adds nothing
             n_cols = n_keys + len(sink_rows)
-            init = tile_full((B, S, H, d), 0.0, out_dtype)
+            # token groups write token rows [B·S·H, d] (returned reshaped): with P normalised first, P·V's tile is
+            # assembled straight into the output parameter, no copy task per token (pypto 0.2.0 copies a [1, 1, H, d]
+            # reshape into 4-D; flash CSA core: docs/benchmarks.md)
+            init = tile_full((B, S, H, d) if schedule == "batch" else (B * S * H, d), 0.0, out_dtype)
             # the tables as row-major matrices: a batch row's rows are one contiguous view
             q_rows = dsl.reshape(T(op.q), (B * S * H, d))
             ring = _BatchTable.of(op.ring, op.ring_table, W)
@@ -247,6 +251,11 @@ class _Schedule(RewritePattern):
             elif ids is not None:  # dense: gathered from row b's view by slot, so no id waits for a row base
                 # made before the loop (a whole-batch producer every iteration's gather waited on)
                 picks_from = cache.rows(b, n)[0]
+            if ids is not None:
+                # the step's ids as one [S·K] row, made so by the visibility task: a token's [K] ids are a view of
+                # it (a [1, 1, K] view reshaped to [K] is a copy task of its own per batch row in pypto 0.2.0,
+                # between the visibility math and the gathers: flash CSA core 196.1 -> 188.9 us)
+                ids = dsl.reshape(ids, (S * shape(ids)[2],))
 
             def window():
                 """The group's window (and every-entry cache) rows: views of batch row b, made where they are
@@ -262,7 +271,7 @@ class _Schedule(RewritePattern):
                 vis = dsl.reshape(dsl.broadcast_to(dsl.reshape(visible, (S, 1, n_cols)), (S, H, n_cols)),
                                   (rows, n_cols))
                 o = group_attention(_rows(q_rows, muli(b, rows), rows), dsl.concat([*sink_rows, *window()], axis=0),
-                                    vis, fill, sink_term, scale, out_dtype, self.normalize)
+                                    vis, fill, sink_term, scale, out_dtype, normalize)
                 result = assemble(dsl.reshape(o, (1, S, H, d)), acc, (b, 0, 0, 0))
             else:
                 def token(s, out):
@@ -272,8 +281,8 @@ class _Schedule(RewritePattern):
                     vis_row = _row(visible, (0, s), (1, n_cols))
                     o = group_attention(_rows(q_rows, muli(addi(muli(b, S), s), H), H), dsl.concat(keys, axis=0),
                                         dsl.broadcast_to(vis_row, (H, n_cols)), fill, sink_term, scale, out_dtype,
-                                        self.normalize, self.softmax_rows)
-                    return assemble(dsl.reshape(o, (1, 1, H, d)), out, (b, s, 0, 0))
+                                        normalize, self.softmax_rows)
+                    return assemble(o, out, (muli(addi(muli(b, S), s), H), 0))
 
                 result = self._per_token(S, self.unroll, acc, token, loc)
             emit_op(YieldOp, [[val(result)]], [])
@@ -282,18 +291,23 @@ class _Schedule(RewritePattern):
                            {"rows": IntegerAttr(1, i64)}, regions=[Region(body)])
         loop.attributes["schedule"] = StringAttr(schedule)
         loop.attributes["vec_tile_elems"] = IntegerAttr(self.vec_tile, i64)
-        rewriter.replace(op, [], [loop.results[0]])
+        if schedule == "batch":
+            rewriter.replace(op, [], [loop.results[0]])
+            return
+        with before(op):
+            rows_out = dsl.reshape(T(loop.results[0]), (B, S, H, d))
+        rewriter.replace(op, [], [val(rows_out)])
 
     @staticmethod
     def _picks(op, s, sp, cache_rows, ids):
         """The token's listed cache rows [K, d], gathered from `cache_rows` (row b's slots, or the whole paged pool
-        by physical row) by the row ids `ids`. An id nobody
+        by physical row) by the row ids of token s in `ids` (the step's [S·K]). An id nobody
         may see reads slot 0 (ids), written once the token sees any entry: its row then has weight 0 in P·V like
         any invisible key, wherever the list holds it (no order of the list is assumed); before that every pick
         reads as 0 (slot 0 may hold NaN). So the block is zeroed in a step's first tokens only, not for every
         token with fewer than K picks (CSA core 250.2 -> 241.3 us: 120 zero-fill tasks)."""
-        K, d = ids.shape[2], shape(cache_rows)[1]
-        picked = dsl.gather_rows(cache_rows, _row(ids, (0, s), (K,)))
+        K, d = shape_of(op.compressed[1].type)[2], shape(cache_rows)[1]
+        picked = dsl.gather_rows(cache_rows, view(ids, (muli(s, K),), (K,)))
         complete = floordiv_nonneg(addi(addi(sp, s), 1), op.ratio.value.data)
         return view(picked, (0, 0), (K, d), (muli(minsi(complete, 1), K), d), pad="zero")
 
@@ -320,7 +334,9 @@ class ScheduleAttention(PatternPass):
     summary = "cache_attention -> loop over query groups (batch rows or tokens) reading ring/step/cache in place"
     tolerance = 2e-2
     schedule: str = "auto"
-    normalize: str = "after"
+    # `auto`: P normalised first per token (P·V then writes the output: CSA core 202.5 -> 196.1 us at flash), after
+    # P·V per batch row (the SWA/HCA cores keep their numerics)
+    normalize: str = "auto"
     # elements of one vector tile inside the loop: one [32, 512] f32 P·V epilogue tile per task (B=64 cores: SWA
     # 130.6 -> 94.5 us, CSA 429.9 -> 349.8); the target's smaller default stays outside, where 16384 trips pypto
     # 0.2.0 runtime crashes (F74007) on padded key lists

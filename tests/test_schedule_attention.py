@@ -250,3 +250,35 @@ def test_sim_never_written_rows_hold_nan(case):
     assert not unexcused(res), [describe(r, res.program) for r in unexcused(res)][:3]  # excused by cause only
     assert torch.isfinite(res.outputs["core"].float()).all()
     assert torch.equal(res.outputs["core"], want)
+
+
+def test_token_loop_writes_pv_tiles_into_token_rows_of_the_output():
+    """Flash CSA core (normalize=auto: P normalised first per token): the loop writes the output as token rows
+    [B·S·H, d] (pypto-legalize proves the batch-row loop covers them: k = S·H rows per iteration at k·b + s·H),
+    so the output parameter is carried (no scratch copy, no `core[:] =` at the end) and each P·V matmul's bf16
+    tile is assembled straight into it; each token's gather ids are a [K] view of the step's [S·K] ids (no
+    [1, 1, K] -> [K] reshape per token). With normalize=after a division and a cast stand between P·V and core."""
+    import re
+
+    from attnc.codegen.pypto.emit import emit_pypto
+
+    def program(pipeline):
+        cfg = resolve_config("flash")
+        module = build_stage(STAGES["sparse_attn_core"], cfg)
+        run_pipeline(module, pipeline)
+        return cfg, emit_pypto(module)
+
+    cfg, text = program(PYPTO_PIPELINE)
+    B, S, H, d, K = cfg["batch"], cfg["seq"], cfg["n_heads"], cfg["head_dim"], cfg["cmp_topk"]
+    assert f"core: pypto.Tensor([{B * S * H}, {d}], pypto.DT_BF16)" in text
+    assert f'RESULT_SHAPES = {{"core": [{B}, {S}, {H}, {d}]}}' in text
+    assert "SCRATCH_NAMES = []" in text and "core[:] =" not in text
+    pv = re.findall(r"(t\d+) = pypto\.matmul\(t\d+, k\d+, pypto\.DT_BF16, b_trans=False\)", text)
+    assert len(pv) == S
+    for name in pv:
+        assert re.search(rf"pypto\.assemble\({name}, \[s\d+, 0\], core\)", text), name
+    flat = re.findall(rf"(t\d+) = pypto\.reshape\(t\d+, \[{S * K}\]\)", text)
+    assert len(flat) == 1 and not re.search(rf"= pypto\.reshape\(t\d+, \[{K}\]\)", text)
+    assert len(re.findall(rf"= pypto\.view\({flat[0]}, \[{K}\], \[", text)) == S
+    _, after = program(PYPTO_PIPELINE.replace("schedule-attention,", "schedule-attention{normalize=after},"))
+    assert "SCRATCH_NAMES = []" in after and not re.search(r"pypto\.matmul\([^)]*DT_BF16, b_trans=False", after)

@@ -225,16 +225,19 @@ def _assembles_into(v: SSAValue, dest: SSAValue) -> list | None:
 def _parallel_covers(par: Operation, j: int) -> bool:
     """Does every iteration of `par` assemble a full row chunk into carried tensor j — one full-width tile, or
     tiles at the chunk row and offsets that are constants or indices of nested scf.fors (constant bounds), which
-    partition the chunk — so that together they write every element (then its tile.full init is dead and the
-    output param can be carried instead)?"""
+    partition the chunk (k = rows / upper rows of the tensor per loop row when it has more rows than the loop:
+    tiles at row offsets k·row + c, e.g. a loop over batch rows writing token rows) — so that together they write
+    every element (then its tile.full init is dead and the output param can be carried instead)?"""
     block = par.body.block
     row, dest = block.args[0], block.args[1 + j]
     chain = _assembles_into(block.last_op.operands[j], dest)
     if not chain or not dest.has_one_use():
         return False
-    rows, dshape = par.rows.value.data, shape_of(dest.type)
-    if _const(par.lower) != 0 or _const(par.upper) != dshape[0]:
+    rows, dshape, upper = par.rows.value.data, shape_of(dest.type), _const(par.upper)
+    if _const(par.lower) != 0 or not upper or dshape[0] % upper:
         return False
+    if dshape[0] != upper:  # k rows of dest per loop row (token rows of a loop over batch rows)
+        return _tiles_partition(chain, row, rows, dshape, dshape[0] // upper)
     if len(chain) > 1 or chain[0][1] is not None:
         return _tiles_partition(chain, row, rows, dshape)
     asm = chain[0][0]
@@ -255,30 +258,63 @@ def _parallel_covers(par: Operation, j: int) -> bool:
     return isinstance(sub, arith.SubiOp) and _const(sub.lhs) == dshape[0] and sub.rhs is row
 
 
-def _tiles_partition(chain, row, rows: int, dshape) -> bool:
+def _affine(v: SSAValue, row, env: dict):
+    """v as (a, c) with v = a * row + c, from constants, `row`, the indices in env and arith adds and products;
+    None if it is made otherwise."""
+    if v is row:
+        return 1, 0
+    c = env.get(v, _const(v))
+    if c is not None:
+        return 0, c
+    op = v.owner
+    if not isinstance(op, arith.AddiOp | arith.MuliOp):
+        return None
+    x, y = _affine(op.lhs, row, env), _affine(op.rhs, row, env)
+    if x is None or y is None:
+        return None
+    if isinstance(op, arith.AddiOp):
+        return x[0] + y[0], x[1] + y[1]
+    if x[0] and y[0]:
+        return None
+    return x[0] * y[1] + y[0] * x[1], x[1] * y[1]
+
+
+def _tiles_partition(chain, row, rows: int, dshape, per_row: int = 1) -> bool:
     """Whole tiles [rows, ...] at the chunk row and offsets (constants, or indices of the scf.fors of the chain,
-    whose bounds are constants: every iteration counted) that cover dest[1:] exactly once."""
+    whose bounds are constants: every iteration counted) that cover dest[1:] exactly once. With per_row = k > 1
+    each loop row owns dest rows k·row .. k·row + k·rows - 1, and tiles at row offsets k·row + c (c from constants
+    and those indices) must cover them and dest[1:] exactly once."""
     if dshape[0] % rows:
         return False
-    cover = np.zeros(dshape[1:], dtype=np.int32)
+    k = per_row
+    cover = np.zeros((k * rows, *dshape[1:]) if k > 1 else dshape[1:], dtype=np.int32)
 
     def place(chain, env: dict) -> bool:
-        for op, k in chain:
-            if k is not None:  # an scf.for: its body's chain once per iteration
+        for op, j in chain:
+            if j is not None:  # an scf.for: its body's chain once per iteration
                 lb, ub, step = (_const(b) for b in (op.lb, op.ub, op.step))
                 body = op.body.block
-                inner = _assembles_into(body.last_op.operands[k], body.args[1 + k])
+                inner = _assembles_into(body.last_op.operands[j], body.args[1 + j])
                 if None in (lb, ub, step) or step <= 0 or not all(
                         place(inner, {**env, body.args[0]: i}) for i in range(lb, ub, step)):
                     return False
                 continue
             tshape = shape_of(op.tile.type)
             offs = [env.get(o, _const(o)) for o in op.offsets[1:]]
-            if len(op.valid) or op.offsets[0] is not row or tshape[0] != rows or None in offs:
+            if len(op.valid) or None in offs:
                 return False
-            if any(o < 0 or o + t > d for o, t, d in zip(offs, tshape[1:], dshape[1:])):
+            if k > 1:  # the row offset k·row + c joins the covered axes
+                first = _affine(op.offsets[0], row, env)
+                if first is None or first[0] != k:
+                    return False
+                offs, tshape, dims = [first[1], *offs], tshape, (k * rows, *dshape[1:])
+            elif op.offsets[0] is not row or tshape[0] != rows:
                 return False
-            cover[tuple(slice(o, o + t) for o, t in zip(offs, tshape[1:]))] += 1
+            else:
+                tshape, dims = tshape[1:], dshape[1:]
+            if any(o < 0 or o + t > d for o, t, d in zip(offs, tshape, dims)):
+                return False
+            cover[tuple(slice(o, o + t) for o, t in zip(offs, tshape))] += 1
         return True
 
     return place(chain, {}) and bool((cover == 1).all())
