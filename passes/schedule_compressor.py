@@ -41,7 +41,7 @@ from attnc.ir.tile_dialect import ParallelOp, YieldOp
 from attnc.ir.types import dtype_of, shape_of
 
 from . import PassError, PatternPass, register
-from ._build import INDEX, T, addi, assemble, at_end, before, cap_tile_rows, const, floordiv_nonneg, muli, read, shape, subi, tile_full, val, view
+from ._build import INDEX, T, addi, assemble, at_end, before, cap_tile_rows, const, floordiv_nonneg, muli, read, subi, tile_full, val, view
 
 SCHEDULES = ("auto", "block", "row", "token")
 _ABSENT = -1.0e30  # score of a slot outside the block: exp() makes its weight exactly 0
@@ -72,12 +72,12 @@ def _pow2_pieces(n: int) -> list[int]:
     return [1 << i for i in reversed(range(n.bit_length())) if n >> i & 1]
 
 
-def _pow2_slices(head: int, S: int, cap: int):
-    """The block schedule's slot pieces as (which, first, count), counts powers of two of at most `cap`: which =
+def _pow2_slices(head: int, S: int):
+    """The block schedule's slot pieces as (which, first, count), counts powers of two in descending order: which =
     None for ring slots first .. of the unmasked head, True for the ring's last S slots (from `first` of them),
     False for the step rows."""
     pieces, lo = [], 0
-    for n in [cap] * (head // cap) + _pow2_pieces(head % cap):
+    for n in _pow2_pieces(head):
         pieces.append((None, lo, n))
         lo += n
     for which in (True, False):
@@ -88,36 +88,33 @@ def _pow2_slices(head: int, S: int, cap: int):
     return sorted(pieces, key=lambda p: -p[2])  # stable: ring before step at equal counts
 
 
-def pool_lanes(parts):
-    """pool_slots of parts whose slot counts are powers of two in descending order, the first unmasked, each read
-    once: lane j of a part (its slot j) keeps its own running max, and numerator and denominator rescaled by
-    exp(old max - new max), elementwise on whole tiles; the lanes are combined pairwise (the same rescaling) down
-    to the next part's slot count and, at the end, to one slot. No score tile is read twice and no slice of a
-    state view is copied again (flash m = 128: the pooling task was bound by 48 tile copies of 0.8-1 us each)."""
-    def fold(top, num, den):
-        n = top.shape[1] // 2
-        halves = [(dsl.slice_(x, (0, 0, 0), (x.shape[0], n, x.shape[2])),
-                   dsl.slice_(x, (0, n, 0), (x.shape[0], n, x.shape[2]))) for x in (top, num, den)]
-        (t0, t1), (n0, n1), (d0, d1) = halves
-        new = _max(t0, t1)
-        e0, e1 = dsl.exp(t0 - new), dsl.exp(t1 - new)
-        return new, n0 * e0 + n1 * e1, d0 * e0 + d1 * e1
+def _merge_fold(xs, combine):
+    """Combine [N, n_i, d] tensors over all their slots into [N, 1, d], the n_i powers of two in descending order:
+    the running result is halved down to the next tensor's slot count and combined with it (one chain of halvings
+    for all of them instead of one per tensor), then halved to one slot."""
+    def halve(x):
+        N, n, d = x.shape
+        return combine(dsl.slice_(x, (0, 0, 0), (N, n // 2, d)), dsl.slice_(x, (0, n // 2, 0), (N, n // 2, d)))
 
-    top = num = den = None
-    for v, z, ok in parts:
-        if ok is not None:
-            z, v = dsl.select(ok, z, _ABSENT), dsl.select(ok, v, 0.0)
-        if top is None:
-            top, num, den = z, v, tile_full(shape(z), 1.0, dtype_of(val(z).type))
-            continue
-        while top.shape[1] > z.shape[1]:
-            top, num, den = fold(top, num, den)
-        new = _max(top, z)
-        scale, w = dsl.exp(top - new), dsl.exp(z - new)
-        top, num, den = new, num * scale + w * v, den * scale + w
-    while top.shape[1] > 1:
-        top, num, den = fold(top, num, den)
-    return num / den
+    acc = xs[0]
+    for x in xs[1:]:
+        while acc.shape[1] > x.shape[1]:
+            acc = halve(acc)
+        acc = combine(acc, x)
+    while acc.shape[1] > 1:
+        acc = halve(acc)
+    return acc
+
+
+def pool_pieces(parts):
+    """pool_slots of parts whose slot counts are powers of two in descending order, reduced by one merged chain of
+    halvings (_merge_fold) per sum or max."""
+    scores = [z if ok is None else dsl.select(ok, z, _ABSENT) for _, z, ok in parts]
+    values = [v if ok is None else dsl.select(ok, v, 0.0) for v, _, ok in parts]
+    top = _merge_fold(scores, _max)
+    weights = [dsl.exp(z - top) for z in scores]
+    return (_merge_fold([w * v for w, v in zip(weights, values)], lambda a, b: a + b)
+            / _merge_fold(weights, lambda a, b: a + b))
 
 
 def pool_slots(parts):
@@ -196,9 +193,9 @@ def _halves(v, z, ok, dim: int, lo: int, n: int, overlap: bool, newer: bool):
 
 
 class _Schedule(RewritePattern):
-    def __init__(self, schedule: str, pool_rows: int, chunk_rows: int, channel_chunk: int, piece_slots: int):
+    def __init__(self, schedule: str, pool_rows: int, chunk_rows: int, channel_chunk: int):
         self.schedule, self.pool_rows, self.chunk_rows = schedule, pool_rows, chunk_rows
-        self.channel_chunk, self.piece_slots = channel_chunk, piece_slots
+        self.channel_chunk = channel_chunk
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: CompressPoolOp, rewriter: PatternRewriter):
@@ -215,8 +212,7 @@ class _Schedule(RewritePattern):
                             f"block of {ratio} per batch row (use schedule=token)")
         with before(op):
             if schedule == "block":
-                pooled = self._block(op, B, S, ratio, dim, math.gcd(dim, self.channel_chunk),
-                                     1 << (max(1, self.piece_slots).bit_length() - 1))
+                pooled = self._block(op, B, S, ratio, dim, math.gcd(dim, self.channel_chunk))
             elif schedule == "row":
                 pooled = self._row(op, B, S, width, ratio, dim)
             else:
@@ -224,7 +220,7 @@ class _Schedule(RewritePattern):
         rewriter.replace(op, [], [pooled.value])
 
     @staticmethod
-    def _block(op, B, S, ratio, dim, dq, cap):
+    def _block(op, B, S, ratio, dim, dq):
         """One iteration per batch row; in it a loop over the blocks the row's step completes (a runtime count
         from start_pos: 0 or 1 for S <= ratio), whose body pools the block from views of the row's ring (slots
         0 .. k-1, k = start_pos mod ratio: the block's earlier positions) and step rows (0 .. ratio-k-1) in place
@@ -257,12 +253,12 @@ class _Schedule(RewritePattern):
                 # power-of-two slot counts (pypto 0.2.0 SIM fails on an odd fold), largest first: the unmasked ring
                 # slots 0 .. ratio-S-1, the ring's last S slots and the step rows (masked)
                 parts = []
-                for state, lo, n in _pow2_slices(head, S, cap):
+                for state, lo, n in _pow2_slices(head, S):
                     mask = None if state is None else view(tail_in if state else step_in, (b, lo, 0), (1, n, 1))
                     row = lo + head if state else lo  # a ring slot (the tail from slot head) or a step row
                     kv, sc = (op.kv_state, op.score_state) if state in (None, True) else (op.values, op.scores)
                     parts.append((view(kv, (b, row, c), (1, n, dq)), view(sc, (b, row, c), (1, n, dq)), mask))
-                entry = pool_lanes(parts)
+                entry = pool_pieces(parts)
                 done = subi(muli(addi(first, 1), ratio), addi(sp, 1))  # the completing token's step row
                 emit_op(scf.YieldOp, [[val(assemble(entry, pool.args[1], (i, done, 0)))]], [])
             cond = emit_op(scf.ForOp, [const(0), count, const(1), [acc]], [[acc.type]], regions=[Region(pool)])
@@ -352,8 +348,7 @@ class ScheduleCompressor(PatternPass):
     # block schedule: channels per pooling task (its gcd with d; a multiple of d: all). Flash m = 128 B = 64 S = 2:
     # 256 -> random starts 160.5 -> 142.3 us, every row completing 238.0 -> 290.4 (128: 163.9 / 310.1): all by default
     channel_chunk: int = 4096
-    piece_slots: int = 16  # block schedule: ring slots per piece of the online softmax (a power of two: odd folds fail in SIM)
     option_choices = {"schedule": SCHEDULES}
 
     def pattern(self):
-        return _Schedule(self.schedule, self.pool_rows, self.chunk_rows, self.channel_chunk, self.piece_slots)
+        return _Schedule(self.schedule, self.pool_rows, self.chunk_rows, self.channel_chunk)
