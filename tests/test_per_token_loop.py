@@ -48,12 +48,14 @@ def test_per_token_program_does_not_grow_with_the_step():
 
 
 def test_token_loop_writes_the_output_in_place():
-    """The token loop nested in the batch-row loop assembles each token's rows into the output parameter: no
-    scratch copy of it, no zero fill of it, no `x[:] = y` copy back (pypto 0.2.0 drops such a copy after a nested
-    loop: the CSA core came out all zeros)."""
+    """The token loop nested in the batch-row loop assembles each token's rows into the output parameter (its
+    token rows [B·S·H, d] at a runtime row offset, returned as an in-place reshape): no scratch copy of it, no zero
+    fill of it, no `x[:] = y` copy back (pypto 0.2.0 drops such a copy after a nested loop: the CSA core came out
+    all zeros)."""
     program = _program("sparse_attn_core", seq=16, max_pos=256)
     assert re.search(r"for (k\d+) in pypto\.loop\(0, 16, 1,", program)
-    assert re.search(r"pypto\.assemble\(\w+, \[r\d+, k\d+, 0, 0\], core\)", program)
+    assert re.search(r"pypto\.assemble\(\w+, \[s\d+, 0\], core\)", program)
+    assert "pypto.reshape(core, [2, 16, 4, 128], inplace=True)" in program
     assert "[:] =" not in program and "SCRATCH_NAMES = []" in program
     assert "pypto.full([2, 16, 4, 128]" not in program
 
