@@ -32,7 +32,7 @@ from attnc.ir.types import dtype_of, shape_of
 from .host import encoded, host_constants
 from .legalize import flag, legalize_function
 from .options import PyptoOptions
-from .tiles import BYTES as _BYTES, UB_BYTES, lanes, vec_tile
+from .tiles import BYTES as _BYTES, UB_BYTES, lanes, loop_vec_budget, vec_tile  # noqa: F401 (api.tune)
 
 PYPTO_DTYPE = {"bf16": "pypto.DT_BF16", "f16": "pypto.DT_FP16", "f32": "pypto.DT_FP32", "i32": "pypto.DT_INT32",
                "i8": "pypto.DT_INT8", "i1": "pypto.DT_BOOL"}
@@ -55,13 +55,6 @@ _TEMPLATE = jinja2.Environment(loader=jinja2.PackageLoader("attnc.codegen.pypto"
 
 class EmitError(AttncError):
     """The IR contains something pypto 0.2.0 cannot express; the message starts with the op location."""
-
-
-def loop_vec_budget(loop: Operation, outer: int) -> int:
-    """The vector tile budget inside `loop`: the one the pass that scheduled it chose (`vec_tile_elems`), else
-    the budget in force around it."""
-    attr = loop.attributes.get("vec_tile_elems")
-    return attr.value.data if attr is not None else outer
 
 
 L0AB_BYTES, L0C_BYTES = 64 * 1024, 128 * 1024

@@ -155,7 +155,7 @@ from attnc.ir.dsl import emit_op
 from attnc.ir.tile_dialect import TILE
 from attnc.passes._build import at_end, before, const, tile_full, tile_op
 
-from .tiles import BYTES, DEFAULT_VEC_TILE_ELEMS, chain_budget, lanes, vec_tile
+from .tiles import BYTES, DEFAULT_VEC_TILE_ELEMS, chain_budget, lanes, loop_vec_budget, vec_tile
 
 # every attribute this pass sets (cleared first: the pass is idempotent)
 FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "pieces", "one_trip", "body_l1_reuse", "body_nbuffer",
@@ -1175,14 +1175,17 @@ REDUCTIONS = {"tile.row_sum", "tile.row_max", "tile.row_min"}
 
 
 def loop_budget(op: Operation, default: int = DEFAULT_VEC_TILE_ELEMS) -> int:
-    """The vector tile budget in force at op: the innermost enclosing loop's `vec_tile_elems` (the pass that
-    scheduled it chose it), else `default` (the emitter's walk gives the same)."""
-    parent = op.parent_op()
+    """The vector tile budget in force at op: each enclosing loop's, outermost first (`loop_vec_budget`, the
+    emitter's walk), starting from `default`."""
+    loops, parent = [], op.parent_op()
     while parent is not None:
-        if _is_loop(parent) and "vec_tile_elems" in parent.attributes:
-            return parent.attributes["vec_tile_elems"].value.data
+        if _is_loop(parent):
+            loops.append(parent)
         parent = parent.parent_op()
-    return default
+    budget = default
+    for loop in reversed(loops):
+        budget = loop_vec_budget(loop, budget)
+    return budget
 
 
 def op_tile_operands(op: Operation):

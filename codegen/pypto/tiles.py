@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+from xdsl.ir import Operation
+
 from .options import PyptoOptions
 
 BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i8": 1, "i1": 1}
@@ -73,3 +75,10 @@ def chain_budget(members, budget: int, cap: int) -> int:
             break
         best, b = b, b * 2
     return best
+
+
+def loop_vec_budget(loop: Operation, outer: int) -> int:
+    """The vector tile budget inside `loop`: the one the pass that scheduled it chose (`vec_tile_elems`), else
+    the budget in force around it."""
+    attr = loop.attributes.get("vec_tile_elems")
+    return attr.value.data if attr is not None else outer
