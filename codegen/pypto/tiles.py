@@ -9,10 +9,12 @@ enough for the indexer's scoring overflows UB at other ops (OoOSchedule)."""
 from __future__ import annotations
 
 import math
-
-from xdsl.ir import Operation
+from typing import TYPE_CHECKING
 
 from .options import PyptoOptions
+
+if TYPE_CHECKING:  # the CLI's error path imports this module (via the tuner) and must stay free of xDSL
+    from xdsl.ir import Operation
 
 BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i8": 1, "i1": 1}
 UB_BYTES = 192 * 1024  # the vector unit's buffer: an op's tiles (inputs and output) live there together
