@@ -107,8 +107,11 @@ def _const(v) -> int | None:
 
 
 def _trips(op) -> int:
-    """A loop's trip count from its constant bounds; with a bound that is not a constant, the most rows of any
-    tensor its body reads (a loop runs over the rows of what it reads)."""
+    """A loop's trip count from its constant bounds; with a bound that is not a constant, the bound its maker
+    stated (`max_trips`), else the most rows of any tensor its body reads (a loop runs over the rows of what it
+    reads)."""
+    if "max_trips" in op.attributes:
+        return op.attributes["max_trips"].value.data
     if op.name == "tile.parallel":
         lo, hi, step = _const(op.lower), _const(op.upper), op.rows.value.data
     else:

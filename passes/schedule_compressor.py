@@ -203,7 +203,15 @@ class _Schedule(RewritePattern):
         ratio, dim = op.ratio.value.data, op.dim.value.data
         R = shape_of(op.kv_state.type)[1]
         blocks_whole = width == dim and R == ratio and S <= ratio  # a block is one ring row's R slots
-        schedule = self.schedule if self.schedule != "auto" else "block" if blocks_whole else "token"
+        # overlap (m = 4): a ring of two blocks, each slot [older half | newer half]; block w-1's slots and block
+        # w's earlier ones are whole blocks of the ring (a block starts at a multiple of ratio)
+        pair = width == 2 * dim and R == 2 * ratio and S <= ratio
+        schedule = self.schedule if self.schedule != "auto" else "block" if blocks_whole or pair else "token"
+        if schedule == "block" and pair:
+            with before(op):
+                pooled = self._pair_block(op, B, S, ratio, dim)
+            rewriter.replace(op, [], [pooled.value])
+            return
         if schedule == "block" and not blocks_whole:
             raise PassError(f"{op_location(op)}: schedule-compressor{{schedule=block}}: needs a ring of one block "
                             f"without overlap and a step of at most {ratio} tokens (use schedule=token)")
@@ -272,6 +280,57 @@ class _Schedule(RewritePattern):
         if nq > 1:  # the chunks side by side again: [B, S, dim]
             out = T(loop.results[0])
             return dsl.concat([dsl.slice_(out, (k * B, 0, 0), (B, S, dq)) for k in range(nq)], axis=2)
+        return T(loop.results[0])
+
+    @staticmethod
+    def _pair_block(op, B, S, ratio, dim):
+        """The block schedule of an overlapping compressor (ring of 2 blocks, slot = [older half | newer half]):
+        one iteration per batch row, in it a loop over the blocks the row's step completes (a runtime count from
+        start_pos: 0 or 1). A completing row pools block w-1's ratio ring slots (half [:dim]; absent for w = 0),
+        block w's earlier ring slots (half [dim:]: slots 0 .. ratio-S-1 unmasked, the last S masked) and its step
+        rows (half [dim:], masked), all views of the rings and the step in place: no gather, no copy of a ring."""
+        loc = op_location(op)
+        init = tile_full((B, S, dim), 0.0, dtype_of(op.result.type))
+        sp_ = dsl.reshape(T(op.start_pos), (B, 1))
+        kb = sp_ % ratio
+        slot = dsl.iota((B, S), 1)
+        tail_in = dsl.reshape(slot + (ratio - S) < kb, (B, S, 1))  # block w's ring slots ratio-S .. ratio-1
+        step_in = dsl.reshape(slot < ratio - kb, (B, S, 1))  # step rows up to the completing token's
+        # block w-1 exists (w >= 1): its ring rows were written; for w = 0 they never were (may hold NaN)
+        prev_in = dsl.reshape(dsl.iota((B, ratio), 1) * 0 + sp_ >= ratio, (B, ratio, 1))
+        head = ratio - S
+        body = Block(arg_types=[INDEX, init.value.type])
+        b, acc = body.args
+        with at_end(body, loc):
+            sp = read(op.start_pos, (b,))
+            first = floordiv_nonneg(sp, ratio)  # block w (when the step completes one)
+            count = subi(floordiv_nonneg(addi(sp, S), ratio), first)
+            pool = Block(arg_types=[INDEX, acc.type])
+            with at_end(pool, loc):
+                cur = muli(subi(first, muli(floordiv_nonneg(first, 2), 2)), ratio)  # block w's first ring slot
+                prev = subi(const(ratio), cur)  # block w-1's
+                parts = [(view(op.kv_state, (b, prev, 0), (1, ratio, dim)),
+                          view(op.score_state, (b, prev, 0), (1, ratio, dim)),
+                          view(prev_in, (b, 0, 0), (1, ratio, 1)))]
+                for state, lo, n in _pow2_slices(head, S):
+                    mask = None if state is None else view(tail_in if state else step_in, (b, lo, 0), (1, n, 1))
+                    if state is None or state:
+                        row = addi(cur, lo + head if state else lo)
+                        kv, sc = op.kv_state, op.score_state
+                    else:
+                        row, kv, sc = lo, op.values, op.scores
+                    parts.append((view(kv, (b, row, dim), (1, n, dim)), view(sc, (b, row, dim), (1, n, dim)), mask))
+                parts.sort(key=lambda p: -shape_of(p[0].value.type)[1])  # stable: block w-1 first
+                entry = pool_pieces(parts)
+                done = subi(muli(addi(first, 1), ratio), addi(sp, 1))  # the completing token's step row
+                emit_op(scf.YieldOp, [[val(assemble(entry, pool.args[1], (b, done, 0)))]], [])
+            cond = emit_op(scf.ForOp, [const(0), count, const(1), [acc]], [[acc.type]], regions=[Region(pool)])
+            cond.attributes["merge_scope"] = IntegerAttr(1, i64)
+            # a step of S <= ratio tokens completes at most one block: what the memory estimate counts as its calls
+            cond.attributes["max_trips"] = IntegerAttr(1, i64)
+            emit_op(YieldOp, [[cond.results[0]]], [])
+        loop = emit_op(ParallelOp, [const(0), const(B), [init.value]], [[init.value.type]],
+                       {"rows": IntegerAttr(1, i64)}, regions=[Region(body)])
         return T(loop.results[0])
 
     @staticmethod
