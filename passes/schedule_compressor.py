@@ -19,7 +19,12 @@ Schedules (`schedule` option):
   scores from their own rings) and pools it by halving the slot axis of [T, n, d] slices (channels stay the
   contiguous axis, no transpose; flash m = 128: 526.5 us vs 712.5 channel-first with transposes); tokens that
   complete no block give 0.
-`auto`: `block` where it applies (m = 128), else `token` (pypto 0.2.0 SIM at flash: m = 4 `row` 558.8 vs `token` 479.2 us at B = 32; tiny
+- `block` with overlap (a ring of two blocks, slot = [older half | newer half], S <= ratio: m = 4 and the index
+  compressor): as `block`, a loop over batch rows and in it one over the blocks the row's step completes; a
+  completing row pools block w-1's ring slots (half [:d], masked for w = 0), block w's earlier ring slots and its
+  step rows (half [d:]) as views in place: no gather, no copy of a ring (flash B = 64 S = 2: m = 4 152.3 -> 111.8
+  us, index_compressor 127.0 -> 116.2 against `token`).
+`auto`: `block` where it applies (m = 128; m = 4 and index with overlap), else `token` (pypto 0.2.0 SIM at flash: m = 4 `row` 558.8 vs `token` 479.2 us at B = 32; tiny
 B = 48 d = 512 m = 4: `row` 222.6 vs `token` 114.5; m = 128 B = 64 `row` 1353.0 vs `token` 712.5 us).
 Masked slots score -1e30 (weight exactly 0) and read value 0 (a never-written ring row may hold NaN). The
 summation order differs from the op's definition: an approximate rewrite (f32 rounding, then bf16 in the cache)."""
