@@ -82,7 +82,7 @@ def test_scatter_loops_write_two_rows_per_iteration():
 
 
 def test_pooling_loop_takes_the_stated_chunk_rows_and_the_projection_loop_its_weight_rows():
-    """schedule-compressor{chunk-rows=8} (default) on the flash m = 4 compressor: parallelize-tokens chunks the
+    """schedule-compressor{schedule=token chunk-rows=8} on the flash m = 4 compressor: parallelize-tokens chunks the
     pooling's loop by 8 token rows (16 tasks side by side: 211.4 -> 194.0 us), while the projection loop, which
     reads the weights once per chunk, keeps weight-rows=128; chunk-rows=64 leaves the pooling at rows=32."""
     from attnc.passes import PYPTO_PIPELINE
@@ -93,8 +93,9 @@ def test_pooling_loop_takes_the_stated_chunk_rows_and_the_projection_loop_its_we
         return [line.split("pypto.loop(")[1].split(",")[2].strip() for line in emit_pypto(module).splitlines()
                 if "pypto.loop(0, 128," in line][:2]
 
-    assert loops(PYPTO_PIPELINE) == ["128", "8"]
-    assert loops(PYPTO_PIPELINE.replace("schedule-compressor,", "schedule-compressor{chunk-rows=64},")) == ["128", "32"]
+    token = PYPTO_PIPELINE.replace("schedule-compressor,", "schedule-compressor{schedule=token},")
+    assert loops(token) == ["128", "8"]
+    assert loops(token.replace("schedule=token", "schedule=token chunk-rows=64")) == ["128", "32"]
 
 
 @pytest.mark.parametrize("stage", ["compressor", "index_compressor"])
