@@ -74,3 +74,31 @@ def test_cube_m_tile_256_only_where_it_costs_no_n_tile_or_k_step():
         return int(re.match(r"pypto.set_cube_tile_shapes\(\[(\d+),", cube_tile(m, k, n, in_bytes)).group(1))
     assert m0(2048, 128, 128) == 256
     assert m0(2048, 128, 512) == 128 and m0(2048, 512, 128) == 128 and m0(128, 128, 128) == 128
+
+
+def test_matmuls_state_their_cube_m_tile_and_the_emitter_prints_it():
+    """pypto-legalize states each matmul's cube M tile (`m_tile`, tiles.cube_m_tile of its rows); the emitter prints
+    that fact, not one it derives from shapes: a changed fact changes the printed tile, and a malformed one is
+    refused by the op's verifier."""
+    from attnc.codegen.pypto.emit import emit_pypto
+    from attnc.codegen.pypto.tiles import cube_m_tile
+
+    mod = _tile_module("indexer", resolve_config("tiny"))
+    mms = [o for o in mod.walk() if o.name in ("tile.matmul", "tile.matmul_acc")]
+    assert mms and all("m_tile" in o.attributes for o in mms)
+    for o in mms:
+        sa, sb = shape_of(o.lhs.type), shape_of(o.rhs.type)
+        n = sb[-2] if o.transpose_b.value.data else sb[-1]
+        n_max = o.attributes["n_tile"].value.data if "n_tile" in o.attributes else None
+        in_bytes = {"i8": 1, "f32": 4}.get(dtype_of(o.lhs.type), 2)
+        assert o.attributes["m_tile"].value.data == cube_m_tile(sa[-2], sa[-1], n, in_bytes, n_max)
+    printed = lambda: re.findall(r"set_cube_tile_shapes\(\[(\d+), (\d+)\]", emit_pypto(mod))  # noqa: E731
+    assert {m for m, _ in printed()} == {str(o.attributes["m_tile"].value.data) for o in mms}
+    from xdsl.dialects.builtin import IntegerAttr, i64
+
+    for o in mms:
+        o.attributes["m_tile"] = IntegerAttr(32, i64)
+    assert set(printed()) == {("32", "32")}
+    mms[0].attributes["m_tile"] = IntegerAttr(24, i64)
+    with pytest.raises(Exception, match="m_tile must be a positive multiple of 16"):
+        mms[0].verify()
