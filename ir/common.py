@@ -180,6 +180,9 @@ def pypto_facts_verify(op) -> None:
         m = attrs["m_tile"]
         op.expect(kind in ("matmul", "matmul_acc") and isinstance(m, IntegerAttr) and m.value.data >= 16
                   and m.value.data % 16 == 0, "m_tile must be a positive multiple of 16, on a matmul")
+    if "sort_rows" in attrs:  # pypto-legalize: the rows of a top-k's vector tile
+        op.expect(kind == "topk_pairs" and isinstance(attrs["sort_rows"], IntegerAttr)
+                  and attrs["sort_rows"].value.data >= 1, "sort_rows must be a positive integer, on a tile.topk_pairs")
     if "rows_per_trip" in attrs:  # rows a scatter's loop writes per iteration: a divisor of its rows
         per = attrs["rows_per_trip"]
         op.expect(kind == "scatter_rows" and isinstance(per, IntegerAttr) and per.value.data >= 1

@@ -102,3 +102,20 @@ def test_matmuls_state_their_cube_m_tile_and_the_emitter_prints_it():
     mms[0].attributes["m_tile"] = IntegerAttr(24, i64)
     with pytest.raises(Exception, match="m_tile must be a positive multiple of 16"):
         mms[0].verify()
+
+
+def test_topks_sort_one_row_per_tile():
+    """pypto-legalize states `sort_rows = 1` on each top-k (pypto 0.2.0 sorts a tile's rows one after another and
+    runs 4 tiles as one task: flash indexer 167.0 -> 162.4 µs); the emitter prints the top-k's tile with it and the
+    select before it keeps the budget's tile."""
+    from attnc.codegen.pypto.emit import emit_pypto
+
+    mod = _tile_module("indexer", resolve_config("tiny"))
+    topks = [o for o in mod.walk() if o.name == "tile.topk_pairs"]
+    assert topks and all(o.attributes["sort_rows"].value.data == 1 for o in topks)
+    text = emit_pypto(mod)
+    tile_before = lambda line: re.findall(r"set_vec_tile_shapes\(([\d, ]+)\)", text[:text.index(line)])[-1]  # noqa: E731
+    topk_line = re.search(r"\n[^\n]*= pypto\.topk\(", text).group(0)
+    assert tile_before(topk_line).split(", ")[0] == "1"
+    where_line = re.search(r"\n[^\n]*= pypto\.where\([^\n]*-3\.4028", text).group(0)
+    assert tile_before(where_line).split(", ")[0] != "1"

@@ -113,9 +113,10 @@ class _Emitter:
             raise EmitError(f"value {v} used before definition")
         return self.names[v]
 
-    def set_tile(self, v: SSAValue, budget: int | None = None):
+    def set_tile(self, v: SSAValue, budget: int | None = None, rows: int | None = None):
         tile = vec_tile(shape_of(v.type), dtype_of(v.type), budget or self.vec_budget)
-        rows = self.noted(v, "rows")
+        rows = min(x for x in (self.noted(v, "rows"), rows, math.inf) if x is not None)
+        rows = None if rows == math.inf else rows
         if rows is not None and len(tile) > 1:  # the pass's row cap: a chain of ops keeps one row group per tile
             tile[0] = min(tile[0], rows)
         cols = self.noted(v, "cols")
@@ -555,7 +556,8 @@ def _print_gather_rows(self: _Emitter, op: Operation, loc: str | None):
 def _print_topk_pairs(self: _Emitter, op: Operation, loc: str | None):  # pypto.topk: values and ids, descending
     vals, ids = self.fresh("v"), self.fresh("i")
     self.names[op.values], self.names[op.ids] = vals, ids
-    self.set_tile(op.scores)
+    sort_rows = op.attributes.get("sort_rows")  # pypto-legalize: the rows of its tile
+    self.set_tile(op.scores, rows=sort_rows.value.data if sort_rows is not None else None)
     self.emit(f"{vals}, {ids} = pypto.topk({self.ref(op.scores)}, {op.k.value.data}, -1, True)"
               + (f"  # {loc}" if loc else ""))
 
