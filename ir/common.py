@@ -176,6 +176,13 @@ def pypto_facts_verify(op) -> None:
     if "nbuffer" in attrs:  # tile-matmul: the N tiles the target's n-buffering runs as one task (1: each its own)
         op.expect(kind in ("matmul", "matmul_acc") and isinstance(attrs["nbuffer"], IntegerAttr)
                   and attrs["nbuffer"].value.data >= 1, "nbuffer must be a positive integer, on a matmul")
+    if "m_tile" in attrs:  # pypto-legalize: a matmul's cube M tile, a positive multiple of 16 (the fractal)
+        m = attrs["m_tile"]
+        op.expect(kind in ("matmul", "matmul_acc") and isinstance(m, IntegerAttr) and m.value.data >= 16
+                  and m.value.data % 16 == 0, "m_tile must be a positive multiple of 16, on a matmul")
+    if "sort_rows" in attrs:  # pypto-legalize: the rows of a top-k's vector tile
+        op.expect(kind == "topk_pairs" and isinstance(attrs["sort_rows"], IntegerAttr)
+                  and attrs["sort_rows"].value.data >= 1, "sort_rows must be a positive integer, on a tile.topk_pairs")
     if "rows_per_trip" in attrs:  # rows a scatter's loop writes per iteration: a divisor of its rows
         per = attrs["rows_per_trip"]
         op.expect(kind == "scatter_rows" and isinstance(per, IntegerAttr) and per.value.data >= 1

@@ -74,3 +74,48 @@ def test_cube_m_tile_256_only_where_it_costs_no_n_tile_or_k_step():
         return int(re.match(r"pypto.set_cube_tile_shapes\(\[(\d+),", cube_tile(m, k, n, in_bytes)).group(1))
     assert m0(2048, 128, 128) == 256
     assert m0(2048, 128, 512) == 128 and m0(2048, 512, 128) == 128 and m0(128, 128, 128) == 128
+
+
+def test_matmuls_state_their_cube_m_tile_and_the_emitter_prints_it():
+    """pypto-legalize states each matmul's cube M tile (`m_tile`, tiles.cube_m_tile of its rows); the emitter prints
+    that fact, not one it derives from shapes: a changed fact changes the printed tile, and a malformed one is
+    refused by the op's verifier."""
+    from attnc.codegen.pypto.emit import emit_pypto
+    from attnc.codegen.pypto.tiles import cube_m_tile
+
+    mod = _tile_module("indexer", resolve_config("tiny"))
+    mms = [o for o in mod.walk() if o.name in ("tile.matmul", "tile.matmul_acc")]
+    assert mms and all("m_tile" in o.attributes for o in mms)
+    for o in mms:
+        sa, sb = shape_of(o.lhs.type), shape_of(o.rhs.type)
+        n = sb[-2] if o.transpose_b.value.data else sb[-1]
+        n_max = o.attributes["n_tile"].value.data if "n_tile" in o.attributes else None
+        in_bytes = {"i8": 1, "f32": 4}.get(dtype_of(o.lhs.type), 2)
+        assert o.attributes["m_tile"].value.data == cube_m_tile(sa[-2], sa[-1], n, in_bytes, n_max)
+    printed = lambda: re.findall(r"set_cube_tile_shapes\(\[(\d+), (\d+)\]", emit_pypto(mod))  # noqa: E731
+    assert {m for m, _ in printed()} == {str(o.attributes["m_tile"].value.data) for o in mms}
+    from xdsl.dialects.builtin import IntegerAttr, i64
+
+    for o in mms:
+        o.attributes["m_tile"] = IntegerAttr(32, i64)
+    assert set(printed()) == {("32", "32")}
+    mms[0].attributes["m_tile"] = IntegerAttr(24, i64)
+    with pytest.raises(Exception, match="m_tile must be a positive multiple of 16"):
+        mms[0].verify()
+
+
+def test_topks_sort_one_row_per_tile():
+    """pypto-legalize states `sort_rows = 1` on each top-k (pypto 0.2.0 sorts a tile's rows one after another and
+    runs 4 tiles as one task: flash indexer 167.0 -> 162.4 µs); the emitter prints the top-k's tile with it and the
+    select before it keeps the budget's tile."""
+    from attnc.codegen.pypto.emit import emit_pypto
+
+    mod = _tile_module("indexer", resolve_config("tiny"))
+    topks = [o for o in mod.walk() if o.name == "tile.topk_pairs"]
+    assert topks and all(o.attributes["sort_rows"].value.data == 1 for o in topks)
+    text = emit_pypto(mod)
+    tile_before = lambda line: re.findall(r"set_vec_tile_shapes\(([\d, ]+)\)", text[:text.index(line)])[-1]  # noqa: E731
+    topk_line = re.search(r"\n[^\n]*= pypto\.topk\(", text).group(0)
+    assert tile_before(topk_line).split(", ")[0] == "1"
+    where_line = re.search(r"\n[^\n]*= pypto\.where\([^\n]*-3\.4028", text).group(0)
+    assert tile_before(where_line).split(", ")[0] != "1"

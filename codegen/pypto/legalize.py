@@ -126,6 +126,18 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
   fit UB, where that is larger than the budget's in force: every copied tile costs the cost model a fixed ~0.78
   µs, and one program-wide budget large enough for the indexer's scoring fails OoOSchedule at other ops.
 
+* `m_tile = n` on `tile.matmul` / `tile.matmul_acc`: the cube M tile (matmul_m_tile, codegen/pypto/tiles.py
+  `cube_m_tile`: 128 rows, or 256 where that takes no more N tiles and K steps). A batched lhs read by a rank-2
+  rhs is one matmul over its rows folded: its M is all of them where they fill the cube cores in 256-row tiles
+  and K is at least 128 (the indexer's [8192, 128] pair swap and Hadamard: 181.5 -> 174.9 µs), else the last
+  batch dim's rows, as measured (qkv_proj_rope's [.., 64] RoPE pair swap with all its rows: t = 16 151.3 ->
+  151.5 µs, W8A8 225.8 -> 227.5). The emitter prints the cube tile with it.
+
+* `sort_rows = 1` on `tile.topk_pairs`: the rows of its vector tile (its scores' tile otherwise). pypto 0.2.0 runs
+  the top-k of 4 tiles as one task (vec n-buffering) and sorts a tile's rows one after another; with one row per
+  tile the flash indexer's top-k tasks (16 rows each) take 8.2 µs instead of 12.9 (167.0 -> 162.4 µs; its select
+  and the picks keep the budget's tiles: in one-row tiles too, the tasks took 26.7 µs).
+
 * `host_constant = "hcN"` on an op computed from no kernel input or loop index (index ramps, fills and what is computed
   from them only: the Hadamard signs, RoPE selectors) that is more than a lone ramp or fill: its value is a
   kernel parameter `hcN`, computed on the host from these same ops (codegen/pypto/host.py, the interpreter; the
@@ -155,13 +167,13 @@ from attnc.ir.dsl import emit_op
 from attnc.ir.tile_dialect import TILE
 from attnc.passes._build import at_end, before, const, tile_full, tile_op
 
-from .tiles import BYTES, DEFAULT_VEC_TILE_ELEMS, chain_budget, lanes, loop_vec_budget, vec_tile
+from .tiles import BYTES, CUBE_CORES, DEFAULT_VEC_TILE_ELEMS, chain_budget, cube_m_tile, lanes, loop_vec_budget, vec_tile
 
 # every attribute this pass sets (cleared first: the pass is idempotent)
 FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "pieces", "one_trip", "body_l1_reuse", "body_nbuffer",
          "clone", "inplace",
          "prefix", "scalar_ids", "scalar_id", "rows_per_trip", "together_rows", "rows_together", "copy_out", "copy_out_tile_elems", "host_constant", "host_only",
-         "padded_in", "padded_out", "valid_tile", "row_group_types", "row_group_cap", "vec_tile", "pypto_legalized")
+         "padded_in", "padded_out", "valid_tile", "row_group_types", "row_group_cap", "vec_tile", "m_tile", "sort_rows", "pypto_legalized")
 
 
 def _flag(v: bool = True) -> IntegerAttr:
@@ -1188,6 +1200,18 @@ def loop_budget(op: Operation, default: int = DEFAULT_VEC_TILE_ELEMS) -> int:
     return budget
 
 
+def matmul_m_tile(op: Operation) -> int:
+    """A matmul's cube M tile (`m_tile`; the module docstring): from its rows, or all of a batched lhs's rows
+    folded where they fill the cube cores in 256-row tiles and K >= 128."""
+    sa, sb = shape_of(op.lhs.type), shape_of(op.rhs.type)
+    n = sb[-2] if op.transpose_b.value.data else sb[-1]
+    n_max = op.attributes["n_tile"].value.data if "n_tile" in op.attributes else None
+    in_bytes = {"i8": 1, "f32": 4}.get(dtype_of(op.lhs.type), 2)
+    folded = math.prod(sa[:-1])
+    rows = folded if len(sa) > 2 and len(sb) == 2 and folded >= 256 * CUBE_CORES and sa[-1] >= 128 else sa[-2]
+    return cube_m_tile(rows, sa[-1], n, in_bytes, n_max)
+
+
 def op_tile_operands(op: Operation):
     """(tiled, tensors) of an op the per-op tile rule applies to, else None: the (shape, dtype) its tile is of
     (a reduction's input, else its result) and every tensor it holds in UB (results, tensor operands; a cloned
@@ -1386,6 +1410,11 @@ def legalize_function(fn: Operation, hoist_constants: bool = True, scatter_rows:
     for op in block.walk():
         for name, factor in padding_factors(op).items():
             op.attributes[name] = IntegerAttr(factor, i64)
+    for op in block.walk():
+        if op.name in ("tile.matmul", "tile.matmul_acc"):
+            op.attributes["m_tile"] = IntegerAttr(matmul_m_tile(op), i64)
+        elif op.name == "tile.topk_pairs":
+            op.attributes["sort_rows"] = IntegerAttr(1, i64)
     for op, (types, cap) in row_group_members(fn).items():
         op.attributes["row_group_types"] = ArrayAttr(types)
         if cap is not None:

@@ -20,6 +20,58 @@ BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i8": 1, "i1": 1}
 UB_BYTES = 192 * 1024  # the vector unit's buffer: an op's tiles (inputs and output) live there together
 DEFAULT_VEC_TILE_ELEMS = PyptoOptions.vec_tile_elems  # the program's budget
 
+L0AB_BYTES, L0C_BYTES = 64 * 1024, 128 * 1024
+CUBE_CORES = 24  # pypto 0.2.0's A2/A3 cost model (tile-matmul{tasks=24})
+L1_OPERAND_BYTES = (128 * 512 + 512 * 256) * 2  # the L1 tiles of A and B at most (bf16 M 128, K 512, N 256)
+
+
+def _up16(x: int) -> int:
+    return max(16, -(-x // 16) * 16)
+
+
+def _cube_choice(m: int, k: int, n: int, in_bytes: int, n_max: int | None, m_tile: int | None):
+    """(m0, k0, n0): M 128 rows, or 256 where that takes no more N tiles and K steps (N and K whole in L0 at 256
+    rows: the indexer's Q·Kᵀ, [2048, 128] · [128, 128]ᵀ per batch row, in half the tasks and A copies: 208.3 ->
+    177.9 µs), or `m_tile` as stated; K per L0 step a power of two up to 256; N as wide as L0B (bf16 K x N) and
+    L0C (f32 M x N) allow. Fewest N tiles first, then fewest K steps: every N tile is a cube task, and a task
+    costs the scheduler more than its compute at decode sizes (SWA core: Q·Kᵀ over 130 keys as one 144-wide
+    tile, 142.5 vs 147.7 µs)."""
+    best = None
+    if m_tile is not None:
+        m_options = (m_tile,)
+    else:
+        m_options = (128, 256) if _up16(m) >= 256 else (min(128, _up16(m)),)
+    for m0 in m_options:
+        for k0 in (256, 128, 64, 32, 16):
+            k0 = min(k0, _up16(k))
+            if m0 * k0 * in_bytes > L0AB_BYTES:
+                continue
+            n0 = min(512 // in_bytes, _up16(n), n_max or _up16(n))
+            while n0 > 16 and (k0 * n0 * in_bytes > L0AB_BYTES or m0 * n0 * 4 > L0C_BYTES):
+                n0 -= 16
+            cost = (-(-n // n0), -(-k // k0), -(-m // m0))
+            if best is None or cost < best[0]:
+                best = (cost, m0, k0, n0)
+    return best[1:]
+
+
+def cube_m_tile(m: int, k: int, n: int, in_bytes: int = 2, n_max: int | None = None) -> int:
+    """The cube M tile of an [m, k] · [k, n] matmul (`_cube_choice`): what pypto-legalize states as `m_tile`."""
+    return _cube_choice(m, k, n, in_bytes, n_max, None)[0]
+
+
+def cube_tile(m: int, k: int, n: int, in_bytes: int = 2, n_max: int | None = None, m_tile: int | None = None) -> str:
+    """The `pypto.set_cube_tile_shapes` of an [m, k] · [k, n] matmul: tiles in multiples of 16 (the fractal size),
+    M `m_tile` where stated (pypto-legalize), else `cube_m_tile`'s; K and N as `_cube_choice`; L1 holds up to 512
+    of K, a multiple of the L0 step. `in_bytes` 1 (int8 operands): L0A/L0B hold twice the elements, so N tiles
+    twice as wide, and L1 twice the K (as mla_prolog_quant_v4's wq_b tiles); 4 (f32): half.
+    `n_max`: the N tile the IR states (tile-matmul{tasks}), a cap."""
+    m0, k0, n0 = _cube_choice(m, k, n, in_bytes, n_max, m_tile)
+    k1 = min(512 // k0, -(-min(_up16(k), 512) // k0)) * k0
+    if in_bytes == 1 and (m0 + n0) * 2 * k1 <= L1_OPERAND_BYTES:  # int8: twice the K in bf16's L1 bytes
+        k1 = min(2 * k1, -(-_up16(k) // k0) * k0)
+    return f"pypto.set_cube_tile_shapes([{m0}, {m0}], [{k0}, {k1}], [{n0}, {n0}])"
+
 
 def lanes(dtype: str) -> int:
     """The vector tile's trailing-dim alignment: the 32-byte block, and at least 16 lanes (pypto 0.2.0 copies
