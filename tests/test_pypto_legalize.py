@@ -252,13 +252,21 @@ def test_a_reshape_of_an_in_place_reshape_of_a_buffer_is_one_in_place_reshape_un
     folded, inner, back = by_shape[(10, 128)], by_shape[(4, 5, 64)], by_shape[(20, 64)]
     assert folded.input is par.results[0] and folded.attributes["inplace"] == _flag_true()
     assert back.input is inner.result and "inplace" not in back.attributes
+    program = _same_values_idempotent_program(mod, fn, inputs, want)
+    assert re.search(r"pypto\.reshape\(ws\d+, \[10, 128\], inplace=True\)", program)
+
+
+def _same_values_idempotent_program(mod, fn, inputs, want) -> str:
+    """The legalized module computes `want` from `inputs`, a second run of the pass changes nothing; its program."""
+    import torch
+    from attnc.ir.interpreter import run_module
+
     got = run_module(mod, inputs)
     assert all(torch.equal(a, b) for a, b in zip(want, got))
     once = print_ir(mod)
     legalize_function(fn)
     assert print_ir(mod) == once
-    program = emit_pypto(mod)
-    assert re.search(r"pypto\.reshape\(ws\d+, \[10, 128\], inplace=True\)", program)
+    return emit_pypto(mod)
 
 
 def test_in_out_results_are_the_in_place_scatter_chains():
@@ -470,3 +478,59 @@ def test_the_indexer_top_k_reads_the_kernels_masked_scores():
     same = [op for op in src.module.walk() if op.name == "tile.select"
             and list(op.operands[:2]) == list(masked.operands[:2])]
     assert same == [masked]
+
+
+CAST_PIECES = """\
+builtin.module {
+  func.func @pieces(%x: tensor<20x64xf32>) -> tensor<20x64xf32> attributes {arg_names = ["x"], result_names = ["y"]} {
+    %init = "tile.full"() <{value = 0.0 : f64}> {loc = "c.py:1"} : () -> tensor<20x64xbf16>
+    %c0 = arith.constant 0 : index
+    %c8 = arith.constant 8 : index
+    %c16 = arith.constant 16 : index
+    %c20 = arith.constant 20 : index
+    %c48 = arith.constant 48 : index
+    %r = "tile.parallel"(%c0, %c20, %init) <{rows = 8 : i64}> ({
+    ^bb0(%row: index, %acc: tensor<20x64xbf16>):
+      %rem = arith.subi %c20, %row : index
+      %n = arith.minsi %rem, %c8 : index
+      %v1 = "tile.view"(%x, %row, %c0, %n, %c48) <{pad = "zero", operandSegmentSizes = array<i32: 1, 2, 2>}> {loc = "c.py:2"} : (tensor<20x64xf32>, index, index, index, index) -> tensor<8x48xf32>
+      %v2 = "tile.view"(%x, %row, %c48, %n, %c16) <{pad = "zero", operandSegmentSizes = array<i32: 1, 2, 2>}> {loc = "c.py:3"} : (tensor<20x64xf32>, index, index, index, index) -> tensor<8x16xf32>
+      %e2 = "tile.exp"(%v2) {loc = "c.py:4"} : (tensor<8x16xf32>) -> tensor<8x16xf32>
+      %b1 = "tile.cast"(%v1) <{rounding = "rint"}> {loc = "c.py:5"} : (tensor<8x48xf32>) -> tensor<8x48xbf16>
+      %b2 = "tile.cast"(%e2) <{rounding = "rint"}> {loc = "c.py:6"} : (tensor<8x16xf32>) -> tensor<8x16xbf16>
+      %k = "tile.concat"(%b1, %b2) <{axis = 1 : i64}> {loc = "c.py:7"} : (tensor<8x48xbf16>, tensor<8x16xbf16>) -> tensor<8x64xbf16>
+      %a = "tile.assemble"(%k, %acc, %row, %c0, %n, %c64) <{operandSegmentSizes = array<i32: 1, 1, 2, 2>}> {loc = "c.py:8"} : (tensor<8x64xbf16>, tensor<20x64xbf16>, index, index, index, index) -> tensor<20x64xbf16>
+      "tile.yield"(%a) : (tensor<20x64xbf16>) -> ()
+    }) {loc = "c.py:9"} : (index, index, tensor<20x64xbf16>) -> tensor<20x64xbf16>
+    %y = "tile.cast"(%r) <{rounding = "rint"}> {loc = "c.py:10"} : (tensor<20x64xbf16>) -> tensor<20x64xf32>
+    func.return %y : tensor<20x64xf32>
+  }
+}
+""".replace("    %c48 = arith.constant 48 : index\n", "    %c48 = arith.constant 48 : index\n    %c64 = arith.constant 64 : index\n")
+# the same loop with its result only returned (a stage's output: no reader in the kernel)
+CAST_PIECES_RETURNED = CAST_PIECES.replace("(%x: tensor<20x64xf32>) -> tensor<20x64xf32>", "(%x: tensor<20x64xf32>) -> tensor<20x64xbf16>").replace(
+    '    %y = "tile.cast"(%r) <{rounding = "rint"}> {loc = "c.py:10"} : (tensor<20x64xbf16>) -> tensor<20x64xf32>\n'
+    "    func.return %y : tensor<20x64xf32>", "    func.return %r : tensor<20x64xbf16>")
+
+
+def test_a_concat_of_casts_read_after_its_loop_is_cast_whole_and_a_returned_one_stays():
+    """rewrite_cast_concats: pypto 0.2.0 links a reader in another root function to every cell of what a loop
+    wrote, a cell its smallest write tile (decode_swa's q: 2048 links); cast after the concat, the loop writes
+    whole rows. Values unchanged; a loop result that is only returned keeps its pieces (qkv_proj_rope alone)."""
+    import torch
+    from attnc.ir.interpreter import run_module
+
+    assert CAST_PIECES_RETURNED != CAST_PIECES and "%c64 = arith.constant 64" in CAST_PIECES
+    inputs = [torch.randn(20, 64)]
+    want = run_module(parse_ir(CAST_PIECES, "c.mlir"), inputs)
+    mod, fn = _legalized(CAST_PIECES)
+    (concat,) = _ops(fn, "tile.concat")
+    casts = _ops(fn, "tile.cast")
+    assert [str(v.type) for v in concat.inputs] == ["tensor<8x48xf32>", "tensor<8x16xf32>"]
+    (whole,) = [c for c in casts if c.input is concat.result]
+    assert str(whole.result.type) == "tensor<8x64xbf16>" and len(casts) == 2  # + the read after the loop
+    program = _same_values_idempotent_program(mod, fn, inputs, want)
+    assert re.search(r"(t\d+) = pypto\.concat\(\[t\d+, t\d+\], 1\).*\n.*\n.*pypto\.cast\(\1, pypto\.DT_BF16", program)
+    _, fn = _legalized(CAST_PIECES_RETURNED)
+    (concat,) = _ops(fn, "tile.concat")
+    assert [str(v.type) for v in concat.inputs] == ["tensor<8x48xbf16>", "tensor<8x16xbf16>"]

@@ -20,6 +20,10 @@ emitter prints each tile op plainly):
 * `tile.full` of i1 -> a fill of 1.0/0.0 in f32 and a compare with 1.0 (`splat`): pypto 0.2.0's codegen cannot
   fill a bool tensor (rewrite_bool_splats).
 * a `packed` row concat (below) -> assembles into a local buffer (rewrite_packed_concats).
+* a concat of casts that a loop assembles into a tensor read after the loop (by another pypto root function) ->
+  a cast of the concat of their inputs: the loop writes the tensor in whole-row tiles, and pypto 0.2.0 links
+  each reader in another root function to each cell of it, a cell the smallest tile the loop writes it in
+  (rewrite_cast_concats; decode_swa's q: 2048 links -> 256).
 * a zero-padded `tile.view` read by a concat that is not packed -> read through `tile.fill_padding` (all of the
   tile valid): pypto 0.2.0 concatenates the valid parts only (rewrite_padded_concat_reads).
 * a `tile.reshape` of an in-place reshape of a kernel buffer -> one reshape of the buffer (in place; not a chain
@@ -1020,6 +1024,57 @@ def rewrite_reshape_chains(fn: Operation) -> None:
             inner.erase()
 
 
+def _read_after(v: SSAValue) -> bool:
+    """v is read by an op other than the function's return (through reshapes)."""
+    return any(u.operation.name != "func.return" and (u.operation.name != "tile.reshape"
+                                                        or _read_after(u.operation.result)) for u in v.uses)
+
+
+def crosses_loops(concat: Operation) -> bool:
+    """concat's only use assembles it into a tensor its tile.parallel carries, and the loop's result is read
+    after the loop (not only returned): by another pypto root function, which pypto 0.2.0 links to the loop's
+    writes of it piece by piece."""
+    if not concat.result.has_one_use():
+        return False
+    asm = next(iter(concat.result.uses)).operation
+    if asm.name != "tile.assemble" or asm.tile is not concat.result or not _parallel_carried(asm.dest):
+        return False
+    par = asm.dest.owner.parent_op()
+    yielded = [u.index for u in asm.result.uses if u.operation is par.body.block.last_op]
+    return len(yielded) == 1 and _read_after(par.results[yielded[0]])
+
+
+def rewrite_cast_concats(fn: Operation) -> None:
+    """A concat of casts (one source and one target dtype, one rounding) that crosses loops (crosses_loops)
+    becomes one cast of the concat of their inputs (the same values: a cast is elementwise), so that the loop
+    writes the tensor in tiles of its whole rows: pypto 0.2.0 links a reader in another root function to every
+    cell of the tensor, a cell the smallest tile any write of the loop has along each axis (dev_encode
+    UpdateCellMatchShape), one link per cell a writer task covers. decode_swa's q, [T, H, 448 | 64] pieces cast
+    apart: cells [1, 32, 64], 2048 links resolved by the AICPU while the projections' last tasks waited
+    (624.0 us); cast whole: [1, 32, 512], 256 links."""
+    for op in [o for o in fn.walk() if o.name == "tile.concat"]:
+        casts = [v.owner for v in op.inputs]
+        if not (dtype_of(op.result.type) != "i1" and crosses_loops(op)
+                and all(isinstance(c, Operation) and c.name == "tile.cast" and c.result.has_one_use() for c in casts)):
+            continue
+        srcs = [c.operands[0] for c in casts]
+        if (len({dtype_of(s.type) for s in srcs}) != 1
+                or len({tuple(sorted((k, str(a)) for k, a in c.properties.items())) for c in casts}) != 1):
+            continue
+        with before(op):
+            joined = emit_op(TILE["concat"], [srcs], [tensor_type(shape_of(op.result.type), dtype_of(srcs[0].type))],
+                             dict(op.properties)).results[0]
+            cast = emit_op(TILE["cast"], [joined], [op.result.type], dict(casts[0].properties)).results[0]
+        for name in ("row_group",):
+            if name in op.attributes:
+                joined.owner.attributes[name] = op.attributes[name]
+                cast.owner.attributes[name] = op.attributes[name]
+        _replace(op, cast)
+        for c in casts:
+            c.detach()
+            c.erase()
+
+
 def rewrite_packed_concats(fn: Operation) -> None:
     """A `packed` row concat becomes assembles of its pieces at their row offsets into a `buffer = "local"`
     tile.full (a `pypto.tensor`; no copy task per piece, which a pypto.concat costs: CSA core 308.5 -> 263.7 us),
@@ -1325,6 +1380,7 @@ def legalize_function(fn: Operation, hoist_constants: bool = True, scatter_rows:
     rewrite_broadcast_chains(fn)
     rewrite_int_divisions(fn)
     rewrite_topks(fn)
+    rewrite_cast_concats(fn)
     # the scratch buffers a rewrite made (copies for a loop or a scatter to write in parts) stay declared, and the
     # packed concats a rewrite made stay assembles into a local buffer
     copies = [op for op in fn.walk() if op.name == "tile.full" and _is_copy_buffer(op)]
