@@ -30,9 +30,10 @@ from attnc.ir.tile_dialect import EXPAND_KINDS
 from attnc.ir.types import dtype_of, shape_of
 
 from .host import encoded, host_constants
-from .legalize import flag, legalize_function
+from .legalize import flag, legalize_function, matmul_cube_tiles
 from .options import PyptoOptions
 from .tiles import BYTES as _BYTES, UB_BYTES, lanes, loop_vec_budget, vec_tile  # noqa: F401 (api.tune)
+from .tiles import CUBE_CORES, L0AB_BYTES, L0C_BYTES, L1_OPERAND_BYTES, cube_tiles  # noqa: F401 (tests)
 
 PYPTO_DTYPE = {"bf16": "pypto.DT_BF16", "f16": "pypto.DT_FP16", "f32": "pypto.DT_FP32", "i32": "pypto.DT_INT32",
                "i8": "pypto.DT_INT8", "i1": "pypto.DT_BOOL"}
@@ -57,40 +58,9 @@ class EmitError(AttncError):
     """The IR contains something pypto 0.2.0 cannot express; the message starts with the op location."""
 
 
-L0AB_BYTES, L0C_BYTES = 64 * 1024, 128 * 1024
-CUBE_CORES = 24  # pypto 0.2.0's A2/A3 cost model (tile-matmul{tasks=24})
-L1_OPERAND_BYTES = (128 * 512 + 512 * 256) * 2  # the L1 tiles of A and B at most (bf16 M 128, K 512, N 256)
-
-
 def cube_tile(m: int, k: int, n: int, in_bytes: int = 2, n_max: int | None = None) -> str:
-    """Cube tiles in multiples of 16 (the fractal size): M 128 rows, or 256 where that takes no more N tiles and
-    K steps (N and K whole in L0 at 256 rows: the indexer's Q·Kᵀ, [2048, 128] · [128, 128]ᵀ per batch row, in
-    half the tasks and A copies: 208.3 -> 177.9 µs); K per L0 step a power of two up to 256
-    (L1 holds up to 512 of K, a multiple of the L0 step); N as wide as L0B (bf16 K x N) and L0C (f32 M x N) allow.
-    Fewest N tiles first, then fewest K steps: every N tile is a cube task, and a task costs the scheduler more
-    than its compute at decode sizes (SWA core: Q·Kᵀ over 130 keys as one 144-wide tile, 142.5 vs 147.7 µs).
-    `in_bytes` 1 (int8 operands): L0A/L0B hold twice the elements, so N tiles twice as wide, and L1 twice the K
-    (as mla_prolog_quant_v4's wq_b tiles); 4 (f32): half.
-    `n_max`: the N tile the IR states (tile-matmul{tasks}), a cap."""
-    def up16(x: int) -> int:
-        return max(16, -(-x // 16) * 16)
-
-    best = None
-    for m0 in (128, 256) if up16(m) >= 256 else (min(128, up16(m)),):
-        for k0 in (256, 128, 64, 32, 16):
-            k0 = min(k0, up16(k))
-            if m0 * k0 * in_bytes > L0AB_BYTES:
-                continue
-            n0 = min(512 // in_bytes, up16(n), n_max or up16(n))
-            while n0 > 16 and (k0 * n0 * in_bytes > L0AB_BYTES or m0 * n0 * 4 > L0C_BYTES):
-                n0 -= 16
-            cost = (-(-n // n0), -(-k // k0), -(-m // m0))
-            if best is None or cost < best[0]:
-                best = (cost, m0, k0, n0)
-    _, m0, k0, n0 = best
-    k1 = min(512 // k0, -(-min(up16(k), 512) // k0)) * k0
-    if in_bytes == 1 and (m0 + n0) * 2 * k1 <= L1_OPERAND_BYTES:  # int8: twice the K in bf16's L1 bytes
-        k1 = min(2 * k1, -(-up16(k) // k0) * k0)
+    """The `set_cube_tile_shapes` statement of codegen/pypto/tiles.py's `cube_tiles`."""
+    m0, k0, k1, n0 = cube_tiles(m, k, n, in_bytes, n_max)
     return f"pypto.set_cube_tile_shapes([{m0}, {m0}], [{k0}, {k1}], [{n0}, {n0}])"
 
 
@@ -502,15 +472,9 @@ def _print_matmul(self: _Emitter, op: Operation, loc: str | None):
     lhs, rhs = (op.lhs, op.rhs)
     sa, sb = shape_of(lhs.type), shape_of(rhs.type)
     trans = bool(op.transpose_b.value.data)
-    n_max = op.attributes["n_tile"].value.data if "n_tile" in op.attributes else None
-    in_bytes = {"i8": 1, "f32": 4}.get(dtype_of(lhs.type), 2)  # f32 operands: half the bf16 L0 elements
-    # a batched lhs read by a rank-2 rhs is one matmul over its rows folded (below): M is all of them where they
-    # fill the cube cores in 256-row tiles and K is at least 128 (the indexer's [8192, 128] pair swap and
-    # Hadamard: 181.5 -> 174.9 µs), else the last batch dim's rows, as measured: qkv_proj_rope's [.., 64] RoPE
-    # pair swap with all its rows took t = 16 151.3 -> 151.5 µs and W8A8 225.8 -> 227.5 (bf16 204.7 -> 203.2)
-    folded = math.prod(sa[:-1])
-    rows = folded if len(sa) > 2 and len(sb) == 2 and folded >= 256 * CUBE_CORES and sa[-1] >= 128 else sa[-2]
-    self.emit(cube_tile(rows, sa[-1], sb[-2] if trans else sb[-1], in_bytes, n_max))
+    # a batched lhs read by a rank-2 rhs is one matmul over its rows folded (below; its M: matmul_cube_rows)
+    m0, k0, k1, n0 = matmul_cube_tiles(op)  # pypto-legalize's reader tiles are chosen against these
+    self.emit(f"pypto.set_cube_tile_shapes([{m0}, {m0}], [{k0}, {k1}], [{n0}, {n0}])")
     out_dt = "pypto.DT_FP32" if kind == "matmul_acc" else dt
     lhs_ref = self.ref(lhs)
     if len(sa) > 2 and len(sb) == 2:  # pypto wants equal ranks: fold the batch dims into rows
@@ -528,7 +492,7 @@ def _print_matmul(self: _Emitter, op: Operation, loc: str | None):
     if kind == "matmul_acc":
         tmp = self.fresh("mm")
         self.emit(f"{tmp} = {mm}  # {loc}")
-        return self.bind(res, f"pypto.add({a[0]}, {tmp})", loc)
+        return self.bind(res, f"pypto.add({a[0]}, {tmp})", loc, op=op)  # its `vec_tile`: pypto-legalize's
     return self.bind(res, mm, loc)
 
 

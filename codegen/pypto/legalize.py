@@ -155,7 +155,8 @@ from attnc.ir.dsl import emit_op
 from attnc.ir.tile_dialect import TILE
 from attnc.passes._build import at_end, before, const, tile_full, tile_op
 
-from .tiles import BYTES, DEFAULT_VEC_TILE_ELEMS, chain_budget, lanes, loop_vec_budget, vec_tile
+from .tiles import (BYTES, DEFAULT_VEC_TILE_ELEMS, chain_budget, crosses_cube_tiles, cube_reader_cols, cube_tiles,
+                    lanes, loop_vec_budget, matmul_cube_rows, vec_tile)
 
 # every attribute this pass sets (cleared first: the pass is idempotent)
 FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "pieces", "one_trip", "body_l1_reuse", "body_nbuffer",
@@ -1249,18 +1250,84 @@ def op_vec_tiles(fn: Operation, cap: int) -> dict:
         members.setdefault(root(op), []).append(op)
     tiles = {}
     for ops in members.values():
-        if any(op in pinned for op in ops):
-            continue
-        budget = loop_budget(ops[0])
-        if any(loop_budget(op) != budget for op in ops):
-            continue
-        chosen = chain_budget([governed[op] for op in ops], budget, cap)
+        budgets = {op: loop_budget(op) for op in ops}
+        chosen = dict(budgets)
+        if not any(op in pinned for op in ops) and len(set(budgets.values())) == 1:
+            chosen = dict.fromkeys(ops, chain_budget([governed[op] for op in ops], budgets[ops[0]], cap))
         for op in ops:
             (shape, dtype), _ = governed[op]
-            tile = vec_tile(shape, dtype, chosen)
-            if tile != vec_tile(shape, dtype, budget):
+            tile = vec_tile(shape, dtype, chosen[op])
+            if tile != vec_tile(shape, dtype, budgets[op]):
                 tiles[op] = tile
+    tiles.update(cube_reader_tiles(fn, tiles))
     return tiles
+
+
+def _elementwise_reader(op: Operation, shape) -> bool:
+    """An op the emitter tiles by its result of `shape`, element by element (the per-op rule's, a row or column
+    expansion's), whose tile no other pass stated."""
+    if op.name not in TILED_OPS and not op.name.startswith(("tile.row_expand_", "tile.col_expand_")):
+        return False
+    if any(k in op.attributes for k in ("tile_rows", "row_group", "row_group_types", "padded_in", "padded_out",
+                                        "host_constant", "host_only", "scalar_ids", "splat")):
+        return False
+    return len(op.results) == 1 and isinstance(op.results[0].type, TensorType) and \
+        shape_of(op.results[0].type) == shape
+
+
+def cube_reader_tiles(fn: Operation, tiles: dict) -> dict:
+    """op -> `vec_tile` for the vector ops reading a matmul's result in tiles that cross its cube tiles
+    (tiles.crosses_cube_tiles: pypto 0.2.0's per-pass verify fails FB200B): the elementwise ops from the matmul on
+    (its readers, their readers, ... while the shape stays the matmul's) take the tile of the budget in force
+    with its trailing dim narrowed into one N tile (tiles.cube_reader_cols), its rows kept, so the ops past them,
+    tiled by the budget, read them in whole rows; all of them, since pypto 0.2.0's SIM fails where an op reads
+    its operand across the column tiles it was made in ("opSequenceAfterOOO_.size"). A K chunk's accumulation
+    (`matmul_acc`, an add the emitter prints) reads its product so too."""
+    found = {}
+    for mm in fn.walk():
+        if mm.name not in ("tile.matmul", "tile.matmul_acc"):
+            continue
+        cube = _cube_read(mm)
+        shape = shape_of(mm.results[0].type)
+        if cube is None or len(shape) < 2:
+            continue
+        region, todo = [], [mm] if mm.name == "tile.matmul_acc" else []
+        todo += [u.operation for u in mm.results[0].uses if _elementwise_reader(u.operation, shape)]
+        crossing = False
+        for op in todo:
+            dtype = dtype_of(op.results[0].type)
+            tile = tiles.get(op) or vec_tile(shape, dtype, loop_budget(op))
+            crossing |= crosses_cube_tiles(tile, shape, cube[0], cube[3])
+        while todo:
+            op = todo.pop()
+            if op in region:
+                continue
+            region.append(op)
+            todo += [u.operation for u in op.results[0].uses if _elementwise_reader(u.operation, shape)]
+        if not crossing:
+            continue
+        for op in region:
+            dtype = dtype_of(op.results[0].type)
+            tile = vec_tile(shape, dtype, loop_budget(op))
+            found[op] = [*tile[:-1], cube_reader_cols(tile[-1], cube[3], dtype)]
+    return found
+
+
+def matmul_cube_tiles(op: Operation) -> tuple[int, int, int, int]:
+    """The cube tiles (M, K in L0, K in L1, N) the pypto emitter prints for a `tile.matmul` / `matmul_acc`
+    (codegen/pypto/tiles.py `cube_tiles`, its N capped by the op's `n_tile`)."""
+    sa, sb = shape_of(op.lhs.type), shape_of(op.rhs.type)
+    n = sb[-2] if op.transpose_b.value.data else sb[-1]
+    n_max = op.attributes["n_tile"].value.data if "n_tile" in op.attributes else None
+    in_bytes = {"i8": 1, "f32": 4}.get(dtype_of(op.lhs.type), 2)  # f32 operands: half the bf16 L0 elements
+    return cube_tiles(matmul_cube_rows(sa, sb), sa[-1], n, in_bytes, n_max)
+
+
+def _cube_read(op: Operation):
+    """The cube tiles of a matmul whose result vector ops read as it is, else None: a batched lhs read by a
+    rank-2 rhs is multiplied with its rows folded and read back through a reshape (the pypto emitter)."""
+    sa, sb = shape_of(op.lhs.type), shape_of(op.rhs.type)
+    return None if len(sa) > 2 and len(sb) == 2 else matmul_cube_tiles(op)
 
 
 def row_group_members(fn: Operation) -> dict:

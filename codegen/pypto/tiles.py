@@ -19,6 +19,57 @@ if TYPE_CHECKING:  # the CLI's error path imports this module (via the tuner) an
 BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i8": 1, "i1": 1}
 UB_BYTES = 192 * 1024  # the vector unit's buffer: an op's tiles (inputs and output) live there together
 DEFAULT_VEC_TILE_ELEMS = PyptoOptions.vec_tile_elems  # the program's budget
+L0AB_BYTES, L0C_BYTES = 64 * 1024, 128 * 1024
+CUBE_CORES = 24  # pypto 0.2.0's A2/A3 cost model (tile-matmul{tasks=24})
+L1_OPERAND_BYTES = (128 * 512 + 512 * 256) * 2  # the L1 tiles of A and B at most (bf16 M 128, K 512, N 256)
+
+
+L0AB_BYTES, L0C_BYTES = 64 * 1024, 128 * 1024
+CUBE_CORES = 24  # pypto 0.2.0's A2/A3 cost model (tile-matmul{tasks=24})
+L1_OPERAND_BYTES = (128 * 512 + 512 * 256) * 2  # the L1 tiles of A and B at most (bf16 M 128, K 512, N 256)
+
+
+def cube_tiles(m: int, k: int, n: int, in_bytes: int = 2, n_max: int | None = None) -> tuple[int, int, int, int]:
+    """Cube tiles in multiples of 16 (the fractal size): M 128 rows, or 256 where that takes no more N tiles and
+    K steps (N and K whole in L0 at 256 rows: the indexer's Q·Kᵀ, [2048, 128] · [128, 128]ᵀ per batch row, in
+    half the tasks and A copies: 208.3 -> 177.9 µs); K per L0 step a power of two up to 256
+    (L1 holds up to 512 of K, a multiple of the L0 step); N as wide as L0B (bf16 K x N) and L0C (f32 M x N) allow.
+    Fewest N tiles first, then fewest K steps: every N tile is a cube task, and a task costs the scheduler more
+    than its compute at decode sizes (SWA core: Q·Kᵀ over 130 keys as one 144-wide tile, 142.5 vs 147.7 µs).
+    `in_bytes` 1 (int8 operands): L0A/L0B hold twice the elements, so N tiles twice as wide, and L1 twice the K
+    (as mla_prolog_quant_v4's wq_b tiles); 4 (f32): half.
+    `n_max`: the N tile the IR states (tile-matmul{tasks}), a cap. Returns (M tile, K tile in L0, K tile in L1,
+    N tile), which the pypto emitter prints (`set_cube_tile_shapes([m0, m0], [k0, k1], [n0, n0])`)."""
+    def up16(x: int) -> int:
+        return max(16, -(-x // 16) * 16)
+
+    best = None
+    for m0 in (128, 256) if up16(m) >= 256 else (min(128, up16(m)),):
+        for k0 in (256, 128, 64, 32, 16):
+            k0 = min(k0, up16(k))
+            if m0 * k0 * in_bytes > L0AB_BYTES:
+                continue
+            n0 = min(512 // in_bytes, up16(n), n_max or up16(n))
+            while n0 > 16 and (k0 * n0 * in_bytes > L0AB_BYTES or m0 * n0 * 4 > L0C_BYTES):
+                n0 -= 16
+            cost = (-(-n // n0), -(-k // k0), -(-m // m0))
+            if best is None or cost < best[0]:
+                best = (cost, m0, k0, n0)
+    _, m0, k0, n0 = best
+    k1 = min(512 // k0, -(-min(up16(k), 512) // k0)) * k0
+    if in_bytes == 1 and (m0 + n0) * 2 * k1 <= L1_OPERAND_BYTES:  # int8: twice the K in bf16's L1 bytes
+        k1 = min(2 * k1, -(-up16(k) // k0) * k0)
+    return m0, k0, k1, n0
+
+
+def matmul_cube_rows(sa, sb) -> int:
+    """The M the cube tiles of a matmul of lhs shape `sa` by rhs shape `sb` are chosen for: a batched lhs read by a
+    rank-2 rhs is one matmul over its rows folded, all of them where they fill the cube cores in 256-row tiles and
+    K is at least 128 (the indexer's [8192, 128] pair swap and Hadamard: 181.5 -> 174.9 µs), else the last batch
+    dim's rows, as measured: qkv_proj_rope's [.., 64] RoPE pair swap with all its rows took t = 16 151.3 -> 151.5
+    µs and W8A8 225.8 -> 227.5 (bf16 204.7 -> 203.2)."""
+    folded = math.prod(sa[:-1])
+    return folded if len(sa) > 2 and len(sb) == 2 and folded >= 256 * CUBE_CORES and sa[-1] >= 128 else sa[-2]
 
 
 def lanes(dtype: str) -> int:
@@ -84,3 +135,27 @@ def loop_vec_budget(loop: Operation, outer: int) -> int:
     the budget in force around it."""
     attr = loop.attributes.get("vec_tile_elems")
     return attr.value.data if attr is not None else outer
+
+
+def crosses_cube_tiles(tile, shape, m0: int, n0: int) -> bool:
+    """Whether a vector tile of a matmul's [M, N] result (`shape`, cube tiles M `m0`, N `n0`) takes part of a
+    cube tile's rows across a cube tile's columns: fewer rows than a whole number of M tiles, and a column range
+    that crosses an N tile boundary. pypto 0.2.0 gives such a tile an empty valid shape in ExpandFunction: its
+    per-pass verify fails FB200B (GetValidDataView, no op named) at ExpandFunction, SplitK and
+    L1CopyInReuseMerge (docs/limitations.md; reproducer tests/test_pypto_legalize.py)."""
+    rows, cols = tile[-2], tile[-1]
+    m, n = shape[-2], shape[-1]
+    whole_rows = rows >= m or rows % m0 == 0
+    inside_cols = n <= n0 or n0 % cols == 0
+    return not (whole_rows or inside_cols)
+
+
+def cube_reader_cols(cols: int, n0: int, dtype: str) -> int:
+    """The widest trailing vector tile dim, at most `cols`, that divides the cube N tile `n0` and is a multiple of
+    the dtype's lanes (the 32-byte block): a reader tile so wide stays inside one N tile (`crosses_cube_tiles`)."""
+    align = lanes(dtype)
+    best = align
+    for c in range(align, min(cols, n0) + 1, align):
+        if n0 % c == 0:
+            best = c
+    return best
