@@ -155,7 +155,7 @@ from attnc.ir.dsl import emit_op
 from attnc.ir.tile_dialect import TILE
 from attnc.passes._build import at_end, before, const, tile_full, tile_op
 
-from .tiles import (BYTES, DEFAULT_VEC_TILE_ELEMS, chain_budget, crosses_cube_tiles, cube_reader_cols, cube_tiles,
+from .tiles import (BYTES, DEFAULT_VEC_TILE_ELEMS, chain_budget, crosses_cube_tiles, cube_reader_tile, cube_tiles,
                     lanes, loop_vec_budget, matmul_cube_rows, vec_tile)
 
 # every attribute this pass sets (cleared first: the pass is idempotent)
@@ -1278,11 +1278,11 @@ def _elementwise_reader(op: Operation, shape) -> bool:
 def cube_reader_tiles(fn: Operation, tiles: dict) -> dict:
     """op -> `vec_tile` for the vector ops reading a matmul's result in tiles that cross its cube tiles
     (tiles.crosses_cube_tiles: pypto 0.2.0's per-pass verify fails FB200B): the elementwise ops from the matmul on
-    (its readers, their readers, ... while the shape stays the matmul's) take the tile of the budget in force
-    with its trailing dim narrowed into one N tile (tiles.cube_reader_cols), its rows kept, so the ops past them,
-    tiled by the budget, read them in whole rows; all of them, since pypto 0.2.0's SIM fails where an op reads
-    its operand across the column tiles it was made in ("opSequenceAfterOOO_.size"). A K chunk's accumulation
-    (`matmul_acc`, an add the emitter prints) reads its product so too."""
+    (its readers, their readers, ... while the shape stays the matmul's) all take one tile inside a cube tile
+    (tiles.cube_reader_tile; one tile, as an op reading another's result across its tiles fails the verify or
+    pypto 0.2.0's SIM, "opSequenceAfterOOO_.size"), as many rows as the budget in force allows where only
+    reshapes read past them, else the budget tile's rows, which the ops past them then read whole. A K chunk's
+    accumulation (`matmul_acc`, an add the emitter prints) reads its product so too."""
     found = {}
     for mm in fn.walk():
         if mm.name not in ("tile.matmul", "tile.matmul_acc"):
@@ -1295,21 +1295,27 @@ def cube_reader_tiles(fn: Operation, tiles: dict) -> dict:
         todo += [u.operation for u in mm.results[0].uses if _elementwise_reader(u.operation, shape)]
         crossing = False
         for op in todo:
-            dtype = dtype_of(op.results[0].type)
-            tile = tiles.get(op) or vec_tile(shape, dtype, loop_budget(op))
+            tile = tiles.get(op) or vec_tile(shape, dtype_of(op.results[0].type), loop_budget(op))
             crossing |= crosses_cube_tiles(tile, shape, cube[0], cube[3])
+        past = []  # the ops past the region that read its results
         while todo:
             op = todo.pop()
             if op in region:
                 continue
             region.append(op)
-            todo += [u.operation for u in op.results[0].uses if _elementwise_reader(u.operation, shape)]
+            for u in op.results[0].uses:
+                (todo if _elementwise_reader(u.operation, shape) else past).append(u.operation)
         if not crossing:
             continue
+        # rows beyond the budget tile's only where nothing else reads the region's results or writes its operands
+        made_outside = [v for op in region for v in op.operands if isinstance(v.type, TensorType)
+                        and shape_of(v.type) == shape and not (isinstance(v, OpResult) and v.owner in region)
+                        and v is not mm.results[0]]
+        rows_free = not made_outside and all(op.name == "tile.reshape" for op in past)
         for op in region:
-            dtype = dtype_of(op.results[0].type)
-            tile = vec_tile(shape, dtype, loop_budget(op))
-            found[op] = [*tile[:-1], cube_reader_cols(tile[-1], cube[3], dtype)]
+            dtype, budget = dtype_of(op.results[0].type), loop_budget(op)
+            found[op] = cube_reader_tile(vec_tile(shape, dtype, budget), shape, cube[0], cube[3], dtype, budget,
+                                         rows_free)
     return found
 
 

@@ -138,24 +138,27 @@ def loop_vec_budget(loop: Operation, outer: int) -> int:
 
 
 def crosses_cube_tiles(tile, shape, m0: int, n0: int) -> bool:
-    """Whether a vector tile of a matmul's [M, N] result (`shape`, cube tiles M `m0`, N `n0`) takes part of a
-    cube tile's rows across a cube tile's columns: fewer rows than a whole number of M tiles, and a column range
-    that crosses an N tile boundary. pypto 0.2.0 gives such a tile an empty valid shape in ExpandFunction: its
-    per-pass verify fails FB200B (GetValidDataView, no op named) at ExpandFunction, SplitK and
-    L1CopyInReuseMerge (docs/limitations.md; reproducer tests/test_pypto_legalize.py)."""
-    rows, cols = tile[-2], tile[-1]
-    m, n = shape[-2], shape[-1]
-    whole_rows = rows >= m or rows % m0 == 0
-    inside_cols = n <= n0 or n0 % cols == 0
-    return not (whole_rows or inside_cols)
+    """Whether a vector tile of a matmul's [M, N] result (`shape`, cube tiles M `m0`, N `n0`) is neither inside
+    one cube tile nor a union of whole ones (e.g. half a tile's rows across its column boundary). pypto 0.2.0's
+    per-pass verify fails on such a read, FB200B at ExpandFunction, SplitK and L1CopyInReuseMerge
+    (GetValidDataView: an operand tile with an empty valid shape, no op named), as it does where a vector op
+    reads another's result so (docs/limitations.md; reproducer tests/test_pypto_legalize.py)."""
+    made = [min(m0, shape[-2]), min(n0, shape[-1])]
+    read = [min(tile[-2], shape[-2]), min(tile[-1], shape[-1])]
+    inside = all(m % r == 0 for m, r in zip(made, read))
+    whole = all(r % m == 0 or r == d for m, r, d in zip(made, read, shape[-2:]))
+    return not (inside or whole)
 
 
-def cube_reader_cols(cols: int, n0: int, dtype: str) -> int:
-    """The widest trailing vector tile dim, at most `cols`, that divides the cube N tile `n0` and is a multiple of
-    the dtype's lanes (the 32-byte block): a reader tile so wide stays inside one N tile (`crosses_cube_tiles`)."""
+def cube_reader_tile(tile, shape, m0: int, n0: int, dtype: str, budget: int, rows_free: bool) -> list[int]:
+    """A vector tile inside one cube tile ([M tile, N tile] `m0` x `n0`) of a matmul's result for ops that read it
+    (`crosses_cube_tiles`): the widest trailing dim dividing `n0` (in the dtype's lanes) up to `tile`'s, then
+    the most rows dividing `m0` within `budget` elements where `rows_free` (the ops past them read their results
+    through a reshape), else `tile`'s rows (at most those: the ops past them, in the budget's tile, read whole
+    tiles)."""
     align = lanes(dtype)
-    best = align
-    for c in range(align, min(cols, n0) + 1, align):
-        if n0 % c == 0:
-            best = c
-    return best
+    cols = max([c for c in range(align, min(tile[-1], n0) + 1, align) if n0 % c == 0], default=align)
+    m = min(m0, shape[-2])
+    rows = max(budget // cols, 1) if rows_free else tile[-2]
+    rows = max([r for r in range(1, min(rows, m) + 1) if m % r == 0 and r & (r - 1) == 0], default=1)
+    return [*tile[:-2], rows, cols]
