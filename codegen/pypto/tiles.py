@@ -138,16 +138,17 @@ def loop_vec_budget(loop: Operation, outer: int) -> int:
 
 
 def crosses_cube_tiles(tile, shape, m0: int, n0: int) -> bool:
-    """Whether a vector tile of a matmul's [M, N] result (`shape`, cube tiles M `m0`, N `n0`) is neither inside
-    one cube tile nor a union of whole ones (e.g. half a tile's rows across its column boundary). pypto 0.2.0's
-    per-pass verify fails on such a read, FB200B at ExpandFunction, SplitK and L1CopyInReuseMerge
-    (GetValidDataView: an operand tile with an empty valid shape, no op named), as it does where a vector op
-    reads another's result so (docs/limitations.md; reproducer tests/test_pypto_legalize.py)."""
-    made = [min(m0, shape[-2]), min(n0, shape[-1])]
-    read = [min(tile[-2], shape[-2]), min(tile[-1], shape[-1])]
-    inside = all(m % r == 0 for m, r in zip(made, read))
-    whole = all(r % m == 0 or r == d for m, r, d in zip(made, read, shape[-2:]))
-    return not (inside or whole)
+    """Whether a vector tile of a matmul's [M, N] result (`shape`, cube tiles M `m0`, N `n0`) takes part of a cube
+    tile along one axis while crossing a cube tile boundary along the other (e.g. half a tile's rows across its
+    column boundary). pypto 0.2.0's per-pass verify fails on such a read, FB200B at ExpandFunction, SplitK and
+    L1CopyInReuseMerge (GetValidDataView: an operand tile with an empty valid shape, no op named), as it does where
+    a vector op reads another's result so (docs/limitations.md; reproducer tests/test_pypto_legalize.py)."""
+    dims = shape[-2:]
+    made = [min(m0, dims[0]), min(n0, dims[1])]
+    read = [min(tile[-2], dims[0]), min(tile[-1], dims[1])]
+    part = [not (r % m == 0 or r == d) for m, r, d in zip(made, read, dims)]
+    cross = [m < d and m % r != 0 for m, r, d in zip(made, read, dims)]
+    return (part[0] and cross[1]) or (part[1] and cross[0])
 
 
 def cube_reader_tile(tile, shape, m0: int, n0: int, dtype: str, budget: int, rows_free: bool) -> list[int]:
