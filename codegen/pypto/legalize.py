@@ -125,6 +125,9 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
   prints for the op, the largest up to the option `vec-tile-max` (elements) at which every member's live tiles
   fit UB, where that is larger than the budget's in force: every copied tile costs the cost model a fixed ~0.78
   µs, and one program-wide budget large enough for the indexer's scoring fails OoOSchedule at other ops.
+  On the elementwise ops reading a matmul's result (and theirs of its shape, and a `matmul_acc`'s add) whose
+  tiles would take part of a cube tile along one axis across a cube tile boundary along the other: one tile
+  inside a cube tile (`cube_reader_tiles`; pypto 0.2.0's per-pass verify fails FB200B on such a read).
 
 * `host_constant = "hcN"` on an op computed from no kernel input or loop index (index ramps, fills and what is computed
   from them only: the Hadamard signs, RoPE selectors) that is more than a lone ramp or fill: its value is a
@@ -1259,7 +1262,6 @@ def op_vec_tiles(fn: Operation, cap: int) -> dict:
             tile = vec_tile(shape, dtype, chosen[op])
             if tile != vec_tile(shape, dtype, budgets[op]):
                 tiles[op] = tile
-    tiles.update(cube_reader_tiles(fn, tiles))
     return tiles
 
 
@@ -1471,9 +1473,10 @@ def legalize_function(fn: Operation, hoist_constants: bool = True, scatter_rows:
         op.attributes["host_constant"] = StringAttr(f"hc{i}")
     for op in host_only:
         op.attributes["host_only"] = _flag()
-    if vec_tile_max:
-        for op, tile in op_vec_tiles(fn, vec_tile_max).items():
-            op.attributes["vec_tile"] = ArrayAttr([IntegerAttr(d, i64) for d in tile])
+    tiles = op_vec_tiles(fn, vec_tile_max) if vec_tile_max else {}
+    tiles.update(cube_reader_tiles(fn, tiles))  # not an option: pypto's verify fails without them
+    for op, tile in tiles.items():
+        op.attributes["vec_tile"] = ArrayAttr([IntegerAttr(d, i64) for d in tile])
     fn.attributes["pypto_legalized"] = UnitAttr()
 
 
