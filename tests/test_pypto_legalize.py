@@ -534,3 +534,82 @@ def test_a_concat_of_casts_read_after_its_loop_is_cast_whole_and_a_returned_one_
     _, fn = _legalized(CAST_PIECES_RETURNED)
     (concat,) = _ops(fn, "tile.concat")
     assert [str(v.type) for v in concat.inputs] == ["tensor<8x48xbf16>", "tensor<8x16xbf16>"]
+
+
+# pypto 0.2.0's per-pass verify fails FB200B (GetValidDataView: an operand tile with an empty valid shape, no op
+# named) at ExpandFunction, SplitK and L1CopyInReuseMerge where an op reads its operand in a tile that takes part
+# of the rows of the tiles the operand was made in, across their column boundary; the smallest program: two
+# vector ops (docs/limitations.md). ROWS_ACROSS_COLUMNS: made in [32, 512] tiles, read in [16, 1024].
+_TWO_MULS = """\
+import json, os
+import pypto
+ARG_NAMES = ["x", "out"]
+OUTPUT_NAMES = ["out"]
+ARG_DTYPES = {{"x": "f32", "out": "f32"}}
+_VERIFY = json.loads(os.environ.get("ATTNC_PYPTO_VERIFY", '{{"enable_pass_verify": false}}'))
+@pypto.frontend.jit(runtime_options={{"run_mode": pypto.RunMode.SIM}}, verify_options=_VERIFY)
+def kernel(x: pypto.Tensor([32, 1024], pypto.DT_FP32), out: pypto.Tensor([32, 1024], pypto.DT_FP32)):
+    for r1 in pypto.loop(0, 32, 32, name="L1", idx_name="r1"):
+        pypto.set_vec_tile_shapes({made})
+        t1 = pypto.mul(x, 0.5)
+        pypto.set_vec_tile_shapes({read})
+        t2 = pypto.mul(t1, 0.5)
+        pypto.set_vec_tile_shapes(16, 1024)
+        pypto.assemble(t2, [0, 0], out)
+"""
+
+
+@needs_pypto
+@pytest.mark.slow
+@pytest.mark.parametrize("made,read,fails", [("32, 512", "16, 1024", True), ("32, 512", "16, 512", False),
+                                             ("16, 512", "16, 1024", False), ("16, 1024", "32, 512", True)])
+def test_pypto_verify_fails_fb200b_where_a_tile_reads_part_of_the_rows_across_column_tiles(tmp_path, made, read,
+                                                                                             fails):
+    """The reproducer of the pypto 0.2.0 verifier limit that pypto-legalize's cube reader tiles keep clear of
+    (checked so that a pypto which lifts it is noticed): a read tile inside one made tile, or a union of whole
+    ones, passes; one that is neither (16 of 32 rows across the 512 boundary, or 32 rows of two 16-row tiles in
+    half their columns) fails; the outputs are exact either way."""
+    import numpy as np
+
+    from attnc.codegen.pypto.sim import run_in_subprocess
+
+    path = tmp_path / "two_muls.py"
+    path.write_text(_TWO_MULS.format(made=made, read=read))
+    x = np.random.default_rng(0).standard_normal((32, 1024)).astype(np.float32)
+    res = run_in_subprocess(path, {"x": x}, timeout_s=300)
+    assert np.array_equal(res.outputs["out"], x * 0.25)
+    causes = sorted((r[0].split(":")[-1], r[3].get("code") if isinstance(r[3], dict) else r[3])
+                    for r in res.failed_records)
+    assert causes == ([("ExpandFunction", "FB200B"), ("L1CopyInReuseMerge", "FB200B"), ("SplitK", "FB200B")]
+                      if fails else [])
+
+
+def test_vector_ops_reading_a_matmul_across_its_cube_tiles_take_tiles_inside_one_n_tile():
+    """The W8A8 indexer at 32 token rows (tiny, b2|s16): the int8 wi_q product [32, 1024] in cube tiles M 32, N
+    512; its dequantisation (cast, row and column scale) would take [16, 1024] tiles, 16 of 32 rows across the
+    512 boundary (FB200B above): pypto-legalize states one cube tile, [32, 512], on all three (only a reshape
+    reads past them)."""
+    from attnc.codegen.pypto.legalize import matmul_cube_tiles
+    from attnc.codegen.pypto.tiles import crosses_cube_tiles
+    from attnc.ir.common import ints_of
+    from attnc.kernels_src import STAGES, build_stage, resolve_config
+    from attnc.passes import PYPTO_PIPELINE
+    from attnc.passes.verify import run_pipeline
+
+    cfg = resolve_config("tiny", {"quant": "w8a8", "batch": 2, "seq": 16, "max_pos": 256, "n_cmp": 64,
+                                  "cmp_topk": 8})
+    mod = build_stage(STAGES["indexer"], cfg)
+    run_pipeline(mod, PYPTO_PIPELINE)
+    (mm,) = [op for op in mod.walk() if op.name == "tile.matmul" and str(op.lhs.type).endswith("i8>")]
+    m0, _, _, n0 = matmul_cube_tiles(mm)
+    assert (m0, n0, list(shape_of(mm.results[0].type))) == (32, 512, [32, 1024])
+    chain, todo = [], [u.operation for u in mm.results[0].uses]
+    while todo:
+        op = todo.pop()
+        if list(shape_of(op.results[0].type)) == [32, 1024] and op not in chain and op.name != "tile.reshape":
+            chain.append(op)
+            todo += [u.operation for u in op.results[0].uses]
+    assert sorted(op.name for op in chain) == ["tile.cast", "tile.col_expand_mul", "tile.row_expand_mul"]
+    assert all(list(ints_of(op.attributes["vec_tile"])) == [32, 512] for op in chain)
+    assert crosses_cube_tiles([16, 1024], [32, 1024], m0, n0) and not crosses_cube_tiles([16, 512], [32, 1024], m0,
+                                                                                           n0)

@@ -204,12 +204,12 @@ def dtype_of_result(op):
     return dtype_of(op.results[0].type)
 
 
-def _sim_and_interpreter(stage: str):
+def _sim_and_interpreter(stage: str, **overrides):
     """The pypto pipeline at tiny, quant=w8a8: (SIM run, interpreter outputs of the same tile module). A pass
     verify record is accepted only when excused by its cause (codegen/pypto/target.py)."""
     from attnc.codegen.pypto.target import describe, run_pypto_sim, unexcused
 
-    cfg = resolve_config("tiny", {"quant": "w8a8"})
+    cfg = resolve_config("tiny", {"quant": "w8a8", **overrides})
     mod = _compiled(stage, cfg, PYPTO_PIPELINE)
     inputs = make_inputs(STAGES[stage], cfg, 3)
     want = dict(zip(STAGES[stage].outputs, run_module(mod, list(inputs.values()))))
@@ -237,6 +237,18 @@ def test_indexer_w8a8_sim_equals_the_interpreter_at_tiny():
     for o, w in want.items():
         assert res.outputs[o].dtype == w.dtype
         assert normalised_error(res.outputs[o].float(), w.float()) <= 1e-6, o
+
+@needs_pypto
+def test_indexer_w8a8_sim_at_32_token_rows_passes_pypto_per_pass_verify():
+    """b2|s16: the int8 wi_q product [32, 1024] in cube tiles [32, 512], its dequantisation in vector tiles that
+    would cross them ([16, 1024]: pypto 0.2.0 verify FB200B, the differential matrix's b3|s16 cells) unless
+    pypto-legalize states tiles inside one cube tile. Every record passes or is excused; scores within 1e-6,
+    picks equal. ~15 s."""
+    res, want = _sim_and_interpreter("indexer", batch=2, seq=16, max_pos=256, n_cmp=64, cmp_topk=8)
+    assert "pypto.set_vec_tile_shapes(32, 512)\n        t33 = pypto.cast(t32, pypto.DT_FP32" in res.program
+    for o, w in want.items():
+        assert normalised_error(res.outputs[o].float(), w.float()) <= 1e-6, o
+
 
 @pytest.mark.parametrize("stage", sorted(QUANTISED))
 def test_pto_refuses_the_int8_ops_in_one_located_line(stage):

@@ -30,7 +30,7 @@ from attnc.ir.tile_dialect import EXPAND_KINDS
 from attnc.ir.types import dtype_of, shape_of
 
 from .host import encoded, host_constants
-from .legalize import flag, legalize_function
+from .legalize import flag, legalize_function, matmul_cube_tiles
 from .options import PyptoOptions
 from .tiles import BYTES as _BYTES, UB_BYTES, lanes, loop_vec_budget, vec_tile  # noqa: F401 (api.tune)
 from .tiles import L0AB_BYTES, L0C_BYTES, L1_OPERAND_BYTES, cube_tile  # noqa: F401 (tests)
@@ -467,10 +467,8 @@ def _print_matmul(self: _Emitter, op: Operation, loc: str | None):
     lhs, rhs = (op.lhs, op.rhs)
     sa, sb = shape_of(lhs.type), shape_of(rhs.type)
     trans = bool(op.transpose_b.value.data)
-    n_max = op.attributes["n_tile"].value.data if "n_tile" in op.attributes else None
-    in_bytes = {"i8": 1, "f32": 4}.get(dtype_of(lhs.type), 2)  # f32 operands: half the bf16 L0 elements
-    m_tile = op.attributes["m_tile"].value.data  # pypto-legalize (matmul_m_tile)
-    self.emit(cube_tile(m_tile, sa[-1], sb[-2] if trans else sb[-1], in_bytes, n_max, m_tile))
+    m0, k0, k1, n0 = matmul_cube_tiles(op)  # pypto-legalize's `m_tile` / `n_tile`; its reader tiles fit these
+    self.emit(f"pypto.set_cube_tile_shapes([{m0}, {m0}], [{k0}, {k1}], [{n0}, {n0}])")
     out_dt = "pypto.DT_FP32" if kind == "matmul_acc" else dt
     lhs_ref = self.ref(lhs)
     if len(sa) > 2 and len(sb) == 2:  # pypto wants equal ranks: fold the batch dims into rows
@@ -488,7 +486,7 @@ def _print_matmul(self: _Emitter, op: Operation, loc: str | None):
     if kind == "matmul_acc":
         tmp = self.fresh("mm")
         self.emit(f"{tmp} = {mm}  # {loc}")
-        return self.bind(res, f"pypto.add({a[0]}, {tmp})", loc)
+        return self.bind(res, f"pypto.add({a[0]}, {tmp})", loc, op=op)  # its `vec_tile`: pypto-legalize's
     return self.bind(res, mm, loc)
 
 

@@ -129,6 +129,9 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
   prints for the op, the largest up to the option `vec-tile-max` (elements) at which every member's live tiles
   fit UB, where that is larger than the budget's in force: every copied tile costs the cost model a fixed ~0.78
   µs, and one program-wide budget large enough for the indexer's scoring fails OoOSchedule at other ops.
+  On the elementwise ops reading a matmul's result (and theirs of its shape, and a `matmul_acc`'s add) whose
+  tiles would take part of a cube tile along one axis across a cube tile boundary along the other: one tile
+  inside a cube tile (`cube_reader_tiles`; pypto 0.2.0's per-pass verify fails FB200B on such a read).
 
 * `m_tile = n` on `tile.matmul` / `tile.matmul_acc`: the cube M tile (matmul_m_tile, codegen/pypto/tiles.py
   `cube_m_tile`: 128 rows, or 256 where that takes no more N tiles and K steps). A batched lhs read by a rank-2
@@ -171,7 +174,8 @@ from attnc.ir.dsl import emit_op
 from attnc.ir.tile_dialect import TILE
 from attnc.passes._build import at_end, before, const, tile_full, tile_op
 
-from .tiles import BYTES, CUBE_CORES, DEFAULT_VEC_TILE_ELEMS, chain_budget, cube_m_tile, lanes, loop_vec_budget, vec_tile
+from .tiles import (BYTES, CUBE_CORES, DEFAULT_VEC_TILE_ELEMS, chain_budget, crosses_cube_tiles, cube_m_tile,
+                    cube_reader_tile, cube_tiles, lanes, loop_vec_budget, vec_tile)
 
 # every attribute this pass sets (cleared first: the pass is idempotent)
 FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "pieces", "one_trip", "body_l1_reuse", "body_nbuffer",
@@ -1255,16 +1259,22 @@ def loop_budget(op: Operation, default: int = DEFAULT_VEC_TILE_ELEMS) -> int:
     return budget
 
 
-def matmul_m_tile(op: Operation) -> int:
-    """A matmul's cube M tile (`m_tile`; the module docstring): from its rows, or all of a batched lhs's rows
-    folded where they fill the cube cores in 256-row tiles and K >= 128."""
+def _matmul_dims(op: Operation):
+    """(M rows, K, N, operand bytes, N cap) a matmul's cube tiles are chosen for: a batched lhs read by a rank-2 rhs
+    is one matmul over its rows folded (the pypto emitter), all of them where they fill the cube cores in 256-row
+    tiles and K >= 128 (the indexer's [8192, 128] pair swap and Hadamard), else the last batch dim's rows."""
     sa, sb = shape_of(op.lhs.type), shape_of(op.rhs.type)
     n = sb[-2] if op.transpose_b.value.data else sb[-1]
     n_max = op.attributes["n_tile"].value.data if "n_tile" in op.attributes else None
-    in_bytes = {"i8": 1, "f32": 4}.get(dtype_of(op.lhs.type), 2)
+    in_bytes = {"i8": 1, "f32": 4}.get(dtype_of(op.lhs.type), 2)  # f32 operands: half the bf16 L0 elements
     folded = math.prod(sa[:-1])
     rows = folded if len(sa) > 2 and len(sb) == 2 and folded >= 256 * CUBE_CORES and sa[-1] >= 128 else sa[-2]
-    return cube_m_tile(rows, sa[-1], n, in_bytes, n_max)
+    return rows, sa[-1], n, in_bytes, n_max
+
+
+def matmul_m_tile(op: Operation) -> int:
+    """A matmul's cube M tile (`m_tile`; the module docstring)."""
+    return cube_m_tile(*_matmul_dims(op))
 
 
 def op_tile_operands(op: Operation):
@@ -1328,18 +1338,87 @@ def op_vec_tiles(fn: Operation, cap: int) -> dict:
         members.setdefault(root(op), []).append(op)
     tiles = {}
     for ops in members.values():
-        if any(op in pinned for op in ops):
-            continue
-        budget = loop_budget(ops[0])
-        if any(loop_budget(op) != budget for op in ops):
-            continue
-        chosen = chain_budget([governed[op] for op in ops], budget, cap)
+        budgets = {op: loop_budget(op) for op in ops}
+        chosen = dict(budgets)
+        if not any(op in pinned for op in ops) and len(set(budgets.values())) == 1:
+            chosen = dict.fromkeys(ops, chain_budget([governed[op] for op in ops], budgets[ops[0]], cap))
         for op in ops:
             (shape, dtype), _ = governed[op]
-            tile = vec_tile(shape, dtype, chosen)
-            if tile != vec_tile(shape, dtype, budget):
+            tile = vec_tile(shape, dtype, chosen[op])
+            if tile != vec_tile(shape, dtype, budgets[op]):
                 tiles[op] = tile
     return tiles
+
+
+def _elementwise_reader(op: Operation, shape) -> bool:
+    """An op the emitter tiles by its result of `shape`, element by element (the per-op rule's, a row or column
+    expansion's), whose tile no other pass stated."""
+    if op.name not in TILED_OPS and not op.name.startswith(("tile.row_expand_", "tile.col_expand_")):
+        return False
+    if any(k in op.attributes for k in ("tile_rows", "row_group", "row_group_types", "padded_in", "padded_out",
+                                        "host_constant", "host_only", "scalar_ids", "splat")):
+        return False
+    return len(op.results) == 1 and isinstance(op.results[0].type, TensorType) and \
+        shape_of(op.results[0].type) == shape
+
+
+def cube_reader_tiles(fn: Operation, tiles: dict) -> dict:
+    """op -> `vec_tile` for the vector ops reading a matmul's result in tiles that cross its cube tiles
+    (tiles.crosses_cube_tiles: pypto 0.2.0's per-pass verify fails FB200B): the elementwise ops from the matmul on
+    (its readers, their readers, ... while the shape stays the matmul's) all take one tile inside a cube tile
+    (tiles.cube_reader_tile; one tile, as an op reading another's result across its tiles fails the verify or
+    pypto 0.2.0's SIM, "opSequenceAfterOOO_.size"), as many rows as the budget in force allows where only
+    reshapes read past them, else the budget tile's rows, which the ops past them then read whole. A K chunk's
+    accumulation (`matmul_acc`, an add the emitter prints) reads its product so too."""
+    found = {}
+    for mm in fn.walk():
+        if mm.name not in ("tile.matmul", "tile.matmul_acc"):
+            continue
+        cube = _cube_read(mm)
+        shape = shape_of(mm.results[0].type)
+        if cube is None or len(shape) < 2:
+            continue
+        region, todo = [], [mm] if mm.name == "tile.matmul_acc" else []
+        todo += [u.operation for u in mm.results[0].uses if _elementwise_reader(u.operation, shape)]
+        crossing = False
+        for op in todo:
+            tile = tiles.get(op) or vec_tile(shape, dtype_of(op.results[0].type), loop_budget(op))
+            crossing |= crosses_cube_tiles(tile, shape, cube[0], cube[3])
+        past = []  # the ops past the region that read its results
+        while todo:
+            op = todo.pop()
+            if op in region:
+                continue
+            region.append(op)
+            for u in op.results[0].uses:
+                (todo if _elementwise_reader(u.operation, shape) else past).append(u.operation)
+        if not crossing:
+            continue
+        # rows beyond the budget tile's only where nothing else reads the region's results or writes its operands
+        made_outside = [v for op in region for v in op.operands if isinstance(v.type, TensorType)
+                        and shape_of(v.type) == shape and not (isinstance(v, OpResult) and v.owner in region)
+                        and v is not mm.results[0]]
+        rows_free = not made_outside and all(op.name == "tile.reshape" for op in past)
+        for op in region:
+            dtype, budget = dtype_of(op.results[0].type), loop_budget(op)
+            found[op] = cube_reader_tile(vec_tile(shape, dtype, budget), shape, cube[0], cube[3], dtype, budget,
+                                         rows_free)
+    return found
+
+
+def matmul_cube_tiles(op: Operation) -> tuple[int, int, int, int]:
+    """The cube tiles (M, K in L0, K in L1, N) the pypto emitter prints for a `tile.matmul` / `matmul_acc`
+    (codegen/pypto/tiles.py `cube_tiles`): M its stated `m_tile`, N capped by its `n_tile`."""
+    rows, k, n, in_bytes, n_max = _matmul_dims(op)
+    m_tile = op.attributes["m_tile"].value.data if "m_tile" in op.attributes else None
+    return cube_tiles(rows, k, n, in_bytes, n_max, m_tile)
+
+
+def _cube_read(op: Operation):
+    """The cube tiles of a matmul whose result vector ops read as it is, else None: a batched lhs read by a
+    rank-2 rhs is multiplied with its rows folded and read back through a reshape (the pypto emitter)."""
+    sa, sb = shape_of(op.lhs.type), shape_of(op.rhs.type)
+    return None if len(sa) > 2 and len(sb) == 2 else matmul_cube_tiles(op)
 
 
 def row_group_members(fn: Operation) -> dict:
@@ -1483,9 +1562,10 @@ def legalize_function(fn: Operation, hoist_constants: bool = True, scatter_rows:
         op.attributes["host_constant"] = StringAttr(f"hc{i}")
     for op in host_only:
         op.attributes["host_only"] = _flag()
-    if vec_tile_max:
-        for op, tile in op_vec_tiles(fn, vec_tile_max).items():
-            op.attributes["vec_tile"] = ArrayAttr([IntegerAttr(d, i64) for d in tile])
+    tiles = op_vec_tiles(fn, vec_tile_max) if vec_tile_max else {}
+    tiles.update(cube_reader_tiles(fn, tiles))  # not an option: pypto's verify fails without them
+    for op, tile in tiles.items():
+        op.attributes["vec_tile"] = ArrayAttr([IntegerAttr(d, i64) for d in tile])
     fn.attributes["pypto_legalized"] = UnitAttr()
 
 

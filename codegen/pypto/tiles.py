@@ -19,7 +19,6 @@ if TYPE_CHECKING:  # the CLI's error path imports this module (via the tuner) an
 BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "i8": 1, "i1": 1}
 UB_BYTES = 192 * 1024  # the vector unit's buffer: an op's tiles (inputs and output) live there together
 DEFAULT_VEC_TILE_ELEMS = PyptoOptions.vec_tile_elems  # the program's budget
-
 L0AB_BYTES, L0C_BYTES = 64 * 1024, 128 * 1024
 CUBE_CORES = 24  # pypto 0.2.0's A2/A3 cost model (tile-matmul{tasks=24})
 L1_OPERAND_BYTES = (128 * 512 + 512 * 256) * 2  # the L1 tiles of A and B at most (bf16 M 128, K 512, N 256)
@@ -29,13 +28,18 @@ def _up16(x: int) -> int:
     return max(16, -(-x // 16) * 16)
 
 
-def _cube_choice(m: int, k: int, n: int, in_bytes: int, n_max: int | None, m_tile: int | None):
-    """(m0, k0, n0): M 128 rows, or 256 where that takes no more N tiles and K steps (N and K whole in L0 at 256
-    rows: the indexer's Q·Kᵀ, [2048, 128] · [128, 128]ᵀ per batch row, in half the tasks and A copies: 208.3 ->
-    177.9 µs), or `m_tile` as stated; K per L0 step a power of two up to 256; N as wide as L0B (bf16 K x N) and
-    L0C (f32 M x N) allow. Fewest N tiles first, then fewest K steps: every N tile is a cube task, and a task
-    costs the scheduler more than its compute at decode sizes (SWA core: Q·Kᵀ over 130 keys as one 144-wide
-    tile, 142.5 vs 147.7 µs)."""
+def cube_tiles(m: int, k: int, n: int, in_bytes: int = 2, n_max: int | None = None,
+               m_tile: int | None = None) -> tuple[int, int, int, int]:
+    """(M tile, K tile in L0, K tile in L1, N tile) of an [m, k] · [k, n] matmul, which the pypto emitter prints
+    (`set_cube_tile_shapes([m0, m0], [k0, k1], [n0, n0])`). Tiles in multiples of 16 (the fractal size): M
+    `m_tile` where stated (pypto-legalize), else 128 rows, or 256 where that takes no more N tiles and K steps (N
+    and K whole in L0 at 256 rows: the indexer's Q·Kᵀ, [2048, 128] · [128, 128]ᵀ per batch row, in half the tasks
+    and A copies: 208.3 -> 177.9 µs); K per L0 step a power of two up to 256 (L1 holds up to 512 of K, a multiple
+    of the L0 step); N as wide as L0B (bf16 K x N) and L0C (f32 M x N) allow. Fewest N tiles first, then fewest K
+    steps: every N tile is a cube task, and a task costs the scheduler more than its compute at decode sizes (SWA
+    core: Q·Kᵀ over 130 keys as one 144-wide tile, 142.5 vs 147.7 µs). `in_bytes` 1 (int8 operands): L0A/L0B hold
+    twice the elements, so N tiles twice as wide, and L1 twice the K (as mla_prolog_quant_v4's wq_b tiles); 4
+    (f32): half. `n_max`: the N tile the IR states (tile-matmul{tasks}), a cap."""
     best = None
     if m_tile is not None:
         m_options = (m_tile,)
@@ -52,24 +56,21 @@ def _cube_choice(m: int, k: int, n: int, in_bytes: int, n_max: int | None, m_til
             cost = (-(-n // n0), -(-k // k0), -(-m // m0))
             if best is None or cost < best[0]:
                 best = (cost, m0, k0, n0)
-    return best[1:]
-
-
-def cube_m_tile(m: int, k: int, n: int, in_bytes: int = 2, n_max: int | None = None) -> int:
-    """The cube M tile of an [m, k] · [k, n] matmul (`_cube_choice`): what pypto-legalize states as `m_tile`."""
-    return _cube_choice(m, k, n, in_bytes, n_max, None)[0]
-
-
-def cube_tile(m: int, k: int, n: int, in_bytes: int = 2, n_max: int | None = None, m_tile: int | None = None) -> str:
-    """The `pypto.set_cube_tile_shapes` of an [m, k] · [k, n] matmul: tiles in multiples of 16 (the fractal size),
-    M `m_tile` where stated (pypto-legalize), else `cube_m_tile`'s; K and N as `_cube_choice`; L1 holds up to 512
-    of K, a multiple of the L0 step. `in_bytes` 1 (int8 operands): L0A/L0B hold twice the elements, so N tiles
-    twice as wide, and L1 twice the K (as mla_prolog_quant_v4's wq_b tiles); 4 (f32): half.
-    `n_max`: the N tile the IR states (tile-matmul{tasks}), a cap."""
-    m0, k0, n0 = _cube_choice(m, k, n, in_bytes, n_max, m_tile)
+    _, m0, k0, n0 = best
     k1 = min(512 // k0, -(-min(_up16(k), 512) // k0)) * k0
     if in_bytes == 1 and (m0 + n0) * 2 * k1 <= L1_OPERAND_BYTES:  # int8: twice the K in bf16's L1 bytes
         k1 = min(2 * k1, -(-_up16(k) // k0) * k0)
+    return m0, k0, k1, n0
+
+
+def cube_m_tile(m: int, k: int, n: int, in_bytes: int = 2, n_max: int | None = None) -> int:
+    """The cube M tile of an [m, k] · [k, n] matmul (`cube_tiles`): what pypto-legalize states as `m_tile`."""
+    return cube_tiles(m, k, n, in_bytes, n_max)[0]
+
+
+def cube_tile(m: int, k: int, n: int, in_bytes: int = 2, n_max: int | None = None, m_tile: int | None = None) -> str:
+    """The `pypto.set_cube_tile_shapes` statement of `cube_tiles`."""
+    m0, k0, k1, n0 = cube_tiles(m, k, n, in_bytes, n_max, m_tile)
     return f"pypto.set_cube_tile_shapes([{m0}, {m0}], [{k0}, {k1}], [{n0}, {n0}])"
 
 
@@ -136,3 +137,31 @@ def loop_vec_budget(loop: Operation, outer: int) -> int:
     the budget in force around it."""
     attr = loop.attributes.get("vec_tile_elems")
     return attr.value.data if attr is not None else outer
+
+
+def crosses_cube_tiles(tile, shape, m0: int, n0: int) -> bool:
+    """Whether a vector tile of a matmul's [M, N] result (`shape`, cube tiles M `m0`, N `n0`) takes part of a cube
+    tile along one axis while crossing a cube tile boundary along the other (e.g. half a tile's rows across its
+    column boundary). pypto 0.2.0's per-pass verify fails on such a read, FB200B at ExpandFunction, SplitK and
+    L1CopyInReuseMerge (GetValidDataView: an operand tile with an empty valid shape, no op named), as it does where
+    a vector op reads another's result so (docs/limitations.md; reproducer tests/test_pypto_legalize.py)."""
+    dims = shape[-2:]
+    made = [min(m0, dims[0]), min(n0, dims[1])]
+    read = [min(tile[-2], dims[0]), min(tile[-1], dims[1])]
+    part = [not (r % m == 0 or r == d) for m, r, d in zip(made, read, dims)]
+    cross = [m < d and m % r != 0 for m, r, d in zip(made, read, dims)]
+    return (part[0] and cross[1]) or (part[1] and cross[0])
+
+
+def cube_reader_tile(tile, shape, m0: int, n0: int, dtype: str, budget: int, rows_free: bool) -> list[int]:
+    """A vector tile inside one cube tile ([M tile, N tile] `m0` x `n0`) of a matmul's result for ops that read it
+    (`crosses_cube_tiles`): the widest trailing dim dividing `n0` (in the dtype's lanes) up to `tile`'s, then
+    the most rows dividing `m0` within `budget` elements where `rows_free` (the ops past them read their results
+    through a reshape), else `tile`'s rows (at most those: the ops past them, in the budget's tile, read whole
+    tiles)."""
+    align = lanes(dtype)
+    cols = max([c for c in range(align, min(tile[-1], n0) + 1, align) if n0 % c == 0], default=align)
+    m = min(m0, shape[-2])
+    rows = max(budget // cols, 1) if rows_free else tile[-2]
+    rows = max([r for r in range(1, min(rows, m) + 1) if m % r == 0 and r & (r - 1) == 0], default=1)
+    return [*tile[:-2], rows, cols]
