@@ -502,21 +502,35 @@ builtin.module {
       %a = "tile.assemble"(%k, %acc, %row, %c0, %n, %c64) <{operandSegmentSizes = array<i32: 1, 1, 2, 2>}> {loc = "c.py:8"} : (tensor<8x64xbf16>, tensor<20x64xbf16>, index, index, index, index) -> tensor<20x64xbf16>
       "tile.yield"(%a) : (tensor<20x64xbf16>) -> ()
     }) {loc = "c.py:9"} : (index, index, tensor<20x64xbf16>) -> tensor<20x64xbf16>
-    %y = "tile.cast"(%r) <{rounding = "rint"}> {loc = "c.py:10"} : (tensor<20x64xbf16>) -> tensor<20x64xf32>
+    %init2 = "tile.full"() <{value = 0.0 : f64}> {loc = "c.py:10"} : () -> tensor<20x64xf32>
+    %y = "tile.parallel"(%c0, %c20, %init2) <{rows = 8 : i64}> ({
+    ^bb0(%row2: index, %acc2: tensor<20x64xf32>):
+      %rem2 = arith.subi %c20, %row2 : index
+      %n2 = arith.minsi %rem2, %c8 : index
+      %w = "tile.view"(%r, %row2, %c0, %n2, %c64) <{pad = "zero", operandSegmentSizes = array<i32: 1, 2, 2>}> {loc = "c.py:11"} : (tensor<20x64xbf16>, index, index, index, index) -> tensor<8x64xbf16>
+      %f = "tile.cast"(%w) <{rounding = "rint"}> {loc = "c.py:12"} : (tensor<8x64xbf16>) -> tensor<8x64xf32>
+      %a2 = "tile.assemble"(%f, %acc2, %row2, %c0, %n2, %c64) <{operandSegmentSizes = array<i32: 1, 1, 2, 2>}> {loc = "c.py:13"} : (tensor<8x64xf32>, tensor<20x64xf32>, index, index, index, index) -> tensor<20x64xf32>
+      "tile.yield"(%a2) : (tensor<20x64xf32>) -> ()
+    }) {loc = "c.py:14"} : (index, index, tensor<20x64xf32>) -> tensor<20x64xf32>
     func.return %y : tensor<20x64xf32>
   }
 }
 """.replace("    %c48 = arith.constant 48 : index\n", "    %c48 = arith.constant 48 : index\n    %c64 = arith.constant 64 : index\n")
 # the same loop with its result only returned (a stage's output: no reader in the kernel)
-CAST_PIECES_RETURNED = CAST_PIECES.replace("(%x: tensor<20x64xf32>) -> tensor<20x64xf32>", "(%x: tensor<20x64xf32>) -> tensor<20x64xbf16>").replace(
+CAST_PIECES_RETURNED = CAST_PIECES.split("    %init2 =")[0].replace(
+    "(%x: tensor<20x64xf32>) -> tensor<20x64xf32>", "(%x: tensor<20x64xf32>) -> tensor<20x64xbf16>") + (
+    "    func.return %r : tensor<20x64xbf16>\n  }\n}\n")
+# read after the loop by an op outside loops only (as the compressors' rows by their cache write): pieces kept
+CAST_PIECES_READ_OUTSIDE = CAST_PIECES.split("    %init2 =")[0] + (
     '    %y = "tile.cast"(%r) <{rounding = "rint"}> {loc = "c.py:10"} : (tensor<20x64xbf16>) -> tensor<20x64xf32>\n'
-    "    func.return %y : tensor<20x64xf32>", "    func.return %r : tensor<20x64xbf16>")
+    "    func.return %y : tensor<20x64xf32>\n  }\n}\n")
 
 
-def test_a_concat_of_casts_read_after_its_loop_is_cast_whole_and_a_returned_one_stays():
+def test_a_concat_of_casts_read_by_another_loop_is_cast_whole_and_others_stay():
     """rewrite_cast_concats: pypto 0.2.0 links a reader in another root function to every cell of what a loop
     wrote, a cell its smallest write tile (decode_swa's q: 2048 links); cast after the concat, the loop writes
-    whole rows. Values unchanged; a loop result that is only returned keeps its pieces (qkv_proj_rope alone)."""
+    whole rows. Values unchanged; a loop result only returned (qkv_proj_rope alone) or read outside loops only
+    (the compressors' rows by their cache write) keeps its pieces."""
     import torch
     from attnc.ir.interpreter import run_module
 
@@ -528,12 +542,13 @@ def test_a_concat_of_casts_read_after_its_loop_is_cast_whole_and_a_returned_one_
     casts = _ops(fn, "tile.cast")
     assert [str(v.type) for v in concat.inputs] == ["tensor<8x48xf32>", "tensor<8x16xf32>"]
     (whole,) = [c for c in casts if c.input is concat.result]
-    assert str(whole.result.type) == "tensor<8x64xbf16>" and len(casts) == 2  # + the read after the loop
+    assert str(whole.result.type) == "tensor<8x64xbf16>" and len(casts) == 2  # + the other loop's read
     program = _same_values_idempotent_program(mod, fn, inputs, want)
     assert re.search(r"(t\d+) = pypto\.concat\(\[t\d+, t\d+\], 1\).*\n.*\n.*pypto\.cast\(\1, pypto\.DT_BF16", program)
-    _, fn = _legalized(CAST_PIECES_RETURNED)
-    (concat,) = _ops(fn, "tile.concat")
-    assert [str(v.type) for v in concat.inputs] == ["tensor<8x48xbf16>", "tensor<8x16xbf16>"]
+    for kept in (CAST_PIECES_RETURNED, CAST_PIECES_READ_OUTSIDE):
+        _, fn = _legalized(kept)
+        (concat,) = _ops(fn, "tile.concat")
+        assert [str(v.type) for v in concat.inputs] == ["tensor<8x48xbf16>", "tensor<8x16xbf16>"]
 
 
 # pypto 0.2.0's per-pass verify fails FB200B (GetValidDataView: an operand tile with an empty valid shape, no op

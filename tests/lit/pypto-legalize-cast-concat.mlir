@@ -1,5 +1,5 @@
-// pypto-legalize: a concat of casts that a loop assembles into a tensor read after the loop (by another pypto
-// root function) becomes one cast of the concat of their inputs (the same values), so that the loop writes whole
+// pypto-legalize: a concat of casts that a loop assembles into a tensor another loop reads (another pypto
+// root function per iteration) becomes one cast of the concat of their inputs (the same values), so that the loop writes whole
 // rows: pypto 0.2.0 links each reader in another root function to each cell of the tensor, a cell the smallest
 // tile the loop writes it in (decode_swa's q: [1, 32, 64] cells, 2048 links -> 256). Running the pass again
 // changes nothing.
@@ -33,7 +33,16 @@ builtin.module {
       %a = "tile.assemble"(%k, %acc, %row, %c0, %n, %c64) <{operandSegmentSizes = array<i32: 1, 1, 2, 2>}> {loc = "c.py:8"} : (tensor<8x64xbf16>, tensor<20x64xbf16>, index, index, index, index) -> tensor<20x64xbf16>
       "tile.yield"(%a) : (tensor<20x64xbf16>) -> ()
     }) {loc = "c.py:9"} : (index, index, tensor<20x64xbf16>) -> tensor<20x64xbf16>
-    %y = "tile.cast"(%r) <{rounding = "rint"}> {loc = "c.py:10"} : (tensor<20x64xbf16>) -> tensor<20x64xf32>
+    %init2 = "tile.full"() <{value = 0.0 : f64}> {loc = "c.py:10"} : () -> tensor<20x64xf32>
+    %y = "tile.parallel"(%c0, %c20, %init2) <{rows = 8 : i64}> ({
+    ^bb0(%row2: index, %acc2: tensor<20x64xf32>):
+      %rem2 = arith.subi %c20, %row2 : index
+      %n2 = arith.minsi %rem2, %c8 : index
+      %w = "tile.view"(%r, %row2, %c0, %n2, %c64) <{pad = "zero", operandSegmentSizes = array<i32: 1, 2, 2>}> {loc = "c.py:11"} : (tensor<20x64xbf16>, index, index, index, index) -> tensor<8x64xbf16>
+      %f = "tile.cast"(%w) <{rounding = "rint"}> {loc = "c.py:12"} : (tensor<8x64xbf16>) -> tensor<8x64xf32>
+      %a2 = "tile.assemble"(%f, %acc2, %row2, %c0, %n2, %c64) <{operandSegmentSizes = array<i32: 1, 1, 2, 2>}> {loc = "c.py:13"} : (tensor<8x64xf32>, tensor<20x64xf32>, index, index, index, index) -> tensor<20x64xf32>
+      "tile.yield"(%a2) : (tensor<20x64xf32>) -> ()
+    }) {loc = "c.py:14"} : (index, index, tensor<20x64xf32>) -> tensor<20x64xf32>
     func.return %y : tensor<20x64xf32>
   }
 }
