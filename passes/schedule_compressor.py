@@ -193,9 +193,9 @@ def _halves(v, z, ok, dim: int, lo: int, n: int, overlap: bool, newer: bool):
 
 
 class _Schedule(RewritePattern):
-    def __init__(self, schedule: str, pool_rows: int, chunk_rows: int, channel_chunk: int):
+    def __init__(self, schedule: str, pool_rows: int, chunk_rows: int, channel_chunk: int, fill_rows: int):
         self.schedule, self.pool_rows, self.chunk_rows = schedule, pool_rows, chunk_rows
-        self.channel_chunk = channel_chunk
+        self.channel_chunk, self.fill_rows = channel_chunk, fill_rows
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: CompressPoolOp, rewriter: PatternRewriter):
@@ -212,7 +212,7 @@ class _Schedule(RewritePattern):
                             f"block of {ratio} per batch row (use schedule=token)")
         with before(op):
             if schedule == "block":
-                pooled = self._block(op, B, S, ratio, dim, math.gcd(dim, self.channel_chunk))
+                pooled = self._block(op, B, S, ratio, dim, math.gcd(dim, self.channel_chunk), self.fill_rows)
             elif schedule == "row":
                 pooled = self._row(op, B, S, width, ratio, dim)
             else:
@@ -220,7 +220,7 @@ class _Schedule(RewritePattern):
         rewriter.replace(op, [], [pooled.value])
 
     @staticmethod
-    def _block(op, B, S, ratio, dim, dq):
+    def _block(op, B, S, ratio, dim, dq, fill_rows: int):
         """One iteration per batch row; in it a loop over the blocks the row's step completes (a runtime count
         from start_pos: 0 or 1 for S <= ratio), whose body pools the block from views of the row's ring (slots
         0 .. k-1, k = start_pos mod ratio: the block's earlier positions) and step rows (0 .. ratio-k-1) in place
@@ -233,7 +233,7 @@ class _Schedule(RewritePattern):
         # thread that owns its core, at a cost growing with the tile's rows times the pooling tasks: the 8 tiles of
         # 8 rows landed on one thread, which held the projections' successors behind them (flash m = 128 B = 64,
         # random starts: 132.1 -> 127.9 us whole channels; 12 pooling tasks of 128 channels 179.2 -> 112.5 us)
-        init.value.owner.attributes["tile_rows"] = IntegerAttr(1, i64)
+        init.value.owner.attributes["tile_rows"] = IntegerAttr(fill_rows, i64)
         # in the loop below a row's step completes a block: k = sp mod ratio >= ratio - S, so ring slots
         # 0 .. ratio-S-1 are always the block's (no mask); only the last S ring slots (in when < k) and the S step
         # rows (in when < ratio - k) are masked, the masks of every row computed once from start_pos ([B, S, 1]:
@@ -354,7 +354,9 @@ class ScheduleCompressor(PatternPass):
     # the block's loop writing its columns. Flash m = 128 B = 64 S = 2 at random starts (single-row zero fill):
     # all 127.9, 256 114.6, 128 112.5 (a [1, 128, 128] piece per tile: 12 copies per task, 17 us), 64 142.6 us
     channel_chunk: int = 128
+    fill_rows: int = 1  # block schedule: rows of the pooled buffer's zero-fill tiles (`tile_rows`; see _block)
     option_choices = {"schedule": SCHEDULES}
+    option_ranges = {"fill_rows": (1, 1 << 16)}
 
     def pattern(self):
-        return _Schedule(self.schedule, self.pool_rows, self.chunk_rows, self.channel_chunk)
+        return _Schedule(self.schedule, self.pool_rows, self.chunk_rows, self.channel_chunk, self.fill_rows)
