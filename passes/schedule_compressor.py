@@ -232,7 +232,8 @@ class _Schedule(RewritePattern):
         # assembles are at runtime offsets), and pypto 0.2.0's AICPU resolves a finished task's successors on the
         # thread that owns its core, at a cost growing with the tile's rows times the pooling tasks: the 8 tiles of
         # 8 rows landed on one thread, which held the projections' successors behind them (flash m = 128 B = 64,
-        # random starts: 132.1 -> 127.9 us whole channels; 12 pooling tasks of 128 channels 179.2 -> 112.5 us)
+        # random starts: 132.1 -> 127.9 us whole channels, decode_hca 676.3 -> 663.8; 12 pooling tasks of 128
+        # channels 179.2 -> 112.5 us)
         init.value.owner.attributes["tile_rows"] = IntegerAttr(fill_rows, i64)
         # in the loop below a row's step completes a block: k = sp mod ratio >= ratio - S, so ring slots
         # 0 .. ratio-S-1 are always the block's (no mask); only the last S ring slots (in when < k) and the S step
@@ -352,8 +353,9 @@ class ScheduleCompressor(PatternPass):
     chunk_rows: int = 8  # token schedule: token rows per chunk of the pooling's loop (a large value: parallelize-tokens' rows)
     # block schedule: channels per pooling task (its gcd with d; a multiple of d: all), each chunk an iteration of
     # the block's loop writing its columns. Flash m = 128 B = 64 S = 2 at random starts (single-row zero fill):
-    # all 127.9, 256 114.6, 128 112.5 (a [1, 128, 128] piece per tile: 12 copies per task, 17 us), 64 142.6 us
-    channel_chunk: int = 128
+    # all 127.9, 256 114.6, 128 112.5 (a [1, 128, 128] piece per tile: 12 copies per task, 17 us), 64 142.6 us;
+    # but decode_hca (one program) all 663.8, 128 692.0: all by default
+    channel_chunk: int = 4096
     fill_rows: int = 1  # block schedule: rows of the pooled buffer's zero-fill tiles (`tile_rows`; see _block)
     option_choices = {"schedule": SCHEDULES}
     option_ranges = {"fill_rows": (1, 1 << 16)}
