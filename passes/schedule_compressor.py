@@ -198,9 +198,9 @@ def _halves(v, z, ok, dim: int, lo: int, n: int, overlap: bool, newer: bool):
 
 
 class _Schedule(RewritePattern):
-    def __init__(self, schedule: str, pool_rows: int, chunk_rows: int, channel_chunk: int):
+    def __init__(self, schedule: str, pool_rows: int, chunk_rows: int, channel_chunk: int, fill_rows: int):
         self.schedule, self.pool_rows, self.chunk_rows = schedule, pool_rows, chunk_rows
-        self.channel_chunk = channel_chunk
+        self.channel_chunk, self.fill_rows = channel_chunk, fill_rows
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: CompressPoolOp, rewriter: PatternRewriter):
@@ -225,7 +225,7 @@ class _Schedule(RewritePattern):
                             f"block of {ratio} per batch row (use schedule=token)")
         with before(op):
             if schedule == "block":
-                pooled = self._block(op, B, S, ratio, dim, math.gcd(dim, self.channel_chunk))
+                pooled = self._block(op, B, S, ratio, dim, math.gcd(dim, self.channel_chunk), self.fill_rows)
             elif schedule == "row":
                 pooled = self._row(op, B, S, width, ratio, dim)
             else:
@@ -233,14 +233,21 @@ class _Schedule(RewritePattern):
         rewriter.replace(op, [], [pooled.value])
 
     @staticmethod
-    def _block(op, B, S, ratio, dim, dq):
+    def _block(op, B, S, ratio, dim, dq, fill_rows: int):
         """One iteration per batch row; in it a loop over the blocks the row's step completes (a runtime count
         from start_pos: 0 or 1 for S <= ratio), whose body pools the block from views of the row's ring (slots
         0 .. k-1, k = start_pos mod ratio: the block's earlier positions) and step rows (0 .. ratio-k-1) in place
         and writes the entry at the completing token's row. A row completing nothing pools nothing."""
         loc = op_location(op)
         nq = dim // dq
-        init = tile_full((nq * B, S, dq), 0.0, dtype_of(op.result.type))
+        init = tile_full((B, S, dim), 0.0, dtype_of(op.result.type))
+        # the zero fill in single-row tiles: every fill task is a predecessor of every pooling task (their
+        # assembles are at runtime offsets), and pypto 0.2.0's AICPU resolves a finished task's successors on the
+        # thread that owns its core, at a cost growing with the tile's rows times the pooling tasks: the 8 tiles of
+        # 8 rows landed on one thread, which held the projections' successors behind them (flash m = 128 B = 64,
+        # random starts: 132.1 -> 127.9 us whole channels, decode_hca 676.3 -> 663.8; 12 pooling tasks of 128
+        # channels 179.2 -> 112.5 us)
+        init.value.owner.attributes["tile_rows"] = IntegerAttr(fill_rows, i64)
         # in the loop below a row's step completes a block: k = sp mod ratio >= ratio - S, so ring slots
         # 0 .. ratio-S-1 are always the block's (no mask); only the last S ring slots (in when < k) and the S step
         # rows (in when < ratio - k) are masked, the masks of every row computed once from start_pos ([B, S, 1]:
@@ -251,18 +258,19 @@ class _Schedule(RewritePattern):
         step_in = dsl.reshape(slot < ratio - kb, (B, S, 1))  # positions sp .. the completing token's
         head = ratio - S
         body = Block(arg_types=[INDEX, init.value.type])
-        i, acc = body.args
+        b, acc = body.args
         with at_end(body, loc):
-            # iteration i: channels q*dq .. of batch row b (q = i // B, b = i mod B), into row i of the carried
-            # [nq*B, S, dq]: pooling is per channel, so a block's chunks run side by side on several cores
-            q = floordiv_nonneg(i, B) if nq > 1 else const(0)
-            b = subi(i, muli(q, B)) if nq > 1 else i
-            c = muli(q, dq)
             sp = read(op.start_pos, (b,))
             first = floordiv_nonneg(sp, ratio)
             count = subi(floordiv_nonneg(addi(sp, S), ratio), first)  # blocks the step completes
             pool = Block(arg_types=[INDEX, acc.type])
             with at_end(pool, loc):
+                # iteration j: channels q*dq .. of block first + j // nq (q = j mod nq): pooling is per channel, so
+                # a block's chunks are iterations of their own, one task each, side by side on several cores, each
+                # writing its columns of the completing token's row
+                j = pool.args[0]
+                w = addi(first, floordiv_nonneg(j, nq)) if nq > 1 else addi(first, j)
+                c = muli(subi(j, muli(subi(w, first), nq)), dq) if nq > 1 else const(0)
                 # power-of-two slot counts (pypto 0.2.0 SIM fails on an odd fold), largest first: the unmasked ring
                 # slots 0 .. ratio-S-1, the ring's last S slots and the step rows (masked)
                 parts = []
@@ -272,19 +280,17 @@ class _Schedule(RewritePattern):
                     kv, sc = (op.kv_state, op.score_state) if state in (None, True) else (op.values, op.scores)
                     parts.append((view(kv, (b, row, c), (1, n, dq)), view(sc, (b, row, c), (1, n, dq)), mask))
                 entry = pool_pieces(parts)
-                done = subi(muli(addi(first, 1), ratio), addi(sp, 1))  # the completing token's step row
-                emit_op(scf.YieldOp, [[val(assemble(entry, pool.args[1], (i, done, 0)))]], [])
-            cond = emit_op(scf.ForOp, [const(0), count, const(1), [acc]], [[acc.type]], regions=[Region(pool)])
+                done = subi(muli(addi(w, 1), ratio), addi(sp, 1))  # the completing token's step row
+                emit_op(scf.YieldOp, [[val(assemble(entry, pool.args[1], (b, done, c)))]], [])
+            trips = muli(count, nq) if nq > 1 else count
+            cond = emit_op(scf.ForOp, [const(0), trips, const(1), [acc]], [[acc.type]], regions=[Region(pool)])
             # a chunk's pooling as one merge scope: its fold levels' tile shapes otherwise split it into a chain of
             # tasks (flash m = 128 B = 64, whole channels: 174.2 -> 162.1 us at random starts, 259.6 -> 242.9
             # every row completing: 794 -> 474 tasks)
             cond.attributes["merge_scope"] = IntegerAttr(1, i64)
             emit_op(YieldOp, [[cond.results[0]]], [])
-        loop = emit_op(ParallelOp, [const(0), const(nq * B), [init.value]], [[init.value.type]],
+        loop = emit_op(ParallelOp, [const(0), const(B), [init.value]], [[init.value.type]],
                        {"rows": IntegerAttr(1, i64)}, regions=[Region(body)])
-        if nq > 1:  # the chunks side by side again: [B, S, dim]
-            out = T(loop.results[0])
-            return dsl.concat([dsl.slice_(out, (k * B, 0, 0), (B, S, dq)) for k in range(nq)], axis=2)
         return T(loop.results[0])
 
     @staticmethod
@@ -409,10 +415,14 @@ class ScheduleCompressor(PatternPass):
     schedule: str = "auto"
     pool_rows: int = 4  # token schedule: row cap of the pooling's vector tiles (a large value: the target's tiles)
     chunk_rows: int = 8  # token schedule: token rows per chunk of the pooling's loop (a large value: parallelize-tokens' rows)
-    # block schedule: channels per pooling task (its gcd with d; a multiple of d: all). Flash m = 128 B = 64 S = 2:
-    # 256 -> random starts 160.5 -> 142.3 us, every row completing 238.0 -> 290.4 (128: 163.9 / 310.1): all by default
+    # block schedule: channels per pooling task (its gcd with d; a multiple of d: all), each chunk an iteration of
+    # the block's loop writing its columns. Flash m = 128 B = 64 S = 2 at random starts (single-row zero fill):
+    # all 127.9, 256 114.6, 128 112.5 (a [1, 128, 128] piece per tile: 12 copies per task, 17 us), 64 142.6 us;
+    # but decode_hca (one program) all 663.8, 128 692.0: all by default
     channel_chunk: int = 4096
+    fill_rows: int = 1  # block schedule: rows of the pooled buffer's zero-fill tiles (`tile_rows`; see _block)
     option_choices = {"schedule": SCHEDULES}
+    option_ranges = {"fill_rows": (1, 1 << 16)}
 
     def pattern(self):
-        return _Schedule(self.schedule, self.pool_rows, self.chunk_rows, self.channel_chunk)
+        return _Schedule(self.schedule, self.pool_rows, self.chunk_rows, self.channel_chunk, self.fill_rows)

@@ -120,7 +120,7 @@ def test_block_schedule_in_sim_equals_the_interpreter(case):
 
 
 def test_block_channel_chunks_in_sim_equal_the_interpreter():
-    """`block` with 4 channel chunks per row (each its own iteration, assembled side by side after the loop)."""
+    """`block` with 4 channel chunks per row (each its own iteration of the block loop, writing its columns of the entry)."""
     _sim_equals_the_interpreter("m128", "block channel-chunk=32")
 
 
