@@ -211,44 +211,30 @@ class _Schedule(RewritePattern):
         out_dtype = dtype_of(op.result.type)
         scale = op.scale.value.data
         loc = op_location(op)
-
-        def sink_rows_of():
-            return dsl.reshape(dsl.broadcast_to(dsl.reshape(T(op.sink), (1, H, 1)), (rows // H, H, 1)), (rows, 1))
-
-        def tables():
-            """The tables as row-major matrices (in-place reshapes of the operands: a batch row's rows are one
-            contiguous view)."""
-            return (dsl.reshape(T(op.q), (B * S * H, d)), _BatchTable.of(op.ring, op.ring_table, W),
-                    dsl.reshape(T(op.step), (B * S, d)),
-                    _BatchTable.of(op.compressed[0], op.cache_table, cache_entries(op)) if op.compressed else None)
-
-        # Per token the sink and the tables are made in each iteration: made before the loop, each is one pypto hub
-        # task with an edge to every iteration's reader, and pypto 0.2.0's scheduler wakes a task's successors one by
-        # one, 390 cycles apart, through one AICPU's first-in-first-out queue, so the last iterations' window copies
-        # were ready ~28 us after the first (flash CSA core 186.9 -> 173.8 us). Per batch row they stay before the
-        # loop (made in it: flash SWA core 88.4 -> 92.6 us, HCA 102.8 -> 129.8: pypto splits its copies into more
-        # tasks).
-        per_iteration = schedule == "token"
         with before(op):
             n_keys = W + S + (0 if not op.compressed else
                               shape_of(op.compressed[1].type)[2] if listed else cache_entries(op))
             rows = S * H if schedule == "batch" else H
-            sink = None if per_iteration else sink_rows_of()
+            sink = dsl.reshape(dsl.broadcast_to(dsl.reshape(T(op.sink), (1, H, 1)), (rows // H, H, 1)), (rows, 1))
             sink_rows = [tile_full((1, d), 0.0, dtype_of(op.ring.type))] if sink_key else []  # P·V adds nothing
             n_cols = n_keys + len(sink_rows)
             # token groups write token rows [B·S·H, d] (returned reshaped): with P normalised first, P·V's tile is
             # assembled straight into the output parameter, no copy task per token (pypto 0.2.0 copies a [1, 1, H, d]
             # reshape into 4-D; flash CSA core: docs/benchmarks.md)
             init = tile_full((B, S, H, d) if schedule == "batch" else (B * S * H, d), 0.0, out_dtype)
-            made = None if per_iteration else tables()
+            # the tables as row-major matrices: a batch row's rows are one contiguous view
+            q_rows = dsl.reshape(T(op.q), (B * S * H, d))
+            ring = _BatchTable.of(op.ring, op.ring_table, W)
+            step_rows = dsl.reshape(T(op.step), (B * S, d))
+            cache, cache_rows = None, None
+            if op.compressed:
+                n = cache_entries(op)
+                cache = _BatchTable.of(op.compressed[0], op.cache_table, n,
+                                       row_ids=listed and op.cache_table is not None)
+                cache_rows = cache.matrix
         body = Block(arg_types=[INDEX, init.value.type])
         b, acc = body.args
         with at_end(body, loc):
-            if per_iteration:
-                sink, made = sink_rows_of(), tables()
-            q_rows, ring, step_rows, cache = made
-            cache_rows = cache.matrix if cache is not None else None
-            n = cache_entries(op) if cache is not None else None
             sp = read(op.start_pos, (b,))
             # the logits of keys nobody sees, and of the sink's column when it is a key (that fill is made per
             # group: a tensor shared by every iteration would be one producer with an edge to every tile of every

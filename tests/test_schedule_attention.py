@@ -205,9 +205,8 @@ def test_token_key_block_is_assembled_with_the_picks_gathered_in_place():
 
 
 def test_token_schedule_has_no_whole_batch_producer_and_one_softmax_row_group():
-    """Flash CSA core: no op before the loop (no row-base tensor every iteration's gather waits on: the picks are
-    gathered from a view of row b's cache by slot; the parameters' in-place reshapes are made in each iteration,
-    not as one pre-loop pypto hub task with an edge to every iteration's reader); inside, every
+    """Flash CSA core: before the loop only in-place reshapes of the parameters (no row-base tensor every
+    iteration's gather waits on: the picks are gathered from a view of row b's cache by slot); inside, every
     softmax op, its [64, 1] max, sink and sum included, takes 16-row tiles (softmax_rows), so pypto can fuse a row
     group's softmax; softmax_rows=64 (no cap at H = 64) leaves the [64, 1] statistics in whole-64-row tiles."""
     import re
@@ -221,10 +220,9 @@ def test_token_schedule_has_no_whole_batch_producer_and_one_softmax_row_group():
 
     text = program(PYPTO_PIPELINE)
     pre_loop = text[text.index("def kernel("):text.index("pypto.loop(")]
-    assert not re.findall(r"= (pypto\.\w+)\(", pre_loop), pre_loop
-    params = ("q", "kv_ring", "kv_step", "kv_cmp", "attn_sink")
-    in_loop = re.findall(r"= pypto\.reshape\((\w+), \[[^\]]+\](, inplace=True)?\)", text[text.index("pypto.loop("):])
-    assert {p for p, inplace in in_loop if inplace} & set(params) == set(params), in_loop
+    ops = re.findall(r"= (pypto\.\w+)\(", pre_loop)
+    assert ops and set(ops) == {"pypto.reshape"}, ops
+    assert all("inplace=True" in ln for ln in pre_loop.splitlines() if "= pypto.reshape(" in ln and "[64, 1]" not in ln)
     sources = re.findall(r"= pypto\.index_select\((\w+), 0,", text)
     assert len(sources) == 2
     for src in sources:
