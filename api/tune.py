@@ -286,7 +286,8 @@ def largest_vector_tile(module, budget: int) -> tuple[int, str]:
         tensors = results + [o for o in op.operands if isinstance(o.type, TensorType)]
         if "vec_tile" in op.attributes:  # pypto-legalize's per-op rule: its tile and live tiles (tiles.py)
             tile = [a.value.data for a in op.attributes["vec_tile"].data]
-            need = live_bytes(tile, op_tile_operands(op)[1])
+            found = op_tile_operands(op)  # None for ops tiled by another rule (a matmul's reader tiles)
+            need = live_bytes(tile, found[1] if found else [(shape_of(t.type), dtype_of(t.type)) for t in tensors])
             if need > worst:
                 worst, where = need, f"{op.name} at {op_location(op)}: stated tile {tile} x {len(tensors)} tensors"
             continue
