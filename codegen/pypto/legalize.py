@@ -1078,10 +1078,8 @@ def rewrite_cast_concats(fn: Operation) -> None:
             joined = emit_op(TILE["concat"], [srcs], [tensor_type(shape_of(op.result.type), dtype_of(srcs[0].type))],
                              dict(op.properties)).results[0]
             cast = emit_op(TILE["cast"], [joined], [op.result.type], dict(casts[0].properties)).results[0]
-        for name in ("row_group",):
-            if name in op.attributes:
-                joined.owner.attributes[name] = op.attributes[name]
-                cast.owner.attributes[name] = op.attributes[name]
+        if "row_group" in op.attributes:
+            joined.owner.attributes["row_group"] = cast.owner.attributes["row_group"] = op.attributes["row_group"]
         _replace(op, cast)
         for c in casts:
             c.detach()
@@ -1257,11 +1255,7 @@ REDUCTIONS = {"tile.row_sum", "tile.row_max", "tile.row_min"}
 def loop_budget(op: Operation, default: int = DEFAULT_VEC_TILE_ELEMS) -> int:
     """The vector tile budget in force at op: each enclosing loop's, outermost first (`loop_vec_budget`, the
     emitter's walk), starting from `default`."""
-    loops, parent = [], op.parent_op()
-    while parent is not None:
-        if _is_loop(parent):
-            loops.append(parent)
-        parent = parent.parent_op()
+    loops = [p for p in _ancestors(op) if _is_loop(p)]
     budget = default
     for loop in reversed(loops):
         budget = loop_vec_budget(loop, budget)
@@ -1412,8 +1406,7 @@ def cube_reader_tiles(fn: Operation, tiles: dict) -> dict:
             continue  # (its kv / gate products read with the gathered ape in [16, 1024] over [128, 128]); not done
         for op in region:
             dtype, budget = dtype_of(op.results[0].type), loop_budget(op)
-            found[op] = cube_reader_tile(vec_tile(shape, dtype, budget), shape, cube[0], cube[3], dtype, budget,
-                                         rows_free)
+            found[op] = cube_reader_tile(vec_tile(shape, dtype, budget), shape, cube[0], cube[3], dtype, budget)
     return found
 
 

@@ -153,16 +153,14 @@ def crosses_cube_tiles(tile, shape, m0: int, n0: int) -> bool:
     return (part[0] and cross[1]) or (part[1] and cross[0])
 
 
-def cube_reader_tile(tile, shape, m0: int, n0: int, dtype: str, budget: int, rows_free: bool) -> list[int]:
+def cube_reader_tile(tile, shape, m0: int, n0: int, dtype: str, budget: int) -> list[int]:
     """A vector tile inside one cube tile ([M tile, N tile] `m0` x `n0`) of a matmul's result for ops that read it
     (`crosses_cube_tiles`): the widest trailing dim dividing `n0` (in the dtype's lanes) up to `tile`'s, then
-    the most rows dividing `m0` within `budget` elements where `rows_free` (the ops past them read their results
-    through a reshape), else `tile`'s rows (at most those: the ops past them, in the budget's tile, read whole
-    tiles). A union of whole cube tiles instead was slower where it fits (W8A8 t = 16, [16, 1024] over [16, 512]:
+    the most rows dividing `m0` within `budget` elements (pypto-legalize states it only where the ops past them
+    read their results through a reshape). A union of whole cube tiles instead was slower where it fits (W8A8 t = 16, [16, 1024] over [16, 512]:
     149.1 vs 145.3 µs at flash)."""
     align = lanes(dtype)
     cols = max([c for c in range(align, min(tile[-1], n0) + 1, align) if n0 % c == 0], default=align)
     m = min(m0, shape[-2])
-    rows = max(budget // cols, 1) if rows_free else tile[-2]
-    rows = max([r for r in range(1, min(rows, m) + 1) if m % r == 0 and r & (r - 1) == 0], default=1)
+    rows = max([r for r in range(1, min(max(budget // cols, 1), m) + 1) if m % r == 0 and r & (r - 1) == 0], default=1)
     return [*tile[:-2], rows, cols]
