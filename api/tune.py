@@ -248,28 +248,13 @@ def static_check(module, options) -> str | None:
     return None
 
 
-def vec_budget_at(op, default: int) -> int:
-    """The vector tile budget the emitter uses for `op`: its loops' choices, innermost first, else `default`
-    (the emitter tracks it while it walks; here each op looks at the loops around it)."""
-    from attnc.codegen.pypto.emit import loop_vec_budget
-
-    loops = []
-    parent = op.parent_op()
-    while parent is not None:
-        loops.append(parent)
-        parent = parent.parent_op()
-    for loop in reversed(loops):
-        default = loop_vec_budget(loop, default)
-    return default
-
-
 def largest_vector_tile(module, budget: int) -> tuple[int, str]:
     """(bytes, description) of the op whose vector tile with its operands needs the most UB. `budget` applies
     outside loops whose pass chose their own (`vec_tile_elems` on a tile.parallel), as in the emitter."""
     from xdsl.dialects.builtin import TensorType
 
     from attnc.codegen.pypto.emit import _BYTES, vec_tile
-    from attnc.codegen.pypto.legalize import op_tile_operands
+    from attnc.codegen.pypto.legalize import loop_budget, op_tile_operands
     from attnc.codegen.pypto.tiles import live_bytes
     from attnc.ir.common import op_location
     from attnc.ir.types import dtype_of, shape_of
@@ -291,7 +276,7 @@ def largest_vector_tile(module, budget: int) -> tuple[int, str]:
             if need > worst:
                 worst, where = need, f"{op.name} at {op_location(op)}: stated tile {tile} x {len(tensors)} tensors"
             continue
-        op_budget = vec_budget_at(op, budget)
+        op_budget = loop_budget(op, budget)
         tile = vec_tile(shape_of(results[0].type), dtype_of(results[0].type), op_budget)
         need = 0
         for t in tensors:  # an operand's tile is the op's tile clipped to its shape ([R, 1] row operands)

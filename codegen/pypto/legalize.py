@@ -1280,13 +1280,18 @@ def matmul_m_tile(op: Operation) -> int:
     return cube_m_tile(*_matmul_dims(op))
 
 
+# attributes of an op whose tile another rule fixes: rows a pass capped (`tile_rows`, a `row_group`), a tile pypto
+# holds padded, a value made on the host or printed as a number
+TILE_STATED_ELSEWHERE = ("tile_rows", "row_group", "row_group_types", "padded_in", "padded_out", "host_constant",
+                         "host_only", "scalar_ids", "splat")
+
+
 def op_tile_operands(op: Operation):
     """(tiled, tensors) of an op the per-op tile rule applies to, else None: the (shape, dtype) its tile is of
     (a reduction's input, else its result) and every tensor it holds in UB (results, tensor operands; a cloned
     view holds its copy twice: in and out). Ops whose rows a pass capped (`tile_rows`, a `row_group`) or whose
     tile pypto holds padded keep the budget's tile."""
-    if any(k in op.attributes for k in ("tile_rows", "row_group", "row_group_types", "padded_in", "padded_out",
-                                        "host_constant", "host_only", "scalar_ids", "splat")):
+    if any(k in op.attributes for k in TILE_STATED_ELSEWHERE):
         return None
     sd = lambda v: (shape_of(v.type), dtype_of(v.type))  # noqa: E731
     results = [r for r in op.results if isinstance(r.type, TensorType)]
@@ -1358,8 +1363,7 @@ def _elementwise_reader(op: Operation, shape) -> bool:
     expansion's), whose tile no other pass stated."""
     if op.name not in TILED_OPS and not op.name.startswith(("tile.row_expand_", "tile.col_expand_")):
         return False
-    if any(k in op.attributes for k in ("tile_rows", "row_group", "row_group_types", "padded_in", "padded_out",
-                                        "host_constant", "host_only", "scalar_ids", "splat")):
+    if any(k in op.attributes for k in TILE_STATED_ELSEWHERE):
         return False
     return len(op.results) == 1 and isinstance(op.results[0].type, TensorType) and \
         shape_of(op.results[0].type) == shape
