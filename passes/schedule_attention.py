@@ -26,9 +26,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xdsl.dialects import scf
+from xdsl.dialects import func, scf
 from xdsl.dialects.builtin import IntegerAttr, StringAttr, i64
-from xdsl.ir import Block, Region
+from xdsl.ir import Block, BlockArgument, Region
 from xdsl.pattern_rewriter import PatternRewriter, RewritePattern, op_type_rewrite_pattern
 
 from attnc.ir import dsl
@@ -36,12 +36,12 @@ from attnc.ir.common import op_location
 from attnc.ir.dsl import emit_op
 from attnc.ir.tensor_dialect import CacheAttentionOp, cache_entries, cache_window
 from attnc.ir.tile_dialect import ParallelOp, YieldOp
-from attnc.ir.types import dtype_of, shape_of
+from attnc.ir.types import dtype_of, shape_of, tensor_type
 
 from . import PassError, PatternPass, register
 from ._build import (
     INDEX, T, addi, assemble, at_end, before, cap_tile_rows, const, floordiv_nonneg, maxsi, minsi, muli, read, shape,
-    subi, tile_full, val, view,
+    subi, tile_full, tile_op, val, view,
 )
 from .tile_softmax import F32_MIN
 
@@ -58,7 +58,7 @@ MAX_UNROLL_TOKENS = 2  # the bound on the option: 2 tokens = 4 branches, 16 path
 
 def key_positions_and_visibility(op: CacheAttentionOp, start_pos: dsl.Tensor, listed: dsl.Tensor | None,
                                  sink_key: bool = True):
-    """Visibility of a group of G batch rows from their start positions [G]: ([G,S,keys] i1 visibility, [G,S,K]
+    """Visibility of a group of G batch rows from their start positions [G, 1, 1]: ([G,S,keys] i1 visibility, [G,S,K]
     listed ids made safe to gather (0 where not visible: slots of the row's cache, _BatchTable.row_ids maps them to
     matrix rows), or None). Keys are [the sink (`sink_key`) | ring slots 0..W-1 | step rows 0..S-1 | cache entries
     (all, or the listed ones [G,S,K])]; the sink's column is never visible (its key position is -1: its logit
@@ -67,7 +67,7 @@ def key_positions_and_visibility(op: CacheAttentionOp, start_pos: dsl.Tensor, li
     G = start_pos.shape[0]
     S = shape_of(op.q.type)[1]
     W = cache_window(op)
-    sp = dsl.reshape(start_pos, (G, 1, 1))
+    sp = start_pos
     t = sp + dsl.iota((G, S, 1), 1)
     # position held by ring slot j: the newest p < start_pos with p = j (mod W); negative = never written
     slot = dsl.iota((G, 1, W), 2)
@@ -192,6 +192,11 @@ class _BatchTable:
         return dsl.reshape(physical * self.block_size + flat % self.block_size, (1, S, K))
 
 
+def _is_kernel_parameter(v) -> bool:
+    """v is an argument of the kernel function (not a value computed in it)."""
+    return isinstance(v, BlockArgument) and isinstance(v.owner.parent_op(), func.FuncOp)
+
+
 class _Schedule(RewritePattern):
     def __init__(self, schedule: str, normalize: str, vec_tile: int, sink: str, unroll: int, softmax_rows: int):
         self.schedule, self.normalize, self.vec_tile, self.sink = schedule, normalize, vec_tile, sink
@@ -211,38 +216,64 @@ class _Schedule(RewritePattern):
         out_dtype = dtype_of(op.result.type)
         scale = op.scale.value.data
         loc = op_location(op)
+        def sink_rows_of():
+            return dsl.reshape(dsl.broadcast_to(dsl.reshape(T(op.sink), (1, H, 1)), (rows // H, H, 1)), (rows, 1))
+
+        # Per token, the reshapes of the operands that are kernel parameters (views of their buffers, no copy) are
+        # made in each iteration: made before the loop, each is one pypto hub task with an edge to every
+        # iteration's reader, whose successors pypto 0.2.0 wakes one by one, 390 cycles apart, through one AICPU's
+        # first-in-first-out queue (the last iterations' window copies were ready ~28 us after the first). A
+        # computed operand's reshape is a copy, so it stays before the loop (made per iteration it is copied per
+        # iteration: decode_csa 894.5 -> 951.2 us). Per batch row all stay before the loop (made in it, flash SWA
+        # core 88.4 -> 92.6 us, HCA 102.8 -> 129.8: pypto splits its copies into more tasks).
+        def per_iteration(v) -> bool:
+            return schedule == "token" and _is_kernel_parameter(v)
+
+        made = {}
+
+        def tables(inside: bool, names: tuple = ("sink", "q_rows", "ring", "step_rows", "cache")):
+            """The sink rows and the tables as row-major matrices (a batch row's rows are one contiguous view) of
+            `names`, those whose operand `per_iteration` places `inside` the loop or not."""
+            parts = dict(sink=(op.sink, sink_rows_of),
+                         q_rows=(op.q, lambda: dsl.reshape(T(op.q), (B * S * H, d))),
+                         ring=(op.ring, lambda: _BatchTable.of(op.ring, op.ring_table, W)),
+                         step_rows=(op.step, lambda: dsl.reshape(T(op.step), (B * S, d))))
+            if op.compressed:
+                parts["cache"] = (op.compressed[0], lambda: _BatchTable.of(
+                    op.compressed[0], op.cache_table, cache_entries(op), row_ids=listed and op.cache_table is not None))
+            made.update({name: make() for name, (operand, make) in parts.items()
+                         if name in names and per_iteration(operand) == inside})
+
         with before(op):
             n_keys = W + S + (0 if not op.compressed else
                               shape_of(op.compressed[1].type)[2] if listed else cache_entries(op))
             rows = S * H if schedule == "batch" else H
-            sink = dsl.reshape(dsl.broadcast_to(dsl.reshape(T(op.sink), (1, H, 1)), (rows // H, H, 1)), (rows, 1))
+            tables(inside=False, names=("sink",))
             sink_rows = [tile_full((1, d), 0.0, dtype_of(op.ring.type))] if sink_key else []  # P·V adds nothing
             n_cols = n_keys + len(sink_rows)
             # token groups write token rows [B·S·H, d] (returned reshaped): with P normalised first, P·V's tile is
             # assembled straight into the output parameter, no copy task per token (pypto 0.2.0 copies a [1, 1, H, d]
             # reshape into 4-D; flash CSA core: docs/benchmarks.md)
             init = tile_full((B, S, H, d) if schedule == "batch" else (B * S * H, d), 0.0, out_dtype)
-            # the tables as row-major matrices: a batch row's rows are one contiguous view
-            q_rows = dsl.reshape(T(op.q), (B * S * H, d))
-            ring = _BatchTable.of(op.ring, op.ring_table, W)
-            step_rows = dsl.reshape(T(op.step), (B * S, d))
-            cache, cache_rows = None, None
-            if op.compressed:
-                n = cache_entries(op)
-                cache = _BatchTable.of(op.compressed[0], op.cache_table, n,
-                                       row_ids=listed and op.cache_table is not None)
-                cache_rows = cache.matrix
+            tables(inside=False, names=("q_rows", "ring", "step_rows", "cache"))
         body = Block(arg_types=[INDEX, init.value.type])
         b, acc = body.args
         with at_end(body, loc):
+            tables(inside=True)
+            sink, q_rows, ring, step_rows = made["sink"], made["q_rows"], made["ring"], made["step_rows"]
+            cache = made.get("cache")
+            cache_rows = cache.matrix if cache is not None else None
+            n = cache_entries(op) if cache is not None else None
             sp = read(op.start_pos, (b,))
             # the logits of keys nobody sees, and of the sink's column when it is a key (that fill is made per
             # group: a tensor shared by every iteration would be one producer with an edge to every tile of every
             # group); with the sink as a term it is a number
             fill = dsl.concat([sink, dsl.full((rows, n_keys), F32_MIN)], axis=1) if sink_key else F32_MIN
             sink_term = None if sink_key else sink
+            # the row's start position filled from its scalar read (a [1] view reshaped to [1, 1, 1] is read back
+            # through memory by the visibility task, a copy-in ahead of its position math)
             visible, ids = key_positions_and_visibility(
-                op, view(op.start_pos, (b,), (1,)),
+                op, tile_op("fill_index", [sp], tensor_type((1, 1, 1), dtype_of(op.start_pos.type))),
                 _row(T(op.compressed[1]), (b,), (1, S, shape_of(op.compressed[1].type)[2])) if listed else None,
                 sink_key)
             if ids is not None and cache.block_table is not None:  # paged: the listed slots -> pool rows
