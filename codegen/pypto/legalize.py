@@ -876,6 +876,15 @@ def rewrite_broadcast_chains(fn: Operation) -> None:
         _replace(op, last.value)
 
 
+def _power_of_two_fill(v: SSAValue) -> int | None:
+    """The value of a tile.full of a positive power of two (a divisor whose reciprocal is exact in f32), else None."""
+    op = v.owner
+    if not (isinstance(op, Operation) and op.name == "tile.full" and "buffer" not in op.attributes):
+        return None
+    value = op.value.value.data
+    return int(value) if value >= 1 and value == int(value) and int(value) & (int(value) - 1) == 0 else None
+
+
 def rewrite_int_divisions(fn: Operation) -> None:
     """An integer floordiv/rem read as a tensor becomes f32 arithmetic: casts of both operands to f32, div, floor
     (rem: a - b * floor), a cast back (rint): pypto 0.2.0 has no int32 division and its cost model no REM. Exact
@@ -893,11 +902,18 @@ def rewrite_int_divisions(fn: Operation) -> None:
             continue
         shape = shape_of(op.result.type)
         f32 = tensor_type(shape, "f32")
+        divisor = _power_of_two_fill(op.rhs)
         with before(op):
-            a, b = (tile_op("cast", [v], f32, rounding=str_attr("rint")).value for v in (op.lhs, op.rhs))
-            q = tile_op("floor", [tile_op("div", [a, b], f32)], f32).value
-            if op.name == "tile.rem":
-                q = tile_op("sub", [a, tile_op("mul", [b, q], f32)], f32).value
+            a = tile_op("cast", [op.lhs], f32, rounding=str_attr("rint")).value
+            if divisor is not None:  # times its reciprocal, exact: no divisor tensor read (a host constant's copy-in)
+                q = tile_op("floor", [tile_op("muls", [a], f32, scalar=float_attr(1.0 / divisor))], f32).value
+                if op.name == "tile.rem":
+                    q = tile_op("sub", [a, tile_op("muls", [q], f32, scalar=float_attr(float(divisor)))], f32).value
+            else:
+                b = tile_op("cast", [op.rhs], f32, rounding=str_attr("rint")).value
+                q = tile_op("floor", [tile_op("div", [a, b], f32)], f32).value
+                if op.name == "tile.rem":
+                    q = tile_op("sub", [a, tile_op("mul", [b, q], f32)], f32).value
             out = tile_op("cast", [q], op.result.type, rounding=str_attr("rint")).value
         for u in uses:
             u.operation.operands[u.index] = out
