@@ -402,6 +402,33 @@ def test_tile_floor_is_an_f32_op_the_interpreter_rounds_down():
         parse_ir(text.replace("xf32", "xi32"), "f.mlir")
 
 
+@pytest.mark.parametrize("divisor, by_reciprocal", [(128, True), (4, True), (1, True), (6, False), (0, False)])
+def test_an_integer_division_by_a_power_of_two_fill_multiplies_by_its_reciprocal(divisor, by_reciprocal):
+    """floordiv / rem by a power-of-two tile.full: f32 muls by 1/d (exact), no divisor tensor (a host constant
+    whose copy-in each task pays); any other divisor keeps the f32 div. Values equal the integer ops either way."""
+    import torch
+
+    from attnc.ir.interpreter import run_module
+
+    text = f"""builtin.module {{
+  func.func @d(%x: tensor<2x8xi32>) -> (tensor<2x8xi32>, tensor<2x8xi32>) attributes {{arg_names = ["x"], result_names = ["q", "r"]}} {{
+    %d = "tile.full"() {{value = {float(divisor)} : f64}} : () -> tensor<2x8xi32>
+    %q = "tile.floordiv"(%x, %d) {{loc = "d.py:1"}} : (tensor<2x8xi32>, tensor<2x8xi32>) -> tensor<2x8xi32>
+    %r = "tile.rem"(%x, %d) {{loc = "d.py:2"}} : (tensor<2x8xi32>, tensor<2x8xi32>) -> tensor<2x8xi32>
+    func.return %q, %r : tensor<2x8xi32>, tensor<2x8xi32>
+  }}
+}}"""
+    mod, fn = _legalized(text)
+    muls = [op.scalar.value.data for op in _ops(fn, "tile.muls")]
+    assert bool(muls) == by_reciprocal and bool(_ops(fn, "tile.div")) != by_reciprocal
+    if by_reciprocal:
+        assert sorted(muls) == sorted([1.0 / divisor, 1.0 / divisor, float(divisor)])  # q of floordiv, rem; b * q
+        x = torch.tensor([[-1000, -129, -128, -1, 0, 1, 127, 128], [129, 255, 256, 4095, 4096, 65535, 1 << 21, 7]],
+                         dtype=torch.int32)
+        q, r = run_module(mod, [x])
+        assert torch.equal(q, torch.div(x, divisor, rounding_mode="floor")) and torch.equal(r, x - divisor * q)
+
+
 TOPK = (Path(__file__).resolve().parent / "lit" / "pypto-legalize-topk.mlir").read_text()
 
 

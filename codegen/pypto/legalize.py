@@ -7,7 +7,8 @@ emitter prints each tile op plainly):
 * `tile.cast` to i8 -> casts to i32 (by its mode), f16 (round), i8 (trunc, saturated): pypto 0.2.0 casts a
   float to int8 only from f16 (rewrite_i8_casts).
 * `tile.floordiv` / `tile.rem` (integers, read as a tensor) -> casts to f32, div, `tile.floor` (rem: a - b *
-  floor), a cast back: pypto 0.2.0 has no int32 division and its cost model no REM (rewrite_int_divisions).
+  floor), a cast back: pypto 0.2.0 has no int32 division and its cost model no REM (rewrite_int_divisions); by a
+  power-of-two fill, a multiplication by its exact reciprocal (`tile.muls`: no divisor tensor to copy in).
 * `tile.concat` of i1 -> selects of 1.0/0.0 (f32, `splat`), their concat, a compare with 1.0: pypto 0.2.0
   cannot concat bool tensors (rewrite_bool_concats).
 * `tile.broadcast` over several axes -> one broadcast per axis; a `tile.iota` whose ramp expands over several
