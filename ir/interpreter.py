@@ -525,7 +525,6 @@ def _tile_impls() -> dict:
     table[d["fill"]] = lambda it, op, a: (
         torch.full(shape_of(op.result.type), op.value.value.data, dtype=torch_dtype(_out_dtype(op))),)
     table[d["read"]] = lambda it, op, a: (int(a[0][tuple(a[1:])]),)
-    table[d["fill_index"]] = lambda it, op, a: (torch.full(shape_of(op.result.type), int(a[0]), dtype=torch.int32),)
     table[d["matmul_acc"]] = lambda it, op, a: (
         cast_tensor(a[0].float() + matmul_f32(a[1], a[2], op.transpose_b.value.data, _cache(it)), _out_dtype(op))
         if a[0].dtype.is_floating_point else a[0] + matmul_f32(a[1], a[2], op.transpose_b.value.data).to(a[0].dtype),)

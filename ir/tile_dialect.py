@@ -193,15 +193,6 @@ FillOp = _make("tile.fill", dict(
     valid=var_operand_def(IndexType), value=prop_def(FloatAttr), result=result_def(TensorType),
     assembly_format="`valid` `[` $valid `]` attr-dict `:` type($result)",
     irdl_options=(ParsePropInAttrDict(),), verify_=_fill_verify))
-def _fill_index_verify(self):
-    self.expect(dtype_of(self.result.type) == "i32", f"result must be i32, got {describe(self.result.type)}")
-
-
-# a tile every element of which is one index value, e.g. a scalar read of a parameter (pypto.full(shape, scalar)):
-# no tensor view reshaped into it, which pypto 0.2.0 reads through memory as a task's copy-in
-FillIndexOp = _make("tile.fill_index", dict(
-    value=operand_def(IndexType), result=result_def(TensorType),
-    assembly_format="$value attr-dict `:` type($result)", verify_=_fill_index_verify))
 _SCALAR = [_make(f"tile.{k}", dict(input=operand_def(TensorType), scalar=prop_def(FloatAttr),
                                    result=result_def(TensorType), verify_=_scalar_verify)) for k in SCALAR_KINDS]
 
@@ -216,7 +207,7 @@ ParallelOp = _make("tile.parallel", dict(
     irdl_options=(ParsePropInAttrDict(),),
     traits=traits_def(RecursiveMemoryEffect()), verify_=_parallel_verify))
 
-TILE_OPS = [*_SHARED, ViewOp, AssembleOp, ReadOp, MatmulAccOp, FloorOp, TopkPairsOp, FillPaddingOp, FillOp, FillIndexOp, *_ROW, *_ROW_EXPAND, *_COL_EXPAND, *_SCALAR,
+TILE_OPS = [*_SHARED, ViewOp, AssembleOp, ReadOp, MatmulAccOp, FloorOp, TopkPairsOp, FillPaddingOp, FillOp, *_ROW, *_ROW_EXPAND, *_COL_EXPAND, *_SCALAR,
             YieldOp, ParallelOp]
 Tile = Dialect("tile", TILE_OPS, [])
 TILE = {op.name.split(".", 1)[1]: op for op in TILE_OPS}

@@ -36,12 +36,12 @@ from attnc.ir.common import op_location
 from attnc.ir.dsl import emit_op
 from attnc.ir.tensor_dialect import CacheAttentionOp, cache_entries, cache_window
 from attnc.ir.tile_dialect import ParallelOp, YieldOp
-from attnc.ir.types import dtype_of, shape_of, tensor_type
+from attnc.ir.types import dtype_of, shape_of
 
 from . import PassError, PatternPass, register
 from ._build import (
     INDEX, T, addi, assemble, at_end, before, cap_tile_rows, const, floordiv_nonneg, maxsi, minsi, muli, read, shape,
-    subi, tile_full, tile_op, val, view,
+    subi, tile_full, val, view,
 )
 from .tile_softmax import F32_MIN
 
@@ -58,7 +58,7 @@ MAX_UNROLL_TOKENS = 2  # the bound on the option: 2 tokens = 4 branches, 16 path
 
 def key_positions_and_visibility(op: CacheAttentionOp, start_pos: dsl.Tensor, listed: dsl.Tensor | None,
                                  sink_key: bool = True):
-    """Visibility of a group of G batch rows from their start positions [G, 1, 1]: ([G,S,keys] i1 visibility, [G,S,K]
+    """Visibility of a group of G batch rows from their start positions [G]: ([G,S,keys] i1 visibility, [G,S,K]
     listed ids made safe to gather (0 where not visible: slots of the row's cache, _BatchTable.row_ids maps them to
     matrix rows), or None). Keys are [the sink (`sink_key`) | ring slots 0..W-1 | step rows 0..S-1 | cache entries
     (all, or the listed ones [G,S,K])]; the sink's column is never visible (its key position is -1: its logit
@@ -67,7 +67,7 @@ def key_positions_and_visibility(op: CacheAttentionOp, start_pos: dsl.Tensor, li
     G = start_pos.shape[0]
     S = shape_of(op.q.type)[1]
     W = cache_window(op)
-    sp = start_pos
+    sp = dsl.reshape(start_pos, (G, 1, 1))
     t = sp + dsl.iota((G, S, 1), 1)
     # position held by ring slot j: the newest p < start_pos with p = j (mod W); negative = never written
     slot = dsl.iota((G, 1, W), 2)
@@ -270,10 +270,8 @@ class _Schedule(RewritePattern):
             # group); with the sink as a term it is a number
             fill = dsl.concat([sink, dsl.full((rows, n_keys), F32_MIN)], axis=1) if sink_key else F32_MIN
             sink_term = None if sink_key else sink
-            # the row's start position filled from its scalar read (a [1] view reshaped to [1, 1, 1] is read back
-            # through memory by the visibility task, a copy-in ahead of its position math)
             visible, ids = key_positions_and_visibility(
-                op, tile_op("fill_index", [sp], tensor_type((1, 1, 1), dtype_of(op.start_pos.type))),
+                op, view(op.start_pos, (b,), (1,)),
                 _row(T(op.compressed[1]), (b,), (1, S, shape_of(op.compressed[1].type)[2])) if listed else None,
                 sink_key)
             if ids is not None and cache.block_table is not None:  # paged: the listed slots -> pool rows

@@ -607,12 +607,6 @@ def _print_fill(self: _Emitter, op: Operation, loc: str | None):  # its valid sh
     return self.bind(res, f"pypto.full({shape}, {value}, {dt}, valid_shape=[{', '.join(a)}])", loc)
 
 
-@_rule("fill_index")
-def _print_fill_index(self: _Emitter, op: Operation, loc: str | None):  # pypto 0.2.0 takes a scalar fill value
-    a, res, dt, shape = self.operands(op)
-    return self.bind(res, f"pypto.full({shape}, {a[0]}, {dt})", loc)
-
-
 @_rule("scatter_rows")
 def _print_scatter_rows(self: _Emitter, op: Operation, loc: str | None):
     # its ids are evaluated as scalars, not read as a tensor
