@@ -2,7 +2,7 @@
 of tensors, and the compute ops that pypto and PTO express on tiles."""
 from __future__ import annotations
 
-from xdsl.dialects.builtin import BoolAttr, FloatAttr, IndexType, IntegerAttr, StringAttr, TensorType
+from xdsl.dialects.builtin import BoolAttr, FloatAttr, IndexType, IntegerAttr, StringAttr, TensorType, UnitAttr
 from xdsl.ir import Dialect
 from xdsl.irdl import ParsePropInAttrDict, AttrSizedOperandSegments, region_def, traits_def, var_result_def
 from xdsl.traits import IsTerminator, RecursiveMemoryEffect
@@ -100,6 +100,8 @@ def _parallel_verify(self):
     schedule = self.attributes.get("schedule")  # set by schedule-attention: the query groups one iteration takes
     self.expect(schedule is None or (isinstance(schedule, StringAttr) and schedule.data in PARALLEL_SCHEDULES),
                 f"schedule must be one of {PARALLEL_SCHEDULES}")
+    reciprocal = self.attributes.get("reciprocal_divisions")  # set by schedule-attention (pypto-legalize reads it)
+    self.expect(reciprocal is None or isinstance(reciprocal, UnitAttr), "reciprocal_divisions is a unit attribute")
     budget = self.attributes.get("vec_tile_elems")  # set by schedule-attention: vector tile size inside the loop
     self.expect(budget is None or (isinstance(budget, IntegerAttr) and 16 <= budget.value.data <= 1 << 20),
                 "vec_tile_elems must be an integer in [16, 2^20]")

@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xdsl.dialects import func, scf
-from xdsl.dialects.builtin import IntegerAttr, StringAttr, i64
+from xdsl.dialects.builtin import IntegerAttr, StringAttr, UnitAttr, i64
 from xdsl.ir import Block, BlockArgument, Region
 from xdsl.pattern_rewriter import PatternRewriter, RewritePattern, op_type_rewrite_pattern
 
@@ -48,6 +48,7 @@ from .tile_softmax import F32_MIN
 SCHEDULES = ("auto", "batch", "token")
 NORMALIZE = ("auto", "after", "before")
 SINKS = ("auto", "key", "term")
+DIVISIONS = ("auto", "div", "reciprocal")
 # a step's tokens of one batch row are unrolled up to this many, a pypto.loop beyond: each unrolled token repeats
 # the zero-fill branches of its key block (`if valid < rows`), and pypto 0.2.0 compiles a loop body once per path
 # through its branches (2^branches), so its compile time grows exponentially with unrolled tokens (tiny CSA core,
@@ -198,9 +199,10 @@ def _is_kernel_parameter(v) -> bool:
 
 
 class _Schedule(RewritePattern):
-    def __init__(self, schedule: str, normalize: str, vec_tile: int, sink: str, unroll: int, softmax_rows: int):
+    def __init__(self, schedule: str, normalize: str, vec_tile: int, sink: str, unroll: int, softmax_rows: int,
+                 divisions: str = "auto"):
         self.schedule, self.normalize, self.vec_tile, self.sink = schedule, normalize, vec_tile, sink
-        self.unroll, self.softmax_rows = unroll, softmax_rows
+        self.unroll, self.softmax_rows, self.divisions = unroll, softmax_rows, divisions
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: CacheAttentionOp, rewriter: PatternRewriter):
@@ -320,6 +322,8 @@ class _Schedule(RewritePattern):
                            {"rows": IntegerAttr(1, i64)}, regions=[Region(body)])
         loop.attributes["schedule"] = StringAttr(schedule)
         loop.attributes["vec_tile_elems"] = IntegerAttr(self.vec_tile, i64)
+        if (self.divisions if self.divisions != "auto" else "reciprocal" if schedule == "token" else "div") == "reciprocal":
+            loop.attributes["reciprocal_divisions"] = UnitAttr()
         if schedule == "batch":
             rewriter.replace(op, [], [loop.results[0]])
             return
@@ -375,8 +379,14 @@ class ScheduleAttention(PatternPass):
     # the row cap of the per-token softmax's vector tiles (at or above H: no cap), the rows of its [H, keys] score
     # tiles under vec_tile (16 of 64 at 642 keys): one fused task per row group (flash CSA core: docs/benchmarks.md)
     softmax_rows: int = 16
-    option_choices = {"schedule": SCHEDULES, "normalize": NORMALIZE, "sink": SINKS}
+    # the loop's integer divisions by a power of two (its visibility math: the ring slot's position mod W, the
+    # entries complete at (t+1) // m): `reciprocal` states `reciprocal_divisions`, so pypto-legalize multiplies
+    # by the exact reciprocal (no host-constant divisor a task copies in); `auto` = per token (flash CSA core
+    # 173.8 -> 169.0 us, decode_csa 894.1 -> 888.7), not per batch row (flash sparse_attn m = 0 357.1 -> 360.4)
+    divisions: str = "auto"
+    option_choices = {"schedule": SCHEDULES, "normalize": NORMALIZE, "sink": SINKS, "divisions": DIVISIONS}
     option_ranges = {"vec_tile": (16, 1 << 20), "unroll": (1, MAX_UNROLL_TOKENS), "softmax_rows": (1, 1 << 20)}
 
     def pattern(self):
-        return _Schedule(self.schedule, self.normalize, self.vec_tile, self.sink, self.unroll, self.softmax_rows)
+        return _Schedule(self.schedule, self.normalize, self.vec_tile, self.sink, self.unroll, self.softmax_rows,
+                         self.divisions)

@@ -402,31 +402,47 @@ def test_tile_floor_is_an_f32_op_the_interpreter_rounds_down():
         parse_ir(text.replace("xf32", "xi32"), "f.mlir")
 
 
-@pytest.mark.parametrize("divisor, by_reciprocal", [(128, True), (4, True), (1, True), (6, False), (0, False)])
-def test_an_integer_division_by_a_power_of_two_fill_multiplies_by_its_reciprocal(divisor, by_reciprocal):
-    """floordiv / rem by a power-of-two tile.full: f32 muls by 1/d (exact), no divisor tensor (a host constant
-    whose copy-in each task pays); any other divisor keeps the f32 div. Values equal the integer ops either way."""
+@pytest.mark.parametrize("divisor, stated, by_reciprocal",
+                         [(128, True, True), (4, True, True), (1, True, True), (6, True, False), (4, False, False)])
+def test_an_integer_division_by_a_power_of_two_in_a_loop_stating_it_multiplies_by_the_reciprocal(
+        divisor, stated, by_reciprocal):
+    """floordiv / rem by a power-of-two tile.full inside a tile.parallel stating `reciprocal_divisions`
+    (schedule-attention's per-token loop): f32 muls by 1/d (exact), no divisor tensor (a host constant whose copy-in
+    each task pays); any other divisor, or a loop not stating it, keeps the f32 div. Values equal the integer ops."""
     import torch
 
     from attnc.ir.interpreter import run_module
 
+    attr = ", reciprocal_divisions" if stated else ""
+    ty = "tensor<2x8xi32>"
     text = f"""builtin.module {{
-  func.func @d(%x: tensor<2x8xi32>) -> (tensor<2x8xi32>, tensor<2x8xi32>) attributes {{arg_names = ["x"], result_names = ["q", "r"]}} {{
-    %d = "tile.full"() {{value = {float(divisor)} : f64}} : () -> tensor<2x8xi32>
-    %q = "tile.floordiv"(%x, %d) {{loc = "d.py:1"}} : (tensor<2x8xi32>, tensor<2x8xi32>) -> tensor<2x8xi32>
-    %r = "tile.rem"(%x, %d) {{loc = "d.py:2"}} : (tensor<2x8xi32>, tensor<2x8xi32>) -> tensor<2x8xi32>
-    func.return %q, %r : tensor<2x8xi32>, tensor<2x8xi32>
+  func.func @d(%x: {ty}) -> ({ty}, {ty}) attributes {{arg_names = ["x"], result_names = ["q", "r"]}} {{
+    %q0 = "tile.full"() <{{value = 0.0 : f64}}> {{loc = "d.py:0"}} : () -> {ty}
+    %r0 = "tile.full"() <{{value = 0.0 : f64}}> {{loc = "d.py:0"}} : () -> {ty}
+    %c0 = arith.constant 0 : index
+    %c2 = arith.constant 2 : index
+    %q, %r = "tile.parallel"(%c0, %c2, %q0, %r0) <{{rows = 1 : i64}}> ({{
+    ^bb0(%row: index, %qa: {ty}, %ra: {ty}):
+      %v = "tile.view"(%x, %row, %c0) <{{pad = "zero", operandSegmentSizes = array<i32: 1, 2, 0>}}> {{loc = "d.py:1"}} : ({ty}, index, index) -> tensor<1x8xi32>
+      %d = "tile.full"() <{{value = {float(divisor)} : f64}}> {{loc = "d.py:2"}} : () -> tensor<1x8xi32>
+      %fq = "tile.floordiv"(%v, %d) {{loc = "d.py:3"}} : (tensor<1x8xi32>, tensor<1x8xi32>) -> tensor<1x8xi32>
+      %fr = "tile.rem"(%v, %d) {{loc = "d.py:4"}} : (tensor<1x8xi32>, tensor<1x8xi32>) -> tensor<1x8xi32>
+      %aq = "tile.assemble"(%fq, %qa, %row, %c0) <{{operandSegmentSizes = array<i32: 1, 1, 2, 0>}}> {{loc = "d.py:5"}} : (tensor<1x8xi32>, {ty}, index, index) -> {ty}
+      %ar = "tile.assemble"(%fr, %ra, %row, %c0) <{{operandSegmentSizes = array<i32: 1, 1, 2, 0>}}> {{loc = "d.py:6"}} : (tensor<1x8xi32>, {ty}, index, index) -> {ty}
+      "tile.yield"(%aq, %ar) : ({ty}, {ty}) -> ()
+    }}) {{loc = "d.py:7"{attr}}} : (index, index, {ty}, {ty}) -> ({ty}, {ty})
+    func.return %q, %r : {ty}, {ty}
   }}
 }}"""
     mod, fn = _legalized(text)
     muls = [op.scalar.value.data for op in _ops(fn, "tile.muls")]
     assert bool(muls) == by_reciprocal and bool(_ops(fn, "tile.div")) != by_reciprocal
-    if by_reciprocal:
-        assert sorted(muls) == sorted([1.0 / divisor, 1.0 / divisor, float(divisor)])  # q of floordiv, rem; b * q
-        x = torch.tensor([[-1000, -129, -128, -1, 0, 1, 127, 128], [129, 255, 256, 4095, 4096, 65535, 1 << 21, 7]],
-                         dtype=torch.int32)
-        q, r = run_module(mod, [x])
-        assert torch.equal(q, torch.div(x, divisor, rounding_mode="floor")) and torch.equal(r, x - divisor * q)
+    if by_reciprocal:  # q of floordiv, q of rem, then b * q
+        assert sorted(muls) == sorted([1.0 / divisor, 1.0 / divisor, float(divisor)])
+    x = torch.tensor([[-1000, -129, -128, -1, 0, 1, 127, 128], [129, 255, 256, 4095, 4096, 65535, 1 << 21, 7]],
+                     dtype=torch.int32)
+    q, r = run_module(mod, [x])
+    assert torch.equal(q, torch.div(x, divisor, rounding_mode="floor")) and torch.equal(r, x - divisor * q)
 
 
 TOPK = (Path(__file__).resolve().parent / "lit" / "pypto-legalize-topk.mlir").read_text()

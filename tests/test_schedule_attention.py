@@ -59,6 +59,10 @@ def test_token_schedule_for_window_layers_and_auto_choice():
     module, _, _, _ = _compile(*CASES["csa-core"])
     (loop,) = [op for op in module.walk() if op.name == "tile.parallel" and "schedule" in op.attributes]
     assert loop.attributes["schedule"].data == "token"  # listed entries: one key block per token
+    assert "reciprocal_divisions" in loop.attributes  # divisions=auto: per token only
+    module, _, _, _ = _compile(*CASES["swa-core"])
+    (loop,) = [op for op in module.walk() if op.name == "tile.parallel" and "schedule" in op.attributes]
+    assert loop.attributes["schedule"].data == "batch" and "reciprocal_divisions" not in loop.attributes
 
 
 def test_batch_schedule_refuses_per_token_lists():
@@ -225,6 +229,9 @@ def test_token_schedule_has_no_whole_batch_producer_and_one_softmax_row_group():
     params = ("q", "kv_ring", "kv_step", "kv_cmp", "attn_sink")
     in_loop = re.findall(r"= pypto\.reshape\((\w+), \[[^\]]+\](, inplace=True)?\)", text[text.index("pypto.loop("):])
     assert {p for p, inplace in in_loop if inplace} & set(params) == set(params), in_loop
+    # the visibility math's mod W and // m as multiplications by exact reciprocals, no host-constant divisor
+    assert re.search(r"pypto\.mul\(\w+, 0\.0078125\)", text) and re.search(r"pypto\.mul\(\w+, 0\.25\)", text)
+    assert not re.search(r"pypto\.div\(\w+, hc\d+\)", text)
     sources = re.findall(r"= pypto\.index_select\((\w+), 0,", text)
     assert len(sources) == 2
     for src in sources:

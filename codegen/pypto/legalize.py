@@ -8,7 +8,8 @@ emitter prints each tile op plainly):
   float to int8 only from f16 (rewrite_i8_casts).
 * `tile.floordiv` / `tile.rem` (integers, read as a tensor) -> casts to f32, div, `tile.floor` (rem: a - b *
   floor), a cast back: pypto 0.2.0 has no int32 division and its cost model no REM (rewrite_int_divisions); by a
-  power-of-two fill, a multiplication by its exact reciprocal (`tile.muls`: no divisor tensor to copy in).
+  power-of-two fill inside a loop stating `reciprocal_divisions`, a multiplication by its exact reciprocal
+  (`tile.muls`: no divisor tensor to copy in).
 * `tile.concat` of i1 -> selects of 1.0/0.0 (f32, `splat`), their concat, a compare with 1.0: pypto 0.2.0
   cannot concat bool tensors (rewrite_bool_concats).
 * `tile.broadcast` over several axes -> one broadcast per axis; a `tile.iota` whose ramp expands over several
@@ -877,6 +878,11 @@ def rewrite_broadcast_chains(fn: Operation) -> None:
         _replace(op, last.value)
 
 
+def _in_reciprocal_loop(op: Operation) -> bool:
+    """op is inside a tile.parallel whose schedule states `reciprocal_divisions` (schedule-attention's option)."""
+    return any(p.name == "tile.parallel" and "reciprocal_divisions" in p.attributes for p in _ancestors(op))
+
+
 def _power_of_two_fill(v: SSAValue) -> int | None:
     """The value of a tile.full of a positive power of two (a divisor whose reciprocal is exact in f32), else None."""
     op = v.owner
@@ -903,7 +909,7 @@ def rewrite_int_divisions(fn: Operation) -> None:
             continue
         shape = shape_of(op.result.type)
         f32 = tensor_type(shape, "f32")
-        divisor = _power_of_two_fill(op.rhs)
+        divisor = _power_of_two_fill(op.rhs) if _in_reciprocal_loop(op) else None
         with before(op):
             a = tile_op("cast", [op.lhs], f32, rounding=str_attr("rint")).value
             if divisor is not None:  # times its reciprocal, exact: no divisor tensor read (a host constant's copy-in)
