@@ -218,6 +218,8 @@ class _Schedule(RewritePattern):
         out_dtype = dtype_of(op.result.type)
         scale = op.scale.value.data
         loc = op_location(op)
+        divisions = self.divisions if self.divisions != "auto" else "reciprocal" if schedule == "token" else "div"
+
         def sink_rows_of():
             return dsl.reshape(dsl.broadcast_to(dsl.reshape(T(op.sink), (1, H, 1)), (rows // H, H, 1)), (rows, 1))
 
@@ -322,7 +324,7 @@ class _Schedule(RewritePattern):
                            {"rows": IntegerAttr(1, i64)}, regions=[Region(body)])
         loop.attributes["schedule"] = StringAttr(schedule)
         loop.attributes["vec_tile_elems"] = IntegerAttr(self.vec_tile, i64)
-        if (self.divisions if self.divisions != "auto" else "reciprocal" if schedule == "token" else "div") == "reciprocal":
+        if divisions == "reciprocal":
             loop.attributes["reciprocal_divisions"] = UnitAttr()
         if schedule == "batch":
             rewriter.replace(op, [], [loop.results[0]])
