@@ -34,12 +34,12 @@ import math
 from dataclasses import dataclass
 
 from xdsl.dialects import scf
-from xdsl.dialects.builtin import BoolAttr, IntegerAttr, i64
+from xdsl.dialects.builtin import IntegerAttr, i64
 from xdsl.ir import Block, Region
 from xdsl.pattern_rewriter import PatternRewriter, RewritePattern, op_type_rewrite_pattern
 
 from attnc.ir import dsl
-from attnc.ir.common import op_location
+from attnc.ir.common import bool_attr, op_location
 from attnc.ir.dsl import emit_op
 from attnc.ir.tensor_dialect import CompressPoolOp, RopeOp
 from attnc.ir.tile_dialect import ParallelOp, YieldOp
@@ -238,7 +238,7 @@ def _entry_of_rows(op, pooled, B: int, S: int, ratio: int):
         first = dsl.to_tokens((dsl.reshape(T(op.start_pos), (B, 1)) + dsl.iota((B, S), 1)) // ratio * ratio)
         normed = dsl.rmsnorm(dsl.to_tokens(pooled), norm_w, op.eps.value.data, out="f32")
         entry = T(emit_op(RopeOp, [normed.value, cos.value, sin.value, first.value], [tensor_type((B * S, d), "bf16")],
-                          {"inverse": BoolAttr(False)}).results[0])
+                          {"inverse": bool_attr(False)}).results[0])
         if rot:
             entry = dsl.cast(dsl.matmul(entry, rot[0]) * op.rotate_scale.value.data, "bf16")
         return dsl.from_tokens(entry)
