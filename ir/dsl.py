@@ -539,12 +539,17 @@ def cache_attention(q: Tensor, sink: Tensor, start_pos: Tensor, ring: Tensor, st
 
 
 def compress_pool(values: Tensor, scores: Tensor, kv_state: Tensor, score_state: Tensor, start_pos: Tensor,
-                  ratio: int, dim: int) -> Tensor:
+                  ratio: int, dim: int, entry_of: Sequence[Tensor] = (), eps: float | None = None,
+                  rotate_scale: float | None = None) -> Tensor:
     """The compressor's pooled entry of each token of a step [B, S, dim] f32 (0 for a token that completes no
-    block) from the step's values/scores [B, S, width] and the state rings [B, R, width] (see attn.compress_pool)."""
+    block) from the step's values/scores [B, S, width] and the state rings [B, R, width] (see attn.compress_pool).
+    `entry_of` (norm_w, rope_cos, rope_sin[, rotate]): the pooled row's cache entry instead (bf16; RMSNorm, RoPE
+    at the block's first position, the optional rotation times rotate_scale)."""
     B, S, _ = values.shape
-    return _emit("compress_pool", [values, scores, kv_state, score_state, start_pos], _ty((B, S, dim), "f32"),
-                 ratio=_int(ratio), dim=_int(dim))
+    return _emit("compress_pool", [values, scores, kv_state, score_state, start_pos, list(entry_of)],
+                 _ty((B, S, dim), "bf16" if entry_of else "f32"), grouped=True, ratio=_int(ratio), dim=_int(dim),
+                 eps=None if eps is None else float_attr(eps),
+                 rotate_scale=None if rotate_scale is None else float_attr(rotate_scale))
 
 
 def paged_rows_of(block_table: Tensor, block_size: int, slot: Tensor, row: Tensor | None = None) -> Tensor:

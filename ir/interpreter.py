@@ -261,8 +261,25 @@ def compress_pool(values, scores, kv_state, score_state, start_pos, ratio: int, 
     return out
 
 
+def compress_entry(pooled, start_pos, norm_w, cos_t, sin_t, rotate, ratio: int, eps: float, rotate_scale):
+    """attn.compress_pool's entry of the pooled rows [B, S, dim] (bf16): RMSNorm (f32), RoPE at each token's block
+    start (t // ratio) * ratio rounded to bf16, then with `rotate` the row times it times rotate_scale (bf16)."""
+    B, S, _ = pooled.shape
+    y = pooled * torch.reciprocal(torch.sqrt((pooled * pooled).mean(-1, keepdim=True) + eps)) * norm_w.float()
+    first = (start_pos.long().reshape(B, 1) + torch.arange(S).reshape(1, S)) // ratio * ratio
+    entry = cast_tensor(rope_rotate(y, cos_t.float()[first], sin_t.float()[first], False), "bf16")
+    if rotate is None:
+        return entry
+    return cast_tensor(matmul_f32(entry, rotate, False) * torch.tensor(rotate_scale, dtype=torch.float32), "bf16")
+
+
 def _compress_pool(it, op, a):
-    return (compress_pool(*a, op.ratio.value.data, op.dim.value.data),)
+    pooled = compress_pool(*a[:5], op.ratio.value.data, op.dim.value.data)
+    if len(a) == 5:
+        return (pooled,)
+    rotate = a[8] if len(a) > 8 else None
+    scale = op.rotate_scale.value.data if rotate is not None else None
+    return (compress_entry(pooled, a[4], *a[5:8], rotate, op.ratio.value.data, op.eps.value.data, scale),)
 
 
 def paged_logical_table(pool, block_table, length: int):

@@ -172,8 +172,21 @@ def _compress_pool_verify(self):
                 "values, scores and states must be f32")
     self.expect(shape_of(self.start_pos.type) == (B,) and dtype_of(self.start_pos.type) == "i32",
                 f"start_pos must be i32[{B}], got {describe(self.start_pos.type)}")
-    self.expect(shape_of(self.result.type) == (B, S, d) and dtype_of(self.result.type) == "f32",
-                f"result must be f32[{B},{S},{d}], got {describe(self.result.type)}")
+    epi = list(self.entry_of)
+    out = "f32" if not epi else "bf16"
+    self.expect(shape_of(self.result.type) == (B, S, d) and dtype_of(self.result.type) == out,
+                f"result must be {out}[{B},{S},{d}], got {describe(self.result.type)}")
+    if not epi:
+        self.expect(self.eps is None and self.rotate_scale is None, "eps and rotate_scale need entry_of operands")
+        return
+    self.expect(len(epi) in (3, 4), "entry_of must be (norm_w, rope_cos, rope_sin) or (..., rotate)")
+    norm_w, cos, sin = (shape_of(v.type) for v in epi[:3])
+    self.expect(norm_w == (d,) and dtype_of(epi[0].type) == "f32", f"norm_w must be f32[{d}]")
+    self.expect(cos == sin and len(cos) == 2 and 2 * cos[1] <= d, "rope tables must both be [max_pos, rope_dim/2]")
+    self.expect(self.eps is not None, "an entry needs the RMSNorm's eps")
+    if len(epi) == 4:
+        self.expect(shape_of(epi[3].type) == (d, d), f"rotate must be [{d},{d}]")
+        self.expect(self.rotate_scale is not None, "a rotated entry needs rotate_scale")
 
 
 _SHARED = define_shared_ops("attn")
@@ -236,10 +249,15 @@ ScaledMatmulOp = _make("attn.scaled_matmul", dict(lhs=operand_def(TensorType), r
 # channels [dim:] (positions < 0 are absent). Rows come from where they live: position p >= start_pos is the
 # step's row p - start_pos of `values`/`scores`, an earlier one the state ring's slot p mod R (R = 2*ratio with
 # overlap, else ratio). Every other token's result row is 0. Batch-major, so a schedule reads the rings in place.
+# With `entry_of` (norm_w, rope_cos, rope_sin[, rotate]) the result is the cache entry of the pooled row (bf16):
+# RMSNorm (eps, weight norm_w, f32), RoPE at the block's first position w*ratio rounded to bf16, and with `rotate`
+# [dim, dim] the row times it (f32 sums) times rotate_scale rounded to bf16; a row completing nothing stays 0 (the
+# entry of a 0 row is 0), so a schedule may run these on the pooled rows alone.
 CompressPoolOp = _make("attn.compress_pool", dict(
     values=operand_def(TensorType), scores=operand_def(TensorType), kv_state=operand_def(TensorType),
-    score_state=operand_def(TensorType), start_pos=operand_def(TensorType),
-    ratio=prop_def(IntegerAttr), dim=prop_def(IntegerAttr), result=result_def(TensorType),
+    score_state=operand_def(TensorType), start_pos=operand_def(TensorType), entry_of=var_operand_def(TensorType),
+    ratio=prop_def(IntegerAttr), dim=prop_def(IntegerAttr), eps=opt_prop_def(FloatAttr),
+    rotate_scale=opt_prop_def(FloatAttr), result=result_def(TensorType),
     verify_=_compress_pool_verify))
 ATTN_OPS = [*_SHARED, ScaledMatmulOp, ReduceOp, SliceOp, RmsNormOp, RopeOp, SparseAttentionOp, ToTokensOp, FromTokensOp,
             CacheAttentionOp, CompressPoolOp]

@@ -3,7 +3,8 @@
 Per token p: a_p = xn_p @ W_kv and z_p = xn_p @ W_gate + APE[p mod m] (f32). Entry w pools, channel by
 channel, the slots of block w (m = 128: its m rows; m = 4, overlapping: block w-1's A-half [:d] and block w's
 B-half [d:], entry 0 only its own 4) with a softmax over the slot scores; then RMSNorm and RoPE at the block's
-first position w*m; the indexer's variant stores the key Hadamard-rotated.
+first position w*m; the indexer's variant stores the key Hadamard-rotated (batch-major steps: all stated by
+attn.compress_pool, so a schedule runs them on the completing rows alone).
 
 State: kv_state / score_state [B, R, c*d] f32 is a position ring (R = 2m with overlap, else m; slot p mod R holds
 a_p / z_p). Every token of a step computes its candidate entry from the rows of positions t-R+1 .. t (ring for
@@ -90,15 +91,18 @@ def compress(cfg, xn, w_kv, w_gate, ape, norm_w, kv_state, score_state, cache, s
     z = matmul(xn, w_gate, side_by_side=2) + gather_rows(ape, to_tokens(pos % ratio))
     if isinstance(start_pos, PackedRows):
         pooled = _packed_pool(cfg, a, z, kv_state, score_state, start_pos, ratio, dim)
-    else:  # the block each completing token pools, from the state rings in place (schedule-compressor)
-        pooled = to_tokens(compress_pool(from_tokens(a), from_tokens(z), kv_state, score_state, start_pos,
-                                         ratio, dim))
-    normed = rmsnorm(reshape(pooled, (T, dim)), norm_w, eps, out="f32")
-    first = to_tokens(block_start_positions(pos, ratio))
-    entry = rope(normed, rope_cos, rope_sin, first, out="bf16")
-    if rotate:
-        entry = cast(matmul(entry, hadamard_signs(dim)) * (1.0 / math.sqrt(dim)), "bf16")
-    new_cache = store_completed(cfg, cache, from_tokens(entry), start_pos, ratio, rows_of, cfg["n_cmp"])
+        normed = rmsnorm(reshape(pooled, (T, dim)), norm_w, eps, out="f32")
+        first = to_tokens(block_start_positions(pos, ratio))
+        entry = rope(normed, rope_cos, rope_sin, first, out="bf16")
+        if rotate:
+            entry = cast(matmul(entry, hadamard_signs(dim)) * (1.0 / math.sqrt(dim)), "bf16")
+        entry = from_tokens(entry)
+    else:  # the block each completing token pools, from the state rings in place, and its entry (the same
+        # RMSNorm, RoPE and rotation, stated with the pooling so schedule-compressor runs them on pooled rows only)
+        entry = compress_pool(from_tokens(a), from_tokens(z), kv_state, score_state, start_pos, ratio, dim,
+                              entry_of=(norm_w, rope_cos, rope_sin) + ((hadamard_signs(dim),) if rotate else ()),
+                              eps=eps, rotate_scale=1.0 / math.sqrt(dim) if rotate else None)
+    new_cache = store_completed(cfg, cache, entry, start_pos, ratio, rows_of, cfg["n_cmp"])
     return (ring_store(cfg, kv_state, from_tokens(a), start_pos), ring_store(cfg, score_state, from_tokens(z), start_pos),
             new_cache)
 

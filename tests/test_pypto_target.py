@@ -281,7 +281,9 @@ def test_pypto_sim_compressor_at_24_token_rows():
     assert check.ok, check.failures
 
 
-@pytest.mark.parametrize("stage, overrides", [("compressor", (("compress_ratio", 4),)), ("index_compressor", ())])
+# 16-token steps (`token` schedule): at S <= 4 `block` runs the entry on the pooled rows in the pooling task
+@pytest.mark.parametrize("stage, overrides", [("compressor", (("compress_ratio", 4), ("seq", 16), ("batch", 8))),
+                                              ("index_compressor", (("seq", 16), ("batch", 8)))])
 def test_rmsnorm_and_rope_chain_keeps_one_row_count(stage, overrides):
     """fuse-rmsnorm and rope-selector-matmul state their [T, d] chains as one row_group: in the loop that
     normalises and rotates the compressed entries every vector op takes the same tile rows (the fewest any op of

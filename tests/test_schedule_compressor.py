@@ -197,3 +197,16 @@ def test_block_pooling_loop_states_its_trip_bound_for_the_memory_estimate():
     stated = loop_call_bytes(module)
     del loops[0].attributes["max_trips"]
     assert _trips(loops[0]) > 1 and loop_call_bytes(module) > stated
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("batch,seq", [(1, 2), (2, 16)])
+def test_entry_in_sim_equals_the_interpreter_batch_one_and_long_steps(case, batch, seq):
+    """compress_pool's entry (RMSNorm, RoPE, rotation) in SIM at batch 1 (`block`: run in the pooling task of the
+    completing row) and 16-token steps (m = 128 `block`; m = 4 and index `token`: on all token rows after the
+    pooling), every start residue the steps reach: the caches bit for bit (tests/test_pypto_batch_one.py check)."""
+    from tests.test_pypto_batch_one import check
+
+    stage, over = CASES[case]
+    check(stage, tuple({**over, "batch": batch, "seq": seq}.items()))
