@@ -692,3 +692,23 @@ def test_a_scratch_buffer_read_through_a_reshape_is_declared_so_and_written_in_t
     assert shape_of(first.results[0].type) == (4, 2, 8)
     assert [op for op in _ops(fn, "tile.reshape") if op.input is first.results[0]]
     _same_values_idempotent_program(mod, fn, inputs, want)
+    # read by a loop after another loop (decode_csa's q, read by the attention after the compressors' loops): kept
+    between = HEAD_ROWS.replace(
+        '    %init2 = "tile.full"()',
+        '    %z0 = "tile.full"() <{value = 0.0 : f64}> {loc = "h.py:12"} : () -> tensor<4x2x8xf32>\n'
+        '    %z = "tile.parallel"(%c0, %c4, %z0) <{rows = 4 : i64}> ({\n'
+        '    ^bb0(%row3: index, %acc3: tensor<4x2x8xf32>):\n'
+        '      %u = "tile.view"(%x, %row3, %c0, %c0) <{pad = "zero", operandSegmentSizes = array<i32: 1, 3, 0>}> {loc = "h.py:13"} : (tensor<4x2x8xf32>, index, index, index) -> tensor<4x2x8xf32>\n'
+        '      %a3 = "tile.assemble"(%u, %acc3, %row3, %c0, %c0) <{operandSegmentSizes = array<i32: 1, 1, 3, 0>}> {loc = "h.py:14"} : (tensor<4x2x8xf32>, tensor<4x2x8xf32>, index, index, index) -> tensor<4x2x8xf32>\n'
+        '      "tile.yield"(%a3) : (tensor<4x2x8xf32>) -> ()\n'
+        '    }) {loc = "h.py:15"} : (index, index, tensor<4x2x8xf32>) -> tensor<4x2x8xf32>\n'
+        '    %init2 = "tile.full"()').replace(
+        "func.return %y : tensor<8x8xf32>", "func.return %y, %z : tensor<8x8xf32>, tensor<4x2x8xf32>").replace(
+        "-> tensor<8x8xf32> attributes", "-> (tensor<8x8xf32>, tensor<4x2x8xf32>) attributes").replace(
+        'result_names = ["y"]', 'result_names = ["y", "z"]')
+    assert between.count("tile.parallel") == 3
+    want = run_module(parse_ir(between, "b.mlir"), inputs)
+    mod, fn = _legalized(between)
+    first = _ops(fn, "tile.parallel")[0]
+    assert shape_of(first.results[0].type) == (4, 2, 8)
+    _same_values_idempotent_program(mod, fn, inputs, want)

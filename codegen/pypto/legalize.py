@@ -1040,6 +1040,20 @@ def _merged_axes(src: list, dst: list) -> int:
     return 0
 
 
+def _read_by_the_next_loop(par: Operation, v: SSAValue) -> bool:
+    """v is read in the first loop after `par` in their block: only that loop's iterations can start while par's
+    last tasks run (a loop further on waits for the loops between; decode_csa's q, read by the attention after
+    the compressors' and the indexer's loops: 894.5 -> 912.1 us rewritten, as pypto's stitching shifts)."""
+    later = []
+    op = par.next_op
+    while op is not None:
+        if _is_loop(op):
+            later.append(op)
+        op = op.next_op
+    readers = {a for u in v.uses for a in _ancestors(u.operation) if a.parent_block() is par.parent_block()}
+    return bool(later) and later[0] in readers
+
+
 def rewrite_reshaped_scratch(fn: Operation) -> None:
     """A scratch buffer a tile.parallel writes by one assemble per iteration (a piece whole along every axis but
     the first) and that is read after the loop only through an in-place reshape merging its leading axes is
@@ -1066,6 +1080,8 @@ def rewrite_reshaped_scratch(fn: Operation) -> None:
                     and body.last_op.operands[j] is asm.result and asm.result.has_one_use()
                     and list(shape_of(asm.tile.type))[1:] == src[1:]
                     and all(_const(o) == 0 for o in asm.offsets[1:])):
+                continue
+            if not _read_by_the_next_loop(par, reshape.result):
                 continue
             per_row = math.prod(src[1:m])  # rows of the reshape per row of the buffer
             piece, (prows, *rest) = asm.tile, shape_of(asm.tile.type)
