@@ -671,3 +671,87 @@ def test_vector_ops_reading_a_matmul_across_its_cube_tiles_take_tiles_inside_one
     assert all(list(ints_of(op.attributes["vec_tile"])) == [32, 512] for op in chain)
     assert crosses_cube_tiles([16, 1024], [32, 1024], m0, n0) and not crosses_cube_tiles([16, 512], [32, 1024], m0,
                                                                                            n0)
+
+
+# a loop writing [tokens, heads, d] rows into a scratch buffer that another loop reads as [tokens * heads, d] rows
+# through an in-place reshape (decode_swa's q, written by the projections' loop, read by each batch row's attention)
+HEAD_ROWS = """\
+builtin.module {
+  func.func @heads(%x: tensor<4x2x8xf32>) -> tensor<8x8xf32> attributes {arg_names = ["x"], result_names = ["y"]} {
+    %init = "tile.full"() <{value = 0.0 : f64}> {loc = "h.py:1"} : () -> tensor<4x2x8xf32>
+    %c0 = arith.constant 0 : index
+    %c4 = arith.constant 4 : index
+    %c8 = arith.constant 8 : index
+    %r = "tile.parallel"(%c0, %c4, %init) <{rows = 4 : i64}> ({
+    ^bb0(%row: index, %acc: tensor<4x2x8xf32>):
+      %v = "tile.view"(%x, %row, %c0, %c0) <{pad = "zero", operandSegmentSizes = array<i32: 1, 3, 0>}> {loc = "h.py:2"} : (tensor<4x2x8xf32>, index, index, index) -> tensor<4x2x8xf32>
+      %e = "tile.exp"(%v) {loc = "h.py:3"} : (tensor<4x2x8xf32>) -> tensor<4x2x8xf32>
+      %a = "tile.assemble"(%e, %acc, %row, %c0, %c0) <{operandSegmentSizes = array<i32: 1, 1, 3, 0>}> {loc = "h.py:4"} : (tensor<4x2x8xf32>, tensor<4x2x8xf32>, index, index, index) -> tensor<4x2x8xf32>
+      "tile.yield"(%a) : (tensor<4x2x8xf32>) -> ()
+    }) {loc = "h.py:5"} : (index, index, tensor<4x2x8xf32>) -> tensor<4x2x8xf32>
+    %q = "tile.reshape"(%r) {loc = "h.py:6"} : (tensor<4x2x8xf32>) -> tensor<8x8xf32>
+    %init2 = "tile.full"() <{value = 0.0 : f64}> {loc = "h.py:7"} : () -> tensor<8x8xf32>
+    %y = "tile.parallel"(%c0, %c8, %init2) <{rows = 4 : i64}> ({
+    ^bb0(%row2: index, %acc2: tensor<8x8xf32>):
+      %w = "tile.view"(%q, %row2, %c0) <{pad = "zero", operandSegmentSizes = array<i32: 1, 2, 0>}> {loc = "h.py:8"} : (tensor<8x8xf32>, index, index) -> tensor<4x8xf32>
+      %m = "tile.muls"(%w) <{scalar = 2.0 : f64}> {loc = "h.py:9"} : (tensor<4x8xf32>) -> tensor<4x8xf32>
+      %a2 = "tile.assemble"(%m, %acc2, %row2, %c0) <{operandSegmentSizes = array<i32: 1, 1, 2, 0>}> {loc = "h.py:10"} : (tensor<4x8xf32>, tensor<8x8xf32>, index, index) -> tensor<8x8xf32>
+      "tile.yield"(%a2) : (tensor<8x8xf32>) -> ()
+    }) {loc = "h.py:11"} : (index, index, tensor<8x8xf32>) -> tensor<8x8xf32>
+    func.return %y : tensor<8x8xf32>
+  }
+}
+"""
+
+
+def test_a_scratch_buffer_read_through_a_reshape_is_declared_so_and_written_in_the_readers_rows():
+    """rewrite_reshaped_scratch: pypto 0.2.0 makes the in-place reshape of a scratch buffer a sync task that
+    every reader waits on (decode_swa's q, read per batch row by the attention); declared in the reshape's shape,
+    the loop writes it in the readers' rows (each reader then waits for their writers only). Values unchanged."""
+    import torch
+    from attnc.ir.interpreter import run_module
+
+    inputs = [torch.randn(4, 2, 8)]
+    want = run_module(parse_ir(HEAD_ROWS, "h.mlir"), inputs)
+    mod, fn = _legalized(HEAD_ROWS)
+    first, second = _ops(fn, "tile.parallel")
+    assert [shape_of(v.type) for v in (first.inits[0], first.results[0])] == [(8, 8), (8, 8)]
+    assert first.inits[0].owner.attributes["buffer"] == StringAttr("scratch")
+    assert not [op for op in _ops(fn, "tile.reshape") if op.input is first.results[0]]  # no reshape after the loop
+    (view,) = [op for op in _ops(fn, "tile.view") if op.source is first.results[0]]
+    asms = [op for op in first.body.block.ops if op.name == "tile.assemble"]
+    assert [shape_of(a.tile.type) for a in asms] == [(4, 8), (4, 8)]  # the readers' 4 rows, two tokens each
+    assert all(a.tile.owner.name == "tile.reshape" for a in asms)
+    program = _same_values_idempotent_program(mod, fn, inputs, want)
+    assert re.search(r"ws\d+: pypto\.Tensor\(\[8, 8\], pypto\.DT_FP32\)", program)
+    assert not re.search(r"pypto\.reshape\(ws\d+", program)
+    # read as [tokens, heads * d] (trailing axes merged: a reader's rows are not a piece's rows): kept
+    kept = HEAD_ROWS.replace("tensor<8x8xf32>", "tensor<4x16xf32>").replace("tensor<4x8xf32>", "tensor<4x16xf32>") \
+        .replace('"tile.parallel"(%c0, %c8, %init2)', '"tile.parallel"(%c0, %c4, %init2)')
+    assert kept != HEAD_ROWS
+    want = run_module(parse_ir(kept, "k.mlir"), inputs)
+    mod, fn = _legalized(kept)
+    first, _ = _ops(fn, "tile.parallel")
+    assert shape_of(first.results[0].type) == (4, 2, 8)
+    assert [op for op in _ops(fn, "tile.reshape") if op.input is first.results[0]]
+    _same_values_idempotent_program(mod, fn, inputs, want)
+    # read by a loop after another loop (decode_csa's q, read by the attention after the compressors' loops): kept
+    between = HEAD_ROWS.replace(
+        '    %init2 = "tile.full"()',
+        '    %z0 = "tile.full"() <{value = 0.0 : f64}> {loc = "h.py:12"} : () -> tensor<4x2x8xf32>\n'
+        '    %z = "tile.parallel"(%c0, %c4, %z0) <{rows = 4 : i64}> ({\n'
+        '    ^bb0(%row3: index, %acc3: tensor<4x2x8xf32>):\n'
+        '      %u = "tile.view"(%x, %row3, %c0, %c0) <{pad = "zero", operandSegmentSizes = array<i32: 1, 3, 0>}> {loc = "h.py:13"} : (tensor<4x2x8xf32>, index, index, index) -> tensor<4x2x8xf32>\n'
+        '      %a3 = "tile.assemble"(%u, %acc3, %row3, %c0, %c0) <{operandSegmentSizes = array<i32: 1, 1, 3, 0>}> {loc = "h.py:14"} : (tensor<4x2x8xf32>, tensor<4x2x8xf32>, index, index, index) -> tensor<4x2x8xf32>\n'
+        '      "tile.yield"(%a3) : (tensor<4x2x8xf32>) -> ()\n'
+        '    }) {loc = "h.py:15"} : (index, index, tensor<4x2x8xf32>) -> tensor<4x2x8xf32>\n'
+        '    %init2 = "tile.full"()').replace(
+        "func.return %y : tensor<8x8xf32>", "func.return %y, %z : tensor<8x8xf32>, tensor<4x2x8xf32>").replace(
+        "-> tensor<8x8xf32> attributes", "-> (tensor<8x8xf32>, tensor<4x2x8xf32>) attributes").replace(
+        'result_names = ["y"]', 'result_names = ["y", "z"]')
+    assert between.count("tile.parallel") == 3
+    want = run_module(parse_ir(between, "b.mlir"), inputs)
+    mod, fn = _legalized(between)
+    first = _ops(fn, "tile.parallel")[0]
+    assert shape_of(first.results[0].type) == (4, 2, 8)
+    _same_values_idempotent_program(mod, fn, inputs, want)
