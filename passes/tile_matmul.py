@@ -152,6 +152,14 @@ def l1_reuse(m: int, k: int, n: int, width: int, cores: float, in_bytes: int = 2
         return None
     merged = estimate(m, k, n, 1, width, cores, in_bytes, l1_merge=TARGET_L1_REUSE)
     return 1 if estimate(m, k, n, 1, width, cores, in_bytes) < merged else None
+def whole_tasks(m: int, k: int, n: int, width: int, cores: float, in_bytes: int = 2) -> int:
+    """Cube tasks of the matmul with K whole in N tiles of `width`: each tile its own task where `l1_reuse` states
+    so, else TARGET_NBUFFER tiles to a task (the target's n-buffering). Flash wq_a [128, 4096] x [4096, 1024] in N
+    tiles of 64: 16 (its loop body's wq_b keeps the target's setting: 8 tasks of 39.6 us on 24 cube cores)."""
+    tiles = -(-m // CUBE_M) * -(-n // min(width, n))
+    return tiles if l1_reuse(m, k, n, width, cores, in_bytes) == 1 else -(-tiles // TARGET_NBUFFER)
+
+
 def whole_wave_widths(m: int, n: int, chunks: int, cores: float, widest: int, in_bytes: int,
                       known: list[int]) -> list[int]:
     """N tiles (multiples of 16, narrower than `widest`, not in `known`) whose tasks fill whole waves of `cores`
@@ -202,9 +210,12 @@ class _ChunkK(RewritePattern):
                 and not trans and len(sb) == 2 and dtype_of(op.lhs.type) in FLOAT_DTYPES):
             width = None  # the parts keep the N tile the whole product takes (its A tile per part is 1/P)
             if self.rule == "cost":
-                width = choose(m, K, n, self.k, self.tasks / _concurrency(op), in_bytes, True, self.task_macs,
-                               self.merge)[1]
-            return self._split(op, rewriter, sa, sb, K, n, width)
+                cores = self.tasks / _concurrency(op)
+                width = choose(m, K, n, self.k, cores, in_bytes, True, self.task_macs, self.merge)[1]
+                if whole_tasks(m, K, n, width or widest_n(m, n, in_bytes), cores, in_bytes) < cores:
+                    return self._split(op, rewriter, sa, sb, K, n, width)
+            else:
+                return self._split(op, rewriter, sa, sb, K, n, width)
         if self.rule == "cost":
             chunks, width = choose(m, K, n, k, self.tasks / _concurrency(op), in_bytes,
                                    dtype_of(op.lhs.type) in FLOAT_DTYPES, self.task_macs, self.merge)
