@@ -173,11 +173,15 @@ def test_pypto_sim_matches_interpreter(stage, overrides, known_causes):
 SPLIT_K_CASES = [(stage, shape, weight) for stage, weight in (("qkv_proj_rope", "wq_a"), ("sparse_attn", "wo_b"),
                                                               ("indexer", "wi_w"))
                  for shape in ((("batch", 1), ("seq", 1)), (("batch", 1), ("seq", 16)))]
+SPLIT_K_CASES += [("qkv_proj_rope", (("layout", "packed"),), "wq_a"), ("sparse_attn", (("layout", "packed"),), "wo_b"),
+                  ("decode_swa_paged", (), "wo_b")]
+SPLIT_K_CASES = [c if c[0] != "indexer" and c[1] and c[1][0][0] != "layout" else pytest.param(*c, marks=pytest.mark.slow)
+                 for c in SPLIT_K_CASES]  # unmarked: qkv_proj_rope and sparse_attn at batch 1 and a 16-token step
 
 
 @needs_pypto
 @pytest.mark.parametrize("stage, shape, weight", SPLIT_K_CASES,
-                         ids=[f"{c[0]}-{'step16' if c[1][1][1] == 16 else 'batch1'}" for c in SPLIT_K_CASES])
+                         ids=[_sim_id((*getattr(c, "values", c)[:2], ())) for c in SPLIT_K_CASES])
 def test_pypto_sim_split_k_matches_interpreter(stage, shape, weight):
     """tile-matmul{rule=cost split-k=4} with split-k-min=16: the weight read as 4 K parts summed in f32; SIM's outputs
     pass `attnc run`'s check against the interpreter of the same tile module (sim_check: bf16 within one rounding
