@@ -29,7 +29,7 @@ DEFAULT_PIPELINE = ("quantize-w8a8,schedule-compressor,fuse-rmsnorm,rope-selecto
 # compressor pooling in one leaf function larger than UB, which its SIM cannot run (docs/limitations.md)
 PYPTO_PIPELINE = ("quantize-w8a8{tile-rows=4 min-rows=128},schedule-compressor,fuse-rmsnorm,rope-pair-swap{min-rank=3},rope-selector-matmul,tile-softmax{kv-tile=128},"
                   "parallelize-tokens{rows=32 weight-rows=128 weight-vec-tile=16384 row-tile=16},"
-                  "schedule-attention,tile-matmul{rule=cost tasks=24},lower-to-tiles,canonicalize,cse,update-in-place,pypto-legalize")
+                  "schedule-attention,tile-matmul{rule=cost tasks=24 split-k=4},lower-to-tiles,canonicalize,cse,update-in-place,pypto-legalize")
 # PTO (ptoas 0.1.1): one token per kernel (rows=1, the token axis is dropped), 16-key tiles; then f16 and the
 # legalization of what 0.1.1 cannot express (host-side gathers, 0/1 masks instead of i1), then row chunks of the
 # loop bodies whose tiles would overflow UB/L1/L0

@@ -152,6 +152,13 @@ def l1_reuse(m: int, k: int, n: int, width: int, cores: float, in_bytes: int = 2
         return None
     merged = estimate(m, k, n, 1, width, cores, in_bytes, l1_merge=TARGET_L1_REUSE)
     return 1 if estimate(m, k, n, 1, width, cores, in_bytes) < merged else None
+def whole_tasks(m: int, n: int, width: int, merged: bool) -> int:
+    """Cube tasks of a matmul with K whole in N tiles of `width`: TARGET_NBUFFER tiles to a task where the target
+    n-buffers them (`merged`), else each tile its own."""
+    tiles = -(-m // CUBE_M) * -(-n // min(width, n))
+    return -(-tiles // TARGET_NBUFFER) if merged else tiles
+
+
 def whole_wave_widths(m: int, n: int, chunks: int, cores: float, widest: int, in_bytes: int,
                       known: list[int]) -> list[int]:
     """N tiles (multiples of 16, narrower than `widest`, not in `known`) whose tasks fill whole waves of `cores`
@@ -201,10 +208,17 @@ class _ChunkK(RewritePattern):
         if (self.split_k > 1 and "k_part" not in op.attributes and K >= self.split_k_min and K % self.split_k == 0
                 and not trans and len(sb) == 2 and dtype_of(op.lhs.type) in FLOAT_DTYPES):
             width = None  # the parts keep the N tile the whole product takes (its A tile per part is 1/P)
-            if self.rule == "cost":
-                width = choose(m, K, n, self.k, self.tasks / _concurrency(op), in_bytes, True, self.task_macs,
-                               self.merge)[1]
-            return self._split(op, rewriter, sa, sb, K, n, width)
+            if self.rule != "cost":
+                return self._split(op, rewriter, sa, sb, K, n, width)
+            # rule=cost: only a matmul whose N tiles the target n-buffers (its loop body's matmuls do not all state
+            # l1_reuse = 1) into fewer tasks than its cube cores: flash wq_a / wkv, 8 + 4 tasks of 39.6 us on 24
+            # (W8A8 qkv_proj_rope 202.2 -> 188.2 us); where each N tile is its own task the parts and their f32 sum
+            # cost more than they save (compressor m = 4 111.8 -> 128.8, index_compressor 116.2 -> 126.6)
+            cores = self.tasks / _concurrency(op)
+            width = choose(m, K, n, self.k, cores, in_bytes, True, self.task_macs, self.merge)[1]
+            if (not self._reuse_kept(op)
+                    and whole_tasks(m, n, width or widest_n(m, n, in_bytes), merged=True) < cores):
+                return self._split(op, rewriter, sa, sb, K, n, width)
         if self.rule == "cost":
             chunks, width = choose(m, K, n, k, self.tasks / _concurrency(op), in_bytes,
                                    dtype_of(op.lhs.type) in FLOAT_DTYPES, self.task_macs, self.merge)
@@ -259,6 +273,30 @@ class _ChunkK(RewritePattern):
             if dtype_of(op.result.type) != "f32":
                 out = tile_op("cast", [out], op.result.type, rounding=str_attr("rint")).value
         rewriter.replace(op, [], [out])
+
+    def _whole_reuse(self, op) -> int | None:
+        """The `l1_reuse` rule=cost states on `op` with K whole (what it states already, once tiled)."""
+        if "l1_reuse" in op.attributes:
+            return op.attributes["l1_reuse"].value.data
+        if not isinstance(op, (ATTN["matmul"], TILE["matmul"])) or "n_tile" in op.attributes:
+            return None  # a K chunk's accumulation, a split part, a tile stated without it
+        sa, sb = shape_of(op.lhs.type), shape_of(op.rhs.type)
+        K, n, m = sa[-1], (sb[-2] if op.transpose_b.value.data else sb[-1]), math.prod(sa[:-1])
+        in_bytes = {"i8": 1, "f32": 4}.get(dtype_of(op.lhs.type), 2)
+        cores = self.tasks / _concurrency(op)
+        chunks, width = choose(m, K, n, self.k, cores, in_bytes, dtype_of(op.lhs.type) in FLOAT_DTYPES,
+                               self.task_macs, self.merge)
+        return l1_reuse(m, K, n, width or widest_n(m, n, in_bytes), cores, in_bytes) if chunks == 1 else None
+
+    def _reuse_kept(self, op) -> bool:
+        """Whether the loop body holding `op` keeps its matmuls' N tiles apart (every matmul of the body states
+        `l1_reuse = 1`, which pypto-legalize then states on the loop: pypto 0.2.0 reads it per loop body); else
+        the target's L1 reuse and n-buffering merge them."""
+        parent = op.parent_op()
+        if parent is None or parent.name not in ("tile.parallel", "scf.for"):
+            return False
+        return all(self._whole_reuse(o) == 1 for o in op.parent_block().ops
+                   if o.name in ("attn.matmul", "tile.matmul", "tile.matmul_acc"))
 
     def _split(self, op, rewriter: PatternRewriter, sa, sb, K: int, n: int, width: int | None):
         """`split-k=P`: P independent products of K/P each (their own cube tasks, side by side), summed in f32 in

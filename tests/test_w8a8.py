@@ -204,13 +204,13 @@ def dtype_of_result(op):
     return dtype_of(op.results[0].type)
 
 
-def _sim_and_interpreter(stage: str, **overrides):
+def _sim_and_interpreter(stage: str, pipeline: str = PYPTO_PIPELINE, **overrides):
     """The pypto pipeline at tiny, quant=w8a8: (SIM run, interpreter outputs of the same tile module). A pass
     verify record is accepted only when excused by its cause (codegen/pypto/target.py)."""
     from attnc.codegen.pypto.target import describe, run_pypto_sim, unexcused
 
     cfg = resolve_config("tiny", {"quant": "w8a8", **overrides})
-    mod = _compiled(stage, cfg, PYPTO_PIPELINE)
+    mod = _compiled(stage, cfg, pipeline)
     inputs = make_inputs(STAGES[stage], cfg, 3)
     want = dict(zip(STAGES[stage].outputs, run_module(mod, list(inputs.values()))))
     res = run_pypto_sim(mod, inputs, timeout_s=300)
@@ -226,6 +226,21 @@ def test_qkv_proj_rope_w8a8_sim_equals_the_interpreter_at_tiny():
     res, want = _sim_and_interpreter("qkv_proj_rope")
     for o, w in want.items():
         assert res.outputs[o].dtype == w.dtype
+        assert torch.equal(res.outputs[o], w), (o, normalised_error(res.outputs[o].float(), w.float()))
+
+
+@needs_pypto
+@pytest.mark.parametrize("shape", [{"batch": 1, "seq": 1}, {"batch": 1, "seq": 16}, {"batch": 8, "seq": 2}],
+                         ids=["batch1", "step16", "b8s2"])
+def test_qkv_proj_rope_w8a8_split_k_sim_equals_the_interpreter_at_tiny(shape):
+    """The pypto pipeline's split-k at tiny (its K >= 4096 floor lowered to tiny's dim 64): wq_a and wkv (whose
+    N tiles leave cube cores idle) as 4 K parts summed in f32; SIM equal to the interpreter of the same tile
+    module bit for bit, every pass verify record passing or excused. ~20 s each."""
+    assert "split-k=4}" in PYPTO_PIPELINE
+    res, want = _sim_and_interpreter("qkv_proj_rope", PYPTO_PIPELINE.replace("split-k=4}", "split-k=4 split-k-min=64}"),
+                                     **shape)
+    assert res.program.count("pypto.view(wq_a, ") == 4 and res.program.count("pypto.view(wkv, ") == 4
+    for o, w in want.items():
         assert torch.equal(res.outputs[o], w), (o, normalised_error(res.outputs[o].float(), w.float()))
 
 
