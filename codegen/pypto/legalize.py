@@ -175,7 +175,7 @@ from attnc.ir.tile_dialect import TILE
 from attnc.passes._build import at_end, before, const, tile_full, tile_op
 
 from .tiles import (BYTES, CUBE_CORES, DEFAULT_VEC_TILE_ELEMS, chain_budget, crosses_cube_tiles, cube_m_tile,
-                    cube_reader_tile, cube_tiles, lanes, loop_vec_budget, vec_tile)
+                    cube_reader_tile, cube_tiles, lanes, loop_vec_budget, reshaped_tile, vec_tile)
 
 # every attribute this pass sets (cleared first: the pass is idempotent)
 FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "pieces", "one_trip", "body_l1_reuse", "body_nbuffer",
@@ -1411,6 +1411,17 @@ def cube_reader_tiles(fn: Operation, tiles: dict) -> dict:
         for op in region:
             dtype, budget = dtype_of(op.results[0].type), loop_budget(op)
             found[op] = cube_reader_tile(vec_tile(shape, dtype, budget), shape, cube[0], cube[3], dtype, budget)
+        # an assemble of a reshaped result writes it in the same tiles: pypto 0.2.0 starts tasks where a chain's
+        # tiling changes (flash SWA core, P·V's [64, 256] readers assembled in [1, 1, 32, 512]: 98.2 -> 87.5 µs)
+        for reshape in past:
+            made = reshape.operands[0]
+            for u in reshape.results[0].uses:
+                asm = u.operation
+                if asm.name == "tile.assemble" and asm.tile is reshape.results[0] and made.owner in found and \
+                        not any(k in asm.attributes for k in TILE_STATED_ELSEWHERE):
+                    tile = reshaped_tile(found[made.owner], shape_of(made.type), shape_of(reshape.results[0].type))
+                    if tile is not None:
+                        found[asm] = tile
     return found
 
 
