@@ -131,7 +131,8 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
   µs, and one program-wide budget large enough for the indexer's scoring fails OoOSchedule at other ops.
   On the elementwise ops reading a matmul's result (and theirs of its shape, and a `matmul_acc`'s add) whose
   tiles would take part of a cube tile along one axis across a cube tile boundary along the other: one tile
-  inside a cube tile (`cube_reader_tiles`; pypto 0.2.0's per-pass verify fails FB200B on such a read).
+  inside a cube tile (`cube_reader_tiles`; pypto 0.2.0's per-pass verify fails FB200B on such a read), and on
+  an assemble of their result through a reshape the same tiles (tiles.reshaped_tile; on `tile.assemble`).
 
 * `m_tile = n` on `tile.matmul` / `tile.matmul_acc`: the cube M tile (matmul_m_tile, codegen/pypto/tiles.py
   `cube_m_tile`: 128 rows, or 256 where that takes no more N tiles and K steps). A batched lhs read by a rank-2
@@ -1376,7 +1377,8 @@ def cube_reader_tiles(fn: Operation, tiles: dict) -> dict:
     (tiles.cube_reader_tile; one tile, as an op reading another's result across its tiles fails the verify or
     pypto 0.2.0's SIM, "opSequenceAfterOOO_.size"), as many rows as the budget in force allows where only
     reshapes read past them, else the budget tile's rows, which the ops past them then read whole (not stated yet:
-    see below). A K chunk's accumulation (`matmul_acc`, an add the emitter prints) reads its product so too."""
+    see below); an assemble of a past reshape's result then writes the same tiles (tiles.reshaped_tile). A K
+    chunk's accumulation (`matmul_acc`, an add the emitter prints) reads its product so too."""
     found = {}
     for mm in fn.walk():
         if mm.name not in ("tile.matmul", "tile.matmul_acc"):
