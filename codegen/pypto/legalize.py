@@ -1420,11 +1420,27 @@ def cube_reader_tiles(fn: Operation, tiles: dict) -> dict:
             for u in reshape.results[0].uses:
                 asm = u.operation
                 if asm.name == "tile.assemble" and asm.tile is reshape.results[0] and made.owner in found and \
-                        not any(k in asm.attributes for k in TILE_STATED_ELSEWHERE):
+                        not any(k in asm.attributes for k in TILE_STATED_ELSEWHERE) and _only_returned(asm.results[0]):
                     tile = reshaped_tile(found[made.owner], shape_of(made.type), shape_of(reshape.results[0].type))
                     if tile is not None:
                         found[asm] = tile
     return found
+
+
+def _only_returned(value) -> bool:
+    """Whether `value` reaches nothing but the function's return: through reshapes, and through the yield of a loop
+    whose result does. An assemble read again in other tiles (decode_swa's attention output, read by the
+    o-projection) keeps the budget's tile: there pypto 0.2.0's per-pass verify fails FB200B (flash heads, batch 4)."""
+    for use in value.uses:
+        op = use.operation
+        if op.name == "func.return":
+            continue
+        if op.name == "tile.reshape" and _only_returned(op.results[0]):
+            continue
+        if op.name == "tile.yield" and _is_loop(op.parent_op()) and _only_returned(op.parent_op().results[use.index]):
+            continue
+        return False
+    return True
 
 
 def matmul_cube_tiles(op: Operation) -> tuple[int, int, int, int]:
