@@ -640,7 +640,11 @@ def _print_assemble(self: _Emitter, op: Operation, loc: str | None):
     a, res, dt, shape = self.operands(op)
     n = len(op.offsets)
     offs, valid = a[2:2 + n], a[2 + n:]
-    self.set_tile(op.tile)
+    stated = op.attributes.get("vec_tile")  # pypto-legalize's: the tiles its piece was made in
+    if stated is not None:
+        self.emit(f"pypto.set_vec_tile_shapes({', '.join(map(str, ints_of(stated)))})")
+    else:
+        self.set_tile(op.tile)
     tile = a[0]
     if flag(op, "clone"):  # all of a kernel parameter's buffer, assembled as a packed concat's piece
         tile = f"pypto.clone({tile})"

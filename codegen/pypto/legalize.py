@@ -137,7 +137,8 @@ check each attribute's form (attnc.ir.common.pypto_facts_verify).
   µs, and one program-wide budget large enough for the indexer's scoring fails OoOSchedule at other ops.
   On the elementwise ops reading a matmul's result (and theirs of its shape, and a `matmul_acc`'s add) whose
   tiles would take part of a cube tile along one axis across a cube tile boundary along the other: one tile
-  inside a cube tile (`cube_reader_tiles`; pypto 0.2.0's per-pass verify fails FB200B on such a read).
+  inside a cube tile (`cube_reader_tiles`; pypto 0.2.0's per-pass verify fails FB200B on such a read), and on
+  an assemble of their result through a reshape the same tiles (tiles.reshaped_tile; on `tile.assemble`).
 
 * `m_tile = n` on `tile.matmul` / `tile.matmul_acc`: the cube M tile (matmul_m_tile, codegen/pypto/tiles.py
   `cube_m_tile`: 128 rows, or 256 where that takes no more N tiles and K steps). A batched lhs read by a rank-2
@@ -181,7 +182,7 @@ from attnc.ir.tile_dialect import TILE
 from attnc.passes._build import at_end, before, const, tile_full, tile_op
 
 from .tiles import (BYTES, CUBE_CORES, DEFAULT_VEC_TILE_ELEMS, chain_budget, crosses_cube_tiles, cube_m_tile,
-                    cube_reader_tile, cube_tiles, lanes, loop_vec_budget, vec_tile)
+                    cube_reader_tile, cube_tiles, lanes, loop_vec_budget, reshaped_tile, vec_tile)
 
 # every attribute this pass sets (cleared first: the pass is idempotent)
 FACTS = ("in_out", "buffer", "output", "splat", "packed", "padded", "pieces", "one_trip", "body_l1_reuse", "body_nbuffer",
@@ -1485,7 +1486,8 @@ def cube_reader_tiles(fn: Operation, tiles: dict) -> dict:
     (tiles.cube_reader_tile; one tile, as an op reading another's result across its tiles fails the verify or
     pypto 0.2.0's SIM, "opSequenceAfterOOO_.size"), as many rows as the budget in force allows where only
     reshapes read past them, else the budget tile's rows, which the ops past them then read whole (not stated yet:
-    see below). A K chunk's accumulation (`matmul_acc`, an add the emitter prints) reads its product so too."""
+    see below); an assemble of a past reshape's result then writes the same tiles (tiles.reshaped_tile). A K
+    chunk's accumulation (`matmul_acc`, an add the emitter prints) reads its product so too."""
     found = {}
     for mm in fn.walk():
         if mm.name not in ("tile.matmul", "tile.matmul_acc"):
@@ -1520,7 +1522,34 @@ def cube_reader_tiles(fn: Operation, tiles: dict) -> dict:
         for op in region:
             dtype, budget = dtype_of(op.results[0].type), loop_budget(op)
             found[op] = cube_reader_tile(vec_tile(shape, dtype, budget), shape, cube[0], cube[3], dtype, budget)
+        # an assemble of a reshaped result writes it in the same tiles: pypto 0.2.0 starts tasks where a chain's
+        # tiling changes (flash SWA core, P·V's [64, 256] readers assembled in [1, 1, 32, 512]: 98.2 -> 87.5 µs)
+        for reshape in past:
+            made = reshape.operands[0]
+            for u in reshape.results[0].uses:
+                asm = u.operation
+                if asm.name == "tile.assemble" and asm.tile is reshape.results[0] and made.owner in found and \
+                        not any(k in asm.attributes for k in TILE_STATED_ELSEWHERE) and _only_returned(asm.results[0]):
+                    tile = reshaped_tile(found[made.owner], shape_of(made.type), shape_of(reshape.results[0].type))
+                    if tile is not None:
+                        found[asm] = tile
     return found
+
+
+def _only_returned(value) -> bool:
+    """Whether `value` reaches nothing but the function's return: through reshapes, and through the yield of a loop
+    whose result does. An assemble read again in other tiles (decode_swa's attention output, read by the
+    o-projection) keeps the budget's tile: there pypto 0.2.0's per-pass verify fails FB200B (flash heads, batch 4)."""
+    for use in value.uses:
+        op = use.operation
+        if op.name == "func.return":
+            continue
+        if op.name == "tile.reshape" and _only_returned(op.results[0]):
+            continue
+        if op.name == "tile.yield" and _is_loop(op.parent_op()) and _only_returned(op.parent_op().results[use.index]):
+            continue
+        return False
+    return True
 
 
 def matmul_cube_tiles(op: Operation) -> tuple[int, int, int, int]:

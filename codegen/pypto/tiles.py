@@ -164,3 +164,25 @@ def cube_reader_tile(tile, shape, m0: int, n0: int, dtype: str, budget: int) -> 
     m = min(m0, shape[-2])
     rows = max([r for r in range(1, min(max(budget // cols, 1), m) + 1) if m % r == 0 and r & (r - 1) == 0], default=1)
     return [*tile[:-2], rows, cols]
+
+
+def reshaped_tile(tile, shape, new_shape) -> list[int] | None:
+    """`tile` of a rank-2 `shape` [M, N] as a tile of `new_shape` [.., N] (its rows split into leading dims), the
+    same elements tile by tile; None where no tile of `new_shape` covers them so (a tile's rows neither divide nor
+    fill the trailing dims they span, or N changes)."""
+    if len(shape) != 2 or len(tile) != 2 or not new_shape or new_shape[-1] != shape[-1] or \
+            math.prod(new_shape[:-1]) != shape[0]:
+        return None
+    rows, lead = min(tile[0], shape[0]), []
+    for d in reversed(new_shape[:-1]):
+        if rows >= d:
+            if rows % d:
+                return None
+            lead.append(d)
+            rows //= d
+        else:
+            if d % rows:
+                return None
+            lead.append(rows)
+            rows = 1
+    return [*reversed(lead), tile[1]]
