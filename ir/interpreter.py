@@ -261,11 +261,16 @@ def compress_pool(values, scores, kv_state, score_state, start_pos, ratio: int, 
     return out
 
 
+def rms_normalize(x, eps: float):
+    """x (f32) over the root mean square of its last axis, eps inside the root; RMSNorm before its weight."""
+    return x * torch.reciprocal(torch.sqrt((x * x).mean(-1, keepdim=True) + eps))
+
+
 def compress_entry(pooled, start_pos, norm_w, cos_t, sin_t, rotate, ratio: int, eps: float, rotate_scale):
     """attn.compress_pool's entry of the pooled rows [B, S, dim] (bf16): RMSNorm (f32), RoPE at each token's block
     start (t // ratio) * ratio rounded to bf16, then with `rotate` the row times it times rotate_scale (bf16)."""
     B, S, _ = pooled.shape
-    y = pooled * torch.reciprocal(torch.sqrt((pooled * pooled).mean(-1, keepdim=True) + eps)) * norm_w.float()
+    y = rms_normalize(pooled, eps) * norm_w.float()
     first = (start_pos.long().reshape(B, 1) + torch.arange(S).reshape(1, S)) // ratio * ratio
     entry = cast_tensor(rope_rotate(y, cos_t.float()[first], sin_t.float()[first], False), "bf16")
     if rotate is None:
@@ -430,9 +435,7 @@ def _iota(it, op, a):
 
 
 def _rmsnorm(it, op, a):
-    x = a[0].float()
-    r = torch.reciprocal(torch.sqrt((x * x).mean(-1, keepdim=True) + op.eps.value.data))
-    y = x * r
+    y = rms_normalize(a[0].float(), op.eps.value.data)
     if len(a) > 1:
         y = y * a[1].float()
     return (cast_tensor(y, _out_dtype(op)),)
