@@ -152,6 +152,13 @@ def l1_reuse(m: int, k: int, n: int, width: int, cores: float, in_bytes: int = 2
         return None
     merged = estimate(m, k, n, 1, width, cores, in_bytes, l1_merge=TARGET_L1_REUSE)
     return 1 if estimate(m, k, n, 1, width, cores, in_bytes) < merged else None
+
+
+def operand_bytes(op) -> int:
+    """Bytes per element of a matmul's operands as the cube loads them (f32: half the bf16 L0 elements)."""
+    return {"i8": 1, "f32": 4}.get(dtype_of(op.lhs.type), 2)
+
+
 def whole_tasks(m: int, n: int, width: int, merged: bool) -> int:
     """Cube tasks of a matmul with K whole in N tiles of `width`: TARGET_NBUFFER tiles to a task where the target
     n-buffers them (`merged`), else each tile its own."""
@@ -204,7 +211,7 @@ class _ChunkK(RewritePattern):
         K, k = sa[-1], self.k
         n = sb[-2] if trans else sb[-1]
         m = math.prod(sa[:-1])
-        in_bytes = {"i8": 1, "f32": 4}.get(dtype_of(op.lhs.type), 2)
+        in_bytes = operand_bytes(op)
         if (self.split_k > 1 and "k_part" not in op.attributes and K >= self.split_k_min and K % self.split_k == 0
                 and not trans and len(sb) == 2 and dtype_of(op.lhs.type) in FLOAT_DTYPES):
             width = None  # the parts keep the N tile the whole product takes (its A tile per part is 1/P)
@@ -282,7 +289,7 @@ class _ChunkK(RewritePattern):
             return None  # a K chunk's accumulation, a split part, a tile stated without it
         sa, sb = shape_of(op.lhs.type), shape_of(op.rhs.type)
         K, n, m = sa[-1], (sb[-2] if op.transpose_b.value.data else sb[-1]), math.prod(sa[:-1])
-        in_bytes = {"i8": 1, "f32": 4}.get(dtype_of(op.lhs.type), 2)
+        in_bytes = operand_bytes(op)
         cores = self.tasks / _concurrency(op)
         chunks, width = choose(m, K, n, self.k, cores, in_bytes, dtype_of(op.lhs.type) in FLOAT_DTYPES,
                                self.task_macs, self.merge)

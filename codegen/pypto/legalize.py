@@ -180,6 +180,7 @@ from attnc.passes import AttncPass, PassError, register
 from attnc.ir.dsl import emit_op
 from attnc.ir.tile_dialect import TILE
 from attnc.passes._build import at_end, before, const, tile_full, tile_op
+from attnc.passes.tile_matmul import operand_bytes
 
 from .tiles import (BYTES, CUBE_CORES, DEFAULT_VEC_TILE_ELEMS, chain_budget, crosses_cube_tiles, cube_m_tile,
                     cube_reader_tile, cube_tiles, lanes, loop_vec_budget, reshaped_tile, vec_tile)
@@ -1379,7 +1380,7 @@ def _matmul_dims(op: Operation):
     sa, sb = shape_of(op.lhs.type), shape_of(op.rhs.type)
     n = sb[-2] if op.transpose_b.value.data else sb[-1]
     n_max = op.attributes["n_tile"].value.data if "n_tile" in op.attributes else None
-    in_bytes = {"i8": 1, "f32": 4}.get(dtype_of(op.lhs.type), 2)  # f32 operands: half the bf16 L0 elements
+    in_bytes = operand_bytes(op)
     folded = math.prod(sa[:-1])
     rows = folded if len(sa) > 2 and len(sb) == 2 and folded >= 256 * CUBE_CORES and sa[-1] >= 128 else sa[-2]
     return rows, sa[-1], n, in_bytes, n_max
